@@ -1,0 +1,246 @@
+"""The receiver: Label Studio's ML backend protocol over HTTP, built by ``create_app(settings)``.
+
+Routes (https://labelstud.io/guide/ml_create):
+    GET  /, /health   liveness, {"status": "UP"}
+    POST /setup       {"model_version": <served version>}; validates the label config
+    POST /predict     {"results": [...]}: one item per task, computed by a predict worker
+    POST /webhook     records the event in Redis and enqueues it by task name
+    GET  /metrics     Prometheus text format
+
+The receiver never imports torch or ultralytics; run it with
+``uvicorn --factory service.app:create_app_from_env``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+import structlog
+from celery import Celery
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.errors import BadRequestError, LabelloopError, UnavailableError
+from service.events import EventRecorder
+from service.metrics import Metrics
+from service.protocol import ACCEPTED_ACTIONS, PredictRequest, SetupRequest, WebhookEvent, parse_project_id
+from service.settings import Settings
+from workers.celery_app import QUEUE_PREDICT, TASK_PREDICT, create_celery
+from workers.labels import parse_detection_config
+from workers.registry import Registry
+
+log = structlog.get_logger("service.app")
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+UNTRAINED = "untrained"
+
+
+@dataclass
+class AppState:
+    """Everything a request handler needs, built once in the lifespan."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    celery: Celery
+    registry: Registry
+    recorder: EventRecorder
+    metrics: Metrics
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.labelloop  # type: ignore[no-any-return]
+
+
+async def _json_body(request: Request) -> Any:
+    """Read and parse a JSON body.
+
+    Raises:
+        HTTPException: 413 over the size limit, 415 not JSON, 400 invalid JSON.
+    """
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise HTTPException(415, "body must be application/json")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"invalid JSON: {exc}") from None
+
+
+def _validation_reason(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "error": e["msg"]} for e in exc.errors()]
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "UP", "model_class": "labelloop.YOLO", "model_dir": "registry"})
+
+
+async def setup(request: Request) -> JSONResponse:
+    """Return the served model version of the project; no model is loaded here."""
+    st = _state(request)
+    body = await _json_body(request)
+    req = SetupRequest.model_validate(body)
+    project_id = parse_project_id(req.project)
+    parse_detection_config(req.label_config)
+    version = st.registry.current_name(project_id) or UNTRAINED
+    log.info("setup", project_id=project_id, version=version)
+    return JSONResponse({"model_version": version})
+
+
+async def predict(request: Request) -> JSONResponse:
+    """Ask a predict worker for regions, one result item per task, in order."""
+    st = _state(request)
+    t0 = time.perf_counter()
+    body = await _json_body(request)
+    req = PredictRequest.model_validate(body)
+    if req.project is not None:
+        project_id = parse_project_id(req.project)
+    elif req.tasks and req.tasks[0].project:
+        project_id = int(req.tasks[0].project)
+    else:
+        raise BadRequestError("project is missing")
+    parse_detection_config(req.label_config)
+    if not req.tasks:
+        return JSONResponse({"results": []})
+    tasks = [{"id": t.id, "data": t.data} for t in req.tasks]
+
+    def call() -> Any:
+        result = st.celery.send_task(TASK_PREDICT, args=[project_id, req.label_config, tasks], queue=QUEUE_PREDICT)
+        try:
+            return result.get(timeout=st.settings.predict_timeout_s, propagate=True)
+        except TimeoutError:
+            result.revoke()
+            raise UnavailableError(f"no predict worker answered within {st.settings.predict_timeout_s:.0f} s") from None
+        finally:
+            result.forget()
+
+    out = await anyio.to_thread.run_sync(call)
+    results = out["results"]
+    if len(results) != len(tasks):
+        raise UnavailableError("predict worker returned a wrong number of results")
+    seconds = time.perf_counter() - t0
+    st.metrics.predict_seconds.observe(seconds)
+    log.info("predicted", project_id=project_id, tasks=len(tasks), version=results[0]["model_version"], seconds=seconds)
+    return JSONResponse({"results": results})
+
+
+async def webhook(request: Request) -> JSONResponse:
+    """Validate, record in Redis and enqueue a Label Studio webhook; answer in milliseconds."""
+    st = _state(request)
+    body = await _json_body(request)
+    action = body.get("action") if isinstance(body, dict) else None
+    if not isinstance(action, str):
+        st.metrics.events.labels(action="(none)", outcome="rejected").inc()
+        return JSONResponse({"error": "body must be a JSON object with a string 'action'"}, status_code=422)
+    if action not in ACCEPTED_ACTIONS:
+        st.metrics.events.labels(action="other", outcome="ignored").inc()
+        return JSONResponse({"status": "Unknown event"})
+    try:
+        event = WebhookEvent.model_validate(body)
+        event.check()
+    except (ValidationError, BadRequestError):
+        st.metrics.events.labels(action=action, outcome="rejected").inc()
+        raise
+    t0 = time.perf_counter()
+    outcome = await st.recorder.record_and_enqueue(event)
+    st.metrics.enqueue_seconds.observe(time.perf_counter() - t0)
+    st.metrics.events.labels(action=action, outcome=outcome).inc()
+    log.info("webhook", project_id=event.project.id, action=action, outcome=outcome)
+    return JSONResponse({"status": outcome}, status_code=201 if outcome == "accepted" else 200)
+
+
+async def metrics(request: Request) -> Response:
+    st = _state(request)
+    return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ValidationError)
+    return JSONResponse({"error": "invalid request", "details": _validation_reason(exc)}, status_code=422)
+
+
+async def _on_labelloop_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LabelloopError)
+    if exc.status_code >= 500:
+        log.warning("request_failed", path=request.url.path, error_type=type(exc).__name__, error=str(exc))
+    return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("request_crashed", path=request.url.path)
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the receiver for ``settings``; connections open in the lifespan, not here."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=10
+        )
+        celery = create_celery(settings)
+        registry = Registry(settings.models_dir)
+        app.state.labelloop = AppState(
+            settings=settings,
+            redis=client,
+            celery=celery,
+            registry=registry,
+            recorder=EventRecorder(client, celery),
+            metrics=Metrics(CollectorRegistry()),
+        )
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/", health, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/setup", setup, methods=["POST"]),
+            Route("/predict", predict, methods=["POST"]),
+            Route("/webhook", webhook, methods=["POST"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={
+            HTTPException: _on_http_error,
+            ValidationError: _on_validation_error,
+            LabelloopError: _on_labelloop_error,
+            Exception: _on_unexpected,
+        },
+        lifespan=lifespan,
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn entry point: settings from the environment, logging configured once."""
+    from service.logconfig import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json, process="receiver")
+    return create_app(settings)

@@ -1,0 +1,110 @@
+"""``labelloop``: the command line of the receiver, the workers, Flower and the demo.
+
+    labelloop serve     the receiver (uvicorn, factory service.app:create_app_from_env)
+    labelloop worker    a Celery worker for one or more queues (events, train, predict)
+    labelloop flower    Flower, the Celery monitor
+    labelloop demo      the whole stack, with a local Label Studio and a demo project
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from service.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "service.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        workers=args.workers,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from service.logconfig import configure_logging
+    from workers.celery_app import create_celery
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json, process=f"worker-{args.queues}")
+    app = create_celery(settings, with_tasks=True)
+    argv = [
+        "worker",
+        "--queues", args.queues,
+        "--concurrency", str(args.concurrency),
+        "--hostname", f"{args.queues.replace(',', '-')}@%h",
+        "--loglevel", settings.log_level,
+        "--task-events",
+    ]
+    if args.pool:
+        argv += ["--pool", args.pool]
+    app.worker_main(argv)
+    return 0
+
+
+def _flower(args: argparse.Namespace) -> int:
+    from workers.celery_app import create_celery
+
+    settings = Settings()
+    app = create_celery(settings)
+    argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
+    if args.basic_auth:
+        argv.append(f"--basic-auth={args.basic_auth}")
+    app.start(argv)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labelloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the receiver (Label Studio ML backend API)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=9090)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker")
+    p.add_argument("--queues", "-Q", default="events,train,predict", help="comma-separated queues")
+    p.add_argument("--concurrency", "-c", type=int, default=1)
+    p.add_argument("--pool", default=None, help="Celery pool (prefork, solo, threads)")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("flower", help="run Flower, the Celery monitor")
+    p.add_argument("--port", type=int, default=5555)
+    p.add_argument("--address", default="0.0.0.0")
+    p.add_argument("--basic-auth", default=None, help="user:password")
+    p.set_defaults(func=_flower)
+
+    p = sub.add_parser("demo", help="run the whole stack on a demo project (local Label Studio if none is configured)")
+    p.add_argument("--workdir", default="var/demo", help="where the demo keeps data and logs")
+    p.add_argument("--images", type=int, default=24, help="demo images to import")
+    p.add_argument("--annotate", type=int, default=12, help="images to annotate through the API")
+    p.add_argument("--port", type=int, default=9090, help="receiver port")
+    p.add_argument("--ls-port", type=int, default=8080, help="port of the local Label Studio")
+    p.add_argument("--exit", action="store_true", help="stop once the loop has produced a version and predictions")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""``labelloop demo``: the whole loop on a demo project, from a fresh machine.
+
+Starts Redis (unless ``LABELLOOP_REDIS_URL`` points at a running one), the receiver, the
+workers and Flower; when ``LABEL_STUDIO_URL`` is not set, installs and starts a local Label
+Studio too. Then it creates a project of generated images, connects labelloop as the
+project's ML backend, annotates some images through the API, and shows the loop produce a
+new model version and predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.settings import Settings
+from service.stack import Stack, free_port, label_studio_binary, wait_until
+from service.synthetic import LABEL_CONFIG, Sample, make_sample
+
+DEMO_USER = "demo@labelloop.local"
+DEMO_PASSWORD = "labelloop-demo"
+DEMO_TOKEN = "1abe11oop0000000000000000000000000000000"[:40]
+
+
+class LabelStudioAPI:
+    """The few Label Studio calls the demo and the tests make, through label-studio-sdk.
+
+    Args:
+        url: Label Studio base URL.
+        token: legacy API token or personal access token.
+    """
+
+    def __init__(self, url: str, token: str) -> None:
+        from label_studio_sdk import LabelStudio
+
+        self.url = url.rstrip("/")
+        self.token = token
+        self.sdk = LabelStudio(base_url=self.url, api_key=token)
+
+    def create_project(self, title: str, label_config: str = LABEL_CONFIG) -> int:
+        return int(self.sdk.projects.create(title=title, label_config=label_config).id)
+
+    def import_images(self, project_id: int, samples: list[Sample]) -> list[int]:
+        """Upload PNGs as tasks (``POST /api/projects/{id}/import``); returns task ids in order."""
+        files = {f"file{i}": (f"img{i:04d}.png", s.png, "image/png") for i, s in enumerate(samples)}
+        resp = httpx.post(
+            f"{self.url}/api/projects/{project_id}/import",
+            headers={"Authorization": f"Token {self.token}"},
+            files=files,
+            timeout=120,
+        )
+        resp.raise_for_status()
+        tasks = sorted(self.sdk.tasks.list(project=project_id), key=lambda t: t.id)
+        by_name = {str(t.data["image"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
+        return [by_name[f"img{i:04d}.png"] for i in range(len(samples))]
+
+    def connect_backend(self, project_id: int, backend_url: str) -> int:
+        """Add labelloop as the project's ML backend; Label Studio then calls ``/setup``."""
+        ml = self.sdk.ml.create(project=project_id, url=backend_url, title="labelloop", is_interactive=False)
+        return int(ml.id)
+
+    def annotate(self, task_id: int, result: list[dict[str, Any]]) -> int:
+        return int(self.sdk.annotations.create(id=task_id, result=result, was_cancelled=False).id)
+
+    def train(self, ml_backend_id: int) -> None:
+        """What Label Studio's "Start Training" button does: START_TRAINING to the backend."""
+        self.sdk.ml.train(id=ml_backend_id)
+
+    def backend_version(self, ml_backend_id: int) -> str:
+        return str(self.sdk.ml.get(id=ml_backend_id).model_version or "")
+
+    def predictions_for(self, task_id: int) -> list[dict[str, Any]]:
+        """Ask Label Studio for a task's predictions, as its UI does (``/api/tasks/{id}/predictions``
+        after ``retrieve_predictions``), which makes it call the backend's ``/predict``."""
+        resp = httpx.post(
+            f"{self.url}/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": self.project_of(task_id)},
+            headers={"Authorization": f"Token {self.token}"},
+            json={"selectedItems": {"all": False, "included": [task_id]}},
+            timeout=120,
+        )
+        resp.raise_for_status()
+        preds = httpx.get(
+            f"{self.url}/api/predictions/",
+            params={"task": task_id},
+            headers={"Authorization": f"Token {self.token}"},
+            timeout=30,
+        )
+        preds.raise_for_status()
+        return list(preds.json())
+
+    def project_of(self, task_id: int) -> int:
+        return int(self.sdk.tasks.get(id=str(task_id)).project)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo; with ``--exit`` stop after the loop has shown predictions."""
+    from service.logconfig import configure_logging
+
+    workdir = Path(args.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = Settings()
+    configure_logging(base.log_level, base.log_json if base.log_json is not None else False, process="demo")
+    env = {k: v for k, v in os.environ.items() if k.startswith("LABELLOOP_")}
+    env.setdefault("LABELLOOP_MODELS_DIR", str(workdir / "models"))
+    env.setdefault("LABELLOOP_CACHE_DIR", str(workdir / "cache"))
+    env.setdefault("LABELLOOP_EPOCHS", "10")
+    env.setdefault("LABELLOOP_IMGSZ", "256")
+    env.setdefault("LABELLOOP_BATCH", "8")
+    env.setdefault("LABELLOOP_TRAIN_EVERY_N", str(max(2, args.annotate)))
+    stack = Stack(workdir, env)
+
+    def say(msg: str) -> None:
+        print(f"[labelloop demo] {msg}", flush=True)
+
+    try:
+        redis_url = os.environ.get("LABELLOOP_REDIS_URL")
+        if not redis_url:
+            redis_url = stack.start_redis(free_port(), workdir / "redis")
+            say(f"Redis on {redis_url}")
+        stack.env["LABELLOOP_REDIS_URL"] = redis_url
+
+        ls_url, token = base.label_studio_url, base.api_key
+        if not ls_url or not token:
+            venv = Path(os.environ.get("LABELLOOP_LS_VENV", workdir / "label-studio-venv"))
+            say(f"no LABEL_STUDIO_URL set: starting a local Label Studio (installing into {venv} on first run)")
+            binary = label_studio_binary(venv)
+            ls_url = stack.start_label_studio(
+                binary, args.ls_port, workdir / "label-studio", DEMO_USER, DEMO_PASSWORD, DEMO_TOKEN
+            )
+            token = DEMO_TOKEN
+            say(f"Label Studio on {ls_url}  (login {DEMO_USER} / {DEMO_PASSWORD})")
+        stack.env["LABEL_STUDIO_URL"] = ls_url
+        stack.env["LABEL_STUDIO_API_KEY"] = token
+
+        backend = stack.start_receiver(args.port)
+        for queue in ("events", "train", "predict"):
+            stack.start_worker(queue)
+        flower = stack.start_flower(free_port())
+        say(f"receiver on {backend}, Flower on {flower}")
+
+        api = LabelStudioAPI(ls_url, token)
+        project_id = api.create_project(f"labelloop demo {time.strftime('%H:%M:%S')}")
+        samples = [make_sample(seed) for seed in range(args.images)]
+        task_ids = api.import_images(project_id, samples)
+        ml_id = api.connect_backend(project_id, backend)
+        say(f"project {project_id}: {len(task_ids)} tasks, ML backend {ml_id}, version {api.backend_version(ml_id)!r}")
+
+        registry_current = Path(env["LABELLOOP_MODELS_DIR"]) / str(project_id) / "CURRENT"
+        for task_id, sample in list(zip(task_ids, samples, strict=True))[: args.annotate]:
+            api.annotate(task_id, sample.ls_result())
+        say(f"annotated {args.annotate} tasks; training starts after {env['LABELLOOP_TRAIN_EVERY_N']} new annotations")
+        wait_until(registry_current.exists, 1800, "first model version", interval_s=2)
+        version = registry_current.read_text().strip()
+        say(f"new model version {version}")
+        wait_until(lambda: api.backend_version(ml_id) == version or _resetup(api, ml_id), 60, "Label Studio setup")
+        unlabeled = task_ids[args.annotate]
+        preds = api.predictions_for(unlabeled)
+        for p in preds:
+            say(f"task {unlabeled}: prediction by {p.get('model_version')} with {len(p.get('result') or [])} regions, "
+                f"score {p.get('score')}")
+        say(f"open {ls_url}/projects/{project_id} to label more; Ctrl-C stops everything")
+        if args.exit:
+            return 0
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop_all()
+
+
+def _resetup(api: LabelStudioAPI, ml_id: int) -> bool:
+    # Label Studio re-reads the backend's version when the backend is saved (it calls /setup).
+    api.sdk.ml.update(id=ml_id)
+    return False

@@ -1,0 +1,51 @@
+"""labelloop's one error hierarchy, and how each error maps to an HTTP status.
+
+    LabelloopError                 base; never shown to a client with a traceback
+    ├── BadRequestError            400: the request cannot be understood
+    │   └── LabelConfigError       422: label config unsupported or ambiguous for training
+    ├── UnavailableError           503: Redis or the predict workers cannot be reached in time
+    ├── DatasetError               a project has too little usable data to train
+    ├── TrainingError              ultralytics training or validation failed
+    └── RegistryError              the models directory is missing a version or is inconsistent
+
+The receiver maps them to responses in one place (``service.app``); workers log them as
+events and leave the current model version serving.
+"""
+
+from __future__ import annotations
+
+
+class LabelloopError(Exception):
+    """Base class of every error labelloop raises on purpose."""
+
+    status_code = 500
+
+
+class BadRequestError(LabelloopError):
+    """The request is well-formed HTTP but its content cannot be used."""
+
+    status_code = 400
+
+
+class LabelConfigError(BadRequestError):
+    """The label config has no trainable control tag, or several and none chosen."""
+
+    status_code = 422
+
+
+class UnavailableError(LabelloopError):
+    """A dependency (Redis, the predict workers) did not answer within its timeout."""
+
+    status_code = 503
+
+
+class DatasetError(LabelloopError):
+    """The exported project does not give a dataset that can be trained on."""
+
+
+class TrainingError(LabelloopError):
+    """Training or validation of a candidate model failed."""
+
+
+class RegistryError(LabelloopError):
+    """A model version is missing or the registry is inconsistent."""

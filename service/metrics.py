@@ -1,0 +1,30 @@
+"""Prometheus metrics of the receiver (prometheus-client), one registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class Metrics:
+    """The receiver's metrics, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "labelloop_webhook_events_total",
+            "Webhook events by action and outcome (accepted, duplicate, ignored, rejected).",
+            ["action", "outcome"],
+            registry=registry,
+        )
+        self.enqueue_seconds = Histogram(
+            "labelloop_webhook_enqueue_seconds",
+            "Seconds to record a webhook event in Redis and enqueue it.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        self.predict_seconds = Histogram(
+            "labelloop_predict_seconds",
+            "Seconds to answer /predict, worker time included.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 100),
+            registry=registry,
+        )

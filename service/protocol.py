@@ -1,0 +1,123 @@
+"""Pydantic models of what Label Studio 1.23 sends to an ML backend, built from captures.
+
+Sources: the requests in ``shared/fixtures/label-studio/`` (captured from a real Label Studio
+1.23.2) and https://labelstud.io/guide/ml_create. Unknown fields are allowed and ignored;
+only what labelloop uses is required.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.errors import BadRequestError
+
+ANNOTATION_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+DELETE_EVENTS = frozenset({"ANNOTATIONS_DELETED"})
+TRAIN_EVENTS = frozenset({"START_TRAINING"})
+ACCEPTED_ACTIONS = ANNOTATION_EVENTS | DELETE_EVENTS | TRAIN_EVENTS
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+def parse_project_id(value: Any) -> int:
+    """Project id from ``/setup``/``/predict``'s ``"<id>.<timestamp>"`` string, or an int.
+
+    Raises:
+        BadRequestError: not of that form.
+    """
+    if isinstance(value, bool):
+        raise BadRequestError("project must be '<id>.<timestamp>' or an integer id")
+    if isinstance(value, int) and value > 0:
+        return value
+    if isinstance(value, str):
+        head = value.split(".", 1)[0]
+        if head.isdigit() and int(head) > 0:
+            return int(head)
+    raise BadRequestError("project must be '<id>.<timestamp>' or an integer id")
+
+
+class ProjectRef(_Loose):
+    """The ``project`` object in webhooks (it also carries the project token: never log it)."""
+
+    id: int = Field(gt=0)
+
+
+class AnnotationRef(_Loose):
+    id: int = Field(gt=0)
+    task: int | None = None
+    updated_at: str | None = None
+    was_cancelled: bool = False
+
+
+class DeletedAnnotation(_Loose):
+    id: int = Field(gt=0)
+
+
+class WebhookEvent(_Loose):
+    """An accepted webhook: ANNOTATION_CREATED/UPDATED, ANNOTATIONS_DELETED or START_TRAINING."""
+
+    action: str
+    project: ProjectRef
+    annotation: AnnotationRef | None = None
+    annotations: list[DeletedAnnotation] | None = None
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project_int(cls, v: Any) -> Any:
+        # Some Label Studio versions send the project id alone.
+        return {"id": v} if isinstance(v, int) and not isinstance(v, bool) else v
+
+    def check(self) -> None:
+        """Require the fields each action needs.
+
+        Raises:
+            BadRequestError: a required field for this action is missing.
+        """
+        if self.action in ANNOTATION_EVENTS and self.annotation is None:
+            raise BadRequestError(f"{self.action} needs an 'annotation' object")
+        if self.action in DELETE_EVENTS and not self.annotations:
+            raise BadRequestError(f"{self.action} needs a non-empty 'annotations' list")
+
+    @property
+    def count(self) -> int:
+        """Annotation events this webhook stands for (a bulk delete counts each)."""
+        return len(self.annotations or []) if self.action in DELETE_EVENTS else 1
+
+    def delivery_key(self) -> str | None:
+        """Identity of one delivery, for deduplication; None for START_TRAINING (each click counts)."""
+        if self.action in ANNOTATION_EVENTS and self.annotation is not None:
+            return f"{self.action}:{self.annotation.id}:{self.annotation.updated_at or ''}"
+        if self.action in DELETE_EVENTS and self.annotations:
+            return f"{self.action}:{','.join(str(a.id) for a in self.annotations)}"
+        return None
+
+
+class SetupRequest(_Loose):
+    """``POST /setup``: ``project`` is "<id>.<timestamp>", ``schema`` the label config."""
+
+    project: str | int
+    label_config: str = Field(alias="schema")
+    hostname: str | None = None
+    access_token: str | None = None
+    extra_params: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class PredictTask(_Loose):
+    id: int
+    data: dict[str, Any]
+    project: int | None = None
+
+
+class PredictRequest(_Loose):
+    """``POST /predict``: tasks to predict, the project and its label config."""
+
+    tasks: list[PredictTask]
+    project: str | int | None = None
+    label_config: str
+    params: dict[str, Any] | None = None

@@ -1,0 +1,73 @@
+"""labelloop settings: one typed object, read from the environment at entry points only.
+
+Every field reads ``LABELLOOP_<FIELD>``; the Label Studio connection also reads the names
+Label Studio users already set for ML backends, ``LABEL_STUDIO_URL`` and
+``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LABELLOOP_"
+
+
+class Settings(BaseSettings):
+    """Configuration of the receiver, the workers and the CLI.
+
+    Defaults work on a laptop: Redis on localhost, models and caches under ``./var``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the Celery broker, results and events.")
+    models_dir: Path = Field(Path("var/models"), description="Model registry root: the source of truth for versions.")
+    cache_dir: Path = Field(Path("var/cache"), description="Downloaded images and training run directories.")
+
+    label_studio_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices(f"{ENV_PREFIX}LABEL_STUDIO_URL", "LABEL_STUDIO_URL", "label_studio_url"),
+        description="Label Studio base URL, e.g. http://localhost:8080.",
+    )
+    label_studio_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            f"{ENV_PREFIX}LABEL_STUDIO_API_KEY", "LABEL_STUDIO_API_KEY", "label_studio_api_key"
+        ),
+        description="Label Studio legacy API token or personal access token.",
+    )
+
+    train_every_n: int = Field(10, ge=1, description="Train after this many new annotation events per project.")
+    base_model: str = Field("yolov8n.yaml", description="Initial weights: a .pt path or an Ultralytics model YAML.")
+    epochs: int = Field(20, ge=1, description="Training epochs per run.")
+    imgsz: int = Field(640, ge=32, description="Training and inference image size in pixels.")
+    batch: int = Field(16, ge=1, description="Training batch size.")
+    device: str = Field("", description="Ultralytics device ('' picks CUDA when available, else 'cpu').")
+    dataloader_workers: int = Field(2, ge=0, description="DataLoader worker processes during training.")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of tasks in the validation split.")
+    min_val_images: int = Field(1, ge=1, description="Minimum validation images per dataset.")
+    seed: int = Field(0, description="Training seed.")
+    train_time_limit_s: int = Field(4 * 3600, ge=60, description="Hard time limit of one training run (seconds).")
+    predict_timeout_s: float = Field(90.0, gt=0, description="How long /predict waits for a predict worker.")
+    predict_conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold for predicted regions.")
+
+    log_level: str = Field("INFO", description="Log level for labelloop and the libraries it routes.")
+    log_json: bool | None = Field(None, description="JSON logs; default: JSON unless stderr is a TTY.")
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().rstrip("/")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("LABEL_STUDIO_URL must start with http:// or https://")
+        return v
+
+    @property
+    def api_key(self) -> str | None:
+        """The Label Studio token as plain text, or None."""
+        return self.label_studio_api_key.get_secret_value() if self.label_studio_api_key else None

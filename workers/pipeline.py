@@ -1,0 +1,114 @@
+"""The training pipeline: export -> images -> dataset -> fine-tune -> publish.
+
+Each run works in its own directory ``<cache_dir>/runs/<project_id>/<run_id>``; only the
+final ``Registry.publish`` changes what is served, so a crash at any stage leaves the current
+version in place.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from service.settings import Settings
+from workers.dataset import build_dataset
+from workers.export import export_tasks, fetch_images, ls_client
+from workers.labels import parse_detection_config
+from workers.registry import ModelVersion, Registry
+from workers.training import run_training_process
+
+log = structlog.get_logger(__name__)
+
+
+def yolo_config_dir(settings: Settings) -> Path:
+    """Where ultralytics keeps its settings and fonts for labelloop's processes."""
+    return Path(settings.cache_dir).absolute() / "ultralytics"
+
+
+def run_training(settings: Settings, project_id: int, run_id: str) -> ModelVersion:
+    """Train a new version of a project's model from its current annotations and publish it.
+
+    Stages and their wall seconds go into the manifest's ``timings``: ``export`` (label
+    config + JSON export), ``download`` (images), ``build`` (dataset files), ``train``
+    (ultralytics, in a child process, including its final validation) and ``publish``.
+
+    Returns:
+        the published, promoted version.
+
+    Raises:
+        DatasetError: Label Studio is not configured or too little data is usable.
+        TrainingError: ultralytics failed.
+    """
+    registry = Registry(settings.models_dir)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    client = ls_client(settings.label_studio_url, settings.api_key)
+
+    t0 = time.perf_counter()
+    label_config = client.projects.get(id=project_id).label_config
+    spec = parse_detection_config(label_config)
+    tasks = export_tasks(client, project_id)
+    timings["export"] = time.perf_counter() - t0
+    log.info("export_finished", tasks=len(tasks), seconds=round(timings["export"], 3))
+
+    run_dir = Path(settings.cache_dir).absolute() / "runs" / str(project_id) / run_id
+    image_cache = Path(settings.cache_dir).absolute() / "images"
+
+    def fetch(items: list[tuple[int, str]]) -> dict[int, Any]:
+        return fetch_images(items, image_cache, settings.label_studio_url, settings.api_key)
+
+    data_yaml, report = build_dataset(
+        tasks, spec, run_dir / "dataset", fetch, settings.val_fraction, settings.min_val_images
+    )
+    timings["download"] = report.seconds.get("download", 0.0)
+    timings["build"] = report.seconds.get("select", 0.0) + report.seconds.get("build", 0.0)
+    log.info(
+        "dataset_built",
+        train=report.images["train"],
+        val=report.images["val"],
+        skipped=len(report.skipped),
+        download_s=round(timings["download"], 3),
+        build_s=round(timings["build"], 3),
+    )
+
+    parent = registry.current(project_id)
+    weights = str(parent.weights) if parent else settings.base_model
+    train_args = {
+        "weights": weights,
+        "epochs": settings.epochs,
+        "imgsz": settings.imgsz,
+        "batch": settings.batch,
+        "device": settings.device,
+        "workers": settings.dataloader_workers,
+        "seed": settings.seed,
+    }
+    t0 = time.perf_counter()
+    result = run_training_process(
+        {**train_args, "data": str(data_yaml), "config_dir": str(yolo_config_dir(settings))},
+        run_dir / "train",
+        timeout_s=settings.train_time_limit_s,
+    )
+    timings["train"] = time.perf_counter() - t0
+    log.info("training_finished", seconds=round(timings["train"], 3), **result["metrics"])
+
+    timings["total"] = time.perf_counter() - t_start
+    manifest = {
+        "task": spec.task,
+        "classes": list(spec.labels),
+        "from_name": spec.from_name,
+        "to_name": spec.to_name,
+        "metrics": result["metrics"],
+        "dataset": report.to_dict(),
+        "dataset_size": {"train": report.images["train"], "val": report.images["val"]},
+        "train_args": {**train_args, "device": result["device"]},
+        "run_id": run_id,
+        "timings": timings,
+    }
+    version = registry.publish(project_id, Path(result["best"]), manifest, promote=True)
+    log.info("version_published", version=version.name, **{f"{k}_s": round(v, 3) for k, v in timings.items()})
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return version

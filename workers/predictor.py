@@ -1,0 +1,173 @@
+"""Inference for ``/predict``: keep each project's served model loaded and swap on new versions.
+
+On every request the registry's ``CURRENT`` pointer is read (one small file), and when it
+names a version other than the loaded one, that version's weights are loaded before the
+request is served; the old model object serves until the new one is ready and is then
+replaced by one reference assignment. Version directories are immutable, so a request in
+flight never sees half-written weights.
+
+Predictions follow Label Studio's prediction format
+(https://labelstud.io/guide/predictions): one item per task with ``result`` (regions),
+``score`` and ``model_version``.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from workers.export import fetch_images
+from workers.labels import DetectionSpec, xyxy_to_rectangle
+from workers.registry import Registry
+
+log = structlog.get_logger(__name__)
+
+UNTRAINED = "untrained"
+
+
+@dataclass
+class _Loaded:
+    version: str
+    model: Any
+    names: dict[int, str]
+
+
+class Predictor:
+    """Per-process cache of loaded models, one per project.
+
+    Args:
+        registry: where versions are read from.
+        base_model: weights served before a project's first version, when they are a .pt
+            file (classes are matched to the label config by name); a model YAML has no
+            weights, so such projects get empty predictions until trained.
+        config_dir: ultralytics config dir (see ``workers.yolo_env``).
+        cache_dir: where task images are downloaded.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        base_model: str,
+        config_dir: Path,
+        cache_dir: Path,
+        imgsz: int,
+        conf: float,
+        device: str = "",
+    ) -> None:
+        self.registry = registry
+        self.base_model = base_model
+        self.config_dir = config_dir
+        self.cache_dir = cache_dir
+        self.imgsz = imgsz
+        self.conf = conf
+        self.device = device
+        self._models: dict[int, _Loaded] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, weights: str, version: str) -> _Loaded:
+        from workers.yolo_env import prepare_ultralytics
+
+        prepare_ultralytics(self.config_dir)
+        from ultralytics import YOLO
+
+        from workers.training import pick_device
+
+        model = YOLO(weights)
+        device = pick_device(self.device)
+        model.to("cuda:0" if device == "0" else device)
+        return _Loaded(version, model, dict(model.names))
+
+    def model_for(self, project_id: int) -> _Loaded | None:
+        """The project's served model, loading a newer version first when ``CURRENT`` moved.
+
+        Returns None when there is nothing to serve (no version, no .pt base weights).
+        """
+        version = self.registry.current_name(project_id)
+        loaded = self._models.get(project_id)
+        if loaded is not None and loaded.version == (version or "base"):
+            return loaded
+        with self._lock:
+            loaded = self._models.get(project_id)
+            if loaded is not None and loaded.version == (version or "base"):
+                return loaded
+            if version:
+                weights = str(self.registry.get(project_id, version).weights)
+                new = self._load(weights, version)
+            elif self.base_model.endswith(".pt") and Path(self.base_model).exists():
+                new = self._load(self.base_model, "base")
+            else:
+                return None
+            self._models[project_id] = new
+            log.info("model_loaded", project_id=project_id, version=new.version)
+            return new
+
+    def served_version(self, project_id: int) -> str:
+        """The version name ``/setup`` reports: the registry's current one or ``untrained``."""
+        return self.registry.current_name(project_id) or UNTRAINED
+
+    def predict(
+        self,
+        project_id: int,
+        spec: DetectionSpec,
+        tasks: list[dict[str, Any]],
+        hostname: str | None,
+        api_key: str | None,
+    ) -> list[dict[str, Any]]:
+        """Predict rectangles for tasks, one result item per task, in order.
+
+        Args:
+            tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sends them.
+
+        Returns:
+            ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions
+            are ``rectanglelabels`` with percent coordinates, ``original_width/height``,
+            ``from_name/to_name`` of ``spec`` and a per-region ``score``. A task whose image
+            cannot be fetched gets an empty result.
+        """
+        loaded = self.model_for(project_id)
+        if loaded is None:
+            return [{"result": [], "score": 0.0, "model_version": UNTRAINED} for _ in tasks]
+        items = [(int(t["id"]), str((t.get("data") or {}).get(spec.value_key, ""))) for t in tasks]
+        paths = fetch_images([it for it in items if it[1]], self.cache_dir / "images", hostname, api_key)
+        ok = [(i, paths[tid]) for i, (tid, _) in enumerate(items) if isinstance(paths.get(tid), Path)]
+        out: list[dict[str, Any]] = [{"result": [], "score": 0.0, "model_version": loaded.version} for _ in tasks]
+        for tid, _url in items:
+            if not isinstance(paths.get(tid), Path):
+                log.warning("predict_image_unavailable", project_id=project_id, task_id=tid, error=str(paths.get(tid)))
+        if not ok:
+            return out
+        results = loaded.model.predict(
+            [str(p) for _, p in ok], imgsz=self.imgsz, conf=self.conf, verbose=False, device=loaded.model.device
+        )
+        for (index, _path), res in zip(ok, results, strict=True):
+            height, width = res.orig_shape
+            regions = []
+            scores = []
+            for xyxy, cls, conf in zip(
+                res.boxes.xyxy.tolist(), res.boxes.cls.tolist(), res.boxes.conf.tolist(), strict=True
+            ):
+                name = loaded.names.get(int(cls))
+                if name not in spec.labels:
+                    continue
+                regions.append(
+                    {
+                        "id": uuid.uuid4().hex[:10],
+                        "from_name": spec.from_name,
+                        "to_name": spec.to_name,
+                        "type": "rectanglelabels",
+                        "original_width": width,
+                        "original_height": height,
+                        "image_rotation": 0,
+                        "value": {**xyxy_to_rectangle(tuple(xyxy), width, height), "rectanglelabels": [name]},
+                        "score": float(conf),
+                    }
+                )
+                scores.append(float(conf))
+            out[index]["result"] = regions
+            out[index]["score"] = sum(scores) / len(scores) if scores else 0.0
+        return out

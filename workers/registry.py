@@ -1,0 +1,185 @@
+"""Versioned model registry on a filesystem: the source of truth for what is served.
+
+Layout under ``models_dir``::
+
+    <project_id>/
+        CURRENT                 the served version's name, replaced atomically
+        versions/
+            v1/ weights.pt manifest.json      immutable once renamed into place
+            v2/ ...
+
+A version directory is written under a temporary name and renamed into place, and
+``CURRENT`` is written to a temporary file and ``os.replace``-d, so a crash at any point
+leaves the previous version serving. Redis only caches and notifies; wiping it changes
+nothing here. Standard library only: the receiver imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import RegistryError
+
+_VERSION_RE = re.compile(r"^v(\d+)$")
+WEIGHTS = "weights.pt"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One immutable model version of a project."""
+
+    project_id: int
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def weights(self) -> Path:
+        """Path of the version's Ultralytics weights file (best.pt of its training)."""
+        return self.path / WEIGHTS
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Registry:
+    """Read and publish model versions under ``root``.
+
+    Args:
+        root: the models directory; created on first publish.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+
+    def project_dir(self, project_id: int) -> Path:
+        return self.root / str(int(project_id))
+
+    def current_name(self, project_id: int) -> str | None:
+        """Name of the served version, or None when the project has none. One small file read."""
+        try:
+            name = (self.project_dir(project_id) / "CURRENT").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def get(self, project_id: int, name: str) -> ModelVersion:
+        """Load one version's manifest.
+
+        Raises:
+            RegistryError: the version does not exist or its manifest is unreadable.
+        """
+        if not _VERSION_RE.match(name):
+            raise RegistryError(f"not a version name: {name!r}")
+        path = self.project_dir(project_id) / "versions" / name
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"project {project_id} version {name}: unreadable manifest ({exc})") from None
+        return ModelVersion(int(project_id), name, path, manifest)
+
+    def current(self, project_id: int) -> ModelVersion | None:
+        """The served version, or None."""
+        name = self.current_name(project_id)
+        return self.get(project_id, name) if name else None
+
+    def list_versions(self, project_id: int) -> list[ModelVersion]:
+        """All published versions of a project, oldest first."""
+        vdir = self.project_dir(project_id) / "versions"
+        if not vdir.is_dir():
+            return []
+        names = sorted(
+            (p.name for p in vdir.iterdir() if _VERSION_RE.match(p.name)),
+            key=lambda n: int(n[1:]),
+        )
+        return [self.get(project_id, n) for n in names]
+
+    def projects(self) -> list[int]:
+        """Project ids that have a directory in the registry."""
+        if not self.root.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit())
+
+    def publish(self, project_id: int, weights: Path, manifest: dict[str, Any], promote: bool = True) -> ModelVersion:
+        """Publish ``weights`` as the project's next version ``v<N+1>``.
+
+        The weights file is copied into a temporary directory next to the versions, the
+        manifest written with ``version``, ``parent`` and ``created_at`` added, and the
+        directory renamed into place; then, if ``promote``, ``CURRENT`` points at it.
+
+        Raises:
+            RegistryError: ``weights`` does not exist.
+        """
+        weights = Path(weights)
+        if not weights.is_file():
+            raise RegistryError(f"weights not found: {weights}")
+        vdir = self.project_dir(project_id) / "versions"
+        vdir.mkdir(parents=True, exist_ok=True)
+        tmp = vdir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            shutil.copyfile(weights, tmp / WEIGHTS)
+            with open(tmp / WEIGHTS, "rb") as fh:
+                os.fsync(fh.fileno())
+            parent = self.current_name(project_id)
+            while True:
+                existing = [int(m.group(1)) for p in vdir.iterdir() if (m := _VERSION_RE.match(p.name))]
+                name = f"v{max(existing, default=0) + 1}"
+                body = {
+                    **manifest,
+                    "version": name,
+                    "project_id": int(project_id),
+                    "parent": parent,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "status": "promoted" if promote else "candidate",
+                }
+                (tmp / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True))
+                try:
+                    # rename() onto an existing non-empty directory fails: another publisher won.
+                    os.rename(tmp, vdir / name)
+                    break
+                except OSError:
+                    if not (vdir / name).exists():
+                        raise
+            _fsync_dir(vdir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if promote:
+            self.set_current(project_id, name)
+        return self.get(project_id, name)
+
+    def set_current(self, project_id: int, name: str) -> None:
+        """Point ``CURRENT`` at an existing version, atomically.
+
+        Raises:
+            RegistryError: the version does not exist.
+        """
+        self.get(project_id, name)
+        pdir = self.project_dir(project_id)
+        fd, tmp = tempfile.mkstemp(dir=pdir, prefix=".CURRENT-")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(name + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, pdir / "CURRENT")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(pdir)

@@ -1,0 +1,112 @@
+"""Celery task shells: bind log context, call one plain function, return.
+
+Task arguments are ids and small values; each task re-reads the world (Label Studio, the
+registry) and decides for itself what is still needed.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import redis
+import structlog
+from celery import Celery
+
+from service.errors import LabelloopError
+from service.settings import Settings
+from workers.celery_app import QUEUE_TRAIN, TASK_HANDLE_EVENT, TASK_PREDICT, TASK_TRAIN
+from workers.labels import parse_detection_config
+from workers.notify import announce_version
+from workers.pipeline import run_training, yolo_config_dir
+from workers.predictor import Predictor
+from workers.registry import Registry
+from workers.trigger import Event, TriggerStore
+
+log = structlog.get_logger(__name__)
+
+ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED"}
+
+
+def register_tasks(app: Celery) -> None:
+    """Define labelloop's tasks on ``app`` under their explicit names."""
+    settings: Settings = app.conf.labelloop_settings
+
+    @functools.cache
+    def redis_client() -> redis.Redis:
+        return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+
+    @functools.cache
+    def predictor() -> Predictor:
+        return Predictor(
+            Registry(settings.models_dir),
+            settings.base_model,
+            yolo_config_dir(settings),
+            Path(settings.cache_dir).absolute(),
+            settings.imgsz,
+            settings.predict_conf,
+            settings.device,
+        )
+
+    def trigger() -> TriggerStore:
+        return TriggerStore(redis_client(), lock_ttl_s=settings.train_time_limit_s + 600)
+
+    def start_training(project_id: int, run_id: str, reason: str) -> None:
+        app.send_task(TASK_TRAIN, args=[project_id, run_id], queue=QUEUE_TRAIN)
+        log.info("training_enqueued", project_id=project_id, run_id=run_id, reason=reason)
+
+    @app.task(name=TASK_HANDLE_EVENT, ignore_result=True)
+    def handle_event(project_id: int, action: str, count: int = 1) -> str:
+        """Apply one recorded webhook event to the project's trigger policy."""
+        with structlog.contextvars.bound_contextvars(project_id=project_id, action=action):
+            return _handle_event(project_id, action, count)
+
+    def _handle_event(project_id: int, action: str, count: int) -> str:
+        event: Event = "start_training" if action == "START_TRAINING" else "annotation"
+        decision = trigger().apply(project_id, event, settings.train_every_n, count=count)
+        log.info(
+            "event_handled",
+            start=decision.start,
+            pending=decision.state.pending,
+            followup=decision.state.followup,
+        )
+        if decision.start and decision.run_id:
+            start_training(project_id, decision.run_id, action)
+            return "started"
+        return "coalesced" if decision.state.followup else "counted"
+
+    @app.task(
+        name=TASK_TRAIN,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        time_limit=settings.train_time_limit_s + 300,
+    )
+    def train(self: Any, project_id: int, run_id: str) -> dict[str, Any]:
+        """Run the training pipeline for a project and publish the new version."""
+        with structlog.contextvars.bound_contextvars(project_id=project_id, run_id=run_id, task_id=self.request.id):
+            return _train(project_id, run_id)
+
+    def _train(project_id: int, run_id: str) -> dict[str, Any]:
+        outcome: dict[str, Any] = {"project_id": project_id, "run_id": run_id}
+        try:
+            version = run_training(settings, project_id, run_id)
+            announce_version(redis_client(), project_id, version.name)
+            outcome.update(status="published", version=version.name, metrics=version.manifest.get("metrics"))
+        except LabelloopError as exc:
+            log.error("training_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
+            outcome.update(status="failed", error=str(exc)[:2000])
+        finally:
+            decision = trigger().apply(project_id, "finished", settings.train_every_n, run_id=run_id)
+            if decision.start and decision.run_id:
+                start_training(project_id, decision.run_id, "followup")
+        return outcome
+
+    @app.task(name=TASK_PREDICT)
+    def predict(project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+        """Predict regions for Label Studio tasks with the project's served version."""
+        with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=predict.request.id):
+            spec = parse_detection_config(label_config)
+            results = predictor().predict(project_id, spec, tasks, settings.label_studio_url, settings.api_key)
+            return {"results": results}

@@ -1,0 +1,129 @@
+"""Fine-tune a YOLO model with ultralytics, in a child process of its own.
+
+Celery's prefork children are daemonic and may not start DataLoader worker processes, so the
+train task runs ``python -m workers.training <spec.json>`` and waits for it. The child writes
+``result.json`` next to the spec; a crash writes nothing, and nothing is published.
+
+Spec keys: ``data`` (data.yaml), ``weights`` (.pt path or model YAML), ``epochs``, ``imgsz``,
+``batch``, ``device``, ``workers``, ``seed``, ``run_dir``, ``config_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.errors import TrainingError
+
+
+def pick_device(device: str) -> str:
+    """'' -> '0' when CUDA is available, else 'cpu'; anything else is passed to ultralytics as is."""
+    if device:
+        return device
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def train(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train in this process with ``YOLO(weights).train(...)``; returns the result dict.
+
+    Returns:
+        ``{"best": path of best.pt, "metrics": {"map50_95", "map50", "precision", "recall"},
+        "seconds": wall seconds, "device": device used}``.
+    """
+    from workers.yolo_env import prepare_ultralytics
+
+    prepare_ultralytics(Path(spec["config_dir"]))
+    from ultralytics import YOLO
+
+    device = pick_device(str(spec.get("device", "")))
+    run_dir = Path(spec["run_dir"]).absolute()
+    t0 = time.perf_counter()
+    model = YOLO(str(spec["weights"]))
+    model.train(
+        data=str(spec["data"]),
+        epochs=int(spec["epochs"]),
+        imgsz=int(spec["imgsz"]),
+        batch=int(spec["batch"]),
+        device=device,
+        workers=int(spec["workers"]),
+        seed=int(spec.get("seed", 0)),
+        project=str(run_dir),
+        name="train",
+        exist_ok=True,
+        amp=device != "cpu",
+        plots=False,
+        verbose=False,
+        pretrained=str(spec["weights"]).endswith(".pt"),
+    )
+    seconds = time.perf_counter() - t0
+    trainer = model.trainer
+    best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
+    if not best.exists():
+        raise TrainingError(f"training wrote no weights under {run_dir}")
+    box = trainer.validator.metrics.box if trainer.validator is not None else None
+    metrics = (
+        {"map50_95": float(box.map), "map50": float(box.map50), "precision": float(box.mp), "recall": float(box.mr)}
+        if box is not None
+        else {}
+    )
+    return {"best": str(best), "metrics": metrics, "seconds": seconds, "device": device}
+
+
+def run_training_process(spec: dict[str, Any], run_dir: Path, timeout_s: float) -> dict[str, Any]:
+    """Run ``train(spec)`` in a child Python process and return its result.
+
+    The child's output goes to ``<run_dir>/train.log``.
+
+    Raises:
+        TrainingError: the child failed, timed out or wrote no result.
+    """
+    run_dir = Path(run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = run_dir / "spec.json"
+    spec_path.write_text(json.dumps({**spec, "run_dir": str(run_dir)}, indent=2))
+    result_path = run_dir / "result.json"
+    result_path.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / "train.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.training", str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise TrainingError(f"training exceeded {timeout_s:.0f} s and was killed") from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if code != 0 or not result_path.exists():
+        tail = (run_dir / "train.log").read_text(errors="replace")[-2000:]
+        raise TrainingError(f"training process exited with {code}; log tail:\n{tail}")
+    return json.loads(result_path.read_text())
+
+
+def main(argv: list[str]) -> int:
+    spec_path = Path(argv[1])
+    spec = json.loads(spec_path.read_text())
+    result = train(spec)
+    tmp = spec_path.with_name("result.json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, spec_path.with_name("result.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
