@@ -161,7 +161,11 @@ async def webhook(request: Request) -> JSONResponse:
         st.metrics.events.labels(action=action, outcome="rejected").inc()
         raise
     t0 = time.perf_counter()
-    outcome = await st.recorder.record_and_enqueue(event)
+    try:
+        outcome = await st.recorder.record_and_enqueue(event)
+    except UnavailableError:
+        st.metrics.events.labels(action=action, outcome="unavailable").inc()
+        raise
     st.metrics.enqueue_seconds.observe(time.perf_counter() - t0)
     st.metrics.events.labels(action=action, outcome=outcome).inc()
     log.info("webhook", project_id=event.project.id, action=action, outcome=outcome)

@@ -1,0 +1,176 @@
+"""The active-learning loop end to end against a real Label Studio server.
+
+Real Label Studio 1.23 (its own virtual environment, SQLite), real Redis, the receiver under
+uvicorn and three real Celery workers (events, train, predict), real ultralytics training.
+The tests run in file order and share one project: annotate -> train -> serve, then
+coalescing of training requests, then a full restart.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service.demo import LabelStudioAPI
+from service.events import EVENT_STREAM
+from service.stack import Stack, free_port, wait_until
+from service.synthetic import Sample, make_sample
+from tests.conftest import TRAIN_ENV
+from workers.registry import Registry
+from workers.trigger import TriggerStore
+
+pytestmark = pytest.mark.labelstudio
+
+TRAIN_EVERY_N = 6
+
+
+@dataclass
+class Loop:
+    stack: Stack
+    api: LabelStudioAPI
+    registry: Registry
+    redis_port: int
+    receiver_port: int
+    receiver_url: str
+    project_id: int = 0
+    ml_id: int = 0
+    task_ids: list[int] | None = None
+    samples: list[Sample] | None = None
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.stack.env["LABELLOOP_REDIS_URL"])
+
+    def start(self, redis_dir: Path) -> None:
+        """Start Redis (empty), the receiver and one worker per queue."""
+        self.stack.env["LABELLOOP_REDIS_URL"] = self.stack.start_redis(self.redis_port, redis_dir)
+        self.receiver_url = self.stack.start_receiver(self.receiver_port)
+        for queue in ("events", "train", "predict"):
+            self.stack.start_worker(queue)
+
+    def kill_all(self) -> None:
+        for name in list(self.stack.procs):
+            self.stack.stop(name, sig=signal.SIGKILL)
+
+    def idle(self) -> bool:
+        """No training running or queued for the project."""
+        state = TriggerStore(self.redis(), 60).state(self.project_id)
+        return not state.training and self.redis().llen("train") == 0
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{self.stack.log_tail(n, 4000)}" for n in ("worker-train", "worker-events", "receiver"))
+
+
+@pytest.fixture(scope="module")
+def loop(label_studio: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    ls_url, token = label_studio
+    work = tmp_path_factory.mktemp("loop")
+    env = {
+        **TRAIN_ENV,
+        "LABELLOOP_MODELS_DIR": str(work / "models"),
+        "LABELLOOP_CACHE_DIR": str(work / "cache"),
+        "LABELLOOP_TRAIN_EVERY_N": str(TRAIN_EVERY_N),
+        "LABEL_STUDIO_URL": ls_url,
+        "LABEL_STUDIO_API_KEY": token,
+    }
+    stack = Stack(work, env)
+    port = free_port()
+    loop = Loop(stack, LabelStudioAPI(ls_url, token), Registry(work / "models"), free_port(), port,
+                f"http://127.0.0.1:{port}")
+    try:
+        loop.start(work / "redis-1")
+        yield loop
+    finally:
+        stack.stop_all()
+
+
+def test_annotations_train_a_version_that_label_studio_serves(loop: Loop) -> None:
+    """Annotations saved through Label Studio's API arrive as webhooks, trigger a training after N,
+    and Label Studio then reports the new version from /setup and gets predictions carrying it."""
+    api = loop.api
+    loop.project_id = api.create_project("labelloop e2e")
+    loop.samples = [make_sample(seed, 160, 120) for seed in range(16)]
+    loop.task_ids = api.import_images(loop.project_id, loop.samples)
+    loop.ml_id = api.connect_backend(loop.project_id, loop.receiver_url)
+    assert api.backend_version(loop.ml_id) == "untrained"
+
+    for task_id, sample in list(zip(loop.task_ids, loop.samples, strict=True))[: TRAIN_EVERY_N - 1]:
+        api.annotate(task_id, sample.ls_result())
+    # N-1 annotations: recorded and enqueued, but no training yet.
+    wait_until(lambda: loop.redis().xlen(EVENT_STREAM) == TRAIN_EVERY_N - 1, 10, "webhooks recorded")
+    time.sleep(1.0)
+    assert loop.registry.current_name(loop.project_id) is None
+    assert TriggerStore(loop.redis(), 60).state(loop.project_id).pending == TRAIN_EVERY_N - 1
+
+    api.annotate(loop.task_ids[TRAIN_EVERY_N - 1], loop.samples[TRAIN_EVERY_N - 1].ls_result())
+    events = loop.redis().xrange(EVENT_STREAM)
+    assert [e[1][b"action"] for e in events] == [b"ANNOTATION_CREATED"] * TRAIN_EVERY_N
+    assert {int(e[1][b"project_id"]) for e in events} == {loop.project_id}
+
+    try:
+        wait_until(lambda: loop.registry.current_name(loop.project_id) == "v1", 300, "version v1", 1.0)
+    except TimeoutError:
+        pytest.fail("no version after N annotations\n" + loop.logs())
+    manifest = loop.registry.get(loop.project_id, "v1").manifest
+    assert manifest["parent"] is None
+    assert manifest["dataset_size"]["train"] + manifest["dataset_size"]["val"] == TRAIN_EVERY_N
+    assert manifest["classes"] == ["square", "disc"]
+    assert set(manifest["timings"]) >= {"export", "download", "build", "train", "total"}
+
+    assert api.backend_version(loop.ml_id) == "v1"
+    preds = api.predictions_for(loop.task_ids[-1])
+    assert [p["model_version"] for p in preds] == ["v1"]
+
+
+def test_training_requests_during_a_training_coalesce_into_one_followup(loop: Loop) -> None:
+    """START_TRAINING trains now; more requests and annotations while it runs cause exactly one
+    follow-up run, not one per event."""
+    assert loop.project_id and loop.task_ids and loop.samples
+    wait_until(loop.idle, 60, "idle project")
+    loop.api.train(loop.ml_id)
+    lock = f"labelloop:project:{loop.project_id}:training"
+    wait_until(lambda: loop.redis().exists(lock) == 1, 10, "training lock")
+    for _ in range(3):
+        loop.api.train(loop.ml_id)
+    for i in (TRAIN_EVERY_N, TRAIN_EVERY_N + 1):
+        loop.api.annotate(loop.task_ids[i], loop.samples[i].ls_result())
+    assert loop.registry.current_name(loop.project_id) == "v1", "the first run must still be training"
+    try:
+        wait_until(lambda: loop.registry.current_name(loop.project_id) == "v3", 300, "follow-up v3", 1.0)
+        wait_until(loop.idle, 60, "idle after follow-up")
+    except TimeoutError:
+        pytest.fail("no follow-up\n" + loop.logs())
+    time.sleep(2.0)
+    assert [v.name for v in loop.registry.list_versions(loop.project_id)] == ["v1", "v2", "v3"]
+    v3 = loop.registry.get(loop.project_id, "v3").manifest
+    assert v3["parent"] == "v2"
+    assert v3["train_args"]["weights"].endswith("/v2/weights.pt")
+    assert v3["dataset_size"]["train"] + v3["dataset_size"]["val"] == TRAIN_EVERY_N + 2
+
+
+def test_kill_and_restart_everything_keeps_serving_the_newest_version(loop: Loop, tmp_path: Path) -> None:
+    """After SIGKILL of the receiver, every worker and Redis, and a restart with Redis empty,
+    /setup and /predict still serve the newest version (no reload-reset)."""
+    assert loop.project_id and loop.task_ids
+    newest = loop.registry.current_name(loop.project_id)
+    assert newest == "v3"
+    loop.kill_all()
+    loop.start(tmp_path / "redis-empty")
+    assert loop.redis().dbsize() == 0
+
+    setup = httpx.post(
+        f"{loop.receiver_url}/setup",
+        json={"project": f"{loop.project_id}.{int(time.time())}", "schema": loop.api.sdk.projects.get(
+            id=loop.project_id).label_config},
+        timeout=3,
+    )
+    assert setup.json() == {"model_version": newest}
+    assert loop.api.backend_version(loop.ml_id) == newest
+    preds = loop.api.predictions_for(loop.task_ids[-2])
+    assert [p["model_version"] for p in preds] == [newest]

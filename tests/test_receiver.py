@@ -1,0 +1,167 @@
+"""The receiver against real Redis: the ML backend protocol as Label Studio 1.23 sends it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.events import EVENT_STREAM
+from service.settings import Settings
+from tests.conftest import fixture
+from workers.registry import Registry
+
+
+def _client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    yield from _client(settings)
+
+
+def _queued_tasks(redis_url: str, queue: str) -> list[dict]:
+    """Celery messages waiting in a queue (kombu's Redis transport keeps a list per queue)."""
+    raw = redis.Redis.from_url(redis_url).lrange(queue, 0, -1)
+    return [json.loads(m) for m in raw]
+
+
+@pytest.mark.parametrize("path", ["/", "/health"])
+def test_health_is_up(client: TestClient, path: str) -> None:
+    """GET / and /health answer {"status": "UP"}."""
+    resp = client.get(path)
+    assert resp.status_code == 200 and resp.json()["status"] == "UP"
+
+
+def test_setup_returns_served_version(client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    """/setup answers "untrained" before the first version and the registry's current one after."""
+    body = fixture("ml_setup_request.json")
+    assert client.post("/setup", json=body).json() == {"model_version": "untrained"}
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    Registry(settings.models_dir).publish(1, weights, {})
+    assert client.post("/setup", json=body).json() == {"model_version": "v1"}
+
+
+def test_setup_rejects_untrainable_label_config(client: TestClient) -> None:
+    """A label config without RectangleLabels is a 422 with the reason, at /setup time."""
+    body = {**fixture("ml_setup_request.json"), "schema": '<View><Text name="t" value="$t"/></View>'}
+    resp = client.post("/setup", json=body)
+    assert resp.status_code == 422
+    assert "RectangleLabels" in resp.json()["error"]
+
+
+def test_setup_rejects_bad_project(client: TestClient) -> None:
+    """A project that is not "<id>.<timestamp>" is a 400."""
+    resp = client.post("/setup", json={**fixture("ml_setup_request.json"), "project": "abc"})
+    assert resp.status_code == 400 and "project" in resp.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [
+        ("webhook_ANNOTATION_CREATED.json", 1),
+        ("webhook_ANNOTATION_UPDATED.json", 1),
+        ("webhook_ANNOTATIONS_DELETED.json", 1),
+        ("ml_webhook_START_TRAINING.json", 1),
+    ],
+)
+def test_webhook_records_then_enqueues(client: TestClient, redis_url: str, name: str, count: int) -> None:
+    """Each accepted action is recorded in the Redis stream and enqueued by task name on `events`."""
+    body = fixture(name)
+    resp = client.post("/webhook", json=body)
+    assert resp.status_code == 201, resp.text
+    assert resp.json() == {"status": "accepted"}
+    entries = redis.Redis.from_url(redis_url).xrange(EVENT_STREAM)
+    assert len(entries) == 1
+    assert entries[0][1][b"action"] == body["action"].encode()
+    queued = _queued_tasks(redis_url, "events")
+    assert [m["headers"]["task"] for m in queued] == ["labelloop.handle_event"]
+    assert queued[0]["headers"]["argsrepr"] == repr([1, body["action"], count])
+
+
+def test_same_delivery_twice_is_recorded_once(client: TestClient, redis_url: str) -> None:
+    """Resending the same annotation update is acknowledged but neither recorded nor enqueued again."""
+    body = fixture("webhook_ANNOTATION_UPDATED.json")
+    assert client.post("/webhook", json=body).json() == {"status": "accepted"}
+    resp = client.post("/webhook", json=body)
+    assert resp.status_code == 200 and resp.json() == {"status": "duplicate"}
+    assert redis.Redis.from_url(redis_url).xlen(EVENT_STREAM) == 1
+    assert len(_queued_tasks(redis_url, "events")) == 1
+
+
+def test_unknown_action_is_200_and_ignored(client: TestClient, redis_url: str) -> None:
+    """PROJECT_UPDATED and other actions get 200 {"status": "Unknown event"} and record nothing."""
+    for name in ("ml_webhook_PROJECT_UPDATED.json", "webhook_TASKS_CREATED.json"):
+        resp = client.post("/webhook", json=fixture(name))
+        assert resp.status_code == 200 and resp.json() == {"status": "Unknown event"}
+    assert redis.Redis.from_url(redis_url).xlen(EVENT_STREAM) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "reason"),
+    [
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
+        ({"content": b"action=x", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415, "json"),
+        ({"json": {"project": {"id": 1}}}, 422, "action"),
+        ({"json": [1, 2]}, 422, "action"),
+        ({"json": {"action": "ANNOTATION_CREATED", "project": {"id": "x"}, "annotation": {"id": 1}}}, 422, "project.id"),
+        ({"json": {"action": "ANNOTATION_CREATED", "project": {"id": 1}}}, 400, "annotation"),
+        ({"json": {"action": "ANNOTATIONS_DELETED", "project": {"id": 1}, "annotations": []}}, 400, "annotations"),
+        ({"json": {"action": "START_TRAINING"}}, 422, "project"),
+    ],
+)
+def test_malformed_webhooks_are_4xx_with_reason(
+    client: TestClient, redis_url: str, kwargs: dict, status: int, reason: str
+) -> None:
+    """Malformed bodies get a 4xx whose body names the problem, and nothing is recorded."""
+    resp = client.post("/webhook", **kwargs)
+    assert resp.status_code == status
+    assert reason in resp.text
+    assert "Traceback" not in resp.text
+    assert redis.Redis.from_url(redis_url).xlen(EVENT_STREAM) == 0
+    assert _queued_tasks(redis_url, "events") == []
+
+
+def test_redis_down_is_503_within_a_second(tmp_path: Path) -> None:
+    """With Redis unreachable, a webhook gets 503 quickly instead of hanging or a 500."""
+    settings = Settings(redis_url="redis://127.0.0.1:9/0", models_dir=tmp_path / "m", cache_dir=tmp_path / "c")
+    for client in _client(settings):
+        t0 = time.perf_counter()
+        resp = client.post("/webhook", json=fixture("webhook_ANNOTATION_CREATED.json"))
+        assert resp.status_code == 503
+        assert time.perf_counter() - t0 < 1.0
+        assert "Redis" in resp.json()["error"]
+
+
+def test_metrics_count_events(client: TestClient) -> None:
+    """/metrics exposes webhook events by action and outcome in Prometheus format."""
+    client.post("/webhook", json=fixture("webhook_ANNOTATION_CREATED.json"))
+    text = client.get("/metrics").text
+    assert 'labelloop_webhook_events_total{action="ANNOTATION_CREATED",outcome="accepted"} 1.0' in text
+
+
+def test_receiver_never_imports_torch_or_ultralytics() -> None:
+    """Importing and building the receiver app loads neither torch nor ultralytics."""
+    code = (
+        "import sys; from service.app import create_app; from service.settings import Settings; "
+        "create_app(Settings()); "
+        "bad = [m for m in ('torch', 'ultralytics', 'torchvision') if m in sys.modules]; "
+        "sys.exit(1 if bad else 0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)

@@ -1,0 +1,68 @@
+"""The model registry: immutable versions, an atomic CURRENT pointer, crash safety."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from service.errors import RegistryError
+from workers.registry import Registry
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"weights-1")
+    return path
+
+
+def test_publish_numbers_versions_and_moves_current(tmp_path: Path, weights: Path) -> None:
+    """Each publish creates v<N+1> with parent and manifest, and CURRENT points at it."""
+    reg = Registry(tmp_path / "models")
+    assert reg.current_name(4) is None
+    v1 = reg.publish(4, weights, {"metrics": {"map50_95": 0.1}})
+    v2 = reg.publish(4, weights, {"metrics": {"map50_95": 0.2}})
+    assert (v1.name, v2.name) == ("v1", "v2")
+    assert reg.current_name(4) == "v2"
+    assert v2.manifest["parent"] == "v1" and v1.manifest["parent"] is None
+    assert v2.manifest["metrics"] == {"map50_95": 0.2}
+    assert v2.weights.read_bytes() == b"weights-1"
+    assert [v.name for v in reg.list_versions(4)] == ["v1", "v2"]
+
+
+def test_registry_reads_survive_a_new_process(tmp_path: Path, weights: Path) -> None:
+    """A fresh Registry object over the same directory sees the same current version."""
+    Registry(tmp_path).publish(9, weights, {})
+    assert Registry(tmp_path).current_name(9) == "v1"
+
+
+def test_crash_while_publishing_keeps_the_current_version(tmp_path: Path, weights: Path) -> None:
+    """A failure while writing a version leaves CURRENT and the versions as they were, and no temp dirs."""
+    reg = Registry(tmp_path)
+    reg.publish(2, weights, {})
+    with mock.patch("workers.registry.os.rename", side_effect=OSError("disk full")), pytest.raises(OSError):
+        reg.publish(2, weights, {})
+    assert reg.current_name(2) == "v1"
+    assert sorted(p.name for p in (tmp_path / "2" / "versions").iterdir()) == ["v1"]
+
+
+def test_crash_while_moving_current_keeps_the_old_pointer(tmp_path: Path, weights: Path) -> None:
+    """If replacing CURRENT fails, the old pointer stays intact (no half-written file)."""
+    reg = Registry(tmp_path)
+    reg.publish(2, weights, {})
+    with mock.patch("workers.registry.os.replace", side_effect=OSError("boom")), pytest.raises(OSError):
+        reg.publish(2, weights, {})
+    assert reg.current_name(2) == "v1"
+    assert not [p for p in os.listdir(tmp_path / "2") if p.startswith(".CURRENT-")]
+
+
+def test_unknown_versions_are_errors(tmp_path: Path) -> None:
+    """Pointing CURRENT at a missing version or a bad name raises RegistryError."""
+    reg = Registry(tmp_path)
+    with pytest.raises(RegistryError):
+        reg.set_current(1, "v3")
+    with pytest.raises(RegistryError):
+        reg.get(1, "../etc")

@@ -1,0 +1,109 @@
+"""Real ultralytics training in a child process, publishing, and prediction with hot-swap."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.errors import TrainingError
+from service.synthetic import LABEL_CONFIG, make_sample
+from workers.dataset import build_dataset
+from workers.labels import parse_detection_config
+from workers.predictor import Predictor
+from workers.registry import Registry
+from workers.training import run_training_process
+
+SPEC = parse_detection_config(LABEL_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A plain HTTP server on loopback serving generated images (what http(s) task URLs point at)."""
+    root = tmp_path_factory.mktemp("www")
+    for i in range(12):
+        (root / f"img{i}.png").write_bytes(make_sample(i, 160, 120).png)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, image_server: tuple[str, Path]) -> dict:
+    """One real 2-epoch training on 12 generated images (imgsz 160, yolov8n.yaml)."""
+    _, root = image_server
+    work = tmp_path_factory.mktemp("train")
+    tasks = [
+        {"id": i + 1, "data": {"image": f"img{i}.png"},
+         "annotations": [{"id": i + 1, "result": make_sample(i, 160, 120).ls_result(), "was_cancelled": False}]}
+        for i in range(12)
+    ]
+    data_yaml, report = build_dataset(
+        tasks, SPEC, work / "ds", lambda items: {t: root / f"img{t - 1}.png" for t, _ in items}, 0.25, 2
+    )
+    spec = {"data": str(data_yaml), "weights": "yolov8n.yaml", "epochs": 2, "imgsz": 160, "batch": 4,
+            "device": "", "workers": 0, "seed": 0, "config_dir": str(work / "yolo")}
+    result = run_training_process(spec, work / "run", timeout_s=600)
+    return {"result": result, "work": work, "report": report}
+
+
+def test_training_writes_weights_and_metrics(trained: dict) -> None:
+    """The child process trains with ultralytics and reports best.pt and mAP50-95 on the val split."""
+    result = trained["result"]
+    assert Path(result["best"]).is_file()
+    assert set(result["metrics"]) == {"map50_95", "map50", "precision", "recall"}
+    assert 0.0 <= result["metrics"]["map50_95"] <= 1.0
+    assert result["device"] == "cpu"
+    assert trained["report"].images["val"] >= 2
+
+
+def test_training_failure_is_a_training_error(tmp_path: Path) -> None:
+    """A failing child (missing dataset) raises TrainingError with the log tail, writing no result."""
+    spec = {"data": str(tmp_path / "missing.yaml"), "weights": "yolov8n.yaml", "epochs": 1, "imgsz": 64,
+            "batch": 2, "device": "cpu", "workers": 0, "config_dir": str(tmp_path / "yolo")}
+    with pytest.raises(TrainingError, match="exited with"):
+        run_training_process(spec, tmp_path / "run", timeout_s=300)
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_predictor_serves_current_version_and_swaps(trained: dict, image_server: tuple[str, Path], tmp_path: Path) -> None:
+    """Predictions come back one per task in Label Studio format, and a newly published version is
+    served on the next request without restarting."""
+    base_url, _ = image_server
+    registry = Registry(tmp_path / "models")
+    predictor = Predictor(registry, "yolov8n.yaml", trained["work"] / "yolo", tmp_path / "cache", 160, 0.0)
+    tasks = [{"id": 1, "data": {"image": f"{base_url}/img1.png"}},
+             {"id": 2, "data": {"image": f"{base_url}/missing.png"}},
+             {"id": 3, "data": {"image": f"{base_url}/img3.png"}}]
+    untrained = predictor.predict(5, SPEC, tasks, None, None)
+    assert untrained == [{"result": [], "score": 0.0, "model_version": "untrained"}] * 3
+
+    registry.publish(5, Path(trained["result"]["best"]), {"classes": list(SPEC.labels)})
+    out = predictor.predict(5, SPEC, tasks, None, None)
+    assert [o["model_version"] for o in out] == ["v1"] * 3
+    assert out[1]["result"] == []
+    regions = out[0]["result"]
+    assert regions, "conf=0 must give regions"
+    for region in regions:
+        assert region["from_name"] == "label" and region["to_name"] == "image"
+        assert region["type"] == "rectanglelabels"
+        assert (region["original_width"], region["original_height"]) == (160, 120)
+        value = region["value"]
+        assert value["rectanglelabels"][0] in SPEC.labels
+        assert 0 <= value["x"] <= 100 and 0 <= value["width"] <= 100 - value["x"] + 1e-6
+        assert 0 <= value["y"] <= 100 and 0 <= value["height"] <= 100 - value["y"] + 1e-6
+        assert 0.0 <= region["score"] <= 1.0
+    assert out[0]["score"] == pytest.approx(sum(r["score"] for r in regions) / len(regions))
+
+    copy = tmp_path / "again.pt"
+    shutil.copyfile(trained["result"]["best"], copy)
+    registry.publish(5, copy, {"classes": list(SPEC.labels)})
+    assert predictor.predict(5, SPEC, tasks[:1], None, None)[0]["model_version"] == "v2"

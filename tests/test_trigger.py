@@ -1,0 +1,71 @@
+"""The trigger policy: pure decisions, and the Redis-backed store under concurrency."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from workers.trigger import TriggerState, TriggerStore, decide
+
+IDLE = TriggerState()
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "n", "expected", "start"),
+    [
+        (IDLE, "annotation", 3, TriggerState(pending=1), False),
+        (TriggerState(pending=2), "annotation", 3, TriggerState(training=True), True),
+        (IDLE, "start_training", 10, TriggerState(training=True), True),
+        (TriggerState(pending=5, training=True), "start_training", 10,
+         TriggerState(pending=5, training=True, followup=True), False),
+        (TriggerState(pending=9, training=True), "annotation", 10,
+         TriggerState(pending=10, training=True, followup=True), False),
+        (TriggerState(pending=3, training=True), "finished", 10, TriggerState(pending=3), False),
+        (TriggerState(pending=3, training=True, followup=True), "finished", 10, TriggerState(training=True), True),
+        (TriggerState(pending=12, training=True), "finished", 10, TriggerState(training=True), True),
+    ],
+)
+def test_decide(state: TriggerState, event: str, n: int, expected: TriggerState, start: bool) -> None:
+    """Each event moves the state as the policy says and starts training only when due and idle."""
+    assert decide(state, event, n) == (expected, start)  # type: ignore[arg-type]
+
+
+def test_bulk_delete_counts_each_annotation() -> None:
+    """A bulk event of `count` annotations counts `count` times towards N."""
+    assert decide(IDLE, "annotation", 3, count=3) == (TriggerState(training=True), True)
+
+
+def test_events_during_training_cause_exactly_one_followup(redis_url: str) -> None:
+    """Fifty concurrent START_TRAINING events during a training lead to one follow-up run."""
+    store = TriggerStore(redis.Redis.from_url(redis_url), lock_ttl_s=60)
+    first = store.apply(7, "start_training", n=10)
+    assert first.start and first.run_id
+    with ThreadPoolExecutor(8) as pool:
+        decisions = list(pool.map(lambda _: store.apply(7, "start_training", n=10), range(50)))
+    assert not any(d.start for d in decisions)
+    done = store.apply(7, "finished", n=10, run_id=first.run_id)
+    assert done.start and done.run_id != first.run_id
+    again = store.apply(7, "finished", n=10, run_id=done.run_id)
+    assert not again.start
+    assert store.state(7) == TriggerState()
+
+
+def test_n_annotation_events_start_one_training(redis_url: str) -> None:
+    """Exactly one of N concurrent annotation events starts the training."""
+    store = TriggerStore(redis.Redis.from_url(redis_url), lock_ttl_s=60)
+    with ThreadPoolExecutor(8) as pool:
+        decisions = list(pool.map(lambda _: store.apply(3, "annotation", n=10), range(10)))
+    assert sum(d.start for d in decisions) == 1
+    assert store.state(3) == TriggerState(pending=0, training=True)
+
+
+def test_stale_finish_does_not_release_another_runs_lock(redis_url: str) -> None:
+    """A finish from a run that no longer holds the lock changes nothing."""
+    store = TriggerStore(redis.Redis.from_url(redis_url), lock_ttl_s=60)
+    run = store.apply(1, "start_training", n=10)
+    stale = store.apply(1, "finished", n=10, run_id="not-the-holder")
+    assert not stale.start
+    assert store.state(1).training
+    assert run.run_id
