@@ -139,7 +139,13 @@ async def predict(request: Request) -> JSONResponse:
         raise UnavailableError("predict worker returned a wrong number of results")
     seconds = time.perf_counter() - t0
     st.metrics.predict_seconds.observe(seconds)
-    log.info("predicted", project_id=project_id, tasks=len(tasks), version=results[0]["model_version"], seconds=seconds)
+    log.info(
+        "predicted",
+        project_id=project_id,
+        tasks=len(tasks),
+        version=results[0]["model_version"],
+        seconds=seconds,
+    )
     return JSONResponse({"results": results})
 
 

@@ -1,9 +1,9 @@
 """``labelloop``: the command line of the receiver, the workers, Flower and the demo.
 
-    labelloop serve     the receiver (uvicorn, factory service.app:create_app_from_env)
-    labelloop worker    a Celery worker for one or more queues (events, train, predict)
-    labelloop flower    Flower, the Celery monitor
-    labelloop demo      the whole stack, with a local Label Studio and a demo project
+labelloop serve     the receiver (uvicorn, factory service.app:create_app_from_env)
+labelloop worker    a Celery worker for one or more queues (events, train, predict)
+labelloop flower    Flower, the Celery monitor
+labelloop demo      the whole stack, with a local Label Studio and a demo project
 """
 
 from __future__ import annotations
@@ -38,10 +38,14 @@ def _worker(args: argparse.Namespace) -> int:
     app = create_celery(settings, with_tasks=True)
     argv = [
         "worker",
-        "--queues", args.queues,
-        "--concurrency", str(args.concurrency),
-        "--hostname", f"{args.queues.replace(',', '-')}@%h",
-        "--loglevel", settings.log_level,
+        "--queues",
+        args.queues,
+        "--concurrency",
+        str(args.concurrency),
+        "--hostname",
+        f"{args.queues.replace(',', '-')}@%h",
+        "--loglevel",
+        settings.log_level,
         "--task-events",
     ]
     if args.pool:
@@ -69,7 +73,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labelloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="labelloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the receiver (Label Studio ML backend API)")

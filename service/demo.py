@@ -42,7 +42,8 @@ class LabelStudioAPI:
         self.sdk = LabelStudio(base_url=self.url, api_key=token)
 
     def create_project(self, title: str, label_config: str = LABEL_CONFIG) -> int:
-        return int(self.sdk.projects.create(title=title, label_config=label_config).id)
+        project: Any = self.sdk.projects.create(title=title, label_config=label_config)
+        return int(project.id)
 
     def import_images(self, project_id: int, samples: list[Sample]) -> list[int]:
         """Upload PNGs as tasks (``POST /api/projects/{id}/import``); returns task ids in order."""
@@ -54,7 +55,7 @@ class LabelStudioAPI:
             timeout=120,
         )
         resp.raise_for_status()
-        tasks = sorted(self.sdk.tasks.list(project=project_id), key=lambda t: t.id)
+        tasks: list[Any] = sorted(self.sdk.tasks.list(project=project_id), key=lambda t: t.id)
         by_name = {str(t.data["image"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
         return [by_name[f"img{i:04d}.png"] for i in range(len(samples))]
 
@@ -94,7 +95,8 @@ class LabelStudioAPI:
         return list(preds.json())
 
     def project_of(self, task_id: int) -> int:
-        return int(self.sdk.tasks.get(id=str(task_id)).project)
+        task: Any = self.sdk.tasks.get(id=str(task_id))
+        return int(task.project)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -161,8 +163,10 @@ def run_demo(args: argparse.Namespace) -> int:
         unlabeled = task_ids[args.annotate]
         preds = api.predictions_for(unlabeled)
         for p in preds:
-            say(f"task {unlabeled}: prediction by {p.get('model_version')} with {len(p.get('result') or [])} regions, "
-                f"score {p.get('score')}")
+            say(
+                f"task {unlabeled}: prediction by {p.get('model_version')} with {len(p.get('result') or [])} regions, "
+                f"score {p.get('score')}"
+            )
         say(f"open {ls_url}/projects/{project_id} to label more; Ctrl-C stops everything")
         if args.exit:
             return 0

@@ -62,7 +62,10 @@ class EventRecorder:
 
         def send() -> None:
             self.celery.send_task(
-                TASK_HANDLE_EVENT, args=[event.project.id, event.action, event.count], queue=QUEUE_EVENTS, retry=False
+                TASK_HANDLE_EVENT,
+                args=[event.project.id, event.action, event.count],
+                queue=QUEUE_EVENTS,
+                retry=False,
             )
 
         try:

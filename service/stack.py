@@ -121,8 +121,21 @@ class Stack:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.start(
             "redis",
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
         )
         url = f"redis://127.0.0.1:{port}/0"
 
@@ -162,8 +175,16 @@ class Stack:
         wait_until(lambda: http_ok(url + "/healthcheck"), 30, "flower")
         return url
 
-    def start_label_studio(self, binary: Path, port: int, data_dir: Path, username: str, password: str,
-                           token: str, timeout_s: float = 240) -> str:
+    def start_label_studio(
+        self,
+        binary: Path,
+        port: int,
+        data_dir: Path,
+        username: str,
+        password: str,
+        token: str,
+        timeout_s: float = 240,
+    ) -> str:
         """Start a Label Studio server on loopback with SQLite and legacy API tokens enabled.
 
         ML backends and webhooks on 127.0.0.1 are allowed (``SSRF_PROTECTION_ENABLED=false``,
@@ -184,8 +205,23 @@ class Stack:
         }
         self.start(
             "label-studio",
-            [str(binary), "start", "--no-browser", "--port", str(port), "--internal-host", "127.0.0.1",
-             "--data-dir", str(data_dir), "--username", username, "--password", password, "--user-token", token],
+            [
+                str(binary),
+                "start",
+                "--no-browser",
+                "--port",
+                str(port),
+                "--internal-host",
+                "127.0.0.1",
+                "--data-dir",
+                str(data_dir),
+                "--username",
+                username,
+                "--password",
+                password,
+                "--user-token",
+                token,
+            ],
             env=env,
         )
         url = f"http://127.0.0.1:{port}"
@@ -193,9 +229,11 @@ class Stack:
         def up() -> bool:
             if self.procs["label-studio"].poll() is not None:
                 raise RuntimeError("Label Studio exited:\n" + self.log_tail("label-studio"))
-            return http_ok(url + "/health", 2.0) and httpx.get(
-                url + "/api/projects", headers={"Authorization": f"Token {token}"}, timeout=5
-            ).status_code == 200
+            return (
+                http_ok(url + "/health", 2.0)
+                and httpx.get(url + "/api/projects", headers={"Authorization": f"Token {token}"}, timeout=5).status_code
+                == 200
+            )
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

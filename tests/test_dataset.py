@@ -21,12 +21,20 @@ def _tasks(tmp_path: Path, n: int) -> tuple[list[dict], dict[int, Path]]:
         sample = make_sample(i, 96, 64)
         files[i] = tmp_path / f"src{i}.png"
         files[i].write_bytes(sample.png)
-        tasks.append({
-            "id": i,
-            "data": {"image": f"/data/upload/1/img{i}.png"},
-            "annotations": [{"id": 100 + i, "result": sample.ls_result(), "was_cancelled": False,
-                             "updated_at": "2026-01-01T00:00:00Z"}],
-        })
+        tasks.append(
+            {
+                "id": i,
+                "data": {"image": f"/data/upload/1/img{i}.png"},
+                "annotations": [
+                    {
+                        "id": 100 + i,
+                        "result": sample.ls_result(),
+                        "was_cancelled": False,
+                        "updated_at": "2026-01-01T00:00:00Z",
+                    }
+                ],
+            }
+        )
     return tasks, files
 
 

@@ -34,12 +34,21 @@ def test_class_ids_follow_label_config_order() -> None:
     ("config", "message"),
     [
         ("<View><Image", "does not parse"),
-        ('<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>',
-         "no RectangleLabels"),
-        ('<View><Image name="i" value="$i"/><RectangleLabels name="a" toName="i"><Label value="x"/></RectangleLabels>'
-         '<RectangleLabels name="b" toName="i"><Label value="y"/></RectangleLabels></View>', "several"),
-        ('<View><Text name="t" value="$t"/><RectangleLabels name="a" toName="t"><Label value="x"/></RectangleLabels>'
-         "</View>", "no RectangleLabels"),
+        (
+            '<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>',
+            "no RectangleLabels",
+        ),
+        (
+            '<View><Image name="i" value="$i"/>'
+            '<RectangleLabels name="a" toName="i"><Label value="x"/></RectangleLabels>'
+            '<RectangleLabels name="b" toName="i"><Label value="y"/></RectangleLabels></View>',
+            "several",
+        ),
+        (
+            '<View><Text name="t" value="$t"/><RectangleLabels name="a" toName="t"><Label value="x"/></RectangleLabels>'
+            "</View>",
+            "no RectangleLabels",
+        ),
     ],
 )
 def test_unsupported_label_configs_are_clear_errors(config: str, message: str) -> None:
@@ -59,7 +68,11 @@ def test_unsupported_label_configs_are_clear_errors(config: str, message: str) -
         # the box spans x 30..50, y 0..10 (in pixels of a 100x100 image).
         ({"x": 50, "y": 0, "width": 10, "height": 20, "rotation": 90}, (100, 100), (0.40, 0.05, 0.20, 0.10)),
         # Rotation 360 is no rotation.
-        ({"x": 10, "y": 10, "width": 10, "height": 10, "rotation": 360}, (100, 100), (0.15, 0.15, 0.10, 0.10)),
+        (
+            {"x": 10, "y": 10, "width": 10, "height": 10, "rotation": 360},
+            (100, 100),
+            (0.15, 0.15, 0.10, 0.10),
+        ),
     ],
 )
 def test_rectangle_to_yolo(value: dict, size: tuple[int, int], expected: tuple[float, ...]) -> None:
@@ -100,12 +113,24 @@ def test_annotation_lines_from_captured_webhook() -> None:
 def test_unknown_labels_and_other_tags_are_reported_or_ignored() -> None:
     """A label outside the config is dropped with a reason; another control tag's region is ignored."""
     result = [
-        {"id": "a", "from_name": "label", "type": "rectanglelabels",
-         "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["horse"]}},
-        {"id": "b", "from_name": "other", "type": "rectanglelabels",
-         "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["cat"]}},
-        {"id": "c", "from_name": "label", "type": "rectanglelabels",
-         "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["dog"]}},
+        {
+            "id": "a",
+            "from_name": "label",
+            "type": "rectanglelabels",
+            "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["horse"]},
+        },
+        {
+            "id": "b",
+            "from_name": "other",
+            "type": "rectanglelabels",
+            "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["cat"]},
+        },
+        {
+            "id": "c",
+            "from_name": "label",
+            "type": "rectanglelabels",
+            "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["dog"]},
+        },
     ]
     lines, dropped = annotation_to_yolo_lines(result, SPEC, 100, 100)
     assert lines == ["1 0.060000 0.060000 0.100000 0.100000"]

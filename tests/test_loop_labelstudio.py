@@ -64,7 +64,9 @@ class Loop:
         return not state.training and self.redis().llen("train") == 0
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n}\n{self.stack.log_tail(n, 4000)}" for n in ("worker-train", "worker-events", "receiver"))
+        return "\n".join(
+            f"--- {n}\n{self.stack.log_tail(n, 4000)}" for n in ("worker-train", "worker-events", "receiver")
+        )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +83,14 @@ def loop(label_studio: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
     }
     stack = Stack(work, env)
     port = free_port()
-    loop = Loop(stack, LabelStudioAPI(ls_url, token), Registry(work / "models"), free_port(), port,
-                f"http://127.0.0.1:{port}")
+    loop = Loop(
+        stack,
+        LabelStudioAPI(ls_url, token),
+        Registry(work / "models"),
+        free_port(),
+        port,
+        f"http://127.0.0.1:{port}",
+    )
     try:
         loop.start(work / "redis-1")
         yield loop
@@ -166,8 +174,10 @@ def test_kill_and_restart_everything_keeps_serving_the_newest_version(loop: Loop
 
     setup = httpx.post(
         f"{loop.receiver_url}/setup",
-        json={"project": f"{loop.project_id}.{int(time.time())}", "schema": loop.api.sdk.projects.get(
-            id=loop.project_id).label_config},
+        json={
+            "project": f"{loop.project_id}.{int(time.time())}",
+            "schema": loop.api.sdk.projects.get(id=loop.project_id).label_config,
+        },
         timeout=3,
     )
     assert setup.json() == {"model_version": newest}

@@ -117,12 +117,24 @@ def test_unknown_action_is_200_and_ignored(client: TestClient, redis_url: str) -
     ("kwargs", "status", "reason"),
     [
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
-        ({"content": b"action=x", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415, "json"),
+        (
+            {"content": b"action=x", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+            415,
+            "json",
+        ),
         ({"json": {"project": {"id": 1}}}, 422, "action"),
         ({"json": [1, 2]}, 422, "action"),
-        ({"json": {"action": "ANNOTATION_CREATED", "project": {"id": "x"}, "annotation": {"id": 1}}}, 422, "project.id"),
+        (
+            {"json": {"action": "ANNOTATION_CREATED", "project": {"id": "x"}, "annotation": {"id": 1}}},
+            422,
+            "project.id",
+        ),
         ({"json": {"action": "ANNOTATION_CREATED", "project": {"id": 1}}}, 400, "annotation"),
-        ({"json": {"action": "ANNOTATIONS_DELETED", "project": {"id": 1}, "annotations": []}}, 400, "annotations"),
+        (
+            {"json": {"action": "ANNOTATIONS_DELETED", "project": {"id": 1}, "annotations": []}},
+            400,
+            "annotations",
+        ),
         ({"json": {"action": "START_TRAINING"}}, 422, "project"),
     ],
 )

@@ -42,15 +42,27 @@ def trained(tmp_path_factory: pytest.TempPathFactory, image_server: tuple[str, P
     _, root = image_server
     work = tmp_path_factory.mktemp("train")
     tasks = [
-        {"id": i + 1, "data": {"image": f"img{i}.png"},
-         "annotations": [{"id": i + 1, "result": make_sample(i, 160, 120).ls_result(), "was_cancelled": False}]}
+        {
+            "id": i + 1,
+            "data": {"image": f"img{i}.png"},
+            "annotations": [{"id": i + 1, "result": make_sample(i, 160, 120).ls_result(), "was_cancelled": False}],
+        }
         for i in range(12)
     ]
     data_yaml, report = build_dataset(
         tasks, SPEC, work / "ds", lambda items: {t: root / f"img{t - 1}.png" for t, _ in items}, 0.25, 2
     )
-    spec = {"data": str(data_yaml), "weights": "yolov8n.yaml", "epochs": 2, "imgsz": 160, "batch": 4,
-            "device": "", "workers": 0, "seed": 0, "config_dir": str(work / "yolo")}
+    spec = {
+        "data": str(data_yaml),
+        "weights": "yolov8n.yaml",
+        "epochs": 2,
+        "imgsz": 160,
+        "batch": 4,
+        "device": "",
+        "workers": 0,
+        "seed": 0,
+        "config_dir": str(work / "yolo"),
+    }
     result = run_training_process(spec, work / "run", timeout_s=600)
     return {"result": result, "work": work, "report": report}
 
@@ -67,22 +79,34 @@ def test_training_writes_weights_and_metrics(trained: dict) -> None:
 
 def test_training_failure_is_a_training_error(tmp_path: Path) -> None:
     """A failing child (missing dataset) raises TrainingError with the log tail, writing no result."""
-    spec = {"data": str(tmp_path / "missing.yaml"), "weights": "yolov8n.yaml", "epochs": 1, "imgsz": 64,
-            "batch": 2, "device": "cpu", "workers": 0, "config_dir": str(tmp_path / "yolo")}
+    spec = {
+        "data": str(tmp_path / "missing.yaml"),
+        "weights": "yolov8n.yaml",
+        "epochs": 1,
+        "imgsz": 64,
+        "batch": 2,
+        "device": "cpu",
+        "workers": 0,
+        "config_dir": str(tmp_path / "yolo"),
+    }
     with pytest.raises(TrainingError, match="exited with"):
         run_training_process(spec, tmp_path / "run", timeout_s=300)
     assert not (tmp_path / "run" / "result.json").exists()
 
 
-def test_predictor_serves_current_version_and_swaps(trained: dict, image_server: tuple[str, Path], tmp_path: Path) -> None:
+def test_predictor_serves_current_version_and_swaps(
+    trained: dict, image_server: tuple[str, Path], tmp_path: Path
+) -> None:
     """Predictions come back one per task in Label Studio format, and a newly published version is
     served on the next request without restarting."""
     base_url, _ = image_server
     registry = Registry(tmp_path / "models")
     predictor = Predictor(registry, "yolov8n.yaml", trained["work"] / "yolo", tmp_path / "cache", 160, 0.0)
-    tasks = [{"id": 1, "data": {"image": f"{base_url}/img1.png"}},
-             {"id": 2, "data": {"image": f"{base_url}/missing.png"}},
-             {"id": 3, "data": {"image": f"{base_url}/img3.png"}}]
+    tasks = [
+        {"id": 1, "data": {"image": f"{base_url}/img1.png"}},
+        {"id": 2, "data": {"image": f"{base_url}/missing.png"}},
+        {"id": 3, "data": {"image": f"{base_url}/img3.png"}},
+    ]
     untrained = predictor.predict(5, SPEC, tasks, None, None)
     assert untrained == [{"result": [], "score": 0.0, "model_version": "untrained"}] * 3
 

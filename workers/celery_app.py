@@ -50,7 +50,11 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": visibility, "socket_connect_timeout": 1, "socket_timeout": 5},
+        broker_transport_options={
+            "visibility_timeout": visibility,
+            "socket_connect_timeout": 1,
+            "socket_timeout": 5,
+        },
         result_backend_transport_options={"visibility_timeout": visibility},
         redis_socket_connect_timeout=1,
         redis_socket_timeout=5,

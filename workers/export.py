@@ -68,9 +68,7 @@ def fetch_image(url: str, task_id: int, cache_dir: Path, hostname: str | None, a
     from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return Path(
-        get_local_path(url, cache_dir=str(cache_dir), hostname=hostname, access_token=api_key, task_id=task_id)
-    )
+    return Path(get_local_path(url, cache_dir=str(cache_dir), hostname=hostname, access_token=api_key, task_id=task_id))
 
 
 def fetch_images(

@@ -58,9 +58,7 @@ def parse_detection_config(label_config: str) -> DetectionSpec:
     except Exception as exc:  # the SDK raises several XML error types
         raise LabelConfigError(f"label config does not parse: {exc}") from None
     images = {o.name: o for o in interface.objects if o.tag == "Image"}
-    candidates = [
-        c for c in interface.controls if c.tag == "RectangleLabels" and any(n in images for n in c.to_name)
-    ]
+    candidates = [c for c in interface.controls if c.tag == "RectangleLabels" and any(n in images for n in c.to_name)]
     if not candidates:
         raise LabelConfigError("label config has no RectangleLabels control tag on an Image object tag")
     if len(candidates) > 1:

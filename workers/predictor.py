@@ -142,7 +142,11 @@ class Predictor:
         if not ok:
             return out
         results = loaded.model.predict(
-            [str(p) for _, p in ok], imgsz=self.imgsz, conf=self.conf, verbose=False, device=loaded.model.device
+            [str(p) for _, p in ok],
+            imgsz=self.imgsz,
+            conf=self.conf,
+            verbose=False,
+            device=loaded.model.device,
         )
         for (index, _path), res in zip(ok, results, strict=True):
             height, width = res.orig_shape

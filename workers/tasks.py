@@ -26,7 +26,12 @@ from workers.trigger import Event, TriggerStore
 
 log = structlog.get_logger(__name__)
 
-ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED"}
+ANNOTATION_ACTIONS = {
+    "ANNOTATION_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATIONS_DELETED",
+}
 
 
 def register_tasks(app: Celery) -> None:

@@ -64,12 +64,19 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     )
     seconds = time.perf_counter() - t0
     trainer = model.trainer
+    if trainer is None:
+        raise TrainingError("ultralytics returned no trainer")
     best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
     if not best.exists():
         raise TrainingError(f"training wrote no weights under {run_dir}")
     box = trainer.validator.metrics.box if trainer.validator is not None else None
     metrics = (
-        {"map50_95": float(box.map), "map50": float(box.map50), "precision": float(box.mp), "recall": float(box.mr)}
+        {
+            "map50_95": float(box.map),
+            "map50": float(box.map50),
+            "precision": float(box.mp),
+            "recall": float(box.mr),
+        }
         if box is not None
         else {}
     )

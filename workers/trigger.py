@@ -100,9 +100,7 @@ class TriggerStore:
             followup=h.get(b"followup", b"0") == b"1",
         )
 
-    def apply(
-        self, project_id: int, event: Event, n: int, count: int = 1, run_id: str | None = None
-    ) -> Decision:
+    def apply(self, project_id: int, event: Event, n: int, count: int = 1, run_id: str | None = None) -> Decision:
         """Apply an event atomically; on "finished", only the lock holder ``run_id`` releases.
 
         Returns:
@@ -121,7 +119,7 @@ class TriggerStore:
                         training=holder is not None,
                         followup=h.get(b"followup", b"0") == b"1",
                     )
-                    if event == "finished" and holder is not None and holder.decode() != run_id:
+                    if event == "finished" and holder is not None and holder != (run_id or "").encode():
                         # A stale finish (the lock expired and another run took it) changes nothing.
                         pipe.unwatch()
                         return Decision(False, None, state)
@@ -129,7 +127,7 @@ class TriggerStore:
                     new_run = uuid.uuid4().hex[:12] if start else None
                     pipe.multi()
                     pipe.hset(hkey, mapping={"pending": new.pending, "followup": int(new.followup)})
-                    if start:
+                    if new_run is not None:
                         pipe.set(lkey, new_run, ex=self.lock_ttl_s)
                     elif not new.training:
                         pipe.delete(lkey)

@@ -62,9 +62,9 @@ def ensure_torchvision_ops() -> bool:
     if hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "nms"):
         return False
     pkg = Path(next(iter(spec.submodule_search_locations)))
-    for lib in sorted(pkg.glob("_C*.so")) + sorted(pkg.glob("_C*.pyd")):
+    for compiled in sorted(pkg.glob("_C*.so")) + sorted(pkg.glob("_C*.pyd")):
         try:
-            torch.ops.load_library(str(lib))
+            torch.ops.load_library(str(compiled))
             if hasattr(torch.ops.torchvision, "nms"):
                 return False
         except (OSError, RuntimeError):

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Prepare this machine for labelloop (fresh Debian with Python 3.11 is enough):
+#   - redis-server from Debian's packages when it is missing,
+#   - ./.venv with labelloop, CPU torch 2.13.0, torchvision 0.28.0 and the dev tools,
+#   - Label Studio in its own virtual environment (it pins its own SDK and Django).
+# Re-running it is cheap: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+LS_VERSION=1.23.2
+LS_VENV=${LABELLOOP_LS_VENV:-$HOME/.cache/labelloop/label-studio-$LS_VERSION}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  echo "bootstrap: installing redis-server (Debian package)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.labelloop-installed
+want=$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: installing labelloop into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  # torch and torchvision are pinned in the same resolve: ultralytics alone would pull a CUDA torch.
+  .venv/bin/pip install -q "torch==2.13.0" "torchvision==0.28.0" -e ".[ml,dev]"
+  echo "$want" > "$stamp"
+fi
+
+if [ ! -x "$LS_VENV/bin/label-studio" ]; then
+  echo "bootstrap: installing Label Studio $LS_VERSION into $LS_VENV"
+  "$PY" -m venv "$LS_VENV"
+  "$LS_VENV/bin/pip" install -q "label-studio==$LS_VERSION"
+fi
