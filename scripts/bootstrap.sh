@@ -10,11 +10,18 @@ PY=${PYTHON:-python3}
 LS_VERSION=1.23.2
 LS_VENV=${LABELLOOP_LS_VENV:-$HOME/.cache/labelloop/label-studio-$LS_VERSION}
 
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+apt_install() {
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 if ! command -v redis-server >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   echo "bootstrap: installing redis-server (Debian package)"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  apt_install redis-server
+fi
+if ! command -v docker-compose >/dev/null 2>&1; then
+  # Only the tests use it, to validate docker-compose.yml without a Docker engine.
+  echo "bootstrap: installing docker-compose (Debian package)"
+  apt_install docker-compose || echo "bootstrap: docker-compose not installed; its test will be skipped"
 fi
 
 if [ ! -x .venv/bin/python ]; then

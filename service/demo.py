@@ -20,6 +20,7 @@ import httpx
 from service.settings import Settings
 from service.stack import Stack, free_port, label_studio_binary, wait_until
 from service.synthetic import LABEL_CONFIG, Sample, make_sample
+from workers.registry import Registry
 
 DEMO_USER = "demo@labelloop.local"
 DEMO_PASSWORD = "labelloop-demo"
@@ -158,8 +159,11 @@ def run_demo(args: argparse.Namespace) -> int:
         say(f"annotated {args.annotate} tasks; training starts after {env['LABELLOOP_TRAIN_EVERY_N']} new annotations")
         wait_until(registry_current.exists, 1800, "first model version", interval_s=2)
         version = registry_current.read_text().strip()
-        say(f"new model version {version}")
-        wait_until(lambda: api.backend_version(ml_id) == version or _resetup(api, ml_id), 60, "Label Studio setup")
+        manifest = Registry(Path(env["LABELLOOP_MODELS_DIR"])).get(project_id, version).manifest
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in manifest["timings"].items())
+        say(f"new model version {version}: mAP50-95 {manifest['metrics'].get('map50_95', 0):.3f}; {stages}")
+        # Label Studio asks /setup for the version whenever it reads the backend.
+        wait_until(lambda: api.backend_version(ml_id) == version, 60, "Label Studio sees the new version")
         unlabeled = task_ids[args.annotate]
         preds = api.predictions_for(unlabeled)
         for p in preds:
@@ -177,8 +181,3 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         stack.stop_all()
 
-
-def _resetup(api: LabelStudioAPI, ml_id: int) -> bool:
-    # Label Studio re-reads the backend's version when the backend is saved (it calls /setup).
-    api.sdk.ml.update(id=ml_id)
-    return False

@@ -71,3 +71,18 @@ class Settings(BaseSettings):
     def api_key(self) -> str | None:
         """The Label Studio token as plain text, or None."""
         return self.label_studio_api_key.get_secret_value() if self.label_studio_api_key else None
+
+
+def settings_table() -> str:
+    """The configuration table README shows, generated from ``Settings`` so it cannot drift."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        env = f"`{ENV_PREFIX}{name.upper()}`"
+        alias = field.validation_alias
+        if alias is not None and hasattr(alias, "choices"):
+            extra = [c for c in alias.choices if isinstance(c, str) and c.isupper() and not c.startswith(ENV_PREFIX)]
+            env = " or ".join([f"`{c}`" for c in extra] + [env])
+        default = field.default
+        shown = "(unset)" if default is None else ("`''`" if default == "" else f"`{default}`")
+        rows.append(f"| {env} | {shown} | {field.description or ''} |")
+    return "\n".join(rows)

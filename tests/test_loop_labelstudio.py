@@ -8,6 +8,7 @@ coalescing of training requests, then a full restart.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ class Loop:
     redis_port: int
     receiver_port: int
     receiver_url: str
+    flower_url: str = ""
     project_id: int = 0
     ml_id: int = 0
     task_ids: list[int] | None = None
@@ -48,11 +50,12 @@ class Loop:
         return redis.Redis.from_url(self.stack.env["LABELLOOP_REDIS_URL"])
 
     def start(self, redis_dir: Path) -> None:
-        """Start Redis (empty), the receiver and one worker per queue."""
+        """Start Redis (empty), the receiver, one worker per queue and Flower."""
         self.stack.env["LABELLOOP_REDIS_URL"] = self.stack.start_redis(self.redis_port, redis_dir)
         self.receiver_url = self.stack.start_receiver(self.receiver_port)
         for queue in ("events", "train", "predict"):
             self.stack.start_worker(queue)
+        self.flower_url = self.stack.start_flower(free_port())
 
     def kill_all(self) -> None:
         for name in list(self.stack.procs):
@@ -80,6 +83,7 @@ def loop(label_studio: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
         "LABELLOOP_TRAIN_EVERY_N": str(TRAIN_EVERY_N),
         "LABEL_STUDIO_URL": ls_url,
         "LABEL_STUDIO_API_KEY": token,
+        "FLOWER_UNAUTHENTICATED_API": "true",
     }
     stack = Stack(work, env)
     port = free_port()
@@ -134,6 +138,20 @@ def test_annotations_train_a_version_that_label_studio_serves(loop: Loop) -> Non
     assert api.backend_version(loop.ml_id) == "v1"
     preds = api.predictions_for(loop.task_ids[-1])
     assert [p["model_version"] for p in preds] == ["v1"]
+
+
+def test_flower_and_logs_show_the_loop(loop: Loop) -> None:
+    """Flower lists the loop's tasks by name, and the workers log one JSON event per line with
+    the project id, task id, run id and version bound."""
+    tasks = httpx.get(f"{loop.flower_url}/api/tasks", timeout=5).json()
+    names = {t["name"] for t in tasks.values()}
+    assert {"labelloop.handle_event", "labelloop.train", "labelloop.predict"} <= names
+    lines = [ln for ln in loop.stack.log_tail("worker-train", 10_000_000).splitlines() if ln.startswith("{")]
+    events = [json.loads(ln) for ln in lines]
+    published = [e for e in events if e["event"] == "version_published"]
+    assert published and published[0]["version"] == "v1"
+    assert published[0]["project_id"] == loop.project_id
+    assert published[0]["task_id"] and published[0]["run_id"]
 
 
 def test_training_requests_during_a_training_coalesce_into_one_followup(loop: Loop) -> None:

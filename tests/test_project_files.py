@@ -1,0 +1,63 @@
+"""Project files a user relies on: README's configuration table, compose file and Procfile."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.cli import build_parser
+from service.settings import settings_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_configuration_table_is_current() -> None:
+    """README's configuration table equals the one generated from Settings."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", readme, re.S)
+    assert block, "README lacks the settings-table markers"
+    assert block.group(1) == settings_table(), "regenerate it with service.settings.settings_table()"
+
+
+def test_readme_commands_exist() -> None:
+    """The demo and test commands README gives exist, and CI runs the test command."""
+    readme = (ROOT / "README.md").read_text()
+    for script in ("scripts/demo.sh", "scripts/test.sh"):
+        assert script in readme and os.access(ROOT / script, os.X_OK)
+    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed")
+def test_compose_file_validates_and_requires_secrets() -> None:
+    """`docker-compose config` accepts the file with secrets set and refuses it without them."""
+    env = {**os.environ, "LABEL_STUDIO_URL": "http://ls:8080", "LABEL_STUDIO_API_KEY": "k", "FLOWER_BASIC_AUTH": "a:b"}
+    ok = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT, env=env)
+    assert ok.returncode == 0
+    bare = {k: v for k, v in env.items() if k not in {"LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"}}
+    refused = subprocess.run(
+        ["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT, env=bare, capture_output=True
+    )
+    assert refused.returncode != 0 and b"LABEL_STUDIO_URL" in refused.stderr
+
+
+def test_procfile_and_compose_run_the_same_commands() -> None:
+    """Every Procfile process has a compose service with the same labelloop subcommand and queues."""
+    procs = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, cmd = line.split(":", 1)
+            procs[name] = cmd.split()
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    commands = [s.get("command") for s in services.values() if s.get("command")]
+    parser = build_parser()
+    for name, argv in procs.items():
+        assert argv[0] == "labelloop", name
+        assert any(c[:4] == argv[:4] for c in commands), f"Procfile {name}: no compose service runs {argv[:4]}"
+        args = parser.parse_args([re.sub(r"\$\{PORT:-(\d+)\}", r"\1", a) for a in argv[1:]])
+        assert args.command == argv[1]
