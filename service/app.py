@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,25 +26,35 @@ import structlog
 from celery import Celery
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.auth import AuthError, check_basic, check_webhook_secret
 from service.errors import BadRequestError, LabelloopError, UnavailableError
 from service.events import EventRecorder
 from service.metrics import Metrics
-from service.protocol import ACCEPTED_ACTIONS, PredictRequest, SetupRequest, WebhookEvent, parse_project_id
+from service.protocol import (
+    ACCEPTED_ACTIONS,
+    TRAIN_EVENTS,
+    PredictRequest,
+    SetupRequest,
+    WebhookEvent,
+    parse_project_id,
+)
 from service.settings import Settings
-from workers.celery_app import QUEUE_PREDICT, TASK_PREDICT, create_celery
+from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT, create_celery
 from workers.labels import parse_detection_config
 from workers.registry import Registry
 
 log = structlog.get_logger("service.app")
 
-MAX_BODY_BYTES = 10 * 1024 * 1024
 UNTRAINED = "untrained"
+QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT)
 
 
 @dataclass
@@ -64,22 +74,23 @@ def _state(request: Request) -> AppState:
 
 
 async def _json_body(request: Request) -> Any:
-    """Read and parse a JSON body.
+    """Read and parse a JSON body, refusing oversized ones before reading them.
 
     Raises:
         HTTPException: 413 over the size limit, 415 not JSON, 400 invalid JSON.
     """
+    limit = _state(request).settings.max_body_bytes
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
+    if length and length.isdigit() and int(length) > limit:
+        raise HTTPException(413, f"body over {limit} bytes")
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise HTTPException(415, "body must be application/json")
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"body over {MAX_BODY_BYTES} bytes")
+        if len(raw) > limit:
+            raise HTTPException(413, f"body over {limit} bytes")
     try:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -91,16 +102,21 @@ def _validation_reason(exc: ValidationError) -> list[dict[str, str]]:
 
 
 async def health(request: Request) -> JSONResponse:
+    st = _state(request)
+    if st.settings.auth_health:
+        _auth(request, check_basic)
     return JSONResponse({"status": "UP", "model_class": "labelloop.YOLO", "model_dir": "registry"})
 
 
 async def setup(request: Request) -> JSONResponse:
     """Return the served model version of the project; no model is loaded here."""
     st = _state(request)
+    _auth(request, check_basic)
     body = await _json_body(request)
     req = SetupRequest.model_validate(body)
     project_id = parse_project_id(req.project)
     parse_detection_config(req.label_config)
+    await st.recorder.remember_project(project_id)
     version = st.registry.current_name(project_id) or UNTRAINED
     log.info("setup", project_id=project_id, version=version)
     return JSONResponse({"model_version": version})
@@ -110,6 +126,7 @@ async def predict(request: Request) -> JSONResponse:
     """Ask a predict worker for regions, one result item per task, in order."""
     st = _state(request)
     t0 = time.perf_counter()
+    _auth(request, check_basic)
     body = await _json_body(request)
     req = PredictRequest.model_validate(body)
     if req.project is not None:
@@ -155,11 +172,14 @@ async def webhook(request: Request) -> JSONResponse:
     body = await _json_body(request)
     action = body.get("action") if isinstance(body, dict) else None
     if not isinstance(action, str):
+        _auth(request, _check_any)
         st.metrics.events.labels(action="(none)", outcome="rejected").inc()
         return JSONResponse({"error": "body must be a JSON object with a string 'action'"}, status_code=422)
     if action not in ACCEPTED_ACTIONS:
+        _auth(request, check_webhook_secret)
         st.metrics.events.labels(action="other", outcome="ignored").inc()
         return JSONResponse({"status": "Unknown event"})
+    _auth(request, check_basic if action in TRAIN_EVENTS else check_webhook_secret)
     try:
         event = WebhookEvent.model_validate(body)
         event.check()
@@ -180,7 +200,35 @@ async def webhook(request: Request) -> JSONResponse:
 
 async def metrics(request: Request) -> Response:
     st = _state(request)
+    if st.settings.auth_health:
+        _auth(request, check_basic)
+    st.metrics.set_served_versions({p: v for p in st.registry.projects() if (v := st.registry.current_name(p))})
+    depths: dict[str, int] = {}
+    with anyio.move_on_after(st.settings.redis_timeout_s):
+        try:
+            for queue in QUEUES:
+                depths[queue] = int(await st.redis.llen(queue))
+        except (RedisError, OSError):
+            pass
+    st.metrics.set_queue_depths(depths)
     return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check_any(headers: Headers, settings: Settings) -> None:
+    """Either credential will do (used before the action, and so the credential it needs, is known)."""
+    try:
+        check_webhook_secret(headers, settings)
+    except AuthError:
+        check_basic(headers, settings)
+
+
+def _auth(request: Request, check: Callable[[Headers, Settings], None]) -> None:
+    st = _state(request)
+    try:
+        check(request.headers, st.settings)
+    except AuthError as exc:
+        st.metrics.auth_failures.labels(route=request.url.path, kind="basic" if exc.basic else "secret").inc()
+        raise
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -195,6 +243,10 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_labelloop_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LabelloopError)
+    if isinstance(exc, AuthError):
+        headers = {"WWW-Authenticate": 'Basic realm="labelloop"'} if exc.basic else None
+        log.info("auth_failed", path=request.url.path, reason=str(exc))
+        return JSONResponse({"error": str(exc)}, status_code=401, headers=headers)
     if exc.status_code >= 500:
         log.warning("request_failed", path=request.url.path, error_type=type(exc).__name__, error=str(exc))
     return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
@@ -211,7 +263,10 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=10
+            settings.redis_url,
+            socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
+            health_check_interval=10,
         )
         celery = create_celery(settings)
         registry = Registry(settings.models_dir)
@@ -220,7 +275,7 @@ def create_app(settings: Settings) -> Starlette:
             redis=client,
             celery=celery,
             registry=registry,
-            recorder=EventRecorder(client, celery),
+            recorder=EventRecorder(client, celery, timeout_s=settings.redis_timeout_s),
             metrics=Metrics(CollectorRegistry()),
         )
         try:

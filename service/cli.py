@@ -72,6 +72,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _settings_table(args: argparse.Namespace) -> int:
+    from service.settings import settings_table
+
+    print(settings_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labelloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ls-port", type=int, default=8080, help="port of the local Label Studio")
     p.add_argument("--exit", action="store_true", help="stop once the loop has produced a version and predictions")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("settings-table", help="print README's configuration table (generated from the settings)")
+    p.set_defaults(func=_settings_table)
     return parser
 
 

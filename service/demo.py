@@ -180,4 +180,3 @@ def run_demo(args: argparse.Namespace) -> int:
         return 0
     finally:
         stack.stop_all()
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -28,3 +28,28 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 100),
             registry=registry,
         )
+        self.auth_failures = Counter(
+            "labelloop_auth_failures_total",
+            "Requests refused for missing or wrong credentials, by route and kind (basic, secret).",
+            ["route", "kind"],
+            registry=registry,
+        )
+        self.served_version = Gauge(
+            "labelloop_served_version_info",
+            "1 for the model version each project serves.",
+            ["project_id", "version"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "labelloop_queue_depth", "Messages waiting in each Celery queue.", ["queue"], registry=registry
+        )
+
+    def set_served_versions(self, versions: dict[int, str]) -> None:
+        """Replace the served-version series with ``project_id -> version``."""
+        self.served_version.clear()
+        for project_id, version in versions.items():
+            self.served_version.labels(project_id=str(project_id), version=version).set(1)
+
+    def set_queue_depths(self, depths: dict[str, int]) -> None:
+        for queue, depth in depths.items():
+            self.queue_depth.labels(queue=queue).set(depth)

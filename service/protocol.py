@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.errors import BadRequestError
 
-ANNOTATION_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+ANNOTATION_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"})
 DELETE_EVENTS = frozenset({"ANNOTATIONS_DELETED"})
 TRAIN_EVENTS = frozenset({"START_TRAINING"})
 ACCEPTED_ACTIONS = ANNOTATION_EVENTS | DELETE_EVENTS | TRAIN_EVENTS
@@ -58,11 +58,12 @@ class DeletedAnnotation(_Loose):
 
 
 class WebhookEvent(_Loose):
-    """An accepted webhook: ANNOTATION_CREATED/UPDATED, ANNOTATIONS_DELETED or START_TRAINING."""
+    """An accepted webhook: ANNOTATION_CREATED/UPDATED, ANNOTATIONS_CREATED (bulk: ``annotation``
+    is a list), ANNOTATIONS_DELETED (``annotations``: ids only) or START_TRAINING."""
 
     action: str
     project: ProjectRef
-    annotation: AnnotationRef | None = None
+    annotation: AnnotationRef | list[AnnotationRef] | None = None
     annotations: list[DeletedAnnotation] | None = None
 
     @field_validator("project", mode="before")
@@ -77,23 +78,26 @@ class WebhookEvent(_Loose):
         Raises:
             BadRequestError: a required field for this action is missing.
         """
-        if self.action in ANNOTATION_EVENTS and self.annotation is None:
-            raise BadRequestError(f"{self.action} needs an 'annotation' object")
+        if self.action in ANNOTATION_EVENTS and not self.annotation:
+            raise BadRequestError(f"{self.action} needs an 'annotation' object (a list for ANNOTATIONS_CREATED)")
         if self.action in DELETE_EVENTS and not self.annotations:
             raise BadRequestError(f"{self.action} needs a non-empty 'annotations' list")
 
-    @property
-    def count(self) -> int:
-        """Annotation events this webhook stands for (a bulk delete counts each)."""
-        return len(self.annotations or []) if self.action in DELETE_EVENTS else 1
+    def changes(self) -> list[tuple[int, str | None]]:
+        """``(annotation id, updated_at)`` per annotation this event changes; updated_at None = deleted."""
+        if self.action in DELETE_EVENTS:
+            return [(a.id, None) for a in self.annotations or []]
+        if self.action in ANNOTATION_EVENTS:
+            items = self.annotation if isinstance(self.annotation, list) else [self.annotation]
+            return [(a.id, a.updated_at or "") for a in items if a is not None]
+        return []
 
     def delivery_key(self) -> str | None:
         """Identity of one delivery, for deduplication; None for START_TRAINING (each click counts)."""
-        if self.action in ANNOTATION_EVENTS and self.annotation is not None:
-            return f"{self.action}:{self.annotation.id}:{self.annotation.updated_at or ''}"
-        if self.action in DELETE_EVENTS and self.annotations:
-            return f"{self.action}:{','.join(str(a.id) for a in self.annotations)}"
-        return None
+        changes = self.changes()
+        if not changes:
+            return None
+        return f"{self.action}:" + ",".join(f"{i}@{u or ''}" for i, u in changes)
 
 
 class SetupRequest(_Loose):

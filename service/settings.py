@@ -54,6 +54,30 @@ class Settings(BaseSettings):
     predict_timeout_s: float = Field(90.0, gt=0, description="How long /predict waits for a predict worker.")
     predict_conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold for predicted regions.")
 
+    reconcile_interval_s: int = Field(
+        300, ge=5, description="Seconds between reconciliations with Label Studio (Celery beat)."
+    )
+
+    webhook_secret: SecretStr | None = Field(
+        None, description="Shared secret Label Studio's webhooks must send in the webhook secret header."
+    )
+    webhook_secret_header: str = Field("X-Labelloop-Secret", description="Header that carries the webhook secret.")
+    basic_auth_user: str | None = Field(
+        None,
+        validation_alias=AliasChoices(f"{ENV_PREFIX}BASIC_AUTH_USER", "BASIC_AUTH_USER", "basic_auth_user"),
+        description="HTTP Basic user for /setup, /predict and START_TRAINING (as set on the ML backend).",
+    )
+    basic_auth_pass: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(f"{ENV_PREFIX}BASIC_AUTH_PASS", "BASIC_AUTH_PASS", "basic_auth_pass"),
+        description="HTTP Basic password for /setup, /predict and START_TRAINING.",
+    )
+    auth_health: bool = Field(False, description="Also require Basic auth on /, /health and /metrics.")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body (bytes).")
+    redis_timeout_s: float = Field(
+        0.3, gt=0, description="Receiver's Redis connect/command timeout (seconds); 503 after it."
+    )
+
     log_level: str = Field("INFO", description="Log level for labelloop and the libraries it routes.")
     log_json: bool | None = Field(None, description="JSON logs; default: JSON unless stderr is a TTY.")
 

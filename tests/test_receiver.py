@@ -73,15 +73,15 @@ def test_setup_rejects_bad_project(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "count"),
+    ("name", "changes"),
     [
-        ("webhook_ANNOTATION_CREATED.json", 1),
-        ("webhook_ANNOTATION_UPDATED.json", 1),
-        ("webhook_ANNOTATIONS_DELETED.json", 1),
-        ("ml_webhook_START_TRAINING.json", 1),
+        ("webhook_ANNOTATION_CREATED.json", [[1, "2026-11-21T13:36:21.835436Z"]]),
+        ("webhook_ANNOTATION_UPDATED.json", [[1, "2026-11-21T13:36:22.643195Z"]]),
+        ("webhook_ANNOTATIONS_DELETED.json", [[3, None]]),
+        ("ml_webhook_START_TRAINING.json", []),
     ],
 )
-def test_webhook_records_then_enqueues(client: TestClient, redis_url: str, name: str, count: int) -> None:
+def test_webhook_records_then_enqueues(client: TestClient, redis_url: str, name: str, changes: list) -> None:
     """Each accepted action is recorded in the Redis stream and enqueued by task name on `events`."""
     body = fixture(name)
     resp = client.post("/webhook", json=body)
@@ -92,7 +92,7 @@ def test_webhook_records_then_enqueues(client: TestClient, redis_url: str, name:
     assert entries[0][1][b"action"] == body["action"].encode()
     queued = _queued_tasks(redis_url, "events")
     assert [m["headers"]["task"] for m in queued] == ["labelloop.handle_event"]
-    assert queued[0]["headers"]["argsrepr"] == repr([1, body["action"], count])
+    assert queued[0]["headers"]["argsrepr"] == repr([1, body["action"], changes])
 
 
 def test_same_delivery_twice_is_recorded_once(client: TestClient, redis_url: str) -> None:

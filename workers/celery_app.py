@@ -14,6 +14,7 @@ from service.settings import Settings
 TASK_HANDLE_EVENT = "labelloop.handle_event"
 TASK_TRAIN = "labelloop.train"
 TASK_PREDICT = "labelloop.predict"
+TASK_RECONCILE = "labelloop.reconcile"
 
 QUEUE_EVENTS = "events"
 QUEUE_TRAIN = "train"
@@ -23,6 +24,7 @@ ROUTES = {
     TASK_HANDLE_EVENT: {"queue": QUEUE_EVENTS},
     TASK_TRAIN: {"queue": QUEUE_TRAIN},
     TASK_PREDICT: {"queue": QUEUE_PREDICT},
+    TASK_RECONCILE: {"queue": QUEUE_EVENTS},
 }
 
 
@@ -59,6 +61,9 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
         redis_socket_connect_timeout=1,
         redis_socket_timeout=5,
         labelloop_settings=settings,
+        beat_schedule={
+            "reconcile": {"task": TASK_RECONCILE, "schedule": float(settings.reconcile_interval_s)},
+        },
     )
     if with_tasks:
         from workers.tasks import register_tasks

@@ -16,13 +16,15 @@ from celery import Celery
 
 from service.errors import LabelloopError
 from service.settings import Settings
-from workers.celery_app import QUEUE_TRAIN, TASK_HANDLE_EVENT, TASK_PREDICT, TASK_TRAIN
+from workers.celery_app import QUEUE_TRAIN, TASK_HANDLE_EVENT, TASK_PREDICT, TASK_RECONCILE, TASK_TRAIN
+from workers.export import export_tasks, ls_client
 from workers.labels import parse_detection_config
+from workers.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
 from workers.notify import announce_version
 from workers.pipeline import run_training, yolo_config_dir
 from workers.predictor import Predictor
 from workers.registry import Registry
-from workers.trigger import Event, TriggerStore
+from workers.trigger import TriggerStore
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +56,9 @@ def register_tasks(app: Celery) -> None:
             settings.device,
         )
 
+    def ledger() -> Ledger:
+        return Ledger(redis_client())
+
     def trigger() -> TriggerStore:
         return TriggerStore(redis_client(), lock_ttl_s=settings.train_time_limit_s + 600)
 
@@ -62,16 +67,28 @@ def register_tasks(app: Celery) -> None:
         log.info("training_enqueued", project_id=project_id, run_id=run_id, reason=reason)
 
     @app.task(name=TASK_HANDLE_EVENT, ignore_result=True)
-    def handle_event(project_id: int, action: str, count: int = 1) -> str:
-        """Apply one recorded webhook event to the project's trigger policy."""
-        with structlog.contextvars.bound_contextvars(project_id=project_id, action=action):
-            return _handle_event(project_id, action, count)
+    def handle_event(project_id: int, action: str, changes: list[list[Any]] | None = None) -> str:
+        """Apply one recorded webhook event to the ledger and the project's trigger policy.
 
-    def _handle_event(project_id: int, action: str, count: int) -> str:
-        event: Event = "start_training" if action == "START_TRAINING" else "annotation"
-        decision = trigger().apply(project_id, event, settings.train_every_n, count=count)
+        ``changes`` is ``[[annotation_id, updated_at or None], ...]`` (None: deleted).
+        """
+        with structlog.contextvars.bound_contextvars(project_id=project_id, action=action):
+            return _handle_event(project_id, action, [(int(i), u) for i, u in changes or []])
+
+    def _handle_event(project_id: int, action: str, changes: list[Change]) -> str:
+        if action == "START_TRAINING":
+            ledger().apply(project_id, [])
+            redis_client().sadd(PROJECTS_KEY, project_id)
+            decision = trigger().apply(project_id, "start_training", settings.train_every_n)
+        else:
+            count = ledger().apply(project_id, changes)
+            if count == 0:
+                log.info("event_handled", changes=len(changes), effective=0)
+                return "unchanged"
+            decision = trigger().apply(project_id, "annotation", settings.train_every_n, count=count)
         log.info(
             "event_handled",
+            changes=len(changes),
             start=decision.start,
             pending=decision.state.pending,
             followup=decision.state.followup,
@@ -80,6 +97,27 @@ def register_tasks(app: Celery) -> None:
             start_training(project_id, decision.run_id, action)
             return "started"
         return "coalesced" if decision.state.followup else "counted"
+
+    @app.task(name=TASK_RECONCILE, ignore_result=True)
+    def reconcile() -> dict[str, int]:
+        """Compare each known project's annotations in Label Studio with the ledger and feed the
+        changes whose webhooks were missed to the trigger policy."""
+        projects = ledger().projects() | set(Registry(settings.models_dir).projects())
+        client = ls_client(settings.label_studio_url, settings.api_key)
+        missed: dict[str, int] = {}
+        for project_id in sorted(projects):
+            with structlog.contextvars.bound_contextvars(project_id=project_id):
+                try:
+                    current = annotations_in_export(export_tasks(client, project_id))
+                except Exception as exc:  # one unreachable project must not stop the others
+                    log.warning("reconcile_failed", error_type=type(exc).__name__, error=str(exc)[:500])
+                    continue
+                changes = diff(ledger().seen(project_id), current)
+                if changes:
+                    log.info("reconcile_missed_changes", changes=len(changes))
+                    _handle_event(project_id, "RECONCILED", changes)
+                missed[str(project_id)] = len(changes)
+        return missed
 
     @app.task(
         name=TASK_TRAIN,
