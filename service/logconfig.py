@@ -54,7 +54,8 @@ def configure_logging(level: str = "INFO", json: bool | None = None, process: st
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "ultralytics"):
+    # uvicorn.access is left as uvicorn configured it: off unless access logs were asked for.
+    for name in ("uvicorn", "uvicorn.error", "celery", "ultralytics"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True

@@ -1,0 +1,264 @@
+"""Webhook throughput and ack latency: labelloop vs the official Label Studio ML backend vs a bare
+uvicorn hello-world, on loopback, in one run.
+
+    .venv/bin/python -m bench.receiver [--official-src PATH] [--duration 10]
+
+Peers:
+  (a) labelloop ``/webhook`` (receiver under uvicorn, real Redis, records and enqueues);
+  (b) the official ML backend's ``/webhook`` with a no-op ``fit()``, served as its template
+      serves it (gunicorn, 1 worker, 8 threads), installed into its own virtual environment from
+      a source checkout (``--official-src``, e.g. a clone of HumanSignal/label-studio-ml-backend)
+      or else from PyPI (``label-studio-ml``);
+  (c) a bare uvicorn ASGI hello-world: the ceiling of this machine.
+
+Load: ``wrk`` (Debian package) with 8 connections for throughput, each request a distinct
+ANNOTATION_CREATED body (so labelloop's deduplication does not short-cut); then an open-loop
+Python client at a fixed 500 requests/s for ack latency percentiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from service.stack import Stack, free_port, http_ok, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "label-studio" / "webhook_ANNOTATION_CREATED.json"
+
+HELLO = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
+"""
+
+OFFICIAL_WSGI = """
+from label_studio_ml.api import init_app
+from label_studio_ml.model import LabelStudioMLBase
+
+
+class NoopModel(LabelStudioMLBase):
+    def fit(self, event, data, **kwargs):
+        return {}
+
+
+app = init_app(model_class=NoopModel)
+"""
+
+WRK_LUA = """
+local template = [[%s]]
+local n = 0
+request = function()
+  n = n + 1
+  local body = template:gsub("__ID__", tostring(n + %d))
+  return wrk.format("POST", "/webhook", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def body_template() -> str:
+    """The captured ANNOTATION_CREATED body with its annotation id and updated_at made variable."""
+    body = json.loads(FIXTURE.read_text())
+    body["annotation"]["id"] = 999_000_000
+    body["annotation"]["updated_at"] = "2026-11-21T13:36:21.__ID__Z"
+    return json.dumps(body).replace("999000000", "__ID__")
+
+
+def official_venv(work: Path, src: Path | None) -> tuple[Path, str]:
+    """A virtual environment with the official backend; returns (gunicorn path, what was installed)."""
+    venv = work / "official-venv"
+    if not (venv / "bin" / "gunicorn").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "pip"), "install", "-q"]
+        if src:
+            deps = [r for r in (src / "requirements.txt").read_text().splitlines() if r and not r.startswith("#")]
+            deps = ["label-studio-sdk" if "label-studio-sdk" in d else d for d in deps]
+            subprocess.run([*pip, *deps, "gunicorn"], check=True)
+            subprocess.run([*pip, "--no-deps", str(src)], check=True)
+        else:
+            subprocess.run([*pip, "label-studio-ml", "gunicorn"], check=True)
+    version = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import label_studio_ml; print(label_studio_ml.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return venv / "bin" / "gunicorn", f"label-studio-ml {version} from {'source ' + str(src) if src else 'PyPI'}"
+
+
+def run_wrk(url: str, duration: int, connections: int, offset: int, work: Path) -> dict[str, float]:
+    """Requests/s and latency percentiles (ms) from wrk."""
+    script = work / f"wrk-{offset}.lua"
+    script.write_text(WRK_LUA % (body_template(), offset))
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def ms(token: str) -> float:
+        value, unit = re.match(r"([\d.]+)(us|ms|s)", token).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+async def fixed_rate(url: str, rate: float, seconds: float, offset: int) -> dict[str, float]:
+    """Open-loop load at ``rate`` requests/s; latency from send to response (ms)."""
+    template = body_template()
+    latencies: list[float] = []
+    failures = 0
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64), timeout=5) as client:
+
+        async def one(i: int) -> None:
+            nonlocal failures
+            t0 = time.perf_counter()
+            try:
+                resp = await client.post(
+                    url + "/webhook",
+                    content=template.replace("__ID__", str(offset + i)),
+                    headers={"content-type": "application/json"},
+                )
+                if resp.status_code >= 300:
+                    failures += 1
+            except httpx.HTTPError:
+                failures += 1
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    q = statistics.quantiles(latencies, n=100)
+    return {"p50_ms": q[49], "p99_ms": q[98], "failures": float(failures), "n": float(len(latencies))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official-src", type=Path, default=None)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-receiver")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    work = args.workdir.absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    gunicorn, official_what = official_venv(work, args.official_src)
+    tmp = Path(tempfile.mkdtemp(dir=work))
+    (tmp / "hello_app.py").write_text(HELLO)
+    (tmp / "_wsgi.py").write_text(OFFICIAL_WSGI)
+
+    stack = Stack(work, {"LABELLOOP_LOG_JSON": "true", "LABELLOOP_MODELS_DIR": str(work / "models")})
+    results: dict[str, dict[str, float]] = {}
+    try:
+        stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port(), work / "redis")
+        labelloop = stack.start_receiver(free_port())
+        port = free_port()
+        stack.start(
+            "official",
+            [
+                str(gunicorn),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--threads",
+                "8",
+                "--chdir",
+                str(tmp),
+                "_wsgi:app",
+            ],
+            env={"MODEL_DIR": str(tmp / "model")},
+        )
+        official = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(official + "/health"), 30, "official backend")
+        port = free_port()
+        stack.start(
+            "hello",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(tmp),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "hello_app:app",
+            ],
+        )
+        hello = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(hello + "/"), 30, "hello-world")
+
+        for offset, (name, url) in enumerate(
+            [("labelloop", labelloop), ("official", official), ("hello-world", hello)], start=1
+        ):
+            httpx.post(
+                url + "/webhook",
+                content=body_template().replace("__ID__", "1"),
+                headers={"content-type": "application/json"},
+                timeout=5,
+            )  # warm up
+            results[name] = run_wrk(url + "/webhook", args.duration, args.connections, offset * 10_000_000, work)
+            rate = asyncio.run(fixed_rate(url, args.rate, 5.0, offset * 10_000_000 + 5_000_000))
+            results[name].update({f"at{int(args.rate)}_{k}": v for k, v in rate.items()})
+    finally:
+        stack.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(
+        f"\nreceiver benchmark: wrk -t2 -c{args.connections} -d{args.duration}s, then {args.rate:.0f} req/s "
+        f"open loop for 5 s; {os.cpu_count()} CPUs; official = {official_what}"
+    )
+    print(
+        f"{'peer':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+        f"{'p50@' + str(int(args.rate)):>9} {'p99@' + str(int(args.rate)):>9} {'fail@' + str(int(args.rate)):>9}"
+    )
+    for name, r in results.items():
+        rk = int(args.rate)
+        print(
+            f"{name:<12} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['non2xx']:>8.0f} "
+            f"{r[f'at{rk}_p50_ms']:>9.2f} {r[f'at{rk}_p99_ms']:>9.2f} {r[f'at{rk}_failures']:>9.0f}"
+        )
+    ll, off, hw = results["labelloop"]["rps"], results["official"]["rps"], results["hello-world"]["rps"]
+    print(f"\nlabelloop / official requests/s: {ll / off:.1f}x   (target >= 20x)")
+    print(f"labelloop / hello-world requests/s: {ll / hw * 100:.0f}%   (target >= 30%)")
+    print(
+        f"labelloop p99 at {args.rate:.0f} req/s: {results['labelloop'][f'at{int(args.rate)}_p99_ms']:.2f} ms   "
+        "(target < 10 ms)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
