@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from service.settings import Settings
 
@@ -51,6 +52,19 @@ def _worker(args: argparse.Namespace) -> int:
     if args.pool:
         argv += ["--pool", args.pool]
     app.worker_main(argv)
+    return 0
+
+
+def _beat(args: argparse.Namespace) -> int:
+    from service.logconfig import configure_logging
+    from workers.celery_app import create_celery
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json, process="beat")
+    app = create_celery(settings)
+    schedule = Path(settings.cache_dir).absolute() / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", "--loglevel", settings.log_level, "--schedule", str(schedule)])
     return 0
 
 
@@ -96,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", "-c", type=int, default=1)
     p.add_argument("--pool", default=None, help="Celery pool (prefork, solo, threads)")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("beat", help="run Celery beat: periodic reconciliation with Label Studio")
+    p.set_defaults(func=_beat)
 
     p = sub.add_parser("flower", help="run Flower, the Celery monitor")
     p.add_argument("--port", type=int, default=5555)

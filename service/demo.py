@@ -60,10 +60,33 @@ class LabelStudioAPI:
         by_name = {str(t.data["image"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
         return [by_name[f"img{i:04d}.png"] for i in range(len(samples))]
 
-    def connect_backend(self, project_id: int, backend_url: str) -> int:
-        """Add labelloop as the project's ML backend; Label Studio then calls ``/setup``."""
-        ml = self.sdk.ml.create(project=project_id, url=backend_url, title="labelloop", is_interactive=False)
+    def connect_backend(self, project_id: int, backend_url: str, basic_auth: tuple[str, str] | None = None) -> int:
+        """Add labelloop as the project's ML backend; Label Studio then calls ``/setup`` (with the
+        Basic credentials, when given) and creates a webhook to ``<backend_url>/webhook``."""
+        auth: dict[str, Any] = {}
+        if basic_auth:
+            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
+        ml = self.sdk.ml.create(project=project_id, url=backend_url, title="labelloop", is_interactive=False, **auth)
         return int(ml.id)
+
+    def set_webhook_headers(self, project_id: int, backend_url: str, headers: dict[str, str]) -> int:
+        """Add headers (e.g. labelloop's webhook secret) to the webhook Label Studio created for
+        the ML backend. ``PATCH /api/webhooks/{id}/`` clears ``actions`` unless they are sent
+        again, so they are resent as they were."""
+        url = backend_url.rstrip("/") + "/webhook"
+        hooks = [h for h in self.sdk.webhooks.list(project=str(project_id)) if h.url == url]
+        if not hooks:
+            raise LookupError(f"project {project_id} has no webhook to {url}")
+        hook: Any = hooks[0]
+        self.sdk.webhooks.update(
+            id=hook.id,
+            url=url,
+            headers=headers,
+            actions=list(hook.actions or []),
+            send_for_all_actions=hook.send_for_all_actions,
+            send_payload=hook.send_payload,
+        )
+        return int(hook.id)
 
     def annotate(self, task_id: int, result: list[dict[str, Any]]) -> int:
         return int(self.sdk.annotations.create(id=task_id, result=result, was_cancelled=False).id)

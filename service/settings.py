@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     predict_conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold for predicted regions.")
 
     reconcile_interval_s: int = Field(
-        300, ge=5, description="Seconds between reconciliations with Label Studio (Celery beat)."
+        300, ge=1, description="Seconds between reconciliations with Label Studio (Celery beat)."
     )
 
     webhook_secret: SecretStr | None = Field(

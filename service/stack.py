@@ -108,8 +108,12 @@ class Stack:
 
     # The processes -------------------------------------------------------------------
 
-    def start_redis(self, port: int, data_dir: Path | None = None) -> str:
+    def start_redis(self, port: int, data_dir: Path | None = None, persist: bool = False) -> str:
         """Start ``redis-server`` on loopback; returns its URL.
+
+        Args:
+            persist: append-only file in ``data_dir`` (what production runs with), so a restart
+                keeps the data; otherwise memory only.
 
         Raises:
             FileNotFoundError: redis-server is not installed (Debian: ``apt-get install redis-server``).
@@ -132,7 +136,7 @@ class Stack:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if persist else "no",
                 "--protected-mode",
                 "no",
             ],
@@ -147,6 +151,16 @@ class Stack:
         wait_until(ping, 15, "redis")
         return url
 
+    def _alive_and(self, name: str, check: Callable[[], bool]) -> Callable[[], bool]:
+        """``check``, but raise at once with the log tail when process ``name`` has exited."""
+
+        def probe() -> bool:
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited:\n" + self.log_tail(name))
+            return check()
+
+        return probe
+
     def _cli(self) -> list[str]:
         return [sys.executable, "-m", "service.cli"]
 
@@ -154,7 +168,7 @@ class Stack:
         """Start the receiver (uvicorn) and wait for ``/health``; returns its base URL."""
         self.start("receiver", [*self._cli(), "serve", "--host", "127.0.0.1", "--port", str(port)])
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_ok(url + "/health"), 30, "receiver")
+        wait_until(self._alive_and("receiver", lambda: http_ok(url + "/health")), 30, "receiver")
         return url
 
     def start_worker(self, queue: str, concurrency: int = 1) -> None:
@@ -162,17 +176,12 @@ class Stack:
         name = f"worker-{queue}"
         self.start(name, [*self._cli(), "worker", "--queues", queue, "--concurrency", str(concurrency)])
 
-        def ready() -> bool:
-            if self.procs[name].poll() is not None:
-                raise RuntimeError(f"{name} exited:\n" + self.log_tail(name))
-            return " ready." in self.log_tail(name, 1_000_000)
-
-        wait_until(ready, 60, name)
+        wait_until(self._alive_and(name, lambda: " ready." in self.log_tail(name, 1_000_000)), 60, name)
 
     def start_flower(self, port: int) -> str:
         self.start("flower", [*self._cli(), "flower", "--port", str(port), "--address", "127.0.0.1"])
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_ok(url + "/healthcheck"), 30, "flower")
+        wait_until(self._alive_and("flower", lambda: http_ok(url + "/healthcheck")), 30, "flower")
         return url
 
     def start_label_studio(

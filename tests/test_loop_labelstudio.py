@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from workers.trigger import TriggerStore
 pytestmark = pytest.mark.labelstudio
 
 TRAIN_EVERY_N = 6
+BASIC_AUTH = ("labelstudio", "ml-backend-password")
+WEBHOOK_SECRET = "webhook-secret-for-tests"
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Loop:
     def start(self, redis_dir: Path) -> None:
         """Start Redis (empty), the receiver, one worker per queue and Flower."""
         self.stack.env["LABELLOOP_REDIS_URL"] = self.stack.start_redis(self.redis_port, redis_dir)
+        assert self.redis().dbsize() == 0
         self.receiver_url = self.stack.start_receiver(self.receiver_port)
         for queue in ("events", "train", "predict"):
             self.stack.start_worker(queue)
@@ -84,6 +88,10 @@ def loop(label_studio: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
         "LABEL_STUDIO_URL": ls_url,
         "LABEL_STUDIO_API_KEY": token,
         "FLOWER_UNAUTHENTICATED_API": "true",
+        "BASIC_AUTH_USER": BASIC_AUTH[0],
+        "BASIC_AUTH_PASS": BASIC_AUTH[1],
+        "LABELLOOP_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "LABELLOOP_RECONCILE_INTERVAL_S": "3",
     }
     stack = Stack(work, env)
     port = free_port()
@@ -109,8 +117,12 @@ def test_annotations_train_a_version_that_label_studio_serves(loop: Loop) -> Non
     loop.project_id = api.create_project("labelloop e2e")
     loop.samples = [make_sample(seed, 160, 120) for seed in range(16)]
     loop.task_ids = api.import_images(loop.project_id, loop.samples)
-    loop.ml_id = api.connect_backend(loop.project_id, loop.receiver_url)
+    loop.ml_id = api.connect_backend(loop.project_id, loop.receiver_url, basic_auth=BASIC_AUTH)
+    api.set_webhook_headers(loop.project_id, loop.receiver_url, {"X-Labelloop-Secret": WEBHOOK_SECRET})
     assert api.backend_version(loop.ml_id) == "untrained"
+    # Without credentials nothing gets in: Label Studio's calls above carried them.
+    assert httpx.post(f"{loop.receiver_url}/setup", json={}, timeout=3).status_code == 401
+    assert httpx.post(f"{loop.receiver_url}/webhook", json={"action": "START_TRAINING"}, timeout=3).status_code == 401
 
     for task_id, sample in list(zip(loop.task_ids, loop.samples, strict=True))[: TRAIN_EVERY_N - 1]:
         api.annotate(task_id, sample.ls_result())
@@ -188,10 +200,10 @@ def test_kill_and_restart_everything_keeps_serving_the_newest_version(loop: Loop
     assert newest == "v3"
     loop.kill_all()
     loop.start(tmp_path / "redis-empty")
-    assert loop.redis().dbsize() == 0
 
     setup = httpx.post(
         f"{loop.receiver_url}/setup",
+        auth=BASIC_AUTH,
         json={
             "project": f"{loop.project_id}.{int(time.time())}",
             "schema": loop.api.sdk.projects.get(id=loop.project_id).label_config,
@@ -202,3 +214,27 @@ def test_kill_and_restart_everything_keeps_serving_the_newest_version(loop: Loop
     assert loop.api.backend_version(loop.ml_id) == newest
     preds = loop.api.predictions_for(loop.task_ids[-2])
     assert [p["model_version"] for p in preds] == [newest]
+
+
+def test_webhooks_lost_while_the_receiver_was_down_are_reconciled(loop: Loop) -> None:
+    """Annotations saved while the receiver was down lose their webhooks (Label Studio never
+    retries); Celery beat's reconciliation finds them and they still lead to a training."""
+    assert loop.project_id and loop.task_ids and loop.samples
+    newest = loop.registry.current_name(loop.project_id)
+    assert newest == "v3"
+    loop.stack.stop("receiver", sig=signal.SIGKILL)
+    recorded = loop.redis().xlen(EVENT_STREAM)
+    first = TRAIN_EVERY_N + 2
+    for i in range(first, first + TRAIN_EVERY_N):
+        loop.api.annotate(loop.task_ids[i], loop.samples[i].ls_result())
+    loop.receiver_url = loop.stack.start_receiver(loop.receiver_port)
+    assert loop.redis().xlen(EVENT_STREAM) == recorded, "these webhooks must have been lost"
+    loop.stack.start("beat", [sys.executable, "-m", "service.cli", "beat"])
+    try:
+        wait_until(lambda: loop.registry.current_name(loop.project_id) == "v4", 300, "reconciled v4", 1.0)
+    except TimeoutError:
+        pytest.fail("no training after reconciliation\n" + loop.logs() + loop.stack.log_tail("beat"))
+    finally:
+        loop.stack.stop("beat")
+    v4 = loop.registry.get(loop.project_id, "v4").manifest
+    assert v4["dataset_size"]["train"] + v4["dataset_size"]["val"] == first + TRAIN_EVERY_N

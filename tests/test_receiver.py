@@ -177,3 +177,80 @@ def test_receiver_never_imports_torch_or_ultralytics() -> None:
         "sys.exit(1 if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+@pytest.fixture
+def secured(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        redis_url=redis_url,
+        models_dir=tmp_path / "models",
+        cache_dir=tmp_path / "cache",
+        basic_auth_user="ls",
+        basic_auth_pass="pw",
+        webhook_secret="s3cret",
+    )
+    yield from _client(settings)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "kwargs"),
+    [
+        ("/setup", "ml_setup_request.json", {}),
+        ("/setup", "ml_setup_request.json", {"auth": ("ls", "wrong")}),
+        ("/setup", "ml_setup_request.json", {"headers": {"authorization": "Basic !!!"}}),
+        ("/predict", "ml_predict_request.json", {"auth": ("nobody", "pw")}),
+        ("/webhook", "ml_webhook_START_TRAINING.json", {"headers": {"X-Labelloop-Secret": "s3cret"}}),
+    ],
+)
+def test_basic_auth_required_on_ml_backend_routes(
+    secured: TestClient, redis_url: str, path: str, body: str, kwargs: dict
+) -> None:
+    """/setup, /predict and START_TRAINING need HTTP Basic: 401 with WWW-Authenticate, nothing recorded."""
+    resp = secured.post(path, json=fixture(body), **kwargs)
+    assert resp.status_code == 401
+    assert resp.headers["www-authenticate"].startswith("Basic")
+    assert redis.Redis.from_url(redis_url).xlen(EVENT_STREAM) == 0
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Labelloop-Secret": "wrong"}, {"X-Other": "s3cret"}])
+def test_webhook_secret_required_on_annotation_webhooks(secured: TestClient, redis_url: str, headers: dict) -> None:
+    """Annotation webhooks need the shared secret header (Basic auth does not replace it); 401, nothing recorded."""
+    resp = secured.post("/webhook", json=fixture("webhook_ANNOTATION_CREATED.json"), headers=headers, auth=("ls", "pw"))
+    assert resp.status_code == 401
+    assert "www-authenticate" not in resp.headers
+    assert redis.Redis.from_url(redis_url).xlen(EVENT_STREAM) == 0
+    assert _queued_tasks(redis_url, "events") == []
+    assert 'labelloop_auth_failures_total{kind="secret",route="/webhook"}' in secured.get("/metrics").text
+
+
+def test_right_credentials_pass(secured: TestClient, redis_url: str) -> None:
+    """With the right credentials every route works, and /health stays open by default."""
+    assert secured.get("/health").status_code == 200
+    assert secured.post("/setup", json=fixture("ml_setup_request.json"), auth=("ls", "pw")).status_code == 200
+    created = secured.post(
+        "/webhook", json=fixture("webhook_ANNOTATION_CREATED.json"), headers={"X-Labelloop-Secret": "s3cret"}
+    )
+    assert created.status_code == 201
+    train = secured.post("/webhook", json=fixture("ml_webhook_START_TRAINING.json"), auth=("ls", "pw"))
+    assert train.status_code == 201
+    assert redis.Redis.from_url(redis_url).xlen(EVENT_STREAM) == 2
+
+
+def test_oversized_body_is_413_before_reading(client: TestClient) -> None:
+    """A Content-Length over the limit is refused with 413 from the header alone."""
+    resp = client.post(
+        "/webhook",
+        content=b"{}",
+        headers={"content-type": "application/json", "content-length": str(11 * 1024 * 1024)},
+    )
+    assert resp.status_code == 413
+
+
+def test_bulk_annotations_created_counts_each(client: TestClient, redis_url: str) -> None:
+    """ANNOTATIONS_CREATED (bulk: `annotation` is a list) enqueues one change per annotation."""
+    one = fixture("webhook_ANNOTATION_CREATED.json")
+    second = {**one["annotation"], "id": 2}
+    body = {**one, "action": "ANNOTATIONS_CREATED", "annotation": [one["annotation"], second]}
+    assert client.post("/webhook", json=body).status_code == 201
+    queued = _queued_tasks(redis_url, "events")
+    assert "[1, '2026-11-21T13:36:21.835436Z'], [2, '2026-11-21T13:36:21.835436Z']" in queued[0]["headers"]["argsrepr"]

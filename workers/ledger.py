@@ -68,6 +68,25 @@ class Ledger:
         """Projects labelloop has heard of (webhooks or /setup)."""
         return {int(p) for p in self.redis.smembers(PROJECTS_KEY)}  # type: ignore[union-attr]
 
+    def seed(self, project_id: int, annotations: dict[int, str]) -> bool:
+        """Fill an absent ledger (e.g. after Redis lost its data) from a baseline; returns
+        whether it was seeded. An existing ledger is left alone."""
+        key = self.key(project_id)
+        if not annotations or self.redis.exists(key):
+            return False
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.exists(key):
+                    return False
+                pipe.multi()
+                pipe.hset(key, mapping={str(i): normalize_ts(u) for i, u in annotations.items()})
+                pipe.sadd(PROJECTS_KEY, int(project_id))
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
     def seen(self, project_id: int) -> dict[int, str]:
         raw = self.redis.hgetall(self.key(project_id))
         return {int(k): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]

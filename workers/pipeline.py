@@ -18,6 +18,7 @@ from service.settings import Settings
 from workers.dataset import build_dataset
 from workers.export import export_tasks, fetch_images, ls_client
 from workers.labels import parse_detection_config
+from workers.ledger import annotations_in_export
 from workers.registry import ModelVersion, Registry
 from workers.training import run_training_process
 
@@ -107,6 +108,8 @@ def run_training(settings: Settings, project_id: int, run_id: str) -> ModelVersi
         "train_args": {**train_args, "device": result["device"]},
         "run_id": run_id,
         "timings": timings,
+        # What this version was trained on: reconciliation's baseline when Redis lost its ledger.
+        "annotations": {str(k): v for k, v in annotations_in_export(tasks).items()},
     }
     version = registry.publish(project_id, Path(result["best"]), manifest, promote=True)
     log.info("version_published", version=version.name, **{f"{k}_s": round(v, 3) for k, v in timings.items()})

@@ -75,7 +75,17 @@ def register_tasks(app: Celery) -> None:
         with structlog.contextvars.bound_contextvars(project_id=project_id, action=action):
             return _handle_event(project_id, action, [(int(i), u) for i, u in changes or []])
 
+    def ensure_ledger(project_id: int) -> None:
+        """After Redis lost the ledger, start it from what the served version was trained on."""
+        if ledger().redis.exists(Ledger.key(project_id)):
+            return
+        served = Registry(settings.models_dir).current(project_id)
+        baseline = (served.manifest.get("annotations") or {}) if served else {}
+        if served and ledger().seed(project_id, {int(i): u for i, u in baseline.items()}):
+            log.info("ledger_seeded", version=served.name, annotations=len(baseline))
+
     def _handle_event(project_id: int, action: str, changes: list[Change]) -> str:
+        ensure_ledger(project_id)
         if action == "START_TRAINING":
             ledger().apply(project_id, [])
             redis_client().sadd(PROJECTS_KEY, project_id)
@@ -102,7 +112,8 @@ def register_tasks(app: Celery) -> None:
     def reconcile() -> dict[str, int]:
         """Compare each known project's annotations in Label Studio with the ledger and feed the
         changes whose webhooks were missed to the trigger policy."""
-        projects = ledger().projects() | set(Registry(settings.models_dir).projects())
+        registry = Registry(settings.models_dir)
+        projects = ledger().projects() | set(registry.projects())
         client = ls_client(settings.label_studio_url, settings.api_key)
         missed: dict[str, int] = {}
         for project_id in sorted(projects):
@@ -112,6 +123,7 @@ def register_tasks(app: Celery) -> None:
                 except Exception as exc:  # one unreachable project must not stop the others
                     log.warning("reconcile_failed", error_type=type(exc).__name__, error=str(exc)[:500])
                     continue
+                ensure_ledger(project_id)
                 changes = diff(ledger().seen(project_id), current)
                 if changes:
                     log.info("reconcile_missed_changes", changes=len(changes))
