@@ -5,7 +5,7 @@ the deduplication keys, appends it to the event stream and pushes the Celery mes
 ``events`` queue, so an event is never half-recorded (recorded but not enqueued, or the
 reverse), and one round trip keeps the ack in the sub-millisecond range.
 
-The Celery message is built by Celery itself (``app.amqp.as_task_v2``, task protocol 2) and
+The Celery message is built from Celery's own (``app.amqp.as_task_v2``, task protocol 2) and
 wrapped the way kombu's Redis transport stores messages (``Channel.prepare_message`` plus
 ``_inplace_augment_message``: base64 body, ``delivery_info``, a delivery tag), then pushed
 with ``LPUSH <queue>`` as kombu does for priority 0; workers consume it like any
@@ -18,6 +18,7 @@ Redis keys: ``labelloop:delivery:<sha1>`` (deduplication, 7 days), the stream
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import time
@@ -42,18 +43,26 @@ DEDUP_TTL_S = 7 * 86400
 STREAM_MAXLEN = 100_000
 
 
+@functools.lru_cache(maxsize=8)
+def _template(celery: Celery, task_name: str) -> Any:
+    # Celery builds the protocol-2 headers once; each message then changes only its ids and reprs.
+    return celery.amqp.as_task_v2("00000000-0000-0000-0000-000000000000", task_name, args=[], kwargs={})
+
+
 def celery_message(celery: Celery, task_name: str, args: list[Any], queue: str) -> bytes:
     """The bytes kombu's Redis transport would push for ``send_task(task_name, args, queue=queue)``."""
     task_id = str(uuid.uuid4())
-    msg = celery.amqp.as_task_v2(task_id, task_name, args=args, kwargs={})
-    body = json.dumps(msg.body).encode()
+    template = _template(celery, task_name)
+    headers = {**template.headers, "id": task_id, "root_id": task_id, "argsrepr": repr(args)}
+    body = json.dumps([args, {}, template.body[2]]).encode()
     envelope = {
         "body": base64.b64encode(body).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": msg.headers,
+        "headers": headers,
         "properties": {
-            **msg.properties,
+            **template.properties,
+            "correlation_id": task_id,
             "delivery_info": {"exchange": queue, "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
