@@ -49,6 +49,8 @@ from service.protocol import (
 from service.settings import Settings
 from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT, create_celery
 from workers.labels import parse_detection_config
+from workers.params import parse_extra_params
+from workers.params import store as store_params
 from workers.registry import Registry
 
 log = structlog.get_logger("service.app")
@@ -116,6 +118,9 @@ async def setup(request: Request) -> JSONResponse:
     req = SetupRequest.model_validate(body)
     project_id = parse_project_id(req.project)
     parse_detection_config(req.label_config)
+    params = parse_extra_params(req.extra_params)
+    if store_params(st.settings.models_dir, project_id, params):
+        log.info("project_params_stored", project_id=project_id, **params.model_dump(exclude_none=True))
     await st.recorder.remember_project(project_id)
     version = st.registry.current_name(project_id) or UNTRAINED
     log.info("setup", project_id=project_id, version=version)

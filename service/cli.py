@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from service.settings import Settings
 
@@ -31,12 +32,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    settings = Settings()
+    port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
+    if port:
+        from workers.metrics import prepare_multiprocess_dir
+
+        # Before anything imports prometheus-client: it reads the directory at import.
+        prepare_multiprocess_dir(Path(settings.cache_dir) / "prometheus", args.queues.replace(",", "-"))
+
     from service.logconfig import configure_logging
     from workers.celery_app import create_celery
 
-    settings = Settings()
     configure_logging(settings.log_level, settings.log_json, process=f"worker-{args.queues}")
     app = create_celery(settings, with_tasks=True)
+    if port:
+        from workers.metrics import install_worker_metrics
+
+        install_worker_metrics(app, port)
     argv = [
         "worker",
         "--queues",
@@ -86,10 +98,34 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _ops(name: str) -> Any:
+    """A handler that calls ``service.ops.<name>(settings, *args)`` with the parsed arguments."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from service import ops
+
+        params = {k: v for k, v in vars(args).items() if k not in {"command", "func", "sub"}}
+        return ops.run(lambda: getattr(ops, name)(Settings(), **params))
+
+    return handler
+
+
 def _settings_table(args: argparse.Namespace) -> int:
+    import re
+
     from service.settings import settings_table
 
-    print(settings_table())
+    table = settings_table()
+    if not args.write:
+        print(table)
+        return 0
+    text = args.write.read_text()
+    pattern = r"(<!-- settings-table:start -->\n).*?(\n<!-- settings-table:end -->)"
+    new = re.sub(pattern, lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
+    if new == text and table not in text:
+        print(f"{args.write} has no settings-table markers")
+        return 1
+    args.write.write_text(new)
     return 0
 
 
@@ -109,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", "-Q", default="events,train,predict", help="comma-separated queues")
     p.add_argument("--concurrency", "-c", type=int, default=1)
     p.add_argument("--pool", default=None, help="Celery pool (prefork, solo, threads)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("beat", help="run Celery beat: periodic reconciliation with Label Studio")
@@ -128,7 +165,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ls-port", type=int, default=8080, help="port of the local Label Studio")
     p.add_argument("--exit", action="store_true", help="stop once the loop has produced a version and predictions")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("dataset", help="datasets")
+    dsub = p.add_subparsers(dest="sub", required=True)
+    q = dsub.add_parser("build", help="export a project and write its YOLO dataset into a folder (no training)")
+    q.add_argument("project_id", type=int)
+    q.add_argument("out", type=Path)
+    q.set_defaults(func=_ops("dataset_build"))
+
+    p = sub.add_parser("train", help="request a training of a project now (like Label Studio's Start Training)")
+    p.add_argument("project_id", type=int)
+    p.add_argument("--wait", action="store_true", help="wait for the new version, with an epoch progress bar")
+    p.set_defaults(func=_ops("train"))
+
+    p = sub.add_parser("cancel", help="cancel the running training of a project")
+    p.add_argument("project_id", type=int)
+    p.set_defaults(func=_ops("cancel"))
+
+    p = sub.add_parser("models", help="model versions: list, promote, rollback")
+    msub = p.add_subparsers(dest="sub", required=True)
+    q = msub.add_parser("list", help="list a project's versions (* marks the served one)")
+    q.add_argument("project_id", type=int)
+    q.set_defaults(func=_ops("models_list"))
+    q = msub.add_parser("promote", help="serve a given version")
+    q.add_argument("project_id", type=int)
+    q.add_argument("version")
+    q.set_defaults(func=_ops("models_promote"))
+    q = msub.add_parser("rollback", help="serve the version served before the current one")
+    q.add_argument("project_id", type=int)
+    q.set_defaults(func=_ops("models_rollback"))
+
+    p = sub.add_parser("status", help="queues, workers, running trainings with epoch progress, served versions")
+    p.set_defaults(func=_ops("status"))
+
+    p = sub.add_parser("doctor", help="check Redis, Label Studio URL and token, GPU, models and cache dirs")
+    p.set_defaults(func=_ops("doctor"))
+
     p = sub.add_parser("settings-table", help="print README's configuration table (generated from the settings)")
+    p.add_argument("--write", type=Path, default=None, help="replace the table between the markers in this file")
     p.set_defaults(func=_settings_table)
     return parser
 

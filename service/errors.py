@@ -2,7 +2,8 @@
 
     LabelloopError                 base; never shown to a client with a traceback
     ├── BadRequestError            400: the request cannot be understood
-    │   └── LabelConfigError       422: label config unsupported or ambiguous for training
+    │   ├── LabelConfigError       422: label config unsupported or ambiguous for training
+    │   └── ParamsError            422: the model's extra params are invalid
     ├── UnavailableError           503: Redis or the predict workers cannot be reached in time
     ├── DatasetError               a project has too little usable data to train
     ├── TrainingError              ultralytics training or validation failed
@@ -29,6 +30,12 @@ class BadRequestError(LabelloopError):
 
 class LabelConfigError(BadRequestError):
     """The label config has no trainable control tag, or several and none chosen."""
+
+    status_code = 422
+
+
+class ParamsError(BadRequestError):
+    """The extra params Label Studio passed to /setup are not valid training settings."""
 
     status_code = 422
 

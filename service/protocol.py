@@ -107,7 +107,7 @@ class SetupRequest(_Loose):
     label_config: str = Field(alias="schema")
     hostname: str | None = None
     access_token: str | None = None
-    extra_params: dict[str, Any] | None = None
+    extra_params: Any = None
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 

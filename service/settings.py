@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         0.3, gt=0, description="Receiver's Redis connect/command timeout (seconds); 503 after it."
     )
 
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of a worker's Prometheus /metrics (0: off); `--metrics-port` overrides."
+    )
+
     log_level: str = Field("INFO", description="Log level for labelloop and the libraries it routes.")
     log_json: bool | None = Field(None, description="JSON logs; default: JSON unless stderr is a TTY.")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -69,6 +70,16 @@ class Loop:
         """No training running or queued for the project."""
         state = TriggerStore(self.redis(), 60).state(self.project_id)
         return not state.training and self.redis().llen("train") == 0
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``labelloop <args>`` with the stack's environment."""
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            env={**self.stack.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def logs(self) -> str:
         return "\n".join(
@@ -179,6 +190,16 @@ def test_training_requests_during_a_training_coalesce_into_one_followup(loop: Lo
     for i in (TRAIN_EVERY_N, TRAIN_EVERY_N + 1):
         loop.api.annotate(loop.task_ids[i], loop.samples[i].ls_result())
     assert loop.registry.current_name(loop.project_id) == "v1", "the first run must still be training"
+    # `labelloop status` shows the running training with its epoch progress.
+    status = ""
+
+    def shows_epoch() -> bool:
+        nonlocal status
+        status = loop.cli("status").stdout
+        return f"project {loop.project_id}: run" in status and "epoch " in status
+
+    wait_until(shows_epoch, 60, "epoch progress in labelloop status", 0.1)
+    assert "workers:  events@" in status or "events@" in status
     try:
         wait_until(lambda: loop.registry.current_name(loop.project_id) == "v3", 300, "follow-up v3", 1.0)
         wait_until(loop.idle, 60, "idle after follow-up")
@@ -238,3 +259,17 @@ def test_webhooks_lost_while_the_receiver_was_down_are_reconciled(loop: Loop) ->
         loop.stack.stop("beat")
     v4 = loop.registry.get(loop.project_id, "v4").manifest
     assert v4["dataset_size"]["train"] + v4["dataset_size"]["val"] == first + TRAIN_EVERY_N
+
+
+def test_doctor_and_status_against_the_stack(loop: Loop) -> None:
+    """`labelloop doctor` passes against the running stack and names a bad token with its fix;
+    `labelloop status` lists the workers and the served version."""
+    ok = loop.cli("doctor")
+    assert ok.returncode == 0, ok.stdout
+    assert "all checks passed" in ok.stdout
+    bad = loop.cli("doctor", env={"LABEL_STUDIO_API_KEY": "not-a-token"})
+    assert bad.returncode == 1
+    assert "rejects the token" in bad.stdout and "fix:" in bad.stdout
+    status = loop.cli("status").stdout
+    assert f"project {loop.project_id}: v4" in status
+    assert all(f"{q}@" in status for q in ("events", "train", "predict"))

@@ -22,7 +22,7 @@ def test_readme_configuration_table_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", readme, re.S)
     assert block, "README lacks the settings-table markers"
-    assert block.group(1) == settings_table(), "regenerate it with service.settings.settings_table()"
+    assert block.group(1) == settings_table(), "regenerate it: labelloop settings-table --write README.md"
 
 
 def test_readme_commands_exist() -> None:
@@ -52,12 +52,12 @@ def test_procfile_and_compose_run_the_same_commands() -> None:
     for line in (ROOT / "Procfile").read_text().splitlines():
         if line and not line.startswith("#"):
             name, cmd = line.split(":", 1)
-            procs[name] = cmd.split()
+            procs[name] = [re.sub(r"\$\{PORT:-(\d+)\}", r"\1", a) for a in cmd.split()]
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     commands = [s.get("command") for s in services.values() if s.get("command")]
     parser = build_parser()
     for name, argv in procs.items():
         assert argv[0] == "labelloop", name
-        assert any(c[:4] == argv[:4] for c in commands), f"Procfile {name}: no compose service runs {argv[:4]}"
-        args = parser.parse_args([re.sub(r"\$\{PORT:-(\d+)\}", r"\1", a) for a in argv[1:]])
+        assert any(c[: len(argv)] == argv for c in commands), f"Procfile {name}: no compose service runs {argv}"
+        args = parser.parse_args(argv[1:])
         assert args.command == argv[1]

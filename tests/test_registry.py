@@ -66,3 +66,26 @@ def test_unknown_versions_are_errors(tmp_path: Path) -> None:
         reg.set_current(1, "v3")
     with pytest.raises(RegistryError):
         reg.get(1, "../etc")
+
+
+def test_promote_and_rollback_follow_the_history(tmp_path: Path, weights: Path) -> None:
+    """Rollbacks walk back through the served versions; a promotion starts a new step on top."""
+    reg = Registry(tmp_path)
+    for _ in range(3):
+        reg.publish(1, weights, {})
+    assert reg.rollback(1) == "v2"
+    assert reg.current_name(1) == "v2"
+    assert reg.rollback(1) == "v1"
+    with pytest.raises(RegistryError):
+        reg.rollback(1)
+    reg.set_current(1, "v3")
+    assert reg.rollback(1) == "v1"
+    assert [h["reason"] for h in reg.history(1)] == ["promoted"] * 3 + ["rollback"] * 2 + ["promoted", "rollback"]
+
+
+def test_rollback_without_an_earlier_version_is_an_error(tmp_path: Path, weights: Path) -> None:
+    """A project with one served version cannot roll back."""
+    reg = Registry(tmp_path)
+    reg.publish(1, weights, {})
+    with pytest.raises(RegistryError, match="no earlier version"):
+        reg.rollback(1)

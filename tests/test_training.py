@@ -131,3 +131,36 @@ def test_predictor_serves_current_version_and_swaps(
     shutil.copyfile(trained["result"]["best"], copy)
     registry.publish(5, copy, {"classes": list(SPEC.labels)})
     assert predictor.predict(5, SPEC, tasks[:1], None, None)[0]["model_version"] == "v2"
+
+
+def test_training_reports_epochs_and_can_be_cancelled(trained: dict, tmp_path: Path) -> None:
+    """The parent sees each finished epoch (epoch, epochs, metrics), and a cancel request stops the
+    child process with TrainingError and no result."""
+    data = str(Path(trained["work"]) / "ds" / "data.yaml")
+    spec = {
+        "data": data,
+        "weights": "yolov8n.yaml",
+        "epochs": 2,
+        "imgsz": 96,
+        "batch": 4,
+        "device": "cpu",
+        "workers": 0,
+        "config_dir": str(Path(trained["work"]) / "yolo"),
+    }
+    seen: list[dict] = []
+    run_training_process(spec, tmp_path / "ok", timeout_s=300, on_progress=seen.append, poll_s=0.05)
+    assert [p["epoch"] for p in seen][-1] == 2 and all(p["epochs"] == 2 for p in seen)
+    assert "metrics/mAP50-95(B)" in seen[-1]["metrics"]
+
+    progress: list[dict] = []
+    with pytest.raises(TrainingError, match="cancelled"):
+        run_training_process(
+            {**spec, "epochs": 50},
+            tmp_path / "cancel",
+            timeout_s=300,
+            on_progress=progress.append,
+            should_cancel=lambda: bool(progress),
+            poll_s=0.05,
+        )
+    assert progress[0]["epoch"] < 50
+    assert not (tmp_path / "cancel" / "result.json").exists()

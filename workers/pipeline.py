@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from workers.dataset import build_dataset
 from workers.export import export_tasks, fetch_images, ls_client
 from workers.labels import parse_detection_config
 from workers.ledger import annotations_in_export
+from workers.params import load as load_params
 from workers.registry import ModelVersion, Registry
 from workers.training import run_training_process
 
@@ -30,7 +32,13 @@ def yolo_config_dir(settings: Settings) -> Path:
     return Path(settings.cache_dir).absolute() / "ultralytics"
 
 
-def run_training(settings: Settings, project_id: int, run_id: str) -> ModelVersion:
+def run_training(
+    settings: Settings,
+    project_id: int,
+    run_id: str,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> ModelVersion:
     """Train a new version of a project's model from its current annotations and publish it.
 
     Stages and their wall seconds go into the manifest's ``timings``: ``export`` (label
@@ -45,6 +53,7 @@ def run_training(settings: Settings, project_id: int, run_id: str) -> ModelVersi
         TrainingError: ultralytics failed.
     """
     registry = Registry(settings.models_dir)
+    params = load_params(settings.models_dir, project_id).effective(settings)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     client = ls_client(settings.label_studio_url, settings.api_key)
@@ -63,7 +72,7 @@ def run_training(settings: Settings, project_id: int, run_id: str) -> ModelVersi
         return fetch_images(items, image_cache, settings.label_studio_url, settings.api_key)
 
     data_yaml, report = build_dataset(
-        tasks, spec, run_dir / "dataset", fetch, settings.val_fraction, settings.min_val_images
+        tasks, spec, run_dir / "dataset", fetch, params["val_fraction"], settings.min_val_images
     )
     timings["download"] = report.seconds.get("download", 0.0)
     timings["build"] = report.seconds.get("select", 0.0) + report.seconds.get("build", 0.0)
@@ -77,12 +86,12 @@ def run_training(settings: Settings, project_id: int, run_id: str) -> ModelVersi
     )
 
     parent = registry.current(project_id)
-    weights = str(parent.weights) if parent else settings.base_model
+    weights = str(parent.weights) if parent else params["base_model"]
     train_args = {
         "weights": weights,
-        "epochs": settings.epochs,
-        "imgsz": settings.imgsz,
-        "batch": settings.batch,
+        "epochs": params["epochs"],
+        "imgsz": params["imgsz"],
+        "batch": params["batch"],
         "device": settings.device,
         "workers": settings.dataloader_workers,
         "seed": settings.seed,
@@ -92,6 +101,8 @@ def run_training(settings: Settings, project_id: int, run_id: str) -> ModelVersi
         {**train_args, "data": str(data_yaml), "config_dir": str(yolo_config_dir(settings))},
         run_dir / "train",
         timeout_s=settings.train_time_limit_s,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
     )
     timings["train"] = time.perf_counter() - t0
     log.info("training_finished", seconds=round(timings["train"], 3), **result["metrics"])

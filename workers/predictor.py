@@ -117,6 +117,7 @@ class Predictor:
         tasks: list[dict[str, Any]],
         hostname: str | None,
         api_key: str | None,
+        imgsz: int | None = None,
     ) -> list[dict[str, Any]]:
         """Predict rectangles for tasks, one result item per task, in order.
 
@@ -143,7 +144,7 @@ class Predictor:
             return out
         results = loaded.model.predict(
             [str(p) for _, p in ok],
-            imgsz=self.imgsz,
+            imgsz=imgsz or self.imgsz,
             conf=self.conf,
             verbose=False,
             device=loaded.model.device,

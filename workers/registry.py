@@ -164,8 +164,36 @@ class Registry:
             self.set_current(project_id, name)
         return self.get(project_id, name)
 
-    def set_current(self, project_id: int, name: str) -> None:
-        """Point ``CURRENT`` at an existing version, atomically.
+    def history(self, project_id: int) -> list[dict[str, Any]]:
+        """Every change of ``CURRENT``, oldest first: ``{"version", "reason", "at"}``."""
+        path = self.project_dir(project_id) / "history.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def rollback(self, project_id: int) -> str:
+        """Serve the version that was served before the current one; returns its name.
+
+        Successive rollbacks walk further back (v3 -> v2 -> v1); a promotion starts a new
+        step on top.
+
+        Raises:
+            RegistryError: there is no earlier served version.
+        """
+        stack: list[str] = []
+        for entry in self.history(project_id):
+            if entry.get("reason") == "rollback":
+                while stack and stack[-1] != entry["version"]:
+                    stack.pop()
+            else:
+                stack.append(entry["version"])
+        if len(stack) < 2:
+            raise RegistryError(f"project {project_id}: no earlier version to roll back to")
+        self.set_current(project_id, stack[-2], reason="rollback")
+        return stack[-2]
+
+    def set_current(self, project_id: int, name: str, reason: str = "promoted") -> None:
+        """Point ``CURRENT`` at an existing version, atomically, and append to the history.
 
         Raises:
             RegistryError: the version does not exist.
@@ -183,3 +211,6 @@ class Registry:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(pdir)
+        entry = {"version": name, "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with open(pdir / "history.jsonl", "a") as fh:
+            fh.write(json.dumps(entry) + "\n")

@@ -21,8 +21,10 @@ from workers.export import export_tasks, ls_client
 from workers.labels import parse_detection_config
 from workers.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
 from workers.notify import announce_version
+from workers.params import load as load_params
 from workers.pipeline import run_training, yolo_config_dir
 from workers.predictor import Predictor
+from workers.progress import ProgressStore
 from workers.registry import Registry
 from workers.trigger import TriggerStore
 
@@ -55,6 +57,9 @@ def register_tasks(app: Celery) -> None:
             settings.predict_conf,
             settings.device,
         )
+
+    def every_n(project_id: int) -> int:
+        return int(load_params(settings.models_dir, project_id).effective(settings)["train_every_n"])
 
     def ledger() -> Ledger:
         return Ledger(redis_client())
@@ -89,13 +94,13 @@ def register_tasks(app: Celery) -> None:
         if action == "START_TRAINING":
             ledger().apply(project_id, [])
             redis_client().sadd(PROJECTS_KEY, project_id)
-            decision = trigger().apply(project_id, "start_training", settings.train_every_n)
+            decision = trigger().apply(project_id, "start_training", every_n(project_id))
         else:
             count = ledger().apply(project_id, changes)
             if count == 0:
                 log.info("event_handled", changes=len(changes), effective=0)
                 return "unchanged"
-            decision = trigger().apply(project_id, "annotation", settings.train_every_n, count=count)
+            decision = trigger().apply(project_id, "annotation", every_n(project_id), count=count)
         log.info(
             "event_handled",
             changes=len(changes),
@@ -141,19 +146,36 @@ def register_tasks(app: Celery) -> None:
     def train(self: Any, project_id: int, run_id: str) -> dict[str, Any]:
         """Run the training pipeline for a project and publish the new version."""
         with structlog.contextvars.bound_contextvars(project_id=project_id, run_id=run_id, task_id=self.request.id):
-            return _train(project_id, run_id)
+            return _train(self, project_id, run_id)
 
-    def _train(project_id: int, run_id: str) -> dict[str, Any]:
+    def _train(task: Any, project_id: int, run_id: str) -> dict[str, Any]:
         outcome: dict[str, Any] = {"project_id": project_id, "run_id": run_id}
+        progress = ProgressStore(redis_client())
+
+        def on_progress(p: dict[str, Any]) -> None:
+            # Celery state PROGRESS shows in Flower; the Redis record feeds `labelloop status`.
+            meta = {"project_id": project_id, "run_id": run_id, **p}
+            task.update_state(state="PROGRESS", meta=meta)
+            progress.update(project_id, run_id, stage="training", **p)
+            log.info("training_progress", epoch=p["epoch"], epochs=p["epochs"])
+
         try:
-            version = run_training(settings, project_id, run_id)
+            progress.update(project_id, run_id, stage="preparing", task_id=task.request.id)
+            version = run_training(
+                settings,
+                project_id,
+                run_id,
+                on_progress=on_progress,
+                should_cancel=lambda: progress.cancel_requested(project_id, run_id),
+            )
             announce_version(redis_client(), project_id, version.name)
             outcome.update(status="published", version=version.name, metrics=version.manifest.get("metrics"))
         except LabelloopError as exc:
             log.error("training_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
             outcome.update(status="failed", error=str(exc)[:2000])
         finally:
-            decision = trigger().apply(project_id, "finished", settings.train_every_n, run_id=run_id)
+            progress.clear(project_id, run_id)
+            decision = trigger().apply(project_id, "finished", every_n(project_id), run_id=run_id)
             if decision.start and decision.run_id:
                 start_training(project_id, decision.run_id, "followup")
         return outcome
@@ -163,5 +185,8 @@ def register_tasks(app: Celery) -> None:
         """Predict regions for Label Studio tasks with the project's served version."""
         with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=predict.request.id):
             spec = parse_detection_config(label_config)
-            results = predictor().predict(project_id, spec, tasks, settings.label_studio_url, settings.api_key)
+            imgsz = int(load_params(settings.models_dir, project_id).effective(settings)["imgsz"])
+            results = predictor().predict(
+                project_id, spec, tasks, settings.label_studio_url, settings.api_key, imgsz=imgsz
+            )
             return {"results": results}

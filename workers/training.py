@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,17 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(spec["run_dir"]).absolute()
     t0 = time.perf_counter()
     model = YOLO(str(spec["weights"]))
+    progress_path = run_dir / "progress.json"
+
+    def report_epoch(trainer: Any) -> None:
+        # Read by the parent while it waits: epoch, total epochs and the latest validation metrics.
+        metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, int | float)}
+        tmp = progress_path.with_suffix(".tmp")
+        epoch = min(int(trainer.epoch) + 1, int(trainer.epochs))
+        tmp.write_text(json.dumps({"epoch": epoch, "epochs": int(trainer.epochs), "metrics": metrics}))
+        os.replace(tmp, progress_path)
+
+    model.add_callback("on_fit_epoch_end", report_epoch)
     model.train(
         data=str(spec["data"]),
         epochs=int(spec["epochs"]),
@@ -83,13 +95,22 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     return {"best": str(best), "metrics": metrics, "seconds": seconds, "device": device}
 
 
-def run_training_process(spec: dict[str, Any], run_dir: Path, timeout_s: float) -> dict[str, Any]:
+def run_training_process(
+    spec: dict[str, Any],
+    run_dir: Path,
+    timeout_s: float,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    poll_s: float = 1.0,
+) -> dict[str, Any]:
     """Run ``train(spec)`` in a child Python process and return its result.
 
-    The child's output goes to ``<run_dir>/train.log``.
+    The child's output goes to ``<run_dir>/train.log``. While it runs, ``on_progress`` gets
+    ``{"epoch", "epochs", "metrics"}`` after each epoch and ``should_cancel`` is polled every
+    ``poll_s`` seconds.
 
     Raises:
-        TrainingError: the child failed, timed out or wrote no result.
+        TrainingError: the child failed, timed out, was cancelled or wrote no result.
     """
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,12 +127,21 @@ def run_training_process(spec: dict[str, Any], run_dir: Path, timeout_s: float) 
             env=env,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
+        deadline = time.monotonic() + timeout_s
+        last: str | None = None
         try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise TrainingError(f"training exceeded {timeout_s:.0f} s and was killed") from None
+            while (code := proc.poll()) is None:
+                if time.monotonic() > deadline:
+                    raise TrainingError(f"training exceeded {timeout_s:.0f} s and was killed")
+                if should_cancel is not None and should_cancel():
+                    raise TrainingError("training cancelled")
+                progress = run_dir / "progress.json"
+                if on_progress is not None and progress.exists():
+                    text = progress.read_text()
+                    if text != last:
+                        last = text
+                        on_progress(json.loads(text))
+                time.sleep(poll_s)
         except BaseException:
             proc.kill()
             proc.wait()

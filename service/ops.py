@@ -1,0 +1,257 @@
+"""Operator commands behind ``labelloop``: dataset build, train, models, status, cancel, doctor.
+
+Each takes the settings and plain arguments, prints for a person, and returns an exit code
+(0 fine, 1 something is wrong).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from service.errors import LabelloopError
+from service.settings import Settings
+from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT, create_celery
+from workers.ledger import Ledger
+from workers.notify import announce_version
+from workers.progress import ProgressStore
+from workers.registry import Registry
+
+QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT)
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def dataset_build(settings: Settings, project_id: int, out: Path, progress: bool = True) -> int:
+    """Export a project and write its YOLO dataset to ``out`` without training."""
+    from tqdm import tqdm
+
+    from workers.dataset import build_dataset
+    from workers.export import export_tasks, fetch_image, ls_client
+    from workers.labels import parse_detection_config
+
+    client = ls_client(settings.label_studio_url, settings.api_key)
+    spec = parse_detection_config(client.projects.get(id=project_id).label_config)
+    tasks = export_tasks(client, project_id)
+    cache = Path(settings.cache_dir).absolute() / "images"
+
+    def fetch(items: list[tuple[int, str]]) -> dict[int, Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(item: tuple[int, str]) -> tuple[int, Any]:
+            try:
+                return item[0], fetch_image(item[1], item[0], cache, settings.label_studio_url, settings.api_key)
+            except Exception as exc:  # reported per task by the builder
+                return item[0], exc
+
+        with ThreadPoolExecutor(8) as pool:
+            return dict(tqdm(pool.map(one, items), total=len(items), desc="images", disable=not progress))
+
+    data_yaml, report = build_dataset(tasks, spec, out, fetch, settings.val_fraction, settings.min_val_images)
+    print(f"dataset: {data_yaml}")
+    print(f"images: train {report.images['train']}, val {report.images['val']}; skipped {len(report.skipped)}")
+    print(f"boxes per class: {json.dumps(report.boxes_per_class)}")
+    return 0
+
+
+def train(settings: Settings, project_id: int, wait: bool, timeout_s: float = 24 * 3600) -> int:
+    """Request a training now (as Label Studio's "Start Training" does); optionally wait for it."""
+    from tqdm import tqdm
+
+    registry = Registry(settings.models_dir)
+    before = registry.current_name(project_id)
+    app = create_celery(settings)
+    app.send_task(TASK_HANDLE_EVENT, args=[project_id, "START_TRAINING", []], queue=QUEUE_EVENTS)
+    print(f"training requested for project {project_id} (served now: {before or 'untrained'})")
+    if not wait:
+        return 0
+    store = ProgressStore(_redis(settings))
+    bar = tqdm(total=settings.epochs, desc="epochs", unit="epoch")
+    deadline = time.monotonic() + timeout_s
+    seen_run = False
+    while time.monotonic() < deadline:
+        current = registry.current_name(project_id)
+        if current != before:
+            bar.close()
+            print(f"project {project_id} now serves {current}")
+            return 0
+        p = store.get(project_id)
+        if p:
+            seen_run = True
+            bar.total = int(p.get("epochs") or bar.total)
+            bar.n = int(p.get("epoch") or 0)
+            bar.set_postfix_str(str(p.get("stage", "")))
+            bar.refresh()
+        elif seen_run:
+            bar.close()
+            print("the training ended without a new version; see the train worker's log")
+            return 1
+        time.sleep(1.0)
+    bar.close()
+    print("timed out waiting for the training")
+    return 1
+
+
+def models_list(settings: Settings, project_id: int) -> int:
+    registry = Registry(settings.models_dir)
+    current = registry.current_name(project_id)
+    versions = registry.list_versions(project_id)
+    if not versions:
+        print(f"project {project_id} has no model versions")
+        return 0
+    print(f"{'':2}{'version':<8} {'created':<21} {'parent':<7} {'train/val':<10} {'mAP50-95':>8}")
+    for v in versions:
+        m = v.manifest
+        size = m.get("dataset_size", {})
+        mark = "* " if v.name == current else "  "
+        map_ = m.get("metrics", {}).get("map50_95")
+        print(
+            f"{mark}{v.name:<8} {m.get('created_at', ''):<21} {m.get('parent') or '-':<7} "
+            f"{size.get('train', 0)}/{size.get('val', 0):<8} {map_ if map_ is None else f'{map_:.4f}':>8}"
+        )
+    return 0
+
+
+def models_promote(settings: Settings, project_id: int, version: str) -> int:
+    registry = Registry(settings.models_dir)
+    registry.set_current(project_id, version, reason="promoted by operator")
+    announce_version(_redis(settings), project_id, version)
+    print(f"project {project_id} now serves {version}")
+    return 0
+
+
+def models_rollback(settings: Settings, project_id: int) -> int:
+    registry = Registry(settings.models_dir)
+    version = registry.rollback(project_id)
+    announce_version(_redis(settings), project_id, version)
+    print(f"project {project_id} rolled back to {version}")
+    return 0
+
+
+def cancel(settings: Settings, project_id: int) -> int:
+    run = ProgressStore(_redis(settings)).request_cancel(project_id)
+    print(f"cancelling run {run} of project {project_id}" if run else f"project {project_id} has no running training")
+    return 0 if run else 1
+
+
+def status(settings: Settings) -> int:
+    """Queues, workers, running trainings and served versions."""
+    registry = Registry(settings.models_dir)
+    client = _redis(settings)
+    try:
+        depths = {q: int(client.llen(q)) for q in QUEUES}  # type: ignore[arg-type]
+        projects = sorted(Ledger(client).projects() | set(registry.projects()))
+        store = ProgressStore(client)
+        running = {p: r for p in projects if (r := store.get(p))}
+    except redis.RedisError as exc:
+        print(f"Redis at {settings.redis_url} is unreachable: {exc}")
+        return 1
+    print("queues:   " + ", ".join(f"{q} {n}" for q, n in depths.items()))
+    replies = create_celery(settings).control.ping(timeout=1.0) or []
+    workers = sorted(name for reply in replies for name in reply)
+    print("workers:  " + (", ".join(workers) if workers else "none answered"))
+    print("trainings:" + ("" if running else " none running"))
+    for p, r in running.items():
+        epoch = f"epoch {r.get('epoch', 0)}/{r.get('epochs', '?')}" if r.get("epoch") else ""
+        metrics = r.get("metrics") or {}
+        map_ = metrics.get("metrics/mAP50-95(B)")
+        extra = f", mAP50-95 {map_:.4f}" if isinstance(map_, float) else ""
+        print(f"  project {p}: run {r['run_id']} {r.get('stage', '')} {epoch}{extra}")
+    print("served:")
+    for p in projects:
+        print(f"  project {p}: {registry.current_name(p) or 'untrained'}")
+    return 0
+
+
+def doctor(settings: Settings) -> int:
+    """Check every dependency; print what is wrong and how to fix it. Exit 1 on any problem."""
+    problems = 0
+
+    def report(ok: bool, what: str, fix: str = "") -> None:
+        nonlocal problems
+        problems += 0 if ok else 1
+        print(f"[{'ok' if ok else 'FAIL'}] {what}" + ("" if ok or not fix else f"\n       fix: {fix}"))
+
+    try:
+        _redis(settings).ping()
+        report(True, f"Redis answers at {settings.redis_url}")
+    except redis.RedisError as exc:
+        report(False, f"Redis at {settings.redis_url}: {exc}", "start redis-server or set LABELLOOP_REDIS_URL")
+
+    if not settings.label_studio_url:
+        report(False, "LABEL_STUDIO_URL is not set", "export LABEL_STUDIO_URL=http://<label-studio-host>:8080")
+    else:
+        try:
+            health = httpx.get(settings.label_studio_url + "/health", timeout=5)
+            report(health.status_code == 200, f"Label Studio answers at {settings.label_studio_url}")
+        except httpx.HTTPError as exc:
+            report(False, f"Label Studio at {settings.label_studio_url}: {exc}", "check the URL and that it runs")
+        if not settings.api_key:
+            report(False, "LABEL_STUDIO_API_KEY is not set", "Account & Settings > Access Token in Label Studio")
+        else:
+            try:
+                from label_studio_sdk import LabelStudio
+
+                user = LabelStudio(base_url=settings.label_studio_url, api_key=settings.api_key).users.whoami()
+                report(True, f"Label Studio token is valid (user {getattr(user, 'email', '?')})")
+            except Exception as exc:  # the SDK raises its own ApiError and httpx errors
+                report(
+                    False,
+                    f"Label Studio rejects the token: {str(exc)[:200]}",
+                    "use a legacy token with LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on the server, "
+                    "or a personal access token",
+                )
+
+    for name, path in (("models dir", settings.models_dir), ("cache dir", settings.cache_dir)):
+        path = Path(path).absolute()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path):
+                pass
+            free = shutil.disk_usage(path).free / 2**30
+            report(free > 1.0, f"{name} {path} is writable ({free:.1f} GiB free)", "free disk space")
+        except OSError as exc:
+            report(
+                False,
+                f"{name} {path}: {exc}",
+                f"create it and make it writable, or set LABELLOOP_{name[:-4].upper()}_DIR",
+            )
+
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            report(True, f"GPU: {names}")
+        else:
+            print("[info] no CUDA GPU: training and inference run on the CPU (slow but fine for small projects)")
+    except ImportError:
+        report(False, "torch is not installed in this environment", 'pip install "labelloop[ml]" (workers need it)')
+
+    shm = shutil.disk_usage("/dev/shm").total / 2**30 if os.path.exists("/dev/shm") else 0.0
+    report(
+        shm >= 1.0 or settings.dataloader_workers == 0,
+        f"/dev/shm is {shm:.1f} GiB (DataLoader workers: {settings.dataloader_workers})",
+        "give the train worker more shared memory (compose shm_size) or LABELLOOP_DATALOADER_WORKERS=0",
+    )
+    print("all checks passed" if problems == 0 else f"{problems} problem(s) found")
+    return 0 if problems == 0 else 1
+
+
+def run(func: Any, *args: Any) -> int:
+    """Run an ops command, turning labelloop's errors into a message and exit code 1."""
+    try:
+        return int(func(*args))
+    except LabelloopError as exc:
+        print(f"error: {exc}")
+        return 1

@@ -1,0 +1,105 @@
+"""Operations: every CLI command's --help, the Kubernetes manifests, and the Procfile's processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service.cli import build_parser
+from service.settings import Settings
+from service.stack import free_port, http_ok, wait_until
+from workers.celery_app import QUEUE_EVENTS, TASK_HANDLE_EVENT, create_celery
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _commands(sub, (*prefix, name))
+    return out
+
+
+def test_every_cli_command_has_help() -> None:
+    """`labelloop ... --help` exits 0 and describes every command and subcommand."""
+    commands = _commands(build_parser())
+    assert {("models", "rollback"), ("dataset", "build"), ("doctor",), ("status",), ("demo",)} <= set(commands)
+    for command in commands:
+        out = subprocess.run([str(BIN / "labelloop"), *command, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0, (command, out.stderr)
+        assert out.stdout.startswith("usage: labelloop"), command
+
+
+def test_kubernetes_manifests_validate(tmp_path: Path) -> None:
+    """Every manifest passes strict schema validation, and a broken one does not."""
+    manifests = sorted(str(p) for p in (ROOT / "deploy" / "k8s").glob("*.yaml"))
+    assert len(manifests) >= 5
+    ok = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *manifests], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    broken = tmp_path / "broken.yaml"
+    text = (ROOT / "deploy" / "k8s" / "receiver.yaml").read_text().replace("replicas: 2", 'replicas: "two"')
+    broken.write_text(text)
+    bad = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", str(broken)], capture_output=True, text=True)
+    assert bad.returncode != 0
+
+
+def test_procfile_processes_start_and_answer(redis_url: str, tmp_path: Path) -> None:
+    """`honcho start` runs every Procfile process: the receiver answers /health, Flower /healthcheck,
+    the three workers answer Celery's ping, and a worker serves Prometheus metrics of its tasks."""
+    base = free_port() // 1000 * 1000 + 100  # honcho gives process i the port base + 100 * i
+    if base + 600 > 65000:
+        base = 20100
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "LABELLOOP_REDIS_URL": redis_url,
+        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
+        "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
+        "FLOWER_UNAUTHENTICATED_API": "true",
+    }
+    log = open(tmp_path / "honcho.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN / "honcho"), "start", "-p", str(base)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        web, events_metrics, flower = base, base + 100, base + 500
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{web}/health"), 60, "web")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{flower}/healthcheck"), 60, "flower")
+        app = create_celery(Settings(redis_url=redis_url))
+
+        def workers() -> set[str]:
+            return {name.split("@")[0] for reply in app.control.ping(timeout=1.0) or [] for name in reply}
+
+        wait_until(lambda: workers() == {"events", "train", "predict"}, 60, "three workers")
+        app.send_task(
+            TASK_HANDLE_EVENT, args=[3, "ANNOTATION_CREATED", [[1, "2026-01-01T00:00:00Z"]]], queue=QUEUE_EVENTS
+        )
+        line = 'labelloop_worker_tasks_total{state="success",task="labelloop.handle_event"} 1.0'
+        wait_until(lambda: line in httpx.get(f"http://127.0.0.1:{events_metrics}/metrics").text, 30, "metrics")
+        assert redis.Redis.from_url(redis_url).hget("labelloop:project:3:seen", "1") is not None
+    except TimeoutError:
+        log.flush()
+        pytest.fail((tmp_path / "honcho.log").read_text()[-5000:])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

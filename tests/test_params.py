@@ -1,0 +1,60 @@
+"""Per-project extra params: validation at /setup, storage, and precedence over the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.errors import ParamsError
+from service.settings import Settings
+from tests.conftest import fixture
+from workers.params import ProjectParams, load, parse_extra_params, store
+
+
+@pytest.mark.parametrize("raw", [None, "", "null", {}])
+def test_empty_extra_params_mean_defaults(raw: object) -> None:
+    """No extra params (Label Studio sends null) leaves every setting to the environment."""
+    assert parse_extra_params(raw) == ProjectParams()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"imgsz": 100}, "multiple of 32"),
+        ({"val_fraction": 1.5}, "val_fraction"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+        ("[1, 2]", "JSON object"),
+        ("{not json", "JSON object"),
+        (42, "JSON object"),
+    ],
+)
+def test_invalid_extra_params_are_422_with_reason(raw: object, reason: str) -> None:
+    """Out-of-range values, unknown keys and non-objects are rejected with the reason."""
+    with pytest.raises(ParamsError, match=reason) as err:
+        parse_extra_params(raw)
+    assert err.value.status_code == 422
+
+
+def test_params_override_environment_defaults(tmp_path: Path) -> None:
+    """Stored params win over the settings; unset keys keep the settings' values."""
+    settings = Settings(epochs=20, imgsz=640, train_every_n=10)
+    store(tmp_path, 5, parse_extra_params('{"epochs": 3, "imgsz": 320}'))
+    effective = load(tmp_path, 5).effective(settings)
+    assert (effective["epochs"], effective["imgsz"], effective["train_every_n"]) == (3, 320, 10)
+    assert not store(tmp_path, 5, parse_extra_params({"epochs": 3, "imgsz": 320}))
+
+
+def test_setup_validates_and_stores_extra_params(redis_url: str, tmp_path: Path) -> None:
+    """/setup stores valid extra params for the project and rejects invalid ones with 422, storing nothing."""
+    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings)) as client:
+        body = {**fixture("ml_setup_request.json"), "extra_params": {"epochs": 5, "train_every_n": 3}}
+        assert client.post("/setup", json=body).status_code == 200
+        assert load(settings.models_dir, 1) == ProjectParams(epochs=5, train_every_n=3)
+        bad = client.post("/setup", json={**body, "project": "2.1", "extra_params": {"batch": -1}})
+        assert bad.status_code == 422 and "batch" in bad.json()["error"]
+        assert not (settings.models_dir / "2" / "params.json").exists()

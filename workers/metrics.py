@@ -1,0 +1,66 @@
+"""Prometheus metrics of a Celery worker, served by the worker's main process.
+
+Prefork children count tasks; prometheus-client's multiprocess mode (one directory per worker,
+``PROMETHEUS_MULTIPROC_DIR``) lets the main process serve the sum. The directory must be set
+before prometheus-client is imported, so ``prepare_multiprocess_dir`` runs first thing in
+``labelloop worker``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+
+
+def prepare_multiprocess_dir(root: Path, name: str) -> Path:
+    """Create an empty metrics directory for this worker and export ``PROMETHEUS_MULTIPROC_DIR``."""
+    path = Path(root).absolute() / f"{name}-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def install_worker_metrics(app: Celery, port: int) -> None:
+    """Count tasks by name and state, time them, and serve ``/metrics`` on ``port`` once the
+    worker has started."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+
+    tasks = Counter("labelloop_worker_tasks_total", "Tasks finished, by task name and state.", ["task", "state"])
+    seconds = Histogram(
+        "labelloop_worker_task_seconds",
+        "Task run time in seconds, by task name.",
+        ["task"],
+        buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400),
+    )
+    started: dict[str, float] = {}
+
+    def prerun(task_id: str | None = None, **_: Any) -> None:
+        if task_id:
+            started[task_id] = time.perf_counter()
+
+    def postrun(task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
+        name = getattr(task, "name", "unknown")
+        tasks.labels(task=name, state=(state or "unknown").lower()).inc()
+        t0 = started.pop(task_id or "", None)
+        if t0 is not None:
+            seconds.labels(task=name).observe(time.perf_counter() - t0)
+
+    def serve(**_: Any) -> None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(port, registry=registry)
+
+    def child_exit(pid: int | None = None, **_: Any) -> None:
+        if pid is not None:
+            multiprocess.mark_process_dead(pid)
+
+    signals.task_prerun.connect(prerun, weak=False)
+    signals.task_postrun.connect(postrun, weak=False)
+    signals.worker_ready.connect(serve, weak=False)
+    signals.worker_process_shutdown.connect(child_exit, weak=False)

@@ -1,0 +1,91 @@
+"""Per-project training settings from the ML backend's "extra params" in Label Studio.
+
+Label Studio sends the model connection's extra params (a JSON object) with every ``/setup``;
+the receiver validates them and stores them in ``<models_dir>/<project>/params.json``, where
+the workers read them. Unset keys fall back to the environment's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import ParamsError
+from service.settings import Settings
+
+FILE = "params.json"
+
+
+class ProjectParams(BaseModel):
+    """The extra params labelloop understands; anything else is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int | None = Field(None, ge=1, le=10_000)
+    imgsz: int | None = Field(None, ge=32, le=8192)
+    batch: int | None = Field(None, ge=1, le=4096)
+    base_model: str | None = Field(None, min_length=1)
+    train_every_n: int | None = Field(None, ge=1)
+    val_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+
+    @field_validator("imgsz")
+    @classmethod
+    def _stride(cls, v: int | None) -> int | None:
+        if v is not None and v % 32:
+            raise ValueError("imgsz must be a multiple of 32 (the YOLO stride)")
+        return v
+
+    def effective(self, settings: Settings) -> dict[str, Any]:
+        """These params over the environment's defaults."""
+        base = {k: getattr(settings, k) for k in type(self).model_fields}
+        return {**base, **self.model_dump(exclude_none=True)}
+
+
+def parse_extra_params(raw: Any) -> ProjectParams:
+    """Validate Label Studio's ``extra_params`` (an object, a JSON string, or null).
+
+    Raises:
+        ParamsError: not an object, an unknown key or a value out of range (422 at /setup).
+    """
+    if raw is None or raw == "":
+        return ProjectParams()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ParamsError("extra params must be a JSON object") from None
+        if raw is None:
+            return ProjectParams()
+    if not isinstance(raw, dict):
+        raise ParamsError("extra params must be a JSON object")
+    try:
+        return ProjectParams.model_validate(raw)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'extra params'}: {e['msg']}" for e in exc.errors())
+        raise ParamsError(f"invalid extra params: {reasons}") from None
+
+
+def load(models_dir: Path, project_id: int) -> ProjectParams:
+    """The stored params of a project (defaults when none were stored or the file is unreadable)."""
+    try:
+        return ProjectParams.model_validate_json((Path(models_dir) / str(int(project_id)) / FILE).read_text())
+    except (OSError, ValidationError):
+        return ProjectParams()
+
+
+def store(models_dir: Path, project_id: int, params: ProjectParams) -> bool:
+    """Write the params atomically when they changed; returns whether the file was written."""
+    pdir = Path(models_dir) / str(int(project_id))
+    if load(models_dir, project_id) == params and (pdir / FILE).exists():
+        return False
+    pdir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=pdir, prefix=".params-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(params.model_dump_json(exclude_none=True))
+    os.replace(tmp, pdir / FILE)
+    return True
