@@ -6,6 +6,9 @@ Routes (https://labelstud.io/guide/ml_create):
     POST /predict     {"results": [...]}: one item per task, computed by a predict worker
     POST /webhook     records the event in Redis and enqueues it by task name
     GET  /metrics     Prometheus text format
+    GET  /versions    model version names (Label Studio's model version list)
+    GET  /projects/{id}/versions, /projects/{id}/status
+    POST /projects/{id}/promote {"version": "vN"}, /projects/{id}/rollback
 
 The receiver never imports torch or ultralytics; run it with
 ``uvicorn --factory service.app:create_app_from_env``.
@@ -49,6 +52,7 @@ from service.protocol import (
 from service.settings import Settings
 from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT, create_celery
 from workers.labels import parse_detection_config
+from workers.notify import CHANNEL, current_key
 from workers.params import parse_extra_params
 from workers.params import store as store_params
 from workers.registry import Registry
@@ -203,6 +207,95 @@ async def webhook(request: Request) -> JSONResponse:
     return JSONResponse({"status": outcome}, status_code=201 if outcome == "accepted" else 200)
 
 
+async def versions(request: Request) -> JSONResponse:
+    """Label Studio's ``GET /versions``: version names (it sends no project; ``?project=`` narrows)."""
+    st = _state(request)
+    _auth(request, check_basic)
+    project = request.query_params.get("project")
+    projects = [parse_project_id(project)] if project else st.registry.projects()
+    names = {v.name for p in projects for v in st.registry.list_versions(p)}
+    return JSONResponse({"versions": sorted(names, key=lambda n: int(n[1:]))})
+
+
+async def project_versions(request: Request) -> JSONResponse:
+    """Versions of a project with status, metrics and parent; the served one first in ``current``."""
+    st = _state(request)
+    _auth(request, check_basic)
+    project_id = parse_project_id(request.path_params["project_id"])
+    items = [
+        {
+            "version": v.name,
+            "status": st.registry.status(project_id, v.name),
+            "parent": v.manifest.get("parent"),
+            "created_at": v.manifest.get("created_at"),
+            "metrics": v.manifest.get("metrics"),
+            "dataset_size": v.manifest.get("dataset_size"),
+            "promotion": v.manifest.get("promotion"),
+        }
+        for v in st.registry.list_versions(project_id)
+    ]
+    return JSONResponse({"current": st.registry.current_name(project_id), "versions": items})
+
+
+async def promote(request: Request) -> JSONResponse:
+    """Serve a given version: ``POST /projects/{id}/promote`` with ``{"version": "v3"}``."""
+    st = _state(request)
+    _auth(request, check_basic)
+    project_id = parse_project_id(request.path_params["project_id"])
+    body = await _json_body(request)
+    version = body.get("version") if isinstance(body, dict) else None
+    if not isinstance(version, str):
+        raise BadRequestError('body must be {"version": "v<N>"}')
+    await anyio.to_thread.run_sync(lambda: st.registry.set_current(project_id, version, "promoted by operator"))
+    await _announce(st, project_id, version)
+    return JSONResponse({"model_version": version})
+
+
+async def rollback(request: Request) -> JSONResponse:
+    """Serve the version served before the current one: ``POST /projects/{id}/rollback``."""
+    st = _state(request)
+    _auth(request, check_basic)
+    project_id = parse_project_id(request.path_params["project_id"])
+    version = await anyio.to_thread.run_sync(lambda: st.registry.rollback(project_id))
+    await _announce(st, project_id, version)
+    return JSONResponse({"model_version": version})
+
+
+async def project_status(request: Request) -> JSONResponse:
+    """Served version, running training (epoch, epochs, metrics) and pre-annotation progress."""
+    st = _state(request)
+    _auth(request, check_basic)
+    project_id = parse_project_id(request.path_params["project_id"])
+    training = preannotation = None
+    with anyio.move_on_after(st.settings.redis_timeout_s * 2):
+        try:
+            raw = await st.redis.mget(
+                f"labelloop:project:{project_id}:progress", f"labelloop:project:{project_id}:preannotate"
+            )
+            training, preannotation = (json.loads(r) if r else None for r in raw)
+        except (RedisError, OSError):
+            pass
+    return JSONResponse(
+        {
+            "project_id": project_id,
+            "model_version": st.registry.current_name(project_id) or UNTRAINED,
+            "training": training,
+            "preannotation": preannotation,
+        }
+    )
+
+
+async def _announce(st: AppState, project_id: int, version: str) -> None:
+    """Tell predict workers now (pub/sub); they would notice on their next request anyway."""
+    with anyio.move_on_after(st.settings.redis_timeout_s * 2):
+        try:
+            await st.redis.set(current_key(project_id), version)
+            await st.redis.publish(CHANNEL, json.dumps({"project_id": project_id, "version": version}))
+        except (RedisError, OSError):
+            log.warning("version_announce_failed", project_id=project_id, version=version)
+    log.info("version_served", project_id=project_id, version=version)
+
+
 async def metrics(request: Request) -> Response:
     st = _state(request)
     if st.settings.auth_health:
@@ -296,6 +389,11 @@ def create_app(settings: Settings) -> Starlette:
             Route("/predict", predict, methods=["POST"]),
             Route("/webhook", webhook, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/versions", versions, methods=["GET"]),
+            Route("/projects/{project_id}/versions", project_versions, methods=["GET"]),
+            Route("/projects/{project_id}/promote", promote, methods=["POST"]),
+            Route("/projects/{project_id}/rollback", rollback, methods=["POST"]),
+            Route("/projects/{project_id}/status", project_status, methods=["GET"]),
         ],
         exception_handlers={
             HTTPException: _on_http_error,

@@ -7,7 +7,8 @@
     ├── UnavailableError           503: Redis or the predict workers cannot be reached in time
     ├── DatasetError               a project has too little usable data to train
     ├── TrainingError              ultralytics training or validation failed
-    └── RegistryError              the models directory is missing a version or is inconsistent
+    └── RegistryError              409: the registry cannot do that (e.g. nothing to roll back to)
+        └── VersionNotFoundError   404: no such model version
 
 The receiver maps them to responses in one place (``service.app``); workers log them as
 events and leave the current model version serving.
@@ -55,4 +56,12 @@ class TrainingError(LabelloopError):
 
 
 class RegistryError(LabelloopError):
-    """A model version is missing or the registry is inconsistent."""
+    """The registry cannot do what was asked (e.g. roll back with no earlier version)."""
+
+    status_code = 409
+
+
+class VersionNotFoundError(RegistryError):
+    """The named model version does not exist."""
+
+    status_code = 404

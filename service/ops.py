@@ -167,6 +167,10 @@ def status(settings: Settings) -> int:
         map_ = metrics.get("metrics/mAP50-95(B)")
         extra = f", mAP50-95 {map_:.4f}" if isinstance(map_, float) else ""
         print(f"  project {p}: run {r['run_id']} {r.get('stage', '')} {epoch}{extra}")
+    for p in projects:
+        pre = store.preannotation(p)
+        if pre:
+            print(f"  project {p}: pre-annotating with {pre['version']}: {pre['done']}/{pre['total']} tasks")
     print("served:")
     for p in projects:
         print(f"  project {p}: {registry.current_name(p) or 'untrained'}")

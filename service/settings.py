@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     min_val_images: int = Field(1, ge=1, description="Minimum validation images per dataset.")
     seed: int = Field(0, description="Training seed.")
     train_time_limit_s: int = Field(4 * 3600, ge=60, description="Hard time limit of one training run (seconds).")
+    promotion_metric: str = Field(
+        "map50_95", pattern="^(map50_95|map50|precision|recall)$", description="Metric of the promotion gate."
+    )
+    promotion_margin: float = Field(
+        0.01, ge=0.0, le=1.0, description="A candidate is promoted unless its metric is worse by more than this."
+    )
+    preannotate: bool = Field(True, description="After a promotion, predict every unlabeled task into Label Studio.")
+    preannotate_batch: int = Field(16, ge=1, description="Tasks per pre-annotation batch.")
+    set_project_model_version: bool = Field(
+        True, description="After pre-annotation, make the new version the project's displayed model version."
+    )
     predict_timeout_s: float = Field(90.0, gt=0, description="How long /predict waits for a predict worker.")
     predict_conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold for predicted regions.")
 

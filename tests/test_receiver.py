@@ -254,3 +254,50 @@ def test_bulk_annotations_created_counts_each(client: TestClient, redis_url: str
     assert client.post("/webhook", json=body).status_code == 201
     queued = _queued_tasks(redis_url, "events")
     assert "[1, '2026-11-21T13:36:21.835436Z'], [2, '2026-11-21T13:36:21.835436Z']" in queued[0]["headers"]["argsrepr"]
+
+
+def test_versions_promote_and_rollback_endpoints(
+    client: TestClient, settings: Settings, redis_url: str, tmp_path: Path
+) -> None:
+    """GET /versions lists versions for Label Studio; promote and rollback move CURRENT, announce it on
+    pub/sub, and map unknown versions to 404 and impossible rollbacks to 409."""
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    registry = Registry(settings.models_dir)
+    for _ in range(3):
+        registry.publish(7, weights, {"metrics": {"map50_95": 0.5}})
+    pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("labelloop:versions")
+    assert client.get("/versions").json() == {"versions": ["v1", "v2", "v3"]}
+    assert client.get("/versions?project=7.123").json() == {"versions": ["v1", "v2", "v3"]}
+
+    assert client.post("/projects/7/promote", json={"version": "v1"}).json() == {"model_version": "v1"}
+    assert registry.current_name(7) == "v1"
+    deadline = time.monotonic() + 2
+    message = None
+    while message is None and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.2)  # the subscribe confirmation reads as None
+    assert message and json.loads(message["data"]) == {"project_id": 7, "version": "v1"}
+    assert client.post("/projects/7/rollback").json() == {"model_version": "v3"}
+    listed = client.get("/projects/7/versions").json()
+    assert listed["current"] == "v3"
+    assert [v["status"] for v in listed["versions"]] == ["rolled back", "promoted", "serving"]
+    assert client.get("/projects/7/status").json()["model_version"] == "v3"
+
+    missing = client.post("/projects/7/promote", json={"version": "v9"})
+    assert missing.status_code == 404 and "v9" in missing.json()["error"]
+    assert client.post("/projects/7/promote", json={}).status_code == 400
+    registry.publish(8, weights, {})
+    assert client.post("/projects/8/rollback").status_code == 409
+
+
+def test_model_endpoints_need_basic_auth(secured: TestClient) -> None:
+    """Version listing, promote, rollback and status are refused without Basic credentials."""
+    for method, path in [
+        ("get", "/versions"),
+        ("post", "/projects/1/promote"),
+        ("post", "/projects/1/rollback"),
+        ("get", "/projects/1/status"),
+        ("get", "/projects/1/versions"),
+    ]:
+        assert getattr(secured, method)(path).status_code == 401, path

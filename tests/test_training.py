@@ -6,6 +6,7 @@ import functools
 import http.server
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def test_predictor_serves_current_version_and_swaps(
     trained: dict, image_server: tuple[str, Path], tmp_path: Path
 ) -> None:
     """Predictions come back one per task in Label Studio format, and a newly published version is
-    served on the next request without restarting."""
+    served within a second without restarting."""
     base_url, _ = image_server
     registry = Registry(tmp_path / "models")
     predictor = Predictor(registry, "yolov8n.yaml", trained["work"] / "yolo", tmp_path / "cache", 160, 0.0)
@@ -130,7 +131,11 @@ def test_predictor_serves_current_version_and_swaps(
     copy = tmp_path / "again.pt"
     shutil.copyfile(trained["result"]["best"], copy)
     registry.publish(5, copy, {"classes": list(SPEC.labels)})
-    assert predictor.predict(5, SPEC, tasks[:1], None, None)[0]["model_version"] == "v2"
+    # The old model answers while v2 loads in the background; v2 serves within a second.
+    assert predictor.predict(5, SPEC, tasks[:1], None, None)[0]["model_version"] in {"v1", "v2"}
+    deadline = time.monotonic() + 1.0
+    while predictor.predict(5, SPEC, tasks[:1], None, None)[0]["model_version"] != "v2":
+        assert time.monotonic() < deadline, "v2 not served within 1 s"
 
 
 def test_training_reports_epochs_and_can_be_cancelled(trained: dict, tmp_path: Path) -> None:

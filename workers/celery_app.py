@@ -15,6 +15,7 @@ TASK_HANDLE_EVENT = "labelloop.handle_event"
 TASK_TRAIN = "labelloop.train"
 TASK_PREDICT = "labelloop.predict"
 TASK_RECONCILE = "labelloop.reconcile"
+TASK_PREANNOTATE = "labelloop.preannotate"
 
 QUEUE_EVENTS = "events"
 QUEUE_TRAIN = "train"
@@ -25,6 +26,7 @@ ROUTES = {
     TASK_TRAIN: {"queue": QUEUE_TRAIN},
     TASK_PREDICT: {"queue": QUEUE_PREDICT},
     TASK_RECONCILE: {"queue": QUEUE_EVENTS},
+    TASK_PREANNOTATE: {"queue": QUEUE_PREDICT},
 }
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -32,6 +32,9 @@ class ProjectParams(BaseModel):
     base_model: str | None = Field(None, min_length=1)
     train_every_n: int | None = Field(None, ge=1)
     val_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    promotion_metric: Literal["map50_95", "map50", "precision", "recall"] | None = None
+    promotion_margin: float | None = Field(None, ge=0.0, le=1.0)
+    preannotate: bool | None = None
 
     @field_validator("imgsz")
     @classmethod

@@ -21,6 +21,7 @@ from workers.export import export_tasks, fetch_images, ls_client
 from workers.labels import parse_detection_config
 from workers.ledger import annotations_in_export
 from workers.params import load as load_params
+from workers.promotion import decide_promotion
 from workers.registry import ModelVersion, Registry
 from workers.training import run_training_process
 
@@ -38,6 +39,7 @@ def run_training(
     run_id: str,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> ModelVersion:
     """Train a new version of a project's model from its current annotations and publish it.
 
@@ -46,7 +48,8 @@ def run_training(
     (ultralytics, in a child process, including its final validation) and ``publish``.
 
     Returns:
-        the published, promoted version.
+        the published version: promoted when it passed the promotion gate (candidate and
+        incumbent scored on the same validation split), else kept with status "rejected".
 
     Raises:
         DatasetError: Label Studio is not configured or too little data is usable.
@@ -98,14 +101,24 @@ def run_training(
     }
     t0 = time.perf_counter()
     result = run_training_process(
-        {**train_args, "data": str(data_yaml), "config_dir": str(yolo_config_dir(settings))},
+        {
+            **train_args,
+            "data": str(data_yaml),
+            "config_dir": str(yolo_config_dir(settings)),
+            "incumbent": str(parent.weights) if parent else None,
+        },
         run_dir / "train",
         timeout_s=settings.train_time_limit_s,
         on_progress=on_progress,
         should_cancel=should_cancel,
+        heartbeat=heartbeat,
     )
-    timings["train"] = time.perf_counter() - t0
+    timings["train"] = time.perf_counter() - t0 - result.get("val_seconds", 0.0)
+    timings["validate"] = result.get("val_seconds", 0.0)
     log.info("training_finished", seconds=round(timings["train"], 3), **result["metrics"])
+    decision = decide_promotion(
+        result["metrics"], result.get("incumbent_metrics"), params["promotion_metric"], params["promotion_margin"]
+    )
 
     timings["total"] = time.perf_counter() - t_start
     manifest = {
@@ -114,6 +127,13 @@ def run_training(
         "from_name": spec.from_name,
         "to_name": spec.to_name,
         "metrics": result["metrics"],
+        "incumbent": {"version": parent.name, "metrics": result.get("incumbent_metrics")} if parent else None,
+        "promotion": {
+            "metric": params["promotion_metric"],
+            "margin": params["promotion_margin"],
+            "promoted": decision.promote,
+            "reason": decision.reason,
+        },
         "dataset": report.to_dict(),
         "dataset_size": {"train": report.images["train"], "val": report.images["val"]},
         "train_args": {**train_args, "device": result["device"]},
@@ -122,7 +142,12 @@ def run_training(
         # What this version was trained on: reconciliation's baseline when Redis lost its ledger.
         "annotations": {str(k): v for k, v in annotations_in_export(tasks).items()},
     }
-    version = registry.publish(project_id, Path(result["best"]), manifest, promote=True)
-    log.info("version_published", version=version.name, **{f"{k}_s": round(v, 3) for k, v in timings.items()})
+    version = registry.publish(project_id, Path(result["best"]), manifest, promote=decision.promote)
+    log.info(
+        "version_published" if decision.promote else "candidate_rejected",
+        version=version.name,
+        reason=decision.reason,
+        **{f"{k}_s": round(v, 3) for k, v in timings.items()},
+    )
     shutil.rmtree(run_dir, ignore_errors=True)
     return version

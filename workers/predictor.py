@@ -1,10 +1,10 @@
 """Inference for ``/predict``: keep each project's served model loaded and swap on new versions.
 
-On every request the registry's ``CURRENT`` pointer is read (one small file), and when it
-names a version other than the loaded one, that version's weights are loaded before the
-request is served; the old model object serves until the new one is ready and is then
-replaced by one reference assignment. Version directories are immutable, so a request in
-flight never sees half-written weights.
+Each predict worker process is told of promotions and rollbacks (Redis pub/sub) and loads the
+new weights in a background thread; the old model serves until the new one is warm, then one
+reference assignment swaps them. A process that missed the message notices on its next
+request: every request reads the registry's ``CURRENT`` pointer (one small file). Version
+directories are immutable, so a request in flight never sees half-written weights.
 
 Predictions follow Label Studio's prediction format
 (https://labelstud.io/guide/predictions): one item per task with ``result`` (regions),
@@ -13,7 +13,9 @@ Predictions follow Label Studio's prediction format
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import structlog
 
 from workers.export import fetch_images
 from workers.labels import DetectionSpec, xyxy_to_rectangle
+from workers.notify import CHANNEL
 from workers.registry import Registry
 
 log = structlog.get_logger(__name__)
@@ -67,7 +70,9 @@ class Predictor:
         self.conf = conf
         self.device = device
         self._models: dict[int, _Loaded] = {}
+        self._loading: dict[int, str | None] = {}
         self._lock = threading.Lock()
+        self._first_load = threading.Lock()
 
     def _load(self, weights: str, version: str) -> _Loaded:
         from workers.yolo_env import prepare_ultralytics
@@ -82,29 +87,87 @@ class Predictor:
         model.to("cuda:0" if device == "0" else device)
         return _Loaded(version, model, dict(model.names))
 
-    def model_for(self, project_id: int) -> _Loaded | None:
-        """The project's served model, loading a newer version first when ``CURRENT`` moved.
+    def _load_version(self, project_id: int, version: str | None) -> _Loaded | None:
+        if version:
+            return self._load(str(self.registry.get(project_id, version).weights), version)
+        if self.base_model.endswith(".pt") and Path(self.base_model).exists():
+            return self._load(self.base_model, "base")
+        return None
 
-        Returns None when there is nothing to serve (no version, no .pt base weights).
+    def _swap_in_background(self, project_id: int, version: str | None) -> None:
+        """Load ``version`` in a thread and swap it in when warm; the old model serves meanwhile."""
+        with self._lock:
+            if self._loading.get(project_id) == version:
+                return
+            self._loading[project_id] = version
+
+        def run() -> None:
+            try:
+                new = self._load_version(project_id, version)
+                # Only swap if this is still the version to serve (a rollback may have come meanwhile).
+                if new is not None and self.registry.current_name(project_id) == version:
+                    self._models[project_id] = new
+                    log.info("model_swapped", project_id=project_id, version=new.version)
+            except Exception as exc:  # the old model keeps serving; the next request retries
+                log.warning("model_load_failed", project_id=project_id, version=version, error=str(exc)[:500])
+            finally:
+                with self._lock:
+                    if self._loading.get(project_id) == version:
+                        del self._loading[project_id]
+
+        threading.Thread(target=run, name=f"load-{project_id}-{version}", daemon=True).start()
+
+    def model_for(self, project_id: int) -> _Loaded | None:
+        """The project's model to serve this request with.
+
+        One small file read per call (the registry's ``CURRENT``). When it names another
+        version than the loaded one, that version loads in the background and the loaded model
+        keeps serving until the new one is warm; only a project with nothing loaded yet loads
+        in the request. Returns None when there is nothing to serve (no version, no .pt base).
         """
         version = self.registry.current_name(project_id)
         loaded = self._models.get(project_id)
-        if loaded is not None and loaded.version == (version or "base"):
+        if loaded is not None:
+            if loaded.version != (version or "base"):
+                self._swap_in_background(project_id, version)
             return loaded
-        with self._lock:
+        with self._first_load:
             loaded = self._models.get(project_id)
-            if loaded is not None and loaded.version == (version or "base"):
-                return loaded
-            if version:
-                weights = str(self.registry.get(project_id, version).weights)
-                new = self._load(weights, version)
-            elif self.base_model.endswith(".pt") and Path(self.base_model).exists():
-                new = self._load(self.base_model, "base")
-            else:
-                return None
-            self._models[project_id] = new
-            log.info("model_loaded", project_id=project_id, version=new.version)
-            return new
+            if loaded is None:
+                loaded = self._load_version(project_id, version)
+                if loaded is None:
+                    return None
+                self._models[project_id] = loaded
+                log.info("model_loaded", project_id=project_id, version=loaded.version)
+            return loaded
+
+    def notice(self, project_id: int) -> None:
+        """A version change was announced: start loading it if this process serves the project."""
+        if project_id in self._models:
+            version = self.registry.current_name(project_id)
+            if self._models[project_id].version != (version or "base"):
+                self._swap_in_background(project_id, version)
+
+    def listen(self, redis_url: str) -> None:
+        """Follow version announcements (Redis pub/sub) in a daemon thread, so a promotion or a
+        rollback is loaded before the next request asks for it. Losing the subscription loses
+        nothing: every request still checks the registry."""
+        import redis
+
+        def run() -> None:
+            while True:
+                try:
+                    pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(CHANNEL)
+                    for message in pubsub.listen():
+                        try:
+                            self.notice(int(json.loads(message["data"])["project_id"]))
+                        except (ValueError, KeyError, TypeError):
+                            continue
+                except redis.RedisError:
+                    time.sleep(1.0)
+
+        threading.Thread(target=run, name="version-listener", daemon=True).start()
 
     def served_version(self, project_id: int) -> str:
         """The version name ``/setup`` reports: the registry's current one or ``untrained``."""

@@ -42,6 +42,18 @@ class ProgressStore:
             self.redis.delete(self._key(project_id, "progress"))
         self.redis.delete(self._key(project_id, "cancel"))
 
+    def set_preannotation(self, project_id: int, meta: dict[str, Any] | None) -> None:
+        """Record (or, with None, clear) a running pre-annotation's ``{"version", "done", "total"}``."""
+        key = self._key(project_id, "preannotate")
+        if meta is None:
+            self.redis.delete(key)
+        else:
+            self.redis.set(key, json.dumps(meta), ex=TTL_S)
+
+    def preannotation(self, project_id: int) -> dict[str, Any] | None:
+        raw = self.redis.get(self._key(project_id, "preannotate"))
+        return json.loads(raw) if raw else None  # type: ignore[arg-type]
+
     def request_cancel(self, project_id: int) -> str | None:
         """Ask the running training of a project to stop; returns its run id, or None if none runs."""
         progress = self.get(project_id)

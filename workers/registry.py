@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import RegistryError
+from service.errors import RegistryError, VersionNotFoundError
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
 WEIGHTS = "weights.pt"
@@ -85,10 +85,12 @@ class Registry:
             RegistryError: the version does not exist or its manifest is unreadable.
         """
         if not _VERSION_RE.match(name):
-            raise RegistryError(f"not a version name: {name!r}")
+            raise VersionNotFoundError(f"not a version name: {name!r}")
         path = self.project_dir(project_id) / "versions" / name
         try:
             manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise VersionNotFoundError(f"project {project_id} has no version {name}") from None
         except (OSError, ValueError) as exc:
             raise RegistryError(f"project {project_id} version {name}: unreadable manifest ({exc})") from None
         return ModelVersion(int(project_id), name, path, manifest)
@@ -119,8 +121,9 @@ class Registry:
         """Publish ``weights`` as the project's next version ``v<N+1>``.
 
         The weights file is copied into a temporary directory next to the versions, the
-        manifest written with ``version``, ``parent`` and ``created_at`` added, and the
-        directory renamed into place; then, if ``promote``, ``CURRENT`` points at it.
+        manifest written with ``version``, ``parent``, ``created_at`` and ``status``
+        ("promoted", or "rejected" by the promotion gate) added, and the directory renamed into
+        place; then, if ``promote``, ``CURRENT`` points at it. A rejected version is kept.
 
         Raises:
             RegistryError: ``weights`` does not exist.
@@ -146,7 +149,7 @@ class Registry:
                     "project_id": int(project_id),
                     "parent": parent,
                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "status": "promoted" if promote else "candidate",
+                    "status": "promoted" if promote else "rejected",
                 }
                 (tmp / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True))
                 try:
@@ -163,6 +166,18 @@ class Registry:
         if promote:
             self.set_current(project_id, name)
         return self.get(project_id, name)
+
+    def status(self, project_id: int, name: str) -> str:
+        """ "serving", "promoted" (served before), "rolled back" (left by a rollback) or "rejected"."""
+        if name == self.current_name(project_id):
+            return "serving"
+        history = self.history(project_id)
+        for before, after in zip(history, history[1:], strict=False):
+            if before["version"] == name and after.get("reason") == "rollback":
+                return "rolled back"
+        if any(h["version"] == name for h in history):
+            return "promoted"
+        return str(self.get(project_id, name).manifest.get("status", "rejected"))
 
     def history(self, project_id: int) -> list[dict[str, Any]]:
         """Every change of ``CURRENT``, oldest first: ``{"version", "reason", "at"}``."""

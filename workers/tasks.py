@@ -7,6 +7,7 @@ registry) and decides for itself what is still needed.
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,22 @@ from celery import Celery
 
 from service.errors import LabelloopError
 from service.settings import Settings
-from workers.celery_app import QUEUE_TRAIN, TASK_HANDLE_EVENT, TASK_PREDICT, TASK_RECONCILE, TASK_TRAIN
+from workers.celery_app import (
+    QUEUE_PREDICT,
+    QUEUE_TRAIN,
+    TASK_HANDLE_EVENT,
+    TASK_PREANNOTATE,
+    TASK_PREDICT,
+    TASK_RECONCILE,
+    TASK_TRAIN,
+)
 from workers.export import export_tasks, ls_client
 from workers.labels import parse_detection_config
 from workers.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
 from workers.notify import announce_version
 from workers.params import load as load_params
 from workers.pipeline import run_training, yolo_config_dir
+from workers.preannotate import preannotate_project
 from workers.predictor import Predictor
 from workers.progress import ProgressStore
 from workers.registry import Registry
@@ -48,7 +58,7 @@ def register_tasks(app: Celery) -> None:
 
     @functools.cache
     def predictor() -> Predictor:
-        return Predictor(
+        p = Predictor(
             Registry(settings.models_dir),
             settings.base_model,
             yolo_config_dir(settings),
@@ -57,6 +67,8 @@ def register_tasks(app: Celery) -> None:
             settings.predict_conf,
             settings.device,
         )
+        p.listen(settings.redis_url)
+        return p
 
     def every_n(project_id: int) -> int:
         return int(load_params(settings.models_dir, project_id).effective(settings)["train_every_n"])
@@ -148,6 +160,15 @@ def register_tasks(app: Celery) -> None:
         with structlog.contextvars.bound_contextvars(project_id=project_id, run_id=run_id, task_id=self.request.id):
             return _train(self, project_id, run_id)
 
+    last_beat: dict[str, float] = {}
+
+    def beat_lock(project_id: int, run_id: str) -> None:
+        # Keep the lock alive while the training runs (at most once a minute).
+        now = time.monotonic()
+        if now - last_beat.get(run_id, 0.0) >= 60:
+            last_beat[run_id] = now
+            trigger().refresh_lock(project_id, run_id)
+
     def _train(task: Any, project_id: int, run_id: str) -> dict[str, Any]:
         outcome: dict[str, Any] = {"project_id": project_id, "run_id": run_id}
         progress = ProgressStore(redis_client())
@@ -167,9 +188,14 @@ def register_tasks(app: Celery) -> None:
                 run_id,
                 on_progress=on_progress,
                 should_cancel=lambda: progress.cancel_requested(project_id, run_id),
+                heartbeat=lambda: beat_lock(project_id, run_id),
             )
-            announce_version(redis_client(), project_id, version.name)
-            outcome.update(status="published", version=version.name, metrics=version.manifest.get("metrics"))
+            status = version.manifest.get("status")
+            outcome.update(status=status, version=version.name, metrics=version.manifest.get("metrics"))
+            if status == "promoted":
+                announce_version(redis_client(), project_id, version.name)
+                if load_params(settings.models_dir, project_id).effective(settings)["preannotate"]:
+                    app.send_task(TASK_PREANNOTATE, args=[project_id, version.name], queue=QUEUE_PREDICT)
         except LabelloopError as exc:
             log.error("training_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
             outcome.update(status="failed", error=str(exc)[:2000])
@@ -179,6 +205,32 @@ def register_tasks(app: Celery) -> None:
             if decision.start and decision.run_id:
                 start_training(project_id, decision.run_id, "followup")
         return outcome
+
+    @app.task(name=TASK_PREANNOTATE, bind=True)
+    def preannotate(self: Any, project_id: int, version: str) -> dict[str, Any]:
+        """Predict every unlabeled task of a project with a newly promoted version into Label Studio."""
+        with structlog.contextvars.bound_contextvars(project_id=project_id, version=version, task_id=self.request.id):
+            progress = ProgressStore(redis_client())
+
+            def on_progress(done: int, total: int) -> None:
+                meta = {"project_id": project_id, "version": version, "done": done, "total": total}
+                self.update_state(state="PROGRESS", meta=meta)
+                progress.set_preannotation(project_id, meta)
+
+            try:
+                return preannotate_project(
+                    ls_client(settings.label_studio_url, settings.api_key),
+                    predictor(),
+                    project_id,
+                    version,
+                    settings.preannotate_batch,
+                    settings.label_studio_url,
+                    settings.api_key,
+                    settings.set_project_model_version,
+                    on_progress,
+                )
+            finally:
+                progress.set_preannotation(project_id, None)
 
     @app.task(name=TASK_PREDICT)
     def predict(project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:

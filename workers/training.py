@@ -81,18 +81,44 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
     if not best.exists():
         raise TrainingError(f"training wrote no weights under {run_dir}")
-    box = trainer.validator.metrics.box if trainer.validator is not None else None
-    metrics = (
-        {
-            "map50_95": float(box.map),
-            "map50": float(box.map50),
-            "precision": float(box.mp),
-            "recall": float(box.mr),
-        }
-        if box is not None
-        else {}
+    t1 = time.perf_counter()
+    # Candidate and incumbent are scored by the same validation call on the same split, so the
+    # promotion gate compares like with like.
+    metrics = evaluate(str(best), spec, device, run_dir / "val-candidate")
+    incumbent = spec.get("incumbent")
+    incumbent_metrics = evaluate(str(incumbent), spec, device, run_dir / "val-incumbent") if incumbent else None
+    return {
+        "best": str(best),
+        "metrics": metrics,
+        "incumbent_metrics": incumbent_metrics,
+        "seconds": seconds,
+        "val_seconds": time.perf_counter() - t1,
+        "device": device,
+    }
+
+
+def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) -> dict[str, float]:
+    """``YOLO(weights).val(...)`` on the dataset's val split.
+
+    Returns:
+        ``{"map50_95", "map50", "precision", "recall"}`` (box metrics, fractions in [0, 1]).
+    """
+    from ultralytics import YOLO
+
+    result = YOLO(weights).val(
+        data=str(spec["data"]),
+        imgsz=int(spec["imgsz"]),
+        batch=int(spec["batch"]),
+        device=device,
+        workers=int(spec["workers"]),
+        project=str(save_dir.parent),
+        name=save_dir.name,
+        exist_ok=True,
+        plots=False,
+        verbose=False,
     )
-    return {"best": str(best), "metrics": metrics, "seconds": seconds, "device": device}
+    box = result.box
+    return {"map50_95": float(box.map), "map50": float(box.map50), "precision": float(box.mp), "recall": float(box.mr)}
 
 
 def run_training_process(
@@ -102,12 +128,14 @@ def run_training_process(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     poll_s: float = 1.0,
+    heartbeat: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``train(spec)`` in a child Python process and return its result.
 
     The child's output goes to ``<run_dir>/train.log``. While it runs, ``on_progress`` gets
-    ``{"epoch", "epochs", "metrics"}`` after each epoch and ``should_cancel`` is polled every
-    ``poll_s`` seconds.
+    ``{"epoch", "epochs", "metrics"}`` after each epoch; ``should_cancel`` and ``heartbeat``
+    (e.g. refreshing the project's training lock) are called every ``poll_s`` seconds. The
+    child gets SIGKILL when this process dies, so a killed worker leaves no orphan training.
 
     Raises:
         TrainingError: the child failed, timed out, was cancelled or wrote no result.
@@ -126,6 +154,7 @@ def run_training_process(
             stderr=subprocess.STDOUT,
             env=env,
             cwd=str(Path(__file__).resolve().parent.parent),
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         last: str | None = None
@@ -135,6 +164,8 @@ def run_training_process(
                     raise TrainingError(f"training exceeded {timeout_s:.0f} s and was killed")
                 if should_cancel is not None and should_cancel():
                     raise TrainingError("training cancelled")
+                if heartbeat is not None:
+                    heartbeat()
                 progress = run_dir / "progress.json"
                 if on_progress is not None and progress.exists():
                     text = progress.read_text()
@@ -150,6 +181,17 @@ def run_training_process(
         tail = (run_dir / "train.log").read_text(errors="replace")[-2000:]
         raise TrainingError(f"training process exited with {code}; log tail:\n{tail}")
     return json.loads(result_path.read_text())
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGKILL it when its parent dies (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:  # not Linux: the parent's own cleanup still kills it on errors
+        pass
 
 
 def main(argv: list[str]) -> int:

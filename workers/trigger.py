@@ -100,6 +100,22 @@ class TriggerStore:
             followup=h.get(b"followup", b"0") == b"1",
         )
 
+    def refresh_lock(self, project_id: int, run_id: str) -> bool:
+        """Extend the training lock's TTL if ``run_id`` still holds it; returns whether it does."""
+        _, lkey = self._keys(project_id)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(lkey)
+                if pipe.get(lkey) != run_id.encode():
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.expire(lkey, self.lock_ttl_s)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
     def apply(self, project_id: int, event: Event, n: int, count: int = 1, run_id: str | None = None) -> Decision:
         """Apply an event atomically; on "finished", only the lock holder ``run_id`` releases.
 

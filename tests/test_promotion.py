@@ -1,0 +1,34 @@
+"""The promotion gate (pure decisions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.promotion import decide_promotion
+
+C = {"map50_95": 0.50, "map50": 0.70, "precision": 0.6, "recall": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("incumbent", "metric", "margin", "promote"),
+    [
+        (None, "map50_95", 0.01, True),
+        ({"map50_95": 0.40}, "map50_95", 0.0, True),
+        ({"map50_95": 0.50}, "map50_95", 0.0, True),
+        ({"map50_95": 0.505}, "map50_95", 0.01, True),
+        ({"map50_95": 0.52}, "map50_95", 0.01, False),
+        ({"map50_95": 0.30, "map50": 0.90}, "map50", 0.05, False),
+        ({"map50_95": 0.30, "map50": 0.74}, "map50", 0.05, True),
+    ],
+)
+def test_decide_promotion(incumbent: dict | None, metric: str, margin: float, promote: bool) -> None:
+    """Promote without an incumbent or when the metric is not worse by more than the margin."""
+    decision = decide_promotion(C, incumbent, metric, margin)
+    assert decision.promote is promote
+    assert metric in decision.reason or decision.reason == "no incumbent"
+
+
+def test_unknown_metric_is_an_error() -> None:
+    """A metric outside mAP50-95, mAP50, precision, recall is refused."""
+    with pytest.raises(ValueError, match="unknown promotion metric"):
+        decide_promotion(C, None, "f1", 0.0)
