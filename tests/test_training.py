@@ -2,70 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import shutil
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.errors import TrainingError
-from service.synthetic import LABEL_CONFIG, make_sample
-from workers.dataset import build_dataset
+from service.synthetic import LABEL_CONFIG
 from workers.labels import parse_detection_config
 from workers.predictor import Predictor
 from workers.registry import Registry
 from workers.training import run_training_process
 
 SPEC = parse_detection_config(LABEL_CONFIG)
-
-
-@pytest.fixture(scope="module")
-def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A plain HTTP server on loopback serving generated images (what http(s) task URLs point at)."""
-    root = tmp_path_factory.mktemp("www")
-    for i in range(12):
-        (root / f"img{i}.png").write_bytes(make_sample(i, 160, 120).png)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, image_server: tuple[str, Path]) -> dict:
-    """One real 2-epoch training on 12 generated images (imgsz 160, yolov8n.yaml)."""
-    _, root = image_server
-    work = tmp_path_factory.mktemp("train")
-    tasks = [
-        {
-            "id": i + 1,
-            "data": {"image": f"img{i}.png"},
-            "annotations": [{"id": i + 1, "result": make_sample(i, 160, 120).ls_result(), "was_cancelled": False}],
-        }
-        for i in range(12)
-    ]
-    data_yaml, report = build_dataset(
-        tasks, SPEC, work / "ds", lambda items: {t: root / f"img{t - 1}.png" for t, _ in items}, 0.25, 2
-    )
-    spec = {
-        "data": str(data_yaml),
-        "weights": "yolov8n.yaml",
-        "epochs": 2,
-        "imgsz": 160,
-        "batch": 4,
-        "device": "",
-        "workers": 0,
-        "seed": 0,
-        "config_dir": str(work / "yolo"),
-    }
-    result = run_training_process(spec, work / "run", timeout_s=600)
-    return {"result": result, "work": work, "report": report}
 
 
 def test_training_writes_weights_and_metrics(trained: dict) -> None:

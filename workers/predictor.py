@@ -31,6 +31,7 @@ from workers.registry import Registry
 log = structlog.get_logger(__name__)
 
 UNTRAINED = "untrained"
+WARM_VERSIONS = 3  # loaded versions kept per project and process (yolov8n: ~13 MB each)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Predictor:
         self.device = device
         self._models: dict[int, _Loaded] = {}
         self._loading: dict[int, str | None] = {}
+        self._warm: dict[int, dict[str, _Loaded]] = {}
         self._lock = threading.Lock()
         self._first_load = threading.Lock()
 
@@ -94,8 +96,23 @@ class Predictor:
             return self._load(self.base_model, "base")
         return None
 
+    def _remember(self, project_id: int, loaded: _Loaded) -> None:
+        """Keep the last ``WARM_VERSIONS`` loaded versions of a project, so a rollback (or a
+        promotion back) swaps without loading."""
+        warm = self._warm.setdefault(project_id, {})
+        warm.pop(loaded.version, None)
+        warm[loaded.version] = loaded
+        while len(warm) > WARM_VERSIONS:
+            warm.pop(next(iter(warm)))
+
     def _swap_in_background(self, project_id: int, version: str | None) -> None:
-        """Load ``version`` in a thread and swap it in when warm; the old model serves meanwhile."""
+        """Swap to ``version``: at once when it is still warm, else after loading it in a thread;
+        the old model serves meanwhile."""
+        cached = self._warm.get(project_id, {}).get(version or "base")
+        if cached is not None:
+            self._models[project_id] = cached
+            log.info("model_swapped", project_id=project_id, version=cached.version, warm=True)
+            return
         with self._lock:
             if self._loading.get(project_id) == version:
                 return
@@ -105,6 +122,8 @@ class Predictor:
             try:
                 new = self._load_version(project_id, version)
                 # Only swap if this is still the version to serve (a rollback may have come meanwhile).
+                if new is not None:
+                    self._remember(project_id, new)
                 if new is not None and self.registry.current_name(project_id) == version:
                     self._models[project_id] = new
                     log.info("model_swapped", project_id=project_id, version=new.version)
@@ -138,6 +157,7 @@ class Predictor:
                 if loaded is None:
                     return None
                 self._models[project_id] = loaded
+                self._remember(project_id, loaded)
                 log.info("model_loaded", project_id=project_id, version=loaded.version)
             return loaded
 
