@@ -60,13 +60,22 @@ class LabelStudioAPI:
         by_name = {str(t.data["image"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
         return [by_name[f"img{i:04d}.png"] for i in range(len(samples))]
 
-    def connect_backend(self, project_id: int, backend_url: str, basic_auth: tuple[str, str] | None = None) -> int:
+    def connect_backend(
+        self,
+        project_id: int,
+        backend_url: str,
+        basic_auth: tuple[str, str] | None = None,
+        extra_params: dict[str, Any] | None = None,
+    ) -> int:
         """Add labelloop as the project's ML backend; Label Studio then calls ``/setup`` (with the
-        Basic credentials, when given) and creates a webhook to ``<backend_url>/webhook``."""
-        auth: dict[str, Any] = {}
+        Basic credentials and extra params, when given) and creates a webhook to
+        ``<backend_url>/webhook``."""
+        options: dict[str, Any] = {}
         if basic_auth:
-            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
-        ml = self.sdk.ml.create(project=project_id, url=backend_url, title="labelloop", is_interactive=False, **auth)
+            options = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]}
+        if extra_params is not None:
+            options["extra_params"] = extra_params
+        ml = self.sdk.ml.create(project=project_id, url=backend_url, title="labelloop", is_interactive=False, **options)
         return int(ml.id)
 
     def set_webhook_headers(self, project_id: int, backend_url: str, headers: dict[str, str]) -> int:
@@ -97,6 +106,21 @@ class LabelStudioAPI:
 
     def backend_version(self, ml_backend_id: int) -> str:
         return str(self.sdk.ml.get(id=ml_backend_id).model_version or "")
+
+    def sdk_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """A task's stored predictions (``GET /api/predictions/?task=``), without asking the backend."""
+        resp = httpx.get(
+            f"{self.url}/api/predictions/",
+            params={"task": task_id},
+            headers={"Authorization": f"Token {self.token}"},
+            timeout=30,
+        )
+        resp.raise_for_status()
+        return list(resp.json())
+
+    def delete_predictions(self, task_id: int) -> None:
+        for p in self.sdk_predictions(task_id):
+            self.sdk.predictions.delete(id=int(p["id"]))
 
     def predictions_for(self, task_id: int) -> list[dict[str, Any]]:
         """Ask Label Studio for a task's predictions, as its UI does (``/api/tasks/{id}/predictions``

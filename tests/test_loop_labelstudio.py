@@ -9,6 +9,7 @@ coalescing of training requests, then a full restart.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +28,7 @@ from service.events import EVENT_STREAM
 from service.stack import Stack, free_port, wait_until
 from service.synthetic import Sample, make_sample
 from tests.conftest import TRAIN_ENV
+from workers.progress import ProgressStore
 from workers.registry import Registry
 from workers.trigger import TriggerStore
 
@@ -80,6 +83,13 @@ class Loop:
             text=True,
             timeout=60,
         )
+
+    def image_url(self, task_id: int) -> str:
+        task: Any = self.api.sdk.tasks.get(id=str(task_id))
+        return str(task.data["image"])
+
+    def versions_of(self, task_id: int) -> list[str]:
+        return [p["model_version"] for p in self.api.sdk_predictions(task_id)]
 
     def logs(self) -> str:
         return "\n".join(
@@ -159,6 +169,18 @@ def test_annotations_train_a_version_that_label_studio_serves(loop: Loop) -> Non
     assert set(manifest["timings"]) >= {"export", "download", "build", "train", "total"}
 
     assert api.backend_version(loop.ml_id) == "v1"
+    # After the promotion every unlabeled task gets a v1 prediction with a score, and the
+    # project's model version becomes v1.
+    unlabeled = loop.task_ids[TRAIN_EVERY_N:]
+    try:
+        wait_until(lambda: all(loop.versions_of(t) == ["v1"] for t in unlabeled), 120, "pre-annotation", 1.0)
+    except TimeoutError:
+        pytest.fail("no pre-annotation\n" + loop.stack.log_tail("worker-predict", 4000))
+    scores = [p["score"] for t in unlabeled for p in loop.api.sdk_predictions(t)]
+    assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores)
+    assert loop.api.sdk.projects.get(id=loop.project_id).model_version == "v1"
+    # Label Studio asks the backend (/predict) for a task without predictions: v1 answers.
+    api.delete_predictions(loop.task_ids[-1])
     preds = api.predictions_for(loop.task_ids[-1])
     assert [p["model_version"] for p in preds] == ["v1"]
 
@@ -168,7 +190,7 @@ def test_flower_and_logs_show_the_loop(loop: Loop) -> None:
     the project id, task id, run id and version bound."""
     tasks = httpx.get(f"{loop.flower_url}/api/tasks", timeout=5).json()
     names = {t["name"] for t in tasks.values()}
-    assert {"labelloop.handle_event", "labelloop.train", "labelloop.predict"} <= names
+    assert {"labelloop.handle_event", "labelloop.train", "labelloop.predict", "labelloop.preannotate"} <= names
     lines = [ln for ln in loop.stack.log_tail("worker-train", 10_000_000).splitlines() if ln.startswith("{")]
     events = [json.loads(ln) for ln in lines]
     published = [e for e in events if e["event"] == "version_published"]
@@ -233,6 +255,18 @@ def test_kill_and_restart_everything_keeps_serving_the_newest_version(loop: Loop
     )
     assert setup.json() == {"model_version": newest}
     assert loop.api.backend_version(loop.ml_id) == newest
+    direct = httpx.post(
+        f"{loop.receiver_url}/predict",
+        auth=BASIC_AUTH,
+        json={
+            "tasks": [{"id": loop.task_ids[-1], "data": {"image": loop.image_url(loop.task_ids[-1])}}],
+            "project": f"{loop.project_id}.1",
+            "label_config": loop.api.sdk.projects.get(id=loop.project_id).label_config,
+        },
+        timeout=60,
+    )
+    assert direct.json()["results"][0]["model_version"] == newest
+    loop.api.delete_predictions(loop.task_ids[-2])
     preds = loop.api.predictions_for(loop.task_ids[-2])
     assert [p["model_version"] for p in preds] == [newest]
 
@@ -273,3 +307,36 @@ def test_doctor_and_status_against_the_stack(loop: Loop) -> None:
     status = loop.cli("status").stdout
     assert f"project {loop.project_id}: v4" in status
     assert all(f"{q}@" in status for q in ("events", "train", "predict"))
+
+
+def test_killed_training_worker_redelivers_and_completes(loop: Loop) -> None:
+    """SIGKILL of the Celery process running a training, mid-epoch: nothing is published by the
+    killed run, the task is redelivered (acks_late, reject_on_worker_lost) and that delivery
+    publishes exactly one version and releases the project's lock. The project's extra params
+    (20 epochs) come from Label Studio through /setup."""
+    api = loop.api
+    project_id = api.create_project("labelloop kill -9")
+    samples = [make_sample(100 + seed, 160, 120) for seed in range(TRAIN_EVERY_N)]
+    task_ids = api.import_images(project_id, samples)
+    ml_id = api.connect_backend(project_id, loop.receiver_url, basic_auth=BASIC_AUTH, extra_params={"epochs": 20})
+    api.set_webhook_headers(project_id, loop.receiver_url, {"X-Labelloop-Secret": WEBHOOK_SECRET})
+    assert api.backend_version(ml_id) == "untrained"
+    store = ProgressStore(loop.redis())
+    for task_id, sample in zip(task_ids, samples, strict=True):
+        api.annotate(task_id, sample.ls_result())
+    wait_until(lambda: 1 <= (store.get(project_id) or {}).get("epoch", 0) < 15, 120, "training under way", 0.05)
+    killed = store.get(project_id)
+    assert killed and killed["epochs"] == 20
+    os.kill(int(killed["pid"]), signal.SIGKILL)
+    assert loop.registry.list_versions(project_id) == []
+    try:
+        wait_until(lambda: len(loop.registry.list_versions(project_id)) == 1, 300, "redelivered run", 1)
+        state = TriggerStore(loop.redis(), 60)
+        wait_until(lambda: not state.state(project_id).training, 60, "lock released")
+    except TimeoutError:
+        pytest.fail("the redelivered training did not finish\n" + loop.logs())
+    time.sleep(2.0)
+    versions = loop.registry.list_versions(project_id)
+    assert [v.name for v in versions] == ["v1"]
+    assert versions[0].manifest["run_id"] == killed["run_id"]
+    assert versions[0].manifest["train_args"]["epochs"] == 20

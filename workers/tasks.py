@@ -7,6 +7,7 @@ registry) and decides for itself what is still needed.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,7 @@ def register_tasks(app: Celery) -> None:
             log.info("training_progress", epoch=p["epoch"], epochs=p["epochs"])
 
         try:
-            progress.update(project_id, run_id, stage="preparing", task_id=task.request.id)
+            progress.update(project_id, run_id, stage="preparing", task_id=task.request.id, pid=os.getpid())
             version = run_training(
                 settings,
                 project_id,

@@ -1,0 +1,83 @@
+"""Shared pieces of the benchmarks: generated images served over HTTP, a small trained model."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import statistics
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from service.synthetic import LABEL_CONFIG, make_sample
+from workers.dataset import build_dataset
+from workers.labels import parse_detection_config
+from workers.training import run_training_process
+
+SPEC = parse_detection_config(LABEL_CONFIG)
+
+
+def write_images(root: Path, n: int, width: int = 640, height: int = 480) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = root / f"img{i}.png"
+        if not path.exists():
+            path.write_bytes(make_sample(i, width, height).png)
+        paths.append(path)
+    return paths
+
+
+@contextmanager
+def serve_dir(root: Path) -> Iterator[str]:
+    """A loopback HTTP server for ``root``; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def dataset(work: Path, n: int = 24, width: int = 320, height: int = 240) -> Path:
+    """A YOLO dataset of ``n`` generated images; returns data.yaml."""
+    images = write_images(work / "src", n, width, height)
+    tasks = [
+        {
+            "id": i + 1,
+            "data": {"image": p.name},
+            "annotations": [{"id": i + 1, "result": make_sample(i, width, height).ls_result()}],
+        }
+        for i, p in enumerate(images)
+    ]
+    data_yaml, _ = build_dataset(tasks, SPEC, work / "ds", lambda items: {t: images[t - 1] for t, _ in items}, 0.25, 2)
+    return data_yaml
+
+
+def small_model(work: Path) -> Path:
+    """A yolov8n trained for one epoch on generated images (weights for inference benchmarks)."""
+    best = work / "model" / "train" / "train" / "weights" / "best.pt"
+    if best.exists():
+        return best
+    spec = {
+        "data": str(dataset(work)),
+        "weights": "yolov8n.yaml",
+        "epochs": 1,
+        "imgsz": 320,
+        "batch": 8,
+        "device": "",
+        "workers": 0,
+        "config_dir": str(work / "yolo"),
+    }
+    return Path(run_training_process(spec, work / "model" / "train", timeout_s=1800)["best"])
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    """(p50, p99) of ``values``."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    q = statistics.quantiles(values, n=100)
+    return q[49], q[98]
