@@ -55,7 +55,6 @@ def main() -> int:
             "LABELLOOP_MODELS_DIR": str(models),
             "LABELLOOP_CACHE_DIR": str(work / "cache"),
             "LABELLOOP_IMGSZ": str(args.imgsz),
-            "LABELLOOP_LOG_LEVEL": "WARNING",
         },
     )
     try:

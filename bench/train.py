@@ -67,12 +67,16 @@ def main() -> int:
     ]
     # The CLI needs torchvision's NMS too: the same shim, applied before ultralytics imports it.
     shim = "from workers.yolo_env import ensure_torchvision_ops; ensure_torchvision_ops(); "
+    # ultralytics reads sys.argv when ultralytics.cfg is imported, so argv is set first.
     code = (
-        shim + "import sys; from ultralytics.cfg import entrypoint; sys.argv = " + json.dumps(argv) + "; entrypoint()"
+        shim + "import sys; sys.argv = " + json.dumps(argv) + "; from ultralytics.cfg import entrypoint; entrypoint()"
     )
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
     yolo_total = time.perf_counter() - t0
+    if out.returncode != 0 or not (work / "runs" / "yolo" / "weights" / "last.pt").exists():
+        print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
+        raise SystemExit("yolo train did not train")
 
     print(
         f"\ntraining: yolov8n.yaml, {args.images} images, epochs {args.epochs}, imgsz {args.imgsz}, "
