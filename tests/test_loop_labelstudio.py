@@ -231,6 +231,9 @@ def test_training_requests_during_a_training_coalesce_into_one_followup(loop: Lo
     assert [v.name for v in loop.registry.list_versions(loop.project_id)] == ["v1", "v2", "v3"]
     v3 = loop.registry.get(loop.project_id, "v3").manifest
     assert v3["parent"] == "v2"
+    # The promotion gate scored candidate and incumbent on the same validation split.
+    assert v3["incumbent"]["version"] == "v2" and set(v3["incumbent"]["metrics"]) == set(v3["metrics"])
+    assert v3["promotion"]["promoted"] is True and v3["promotion"]["metric"] == "map50_95"
     assert v3["train_args"]["weights"].endswith("/v2/weights.pt")
     assert v3["dataset_size"]["train"] + v3["dataset_size"]["val"] == TRAIN_EVERY_N + 2
 
@@ -316,13 +319,14 @@ def test_killed_training_worker_redelivers_and_completes(loop: Loop) -> None:
     (20 epochs) come from Label Studio through /setup."""
     api = loop.api
     project_id = api.create_project("labelloop kill -9")
-    samples = [make_sample(100 + seed, 160, 120) for seed in range(TRAIN_EVERY_N)]
+    samples = [make_sample(100 + seed, 160, 120) for seed in range(TRAIN_EVERY_N + 2)]
     task_ids = api.import_images(project_id, samples)
-    ml_id = api.connect_backend(project_id, loop.receiver_url, basic_auth=BASIC_AUTH, extra_params={"epochs": 20})
+    params = {"epochs": 20, "preannotate": False}
+    ml_id = api.connect_backend(project_id, loop.receiver_url, basic_auth=BASIC_AUTH, extra_params=params)
     api.set_webhook_headers(project_id, loop.receiver_url, {"X-Labelloop-Secret": WEBHOOK_SECRET})
     assert api.backend_version(ml_id) == "untrained"
     store = ProgressStore(loop.redis())
-    for task_id, sample in zip(task_ids, samples, strict=True):
+    for task_id, sample in list(zip(task_ids, samples, strict=True))[:TRAIN_EVERY_N]:
         api.annotate(task_id, sample.ls_result())
     wait_until(lambda: 1 <= (store.get(project_id) or {}).get("epoch", 0) < 15, 120, "training under way", 0.05)
     killed = store.get(project_id)
@@ -340,3 +344,6 @@ def test_killed_training_worker_redelivers_and_completes(loop: Loop) -> None:
     assert [v.name for v in versions] == ["v1"]
     assert versions[0].manifest["run_id"] == killed["run_id"]
     assert versions[0].manifest["train_args"]["epochs"] == 20
+    # This project's extra params turned pre-annotation off: its unlabeled tasks stay without predictions.
+    time.sleep(3.0)
+    assert all(loop.versions_of(t) == [] for t in task_ids[TRAIN_EVERY_N:])

@@ -89,3 +89,13 @@ def test_rollback_without_an_earlier_version_is_an_error(tmp_path: Path, weights
     reg.publish(1, weights, {})
     with pytest.raises(RegistryError, match="no earlier version"):
         reg.rollback(1)
+
+
+def test_rejected_candidate_is_kept_and_not_served(tmp_path: Path, weights: Path) -> None:
+    """A candidate the gate rejects is stored with status "rejected" and CURRENT stays."""
+    reg = Registry(tmp_path)
+    reg.publish(3, weights, {})
+    rejected = reg.publish(3, weights, {"promotion": {"promoted": False}}, promote=False)
+    assert rejected.manifest["status"] == "rejected"
+    assert reg.current_name(3) == "v1"
+    assert reg.status(3, "v2") == "rejected" and reg.status(3, "v1") == "serving"

@@ -85,3 +85,16 @@ def test_stale_finish_does_not_release_another_runs_lock(redis_url: str) -> None
     assert not stale.start
     assert store.state(1).training
     assert run.run_id
+
+
+def test_only_the_holder_refreshes_the_lock(redis_url: str) -> None:
+    """A running training extends its lock's TTL; another run id cannot."""
+    client = redis.Redis.from_url(redis_url)
+    store = TriggerStore(client, lock_ttl_s=100)
+    run = store.apply(4, "start_training", n=10)
+    assert run.run_id
+    client.expire("labelloop:project:4:training", 5)
+    assert not store.refresh_lock(4, "someone-else")
+    assert client.ttl("labelloop:project:4:training") <= 5
+    assert store.refresh_lock(4, run.run_id)
+    assert client.ttl("labelloop:project:4:training") > 50

@@ -1,0 +1,34 @@
+"""`labelloop models list|promote|rollback` against a real registry and Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from workers.registry import Registry
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], env={**os.environ, **env}, capture_output=True, text=True
+    )
+
+
+def test_models_commands(redis_url: str, tmp_path: Path) -> None:
+    """list marks the served version; promote and rollback move it; errors exit 1 with a message."""
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    registry = Registry(tmp_path / "models")
+    for metric in (0.1, 0.2):
+        registry.publish(5, weights, {"metrics": {"map50_95": metric}, "dataset_size": {"train": 8, "val": 2}})
+    env = {"LABELLOOP_MODELS_DIR": str(tmp_path / "models"), "LABELLOOP_REDIS_URL": redis_url}
+    listed = _cli(env, "models", "list", "5").stdout
+    assert "* v2" in listed and "0.2000" in listed and "8/2" in listed
+    assert _cli(env, "models", "promote", "5", "v1").returncode == 0
+    assert registry.current_name(5) == "v1"
+    rolled = _cli(env, "models", "rollback", "5")
+    assert rolled.returncode == 0 and "v2" in rolled.stdout
+    bad = _cli(env, "models", "promote", "5", "v7")
+    assert bad.returncode == 1 and "no version v7" in bad.stdout
