@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import redis
 import redis.asyncio as aioredis
 import structlog
 from celery import Celery
@@ -52,7 +53,7 @@ from service.protocol import (
 from service.settings import Settings
 from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT, create_celery
 from workers.labels import parse_detection_config
-from workers.notify import CHANNEL, current_key
+from workers.notify import serve_when_warm
 from workers.params import parse_extra_params
 from workers.params import store as store_params
 from workers.registry import Registry
@@ -246,8 +247,7 @@ async def promote(request: Request) -> JSONResponse:
     version = body.get("version") if isinstance(body, dict) else None
     if not isinstance(version, str):
         raise BadRequestError('body must be {"version": "v<N>"}')
-    await anyio.to_thread.run_sync(lambda: st.registry.set_current(project_id, version, "promoted by operator"))
-    await _announce(st, project_id, version)
+    await anyio.to_thread.run_sync(lambda: _serve(st, project_id, version, "promoted by operator"))
     return JSONResponse({"model_version": version})
 
 
@@ -256,8 +256,8 @@ async def rollback(request: Request) -> JSONResponse:
     st = _state(request)
     _auth(request, check_basic)
     project_id = parse_project_id(request.path_params["project_id"])
-    version = await anyio.to_thread.run_sync(lambda: st.registry.rollback(project_id))
-    await _announce(st, project_id, version)
+    version = st.registry.rollback_target(project_id)
+    await anyio.to_thread.run_sync(lambda: _serve(st, project_id, version, "rollback"))
     return JSONResponse({"model_version": version})
 
 
@@ -285,15 +285,14 @@ async def project_status(request: Request) -> JSONResponse:
     )
 
 
-async def _announce(st: AppState, project_id: int, version: str) -> None:
-    """Tell predict workers now (pub/sub); they would notice on their next request anyway."""
-    with anyio.move_on_after(st.settings.redis_timeout_s * 2):
-        try:
-            await st.redis.set(current_key(project_id), version)
-            await st.redis.publish(CHANNEL, json.dumps({"project_id": project_id, "version": version}))
-        except (RedisError, OSError):
-            log.warning("version_announce_failed", project_id=project_id, version=version)
-    log.info("version_served", project_id=project_id, version=version)
+def _serve(st: AppState, project_id: int, version: str, reason: str) -> None:
+    """Serve ``version`` once the predict workers have it loaded (blocking; run in a thread)."""
+    client = redis.Redis.from_url(st.settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
+    try:
+        warm = serve_when_warm(client, st.registry, project_id, version, reason=reason)
+    finally:
+        client.close()
+    log.info("version_served", project_id=project_id, version=version, reason=reason, workers_warm=warm)
 
 
 async def metrics(request: Request) -> Response:

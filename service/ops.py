@@ -21,7 +21,7 @@ from service.errors import LabelloopError
 from service.settings import Settings
 from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT, create_celery
 from workers.ledger import Ledger
-from workers.notify import announce_version
+from workers.notify import serve_when_warm
 from workers.progress import ProgressStore
 from workers.registry import Registry
 
@@ -124,16 +124,15 @@ def models_list(settings: Settings, project_id: int) -> int:
 
 def models_promote(settings: Settings, project_id: int, version: str) -> int:
     registry = Registry(settings.models_dir)
-    registry.set_current(project_id, version, reason="promoted by operator")
-    announce_version(_redis(settings), project_id, version)
+    serve_when_warm(_redis(settings), registry, project_id, version, reason="promoted by operator")
     print(f"project {project_id} now serves {version}")
     return 0
 
 
 def models_rollback(settings: Settings, project_id: int) -> int:
     registry = Registry(settings.models_dir)
-    version = registry.rollback(project_id)
-    announce_version(_redis(settings), project_id, version)
+    version = registry.rollback_target(project_id)
+    serve_when_warm(_redis(settings), registry, project_id, version, reason="rollback")
     print(f"project {project_id} rolled back to {version}")
     return 0
 

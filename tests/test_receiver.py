@@ -274,10 +274,13 @@ def test_versions_promote_and_rollback_endpoints(
     assert client.post("/projects/7/promote", json={"version": "v1"}).json() == {"model_version": "v1"}
     assert registry.current_name(7) == "v1"
     deadline = time.monotonic() + 2
-    message = None
-    while message is None and time.monotonic() < deadline:
+    messages: list[dict] = []
+    while len(messages) < 2 and time.monotonic() < deadline:
         message = pubsub.get_message(timeout=0.2)  # the subscribe confirmation reads as None
-    assert message and json.loads(message["data"]) == {"project_id": 7, "version": "v1"}
+        if message:
+            messages.append(json.loads(message["data"]))
+    # Workers are first told to warm v1 up, then to serve it.
+    assert [(m["project_id"], m["version"], m["action"]) for m in messages] == [(7, "v1", "warm"), (7, "v1", "serve")]
     assert client.post("/projects/7/rollback").json() == {"model_version": "v3"}
     listed = client.get("/projects/7/versions").json()
     assert listed["current"] == "v3"

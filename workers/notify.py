@@ -1,4 +1,4 @@
-"""Tell other processes that a project's served version changed (Redis cache + pub/sub).
+"""Tell predict processes about versions (Redis pub/sub), and promote only once they are warm.
 
 Redis only caches and notifies: the registry's ``CURRENT`` file stays the source of truth,
 and readers that miss a message still see the new version on their next registry read.
@@ -12,6 +12,8 @@ import time
 import redis
 import structlog
 
+from workers.registry import Registry
+
 log = structlog.get_logger(__name__)
 
 CHANNEL = "labelloop:versions"
@@ -21,6 +23,52 @@ def current_key(project_id: int) -> str:
     return f"labelloop:project:{int(project_id)}:current"
 
 
+def servers_key(project_id: int) -> str:
+    """Set of predict processes (host:pid) that have served the project."""
+    return f"labelloop:project:{int(project_id)}:servers"
+
+
+def warm_key(project_id: int, version: str) -> str:
+    """Set of predict processes that hold ``version`` loaded."""
+    return f"labelloop:project:{int(project_id)}:warm:{version}"
+
+
+def serve_when_warm(
+    client: redis.Redis,
+    registry: Registry,
+    project_id: int,
+    version: str,
+    reason: str,
+    timeout_s: float = 5.0,
+) -> bool:
+    """Make ``version`` the served one once every predict process serving the project has it
+    loaded (or after ``timeout_s``), then announce it.
+
+    Workers are told to warm the version (pub/sub ``"warm"``), load it in the background and
+    report in ``warm_key``; then ``CURRENT`` moves and ``"serve"`` is announced, so the swap in
+    each process is one reference assignment. Without Redis the pointer still moves.
+
+    Returns:
+        whether every known process reported warm before the timeout.
+    """
+    registry.get(project_id, version)  # raises VersionNotFoundError before anything is announced
+    warm = False
+    try:
+        client.publish(CHANNEL, json.dumps({"project_id": int(project_id), "version": version, "action": "warm"}))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            servers = client.smembers(servers_key(project_id))
+            if not servers or servers <= client.smembers(warm_key(project_id, version)):  # type: ignore[operator]
+                warm = True
+                break
+            time.sleep(0.05)
+    except redis.RedisError as exc:
+        log.warning("warm_up_skipped", project_id=project_id, version=version, error=str(exc))
+    registry.set_current(project_id, version, reason=reason)
+    announce_version(client, project_id, version)
+    return warm
+
+
 def announce_version(client: redis.Redis, project_id: int, version: str) -> None:
     """Cache the served version and publish ``{"project_id", "version", "at"}`` on ``CHANNEL``.
 
@@ -28,6 +76,7 @@ def announce_version(client: redis.Redis, project_id: int, version: str) -> None
     """
     try:
         client.set(current_key(project_id), version)
-        client.publish(CHANNEL, json.dumps({"project_id": int(project_id), "version": version, "at": time.time()}))
+        message = {"project_id": int(project_id), "version": version, "action": "serve", "at": time.time()}
+        client.publish(CHANNEL, json.dumps(message))
     except redis.RedisError as exc:
         log.warning("version_announce_failed", project_id=project_id, version=version, error=str(exc))

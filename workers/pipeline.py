@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
 import structlog
 
 from service.settings import Settings
@@ -20,12 +21,17 @@ from workers.dataset import build_dataset
 from workers.export import export_tasks, fetch_images, ls_client
 from workers.labels import parse_detection_config
 from workers.ledger import annotations_in_export
+from workers.notify import serve_when_warm
 from workers.params import load as load_params
 from workers.promotion import decide_promotion
 from workers.registry import ModelVersion, Registry
 from workers.training import run_training_process
 
 log = structlog.get_logger(__name__)
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
 
 def yolo_config_dir(settings: Settings) -> Path:
@@ -142,7 +148,9 @@ def run_training(
         # What this version was trained on: reconciliation's baseline when Redis lost its ledger.
         "annotations": {str(k): v for k, v in annotations_in_export(tasks).items()},
     }
-    version = registry.publish(project_id, Path(result["best"]), manifest, promote=decision.promote)
+    version = registry.publish(project_id, Path(result["best"]), manifest, promote=decision.promote, move_current=False)
+    if decision.promote:
+        serve_when_warm(_redis(settings), registry, project_id, version.name, reason="promoted")
     log.info(
         "version_published" if decision.promote else "candidate_rejected",
         version=version.name,

@@ -14,6 +14,8 @@ Predictions follow Label Studio's prediction format
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 import uuid
@@ -25,12 +27,13 @@ import structlog
 
 from workers.export import fetch_images
 from workers.labels import DetectionSpec, xyxy_to_rectangle
-from workers.notify import CHANNEL
+from workers.notify import CHANNEL, servers_key, warm_key
 from workers.registry import Registry
 
 log = structlog.get_logger(__name__)
 
 UNTRAINED = "untrained"
+REPORT_TTL_S = 600  # a process that stops reporting drops out of promotions' wait after this
 WARM_VERSIONS = 3  # loaded versions kept per project and process (yolov8n: ~13 MB each)
 
 
@@ -73,6 +76,9 @@ class Predictor:
         self._models: dict[int, _Loaded] = {}
         self._loading: dict[int, str | None] = {}
         self._warm: dict[int, dict[str, _Loaded]] = {}
+        self._reported: dict[int, float] = {}
+        self._redis: Any = None
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.Lock()
         self._first_load = threading.Lock()
 
@@ -98,20 +104,40 @@ class Predictor:
 
     def _remember(self, project_id: int, loaded: _Loaded) -> None:
         """Keep the last ``WARM_VERSIONS`` loaded versions of a project, so a rollback (or a
-        promotion back) swaps without loading."""
+        promotion back) swaps without loading, and report them warm (see ``serve_when_warm``)."""
         warm = self._warm.setdefault(project_id, {})
         warm.pop(loaded.version, None)
         warm[loaded.version] = loaded
         while len(warm) > WARM_VERSIONS:
             warm.pop(next(iter(warm)))
+        self._report(project_id)
 
-    def _swap_in_background(self, project_id: int, version: str | None) -> None:
+    def _report(self, project_id: int) -> None:
+        """Tell promoters that this process serves the project and which versions it holds."""
+        if self._redis is None:
+            return
+        try:
+            with self._redis.pipeline() as pipe:
+                pipe.sadd(servers_key(project_id), self.identity)
+                pipe.expire(servers_key(project_id), REPORT_TTL_S)
+                for version in self._warm.get(project_id, {}):
+                    pipe.sadd(warm_key(project_id, version), self.identity)
+                    pipe.expire(warm_key(project_id, version), REPORT_TTL_S)
+                pipe.execute()
+            self._reported[project_id] = time.monotonic()
+        except Exception as exc:  # reporting only speeds promotions up; serving goes on without it
+            log.warning("warm_report_failed", project_id=project_id, error=str(exc)[:200])
+
+    def _swap_in_background(self, project_id: int, version: str | None, swap: bool = True) -> None:
         """Swap to ``version``: at once when it is still warm, else after loading it in a thread;
-        the old model serves meanwhile."""
+        the old model serves meanwhile. With ``swap=False`` only warm it up."""
         cached = self._warm.get(project_id, {}).get(version or "base")
         if cached is not None:
-            self._models[project_id] = cached
-            log.info("model_swapped", project_id=project_id, version=cached.version, warm=True)
+            if swap:
+                self._models[project_id] = cached
+                log.info("model_swapped", project_id=project_id, version=cached.version, warm=True)
+            else:
+                self._report(project_id)
             return
         with self._lock:
             if self._loading.get(project_id) == version:
@@ -124,7 +150,7 @@ class Predictor:
                 # Only swap if this is still the version to serve (a rollback may have come meanwhile).
                 if new is not None:
                     self._remember(project_id, new)
-                if new is not None and self.registry.current_name(project_id) == version:
+                if swap and new is not None and self.registry.current_name(project_id) == version:
                     self._models[project_id] = new
                     log.info("model_swapped", project_id=project_id, version=new.version)
             except Exception as exc:  # the old model keeps serving; the next request retries
@@ -147,6 +173,8 @@ class Predictor:
         version = self.registry.current_name(project_id)
         loaded = self._models.get(project_id)
         if loaded is not None:
+            if time.monotonic() - self._reported.get(project_id, 0.0) > REPORT_TTL_S / 4:
+                self._report(project_id)
             if loaded.version != (version or "base"):
                 self._swap_in_background(project_id, version)
             return loaded
@@ -161,8 +189,13 @@ class Predictor:
                 log.info("model_loaded", project_id=project_id, version=loaded.version)
             return loaded
 
-    def notice(self, project_id: int) -> None:
-        """A version change was announced: start loading it if this process serves the project."""
+    def notice(self, project_id: int, warm: str | None = None) -> None:
+        """A version change was announced: if this process serves the project, warm up the
+        version named by a ``"warm"`` message, or swap to the registry's current one."""
+        if warm is not None:
+            if project_id in self._models:
+                self._swap_in_background(project_id, warm, swap=False)
+            return
         if project_id in self._models:
             version = self.registry.current_name(project_id)
             if self._models[project_id].version != (version or "base"):
@@ -174,6 +207,8 @@ class Predictor:
         nothing: every request still checks the registry."""
         import redis
 
+        self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
+
         def run() -> None:
             while True:
                 try:
@@ -181,7 +216,9 @@ class Predictor:
                     pubsub.subscribe(CHANNEL)
                     for message in pubsub.listen():
                         try:
-                            self.notice(int(json.loads(message["data"])["project_id"]))
+                            data = json.loads(message["data"])
+                            warm = str(data["version"]) if data.get("action") == "warm" else None
+                            self.notice(int(data["project_id"]), warm=warm)
                         except (ValueError, KeyError, TypeError):
                             continue
                 except redis.RedisError:

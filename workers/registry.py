@@ -117,13 +117,22 @@ class Registry:
             return []
         return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit())
 
-    def publish(self, project_id: int, weights: Path, manifest: dict[str, Any], promote: bool = True) -> ModelVersion:
+    def publish(
+        self,
+        project_id: int,
+        weights: Path,
+        manifest: dict[str, Any],
+        promote: bool = True,
+        move_current: bool | None = None,
+    ) -> ModelVersion:
         """Publish ``weights`` as the project's next version ``v<N+1>``.
 
         The weights file is copied into a temporary directory next to the versions, the
         manifest written with ``version``, ``parent``, ``created_at`` and ``status``
         ("promoted", or "rejected" by the promotion gate) added, and the directory renamed into
-        place; then, if ``promote``, ``CURRENT`` points at it. A rejected version is kept.
+        place; then, if ``promote`` (and ``move_current``, which defaults to ``promote``),
+        ``CURRENT`` points at it. A rejected version is kept. ``move_current=False`` leaves
+        serving it to the caller (``workers.notify.serve_when_warm``).
 
         Raises:
             RegistryError: ``weights`` does not exist.
@@ -163,7 +172,7 @@ class Registry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if promote:
+        if promote and move_current is not False:
             self.set_current(project_id, name)
         return self.get(project_id, name)
 
@@ -195,6 +204,16 @@ class Registry:
         Raises:
             RegistryError: there is no earlier served version.
         """
+        target = self.rollback_target(project_id)
+        self.set_current(project_id, target, reason="rollback")
+        return target
+
+    def rollback_target(self, project_id: int) -> str:
+        """The version ``rollback`` would serve, without serving it.
+
+        Raises:
+            RegistryError: there is no earlier served version.
+        """
         stack: list[str] = []
         for entry in self.history(project_id):
             if entry.get("reason") == "rollback":
@@ -204,7 +223,6 @@ class Registry:
                 stack.append(entry["version"])
         if len(stack) < 2:
             raise RegistryError(f"project {project_id}: no earlier version to roll back to")
-        self.set_current(project_id, stack[-2], reason="rollback")
         return stack[-2]
 
     def set_current(self, project_id: int, name: str, reason: str = "promoted") -> None:

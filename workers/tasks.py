@@ -30,7 +30,6 @@ from workers.celery_app import (
 from workers.export import export_tasks, ls_client
 from workers.labels import parse_detection_config
 from workers.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
-from workers.notify import announce_version
 from workers.params import load as load_params
 from workers.pipeline import run_training, yolo_config_dir
 from workers.preannotate import preannotate_project
@@ -194,7 +193,6 @@ def register_tasks(app: Celery) -> None:
             status = version.manifest.get("status")
             outcome.update(status=status, version=version.name, metrics=version.manifest.get("metrics"))
             if status == "promoted":
-                announce_version(redis_client(), project_id, version.name)
                 if load_params(settings.models_dir, project_id).effective(settings)["preannotate"]:
                     app.send_task(TASK_PREANNOTATE, args=[project_id, version.name], queue=QUEUE_PREDICT)
         except LabelloopError as exc:
