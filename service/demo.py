@@ -123,8 +123,9 @@ class LabelStudioAPI:
             self.sdk.predictions.delete(id=int(p["id"]))
 
     def predictions_for(self, task_id: int) -> list[dict[str, Any]]:
-        """Ask Label Studio for a task's predictions, as its UI does (``/api/tasks/{id}/predictions``
-        after ``retrieve_predictions``), which makes it call the backend's ``/predict``."""
+        """Ask Label Studio for a task's predictions as its Data Manager does
+        (``retrieve_tasks_predictions``), which calls the backend's ``/predict`` for a task
+        without a prediction of the current model version, then read them back."""
         resp = httpx.post(
             f"{self.url}/api/dm/actions",
             params={"id": "retrieve_tasks_predictions", "project": self.project_of(task_id)},
@@ -133,14 +134,7 @@ class LabelStudioAPI:
             timeout=120,
         )
         resp.raise_for_status()
-        preds = httpx.get(
-            f"{self.url}/api/predictions/",
-            params={"task": task_id},
-            headers={"Authorization": f"Token {self.token}"},
-            timeout=30,
-        )
-        preds.raise_for_status()
-        return list(preds.json())
+        return self.sdk_predictions(task_id)
 
     def project_of(self, task_id: int) -> int:
         task: Any = self.sdk.tasks.get(id=str(task_id))
