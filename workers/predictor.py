@@ -180,13 +180,16 @@ class Predictor:
             return loaded
         with self._first_load:
             loaded = self._models.get(project_id)
-            if loaded is None:
+            while loaded is None or loaded.version != (version or "base"):
+                # A first load takes a while (ultralytics import, weights); if CURRENT moved
+                # meanwhile, load the newer version too rather than serve a stale one.
                 loaded = self._load_version(project_id, version)
                 if loaded is None:
                     return None
-                self._models[project_id] = loaded
                 self._remember(project_id, loaded)
                 log.info("model_loaded", project_id=project_id, version=loaded.version)
+                version = self.registry.current_name(project_id)
+            self._models[project_id] = loaded
             return loaded
 
     def notice(self, project_id: int, warm: str | None = None) -> None:
