@@ -205,8 +205,16 @@ def run_demo(args: argparse.Namespace) -> int:
         say(f"new model version {version}: mAP50-95 {manifest['metrics'].get('map50_95', 0):.3f}; {stages}")
         # Label Studio asks /setup for the version whenever it reads the backend.
         wait_until(lambda: api.backend_version(ml_id) == version, 60, "Label Studio sees the new version")
+        # After the promotion labelloop pre-annotates every unlabeled task; fall back to asking
+        # Label Studio (which calls /predict) if that has not reached this task in a minute.
         unlabeled = task_ids[args.annotate]
-        preds = api.predictions_for(unlabeled)
+        try:
+            wait_until(lambda: bool(api.sdk_predictions(unlabeled)), 60, "pre-annotation", interval_s=1)
+            preds = api.sdk_predictions(unlabeled)
+        except TimeoutError:
+            preds = api.predictions_for(unlabeled)
+        done = sum(1 for t in task_ids[args.annotate :] if api.sdk_predictions(t))
+        say(f"pre-annotated {done}/{len(task_ids) - args.annotate} unlabeled tasks so far")
         for p in preds:
             say(
                 f"task {unlabeled}: prediction by {p.get('model_version')} with {len(p.get('result') or [])} regions, "
