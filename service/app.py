@@ -60,7 +60,6 @@ from workers.registry import Registry
 
 log = structlog.get_logger("service.app")
 
-UNTRAINED = "untrained"
 QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT)
 
 
@@ -127,7 +126,7 @@ async def setup(request: Request) -> JSONResponse:
     if store_params(st.settings.models_dir, project_id, params):
         log.info("project_params_stored", project_id=project_id, **params.model_dump(exclude_none=True))
     await st.recorder.remember_project(project_id)
-    version = st.registry.current_name(project_id) or UNTRAINED
+    version = st.registry.served_name(project_id)
     log.info("setup", project_id=project_id, version=version)
     return JSONResponse({"model_version": version})
 
@@ -278,7 +277,7 @@ async def project_status(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "project_id": project_id,
-            "model_version": st.registry.current_name(project_id) or UNTRAINED,
+            "model_version": st.registry.served_name(project_id),
             "training": training,
             "preannotation": preannotation,
         }

@@ -37,7 +37,7 @@ def dataset_build(settings: Settings, project_id: int, out: Path, progress: bool
     from tqdm import tqdm
 
     from workers.dataset import build_dataset
-    from workers.export import export_tasks, fetch_image, ls_client
+    from workers.export import export_tasks, fetch_images, ls_client
     from workers.labels import parse_detection_config
 
     client = ls_client(settings.label_studio_url, settings.api_key)
@@ -46,16 +46,10 @@ def dataset_build(settings: Settings, project_id: int, out: Path, progress: bool
     cache = Path(settings.cache_dir).absolute() / "images"
 
     def fetch(items: list[tuple[int, str]]) -> dict[int, Any]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(item: tuple[int, str]) -> tuple[int, Any]:
-            try:
-                return item[0], fetch_image(item[1], item[0], cache, settings.label_studio_url, settings.api_key)
-            except Exception as exc:  # reported per task by the builder
-                return item[0], exc
-
-        with ThreadPoolExecutor(8) as pool:
-            return dict(tqdm(pool.map(one, items), total=len(items), desc="images", disable=not progress))
+        with tqdm(total=len(items), desc="images", disable=not progress) as bar:
+            return fetch_images(
+                items, cache, settings.label_studio_url, settings.api_key, on_done=lambda: bar.update(1)
+            )
 
     data_yaml, report = build_dataset(tasks, spec, out, fetch, settings.val_fraction, settings.min_val_images)
     print(f"dataset: {data_yaml}")

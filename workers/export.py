@@ -7,6 +7,7 @@ Follows Label Studio's JSON export format
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,18 @@ def fetch_image(url: str, task_id: int, cache_dir: Path, hostname: str | None, a
 
 
 def fetch_images(
-    items: list[tuple[int, str]], cache_dir: Path, hostname: str | None, api_key: str | None, threads: int = 8
+    items: list[tuple[int, str]],
+    cache_dir: Path,
+    hostname: str | None,
+    api_key: str | None,
+    threads: int = 8,
+    on_done: Callable[[], None] | None = None,
 ) -> dict[int, Path | Exception]:
     """Fetch many task images concurrently with a bounded pool.
 
     Args:
         items: ``(task_id, url)`` pairs.
+        on_done: called once per image, fetched or not (e.g. to advance a progress bar).
 
     Returns:
         task id -> local path, or the exception that prevented fetching it.
@@ -89,6 +96,9 @@ def fetch_images(
             return task_id, fetch_image(url, task_id, cache_dir, hostname, api_key)
         except Exception as exc:  # a bad image skips its task, it does not fail the build
             return task_id, exc
+        finally:
+            if on_done is not None:
+                on_done()
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         return dict(pool.map(one, items))

@@ -28,11 +28,10 @@ import structlog
 from workers.export import fetch_images
 from workers.labels import DetectionSpec, xyxy_to_rectangle
 from workers.notify import CHANNEL, servers_key, warm_key
-from workers.registry import Registry
+from workers.registry import UNTRAINED, Registry
 
 log = structlog.get_logger(__name__)
 
-UNTRAINED = "untrained"
 REPORT_TTL_S = 600  # a process that stops reporting drops out of promotions' wait after this
 WARM_VERSIONS = 3  # loaded versions kept per project and process (yolov8n: ~13 MB each)
 
@@ -228,10 +227,6 @@ class Predictor:
                     time.sleep(1.0)
 
         threading.Thread(target=run, name="version-listener", daemon=True).start()
-
-    def served_version(self, project_id: int) -> str:
-        """The version name ``/setup`` reports: the registry's current one or ``untrained``."""
-        return self.registry.current_name(project_id) or UNTRAINED
 
     def predict(
         self,

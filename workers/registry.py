@@ -30,6 +30,7 @@ from typing import Any
 from service.errors import RegistryError, VersionNotFoundError
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
+UNTRAINED = "untrained"  # the model version reported while a project has none
 WEIGHTS = "weights.pt"
 MANIFEST = "manifest.json"
 
@@ -77,6 +78,10 @@ class Registry:
         except FileNotFoundError:
             return None
         return name or None
+
+    def served_name(self, project_id: int) -> str:
+        """The version ``/setup`` reports: the current one, or ``UNTRAINED``."""
+        return self.current_name(project_id) or UNTRAINED
 
     def get(self, project_id: int, name: str) -> ModelVersion:
         """Load one version's manifest.

@@ -104,7 +104,6 @@ def register_tasks(app: Celery) -> None:
     def _handle_event(project_id: int, action: str, changes: list[Change]) -> str:
         ensure_ledger(project_id)
         if action == "START_TRAINING":
-            ledger().apply(project_id, [])
             redis_client().sadd(PROJECTS_KEY, project_id)
             decision = trigger().apply(project_id, "start_training", every_n(project_id))
         else:
