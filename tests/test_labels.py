@@ -8,20 +8,21 @@ from service.errors import LabelConfigError
 from service.synthetic import LABEL_CONFIG
 from tests.conftest import fixture
 from workers.labels import (
-    DetectionSpec,
+    TrainSpec,
     annotation_to_yolo_lines,
     parse_detection_config,
+    parse_label_config,
     rectangle_to_yolo,
     xyxy_to_rectangle,
 )
 
-SPEC = DetectionSpec("label", "image", "image", ("cat", "dog"))
+SPEC = TrainSpec("detect", "rectanglelabels", "label", "image", "image", ("cat", "dog"))
 
 
 def test_parses_the_captured_label_config() -> None:
     """The label config Label Studio sent to /setup gives from_name, to_name, data key and labels."""
     spec = parse_detection_config(fixture("ml_setup_request.json")["schema"])
-    assert spec == DetectionSpec("label", "image", "image", ("cat", "dog"))
+    assert spec == TrainSpec("detect", "rectanglelabels", "label", "image", "image", ("cat", "dog"))
 
 
 def test_class_ids_follow_label_config_order() -> None:
@@ -35,8 +36,23 @@ def test_class_ids_follow_label_config_order() -> None:
     [
         ("<View><Image", "does not parse"),
         (
-            '<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>',
-            "no RectangleLabels",
+            '<View><Image name="i" value="$i"/><Choices name="c" toName="i" choice="multiple">'
+            '<Choice value="a"/></Choices></View>',
+            "multiple choices",
+        ),
+        (
+            '<View><Image name="i" value="$i"/><KeyPointLabels name="k" toName="i"><Label value="a"/></KeyPointLabels>'
+            "</View>",
+            "needs exactly one RectangleLabels",
+        ),
+        (
+            '<View><Image name="i" value="$i"/><PolygonLabels name="p" toName="i"/></View>',
+            "has no Label values",
+        ),
+        (
+            '<View><Image name="i" value="$i"/><PolygonLabels name="p" toName="i"><Label value="a"/></PolygonLabels>'
+            '<Choices name="c" toName="i"><Choice value="a"/></Choices></View>',
+            "set the extra param control_tag",
         ),
         (
             '<View><Image name="i" value="$i"/>'
@@ -47,14 +63,14 @@ def test_class_ids_follow_label_config_order() -> None:
         (
             '<View><Text name="t" value="$t"/><RectangleLabels name="a" toName="t"><Label value="x"/></RectangleLabels>'
             "</View>",
-            "no RectangleLabels",
+            "no trainable control tag",
         ),
     ],
 )
 def test_unsupported_label_configs_are_clear_errors(config: str, message: str) -> None:
     """Unparsable, untrainable or ambiguous label configs raise LabelConfigError with a reason."""
     with pytest.raises(LabelConfigError, match=message):
-        parse_detection_config(config)
+        parse_label_config(config)
 
 
 @pytest.mark.parametrize(

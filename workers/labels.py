@@ -11,7 +11,7 @@ YOLO detection labels are ``class cx cy w h`` normalised to [0, 1]
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from service.errors import LabelConfigError
@@ -20,36 +20,77 @@ from service.errors import LabelConfigError
 MIN_BOX_PX = 1.0
 
 
+TASKS = ("detect", "obb", "segment", "pose", "classify")
+
+# Control tags labelloop trains, by tag name -> the region ``type`` they produce in results.
+_REGION_TYPE = {
+    "RectangleLabels": "rectanglelabels",
+    "PolygonLabels": "polygonlabels",
+    "BrushLabels": "brushlabels",
+    "KeyPointLabels": "keypointlabels",
+    "Choices": "choices",
+}
+_TASK_OF = {"RectangleLabels": "detect", "PolygonLabels": "segment", "BrushLabels": "segment", "Choices": "classify"}
+
+
 @dataclass(frozen=True)
-class DetectionSpec:
-    """What to train from a label config: one RectangleLabels control tag on one Image.
+class TrainSpec:
+    """What to train from a label config: the control tag(s) on one Image and the task type.
 
     Attributes:
-        from_name: the RectangleLabels control tag's ``name``.
+        task: the Ultralytics task: ``detect`` (RectangleLabels; becomes ``obb`` when regions
+            are rotated or the project asks for it), ``segment`` (PolygonLabels, BrushLabels),
+            ``pose`` (KeyPointLabels + RectangleLabels on the same Image), ``classify``
+            (single-choice Choices on an Image).
+        region_type: the result ``type`` of the trained control tag (``rectanglelabels``,
+            ``polygonlabels``, ``brushlabels``, ``choices``); for pose the box tag's.
+        from_name: the trained control tag's ``name`` (for pose: the RectangleLabels tag).
         to_name: the Image object tag's ``name``.
         value_key: the task data key holding the image URL (``$image`` -> ``image``).
-        labels: label values in config order; the class id is the index.
+        labels: label (or choice) values in config order.
+        keypoint_from_name: pose only: the KeyPointLabels tag's ``name``.
+        keypoint_labels: pose only: keypoint label values in config order; ``kpt_shape`` is
+            ``[len(keypoint_labels), 3]``.
     """
 
+    task: str
+    region_type: str
     from_name: str
     to_name: str
     value_key: str
     labels: tuple[str, ...]
+    keypoint_from_name: str | None = None
+    keypoint_labels: tuple[str, ...] = ()
+
+    def with_task(self, task: str) -> TrainSpec:
+        """The same tags trained as another task (``detect`` -> ``obb``)."""
+        return replace(self, task=task)
 
     @property
-    def task(self) -> str:
-        """The Ultralytics task name."""
-        return "detect"
+    def control_tags(self) -> tuple[str, ...]:
+        """``from_name`` of every control tag this spec reads."""
+        return (self.from_name,) + ((self.keypoint_from_name,) if self.keypoint_from_name else ())
 
 
-def parse_detection_config(label_config: str) -> DetectionSpec:
-    """Pick the RectangleLabels-on-Image control tag of a label config.
+# Kept for callers of the loop's first version; every task type is a TrainSpec now.
+DetectionSpec = TrainSpec
 
-    Uses label-studio-sdk's ``LabelInterface``.
+
+def parse_label_config(label_config: str, control_tag: str | None = None, obb: bool = False) -> TrainSpec:
+    """Choose what to train from a project's label config, with label-studio-sdk's ``LabelInterface``.
+
+    Trainable units: each RectangleLabels (detect, or obb with ``obb=True``), PolygonLabels
+    and BrushLabels (segment), single-choice Choices (classify) on an Image, and a
+    KeyPointLabels with a RectangleLabels on the same Image (pose; that RectangleLabels then
+    is part of the pose unit). One unit is chosen; with several, ``control_tag`` (the
+    ``name`` of one of the control tags, an extra param) picks it: a KeyPointLabels name
+    picks pose, its RectangleLabels name picks detect.
 
     Raises:
-        LabelConfigError: the XML does not parse, has no RectangleLabels tag on an Image,
-            several of them, or no labels.
+        LabelConfigError: the XML does not parse, has no trainable control tag on an Image,
+            several without ``control_tag`` (the message lists them), a ``control_tag`` that
+            is not trainable, a control tag without labels, a multiple-choice Choices, or a
+            KeyPointLabels without a RectangleLabels on its Image.
     """
     from label_studio_sdk.label_interface import LabelInterface
 
@@ -58,19 +99,77 @@ def parse_detection_config(label_config: str) -> DetectionSpec:
     except Exception as exc:  # the SDK raises several XML error types
         raise LabelConfigError(f"label config does not parse: {exc}") from None
     images = {o.name: o for o in interface.objects if o.tag == "Image"}
-    candidates = [c for c in interface.controls if c.tag == "RectangleLabels" and any(n in images for n in c.to_name)]
-    if not candidates:
-        raise LabelConfigError("label config has no RectangleLabels control tag on an Image object tag")
-    if len(candidates) > 1:
-        names = ", ".join(c.name for c in candidates)
-        raise LabelConfigError(f"label config has several RectangleLabels control tags ({names}); keep one")
-    control = candidates[0]
-    to_name = next(n for n in control.to_name if n in images)
+
+    def image_of(control: Any) -> str | None:
+        return next((n for n in control.to_name or () if n in images), None)
+
+    controls = [c for c in interface.controls if c.tag in _REGION_TYPE and image_of(c)]
+    units: list[tuple[str, Any, Any]] = []  # (name, main control, keypoint control or None)
+    keypoints = [c for c in controls if c.tag == "KeyPointLabels"]
+    paired: set[str] = set()
+    for kp in keypoints:
+        boxes = [c for c in controls if c.tag == "RectangleLabels" and image_of(c) == image_of(kp)]
+        if len(boxes) == 1:
+            units.append((kp.name, boxes[0], kp))
+            if control_tag != boxes[0].name:
+                paired.add(boxes[0].name)
+        elif control_tag in (None, kp.name):
+            raise LabelConfigError(
+                f"KeyPointLabels '{kp.name}' needs exactly one RectangleLabels on the same Image for pose "
+                f"(found {len(boxes)})"
+            )
+    for c in controls:
+        if c.tag != "KeyPointLabels" and c.name not in paired:
+            units.append((c.name, c, None))
+    if not units:
+        raise LabelConfigError(
+            "label config has no trainable control tag on an Image object tag "
+            "(RectangleLabels, PolygonLabels, BrushLabels, Choices, or KeyPointLabels with RectangleLabels)"
+        )
+    if control_tag is not None:
+        chosen = [u for u in units if u[0] == control_tag]
+        if not chosen:
+            names = ", ".join(sorted(u[0] for u in units))
+            raise LabelConfigError(f"control_tag '{control_tag}' is not a trainable control tag (choose one of: {names})")
+    elif len(units) > 1:
+        names = ", ".join(f"{u[1].tag if u[2] is None else 'KeyPointLabels'} '{u[0]}'" for u in units)
+        raise LabelConfigError(
+            f"label config has several trainable control tags ({names}); "
+            "set the extra param control_tag to the name of the one to train"
+        )
+    else:
+        chosen = units
+    _name, control, kp = chosen[0]
     labels = tuple(control.labels or ())
     if not labels:
-        raise LabelConfigError(f"RectangleLabels '{control.name}' has no Label values")
-    value = images[to_name].value or ""
-    return DetectionSpec(control.name, to_name, value.lstrip("$"), labels)
+        raise LabelConfigError(f"{control.tag} '{control.name}' has no Label values")
+    if control.tag == "Choices" and str((control.attr or {}).get("choice", "single")).lower() == "multiple":
+        raise LabelConfigError(
+            f"Choices '{control.name}' allows multiple choices; Ultralytics classification needs one choice per image"
+        )
+    to_name = image_of(control) or ""
+    value_key = (images[to_name].value or "").lstrip("$")
+    if kp is not None:
+        kp_labels = tuple(kp.labels or ())
+        if not kp_labels:
+            raise LabelConfigError(f"KeyPointLabels '{kp.name}' has no Label values")
+        return TrainSpec("pose", "rectanglelabels", control.name, to_name, value_key, labels, kp.name, kp_labels)
+    task = _TASK_OF[control.tag]
+    if task == "detect" and obb:
+        task = "obb"
+    return TrainSpec(task, _REGION_TYPE[control.tag], control.name, to_name, value_key, labels)
+
+
+def parse_detection_config(label_config: str) -> TrainSpec:
+    """``parse_label_config`` for callers that only handle RectangleLabels (detect).
+
+    Raises:
+        LabelConfigError: as ``parse_label_config``, or the chosen tag is not RectangleLabels.
+    """
+    spec = parse_label_config(label_config)
+    if spec.task != "detect":
+        raise LabelConfigError(f"expected a RectangleLabels control tag, the config trains {spec.task}")
+    return spec
 
 
 def rectangle_to_yolo(
