@@ -52,9 +52,9 @@ from service.protocol import (
 )
 from service.settings import Settings
 from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT, create_celery
-from workers.labels import parse_detection_config
 from workers.notify import serve_when_warm
-from workers.params import parse_extra_params
+from workers.params import load as load_params
+from workers.params import parse_extra_params, train_spec
 from workers.params import store as store_params
 from workers.registry import Registry
 
@@ -121,8 +121,8 @@ async def setup(request: Request) -> JSONResponse:
     body = await _json_body(request)
     req = SetupRequest.model_validate(body)
     project_id = parse_project_id(req.project)
-    parse_detection_config(req.label_config)
     params = parse_extra_params(req.extra_params)
+    train_spec(req.label_config, params)
     if store_params(st.settings.models_dir, project_id, params):
         log.info("project_params_stored", project_id=project_id, **params.model_dump(exclude_none=True))
     await st.recorder.remember_project(project_id)
@@ -144,7 +144,7 @@ async def predict(request: Request) -> JSONResponse:
         project_id = int(req.tasks[0].project)
     else:
         raise BadRequestError("project is missing")
-    parse_detection_config(req.label_config)
+    train_spec(req.label_config, load_params(st.settings.models_dir, project_id))
     if not req.tasks:
         return JSONResponse({"results": []})
     tasks = [{"id": t.id, "data": t.data} for t in req.tasks]

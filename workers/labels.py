@@ -130,7 +130,7 @@ def parse_label_config(label_config: str, control_tag: str | None = None, obb: b
         chosen = [u for u in units if u[0] == control_tag]
         if not chosen:
             names = ", ".join(sorted(u[0] for u in units))
-            raise LabelConfigError(f"control_tag '{control_tag}' is not a trainable control tag (choose one of: {names})")
+            raise LabelConfigError(f"control_tag '{control_tag}' is not a trainable control tag (one of: {names})")
     elif len(units) > 1:
         names = ", ".join(f"{u[1].tag if u[2] is None else 'KeyPointLabels'} '{u[0]}'" for u in units)
         raise LabelConfigError(

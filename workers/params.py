@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.errors import ParamsError
 from service.settings import Settings
+from workers.labels import TrainSpec, parse_label_config
 
 FILE = "params.json"
 
@@ -35,6 +36,8 @@ class ProjectParams(BaseModel):
     promotion_metric: Literal["map50_95", "map50", "precision", "recall"] | None = None
     promotion_margin: float | None = Field(None, ge=0.0, le=1.0)
     preannotate: bool | None = None
+    control_tag: str | None = Field(None, min_length=1)
+    obb: bool | None = None
 
     @field_validator("imgsz")
     @classmethod
@@ -45,8 +48,18 @@ class ProjectParams(BaseModel):
 
     def effective(self, settings: Settings) -> dict[str, Any]:
         """These params over the environment's defaults."""
-        base = {k: getattr(settings, k) for k in type(self).model_fields}
+        base = {k: getattr(settings, k, None) for k in type(self).model_fields}
         return {**base, **self.model_dump(exclude_none=True)}
+
+
+def train_spec(label_config: str, params: ProjectParams) -> TrainSpec:
+    """What the project trains: ``workers.labels.parse_label_config`` with the project's
+    ``control_tag`` and ``obb`` extra params.
+
+    Raises:
+        LabelConfigError: see ``parse_label_config`` (422 at /setup).
+    """
+    return parse_label_config(label_config, control_tag=params.control_tag, obb=bool(params.obb))
 
 
 def parse_extra_params(raw: Any) -> ProjectParams:
