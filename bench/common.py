@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.synthetic import LABEL_CONFIG, make_sample
-from workers.dataset import build_dataset
+from workers.dataset import build_dataset, local_images
 from workers.labels import parse_detection_config
 from workers.training import run_training_process
 
@@ -53,8 +53,8 @@ def dataset(work: Path, n: int = 24, width: int = 320, height: int = 240) -> Pat
         }
         for i, p in enumerate(images)
     ]
-    data_yaml, _ = build_dataset(tasks, SPEC, work / "ds", lambda items: {t: images[t - 1] for t, _ in items}, 0.25, 2)
-    return data_yaml
+    fetch = local_images({i + 1: p for i, p in enumerate(images)})
+    return build_dataset(tasks, SPEC, work / "ds", fetch, 0.25, 2).data
 
 
 def small_model(work: Path) -> Path:

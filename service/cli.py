@@ -167,9 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
     p = sub.add_parser("dataset", help="datasets")
     dsub = p.add_subparsers(dest="sub", required=True)
-    q = dsub.add_parser("build", help="export a project and write its YOLO dataset into a folder (no training)")
+    q = dsub.add_parser(
+        "build",
+        help="read a project from Label Studio and write its Ultralytics dataset into a folder (no training)",
+    )
     q.add_argument("project_id", type=int)
-    q.add_argument("out", type=Path)
+    q.add_argument(
+        "out",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="dataset folder, updated in place on rebuilds (default: the project's folder under the cache dir)",
+    )
     q.set_defaults(func=_ops("dataset_build"))
 
     p = sub.add_parser("train", help="request a training of a project now (like Label Studio's Start Training)")

@@ -32,29 +32,34 @@ def _redis(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
 
-def dataset_build(settings: Settings, project_id: int, out: Path, progress: bool = True) -> int:
-    """Export a project and write its YOLO dataset to ``out`` without training."""
+def dataset_build(settings: Settings, project_id: int, out: Path | None, progress: bool = True) -> int:
+    """Read a project from Label Studio and write its Ultralytics dataset without training.
+
+    Builds into ``out`` (updated in place when an earlier build wrote it), or into the
+    project's own dataset folder (the one training uses) when ``out`` is None; prints where
+    it went and the report's counts.
+    """
     from tqdm import tqdm
 
-    from workers.dataset import build_dataset
-    from workers.export import export_tasks, fetch_images, ls_client
-    from workers.labels import parse_detection_config
+    from workers.dataset import build_project_dataset
 
-    client = ls_client(settings.label_studio_url, settings.api_key)
-    spec = parse_detection_config(client.projects.get(id=project_id).label_config)
-    tasks = export_tasks(client, project_id)
-    cache = Path(settings.cache_dir).absolute() / "images"
-
-    def fetch(items: list[tuple[int, str]]) -> dict[int, Any]:
-        with tqdm(total=len(items), desc="images", disable=not progress) as bar:
-            return fetch_images(
-                items, cache, settings.label_studio_url, settings.api_key, on_done=lambda: bar.update(1)
-            )
-
-    data_yaml, report = build_dataset(tasks, spec, out, fetch, settings.val_fraction, settings.min_val_images)
-    print(f"dataset: {data_yaml}")
-    print(f"images: train {report.images['train']}, val {report.images['val']}; skipped {len(report.skipped)}")
-    print(f"boxes per class: {json.dumps(report.boxes_per_class)}")
+    with tqdm(desc="images", unit="img", disable=not progress) as bar:
+        built = build_project_dataset(settings, project_id, out, on_image=lambda: bar.update(1))
+    report = built.report
+    print(f"dataset ({report.task}): {built.data}")
+    print(
+        f"images: train {report.images['train']}, val {report.images['val']}; "
+        f"downloaded {report.images_downloaded}, cached {report.images_cached}; "
+        f"tasks read: {report.sync.get('mode')} ({report.sync.get('tasks_fetched')})"
+    )
+    print(f"instances per class: {json.dumps(report.instances_per_class)}")
+    if report.skipped_counts:
+        print(f"skipped tasks: {json.dumps(report.skipped_counts)}")
+    if report.dropped_regions:
+        print(f"dropped regions: {len(report.dropped_regions)} (reasons in report.json)")
+    if report.unknown_labels:
+        print(f"labels not in the label config (skipped): {json.dumps(report.unknown_labels)}")
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items()))
     return 0
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from service.errors import DatasetError
 from service.synthetic import LABEL_CONFIG, make_sample
-from workers.dataset import assign_splits, build_dataset
+from workers.dataset import assign_splits, build_dataset, local_images
 from workers.labels import parse_detection_config
 
 SPEC = parse_detection_config(LABEL_CONFIG)
@@ -58,12 +58,13 @@ def test_build_writes_yolo_dataset(tmp_path: Path) -> None:
     tasks, files = _tasks(tmp_path, 8)
     tasks[0]["annotations"] = [{"id": 1, "result": [], "was_cancelled": True}]
     tasks[1]["annotations"][0]["result"] = []
-    data_yaml, report = build_dataset(tasks, SPEC, tmp_path / "ds", lambda items: {t: files[t] for t, _ in items})
-    data = yaml.safe_load(data_yaml.read_text())
+    built = build_dataset(tasks, SPEC, tmp_path / "ds", local_images(files))
+    report = built.report
+    data = yaml.safe_load(built.data.read_text())
     assert data["names"] == {0: "square", 1: "disc"}
     assert report.images["train"] + report.images["val"] == 7
     assert report.background_images == 1
-    assert report.skipped == [{"task": 1, "reason": "no completed annotation"}]
+    assert report.skipped == [{"task": 1, "reason": "skipped by annotator"}]
     labels = list((tmp_path / "ds" / "labels").rglob("*.txt"))
     assert len(labels) == 7
     line = (tmp_path / "ds" / "labels" / report_split(tmp_path, 3) / "3.txt").read_text().splitlines()[0]
@@ -79,8 +80,7 @@ def test_unfetchable_images_skip_tasks_and_too_little_data_fails(tmp_path: Path)
     """A missing image skips its task; under two usable images the build fails with counts."""
     tasks, files = _tasks(tmp_path, 3)
 
-    def fetch(items: list[tuple[int, str]]) -> dict:
-        return {t: (files[t] if t == 1 else FileNotFoundError("404")) for t, _ in items}
+    fetch = local_images({1: files[1]})
 
     with pytest.raises(DatasetError, match="1 usable images"):
         build_dataset(tasks, SPEC, tmp_path / "ds", fetch)

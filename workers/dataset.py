@@ -1,11 +1,24 @@
-"""Build an Ultralytics detection dataset from exported Label Studio tasks.
+"""Build Ultralytics datasets from Label Studio annotations, for every image task type, incrementally.
 
-Layout (https://docs.ultralytics.com/datasets/detect/)::
+Layouts (https://docs.ultralytics.com/datasets/):
+
+* detect / obb / segment / pose::
 
     <out>/images/{train,val}/<task_id>.<ext>
-    <out>/labels/{train,val}/<task_id>.txt     one "cls cx cy w h" line per box
-    <out>/data.yaml                             path, train, val, names
-    <out>/report.json                           counts, skipped items, seconds per stage
+    <out>/labels/{train,val}/<task_id>.txt   one line per region (format per task, see workers.convert)
+    <out>/data.yaml                           path, train, val, names (+ kpt_shape for pose)
+
+* classify (folder per class; folders are the stable class ids, names in ``.ndjson.yaml``,
+  which Ultralytics reads for id-named class folders)::
+
+    <out>/{train,val}/<class_id>/<task_id>.<ext>
+    <out>/.ndjson.yaml                        names
+
+Every build also writes ``<out>/report.json`` (counts per class and split, skipped tasks and
+dropped regions with reasons, images downloaded vs cached, seconds per stage) and
+``<out>/.labelloop-state.json``: what each task contributed, so the next build into the same
+folder rewrites only the tasks that changed (a rebuild after one new annotation touches one
+image and one label file).
 """
 
 from __future__ import annotations
@@ -16,19 +29,71 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
-from PIL import Image, ImageOps
+from PIL import Image
 
 from service.errors import DatasetError
+from service.settings import Settings
 from workers.export import select_annotation
-from workers.labels import DetectionSpec, annotation_to_yolo_lines
+from workers.labels import TrainSpec
 
 _HASH_SPACE = float(2**64)
+STATE_FILE = ".labelloop-state.json"
+STATE_VERSION = 1
+
+
+class ImageRef(Protocol):
+    """A task image ready for the dataset (``workers.media.CachedImage`` is one).
+
+    Attributes:
+        path: the image file, EXIF orientation already applied.
+        width, height: its size in pixels.
+        downloaded: whether it was fetched for this build (False: from the cache).
+    """
+
+    path: Path
+    width: int
+    height: int
+    downloaded: bool
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """An upright image file that is already on disk (tests, benches, shared folders)."""
+
+    path: Path
+    width: int
+    height: int
+    downloaded: bool = False
+
+
+def local_images(files: Mapping[int, Path]) -> Callable[[list[tuple[int, str]]], dict[int, Any]]:
+    """A ``fetch`` for ``build_dataset`` that serves upright local files by task id.
+
+    Returns:
+        ``[(task_id, url)] -> {task_id: LocalImage or the exception reading it raised}``;
+        a task id without a file gets a ``FileNotFoundError``.
+    """
+
+    def fetch(items: list[tuple[int, str]]) -> dict[int, Any]:
+        out: dict[int, Any] = {}
+        for task_id, _url in items:
+            path = files.get(task_id)
+            try:
+                if path is None:
+                    raise FileNotFoundError(f"no image for task {task_id}")
+                with Image.open(path) as im:
+                    out[task_id] = LocalImage(Path(path), im.width, im.height)
+            except (OSError, ValueError) as exc:
+                out[task_id] = exc
+        return out
+
+    return fetch
 
 
 def val_score(task_id: int) -> float:
@@ -59,139 +124,437 @@ def assign_splits(task_ids: list[int], val_fraction: float, min_val: int) -> dic
     return split
 
 
+# ---------------------------------------------------------------------------------------------
+# Stable class ids
+
+
+def stable_names(previous: Mapping[int, str] | None, labels: tuple[str, ...]) -> dict[int, str]:
+    """Class ids for a project's labels that never change meaning.
+
+    Args:
+        previous: the ids used so far (id -> label), e.g. from the last build or version.
+        labels: the label config's labels, in config order.
+
+    Returns:
+        id -> label: every previous id keeps its label (a label removed from the config keeps
+        its id reserved), and labels seen for the first time get the next ids in config order.
+    """
+    names = {int(k): str(v) for k, v in (previous or {}).items()}
+    known = set(names.values())
+    next_id = max(names, default=-1) + 1
+    for label in labels:
+        if label not in known:
+            names[next_id] = label
+            known.add(label)
+            next_id += 1
+    return dict(sorted(names.items()))
+
+
+CLASSES_FILE = "classes.json"
+
+
+def load_class_names(models_dir: Path, project_id: int, from_name: str) -> dict[int, str] | None:
+    """The class ids stored for a project's control tag (``<models_dir>/<project>/classes.json``)."""
+    path = Path(models_dir) / str(int(project_id)) / CLASSES_FILE
+    try:
+        stored = json.loads(path.read_text())
+        return {int(k): str(v) for k, v in stored[from_name].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def store_class_names(models_dir: Path, project_id: int, from_name: str, names: Mapping[int, str]) -> None:
+    """Persist a control tag's class ids with the project's model versions (atomic write)."""
+    pdir = Path(models_dir) / str(int(project_id))
+    pdir.mkdir(parents=True, exist_ok=True)
+    path = pdir / CLASSES_FILE
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            stored = {}
+    except (OSError, ValueError):
+        stored = {}
+    stored[from_name] = {str(k): v for k, v in sorted(names.items())}
+    tmp = pdir / f".{CLASSES_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(stored, indent=1))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
 @dataclass
 class DatasetReport:
-    """What a build produced and skipped; stored next to the dataset and in the manifest."""
+    """What a build produced and skipped; written to ``report.json`` and the version's manifest.
 
+    Attributes:
+        task: the Ultralytics task built (detect, obb, segment, pose, classify).
+        tasks_exported: annotated tasks Label Studio returned.
+        images: images per split.
+        instances_per_class: split -> label -> regions (classify: images).
+        background_images: images with a completed annotation and no region (empty label file).
+        skipped: ``{"task", "reason"}`` per task left out; ``skipped_counts`` groups them.
+        dropped_regions: ``{"task", "reason"}`` per region left out of a used task.
+        unknown_labels: labels found in annotations that the label config lacks -> count.
+        images_downloaded, images_cached: how the images were obtained.
+        seconds: wall seconds per stage (``export``, ``download``, ``build``).
+        sync: how the tasks were read (``{"mode": "full"|"incremental", ...}``).
+        fingerprint: a hash of the files written (same data -> same fingerprint).
+    """
+
+    task: str = "detect"
     tasks_exported: int = 0
     images: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
-    boxes_per_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    instances_per_class: dict[str, dict[str, int]] = field(default_factory=dict)
     background_images: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    skipped_counts: dict[str, int] = field(default_factory=dict)
     dropped_regions: list[dict[str, Any]] = field(default_factory=list)
+    unknown_labels: dict[str, int] = field(default_factory=dict)
+    images_downloaded: int = 0
+    images_cached: int = 0
+    files_written: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    sync: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def skip(self, task_id: int, kind: str, detail: str = "") -> None:
+        self.skipped.append({"task": task_id, "reason": f"{kind}: {detail}" if detail else kind})
+        self.skipped_counts[kind] = self.skipped_counts.get(kind, 0) + 1
 
-def _place_image(src: Path, dst_stem: Path) -> tuple[Path, int, int]:
-    """Copy an image into the dataset with its EXIF orientation applied once.
 
-    Returns:
-        (path written, width, height) of the corrected image.
+@dataclass
+class BuildResult:
+    """A built dataset.
+
+    Attributes:
+        data: what to pass as ``data=`` to Ultralytics: data.yaml, or the folder for classify.
+        spec: the control tags and task trained (``detect`` becomes ``obb`` when regions are rotated).
+        names: class id -> label (stable for the project).
+        report: see ``DatasetReport``.
+        tasks: the annotated tasks it was built from (JSON export format).
     """
-    with Image.open(src) as im:
-        im.load()
-        fixed = ImageOps.exif_transpose(im)
-        ext = src.suffix.lower() if src.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"} else ".png"
-        dst = dst_stem.with_suffix(ext)
-        if fixed is im:
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
-        else:
-            fixed.save(dst)
-        return dst, fixed.width, fixed.height
+
+    data: Path
+    spec: TrainSpec
+    names: dict[int, str]
+    report: DatasetReport
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+
+def _unknown_labels(result: list[dict[str, Any]], spec: TrainSpec, known: set[str]) -> list[str]:
+    found = []
+    for region in result:
+        if region.get("from_name") not in spec.control_tags:
+            continue
+        value = region.get("value") or {}
+        for key in (spec.region_type, "keypointlabels", "choices"):
+            for label in value.get(key) or ():
+                if isinstance(label, str) and label not in known:
+                    found.append(label)
+    return found
+
+
+def _image_ext(path: Path) -> str:
+    ext = path.suffix.lower()
+    return ext if ext in {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"} else ".png"
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def build_dataset(
     tasks: list[dict[str, Any]],
-    spec: DetectionSpec,
+    spec: TrainSpec,
     out_dir: Path,
-    fetch: Callable[[list[tuple[int, str]]], dict[int, Path | Exception]],
+    fetch: Callable[[list[tuple[int, str]]], Mapping[int, Any]],
     val_fraction: float = 0.2,
     min_val: int = 1,
-) -> tuple[Path, DatasetReport]:
-    """Write a YOLO detection dataset for the tasks' selected annotations.
+    names: Mapping[int, str] | None = None,
+) -> BuildResult:
+    """Write (or update) an Ultralytics dataset for the tasks' chosen annotations.
+
+    Annotation choice: completed, not cancelled; ground truth first, else the most recently
+    updated (``workers.export.select_annotation``). A completed annotation without regions is
+    a background image. A RectangleLabels project trains ``obb`` when any chosen region is
+    rotated (or ``spec.task`` already says ``obb``).
 
     Args:
-        tasks: exported Label Studio tasks (JSON export format).
-        spec: the control tag and labels to train; class id = index in ``spec.labels``.
-        out_dir: an empty or missing directory (absolute paths are written to data.yaml).
-        fetch: ``[(task_id, url)] -> {task_id: local path or exception}``.
+        tasks: Label Studio tasks in the JSON export format (with ``annotations``).
+        spec: what to train (``workers.labels.parse_label_config``).
+        out_dir: the dataset folder; a folder written by an earlier build for the same spec is
+            updated in place (only changed tasks are rewritten), anything else is replaced.
+        fetch: ``[(task_id, url)] -> {task_id: ImageRef or exception}`` (``workers.media``).
         val_fraction, min_val: see ``assign_splits``.
+        names: stable class ids (id -> label, see ``stable_names``); default: config order.
 
     Returns:
-        (path of data.yaml, report).
+        the built dataset (see ``BuildResult``).
 
     Raises:
-        DatasetError: fewer than two usable tasks remain.
+        DatasetError: too little usable data (fewer than one train and one val image); the
+            message gives the counts. The folder is left as it was.
     """
+    from workers import convert
+
     out_dir = Path(out_dir).absolute()
-    report = DatasetReport(tasks_exported=len(tasks))
+    names = dict(names) if names is not None else dict(enumerate(spec.labels))
+    class_ids = {label: i for i, label in names.items() if label in spec.labels}
+    report = DatasetReport(task=spec.task, tasks_exported=len(tasks))
+
     t0 = time.perf_counter()
     chosen: list[tuple[int, str, dict[str, Any]]] = []
+    known = set(spec.labels) | set(spec.keypoint_labels)
+    unknown: Counter[str] = Counter()
     for task in tasks:
         task_id = int(task["id"])
         annotation = select_annotation(task)
         if annotation is None:
-            report.skipped.append({"task": task_id, "reason": "no completed annotation"})
+            cancelled = any(a.get("was_cancelled") for a in task.get("annotations") or [])
+            report.skip(task_id, "skipped by annotator" if cancelled else "no completed annotation")
             continue
         url = (task.get("data") or {}).get(spec.value_key)
         if not isinstance(url, str) or not url:
-            report.skipped.append({"task": task_id, "reason": f"task data has no '{spec.value_key}'"})
+            report.skip(task_id, "no image", f"task data has no '{spec.value_key}'")
             continue
+        unknown.update(_unknown_labels(annotation.get("result") or [], spec, known))
         chosen.append((task_id, url, annotation))
+    report.unknown_labels = dict(unknown)
+    if spec.task == "detect" and any(convert.has_rotation(a.get("result") or [], spec) for _, _, a in chosen):
+        spec = spec.with_task("obb")
+    report.task = spec.task
     report.seconds["select"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    paths = fetch([(task_id, url) for task_id, url, _ in chosen])
+    images = fetch([(task_id, url) for task_id, url, _ in chosen])
     report.seconds["download"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    splits = assign_splits([t for t, _, _ in chosen if not isinstance(paths.get(t), Exception)], val_fraction, min_val)
-    for split in ("train", "val"):
-        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / STATE_FILE
+    names_key = hashlib.sha1(json.dumps([spec.task, spec.from_name, sorted(names.items())]).encode()).hexdigest()[:12]
+    try:
+        old_state = json.loads(state_path.read_text())
+        if old_state.get("version") != STATE_VERSION or old_state.get("layout") != _layout(spec):
+            old_state = None
+    except (OSError, ValueError):
+        old_state = None
+    old_tasks: dict[str, dict[str, Any]] = (old_state or {}).get("tasks", {})
+
+    # 1. What each task should contribute (converted labels are reused when nothing changed).
+    usable: list[tuple[int, Any, dict[str, Any]]] = []
+    for task_id, _url, annotation in chosen:
+        image = images.get(task_id)
+        if image is None or isinstance(image, BaseException):
+            report.skip(task_id, "image unavailable", str(image)[:300])
+            continue
+        usable.append((task_id, image, annotation))
+    splits = assign_splits([t for t, _, _ in usable], val_fraction, min_val)
+    wanted: dict[str, dict[str, Any]] = {}
     per_class: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
-    fp = hashlib.sha256()
-    for task_id, _url, annotation in sorted(chosen, key=lambda c: c[0]):
-        src = paths.get(task_id)
-        if src is None or isinstance(src, Exception):
-            report.skipped.append({"task": task_id, "reason": f"image not fetched: {src}"})
-            continue
-        split = splits[task_id]
-        try:
-            dst, width, height = _place_image(Path(src), out_dir / "images" / split / str(task_id))
-        except (OSError, Image.DecompressionBombError, ValueError) as exc:
-            report.skipped.append({"task": task_id, "reason": f"image unreadable: {exc}"})
-            continue
-        lines, dropped = annotation_to_yolo_lines(annotation.get("result") or [], spec, width, height)
+    for task_id, image, annotation in usable:
+        key = f"{annotation.get('id')}:{annotation.get('updated_at')}:{image.width}x{image.height}:{names_key}"
+        prev = old_tasks.get(str(task_id))
+        if prev is not None and prev.get("key") == key:
+            label, dropped = prev["label"], prev.get("dropped", [])
+        else:
+            result = annotation.get("result") or []
+            if spec.task == "classify":
+                label, dropped = convert.annotation_to_class(result, spec, class_ids)
+            else:
+                lines, dropped = convert.annotation_to_yolo(result, spec, class_ids, image.width, image.height)
+                label = "".join(line + "\n" for line in lines)
         for reason in dropped:
             report.dropped_regions.append({"task": task_id, "reason": reason})
-        label_text = "\n".join(lines) + ("\n" if lines else "")
-        (out_dir / "labels" / split / f"{task_id}.txt").write_text(label_text)
+        if spec.task == "classify" and label is None:
+            report.skip(task_id, "no choice", "; ".join(dropped))
+            continue
+        split = splits[task_id]
+        ext = _image_ext(Path(image.path))
+        if spec.task == "classify":
+            image_rel = f"{split}/{class_ids[label]}/{task_id}{ext}"
+            label_rel = None
+            per_class[split][label] += 1
+        else:
+            image_rel = f"images/{split}/{task_id}{ext}"
+            label_rel = f"labels/{split}/{task_id}.txt"
+            if not label:
+                report.background_images += 1
+            for line in label.splitlines():
+                per_class[split][names[int(line.split(" ", 1)[0])]] += 1
         report.images[split] += 1
-        if not lines:
-            report.background_images += 1
-        for line in lines:
-            per_class[split][spec.labels[int(line.split()[0])]] += 1
-        fp.update(f"{task_id}:{split}:{dst.stat().st_size}:{label_text}".encode())
-    report.boxes_per_class = {s: dict(c) for s, c in per_class.items()}
-    report.fingerprint = fp.hexdigest()[:16]
-    usable = report.images["train"] + report.images["val"]
-    if usable < 2 or report.images["train"] < 1 or report.images["val"] < 1:
+        if image.downloaded:
+            report.images_downloaded += 1
+        else:
+            report.images_cached += 1
+        src = str(Path(image.path).absolute())
+        wanted[str(task_id)] = {
+            "key": key,
+            "label": label,
+            "dropped": dropped,
+            "image": image_rel,
+            "labels": label_rel,
+            "src": src,
+            "src_mtime": _mtime(src),
+        }
+    report.instances_per_class = {s: dict(sorted(c.items())) for s, c in per_class.items()}
+    usable_n = report.images["train"] + report.images["val"]
+    if report.images["train"] < 1 or report.images["val"] < 1:
         raise DatasetError(
-            f"too little data to train: {usable} usable images (train {report.images['train']}, "
-            f"val {report.images['val']}) of {len(tasks)} exported tasks, {len(report.skipped)} skipped"
+            f"too little data to train: {usable_n} usable images (train {report.images['train']}, "
+            f"val {report.images['val']}) of {len(tasks)} annotated tasks; skipped: "
+            + (", ".join(f"{n} {k}" for k, n in report.skipped_counts.items()) or "none")
         )
-    data_yaml = out_dir / "data.yaml"
-    data_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "path": str(out_dir),
-                "train": "images/train",
-                "val": "images/val",
-                "names": dict(enumerate(spec.labels)),
-            },
-            sort_keys=False,
-        )
+
+    # 2. Bring the folder to that state, touching only what changed.
+    if old_state is None and out_dir.exists():
+        shutil.rmtree(out_dir)
+    for split in ("train", "val"):
+        if spec.task == "classify":
+            for class_id in names:
+                (out_dir / split / str(class_id)).mkdir(parents=True, exist_ok=True)
+        else:
+            (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
+            (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
+    written = 0
+    for task_key, prev in old_tasks.items():
+        new = wanted.get(task_key)
+        if new is None or new["image"] != prev["image"]:
+            (out_dir / prev["image"]).unlink(missing_ok=True)
+        if prev.get("labels") and (new is None or new["labels"] != prev["labels"]):
+            (out_dir / prev["labels"]).unlink(missing_ok=True)
+    fp = hashlib.sha256()
+    for task_key in sorted(wanted, key=int):
+        new = wanted[task_key]
+        prev = old_tasks.get(task_key) or {}
+        dst = out_dir / new["image"]
+        if (
+            prev.get("image") != new["image"]
+            or prev.get("src") != new["src"]
+            or prev.get("src_mtime") != new["src_mtime"]
+            or not dst.exists()
+        ):
+            _link(Path(new["src"]), dst)
+            written += 1
+        if new["labels"] is not None:
+            label_path = out_dir / new["labels"]
+            if prev.get("labels") != new["labels"] or prev.get("label") != new["label"] or not label_path.exists():
+                _write_text(label_path, new["label"])
+                written += 1
+        fp.update(f"{new['image']}:{new['src_mtime']}:{new['label']}\n".encode())
+    report.files_written = written
+    if written or any(k not in wanted for k in old_tasks):
+        # Ultralytics' label caches hash file names and sizes, not contents: drop them on any change.
+        for cache in (out_dir / "labels").glob("*.cache"):
+            cache.unlink(missing_ok=True)
+    report.fingerprint = fp.hexdigest()[:16]
+
+    if spec.task == "classify":
+        data = out_dir
+        _write_text(out_dir / ".ndjson.yaml", yaml.safe_dump({"names": names}, sort_keys=False))
+    else:
+        data = out_dir / "data.yaml"
+        content: dict[str, Any] = {"path": str(out_dir), "train": "images/train", "val": "images/val", "names": names}
+        if spec.task == "pose":
+            content["kpt_shape"] = [len(spec.keypoint_labels), 3]
+        _write_text(data, yaml.safe_dump(content, sort_keys=False))
+    _write_text(
+        state_path,
+        json.dumps({"version": STATE_VERSION, "layout": _layout(spec), "names": names, "tasks": wanted}),
     )
     report.seconds["build"] = time.perf_counter() - t0
-    (out_dir / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    return data_yaml, report
+    _write_text(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
+    return BuildResult(data, spec, names, report)
+
+
+def _layout(spec: TrainSpec) -> str:
+    """Builds of the same layout can update each other's folder in place."""
+    return f"{spec.task}:{spec.from_name}:{spec.keypoint_from_name or ''}"
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def project_dataset_dir(settings: Settings, project_id: int) -> Path:
+    """Where a project's dataset is kept between builds (updated in place by each build)."""
+    return Path(settings.cache_dir).absolute() / "datasets" / str(int(project_id))
+
+
+def build_project_dataset(
+    settings: Settings,
+    project_id: int,
+    out_dir: Path | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> BuildResult:
+    """Read a project from Label Studio and build (or update) its Ultralytics dataset.
+
+    Stages (seconds in the report): ``export`` (label config and tasks, incremental after the
+    first build, see ``workers.export.sync_tasks``), ``download`` (images through
+    ``workers.media.ImageCache``: cached by task id and URL, so a rebuild downloads only new
+    images), ``build`` (files, updated in place). The control tag and task come from the
+    project's label config and extra params (``control_tag``, ``obb``); class ids are stable
+    for the project (``stable_names``) and stored in ``<models_dir>/<project>/classes.json``.
+
+    Args:
+        out_dir: the dataset folder; default ``<cache_dir>/datasets/<project>/yolo``.
+        on_image: called once per image fetched or found in the cache (progress bars).
+
+    Raises:
+        DatasetError: Label Studio is not configured, or too little data is usable.
+        LabelConfigError: the label config has nothing trainable, or is ambiguous.
+    """
+    from workers.export import ls_client, sync_tasks
+    from workers.media import ImageCache, MediaConfig
+    from workers.params import load as load_params
+    from workers.params import train_spec
+
+    client = ls_client(settings.label_studio_url, settings.api_key)
+    params = load_params(settings.models_dir, project_id)
+    effective = params.effective(settings)
+    home = project_dataset_dir(settings, project_id)
+    label_config, tasks, sync = sync_tasks(client, project_id, home / "tasks.json")
+    spec = train_spec(label_config, params)
+    names = stable_names(load_class_names(settings.models_dir, project_id, spec.from_name), spec.labels)
+    with ImageCache(Path(settings.cache_dir).absolute() / "images", MediaConfig.from_settings(settings)) as cache:
+
+        def fetch(items: list[tuple[int, str]]) -> Mapping[int, Any]:
+            return cache.get_many(items, on_done=on_image)
+
+        result = build_dataset(
+            tasks,
+            spec,
+            Path(out_dir) if out_dir is not None else home / "yolo",
+            fetch,
+            effective["val_fraction"],
+            settings.min_val_images,
+            names,
+        )
+    store_class_names(settings.models_dir, project_id, spec.from_name, names)
+    result.report.seconds = {"export": sync.pop("seconds"), **result.report.seconds}
+    result.report.sync = sync
+    result.tasks = tasks
+    report_path = (result.data if result.data.is_dir() else result.data.parent) / "report.json"
+    _write_text(report_path, json.dumps(result.report.to_dict(), indent=1))
+    return result

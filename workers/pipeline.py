@@ -7,9 +7,11 @@ version in place.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,8 @@ import redis
 import structlog
 
 from service.settings import Settings
-from workers.dataset import build_dataset
-from workers.export import export_tasks, fetch_images, ls_client
-from workers.labels import parse_detection_config
+from workers.dataset import build_project_dataset
+from workers.labels import TrainSpec
 from workers.ledger import annotations_in_export
 from workers.notify import serve_when_warm
 from workers.params import load as load_params
@@ -65,37 +66,33 @@ def run_training(
     params = load_params(settings.models_dir, project_id).effective(settings)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    client = ls_client(settings.label_studio_url, settings.api_key)
-
-    t0 = time.perf_counter()
-    label_config = client.projects.get(id=project_id).label_config
-    spec = parse_detection_config(label_config)
-    tasks = export_tasks(client, project_id)
-    timings["export"] = time.perf_counter() - t0
-    log.info("export_finished", tasks=len(tasks), seconds=round(timings["export"], 3))
-
     run_dir = Path(settings.cache_dir).absolute() / "runs" / str(project_id) / run_id
-    image_cache = Path(settings.cache_dir).absolute() / "images"
 
-    def fetch(items: list[tuple[int, str]]) -> dict[int, Any]:
-        return fetch_images(items, image_cache, settings.label_studio_url, settings.api_key)
-
-    data_yaml, report = build_dataset(
-        tasks, spec, run_dir / "dataset", fetch, params["val_fraction"], settings.min_val_images
-    )
+    built = build_project_dataset(settings, project_id)
+    spec, report = built.spec, built.report
+    timings["export"] = report.seconds.get("export", 0.0)
     timings["download"] = report.seconds.get("download", 0.0)
     timings["build"] = report.seconds.get("select", 0.0) + report.seconds.get("build", 0.0)
     log.info(
         "dataset_built",
+        task=spec.task,
+        sync=report.sync.get("mode"),
         train=report.images["train"],
         val=report.images["val"],
         skipped=len(report.skipped),
+        downloaded=report.images_downloaded,
+        export_s=round(timings["export"], 3),
         download_s=round(timings["download"], 3),
         build_s=round(timings["build"], 3),
     )
 
     parent = registry.current(project_id)
-    weights = str(parent.weights) if parent else params["base_model"]
+    # Fine-tune the served version when it was trained for the same task and classes; else
+    # start from the base model for this task (a class added to the config changes the head).
+    same_kind = parent is not None and _compatible(parent.manifest, spec, built.names)
+    weights = (
+        str(parent.weights) if parent is not None and same_kind else base_model_for(params["base_model"], spec.task)
+    )
     train_args = {
         "weights": weights,
         "epochs": params["epochs"],
@@ -109,9 +106,10 @@ def run_training(
     result = run_training_process(
         {
             **train_args,
-            "data": str(data_yaml),
+            "data": str(built.data),
+            "task": spec.task,
             "config_dir": str(yolo_config_dir(settings)),
-            "incumbent": str(parent.weights) if parent else None,
+            "incumbent": str(parent.weights) if parent is not None and same_kind else None,
         },
         run_dir / "train",
         timeout_s=settings.train_time_limit_s,
@@ -122,20 +120,21 @@ def run_training(
     timings["train"] = time.perf_counter() - t0 - result.get("val_seconds", 0.0)
     timings["validate"] = result.get("val_seconds", 0.0)
     log.info("training_finished", seconds=round(timings["train"], 3), **result["metrics"])
-    decision = decide_promotion(
-        result["metrics"], result.get("incumbent_metrics"), params["promotion_metric"], params["promotion_margin"]
-    )
+    metric = params["promotion_metric"] if spec.task != "classify" else "accuracy_top1"
+    decision = decide_promotion(result["metrics"], result.get("incumbent_metrics"), metric, params["promotion_margin"])
 
     timings["total"] = time.perf_counter() - t_start
     manifest = {
         "task": spec.task,
         "classes": list(spec.labels),
+        "names": {str(k): v for k, v in built.names.items()},
+        "spec": asdict(spec),
         "from_name": spec.from_name,
         "to_name": spec.to_name,
         "metrics": result["metrics"],
         "incumbent": {"version": parent.name, "metrics": result.get("incumbent_metrics")} if parent else None,
         "promotion": {
-            "metric": params["promotion_metric"],
+            "metric": metric,
             "margin": params["promotion_margin"],
             "promoted": decision.promote,
             "reason": decision.reason,
@@ -146,7 +145,7 @@ def run_training(
         "run_id": run_id,
         "timings": timings,
         # What this version was trained on: reconciliation's baseline when Redis lost its ledger.
-        "annotations": {str(k): v for k, v in annotations_in_export(tasks).items()},
+        "annotations": {str(k): v for k, v in annotations_in_export(built.tasks).items()},
     }
     version = registry.publish(project_id, Path(result["best"]), manifest, promote=decision.promote, move_current=False)
     if decision.promote:
@@ -159,3 +158,28 @@ def run_training(
     )
     shutil.rmtree(run_dir, ignore_errors=True)
     return version
+
+
+# Model YAMLs per task for a detection base model YAML (``yolov8n.yaml`` -> ``yolov8n-seg.yaml``).
+_TASK_SUFFIX = {"detect": "", "obb": "-obb", "segment": "-seg", "pose": "-pose", "classify": "-cls"}
+
+
+def base_model_for(base_model: str, task: str) -> str:
+    """The base model to start a ``task`` from: a detection model YAML such as ``yolov8n.yaml``
+    becomes the task's YAML (``yolov8n-seg.yaml``, ``-obb``, ``-pose``, ``-cls``); a .pt file
+    or a YAML already naming a task is used as given."""
+    path = Path(base_model)
+    if not re.fullmatch(r"yolo(v?\d+)[nslmx]?\.ya?ml", base_model):
+        return base_model
+    return f"{path.stem}{_TASK_SUFFIX[task]}{path.suffix}"
+
+
+def _compatible(manifest: dict[str, Any], spec: TrainSpec, names: dict[int, str]) -> bool:
+    """Whether a version was trained for the same task, control tag and class ids."""
+    old = {int(k): v for k, v in (manifest.get("names") or dict(enumerate(manifest.get("classes") or []))).items()}
+    old_spec = manifest.get("spec") or {}
+    return (
+        manifest.get("task", "detect") == spec.task
+        and old == names
+        and tuple(old_spec.get("keypoint_labels") or ()) == spec.keypoint_labels
+    )

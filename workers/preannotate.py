@@ -14,7 +14,8 @@ from typing import Any
 
 import structlog
 
-from workers.labels import parse_detection_config
+from workers.params import load as load_params
+from workers.params import train_spec
 from workers.predictor import Predictor
 
 log = structlog.get_logger(__name__)
@@ -54,7 +55,7 @@ def preannotate_project(
         ``{"version", "tasks", "imported", "stopped"}``.
     """
     project = client.projects.get(id=project_id)
-    spec = parse_detection_config(project.label_config)
+    spec = train_spec(project.label_config, load_params(predictor.registry.root, project_id))
     todo = tasks_to_predict(list(client.tasks.list(project=project_id, fields="all")), version)
     imported = 0
     stopped = False

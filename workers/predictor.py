@@ -18,15 +18,15 @@ import os
 import socket
 import threading
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from workers.export import fetch_images
-from workers.labels import DetectionSpec, xyxy_to_rectangle
+from workers.convert import results_to_regions
+from workers.labels import TrainSpec
+from workers.media import CachedImage, ImageCache, MediaConfig
 from workers.notify import CHANNEL, servers_key, warm_key
 from workers.registry import UNTRAINED, Registry
 
@@ -41,6 +41,8 @@ class _Loaded:
     version: str
     model: Any
     names: dict[int, str]
+    task: str | None = None  # from the version's manifest; None for a base .pt (its own task)
+    from_name: str | None = None
 
 
 class Predictor:
@@ -53,6 +55,8 @@ class Predictor:
             weights, so such projects get empty predictions until trained.
         config_dir: ultralytics config dir (see ``workers.yolo_env``).
         cache_dir: where task images are downloaded.
+        media: image sources and limits (``workers.media``); the host and token given to
+            ``predict`` replace its Label Studio URL and key.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class Predictor:
         imgsz: int,
         conf: float,
         device: str = "",
+        media: MediaConfig | None = None,
     ) -> None:
         self.registry = registry
         self.base_model = base_model
@@ -72,6 +77,8 @@ class Predictor:
         self.imgsz = imgsz
         self.conf = conf
         self.device = device
+        self.media = media
+        self._caches: dict[tuple[str | None, str | None], ImageCache] = {}
         self._models: dict[int, _Loaded] = {}
         self._loading: dict[int, str | None] = {}
         self._warm: dict[int, dict[str, _Loaded]] = {}
@@ -92,11 +99,15 @@ class Predictor:
         model = YOLO(weights)
         device = pick_device(self.device)
         model.to("cuda:0" if device == "0" else device)
-        return _Loaded(version, model, dict(model.names))
+        return _Loaded(version, model, dict(model.names), model.task)
 
     def _load_version(self, project_id: int, version: str | None) -> _Loaded | None:
         if version:
-            return self._load(str(self.registry.get(project_id, version).weights), version)
+            mv = self.registry.get(project_id, version)
+            loaded = self._load(str(mv.weights), version)
+            loaded.task = mv.manifest.get("task") or loaded.model.task
+            loaded.from_name = mv.manifest.get("from_name")
+            return loaded
         if self.base_model.endswith(".pt") and Path(self.base_model).exists():
             return self._load(self.base_model, "base")
         return None
@@ -228,69 +239,86 @@ class Predictor:
 
         threading.Thread(target=run, name="version-listener", daemon=True).start()
 
+    def _images(self, hostname: str | None, api_key: str | None) -> ImageCache:
+        """The image cache for a Label Studio host and token (one per pair, kept open)."""
+        key = (hostname, api_key)
+        with self._lock:
+            cache = self._caches.get(key)
+            if cache is None:
+                config = self.media or MediaConfig(label_studio_url=hostname, api_key=api_key)
+                if self.media is not None and (hostname, api_key) != (self.media.label_studio_url, self.media.api_key):
+                    config = replace(self.media, label_studio_url=hostname, api_key=api_key)
+                cache = self._caches[key] = ImageCache(self.cache_dir / "images", config)
+            return cache
+
     def predict(
         self,
         project_id: int,
-        spec: DetectionSpec,
+        spec: TrainSpec,
         tasks: list[dict[str, Any]],
         hostname: str | None,
         api_key: str | None,
         imgsz: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Predict rectangles for tasks, one result item per task, in order.
+        """Predict regions for tasks with the served version, one result item per task, in order.
 
         Args:
+            spec: what the label config trains (``workers.params.train_spec``); the regions
+                are of the type the served version was trained for (detect -> rectangles,
+                obb -> rotated rectangles, segment -> polygons or brush RLE, pose ->
+                rectangles + keypoints, classify -> choices), for ``spec``'s control tags.
             tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sends them.
 
         Returns:
-            ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions
-            are ``rectanglelabels`` with percent coordinates, ``original_width/height``,
-            ``from_name/to_name`` of ``spec`` and a per-region ``score``. A task whose image
-            cannot be fetched gets an empty result.
+            ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions in
+            Label Studio's prediction format (percent coordinates, ``original_width/height``,
+            ``from_name/to_name``, a per-region ``score``; see ``workers.convert``). A task whose
+            image cannot be fetched, or a version trained for another control tag or task than
+            ``spec``, gets an empty result.
         """
         loaded = self.model_for(project_id)
         if loaded is None:
             return [{"result": [], "score": 0.0, "model_version": UNTRAINED} for _ in tasks]
-        items = [(int(t["id"]), str((t.get("data") or {}).get(spec.value_key, ""))) for t in tasks]
-        paths = fetch_images([it for it in items if it[1]], self.cache_dir / "images", hostname, api_key)
-        ok = [(i, paths[tid]) for i, (tid, _) in enumerate(items) if isinstance(paths.get(tid), Path)]
         out: list[dict[str, Any]] = [{"result": [], "score": 0.0, "model_version": loaded.version} for _ in tasks]
+        task = loaded.task or spec.task
+        if not _serves(spec, task, loaded.from_name):
+            log.warning(
+                "predict_model_mismatch",
+                project_id=project_id,
+                version=loaded.version,
+                model_task=task,
+                config_task=spec.task,
+                from_name=spec.from_name,
+            )
+            return out
+        spec = spec.with_task(task)
+        items = [(int(t["id"]), str((t.get("data") or {}).get(spec.value_key, ""))) for t in tasks]
+        images = self._images(hostname, api_key).get_many([it for it in items if it[1]])
+        ok: list[tuple[int, CachedImage]] = []
+        for i, (tid, _) in enumerate(items):
+            image = images.get(tid)
+            if isinstance(image, CachedImage):
+                ok.append((i, image))
         for tid, _url in items:
-            if not isinstance(paths.get(tid), Path):
-                log.warning("predict_image_unavailable", project_id=project_id, task_id=tid, error=str(paths.get(tid)))
+            if not isinstance(images.get(tid), CachedImage):
+                log.warning("predict_image_unavailable", project_id=project_id, task_id=tid, error=str(images.get(tid)))
         if not ok:
             return out
         results = loaded.model.predict(
-            [str(p) for _, p in ok],
+            [str(image.path) for _, image in ok],
             imgsz=imgsz or self.imgsz,
             conf=self.conf,
             verbose=False,
             device=loaded.model.device,
         )
-        for (index, _path), res in zip(ok, results, strict=True):
-            height, width = res.orig_shape
-            regions = []
-            scores = []
-            for xyxy, cls, conf in zip(
-                res.boxes.xyxy.tolist(), res.boxes.cls.tolist(), res.boxes.conf.tolist(), strict=True
-            ):
-                name = loaded.names.get(int(cls))
-                if name not in spec.labels:
-                    continue
-                regions.append(
-                    {
-                        "id": uuid.uuid4().hex[:10],
-                        "from_name": spec.from_name,
-                        "to_name": spec.to_name,
-                        "type": "rectanglelabels",
-                        "original_width": width,
-                        "original_height": height,
-                        "image_rotation": 0,
-                        "value": {**xyxy_to_rectangle(tuple(xyxy), width, height), "rectanglelabels": [name]},
-                        "score": float(conf),
-                    }
-                )
-                scores.append(float(conf))
+        for (index, _image), res in zip(ok, results, strict=True):
+            regions, score = results_to_regions(res, spec, loaded.names)
             out[index]["result"] = regions
-            out[index]["score"] = sum(scores) / len(scores) if scores else 0.0
+            out[index]["score"] = score
         return out
+
+
+def _serves(spec: TrainSpec, task: str, from_name: str | None) -> bool:
+    """Whether a model trained for ``task`` on control tag ``from_name`` answers for ``spec``."""
+    same_task = task == spec.task or {task, spec.task} == {"detect", "obb"}
+    return same_task and (from_name is None or from_name == spec.from_name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METRICS = ("map50_95", "map50", "precision", "recall")
+METRICS = ("map50_95", "map50", "precision", "recall", "accuracy_top1")
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from workers.celery_app import (
     TASK_TRAIN,
 )
 from workers.export import export_tasks, ls_client
-from workers.labels import parse_detection_config
 from workers.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
 from workers.params import load as load_params
+from workers.params import train_spec
 from workers.pipeline import run_training, yolo_config_dir
 from workers.preannotate import preannotate_project
 from workers.predictor import Predictor
@@ -234,8 +234,9 @@ def register_tasks(app: Celery) -> None:
     def predict(project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
         """Predict regions for Label Studio tasks with the project's served version."""
         with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=predict.request.id):
-            spec = parse_detection_config(label_config)
-            imgsz = int(load_params(settings.models_dir, project_id).effective(settings)["imgsz"])
+            params = load_params(settings.models_dir, project_id)
+            spec = train_spec(label_config, params)
+            imgsz = int(params.effective(settings)["imgsz"])
             results = predictor().predict(
                 project_id, spec, tasks, settings.label_studio_url, settings.api_key, imgsz=imgsz
             )

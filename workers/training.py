@@ -46,7 +46,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     device = pick_device(str(spec.get("device", "")))
     run_dir = Path(spec["run_dir"]).absolute()
     t0 = time.perf_counter()
-    model = YOLO(str(spec["weights"]))
+    model = YOLO(str(spec["weights"]), task=spec.get("task"))
     progress_path = run_dir / "progress.json"
 
     def report_epoch(trainer: Any) -> None:
@@ -101,11 +101,15 @@ def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) ->
     """``YOLO(weights).val(...)`` on the dataset's val split.
 
     Returns:
-        ``{"map50_95", "map50", "precision", "recall"}`` (box metrics, fractions in [0, 1]).
+        fractions in [0, 1]: ``{"map50_95", "map50", "precision", "recall"}`` of the task's own
+        regions (boxes for detect, rotated boxes for obb, masks for segment, keypoints for
+        pose; segment and pose add ``box_map50_95``), or ``{"accuracy_top1",
+        "accuracy_top5"}`` for classify.
     """
     from ultralytics import YOLO
 
-    result = YOLO(weights).val(
+    task = spec.get("task") or "detect"
+    result = YOLO(weights, task=task).val(
         data=str(spec["data"]),
         imgsz=int(spec["imgsz"]),
         batch=int(spec["batch"]),
@@ -117,8 +121,14 @@ def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) ->
         plots=False,
         verbose=False,
     )
-    box = result.box
-    return {"map50_95": float(box.map), "map50": float(box.map50), "precision": float(box.mp), "recall": float(box.mr)}
+    if task == "classify":
+        return {"accuracy_top1": float(result.top1), "accuracy_top5": float(result.top5)}
+    own = {"segment": "seg", "pose": "pose"}.get(task, "box")
+    m = getattr(result, own)
+    metrics = {"map50_95": float(m.map), "map50": float(m.map50), "precision": float(m.mp), "recall": float(m.mr)}
+    if own != "box":
+        metrics["box_map50_95"] = float(result.box.map)
+    return metrics
 
 
 def run_training_process(
