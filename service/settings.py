@@ -40,6 +40,26 @@ class Settings(BaseSettings):
         description="Label Studio legacy API token or personal access token.",
     )
 
+    local_files_document_root: Path | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            f"{ENV_PREFIX}LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT", "local_files_document_root"
+        ),
+        description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT when mounted here: Local Storage images are read "
+        "from disk instead of downloaded.",
+    )
+    media_allow_hosts: str = Field(
+        "",
+        description="Comma-separated hosts (`host` or `host:port`) http(s) task image URLs may point at, "
+        "besides Label Studio's.",
+    )
+    media_timeout_s: float = Field(30.0, gt=0, description="Time limit of one image download (seconds).")
+    media_retries: int = Field(
+        3, ge=0, le=10, description="Retries of an image download after a connect error, a 5xx or a 429."
+    )
+    media_threads: int = Field(8, ge=1, le=64, description="Concurrent image downloads.")
+    media_max_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest image downloaded (bytes).")
+
     train_every_n: int = Field(10, ge=1, description="Train after this many new annotation events per project.")
     base_model: str = Field("yolov8n.yaml", description="Initial weights: a .pt path or an Ultralytics model YAML.")
     epochs: int = Field(20, ge=1, description="Training epochs per run.")

@@ -193,11 +193,14 @@ class Stack:
         password: str,
         token: str,
         timeout_s: float = 240,
+        document_root: Path | None = None,
     ) -> str:
         """Start a Label Studio server on loopback with SQLite and legacy API tokens enabled.
 
         ML backends and webhooks on 127.0.0.1 are allowed (``SSRF_PROTECTION_ENABLED=false``,
         ``ML_BLOCK_LOCAL_IP=false``). The first start migrates the database (about 30-60 s).
+        ``document_root`` becomes ``LOCAL_FILES_DOCUMENT_ROOT``, under which Local Storage
+        connections must live (default: Label Studio's own).
         """
         data_dir = Path(data_dir).absolute()
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -212,6 +215,8 @@ class Stack:
             "SENTRY_DSN": "",
             "FRONTEND_SENTRY_DSN": "",
         }
+        if document_root is not None:
+            env["LOCAL_FILES_DOCUMENT_ROOT"] = str(Path(document_root).absolute())
         self.start(
             "label-studio",
             [

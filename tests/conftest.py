@@ -128,3 +128,30 @@ def trained(tmp_path_factory: pytest.TempPathFactory, image_server: tuple[str, P
     }
     result = run_training_process(spec, work / "run", timeout_s=600)
     return {"result": result, "work": work, "report": report}
+
+
+@pytest.fixture(scope="session")
+def label_studio_local_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    """A real Label Studio whose ``LOCAL_FILES_DOCUMENT_ROOT`` is a fresh directory.
+
+    Yields ``(url, legacy_token, document_root)``; Local Storage connections must point at a
+    subdirectory of ``document_root``.
+    """
+    from service.stack import LABEL_STUDIO_VERSION
+
+    venv = Path(
+        os.environ.get("LABELLOOP_LS_VENV")
+        or Path.home() / ".cache" / "labelloop" / f"label-studio-{LABEL_STUDIO_VERSION}"
+    )
+    binary = label_studio_binary(venv)
+    workdir = tmp_path_factory.mktemp("label-studio-local-files")
+    document_root = (workdir / "document-root").resolve()
+    document_root.mkdir()
+    stack = Stack(workdir, {})
+    try:
+        url = stack.start_label_studio(
+            binary, free_port(), workdir / "data", LS_USER, LS_PASSWORD, LS_TOKEN, document_root=document_root
+        )
+        yield url, LS_TOKEN, document_root
+    finally:
+        stack.stop_all()

@@ -1,0 +1,682 @@
+"""workers.media against real servers: a local HTTP server (faults served, not mocked), real
+files, a real Label Studio (uploads, Local Storage, S3 presign through moto)."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from PIL import Image
+
+from service.demo import LabelStudioAPI
+from service.settings import Settings
+from service.stack import free_port
+from service.synthetic import make_sample
+from workers.media import CachedImage, ImageCache, MediaConfig, MediaError, presign_path
+
+# A served file -----------------------------------------------------------------------------
+
+
+def png_bytes(width: int, height: int, color: tuple[int, int, int] = (10, 200, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def noisy_png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# The upright picture: four colored quadrants, wider than tall.
+UPRIGHT_SIZE = (64, 40)
+QUADRANTS = {"tl": (255, 0, 0), "tr": (0, 255, 0), "bl": (0, 0, 255), "br": (255, 255, 255)}
+# How the stored pixels relate to the upright picture for each EXIF orientation (EXIF 2.32,
+# tag 0x0112): the camera stored the picture transformed, the viewer undoes it.
+STORED_AS = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,  # displayed after a 90 degree clockwise turn
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,  # displayed after a 90 degree counter-clockwise turn
+}
+
+
+def upright_picture() -> Image.Image:
+    w, h = UPRIGHT_SIZE
+    im = Image.new("RGB", UPRIGHT_SIZE)
+    for name, box in {
+        "tl": (0, 0, w // 2, h // 2),
+        "tr": (w // 2, 0, w, h // 2),
+        "bl": (0, h // 2, w // 2, h),
+        "br": (w // 2, h // 2, w, h),
+    }.items():
+        im.paste(QUADRANTS[name], box)
+    return im
+
+
+def exif_jpeg(orientation: int) -> bytes:
+    stored = upright_picture()
+    method = STORED_AS[orientation]
+    if method is not None:
+        stored = stored.transpose(method)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def assert_upright(path: Path) -> None:
+    with Image.open(path) as im:
+        assert im.size == UPRIGHT_SIZE
+        rgb = im.convert("RGB")
+        w, h = UPRIGHT_SIZE
+        points = {"tl": (w // 4, h // 4), "tr": (3 * w // 4, h // 4), "bl": (w // 4, 3 * h // 4)}
+        points["br"] = (3 * w // 4, 3 * h // 4)
+        for name, xy in points.items():
+            got = rgb.getpixel(xy)
+            assert isinstance(got, tuple)
+            assert all(abs(a - b) < 40 for a, b in zip(got, QUADRANTS[name], strict=True)), (name, got)
+
+
+# The HTTP server ---------------------------------------------------------------------------
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.lock = threading.Lock()
+        self.hits: list[dict[str, Any]] = []
+        self.counts: dict[str, int] = {}
+        self.files: dict[str, tuple[bytes, str]] = {}
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def paths(self) -> list[str]:
+        return [h["path"] for h in self.hits]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Server
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes = b"", ctype: str = "text/plain", length: bool = True, **hdrs: str):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        for k, v in hdrs.items():
+            self.send_header(k.replace("_", "-"), v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: C901 - one route table
+        srv = self.server
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        with srv.lock:
+            srv.hits.append(
+                {"host": self.headers.get("Host"), "path": self.path, "auth": self.headers.get("Authorization")}
+            )
+            count = srv.counts[parts.path] = srv.counts.get(parts.path, 0) + 1
+        name = parts.path.rsplit("/", 1)[-1]
+        if parts.path.startswith(("/img/", "/data/")) and name in srv.files:
+            body, ctype = srv.files[name]
+            return self._send(200, body, ctype)
+        if parts.path.startswith("/data/local-files") and "d" in query and query["d"][-1] in srv.files:
+            body, ctype = srv.files[query["d"][-1]]
+            return self._send(200, body, ctype)
+        if parts.path.startswith("/nolen/") and name in srv.files:  # body ends when the connection closes
+            return self._send(200, srv.files[name][0], srv.files[name][1], length=False)
+        if parts.path == "/corrupt.jpg":
+            return self._send(200, b"\xff\xd8\xff\xe0 this is not a jpeg", "image/jpeg")
+        if parts.path == "/login.png":
+            return self._send(200, b"<html>please log in</html>", "text/html")
+        if parts.path == "/truncated.png":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(srv.files["a.png"][0][:100])
+            self.close_connection = True
+            return None
+        if parts.path == "/slow.png":
+            time.sleep(3)
+            return self._send(200, srv.files["a.png"][0], "image/png")
+        if parts.path == "/drip.png":  # headers at once, then 50 bytes every 0.1 s
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(60):
+                    self.wfile.write(b"\0" * 50)
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            return None
+        if parts.path.startswith("/flaky/"):  # 503 twice, then the image
+            if count <= 2:
+                return self._send(503, b"busy")
+            return self._send(200, srv.files[name][0], "image/png")
+        if parts.path.startswith("/limited/"):  # 429 once (Retry-After: 0), then the image
+            if count <= 1:
+                return self._send(429, b"slow down", Retry_After="0")
+            return self._send(200, srv.files[name][0], "image/png")
+        if parts.path == "/always503.png":
+            return self._send(503, b"down")
+        if parts.path == "/redirect":
+            return self._send(302, b"", Location=query["to"][0])
+        if parts.path == "/loop":
+            return self._send(307, b"", Location="/loop")
+        return self._send(404, b"not found")
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[Server]:
+    srv = Server()
+    srv.files = {
+        "a.png": (png_bytes(48, 32), "image/png"),
+        "b.png": (png_bytes(20, 30, (200, 10, 10)), "image/png"),
+        "noisy.png": (noisy_png(64, 64), "image/png"),
+    }
+    for n in range(1, 9):
+        srv.files[f"exif{n}.jpg"] = (exif_jpeg(n), "image/jpeg")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def server(http_server: Server) -> Server:
+    """The module's server with its request log and counters cleared."""
+    with http_server.lock:
+        http_server.hits.clear()
+        http_server.counts.clear()
+    return http_server
+
+
+def config(srv: Server | None = None, **kw: Any) -> MediaConfig:
+    """Fast limits; the test server's host allowed (as 127.0.0.1:<port>)."""
+    base: dict[str, Any] = {
+        "label_studio_url": None,
+        "api_key": None,
+        "allow_hosts": (f"127.0.0.1:{srv.port}",) if srv else (),
+        "timeout_s": 2.0,
+        "retries": 2,
+        "backoff_s": 0.01,
+    }
+    return MediaConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory)) if directory.exists() else []
+
+
+# Plain URLs, cache ---------------------------------------------------------------------------
+
+
+def test_fetch_then_cache_hit_without_request(server: Server, cache_dir: Path) -> None:
+    url = f"http://127.0.0.1:{server.port}/img/a.png"
+    with ImageCache(cache_dir, config(server)) as cache:
+        first = cache.get(7, url)
+        assert first.downloaded and (first.width, first.height) == (48, 32)
+        assert first.path.read_bytes() == server.files["a.png"][0]  # no orientation: original bytes
+        assert re.fullmatch(r"7-[0-9a-f]{16}\.png", first.path.name)
+        assert first.path.parent == cache_dir
+        assert json.loads(first.path.with_suffix(".json").read_text())["width"] == 48
+
+        second = cache.get(7, url)
+        assert second == CachedImage(first.path, 48, 32, downloaded=False)
+        assert len(server.hits) == 1
+
+        other = cache.get(7, f"http://127.0.0.1:{server.port}/img/b.png")  # same task, new URL
+        assert other.downloaded and other.path != first.path and (other.width, other.height) == (20, 30)
+        assert len(server.hits) == 2
+
+    with ImageCache(cache_dir, config(server)) as again:  # a new process reuses the files
+        assert again.get(7, url).downloaded is False
+    assert len(server.hits) == 2
+    assert not [n for n in files_in(cache_dir) if n.startswith(".part-")]
+
+
+def test_cache_names_never_come_from_task_data(server: Server, cache_dir: Path) -> None:
+    server.files["..%2F..%2Fevil.png"] = server.files["a.png"]
+    with ImageCache(cache_dir, config(server)) as cache:
+        got = cache.get(3, f"http://127.0.0.1:{server.port}/img/..%2F..%2Fevil.png")
+        assert got.path.parent == cache_dir and re.fullmatch(r"3-[0-9a-f]{16}\.png", got.path.name)
+        with pytest.raises(ValueError):
+            cache.get("../x", "/data/upload/1/a.png")  # type: ignore[arg-type]
+
+
+def test_host_not_allowed_makes_no_request(server: Server, cache_dir: Path) -> None:
+    with ImageCache(cache_dir, config(server)) as cache:
+        with pytest.raises(MediaError, match="host not allowed"):
+            cache.get(1, f"http://localhost:{server.port}/img/a.png")
+        with pytest.raises(MediaError, match="host not allowed"):
+            cache.get(1, f"http://127.0.0.1:{server.port + 1}/img/a.png")  # another port of an allowed host
+    with ImageCache(cache_dir, config(None)) as cache:
+        with pytest.raises(MediaError, match="host not allowed"):
+            cache.get(1, f"http://127.0.0.1:{server.port}/img/a.png")
+    assert server.hits == []
+    with ImageCache(cache_dir, config(None, allow_hosts=("localhost",))) as cache:  # any port of the host
+        assert cache.get(1, f"http://localhost:{server.port}/img/a.png").width == 48
+    assert server.paths() == ["/img/a.png"]
+
+
+def test_redirects(server: Server, cache_dir: Path) -> None:
+    base, other = f"http://127.0.0.1:{server.port}", f"http://localhost:{server.port}"
+    with ImageCache(cache_dir, config(server)) as cache:
+        assert cache.get(1, f"{base}/redirect?to=/img/a.png").width == 48  # same host
+        assert server.paths() == ["/redirect?to=/img/a.png", "/img/a.png"]
+
+        server.hits.clear()
+        with pytest.raises(MediaError, match="host not allowed: localhost"):
+            cache.get(2, f"{base}/redirect?to={other}/img/a.png")
+        assert server.paths() == [f"/redirect?to={other}/img/a.png"]  # the target was never asked
+
+        with pytest.raises(MediaError, match="redirects"):
+            cache.get(3, f"{base}/loop")
+
+    # Label Studio's own redirects (presigned URLs) may leave its host; its key stays behind
+    server.hits.clear()
+    ls = config(None, label_studio_url=base, api_key="legacy-key")
+    with ImageCache(cache_dir / "ls", ls) as cache:
+        assert cache.get(4, f"/redirect?to={other}/img/b.png").width == 20
+    assert [(h["host"], h["auth"]) for h in server.hits] == [
+        (f"127.0.0.1:{server.port}", "Token legacy-key"),
+        (f"localhost:{server.port}", None),
+    ]
+
+
+def test_http_errors_retries_and_backoff(server: Server, cache_dir: Path) -> None:
+    base = f"http://127.0.0.1:{server.port}"
+    with ImageCache(cache_dir, config(server, retries=2)) as cache:
+        with pytest.raises(MediaError, match="HTTP 404") as err:
+            cache.get(1, f"{base}/img/missing.png")
+        assert err.value.status == 404 and server.counts["/img/missing.png"] == 1  # 4xx: no retry
+
+        assert cache.get(2, f"{base}/flaky/a.png").downloaded  # 503, 503, 200
+        assert server.counts["/flaky/a.png"] == 3
+
+        assert cache.get(3, f"{base}/limited/b.png").width == 20  # 429 (Retry-After: 0), 200
+        assert server.counts["/limited/b.png"] == 2
+
+        with pytest.raises(MediaError, match="HTTP 503.*after 3 attempts") as err:
+            cache.get(4, f"{base}/always503.png")
+        assert err.value.status == 503 and server.counts["/always503.png"] == 3
+
+        with pytest.raises(MediaError, match="corrupt image"):
+            cache.get(5, f"{base}/corrupt.jpg")  # a JPEG header, then garbage
+        with pytest.raises(MediaError, match="not an image"):
+            cache.get(6, f"{base}/login.png")
+
+        with pytest.raises(MediaError, match="corrupt image|RemoteProtocolError|after 3 attempts"):
+            cache.get(7, f"{base}/truncated.png")
+        assert server.counts["/truncated.png"] == 3  # a dropped connection is retried
+
+    dead = free_port()
+    t0 = time.monotonic()
+    with ImageCache(cache_dir, config(None, allow_hosts=("127.0.0.1",), retries=2, backoff_s=0.05)) as cache:
+        with pytest.raises(MediaError, match="ConnectError.*after 3 attempts"):
+            cache.get(8, f"http://127.0.0.1:{dead}/a.png")
+    assert time.monotonic() - t0 >= 0.05 + 0.1  # backoff 0.05 s, then 0.1 s
+    assert not [n for n in files_in(cache_dir) if n.startswith(".part-")]
+
+
+def test_timeouts(server: Server, cache_dir: Path) -> None:
+    base = f"http://127.0.0.1:{server.port}"
+    with ImageCache(cache_dir, config(server, timeout_s=0.5)) as cache:
+        t0 = time.monotonic()
+        with pytest.raises(MediaError, match="timed out"):
+            cache.get(1, f"{base}/slow.png")  # no response within the timeout
+        with pytest.raises(MediaError, match="timed out"):
+            cache.get(2, f"{base}/drip.png")  # every read is quick, the download is not
+        assert time.monotonic() - t0 < 2.5
+    assert server.counts["/slow.png"] == 1 and server.counts["/drip.png"] == 1  # timeouts are not retried
+    assert files_in(cache_dir) == []
+
+
+def test_size_limit_while_streaming(server: Server, cache_dir: Path) -> None:
+    base = f"http://127.0.0.1:{server.port}"
+    assert len(server.files["noisy.png"][0]) > 4096
+    with ImageCache(cache_dir, config(server, max_bytes=4096)) as cache:
+        with pytest.raises(MediaError, match="larger than 4096"):
+            cache.get(1, f"{base}/img/noisy.png")  # announced by Content-Length
+        with pytest.raises(MediaError, match="larger than 4096"):
+            cache.get(2, f"{base}/nolen/noisy.png")  # counted while streaming
+        assert cache.get(3, f"{base}/img/a.png").downloaded
+    assert server.counts["/nolen/noisy.png"] == 1
+
+
+def test_failed_downloads_leave_no_files(server: Server, cache_dir: Path) -> None:
+    base = f"http://127.0.0.1:{server.port}"
+    with ImageCache(cache_dir, config(server, retries=0, max_bytes=4096)) as cache:
+        for i, path in enumerate(["/truncated.png", "/corrupt.jpg", "/nolen/noisy.png", "/img/nope.png"]):
+            with pytest.raises(MediaError):
+                cache.get(i, base + path)
+    assert files_in(cache_dir) == []
+
+
+def test_decompression_bomb(server: Server, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server.files["bomb.png"] = (png_bytes(3000, 3000, (0, 0, 0)), "image/png")
+    url = f"http://127.0.0.1:{server.port}/img/bomb.png"
+    with ImageCache(cache_dir, config(server)) as cache:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000 * 3000 - 1)  # Pillow would only warn
+        with pytest.raises(MediaError, match="decompression bomb"):
+            cache.get(1, url)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000 * 1000)  # Pillow raises
+        with pytest.raises(MediaError, match="decompression bomb"):
+            cache.get(1, url)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000 * 3000)
+        assert cache.get(1, url).width == 3000
+    assert len(files_in(cache_dir)) == 2
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied_once(server: Server, cache_dir: Path, orientation: int) -> None:
+    raw = server.files[f"exif{orientation}.jpg"][0]
+    with Image.open(io.BytesIO(raw)) as im:
+        stored_size = im.size
+        assert im.getexif()[0x0112] == orientation
+    assert stored_size == (UPRIGHT_SIZE[::-1] if orientation >= 5 else UPRIGHT_SIZE)
+
+    url = f"http://127.0.0.1:{server.port}/img/exif{orientation}.jpg"
+    with ImageCache(cache_dir, config(server)) as cache:
+        got = cache.get(orientation, url)
+        assert (got.width, got.height) == UPRIGHT_SIZE  # width and height swap back for 5-8
+        assert got.path.suffix == ".jpg"
+        assert_upright(got.path)
+        with Image.open(got.path) as im:
+            assert im.format == "JPEG"
+            assert im.getexif().get(0x0112, 1) == 1  # applied once: a viewer will not turn it again
+        if orientation == 1:
+            assert got.path.read_bytes() == raw  # nothing to do: not re-encoded
+        assert cache.get(orientation, url) == CachedImage(got.path, *UPRIGHT_SIZE, downloaded=False)
+
+
+def test_other_formats_are_stored_as_png(server: Server, cache_dir: Path) -> None:
+    buf = io.BytesIO()
+    Image.new("P", (12, 9), 3).save(buf, "GIF")
+    server.files["c.gif"] = (buf.getvalue(), "image/gif")
+    with ImageCache(cache_dir, config(server)) as cache:
+        got = cache.get(1, f"http://127.0.0.1:{server.port}/img/c.gif")
+        assert got.path.suffix == ".png" and (got.width, got.height) == (12, 9)
+        with Image.open(got.path) as im:
+            assert im.format == "PNG" and im.size == (12, 9)
+
+
+# Local files ---------------------------------------------------------------------------------
+
+
+def test_local_files_read_from_document_root(server: Server, cache_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "x.png").write_bytes(png_bytes(33, 22))
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes(5, 5))
+    (root / "sub" / "link.png").symlink_to(secret)
+    ls = f"http://127.0.0.1:{server.port}"  # stands in for Label Studio: a request would show up
+    cfg = config(None, label_studio_url=ls, api_key="k", document_root=root)
+    with ImageCache(cache_dir, cfg) as cache:
+        got = cache.get(1, "/data/local-files/?d=sub/x.png")
+        assert got.downloaded and (got.width, got.height) == (33, 22)
+        assert got.path.read_bytes() == (root / "sub" / "x.png").read_bytes()
+        assert cache.get(2, f"{ls}/data/local-files/?d=sub%2Fx.png").width == 33  # full URL on the LS host
+        assert cache.get(3, "/data/local-files/?d=/sub/x.png").width == 33  # as LS: relative to the root
+        for bad in [
+            "/data/local-files/?d=../../etc/passwd",
+            "/data/local-files/?d=sub/../../secret.png",
+            "/data/local-files/?d=%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+            "/data/local-files/?d=sub/link.png",  # a symlink out of the root
+            f"{ls}/data/local-files/?d=../secret.png",
+        ]:
+            with pytest.raises(MediaError, match="escapes the document root"):
+                cache.get(4, bad)
+        with pytest.raises(MediaError, match="no \\?d= path"):
+            cache.get(5, "/data/local-files/")
+        assert server.hits == []
+
+        # Not under this root: Label Studio may still have it
+        server.files["there.png"] = server.files["b.png"]
+        assert cache.get(6, "/data/local-files/?d=there.png").width == 20
+        assert [(h["path"], h["auth"]) for h in server.hits] == [("/data/local-files/?d=there.png", "Token k")]
+
+    with ImageCache(cache_dir, config(None, document_root=root)) as cache:
+        with pytest.raises(MediaError, match="not found under the document root"):
+            cache.get(7, "/data/local-files/?d=sub/none.png")
+    # Without a document root, traversal is refused before asking Label Studio
+    server.hits.clear()
+    with ImageCache(cache_dir, config(None, label_studio_url=ls, api_key="k")) as cache:
+        with pytest.raises(MediaError, match="escapes"):
+            cache.get(8, "/data/local-files/?d=../../etc/passwd")
+    assert server.hits == []
+    assert not [n for n in files_in(cache_dir) if n.startswith(".part-")]
+
+
+def test_root_document_root_is_ignored(cache_dir: Path) -> None:
+    with ImageCache(cache_dir, config(None, document_root=Path("/"))) as cache:
+        with pytest.raises(MediaError, match="LABEL_STUDIO_URL"):
+            cache.get(1, "/data/local-files/?d=etc/hostname")
+
+
+def test_unsupported_urls(cache_dir: Path) -> None:
+    with ImageCache(cache_dir, config(None)) as cache:
+        for url, reason in [
+            ("", "no image URL"),
+            ("img.png", "unsupported image URL"),
+            ("file:///etc/passwd", "unsupported image URL"),
+            ("ftp://example.com/a.png", "unsupported image URL"),
+            ("/data/upload/1/a.png", "LABEL_STUDIO_URL"),
+            ("s3://bucket/a.png", "LABEL_STUDIO_URL"),
+        ]:
+            with pytest.raises(MediaError, match=reason):
+                cache.get(1, url)
+
+
+def test_get_many_never_raises_for_one_image(server: Server, cache_dir: Path) -> None:
+    base = f"http://127.0.0.1:{server.port}"
+    items = [(i, f"{base}/img/a.png?i={i}") for i in range(6)]
+    items += [(10, f"{base}/img/missing.png"), (11, f"{base}/corrupt.jpg"), (12, "http://blocked.example/x.png")]
+    done: list[int] = []
+    with ImageCache(cache_dir, config(server, threads=3)) as cache:
+        out = cache.get_many(items, on_done=lambda: done.append(1))
+        assert len(done) == len(items)
+        assert all(isinstance(out[i], CachedImage) for i in range(6))
+        assert isinstance(out[10], MediaError) and out[10].status == 404
+        assert isinstance(out[11], MediaError) and isinstance(out[12], MediaError)
+        again = cache.get_many(items[:6])
+        assert all(isinstance(r, CachedImage) and not r.downloaded for r in again.values())
+    assert server.counts["/img/a.png"] == 6
+    assert cache.get_many([]) == {}
+
+
+def test_config_from_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://ls.example:8080/")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "abc")
+    monkeypatch.setenv("LOCAL_FILES_DOCUMENT_ROOT", str(tmp_path))
+    monkeypatch.setenv("LABELLOOP_MEDIA_ALLOW_HOSTS", "images.example, cdn.example:8443 ,")
+    monkeypatch.setenv("LABELLOOP_MEDIA_TIMEOUT_S", "5")
+    cfg = MediaConfig.from_settings(Settings())
+    assert cfg.label_studio_url == "http://ls.example:8080" and cfg.api_key == "abc"
+    assert cfg.document_root == tmp_path
+    assert cfg.allow_hosts == ("images.example", "cdn.example:8443")
+    assert (cfg.timeout_s, cfg.retries, cfg.threads, cfg.max_bytes) == (5.0, 3, 8, 100 * 1024 * 1024)
+    assert (
+        presign_path(5, "s3://b/k.png")
+        == "/tasks/5/presign/?fileuri=" + base64.urlsafe_b64encode(b"s3://b/k.png").decode()
+    )
+
+
+# A real Label Studio --------------------------------------------------------------------------
+
+LOCAL_CONFIG = '<View><Image name="image" value="$image"/></View>'
+
+
+def ls_tasks(url: str, token: str, project_id: int) -> list[dict[str, Any]]:
+    tasks: list[Any] = list(LabelStudioAPI(url, token).sdk.tasks.list(project=project_id))
+    return [{"id": int(t.id), "data": dict(t.data)} for t in tasks]
+
+
+def ls_post(url: str, token: str, path: str, body: Any) -> Any:
+    resp = httpx.post(url + path, headers={"Authorization": f"Token {token}"}, json=body, timeout=60)
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()
+
+
+@pytest.fixture(scope="module")
+def ls(label_studio_local_files: tuple[str, str, Path]) -> tuple[str, str, Path]:
+    return label_studio_local_files
+
+
+@pytest.mark.labelstudio
+def test_label_studio_uploads(ls: tuple[str, str, Path], cache_dir: Path) -> None:
+    url, token, _ = ls
+    api = LabelStudioAPI(url, token)
+    project = api.create_project("media uploads")
+    samples = [make_sample(i, 80, 60) for i in range(3)]
+    task_ids = api.import_images(project, samples)
+    tasks = {t["id"]: t["data"]["image"] for t in ls_tasks(url, token, project)}
+    assert all(tasks[t].startswith("/data/upload/") for t in task_ids)
+
+    with ImageCache(cache_dir, config(None, label_studio_url=url, api_key=token)) as cache:
+        out = cache.get_many([(t, tasks[t]) for t in task_ids])
+        for t, sample in zip(task_ids, samples, strict=True):
+            got = out[t]
+            assert isinstance(got, CachedImage) and (got.width, got.height) == (80, 60)
+            assert got.path.read_bytes() == sample.png
+        assert cache.get(task_ids[0], url + tasks[task_ids[0]]).width == 80  # a full URL on the LS host
+        # LS 1.23 answers 500 (not 404) for an upload it has no record of
+        with pytest.raises(MediaError, match="HTTP (404|500)"):
+            cache.get(task_ids[0], f"/data/upload/{project}/no-such-file.png")
+
+    bad = config(None, label_studio_url=url, api_key="0" * 40, retries=1)
+    with ImageCache(cache_dir / "bad", bad) as cache:
+        with pytest.raises(MediaError, match="HTTP 401.*LABEL_STUDIO_API_KEY") as err:
+            cache.get(task_ids[0], tasks[task_ids[0]])
+        assert err.value.status == 401
+
+
+@pytest.mark.labelstudio
+def test_label_studio_personal_access_token(ls: tuple[str, str, Path], cache_dir: Path) -> None:
+    url, token, _ = ls
+    resp = httpx.post(url + "/api/token/", headers={"Authorization": f"Token {token}"}, timeout=30)
+    if resp.status_code == 409:
+        pytest.skip("this Label Studio user already has a personal access token")
+    assert resp.status_code == 201, resp.text
+    pat = resp.json()["token"]
+    api = LabelStudioAPI(url, token)
+    project = api.create_project("media pat")
+    task_ids = api.import_images(project, [make_sample(i, 40, 30) for i in range(2)])
+    tasks = {t["id"]: t["data"]["image"] for t in ls_tasks(url, token, project)}
+
+    with ImageCache(cache_dir, config(None, label_studio_url=url, api_key=pat)) as cache:
+        assert cache.get(task_ids[0], tasks[task_ids[0]]).width == 40
+        cache._auth._access = "expired.access.token"  # type: ignore[union-attr]  # inject an expired token
+        assert cache.get(task_ids[1], tasks[task_ids[1]]).width == 40  # 401 -> refreshed -> 200
+        assert cache._auth._access != "expired.access.token"  # type: ignore[union-attr]
+
+
+@pytest.mark.labelstudio
+def test_label_studio_local_files(ls: tuple[str, str, Path], cache_dir: Path) -> None:
+    url, token, root = ls
+    (root / "sub").mkdir(exist_ok=True)
+    (root / "outside").mkdir(exist_ok=True)
+    (root / "sub" / "x.png").write_bytes(png_bytes(30, 20, (1, 2, 3)))
+    (root / "outside" / "y.png").write_bytes(png_bytes(30, 20))
+    project = LabelStudioAPI(url, token).create_project("media local files", LOCAL_CONFIG)
+    ls_post(url, token, "/api/storages/localfiles", {"project": project, "path": str(root / "sub"), "title": "sub"})
+    ls_post(
+        url,
+        token,
+        f"/api/projects/{project}/import",
+        [{"image": "/data/local-files/?d=sub/x.png"}, {"image": "/data/local-files/?d=outside/y.png"}],
+    )
+    tasks = {t["data"]["image"]: t["id"] for t in ls_tasks(url, token, project)}
+    x, y = tasks["/data/local-files/?d=sub/x.png"], tasks["/data/local-files/?d=outside/y.png"]
+
+    # From disk: a wrong key proves Label Studio was not asked
+    disk = config(None, label_studio_url=url, api_key="0" * 40, document_root=root)
+    with ImageCache(cache_dir / "disk", disk) as cache:
+        got = cache.get(x, "/data/local-files/?d=sub/x.png")
+        assert (got.width, got.height) == (30, 20)
+        assert got.path.read_bytes() == (root / "sub" / "x.png").read_bytes()
+
+    # Through Label Studio, which checks the project's Local Storage connections
+    with ImageCache(cache_dir / "http", config(None, label_studio_url=url, api_key=token)) as cache:
+        got = cache.get(x, "/data/local-files/?d=sub/x.png")
+        assert got.downloaded and got.path.read_bytes() == (root / "sub" / "x.png").read_bytes()
+        with pytest.raises(MediaError, match="HTTP 404"):
+            cache.get(y, "/data/local-files/?d=outside/y.png")  # no storage of the project covers it
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[str]:
+    """An S3-compatible server (moto) on loopback; yields its endpoint URL."""
+    server_mod = pytest.importorskip("moto.server")
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.mark.labelstudio
+@pytest.mark.parametrize("presign", [True, False])
+def test_label_studio_cloud_presign(ls: tuple[str, str, Path], moto_s3: str, cache_dir: Path, presign: bool) -> None:
+    boto3 = pytest.importorskip("boto3")
+    url, token, _ = ls
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    bucket = f"media-{str(presign).lower()}"
+    s3 = boto3.client("s3", endpoint_url=moto_s3, **creds)
+    s3.create_bucket(Bucket=bucket)
+    body = png_bytes(36, 24, (9, 99, 199))
+    s3.put_object(Bucket=bucket, Key="imgs/z.png", Body=body, ContentType="image/png")
+
+    project = LabelStudioAPI(url, token).create_project(f"media s3 {presign}", LOCAL_CONFIG)
+    storage = {"project": project, "bucket": bucket, "prefix": "imgs", "presign": presign, "s3_endpoint": moto_s3}
+    ls_post(url, token, "/api/storages/s3", {**storage, **creds, "use_blob_urls": True, "title": "moto"})
+    uri = f"s3://{bucket}/imgs/z.png"
+    ls_post(url, token, f"/api/projects/{project}/import", [{"image": uri}])
+    (task,) = ls_tasks(url, token, project)
+
+    # Label Studio redirects to a presigned URL on the S3 host (presign=True) or streams it
+    signed = httpx.get(url + presign_path(task["id"], uri), headers={"Authorization": f"Token {token}"})
+    assert signed.status_code == (303 if presign else 200)
+
+    with ImageCache(cache_dir, config(None, label_studio_url=url, api_key=token)) as cache:
+        got = cache.get(task["id"], uri)
+        assert got.downloaded and (got.width, got.height) == (36, 24)
+        assert got.path.read_bytes() == body
+        assert cache.get(task["id"], uri).downloaded is False
+        with pytest.raises(MediaError, match="HTTP"):
+            cache.get(task["id"], f"s3://{bucket}/imgs/missing.png")

@@ -1,0 +1,669 @@
+"""Fetch the images tasks point at, for dataset builds and predictions: safely, once, upright.
+
+A task's image URL is one of (Label Studio docs: https://labelstud.io/guide/storage,
+https://labelstud.io/guide/tasks#Import-data):
+
+- ``/data/upload/<project>/<file>``: a file uploaded to Label Studio; downloaded from the Label
+  Studio URL with the API key.
+- ``/data/local-files/?d=<path>``: a Local Storage file
+  (https://labelstud.io/guide/storage#Local-storage); read from disk under
+  ``document_root`` (Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT``, when it is mounted here),
+  otherwise downloaded from Label Studio with the API key.
+- ``s3://``, ``gs://``, ``azure-blob://`` URIs of a project's cloud storage; resolved by Label
+  Studio's presign endpoint ``GET /tasks/<task_id>/presign/?fileuri=<base64url(uri)>``, which
+  redirects (303) to a signed URL, or streams the object itself when the storage has
+  presigned URLs turned off.
+- ``http(s)://`` URLs: on the Label Studio host (sent with the API key), or on a host listed in
+  ``allow_hosts`` (sent without it). Any other host is refused before a request is made.
+
+Guard rails: redirects are followed by hand (at most 5); a redirect Label Studio answers with
+may go anywhere (that is how presigned URLs work), any other must stay on allowed hosts. The
+API key is only ever sent to the Label Studio origin (scheme, host and port). Each request has a
+timeout for the whole download and a size limit enforced while streaming; connect errors, 5xx
+and 429 are retried with exponential backoff. Images are decoded once (Pillow, a fixed list of
+raster formats, ``Image.MAX_IMAGE_PIXELS`` as the decompression-bomb limit), EXIF orientation
+is applied, and the upright image is stored under a name made of the task id and a hash of the
+URL, never of task data, with an atomic write (temp file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Formats Pillow may open (JPEG includes MPO; never EPS, which runs Ghostscript).
+OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+#: Formats stored as downloaded (what Ultralytics reads), with the cache file extension.
+KEEP_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
+#: Label Studio's cloud storage URI schemes, resolved through its presign endpoint.
+CLOUD_SCHEMES = ("s3:", "gs:", "azure-blob:")
+MAX_REDIRECTS = 5
+EXIF_ORIENTATION = 0x0112
+_REDIRECTS = {301, 302, 303, 307, 308}
+_CHUNK = 64 * 1024
+_SIDECAR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Where task images come from and how they may be fetched.
+
+    Attributes:
+        label_studio_url: Label Studio base URL (``http://127.0.0.1:8080``); needed for
+            ``/data/...`` paths and cloud URIs. None: only allowed plain URLs and local files.
+        api_key: Label Studio legacy token (sent as ``Token <key>``) or personal access token
+            (a JWT refresh token, exchanged at ``POST /api/token/refresh/`` for an access token
+            sent as ``Bearer <access>``, exchanged again after a 401).
+        document_root: Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT`` as mounted on this machine;
+            ``/data/local-files/?d=<rel>`` is then read from ``<document_root>/<rel>`` (a path
+            that resolves outside the root, symlinks included, is refused; a missing file is
+            downloaded from Label Studio instead). ``/`` is ignored.
+        allow_hosts: extra hosts plain http(s) URLs may point at: ``host`` (any port) or
+            ``host:port``.
+        timeout_s: limit of one HTTP request, body included (seconds).
+        retries: retries of a request after a connect error, a 5xx or a 429.
+        threads: concurrent downloads in ``ImageCache.get_many``.
+        max_bytes: largest image accepted (bytes), checked while streaming.
+        backoff_s: first retry delay (seconds); doubles with each retry.
+    """
+
+    label_studio_url: str | None
+    api_key: str | None
+    document_root: Path | None = None
+    allow_hosts: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+    retries: int = 3
+    threads: int = 8
+    max_bytes: int = 100 * 1024 * 1024
+    backoff_s: float = 0.5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MediaConfig:
+        """The media configuration of labelloop's ``Settings`` (``LABELLOOP_MEDIA_*``,
+        ``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``, ``LOCAL_FILES_DOCUMENT_ROOT``)."""
+        hosts = tuple(h.strip() for h in settings.media_allow_hosts.split(",") if h.strip())
+        return cls(
+            label_studio_url=settings.label_studio_url,
+            api_key=settings.api_key,
+            document_root=settings.local_files_document_root,
+            allow_hosts=hosts,
+            timeout_s=settings.media_timeout_s,
+            retries=settings.media_retries,
+            threads=settings.media_threads,
+            max_bytes=settings.media_max_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """An image in the cache.
+
+    Attributes:
+        path: the upright (EXIF orientation applied) image file in the cache directory.
+        width: width in pixels after EXIF orientation, as the annotator saw it.
+        height: height in pixels after EXIF orientation.
+        downloaded: False when it came from the cache without fetching.
+    """
+
+    path: Path
+    width: int
+    height: int
+    downloaded: bool
+
+
+class MediaError(Exception):
+    """Why a task's image is unusable: an HTTP status, a refused host or path, a timeout, a file
+    that is not an image, a decompression bomb, an image over the size limit...
+
+    Attributes:
+        status: the HTTP status code when the reason is one, else None.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Retry(Exception):
+    """A transient failure of one attempt (connect error, 5xx, 429)."""
+
+    def __init__(self, reason: str, status: int | None = None, after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.after_s = after_s
+
+
+# URL helpers -------------------------------------------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL, or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def _host_rule(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]:port`` or a URL -> (host, port or None for any port)."""
+    parts = urlsplit(entry if "://" in entry else "//" + entry)
+    if not parts.hostname:
+        raise ValueError(f"not a host: {entry!r}")
+    return parts.hostname.lower(), parts.port
+
+
+def _shown(url: str) -> str:
+    """A URL for messages: no query string (signatures), at most 200 characters."""
+    parts = urlsplit(url)
+    text = f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else parts.path
+    if parts.query and not parts.scheme:  # task paths such as /data/local-files/?d=... keep their query
+        text += "?" + parts.query
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _is_jwt(token: str) -> bool:
+    """True for a personal access token (a JWT), False for a legacy token."""
+    try:
+        from label_studio_sdk._extensions.label_studio_tools.core.utils.io import is_jwt_well_formed
+
+        return bool(is_jwt_well_formed(token))
+    except ImportError:  # pragma: no cover - the SDK is a dependency
+        return token.count(".") == 2
+
+
+def presign_path(task_id: int, uri: str) -> str:
+    """Label Studio's presign path for a cloud URI of a task (1.23: ``io_storages/urls.py``;
+    ``fileuri`` is base64url, as ``TaskResolveStorageUri`` decodes it)."""
+    fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
+    return f"/tasks/{int(task_id)}/presign/?fileuri={fileuri}"
+
+
+def local_files_rel(url: str) -> str:
+    """The ``?d=`` path of a ``/data/local-files/`` URL, decoded once, last value winning (as
+    Label Studio's ``localfiles_data`` view reads it)."""
+    values = parse_qs(urlsplit(url).query, keep_blank_values=True).get("d")
+    return values[-1] if values else ""
+
+
+# Label Studio authentication ----------------------------------------------------------------
+
+
+class _LabelStudioAuth:
+    """The Authorization header for Label Studio; exchanges a personal access token for an
+    access token (``POST /api/token/refresh/``) and again when Label Studio answers 401."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.jwt = bool(api_key) and _is_jwt(api_key or "")
+        self._access: str | None = None
+        self._lock = threading.Lock()
+
+    def header(self, client: httpx.Client, timeout_s: float) -> dict[str, str]:
+        if not self.api_key:
+            return {}
+        if not self.jwt:
+            return {"Authorization": f"Token {self.api_key}"}
+        with self._lock:
+            if self._access is None:
+                self._access = self._exchange(client, timeout_s)
+            return {"Authorization": f"Bearer {self._access}"}
+
+    def renew(self, used: dict[str, str]) -> bool:
+        """Forget the access token that got a 401; True when a new one will be fetched."""
+        if not self.jwt:
+            return False
+        with self._lock:
+            if used.get("Authorization") == f"Bearer {self._access}":
+                self._access = None
+        return True
+
+    def _exchange(self, client: httpx.Client, timeout_s: float) -> str:
+        try:
+            resp = client.post(self.base_url + "/api/token/refresh/", json={"refresh": self.api_key}, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise MediaError(f"Label Studio token refresh failed: {exc.__class__.__name__}: {exc}") from exc
+        if resp.status_code != 200:
+            raise MediaError(
+                f"Label Studio refused the personal access token (token refresh: HTTP {resp.status_code})",
+                resp.status_code,
+            )
+        access = resp.json().get("access") if "json" in resp.headers.get("content-type", "") else None
+        if not isinstance(access, str) or not access:
+            raise MediaError("Label Studio token refresh returned no access token")
+        return access
+
+
+# The cache ---------------------------------------------------------------------------------
+
+
+class ImageCache:
+    """Task images fetched once into ``cache_dir`` and kept upright.
+
+    Files: ``<task_id>-<sha1(url)[:16]>.<ext>`` (``ext`` from the decoded format: jpg, png,
+    webp, bmp, tif) and a ``.json`` sidecar with the size, written last, so a file without a
+    sidecar is never used. Safe to share between threads and processes.
+
+    Args:
+        cache_dir: created when missing.
+        config: sources, credentials and limits.
+    """
+
+    def __init__(self, cache_dir: Path, config: MediaConfig) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self._ls_origin = _origin(config.label_studio_url) if config.label_studio_url else None
+        if config.label_studio_url and self._ls_origin is None:
+            raise ValueError(f"label_studio_url must be an http(s) URL: {config.label_studio_url!r}")
+        self._ls_base = (config.label_studio_url or "").rstrip("/")
+        self._hosts = [_host_rule(h) for h in config.allow_hosts]
+        root = Path(config.document_root).resolve() if config.document_root else None
+        if root is not None and root == Path(root.anchor):
+            log.warning("media: ignoring document_root %s (it would expose every file)", root)
+            root = None
+        self._root = root
+        self._auth = _LabelStudioAuth(self._ls_base, config.api_key) if self._ls_base else None
+        threads = max(1, config.threads)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(config.timeout_s),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=threads, max_keepalive_connections=threads),
+            headers={"User-Agent": "labelloop-media/1", "Accept-Encoding": "identity"},
+        )
+        self._remove_stale_parts()
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> ImageCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Public --------------------------------------------------------------------------------
+
+    def get(self, task_id: int, url: str) -> CachedImage:
+        """The image of ``task_id`` at ``url``, from the cache or fetched now.
+
+        Args:
+            task_id: Label Studio task id (an integer; part of the cache key, and of the
+                presign path of cloud URIs).
+            url: the task's image value (``/data/upload/...``, ``/data/local-files/?d=...``,
+                ``s3://``/``gs://``/``azure-blob://``, ``http(s)://``).
+
+        Returns:
+            the cached upright image; ``downloaded`` is False when nothing was fetched.
+
+        Raises:
+            MediaError: the image cannot be used (refused host or path, HTTP error, timeout,
+                too large, not an image, decompression bomb...).
+            OSError: the cache directory cannot be written.
+        """
+        tid = int(task_id)
+        url = (url or "").strip()
+        key = f"{tid}-{hashlib.sha1(url.encode()).hexdigest()[:16]}"
+        hit = self._lookup(key, url)
+        if hit is not None:
+            return hit
+        with self._temp(".part") as (raw, fh):
+            self._fetch(tid, url, fh)
+            fh.close()
+            return self._store(key, url, raw)
+
+    def get_many(
+        self, items: list[tuple[int, str]], on_done: Callable[[], None] | None = None
+    ) -> dict[int, CachedImage | MediaError]:
+        """Fetch many task images with ``config.threads`` threads and one connection pool.
+
+        Args:
+            items: ``(task_id, url)`` pairs.
+            on_done: called once per item, fetched or not (e.g. to advance a progress bar).
+
+        Returns:
+            task id -> cached image, or the MediaError that makes it unusable. Never raises for
+            one image: any other failure is returned as a MediaError too.
+        """
+
+        def one(item: tuple[int, str]) -> tuple[int, CachedImage | MediaError]:
+            task_id, url = item
+            try:
+                return task_id, self.get(task_id, url)
+            except MediaError as exc:
+                return task_id, exc
+            except Exception as exc:  # a bad image skips its task, it never fails the batch
+                log.warning("media: task %s: unexpected %r", task_id, exc)
+                return task_id, MediaError(f"{exc.__class__.__name__}: {exc}")
+            finally:
+                if on_done is not None:
+                    on_done()
+
+        if not items:
+            return {}
+        with ThreadPoolExecutor(max_workers=max(1, min(self.config.threads, len(items)))) as pool:
+            return dict(pool.map(one, items))
+
+    # Cache files ---------------------------------------------------------------------------
+
+    def _lookup(self, key: str, url: str) -> CachedImage | None:
+        try:
+            meta = json.loads((self.cache_dir / f"{key}.json").read_text())
+            if meta.get("url") != url or meta.get("v") != _SIDECAR_VERSION:
+                return None
+            path = self.cache_dir / f"{key}.{meta['ext']}"
+            if meta["ext"] not in KEEP_FORMATS.values() or not path.is_file():
+                return None
+            return CachedImage(path, int(meta["width"]), int(meta["height"]), downloaded=False)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @contextlib.contextmanager
+    def _temp(self, suffix: str) -> Iterator[tuple[Path, IO[bytes]]]:
+        """A temp file in the cache directory, removed unless it was renamed."""
+        fd, name = tempfile.mkstemp(dir=self.cache_dir, prefix=".part-", suffix=suffix)
+        path = Path(name)
+        fh = os.fdopen(fd, "wb")
+        try:
+            yield path, fh
+        finally:
+            fh.close()
+            path.unlink(missing_ok=True)
+
+    def _remove_stale_parts(self, age_s: float = 24 * 3600) -> None:
+        """Temp files of processes killed mid-download."""
+        cutoff = time.time() - age_s
+        for part in self.cache_dir.glob(".part-*"):
+            with contextlib.suppress(OSError):
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+
+    def _store(self, key: str, url: str, raw: Path) -> CachedImage:
+        """Decode ``raw``, apply EXIF orientation and move the result into the cache."""
+        fmt, orientation, (width, height), upright = _decode(raw)
+        if upright is None:
+            ext = KEEP_FORMATS[fmt]
+            final = self.cache_dir / f"{key}.{ext}"
+            os.replace(raw, final)  # the original bytes, not re-encoded
+        else:
+            ext, write = _encoder(upright, "jpg" if fmt in ("JPEG", "MPO") else "png")
+            final = self.cache_dir / f"{key}.{ext}"
+            with self._temp("." + ext) as (tmp, fh):
+                try:
+                    write(fh)
+                except (ValueError, KeyError, TypeError) as exc:  # OSError (disk) propagates
+                    raise MediaError(f"cannot re-encode the upright image: {exc}") from exc
+                fh.close()
+                os.replace(tmp, final)
+        meta = {
+            "v": _SIDECAR_VERSION,
+            "url": url,
+            "ext": ext,
+            "width": width,
+            "height": height,
+            "format": fmt,
+            "orientation": orientation,
+        }
+        with self._temp(".json") as (tmp, fh):
+            fh.write(json.dumps(meta).encode())
+            fh.close()
+            os.replace(tmp, self.cache_dir / f"{key}.json")
+        return CachedImage(final, width, height, downloaded=True)
+
+    # Sources -------------------------------------------------------------------------------
+
+    def _fetch(self, task_id: int, url: str, out: IO[bytes]) -> None:
+        """Write the bytes ``url`` names into ``out``."""
+        if not url:
+            raise MediaError("task has no image URL")
+        if url.startswith(("upload/", "/upload/")):  # older exports store the upload key itself
+            url = "/data/" + url.lstrip("/")
+        low = url.lower()
+        if low.startswith(CLOUD_SCHEMES):
+            self._download(self._ls_url(presign_path(task_id, url), url), out, url)
+            return
+        if url.startswith("/"):
+            if url.startswith("/data/local-files") and self._read_local(url, out):
+                return
+            self._download(self._ls_url(url, url), out, url)
+            return
+        origin = _origin(url)
+        if origin is None:
+            raise MediaError(f"unsupported image URL (not http(s), /data/..., or a cloud URI): {_shown(url)}")
+        if (
+            origin == self._ls_origin
+            and urlsplit(url).path.startswith("/data/local-files")
+            and self._read_local(url, out)
+        ):
+            return
+        self._download(url, out, url)
+
+    def _ls_url(self, path: str, task_url: str) -> str:
+        if not self._ls_base:
+            raise MediaError(f"LABEL_STUDIO_URL is needed to fetch {_shown(task_url)}")
+        return self._ls_base + path
+
+    def _read_local(self, url: str, out: IO[bytes]) -> bool:
+        """Copy a Local Storage file from ``document_root``; False when it is not there (then
+        Label Studio serves it). A ``?d=`` path that climbs out of the root is refused with or
+        without a document root, before any request."""
+        rel = local_files_rel(url)
+        if not rel:
+            raise MediaError(f"local-files URL has no ?d= path: {_shown(url)}")
+        if "\x00" in rel:
+            raise MediaError("local-files path contains a NUL byte")
+        # The view's own normalization: "?d=" is always relative to the root
+        norm = posixpath.normpath(rel).lstrip("/")
+        if norm == ".." or norm.startswith("../"):
+            raise MediaError(f"local-files path escapes the document root: {rel!r}")
+        if self._root is None:
+            return False
+        candidate = (self._root / norm).resolve()
+        if not candidate.is_relative_to(self._root):
+            raise MediaError(f"local-files path escapes the document root: {rel!r}")
+        if not candidate.is_file():
+            if self._ls_base:
+                return False
+            raise MediaError(f"local file not found under the document root: {rel!r}")
+        if candidate.stat().st_size > self.config.max_bytes:
+            raise MediaError(f"image is larger than {self.config.max_bytes} bytes: {rel!r}")
+        with open(candidate, "rb") as src:
+            shutil.copyfileobj(src, out, _CHUNK)
+        return True
+
+    # HTTP ----------------------------------------------------------------------------------
+
+    def _allowed(self, origin: tuple[str, str, int]) -> bool:
+        if origin == self._ls_origin:
+            return True
+        return any(host == origin[1] and (port is None or port == origin[2]) for host, port in self._hosts)
+
+    def _download(self, url: str, out: IO[bytes], task_url: str) -> None:
+        """GET ``url`` into ``out``, following redirects by hand."""
+        trusted = False  # the previous hop was Label Studio, whose redirects may go anywhere
+        for _ in range(MAX_REDIRECTS + 1):
+            origin = _origin(url)
+            if origin is None:
+                raise MediaError(f"unsupported redirect target: {_shown(url)} (for {_shown(task_url)})")
+            if not trusted and not self._allowed(origin):
+                raise MediaError(f"host not allowed: {origin[1]}:{origin[2]} (for {_shown(task_url)})")
+            location = self._get_with_retries(url, out, task_url, to_ls=origin == self._ls_origin)
+            if location is None:
+                return
+            trusted = origin == self._ls_origin
+            url = urljoin(url, location)
+        raise MediaError(f"more than {MAX_REDIRECTS} redirects for {_shown(task_url)}")
+
+    def _get_with_retries(self, url: str, out: IO[bytes], task_url: str, to_ls: bool) -> str | None:
+        """One hop with bounded retries; returns the redirect location, or None when the body
+        was written to ``out``."""
+        renewed = False
+        attempt = 0
+        while True:
+            out.seek(0)
+            out.truncate()
+            try:
+                return self._attempt(url, out, task_url, to_ls)
+            except _Retry as exc:
+                if exc.status == 401:  # an expired access token: exchange it again, once
+                    if renewed:
+                        raise MediaError(
+                            f"HTTP 401 from Label Studio (check LABEL_STUDIO_API_KEY) for {_shown(task_url)}", 401
+                        ) from None
+                    renewed = True
+                    continue
+                if attempt >= self.config.retries:
+                    raise MediaError(
+                        f"{exc} for {_shown(task_url)} (after {attempt + 1} attempts)", exc.status
+                    ) from None
+                delay = self.config.backoff_s * (2**attempt)
+                delay = min(max(delay, exc.after_s or 0.0), 30.0) * random.uniform(1.0, 1.1)
+                log.info("media: %s for %s, retry in %.2f s", exc, _shown(url), delay)
+                time.sleep(delay)
+                attempt += 1
+
+    def _attempt(self, url: str, out: IO[bytes], task_url: str, to_ls: bool) -> str | None:
+        cfg = self.config
+        headers = self._auth.header(self._client, cfg.timeout_s) if (to_ls and self._auth) else {}
+        deadline = time.monotonic() + cfg.timeout_s
+        try:
+            with self._client.stream("GET", url, headers=headers) as resp:
+                status = resp.status_code
+                if status in _REDIRECTS:
+                    location = resp.headers.get("location")
+                    if not location:
+                        raise MediaError(f"HTTP {status} without a Location for {_shown(task_url)}", status)
+                    return location
+                if status == 401 and to_ls and self._auth is not None and self._auth.renew(headers):
+                    raise _Retry("HTTP 401", 401)
+                if status == 429 or status >= 500:
+                    raise _Retry(f"HTTP {status}", status, _retry_after(resp.headers.get("retry-after")))
+                if status != 200:
+                    hint = " (check LABEL_STUDIO_API_KEY)" if to_ls and status in (401, 403) else ""
+                    raise MediaError(f"HTTP {status}{hint} for {_shown(task_url)}", status)
+                length = resp.headers.get("content-length")
+                if length and length.isdigit() and int(length) > cfg.max_bytes:
+                    raise MediaError(f"image is larger than {cfg.max_bytes} bytes ({length}): {_shown(task_url)}")
+                size = 0
+                for chunk in resp.iter_bytes():  # as received, so the deadline is checked often
+                    size += len(chunk)
+                    if size > cfg.max_bytes:
+                        raise MediaError(f"image is larger than {cfg.max_bytes} bytes: {_shown(task_url)}")
+                    if time.monotonic() > deadline:
+                        raise MediaError(f"timed out after {cfg.timeout_s:g} s downloading {_shown(task_url)}")
+                    out.write(chunk)
+                return None
+        except (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+            raise _Retry(f"{exc.__class__.__name__}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise MediaError(
+                f"timed out after {cfg.timeout_s:g} s ({exc.__class__.__name__}): {_shown(task_url)}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise MediaError(f"{exc.__class__.__name__}: {exc} for {_shown(task_url)}") from exc
+
+
+def _encoder(im: Image.Image, ext: str) -> tuple[str, Callable[[IO[bytes]], None]]:
+    """How to write a re-encoded image: JPEG (quality 95, EXIF without orientation, ICC
+    profile kept) or PNG (lossless)."""
+    icc = im.info.get("icc_profile")
+    if ext == "jpg":
+        out = im if im.mode in ("RGB", "L", "CMYK") else im.convert("RGB")
+        exif = out.getexif()
+        exif.pop(EXIF_ORIENTATION, None)
+
+        def jpeg(fh: IO[bytes]) -> None:
+            out.save(fh, "JPEG", quality=95, exif=exif.tobytes(), icc_profile=icc)
+
+        return "jpg", jpeg
+    png = im if im.mode in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA") else im.convert("RGBA")
+
+    def write_png(fh: IO[bytes]) -> None:
+        png.save(fh, "PNG", icc_profile=icc)
+
+    return "png", write_png
+
+
+def _decode(raw: Path) -> tuple[str, int, tuple[int, int], Image.Image | None]:
+    """Decode a downloaded file fully: (format, EXIF orientation, upright (width, height), the
+    upright image to encode, or None when the file can be kept as it is).
+
+    Raises:
+        MediaError: not an image of ``OPEN_FORMATS``, corrupt or truncated, or over
+            ``Image.MAX_IMAGE_PIXELS`` pixels (Pillow's decompression-bomb limit; over it is an
+            error here, not a warning).
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(raw, formats=OPEN_FORMATS) as im:
+            if limit and im.width * im.height > limit:
+                raise MediaError(f"decompression bomb: {im.width}x{im.height} pixels is over {limit}")
+            im.load()  # a truncated or corrupt file fails here, not in training
+            orientation = _orientation(im)
+            fmt = str(im.format)
+            if orientation == 1 and fmt in KEEP_FORMATS:
+                return fmt, 1, im.size, None
+            upright = ImageOps.exif_transpose(im) if orientation != 1 else im.copy()
+            return fmt, orientation, upright.size, upright
+    except MediaError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise MediaError(f"decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise MediaError("not an image (or not one of " + ", ".join(OPEN_FORMATS) + ")") from exc
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error... on broken files
+        raise MediaError(f"corrupt image: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1-8); 1 when absent, invalid or unreadable (the pixels are fine)."""
+    try:
+        value = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # broken EXIF blocks are common in camera files
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds of a Retry-After header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    return None
