@@ -38,19 +38,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.auth import AuthError, check_basic, check_webhook_secret
+from service.auth import AuthError, check_basic
 from service.errors import BadRequestError, LabelloopError, UnavailableError
 from service.events import EventRecorder
 from service.metrics import Metrics
-from service.protocol import (
-    ACCEPTED_ACTIONS,
-    TRAIN_EVENTS,
-    PredictRequest,
-    SetupRequest,
-    WebhookEvent,
-    parse_project_id,
-)
+from service.protocol import PredictRequest, SetupRequest, parse_project_id
+from service.resp import RespClient
 from service.settings import Settings
+from service.webhook import Receive, Scope, Send, WebhookEndpoint, error_response
 from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT, create_celery
 from workers.notify import serve_when_warm
 from workers.params import load as load_params
@@ -73,6 +68,7 @@ class AppState:
     registry: Registry
     recorder: EventRecorder
     metrics: Metrics
+    webhook: WebhookEndpoint
 
 
 def _state(request: Request) -> AppState:
@@ -101,10 +97,6 @@ async def _json_body(request: Request) -> Any:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPException(400, f"invalid JSON: {exc}") from None
-
-
-def _validation_reason(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "error": e["msg"]} for e in exc.errors()]
 
 
 async def health(request: Request) -> JSONResponse:
@@ -175,36 +167,12 @@ async def predict(request: Request) -> JSONResponse:
     return JSONResponse({"results": results})
 
 
-async def webhook(request: Request) -> JSONResponse:
-    """Validate, record in Redis and enqueue a Label Studio webhook; answer in milliseconds."""
-    st = _state(request)
-    body = await _json_body(request)
-    action = body.get("action") if isinstance(body, dict) else None
-    if not isinstance(action, str):
-        _auth(request, _check_any)
-        st.metrics.events.labels(action="(none)", outcome="rejected").inc()
-        return JSONResponse({"error": "body must be a JSON object with a string 'action'"}, status_code=422)
-    if action not in ACCEPTED_ACTIONS:
-        _auth(request, check_webhook_secret)
-        st.metrics.events.labels(action="other", outcome="ignored").inc()
-        return JSONResponse({"status": "Unknown event"})
-    _auth(request, check_basic if action in TRAIN_EVENTS else check_webhook_secret)
-    try:
-        event = WebhookEvent.model_validate(body)
-        event.check()
-    except (ValidationError, BadRequestError):
-        st.metrics.events.labels(action=action, outcome="rejected").inc()
-        raise
-    t0 = time.perf_counter()
-    try:
-        outcome = await st.recorder.record_and_enqueue(event)
-    except UnavailableError:
-        st.metrics.events.labels(action=action, outcome="unavailable").inc()
-        raise
-    st.metrics.enqueue_seconds.observe(time.perf_counter() - t0)
-    st.metrics.events.labels(action=action, outcome=outcome).inc()
-    log.info("webhook", project_id=event.project.id, action=action, outcome=outcome)
-    return JSONResponse({"status": outcome}, status_code=201 if outcome == "accepted" else 200)
+class _WebhookRoute:
+    """``/webhook`` in Starlette's routing, for requests ``Receiver`` did not take directly (e.g.
+    under a root path); an ASGI app, so Starlette answers other methods with 405."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["app"].state.labelloop.webhook(scope, receive, send)
 
 
 async def versions(request: Request) -> JSONResponse:
@@ -310,14 +278,6 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _check_any(headers: Headers, settings: Settings) -> None:
-    """Either credential will do (used before the action, and so the credential it needs, is known)."""
-    try:
-        check_webhook_secret(headers, settings)
-    except AuthError:
-        check_basic(headers, settings)
-
-
 def _auth(request: Request, check: Callable[[Headers, Settings], None]) -> None:
     st = _state(request)
     try:
@@ -327,33 +287,24 @@ def _auth(request: Request, check: Callable[[Headers, Settings], None]) -> None:
         raise
 
 
-async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+    status, content, headers = error_response(exc, request.url.path)
+    return JSONResponse(content, status_code=status, headers=headers)
 
 
-async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ValidationError)
-    return JSONResponse({"error": "invalid request", "details": _validation_reason(exc)}, status_code=422)
+class Receiver(Starlette):
+    """Starlette, with ``POST /webhook`` answered before routing and middleware (the hot path)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/webhook" and scope["method"] == "POST":
+            state = getattr(self.state, "labelloop", None)
+            if state is not None:
+                await state.webhook(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
-async def _on_labelloop_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, LabelloopError)
-    if isinstance(exc, AuthError):
-        headers = {"WWW-Authenticate": 'Basic realm="labelloop"'} if exc.basic else None
-        log.info("auth_failed", path=request.url.path, reason=str(exc))
-        return JSONResponse({"error": str(exc)}, status_code=401, headers=headers)
-    if exc.status_code >= 500:
-        log.warning("request_failed", path=request.url.path, error_type=type(exc).__name__, error=str(exc))
-    return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("request_crashed", path=request.url.path)
-    return JSONResponse({"error": "internal error"}, status_code=500)
-
-
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> Receiver:
     """Build the receiver for ``settings``; connections open in the lifespan, not here."""
 
     @contextlib.asynccontextmanager
@@ -364,28 +315,36 @@ def create_app(settings: Settings) -> Starlette:
             socket_timeout=settings.redis_timeout_s,
             health_check_interval=10,
         )
+        # The webhook path's own client: one pipelined connection (service.resp).
+        resp = RespClient(
+            settings.redis_url, connect_timeout=settings.redis_timeout_s, timeout=settings.redis_timeout_s * 2
+        )
         celery = create_celery(settings)
         registry = Registry(settings.models_dir)
+        recorder = EventRecorder(resp, celery)
+        metrics = Metrics(CollectorRegistry())
         app.state.labelloop = AppState(
             settings=settings,
             redis=client,
             celery=celery,
             registry=registry,
-            recorder=EventRecorder(client, celery, timeout_s=settings.redis_timeout_s),
-            metrics=Metrics(CollectorRegistry()),
+            recorder=recorder,
+            metrics=metrics,
+            webhook=WebhookEndpoint(settings, recorder, metrics),
         )
         try:
             yield
         finally:
+            await resp.close()
             await client.aclose()
 
-    return Starlette(
+    return Receiver(
         routes=[
             Route("/", health, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/setup", setup, methods=["POST"]),
             Route("/predict", predict, methods=["POST"]),
-            Route("/webhook", webhook, methods=["POST"]),
+            Route("/webhook", _WebhookRoute(), methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/versions", versions, methods=["GET"]),
             Route("/projects/{project_id}/versions", project_versions, methods=["GET"]),
@@ -394,16 +353,16 @@ def create_app(settings: Settings) -> Starlette:
             Route("/projects/{project_id}/status", project_status, methods=["GET"]),
         ],
         exception_handlers={
-            HTTPException: _on_http_error,
-            ValidationError: _on_validation_error,
-            LabelloopError: _on_labelloop_error,
-            Exception: _on_unexpected,
+            HTTPException: _on_error,
+            ValidationError: _on_error,
+            LabelloopError: _on_error,
+            Exception: _on_error,
         },
         lifespan=lifespan,
     )
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> Receiver:
     """uvicorn entry point: settings from the environment, logging configured once."""
     from service.logconfig import configure_logging
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -43,6 +45,15 @@ class Metrics:
         self.queue_depth = Gauge(
             "labelloop_queue_depth", "Messages waiting in each Celery queue.", ["queue"], registry=registry
         )
+
+        self._event_series: dict[tuple[str, str], Any] = {}
+
+    def count_event(self, action: str, outcome: str) -> None:
+        """Count one webhook event; the labelled series is looked up once per (action, outcome)."""
+        series = self._event_series.get((action, outcome))
+        if series is None:
+            series = self._event_series[(action, outcome)] = self.events.labels(action=action, outcome=outcome)
+        series.inc()
 
     def set_served_versions(self, versions: dict[int, str]) -> None:
         """Replace the served-version series with ``project_id -> version``."""

@@ -18,6 +18,9 @@ DELETE_EVENTS = frozenset({"ANNOTATIONS_DELETED"})
 TRAIN_EVENTS = frozenset({"START_TRAINING"})
 ACCEPTED_ACTIONS = ANNOTATION_EVENTS | DELETE_EVENTS | TRAIN_EVENTS
 
+# Label Studio's ids are database bigints; larger numbers are refused rather than rounded.
+MAX_ID = 2**63 - 1
+
 
 class _Loose(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -43,18 +46,18 @@ def parse_project_id(value: Any) -> int:
 class ProjectRef(_Loose):
     """The ``project`` object in webhooks (it also carries the project token: never log it)."""
 
-    id: int = Field(gt=0)
+    id: int = Field(gt=0, le=MAX_ID)
 
 
 class AnnotationRef(_Loose):
-    id: int = Field(gt=0)
+    id: int = Field(gt=0, le=MAX_ID)
     task: int | None = None
     updated_at: str | None = None
     was_cancelled: bool = False
 
 
 class DeletedAnnotation(_Loose):
-    id: int = Field(gt=0)
+    id: int = Field(gt=0, le=MAX_ID)
 
 
 class WebhookEvent(_Loose):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
+import structlog
+import structlog.testing
 from starlette.testclient import TestClient
 
 from service.app import create_app
@@ -304,3 +306,35 @@ def test_model_endpoints_need_basic_auth(secured: TestClient) -> None:
         ("get", "/projects/1/versions"),
     ]:
         assert getattr(secured, method)(path).status_code == 401, path
+
+
+def test_ids_beyond_64_bits_are_422_not_rounded(client: TestClient, redis_url: str) -> None:
+    """Ids are database bigints: a larger one is refused with its field path, never stored rounded."""
+    body = fixture("webhook_ANNOTATION_CREATED.json")
+    body["annotation"]["id"] = 2**64 + 1
+    resp = client.post("/webhook", json=body)
+    assert resp.status_code == 422 and "annotation.AnnotationRef.id" in resp.text
+    assert redis.Redis.from_url(redis_url).xlen(EVENT_STREAM) == 0
+
+
+def test_webhook_other_methods_are_405(client: TestClient) -> None:
+    """Only POST /webhook takes the fast path; other methods still get Starlette's 405."""
+    assert client.get("/webhook").status_code == 405
+
+
+def test_webhook_logging_summarises_accepted_and_logs_each_refusal(client: TestClient) -> None:
+    """Accepted events are logged as a periodic `webhooks` summary (per event only at DEBUG); every
+    refusal is logged on its own."""
+    body = fixture("webhook_ANNOTATION_CREATED.json")
+    with structlog.testing.capture_logs() as logs:
+        assert client.post("/webhook", json=body).status_code == 201
+        assert client.post("/webhook", json=body).status_code == 200
+        body["annotation"]["id"] = 2
+        assert client.post("/webhook", json=body).status_code == 201
+        assert client.post("/webhook", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+        assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 422
+        assert client.post("/webhook", json=[]).status_code == 422
+    summaries = [e for e in logs if e["event"] == "webhooks"]
+    assert summaries == [{"event": "webhooks", "log_level": "info", "since_s": None, "accepted": 1}]
+    rejected = [(e["status"], e["log_level"]) for e in logs if e["event"] == "request_rejected"]
+    assert rejected == [(400, "info"), (422, "info"), (422, "info")]
