@@ -15,7 +15,7 @@ import redis
 
 from service.stack import Stack, free_port, label_studio_binary
 from service.synthetic import LABEL_CONFIG, make_sample
-from workers.dataset import build_dataset
+from workers.dataset import build_dataset, local_images
 from workers.labels import parse_detection_config
 from workers.training import run_training_process
 
@@ -66,6 +66,9 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     """
     from service.stack import LABEL_STUDIO_VERSION
 
+    if os.environ.get("LABELLOOP_TEST_LS_URL"):  # a Label Studio already running (faster local iterations)
+        yield os.environ["LABELLOOP_TEST_LS_URL"], os.environ["LABELLOOP_TEST_LS_TOKEN"]
+        return
     venv = Path(
         os.environ.get("LABELLOOP_LS_VENV")
         or Path.home() / ".cache" / "labelloop" / f"label-studio-{LABEL_STUDIO_VERSION}"
@@ -107,16 +110,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory, image_server: tuple[str, P
         }
         for i in range(12)
     ]
-    data_yaml, report = build_dataset(
+    built = build_dataset(
         tasks,
         parse_detection_config(LABEL_CONFIG),
         work / "ds",
-        lambda items: {t: root / f"img{t - 1}.png" for t, _ in items},
+        local_images({i + 1: root / f"img{i}.png" for i in range(12)}),
         0.25,
         2,
     )
+    report = built.report
     spec = {
-        "data": str(data_yaml),
+        "data": str(built.data),
         "weights": "yolov8n.yaml",
         "epochs": 2,
         "imgsz": 160,

@@ -422,6 +422,7 @@ def build_dataset(
             f"too little data to train: {usable_n} usable images (train {report.images['train']}, "
             f"val {report.images['val']}) of {len(tasks)} annotated tasks; skipped: "
             + (", ".join(f"{n} {k}" for k, n in report.skipped_counts.items()) or "none")
+            + "".join(f"\n  task {s['task']}: {s['reason']}" for s in report.skipped[:3])
         )
 
     # 2. Bring the folder to that state, touching only what changed.
