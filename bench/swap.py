@@ -51,6 +51,7 @@ def main() -> int:
             "LABELLOOP_MODELS_DIR": str(models),
             "LABELLOOP_CACHE_DIR": str(work / "cache"),
             "LABELLOOP_IMGSZ": str(args.imgsz),
+            "LABELLOOP_MEDIA_ALLOW_HOSTS": "127.0.0.1",  # images served on loopback
         },
     )
     answers: list[tuple[float, float, int, str]] = []

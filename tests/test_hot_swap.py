@@ -33,6 +33,7 @@ def test_promote_and_rollback_under_load(trained: dict, image_server: tuple[str,
             "LABELLOOP_MODELS_DIR": str(models),
             "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
             "LABELLOOP_IMGSZ": "160",
+            "LABELLOOP_MEDIA_ALLOW_HOSTS": "127.0.0.1",  # images served on loopback
             "LABELLOOP_LOG_JSON": "true",
         },
     )

@@ -11,6 +11,7 @@ import pytest
 from service.errors import TrainingError
 from service.synthetic import LABEL_CONFIG
 from workers.labels import parse_detection_config
+from workers.media import MediaConfig
 from workers.predictor import Predictor
 from workers.registry import Registry
 from workers.training import run_training_process
@@ -52,7 +53,8 @@ def test_predictor_serves_current_version_and_swaps(
     served within a second without restarting."""
     base_url, _ = image_server
     registry = Registry(tmp_path / "models")
-    predictor = Predictor(registry, "yolov8n.yaml", trained["work"] / "yolo", tmp_path / "cache", 160, 0.0)
+    media = MediaConfig(None, None, allow_hosts=("127.0.0.1",))
+    predictor = Predictor(registry, "yolov8n.yaml", trained["work"] / "yolo", tmp_path / "cache", 160, 0.0, media=media)
     tasks = [
         {"id": 1, "data": {"image": f"{base_url}/img1.png"}},
         {"id": 2, "data": {"image": f"{base_url}/missing.png"}},

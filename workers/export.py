@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -146,51 +144,3 @@ def select_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     if not usable:
         return None
     return max(usable, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or ""), a.get("id", 0)))
-
-
-def fetch_image(url: str, task_id: int, cache_dir: Path, hostname: str | None, api_key: str | None) -> Path:
-    """Download (or reuse from ``cache_dir``) the image a task points at.
-
-    Uses label-studio-sdk's ``get_local_path``, which resolves ``/data/upload/...``,
-    ``/data/local-files/?d=...``, cloud storage URIs (through the task's presign endpoint)
-    and plain http(s) URLs, authenticating to the Label Studio host with the token.
-
-    Raises:
-        OSError / requests errors: the image cannot be fetched.
-    """
-    from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return Path(get_local_path(url, cache_dir=str(cache_dir), hostname=hostname, access_token=api_key, task_id=task_id))
-
-
-def fetch_images(
-    items: list[tuple[int, str]],
-    cache_dir: Path,
-    hostname: str | None,
-    api_key: str | None,
-    threads: int = 8,
-    on_done: Callable[[], None] | None = None,
-) -> dict[int, Path | Exception]:
-    """Fetch many task images concurrently with a bounded pool.
-
-    Args:
-        items: ``(task_id, url)`` pairs.
-        on_done: called once per image, fetched or not (e.g. to advance a progress bar).
-
-    Returns:
-        task id -> local path, or the exception that prevented fetching it.
-    """
-
-    def one(item: tuple[int, str]) -> tuple[int, Path | Exception]:
-        task_id, url = item
-        try:
-            return task_id, fetch_image(url, task_id, cache_dir, hostname, api_key)
-        except Exception as exc:  # a bad image skips its task, it does not fail the build
-            return task_id, exc
-        finally:
-            if on_done is not None:
-                on_done()
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return dict(pool.map(one, items))

@@ -29,6 +29,7 @@ from workers.celery_app import (
 )
 from workers.export import export_tasks, ls_client
 from workers.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
+from workers.media import MediaConfig
 from workers.params import load as load_params
 from workers.params import train_spec
 from workers.pipeline import run_training, yolo_config_dir
@@ -66,6 +67,7 @@ def register_tasks(app: Celery) -> None:
             settings.imgsz,
             settings.predict_conf,
             settings.device,
+            media=MediaConfig.from_settings(settings),
         )
         p.listen(settings.redis_url)
         return p
