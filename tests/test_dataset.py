@@ -9,8 +9,16 @@ import yaml
 
 from service.errors import DatasetError
 from service.synthetic import LABEL_CONFIG, make_sample
-from workers.dataset import assign_splits, build_dataset, local_images
-from workers.labels import parse_detection_config
+from workers.dataset import (
+    assign_splits,
+    build_dataset,
+    load_class_names,
+    local_images,
+    stable_names,
+    store_class_names,
+)
+from workers.labels import TrainSpec, parse_detection_config
+from workers.pipeline import base_model_for
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 
@@ -84,3 +92,89 @@ def test_unfetchable_images_skip_tasks_and_too_little_data_fails(tmp_path: Path)
 
     with pytest.raises(DatasetError, match="1 usable images"):
         build_dataset(tasks, SPEC, tmp_path / "ds", fetch)
+
+
+@pytest.mark.parametrize(
+    ("previous", "labels", "expected"),
+    [
+        (None, ("cat", "dog"), {0: "cat", 1: "dog"}),
+        ({0: "cat", 1: "dog"}, ("dog", "cat"), {0: "cat", 1: "dog"}),  # reordering the config changes nothing
+        ({0: "cat", 1: "dog"}, ("cat", "dog", "bird"), {0: "cat", 1: "dog", 2: "bird"}),  # added: next id
+        ({0: "cat", 1: "dog"}, ("dog",), {0: "cat", 1: "dog"}),  # removed: id stays reserved
+        ({0: "cat", 2: "bird"}, ("fish", "cat"), {0: "cat", 2: "bird", 3: "fish"}),  # never reuses a gap
+    ],
+)
+def test_stable_names(previous: dict | None, labels: tuple[str, ...], expected: dict) -> None:
+    """Class ids never change meaning over a project's life."""
+    assert stable_names(previous, labels) == expected
+
+
+def test_class_names_persist_per_control_tag(tmp_path: Path) -> None:
+    store_class_names(tmp_path, 3, "label", {0: "cat", 1: "dog"})
+    store_class_names(tmp_path, 3, "other", {0: "x"})
+    assert load_class_names(tmp_path, 3, "label") == {0: "cat", 1: "dog"}
+    assert load_class_names(tmp_path, 3, "other") == {0: "x"}
+    assert load_class_names(tmp_path, 4, "label") is None
+
+
+@pytest.mark.parametrize(
+    ("base", "task", "expected"),
+    [
+        ("yolov8n.yaml", "detect", "yolov8n.yaml"),
+        ("yolov8n.yaml", "segment", "yolov8n-seg.yaml"),
+        ("yolo11s.yaml", "obb", "yolo11s-obb.yaml"),
+        ("yolov8n.yaml", "pose", "yolov8n-pose.yaml"),
+        ("yolov8n.yaml", "classify", "yolov8n-cls.yaml"),
+        ("/models/mine.pt", "segment", "/models/mine.pt"),
+        ("configs/custom.yaml", "pose", "configs/custom.yaml"),
+    ],
+)
+def test_base_model_for_task(base: str, task: str, expected: str) -> None:
+    assert base_model_for(base, task) == expected
+
+
+def test_rebuild_in_place_touches_only_changed_tasks(tmp_path: Path) -> None:
+    """Same input: nothing written. One task changed, one removed: two files written, one removed,
+    and Ultralytics' label caches (keyed on names and sizes only) are dropped."""
+    tasks, files = _tasks(tmp_path, 6)
+    fetch = local_images(files)
+    first = build_dataset(tasks, SPEC, tmp_path / "ds", fetch)
+    assert first.report.files_written == 12
+    (tmp_path / "ds" / "labels" / "train.cache").write_text("stale")
+    again = build_dataset(tasks, SPEC, tmp_path / "ds", fetch)
+    assert again.report.files_written == 0 and again.report.fingerprint == first.report.fingerprint
+    assert (tmp_path / "ds" / "labels" / "train.cache").exists()
+
+    tasks[2]["annotations"][0]["result"] = tasks[2]["annotations"][0]["result"][:1]
+    tasks[2]["annotations"][0]["updated_at"] = "2026-01-02T00:00:00Z"
+    removed = tasks.pop(4)
+    third = build_dataset(tasks, SPEC, tmp_path / "ds", fetch)
+    assert third.report.files_written == 1
+    assert not list((tmp_path / "ds").rglob(f"{removed['id']}.*"))
+    assert not (tmp_path / "ds" / "labels" / "train.cache").exists()
+    label = next((tmp_path / "ds" / "labels").rglob("3.txt"))
+    assert len(label.read_text().splitlines()) == 1
+
+
+def test_rotated_rectangles_switch_to_obb_and_classify_uses_id_folders(tmp_path: Path) -> None:
+    tasks, files = _tasks(tmp_path, 4)
+    tasks[0]["annotations"][0]["result"][0]["value"]["rotation"] = 15
+    built = build_dataset(tasks, SPEC, tmp_path / "ds", local_images(files))
+    assert built.spec.task == built.report.task == "obb"
+    assert all(
+        len(line.split()) == 9
+        for f in (tmp_path / "ds" / "labels").rglob("*.txt")
+        for line in f.read_text().splitlines()
+    )
+
+    spec = TrainSpec("classify", "choices", "label", "image", "image", ("cat", "dog"))
+    for i, task in enumerate(tasks):
+        task["annotations"][0]["result"] = [
+            {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [("cat", "dog")[i % 2]]}}
+        ]
+    names = {0: "gone", 1: "dog", 2: "cat"}
+    built = build_dataset(tasks, spec, tmp_path / "cls", local_images(files), names=names)
+    assert built.data == tmp_path / "cls"
+    assert sorted(p.name for p in (tmp_path / "cls" / "train").iterdir()) == ["0", "1", "2"]
+    assert {p.parent.name for p in (tmp_path / "cls").glob("*/*/*.png")} == {"1", "2"}
+    assert yaml.safe_load((tmp_path / "cls" / ".ndjson.yaml").read_text())["names"] == names
