@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +18,10 @@ import structlog.testing
 from starlette.testclient import TestClient
 
 from service.app import create_app
-from service.events import EVENT_STREAM
+from service.events import EVENT_STREAM, CeleryMessage
 from service.settings import Settings
 from tests.conftest import fixture
+from workers.celery_app import TASK_HANDLE_EVENT, create_celery
 from workers.registry import Registry
 
 
@@ -91,7 +94,11 @@ def test_webhook_records_then_enqueues(client: TestClient, redis_url: str, name:
     assert resp.json() == {"status": "accepted"}
     entries = redis.Redis.from_url(redis_url).xrange(EVENT_STREAM)
     assert len(entries) == 1
-    assert entries[0][1][b"action"] == body["action"].encode()
+    fields = entries[0][1]
+    assert fields[b"action"] == body["action"].encode()
+    assert fields[b"project_id"] == b"1"
+    assert fields[b"annotation_ids"] == ",".join(str(i) for i, _ in changes).encode()
+    assert abs(float(fields[b"received_at"]) - time.time()) < 60
     queued = _queued_tasks(redis_url, "events")
     assert [m["headers"]["task"] for m in queued] == ["labelloop.handle_event"]
     assert queued[0]["headers"]["argsrepr"] == repr([1, body["action"], changes])
@@ -338,3 +345,30 @@ def test_webhook_logging_summarises_accepted_and_logs_each_refusal(client: TestC
     assert summaries == [{"event": "webhooks", "log_level": "info", "since_s": None, "accepted": 1}]
     rejected = [(e["status"], e["log_level"]) for e in logs if e["event"] == "request_rejected"]
     assert rejected == [(400, "info"), (422, "info"), (422, "info")]
+
+
+def test_celery_message_is_what_send_task_pushes(settings: Settings, redis_url: str) -> None:
+    """The hand-built message carries the same headers and body a real ``send_task`` pushes through
+    kombu's Redis transport (ids aside), with fresh version-4 ids per message."""
+    celery = create_celery(settings)
+    args = [1, "ANNOTATION_CREATED", [[1, "2026-11-21T13:36:21.835436Z"], [2, None]]]
+    celery.send_task(TASK_HANDLE_EVENT, args=args, queue="events")
+    real = _queued_tasks(redis_url, "events")[0]
+    builder = CeleryMessage(celery, TASK_HANDLE_EVENT, "events")
+    ours, other = (json.loads(builder.build(args)) for _ in range(2))
+    ids = ("id", "root_id")
+    # send_task leaves ignore_result to the worker (None); the template says False: same effect.
+    loose = (*ids, "ignore_result")
+    assert {k: v for k, v in ours["headers"].items() if k not in loose} == {
+        k: v for k, v in real["headers"].items() if k not in loose
+    }
+    assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(real["body"]))
+    assert ours["content-type"] == real["content-type"] and ours["content-encoding"] == real["content-encoding"]
+    for msg in (ours, other):
+        task_id = msg["headers"]["id"]
+        assert uuid.UUID(task_id).version == 4 and str(uuid.UUID(task_id)) == task_id
+        assert msg["headers"]["root_id"] == msg["properties"]["correlation_id"] == task_id
+        assert msg["properties"]["delivery_info"]["routing_key"] == "events"
+        assert msg["properties"]["body_encoding"] == "base64"
+    assert ours["headers"]["id"] != other["headers"]["id"]
+    assert ours["properties"]["delivery_tag"] != other["properties"]["delivery_tag"]
