@@ -383,3 +383,34 @@ def test_untrainable_configs_and_too_little_data_are_clear_errors(
     store(settings.models_dir, pid, ProjectParams(control_tag="label"))
     with pytest.raises(DatasetError, match=r"too little data to train: 1 usable images .*of 1 annotated tasks"):
         build_project_dataset(settings, pid)
+
+
+def test_cli_builds_a_dataset_without_training(
+    api: LabelStudioAPI, label_studio: tuple[str, str], tmp_path: Path
+) -> None:
+    """``labelloop dataset build <project> <folder>`` writes the dataset and prints the report's counts."""
+    import os
+    import subprocess
+    import sys
+
+    pid, _ = project(api, "polygon", n=5, annotate=5)
+    url, token = label_studio
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_URL": url,
+        "LABEL_STUDIO_API_KEY": token,
+        "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
+        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "dataset", "build", str(pid), str(tmp_path / "ds")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "dataset (segment)" in out.stdout and "downloaded 5, cached 0" in out.stdout
+    assert (tmp_path / "ds" / "data.yaml").exists() and (tmp_path / "ds" / "report.json").exists()
+    assert len(list((tmp_path / "ds" / "labels").rglob("*.txt"))) == 5

@@ -58,3 +58,32 @@ def test_setup_validates_and_stores_extra_params(redis_url: str, tmp_path: Path)
         bad = client.post("/setup", json={**body, "project": "2.1", "extra_params": {"batch": -1}})
         assert bad.status_code == 422 and "batch" in bad.json()["error"]
         assert not (settings.models_dir / "2" / "params.json").exists()
+
+
+AMBIGUOUS = (
+    '<View><Image name="image" value="$image"/>'
+    '<PolygonLabels name="outline" toName="image"><Label value="cat"/></PolygonLabels>'
+    '<Choices name="quality" toName="image"><Choice value="good"/><Choice value="bad"/></Choices></View>'
+)
+
+
+def test_setup_chooses_the_control_tag_to_train(redis_url: str, tmp_path: Path) -> None:
+    """An ambiguous label config is a 422 at /setup naming the tags and the control_tag extra param;
+    with control_tag it is accepted; an unknown control_tag is a 422 too; every task type is accepted."""
+    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings)) as client:
+        body = {**fixture("ml_setup_request.json"), "schema": AMBIGUOUS}
+        resp = client.post("/setup", json=body)
+        assert resp.status_code == 422
+        assert "outline" in resp.json()["error"] and "control_tag" in resp.json()["error"]
+        ok = client.post("/setup", json={**body, "extra_params": {"control_tag": "quality"}})
+        assert ok.status_code == 200
+        assert load(settings.models_dir, 1).control_tag == "quality"
+        bad = client.post("/setup", json={**body, "project": "2.1", "extra_params": {"control_tag": "nope"}})
+        assert bad.status_code == 422 and "nope" in bad.json()["error"]
+        for tag, child in [("BrushLabels", "Label"), ("PolygonLabels", "Label"), ("Choices", "Choice")]:
+            config = (
+                f'<View><Image name="image" value="$image"/><{tag} name="t" toName="image">'
+                f'<{child} value="a"/></{tag}></View>'
+            )
+            assert client.post("/setup", json={**body, "schema": config}).status_code == 200
