@@ -295,12 +295,18 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
 class Receiver(Starlette):
     """Starlette, with ``POST /webhook`` answered before routing and middleware (the hot path)."""
 
+    webhook: WebhookEndpoint | None = None  # set by the lifespan
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/webhook" and scope["method"] == "POST":
-            state = getattr(self.state, "labelloop", None)
-            if state is not None:
-                await state.webhook(scope, receive, send)
-                return
+        webhook = self.webhook
+        if (
+            webhook is not None
+            and scope["type"] == "http"
+            and scope["path"] == "/webhook"
+            and scope["method"] == "POST"
+        ):
+            await webhook(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -323,6 +329,7 @@ def create_app(settings: Settings) -> Receiver:
         registry = Registry(settings.models_dir)
         recorder = EventRecorder(resp, celery)
         metrics = Metrics(CollectorRegistry())
+        webhook = WebhookEndpoint(settings, recorder, metrics)
         app.state.labelloop = AppState(
             settings=settings,
             redis=client,
@@ -330,11 +337,14 @@ def create_app(settings: Settings) -> Receiver:
             registry=registry,
             recorder=recorder,
             metrics=metrics,
-            webhook=WebhookEndpoint(settings, recorder, metrics),
+            webhook=webhook,
         )
+        assert isinstance(app, Receiver)
+        app.webhook = webhook
         try:
             yield
         finally:
+            app.webhook = None
             await resp.close()
             await client.aclose()
 

@@ -10,7 +10,8 @@ call). The receiver sends one ``EVALSHA`` per webhook, so it uses this instead:
 - every command has a deadline (``timeout``); when the oldest unanswered command passes it,
   the connection is dropped and every command waiting on it fails with ``TimeoutError``;
 - the connection is (re)opened on demand, bounded by ``connect_timeout``; concurrent callers
-  share one attempt, so a Redis restart costs the requests in flight and nothing else;
+  share one attempt, so a Redis restart costs the requests in flight and nothing else; a
+  connection idle for ``health_check_interval`` is PINGed before it is trusted again;
 - an error reply is raised as ``RedisReplyError``; ``evalsha`` falls back to ``EVAL`` on
   ``NOSCRIPT`` (the script cache is empty after a Redis restart).
 
@@ -30,6 +31,9 @@ import hiredis
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
 __all__ = ["RedisReplyError", "RespClient", "Script", "encode_command"]
+
+
+_PING = b"*1\r\n$4\r\nPING\r\n"
 
 
 class RedisReplyError(Exception):
@@ -80,12 +84,14 @@ class _Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
+        self.last_reply = loop.time()
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
+        self.last_reply = self.loop.time()
         reader = self._reader
         reader.feed(data)
         waiters = self._waiters
@@ -128,6 +134,11 @@ class _Connection(asyncio.Protocol):
         if self._timer is None:
             self._timer = self.loop.call_at(deadline, self._check_deadline)
         return waiter
+
+    @property
+    def busy(self) -> bool:
+        """Commands are waiting for replies."""
+        return bool(self._waiters)
 
     def close(self) -> None:
         self._fail(ConnectionError("Redis client closed"))
@@ -175,9 +186,13 @@ class RespClient:
             user, password and db are honoured).
         connect_timeout: bound on opening the connection (and authenticating), seconds.
         timeout: bound on one command, from the call to its reply (connecting included), seconds.
+        health_check_interval: a connection idle for longer is PINGed (within ``connect_timeout``)
+            before the next command, and replaced if it does not answer.
     """
 
-    def __init__(self, url: str, connect_timeout: float = 0.3, timeout: float = 0.6) -> None:
+    def __init__(
+        self, url: str, connect_timeout: float = 0.3, timeout: float = 0.6, health_check_interval: float = 10.0
+    ) -> None:
         opts = parse_url(url)
         self._host: str = opts.get("host", "localhost")
         self._port: int = int(opts.get("port", 6379))
@@ -190,6 +205,7 @@ class RespClient:
         self._password: str | None = opts.get("password")
         self.connect_timeout = connect_timeout
         self.timeout = timeout
+        self.health_check_interval = health_check_interval
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
         self._closed = False
@@ -223,7 +239,21 @@ class RespClient:
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect(deadline)
+        elif not conn.busy and conn.loop.time() - conn.last_reply > self.health_check_interval:
+            conn = await self._check(conn, deadline)
         return await conn.send(encode_command(args), deadline)
+
+    async def _check(self, conn: _Connection, deadline: float) -> _Connection:
+        """PING a connection idle for a while before trusting it with a command (a peer or a NAT
+        may have dropped it without a word); reconnect if it does not answer."""
+        now = conn.loop.time()
+        conn.last_reply = now  # one check at a time
+        try:
+            await conn.send(_PING, min(deadline, now + self.connect_timeout))
+            return conn
+        except (ConnectionError, TimeoutError):
+            conn.close()
+            return await self._connect(deadline)
 
     async def close(self) -> None:
         self._closed = True

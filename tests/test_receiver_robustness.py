@@ -405,3 +405,50 @@ def test_webhook_under_uvicorn_streams_and_limits_chunked_bodies(receiver: tuple
         resp = http.post("/webhook", content=pieces(big, 1024 * 1024), headers={"content-type": "application/json"})
         assert resp.status_code == 413
         assert http.get("/webhook").status_code == 405
+
+
+@pytest.mark.parametrize("loop", _LOOPS)
+def test_resp_idle_connection_dropped_silently_is_replaced(redis_url: str, loop: str) -> None:
+    """A connection that went silent while idle (a NAT or a dead peer: no FIN, no RST) is caught by
+    the PING before the next command, and the command goes over a fresh connection instead of
+    timing out; a busy connection is not PINGed."""
+    host, port = redis_url.split("//", 1)[1].split("/", 1)[0].split(":")
+
+    async def main() -> None:
+        links: list[dict[str, Any]] = []
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: dict[str, Any]) -> None:
+            while data := await reader.read(65536):
+                if not link["silent"]:
+                    writer.write(data)
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            link = {"silent": False, "writers": (writer, up_writer)}
+            links.append(link)
+            await asyncio.gather(pipe(reader, up_writer, link), pipe(up_reader, writer, link))
+
+        proxy = await asyncio.start_server(accept, "127.0.0.1", 0)
+        proxy_port = proxy.sockets[0].getsockname()[1]
+        client = RespClient(f"redis://127.0.0.1:{proxy_port}/0", connect_timeout=0.2, timeout=0.6)
+        client.health_check_interval = 0.3
+        admin = redis.Redis.from_url(redis_url)
+        try:
+            assert await client.execute("SET", "k", "v") == b"OK"
+            pings = admin.info("commandstats").get("cmdstat_ping", {}).get("calls", 0)
+            assert await client.execute("GET", "k") == b"v"  # not idle: no PING
+            assert admin.info("commandstats").get("cmdstat_ping", {}).get("calls", 0) == pings
+            links[0]["silent"] = True
+            await asyncio.sleep(0.4)
+            t0 = time.perf_counter()
+            assert await client.execute("GET", "k") == b"v"
+            assert time.perf_counter() - t0 < 0.6
+            assert len(links) == 2  # reconnected once
+        finally:
+            await client.close()
+            for link in links:
+                for writer in link["writers"]:
+                    writer.close()
+            proxy.close()
+
+    _run(loop, main)
