@@ -215,6 +215,7 @@ def main() -> int:
     (tmp / "_wsgi.py").write_text(OFFICIAL_WSGI)
 
     stack = Stack(work, {"LABELLOOP_LOG_JSON": "true", "LABELLOOP_MODELS_DIR": str(work / "models")})
+    load_before = os.getloadavg()[0]
     results: dict[str, dict[str, float]] = {}
     peers: list[tuple[str, str, str]] = []
     rk = int(args.rate)
@@ -246,10 +247,12 @@ def main() -> int:
     finally:
         stack.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
+    load_after = os.getloadavg()[0]
 
     print(
         f"\nreceiver benchmark: wrk -t2 -c{args.connections} -d{args.duration}s, then {args.rate:.0f} req/s "
-        f"open loop for 5 s (Python client); {os.cpu_count()} CPUs"
+        f"open loop for 5 s (Python client); {os.cpu_count()} CPUs, "
+        f"1-min load average {load_before:.2f} before, {load_after:.2f} after"
     )
     for name, _url, what in peers:
         print(f"  {name}: {what}")
