@@ -4,7 +4,8 @@ Routes (https://labelstud.io/guide/ml_create):
     GET  /, /health   liveness, {"status": "UP"}
     POST /setup       {"model_version": <served version>}; validates the label config
     POST /predict     {"results": [...]}: one item per task, computed by a predict worker
-    POST /webhook     records the event in Redis and enqueues it by task name
+    POST /webhook     records the event in Redis and enqueues it by task name; answered before
+                      Starlette's routing (``Receiver``, ``service.webhook``)
     GET  /metrics     Prometheus text format
     GET  /versions    model version names (Label Studio's model version list)
     GET  /projects/{id}/versions, /projects/{id}/status
