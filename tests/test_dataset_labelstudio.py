@@ -414,3 +414,37 @@ def test_cli_builds_a_dataset_without_training(
     assert "dataset (segment)" in out.stdout and "downloaded 5, cached 0" in out.stdout
     assert (tmp_path / "ds" / "data.yaml").exists() and (tmp_path / "ds" / "report.json").exists()
     assert len(list((tmp_path / "ds" / "labels").rglob("*.txt"))) == 5
+
+
+@pytest.mark.parametrize("kind", ["classify", "polygon"])
+def test_pipeline_versions_of_other_task_types(
+    kind: str, api: LabelStudioAPI, label_studio: tuple[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """The training pipeline publishes versions of classification and segmentation models: the first
+    starts from the task's base model YAML, the next fine-tunes it and is gated against it on the task's
+    own metric (top-1 accuracy for classify, mask mAP50-95 for segment); the manifest carries the task,
+    the control tag, the class ids and the dataset report."""
+    from workers.pipeline import run_training
+
+    task = EXPECT[kind][0]
+    pid, _ = project(api, kind)
+    settings = settings_for(
+        tmp_path, *label_studio, redis_url=redis_url, epochs=1, imgsz=64, batch=4, dataloader_workers=0, device="cpu"
+    )
+    first = run_training(settings, pid, "run-1")
+    manifest = first.manifest
+    assert manifest["task"] == task and manifest["from_name"] == "label"
+    assert manifest["names"] == {"0": "square", "1": "disc"}
+    assert manifest["train_args"]["weights"] == base_model_for("yolov8n.yaml", task)
+    assert manifest["dataset"]["task"] == task and manifest["dataset"]["images"]["val"] >= 1
+    metric = "accuracy_top1" if task == "classify" else "map50_95"
+    assert manifest["promotion"]["metric"] == metric and manifest["promotion"]["promoted"]
+    if task == "segment":
+        assert "box_map50_95" in manifest["metrics"]
+
+    second = run_training(settings, pid, "run-2")
+    assert second.manifest["train_args"]["weights"] == str(first.weights)
+    assert second.manifest["incumbent"]["version"] == first.name
+    assert metric in second.manifest["incumbent"]["metrics"]
+    assert second.manifest["dataset"]["sync"]["mode"] == "incremental"
+    assert second.manifest["dataset"]["images_downloaded"] == 0
