@@ -33,7 +33,6 @@ import contextlib
 import email.utils
 import hashlib
 import json
-import logging
 import os
 import posixpath
 import random
@@ -49,12 +48,13 @@ from typing import IO, TYPE_CHECKING
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
+import structlog
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 #: Formats Pillow may open (JPEG includes MPO; never EPS, which runs Ghostscript).
 OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
@@ -292,7 +292,7 @@ class ImageCache:
         self._hosts = [_host_rule(h) for h in config.allow_hosts]
         root = Path(config.document_root).resolve() if config.document_root else None
         if root is not None and root == Path(root.anchor):
-            log.warning("media: ignoring document_root %s (it would expose every file)", root)
+            log.warning("media_document_root_ignored", document_root=str(root), reason="it would expose every file")
             root = None
         self._root = root
         self._auth = _LabelStudioAuth(self._ls_base, config.api_key) if self._ls_base else None
@@ -366,7 +366,7 @@ class ImageCache:
             except MediaError as exc:
                 return task_id, exc
             except Exception as exc:  # a bad image skips its task, it never fails the batch
-                log.warning("media: task %s: unexpected %r", task_id, exc)
+                log.warning("media_unexpected_error", task_id=task_id, error=repr(exc)[:300])
                 return task_id, MediaError(f"{exc.__class__.__name__}: {exc}")
             finally:
                 if on_done is not None:
@@ -551,7 +551,7 @@ class ImageCache:
                     ) from None
                 delay = self.config.backoff_s * (2**attempt)
                 delay = min(max(delay, exc.after_s or 0.0), 30.0) * random.uniform(1.0, 1.1)
-                log.info("media: %s for %s, retry in %.2f s", exc, _shown(url), delay)
+                log.info("media_retry", url=_shown(url), error=str(exc)[:200], delay_s=round(delay, 2))
                 time.sleep(delay)
                 attempt += 1
 
