@@ -18,9 +18,11 @@ Peers, each starting from nothing on disk:
   (a) labelloop cold: ``workers.dataset.build_project_dataset`` with an empty cache dir;
   (b) labelloop rebuild: one new task imported and annotated through the API, then the same
       call again with the same cache dir (one image to download).
-Each is timed end to end around the call. Targets: (a) >= 5x faster than (c), (b) >= 50x faster
-than (a). Also measured: Label Studio's raw ``/data/upload/...`` GET latency, sequential (new
-connection per request as the SDK does, and keep-alive) and with 8 threads.
+Each is timed end to end around the call. Targets: (a) >= 5x faster than (c), (b) >= 50x
+faster than (a). For reference (no target): Label Studio's own server-side ``YOLO_WITH_IMAGES``
+export, one zip with every image read from the server's disk, downloaded and unzipped.
+Also measured: Label Studio's raw ``/data/upload/...`` GET latency, sequential (new connection
+per request as the SDK does, and keep-alive) and with 2, 4 and 8 threads.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -166,9 +169,11 @@ def _stats(latencies: list[float], wall: float) -> dict[str, float]:
     return {"n": len(latencies), "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "per_s": len(latencies) / wall}
 
 
-def image_get_latency(url: str, token: str, paths: list[str], threads: int = 8) -> dict[str, dict[str, float]]:
+def image_get_latency(
+    url: str, token: str, paths: list[str], threads: tuple[int, ...] = (2, 4, 8)
+) -> dict[str, dict[str, float]]:
     """GET ``/data/upload/...`` images from Label Studio: new connection per request (sequential),
-    keep-alive (sequential) and keep-alive with ``threads`` threads."""
+    keep-alive (sequential) and keep-alive with each number of ``threads``."""
     headers = {"Authorization": f"Token {token}"}
     out: dict[str, dict[str, float]] = {}
 
@@ -181,15 +186,17 @@ def image_get_latency(url: str, token: str, paths: list[str], threads: int = 8) 
     t0 = time.perf_counter()
     lat = [timed(lambda u: httpx.get(u, headers=headers, timeout=30), p) for p in paths]
     out["sequential, new connection each"] = _stats(lat, time.perf_counter() - t0)
-    limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
+    most = max(threads, default=1)
+    limits = httpx.Limits(max_connections=most, max_keepalive_connections=most)
     with httpx.Client(headers=headers, timeout=30, limits=limits) as client:
         t0 = time.perf_counter()
         lat = [timed(client.get, p) for p in paths]
         out["sequential, keep-alive"] = _stats(lat, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(threads) as pool:
-            lat = list(pool.map(lambda p: timed(client.get, p), paths))
-        out[f"{threads} threads, keep-alive"] = _stats(lat, time.perf_counter() - t0)
+        for n in threads:
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(n) as pool:
+                lat = list(pool.map(lambda p: timed(client.get, p), paths))
+            out[f"{n} threads, keep-alive"] = _stats(lat, time.perf_counter() - t0)
     return out
 
 
@@ -265,6 +272,42 @@ def run_sdk_converter(url: str, token: str, project_id: int, work: Path) -> dict
     }
 
 
+def run_ls_zip_export(url: str, token: str, project_id: int, work: Path) -> dict[str, Any]:
+    """Reference: Label Studio's own server-side ``YOLO_WITH_IMAGES`` export, one zip with every
+    image read from the server's disk (Community edition's synchronous export), then unzipped."""
+    work.mkdir(parents=True)
+    archive = work / "export.zip"
+    t0 = time.perf_counter()
+    with (
+        httpx.stream(
+            "GET",
+            f"{url}/api/projects/{project_id}/export",
+            params={"exportType": "YOLO_WITH_IMAGES"},
+            headers={"Authorization": f"Token {token}"},
+            timeout=600,
+        ) as resp,
+        archive.open("wb") as f,
+    ):
+        resp.raise_for_status()
+        for chunk in resp.iter_bytes(1 << 20):
+            f.write(chunk)
+    t_export = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(work / "yolo")
+    t_unzip = time.perf_counter() - t1
+    images = [p for p in (work / "yolo" / "images").iterdir() if p.is_file()]
+    return {
+        "total": time.perf_counter() - t0,
+        "seconds": {"export (server zip)": t_export, "unzip": t_unzip},
+        "images": len(images),
+        "labels": len(list((work / "yolo" / "labels").glob("*.txt"))),
+        "downloaded": len(images),
+        "cached": 0,
+        "MB": archive.stat().st_size / 1e6,
+    }
+
+
 def count_dataset(data_yaml: Path) -> dict[str, int]:
     """Image and label files next to a YOLO data.yaml (``images/<split>``, ``labels/<split>``)."""
     import yaml
@@ -332,6 +375,7 @@ def main() -> int:
         help="use a project generated by an earlier --keep run instead of generating one",
     )
     parser.add_argument("--latency-images", type=int, default=200, help="images for the raw GET latency probe")
+    parser.add_argument("--latency-threads", default="2,4,8", help="thread counts of the raw GET latency probe")
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-dataset")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -379,10 +423,14 @@ def main() -> int:
         print(f"project {project_id}: {len(tasks)} tasks, {annotated} annotated; first image {image_bytes} bytes")
 
         print(f"Label Studio image GETs ({len(probe)} images) ...", flush=True)
-        latency = image_get_latency(url, token, probe)
+        threads = tuple(int(n) for n in args.latency_threads.split(",") if n.strip())
+        latency = image_get_latency(url, token, probe, threads)
 
         print("(c) label-studio-sdk converter ...", flush=True)
         results["SDK converter"] = run_sdk_converter(url, token, project_id, run_dir / "sdk")
+
+        print("reference: Label Studio's server-side YOLO_WITH_IMAGES export ...", flush=True)
+        results["LS zip export (ref)"] = run_ls_zip_export(url, token, project_id, run_dir / "ls-zip")
 
         from service.settings import Settings
 
@@ -424,20 +472,25 @@ def main() -> int:
     for mode, m in latency.items():
         print(f"{mode:<34} {m['n']:>5.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['per_s']:>9.1f}")
 
-    print(f"\n{'peer':<18} {'seconds':>8} {'images':>7} {'downloaded':>11} {'cached':>7}   stages (s)")
+    print(f"\n{'peer':<20} {'seconds':>8} {'images':>7} {'downloaded':>11} {'cached':>7}   stages (s)")
     for name, r in results.items():
         dl = "?" if r["downloaded"] is None else str(r["downloaded"])
         cached = "?" if r["cached"] is None else str(r["cached"])
-        print(f"{name:<18} {r['total']:>8.2f} {r['images']:>7} {dl:>11} {cached:>7}   {fmt_seconds(r['seconds'])}")
+        print(f"{name:<20} {r['total']:>8.2f} {r['images']:>7} {dl:>11} {cached:>7}   {fmt_seconds(r['seconds'])}")
     for name in ("labelloop cold", "labelloop rebuild"):
         if name not in results:
-            print(f"{name:<18} {'n/a':>8}")
+            print(f"{name:<20} {'n/a':>8}")
     sdk = results["SDK converter"]
     gets = sdk["gets"]
     print(
         f"\nSDK converter: {sdk['images']} images, {sdk['labels']} label files; {gets['gets']:.0f} media GETs "
         f"({gets['errors']:.0f} >= 400), {gets['seconds']:.2f} s in them "
         f"({gets['seconds'] / sdk['seconds']['convert'] * 100:.0f}% of the conversion)"
+    )
+    ref = results["LS zip export (ref)"]
+    print(
+        f"LS zip export (reference, not a target): {ref['images']} images, {ref['labels']} label files, "
+        f"{ref['MB']:.1f} MB zip in one request"
     )
     for name in ("labelloop cold", "labelloop rebuild"):
         if name in results:
