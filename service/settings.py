@@ -48,6 +48,14 @@ class Settings(BaseSettings):
         description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT when mounted here: Local Storage images are read "
         "from disk instead of downloaded.",
     )
+    label_studio_media_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            f"{ENV_PREFIX}LABEL_STUDIO_MEDIA_DIR", "LABEL_STUDIO_MEDIA_DIR", "label_studio_media_dir"
+        ),
+        description="Label Studio's media folder (<LABEL_STUDIO_BASE_DATA_DIR>/media) when mounted here: uploaded "
+        "images are read from disk instead of downloaded.",
+    )
     media_allow_hosts: str = Field(
         "",
         description="Comma-separated hosts (`host` or `host:port`) http(s) task image URLs may point at, "

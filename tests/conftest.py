@@ -57,6 +57,16 @@ def redis_url(redis_server: tuple[Stack, str]) -> str:
     return url
 
 
+# Where the session's Label Studio keeps its data (``media/upload/<project>/<file>`` among it).
+LABEL_STUDIO_DATA: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def label_studio_data_dir(label_studio: tuple[str, str]) -> Path:
+    """The data directory of the ``label_studio`` server (its media folder is ``<dir>/media``)."""
+    return LABEL_STUDIO_DATA["dir"]
+
+
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A real Label Studio server (own virtual environment, SQLite) on a free loopback port.
@@ -67,6 +77,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     from service.stack import LABEL_STUDIO_VERSION
 
     if os.environ.get("LABELLOOP_TEST_LS_URL"):  # a Label Studio already running (faster local iterations)
+        LABEL_STUDIO_DATA["dir"] = Path(os.environ["LABELLOOP_TEST_LS_DATA_DIR"])
         yield os.environ["LABELLOOP_TEST_LS_URL"], os.environ["LABELLOOP_TEST_LS_TOKEN"]
         return
     venv = Path(
@@ -75,6 +86,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     )
     binary = label_studio_binary(venv)
     workdir = tmp_path_factory.mktemp("label-studio")
+    LABEL_STUDIO_DATA["dir"] = workdir / "data"
     stack = Stack(workdir, {})
     try:
         url = stack.start_label_studio(binary, free_port(), workdir / "data", LS_USER, LS_PASSWORD, LS_TOKEN)

@@ -448,3 +448,25 @@ def test_pipeline_versions_of_other_task_types(
     assert metric in second.manifest["incumbent"]["metrics"]
     assert second.manifest["dataset"]["sync"]["mode"] == "incremental"
     assert second.manifest["dataset"]["images_downloaded"] == 0
+
+
+def test_uploads_read_from_a_mounted_media_folder(
+    api: LabelStudioAPI, label_studio: tuple[str, str], label_studio_data_dir: Path, tmp_path: Path
+) -> None:
+    """With Label Studio's media folder mounted (``LABEL_STUDIO_MEDIA_DIR``), uploaded images are read
+    from disk: the build matches the downloaded one, and a wrong token shows Label Studio was not asked
+    for images."""
+    pid, _ = project(api, "detect", n=5, annotate=5)
+    downloaded = build_project_dataset(settings_for(tmp_path / "http", *label_studio), pid)
+    url, token = label_studio
+    settings = settings_for(tmp_path / "disk", url, token, label_studio_media_dir=label_studio_data_dir / "media")
+    from_disk = build_project_dataset(settings, pid)
+    assert from_disk.report.images_downloaded == 5 and from_disk.report.skipped == []
+    assert from_disk.report.fingerprint == downloaded.report.fingerprint
+
+    from workers.media import ImageCache, MediaConfig
+
+    task: Any = api.sdk.tasks.list(project=pid).items[0]
+    config = MediaConfig(url, "not-a-valid-token", media_dir=label_studio_data_dir / "media")
+    with ImageCache(tmp_path / "c2", config) as cache:
+        assert cache.get(task.id, task.data["image"]).width == W

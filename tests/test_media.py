@@ -483,6 +483,27 @@ def test_local_files_read_from_document_root(server: Server, cache_dir: Path, tm
     assert not [n for n in files_in(cache_dir) if n.startswith(".part-")]
 
 
+def test_uploads_read_from_mounted_media_dir(server: Server, cache_dir: Path, tmp_path: Path) -> None:
+    """/data/upload/<rel> is read from <media_dir>/upload/<rel> without a request; traversal is refused;
+    a file that is not there is downloaded from Label Studio."""
+    media = tmp_path / "media"
+    (media / "upload" / "3").mkdir(parents=True)
+    (media / "upload" / "3" / "ab12-x.png").write_bytes(png_bytes(41, 17))
+    (tmp_path / "secret.png").write_bytes(png_bytes(5, 5))
+    ls = f"http://127.0.0.1:{server.port}"
+    with ImageCache(cache_dir, config(None, label_studio_url=ls, api_key="k", media_dir=media)) as cache:
+        got = cache.get(1, "/data/upload/3/ab12-x.png")
+        assert got.downloaded and (got.width, got.height) == (41, 17)
+        assert cache.get(2, f"{ls}/data/upload/3/ab12-x.png").width == 41  # full URL on the LS host
+        for bad in ["/data/upload/../../secret.png", "/data/upload/3/%2e%2e/%2e%2e/%2e%2e/secret.png"]:
+            with pytest.raises(MediaError, match="escapes"):
+                cache.get(3, bad)
+        assert server.hits == []
+        server.files["other.png"] = server.files["b.png"]
+        assert cache.get(4, "/data/upload/3/other.png").width == 20
+        assert [h["path"] for h in server.hits] == ["/data/upload/3/other.png"]
+
+
 def test_root_document_root_is_ignored(cache_dir: Path) -> None:
     with ImageCache(cache_dir, config(None, document_root=Path("/"))) as cache:
         with pytest.raises(MediaError, match="LABEL_STUDIO_URL"):

@@ -23,6 +23,7 @@ image and one label file).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 import yaml
 from PIL import Image
 
@@ -44,7 +46,7 @@ from workers.labels import TrainSpec
 
 _HASH_SPACE = float(2**64)
 STATE_FILE = ".labelloop-state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class ImageRef(Protocol):
@@ -344,33 +346,44 @@ def build_dataset(
     report.task = spec.task
     report.seconds["select"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    images = fetch([(task_id, url) for task_id, url, _ in chosen])
-    report.seconds["download"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     state_path = out_dir / STATE_FILE
     names_key = hashlib.sha1(json.dumps([spec.task, spec.from_name, sorted(names.items())]).encode()).hexdigest()[:12]
     try:
-        old_state = json.loads(state_path.read_text())
+        old_state = orjson.loads(state_path.read_bytes())
         if old_state.get("version") != STATE_VERSION or old_state.get("layout") != _layout(spec):
             old_state = None
     except (OSError, ValueError):
         old_state = None
     old_tasks: dict[str, dict[str, Any]] = (old_state or {}).get("tasks", {})
 
+    # Images the last build used for the same URL are taken from its state (no cache lookups);
+    # only new or changed ones are fetched.
+    t0 = time.perf_counter()
+    images: dict[int, Any] = {}
+    to_fetch: list[tuple[int, str]] = []
+    for task_id, url, _ in chosen:
+        prev = old_tasks.get(str(task_id))
+        if prev is not None and prev.get("url") == url and _mtime(prev["src"]) == prev.get("src_mtime"):
+            images[task_id] = LocalImage(Path(prev["src"]), int(prev["width"]), int(prev["height"]))
+        else:
+            to_fetch.append((task_id, url))
+    if to_fetch:
+        images.update(fetch(to_fetch))
+    report.seconds["download"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     # 1. What each task should contribute (converted labels are reused when nothing changed).
-    usable: list[tuple[int, Any, dict[str, Any]]] = []
-    for task_id, _url, annotation in chosen:
+    usable: list[tuple[int, Any, dict[str, Any], str]] = []
+    for task_id, url, annotation in chosen:
         image = images.get(task_id)
         if image is None or isinstance(image, BaseException):
             report.skip(task_id, "image unavailable", str(image)[:300])
             continue
-        usable.append((task_id, image, annotation))
-    splits = assign_splits([t for t, _, _ in usable], val_fraction, min_val)
+        usable.append((task_id, image, annotation, url))
+    splits = assign_splits([t for t, _, _, _ in usable], val_fraction, min_val)
     wanted: dict[str, dict[str, Any]] = {}
     per_class: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
-    for task_id, image, annotation in usable:
+    for task_id, image, annotation, url in usable:
         key = f"{annotation.get('id')}:{annotation.get('updated_at')}:{image.width}x{image.height}:{names_key}"
         prev = old_tasks.get(str(task_id))
         if prev is not None and prev.get("key") == key:
@@ -414,6 +427,9 @@ def build_dataset(
             "labels": label_rel,
             "src": src,
             "src_mtime": _mtime(src),
+            "url": url,
+            "width": image.width,
+            "height": image.height,
         }
     report.instances_per_class = {s: dict(sorted(c.items())) for s, c in per_class.items()}
     usable_n = report.images["train"] + report.images["val"]
@@ -460,7 +476,7 @@ def build_dataset(
             if prev.get("labels") != new["labels"] or prev.get("label") != new["label"] or not label_path.exists():
                 _write_text(label_path, new["label"])
                 written += 1
-        fp.update(f"{new['image']}:{new['src_mtime']}:{new['label']}\n".encode())
+        fp.update(f"{new['image']}:{new['url']}:{new['width']}x{new['height']}:{new['label']}\n".encode())
     report.files_written = written
     if written or any(k not in wanted for k in old_tasks):
         # Ultralytics' label caches hash file names and sizes, not contents: drop them on any change.
@@ -477,10 +493,10 @@ def build_dataset(
         if spec.task == "pose":
             content["kpt_shape"] = [len(spec.keypoint_labels), 3]
         _write_text(data, yaml.safe_dump(content, sort_keys=False))
-    _write_text(
-        state_path,
-        json.dumps({"version": STATE_VERSION, "layout": _layout(spec), "names": names, "tasks": wanted}),
-    )
+    state = {"version": STATE_VERSION, "layout": _layout(spec), "names": names, "tasks": wanted}
+    tmp = state_path.with_name(f".{state_path.name}.tmp")
+    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
+    os.replace(tmp, state_path)
     report.seconds["build"] = time.perf_counter() - t0
     _write_text(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
     return BuildResult(data, spec, names, report)
@@ -538,9 +554,12 @@ def build_project_dataset(
     label_config, tasks, sync = sync_tasks(client, project_id, home / "tasks.json")
     spec = train_spec(label_config, params)
     names = stable_names(load_class_names(settings.models_dir, project_id, spec.from_name), spec.labels)
-    with ImageCache(Path(settings.cache_dir).absolute() / "images", MediaConfig.from_settings(settings)) as cache:
+    with contextlib.ExitStack() as stack:
 
         def fetch(items: list[tuple[int, str]]) -> Mapping[int, Any]:
+            # Opened only when the build needs images it does not have yet.
+            config = MediaConfig.from_settings(settings)
+            cache = stack.enter_context(ImageCache(Path(settings.cache_dir).absolute() / "images", config))
             return cache.get_many(items, on_done=on_image)
 
         result = build_dataset(

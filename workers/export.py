@@ -6,18 +6,25 @@ Follows Label Studio's JSON export format
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from service.errors import DatasetError
 
 
+@functools.lru_cache(maxsize=8)
 def ls_client(url: str | None, api_key: str | None) -> Any:
     """A label-studio-sdk client; accepts a legacy token or a personal access token.
+
+    One client per URL and key and process (its connection pool is reused across builds).
 
     Raises:
         DatasetError: the URL or the token is not configured.
@@ -79,38 +86,47 @@ def sync_tasks(client: Any, project_id: int, store: Path) -> tuple[str, list[dic
         "seconds": s}``.
     """
     t0 = time.perf_counter()
-    raw = client.projects.with_raw_response.get(id=project_id)
+    try:
+        state = orjson.loads(Path(store).read_bytes())
+        tasks: dict[str, dict[str, Any]] | None = state["tasks"]
+        since = float(state["server_time"]) - SYNC_OVERLAP_S
+    except (OSError, ValueError, KeyError, TypeError):
+        tasks, since = None, 0.0
+    # The project (label config, counters, server time) is read while the changed tasks are
+    # listed; both requests start after the previous sync's server time minus the overlap.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        project_future = pool.submit(client.projects.with_raw_response.get, id=project_id)
+        mode, fetched = "full", 0
+        changed: list[dict[str, Any]] = []
+        if tasks is not None:
+            query = {
+                "filters": {
+                    "conjunction": "and",
+                    "items": [
+                        {
+                            "filter": "filter:tasks:updated_at",
+                            "operator": "greater",
+                            "type": "Datetime",
+                            "value": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since)),
+                        }
+                    ],
+                }
+            }
+            for item in client.tasks.list(
+                project=project_id, fields="all", query=json.dumps(query), resolve_uri=False, page_size=500
+            ):
+                changed.append(
+                    item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
+                )
+        raw = project_future.result()
     project = raw.data
     try:
         server_time = parsedate_to_datetime(raw.headers.get("date")).timestamp()
     except (TypeError, ValueError):
         server_time = time.time()
     counts = (int(project.total_annotations_number or 0), int(project.skipped_annotations_number or 0))
-    try:
-        state = json.loads(Path(store).read_text())
-        tasks: dict[str, dict[str, Any]] | None = state["tasks"]
-        since = float(state["server_time"]) - SYNC_OVERLAP_S
-    except (OSError, ValueError, KeyError, TypeError):
-        tasks, since = None, 0.0
-    mode, fetched = "full", 0
     if tasks is not None:
-        query = {
-            "filters": {
-                "conjunction": "and",
-                "items": [
-                    {
-                        "filter": "filter:tasks:updated_at",
-                        "operator": "greater",
-                        "type": "Datetime",
-                        "value": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since)),
-                    }
-                ],
-            }
-        }
-        for item in client.tasks.list(
-            project=project_id, fields="all", query=json.dumps(query), resolve_uri=False, page_size=500
-        ):
-            task = item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
+        for task in changed:
             fetched += 1
             if task.get("annotations"):
                 tasks[str(task["id"])] = task
@@ -125,7 +141,7 @@ def sync_tasks(client: Any, project_id: int, store: Path) -> tuple[str, list[dic
         mode, fetched = "full", len(exported)
     Path(store).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(store).with_name(f".{Path(store).name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"server_time": server_time, "tasks": tasks}))
+    tmp.write_bytes(orjson.dumps({"server_time": server_time, "tasks": tasks}))
     os.replace(tmp, store)
     info = {"mode": mode, "tasks_fetched": fetched, "seconds": time.perf_counter() - t0}
     return str(project.label_config), list(tasks.values()), info

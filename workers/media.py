@@ -3,8 +3,9 @@
 A task's image URL is one of (Label Studio docs: https://labelstud.io/guide/storage,
 https://labelstud.io/guide/tasks#Import-data):
 
-- ``/data/upload/<project>/<file>``: a file uploaded to Label Studio; downloaded from the Label
-  Studio URL with the API key.
+- ``/data/upload/<project>/<file>``: a file uploaded to Label Studio; read from disk under
+  ``media_dir`` (Label Studio's media folder, ``<LABEL_STUDIO_BASE_DATA_DIR>/media``, when it
+  is mounted here), otherwise downloaded from the Label Studio URL with the API key.
 - ``/data/local-files/?d=<path>``: a Local Storage file
   (https://labelstud.io/guide/storage#Local-storage); read from disk under
   ``document_root`` (Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT``, when it is mounted here),
@@ -45,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 import httpx
 import structlog
@@ -83,6 +84,10 @@ class MediaConfig:
             ``/data/local-files/?d=<rel>`` is then read from ``<document_root>/<rel>`` (a path
             that resolves outside the root, symlinks included, is refused; a missing file is
             downloaded from Label Studio instead). ``/`` is ignored.
+        media_dir: Label Studio's media folder (``<LABEL_STUDIO_BASE_DATA_DIR>/media``) as
+            mounted on this machine; ``/data/upload/<rel>`` is then read from
+            ``<media_dir>/upload/<rel>`` (same rules as ``document_root``), which saves Label
+            Studio about 10 ms of CPU per image.
         allow_hosts: extra hosts plain http(s) URLs may point at: ``host`` (any port) or
             ``host:port``.
         timeout_s: limit of one HTTP request, body included (seconds).
@@ -95,6 +100,7 @@ class MediaConfig:
     label_studio_url: str | None
     api_key: str | None
     document_root: Path | None = None
+    media_dir: Path | None = None
     allow_hosts: tuple[str, ...] = ()
     timeout_s: float = 30.0
     retries: int = 3
@@ -111,6 +117,7 @@ class MediaConfig:
             label_studio_url=settings.label_studio_url,
             api_key=settings.api_key,
             document_root=settings.local_files_document_root,
+            media_dir=settings.label_studio_media_dir,
             allow_hosts=hosts,
             timeout_s=settings.media_timeout_s,
             retries=settings.media_retries,
@@ -295,6 +302,8 @@ class ImageCache:
             log.warning("media_document_root_ignored", document_root=str(root), reason="it would expose every file")
             root = None
         self._root = root
+        media = Path(config.media_dir).resolve() / "upload" if config.media_dir else None
+        self._uploads = media if media is not None and media != Path(media.anchor) else None
         self._auth = _LabelStudioAuth(self._ls_base, config.api_key) if self._ls_base else None
         threads = max(1, config.threads)
         self._client = httpx.Client(
@@ -458,17 +467,19 @@ class ImageCache:
         if url.startswith("/"):
             if url.startswith("/data/local-files") and self._read_local(url, out):
                 return
+            if url.startswith("/data/upload/") and self._read_upload(url, out):
+                return
             self._download(self._ls_url(url, url), out, url)
             return
         origin = _origin(url)
         if origin is None:
             raise MediaError(f"unsupported image URL (not http(s), /data/..., or a cloud URI): {_shown(url)}")
-        if (
-            origin == self._ls_origin
-            and urlsplit(url).path.startswith("/data/local-files")
-            and self._read_local(url, out)
-        ):
-            return
+        if origin == self._ls_origin:
+            path = urlsplit(url).path
+            if path.startswith("/data/local-files") and self._read_local(url, out):
+                return
+            if path.startswith("/data/upload/") and self._read_upload(path, out):
+                return
         self._download(url, out, url)
 
     def _ls_url(self, path: str, task_url: str) -> str:
@@ -491,13 +502,27 @@ class ImageCache:
             raise MediaError(f"local-files path escapes the document root: {rel!r}")
         if self._root is None:
             return False
-        candidate = (self._root / norm).resolve()
-        if not candidate.is_relative_to(self._root):
-            raise MediaError(f"local-files path escapes the document root: {rel!r}")
+        return self._copy_under(self._root, norm, rel, out, "the document root")
+
+    def _read_upload(self, url: str, out: IO[bytes]) -> bool:
+        """Copy an uploaded file from ``media_dir``; False when no media folder is mounted or
+        the file is not there (then Label Studio serves it)."""
+        if self._uploads is None:
+            return False
+        rel = unquote(urlsplit(url).path[len("/data/upload/") :])
+        norm = posixpath.normpath(rel).lstrip("/")
+        if "\x00" in rel or norm == ".." or norm.startswith("../"):
+            raise MediaError(f"upload path escapes the media folder: {rel!r}")
+        return self._copy_under(self._uploads, norm, rel, out, "the media folder")
+
+    def _copy_under(self, root: Path, norm: str, rel: str, out: IO[bytes], what: str) -> bool:
+        candidate = (root / norm).resolve()
+        if not candidate.is_relative_to(root):
+            raise MediaError(f"path escapes {what}: {rel!r}")
         if not candidate.is_file():
             if self._ls_base:
                 return False
-            raise MediaError(f"local file not found under the document root: {rel!r}")
+            raise MediaError(f"file not found under {what}: {rel!r}")
         if candidate.stat().st_size > self.config.max_bytes:
             raise MediaError(f"image is larger than {self.config.max_bytes} bytes: {rel!r}")
         with open(candidate, "rb") as src:
