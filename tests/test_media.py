@@ -701,3 +701,18 @@ def test_label_studio_cloud_presign(ls: tuple[str, str, Path], moto_s3: str, cac
         assert cache.get(task["id"], uri).downloaded is False
         with pytest.raises(MediaError, match="HTTP"):
             cache.get(task["id"], f"s3://{bucket}/imgs/missing.png")
+
+
+def test_not_an_image_after_ultralytics_patched_pillow(tmp_path: Path) -> None:
+    """Importing ultralytics replaces ``PIL.Image.open`` with a wrapper that tries to install a HEIF
+    plugin on unknown files; a non-image is still a plain "not an image" (as in predict workers)."""
+    from workers.media import _decode
+    from workers.yolo_env import prepare_ultralytics
+
+    prepare_ultralytics(tmp_path / "yolo")
+    import ultralytics.utils.patches  # noqa: F401  (the patch applies on import)
+
+    page = tmp_path / "login.png"
+    page.write_bytes(b"<html>please log in</html>")
+    with pytest.raises(MediaError, match="not an image"):
+        _decode(page)

@@ -38,6 +38,7 @@ import os
 import posixpath
 import random
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -642,6 +643,14 @@ def _encoder(im: Image.Image, ext: str) -> tuple[str, Callable[[IO[bytes]], None
     return "png", write_png
 
 
+def _pillow_open() -> Callable[..., Image.Image]:
+    """Pillow's own ``Image.open``: importing ultralytics replaces it with a wrapper that, on a
+    file Pillow cannot identify, tries to install and import a HEIF plugin (pi-heif)."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    original = getattr(patches, "_image_open", None)
+    return original if callable(original) else Image.open
+
+
 def _decode(raw: Path) -> tuple[str, int, tuple[int, int], Image.Image | None]:
     """Decode a downloaded file fully: (format, EXIF orientation, upright (width, height), the
     upright image to encode, or None when the file can be kept as it is).
@@ -653,7 +662,7 @@ def _decode(raw: Path) -> tuple[str, int, tuple[int, int], Image.Image | None]:
     """
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(raw, formats=OPEN_FORMATS) as im:
+        with _pillow_open()(raw, formats=OPEN_FORMATS) as im:
             if limit and im.width * im.height > limit:
                 raise MediaError(f"decompression bomb: {im.width}x{im.height} pixels is over {limit}")
             im.load()  # a truncated or corrupt file fails here, not in training
