@@ -59,6 +59,9 @@ def configure_logging(level: str = "INFO", json: bool | None = None, process: st
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    # One line per HTTP request the SDK or the image fetcher makes is noise unless debugging.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
     if process:
         structlog.contextvars.bind_contextvars(process=process)
     _configured = True
