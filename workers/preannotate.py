@@ -55,7 +55,8 @@ def preannotate_project(
         ``{"version", "tasks", "imported", "stopped"}``.
     """
     project = client.projects.get(id=project_id)
-    spec = train_spec(project.label_config, load_params(predictor.registry.root, project_id))
+    params = load_params(predictor.registry.root, project_id)
+    spec = train_spec(project.label_config, params)
     todo = tasks_to_predict(list(client.tasks.list(project=project_id, fields="all")), version)
     imported = 0
     stopped = False
@@ -64,7 +65,7 @@ def preannotate_project(
             stopped = True
             break
         batch = todo[start : start + batch_size]
-        results = predictor.predict(project_id, spec, batch, hostname, api_key)
+        results = predictor.predict(project_id, spec, batch, hostname, api_key, imgsz=params.imgsz)
         request = [
             {"task": t["id"], "result": r["result"], "score": r["score"], "model_version": r["model_version"]}
             for t, r in zip(batch, results, strict=True)
