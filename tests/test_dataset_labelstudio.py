@@ -226,6 +226,13 @@ def test_every_task_type_builds_trains_and_predicts(
         assert len(out["result"]) == 1 and out["result"][0]["value"]["choices"][0] in LABELS
     if kind == "brush":
         assert all(r["value"]["format"] == "rle" and r["value"]["rle"] for r in out["result"])
+    # Label Studio validates predictions against the label config: it must take these as they are.
+    stored = api.sdk.predictions.create(
+        task=ids[-1], result=out["result"], score=out["score"], model_version=out["model_version"]
+    )
+    [back] = [p for p in api.sdk_predictions(ids[-1]) if p["id"] == stored.id]
+    assert [r["type"] for r in back["result"]] == [r["type"] for r in out["result"]]
+    assert back["model_version"] == out["model_version"]
 
 
 def test_rebuild_after_one_annotation_fetches_one_task_and_writes_two_files(
