@@ -49,11 +49,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from service.demo import LabelStudioAPI
 from service.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
-from service.synthetic import LABEL_CONFIG, LABELS, Sample
+from service.synthetic import LABEL_CONFIG, Sample, draw_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 LS_USER = "bench@labelloop.local"
@@ -75,20 +75,10 @@ def photo_sample(seed: int, width: int = 320, height: int = 240, quality: int = 
     field = Image.fromarray(coarse, "RGB").resize((width, height), Image.Resampling.BICUBIC)
     pixels = np.asarray(field, dtype=np.int16) + nrng.normal(0, 8, (height, width, 3)).astype(np.int16)
     im = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(im)
-    boxes: list[tuple[str, int, int, int, int]] = []
-    for _ in range(rng.randint(1, 3)):
-        label = rng.choice(LABELS)
-        size = rng.randint(min(width, height) // 5, min(width, height) // 2)
-        x, y = rng.randint(0, width - size), rng.randint(0, height - size)
-        if label == "square":
-            draw.rectangle([x, y, x + size - 1, y + size - 1], fill=(230, 30, 30))
-        else:
-            draw.ellipse([x, y, x + size - 1, y + size - 1], fill=(30, 60, 230))
-        boxes.append((label, x, y, size, size))
+    boxes = draw_shapes(im, rng)
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
-    return Sample(buf.getvalue(), width, height, tuple(boxes))
+    return Sample(buf.getvalue(), width, height, boxes)
 
 
 def sample_name(seed: int) -> str:
@@ -100,14 +90,7 @@ def sample_name(seed: int) -> str:
 
 def import_files(api: LabelStudioAPI, project_id: int, files: list[tuple[str, bytes]]) -> None:
     """Upload images as tasks in one ``POST /api/projects/{id}/import`` (one form field per file)."""
-    form = {f"file{i}": (name, data, "image/jpeg") for i, (name, data) in enumerate(files)}
-    resp = httpx.post(
-        f"{api.url}/api/projects/{project_id}/import",
-        headers={"Authorization": f"Token {api.token}"},
-        files=form,
-        timeout=300,
-    )
-    resp.raise_for_status()
+    api.upload(project_id, [(name, data, "image/jpeg") for name, data in files])
 
 
 def list_tasks(api: LabelStudioAPI, project_id: int) -> list[dict[str, Any]]:

@@ -46,16 +46,21 @@ class LabelStudioAPI:
         project: Any = self.sdk.projects.create(title=title, label_config=label_config)
         return int(project.id)
 
-    def import_images(self, project_id: int, samples: list[Sample]) -> list[int]:
-        """Upload PNGs as tasks (``POST /api/projects/{id}/import``); returns task ids in order."""
-        files = {f"file{i}": (f"img{i:04d}.png", s.png, "image/png") for i, s in enumerate(samples)}
+    def upload(self, project_id: int, files: list[tuple[str, bytes, str]]) -> None:
+        """Upload files as tasks in one ``POST /api/projects/{id}/import``: ``(name, bytes, mime)``
+        each, one form field per file (Label Studio keeps one file per field name)."""
+        form = {f"file{i}": file for i, file in enumerate(files)}
         resp = httpx.post(
             f"{self.url}/api/projects/{project_id}/import",
             headers={"Authorization": f"Token {self.token}"},
-            files=files,
-            timeout=120,
+            files=form,
+            timeout=300,
         )
         resp.raise_for_status()
+
+    def import_images(self, project_id: int, samples: list[Sample]) -> list[int]:
+        """Upload PNGs as tasks (``POST /api/projects/{id}/import``); returns task ids in order."""
+        self.upload(project_id, [(f"img{i:04d}.png", s.png, "image/png") for i, s in enumerate(samples)])
         tasks: list[Any] = sorted(self.sdk.tasks.list(project=project_id), key=lambda t: t.id)
         by_name = {str(t.data["image"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
         return [by_name[f"img{i:04d}.png"] for i in range(len(samples))]

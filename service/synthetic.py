@@ -65,6 +65,15 @@ def make_sample(seed: int, width: int = 256, height: int = 192) -> Sample:
     rng = random.Random(seed)
     noise = bytes(rng.randrange(256) for _ in range(width * height * 3))
     im = Image.frombytes("RGB", (width, height), noise)
+    boxes = draw_shapes(im, rng)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return Sample(buf.getvalue(), width, height, boxes)
+
+
+def draw_shapes(im: Image.Image, rng: random.Random) -> tuple[tuple[str, int, int, int, int], ...]:
+    """Draw 1-3 red squares / blue discs onto ``im``; returns ``(label, x, y, w, h)`` in pixels."""
+    width, height = im.size
     draw = ImageDraw.Draw(im)
     boxes: list[tuple[str, int, int, int, int]] = []
     for _ in range(rng.randint(1, 3)):
@@ -77,6 +86,4 @@ def make_sample(seed: int, width: int = 256, height: int = 192) -> Sample:
         else:
             draw.ellipse([x, y, x + size - 1, y + size - 1], fill=(30, 60, 230))
         boxes.append((label, x, y, size, size))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return Sample(buf.getvalue(), width, height, tuple(boxes))
+    return tuple(boxes)
