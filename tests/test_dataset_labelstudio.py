@@ -242,12 +242,12 @@ def test_rebuild_after_one_annotation_fetches_one_task_and_writes_two_files(
     an update rewrites one label; a deleted task disappears (project counters force a full read)."""
     pid, ids = project(api, "detect", n=10, annotate=8)
     settings = settings_for(tmp_path, *label_studio)
-    time.sleep(SYNC_OVERLAP_S + 0.5)  # tasks changed within the overlap window before a sync are read again
+    time.sleep(SYNC_OVERLAP_S + 1.5)  # tasks changed in the overlap (+1 s of Date resolution) are read again
     first = build_project_dataset(settings, pid)
     assert first.report.sync["mode"] == "full" and first.report.images_downloaded == 8
     assert first.report.files_written == 16
 
-    time.sleep(SYNC_OVERLAP_S + 0.5)
+    time.sleep(SYNC_OVERLAP_S + 1.5)
     sample = make_sample(100 + 8, W, H)
     api.annotate(ids[8], sample.ls_result())
     second = build_project_dataset(settings, pid)
