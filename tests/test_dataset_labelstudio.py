@@ -456,6 +456,17 @@ def test_pipeline_versions_of_other_task_types(
     assert second.manifest["dataset"]["sync"]["mode"] == "incremental"
     assert second.manifest["dataset"]["images_downloaded"] == 0
 
+    # A label added to the config: the next version still fine-tunes the served one (its layers
+    # that fit), gets the new class id, and is not gated against a model with other classes.
+    child = "Choice" if task == "classify" else "Label"
+    config = label_config(kind).replace('value="disc"/>', f'value="disc"/><{child} value="star"/>')
+    api.sdk.projects.update(id=pid, label_config=config)
+    third = run_training(settings, pid, "run-3")
+    assert third.manifest["names"] == {"0": "square", "1": "disc", "2": "star"}
+    assert third.manifest["train_args"]["weights"] == str(second.weights)
+    assert third.manifest["incumbent"] is None or third.manifest["incumbent"]["metrics"] is None
+    assert third.manifest["promotion"]["promoted"]
+
 
 def test_uploads_read_from_a_mounted_media_folder(
     api: LabelStudioAPI, label_studio: tuple[str, str], label_studio_data_dir: Path, tmp_path: Path

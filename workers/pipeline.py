@@ -87,11 +87,14 @@ def run_training(
     )
 
     parent = registry.current(project_id)
-    # Fine-tune the served version when it was trained for the same task and classes; else
-    # start from the base model for this task (a class added to the config changes the head).
-    same_kind = parent is not None and _compatible(parent.manifest, spec, built.names)
+    # Fine-tune the served version when it was trained for the same task (and keypoints); with
+    # a class added since, Ultralytics keeps every layer whose shape still fits and starts the
+    # class outputs afresh. The promotion gate compares with it only when the classes are the
+    # same (otherwise their scores are not comparable). A new task starts from its base model.
+    same_task = parent is not None and _same_task(parent.manifest, spec)
+    same_kind = parent is not None and same_task and _same_names(parent.manifest, built.names)
     weights = (
-        str(parent.weights) if parent is not None and same_kind else base_model_for(params["base_model"], spec.task)
+        str(parent.weights) if parent is not None and same_task else base_model_for(params["base_model"], spec.task)
     )
     train_args = {
         "weights": weights,
@@ -174,12 +177,17 @@ def base_model_for(base_model: str, task: str) -> str:
     return f"{path.stem}{_TASK_SUFFIX[task]}{path.suffix}"
 
 
-def _compatible(manifest: dict[str, Any], spec: TrainSpec, names: dict[int, str]) -> bool:
-    """Whether a version was trained for the same task, control tag and class ids."""
-    old = {int(k): v for k, v in (manifest.get("names") or dict(enumerate(manifest.get("classes") or []))).items()}
+def _same_task(manifest: dict[str, Any], spec: TrainSpec) -> bool:
+    """Whether a version was trained for the same task, control tag and keypoints."""
     old_spec = manifest.get("spec") or {}
     return (
         manifest.get("task", "detect") == spec.task
-        and old == names
+        and manifest.get("from_name", spec.from_name) == spec.from_name
         and tuple(old_spec.get("keypoint_labels") or ()) == spec.keypoint_labels
     )
+
+
+def _same_names(manifest: dict[str, Any], names: dict[int, str]) -> bool:
+    """Whether a version was trained with the same class ids."""
+    old = manifest.get("names") or dict(enumerate(manifest.get("classes") or []))
+    return {int(k): v for k, v in old.items()} == names
