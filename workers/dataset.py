@@ -42,6 +42,7 @@ from PIL import Image
 from service.errors import DatasetError
 from service.settings import Settings
 from workers.export import select_annotation
+from workers.files import write_atomic
 from workers.labels import TrainSpec
 
 _HASH_SPACE = float(2**64)
@@ -167,9 +168,7 @@ def load_class_names(models_dir: Path, project_id: int, from_name: str) -> dict[
 
 def store_class_names(models_dir: Path, project_id: int, from_name: str, names: Mapping[int, str]) -> None:
     """Persist a control tag's class ids with the project's model versions (atomic write)."""
-    pdir = Path(models_dir) / str(int(project_id))
-    pdir.mkdir(parents=True, exist_ok=True)
-    path = pdir / CLASSES_FILE
+    path = Path(models_dir) / str(int(project_id)) / CLASSES_FILE
     try:
         stored = json.loads(path.read_text())
         if not isinstance(stored, dict):
@@ -177,9 +176,7 @@ def store_class_names(models_dir: Path, project_id: int, from_name: str, names: 
     except (OSError, ValueError):
         stored = {}
     stored[from_name] = {str(k): v for k, v in sorted(names.items())}
-    tmp = pdir / f".{CLASSES_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(stored, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(stored, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,12 +275,6 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def build_dataset(
     tasks: list[dict[str, Any]],
     spec: TrainSpec,
@@ -292,6 +283,7 @@ def build_dataset(
     val_fraction: float = 0.2,
     min_val: int = 1,
     names: Mapping[int, str] | None = None,
+    report: DatasetReport | None = None,
 ) -> BuildResult:
     """Write (or update) an Ultralytics dataset for the tasks' chosen annotations.
 
@@ -308,6 +300,8 @@ def build_dataset(
         fetch: ``[(task_id, url)] -> {task_id: ImageRef or exception}`` (``workers.media``).
         val_fraction, min_val: see ``assign_splits``.
         names: stable class ids (id -> label, see ``stable_names``); default: config order.
+        report: a report to complete (e.g. holding the export's seconds and sync mode); default
+            a new one. It is written to ``report.json`` once the build is done.
 
     Returns:
         the built dataset (see ``BuildResult``).
@@ -321,7 +315,8 @@ def build_dataset(
     out_dir = Path(out_dir).absolute()
     names = dict(names) if names is not None else dict(enumerate(spec.labels))
     class_ids = {label: i for i, label in names.items() if label in spec.labels}
-    report = DatasetReport(task=spec.task, tasks_exported=len(tasks))
+    report = report if report is not None else DatasetReport()
+    report.task, report.tasks_exported = spec.task, len(tasks)
 
     t0 = time.perf_counter()
     chosen: list[tuple[int, str, dict[str, Any]]] = []
@@ -474,7 +469,7 @@ def build_dataset(
         if new["labels"] is not None:
             label_path = out_dir / new["labels"]
             if prev.get("labels") != new["labels"] or prev.get("label") != new["label"] or not label_path.exists():
-                _write_text(label_path, new["label"])
+                write_atomic(label_path, new["label"])
                 written += 1
         fp.update(f"{new['image']}:{new['url']}:{new['width']}x{new['height']}:{new['label']}\n".encode())
     report.files_written = written
@@ -486,19 +481,17 @@ def build_dataset(
 
     if spec.task == "classify":
         data = out_dir
-        _write_text(out_dir / ".ndjson.yaml", yaml.safe_dump({"names": names}, sort_keys=False))
+        write_atomic(out_dir / ".ndjson.yaml", yaml.safe_dump({"names": names}, sort_keys=False))
     else:
         data = out_dir / "data.yaml"
         content: dict[str, Any] = {"path": str(out_dir), "train": "images/train", "val": "images/val", "names": names}
         if spec.task == "pose":
             content["kpt_shape"] = [len(spec.keypoint_labels), 3]
-        _write_text(data, yaml.safe_dump(content, sort_keys=False))
+        write_atomic(data, yaml.safe_dump(content, sort_keys=False))
     state = {"version": STATE_VERSION, "layout": _layout(spec), "names": names, "tasks": wanted}
-    tmp = state_path.with_name(f".{state_path.name}.tmp")
-    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
-    os.replace(tmp, state_path)
+    write_atomic(state_path, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
     report.seconds["build"] = time.perf_counter() - t0
-    _write_text(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
+    write_atomic(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
     return BuildResult(data, spec, names, report)
 
 
@@ -536,7 +529,8 @@ def build_project_dataset(
 
     Args:
         out_dir: the dataset folder; default ``<cache_dir>/datasets/<project>/yolo``.
-        on_image: called once per image fetched or found in the cache (progress bars).
+        on_image: called once per image fetched or looked up in the image cache (progress
+            bars); images unchanged since the last build into the same folder are not.
 
     Raises:
         DatasetError: Label Studio is not configured, or too little data is usable.
@@ -570,11 +564,8 @@ def build_project_dataset(
             effective["val_fraction"],
             settings.min_val_images,
             names,
+            DatasetReport(seconds={"export": sync.pop("seconds")}, sync=sync),
         )
     store_class_names(settings.models_dir, project_id, spec.from_name, names)
-    result.report.seconds = {"export": sync.pop("seconds"), **result.report.seconds}
-    result.report.sync = sync
     result.tasks = tasks
-    report_path = (result.data if result.data.is_dir() else result.data.parent) / "report.json"
-    _write_text(report_path, json.dumps(result.report.to_dict(), indent=1))
     return result

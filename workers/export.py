@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
@@ -18,6 +17,7 @@ from typing import Any
 import orjson
 
 from service.errors import DatasetError
+from workers.files import write_atomic
 
 
 @functools.lru_cache(maxsize=8)
@@ -139,10 +139,7 @@ def sync_tasks(client: Any, project_id: int, store: Path) -> tuple[str, list[dic
         exported = export_tasks(client, project_id)
         tasks = {str(t["id"]): t for t in exported if t.get("annotations")}
         mode, fetched = "full", len(exported)
-    Path(store).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(store).with_name(f".{Path(store).name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps({"server_time": server_time, "tasks": tasks}))
-    os.replace(tmp, store)
+    write_atomic(Path(store), orjson.dumps({"server_time": server_time, "tasks": tasks}))
     info = {"mode": mode, "tasks_fetched": fetched, "seconds": time.perf_counter() - t0}
     return str(project.label_config), list(tasks.values()), info
 

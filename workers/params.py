@@ -8,8 +8,6 @@ the workers read them. Unset keys fall back to the environment's settings.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.errors import ParamsError
 from service.settings import Settings
+from workers.files import write_atomic
 from workers.labels import TrainSpec, parse_label_config
 
 FILE = "params.json"
@@ -96,12 +95,8 @@ def load(models_dir: Path, project_id: int) -> ProjectParams:
 
 def store(models_dir: Path, project_id: int, params: ProjectParams) -> bool:
     """Write the params atomically when they changed; returns whether the file was written."""
-    pdir = Path(models_dir) / str(int(project_id))
-    if load(models_dir, project_id) == params and (pdir / FILE).exists():
+    path = Path(models_dir) / str(int(project_id)) / FILE
+    if load(models_dir, project_id) == params and path.exists():
         return False
-    pdir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=pdir, prefix=".params-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(params.model_dump_json(exclude_none=True))
-    os.replace(tmp, pdir / FILE)
+    write_atomic(path, params.model_dump_json(exclude_none=True))
     return True
