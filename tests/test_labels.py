@@ -7,9 +7,9 @@ import pytest
 from service.errors import LabelConfigError
 from service.synthetic import LABEL_CONFIG
 from tests.conftest import fixture
+from workers.convert import annotation_to_yolo
 from workers.labels import (
     TrainSpec,
-    annotation_to_yolo_lines,
     parse_detection_config,
     parse_label_config,
     rectangle_to_yolo,
@@ -17,6 +17,7 @@ from workers.labels import (
 )
 
 SPEC = TrainSpec("detect", "rectanglelabels", "label", "image", "image", ("cat", "dog"))
+CLASS_IDS = {"cat": 0, "dog": 1}
 
 
 def test_parses_the_captured_label_config() -> None:
@@ -121,7 +122,7 @@ def test_round_trip_pixel_box() -> None:
 def test_annotation_lines_from_captured_webhook() -> None:
     """The captured ANNOTATION_CREATED result becomes one YOLO line with class id 0 (cat)."""
     result = fixture("webhook_ANNOTATION_CREATED.json")["annotation"]["result"]
-    lines, dropped = annotation_to_yolo_lines(result, SPEC, 64, 48)
+    lines, dropped = annotation_to_yolo(result, SPEC, CLASS_IDS, 64, 48)
     assert dropped == []
     assert lines == ["0 0.250000 0.350000 0.300000 0.400000"]
 
@@ -148,6 +149,6 @@ def test_unknown_labels_and_other_tags_are_reported_or_ignored() -> None:
             "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["dog"]},
         },
     ]
-    lines, dropped = annotation_to_yolo_lines(result, SPEC, 100, 100)
+    lines, dropped = annotation_to_yolo(result, SPEC, CLASS_IDS, 100, 100)
     assert lines == ["1 0.060000 0.060000 0.100000 0.100000"]
     assert len(dropped) == 1 and "horse" in dropped[0]

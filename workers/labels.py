@@ -72,10 +72,6 @@ class TrainSpec:
         return (self.from_name,) + ((self.keypoint_from_name,) if self.keypoint_from_name else ())
 
 
-# Kept for callers of the loop's first version; every task type is a TrainSpec now.
-DetectionSpec = TrainSpec
-
-
 def parse_label_config(label_config: str, control_tag: str | None = None, obb: bool = False) -> TrainSpec:
     """Choose what to train from a project's label config, with label-studio-sdk's ``LabelInterface``.
 
@@ -230,40 +226,3 @@ def xyxy_to_rectangle(
         "height": (y2 - y1) / H * 100,
         "rotation": 0.0,
     }
-
-
-def annotation_to_yolo_lines(
-    result: list[dict[str, Any]], spec: DetectionSpec, width: int, height: int
-) -> tuple[list[str], list[str]]:
-    """Turn one annotation's ``result`` into YOLO label lines.
-
-    Regions of other control tags are ignored. Sizes come from the image itself (``width``,
-    ``height``); Label Studio's ``original_width/height`` only cross-check them.
-
-    Returns:
-        ``(lines, dropped)``: label lines ``"cls cx cy w h"`` and a reason per dropped region.
-    """
-    lines: list[str] = []
-    dropped: list[str] = []
-    for region in result:
-        if region.get("from_name") != spec.from_name or region.get("type", "rectanglelabels") != "rectanglelabels":
-            continue
-        value = region.get("value") or {}
-        names = value.get("rectanglelabels") or []
-        if not names:
-            dropped.append(f"region {region.get('id')}: no label")
-            continue
-        if names[0] not in spec.labels:
-            dropped.append(f"region {region.get('id')}: label {names[0]!r} not in label config")
-            continue
-        try:
-            box = rectangle_to_yolo(value, width, height)
-        except (KeyError, TypeError, ValueError) as exc:
-            dropped.append(f"region {region.get('id')}: malformed value ({exc})")
-            continue
-        if box is None:
-            dropped.append(f"region {region.get('id')}: degenerate box")
-            continue
-        cls = spec.labels.index(names[0])
-        lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in box))
-    return lines, dropped
