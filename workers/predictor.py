@@ -245,9 +245,8 @@ class Predictor:
         with self._lock:
             cache = self._caches.get(key)
             if cache is None:
-                config = self.media or MediaConfig(label_studio_url=hostname, api_key=api_key)
-                if self.media is not None and (hostname, api_key) != (self.media.label_studio_url, self.media.api_key):
-                    config = replace(self.media, label_studio_url=hostname, api_key=api_key)
+                base = self.media or MediaConfig(label_studio_url=None, api_key=None)
+                config = replace(base, label_studio_url=hostname, api_key=api_key)
                 cache = self._caches[key] = ImageCache(self.cache_dir / "images", config)
             return cache
 
