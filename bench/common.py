@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from service.stack import Stack
 from service.synthetic import LABEL_CONFIG, make_sample
 from workers.dataset import build_dataset, local_images
 from workers.labels import parse_detection_config
@@ -81,3 +82,17 @@ def percentiles(values: list[float]) -> tuple[float, float]:
         return (values[0], values[0]) if values else (float("nan"), float("nan"))
     q = statistics.quantiles(values, n=100)
     return q[49], q[98]
+
+
+def predict_stack(work: Path, models: Path, imgsz: int) -> Stack:
+    """A process harness for a receiver and predict workers serving ``models`` at ``imgsz``, with
+    images fetched from loopback (``serve_dir``); Redis and the processes are started by the caller."""
+    return Stack(
+        work,
+        {
+            "LABELLOOP_MODELS_DIR": str(models),
+            "LABELLOOP_CACHE_DIR": str(work / "cache"),
+            "LABELLOOP_IMGSZ": str(imgsz),
+            "LABELLOOP_MEDIA_ALLOW_HOSTS": "127.0.0.1",  # images served on loopback
+        },
+    )

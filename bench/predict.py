@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import SPEC, percentiles, serve_dir, small_model, write_images
+from bench.common import SPEC, percentiles, predict_stack, serve_dir, small_model, write_images
 from service.settings import Settings
-from service.stack import Stack, free_port
+from service.stack import free_port
 from service.synthetic import LABEL_CONFIG
 from workers.registry import Registry
 
@@ -49,15 +49,7 @@ def main() -> int:
 
     raw_model = YOLO(str(weights))
     results: dict[tuple[str, int], list[float]] = {}
-    stack = Stack(
-        work,
-        {
-            "LABELLOOP_MODELS_DIR": str(models),
-            "LABELLOOP_CACHE_DIR": str(work / "cache"),
-            "LABELLOOP_IMGSZ": str(args.imgsz),
-            "LABELLOOP_MEDIA_ALLOW_HOSTS": "127.0.0.1",  # images served on loopback
-        },
-    )
+    stack = predict_stack(work, models, args.imgsz)
     try:
         with serve_dir(work / "images") as base:
             stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port())

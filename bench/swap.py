@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import SPEC, percentiles, serve_dir, small_model, write_images
-from service.stack import Stack, free_port
+from bench.common import SPEC, percentiles, predict_stack, serve_dir, small_model, write_images
+from service.stack import free_port
 from service.synthetic import LABEL_CONFIG
 from workers.registry import Registry
 
@@ -45,15 +45,7 @@ def main() -> int:
     for _ in range(2):
         registry.publish(PROJECT, weights, {"classes": list(SPEC.labels)})
     registry.set_current(PROJECT, "v1")
-    stack = Stack(
-        work,
-        {
-            "LABELLOOP_MODELS_DIR": str(models),
-            "LABELLOOP_CACHE_DIR": str(work / "cache"),
-            "LABELLOOP_IMGSZ": str(args.imgsz),
-            "LABELLOOP_MEDIA_ALLOW_HOSTS": "127.0.0.1",  # images served on loopback
-        },
-    )
+    stack = predict_stack(work, models, args.imgsz)
     answers: list[tuple[float, float, int, str]] = []
     swaps: list[tuple[float, float, str]] = []
     marks: dict[str, float] = {}
