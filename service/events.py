@@ -14,7 +14,10 @@ with ``LPUSH <queue>`` as kombu does for priority 0; workers consume it like any
 ids, arguments and body.
 
 Redis keys: ``labelloop:delivery:<sha1>`` (deduplication, 7 days), the stream
-``labelloop:events`` (about 100,000 entries) and the set ``labelloop:projects``.
+``labelloop:events`` (about 100,000 entries), the set ``labelloop:projects`` and each project's
+change log (``workers.changes``: the webhook's annotation, task and project counters, numbered,
+for rebuilds that do not ask Label Studio). When Redis refuses an annotation webhook, its
+project's change log gets a gap once Redis answers again (Label Studio never resends it).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from service.errors import UnavailableError
 from service.protocol import WebhookEvent
 from service.resp import RedisReplyError, RespClient, Script
 from workers.celery_app import QUEUE_EVENTS, TASK_HANDLE_EVENT
+from workers.changes import STREAM_MAXLEN as CHANGES_MAXLEN
+from workers.changes import entry_bytes, seq_key, stream_key
 from workers.ledger import PROJECTS_KEY
 
 log = structlog.get_logger(__name__)
@@ -140,6 +145,8 @@ class EventRecorder:
         self.redis = client
         self.celery = celery
         self._message = CeleryMessage(celery, TASK_HANDLE_EVENT, QUEUE_EVENTS)
+        # Projects whose webhook Redis refused: their change logs get a gap when it is back.
+        self._lost: set[int] = set()
 
     async def remember_project(self, project_id: int) -> None:
         """Add a project to the set reconciliation walks; best effort (``/setup`` must not fail on it)."""
@@ -148,8 +155,11 @@ class EventRecorder:
         except (RedisReplyError, OSError, TimeoutError):
             pass
 
-    async def record_and_enqueue(self, event: WebhookEvent) -> str:
+    async def record_and_enqueue(self, event: WebhookEvent, body: dict[str, Any] | None = None) -> str:
         """Record ``event`` once and enqueue ``labelloop.handle_event(project_id, action, changes)``.
+
+        ``body`` (the webhook as parsed JSON) also goes into the project's change log
+        (``workers.changes.entry_bytes``), in the same transaction.
 
         Returns:
             "accepted", or "duplicate" when this delivery was already recorded.
@@ -170,7 +180,7 @@ class EventRecorder:
         try:
             result = await self.redis.evalsha(
                 _RECORD,
-                [dedup, EVENT_STREAM, QUEUE_EVENTS, PROJECTS_KEY],
+                [dedup, EVENT_STREAM, QUEUE_EVENTS, PROJECTS_KEY, stream_key(project_id), seq_key(project_id)],
                 [
                     ttl,
                     STREAM_MAXLEN,
@@ -179,19 +189,38 @@ class EventRecorder:
                     action,
                     ",".join([str(i) for i, _ in changes]),
                     f"{time.time():.6f}",
+                    entry_bytes(body) if body is not None else b"",
+                    CHANGES_MAXLEN,
                 ],
             )
         except (RedisReplyError, OSError, TimeoutError) as exc:
             log.warning("redis_unavailable", error_type=type(exc).__name__, error=str(exc), project_id=project_id)
+            self._lost.add(project_id)
             raise UnavailableError(f"Redis unavailable: {type(exc).__name__}") from None
+        if self._lost:
+            await self._mark_lost()
         return "accepted" if result == 1 else "duplicate"
+
+    async def _mark_lost(self) -> None:
+        """Give the change log of each project whose webhook was refused a gap (best effort: a
+        project stays marked until Redis takes it)."""
+        for project_id in sorted(self._lost):
+            try:
+                await self.redis.execute(b"INCR", seq_key(project_id))
+            except (RedisReplyError, OSError, TimeoutError):
+                return
+            self._lost.discard(project_id)
+            log.info("change_log_gap", project_id=project_id, reason="webhook refused while Redis was unavailable")
 
 
 # One atomic step: if the delivery is new (or not deduplicated: TTL 0), remember it, append the
-# event to the stream and push the Celery message; Redis runs a script without interleaving
-# other commands, and a script that fails before its first write changes nothing.
+# event to the stream and to the project's change log (when it has an entry), and push the
+# Celery message; Redis runs a script without interleaving other commands, and a script that
+# fails before its first write changes nothing.
+# KEYS: dedup key, event stream, events queue, projects set, change log, change log counter.
 # ARGV: dedup TTL (0: none), stream max length, Celery message, project id, action,
-# annotation ids, received_at. Field names are literals here: no table built per call.
+# annotation ids, received_at, change-log entry ('' = none), change log max length.
+# Field names are literals here: no table built per call.
 _RECORD = Script(
     """
 if ARGV[1] ~= '0' and not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
@@ -199,6 +228,10 @@ if ARGV[1] ~= '0' and not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) the
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
   'action', ARGV[5], 'project_id', ARGV[4], 'annotation_ids', ARGV[6], 'received_at', ARGV[7])
+if ARGV[8] ~= '' then
+  local seq = redis.call('INCR', KEYS[6])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'entry', ARGV[8])
+end
 redis.call('LPUSH', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[4])
 return 1

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     reconcile_interval_s: int = Field(
         300, ge=1, description="Seconds between reconciliations with Label Studio (Celery beat)."
     )
+    dataset_verify_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Dataset rebuilds apply the recorded webhooks instead of asking Label Studio, but read "
+        "Label Studio at least this often (seconds; 0: every build).",
+    )
 
     webhook_secret: SecretStr | None = Field(
         None, description="Shared secret Label Studio's webhooks must send in the webhook secret header."

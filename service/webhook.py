@@ -191,7 +191,7 @@ class WebhookEndpoint:
             raise
         t0 = time.perf_counter()
         try:
-            outcome = await self.recorder.record_and_enqueue(event)
+            outcome = await self.recorder.record_and_enqueue(event, body)
         except UnavailableError:
             metrics.count_event(action, "unavailable")
             raise

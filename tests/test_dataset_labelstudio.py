@@ -13,13 +13,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 import yaml
 from PIL import Image, ImageDraw
 
 from service.demo import LabelStudioAPI
 from service.errors import DatasetError, LabelConfigError
 from service.settings import Settings
+from service.stack import Stack, free_port
 from service.synthetic import LABELS, Sample, make_sample
+from workers.changes import ChangeLog
 from workers.convert import mask_to_brush
 from workers.dataset import build_project_dataset
 from workers.export import SYNC_OVERLAP_S
@@ -278,6 +281,67 @@ def test_rebuild_after_one_annotation_fetches_one_task_and_writes_two_files(
     # Unchanged: nothing fetched, nothing written, the same fingerprint.
     fifth = build_project_dataset(settings, pid)
     assert fifth.report.files_written == 0 and fifth.report.fingerprint == fourth.report.fingerprint
+
+
+def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
+    api: LabelStudioAPI, label_studio: tuple[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """With the receiver recording Label Studio's webhooks, rebuilds read no task from Label Studio:
+    a new annotation, an update, a skip and a delete come from the change log, and each dataset is
+    the one a build reading Label Studio writes. A webhook lost while the receiver was down makes
+    the counters disagree: that rebuild reads Label Studio, and the log is trusted again after it."""
+    stack = Stack(tmp_path / "stack", {"LABELLOOP_REDIS_URL": redis_url, "LABELLOOP_MODELS_DIR": str(tmp_path / "rm")})
+    port = free_port()
+    receiver = stack.start_receiver(port)
+    try:
+        pid, ids = project(api, "detect", n=10, annotate=5)
+        api.sdk.webhooks.create(project=pid, url=receiver + "/webhook", send_payload=True, send_for_all_actions=True)
+        log = ChangeLog(redis.Redis.from_url(redis_url))
+        settings = settings_for(tmp_path, *label_studio)
+        samples = [make_sample(100 + i, W, H) for i in range(10)]
+
+        def build(mode: str, fetched: int | None = None) -> Any:
+            built = build_project_dataset(settings, pid, changes=log)
+            assert built.report.sync["mode"] == mode, built.report.sync
+            if fetched is not None:
+                assert built.report.sync.get("changes", built.report.sync["tasks_fetched"]) == fetched
+            reference = build_project_dataset(settings_for(tmp_path / f"ref-{time.monotonic_ns()}", *label_studio), pid)
+            assert reference.report.sync["mode"] == "full"
+            assert built.report.fingerprint == reference.report.fingerprint
+            assert built.report.images == reference.report.images
+            return built.report
+
+        build("full")
+        api.annotate(ids[5], samples[5].ls_result())
+        report = build("change log", 1)
+        assert (report.images_downloaded, report.images_cached, report.files_written) == (1, 5, 2)
+
+        task: Any = api.sdk.tasks.get(id=str(ids[0]))
+        api.sdk.annotations.update(id=task.annotations[0]["id"], result=samples[0].ls_result()[:1])
+        api.sdk.annotations.create(id=ids[6], result=[], was_cancelled=True)
+        assert build("change log", 2).files_written == 1
+
+        task = api.sdk.tasks.get(id=str(ids[1]))
+        api.sdk.annotations.delete(id=task.annotations[0]["id"])
+        report = build("change log", 1)
+        assert report.images["train"] + report.images["val"] == 5
+
+        # The receiver is down: Label Studio drops that webhook and never resends it.
+        stack.stop("receiver")
+        api.annotate(ids[7], samples[7].ls_result())
+        stack.start_receiver(port)
+        api.annotate(ids[8], samples[8].ls_result())
+        report = build("incremental")
+        assert "Label Studio reports" in report.sync["change_log"]
+        assert report.images["train"] + report.images["val"] == 7
+
+        api.annotate(ids[9], samples[9].ls_result())
+        build("change log", 1)
+        # Label Studio is still read at least every dataset_verify_s seconds.
+        settings = settings.model_copy(update={"dataset_verify_s": 0.0})
+        assert "last read" in build("incremental").sync["change_log"]
+    finally:
+        stack.stop_all()
 
 
 def test_annotation_choice_backgrounds_and_unknown_labels(

@@ -27,6 +27,7 @@ from service.resp import RedisReplyError, RespClient, Script, encode_command
 from service.settings import Settings
 from service.stack import Stack, free_port
 from tests.conftest import fixture
+from workers.changes import ChangeLog, ChangeLogUnusable, Position
 
 
 def _created(annotation_id: int) -> dict[str, Any]:
@@ -62,11 +63,14 @@ def test_redis_outage_gives_fast_503_then_recovers_without_duplicates(
     receiver: tuple[Stack, str, int], tmp_path: Path
 ) -> None:
     """While Redis is down every webhook gets 503 within 1 s; after Redis restarts the same receiver
-    accepts new events, and deliveries accepted before the outage stay deduplicated."""
+    accepts new events, and deliveries accepted before the outage stay deduplicated. The refused
+    webhooks leave a gap in the project's change log, so rebuilds read Label Studio again."""
     stack, url, port = receiver
     with httpx.Client(base_url=url, timeout=5) as http:
         for i in range(1, 21):
             assert http.post("/webhook", json=_created(i)).status_code == 201
+        before = ChangeLog(redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])).read(1, Position(0))
+        assert len(before.entries) == 20
 
         stack.stop("redis")
         for i in range(21, 31):
@@ -89,6 +93,8 @@ def test_redis_outage_gives_fast_503_then_recovers_without_duplicates(
     assert client.xlen(EVENT_STREAM) == 30
     ids = sorted(args[2][0][0] for args in _queued_args(client))
     assert ids == list(range(1, 31))
+    with pytest.raises(ChangeLogUnusable, match="gap"):
+        ChangeLog(client).read(1, before.position)
 
 
 # --- generated input -----------------------------------------------------------------------

@@ -41,6 +41,7 @@ from PIL import Image
 
 from service.errors import DatasetError
 from service.settings import Settings
+from workers.changes import ChangeLog
 from workers.export import select_annotation
 from workers.files import write_atomic
 from workers.labels import TrainSpec
@@ -517,11 +518,13 @@ def build_project_dataset(
     project_id: int,
     out_dir: Path | None = None,
     on_image: Callable[[], None] | None = None,
+    changes: ChangeLog | None = None,
 ) -> BuildResult:
     """Read a project from Label Studio and build (or update) its Ultralytics dataset.
 
     Stages (seconds in the report): ``export`` (label config and tasks, incremental after the
-    first build, see ``workers.export.sync_tasks``), ``download`` (images through
+    first build, from the recorded webhooks when ``changes`` is given and can stand in for
+    Label Studio, see ``workers.export.sync_tasks``), ``download`` (images through
     ``workers.media.ImageCache``: cached by task id and URL, so a rebuild downloads only new
     images), ``build`` (files, updated in place). The control tag and task come from the
     project's label config and extra params (``control_tag``, ``obb``); class ids are stable
@@ -545,7 +548,9 @@ def build_project_dataset(
     params = load_params(settings.models_dir, project_id)
     effective = params.effective(settings)
     home = project_dataset_dir(settings, project_id)
-    label_config, tasks, sync = sync_tasks(client, project_id, home / "tasks.json")
+    label_config, tasks, sync = sync_tasks(
+        client, project_id, home / "tasks.json", changes=changes, verify_every_s=settings.dataset_verify_s
+    )
     spec = train_spec(label_config, params)
     names = stable_names(load_class_names(settings.models_dir, project_id, spec.from_name), spec.labels)
     with contextlib.ExitStack() as stack:

@@ -15,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
+import structlog
 
 from service.errors import DatasetError
+from workers.changes import Batch, ChangeLog, ChangeLogUnusable, Position, apply_entries
 from workers.files import write_atomic
+
+log = structlog.get_logger(__name__)
 
 
 @functools.lru_cache(maxsize=8)
@@ -66,24 +71,41 @@ def _annotation_counts(tasks: dict[str, dict[str, Any]]) -> tuple[int, int]:
     return done, cancelled
 
 
-def sync_tasks(client: Any, project_id: int, store: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+def sync_tasks(
+    client: Any,
+    project_id: int,
+    store: Path,
+    changes: ChangeLog | None = None,
+    verify_every_s: float = 3600.0,
+) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     """The project's label config and annotated tasks, read incrementally.
 
-    The first call exports the project (``export_tasks``). Later calls with the same
-    ``store`` file list only the tasks Label Studio updated since the previous call
-    (``GET /api/tasks/?project=&query=`` filtered on ``tasks:updated_at``; Label Studio
-    touches a task's ``updated_at`` when one of its annotations is created, updated or
-    deleted) and merge them. When the project's annotation counters
-    (``total_annotations_number``, ``skipped_annotations_number``) then disagree with the
-    merged tasks (e.g. a task was deleted), the project is exported again.
+    The first call exports the project (``export_tasks``). Later calls with the same ``store``
+    file read only what changed since the previous call:
+
+    - from the project's change log (``changes``: the webhooks the receiver recorded, see
+      ``workers.changes``), without asking Label Studio, when the log has every entry since the
+      previous call, its counts agree with the stored tasks, and Label Studio itself was read
+      less than ``verify_every_s`` seconds ago;
+    - else from Label Studio: only the tasks it updated since the previous call
+      (``GET /api/tasks/?project=&query=`` filtered on ``tasks:updated_at``; Label Studio
+      touches a task's ``updated_at`` when one of its annotations is created, updated or
+      deleted), merged. When the project's annotation counters (``total_annotations_number``,
+      ``skipped_annotations_number``) then disagree with the merged tasks (e.g. a task was
+      deleted), the project is exported again.
 
     Args:
-        store: a JSON file this function owns (tasks by id and the server time of the last sync).
+        store: a JSON file this function owns (tasks by id, label config, the server time of the
+            last read from Label Studio, the change-log position).
+        changes: the change log; None reads Label Studio every time.
+        verify_every_s: read Label Studio at least this often (seconds) even when the change log
+            could stand in for it.
 
     Returns:
         ``(label_config, tasks, info)``: tasks in the JSON export format that have at least
-        one annotation; ``info`` = ``{"mode": "full"|"incremental", "tasks_fetched": n,
-        "seconds": s}``.
+        one annotation; ``info`` = ``{"mode": "full"|"incremental"|"change log",
+        "tasks_fetched": n, "seconds": s}`` (plus ``"changes": n`` entries applied, or
+        ``"change_log": reason`` when the log could not be used).
     """
     t0 = time.perf_counter()
     try:
@@ -91,7 +113,31 @@ def sync_tasks(client: Any, project_id: int, store: Path) -> tuple[str, list[dic
         tasks: dict[str, dict[str, Any]] | None = state["tasks"]
         since = float(state["server_time"]) - SYNC_OVERLAP_S
     except (OSError, ValueError, KeyError, TypeError):
-        tasks, since = None, 0.0
+        state, tasks, since = {}, None, 0.0
+    info: dict[str, Any] = {}
+    position: Position | None = None
+    if changes is not None:
+        try:
+            if tasks is not None:
+                label_config, batch = _from_change_log(changes, project_id, state, tasks, verify_every_s)
+                updated = {**state, "label_config": label_config, "tasks": tasks, "changes": batch.position.as_dict()}
+                write_atomic(Path(store), orjson.dumps(updated))
+                _trim(changes, project_id, batch.position)
+                seconds = time.perf_counter() - t0
+                info = {"mode": "change log", "tasks_fetched": 0, "changes": len(batch.entries), "seconds": seconds}
+                return label_config, list(tasks.values()), info
+        except ChangeLogUnusable as exc:
+            info["change_log"] = str(exc)
+            tasks = orjson.loads(Path(store).read_bytes())["tasks"]  # apply_entries may have changed it
+        except redis.RedisError as exc:
+            info["change_log"] = f"Redis: {type(exc).__name__}: {exc}"
+        if "change_log" in info:
+            log.info("change_log_unused", project_id=project_id, reason=info["change_log"])
+        try:
+            position = changes.position(project_id)
+        except redis.RedisError:
+            position = None
+    verified_at = time.time()
     # The project (label config, counters, server time) is read while the changed tasks are
     # listed; both requests start after the previous sync's server time minus the overlap.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -139,9 +185,48 @@ def sync_tasks(client: Any, project_id: int, store: Path) -> tuple[str, list[dic
         exported = export_tasks(client, project_id)
         tasks = {str(t["id"]): t for t in exported if t.get("annotations")}
         mode, fetched = "full", len(exported)
-    write_atomic(Path(store), orjson.dumps({"server_time": server_time, "tasks": tasks}))
-    info = {"mode": mode, "tasks_fetched": fetched, "seconds": time.perf_counter() - t0}
-    return str(project.label_config), list(tasks.values()), info
+    label_config = str(project.label_config)
+    new_state: dict[str, Any] = {
+        "server_time": server_time,
+        "verified_at": verified_at,
+        "label_config": label_config,
+        "tasks": tasks,
+    }
+    if position is not None:
+        new_state["changes"] = position.as_dict()
+    write_atomic(Path(store), orjson.dumps(new_state))
+    if changes is not None and position is not None:
+        _trim(changes, project_id, position)
+    info.update(mode=mode, tasks_fetched=fetched, seconds=time.perf_counter() - t0)
+    return label_config, list(tasks.values()), info
+
+
+def _from_change_log(
+    changes: ChangeLog, project_id: int, state: dict[str, Any], tasks: dict[str, dict[str, Any]], verify_every_s: float
+) -> tuple[str, Batch]:
+    """Apply the change log since the stored position to ``tasks`` (in place); the label config.
+
+    Raises:
+        ChangeLogUnusable: see ``workers.changes``; also when the store has no position or
+            label config yet, or Label Studio was last read ``verify_every_s`` or more ago.
+    """
+    stored = state.get("changes")
+    if not isinstance(stored, dict) or not state.get("label_config"):
+        raise ChangeLogUnusable("no change-log position stored yet")
+    age = time.time() - float(state.get("verified_at") or 0)
+    if age >= verify_every_s:
+        raise ChangeLogUnusable(f"Label Studio last read {age:.0f} s ago (verify every {verify_every_s:.0f} s)")
+    batch = changes.read(project_id, Position(int(stored["seq"]), str(stored["id"])))
+    if not batch.entries:
+        return str(state["label_config"]), batch
+    return apply_entries(tasks, batch.entries), batch
+
+
+def _trim(changes: ChangeLog, project_id: int, position: Position) -> None:
+    try:
+        changes.trim(project_id, position)
+    except redis.RedisError as exc:  # the next build reads the same entries again: no harm
+        log.info("change_log_trim_failed", project_id=project_id, error=str(exc)[:200])
 
 
 def select_annotation(task: dict[str, Any]) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ import redis
 import structlog
 
 from service.settings import Settings
+from workers.changes import ChangeLog
 from workers.dataset import build_project_dataset
 from workers.labels import TrainSpec
 from workers.ledger import annotations_in_export
@@ -68,7 +69,7 @@ def run_training(
     t_start = time.perf_counter()
     run_dir = Path(settings.cache_dir).absolute() / "runs" / str(project_id) / run_id
 
-    built = build_project_dataset(settings, project_id)
+    built = build_project_dataset(settings, project_id, changes=ChangeLog(_redis(settings)))
     spec, report = built.spec, built.report
     timings["export"] = report.seconds.get("export", 0.0)
     timings["download"] = report.seconds.get("download", 0.0)

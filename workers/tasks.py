@@ -27,6 +27,7 @@ from workers.celery_app import (
     TASK_RECONCILE,
     TASK_TRAIN,
 )
+from workers.changes import ChangeLog
 from workers.export import export_tasks, ls_client
 from workers.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
 from workers.media import MediaConfig
@@ -145,6 +146,8 @@ def register_tasks(app: Celery) -> None:
                 changes = diff(ledger().seen(project_id), current)
                 if changes:
                     log.info("reconcile_missed_changes", changes=len(changes))
+                    # Their webhooks never arrived: the next dataset build reads Label Studio.
+                    ChangeLog(redis_client()).invalidate(project_id)
                     _handle_event(project_id, "RECONCILED", changes)
                 missed[str(project_id)] = len(changes)
         return missed

@@ -1,0 +1,211 @@
+"""The change log: webhook payloads the receiver records, applied to a stored project by rebuilds.
+
+Entries are the webhooks a real Label Studio 1.23.2 sent (``tests/fixtures/label-studio``), fed
+through the real receiver into a real Redis; the log's checks (gaps, counters) are proven to
+refuse every case where it could be missing something.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import fixture
+from workers.changes import (
+    ChangeLog,
+    ChangeLogUnusable,
+    Position,
+    apply_entries,
+    entry_bytes,
+    seq_key,
+    stream_key,
+)
+
+CONFIG = fixture("webhook_ANNOTATION_CREATED.json")["project"]["label_config"]
+
+
+def created(annotation_id: int, task_id: int, updated_at: str, *, done: int, cancelled: int = 0) -> dict[str, Any]:
+    """An ANNOTATION_CREATED webhook as Label Studio sends it, for one annotation of one task, with
+    the project's and task's counters as they are after it (``done`` completed, ``cancelled``)."""
+    body = copy.deepcopy(fixture("webhook_ANNOTATION_CREATED.json"))
+    body["annotation"].update(id=annotation_id, task=task_id, updated_at=updated_at)
+    body["task"].update(id=task_id, data={"image": f"/data/upload/1/img{task_id}.png"})
+    body["project"].update(total_annotations_number=done, skipped_annotations_number=cancelled)
+    return body
+
+
+def entry(body: dict[str, Any]) -> dict[str, Any]:
+    return dict(orjson.loads(entry_bytes(body)))
+
+
+def with_task_counts(body: dict[str, Any], done: int, cancelled: int = 0) -> dict[str, Any]:
+    body["task"].update(total_annotations=done, cancelled_annotations=cancelled)
+    return body
+
+
+# --- applying entries ----------------------------------------------------------------------
+
+
+def test_entry_keeps_payload_and_counters_but_never_the_project_token() -> None:
+    body = fixture("webhook_ANNOTATION_CREATED.json")
+    e = entry(body)
+    assert e["annotation"] == body["annotation"] and e["task"] == body["task"]
+    assert e["project"] == {
+        "total_annotations_number": 1,
+        "skipped_annotations_number": 0,
+        "label_config": body["project"]["label_config"],
+    }
+    assert body["project"]["token"].encode() not in entry_bytes(body)
+
+
+def test_created_updated_deleted_turn_the_store_into_what_label_studio_has() -> None:
+    tasks: dict[str, dict[str, Any]] = {}
+    first = with_task_counts(created(1, 10, "2026-11-21T10:00:00.000000Z", done=1), 1)
+    assert apply_entries(tasks, [entry(first)]) == CONFIG
+    assert list(tasks) == ["10"] and tasks["10"]["data"]["image"] == "/data/upload/1/img10.png"
+    assert [a["id"] for a in tasks["10"]["annotations"]] == [1]
+
+    second = with_task_counts(created(2, 10, "2026-11-21T10:00:01.000000Z", done=2), 2)
+    other = with_task_counts(created(3, 11, "2026-11-21T10:00:02.000000Z", done=3), 1)
+    updated = copy.deepcopy(second)
+    updated["action"] = "ANNOTATION_UPDATED"
+    updated["annotation"].update(updated_at="2026-11-21T10:05:00.000000Z", result=[])
+    updated["project"]["total_annotations_number"] = 3
+    apply_entries(tasks, [entry(second), entry(other), entry(updated)])
+    assert [a["id"] for a in tasks["10"]["annotations"]] == [1, 2]
+    assert tasks["10"]["annotations"][1]["result"] == []
+
+    # The same update arriving again after an older copy changes nothing backwards.
+    stale = copy.deepcopy(second)
+    stale["action"] = "ANNOTATION_UPDATED"
+    stale["project"]["total_annotations_number"] = 3
+    apply_entries(tasks, [entry(stale)])
+    assert tasks["10"]["annotations"][1]["result"] == []
+
+    deleted = fixture("webhook_ANNOTATIONS_DELETED.json")
+    deleted["annotations"] = [{"id": 3}]
+    deleted["project"].update(total_annotations_number=2, skipped_annotations_number=0)
+    apply_entries(tasks, [entry(deleted)])
+    assert list(tasks) == ["10"], "a task left without annotations is dropped, as an export leaves it out"
+
+
+def test_cancelled_annotations_are_kept_and_counted_as_skipped() -> None:
+    tasks: dict[str, dict[str, Any]] = {}
+    skipped = created(5, 20, "2026-11-21T10:00:00.000000Z", done=0, cancelled=1)
+    skipped["annotation"]["was_cancelled"] = True
+    with_task_counts(skipped, 0, 1)
+    apply_entries(tasks, [entry(skipped)])
+    assert tasks["20"]["annotations"][0]["was_cancelled"] is True
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("project counters disagree", "Label Studio reports"),
+        ("task counters disagree", "webhook reports"),
+        ("task unknown", "neither in the webhook nor stored"),
+        ("no project object", "no project counters"),
+        ("unexpected action", "unexpected action"),
+    ],
+)
+def test_entries_that_cannot_be_trusted_are_refused(case: str, reason: str) -> None:
+    body = with_task_counts(created(1, 10, "2026-11-21T10:00:00.000000Z", done=1), 1)
+    e = entry(body)
+    if case == "project counters disagree":  # e.g. an annotation whose webhook was lost
+        e["project"]["total_annotations_number"] = 2
+    elif case == "task counters disagree":
+        e["task"]["total_annotations"] = 2
+    elif case == "task unknown":  # a bulk webhook without its tasks, for a task never stored
+        del e["task"]
+    elif case == "no project object":
+        e["project"] = None
+    else:
+        e["action"] = "TASKS_DELETED"
+    with pytest.raises(ChangeLogUnusable, match=reason):
+        apply_entries({}, [e])
+
+
+def test_start_training_carries_the_current_label_config_and_counters() -> None:
+    tasks: dict[str, dict[str, Any]] = {}
+    apply_entries(tasks, [entry(with_task_counts(created(1, 10, "2026-11-21T10:00:00Z", done=1), 1))])
+    train = fixture("ml_webhook_START_TRAINING.json")
+    train["project"].update(total_annotations_number=1, skipped_annotations_number=0, label_config="<View/>")
+    assert apply_entries(tasks, [entry(train)]) == "<View/>"
+    train["project"]["total_annotations_number"] = 5
+    with pytest.raises(ChangeLogUnusable):
+        apply_entries(tasks, [entry(train)])
+
+
+# --- the log in Redis, written by the receiver -------------------------------------------------
+
+
+@pytest.fixture
+def receiver(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_receiver_appends_each_new_delivery_once_numbered(receiver: TestClient, redis_url: str) -> None:
+    log = ChangeLog(redis.Redis.from_url(redis_url))
+    start = log.position(1)
+    assert start == Position(0, "0-0")
+    bodies = [with_task_counts(created(i, 10 + i, f"2026-11-21T10:00:0{i}.000000Z", done=i), 1) for i in (1, 2, 3)]
+    for body in bodies:
+        assert receiver.post("/webhook", json=body).status_code == 201
+    assert receiver.post("/webhook", json=bodies[0]).json() == {"status": "duplicate"}
+    batch = log.read(1, start)
+    assert [e["annotation"]["id"] for e in batch.entries] == [1, 2, 3]
+    assert batch.position.seq == 3 and log.position(1) == batch.position
+    assert b"token" not in b"".join(f[b"entry"] for _, f in redis.Redis.from_url(redis_url).xrange(stream_key(1)))
+
+    tasks: dict[str, dict[str, Any]] = {}
+    assert apply_entries(tasks, batch.entries) == CONFIG
+    assert sorted(tasks) == ["11", "12", "13"]
+
+    # Read again from where the batch ended: nothing new.
+    assert log.read(1, batch.position).entries == []
+    receiver.post("/webhook", json=with_task_counts(created(4, 14, "2026-11-21T10:00:04.000000Z", done=4), 1))
+    assert [e["annotation"]["id"] for e in log.read(1, batch.position).entries] == [4]
+
+
+def test_gaps_trims_and_a_wiped_redis_make_the_log_unusable(receiver: TestClient, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    log = ChangeLog(client)
+    post = receiver.post
+    post("/webhook", json=with_task_counts(created(1, 11, "2026-11-21T10:00:01.000000Z", done=1), 1))
+    first = log.read(1, Position(0))
+
+    # Reconciliation found a change whose webhook never came: a gap.
+    log.invalidate(1)
+    post("/webhook", json=with_task_counts(created(2, 12, "2026-11-21T10:00:02.000000Z", done=2), 1))
+    with pytest.raises(ChangeLogUnusable, match="gap"):
+        log.read(1, first.position)
+    with pytest.raises(ChangeLogUnusable, match="gap"):
+        log.read(1, Position(0))
+    # A full read of Label Studio starts from the log's end, and is then usable again.
+    after_sync = log.position(1)
+    post("/webhook", json=with_task_counts(created(3, 13, "2026-11-21T10:00:03.000000Z", done=3), 1))
+    assert [e["annotation"]["id"] for e in log.read(1, after_sync).entries] == [3]
+
+    # Trimmed entries a reader had not consumed: a gap for that reader.
+    post("/webhook", json=with_task_counts(created(4, 14, "2026-11-21T10:00:04.000000Z", done=4), 1))
+    log.trim(1, log.position(1))
+    with pytest.raises(ChangeLogUnusable, match="gap"):
+        log.read(1, after_sync)
+
+    # Redis lost its data: the counter restarts below what was read.
+    end = log.position(1)
+    client.delete(seq_key(1), stream_key(1))
+    post("/webhook", json=with_task_counts(created(5, 15, "2026-11-21T10:00:05.000000Z", done=5), 1))
+    with pytest.raises(ChangeLogUnusable, match="restarted"):
+        log.read(1, end)

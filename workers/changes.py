@@ -1,0 +1,252 @@
+"""The per-project change log: webhook payloads the receiver recorded, for rebuilds without
+asking Label Studio.
+
+Label Studio's annotation webhooks carry the whole annotation, its task and the project (label
+config and annotation counters, as they are right after the change; see the captures in
+``shared/fixtures/label-studio``). The receiver appends each accepted, non-duplicate annotation
+or START_TRAINING webhook to the project's stream in the same Redis transaction that records and
+enqueues it (``service.events``), numbered by a per-project counter. A rebuild then applies the
+entries since the previous build to its stored copy of the project's tasks
+(``workers.export.sync_tasks``) instead of listing changed tasks through Label Studio's API.
+
+The log is trusted only when nothing can be missing from it:
+- the entries read follow the previous build's number without a gap. Gaps are made on purpose
+  when an event may have been lost: the receiver bumps the counter of a project whose webhook it
+  had to refuse (Redis unavailable; Label Studio never resends), reconciliation bumps it when it
+  finds changes whose webhooks never arrived, and a Redis that lost its data starts the counter
+  below the stored number;
+- after applying them, the stored tasks have exactly the annotation counts the newest entry's
+  project reports (``total_annotations_number``, ``skipped_annotations_number``), and each task
+  an entry carries has the counts that task reports (``total_annotations``,
+  ``cancelled_annotations``).
+Anything else raises ``ChangeLogUnusable`` and the caller reads Label Studio instead.
+
+Redis keys: ``labelloop:project:<id>:changes`` (stream of ``seq``, ``entry`` = JSON: ``action``,
+``project`` = ``{total_annotations_number, skipped_annotations_number, label_config}`` and the
+webhook's ``annotation``, ``task``, ``tasks``, ``annotations`` as sent) and
+``labelloop:project:<id>:changes:seq`` (the counter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+# Entries kept per project at most (approximately); a build that falls further behind reads
+# Label Studio instead. Consumed entries are trimmed by the build that consumed them.
+STREAM_MAXLEN = 10_000
+
+# Fields of the webhook's ``project`` object an entry keeps (the object also carries the
+# project's token, which never goes into Redis).
+PROJECT_FIELDS = ("total_annotations_number", "skipped_annotations_number", "label_config")
+PAYLOAD_FIELDS = ("annotation", "task", "tasks", "annotations")
+
+
+class ChangeLogUnusable(Exception):
+    """The change log cannot stand in for Label Studio this time; the message says why."""
+
+
+def stream_key(project_id: int) -> str:
+    return f"labelloop:project:{int(project_id)}:changes"
+
+
+def seq_key(project_id: int) -> str:
+    return f"labelloop:project:{int(project_id)}:changes:seq"
+
+
+def entry_bytes(body: dict[str, Any]) -> bytes:
+    """A change-log entry for a validated webhook body (JSON bytes): its action, what it carries
+    of the annotation(s) and task(s), and the project's label config and annotation counters."""
+    project = body.get("project")
+    entry: dict[str, Any] = {
+        "action": body.get("action"),
+        "project": {k: project.get(k) for k in PROJECT_FIELDS} if isinstance(project, dict) else None,
+    }
+    for name in PAYLOAD_FIELDS:
+        if name in body:
+            entry[name] = body[name]
+    return orjson.dumps(entry)
+
+
+@dataclass
+class Position:
+    """How far a store has consumed a project's change log: ``seq`` (counter value) and ``id``
+    (stream id of the last entry at that point, "0-0" when none)."""
+
+    seq: int
+    id: str = "0-0"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "id": self.id}
+
+
+@dataclass
+class Batch:
+    """Entries after a position, and the position after them."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    position: Position = field(default_factory=lambda: Position(0))
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ChangeLog:
+    """Reads (and invalidates) the project change logs the receiver writes.
+
+    Args:
+        client: a redis-py client; commands use its timeouts. Redis errors propagate
+            (``redis.RedisError``); callers treat them as "log unusable".
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> ChangeLog:
+        return cls(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10))
+
+    def position(self, project_id: int) -> Position:
+        """The current end of the log (read before a full sync with Label Studio, so that what
+        arrives during it is read again next time)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(seq_key(project_id))
+            pipe.xrevrange(stream_key(project_id), count=1)
+            seq, last = pipe.execute()
+        return Position(int(seq or 0), _decode(last[0][0]) if last else "0-0")
+
+    def read(self, project_id: int, after: Position) -> Batch:
+        """Entries recorded after ``after``, oldest first, as decoded JSON objects.
+
+        Raises:
+            ChangeLogUnusable: entries are missing between ``after`` and the end of the log
+                (a deliberate gap, entries trimmed away, or Redis lost its data).
+        """
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(seq_key(project_id))
+            pipe.xrange(stream_key(project_id), min=f"({after.id}" if after.id != "0-0" else "-")
+            seq_raw, rows = pipe.execute()
+        seq = int(seq_raw or 0)
+        if seq < after.seq:
+            raise ChangeLogUnusable(f"change log restarted (counter {seq} < {after.seq} already read)")
+        expected = after.seq
+        entries: list[dict[str, Any]] = []
+        last_id = after.id
+        for entry_id, fields in rows:
+            number = int(fields[b"seq"])
+            if number != expected + 1:
+                raise ChangeLogUnusable(f"change log gap: entry {number} follows {expected}")
+            entries.append(orjson.loads(fields[b"entry"]))
+            expected, last_id = number, _decode(entry_id)
+        if expected != seq:
+            raise ChangeLogUnusable(f"change log gap: entries end at {expected}, counter is {seq}")
+        return Batch(entries, Position(seq, last_id))
+
+    def trim(self, project_id: int, upto: Position) -> None:
+        """Drop entries up to ``upto`` (consumed by the project's dataset build)."""
+        if upto.id != "0-0":
+            self.redis.xtrim(stream_key(project_id), minid=upto.id, approximate=False)
+
+    def invalidate(self, project_id: int) -> int:
+        """Make a gap, so the next build reads Label Studio (an event may have been lost)."""
+        return int(self.redis.incr(seq_key(project_id)))  # type: ignore[arg-type]
+
+
+def _annotation_counts(annotations: list[dict[str, Any]]) -> tuple[int, int]:
+    done = sum(1 for a in annotations if not a.get("was_cancelled"))
+    return done, len(annotations) - done
+
+
+def _project_counts(tasks: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    done = cancelled = 0
+    for task in tasks.values():
+        d, c = _annotation_counts(task.get("annotations") or [])
+        done, cancelled = done + d, cancelled + c
+    return done, cancelled
+
+
+def _task_id(annotation: dict[str, Any]) -> int:
+    task = annotation.get("task")
+    if isinstance(task, dict):
+        task = task.get("id")
+    if isinstance(task, bool) or not isinstance(task, int):
+        raise ChangeLogUnusable(f"annotation {annotation.get('id')} does not name its task")
+    return task
+
+
+def _newer_or_same(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    # Label Studio prints updated_at in one format (ISO 8601, UTC, microseconds): text order is time order.
+    return str(new.get("updated_at") or "") >= str(old.get("updated_at") or "")
+
+
+def apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]]) -> str:
+    """Apply change-log entries, oldest first, to tasks in Label Studio's JSON export format
+    (task id as text -> task with ``annotations``), in place, and check the result.
+
+    Created and updated annotations replace the stored one with the same id unless the stored
+    one is newer; the task's other fields come from the webhook's task; deleted annotations are
+    removed; a task left without annotations is dropped (as an export would leave it out).
+
+    Returns:
+        the label config of the newest entry.
+
+    Raises:
+        ChangeLogUnusable: an entry lacks what it needs (a task it does not carry and the store
+            does not have, the project's counters), or the counts disagree (see the module doc).
+            ``tasks`` may then be partly changed: the caller discards it.
+    """
+    project: dict[str, Any] | None = None
+    for entry in entries:
+        project = entry.get("project")
+        action = entry.get("action")
+        if action == "ANNOTATIONS_DELETED":
+            gone = {int(a["id"]) for a in entry.get("annotations") or [] if isinstance(a, dict) and "id" in a}
+            for key in [k for k, t in tasks.items() if any(a.get("id") in gone for a in t.get("annotations") or [])]:
+                kept = [a for a in tasks[key].get("annotations") or [] if a.get("id") not in gone]
+                if kept:
+                    tasks[key]["annotations"] = kept
+                else:
+                    del tasks[key]
+        elif action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"):
+            annotations = entry.get("annotation")
+            annotations = annotations if isinstance(annotations, list) else [annotations]
+            carried = [entry["task"]] if isinstance(entry.get("task"), dict) else list(entry.get("tasks") or [])
+            by_id = {t["id"]: t for t in carried if isinstance(t, dict) and "id" in t}
+            for annotation in annotations:
+                if not isinstance(annotation, dict) or "id" not in annotation:
+                    raise ChangeLogUnusable(f"{action} without an annotation object")
+                tid = _task_id(annotation)
+                stored = tasks.get(str(tid))
+                payload = by_id.get(tid)
+                if stored is None and payload is None:
+                    raise ChangeLogUnusable(f"{action}: task {tid} is neither in the webhook nor stored")
+                task = {**(stored or {}), **{k: v for k, v in (payload or {}).items() if k != "annotations"}}
+                current = list((stored or {}).get("annotations") or [])
+                index = next((i for i, a in enumerate(current) if a.get("id") == annotation["id"]), None)
+                if index is None:
+                    current.append(annotation)
+                elif _newer_or_same(annotation, current[index]):
+                    current[index] = annotation
+                task["annotations"] = current
+                tasks[str(tid)] = task
+            for tid, payload in by_id.items():
+                if "total_annotations" in payload and str(tid) in tasks:
+                    told = (int(payload.get("total_annotations") or 0), int(payload.get("cancelled_annotations") or 0))
+                    have = _annotation_counts(tasks[str(tid)]["annotations"])
+                    if have != told:
+                        raise ChangeLogUnusable(f"task {tid}: {have} stored annotations, webhook reports {told}")
+        elif action != "START_TRAINING":
+            raise ChangeLogUnusable(f"unexpected action {action!r} in the change log")
+    if not isinstance(project, dict) or project.get("total_annotations_number") is None:
+        raise ChangeLogUnusable("the newest entry has no project counters")
+    if not project.get("label_config"):
+        raise ChangeLogUnusable("the newest entry has no label config")
+    reported = (int(project["total_annotations_number"] or 0), int(project.get("skipped_annotations_number") or 0))
+    have = _project_counts(tasks)
+    if have != reported:
+        raise ChangeLogUnusable(f"{have} stored (completed, cancelled) annotations, Label Studio reports {reported}")
+    return str(project["label_config"])
