@@ -323,9 +323,9 @@ def labelloop_builder() -> Callable[..., Any]:
     return build_project_dataset  # type: ignore[no-any-return,unused-ignore]
 
 
-def run_labelloop(build: Callable[..., Any], settings: Any, project_id: int) -> dict[str, Any]:
+def run_labelloop(build: Callable[..., Any], settings: Any, project_id: int, changes: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
-    result = build(settings, project_id)
+    result = build(settings, project_id, changes=changes)
     total = time.perf_counter() - t0
     report = result.report
     data = Path(result.data)
@@ -337,6 +337,7 @@ def run_labelloop(build: Callable[..., Any], settings: Any, project_id: int) -> 
         "cached": getattr(report, "images_cached", None),
         "files": count_dataset(data),
         "data": str(data),
+        "sync": dict(getattr(report, "sync", {}) or {}),
     }
 
 
@@ -426,10 +427,22 @@ def main() -> int:
         results["LS zip export (ref)"] = run_ls_zip_export(url, token, project_id, run_dir / "ls-zip")
 
         from service.settings import Settings
+        from workers.changes import ChangeLog
 
+        # labelloop's receiver records the project's webhooks (as it does once added as the ML
+        # backend), so rebuilds can apply them instead of asking Label Studio.
+        stack = stack or Stack(run_dir / "stack", {})
+        redis_url = stack.start_redis(free_port(), run_dir / "redis")
+        stack.env.update(LABELLOOP_REDIS_URL=redis_url, LABELLOOP_MODELS_DIR=str(run_dir / "receiver-models"))
+        receiver = stack.start_receiver(free_port())
+        hook: Any = api.sdk.webhooks.create(
+            project=project_id, url=receiver + "/webhook", send_payload=True, send_for_all_actions=True
+        )
+        changes = ChangeLog.from_url(redis_url)
         settings = Settings(
             label_studio_url=url,
             label_studio_api_key=token,
+            redis_url=redis_url,
             cache_dir=run_dir / "labelloop" / "cache",
             models_dir=run_dir / "labelloop" / "models",
         )
@@ -440,10 +453,10 @@ def main() -> int:
         else:
             try:
                 print("(a) labelloop cold ...", flush=True)
-                results["labelloop cold"] = run_labelloop(build, settings, project_id)
+                results["labelloop cold"] = run_labelloop(build, settings, project_id, changes)
                 new_task = add_annotated_task(api, project_id, 10_000_000 + len(tasks), args.width, args.height)
                 print(f"(b) labelloop rebuild after annotating new task {new_task} ...", flush=True)
-                results["labelloop rebuild"] = run_labelloop(build, settings, project_id)
+                results["labelloop rebuild"] = run_labelloop(build, settings, project_id, changes)
                 if media_dir is not None:
                     mounted = settings.model_copy(
                         update={
@@ -453,16 +466,22 @@ def main() -> int:
                         }
                     )
                     print("(a') labelloop cold, media folder mounted ...", flush=True)
-                    results["labelloop cold, mounted"] = run_labelloop(build, mounted, project_id)
+                    results["labelloop cold, mounted"] = run_labelloop(build, mounted, project_id, changes)
                     new_task = add_annotated_task(api, project_id, 20_000_000 + len(tasks), args.width, args.height)
                     print(f"(b') labelloop rebuild, media folder mounted, new task {new_task} ...", flush=True)
-                    results["labelloop rebuild, mounted"] = run_labelloop(build, mounted, project_id)
+                    results["labelloop rebuild, mounted"] = run_labelloop(build, mounted, project_id, changes)
             except Exception as e:  # the SDK's figures are still worth printing
                 traceback.print_exc()
                 failures["labelloop"] = f"build_project_dataset failed: {type(e).__name__}: {e}"
+            finally:
+                api.sdk.webhooks.delete(id=hook.id)
     finally:
-        if stack is not None and not args.keep:
-            stack.stop_all()
+        if stack is not None:
+            for name in ("receiver", "redis"):
+                if name in stack.procs:
+                    stack.stop(name)
+            if not args.keep:
+                stack.stop_all()
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -500,7 +519,8 @@ def main() -> int:
     )
     for name in ("labelloop cold", "labelloop rebuild", "labelloop cold, mounted", "labelloop rebuild, mounted"):
         if name in results:
-            print(f"{name}: files {results[name]['files']}, {results[name]['data']}")
+            sync = ", ".join(f"{k} {v}" for k, v in results[name]["sync"].items())
+            print(f"{name}: read {sync}; files {results[name]['files']}")
     print()
     if "labelloop" in failures:
         print(f"labelloop not measured: {failures['labelloop']}")

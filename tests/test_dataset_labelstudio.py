@@ -295,7 +295,9 @@ def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
     receiver = stack.start_receiver(port)
     try:
         pid, ids = project(api, "detect", n=10, annotate=5)
-        api.sdk.webhooks.create(project=pid, url=receiver + "/webhook", send_payload=True, send_for_all_actions=True)
+        hook: Any = api.sdk.webhooks.create(
+            project=pid, url=receiver + "/webhook", send_payload=True, send_for_all_actions=True
+        )
         log = ChangeLog(redis.Redis.from_url(redis_url))
         settings = settings_for(tmp_path, *label_studio)
         samples = [make_sample(100 + i, W, H) for i in range(10)]
@@ -312,9 +314,16 @@ def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
             return built.report
 
         build("full")
+        # Nothing recorded since (the annotation was saved without a webhook): Label Studio is read.
+        api.sdk.webhooks.update(id=hook.id, url=receiver + "/webhook", is_active=False)
+        api.annotate(ids[4], [])
+        api.sdk.webhooks.update(id=hook.id, url=receiver + "/webhook", is_active=True)
+        assert "no webhook recorded" in build("incremental").sync["change_log"]
+
         api.annotate(ids[5], samples[5].ls_result())
         report = build("change log", 1)
         assert (report.images_downloaded, report.images_cached, report.files_written) == (1, 5, 2)
+        assert report.background_images == 1
 
         task: Any = api.sdk.tasks.get(id=str(ids[0]))
         api.sdk.annotations.update(id=task.annotations[0]["id"], result=samples[0].ls_result()[:1])

@@ -70,7 +70,7 @@ class ImageRef(Protocol):
 class LocalImage:
     """An upright image file that is already on disk (tests, benches, shared folders)."""
 
-    path: Path
+    path: str | Path
     width: int
     height: int
     downloaded: bool = False
@@ -263,8 +263,8 @@ def _unknown_labels(result: list[dict[str, Any]], spec: TrainSpec, known: set[st
     return found
 
 
-def _image_ext(path: Path) -> str:
-    ext = path.suffix.lower()
+def _image_ext(path: str | Path) -> str:
+    ext = os.path.splitext(path)[1].lower()
     return ext if ext in {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"} else ".png"
 
 
@@ -356,11 +356,13 @@ def build_dataset(
     # only new or changed ones are fetched.
     t0 = time.perf_counter()
     images: dict[int, Any] = {}
+    reused: dict[int, dict[str, Any]] = {}  # task id -> its entry in the last build's state
     to_fetch: list[tuple[int, str]] = []
     for task_id, url, _ in chosen:
         prev = old_tasks.get(str(task_id))
         if prev is not None and prev.get("url") == url and _mtime(prev["src"]) == prev.get("src_mtime"):
-            images[task_id] = LocalImage(Path(prev["src"]), int(prev["width"]), int(prev["height"]))
+            images[task_id] = LocalImage(prev["src"], int(prev["width"]), int(prev["height"]))
+            reused[task_id] = prev
         else:
             to_fetch.append((task_id, url))
     if to_fetch:
@@ -397,7 +399,13 @@ def build_dataset(
             report.skip(task_id, "no choice", "; ".join(dropped))
             continue
         split = splits[task_id]
-        ext = _image_ext(Path(image.path))
+        kept = reused.get(task_id)
+        if kept is not None:
+            src, src_mtime = kept["src"], kept["src_mtime"]
+        else:
+            src = os.path.abspath(image.path)
+            src_mtime = _mtime(src)
+        ext = _image_ext(src)
         if spec.task == "classify":
             image_rel = f"{split}/{class_ids[label]}/{task_id}{ext}"
             label_rel = None
@@ -414,7 +422,6 @@ def build_dataset(
             report.images_downloaded += 1
         else:
             report.images_cached += 1
-        src = str(Path(image.path).absolute())
         wanted[str(task_id)] = {
             "key": key,
             "label": label,
@@ -422,7 +429,7 @@ def build_dataset(
             "image": image_rel,
             "labels": label_rel,
             "src": src,
-            "src_mtime": _mtime(src),
+            "src_mtime": src_mtime,
             "url": url,
             "width": image.width,
             "height": image.height,
@@ -447,6 +454,12 @@ def build_dataset(
         else:
             (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
             (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
+    # What is on disk, from one listing per folder (not a stat per file).
+    present = {
+        f"{folder}/{name}"
+        for folder in {os.path.dirname(e[k]) for e in wanted.values() for k in ("image", "labels") if e[k]}
+        for name in os.listdir(out_dir / folder)
+    }
     written = 0
     for task_key, prev in old_tasks.items():
         new = wanted.get(task_key)
@@ -458,19 +471,17 @@ def build_dataset(
     for task_key in sorted(wanted, key=int):
         new = wanted[task_key]
         prev = old_tasks.get(task_key) or {}
-        dst = out_dir / new["image"]
         if (
             prev.get("image") != new["image"]
             or prev.get("src") != new["src"]
             or prev.get("src_mtime") != new["src_mtime"]
-            or not dst.exists()
+            or new["image"] not in present
         ):
-            _link(Path(new["src"]), dst)
+            _link(Path(new["src"]), out_dir / new["image"])
             written += 1
         if new["labels"] is not None:
-            label_path = out_dir / new["labels"]
-            if prev.get("labels") != new["labels"] or prev.get("label") != new["label"] or not label_path.exists():
-                write_atomic(label_path, new["label"])
+            if prev.get("labels") != new["labels"] or prev.get("label") != new["label"] or new["labels"] not in present:
+                write_atomic(out_dir / new["labels"], new["label"])
                 written += 1
         fp.update(f"{new['image']}:{new['url']}:{new['width']}x{new['height']}:{new['label']}\n".encode())
     report.files_written = written

@@ -84,9 +84,9 @@ def sync_tasks(
     file read only what changed since the previous call:
 
     - from the project's change log (``changes``: the webhooks the receiver recorded, see
-      ``workers.changes``), without asking Label Studio, when the log has every entry since the
-      previous call, its counts agree with the stored tasks, and Label Studio itself was read
-      less than ``verify_every_s`` seconds ago;
+      ``workers.changes``), without asking Label Studio, when the log has at least one entry
+      and every entry since the previous call, the newest entry's counters agree with the
+      stored tasks, and Label Studio itself was read less than ``verify_every_s`` seconds ago;
     - else from Label Studio: only the tasks it updated since the previous call
       (``GET /api/tasks/?project=&query=`` filtered on ``tasks:updated_at``; Label Studio
       touches a task's ``updated_at`` when one of its annotations is created, updated or
@@ -218,7 +218,9 @@ def _from_change_log(
         raise ChangeLogUnusable(f"Label Studio last read {age:.0f} s ago (verify every {verify_every_s:.0f} s)")
     batch = changes.read(project_id, Position(int(stored["seq"]), str(stored["id"])))
     if not batch.entries:
-        return str(state["label_config"]), batch
+        # Nothing recorded is not proof that nothing changed (the webhook may not be set up, or
+        # the build was not started by one): only entries carry Label Studio's counters.
+        raise ChangeLogUnusable("no webhook recorded since the last build")
     return apply_entries(tasks, batch.entries), batch
 
 

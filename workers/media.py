@@ -306,18 +306,29 @@ class ImageCache:
         media = Path(config.media_dir).resolve() / "upload" if config.media_dir else None
         self._uploads = media if media is not None and media != Path(media.anchor) else None
         self._auth = _LabelStudioAuth(self._ls_base, config.api_key) if self._ls_base else None
-        threads = max(1, config.threads)
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(config.timeout_s),
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=threads, max_keepalive_connections=threads),
-            headers={"User-Agent": "labelloop-media/1", "Accept-Encoding": "identity"},
-        )
+        self._http: httpx.Client | None = None  # made on first download (its TLS setup costs ~20 ms)
+        self._http_lock = threading.Lock()
         self._remove_stale_parts()
+
+    @property
+    def _client(self) -> httpx.Client:
+        with self._http_lock:
+            if self._http is None:
+                threads = max(1, self.config.threads)
+                self._http = httpx.Client(
+                    timeout=httpx.Timeout(self.config.timeout_s),
+                    follow_redirects=False,
+                    limits=httpx.Limits(max_connections=threads, max_keepalive_connections=threads),
+                    headers={"User-Agent": "labelloop-media/1", "Accept-Encoding": "identity"},
+                )
+            return self._http
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
-        self._client.close()
+        with self._http_lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
 
     def __enter__(self) -> ImageCache:
         return self
@@ -416,10 +427,12 @@ class ImageCache:
     def _remove_stale_parts(self, age_s: float = 24 * 3600) -> None:
         """Temp files of processes killed mid-download."""
         cutoff = time.time() - age_s
-        for part in self.cache_dir.glob(".part-*"):
-            with contextlib.suppress(OSError):
-                if part.stat().st_mtime < cutoff:
-                    part.unlink()
+        with os.scandir(self.cache_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith(".part-"):
+                    with contextlib.suppress(OSError):
+                        if entry.stat().st_mtime < cutoff:
+                            os.unlink(entry.path)
 
     def _store(self, key: str, url: str, raw: Path) -> CachedImage:
         """Decode ``raw``, apply EXIF orientation and move the result into the cache."""
