@@ -17,12 +17,16 @@ Peers, each starting from nothing on disk:
       .convert_to_yolo(export.json, out, is_dir=False)``, which downloads every image;
   (a) labelloop cold: ``workers.dataset.build_project_dataset`` with an empty cache dir;
   (b) labelloop rebuild: one new task imported and annotated through the API, then the same
-      call again with the same cache dir (one image to download);
+      call again with the same cache dir (one image to download). labelloop's receiver runs
+      (with its own Redis) as the project's webhook, as it does once added as the ML backend,
+      so the rebuild applies the recorded webhook (``workers.changes``) instead of asking
+      Label Studio;
   (a') and (b') the same with Label Studio's media folder mounted (``LABEL_STUDIO_MEDIA_DIR``,
       uploads read from disk instead of downloaded), with a fresh cache dir.
 Each is timed end to end around the call. Targets: (a) >= 5x faster than (c), (b) >= 50x
-faster than (a). For reference (no target): Label Studio's own server-side ``YOLO_WITH_IMAGES``
-export, one zip with every image read from the server's disk, downloaded and unzipped.
+faster than (a). For reference (no target): the SDK converter copying uploads from the same
+media folder (``project_dir``), and Label Studio's own server-side ``YOLO_WITH_IMAGES`` export,
+one zip with every image read from the server's disk, downloaded and unzipped.
 Also measured: Label Studio's raw ``/data/upload/...`` GET latency, sequential (new connection
 per request as the SDK does, and keep-alive) and with 2, 4 and 8 threads.
 """
@@ -215,8 +219,12 @@ def count_sdk_downloads() -> Iterator[dict[str, float]]:
         sdk_io.http_get = original
 
 
-def run_sdk_converter(url: str, token: str, project_id: int, work: Path) -> dict[str, Any]:
-    """(c) label-studio-sdk: export JSON, then ``Converter.convert_to_yolo`` downloading images."""
+def run_sdk_converter(
+    url: str, token: str, project_id: int, work: Path, media_dir: Path | None = None
+) -> dict[str, Any]:
+    """(c) label-studio-sdk: export JSON, then ``Converter.convert_to_yolo`` downloading images;
+    with ``media_dir`` (Label Studio's media folder) the converter copies uploads from its
+    ``upload/`` folder instead (reference row, like-for-like with labelloop's mounted builds)."""
     from label_studio_sdk import LabelStudio
     from label_studio_sdk.converter import Converter
 
@@ -234,7 +242,7 @@ def run_sdk_converter(url: str, token: str, project_id: int, work: Path) -> dict
     # data dir and really downloads each image from the server.
     converter = Converter(
         config=config,
-        project_dir=str(work / "project"),
+        project_dir=str(media_dir or work / "project"),
         download_resources=True,
         hostname=url,
         access_token=token,
@@ -423,6 +431,11 @@ def main() -> int:
         print("(c) label-studio-sdk converter ...", flush=True)
         results["SDK converter"] = run_sdk_converter(url, token, project_id, run_dir / "sdk")
 
+        if media_dir is not None:
+            print("reference: label-studio-sdk converter copying uploads from the media folder ...", flush=True)
+            results["SDK converter, mounted (ref)"] = run_sdk_converter(
+                url, token, project_id, run_dir / "sdk-mounted", media_dir
+            )
         print("reference: Label Studio's server-side YOLO_WITH_IMAGES export ...", flush=True)
         results["LS zip export (ref)"] = run_ls_zip_export(url, token, project_id, run_dir / "ls-zip")
 
@@ -534,6 +547,12 @@ def main() -> int:
         print("Label Studio's media folder mounted (uploads read from disk; the SDK converter still downloads):")
         print(f"  labelloop cold vs SDK converter: {sdk['total'] / cold_m:.1f}x   (target >= 5x)")
         print(f"  rebuild vs cold: {cold_m / rebuild_m:.1f}x faster   (target >= 50x)")
+        ref = results.get("SDK converter, mounted (ref)")
+        if ref is not None:
+            print(
+                f"  reference, no target: labelloop cold vs the SDK converter copying uploads from the same folder: "
+                f"{ref['total'] / cold_m:.1f}x (both wait for Label Studio's JSON export)"
+            )
     return 0
 
 

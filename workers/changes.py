@@ -37,7 +37,7 @@ import redis
 
 # Entries kept per project at most (approximately); a build that falls further behind reads
 # Label Studio instead. Consumed entries are trimmed by the build that consumed them.
-STREAM_MAXLEN = 10_000
+STREAM_MAXLEN = 2_000
 
 # Fields of the webhook's ``project`` object an entry keeps (the object also carries the
 # project's token, which never goes into Redis).
