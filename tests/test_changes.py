@@ -209,3 +209,21 @@ def test_gaps_trims_and_a_wiped_redis_make_the_log_unusable(receiver: TestClient
     post("/webhook", json=with_task_counts(created(5, 15, "2026-11-21T10:00:05.000000Z", done=5), 1))
     with pytest.raises(ChangeLogUnusable, match="restarted"):
         log.read(1, end)
+
+
+def test_a_store_written_by_this_process_is_reused_once_and_never_when_changed(tmp_path: Path) -> None:
+    """``sync_tasks``' store: the state this process wrote is reused instead of parsed again, but
+    only while the file is the one written, and only by one reader (it may change what it got)."""
+    from workers.export import _read_store, _write_store
+    from workers.files import write_atomic
+
+    store = tmp_path / "tasks.json"
+    state = {"tasks": {"1": {"id": 1}}}
+    _write_store(store, state)
+    assert _read_store(store) is state
+    again = _read_store(store)
+    assert again == state and again is not state, "taken by the first reader: parsed from disk"
+
+    _write_store(store, state)
+    write_atomic(store, orjson.dumps({"tasks": {"2": {"id": 2}}}))  # another process wrote it
+    assert _read_store(store) == {"tasks": {"2": {"id": 2}}}

@@ -208,7 +208,7 @@ def apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]
             for key in [k for k, t in tasks.items() if any(a.get("id") in gone for a in t.get("annotations") or [])]:
                 kept = [a for a in tasks[key].get("annotations") or [] if a.get("id") not in gone]
                 if kept:
-                    tasks[key]["annotations"] = kept
+                    tasks[key] = {**tasks[key], "annotations": kept}  # a new dict: returned ones never change
                 else:
                     del tasks[key]
         elif action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"):

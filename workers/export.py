@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
@@ -109,7 +110,7 @@ def sync_tasks(
     """
     t0 = time.perf_counter()
     try:
-        state = orjson.loads(Path(store).read_bytes())
+        state = _read_store(store)
         tasks: dict[str, dict[str, Any]] | None = state["tasks"]
         since = float(state["server_time"]) - SYNC_OVERLAP_S
     except (OSError, ValueError, KeyError, TypeError):
@@ -121,14 +122,14 @@ def sync_tasks(
             if tasks is not None:
                 label_config, batch = _from_change_log(changes, project_id, state, tasks, verify_every_s)
                 updated = {**state, "label_config": label_config, "tasks": tasks, "changes": batch.position.as_dict()}
-                write_atomic(Path(store), orjson.dumps(updated))
+                _write_store(store, updated)
                 _trim(changes, project_id, batch.position)
                 seconds = time.perf_counter() - t0
                 info = {"mode": "change log", "tasks_fetched": 0, "changes": len(batch.entries), "seconds": seconds}
                 return label_config, list(tasks.values()), info
         except ChangeLogUnusable as exc:
             info["change_log"] = str(exc)
-            tasks = orjson.loads(Path(store).read_bytes())["tasks"]  # apply_entries may have changed it
+            tasks = _read_store(store)["tasks"]  # apply_entries may have changed it
         except redis.RedisError as exc:
             info["change_log"] = f"Redis: {type(exc).__name__}: {exc}"
         if "change_log" in info:
@@ -194,11 +195,40 @@ def sync_tasks(
     }
     if position is not None:
         new_state["changes"] = position.as_dict()
-    write_atomic(Path(store), orjson.dumps(new_state))
+    _write_store(store, new_state)
     if changes is not None and position is not None:
         _trim(changes, project_id, position)
     info.update(mode=mode, tasks_fetched=fetched, seconds=time.perf_counter() - t0)
     return label_config, list(tasks.values()), info
+
+
+# The state each store file was last written with by this process, keyed by its absolute path,
+# with the file's (inode, size, mtime) then: a worker's next build reuses it instead of parsing
+# the file again (~10 ms per 1,000 tasks). Taken out when read, so a state a failed sync may have
+# changed is never reused; a file written by anyone else does not match and is parsed.
+_WRITTEN: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
+def _signature(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_store(store: Path) -> dict[str, Any]:
+    """The store's state (raises OSError, ValueError as reading and parsing it would)."""
+    key = os.path.abspath(store)
+    signature = _signature(key)
+    kept = _WRITTEN.pop(key, None)
+    if kept is not None and kept[0] == signature:
+        return kept[1]
+    state: dict[str, Any] = orjson.loads(Path(key).read_bytes())
+    return state
+
+
+def _write_store(store: Path, state: dict[str, Any]) -> None:
+    key = os.path.abspath(store)
+    write_atomic(Path(key), orjson.dumps(state))
+    _WRITTEN[key] = (_signature(key), state)
 
 
 def _from_change_log(
