@@ -28,6 +28,7 @@ from service.events import EVENT_STREAM
 from service.stack import Stack, free_port, wait_until
 from service.synthetic import Sample, make_sample
 from tests.conftest import TRAIN_ENV
+from workers.changes import ChangeLog, ChangeLogUnusable
 from workers.progress import ProgressStore
 from workers.registry import Registry
 from workers.trigger import TriggerStore
@@ -236,6 +237,11 @@ def test_training_requests_during_a_training_coalesce_into_one_followup(loop: Lo
     assert v3["promotion"]["promoted"] is True and v3["promotion"]["metric"] == "map50_95"
     assert v3["train_args"]["weights"].endswith("/v2/weights.pt")
     assert v3["dataset_size"]["train"] + v3["dataset_size"]["val"] == TRAIN_EVERY_N + 2
+    # v1 read the project from Label Studio; v2 (at least its START_TRAINING was recorded) applied
+    # the recorded webhooks instead.
+    v1, v2 = (loop.registry.get(loop.project_id, v).manifest for v in ("v1", "v2"))
+    assert v1["dataset"]["sync"]["mode"] == "full"
+    assert v2["dataset"]["sync"]["mode"] == "change log", v2["dataset"]["sync"]
 
 
 def test_kill_and_restart_everything_keeps_serving_the_newest_version(loop: Loop, tmp_path: Path) -> None:
@@ -287,6 +293,7 @@ def test_webhooks_lost_while_the_receiver_was_down_are_reconciled(loop: Loop) ->
         loop.api.annotate(loop.task_ids[i], loop.samples[i].ls_result())
     loop.receiver_url = loop.stack.start_receiver(loop.receiver_port)
     assert loop.redis().xlen(EVENT_STREAM) == recorded, "these webhooks must have been lost"
+    before = ChangeLog(loop.redis()).position(loop.project_id)
     loop.stack.start("beat", [sys.executable, "-m", "service.cli", "beat"])
     try:
         wait_until(lambda: loop.registry.current_name(loop.project_id) == "v4", 300, "reconciled v4", 1.0)
@@ -296,6 +303,10 @@ def test_webhooks_lost_while_the_receiver_was_down_are_reconciled(loop: Loop) ->
         loop.stack.stop("beat")
     v4 = loop.registry.get(loop.project_id, "v4").manifest
     assert v4["dataset_size"]["train"] + v4["dataset_size"]["val"] == first + TRAIN_EVERY_N
+    # Reconciliation left a gap in the change log: rebuilds read Label Studio, not the log.
+    with pytest.raises(ChangeLogUnusable, match="gap"):
+        ChangeLog(loop.redis()).read(loop.project_id, before)
+    assert v4["dataset"]["sync"]["mode"] != "change log"
 
 
 def test_doctor_and_status_against_the_stack(loop: Loop) -> None:
