@@ -4,10 +4,13 @@ files, a real Label Studio (uploads, Local Storage, S3 presign through moto)."""
 from __future__ import annotations
 
 import base64
+import errno
+import hashlib
 import http.server
 import io
 import json
 import os
+import random
 import re
 import threading
 import time
@@ -239,7 +242,15 @@ def cache_dir(tmp_path: Path) -> Path:
 
 
 def files_in(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory)) if directory.exists() else []
+    """The cache's files, and its temp files as ``.tmp/<name>``."""
+    if not directory.exists():
+        return []
+    names = sorted(n for n in os.listdir(directory) if n != ".tmp")
+    tmp = directory / ".tmp"
+    return names + sorted(f".tmp/{n}" for n in os.listdir(tmp)) if tmp.exists() else names
+
+
+NAME = r"-[0-9a-f]{16}-v2\."  # <task id>-<sha1(url)[:16]>-v<CACHE_VERSION>.<ext>
 
 
 # Plain URLs, cache ---------------------------------------------------------------------------
@@ -251,9 +262,9 @@ def test_fetch_then_cache_hit_without_request(server: Server, cache_dir: Path) -
         first = cache.get(7, url)
         assert first.downloaded and (first.width, first.height) == (48, 32)
         assert first.path.read_bytes() == server.files["a.png"][0]  # no orientation: original bytes
-        assert re.fullmatch(r"7-[0-9a-f]{16}\.png", first.path.name)
+        assert re.fullmatch(f"7{NAME}png", first.path.name)
         assert first.path.parent == cache_dir
-        assert json.loads(first.path.with_suffix(".json").read_text())["width"] == 48
+        assert files_in(cache_dir) == [first.path.name]  # one file, no sidecar, no temp file left
 
         second = cache.get(7, url)
         assert second == CachedImage(first.path, 48, 32, downloaded=False)
@@ -264,16 +275,16 @@ def test_fetch_then_cache_hit_without_request(server: Server, cache_dir: Path) -
         assert len(server.hits) == 2
 
     with ImageCache(cache_dir, config(server)) as again:  # a new process reuses the files
-        assert again.get(7, url).downloaded is False
+        assert again.get(7, url) == CachedImage(first.path, 48, 32, downloaded=False)  # size from the header
     assert len(server.hits) == 2
-    assert not [n for n in files_in(cache_dir) if n.startswith(".part-")]
+    assert not [n for n in files_in(cache_dir) if n.startswith(".tmp/")]
 
 
 def test_cache_names_never_come_from_task_data(server: Server, cache_dir: Path) -> None:
     server.files["..%2F..%2Fevil.png"] = server.files["a.png"]
     with ImageCache(cache_dir, config(server)) as cache:
         got = cache.get(3, f"http://127.0.0.1:{server.port}/img/..%2F..%2Fevil.png")
-        assert got.path.parent == cache_dir and re.fullmatch(r"3-[0-9a-f]{16}\.png", got.path.name)
+        assert got.path.parent == cache_dir and re.fullmatch(f"3{NAME}png", got.path.name)
         with pytest.raises(ValueError):
             cache.get("../x", "/data/upload/1/a.png")  # type: ignore[arg-type]
 
@@ -350,7 +361,7 @@ def test_http_errors_retries_and_backoff(server: Server, cache_dir: Path) -> Non
         with pytest.raises(MediaError, match="ConnectError.*after 3 attempts"):
             cache.get(8, f"http://127.0.0.1:{dead}/a.png")
     assert time.monotonic() - t0 >= 0.05 + 0.1  # backoff 0.05 s, then 0.1 s
-    assert not [n for n in files_in(cache_dir) if n.startswith(".part-")]
+    assert not [n for n in files_in(cache_dir) if n.startswith(".tmp/")]
 
 
 def test_timeouts(server: Server, cache_dir: Path) -> None:
@@ -399,7 +410,7 @@ def test_decompression_bomb(server: Server, cache_dir: Path, monkeypatch: pytest
             cache.get(1, url)
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000 * 3000)
         assert cache.get(1, url).width == 3000
-    assert len(files_in(cache_dir)) == 2
+    assert len(files_in(cache_dir)) == 1
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -480,7 +491,7 @@ def test_local_files_read_from_document_root(server: Server, cache_dir: Path, tm
         with pytest.raises(MediaError, match="escapes"):
             cache.get(8, "/data/local-files/?d=../../etc/passwd")
     assert server.hits == []
-    assert not [n for n in files_in(cache_dir) if n.startswith(".part-")]
+    assert not [n for n in files_in(cache_dir) if n.startswith(".tmp/")]
 
 
 def test_uploads_read_from_mounted_media_dir(server: Server, cache_dir: Path, tmp_path: Path) -> None:
@@ -502,6 +513,208 @@ def test_uploads_read_from_mounted_media_dir(server: Server, cache_dir: Path, tm
         server.files["other.png"] = server.files["b.png"]
         assert cache.get(4, "/data/upload/3/other.png").width == 20
         assert [h["path"] for h in server.hits] == ["/data/upload/3/other.png"]
+
+
+def noisy_jpeg(progressive: bool = False) -> bytes:
+    """A JPEG with real entropy-coded data (seeded noise)."""
+    rnd = random.Random(3)
+    im = Image.frombytes("RGB", (64, 48), bytes(rnd.randrange(256) for _ in range(64 * 48 * 3)))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, progressive=progressive)
+    return buf.getvalue()
+
+
+def broken_jpegs() -> dict[str, bytes]:
+    """Truncated JPEGs, and JPEGs with garbage in their entropy-coded data; each one is refused by
+    a full decode (checked here), and must be by the cache."""
+    out = {}
+    for kind, raw in {"baseline": noisy_jpeg(), "progressive": noisy_jpeg(progressive=True)}.items():
+        mid = len(raw) // 2
+        out[f"{kind}-truncated.jpg"] = raw[: len(raw) * 6 // 10]
+        out[f"{kind}-no-end.jpg"] = raw[:-2]
+        out[f"{kind}-garbage.jpg"] = raw[:mid] + b"\xff" * 200 + raw[mid + 200 :]
+    for data in out.values():
+        with pytest.raises(OSError), Image.open(io.BytesIO(data)) as im:
+            im.load()
+    return out
+
+
+def test_corrupt_or_truncated_jpeg_is_refused(server: Server, cache_dir: Path, tmp_path: Path) -> None:
+    """A JPEG kept as it is gets a cheaper (1/8 scale) decode, which still reads all of its data:
+    truncated or garbled ones are refused from disk and from HTTP, and leave nothing behind."""
+    broken = broken_jpegs()
+    upload = tmp_path / "media" / "upload" / "1"
+    upload.mkdir(parents=True)
+    for name, data in broken.items():
+        (upload / name).write_bytes(data)
+        server.files[name] = (data, "image/jpeg")
+    (upload / "good.jpg").write_bytes(noisy_jpeg())
+    with ImageCache(cache_dir, config(server, media_dir=tmp_path / "media")) as cache:
+        for i, name in enumerate(broken):
+            with pytest.raises(MediaError, match="corrupt image"):
+                cache.get(i, f"/data/upload/1/{name}")
+            with pytest.raises(MediaError, match="corrupt image"):
+                cache.get(i, f"http://127.0.0.1:{server.port}/img/{name}")
+        assert files_in(cache_dir) == []
+        good = cache.get(99, "/data/upload/1/good.jpg")
+        assert (good.width, good.height) == (64, 48) and good.path.read_bytes() == noisy_jpeg()
+
+
+def test_uploads_are_hard_linked_else_copied(
+    server: Server, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload kept as it is becomes the cache file by a hard link (no copy); one that must be
+    turned is re-encoded (the upload is left alone); when the filesystem refuses the link
+    (another filesystem, protected_hardlinks), it is copied. Local Storage files are always
+    copied: the user may rewrite them in place."""
+    media, root = tmp_path / "media", tmp_path / "root"
+    (media / "upload" / "2").mkdir(parents=True)
+    root.mkdir()
+    up = media / "upload" / "2"
+    (up / "straight.jpg").write_bytes(exif_jpeg(1))
+    (up / "turned.jpg").write_bytes(exif_jpeg(6))
+    (up / "other.png").write_bytes(png_bytes(21, 13))
+    (up / "again.png").write_bytes(png_bytes(22, 14))
+    (root / "local.png").write_bytes(png_bytes(23, 15))
+    cfg = config(None, media_dir=media, document_root=root)
+    with ImageCache(cache_dir, cfg) as cache:
+        straight = cache.get(1, "/data/upload/2/straight.jpg")
+        assert straight.path.samefile(up / "straight.jpg") and straight.downloaded
+        assert (straight.width, straight.height) == UPRIGHT_SIZE
+
+        turned = cache.get(2, "/data/upload/2/turned.jpg")
+        assert not turned.path.samefile(up / "turned.jpg")
+        assert (turned.width, turned.height) == UPRIGHT_SIZE
+        assert_upright(turned.path)
+        assert (up / "turned.jpg").read_bytes() == exif_jpeg(6)
+
+        local = cache.get(3, "/data/local-files/?d=local.png")
+        assert not local.path.samefile(root / "local.png")
+        assert local.path.read_bytes() == (root / "local.png").read_bytes()
+
+        calls: list[int] = []
+        for code, name in [(errno.EXDEV, "other.png"), (errno.EPERM, "again.png")]:
+
+            def refuse(*args: Any, code: int = code, **kw: Any) -> None:
+                calls.append(code)
+                raise OSError(code, os.strerror(code))
+
+            monkeypatch.setattr(os, "link", refuse)
+            copied = cache.get(4, f"/data/upload/2/{name}")
+            assert not copied.path.samefile(up / name) and copied.path.read_bytes() == (up / name).read_bytes()
+        assert calls == [errno.EXDEV, errno.EPERM]
+        monkeypatch.undo()
+    assert not [n for n in files_in(cache_dir) if n.startswith(".tmp/")]
+
+
+def test_upload_symlinks_and_size_limit(cache_dir: Path, tmp_path: Path) -> None:
+    """A symlink in the media folder is followed only when it stays inside it; the size limit
+    applies to uploads read from disk; a link target swapped for a symlink is refused."""
+    from workers.media import _LocalFile
+
+    media = tmp_path / "media"
+    up = media / "upload" / "1"
+    up.mkdir(parents=True)
+    (up / "real.png").write_bytes(png_bytes(31, 7))
+    (up / "inside.png").symlink_to(up / "real.png")
+    (media / "upload" / "dir").symlink_to(up)
+    (tmp_path / "secret.png").write_bytes(png_bytes(5, 5))
+    (up / "outside.png").symlink_to(tmp_path / "secret.png")
+    (up / "big.png").write_bytes(noisy_png(64, 64))
+    with ImageCache(cache_dir, config(None, media_dir=media, max_bytes=4096)) as cache:
+        assert cache.get(1, "/data/upload/1/inside.png").width == 31
+        assert cache.get(2, "/data/upload/dir/real.png").width == 31
+        with pytest.raises(MediaError, match="escapes the media folder"):
+            cache.get(3, "/data/upload/1/outside.png")
+        with pytest.raises(MediaError, match="not found under the media folder"):
+            cache.get(4, "/data/upload/1/missing.png")
+        with pytest.raises(MediaError, match="larger than 4096"):
+            cache.get(5, "/data/upload/1/big.png")
+        swapped = _LocalFile(up / "outside.png", "1/outside.png", "the media folder", link=True)
+        with pytest.raises(MediaError, match="not a regular file"):
+            cache._store_local("6-0000000000000000-v2", swapped)
+    assert [n for n in files_in(cache_dir) if not n.startswith(("1-", "2-"))] == []
+
+
+def test_old_cache_format_is_fetched_again(server: Server, cache_dir: Path) -> None:
+    """Version 1 entries (image + ``.json`` sidecar) are never used: the image is fetched again
+    under a version 2 name."""
+    url = f"http://127.0.0.1:{server.port}/img/a.png"
+    old_key = f"7-{hashlib.sha1(url.encode()).hexdigest()[:16]}"
+    cache_dir.mkdir()
+    (cache_dir / f"{old_key}.png").write_bytes(png_bytes(5, 5))
+    sidecar = {"v": 1, "url": url, "ext": "png", "width": 5, "height": 5, "format": "PNG", "orientation": 1}
+    (cache_dir / f"{old_key}.json").write_text(json.dumps(sidecar))
+    with ImageCache(cache_dir, config(server)) as cache:
+        got = cache.get(7, url)
+        assert got.downloaded and (got.width, got.height) == (48, 32)
+        assert got.path.name.startswith(old_key + "-v2.")
+        assert cache.get(7, url) == CachedImage(got.path, 48, 32, downloaded=False)
+    assert len(server.hits) == 1
+
+
+def test_hit_on_a_damaged_file_fetches_again(server: Server, cache_dir: Path) -> None:
+    url = f"http://127.0.0.1:{server.port}/img/a.png"
+    with ImageCache(cache_dir, config(server)) as cache:
+        first = cache.get(1, url)
+        first.path.write_bytes(b"not an image any more")
+        again = cache.get(1, url)
+        assert again.downloaded and again.path == first.path and (again.width, again.height) == (48, 32)
+    assert len(server.hits) == 2
+
+
+def test_stale_temp_files_are_removed_by_change_time(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Temp files a killed process left are removed a day later; a fresh hard link to an old
+    upload (old modification time, new change time) is not."""
+    with ImageCache(cache_dir, config(None)):
+        pass
+    old = tmp_path / "old-upload.png"
+    old.write_bytes(png_bytes(4, 4))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    os.link(old, cache_dir / ".tmp" / ".link-inflight")
+    (cache_dir / ".tmp" / ".part-inflight.part").write_bytes(b"x")
+    with ImageCache(cache_dir, config(None)):
+        assert files_in(cache_dir) == [".tmp/.link-inflight", ".tmp/.part-inflight.part"]
+    later = time.time() + 2 * 86400
+    monkeypatch.setattr(time, "time", lambda: later)
+    with ImageCache(cache_dir, config(None)):
+        assert files_in(cache_dir) == []
+
+
+def test_cpu_work_runs_on_at_most_cpu_count_threads(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading and decoding mounted files is limited to one thread per CPU, whatever
+    ``threads`` is (more only fight over the GIL)."""
+    import workers.media as media_mod
+
+    up = tmp_path / "media" / "upload" / "1"
+    up.mkdir(parents=True)
+    for i in range(12):
+        (up / f"{i}.png").write_bytes(png_bytes(10 + i, 10))
+    active, peak, lock = [0], [0], threading.Lock()
+    decode = media_mod._decode
+
+    def counted(raw: Path) -> Any:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.01)
+            return decode(raw)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(media_mod, "_decode", counted)
+    monkeypatch.setattr(media_mod, "_cpu_count", lambda: 2)
+    with ImageCache(cache_dir, config(None, media_dir=tmp_path / "media", threads=6)) as cache:
+        out = cache.get_many([(i, f"/data/upload/1/{i}.png") for i in range(12)])
+    assert all(isinstance(out[i], CachedImage) and out[i].width == 10 + i for i in range(12))  # type: ignore[union-attr]
+    assert peak[0] == 2
 
 
 def test_root_document_root_is_ignored(cache_dir: Path) -> None:
