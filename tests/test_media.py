@@ -566,7 +566,8 @@ def test_uploads_are_hard_linked_else_copied(
     """An upload kept as it is becomes the cache file by a hard link (no copy); one that must be
     turned is re-encoded (the upload is left alone); when the filesystem refuses the link
     (another filesystem, protected_hardlinks), it is copied. Local Storage files are always
-    copied: the user may rewrite them in place."""
+    copied: the user may rewrite them in place; so is a JPEG with bytes after its end marker,
+    which Ultralytics may rewrite in place."""
     media, root = tmp_path / "media", tmp_path / "root"
     (media / "upload" / "2").mkdir(parents=True)
     root.mkdir()
@@ -575,12 +576,17 @@ def test_uploads_are_hard_linked_else_copied(
     (up / "turned.jpg").write_bytes(exif_jpeg(6))
     (up / "other.png").write_bytes(png_bytes(21, 13))
     (up / "again.png").write_bytes(png_bytes(22, 14))
+    (up / "trailer.jpg").write_bytes(exif_jpeg(1) + b"\0" * 16)  # decodes; Ultralytics would rewrite it
     (root / "local.png").write_bytes(png_bytes(23, 15))
     cfg = config(None, media_dir=media, document_root=root)
     with ImageCache(cache_dir, cfg) as cache:
         straight = cache.get(1, "/data/upload/2/straight.jpg")
         assert straight.path.samefile(up / "straight.jpg") and straight.downloaded
         assert (straight.width, straight.height) == UPRIGHT_SIZE
+
+        trailer = cache.get(5, "/data/upload/2/trailer.jpg")
+        assert not trailer.path.samefile(up / "trailer.jpg")
+        assert trailer.path.read_bytes() == (up / "trailer.jpg").read_bytes()
 
         turned = cache.get(2, "/data/upload/2/turned.jpg")
         assert not turned.path.samefile(up / "turned.jpg")

@@ -504,7 +504,12 @@ class ImageCache:
     def _store_local(self, key: str, src: _LocalFile) -> CachedImage:
         """Store a file of a mounted folder: hard-linked to a temp name when it may be and the
         filesystem lets it (no copy, no new file), else copied; then decoded and put in place
-        like a download. The size limit applies to what was linked or copied."""
+        like a download. The size limit applies to what was linked or copied.
+
+        A JPEG with bytes after its end marker is copied: Ultralytics "restores" such a file when
+        it checks a dataset, and many of its versions rewrite it in place, which would rewrite
+        the upload itself through the hard links (upload, cache file, dataset image).
+        """
         limit = self.config.max_bytes
         tmp = self._link_temp(src.path) if src.link else None
         if tmp is not None:
@@ -514,7 +519,8 @@ class ImageCache:
                     raise MediaError(f"not a regular file under {src.what}: {src.rel!r}")
                 if info.st_size > limit:
                     raise MediaError(f"image is larger than {limit} bytes: {src.rel!r}")
-                return self._store(key, tmp)
+                if not _jpeg_with_trailer(tmp, info.st_size):
+                    return self._store(key, tmp)
             finally:
                 tmp.unlink(missing_ok=True)
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -744,6 +750,21 @@ class ImageCache:
             ) from exc
         except httpx.HTTPError as exc:
             raise MediaError(f"{exc.__class__.__name__}: {exc} for {_shown(task_url)}") from exc
+
+
+def _jpeg_with_trailer(path: Path, size: int) -> bool:
+    """True for a file of ``size`` bytes that starts as a JPEG but does not end with its
+    end-of-image marker."""
+    if size < 4:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if os.read(fd, 2) != b"\xff\xd8":
+            return False
+        os.lseek(fd, size - 2, os.SEEK_SET)
+        return os.read(fd, 2) != b"\xff\xd9"
+    finally:
+        os.close(fd)
 
 
 def _cpu_count() -> int:
