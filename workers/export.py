@@ -49,7 +49,10 @@ def export_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
     which returns tasks that have at least one annotation, with ``annotations`` inline.
     """
     body = b"".join(client.projects.exports.download_sync(project_id, export_type="JSON"))
-    tasks = json.loads(body or b"[]")
+    try:
+        tasks = orjson.loads(body or b"[]")
+    except orjson.JSONDecodeError:  # NaN/Infinity (Python's encoder writes them) or huge integers
+        tasks = json.loads(body)
     if not isinstance(tasks, list):
         raise DatasetError(f"project {project_id}: export is not a list of tasks")
     return tasks
@@ -140,12 +143,16 @@ def sync_tasks(
             position = None
     verified_at = time.time()
     # The project (label config, counters, server time) is read while the changed tasks are
-    # listed; both requests start after the previous sync's server time minus the overlap.
+    # listed, or while the whole project is exported on a first sync; both requests start after
+    # the previous sync's server time minus the overlap.
     with ThreadPoolExecutor(max_workers=1) as pool:
         project_future = pool.submit(client.projects.with_raw_response.get, id=project_id)
         mode, fetched = "full", 0
         changed: list[dict[str, Any]] = []
-        if tasks is not None:
+        exported: list[dict[str, Any]] | None = None
+        if tasks is None:
+            exported = export_tasks(client, project_id)
+        else:
             query = {
                 "filters": {
                     "conjunction": "and",
@@ -183,7 +190,8 @@ def sync_tasks(
         if _annotation_counts(tasks) != counts:
             tasks = None
     if tasks is None:
-        exported = export_tasks(client, project_id)
+        if exported is None:  # the counters disagreed with the merged tasks
+            exported = export_tasks(client, project_id)
         tasks = {str(t["id"]): t for t in exported if t.get("annotations")}
         mode, fetched = "full", len(exported)
     label_config = str(project.label_config)
