@@ -115,6 +115,10 @@ def test_cancelled_annotations_are_kept_and_counted_as_skipped() -> None:
         ("task unknown", "neither in the webhook nor stored"),
         ("no project object", "no project counters"),
         ("unexpected action", "unexpected action"),
+        ("malformed counters", "malformed change-log entry"),
+        ("malformed entry", "malformed change-log entry"),
+        ("task data not an object", "data is not an object"),
+        ("result not a list", "result is not a list"),
     ],
 )
 def test_entries_that_cannot_be_trusted_are_refused(case: str, reason: str) -> None:
@@ -128,6 +132,16 @@ def test_entries_that_cannot_be_trusted_are_refused(case: str, reason: str) -> N
         del e["task"]
     elif case == "no project object":
         e["project"] = None
+    elif case == "malformed counters":  # the receiver validates ids, not every field it keeps
+        e["task"]["total_annotations"] = "many"
+    elif case == "task data not an object":
+        e["task"]["data"] = "/data/upload/1/x.png"
+    elif case == "result not a list":
+        e["annotation"]["result"] = {"value": {}}
+    elif case == "malformed entry":
+        e["annotation"]["result"] = None
+        e["task"] = ["not", "a", "task"]
+        e["tasks"] = 5
     else:
         e["action"] = "TASKS_DELETED"
     with pytest.raises(ChangeLogUnusable, match=reason):

@@ -197,8 +197,16 @@ def apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]
     Raises:
         ChangeLogUnusable: an entry lacks what it needs (a task it does not carry and the store
             does not have, the project's counters), or the counts disagree (see the module doc).
-            ``tasks`` may then be partly changed: the caller discards it.
+            A malformed entry (a field of the wrong type) is refused the same way. ``tasks``
+            may then be partly changed: the caller discards it.
     """
+    try:
+        return _apply_entries(tasks, entries)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ChangeLogUnusable(f"malformed change-log entry: {type(exc).__name__}: {exc}") from exc
+
+
+def _apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]]) -> str:
     project: dict[str, Any] | None = None
     for entry in entries:
         project = entry.get("project")
@@ -219,9 +227,13 @@ def apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]
             for annotation in annotations:
                 if not isinstance(annotation, dict) or "id" not in annotation:
                     raise ChangeLogUnusable(f"{action} without an annotation object")
+                if not isinstance(annotation.get("result") or [], list):
+                    raise ChangeLogUnusable(f"annotation {annotation['id']}: result is not a list")
                 tid = _task_id(annotation)
                 stored = tasks.get(str(tid))
                 payload = by_id.get(tid)
+                if payload is not None and not isinstance(payload.get("data", {}), dict):
+                    raise ChangeLogUnusable(f"task {tid}: data is not an object")
                 if stored is None and payload is None:
                     raise ChangeLogUnusable(f"{action}: task {tid} is neither in the webhook nor stored")
                 task = {**(stored or {}), **{k: v for k, v in (payload or {}).items() if k != "annotations"}}
