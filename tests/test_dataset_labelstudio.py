@@ -322,7 +322,10 @@ def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
 
         api.annotate(ids[5], samples[5].ls_result())
         report = build("change log", 1)
-        assert (report.images_downloaded, report.images_cached, report.files_written) == (1, 5, 2)
+        assert (report.images_downloaded, report.images_cached) == (1, 5)
+        # Its image and label; plus, with so few tasks, a task the minimum val count had moved
+        # to val goes back (image and label) when the new task hashes into val.
+        assert report.files_written in (2, 4)
         assert report.background_images == 1
 
         task: Any = api.sdk.tasks.get(id=str(ids[0]))
