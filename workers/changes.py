@@ -161,7 +161,9 @@ def _annotation_counts(annotations: list[dict[str, Any]]) -> tuple[int, int]:
     return done, len(annotations) - done
 
 
-def _project_counts(tasks: dict[str, dict[str, Any]]) -> tuple[int, int]:
+def project_counts(tasks: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """(completed, cancelled) annotations in stored tasks (task id -> task), counted as Label
+    Studio's project ``total_annotations_number`` and ``skipped_annotations_number`` count them."""
     done = cancelled = 0
     for task in tasks.values():
         d, c = _annotation_counts(task.get("annotations") or [])
@@ -258,7 +260,7 @@ def _apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any
     if not project.get("label_config"):
         raise ChangeLogUnusable("the newest entry has no label config")
     reported = (int(project["total_annotations_number"] or 0), int(project.get("skipped_annotations_number") or 0))
-    have = _project_counts(tasks)
+    have = project_counts(tasks)
     if have != reported:
         raise ChangeLogUnusable(f"{have} stored (completed, cancelled) annotations, Label Studio reports {reported}")
     return str(project["label_config"])

@@ -20,7 +20,7 @@ import redis
 import structlog
 
 from service.errors import DatasetError
-from workers.changes import Batch, ChangeLog, ChangeLogUnusable, Position, apply_entries
+from workers.changes import Batch, ChangeLog, ChangeLogUnusable, Position, apply_entries, project_counts
 from workers.files import write_atomic
 
 log = structlog.get_logger(__name__)
@@ -60,19 +60,6 @@ def export_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
 
 # Tasks re-read before the last sync's server time, to absorb clock resolution (seconds).
 SYNC_OVERLAP_S = 2.0
-
-
-def _annotation_counts(tasks: dict[str, dict[str, Any]]) -> tuple[int, int]:
-    """(completed, cancelled) annotations in stored tasks, counted as Label Studio's project
-    ``total_annotations_number`` and ``skipped_annotations_number`` count them."""
-    done = cancelled = 0
-    for task in tasks.values():
-        for a in task.get("annotations") or []:
-            if a.get("was_cancelled"):
-                cancelled += 1
-            else:
-                done += 1
-    return done, cancelled
 
 
 def sync_tasks(
@@ -187,7 +174,7 @@ def sync_tasks(
             else:
                 tasks.pop(str(task["id"]), None)
         mode = "incremental"
-        if _annotation_counts(tasks) != counts:
+        if project_counts(tasks) != counts:
             tasks = None
     if tasks is None:
         if exported is None:  # the counters disagreed with the merged tasks
