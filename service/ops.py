@@ -75,7 +75,7 @@ def train(settings: Settings, project_id: int, wait: bool, timeout_s: float = 24
     if not wait:
         return 0
     store = ProgressStore(_redis(settings))
-    bar = tqdm(total=settings.epochs, desc="epochs", unit="epoch")
+    bar = tqdm(total=settings.epochs or 0, desc="epochs", unit="epoch")
     deadline = time.monotonic() + timeout_s
     seen_run = False
     while time.monotonic() < deadline:

@@ -8,6 +8,7 @@ Label Studio users already set for ML backends, ``LABEL_STUDIO_URL`` and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,7 +22,9 @@ class Settings(BaseSettings):
     Defaults work on a laptop: Redis on localhost, models and caches under ``./var``.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the Celery broker, results and events.")
     models_dir: Path = Field(Path("var/models"), description="Model registry root: the source of truth for versions.")
@@ -69,10 +72,40 @@ class Settings(BaseSettings):
     media_max_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest image downloaded (bytes).")
 
     train_every_n: int = Field(10, ge=1, description="Train after this many new annotation events per project.")
-    base_model: str = Field("yolov8n.yaml", description="Initial weights: a .pt path or an Ultralytics model YAML.")
-    epochs: int = Field(20, ge=1, description="Training epochs per run.")
-    imgsz: int = Field(640, ge=32, description="Training and inference image size in pixels.")
-    batch: int = Field(16, ge=1, description="Training batch size.")
+    base_model: str = Field(
+        "auto",
+        description="Weights a project's first version starts from: an Ultralytics asset name (yolo26n.pt, "
+        "yolo11s.pt, ...), a local .pt, a model YAML, or `auto` (the installed ultralytics' recommended nano "
+        "detection model). Offline, an asset not on disk trains from its model YAML instead.",
+    )
+    offline: bool | None = Field(
+        None, description="Never download base models (unset: download when the machine is online)."
+    )
+    epochs: int | None = Field(
+        None, ge=1, description="Training epochs per run (unset: from the recipe's optimizer-step budget)."
+    )
+    imgsz: int | None = Field(
+        None, ge=32, description="Training and inference image size in pixels (unset: from the project's images)."
+    )
+    batch: int | None = Field(None, ge=1, description="Training batch size (unset: from the train split's size).")
+    nbs: int | None = Field(
+        None, ge=1, description="Ultralytics' nominal batch for gradient accumulation (unset: from the data)."
+    )
+    train_time_s: float | None = Field(
+        None, gt=0, description="Wall-clock budget of one training (seconds; unset: 150 on CPU, 1800 on a GPU)."
+    )
+    freeze: int | None = Field(
+        None,
+        ge=0,
+        description="Layers to freeze (unset: the backbone when fine-tuning pretrained weights on few images).",
+    )
+    mosaic: float | None = Field(None, ge=0.0, le=1.0, description="Mosaic augmentation probability (unset: 1.0).")
+    close_mosaic: int | None = Field(
+        None, ge=0, description="Final epochs without mosaic (unset: the last ~10% of the epochs)."
+    )
+    checkpoint: Literal["best", "last"] | None = Field(
+        None, description="Checkpoint a training publishes (unset: last below 20 validation images, else best)."
+    )
     device: str = Field("", description="Ultralytics device ('' picks CUDA when available, else 'cpu').")
     dataloader_workers: int = Field(2, ge=0, description="DataLoader worker processes during training.")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of tasks in the validation split.")
@@ -83,7 +116,11 @@ class Settings(BaseSettings):
         "map50_95", pattern="^(map50_95|map50|precision|recall)$", description="Metric of the promotion gate."
     )
     promotion_margin: float = Field(
-        0.01, ge=0.0, le=1.0, description="A candidate is promoted unless its metric is worse by more than this."
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="A candidate is promoted unless its metric is worse by more than this plus the validation "
+        "split's noise (see README, How the promotion gate decides).",
     )
     preannotate: bool = Field(True, description="After a promotion, predict every unlabeled task into Label Studio.")
     preannotate_batch: int = Field(16, ge=1, description="Tasks per pre-annotation batch.")

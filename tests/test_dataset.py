@@ -9,6 +9,7 @@ import yaml
 
 from service.errors import DatasetError
 from service.synthetic import LABEL_CONFIG, make_sample
+from workers.base_models import for_task
 from workers.dataset import (
     assign_splits,
     build_dataset,
@@ -18,7 +19,6 @@ from workers.dataset import (
     store_class_names,
 )
 from workers.labels import TrainSpec, parse_detection_config
-from workers.pipeline import base_model_for
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 
@@ -130,7 +130,7 @@ def test_class_names_persist_per_control_tag(tmp_path: Path) -> None:
     ],
 )
 def test_base_model_for_task(base: str, task: str, expected: str) -> None:
-    assert base_model_for(base, task) == expected
+    assert for_task(base, task) == expected
 
 
 def test_rebuild_in_place_touches_only_changed_tasks(tmp_path: Path) -> None:

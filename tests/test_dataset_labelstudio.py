@@ -22,12 +22,12 @@ from service.errors import DatasetError, LabelConfigError
 from service.settings import Settings
 from service.stack import Stack, free_port
 from service.synthetic import LABELS, Sample, make_sample
+from workers.base_models import for_task
 from workers.changes import ChangeLog
 from workers.convert import mask_to_brush
 from workers.dataset import build_project_dataset
 from workers.export import SYNC_OVERLAP_S
 from workers.params import ProjectParams, store
-from workers.pipeline import base_model_for
 from workers.predictor import Predictor
 from workers.registry import Registry
 from workers.training import run_training_process
@@ -195,7 +195,7 @@ def test_every_task_type_builds_trains_and_predicts(
         {
             "data": str(built.data),
             "task": task,
-            "weights": base_model_for("yolov8n.yaml", task),
+            "weights": for_task("yolov8n.yaml", task),
             "epochs": 1,
             "imgsz": 64,
             "batch": 4,
@@ -518,7 +518,7 @@ def test_pipeline_versions_of_other_task_types(
     manifest = first.manifest
     assert manifest["task"] == task and manifest["from_name"] == "label"
     assert manifest["names"] == {"0": "square", "1": "disc"}
-    assert manifest["train_args"]["weights"] == base_model_for("yolov8n.yaml", task)
+    assert manifest["train_args"]["weights"] == for_task("yolov8n.yaml", task)
     assert manifest["dataset"]["task"] == task and manifest["dataset"]["images"]["val"] >= 1
     metric = "accuracy_top1" if task == "classify" else "map50_95"
     assert manifest["promotion"]["metric"] == metric and manifest["promotion"]["promoted"]

@@ -32,3 +32,25 @@ def test_unknown_metric_is_an_error() -> None:
     """A metric outside mAP50-95, mAP50, precision, recall is refused."""
     with pytest.raises(ValueError, match="unknown promotion metric"):
         decide_promotion(C, None, "f1", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "incumbent", "n_val", "promote"),
+    [
+        # 8 validation objects: a 0.2 drop is within one standard error (~0.35): noise, promoted.
+        (0.40, 0.60, 8, True),
+        # The same drop measured on 1,000 objects (~0.03) is real: rejected.
+        (0.40, 0.60, 1000, False),
+        # A collapse is caught even on a small split.
+        (0.00, 0.90, 8, False),
+        (0.58, 0.60, 1000, True),
+    ],
+)
+def test_gate_allows_for_the_noise_of_a_small_validation_split(
+    candidate: float, incumbent: float, n_val: int, promote: bool
+) -> None:
+    """The gate rejects only a drop larger than the margin plus one standard error of the
+    difference on the split's n validation objects."""
+    decision = decide_promotion({"map50": candidate}, {"map50": incumbent}, "map50", 0.01, n_val)
+    assert decision.promote is promote, decision.reason
+    assert f"{n_val} val objects" in decision.reason

@@ -45,6 +45,7 @@ from workers.changes import ChangeLog
 from workers.export import select_annotation
 from workers.files import write_atomic
 from workers.labels import TrainSpec
+from workers.recipe import long_side_p90
 
 _HASH_SPACE = float(2**64)
 STATE_FILE = ".labelloop-state.json"
@@ -201,6 +202,7 @@ class DatasetReport:
         seconds: wall seconds per stage (``export``, ``download``, ``build``).
         sync: how the tasks were read (``{"mode": "full"|"incremental", ...}``).
         fingerprint: a hash of the files written (same data -> same fingerprint).
+        long_side_p90: 90th percentile of the used images' longer sides, pixels (for imgsz).
     """
 
     task: str = "detect"
@@ -218,6 +220,7 @@ class DatasetReport:
     seconds: dict[str, float] = field(default_factory=dict)
     sync: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+    long_side_p90: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -435,6 +438,7 @@ def build_dataset(
             "height": image.height,
         }
     report.instances_per_class = {s: dict(sorted(c.items())) for s, c in per_class.items()}
+    report.long_side_p90 = long_side_p90([(e["width"], e["height"]) for e in wanted.values()])
     usable_n = report.images["train"] + report.images["val"]
     if report.images["train"] < 1 or report.images["val"] < 1:
         raise DatasetError(

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.errors import ParamsError
 from service.settings import Settings
+from workers.base_models import is_asset_name
 from workers.files import write_atomic
 from workers.labels import TrainSpec, parse_label_config
 
@@ -29,7 +30,13 @@ class ProjectParams(BaseModel):
     epochs: int | None = Field(None, ge=1, le=10_000)
     imgsz: int | None = Field(None, ge=32, le=8192)
     batch: int | None = Field(None, ge=1, le=4096)
-    base_model: str | None = Field(None, min_length=1)
+    nbs: int | None = Field(None, ge=1, le=4096)
+    train_time_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    freeze: int | None = Field(None, ge=0, le=100)
+    mosaic: float | None = Field(None, ge=0.0, le=1.0)
+    close_mosaic: int | None = Field(None, ge=0, le=10_000)
+    checkpoint: Literal["best", "last"] | None = None
+    base_model: str | None = Field(None, min_length=1, max_length=64)
     train_every_n: int | None = Field(None, ge=1)
     val_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     promotion_metric: Literal["map50_95", "map50", "precision", "recall"] | None = None
@@ -43,6 +50,15 @@ class ProjectParams(BaseModel):
     def _stride(cls, v: int | None) -> int | None:
         if v is not None and v % 32:
             raise ValueError("imgsz must be a multiple of 32 (the YOLO stride)")
+        return v
+
+    @field_validator("base_model")
+    @classmethod
+    def _asset_name(cls, v: str | None) -> str | None:
+        # Extra params come from whoever can edit the ML backend connection: a name from
+        # Ultralytics' fixed list only, never a path, a URL or a YAML to evaluate from disk.
+        if v is not None and not is_asset_name(v):
+            raise ValueError("must be an Ultralytics model name such as yolo26n.pt, yolo11s.pt or yolov8n.yaml")
         return v
 
     def effective(self, settings: Settings) -> dict[str, Any]:

@@ -7,7 +7,6 @@ version in place.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import redis
 import structlog
 
 from service.settings import Settings
+from workers.base_models import resolve as resolve_base_model
 from workers.changes import ChangeLog
 from workers.dataset import build_project_dataset
 from workers.labels import TrainSpec
@@ -26,8 +26,9 @@ from workers.ledger import annotations_in_export
 from workers.notify import serve_when_warm
 from workers.params import load as load_params
 from workers.promotion import decide_promotion
+from workers.recipe import OVERRIDABLE, DataShape, plan_recipe
 from workers.registry import ModelVersion, Registry
-from workers.training import run_training_process
+from workers.training import cuda_present, run_training_process
 
 log = structlog.get_logger(__name__)
 
@@ -94,18 +95,35 @@ def run_training(
     # same (otherwise their scores are not comparable). A new task starts from its base model.
     same_task = parent is not None and _same_task(parent.manifest, spec)
     same_kind = parent is not None and same_task and _same_names(parent.manifest, built.names)
-    weights = (
-        str(parent.weights) if parent is not None and same_task else base_model_for(params["base_model"], spec.task)
+    warm_start = parent is not None and same_task
+    base = None
+    if parent is not None and warm_start:
+        weights, pretrained = str(parent.weights), True
+    else:
+        base = resolve_base_model(
+            str(params["base_model"]),
+            spec.task,
+            weights_dir(settings),
+            settings.offline,
+            from_operator=params["base_model"] == settings.base_model,
+        )
+        weights, pretrained = base.weights, base.pretrained
+    device = settings.device or ("0" if cuda_present() else "cpu")
+    recipe = plan_recipe(
+        DataShape(report.images["train"], report.images["val"], report.long_side_p90),
+        device=device,
+        warm_start=warm_start,
+        pretrained=pretrained,
+        overrides={k: params.get(k) for k in OVERRIDABLE},
     )
     train_args = {
         "weights": weights,
-        "epochs": params["epochs"],
-        "imgsz": params["imgsz"],
-        "batch": params["batch"],
+        **{k: v for k, v in recipe.to_dict().items() if k != "reasons"},
         "device": settings.device,
         "workers": settings.dataloader_workers,
         "seed": settings.seed,
     }
+    log.info("training_recipe", warm_start=warm_start, **{k: v for k, v in train_args.items() if k != "weights"})
     t0 = time.perf_counter()
     result = run_training_process(
         {
@@ -114,6 +132,7 @@ def run_training(
             "task": spec.task,
             "config_dir": str(yolo_config_dir(settings)),
             "incumbent": str(parent.weights) if parent is not None and same_kind else None,
+            "fallback_weights": base.weights[: -len(".pt")] + ".yaml" if base and base.source == "download" else None,
         },
         run_dir / "train",
         timeout_s=settings.train_time_limit_s,
@@ -125,7 +144,10 @@ def run_training(
     timings["validate"] = result.get("val_seconds", 0.0)
     log.info("training_finished", seconds=round(timings["train"], 3), **result["metrics"])
     metric = params["promotion_metric"] if spec.task != "classify" else "accuracy_top1"
-    decision = decide_promotion(result["metrics"], result.get("incumbent_metrics"), metric, params["promotion_margin"])
+    n_val = report.images["val"] if spec.task == "classify" else sum(report.instances_per_class.get("val", {}).values())
+    decision = decide_promotion(
+        result["metrics"], result.get("incumbent_metrics"), metric, params["promotion_margin"], n_val
+    )
 
     timings["total"] = time.perf_counter() - t_start
     manifest = {
@@ -142,10 +164,23 @@ def run_training(
             "margin": params["promotion_margin"],
             "promoted": decision.promote,
             "reason": decision.reason,
+            "noise": decision.noise,
+            "val_objects": n_val,
         },
         "dataset": report.to_dict(),
         "dataset_size": {"train": report.images["train"], "val": report.images["val"]},
-        "train_args": {**train_args, "device": result["device"]},
+        "train_args": {**train_args, "device": result["device"], "weights": result.get("weights", weights)},
+        "recipe": {
+            "reasons": recipe.reasons,
+            "warm_start": warm_start,
+            "epochs_run": result.get("epochs_run"),
+            "checkpoint_used": result.get("checkpoint"),
+        },
+        "base_model": (
+            {**base.to_dict(), **({"note": result["base_model_note"]} if result.get("base_model_note") else {})}
+            if base is not None
+            else {"fine_tuned_from": parent.name if parent else None}
+        ),
         "run_id": run_id,
         "timings": timings,
         # What this version was trained on: reconciliation's baseline when Redis lost its ledger.
@@ -164,18 +199,9 @@ def run_training(
     return version
 
 
-# Model YAMLs per task for a detection base model YAML (``yolov8n.yaml`` -> ``yolov8n-seg.yaml``).
-_TASK_SUFFIX = {"detect": "", "obb": "-obb", "segment": "-seg", "pose": "-pose", "classify": "-cls"}
-
-
-def base_model_for(base_model: str, task: str) -> str:
-    """The base model to start a ``task`` from: a detection model YAML such as ``yolov8n.yaml``
-    becomes the task's YAML (``yolov8n-seg.yaml``, ``-obb``, ``-pose``, ``-cls``); a .pt file
-    or a YAML already naming a task is used as given."""
-    path = Path(base_model)
-    if not re.fullmatch(r"yolo(v?\d+)[nslmx]?\.ya?ml", base_model):
-        return base_model
-    return f"{path.stem}{_TASK_SUFFIX[task]}{path.suffix}"
+def weights_dir(settings: Settings) -> Path:
+    """Where labelloop keeps downloaded Ultralytics assets (``<cache_dir>/weights``)."""
+    return Path(settings.cache_dir).absolute() / "weights"
 
 
 def _same_task(manifest: dict[str, Any], spec: TrainSpec) -> bool:

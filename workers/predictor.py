@@ -36,6 +36,9 @@ REPORT_TTL_S = 600  # a process that stops reporting drops out of promotions' wa
 WARM_VERSIONS = 3  # loaded versions kept per project and process (yolov8n: ~13 MB each)
 
 
+DEFAULT_IMGSZ = 640  # Ultralytics' default, for a version that does not record its imgsz
+
+
 @dataclass
 class _Loaded:
     version: str
@@ -43,6 +46,7 @@ class _Loaded:
     names: dict[int, str]
     task: str | None = None  # from the version's manifest; None for a base .pt (its own task)
     from_name: str | None = None
+    imgsz: int | None = None  # the version's training imgsz (manifest ``train_args``)
 
 
 class Predictor:
@@ -65,7 +69,7 @@ class Predictor:
         base_model: str,
         config_dir: Path,
         cache_dir: Path,
-        imgsz: int,
+        imgsz: int | None,
         conf: float,
         device: str = "",
         media: MediaConfig | None = None,
@@ -107,6 +111,8 @@ class Predictor:
             loaded = self._load(str(mv.weights), version)
             loaded.task = mv.manifest.get("task") or loaded.model.task
             loaded.from_name = mv.manifest.get("from_name")
+            trained_at = (mv.manifest.get("train_args") or {}).get("imgsz")
+            loaded.imgsz = int(trained_at) if isinstance(trained_at, int) and trained_at > 0 else None
             return loaded
         if self.base_model.endswith(".pt") and Path(self.base_model).exists():
             return self._load(self.base_model, "base")
@@ -305,7 +311,7 @@ class Predictor:
             return out
         results = loaded.model.predict(
             [str(image.path) for _, image in ok],
-            imgsz=imgsz or self.imgsz,
+            imgsz=imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ,
             conf=self.conf,
             verbose=False,
             device=loaded.model.device,

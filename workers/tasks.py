@@ -241,7 +241,7 @@ def register_tasks(app: Celery) -> None:
         with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=predict.request.id):
             params = load_params(settings.models_dir, project_id)
             spec = train_spec(label_config, params)
-            imgsz = int(params.effective(settings)["imgsz"])
+            imgsz = params.effective(settings)["imgsz"]
             results = predictor().predict(
                 project_id, spec, tasks, settings.label_studio_url, settings.api_key, imgsz=imgsz
             )

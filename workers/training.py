@@ -5,7 +5,9 @@ train task runs ``python -m workers.training <spec.json>`` and waits for it. The
 ``result.json`` next to the spec; a crash writes nothing, and nothing is published.
 
 Spec keys: ``data`` (data.yaml), ``weights`` (.pt path or model YAML), ``epochs``, ``imgsz``,
-``batch``, ``device``, ``workers``, ``seed``, ``run_dir``, ``config_dir``.
+``batch``, ``device``, ``workers``, ``seed``, ``run_dir``, ``config_dir``; optional, from
+``workers.recipe.Recipe``: ``nbs``, ``time_s``, ``mosaic``, ``close_mosaic``, ``freeze``, ``val``
+and ``checkpoint`` (absent: Ultralytics' defaults, best.pt).
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ def pick_device(device: str) -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
+# Optional spec keys passed to ``YOLO.train`` as they are (the recipe's, and a few for experiments).
+TRAIN_ARGS = ("nbs", "mosaic", "close_mosaic", "val", "optimizer", "lr0", "warmup_epochs")
+
+
+def cuda_present() -> bool:
+    """Whether an NVIDIA GPU is visible, without importing torch (the driver's /proc entries and
+    ``CUDA_VISIBLE_DEVICES``); the training process itself picks the device with torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
 def train(spec: dict[str, Any]) -> dict[str, Any]:
     """Train in this process with ``YOLO(weights).train(...)``; returns the result dict.
 
@@ -46,7 +61,17 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     device = pick_device(str(spec.get("device", "")))
     run_dir = Path(spec["run_dir"]).absolute()
     t0 = time.perf_counter()
-    model = YOLO(str(spec["weights"]), task=spec.get("task"))
+    note = ""
+    try:
+        model = YOLO(str(spec["weights"]), task=spec.get("task"))
+    except Exception as exc:  # Ultralytics' download raises several kinds (ConnectionError, OSError, ...)
+        fallback = spec.get("fallback_weights")
+        if not fallback:
+            raise
+        note = f"{Path(str(spec['weights'])).name} could not be loaded or downloaded ({exc}): trained {fallback}"
+        print(f"labelloop: {note}", flush=True)
+        spec = {**spec, "weights": fallback}
+        model = YOLO(str(fallback), task=spec.get("task"))
     progress_path = run_dir / "progress.json"
 
     def report_epoch(trainer: Any) -> None:
@@ -58,6 +83,12 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         os.replace(tmp, progress_path)
 
     model.add_callback("on_fit_epoch_end", report_epoch)
+    time_s = float(spec.get("time_s") or 0)
+    if time_s > 0:
+        model.add_callback("on_fit_epoch_end", time_cap(time_s))
+    extra = {k: spec[k] for k in TRAIN_ARGS if spec.get(k) is not None}
+    if spec.get("freeze"):
+        extra["freeze"] = int(spec["freeze"])
     model.train(
         data=str(spec["data"]),
         epochs=int(spec["epochs"]),
@@ -73,14 +104,20 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         plots=False,
         verbose=False,
         pretrained=str(spec["weights"]).endswith(".pt"),
+        **extra,
     )
     seconds = time.perf_counter() - t0
     trainer = model.trainer
     if trainer is None:
         raise TrainingError("ultralytics returned no trainer")
-    best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
-    if not best.exists():
+    last, best = Path(trainer.last), Path(trainer.best)
+    chosen = last if spec.get("checkpoint") == "last" or not best.exists() else best
+    if not chosen.exists():
+        chosen = best if best.exists() else last
+    if not chosen.exists():
         raise TrainingError(f"training wrote no weights under {run_dir}")
+    best = chosen
+    epochs_run = int(trainer.epoch) + 1
     t1 = time.perf_counter()
     # Candidate and incumbent are scored by the same validation call on the same split, so the
     # promotion gate compares like with like.
@@ -94,7 +131,46 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": seconds,
         "val_seconds": time.perf_counter() - t1,
         "device": device,
+        "epochs_run": epochs_run,
+        "weights": str(spec["weights"]),
+        "base_model_note": note,
+        "epochs_planned": int(spec["epochs"]),
+        "checkpoint": "last" if best == last else "best",
     }
+
+
+def time_cap(budget_s: float) -> Callable[[Any], None]:
+    """An ``on_fit_epoch_end`` callback that keeps a training within ``budget_s`` wall seconds.
+
+    After each epoch it estimates the epoch time from the epochs so far and sets the trainer's
+    epoch count to what fits in the budget (at least one more epoch, so the run ends on
+    Ultralytics' final-epoch validation and save), never above the planned count, then
+    re-plans the learning-rate schedule and ``close_mosaic`` for it, as Ultralytics does for
+    its own ``time`` argument (which, unlike this cap, also stretches a run to fill the time).
+    """
+    import math
+
+    start = time.monotonic()
+    planned: list[int] = []
+
+    def cap(trainer: Any) -> None:
+        if not planned:
+            planned.append(int(trainer.epochs))
+        done = int(trainer.epoch) + 1 - int(getattr(trainer, "start_epoch", 0))
+        elapsed = time.monotonic() - start  # model and dataloader setup included
+        per_epoch = (time.time() - float(getattr(trainer, "train_time_start", 0) or time.time())) / max(1, done)
+        per_epoch = per_epoch if per_epoch > 0 else elapsed / max(1, done)
+        fits = int(trainer.epoch) + 1 + max(1, math.floor((budget_s - elapsed) / per_epoch))
+        epochs = min(planned[0], fits)
+        if epochs == int(trainer.epochs):
+            return
+        trainer.epochs = trainer.args.epochs = epochs
+        if trainer.args.close_mosaic:
+            trainer.args.close_mosaic = max(1, round(0.1 * epochs))
+        trainer._setup_scheduler()
+        trainer.scheduler.last_epoch = trainer.epoch
+
+    return cap
 
 
 def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) -> dict[str, float]:
