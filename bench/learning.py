@@ -3,7 +3,6 @@
     .venv/bin/python -m bench.learning [--rounds 10,20,40,80] [--pool 80] [--held-out 40] [--seed 0]
         [--out var/bench-learning] [--workdir var/bench-learning] [--keep]
     .venv/bin/python -m bench.learning --rounds 10 --pool 12 --held-out 8      # smoke run
-    .venv/bin/python -m bench.learning --check-scoring                         # scoring self-check
 
 Data (``bench.shapes``): ``--pool + --held-out`` generated JPEGs (default 80 + 40) with three
 classes that differ by shape only (circle, square, and triangle, the rare one at ~12% of the
@@ -41,8 +40,8 @@ that round (manifest ``timings.train``, as ultralytics' ``time=`` in hours):
 Each peer predicts the held-out images (upright: EXIF applied) at conf 0.25, labelloop's
 default threshold.
 
-Scoring (pure functions below): mAP50 (IoU 0.5, all-point interpolated AP per class, regions
-ranked by score, averaged over the classes present in the truth; greedy COCO-style matching)
+Scoring (``workers.scoring``, as in the demo): mAP50 (IoU 0.5, all-point interpolated AP per
+class, regions ranked by score, averaged over the classes present in the truth; greedy COCO-style matching)
 and precision / recall of all regions at IoU 0.5, on the displayed frame's pixel boxes.
 
 Targets: labelloop mAP50 after 20 annotations >= 0.8; no round more than 0.03 below the one
@@ -66,18 +65,18 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.shapes import LABEL_CONFIG, ShapeImage, make_project, summary
+from workers.scoring import IOU, Det, regions_to_dets, score
 
 ROOT = Path(__file__).resolve().parent.parent
 LS_USER = "bench@labelloop.local"
 LS_PASSWORD = "labelloop-bench"
 LS_TOKEN = "be7c4000000000000000000000000000000000001"[:40]
-IOU = 0.5
 CONF = 0.25  # labelloop's default predict_conf; the peers predict with the same threshold
 VAL_FRACTION = 0.2  # labelloop's default val_fraction
 MIN_VAL = 1  # labelloop's default min_val_images
@@ -99,161 +98,11 @@ TARGET_SERVED_S = 240.0
 
 
 # ---------------------------------------------------------------------------------------------
-# Scoring (pure)
-
-
-@dataclass(frozen=True)
-class Det:
-    """A detection or a ground-truth object: image key, label, score (1.0 for truth), pixel box."""
-
-    image: int
-    label: str
-    score: float
-    box: tuple[float, float, float, float]
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def match(preds: Iterable[Det], truths: Iterable[Det], threshold: float = IOU) -> list[tuple[Det, bool]]:
-    """Greedy matching per class, COCO-style: predictions in descending score order (ties keep
-    input order), each taking the unmatched truth of its image and label with the highest IoU
-    >= ``threshold``.
-
-    Returns:
-        ``(prediction, is_true_positive)`` in descending score order.
-    """
-    free: dict[tuple[int, str], list[Det]] = {}
-    for t in truths:
-        free.setdefault((t.image, t.label), []).append(t)
-    out = []
-    for p in sorted(preds, key=lambda d: -d.score):
-        pool = free.get((p.image, p.label), [])
-        best, best_iou = -1, threshold
-        for i, t in enumerate(pool):
-            v = iou(p.box, t.box)
-            if v >= best_iou:
-                best, best_iou = i, v
-        if best >= 0:
-            pool.pop(best)
-        out.append((p, best >= 0))
-    return out
-
-
-def average_precision(hits: Sequence[bool], n_truth: int) -> float:
-    """All-point interpolated AP of ranked predictions (``hits`` in descending score order).
-
-    The precision envelope (max precision at any recall >= r) integrated over recall; 0.0
-    without truth or predictions.
-    """
-    if n_truth <= 0 or not hits:
-        return 0.0
-    tp = 0
-    recall, precision = [0.0], [1.0]
-    for k, hit in enumerate(hits, start=1):
-        tp += bool(hit)
-        recall.append(tp / n_truth)
-        precision.append(tp / k)
-    for i in range(len(precision) - 2, -1, -1):
-        precision[i] = max(precision[i], precision[i + 1])
-    return sum((recall[i] - recall[i - 1]) * precision[i] for i in range(1, len(recall)))
-
-
-def score(preds: Sequence[Det], truths: Sequence[Det], threshold: float = IOU) -> dict[str, Any]:
-    """mAP at ``threshold`` over the classes present in ``truths``, and precision / recall of all
-    predictions (a prediction is right when it matches a truth of its label).
-
-    Returns:
-        ``{"map50", "ap": {label: AP}, "precision", "recall", "tp", "predictions", "truths"}``;
-        precision is 0.0 without predictions.
-    """
-    matched = match(preds, truths, threshold)
-    labels = sorted({t.label for t in truths})
-    ap = {}
-    for label in labels:
-        n = sum(t.label == label for t in truths)
-        ap[label] = average_precision([hit for p, hit in matched if p.label == label], n)
-    tp = sum(hit for _, hit in matched)
-    return {
-        "map50": sum(ap.values()) / len(ap) if ap else 0.0,
-        "ap": ap,
-        "precision": tp / len(matched) if matched else 0.0,
-        "recall": tp / len(truths) if truths else 0.0,
-        "tp": tp,
-        "predictions": len(matched),
-        "truths": len(truths),
-    }
-
-
-def region_box(value: dict[str, Any], width: float, height: float) -> tuple[float, float, float, float]:
-    """Pixel box of a Label Studio rectangle value (percent; a rotation gives the box around it)."""
-    x, y = float(value["x"]) / 100 * width, float(value["y"]) / 100 * height
-    w, h = float(value["width"]) / 100 * width, float(value["height"]) / 100 * height
-    a = math.radians(float(value.get("rotation") or 0.0))
-    if not a:
-        return (x, y, x + w, y + h)
-    c, s = math.cos(a), math.sin(a)
-    xs = [x + dx * c - dy * s for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
-    ys = [y + dx * s + dy * c for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
-    return (min(xs), min(ys), max(xs), max(ys))
-
-
-def regions_to_dets(image: int, regions: Iterable[dict[str, Any]], width: int, height: int) -> list[Det]:
-    """Detections from Label Studio ``rectanglelabels`` regions, in the displayed ``width x height``
-    frame (the region's own ``original_width`` is deliberately not used: a region made for the
-    wrong orientation scores as wrong). A region without ``score`` counts as 1.0."""
-    out = []
-    for r in regions:
-        value = r.get("value") or {}
-        labels = value.get("rectanglelabels") or []
-        if r.get("type") != "rectanglelabels" or not labels:
-            continue
-        out.append(Det(image, str(labels[0]), float(r.get("score", 1.0)), region_box(value, width, height)))
-    return out
+# Ground truth
 
 
 def truth_dets(image: int, sample: ShapeImage) -> list[Det]:
     return [Det(image, b.label, 1.0, (b.x1, b.y1, b.x2, b.y2)) for b in sample.boxes]
-
-
-def check_scoring() -> None:
-    """Hand cases of the scoring functions (``--check-scoring``)."""
-    t = [Det(1, "a", 1.0, (0, 0, 10, 10)), Det(1, "b", 1.0, (20, 20, 40, 40)), Det(2, "a", 1.0, (5, 5, 25, 25))]
-    perfect = [Det(d.image, d.label, 0.9, d.box) for d in t]
-    assert score(perfect, t)["map50"] == 1.0 and score(perfect, t)["precision"] == 1.0
-    assert score(perfect, t)["recall"] == 1.0
-    assert score([], t) == {**score([], t), "map50": 0.0, "precision": 0.0, "recall": 0.0}
-    # wrong label everywhere: 0; a box shifted to IoU < 0.5: a false positive
-    assert score([Det(d.image, "b" if d.label == "a" else "a", 0.9, d.box) for d in t], t)["map50"] == 0.0
-    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == 1 / 3
-    # class a: one hit ranked under one miss -> AP 0.25 (recall 0.5 reached at precision 0.5);
-    # class b found: AP 1 -> mAP 0.625
-    preds = [Det(1, "a", 0.8, (0, 0, 10, 10)), Det(2, "a", 0.9, (100, 100, 120, 120)), Det(1, "b", 0.5, t[1].box)]
-    s = score(preds, t)
-    assert abs(s["ap"]["a"] - 0.25) < 1e-9, s  # 1 of 2 truths found, at precision 1/2
-    assert s["ap"]["b"] == 1.0 and abs(s["map50"] - 0.625) < 1e-9
-    assert abs(s["precision"] - 2 / 3) < 1e-9 and abs(s["recall"] - 2 / 3) < 1e-9
-    # a duplicate of a found box is a false positive; the same box ranked first keeps AP 1
-    dup = [*perfect, Det(1, "a", 0.1, (0, 0, 10, 10))]
-    assert score(dup, t)["map50"] == 1.0 and score(dup, t)["precision"] == 0.75
-    # all-point interpolation: hits F T T over 2 truths -> precision envelope 2/3 over recall 0..1
-    assert abs(average_precision([False, True, True], 2) - 2 / 3) < 1e-9
-    # a region in percent of the displayed frame
-    r = {
-        "type": "rectanglelabels",
-        "score": 0.7,
-        "value": {"x": 10, "y": 20, "width": 50, "height": 25, "rectanglelabels": ["a"]},
-    }
-    assert regions_to_dets(3, [r], 200, 100) == [Det(3, "a", 0.7, (20.0, 20.0, 120.0, 45.0))]
-    print("scoring checks passed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -783,7 +632,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-timeout", type=float, default=7200, help="seconds to wait for a round's version")
     parser.add_argument("--preannotate-timeout", type=float, default=300, help="seconds to wait for stored predictions")
     parser.add_argument("--no-peers", action="store_true", help="labelloop only")
-    parser.add_argument("--check-scoring", action="store_true", help="run the scoring self-check and exit")
     parser.add_argument("--peer", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -792,9 +640,6 @@ def main() -> int:
     args = parse_args()
     if args.peer:
         return peer_main(args.peer)
-    check_scoring()
-    if args.check_scoring:
-        return 0
     rounds_n = [int(x) for x in args.rounds.split(",") if x.strip()]
     if not rounds_n or rounds_n != sorted(set(rounds_n)) or rounds_n[0] < 2 or rounds_n[-1] > args.pool:
         raise SystemExit(f"--rounds must increase, from 2 up to --pool ({args.pool}): {args.rounds}")

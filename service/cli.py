@@ -159,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole stack on a demo project (local Label Studio if none is configured)")
     p.add_argument("--workdir", default="var/demo", help="where the demo keeps data and logs")
-    p.add_argument("--images", type=int, default=24, help="demo images to import")
-    p.add_argument("--annotate", type=int, default=12, help="images to annotate through the API")
+    p.add_argument("--images", type=int, default=40, help="demo images to import")
+    p.add_argument("--annotate", type=int, default=12, help="images to annotate through the API per round")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of annotations (each trains a new version)")
     p.add_argument("--port", type=int, default=9090, help="receiver port")
     p.add_argument("--ls-port", type=int, default=8080, help="port of the local Label Studio")
     p.add_argument("--exit", action="store_true", help="stop once the loop has produced a version and predictions")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +147,56 @@ class LabelStudioAPI:
         return int(task.project)
 
 
+DEMO_WIDTH, DEMO_HEIGHT = 192, 144
+
+
+def _wait_for_version(registry: Registry, project_id: int, after: str, timeout_s: float) -> str:
+    """The name of the first version newer than ``after`` (promoted or rejected), once published."""
+    from service.stack import wait_until
+
+    def newest() -> str:
+        names = [v.name for v in registry.list_versions(project_id)]
+        return names[-1] if names else ""
+
+    wait_until(lambda: newest() not in ("", after), timeout_s, "a new model version", interval_s=2)
+    return newest()
+
+
+def _sees(api: LabelStudioAPI, ml_id: int, version: str) -> Callable[[], bool]:
+    return lambda: api.backend_version(ml_id) == version
+
+
+def _score_held_out(
+    api: LabelStudioAPI, held_out: list[tuple[int, Sample]], version: str, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Score the predictions Label Studio stores from ``version`` for the held-out tasks against
+    their known truth (``workers.scoring``); tasks pre-annotation has not reached within a minute
+    are asked for through Label Studio (which calls ``/predict``)."""
+    from workers.scoring import Det, regions_to_dets, score
+
+    def stored(task_id: int) -> list[dict[str, Any]]:
+        return [p for p in api.sdk_predictions(task_id) if p.get("model_version") == version]
+
+    try:
+        wait_until(lambda: all(stored(t) for t, _ in held_out), 60, "pre-annotation", interval_s=1)
+    except TimeoutError:
+        say("pre-annotation has not reached every demo task yet: asking Label Studio for the rest")
+    preds, truths, with_boxes = [], [], 0
+    for task_id, sample in held_out:
+        mine = stored(task_id) or [p for p in api.predictions_for(task_id) if p.get("model_version") == version]
+        regions = [r for p in mine[:1] for r in (p.get("result") or [])]
+        with_boxes += bool(regions)
+        preds += regions_to_dets(task_id, regions, sample.width, sample.height)
+        truths += [Det(task_id, label, 1.0, (x, y, x + w, y + h)) for label, x, y, w, h in sample.boxes]
+    return {**score(preds, truths), "with_boxes": with_boxes}
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; with ``--exit`` stop after the loop has shown predictions."""
     from service.logconfig import configure_logging
 
+    if args.images <= args.annotate * args.rounds:
+        raise SystemExit(f"--images must be more than --annotate x --rounds ({args.annotate * args.rounds})")
     workdir = Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     base = Settings()
@@ -157,9 +204,9 @@ def run_demo(args: argparse.Namespace) -> int:
     env = {k: v for k, v in os.environ.items() if k.startswith("LABELLOOP_")}
     env.setdefault("LABELLOOP_MODELS_DIR", str(workdir / "models"))
     env.setdefault("LABELLOOP_CACHE_DIR", str(workdir / "cache"))
-    env.setdefault("LABELLOOP_EPOCHS", "10")
-    env.setdefault("LABELLOOP_IMGSZ", "256")
-    env.setdefault("LABELLOOP_BATCH", "8")
+    # The recipe chooses epochs, imgsz, batch and nbs from the data; the demo only shortens the
+    # wall-clock budget so that both rounds fit in a few minutes on 2 CPU cores.
+    env.setdefault("LABELLOOP_TRAIN_TIME_S", "75")
     env.setdefault("LABELLOOP_TRAIN_EVERY_N", str(max(2, args.annotate)))
     stack = Stack(workdir, env)
 
@@ -194,36 +241,42 @@ def run_demo(args: argparse.Namespace) -> int:
 
         api = LabelStudioAPI(ls_url, token)
         project_id = api.create_project(f"labelloop demo {time.strftime('%H:%M:%S')}")
-        samples = [make_sample(seed) for seed in range(args.images)]
+        samples = [make_sample(seed, DEMO_WIDTH, DEMO_HEIGHT) for seed in range(args.images)]
         task_ids = api.import_images(project_id, samples)
         ml_id = api.connect_backend(project_id, backend)
         say(f"project {project_id}: {len(task_ids)} tasks, ML backend {ml_id}, version {api.backend_version(ml_id)!r}")
 
-        registry_current = Path(env["LABELLOOP_MODELS_DIR"]) / str(project_id) / "CURRENT"
-        for task_id, sample in list(zip(task_ids, samples, strict=True))[: args.annotate]:
-            api.annotate(task_id, sample.ls_result())
-        say(f"annotated {args.annotate} tasks; training starts after {env['LABELLOOP_TRAIN_EVERY_N']} new annotations")
-        wait_until(registry_current.exists, 1800, "first model version", interval_s=2)
-        version = registry_current.read_text().strip()
-        manifest = Registry(Path(env["LABELLOOP_MODELS_DIR"])).get(project_id, version).manifest
-        stages = ", ".join(f"{k} {v:.2f} s" for k, v in manifest["timings"].items())
-        say(f"new model version {version}: mAP50-95 {manifest['metrics'].get('map50_95', 0):.3f}; {stages}")
-        # Label Studio asks /setup for the version whenever it reads the backend.
-        wait_until(lambda: api.backend_version(ml_id) == version, 60, "Label Studio sees the new version")
-        # After the promotion labelloop pre-annotates every unlabeled task; fall back to asking
-        # Label Studio (which calls /predict) if that has not reached this task in a minute.
-        unlabeled = task_ids[args.annotate]
-        try:
-            wait_until(lambda: bool(api.sdk_predictions(unlabeled)), 60, "pre-annotation", interval_s=1)
-            preds = api.sdk_predictions(unlabeled)
-        except TimeoutError:
-            preds = api.predictions_for(unlabeled)
-        done = sum(1 for t in task_ids[args.annotate :] if api.sdk_predictions(t))
-        say(f"pre-annotated {done}/{len(task_ids) - args.annotate} unlabeled tasks so far")
-        for p in preds:
+        registry = Registry(Path(env["LABELLOOP_MODELS_DIR"]))
+        # The tasks no round annotates are the demo's held-out set: their truth is known.
+        held_out = list(zip(task_ids, samples, strict=True))[args.annotate * args.rounds :]
+        served = newest = ""
+        for round_no in range(1, args.rounds + 1):
+            todo = list(zip(task_ids, samples, strict=True))[args.annotate * (round_no - 1) : args.annotate * round_no]
+            for task_id, sample in todo:
+                api.annotate(task_id, sample.ls_result())
             say(
-                f"task {unlabeled}: prediction by {p.get('model_version')} with {len(p.get('result') or [])} regions, "
-                f"score {p.get('score')}"
+                f"round {round_no}: annotated {args.annotate * round_no} tasks in all; training starts after "
+                f"{env['LABELLOOP_TRAIN_EVERY_N']} new annotations"
+            )
+            version = newest = _wait_for_version(registry, project_id, after=newest, timeout_s=1800)
+            manifest = registry.get(project_id, version).manifest
+            args_ = manifest.get("train_args") or {}
+            recipe = manifest.get("recipe") or {}
+            stages = ", ".join(f"{k} {v:.1f} s" for k, v in manifest["timings"].items())
+            say(
+                f"new model version {version} ({'promoted' if manifest['promotion']['promoted'] else 'rejected'}): "
+                f"{recipe.get('epochs_run')} epochs at imgsz {args_.get('imgsz')}, batch {args_.get('batch')}, "
+                f"nbs {args_.get('nbs')}; {stages}"
+            )
+            if manifest["promotion"]["promoted"]:
+                served = version
+                # Label Studio asks /setup for the version whenever it reads the backend.
+                wait_until(_sees(api, ml_id, version), 60, "Label Studio sees the new version")
+            report = _score_held_out(api, held_out, served, say)
+            say(
+                f"{served}: boxes on {report['with_boxes']}/{len(held_out)} unlabeled demo tasks "
+                f"({report['predictions']} regions), mAP50 {report['map50']:.3f}, precision "
+                f"{report['precision']:.2f}, recall {report['recall']:.2f}"
             )
         say(f"open {ls_url}/projects/{project_id} to label more; Ctrl-C stops everything")
         if args.exit:

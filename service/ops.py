@@ -240,6 +240,22 @@ def doctor(settings: Settings) -> int:
     except ImportError:
         report(False, "torch is not installed in this environment", 'pip install "labelloop[ml]" (workers need it)')
 
+    from workers.base_models import resolve
+    from workers.pipeline import weights_dir
+
+    try:
+        base = resolve(settings.base_model, "detect", weights_dir(settings), settings.offline)
+        where = {"disk": "on disk", "download": "Ultralytics downloads it on first training", "yaml": "from scratch"}
+        if base.source == "offline-yaml":
+            print(
+                f"[info] base model: {base.note}; put {Path(base.note.split()[0]).name} into "
+                f"{weights_dir(settings)} for pretrained weights"
+            )
+        else:
+            report(True, f"base model {base.requested}: {base.weights} ({where[base.source]})")
+    except ValueError as exc:
+        report(False, f"LABELLOOP_BASE_MODEL: {exc}", "an Ultralytics model name (yolo26n.pt), a .pt or a YAML")
+
     shm = shutil.disk_usage("/dev/shm").total / 2**30 if os.path.exists("/dev/shm") else 0.0
     report(
         shm >= 1.0 or settings.dataloader_workers == 0,
