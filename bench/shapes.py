@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from service.synthetic import rectangle_config
+
 LABELS = ("circle", "square", "triangle")
 CLASS_WEIGHTS = (0.44, 0.44, 0.12)
 DISTRACTORS = ("cross", "ring", "line")
@@ -33,12 +35,7 @@ EXIF_ORIENTATION = 0x0112
 #: ``ImageOps.exif_transpose`` applies these to show an image; the stored pixels get the inverse.
 _STORE = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/>'
-    '<RectangleLabels name="label" toName="image">'
-    + "".join(f'<Label value="{name}"/>' for name in LABELS)
-    + "</RectangleLabels></View>"
-)
+LABEL_CONFIG = rectangle_config(LABELS)
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 LABELS = ("square", "disc")
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/>'
-    '<RectangleLabels name="label" toName="image">'
-    + "".join(f'<Label value="{name}"/>' for name in LABELS)
-    + "</RectangleLabels></View>"
-)
+
+
+def rectangle_config(labels: tuple[str, ...]) -> str:
+    """A Label Studio label config: ``RectangleLabels`` ``label`` with ``labels`` on ``Image`` ``image``."""
+    return (
+        '<View><Image name="image" value="$image"/>'
+        '<RectangleLabels name="label" toName="image">'
+        + "".join(f'<Label value="{name}"/>' for name in labels)
+        + "</RectangleLabels></View>"
+    )
+
+
+LABEL_CONFIG = rectangle_config(LABELS)
 
 
 @dataclass(frozen=True)

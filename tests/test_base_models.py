@@ -27,10 +27,17 @@ def test_default_is_the_recommended_nano_model_of_installed_ultralytics() -> Non
         ("yolo11s.pt", "classify", "yolo11s-cls.pt"),
         ("yolo26n.pt", "detect", "yolo26n.pt"),
         ("yolo26n-seg.pt", "segment", "yolo26n-seg.pt"),
+        ("yolov8n.yaml", "detect", "yolov8n.yaml"),
+        ("yolov8n.yaml", "segment", "yolov8n-seg.yaml"),
+        ("yolo11s.yaml", "obb", "yolo11s-obb.yaml"),
+        ("yolov8n.yaml", "pose", "yolov8n-pose.yaml"),
+        ("yolov8n.yaml", "classify", "yolov8n-cls.yaml"),
+        ("/models/mine.pt", "segment", "/models/mine.pt"),
+        ("configs/custom.yaml", "pose", "configs/custom.yaml"),
     ],
 )
 def test_asset_names_become_the_task_variant(name: str, task: str, expected: str) -> None:
-    """A detection asset becomes the task's asset, like model YAMLs do."""
+    """A detection asset or model YAML becomes the task's variant; paths are used as given."""
     assert for_task(name, task) == expected
 
 

@@ -9,7 +9,6 @@ import yaml
 
 from service.errors import DatasetError
 from service.synthetic import LABEL_CONFIG, make_sample
-from workers.base_models import for_task
 from workers.dataset import (
     assign_splits,
     build_dataset,
@@ -115,22 +114,6 @@ def test_class_names_persist_per_control_tag(tmp_path: Path) -> None:
     assert load_class_names(tmp_path, 3, "label") == {0: "cat", 1: "dog"}
     assert load_class_names(tmp_path, 3, "other") == {0: "x"}
     assert load_class_names(tmp_path, 4, "label") is None
-
-
-@pytest.mark.parametrize(
-    ("base", "task", "expected"),
-    [
-        ("yolov8n.yaml", "detect", "yolov8n.yaml"),
-        ("yolov8n.yaml", "segment", "yolov8n-seg.yaml"),
-        ("yolo11s.yaml", "obb", "yolo11s-obb.yaml"),
-        ("yolov8n.yaml", "pose", "yolov8n-pose.yaml"),
-        ("yolov8n.yaml", "classify", "yolov8n-cls.yaml"),
-        ("/models/mine.pt", "segment", "/models/mine.pt"),
-        ("configs/custom.yaml", "pose", "configs/custom.yaml"),
-    ],
-)
-def test_base_model_for_task(base: str, task: str, expected: str) -> None:
-    assert for_task(base, task) == expected
 
 
 def test_rebuild_in_place_touches_only_changed_tasks(tmp_path: Path) -> None:
