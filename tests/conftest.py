@@ -31,6 +31,7 @@ TRAIN_ENV = {
     "LABELLOOP_BATCH": "4",
     "LABELLOOP_DATALOADER_WORKERS": "0",
     "LABELLOOP_BASE_MODEL": "yolov8n.yaml",
+    "LABELLOOP_OFFLINE": "true",  # tests never download weights
     "LABELLOOP_LOG_JSON": "true",
 }
 

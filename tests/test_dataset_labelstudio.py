@@ -504,7 +504,8 @@ def test_pipeline_versions_of_other_task_types(
     kind: str, api: LabelStudioAPI, label_studio: tuple[str, str], redis_url: str, tmp_path: Path
 ) -> None:
     """The training pipeline publishes versions of classification and segmentation models: the first
-    starts from the task's base model YAML, the next fine-tunes it and is gated against it on the task's
+    starts from the task's variant of the default base model (yolo26n.pt; offline, its YAML, which the
+    manifest records), the next fine-tunes it and is gated against it on the task's
     own metric (top-1 accuracy for classify, mask mAP50-95 for segment); the manifest carries the task,
     the control tag, the class ids and the dataset report."""
     from workers.pipeline import run_training
@@ -512,13 +513,24 @@ def test_pipeline_versions_of_other_task_types(
     task = EXPECT[kind][0]
     pid, _ = project(api, kind)
     settings = settings_for(
-        tmp_path, *label_studio, redis_url=redis_url, epochs=1, imgsz=64, batch=4, dataloader_workers=0, device="cpu"
+        tmp_path,
+        *label_studio,
+        redis_url=redis_url,
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        dataloader_workers=0,
+        device="cpu",
+        offline=True,
     )
     first = run_training(settings, pid, "run-1")
     manifest = first.manifest
     assert manifest["task"] == task and manifest["from_name"] == "label"
     assert manifest["names"] == {"0": "square", "1": "disc"}
-    assert manifest["train_args"]["weights"] == for_task("yolov8n.yaml", task)
+    assert manifest["train_args"]["weights"] == for_task("yolo26n.yaml", task)
+    assert manifest["base_model"]["requested"] == "yolo26n.pt"
+    assert (manifest["base_model"]["source"], manifest["base_model"]["pretrained"]) == ("offline-yaml", False)
+    assert manifest["recipe"]["reasons"]["imgsz"] == "set" and manifest["train_args"]["nbs"] == 4
     assert manifest["dataset"]["task"] == task and manifest["dataset"]["images"]["val"] >= 1
     metric = "accuracy_top1" if task == "classify" else "map50_95"
     assert manifest["promotion"]["metric"] == metric and manifest["promotion"]["promoted"]
