@@ -61,3 +61,50 @@ def test_procfile_and_compose_run_the_same_commands() -> None:
         assert any(c[: len(argv)] == argv for c in commands), f"Procfile {name}: no compose service runs {argv}"
         args = parser.parse_args(argv[1:])
         assert args.command == argv[1]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed")
+def test_compose_environment_accepts_webhooks_and_leaves_the_recipe_unset(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver started with the environment `docker-compose config` renders for `web` (only the
+    required settings exported) accepts an annotation webhook without any header: the empty
+    LABELLOOP_WEBHOOK_SECRET and Basic-auth values mean unset, as does every empty value (epochs and
+    imgsz stay the recipe's)."""
+    import httpx
+
+    from service.settings import Settings
+    from service.stack import Stack, free_port
+    from tests.conftest import fixture
+
+    env = {**os.environ, "LABEL_STUDIO_URL": "http://ls:8080", "LABEL_STUDIO_API_KEY": "k", "FLOWER_BASIC_AUTH": "a:b"}
+    for name in [k for k in env if k.startswith("LABELLOOP_") or k.startswith("BASIC_AUTH")]:
+        env.pop(name)
+    out = subprocess.run(
+        ["docker-compose", "-f", "docker-compose.yml", "config"], cwd=ROOT, env=env, capture_output=True, check=True
+    )
+    web = {k: str(v) for k, v in yaml.safe_load(out.stdout)["services"]["web"]["environment"].items()}
+    assert web["LABELLOOP_WEBHOOK_SECRET"] == "" and web["LABELLOOP_EPOCHS"] == ""
+    web.update(
+        LABELLOOP_REDIS_URL=redis_url,
+        LABELLOOP_MODELS_DIR=str(tmp_path / "models"),
+        LABELLOOP_CACHE_DIR=str(tmp_path / "cache"),
+        LABEL_STUDIO_MEDIA_DIR=str(tmp_path / "media"),
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LABELLOOP_", "BASIC_AUTH"))}
+    for name in set(os.environ) - set(clean):
+        monkeypatch.delenv(name)
+    for name, value in web.items():
+        monkeypatch.setenv(name, value)
+    rendered = Settings()
+    assert rendered.webhook_secret is None and rendered.basic_auth_user is None and rendered.basic_auth_pass is None
+    assert (rendered.epochs, rendered.imgsz, rendered.train_time_s, rendered.base_model) == (None, None, None, "auto")
+
+    stack = Stack(tmp_path / "stack", {})
+    stack.env = {**clean, **web, "PYTHONUNBUFFERED": "1"}
+    try:
+        url = stack.start_receiver(free_port())
+        resp = httpx.post(f"{url}/webhook", json=fixture("webhook_ANNOTATION_CREATED.json"), timeout=10)
+        assert resp.status_code == 201, resp.text
+    finally:
+        stack.stop_all()
