@@ -59,19 +59,19 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.shapes import LABEL_CONFIG, ShapeImage, make_project, summary
+from service.stack import wait_until
 from workers.scoring import IOU, Det, regions_to_dets, score
+from workers.training import _die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 LS_USER = "bench@labelloop.local"
@@ -154,15 +154,6 @@ def peer_main(spec_path: Path) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 def run_peer(spec: dict[str, Any], run_dir: Path, timeout_s: float) -> dict[str, Any]:
     """Run ``peer_main`` in a child process (output in ``<run_dir>/peer.log``); returns its result."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,18 +218,6 @@ class Round:
 
 def say(msg: str) -> None:
     print(f"[bench.learning {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def poll(check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
-    """Call ``check`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout_s:.0f} s")
-        time.sleep(interval_s)
 
 
 def describe(v: Any) -> str:
@@ -336,7 +315,9 @@ class Loop:
         rnd.val_metrics = dict(m.get("metrics") or {})
         if rnd.served_s is not None:
             try:
-                poll(lambda: self.api.backend_version(self.ml_id) == target.name, 120, "Label Studio sees it", 0.5)
+                wait_until(
+                    lambda: self.api.backend_version(self.ml_id) == target.name, 120, "Label Studio sees it", 0.5
+                )
                 rnd.label_studio_sees_s = time.monotonic() - t_saved
             except TimeoutError:
                 say(f"  Label Studio still does not report {target.name}")
@@ -379,7 +360,7 @@ class Loop:
             return True
 
         try:
-            poll(all_stored, timeout_s, f"pre-annotation with {version}", 3.0)
+            wait_until(all_stored, timeout_s, f"pre-annotation with {version}", 3.0)
         except TimeoutError:
             say(
                 f"  {len(task_ids) - len(got)} held-out tasks without a stored {version} prediction: "
@@ -775,7 +756,7 @@ def main() -> int:
 
             if not args.no_peers:
                 try:
-                    poll(lambda: not loop.predict_busy(), 600, "labelloop pre-annotation done", 1.0)
+                    wait_until(lambda: not loop.predict_busy(), 600, "labelloop pre-annotation done", 1.0)
                 except TimeoutError as exc:
                     say(f"  {exc}; the peers train while it runs")
                 tasks = [

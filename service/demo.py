@@ -152,7 +152,6 @@ DEMO_WIDTH, DEMO_HEIGHT = 192, 144
 
 def _wait_for_version(registry: Registry, project_id: int, after: str, timeout_s: float) -> str:
     """The name of the first version newer than ``after`` (promoted or rejected), once published."""
-    from service.stack import wait_until
 
     def newest() -> str:
         names = [v.name for v in registry.list_versions(project_id)]

@@ -240,7 +240,7 @@ def doctor(settings: Settings) -> int:
     except ImportError:
         report(False, "torch is not installed in this environment", 'pip install "labelloop[ml]" (workers need it)')
 
-    from workers.base_models import resolve
+    from workers.base_models import for_task, resolve
     from workers.pipeline import weights_dir
 
     try:
@@ -248,7 +248,7 @@ def doctor(settings: Settings) -> int:
         where = {"disk": "on disk", "download": "Ultralytics downloads it on first training", "yaml": "from scratch"}
         if base.source == "offline-yaml":
             print(
-                f"[info] base model: {base.note}; put {Path(base.note.split()[0]).name} into "
+                f"[info] base model: {base.note}; put {for_task(base.requested, 'detect')} into "
                 f"{weights_dir(settings)} for pretrained weights"
             )
         else:

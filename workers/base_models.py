@@ -22,6 +22,7 @@ A detection model becomes the task's variant for other tasks (``yolo26n.pt`` -> 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import socket
@@ -103,6 +104,12 @@ def for_task(name: str, task: str) -> str:
     return f"{m['family']}{m['scale']}{_TASK_SUFFIX[task]}{suffix}"
 
 
+def family_yaml(name: str) -> str:
+    """The model YAML of an asset's architecture (``yolo26n-seg.pt`` -> ``yolo26n-seg.yaml``): what
+    trains in its place, from scratch, when the weights cannot be had."""
+    return name[: -len(".pt")] + ".yaml" if name.endswith(".pt") else name
+
+
 def online(timeout_s: float = 2.0) -> bool:
     """Whether the machine can reach the internet: the DNS check Ultralytics' own ``is_online``
     makes (Cloudflare's and Google's resolver names), without importing ultralytics (torch)."""
@@ -133,8 +140,6 @@ def _ultralytics_weights_dir() -> Path | None:
     if not config:
         return None
     try:
-        import json
-
         return Path(json.loads((Path(config) / "settings.json").read_text())["weights_dir"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -161,10 +166,9 @@ def resolve(
     if "://" in requested:
         raise ValueError("base_model must not be a URL: put the weights on disk and give their path")
     name = for_task(requested, task)
-    m = ASSET_RE.fullmatch(Path(name).name) if "/" not in name else None
     if not name.endswith(".pt"):
         return BaseModel(requested, name, False, "yaml")
-    if m is None:  # an operator's own weights file
+    if not is_asset_name(name):  # an operator's own weights file
         return BaseModel(requested, name, True, "disk")
     found = _on_disk(name, weights_dir)
     if found is not None:
@@ -173,7 +177,7 @@ def resolve(
         offline = not online()
     if not offline:
         return BaseModel(requested, str(Path(weights_dir).absolute() / name), True, "download")
-    yaml_name = name[: -len(".pt")] + ".yaml"
+    yaml_name = family_yaml(name)
     note = f"{name} is not on disk and the machine is offline: training {yaml_name} from scratch instead"
     if name not in _offline_noted:
         _offline_noted.add(name)

@@ -18,6 +18,7 @@ import redis
 import structlog
 
 from service.settings import Settings
+from workers.base_models import family_yaml
 from workers.base_models import resolve as resolve_base_model
 from workers.changes import ChangeLog
 from workers.dataset import build_project_dataset
@@ -65,7 +66,8 @@ def run_training(
         TrainingError: ultralytics failed.
     """
     registry = Registry(settings.models_dir)
-    params = load_params(settings.models_dir, project_id).effective(settings)
+    project_params = load_params(settings.models_dir, project_id)
+    params = project_params.effective(settings)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     run_dir = Path(settings.cache_dir).absolute() / "runs" / str(project_id) / run_id
@@ -95,9 +97,8 @@ def run_training(
     # same (otherwise their scores are not comparable). A new task starts from its base model.
     same_task = parent is not None and _same_task(parent.manifest, spec)
     same_kind = parent is not None and same_task and _same_names(parent.manifest, built.names)
-    warm_start = parent is not None and same_task
     base = None
-    if parent is not None and warm_start:
+    if parent is not None and same_task:
         weights, pretrained = str(parent.weights), True
     else:
         base = resolve_base_model(
@@ -105,9 +106,10 @@ def run_training(
             spec.task,
             weights_dir(settings),
             settings.offline,
-            from_operator=params["base_model"] == settings.base_model,
+            from_operator=project_params.base_model is None,
         )
         weights, pretrained = base.weights, base.pretrained
+    warm_start = base is None
     device = settings.device or ("0" if cuda_present() else "cpu")
     recipe = plan_recipe(
         DataShape(report.images["train"], report.images["val"], report.long_side_p90),
@@ -132,7 +134,7 @@ def run_training(
             "task": spec.task,
             "config_dir": str(yolo_config_dir(settings)),
             "incumbent": str(parent.weights) if parent is not None and same_kind else None,
-            "fallback_weights": base.weights[: -len(".pt")] + ".yaml" if base and base.source == "download" else None,
+            "fallback_weights": family_yaml(base.weights) if base and base.source == "download" else None,
         },
         run_dir / "train",
         timeout_s=settings.train_time_limit_s,

@@ -13,6 +13,7 @@ and ``checkpoint`` (absent: Ultralytics' defaults, best.pt).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -110,13 +111,11 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     trainer = model.trainer
     if trainer is None:
         raise TrainingError("ultralytics returned no trainer")
-    last, best = Path(trainer.last), Path(trainer.best)
-    chosen = last if spec.get("checkpoint") == "last" or not best.exists() else best
-    if not chosen.exists():
-        chosen = best if best.exists() else last
-    if not chosen.exists():
+    last = Path(trainer.last)
+    preferred = [last, Path(trainer.best)] if spec.get("checkpoint") == "last" else [Path(trainer.best), last]
+    best = next((p for p in preferred if p.exists()), None)
+    if best is None:
         raise TrainingError(f"training wrote no weights under {run_dir}")
-    best = chosen
     epochs_run = int(trainer.epoch) + 1
     t1 = time.perf_counter()
     # Candidate and incumbent are scored by the same validation call on the same split, so the
@@ -148,8 +147,6 @@ def time_cap(budget_s: float) -> Callable[[Any], None]:
     re-plans the learning-rate schedule and ``close_mosaic`` for it, as Ultralytics does for
     its own ``time`` argument (which, unlike this cap, also stretches a run to fill the time).
     """
-    import math
-
     start = time.monotonic()
     planned: list[int] = []
 
