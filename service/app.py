@@ -39,10 +39,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.auth import AuthError, check_basic
+from service.auth import AuthError, check_model
 from service.errors import BadRequestError, LabelloopError, UnavailableError
 from service.events import EventRecorder
 from service.metrics import Metrics
+from service.projects import LabelStudioProjects
 from service.protocol import PredictRequest, SetupRequest, parse_project_id
 from service.resp import RespClient
 from service.settings import Settings
@@ -103,14 +104,14 @@ async def _json_body(request: Request) -> Any:
 async def health(request: Request) -> JSONResponse:
     st = _state(request)
     if st.settings.auth_health:
-        _auth(request, check_basic)
+        _auth(request, check_model)
     return JSONResponse({"status": "UP", "model_class": "labelloop.YOLO", "model_dir": "registry"})
 
 
 async def setup(request: Request) -> JSONResponse:
     """Return the served model version of the project; no model is loaded here."""
     st = _state(request)
-    _auth(request, check_basic)
+    _auth(request, check_model)
     body = await _json_body(request)
     req = SetupRequest.model_validate(body)
     project_id = parse_project_id(req.project)
@@ -128,7 +129,7 @@ async def predict(request: Request) -> JSONResponse:
     """Ask a predict worker for regions, one result item per task, in order."""
     st = _state(request)
     t0 = time.perf_counter()
-    _auth(request, check_basic)
+    _auth(request, check_model)
     body = await _json_body(request)
     req = PredictRequest.model_validate(body)
     if req.project is not None:
@@ -179,7 +180,7 @@ class _WebhookRoute:
 async def versions(request: Request) -> JSONResponse:
     """Label Studio's ``GET /versions``: version names (it sends no project; ``?project=`` narrows)."""
     st = _state(request)
-    _auth(request, check_basic)
+    _auth(request, check_model)
     project = request.query_params.get("project")
     projects = [parse_project_id(project)] if project else st.registry.projects()
     names = {v.name for p in projects for v in st.registry.list_versions(p)}
@@ -189,7 +190,7 @@ async def versions(request: Request) -> JSONResponse:
 async def project_versions(request: Request) -> JSONResponse:
     """Versions of a project with status, metrics and parent; the served one first in ``current``."""
     st = _state(request)
-    _auth(request, check_basic)
+    _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
     items = [
         {
@@ -209,7 +210,7 @@ async def project_versions(request: Request) -> JSONResponse:
 async def promote(request: Request) -> JSONResponse:
     """Serve a given version: ``POST /projects/{id}/promote`` with ``{"version": "v3"}``."""
     st = _state(request)
-    _auth(request, check_basic)
+    _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
     body = await _json_body(request)
     version = body.get("version") if isinstance(body, dict) else None
@@ -222,7 +223,7 @@ async def promote(request: Request) -> JSONResponse:
 async def rollback(request: Request) -> JSONResponse:
     """Serve the version served before the current one: ``POST /projects/{id}/rollback``."""
     st = _state(request)
-    _auth(request, check_basic)
+    _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
     version = st.registry.rollback_target(project_id)
     await anyio.to_thread.run_sync(lambda: _serve(st, project_id, version, "rollback"))
@@ -232,7 +233,7 @@ async def rollback(request: Request) -> JSONResponse:
 async def project_status(request: Request) -> JSONResponse:
     """Served version, running training (epoch, epochs, metrics) and pre-annotation progress."""
     st = _state(request)
-    _auth(request, check_basic)
+    _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
     training = preannotation = None
     with anyio.move_on_after(st.settings.redis_timeout_s * 2):
@@ -266,13 +267,16 @@ def _serve(st: AppState, project_id: int, version: str, reason: str) -> None:
 async def metrics(request: Request) -> Response:
     st = _state(request)
     if st.settings.auth_health:
-        _auth(request, check_basic)
+        _auth(request, check_model)
     st.metrics.set_served_versions({p: v for p in st.registry.projects() if (v := st.registry.current_name(p))})
     depths: dict[str, int] = {}
     with anyio.move_on_after(st.settings.redis_timeout_s):
         try:
             for queue in QUEUES:
                 depths[queue] = int(await st.redis.llen(queue))
+            memory = await st.redis.info("memory")
+            st.metrics.redis_used_memory.set(int(memory.get("used_memory", 0)))
+            st.metrics.redis_maxmemory.set(int(memory.get("maxmemory", 0)))
         except (RedisError, OSError):
             pass
     st.metrics.set_queue_depths(depths)
@@ -284,7 +288,9 @@ def _auth(request: Request, check: Callable[[Headers, Settings], None]) -> None:
     try:
         check(request.headers, st.settings)
     except AuthError as exc:
-        st.metrics.auth_failures.labels(route=request.url.path, kind="basic" if exc.basic else "secret").inc()
+        # The route's template, never the raw path (one series per path a client sends).
+        route = getattr(request.scope.get("route"), "path", "(other)")
+        st.metrics.auth_failures.labels(route=route, kind="basic" if exc.basic else "secret").inc()
         raise
 
 
@@ -328,7 +334,10 @@ def create_app(settings: Settings) -> Receiver:
         )
         celery = create_celery(settings)
         registry = Registry(settings.models_dir)
-        recorder = EventRecorder(resp, celery)
+        label_studio = LabelStudioProjects(settings)
+        recorder = EventRecorder(
+            resp, celery, has_versions=lambda p: p in registry.projects(), label_studio=label_studio
+        )
         metrics = Metrics(CollectorRegistry())
         webhook = WebhookEndpoint(settings, recorder, metrics)
         app.state.labelloop = AppState(
@@ -347,6 +356,7 @@ def create_app(settings: Settings) -> Receiver:
         finally:
             app.webhook = None
             await resp.close()
+            await label_studio.close()
             await client.aclose()
 
     return Receiver(

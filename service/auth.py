@@ -4,6 +4,20 @@ header for webhooks. Comparisons are constant-time.
 Label Studio sends the ML backend's Basic auth (``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` on the
 model's connection) with ``/setup``, ``/predict`` and START_TRAINING; project webhooks carry
 no signature, only the custom headers configured on the webhook.
+
+Which credential a route needs (``check_model`` and ``check_annotation_webhook``): each route
+takes its own credential when it is configured, and the other one when only that is configured,
+so that no route is open while any credential is set. With neither configured every route is
+open (meant for loopback only: ``labelloop serve`` warns, ``labelloop doctor`` fails).
+
+==========================  ==========================  =========================
+route                       both configured             only one configured
+==========================  ==========================  =========================
+annotation webhooks         webhook secret header       that one
+/setup, /predict,           HTTP Basic                  that one
+START_TRAINING, /versions,
+/projects/...
+==========================  ==========================  =========================
 """
 
 from __future__ import annotations
@@ -30,6 +44,66 @@ class AuthError(LabelloopError):
 
 def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def basic_configured(settings: Settings) -> bool:
+    return bool(settings.basic_auth_user) and settings.basic_auth_pass is not None
+
+
+def secret_configured(settings: Settings) -> bool:
+    return settings.webhook_secret is not None
+
+
+def any_configured(settings: Settings) -> bool:
+    """Whether any credential is set (then no route but /health and /metrics is open)."""
+    return basic_configured(settings) or secret_configured(settings)
+
+
+def check_model(headers: Headers, settings: Settings) -> None:
+    """The credential of the ML backend and operator routes: Basic auth, or the webhook secret
+    when it is the only credential configured.
+
+    Raises:
+        AuthError: credentials missing or wrong.
+    """
+    if basic_configured(settings):
+        check_basic(headers, settings)
+    elif secret_configured(settings):
+        check_webhook_secret(headers, settings)
+
+
+def check_annotation_webhook(headers: Headers, settings: Settings) -> None:
+    """The credential of annotation webhooks: the webhook secret header, or Basic auth when it
+    is the only credential configured (a project webhook can send an ``Authorization`` header).
+
+    Raises:
+        AuthError: credentials missing or wrong.
+    """
+    if secret_configured(settings):
+        check_webhook_secret(headers, settings)
+    elif basic_configured(settings):
+        check_basic(headers, settings)
+
+
+def check_either(headers: Headers, settings: Settings) -> None:
+    """Either configured credential, from the headers alone: what ``/webhook`` checks before it
+    reads the body (which says the action, and so the credential it needs).
+
+    Raises:
+        AuthError: neither configured credential is present and right.
+    """
+    if not any_configured(settings):
+        return
+    error: AuthError | None = None
+    for configured, check in ((secret_configured, check_webhook_secret), (basic_configured, check_basic)):
+        if configured(settings):
+            try:
+                check(headers, settings)
+                return
+            except AuthError as exc:
+                error = error or exc
+    assert error is not None
+    raise error
 
 
 def check_basic(headers: Headers, settings: Settings) -> None:

@@ -3,7 +3,8 @@
     LabelloopError                 base; never shown to a client with a traceback
     ├── BadRequestError            400: the request cannot be understood
     │   ├── LabelConfigError       422: label config unsupported or ambiguous for training
-    │   └── ParamsError            422: the model's extra params are invalid
+    │   ├── ParamsError            422: the model's extra params are invalid
+    │   └── UnknownProjectError    404: a webhook for a project labelloop does not know
     ├── UnavailableError           503: Redis or the predict workers cannot be reached in time
     ├── DatasetError               a project has too little usable data to train
     ├── TrainingError              ultralytics training or validation failed
@@ -39,6 +40,13 @@ class ParamsError(BadRequestError):
     """The extra params Label Studio passed to /setup are not valid training settings."""
 
     status_code = 422
+
+
+class UnknownProjectError(BadRequestError):
+    """A webhook names a project that is neither connected (``/setup``) nor readable with
+    labelloop's Label Studio token (``service.projects``)."""
+
+    status_code = 404
 
 
 class UnavailableError(LabelloopError):

@@ -13,11 +13,17 @@ with ``LPUSH <queue>`` as kombu does for priority 0; workers consume it like any
 ``send_task``. The envelope is serialized once per task name; each message only fills in its
 ids, arguments and body.
 
-Redis keys: ``labelloop:delivery:<sha1>`` (deduplication, 7 days), the stream
-``labelloop:events`` (about 100,000 entries), the set ``labelloop:projects`` and each project's
-change log (``workers.changes``: the webhook's annotation, task and project counters, numbered,
-for rebuilds that do not ask Label Studio). When Redis refuses an annotation webhook, its
-project's change log gets a gap once Redis answers again (Label Studio never resends it).
+Only webhooks of known projects are recorded (``service.projects``): the script refuses any
+other project id before it writes, and the recorder admits a project labelloop's own token can
+read in Label Studio, then records.
+
+Redis keys, each bounded: ``labelloop:delivery:<sha1>`` (deduplication, ``DEDUP_TTL_S``), the
+stream ``labelloop:events`` (about ``STREAM_MAXLEN`` entries), the set ``labelloop:projects``
+(known projects only) and each project's change log (``workers.changes``: what a rebuild needs
+of the webhook's annotation, task and project counters, numbered, at most ``MAX_ENTRY_BYTES``
+per entry and ``STREAM_MAXLEN`` entries, expiring ``TTL_S`` after the last write). When Redis
+refuses an annotation webhook, its project's change log gets a gap once Redis answers again
+(Label Studio never resends it); so does an entry too large to keep.
 """
 
 from __future__ import annotations
@@ -28,24 +34,28 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import structlog
 from celery import Celery
 
-from service.errors import UnavailableError
+from service.errors import UnavailableError, UnknownProjectError
+from service.projects import LabelStudioProjects
 from service.protocol import WebhookEvent
 from service.resp import RedisReplyError, RespClient, Script
 from workers.celery_app import QUEUE_EVENTS, TASK_HANDLE_EVENT
 from workers.changes import STREAM_MAXLEN as CHANGES_MAXLEN
+from workers.changes import TTL_S as CHANGES_TTL_S
 from workers.changes import entry_bytes, seq_key, stream_key
 from workers.ledger import PROJECTS_KEY
 
 log = structlog.get_logger(__name__)
 
 EVENT_STREAM = "labelloop:events"
-DEDUP_TTL_S = 7 * 86400
+# Duplicate deliveries come from two webhooks on one project or two replicas, seconds apart.
+DEDUP_TTL_S = 86400
 STREAM_MAXLEN = 100_000
 
 _ZERO_ID = "00000000-0000-0000-0000-000000000000"
@@ -139,11 +149,22 @@ class EventRecorder:
     Args:
         client: the receiver's Redis client for this path (bounded connect and command timeouts).
         celery: the Celery app (only its message protocol is used).
+        has_versions: whether the registry has versions of a project (which makes it known).
+        label_studio: asks Label Studio whether labelloop's token can read a project; None: only
+            ``/setup`` and the registry make projects known.
     """
 
-    def __init__(self, client: RespClient, celery: Celery) -> None:
+    def __init__(
+        self,
+        client: RespClient,
+        celery: Celery,
+        has_versions: Callable[[int], bool] = lambda project_id: False,
+        label_studio: LabelStudioProjects | None = None,
+    ) -> None:
         self.redis = client
         self.celery = celery
+        self.has_versions = has_versions
+        self.label_studio = label_studio
         self._message = CeleryMessage(celery, TASK_HANDLE_EVENT, QUEUE_EVENTS)
         # Projects whose webhook Redis refused: their change logs get a gap when it is back.
         self._lost: set[int] = set()
@@ -165,9 +186,37 @@ class EventRecorder:
             "accepted", or "duplicate" when this delivery was already recorded.
 
         Raises:
+            UnknownProjectError: the project is not known to labelloop (see ``service.projects``);
+                nothing was recorded.
             UnavailableError: Redis did not take it within the timeout (or refused it); nothing
                 was recorded (the script is all or nothing).
         """
+        result = await self._record(event, body)
+        if result == -1:
+            if not await self._admit(event.project.id):
+                raise UnknownProjectError(
+                    f"project {event.project.id} is not connected to labelloop: add labelloop as the project's "
+                    "ML backend (Label Studio then calls /setup), or give labelloop a Label Studio token that "
+                    "can read the project"
+                )
+            result = await self._record(event, body)
+        if self._lost:
+            await self._mark_lost()
+        return "accepted" if result == 1 else "duplicate"
+
+    async def _admit(self, project_id: int) -> bool:
+        """Make a project known when the registry has versions of it or Label Studio lets
+        labelloop's token read it."""
+        if self.has_versions(project_id) or (
+            self.label_studio is not None and await self.label_studio.readable(project_id)
+        ):
+            await self.remember_project(project_id)
+            log.info("project_admitted", project_id=project_id)
+            return True
+        return False
+
+    async def _record(self, event: WebhookEvent, body: dict[str, Any] | None) -> int:
+        """Run the script: 1 recorded, 0 duplicate, -1 unknown project."""
         changes = event.changes()
         project_id = event.project.id
         action = event.action
@@ -177,6 +226,9 @@ class EventRecorder:
         else:  # START_TRAINING: each click counts
             dedup, ttl = "labelloop:delivery:-", 0
         message = self._message.build([project_id, action, [[i, u] for i, u in changes]])
+        entry = entry_bytes(body) if body is not None else None
+        if entry is None and body is not None and action != "START_TRAINING":
+            entry = b"gap"  # too large to keep: the next rebuild reads Label Studio
         try:
             result = await self.redis.evalsha(
                 _RECORD,
@@ -189,17 +241,16 @@ class EventRecorder:
                     action,
                     ",".join([str(i) for i, _ in changes]),
                     f"{time.time():.6f}",
-                    entry_bytes(body) if body is not None else b"",
+                    entry or b"",
                     CHANGES_MAXLEN,
+                    CHANGES_TTL_S,
                 ],
             )
         except (RedisReplyError, OSError, TimeoutError) as exc:
             log.warning("redis_unavailable", error_type=type(exc).__name__, error=str(exc), project_id=project_id)
             self._lost.add(project_id)
             raise UnavailableError(f"Redis unavailable: {type(exc).__name__}") from None
-        if self._lost:
-            await self._mark_lost()
-        return "accepted" if result == 1 else "duplicate"
+        return int(result)
 
     async def _mark_lost(self) -> None:
         """Give the change log of each project whose webhook was refused a gap (best effort: a
@@ -213,16 +264,20 @@ class EventRecorder:
             log.info("change_log_gap", project_id=project_id, reason="webhook refused while Redis was unavailable")
 
 
-# One atomic step: if the delivery is new (or not deduplicated: TTL 0), remember it, append the
-# event to the stream and to the project's change log (when it has an entry), and push the
-# Celery message; Redis runs a script without interleaving other commands, and a script that
-# fails before its first write changes nothing.
+# One atomic step: if the project is known and the delivery is new (or not deduplicated: TTL 0),
+# remember it, append the event to the stream and to the project's change log (when it has an
+# entry; 'gap' only bumps the counter), and push the Celery message; Redis runs a script without
+# interleaving other commands, and a script that fails before its first write changes nothing.
 # KEYS: dedup key, event stream, events queue, projects set, change log, change log counter.
 # ARGV: dedup TTL (0: none), stream max length, Celery message, project id, action,
-# annotation ids, received_at, change-log entry ('' = none), change log max length.
+# annotation ids, received_at, change-log entry ('' = none, 'gap'), change log max length,
+# change log TTL.
 # Field names are literals here: no table built per call.
 _RECORD = Script(
     """
+if redis.call('SISMEMBER', KEYS[4], ARGV[4]) == 0 then
+  return -1
+end
 if ARGV[1] ~= '0' and not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
   return 0
 end
@@ -230,10 +285,13 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
   'action', ARGV[5], 'project_id', ARGV[4], 'annotation_ids', ARGV[6], 'received_at', ARGV[7])
 if ARGV[8] ~= '' then
   local seq = redis.call('INCR', KEYS[6])
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'entry', ARGV[8])
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
+  if ARGV[8] ~= 'gap' then
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'entry', ARGV[8])
+    redis.call('EXPIRE', KEYS[5], ARGV[10])
+  end
 end
 redis.call('LPUSH', KEYS[3], ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[4])
 return 1
 """
 )

@@ -46,6 +46,16 @@ class Metrics:
             "labelloop_queue_depth", "Messages waiting in each Celery queue.", ["queue"], registry=registry
         )
 
+        self.redis_used_memory = Gauge(
+            "labelloop_redis_used_memory_bytes", "Memory Redis uses (INFO memory used_memory).", registry=registry
+        )
+        self.redis_maxmemory = Gauge(
+            "labelloop_redis_maxmemory_bytes",
+            "Redis' maxmemory (0: no limit). With noeviction, Redis refuses writes past it and webhooks get 503: "
+            "alert when used memory nears it.",
+            registry=registry,
+        )
+
         self._event_series: dict[tuple[str, str], Any] = {}
 
     def count_event(self, action: str, outcome: str) -> None:

@@ -13,7 +13,11 @@ call). The receiver sends one ``EVALSHA`` per webhook, so it uses this instead:
   share one attempt, so a Redis restart costs the requests in flight and nothing else; a
   connection idle for ``health_check_interval`` is PINGed before it is trusted again;
 - an error reply is raised as ``RedisReplyError``; ``evalsha`` falls back to ``EVAL`` on
-  ``NOSCRIPT`` (the script cache is empty after a Redis restart).
+  ``NOSCRIPT`` (the script cache is empty after a Redis restart);
+- the URL means what it means to redis-py (the Celery workers and the receiver's other client
+  read the same one): redis-py's ``parse_url`` reads it, and a ``rediss://`` URL's ``ssl_*``
+  options (``ssl_ca_certs``, ``ssl_cert_reqs``, ``ssl_certfile``, ...) become the
+  ``ssl.SSLContext`` redis-py's own asyncio client builds for them.
 
 Commands are never retried after they were written: the caller cannot know whether Redis ran
 them, so it reports the failure (the receiver answers 503).
@@ -28,7 +32,9 @@ from collections import deque
 from typing import Any, cast
 
 import hiredis
+from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import RedisError
 
 __all__ = ["RedisReplyError", "RespClient", "Script", "encode_command"]
 
@@ -69,6 +75,28 @@ def encode_command(args: tuple[Any, ...] | list[Any]) -> bytes:
         append(data)
         append(b"\r\n")
     return b"".join(out)
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The ``ssl.SSLContext`` redis-py's asyncio client uses for these ``ssl_*`` options.
+
+    ``options`` are the ``ssl_*`` entries of ``redis.connection.parse_url(url)`` (strings as the
+    URL spells them, e.g. ``{"ssl_ca_certs": "/etc/ca.pem", "ssl_cert_reqs": "required"}``).
+    redis-py's ``SSLConnection`` supplies the defaults (certificate and hostname verified against
+    the system CAs) and the meaning of each option (``ssl_cert_reqs=none`` also turns the hostname
+    check off), and its ``RedisSSLContext`` builds the context, so both clients always agree.
+
+    Raises:
+        ValueError: an option redis-py's asyncio client does not take (the OCSP ones among them)
+            or an invalid value, e.g. ``ssl_cert_reqs=maybe``.
+        OSError: a CA, certificate or key file cannot be read (``ssl.SSLError`` if unusable).
+    """
+    try:
+        # Constructing a connection opens nothing; it only normalises the options.
+        spec = AsyncSSLConnection(**options).ssl_context
+    except (TypeError, RedisError) as exc:
+        raise ValueError(f"Redis URL: unusable TLS option: {exc}") from None
+    return spec.get()
 
 
 class _Connection(asyncio.Protocol):
@@ -182,12 +210,19 @@ class RespClient:
     """An asyncio Redis client over one pipelined connection (see the module docstring).
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL (parsed by redis-py's ``parse_url``:
-            user, password and db are honoured).
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL, parsed by redis-py's ``parse_url``:
+            user, password and db (path or ``?db=``) are honoured, and for ``rediss://`` the
+            ``ssl_*`` query options, as redis-py reads them; other options (``socket_timeout``,
+            ...) are not, the arguments below bound time instead.
         connect_timeout: bound on opening the connection (and authenticating), seconds.
         timeout: bound on one command, from the call to its reply (connecting included), seconds.
         health_check_interval: a connection idle for longer is PINGed (within ``connect_timeout``)
             before the next command, and replaced if it does not answer.
+
+    Raises:
+        ValueError: the URL is not one redis-py accepts, a unix URL has no path, or its TLS
+            options are invalid or given on a URL without TLS.
+        OSError: a ``rediss://`` URL's CA, certificate or key file cannot be loaded.
     """
 
     def __init__(
@@ -197,9 +232,16 @@ class RespClient:
         self._host: str = opts.get("host", "localhost")
         self._port: int = int(opts.get("port", 6379))
         self._path: str | None = opts.get("path")
-        self._ssl = opts.get("connection_class") is SSLConnection
         if self._path is None and opts.get("connection_class") is UnixDomainSocketConnection:
             raise ValueError(f"unix socket URL without a path: {url}")
+        tls_options = {k: v for k, v in opts.items() if k.startswith("ssl_")}
+        self._ssl: ssl.SSLContext | None = None
+        if opts.get("connection_class") is SSLConnection:
+            # Built (and its files read) once, here: a wrong path fails at start-up, not per webhook.
+            self._ssl = _tls_context(tls_options)
+        elif tls_options:
+            # Dropping them would connect in plain text where TLS was asked for.
+            raise ValueError(f"Redis URL: TLS options without rediss://: {', '.join(sorted(tls_options))}")
         self._db = int(opts.get("db", 0) or 0)
         self._username: str | None = opts.get("username")
         self._password: str | None = opts.get("password")
@@ -221,6 +263,8 @@ class RespClient:
             RedisReplyError: Redis answered with an error.
             TimeoutError: no connection or no reply within the bounds.
             ConnectionError: the connection failed or was closed.
+            ssl.SSLError: the TLS handshake failed, e.g. ``ssl.SSLCertVerificationError`` for a
+                server certificate not signed by a trusted CA.
         """
         return await self._call(args, asyncio.get_running_loop().time() + self.timeout)
 
@@ -287,8 +331,9 @@ class RespClient:
                 if self._path is not None:
                     _, conn = await loop.create_unix_connection(lambda: _Connection(loop), self._path)
                 else:
-                    ctx = ssl.create_default_context() if self._ssl else None
-                    _, conn = await loop.create_connection(lambda: _Connection(loop), self._host, self._port, ssl=ctx)
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(loop), self._host, self._port, ssl=self._ssl
+                    )
                 setup: list[tuple[Any, ...]] = []
                 if self._password is not None:
                     auth = (self._username, self._password) if self._username else (self._password,)

@@ -155,7 +155,15 @@ class Settings(BaseSettings):
         description="HTTP Basic password for /setup, /predict and START_TRAINING.",
     )
     auth_health: bool = Field(False, description="Also require Basic auth on /, /health and /metrics.")
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body (bytes).")
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted request body (bytes); Label Studio's annotation webhooks are a few KiB, "
+        "a bulk one (ANNOTATIONS_CREATED) grows with its tasks.",
+    )
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="Requests the receiver handles at once (`labelloop serve`); 503 beyond."
+    )
     redis_timeout_s: float = Field(
         0.3, gt=0, description="Receiver's Redis connect/command timeout (seconds); 503 after it."
     )

@@ -3,8 +3,16 @@
 The webhook is the receiver's hot path (Label Studio sends one per annotation, gives it 1 s and
 never retries), so it runs in front of Starlette's routing and middleware
 (``service.app.Receiver``) and does only what the contract needs: one pass over the headers,
-the body read with the size limit enforced, ``orjson`` parsing, the credential the action
-needs, pydantic validation, one Redis round trip (``EventRecorder``), prebuilt responses.
+a credential from the headers before any byte of the body is read (``service.auth.check_either``:
+an unauthenticated body is never read or parsed), the body read with the size limit enforced
+and refused at its first byte unless it opens a JSON object, ``orjson`` parsing, the credential
+the action needs, pydantic validation, one Redis round trip (``EventRecorder``), prebuilt
+responses.
+
+Memory is bounded: at most ``max_body_bytes`` per request, and bodies over ``LARGE_BODY_BYTES``
+are parsed and handled ``LARGE_BODY_SLOTS`` at a time (parsed JSON takes up to ~30 times its
+text: a crafted 1 MiB body is ~30 MiB of Python objects); the number of requests in flight is
+bounded by ``labelloop serve`` (uvicorn's ``limit_concurrency``: 503 beyond it).
 Every error maps to the same JSON answer the other routes give (``error_response``); nothing
 escapes as a 500 with a traceback.
 
@@ -22,14 +30,15 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
 import orjson
 import structlog
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from service.auth import AuthError, check_basic, check_webhook_secret
-from service.errors import BadRequestError, LabelloopError, UnavailableError
+from service.auth import AuthError, any_configured, check_annotation_webhook, check_either, check_model
+from service.errors import BadRequestError, LabelloopError, UnavailableError, UnknownProjectError
 from service.events import EventRecorder
 from service.metrics import Metrics
 from service.protocol import ACCEPTED_ACTIONS, TRAIN_EVENTS, WebhookEvent
@@ -45,6 +54,8 @@ Response = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 SUMMARY_EVERY_S = 10.0
 PATH = "/webhook"
+LARGE_BODY_BYTES = 64 * 1024
+LARGE_BODY_SLOTS = 2
 
 
 def validation_reason(exc: ValidationError) -> list[dict[str, str]]:
@@ -96,14 +107,6 @@ _NOT_AN_EVENT_ERROR = "body must be a JSON object with a string 'action'"
 _NOT_AN_EVENT = _response(422, json_bytes({"error": _NOT_AN_EVENT_ERROR}))
 
 
-def _check_any(headers: Headers, settings: Settings) -> None:
-    """Either credential will do (used before the action, and so the credential it needs, is known)."""
-    try:
-        check_webhook_secret(headers, settings)
-    except AuthError:
-        check_basic(headers, settings)
-
-
 class WebhookEndpoint:
     """Validate, record in Redis and enqueue a Label Studio webhook; answer in a millisecond."""
 
@@ -113,10 +116,9 @@ class WebhookEndpoint:
         self.metrics = metrics
         self.limit = settings.max_body_bytes
         self._stdlib_log = logging.getLogger("service.app")
-        # check_basic and check_webhook_secret pass everything when their credential is not set.
-        self._auth_needed = settings.webhook_secret is not None or (
-            bool(settings.basic_auth_user) and settings.basic_auth_pass is not None
-        )
+        # The checks pass everything when no credential is set.
+        self._auth_needed = any_configured(settings)
+        self._large = anyio.Semaphore(LARGE_BODY_SLOTS)
         self._summary: dict[str, int] = {}
         self._summary_at: float | None = None
 
@@ -148,10 +150,14 @@ class WebhookEndpoint:
             if media and media != "application/json" and not media.endswith("+json"):
                 raise HTTPException(415, "body must be application/json")
 
+        # No byte of an unauthenticated body is read: either credential, from the headers alone.
+        self._auth(scope, check_either)
         message = await receive()
         if message["type"] != "http.request":
             return None
         raw = message.get("body", b"")
+        if raw and raw.lstrip()[:1] not in (b"{", b""):
+            raise HTTPException(422, _NOT_AN_EVENT_ERROR)
         if message.get("more_body", False):
             buf = bytearray(raw)
             while True:
@@ -166,6 +172,13 @@ class WebhookEndpoint:
             raw = bytes(buf)
         if len(raw) > limit:
             raise HTTPException(413, f"body over {limit} bytes")
+        if len(raw) <= LARGE_BODY_BYTES:
+            return await self._parsed(scope, raw)
+        async with self._large:
+            return await self._parsed(scope, raw)
+
+    async def _parsed(self, scope: Scope, raw: bytes) -> Response:
+        """Parse, authorise for the action, validate, record and enqueue."""
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError as exc:
@@ -174,15 +187,13 @@ class WebhookEndpoint:
         metrics = self.metrics
         action = body.get("action") if isinstance(body, dict) else None
         if not isinstance(action, str):
-            self._auth(scope, _check_any)
             metrics.count_event("(none)", "rejected")
             log.info("request_rejected", path=PATH, status=422, error=_NOT_AN_EVENT_ERROR)
             return _NOT_AN_EVENT
         if action not in ACCEPTED_ACTIONS:
-            self._auth(scope, check_webhook_secret)
             metrics.count_event("other", "ignored")
             return _UNKNOWN
-        self._auth(scope, check_basic if action in TRAIN_EVENTS else check_webhook_secret)
+        self._auth(scope, check_model if action in TRAIN_EVENTS else check_annotation_webhook)
         try:
             event = WebhookEvent.model_validate(body)
             event.check()
@@ -194,6 +205,9 @@ class WebhookEndpoint:
             outcome = await self.recorder.record_and_enqueue(event, body)
         except UnavailableError:
             metrics.count_event(action, "unavailable")
+            raise
+        except UnknownProjectError:
+            metrics.count_event(action, "unknown project")
             raise
         metrics.enqueue_seconds.observe(time.perf_counter() - t0)
         metrics.count_event(action, outcome)

@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -39,6 +40,14 @@ TRAIN_ENV = {
 def fixture(name: str) -> dict:
     """A request a real Label Studio 1.23.2 sent, captured verbatim."""
     return json.loads((FIXTURES / name).read_text())
+
+
+def connect(client: Any, project_id: int = 1, **kwargs: Any) -> None:
+    """Connect a project as Label Studio does when labelloop is added as its ML backend (the
+    captured ``/setup``), so that the receiver takes its webhooks."""
+    body = {**fixture("ml_setup_request.json"), "project": f"{project_id}.1795268180"}
+    resp = client.post("/setup", json=body, **kwargs)
+    assert resp.status_code == 200, resp.text
 
 
 @pytest.fixture(scope="session")

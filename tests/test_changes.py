@@ -19,13 +19,16 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import fixture
+from tests.conftest import connect, fixture
 from workers.changes import (
+    ANNOTATION_FIELDS,
+    TASK_FIELDS,
     ChangeLog,
     ChangeLogUnusable,
     Position,
     apply_entries,
     entry_bytes,
+    label_config_digest,
     seq_key,
     stream_key,
 )
@@ -44,7 +47,9 @@ def created(annotation_id: int, task_id: int, updated_at: str, *, done: int, can
 
 
 def entry(body: dict[str, Any]) -> dict[str, Any]:
-    return dict(orjson.loads(entry_bytes(body)))
+    raw = entry_bytes(body)
+    assert raw is not None
+    return dict(orjson.loads(raw))
 
 
 def with_task_counts(body: dict[str, Any], done: int, cancelled: int = 0) -> dict[str, Any]:
@@ -55,22 +60,36 @@ def with_task_counts(body: dict[str, Any], done: int, cancelled: int = 0) -> dic
 # --- applying entries ----------------------------------------------------------------------
 
 
-def test_entry_keeps_payload_and_counters_but_never_the_project_token() -> None:
+def test_entry_keeps_what_a_rebuild_reads_but_never_the_project_token() -> None:
+    """An entry keeps the annotation's and task's fields a rebuild reads, the project's counters
+    and a digest of its label config; nothing else (no token, no label config text)."""
     body = fixture("webhook_ANNOTATION_CREATED.json")
     e = entry(body)
-    assert e["annotation"] == body["annotation"] and e["task"] == body["task"]
+    assert e["annotation"] == {k: body["annotation"][k] for k in ANNOTATION_FIELDS if k in body["annotation"]}
+    assert e["task"] == {k: body["task"][k] for k in TASK_FIELDS if k in body["task"]}
+    assert "completed_by" in body["annotation"] and "completed_by" not in e["annotation"]
     assert e["project"] == {
         "total_annotations_number": 1,
         "skipped_annotations_number": 0,
-        "label_config": body["project"]["label_config"],
+        "label_config_sha1": label_config_digest(CONFIG),
     }
-    assert body["project"]["token"].encode() not in entry_bytes(body)
+    raw = entry_bytes(body) or b""
+    assert body["project"]["token"].encode() not in raw and b"<View" not in raw
+    assert len(raw) < len(orjson.dumps(body)) / 2
+
+
+def test_start_training_and_oversized_webhooks_make_no_entry() -> None:
+    """START_TRAINING changes no annotation (no entry); an entry over MAX_ENTRY_BYTES is not kept."""
+    assert entry_bytes(fixture("ml_webhook_START_TRAINING.json")) is None
+    big = fixture("webhook_ANNOTATION_CREATED.json")
+    big["annotation"]["result"] = [{"value": {"points": [[1.5, 2.5]] * 40_000}}]
+    assert entry_bytes(big) is None
 
 
 def test_created_updated_deleted_turn_the_store_into_what_label_studio_has() -> None:
     tasks: dict[str, dict[str, Any]] = {}
     first = with_task_counts(created(1, 10, "2026-11-21T10:00:00.000000Z", done=1), 1)
-    assert apply_entries(tasks, [entry(first)]) == CONFIG
+    apply_entries(tasks, [entry(first)], CONFIG)
     assert list(tasks) == ["10"] and tasks["10"]["data"]["image"] == "/data/upload/1/img10.png"
     assert [a["id"] for a in tasks["10"]["annotations"]] == [1]
 
@@ -80,7 +99,7 @@ def test_created_updated_deleted_turn_the_store_into_what_label_studio_has() -> 
     updated["action"] = "ANNOTATION_UPDATED"
     updated["annotation"].update(updated_at="2026-11-21T10:05:00.000000Z", result=[])
     updated["project"]["total_annotations_number"] = 3
-    apply_entries(tasks, [entry(second), entry(other), entry(updated)])
+    apply_entries(tasks, [entry(second), entry(other), entry(updated)], CONFIG)
     assert [a["id"] for a in tasks["10"]["annotations"]] == [1, 2]
     assert tasks["10"]["annotations"][1]["result"] == []
 
@@ -88,13 +107,13 @@ def test_created_updated_deleted_turn_the_store_into_what_label_studio_has() -> 
     stale = copy.deepcopy(second)
     stale["action"] = "ANNOTATION_UPDATED"
     stale["project"]["total_annotations_number"] = 3
-    apply_entries(tasks, [entry(stale)])
+    apply_entries(tasks, [entry(stale)], CONFIG)
     assert tasks["10"]["annotations"][1]["result"] == []
 
     deleted = fixture("webhook_ANNOTATIONS_DELETED.json")
     deleted["annotations"] = [{"id": 3}]
     deleted["project"].update(total_annotations_number=2, skipped_annotations_number=0)
-    apply_entries(tasks, [entry(deleted)])
+    apply_entries(tasks, [entry(deleted)], CONFIG)
     assert list(tasks) == ["10"], "a task left without annotations is dropped, as an export leaves it out"
 
 
@@ -103,7 +122,7 @@ def test_cancelled_annotations_are_kept_and_counted_as_skipped() -> None:
     skipped = created(5, 20, "2026-11-21T10:00:00.000000Z", done=0, cancelled=1)
     skipped["annotation"]["was_cancelled"] = True
     with_task_counts(skipped, 0, 1)
-    apply_entries(tasks, [entry(skipped)])
+    apply_entries(tasks, [entry(skipped)], CONFIG)
     assert tasks["20"]["annotations"][0]["was_cancelled"] is True
 
 
@@ -145,18 +164,16 @@ def test_entries_that_cannot_be_trusted_are_refused(case: str, reason: str) -> N
     else:
         e["action"] = "TASKS_DELETED"
     with pytest.raises(ChangeLogUnusable, match=reason):
-        apply_entries({}, [e])
+        apply_entries({}, [e], CONFIG)
 
 
-def test_start_training_carries_the_current_label_config_and_counters() -> None:
-    tasks: dict[str, dict[str, Any]] = {}
-    apply_entries(tasks, [entry(with_task_counts(created(1, 10, "2026-11-21T10:00:00Z", done=1), 1))])
-    train = fixture("ml_webhook_START_TRAINING.json")
-    train["project"].update(total_annotations_number=1, skipped_annotations_number=0, label_config="<View/>")
-    assert apply_entries(tasks, [entry(train)]) == "<View/>"
-    train["project"]["total_annotations_number"] = 5
-    with pytest.raises(ChangeLogUnusable):
-        apply_entries(tasks, [entry(train)])
+def test_a_webhook_never_changes_the_label_config() -> None:
+    """An entry whose label config is not the one last read from Label Studio (changed there, or
+    forged in a webhook) makes the log unusable: the rebuild reads Label Studio's."""
+    body = with_task_counts(created(1, 10, "2026-11-21T10:00:00Z", done=1), 1)
+    body["project"]["label_config"] = CONFIG.replace('value="dog"', 'value="wolf"')
+    with pytest.raises(ChangeLogUnusable, match="label config changed"):
+        apply_entries({}, [entry(body)], CONFIG)
 
 
 # --- the log in Redis, written by the receiver -------------------------------------------------
@@ -166,6 +183,7 @@ def test_start_training_carries_the_current_label_config_and_counters() -> None:
 def receiver(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        connect(client)
         yield client
 
 
@@ -183,7 +201,7 @@ def test_receiver_appends_each_new_delivery_once_numbered(receiver: TestClient, 
     assert b"token" not in b"".join(f[b"entry"] for _, f in redis.Redis.from_url(redis_url).xrange(stream_key(1)))
 
     tasks: dict[str, dict[str, Any]] = {}
-    assert apply_entries(tasks, batch.entries) == CONFIG
+    apply_entries(tasks, batch.entries, CONFIG)
     assert sorted(tasks) == ["11", "12", "13"]
 
     # Read again from where the batch ended: nothing new.

@@ -290,7 +290,16 @@ def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
     a new annotation, an update, a skip and a delete come from the change log, and each dataset is
     the one a build reading Label Studio writes. A webhook lost while the receiver was down makes
     the counters disagree: that rebuild reads Label Studio, and the log is trusted again after it."""
-    stack = Stack(tmp_path / "stack", {"LABELLOOP_REDIS_URL": redis_url, "LABELLOOP_MODELS_DIR": str(tmp_path / "rm")})
+    # The receiver has labelloop's Label Studio token: it takes webhooks of projects the token can
+    # read (the project is never connected as an ML backend here).
+    ls_url, token = label_studio
+    env = {
+        "LABELLOOP_REDIS_URL": redis_url,
+        "LABELLOOP_MODELS_DIR": str(tmp_path / "rm"),
+        "LABEL_STUDIO_URL": ls_url,
+        "LABEL_STUDIO_API_KEY": token,
+    }
+    stack = Stack(tmp_path / "stack", env)
     port = free_port()
     receiver = stack.start_receiver(port)
     try:

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,13 +21,14 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.events import EVENT_STREAM, CeleryMessage
 from service.settings import Settings
-from tests.conftest import fixture
+from tests.conftest import connect, fixture
 from workers.celery_app import TASK_HANDLE_EVENT, create_celery
 from workers.registry import Registry
 
 
-def _client(settings: Settings) -> Iterator[TestClient]:
+def _client(settings: Settings, **auth: Any) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        connect(client, **auth)
         yield client
 
 
@@ -198,7 +200,7 @@ def secured(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
         basic_auth_pass="pw",
         webhook_secret="s3cret",
     )
-    yield from _client(settings)
+    yield from _client(settings, auth=("ls", "pw"))
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from service.protocol import ACCEPTED_ACTIONS
 from service.resp import RedisReplyError, RespClient, Script, encode_command
 from service.settings import Settings
 from service.stack import Stack, free_port
-from tests.conftest import fixture
+from tests.conftest import connect, fixture
 from workers.changes import ChangeLog, ChangeLogUnusable, Position
 
 
@@ -55,6 +55,8 @@ def receiver(tmp_path: Path) -> Iterator[tuple[Stack, str, int]]:
     stack = Stack(tmp_path, {"LABELLOOP_MODELS_DIR": str(tmp_path / "models")})
     stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(port, tmp_path / "redis", persist=True)
     url = stack.start_receiver(free_port())
+    with httpx.Client(base_url=url, timeout=10) as http:
+        connect(http)
     yield stack, url, port
     stack.stop_all()
 

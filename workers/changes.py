@@ -4,8 +4,14 @@ asking Label Studio.
 Label Studio's annotation webhooks carry the whole annotation, its task and the project (label
 config and annotation counters, as they are right after the change; see the captures in
 ``shared/fixtures/label-studio``). The receiver appends each accepted, non-duplicate annotation
-or START_TRAINING webhook to the project's stream in the same Redis transaction that records and
-enqueues it (``service.events``), numbered by a per-project counter. A rebuild then applies the
+webhook to the project's stream in the same Redis transaction that records and enqueues it
+(``service.events``), numbered by a per-project counter. An entry keeps only what a rebuild
+needs (``ANNOTATION_FIELDS``, ``TASK_FIELDS``, the project's counters and a digest of its label
+config); an entry over ``MAX_ENTRY_BYTES`` is not kept and makes a gap instead.
+
+A webhook body never supplies the label config: the rebuild keeps the one it last read from
+Label Studio's API and uses the log only while every entry's label-config digest matches it (a
+changed label config, or a forged one, makes the rebuild read Label Studio). A rebuild then applies the
 entries since the previous build to its stored copy of the project's tasks
 (``workers.export.sync_tasks``) instead of listing changed tasks through Label Studio's API.
 
@@ -22,13 +28,15 @@ The log is trusted only when nothing can be missing from it:
 Anything else raises ``ChangeLogUnusable`` and the caller reads Label Studio instead.
 
 Redis keys: ``labelloop:project:<id>:changes`` (stream of ``seq``, ``entry`` = JSON: ``action``,
-``project`` = ``{total_annotations_number, skipped_annotations_number, label_config}`` and the
-webhook's ``annotation``, ``task``, ``tasks``, ``annotations`` as sent) and
-``labelloop:project:<id>:changes:seq`` (the counter).
+``project`` = ``{total_annotations_number, skipped_annotations_number, label_config_sha1}`` and
+the webhook's ``annotation``, ``task``, ``tasks``, ``annotations`` cut to the fields above) and
+``labelloop:project:<id>:changes:seq`` (the counter). Both expire ``TTL_S`` after the last write
+(a project idle that long rebuilds from Label Studio).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +46,19 @@ import redis
 # Entries kept per project at most (approximately); a build that falls further behind reads
 # Label Studio instead. Consumed entries are trimmed by the build that consumed them.
 STREAM_MAXLEN = 2_000
+# Largest entry kept (JSON bytes); a larger one is replaced by a gap.
+MAX_ENTRY_BYTES = 256 * 1024
+# Seconds the log and its counter live after their last write.
+TTL_S = 30 * 86400
 
 # Fields of the webhook's ``project`` object an entry keeps (the object also carries the
-# project's token, which never goes into Redis).
-PROJECT_FIELDS = ("total_annotations_number", "skipped_annotations_number", "label_config")
-PAYLOAD_FIELDS = ("annotation", "task", "tasks", "annotations")
+# project's token, which never goes into Redis); the label config is kept as its digest.
+PROJECT_FIELDS = ("total_annotations_number", "skipped_annotations_number")
+# What a rebuild reads of an annotation (``workers.export.select_annotation``, the converters)
+# and of a task (its data and the counters ``apply_entries`` checks).
+ANNOTATION_FIELDS = ("id", "task", "result", "was_cancelled", "ground_truth", "updated_at", "created_at")
+TASK_FIELDS = ("id", "data", "total_annotations", "cancelled_annotations", "updated_at")
+LOGGED_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"})
 
 
 class ChangeLogUnusable(Exception):
@@ -57,18 +73,41 @@ def seq_key(project_id: int) -> str:
     return f"labelloop:project:{int(project_id)}:changes:seq"
 
 
-def entry_bytes(body: dict[str, Any]) -> bytes:
-    """A change-log entry for a validated webhook body (JSON bytes): its action, what it carries
-    of the annotation(s) and task(s), and the project's label config and annotation counters."""
+def label_config_digest(label_config: str) -> str:
+    """SHA-1 (hex) of a label config's text, as entries record it."""
+    return hashlib.sha1(label_config.encode()).hexdigest()
+
+
+def _cut(value: Any, fields: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: value[k] for k in fields if k in value}
+    if isinstance(value, list):
+        return [_cut(v, fields) for v in value]
+    return value
+
+
+def entry_bytes(body: dict[str, Any]) -> bytes | None:
+    """The change-log entry for a validated webhook body (JSON bytes), or None when the action is
+    not logged (START_TRAINING) or the entry would exceed ``MAX_ENTRY_BYTES`` (the caller then
+    makes a gap): the action, the fields a rebuild reads of the annotation(s) and task(s), the
+    project's annotation counters and the digest of its label config."""
+    action = body.get("action")
+    if action not in LOGGED_ACTIONS:
+        return None
     project = body.get("project")
-    entry: dict[str, Any] = {
-        "action": body.get("action"),
-        "project": {k: project.get(k) for k in PROJECT_FIELDS} if isinstance(project, dict) else None,
-    }
-    for name in PAYLOAD_FIELDS:
+    summary: dict[str, Any] | None = None
+    if isinstance(project, dict):
+        summary = {k: project.get(k) for k in PROJECT_FIELDS}
+        config = project.get("label_config")
+        summary["label_config_sha1"] = label_config_digest(config) if isinstance(config, str) else None
+    entry: dict[str, Any] = {"action": action, "project": summary}
+    for name, fields in (("annotation", ANNOTATION_FIELDS), ("task", TASK_FIELDS), ("tasks", TASK_FIELDS)):
         if name in body:
-            entry[name] = body[name]
-    return orjson.dumps(entry)
+            entry[name] = _cut(body[name], fields)
+    if "annotations" in body:
+        entry["annotations"] = _cut(body["annotations"], ("id",))
+    raw = orjson.dumps(entry)
+    return raw if len(raw) <= MAX_ENTRY_BYTES else None
 
 
 @dataclass
@@ -185,34 +224,39 @@ def _newer_or_same(new: dict[str, Any], old: dict[str, Any]) -> bool:
     return str(new.get("updated_at") or "") >= str(old.get("updated_at") or "")
 
 
-def apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]]) -> str:
+def apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]], label_config: str) -> None:
     """Apply change-log entries, oldest first, to tasks in Label Studio's JSON export format
     (task id as text -> task with ``annotations``), in place, and check the result.
+
+    ``label_config`` is the project's label config as last read from Label Studio's API; every
+    entry must carry its digest (the log never changes the label config).
 
     Created and updated annotations replace the stored one with the same id unless the stored
     one is newer; the task's other fields come from the webhook's task; deleted annotations are
     removed; a task left without annotations is dropped (as an export would leave it out).
 
-    Returns:
-        the label config of the newest entry.
-
     Raises:
-        ChangeLogUnusable: an entry lacks what it needs (a task it does not carry and the store
-            does not have, the project's counters), or the counts disagree (see the module doc).
-            A malformed entry (a field of the wrong type) is refused the same way. ``tasks``
-            may then be partly changed: the caller discards it.
+        ChangeLogUnusable: an entry's label config is not ``label_config``; an entry lacks
+            what it needs (a task it does not carry and the store does not have, the project's
+            counters), or the counts disagree (see the module doc). A malformed entry (a field
+            of the wrong type) is refused the same way. ``tasks`` may then be partly changed:
+            the caller discards it.
     """
     try:
-        return _apply_entries(tasks, entries)
+        _apply_entries(tasks, entries, label_config_digest(label_config))
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ChangeLogUnusable(f"malformed change-log entry: {type(exc).__name__}: {exc}") from exc
 
 
-def _apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]]) -> str:
+def _apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]], digest: str) -> None:
     project: dict[str, Any] | None = None
     for entry in entries:
         project = entry.get("project")
         action = entry.get("action")
+        if not isinstance(project, dict):
+            raise ChangeLogUnusable("an entry has no project counters")
+        if project.get("label_config_sha1") != digest:
+            raise ChangeLogUnusable("the label config changed since Label Studio was last read")
         if action == "ANNOTATIONS_DELETED":
             gone = {int(a["id"]) for a in entry.get("annotations") or [] if isinstance(a, dict) and "id" in a}
             for key in [k for k, t in tasks.items() if any(a.get("id") in gone for a in t.get("annotations") or [])]:
@@ -253,14 +297,11 @@ def _apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any
                     have = _annotation_counts(tasks[str(tid)]["annotations"])
                     if have != told:
                         raise ChangeLogUnusable(f"task {tid}: {have} stored annotations, webhook reports {told}")
-        elif action != "START_TRAINING":
+        else:
             raise ChangeLogUnusable(f"unexpected action {action!r} in the change log")
     if not isinstance(project, dict) or project.get("total_annotations_number") is None:
         raise ChangeLogUnusable("the newest entry has no project counters")
-    if not project.get("label_config"):
-        raise ChangeLogUnusable("the newest entry has no label config")
     reported = (int(project["total_annotations_number"] or 0), int(project.get("skipped_annotations_number") or 0))
     have = project_counts(tasks)
     if have != reported:
         raise ChangeLogUnusable(f"{have} stored (completed, cancelled) annotations, Label Studio reports {reported}")
-    return str(project["label_config"])

@@ -229,7 +229,8 @@ def _write_store(store: Path, state: dict[str, Any]) -> None:
 def _from_change_log(
     changes: ChangeLog, project_id: int, state: dict[str, Any], tasks: dict[str, dict[str, Any]], verify_every_s: float
 ) -> tuple[str, Batch]:
-    """Apply the change log since the stored position to ``tasks`` (in place); the label config.
+    """Apply the change log since the stored position to ``tasks`` (in place); the label config
+    (the one last read from Label Studio: the log never changes it).
 
     Raises:
         ChangeLogUnusable: see ``workers.changes``; also when the store has no position or
@@ -246,7 +247,9 @@ def _from_change_log(
         # Nothing recorded is not proof that nothing changed (the webhook may not be set up, or
         # the build was not started by one): only entries carry Label Studio's counters.
         raise ChangeLogUnusable("no webhook recorded since the last build")
-    return apply_entries(tasks, batch.entries), batch
+    label_config = str(state["label_config"])
+    apply_entries(tasks, batch.entries, label_config)
+    return label_config, batch
 
 
 def _trim(changes: ChangeLog, project_id: int, position: Position) -> None:

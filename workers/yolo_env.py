@@ -101,6 +101,9 @@ def prepare_ultralytics(config_dir: Path) -> None:
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
+    # Checkpoints load with torch's weights_only and Ultralytics' allow-list of model classes, and
+    # model YAMLs build without eval: a base model labelloop did not write runs no code.
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     os.environ.setdefault("YOLO_VERBOSE", "False")
     font_dir = config_dir / "Ultralytics"
     font_dir.mkdir(parents=True, exist_ok=True)
