@@ -8,6 +8,13 @@ COPY service ./service
 COPY workers ./workers
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" "torchvision==0.28.0" \
  && pip install ".[ml]"
+# An unprivileged user (uid 10001, the Kubernetes manifests' runAsUser) owns /data, the only
+# place labelloop writes; the code in /app stays root's, read-only to the processes.
+RUN groupadd --system --gid 10001 labelloop \
+ && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/labelloop \
+    --shell /usr/sbin/nologin labelloop \
+ && mkdir -p /data/models /data/cache && chown -R 10001:10001 /data
 VOLUME ["/data"]
+USER 10001
 EXPOSE 9090
 CMD ["labelloop", "serve", "--host", "0.0.0.0", "--port", "9090"]

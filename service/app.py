@@ -39,8 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.auth import AuthError, check_model
-from service.errors import BadRequestError, LabelloopError, UnavailableError
+from service.auth import AuthError, check_model, placeholder_credentials
+from service.errors import BadRequestError, ForbiddenError, LabelloopError, UnavailableError
 from service.events import EventRecorder
 from service.metrics import Metrics
 from service.projects import LabelStudioProjects
@@ -69,6 +69,7 @@ class AppState:
     celery: Celery
     registry: Registry
     recorder: EventRecorder
+    label_studio: LabelStudioProjects
     metrics: Metrics
     webhook: WebhookEndpoint
 
@@ -117,12 +118,33 @@ async def setup(request: Request) -> JSONResponse:
     project_id = parse_project_id(req.project)
     params = parse_extra_params(req.extra_params)
     train_spec(req.label_config, params)
+    if params != load_params(st.settings.models_dir, project_id):
+        await _check_setup_caller(st, project_id, req.access_token)
     if store_params(st.settings.models_dir, project_id, params):
         log.info("project_params_stored", project_id=project_id, **params.model_dump(exclude_none=True))
     await st.recorder.remember_project(project_id)
     version = st.registry.served_name(project_id)
     log.info("setup", project_id=project_id, version=version)
     return JSONResponse({"model_version": version})
+
+
+async def _check_setup_caller(st: AppState, project_id: int, access_token: str | None) -> None:
+    """Only the project's own ML backend connection changes its extra params: Label Studio sends
+    its project creator's token in ``/setup`` (``access_token``, a legacy token), and that token
+    must read the project on ``LABEL_STUDIO_URL``. Without a Label Studio configured there is
+    nothing to ask (and nothing to train on): the credentials alone decide.
+
+    Raises:
+        ForbiddenError: the token is missing or cannot read the project.
+    """
+    if not st.settings.label_studio_url:
+        return
+    if not access_token or not await st.label_studio.token_reads(project_id, access_token):
+        raise ForbiddenError(
+            f"extra params not stored: the /setup access_token cannot read project {project_id} at "
+            f"{st.settings.label_studio_url} (Label Studio sends its project creator's legacy token: "
+            "legacy tokens must be enabled in the organization's access token settings)"
+        )
 
 
 async def predict(request: Request) -> JSONResponse:
@@ -346,6 +368,7 @@ def create_app(settings: Settings) -> Receiver:
             celery=celery,
             registry=registry,
             recorder=recorder,
+            label_studio=label_studio,
             metrics=metrics,
             webhook=webhook,
         )
@@ -389,4 +412,6 @@ def create_app_from_env() -> Receiver:
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json, process="receiver")
+    if names := placeholder_credentials(settings):
+        raise SystemExit(f"labelloop: error: {', '.join(names)} still hold the example's placeholder (CHANGE-ME)")
     return create_app(settings)

@@ -31,6 +31,8 @@ from starlette.datastructures import Headers
 from service.errors import LabelloopError
 from service.settings import Settings
 
+PLACEHOLDERS = frozenset({"change-me", "changeme", "replace-me"})
+
 
 class AuthError(LabelloopError):
     """Missing or wrong credentials (401)."""
@@ -140,3 +142,19 @@ def check_webhook_secret(headers: Headers, settings: Settings) -> None:
         raise AuthError(f"{settings.webhook_secret_header} header required", basic=False)
     if not _equal(given, settings.webhook_secret.get_secret_value()):
         raise AuthError(f"wrong {settings.webhook_secret_header}", basic=False)
+
+
+def is_placeholder(value: str) -> bool:
+    """Whether a credential is one of the example values (``CHANGE-ME``, ...), in any case."""
+    return value.strip().lower() in PLACEHOLDERS
+
+
+def placeholder_credentials(settings: Settings) -> list[str]:
+    """The environment variables whose value is still an example placeholder (see ``PLACEHOLDERS``)."""
+    values = {
+        "BASIC_AUTH_USER": settings.basic_auth_user,
+        "BASIC_AUTH_PASS": settings.basic_auth_pass.get_secret_value() if settings.basic_auth_pass else None,
+        "LABELLOOP_WEBHOOK_SECRET": settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        "LABEL_STUDIO_API_KEY": settings.api_key,
+    }
+    return [name for name, value in values.items() if value is not None and is_placeholder(value)]

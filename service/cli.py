@@ -4,6 +4,10 @@ labelloop serve     the receiver (uvicorn, factory service.app:create_app_from_e
 labelloop worker    a Celery worker for one or more queues (events, train, predict)
 labelloop flower    Flower, the Celery monitor
 labelloop demo      the whole stack, with a local Label Studio and a demo project
+
+No process starts with a credential still set to the examples' placeholder (CHANGE-ME); the
+receiver warns (``receiver_open``) when it listens beyond loopback with no credential, and
+Flower refuses to listen beyond loopback without Basic auth.
 """
 
 from __future__ import annotations
@@ -16,9 +20,38 @@ from typing import Any
 from service.settings import Settings
 
 
+def _fail(message: str) -> int:
+    """Refuse to start: the message on stderr, exit status 2 (as argparse's usage errors)."""
+    print(f"labelloop: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _refuse_placeholders(settings: Settings) -> int:
+    """2 (after saying why) when a credential is still an example placeholder, else 0."""
+    from service.auth import placeholder_credentials
+
+    names = placeholder_credentials(settings)
+    if not names:
+        return 0
+    return _fail(
+        f"{', '.join(names)} still {'holds' if len(names) == 1 else 'hold'} the example's placeholder "
+        "(CHANGE-ME): set real values in the environment or the labelloop-secrets Secret"
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
+    import structlog
     import uvicorn
 
+    from service.logconfig import configure_logging
+    from service.ops import open_warning
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json, process="receiver")
+    if refused := _refuse_placeholders(settings):
+        return refused
+    if warning := open_warning(settings, args.host):
+        structlog.get_logger("service.cli").warning("receiver_open", host=args.host, detail=warning)
     uvicorn.run(
         "service.app:create_app_from_env",
         factory=True,
@@ -27,12 +60,16 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         workers=args.workers,
+        # uvicorn answers 503 beyond this many connections and requests in flight: bounded memory.
+        limit_concurrency=settings.max_concurrent_requests,
     )
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
     settings = Settings()
+    if refused := _refuse_placeholders(settings):
+        return refused
     port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
     if port:
         from workers.metrics import prepare_multiprocess_dir
@@ -72,6 +109,8 @@ def _beat(args: argparse.Namespace) -> int:
     from workers.celery_app import create_celery
 
     settings = Settings()
+    if refused := _refuse_placeholders(settings):
+        return refused
     configure_logging(settings.log_level, settings.log_json, process="beat")
     app = create_celery(settings)
     schedule = Path(settings.cache_dir).absolute() / "celerybeat-schedule"
@@ -81,13 +120,33 @@ def _beat(args: argparse.Namespace) -> int:
 
 
 def _flower(args: argparse.Namespace) -> int:
+    import os
+
+    from service.auth import is_placeholder
+    from service.ops import is_loopback
+
+    # Flower itself reads FLOWER_BASIC_AUTH too; checked here so that it never listens open.
+    basic_auth = args.basic_auth or os.environ.get("FLOWER_BASIC_AUTH") or ""
+    pairs = [pair.partition(":") for pair in basic_auth.split(",") if pair]
+    if not pairs and not is_loopback(args.address):
+        return _fail(
+            f"Flower would listen on {args.address} without authentication: pass --basic-auth user:password "
+            "(or set FLOWER_BASIC_AUTH), or listen on --address 127.0.0.1"
+        )
+    if any(not sep or not user or not password for user, sep, password in pairs):
+        return _fail("Flower's basic auth must be user:password (comma-separated for several users)")
+    if any(is_placeholder(password) for _, _, password in pairs):
+        return _fail("Flower's basic-auth password is still the example's placeholder (CHANGE-ME): set a real one")
+
     from workers.celery_app import create_celery
 
     settings = Settings()
+    if refused := _refuse_placeholders(settings):
+        return refused
     app = create_celery(settings)
     argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
-    if args.basic_auth:
-        argv.append(f"--basic-auth={args.basic_auth}")
+    if basic_auth:
+        argv.append(f"--basic-auth={basic_auth}")
     app.start(argv)
     return 0
 
@@ -136,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the receiver (Label Studio ML backend API)")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument(
+        "--host", default="0.0.0.0", help="bind address (beyond loopback, set credentials: see labelloop doctor)"
+    )
     p.add_argument("--port", type=int, default=9090)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.set_defaults(func=_serve)
@@ -153,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flower", help="run Flower, the Celery monitor")
     p.add_argument("--port", type=int, default=5555)
-    p.add_argument("--address", default="0.0.0.0")
-    p.add_argument("--basic-auth", default=None, help="user:password")
+    p.add_argument("--address", default="127.0.0.1", help="bind address (beyond loopback only with --basic-auth)")
+    p.add_argument("--basic-auth", default=None, help="user:password (default: $FLOWER_BASIC_AUTH)")
     p.set_defaults(func=_flower)
 
     p = sub.add_parser("demo", help="run the whole stack on a demo project (local Label Studio if none is configured)")

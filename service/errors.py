@@ -5,6 +5,7 @@
     │   ├── LabelConfigError       422: label config unsupported or ambiguous for training
     │   ├── ParamsError            422: the model's extra params are invalid
     │   └── UnknownProjectError    404: a webhook for a project labelloop does not know
+    ├── ForbiddenError             403: authenticated, but not allowed to change that project
     ├── UnavailableError           503: Redis or the predict workers cannot be reached in time
     ├── DatasetError               a project has too little usable data to train
     ├── TrainingError              ultralytics training or validation failed
@@ -47,6 +48,13 @@ class UnknownProjectError(BadRequestError):
     labelloop's Label Studio token (``service.projects``)."""
 
     status_code = 404
+
+
+class ForbiddenError(LabelloopError):
+    """The caller may not do this to that project (e.g. set its extra params from a ``/setup``
+    whose access token cannot read it in Label Studio)."""
+
+    status_code = 403
 
 
 class UnavailableError(LabelloopError):

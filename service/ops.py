@@ -1,11 +1,14 @@
 """Operator commands behind ``labelloop``: dataset build, train, models, status, cancel, doctor.
 
 Each takes the settings and plain arguments, prints for a person, and returns an exit code
-(0 fine, 1 something is wrong).
+(0 fine, 1 something is wrong). The exposure checks the process commands run at start
+(``open_warning``, ``placeholder_credentials``) live here too, beside the doctor check that
+says the same (``credential_check``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -17,6 +20,7 @@ from typing import Any
 import httpx
 import redis
 
+from service.auth import any_configured, basic_configured, placeholder_credentials, secret_configured
 from service.errors import LabelloopError
 from service.settings import Settings
 from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT, create_celery
@@ -26,6 +30,8 @@ from workers.progress import ProgressStore
 from workers.registry import Registry
 
 QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT)
+
+# The values the shipped examples (deploy/k8s/config.yaml) hold; no process starts with one.
 
 
 def _redis(settings: Settings) -> redis.Redis:
@@ -175,6 +181,89 @@ def status(settings: Settings) -> int:
     return 0
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts local connections: 127.0.0.0/8, ::1 or localhost."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _credentials_fix(settings: Settings) -> str:
+    return (
+        "set BASIC_AUTH_USER and BASIC_AUTH_PASS (the same pair on the ML backend connection in Label Studio) "
+        f"and LABELLOOP_WEBHOOK_SECRET (sent by the project's webhook as its {settings.webhook_secret_header} header)"
+    )
+
+
+def open_warning(settings: Settings, host: str) -> str | None:
+    """The warning ``labelloop serve`` logs (event ``receiver_open``) when it is open to the network.
+
+    Returns None when ``host`` is a loopback address or any credential is configured (Basic
+    auth with both user and password, or the webhook secret); else a sentence naming the host
+    and the environment variables that close it.
+    """
+    if is_loopback(host) or any_configured(settings):
+        return None
+    return (
+        f"no credential is configured and the receiver listens on {host}: every route is open to anyone "
+        f"who can reach it; {_credentials_fix(settings)}, or serve on 127.0.0.1"
+    )
+
+
+def credential_check(settings: Settings) -> tuple[bool, str, str]:
+    """The doctor's verdict on the receiver's credentials, as ``(ok, what, fix)``.
+
+    The doctor does not know where the receiver listens, so it fails whatever leaves a route
+    open or unusable, first match wins: a placeholder value; a Basic user without a password or
+    the reverse (Basic auth is then off); no credential at all (safe on loopback only); the
+    webhook secret without Basic auth (Label Studio's ML backend connection can only send Basic
+    auth, so /setup, /predict and Start Training could not authenticate).
+    """
+    fix = _credentials_fix(settings)
+    if names := placeholder_credentials(settings):
+        return (
+            False,
+            f"{', '.join(names)} still {'holds' if len(names) == 1 else 'hold'} the example's placeholder: "
+            "labelloop refuses to start with it",
+            "set real values (e.g. `openssl rand -hex 24`) in the environment or the labelloop-secrets Secret",
+        )
+    if bool(settings.basic_auth_user) != (settings.basic_auth_pass is not None):
+        given, missing = (
+            ("BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+            if settings.basic_auth_user
+            else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
+        )
+        return False, f"{given} is set without {missing}: HTTP Basic auth is off", f"set {missing} too"
+    if not any_configured(settings):
+        return (
+            False,
+            "no credential is configured: every route of the receiver is open, safe only when it listens "
+            "on loopback (labelloop serve --host 127.0.0.1)",
+            fix,
+        )
+    if not basic_configured(settings):
+        return (
+            False,
+            "LABELLOOP_WEBHOOK_SECRET is set but HTTP Basic auth is not: Label Studio's ML backend connection "
+            "can only send Basic auth, so its /setup, /predict and Start Training calls cannot authenticate",
+            "set BASIC_AUTH_USER and BASIC_AUTH_PASS, and the same pair on the ML backend connection in Label Studio",
+        )
+    webhooks = (
+        f"the {settings.webhook_secret_header} header"
+        if secret_configured(settings)
+        else "Basic auth too (no LABELLOOP_WEBHOOK_SECRET)"
+    )
+    return (
+        True,
+        f"receiver credentials: HTTP Basic auth (user {settings.basic_auth_user}); webhooks send {webhooks}",
+        "",
+    )
+
+
 def doctor(settings: Settings) -> int:
     """Check every dependency; print what is wrong and how to fix it. Exit 1 on any problem."""
     problems = 0
@@ -213,6 +302,8 @@ def doctor(settings: Settings) -> int:
                     "use a legacy token with LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on the server, "
                     "or a personal access token",
                 )
+
+    report(*credential_check(settings))
 
     for name, path in (("models dir", settings.models_dir), ("cache dir", settings.cache_dir)):
         path = Path(path).absolute()

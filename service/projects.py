@@ -71,6 +71,21 @@ class LabelStudioProjects:
                 self._refused.popitem(last=False)
         return ok
 
+    async def token_reads(self, project_id: int, token: str) -> bool:
+        """True when ``token`` (a legacy token, as Label Studio puts its project creator's in
+        ``/setup``'s ``access_token``) reads the project on ``LABEL_STUDIO_URL`` (never the
+        ``hostname`` the request names); False for any other answer or a timeout."""
+        if not self.base_url or not token:
+            return False
+        try:
+            resp = await self._http().get(
+                f"{self.base_url}/api/projects/{int(project_id)}/", headers={"Authorization": f"Token {token}"}
+            )
+        except httpx.HTTPError as exc:
+            log.info("setup_token_check_failed", project_id=project_id, error_type=type(exc).__name__)
+            return False
+        return resp.status_code == 200
+
     async def _get_project(self, project_id: int) -> bool:
         client = self._http()
         url = f"{self.base_url}/api/projects/{int(project_id)}/"

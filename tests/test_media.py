@@ -4,6 +4,7 @@ files, a real Label Studio (uploads, Local Storage, S3 presign through moto)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import http.server
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpcore
 import httpx
 import pytest
 from PIL import Image
@@ -111,6 +113,7 @@ class Server(http.server.ThreadingHTTPServer):
         self.hits: list[dict[str, Any]] = []
         self.counts: dict[str, int] = {}
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.presigned: dict[str, str] = {}  # cloud URI -> the URL a presign request redirects to
 
     @property
     def port(self) -> int:
@@ -192,26 +195,39 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._send(503, b"down")
         if parts.path == "/redirect":
             return self._send(302, b"", Location=query["to"][0])
+        if parts.path == "/storage-data/uploaded/" and query.get("filepath", [""])[-1].rsplit("/", 1)[-1] in srv.files:
+            body, ctype = srv.files[query["filepath"][-1].rsplit("/", 1)[-1]]
+            return self._send(200, body, ctype)
+        if re.fullmatch(r"/(tasks|projects)/\d+/(presign|resolve)/", parts.path) and "fileuri" in query:
+            uri = base64.urlsafe_b64decode(query["fileuri"][0]).decode()  # as Label Studio: 303 to a signed URL
+            if uri in srv.presigned:
+                return self._send(303, b"", Location=srv.presigned[uri])
         if parts.path == "/loop":
             return self._send(307, b"", Location="/loop")
         return self._send(404, b"not found")
 
 
-@pytest.fixture(scope="module")
-def http_server() -> Iterator[Server]:
+@contextlib.contextmanager
+def serving() -> Iterator[Server]:
+    """A new server on loopback (a free port), serving a.png and b.png, until the block ends."""
     srv = Server()
-    srv.files = {
-        "a.png": (png_bytes(48, 32), "image/png"),
-        "b.png": (png_bytes(20, 30, (200, 10, 10)), "image/png"),
-        "noisy.png": (noisy_png(64, 64), "image/png"),
-    }
-    for n in range(1, 9):
-        srv.files[f"exif{n}.jpg"] = (exif_jpeg(n), "image/jpeg")
+    srv.files = {"a.png": (png_bytes(48, 32), "image/png"), "b.png": (png_bytes(20, 30, (200, 10, 10)), "image/png")}
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[Server]:
+    with serving() as srv:
+        srv.files["noisy.png"] = (noisy_png(64, 64), "image/png")
+        for n in range(1, 9):
+            srv.files[f"exif{n}.jpg"] = (exif_jpeg(n), "image/jpeg")
+        yield srv
 
 
 @pytest.fixture
@@ -220,7 +236,50 @@ def server(http_server: Server) -> Server:
     with http_server.lock:
         http_server.hits.clear()
         http_server.counts.clear()
+        http_server.presigned.clear()
     return http_server
+
+
+class Network:
+    """What the ``network`` fixture adds and saw: names only the test resolves (successive
+    answers, the last one repeated), routes from made-up public addresses to loopback, and
+    every lookup and every address a socket was connected to."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, list[list[str]]] = {}
+        self.routes: dict[str, str] = {}
+        self.lookups: list[str] = []
+        self.connects: list[tuple[str, int]] = []
+
+
+@pytest.fixture
+def network(monkeypatch: pytest.MonkeyPatch) -> Network:
+    """Fault injection at the two edges of the network: the resolver knows the names in
+    ``names`` too, and sockets reach loopback only: an address in ``routes`` is routed to a
+    loopback server, any other one is unreachable, so no test packet leaves the machine
+    whatever the code under test tries."""
+    import workers.media as media_mod
+
+    net = Network()
+    resolve, connect = media_mod._resolve, httpcore.SyncBackend.connect_tcp
+
+    def lookup(host: str, port: int) -> list[str]:
+        net.lookups.append(host)
+        answers = net.names.get(host)
+        if answers is None:
+            return resolve(host, port)
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    def connect_tcp(self: httpcore.SyncBackend, host: str, port: int, *args: Any, **kw: Any) -> Any:
+        net.connects.append((host, port))
+        target = net.routes.get(host, host)
+        if target not in ("127.0.0.1", "::1", "localhost"):
+            raise httpcore.ConnectError(f"test network: {host} is unreachable (only loopback is)")
+        return connect(self, target, port, *args, **kw)
+
+    monkeypatch.setattr(media_mod, "_resolve", lookup)
+    monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", connect_tcp)
+    return net
 
 
 def config(srv: Server | None = None, **kw: Any) -> MediaConfig:
@@ -319,14 +378,275 @@ def test_redirects(server: Server, cache_dir: Path) -> None:
             cache.get(3, f"{base}/loop")
 
     # Label Studio's own redirects (presigned URLs) may leave its host; its key stays behind
+    # (to a host that is not allowed: test_presigned_redirect_to_a_public_host_...)
     server.hits.clear()
-    ls = config(None, label_studio_url=base, api_key="legacy-key")
+    server.presigned["s3://bucket/b.png"] = f"{other}/img/b.png"
+    ls = config(None, label_studio_url=base, api_key="legacy-key", allow_hosts=("localhost",))
     with ImageCache(cache_dir / "ls", ls) as cache:
-        assert cache.get(4, f"/redirect?to={other}/img/b.png").width == 20
+        assert cache.get(4, "s3://bucket/b.png").width == 20
     assert [(h["host"], h["auth"]) for h in server.hits] == [
         (f"127.0.0.1:{server.port}", "Token legacy-key"),
         (f"localhost:{server.port}", None),
     ]
+
+
+# Where requests may go ---------------------------------------------------------------------
+
+
+def ls_config(ls: Server, **kw: Any) -> MediaConfig:
+    """Label Studio at ``ls`` (a loopback origin, trusted as Label Studio's), legacy key ``legacy-key``."""
+    return config(None, label_studio_url=f"http://127.0.0.1:{ls.port}", api_key="legacy-key", **kw)
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "a loopback address"),
+        ("127.8.9.10", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("10.1.2.3", "a private address"),
+        ("172.16.0.1", "a private address"),
+        ("192.168.1.1", "a private address"),
+        ("fc00::1", "a private address"),
+        ("169.254.169.254", "a cloud metadata service address"),
+        ("fd00:ec2::254", "a cloud metadata service address"),
+        ("100.100.100.200", "a cloud metadata service address"),
+        ("169.254.1.1", "a link-local address"),
+        ("fe80::1%eth0", "a link-local address"),
+        ("0.0.0.0", "the unspecified address"),
+        ("::", "the unspecified address"),
+        ("224.0.0.1", "a multicast address"),
+        ("ff02::1", "a multicast address"),
+        ("240.0.0.1", "a reserved address"),
+        ("255.255.255.255", "a reserved address"),
+        ("::7f00:1", "a reserved address"),
+        ("100.64.0.1", "in the shared address space 100.64.0.0/10"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+        ("::ffff:169.254.169.254", "a cloud metadata service address"),
+        ("::ffff:10.0.0.1", "a private address"),
+        ("64:ff9b::a9fe:a9fe", "a cloud metadata service address"),
+        ("2002:7f00:1::", "a loopback address"),
+        ("192.0.2.1", "a private address"),
+        ("2001:db8::1", "a private address"),
+        ("93.184.216.34", None),
+        ("8.8.8.8", None),
+        ("2606:4700::1111", None),
+        ("::ffff:8.8.8.8", None),
+    ],
+)
+def test_internal_addresses(address: str, reason: str | None) -> None:
+    """Every non-global address is internal, with its reason; an IPv4 address carried in an
+    IPv6 one is judged as that IPv4 address; global unicast addresses are not internal."""
+    from workers.media import _internal_reason
+
+    assert _internal_reason(address) == reason
+
+
+def test_label_studio_redirect_to_another_loopback_origin_is_refused(
+    server: Server, cache_dir: Path, network: Network
+) -> None:
+    """A presigned URL that Label Studio redirects to may not point at another loopback service
+    (another port): refused, naming the host but not the query, and that service gets no request."""
+    with serving() as internal:
+        server.presigned["s3://bucket/a.png"] = f"http://127.0.0.1:{internal.port}/secret?X-Amz-Signature=s3cr3t"
+        with ImageCache(cache_dir, ls_config(server)) as cache:
+            with pytest.raises(
+                MediaError, match=f"address not allowed: 127.0.0.1:{internal.port} is a loopback"
+            ) as err:
+                cache.get(1, "s3://bucket/a.png")
+        assert "s3cr3t" not in str(err.value) and "/secret" not in str(err.value)
+        assert internal.hits == []
+    assert [(h["path"], h["auth"]) for h in server.hits] == [(presign_path(1, "s3://bucket/a.png"), "Token legacy-key")]
+    assert network.connects == [("127.0.0.1", server.port)]  # Label Studio's own origin only
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "internal.example", "[::ffff:127.0.0.1]", "2130706433", "127.1", "[::1]", "0.0.0.0"]
+)
+def test_a_host_resolving_to_loopback_is_refused(server: Server, cache_dir: Path, network: Network, host: str) -> None:
+    """A host that is neither Label Studio's origin nor allowed is refused when its one lookup
+    gives loopback, whatever its spelling (a name, IPv4-mapped IPv6, integer or short IPv4, 0.0.0.0)."""
+    network.names["internal.example"] = [["127.0.0.1"]]
+    with serving() as internal:
+        server.presigned["s3://bucket/a.png"] = f"http://{host}:{internal.port}/secret"
+        with ImageCache(cache_dir, ls_config(server)) as cache:
+            with pytest.raises(MediaError, match="address not allowed: .*(loopback|unspecified)"):
+                cache.get(1, "s3://bucket/a.png")
+        assert internal.hits == []
+    assert network.connects == [("127.0.0.1", server.port)]
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("169.254.169.254", "169.254.169.254:80 is a cloud metadata"),
+        ("metadata.google.internal", "metadata.google.internal:80 resolves to 169.254.169.254, a cloud metadata"),
+        ("[::ffff:169.254.169.254]", "cloud metadata"),
+        ("[fd00:ec2::254]", "cloud metadata"),
+        ("169.254.1.1", "link-local"),
+        ("[fe80::1]", "link-local"),
+        ("10.0.0.5", "private"),
+        ("[fc00::5]", "private"),
+        ("100.64.0.1", "shared address space"),
+        ("224.0.0.1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("[64:ff9b::a00:5]", "private"),
+    ],
+)
+def test_redirect_to_an_internal_address_is_refused_before_connecting(
+    server: Server, cache_dir: Path, network: Network, target: str, reason: str
+) -> None:
+    """A Label Studio redirect to the cloud metadata service (link-local 169.254.169.254, by
+    address or by a name resolving to it) or to any other internal address is refused before a
+    connection is attempted."""
+    network.names["metadata.google.internal"] = [["169.254.169.254"]]
+    server.presigned["s3://bucket/meta"] = f"http://{target}/latest/meta-data/iam/?recursive=true"
+    with ImageCache(cache_dir, ls_config(server, retries=0)) as cache:
+        with pytest.raises(MediaError, match="address not allowed: .*" + re.escape(reason)) as err:
+            cache.get(1, "s3://bucket/meta")
+    assert "recursive" not in str(err.value)
+    assert network.connects == [("127.0.0.1", server.port)]
+
+
+def test_allowed_hosts_may_be_internal_and_are_connected_at_their_resolved_address(
+    server: Server, cache_dir: Path, network: Network
+) -> None:
+    """A host in allow_hosts may resolve to loopback (a MinIO on a private network), directly and
+    after a Label Studio redirect: each connection is made to the address of its own lookup,
+    with the host's name in the Host header and no API key."""
+    network.names["minio.internal"] = [["127.0.0.1"]]
+    minio = f"minio.internal:{server.port}"
+    server.presigned["s3://bucket/b.png"] = f"http://{minio}/img/b.png?X-Amz-Signature=s"
+    with ImageCache(cache_dir, ls_config(server, allow_hosts=("minio.internal",))) as cache:
+        assert cache.get(1, f"http://{minio}/img/a.png").width == 48
+        assert cache.get(2, "s3://bucket/b.png").width == 20
+    assert [(h["host"], h["path"], h["auth"]) for h in server.hits] == [
+        (minio, "/img/a.png", None),
+        (f"127.0.0.1:{server.port}", presign_path(2, "s3://bucket/b.png"), "Token legacy-key"),
+        (minio, "/img/b.png?X-Amz-Signature=s", None),
+    ]
+    # the test server closes every connection (HTTP/1.0): one lookup, then one connect, per request
+    assert network.lookups == ["minio.internal", "127.0.0.1", "minio.internal"]
+    assert network.connects == [("127.0.0.1", server.port)] * 3
+
+
+def test_presigned_redirect_to_a_public_host_connects_to_the_address_checked(
+    server: Server, cache_dir: Path, network: Network
+) -> None:
+    """A Label Studio redirect may go to a host that is not allowed when it resolves to a public
+    address: the socket goes to the address that was checked, without a second lookup, so a name
+    that answers a public address first and loopback next (DNS rebinding) never reaches
+    loopback; the API key stays behind."""
+    with serving() as bucket:  # the cloud storage, at a made-up public address routed to loopback
+        network.names["bucket.s3.example"] = [["93.184.216.34"], ["127.0.0.1"]]
+        network.routes["93.184.216.34"] = "127.0.0.1"
+        host = f"bucket.s3.example:{bucket.port}"
+        server.presigned["s3://bucket/a.png"] = f"http://{host}/img/a.png?X-Amz-Signature=s"
+        with ImageCache(cache_dir, ls_config(server)) as cache:
+            assert cache.get(1, "s3://bucket/a.png").width == 48
+            with pytest.raises(MediaError, match=f"{host} resolves to 127.0.0.1, a loopback address"):
+                cache.get(2, "s3://bucket/a.png")  # another task: fetched again, and the name now answers loopback
+        assert [(h["host"], h["path"], h["auth"]) for h in bucket.hits] == [
+            (host, "/img/a.png?X-Amz-Signature=s", None)
+        ]
+    assert network.lookups.count("bucket.s3.example") == 2
+    assert [c for c in network.connects if c[1] == bucket.port] == [("93.184.216.34", bucket.port)]
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/api/users/", "not a Label Studio media path"),
+        ("/api/projects/1/export?exportType=JSON", "not a Label Studio media path"),
+        ("/user/login/", "not a Label Studio media path"),
+        ("/data/upload/", "not a Label Studio media path"),
+        ("/data/local-filesX/?d=a.png", "not a Label Studio media path"),
+        ("/tasks/x/presign/?fileuri=eA==", "not a Label Studio media path"),
+        ("/%61pi/users/", "not a Label Studio media path"),
+        ("/tasks/1/presign/", "presign URL has no \\?fileuri="),
+        ("/storage-data/uploaded/", "storage-data URL has no \\?filepath="),
+        ("/data/upload/../../api/users/", "escapes"),
+        ("/data/upload/%2e%2e/api", "escapes"),
+        ("/data/upload/1/..%2F..%2F..%2Fapi/users/", "escapes"),
+        ("/data/upload/%252e%252e/%252e%252e/api/users/", "escapes"),
+        ("/data/upload/1/./a.png", "escapes"),
+        ("/data/upload/..\\..\\api/users/", "escapes"),
+        ("/data/upload//etc/passwd", "escapes"),
+        ("//evil.example/data/upload/1/a.png", "escapes"),
+        ("/data/upload/%2525252525252e/x", "percent-encoded more than 3 times"),
+    ],
+)
+def test_api_key_goes_only_to_label_studio_media_paths(server: Server, cache_dir: Path, path: str, reason: str) -> None:
+    """A task path, or a URL on Label Studio's origin, that is not one of its media paths once
+    percent-decoded (its API, a traversal out of /data/upload/) is refused before any request."""
+    ls = f"http://127.0.0.1:{server.port}"
+    with ImageCache(cache_dir, ls_config(server)) as cache:
+        for url in (path, ls + path):
+            with pytest.raises(MediaError, match=reason) as err:
+                cache.get(1, url)
+            assert "exportType" not in str(err.value)
+    assert server.hits == []
+
+
+def test_label_studio_media_paths_are_fetched_with_the_api_key(server: Server, cache_dir: Path) -> None:
+    """Uploads, Local Storage files, uploads in cloud storage and resolved cloud URIs (a
+    redirect to Label Studio itself included) are requested with the API key, under a base path
+    too; outside the base path, nothing is requested."""
+    server.presigned["s3://bucket/b.png"] = "/data/upload/1/b.png"
+    fileuri = base64.urlsafe_b64encode(b"s3://bucket/b.png").decode()
+    with ImageCache(cache_dir, ls_config(server)) as cache:
+        assert cache.get(1, "/data/upload/1/a.png").width == 48
+        assert cache.get(2, "/data/local-files/?d=b.png").width == 20
+        assert cache.get(3, "/storage-data/uploaded/?filepath=upload/1/a.png").width == 48
+        assert cache.get(4, f"/projects/1/resolve/?fileuri={fileuri}").width == 20
+        assert cache.get(5, "s3://bucket/b.png").width == 20
+    assert [(h["path"], h["auth"]) for h in server.hits] == [
+        ("/data/upload/1/a.png", "Token legacy-key"),
+        ("/data/local-files/?d=b.png", "Token legacy-key"),
+        ("/storage-data/uploaded/?filepath=upload/1/a.png", "Token legacy-key"),
+        (f"/projects/1/resolve/?fileuri={fileuri}", "Token legacy-key"),
+        ("/data/upload/1/b.png", "Token legacy-key"),
+        (presign_path(5, "s3://bucket/b.png"), "Token legacy-key"),
+        ("/data/upload/1/b.png", "Token legacy-key"),
+    ]
+
+    server.hits.clear()
+    base = f"http://127.0.0.1:{server.port}/ls"
+    with ImageCache(cache_dir / "sub", config(None, label_studio_url=base, api_key="legacy-key")) as cache:
+        with pytest.raises(MediaError, match="HTTP 404"):
+            cache.get(6, "/data/upload/1/a.png")  # the fake Label Studio serves no /ls/ paths
+        with pytest.raises(MediaError, match="not under Label Studio's base path /ls"):
+            cache.get(7, f"http://127.0.0.1:{server.port}/api/users/")
+    assert [(h["path"], h["auth"]) for h in server.hits] == [("/ls/data/upload/1/a.png", "Token legacy-key")]
+
+
+def test_a_redirect_to_label_studio_api_is_refused(server: Server, cache_dir: Path) -> None:
+    """An allowed image host that redirects to Label Studio's API is refused: the API key never
+    goes with a request for a path another host chose, unless it is a media path."""
+    with serving() as images:
+        api = f"http://127.0.0.1:{server.port}/api/users/"
+        with ImageCache(cache_dir, ls_config(server, allow_hosts=(f"127.0.0.1:{images.port}",))) as cache:
+            with pytest.raises(MediaError, match="not a Label Studio media path"):
+                cache.get(1, f"http://127.0.0.1:{images.port}/redirect?to={api}")
+        assert images.paths() == [f"/redirect?to={api}"]
+    assert server.hits == []
+
+
+def test_proxies_from_the_environment_are_not_used(
+    server: Server, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY, HTTPS_PROXY and ALL_PROXY are ignored: through a proxy, the proxy would choose
+    the address, past the check."""
+    with serving() as proxy:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+            monkeypatch.setenv(name.lower(), f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with ImageCache(cache_dir, config(server)) as cache:
+            assert cache.get(1, f"http://127.0.0.1:{server.port}/img/a.png").width == 48
+        assert proxy.hits == []
+    assert server.paths() == ["/img/a.png"]
 
 
 def test_http_errors_retries_and_backoff(server: Server, cache_dir: Path) -> None:
@@ -473,7 +793,7 @@ def test_local_files_read_from_document_root(server: Server, cache_dir: Path, tm
         ]:
             with pytest.raises(MediaError, match="escapes the document root"):
                 cache.get(4, bad)
-        with pytest.raises(MediaError, match="no \\?d= path"):
+        with pytest.raises(MediaError, match="no \\?d="):
             cache.get(5, "/data/local-files/")
         assert server.hits == []
 
@@ -913,7 +1233,12 @@ def test_label_studio_cloud_presign(ls: tuple[str, str, Path], moto_s3: str, cac
     signed = httpx.get(url + presign_path(task["id"], uri), headers={"Authorization": f"Token {token}"})
     assert signed.status_code == (303 if presign else 200)
 
-    with ImageCache(cache_dir, config(None, label_studio_url=url, api_key=token)) as cache:
+    if presign:  # the signed URL is on the S3 endpoint, a loopback address here: refused unless allowed
+        with ImageCache(cache_dir / "refused", config(None, label_studio_url=url, api_key=token)) as cache:
+            with pytest.raises(MediaError, match="address not allowed: 127.0.0.1:.* is a loopback address"):
+                cache.get(task["id"], uri)
+    s3_host = urlsplit(moto_s3).netloc
+    with ImageCache(cache_dir, config(None, label_studio_url=url, api_key=token, allow_hosts=(s3_host,))) as cache:
         got = cache.get(task["id"], uri)
         assert got.downloaded and (got.width, got.height) == (36, 24)
         assert got.path.read_bytes() == body

@@ -33,17 +33,70 @@ def test_readme_commands_exist() -> None:
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed")
-def test_compose_file_validates_and_requires_secrets() -> None:
-    """`docker-compose config` accepts the file with secrets set and refuses it without them."""
-    env = {**os.environ, "LABEL_STUDIO_URL": "http://ls:8080", "LABEL_STUDIO_API_KEY": "k", "FLOWER_BASIC_AUTH": "a:b"}
-    ok = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT, env=env)
-    assert ok.returncode == 0
-    bare = {k: v for k, v in env.items() if k not in {"LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"}}
-    refused = subprocess.run(
-        ["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT, env=bare, capture_output=True
+needs_compose = pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed"
+)
+
+# What `docker-compose config` needs to render: Label Studio's connection, the receiver's and Flower's credentials.
+COMPOSE_ENV = {
+    "LABEL_STUDIO_URL": "http://ls:8080",
+    "LABEL_STUDIO_API_KEY": "k",
+    "FLOWER_BASIC_AUTH": "a:b",
+    "BASIC_AUTH_USER": "labelstudio",
+    "BASIC_AUTH_PASS": "ml-backend-password",
+    "LABELLOOP_WEBHOOK_SECRET": "webhook-secret",
+}
+
+
+def _compose_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    base = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV and not k.startswith("LABELLOOP_")}
+    return subprocess.run(
+        ["docker-compose", "-f", "docker-compose.yml", "config", *args],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
     )
-    assert refused.returncode != 0 and b"LABEL_STUDIO_URL" in refused.stderr
+
+
+@needs_compose
+def test_compose_file_validates_and_requires_secrets() -> None:
+    """`docker-compose config` accepts the file with secrets set and refuses it without each of them,
+    naming the missing variable: Label Studio's URL and token, the receiver's Basic auth user and
+    password, the webhook secret and Flower's basic auth."""
+    ok = _compose_config(COMPOSE_ENV, "-q")
+    assert ok.returncode == 0, ok.stderr
+    for name in COMPOSE_ENV:
+        refused = _compose_config({k: v for k, v in COMPOSE_ENV.items() if k != name}, "-q")
+        assert refused.returncode != 0 and f"set {name}".encode() in refused.stderr, (name, refused.stderr)
+
+
+@needs_compose
+def test_compose_redis_never_evicts_and_has_a_memory_limit() -> None:
+    """Compose's Redis runs with a maxmemory (512mb unless LABELLOOP_REDIS_MAXMEMORY says otherwise)
+    and maxmemory-policy noeviction, so the Celery broker never loses a message to eviction."""
+
+    def redis_args(env: dict[str, str]) -> list[str]:
+        out = _compose_config(env)
+        assert out.returncode == 0, out.stderr
+        command = yaml.safe_load(out.stdout)["services"]["redis"]["command"]
+        return [str(a) for a in command]
+
+    args = redis_args(COMPOSE_ENV)
+    assert args[args.index("--maxmemory") + 1] == "512mb"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    args = redis_args({**COMPOSE_ENV, "LABELLOOP_REDIS_MAXMEMORY": "2gb"})
+    assert args[args.index("--maxmemory") + 1] == "2gb"
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_images_run_as_a_non_root_user(name: str) -> None:
+    """Each image creates uid 10001, gives it /data and runs as it (its last USER is 10001)."""
+    text = (ROOT / name).read_text()
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users and users[-1] == "10001"
+    assert re.search(r"useradd [^\n]*--uid 10001", text)
+    assert "chown -R 10001:10001 /data" in text
+    assert text.index("chown -R 10001:10001 /data") < text.index('VOLUME ["/data"]') < text.rindex("USER 10001")
 
 
 def test_procfile_and_compose_run_the_same_commands() -> None:
@@ -63,28 +116,24 @@ def test_procfile_and_compose_run_the_same_commands() -> None:
         assert args.command == argv[1]
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed")
-def test_compose_environment_accepts_webhooks_and_leaves_the_recipe_unset(
+@needs_compose
+def test_compose_environment_guards_webhooks_and_leaves_the_recipe_unset(
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The receiver started with the environment `docker-compose config` renders for `web` (only the
-    required settings exported) accepts an annotation webhook without any header: the empty
-    LABELLOOP_WEBHOOK_SECRET and Basic-auth values mean unset, as does every empty value (epochs and
-    imgsz stay the recipe's)."""
+    required settings exported) refuses an annotation webhook without credentials, takes Label Studio's
+    /setup with Basic auth and then the webhook with the webhook secret header; every empty value
+    means unset (epochs and imgsz stay the recipe's)."""
     import httpx
 
     from service.settings import Settings
     from service.stack import Stack, free_port
     from tests.conftest import fixture
 
-    env = {**os.environ, "LABEL_STUDIO_URL": "http://ls:8080", "LABEL_STUDIO_API_KEY": "k", "FLOWER_BASIC_AUTH": "a:b"}
-    for name in [k for k in env if k.startswith("LABELLOOP_") or k.startswith("BASIC_AUTH")]:
-        env.pop(name)
-    out = subprocess.run(
-        ["docker-compose", "-f", "docker-compose.yml", "config"], cwd=ROOT, env=env, capture_output=True, check=True
-    )
+    out = _compose_config(COMPOSE_ENV)
+    assert out.returncode == 0, out.stderr
     web = {k: str(v) for k, v in yaml.safe_load(out.stdout)["services"]["web"]["environment"].items()}
-    assert web["LABELLOOP_WEBHOOK_SECRET"] == "" and web["LABELLOOP_EPOCHS"] == ""
+    assert web["LABELLOOP_WEBHOOK_SECRET"] == COMPOSE_ENV["LABELLOOP_WEBHOOK_SECRET"] and web["LABELLOOP_EPOCHS"] == ""
     web.update(
         LABELLOOP_REDIS_URL=redis_url,
         LABELLOOP_MODELS_DIR=str(tmp_path / "models"),
@@ -97,14 +146,22 @@ def test_compose_environment_accepts_webhooks_and_leaves_the_recipe_unset(
     for name, value in web.items():
         monkeypatch.setenv(name, value)
     rendered = Settings()
-    assert rendered.webhook_secret is None and rendered.basic_auth_user is None and rendered.basic_auth_pass is None
+    assert rendered.basic_auth_user == COMPOSE_ENV["BASIC_AUTH_USER"] and rendered.webhook_secret is not None
     assert (rendered.epochs, rendered.imgsz, rendered.train_time_s, rendered.base_model) == (None, None, None, "auto")
 
     stack = Stack(tmp_path / "stack", {})
     stack.env = {**clean, **web, "PYTHONUNBUFFERED": "1"}
+    event = fixture("webhook_ANNOTATION_CREATED.json")
     try:
         url = stack.start_receiver(free_port())
-        resp = httpx.post(f"{url}/webhook", json=fixture("webhook_ANNOTATION_CREATED.json"), timeout=10)
+        bare = httpx.post(f"{url}/webhook", json=event, timeout=10)
+        assert bare.status_code == 401, bare.text
+        # Label Studio's /setup on connecting the ML backend, with the Basic auth of the connection.
+        basic = (COMPOSE_ENV["BASIC_AUTH_USER"], COMPOSE_ENV["BASIC_AUTH_PASS"])
+        setup = httpx.post(f"{url}/setup", json=fixture("ml_setup_request.json"), auth=basic, timeout=10)
+        assert setup.status_code == 200, setup.text
+        headers = {rendered.webhook_secret_header: COMPOSE_ENV["LABELLOOP_WEBHOOK_SECRET"]}
+        resp = httpx.post(f"{url}/webhook", json=event, headers=headers, timeout=10)
         assert resp.status_code == 201, resp.text
     finally:
         stack.stop_all()

@@ -7,6 +7,7 @@ Against the real receiver (in-process and under uvicorn), a real Redis and real 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import socket
 import time
@@ -17,14 +18,22 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from service.demo import LabelStudioAPI
 from service.events import DEDUP_TTL_S, EVENT_STREAM
+from service.protocol import ACCEPTED_ACTIONS
 from service.settings import Settings
-from service.stack import Stack, free_port
+from service.stack import Stack, free_port, wait_until
+from service.synthetic import LABEL_CONFIG
 from tests.conftest import connect, fixture
+from workers.base_models import is_asset_name
 from workers.changes import seq_key, stream_key
+from workers.params import ProjectParams
+from workers.params import load as load_params
 from workers.training import run_training_process
 
 SECRET = {"X-Labelloop-Secret": "s3cret"}
@@ -231,3 +240,152 @@ def test_a_pickled_payload_as_base_model_runs_nothing(tmp_path: Path) -> None:
         run_training_process(spec, tmp_path / "run", timeout_s=120)
     assert not marker.exists()
     assert time.monotonic() - t0 < 120
+
+
+# --- extra params come only from the project's own ML backend connection --------------------------
+
+
+def test_only_the_projects_connection_sets_its_extra_params(label_studio: tuple[str, str], tmp_path: Path) -> None:
+    """Label Studio's own /setup (its project creator's token) stores the connection's extra
+    params; a /setup with valid Basic credentials but a token that cannot read the project is 403
+    and the stored params stay as they were."""
+    ls_url, token = label_studio
+    stack = Stack(
+        tmp_path,
+        {
+            "LABELLOOP_REDIS_URL": "redis://127.0.0.1:1/0",  # /setup needs no Redis
+            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
+            "LABEL_STUDIO_URL": ls_url,
+            "LABEL_STUDIO_API_KEY": token,
+            "BASIC_AUTH_USER": "ls",
+            "BASIC_AUTH_PASS": "pw",
+        },
+    )
+    url = stack.start_receiver(free_port())
+    try:
+        api = LabelStudioAPI(ls_url, token)
+        pid = api.create_project("extra params owner")
+        api.connect_backend(pid, url, basic_auth=("ls", "pw"), extra_params={"epochs": 7})
+        assert load_params(tmp_path / "models", pid).epochs == 7
+        forged = {
+            **fixture("ml_setup_request.json"),
+            "project": f"{pid}.1",
+            "schema": LABEL_CONFIG,
+            "extra_params": {"epochs": 99, "base_model": "yolo11x.pt"},
+        }
+        with httpx.Client(base_url=url, auth=("ls", "pw"), timeout=10) as http:
+            for access_token in ("0" * 40, None):
+                resp = http.post("/setup", json={**forged, "access_token": access_token})
+                assert resp.status_code == 403 and "cannot read project" in resp.json()["error"]
+            same = http.post("/setup", json={**forged, "extra_params": {"epochs": 7}, "access_token": None})
+            assert same.status_code == 200, "params that do not change need no token"
+        assert load_params(tmp_path / "models", pid).epochs == 7
+    finally:
+        stack.stop_all()
+
+
+# --- generated input at the boundary -----------------------------------------------------------
+
+_HOSTILE_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "/etc/passwd",
+            "../../../../etc/passwd",
+            "file:///etc/passwd",
+            "http://169.254.169.254/latest/meta-data/",
+            "https://example.com/x.pt",
+            "yolo26n.pt/../../x.pt",
+            "C:\\weights\\x.pt",
+            "~/.ssh/id_rsa",
+            "yolov8n.yaml\n",
+            "!!python/object/apply:os.system ['id']",
+            "yolo11n.pt",
+        ]
+    ),
+)
+_VALUES = st.one_of(_HOSTILE_TEXT, st.integers(-(2**70), 2**70), st.floats(), st.booleans(), st.none())
+_PARAM_KEYS = st.one_of(st.sampled_from(sorted(ProjectParams.model_fields)), st.text(max_size=12))
+
+
+def test_generated_extra_params_never_name_a_file_and_never_500(redis_url: str, tmp_path: Path) -> None:
+    """Generated /setup extra params (paths, URLs, YAML tags, huge numbers, unknown keys) are
+    stored only when valid, a stored base model is always a bare Ultralytics asset name, and no
+    answer is a 5xx."""
+    with _app(redis_url, tmp_path) as client:
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(extra=st.one_of(st.dictionaries(_PARAM_KEYS, _VALUES, max_size=4), _VALUES))
+        def run(extra: Any) -> None:
+            body = json.dumps({**fixture("ml_setup_request.json"), "extra_params": extra})  # NaN, Infinity too
+            resp = client.post("/setup", content=body, headers={"content-type": "application/json"})
+            assert resp.status_code in (200, 400, 422), resp.text
+            stored = load_params(tmp_path / "models", 1)
+            assert stored.base_model is None or is_asset_name(stored.base_model)
+
+        run()
+
+
+def test_generated_webhooks_without_credentials_record_nothing(redis_url: str, tmp_path: Path) -> None:
+    """Generated webhook headers and bodies without the right credential are 401 with nothing
+    recorded; with it, never a 5xx."""
+    client = redis.Redis.from_url(redis_url)
+    bodies = st.fixed_dictionaries(
+        {"action": st.one_of(st.sampled_from(sorted(ACCEPTED_ACTIONS)), st.text(max_size=10)), "project": _VALUES},
+        optional={"annotation": st.dictionaries(st.text(max_size=5), _VALUES, max_size=3), "task": _VALUES},
+    )
+    headers = st.dictionaries(
+        st.sampled_from(["authorization", "x-labelloop-secret", "x-other", "content-type"]),
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30),
+        max_size=3,
+    )
+    with _app(redis_url, tmp_path, webhook_secret="s3cret", basic_auth_user="ls", basic_auth_pass="pw") as app:
+        connect(app, auth=("ls", "pw"))
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(body=bodies, extra=headers, authorised=st.booleans())
+        def run(body: dict[str, Any], extra: dict[str, str], authorised: bool) -> None:
+            sent = {**extra, **(SECRET if authorised else {})}
+            if authorised:
+                sent.pop("authorization", None)
+            before = client.xlen(EVENT_STREAM)
+            resp = app.post("/webhook", content=json.dumps(body), headers={"content-type": "application/json", **sent})
+            assert resp.status_code < 500, resp.text
+            if not authorised and extra.get("x-labelloop-secret") != "s3cret":
+                assert resp.status_code in (401, 415), resp.text
+                assert client.xlen(EVENT_STREAM) == before
+
+        run()
+
+
+def test_requests_beyond_the_concurrency_bound_get_503(tmp_path: Path, redis_url: str) -> None:
+    """With LABELLOOP_MAX_CONCURRENT_REQUESTS requests in flight (slow senders), the next one is a
+    503 at once instead of one more body held in memory; the slots free up when they finish."""
+    stack = Stack(
+        tmp_path,
+        {
+            "LABELLOOP_REDIS_URL": redis_url,
+            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
+            "LABELLOOP_MAX_CONCURRENT_REQUESTS": "3",
+        },
+    )
+    url = stack.start_receiver(free_port())
+    port = int(url.rsplit(":", 1)[1])
+    slow = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(
+                b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            slow.append(sock)
+        with httpx.Client(base_url=url, timeout=5) as http:
+            assert http.post("/webhook", json={}).status_code == 503
+            for sock in slow:
+                sock.close()
+            slow.clear()
+            wait_until(lambda: http.post("/webhook", json={}).status_code == 422, 10, "slots freed")
+    finally:
+        for sock in slow:
+            sock.close()
+        stack.stop_all()

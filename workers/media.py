@@ -14,12 +14,23 @@ https://labelstud.io/guide/tasks#Import-data):
   Studio's presign endpoint ``GET /tasks/<task_id>/presign/?fileuri=<base64url(uri)>``, which
   redirects (303) to a signed URL, or streams the object itself when the storage has
   presigned URLs turned off.
-- ``http(s)://`` URLs: on the Label Studio host (sent with the API key), or on a host listed in
-  ``allow_hosts`` (sent without it). Any other host is refused before a request is made.
+- ``http(s)://`` URLs: on the Label Studio host (one of the media paths below, sent with the API
+  key), or on a host listed in ``allow_hosts`` (sent without it). Any other host is refused
+  before a request is made.
 
 Guard rails: redirects are followed by hand (at most 5); a redirect Label Studio answers with
-may go anywhere (that is how presigned URLs work), any other must stay on allowed hosts. The
-API key is only ever sent to the Label Studio origin (scheme, host and port). Each request has a
+may go to any host (that is how presigned URLs work), any other must stay on allowed hosts.
+Every connection goes through ``_GuardedBackend``: the host is resolved once and the socket is
+connected to an address of that answer (no second lookup, so no DNS rebinding in between); a
+host that is neither Label Studio's origin nor in ``allow_hosts`` (those are trusted to be
+internal, e.g. a MinIO on a private network) must resolve to global addresses only: loopback,
+private, link-local (cloud metadata, 169.254.169.254), shared (100.64.0.0/10), unspecified,
+multicast and reserved ones are refused, IPv4 addresses inside IPv6 ones (``::ffff:a.b.c.d``,
+NAT64, 6to4) included. Proxies from the environment and ``.netrc`` are ignored (through a proxy,
+the proxy would choose the address). The API key is only ever sent to the Label Studio origin
+(scheme, host and port), and there only for its media paths (``MEDIA_PATHS``), checked once
+percent-decoded and refused with a ``.``, ``..`` or empty segment; a task path that is not one
+of them is refused before any request. Each request has a
 timeout for the whole download and a size limit enforced while streaming; connect errors, 5xx
 and 429 are retried with exponential backoff. Images are decoded once (Pillow, a fixed list of
 raster formats, ``Image.MAX_IMAGE_PIXELS`` as the decompression-bomb limit; a JPEG kept as it is
@@ -37,22 +48,26 @@ import contextlib
 import email.utils
 import errno
 import hashlib
+import ipaddress
 import os
 import posixpath
 import random
+import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
+import httpcore
 import httpx
 import structlog
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -77,6 +92,21 @@ _CHUNK = 64 * 1024
 CACHE_VERSION = 2
 #: Cache file extensions, in the order a lookup tries them.
 _CACHE_EXTS = ("jpg", "png", "webp", "bmp", "tif")
+#: Label Studio's paths that serve task media, the only ones requested with the API key: (name,
+#: path once percent-decoded, query parameter it needs). Label Studio 1.23: ``data_import/urls.py``
+#: (uploads; ``/storage-data/uploaded/`` when uploads are kept in cloud storage) and
+#: ``io_storages/urls.py`` (Local Storage; cloud URIs resolved by ``/resolve/`` or the older
+#: ``/presign/``, for a task or a project).
+MEDIA_PATHS = (
+    ("upload", re.compile(r"/data/upload/.+"), None),
+    ("local-files", re.compile(r"/data/local-files/?"), "d"),
+    ("storage-data", re.compile(r"/storage-data/uploaded/?"), "filepath"),
+    ("presign", re.compile(r"/(?:tasks|projects)/[0-9]+/(?:presign|resolve)/?"), "fileuri"),
+)
+_MEDIA_PATHS_SHOWN = (
+    "/data/upload/..., /data/local-files/?d=..., /storage-data/uploaded/?filepath=..., "
+    "/tasks/<id>/presign/?fileuri=... and /projects/<id>/presign/?fileuri=... (or .../resolve/)"
+)
 
 
 @dataclass(frozen=True)
@@ -99,7 +129,9 @@ class MediaConfig:
             Studio about 10 ms of CPU per image, and hard-linked into the cache when the
             filesystem allows it (else copied).
         allow_hosts: extra hosts plain http(s) URLs may point at: ``host`` (any port) or
-            ``host:port``.
+            ``host:port``. They are trusted to be internal (a MinIO on a private network): they
+            may resolve to loopback or private addresses, which any other host but Label
+            Studio's may not, even after a Label Studio redirect.
         timeout_s: limit of one HTTP request, body included (seconds).
         retries: retries of a request after a connect error, a 5xx or a 429.
         threads: concurrent downloads in ``ImageCache.get_many``; reading mounted files and
@@ -247,6 +279,178 @@ def local_files_rel(url: str) -> str:
     return values[-1] if values else ""
 
 
+def media_path_refusal(path: str, query: str = "") -> str | None:
+    """Why a request for ``path`` (relative to Label Studio's base URL) must not be sent the API
+    key, or None when it is one of Label Studio's media paths (``MEDIA_PATHS``).
+
+    The path is checked as a server would route it, percent-decoded (until it no longer changes,
+    so a double-encoded ``%252e%252e`` counts as ``..``), and must have no ``.``, ``..`` or empty
+    segment and no backslash: ``/data/upload/../../api/users`` cannot reach the API. Messages
+    name the path, never the query.
+    """
+    decoded = path
+    for _ in range(4):
+        step = unquote(decoded)
+        if step == decoded:
+            break
+        decoded = step
+    else:
+        return f"path percent-encoded more than 3 times: {_shown(path)}"
+    segments = decoded.split("/")
+    if (
+        not decoded.startswith("/")
+        or "\\" in decoded
+        or "\x00" in decoded
+        or any(seg in (".", "..") for seg in segments)
+        or "" in segments[1:-1]
+    ):
+        return f"path escapes Label Studio's media paths ('.', '..' or empty segment once decoded): {_shown(path)}"
+    for name, pattern, param in MEDIA_PATHS:
+        if pattern.fullmatch(decoded):
+            if param is not None and param not in parse_qs(query, keep_blank_values=True):
+                return f"{name} URL has no ?{param}=: {_shown(path)}"
+            return None
+    return (
+        f"not a Label Studio media path, so it is not requested with the API key (allowed: {_MEDIA_PATHS_SHOWN}): "
+        + _shown(path)
+    )
+
+
+# Addresses -----------------------------------------------------------------------------------
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598), not global
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+_METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)  # AWS, GCP, Azure, OpenStack; AWS over IPv6; Alibaba Cloud
+
+
+def _internal_reason(address: str) -> str | None:
+    """Why ``address`` (an IP address, IPv6 zone allowed) is internal ("a loopback address", "a
+    private address", "a link-local address", ...), or None for a global unicast address. An
+    IPv4 address carried in an IPv6 one (IPv4-mapped, NAT64, 6to4) is judged as that IPv4
+    address."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        else:
+            ip = ip.ipv4_mapped or ip.sixtofour or ip
+    if ip in _METADATA:
+        return "a cloud metadata service address"
+    for flag, reason in (
+        ("loopback", "a loopback address"),
+        ("link_local", "a link-local address"),
+        ("unspecified", "the unspecified address"),
+        ("multicast", "a multicast address"),  # is_global is True for some of them
+        ("reserved", "a reserved address"),
+        ("private", "a private address"),
+    ):
+        if getattr(ip, "is_" + flag):
+            return reason
+    if ip in _SHARED:
+        return "in the shared address space 100.64.0.0/10"
+    return None if ip.is_global else "not a global address"
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    """The IP addresses of ``host``, in the resolver's order, from one ``getaddrinfo`` (an IP
+    literal is returned as it is, without a lookup).
+
+    Raises:
+        httpcore.ConnectError: the name does not resolve (retried like any connect error).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+    addresses: list[str] = []
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and str(sockaddr[0]) not in addresses:
+            addresses.append(str(sockaddr[0]))
+    return addresses
+
+
+class _AddressRefused(MediaError):
+    """A connection refused by ``_GuardedBackend`` (never retried)."""
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend with the address check done where the socket is connected.
+
+    httpcore hands ``connect_tcp`` the host name of the URL; this backend resolves it once
+    (``_resolve``), refuses it when ``may_be_internal(host, port)`` is False and any of its
+    addresses is internal (``_internal_reason``), and connects to those same addresses, in order.
+    Checking here rather than before the request means that the address checked is the address
+    connected to (a name cannot resolve to a public address for the check and to 127.0.0.1 for
+    the connection), for every connection a pool opens, retries included, while the URL, the
+    ``Host`` header, TLS SNI and certificate checks keep the host name, and pooled connections
+    stay keyed by it. (Rewriting the URL to the IP with ``sni_hostname`` would key the pool by
+    IP: a TLS connection verified for one name could then carry requests for another.)
+    """
+
+    def __init__(self, may_be_internal: Callable[[str, int], bool]) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._may_be_internal = may_be_internal
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        addresses = _resolve(host, port)
+        if not self._may_be_internal(host, port):
+            for address in addresses:
+                reason = _internal_reason(address)
+                if reason is not None:
+                    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    what = f"is {reason}" if address == host else f"resolves to {address}, {reason}"
+                    raise _AddressRefused(
+                        f"address not allowed: {where} {what}; only Label Studio's origin and the hosts "
+                        "in LABELLOOP_MEDIA_ALLOW_HOSTS may be internal"
+                    )
+        error: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for address in addresses:
+            try:
+                return self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error or httpcore.ConnectError(f"no address for {host}")
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:  # pragma: no cover - image URLs are never Unix sockets
+        raise httpcore.ConnectError("Unix sockets are not used for task images")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.HTTPTransport):
+    """httpx's own transport (requests, responses, exception mapping) on a connection pool whose
+    sockets come from ``_GuardedBackend``.
+
+    ``httpx.HTTPTransport`` takes no network backend, so the pool it builds is replaced by one
+    built with the same arguments plus the backend; if httpx ever stops keeping its pool in
+    ``_pool``, this fails here rather than running unguarded.
+    """
+
+    def __init__(self, backend: _GuardedBackend, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits)
+        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
+            raise RuntimeError("httpx.HTTPTransport has no _pool: cannot install the media address guard")
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=backend,
+        )
+
+
 # Label Studio authentication ----------------------------------------------------------------
 
 
@@ -331,6 +535,7 @@ class ImageCache:
         if config.label_studio_url and self._ls_origin is None:
             raise ValueError(f"label_studio_url must be an http(s) URL: {config.label_studio_url!r}")
         self._ls_base = (config.label_studio_url or "").rstrip("/")
+        self._ls_path = urlsplit(self._ls_base).path  # a base path ("/ls") media paths follow
         self._hosts = [_host_rule(h) for h in config.allow_hosts]
         root = Path(config.document_root).resolve() if config.document_root else None
         if root is not None and root == Path(root.anchor):
@@ -353,10 +558,12 @@ class ImageCache:
         with self._http_lock:
             if self._http is None:
                 threads = max(1, self.config.threads)
+                limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
                 self._http = httpx.Client(
+                    transport=_GuardedTransport(_GuardedBackend(self._may_be_internal), limits),
                     timeout=httpx.Timeout(self.config.timeout_s),
                     follow_redirects=False,
-                    limits=httpx.Limits(max_connections=threads, max_keepalive_connections=threads),
+                    trust_env=False,  # no proxy from the environment (it would pick the address), no .netrc
                     headers={"User-Agent": "labelloop-media/1", "Accept-Encoding": "identity"},
                 )
             return self._http
@@ -571,6 +778,10 @@ class ImageCache:
         if low.startswith(CLOUD_SCHEMES):
             return self._ls_url(presign_path(task_id, url), url)
         if url.startswith("/"):
+            path, _, query = url.split("#", 1)[0].partition("?")
+            refusal = media_path_refusal(path, query)
+            if refusal is not None:
+                raise MediaError(refusal)
             local = None
             if url.startswith("/data/local-files"):
                 local = self._read_local(url)
@@ -667,19 +878,42 @@ class ImageCache:
             return True
         return any(host == origin[1] and (port is None or port == origin[2]) for host, port in self._hosts)
 
+    def _may_be_internal(self, host: str, port: int) -> bool:
+        """True for Label Studio's host and port and the hosts in ``allow_hosts``: those may
+        resolve to internal addresses (``_GuardedBackend`` asks, for every connection)."""
+        host = host.lower()
+        if self._ls_origin is not None and (host, port) == self._ls_origin[1:]:
+            return True
+        return any(h == host and (p is None or p == port) for h, p in self._hosts)
+
+    def _ls_refusal(self, url: str) -> str | None:
+        """Why ``url``, on Label Studio's origin, must not be requested with the API key."""
+        parts = urlsplit(url)
+        if not (parts.path + "/").startswith(self._ls_path + "/"):
+            return f"not under Label Studio's base path {self._ls_path}: {_shown(url)}"
+        return media_path_refusal(parts.path[len(self._ls_path) :], parts.query)
+
     def _download(self, url: str, out: IO[bytes], task_url: str) -> None:
-        """GET ``url`` into ``out``, following redirects by hand."""
-        trusted = False  # the previous hop was Label Studio, whose redirects may go anywhere
+        """GET ``url`` into ``out``, following redirects by hand. A hop to Label Studio's origin
+        must be one of its media paths (it carries the API key); any other hop must be on an
+        allowed host, unless Label Studio answered the previous one; its addresses are then
+        checked when it connects (``_GuardedBackend``)."""
+        trusted = False  # the previous hop was Label Studio, whose redirects may go to any host
         for _ in range(MAX_REDIRECTS + 1):
             origin = _origin(url)
             if origin is None:
                 raise MediaError(f"unsupported redirect target: {_shown(url)} (for {_shown(task_url)})")
-            if not trusted and not self._allowed(origin):
+            to_ls = origin == self._ls_origin
+            if to_ls:
+                refusal = self._ls_refusal(url)
+                if refusal is not None:
+                    raise MediaError(f"{refusal} (for {_shown(task_url)})")
+            elif not trusted and not self._allowed(origin):
                 raise MediaError(f"host not allowed: {origin[1]}:{origin[2]} (for {_shown(task_url)})")
-            location = self._get_with_retries(url, out, task_url, to_ls=origin == self._ls_origin)
+            location = self._get_with_retries(url, out, task_url, to_ls=to_ls)
             if location is None:
                 return
-            trusted = origin == self._ls_origin
+            trusted = to_ls
             url = urljoin(url, location)
         raise MediaError(f"more than {MAX_REDIRECTS} redirects for {_shown(task_url)}")
 
@@ -742,6 +976,8 @@ class ImageCache:
                         raise MediaError(f"timed out after {cfg.timeout_s:g} s downloading {_shown(task_url)}")
                     out.write(chunk)
                 return None
+        except _AddressRefused as exc:
+            raise MediaError(f"{exc} (for {_shown(task_url)})") from None
         except (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
             raise _Retry(f"{exc.__class__.__name__}: {exc}") from exc
         except httpx.TimeoutException as exc:
