@@ -29,7 +29,7 @@ from service.demo import LabelStudioAPI
 from service.settings import Settings
 from service.stack import free_port
 from service.synthetic import make_sample
-from workers.media import CachedImage, ImageCache, MediaConfig, MediaError, presign_path
+from workers.media import CachedImage, ImageCache, MediaConfig, MediaError, media_path_refusal, presign_path
 
 # A served file -----------------------------------------------------------------------------
 
@@ -1260,3 +1260,63 @@ def test_not_an_image_after_ultralytics_patched_pillow(tmp_path: Path) -> None:
     page.write_bytes(b"<html>please log in</html>")
     with pytest.raises(MediaError, match="not an image"):
         _decode(page)
+
+
+def test_generated_task_urls_reach_only_label_studio_media_and_allowed_hosts(
+    server: Server, cache_dir: Path, network: Network
+) -> None:
+    """Generated task data values (schemes, internal hosts, Label Studio API paths, traversals,
+    encodings) never reach an address other than Label Studio's and the allowed host, never send
+    the API key outside Label Studio's media paths, and fail only as MediaError."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    with serving() as internal:
+        hosts = st.sampled_from(
+            [
+                f"127.0.0.1:{server.port}",
+                f"127.0.0.1:{internal.port}",
+                f"localhost:{internal.port}",
+                "169.254.169.254",
+                "10.0.0.1",
+                "[::1]",
+                "2130706433",
+                "example.invalid",
+            ]
+        )
+        paths = st.one_of(
+            st.sampled_from(
+                [
+                    "/data/upload/1/a.png",
+                    "/api/users/",
+                    "/api/projects/1/export?exportType=JSON",
+                    "/data/upload/../../api/users",
+                    "/data/upload/%2e%2e/%2e%2e/api/users",
+                    "/data/local-files/?d=../../etc/passwd",
+                    "/tasks/1/presign/?fileuri=czM6Ly9iL2sucG5n",
+                    "//evil.example/a.png",
+                    "/a.png",
+                ]
+            ),
+            st.text(alphabet="/.%2eafpi?=&\\", max_size=20).map(lambda t: "/" + t),
+        )
+        schemes = st.sampled_from(["http://", "https://", "file://", "ftp://", "s3://", "gopher://", ""])
+        urls = st.one_of(paths, st.builds(lambda s, h, p: s + h + p, schemes, hosts, paths), st.text(max_size=30))
+
+        with ImageCache(cache_dir, ls_config(server, retries=0, timeout_s=1.0)) as cache:
+
+            @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+            @given(url=urls)
+            def run(url: str) -> None:
+                try:
+                    cache.get(1, url)
+                except MediaError:
+                    pass
+
+            run()
+    assert internal.hits == []
+    assert {port for _host, port in network.connects} <= {server.port}
+    for hit in server.hits:
+        if hit["auth"] is not None:
+            path, _, query = hit["path"].partition("?")
+            assert media_path_refusal(path, query) is None, hit["path"]
