@@ -237,11 +237,14 @@ def test_training_requests_during_a_training_coalesce_into_one_followup(loop: Lo
     assert v3["promotion"]["promoted"] is True and v3["promotion"]["metric"] == "map50_95"
     assert v3["train_args"]["weights"].endswith("/v2/weights.pt")
     assert v3["dataset_size"]["train"] + v3["dataset_size"]["val"] == TRAIN_EVERY_N + 2
-    # v1 read the project from Label Studio; v2 (at least its START_TRAINING was recorded) applied
-    # the recorded webhooks instead.
+    # v1 read the project from Label Studio. v2 was started by START_TRAINING alone, which adds
+    # nothing to the change log (a webhook never supplies the label config or counters): it read
+    # the changed tasks from Label Studio. v3 applied the annotations' recorded webhooks instead.
     v1, v2 = (loop.registry.get(loop.project_id, v).manifest for v in ("v1", "v2"))
     assert v1["dataset"]["sync"]["mode"] == "full"
-    assert v2["dataset"]["sync"]["mode"] == "change log", v2["dataset"]["sync"]
+    assert v2["dataset"]["sync"]["mode"] == "incremental", v2["dataset"]["sync"]
+    assert v2["dataset"]["sync"]["change_log"] == "no webhook recorded since the last build"
+    assert v3["dataset"]["sync"]["mode"] == "change log", v3["dataset"]["sync"]
 
 
 def test_kill_and_restart_everything_keeps_serving_the_newest_version(loop: Loop, tmp_path: Path) -> None:
