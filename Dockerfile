@@ -4,6 +4,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     LABELLOOP_MODELS_DIR=/data/models LABELLOOP_CACHE_DIR=/data/cache
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY labelloop ./labelloop
 COPY service ./service
 COPY workers ./workers
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" "torchvision==0.28.0" \

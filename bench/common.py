@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from service.stack import Stack
-from service.synthetic import LABEL_CONFIG, make_sample
-from workers.dataset import build_dataset, local_images
-from workers.labels import parse_detection_config
-from workers.training import run_training_process
+from labelloop.dataset import build_dataset, local_images
+from labelloop.labels import parse_detection_config
+from labelloop.stack import Stack
+from labelloop.synthetic import LABEL_CONFIG, make_sample
+from labelloop.training import run_training_process
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 

@@ -30,7 +30,7 @@ Label Studio's "retrieve predictions" action), keeping those of the served versi
 
 Peers, in the same run, on the same images, each in a child process while labelloop is idle,
 trained from the base model labelloop started from (round 1's ``train_args.weights``) on a
-YOLO dataset built from the same annotated tasks (``workers.dataset.build_dataset``, same
+YOLO dataset built from the same annotated tasks (``labelloop.dataset.build_dataset``, same
 task ids, val fraction 0.2, so the same split), for the wall time labelloop's training took
 that round (manifest ``timings.train``, as ultralytics' ``time=`` in hours):
   (a) ultralytics defaults: ``YOLO(base).train(data, time)`` plus what offline CPU needs
@@ -40,7 +40,7 @@ that round (manifest ``timings.train``, as ultralytics' ``time=`` in hours):
 Each peer predicts the held-out images (upright: EXIF applied) at conf 0.25, labelloop's
 default threshold.
 
-Scoring (``workers.scoring``, as in the demo): mAP50 (IoU 0.5, all-point interpolated AP per
+Scoring (``labelloop.scoring``, as in the demo): mAP50 (IoU 0.5, all-point interpolated AP per
 class, regions ranked by score, averaged over the classes present in the truth; greedy COCO-style matching)
 and precision / recall of all regions at IoU 0.5, on the displayed frame's pixel boxes.
 
@@ -69,9 +69,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.shapes import LABEL_CONFIG, ShapeImage, make_project, summary
-from service.stack import wait_until
-from workers.scoring import IOU, Det, regions_to_dets, score
-from workers.training import _die_with_parent
+from labelloop.scoring import IOU, Det, regions_to_dets, score
+from labelloop.stack import wait_until
+from labelloop.training import _die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 LS_USER = "bench@labelloop.local"
@@ -112,7 +112,7 @@ def truth_dets(image: int, sample: ShapeImage) -> list[Det]:
 def peer_main(spec_path: Path) -> int:
     """The peer child: train with ultralytics as the spec says, then predict the held-out images."""
     spec = json.loads(spec_path.read_text())
-    from workers.yolo_env import prepare_ultralytics
+    from labelloop.yolo_env import prepare_ultralytics
 
     prepare_ultralytics(Path(spec["config_dir"]))
     from PIL import Image, ImageOps
@@ -232,7 +232,7 @@ class Loop:
     def __init__(self, stack: Any, api: Any, project_id: int, ml_id: int, models_dir: Path) -> None:
         import redis
 
-        from workers.registry import Registry
+        from labelloop.registry import Registry
 
         self.stack, self.api, self.project_id, self.ml_id = stack, api, project_id, ml_id
         self.registry = Registry(models_dir)
@@ -245,8 +245,8 @@ class Loop:
 
     def training_state(self) -> tuple[bool, int]:
         """(a training runs or is queued, annotation events not yet trained on)."""
+        from labelloop.trigger import TriggerStore
         from workers.celery_app import QUEUE_EVENTS, QUEUE_TRAIN
-        from workers.trigger import TriggerStore
 
         state = TriggerStore(self.redis, 60).state(self.project_id)
         queued = self.redis.llen(QUEUE_TRAIN) + self.redis.llen(QUEUE_EVENTS)
@@ -254,8 +254,8 @@ class Loop:
         return busy, int(state.pending)
 
     def predict_busy(self) -> bool:
+        from labelloop.progress import ProgressStore
         from workers.celery_app import QUEUE_PREDICT
-        from workers.progress import ProgressStore
 
         return (
             bool(self.redis.llen(QUEUE_PREDICT)) or ProgressStore(self.redis).preannotation(self.project_id) is not None
@@ -380,7 +380,7 @@ class Loop:
 
 def start_stack(work: Path) -> tuple[Any, str, str, str]:
     """Redis, Label Studio, the receiver and the three workers, with labelloop's defaults."""
-    from service.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
+    from labelloop.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
 
     models, cache = work / "models", work / "cache"
     stack = Stack(work / "stack", {"LABELLOOP_MODELS_DIR": str(models), "LABELLOOP_CACHE_DIR": str(cache)})
@@ -651,7 +651,7 @@ def main() -> int:
     for im in images:  # the files as uploaded, and upright copies for the peers' datasets
         (files / im.name).write_bytes(im.data)
         if im.orientation != 1:
-            # as labelloop's image cache re-encodes them (workers.media: JPEG quality 95)
+            # as labelloop's image cache re-encodes them (labelloop.media: JPEG quality 95)
             im.upright().save(files / f"{Path(im.name).stem}-upright.jpg", quality=95)
 
     def upright_path(im: ShapeImage) -> Path:
@@ -689,10 +689,10 @@ def main() -> int:
     stack = None
     ok = False
     try:
-        from service.demo import LabelStudioAPI
-        from workers.dataset import build_dataset, local_images
-        from workers.labels import parse_detection_config
-        from workers.training import pick_device
+        from labelloop.dataset import build_dataset, local_images
+        from labelloop.demo import LabelStudioAPI
+        from labelloop.labels import parse_detection_config
+        from labelloop.training import pick_device
 
         stack, ls_url, token, backend = start_stack(work)
         api = LabelStudioAPI(ls_url, token)
@@ -733,7 +733,7 @@ def main() -> int:
                 first = loop.registry.list_versions(project_id)[0]
                 base_model = str(first.manifest.get("train_args", {}).get("weights") or "")
                 if not base_model or Path(base_model).is_relative_to(loop.registry.root):
-                    from service.settings import Settings
+                    from labelloop.settings import Settings
 
                     base_model = str(Settings.model_fields["base_model"].default)
                 config["base_model"] = base_model

@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 
 from bench.common import SPEC, percentiles, predict_stack, serve_dir, small_model, write_images
-from service.settings import Settings
-from service.stack import free_port
-from service.synthetic import LABEL_CONFIG
-from workers.registry import Registry
+from labelloop.registry import Registry
+from labelloop.settings import Settings
+from labelloop.stack import free_port
+from labelloop.synthetic import LABEL_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = 1
@@ -42,7 +42,7 @@ def main() -> int:
     Registry(models).publish(PROJECT, weights, {"classes": list(SPEC.labels)})
     settings = Settings(models_dir=models, cache_dir=work / "cache", imgsz=args.imgsz, predict_conf=0.25)
 
-    from workers.yolo_env import prepare_ultralytics
+    from labelloop.yolo_env import prepare_ultralytics
 
     prepare_ultralytics(work / "yolo")
     from ultralytics import YOLO

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 
 from bench.common import SPEC, percentiles, predict_stack, serve_dir, small_model, write_images
-from service.stack import free_port
-from service.synthetic import LABEL_CONFIG
-from workers.registry import Registry
+from labelloop.registry import Registry
+from labelloop.stack import free_port
+from labelloop.synthetic import LABEL_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = 1

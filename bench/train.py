@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.train [--epochs 3] [--imgsz 320] [--images 48]
 
-labelloop trains in a child process (``workers.training``: offline setup, progress callback,
+labelloop trains in a child process (``labelloop.training``: offline setup, progress callback,
 then validation of the candidate); ``yolo train`` is ultralytics' own CLI. Both start from
 ``yolov8n.yaml`` with the same data, epochs, imgsz, batch, workers and seed, one after the
 other in one run. The ratio compares the training part (labelloop's extra validation pass for
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.common import dataset
-from workers.training import pick_device, run_training_process
+from labelloop.training import pick_device, run_training_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def main() -> int:
         *(f"{k}={v}" for k, v in common.items()),
     ]
     # The CLI needs torchvision's NMS too: the same shim, applied before ultralytics imports it.
-    shim = "from workers.yolo_env import ensure_torchvision_ops; ensure_torchvision_ops(); "
+    shim = "from labelloop.yolo_env import ensure_torchvision_ops; ensure_torchvision_ops(); "
     # ultralytics reads sys.argv when ultralytics.cfg is imported, so argv is set first.
     code = (
         shim + "import sys; sys.argv = " + json.dumps(argv) + "; from ultralytics.cfg import entrypoint; entrypoint()"

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 export LABELLOOP_LS_VENV=${LABELLOOP_LS_VENV:-$HOME/.cache/labelloop/label-studio-1.23.2}
-.venv/bin/ruff check service workers tests bench
-.venv/bin/ruff format --check service workers tests bench
-.venv/bin/mypy service workers
+.venv/bin/ruff check labelloop service workers tests bench
+.venv/bin/ruff format --check labelloop service workers tests bench
+.venv/bin/mypy labelloop service workers
 exec .venv/bin/python -m pytest "$@"

@@ -39,21 +39,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from labelloop import keys
+from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, UnavailableError
+from labelloop.names import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT
+from labelloop.notify import serve_when_warm
+from labelloop.params import load as load_params
+from labelloop.params import parse_extra_params, train_spec
+from labelloop.params import store as store_params
+from labelloop.registry import Registry
+from labelloop.settings import Settings
 from service.auth import AuthError, check_model, placeholder_credentials
-from service.errors import BadRequestError, ForbiddenError, LabelloopError, UnavailableError
 from service.events import EventRecorder
 from service.metrics import Metrics
 from service.projects import LabelStudioProjects
 from service.protocol import PredictRequest, SetupRequest, parse_project_id
 from service.resp import RespClient
-from service.settings import Settings
 from service.webhook import Receive, Scope, Send, WebhookEndpoint, error_response
-from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT, create_celery
-from workers.notify import serve_when_warm
-from workers.params import load as load_params
-from workers.params import parse_extra_params, train_spec
-from workers.params import store as store_params
-from workers.registry import Registry
+from workers.celery_app import create_celery
 
 log = structlog.get_logger("service.app")
 
@@ -260,9 +262,7 @@ async def project_status(request: Request) -> JSONResponse:
     training = preannotation = None
     with anyio.move_on_after(st.settings.redis_timeout_s * 2):
         try:
-            raw = await st.redis.mget(
-                f"labelloop:project:{project_id}:progress", f"labelloop:project:{project_id}:preannotate"
-            )
+            raw = await st.redis.mget(keys.progress(project_id), keys.preannotation(project_id))
             training, preannotation = (json.loads(r) if r else None for r in raw)
         except (RedisError, OSError):
             pass
@@ -408,7 +408,7 @@ def create_app(settings: Settings) -> Receiver:
 
 def create_app_from_env() -> Receiver:
     """uvicorn entry point: settings from the environment, logging configured once."""
-    from service.logconfig import configure_logging
+    from labelloop.logconfig import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json, process="receiver")

@@ -28,8 +28,8 @@ import hmac
 
 from starlette.datastructures import Headers
 
-from service.errors import LabelloopError
-from service.settings import Settings
+from labelloop.errors import LabelloopError
+from labelloop.settings import Settings
 
 PLACEHOLDERS = frozenset({"change-me", "changeme", "replace-me"})
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.settings import Settings
+from labelloop.settings import Settings
 
 
 def _fail(message: str) -> int:
@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     import structlog
     import uvicorn
 
-    from service.logconfig import configure_logging
+    from labelloop.logconfig import configure_logging
     from service.ops import open_warning
 
     settings = Settings()
@@ -77,7 +77,7 @@ def _worker(args: argparse.Namespace) -> int:
         # Before anything imports prometheus-client: it reads the directory at import.
         prepare_multiprocess_dir(Path(settings.cache_dir) / "prometheus", args.queues.replace(",", "-"))
 
-    from service.logconfig import configure_logging
+    from labelloop.logconfig import configure_logging
     from workers.celery_app import create_celery
 
     configure_logging(settings.log_level, settings.log_json, process=f"worker-{args.queues}")
@@ -105,7 +105,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _beat(args: argparse.Namespace) -> int:
-    from service.logconfig import configure_logging
+    from labelloop.logconfig import configure_logging
     from workers.celery_app import create_celery
 
     settings = Settings()
@@ -152,7 +152,7 @@ def _flower(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from labelloop.demo import run_demo
 
     return run_demo(args)
 
@@ -172,7 +172,7 @@ def _ops(name: str) -> Any:
 def _settings_table(args: argparse.Namespace) -> int:
     import re
 
-    from service.settings import settings_table
+    from labelloop.settings import settings_table
 
     table = settings_table()
     if not args.write:
@@ -278,8 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a labelloop error (Label Studio or Redis unreachable, a refused token, ...)
+    is one line on stderr saying what to fix, exit status 1, never a traceback."""
+    from labelloop.errors import LabelloopError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except LabelloopError as exc:
+        print(f"labelloop: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ read in Label Studio, then records.
 
 Redis keys, each bounded: ``labelloop:delivery:<sha1>`` (deduplication, ``DEDUP_TTL_S``), the
 stream ``labelloop:events`` (about ``STREAM_MAXLEN`` entries), the set ``labelloop:projects``
-(known projects only) and each project's change log (``workers.changes``: what a rebuild needs
+(known projects only) and each project's change log (``labelloop.changes``: what a rebuild needs
 of the webhook's annotation, task and project counters, numbered, at most ``MAX_ENTRY_BYTES``
 per entry and ``STREAM_MAXLEN`` entries, expiring ``TTL_S`` after the last write). When Redis
 refuses an annotation webhook, its project's change log gets a gap once Redis answers again
@@ -41,19 +41,20 @@ import orjson
 import structlog
 from celery import Celery
 
-from service.errors import UnavailableError, UnknownProjectError
+from labelloop import keys
+from labelloop.changes import STREAM_MAXLEN as CHANGES_MAXLEN
+from labelloop.changes import TTL_S as CHANGES_TTL_S
+from labelloop.changes import entry_bytes, seq_key, stream_key
+from labelloop.errors import UnavailableError, UnknownProjectError
+from labelloop.ledger import PROJECTS_KEY
+from labelloop.names import QUEUE_EVENTS, TASK_HANDLE_EVENT
 from service.projects import LabelStudioProjects
 from service.protocol import WebhookEvent
 from service.resp import RedisReplyError, RespClient, Script
-from workers.celery_app import QUEUE_EVENTS, TASK_HANDLE_EVENT
-from workers.changes import STREAM_MAXLEN as CHANGES_MAXLEN
-from workers.changes import TTL_S as CHANGES_TTL_S
-from workers.changes import entry_bytes, seq_key, stream_key
-from workers.ledger import PROJECTS_KEY
 
 log = structlog.get_logger(__name__)
 
-EVENT_STREAM = "labelloop:events"
+EVENT_STREAM = keys.EVENTS
 # Duplicate deliveries come from two webhooks on one project or two replicas, seconds apart.
 DEDUP_TTL_S = 86400
 STREAM_MAXLEN = 100_000
@@ -180,7 +181,7 @@ class EventRecorder:
         """Record ``event`` once and enqueue ``labelloop.handle_event(project_id, action, changes)``.
 
         ``body`` (the webhook as parsed JSON) also goes into the project's change log
-        (``workers.changes.entry_bytes``), in the same transaction.
+        (``labelloop.changes.entry_bytes``), in the same transaction.
 
         Returns:
             "accepted", or "duplicate" when this delivery was already recorded.
@@ -222,9 +223,9 @@ class EventRecorder:
         action = event.action
         key = event.delivery_key()
         if key is not None:
-            dedup, ttl = "labelloop:delivery:" + hashlib.sha1(key.encode()).hexdigest(), DEDUP_TTL_S
+            dedup, ttl = keys.delivery(hashlib.sha1(key.encode()).hexdigest()), DEDUP_TTL_S
         else:  # START_TRAINING: each click counts
-            dedup, ttl = "labelloop:delivery:-", 0
+            dedup, ttl = keys.delivery("-"), 0
         message = self._message.build([project_id, action, [[i, u] for i, u in changes]])
         entry = entry_bytes(body) if body is not None else None
         if entry is None and body is not None and action != "START_TRAINING":

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,14 +21,16 @@ from typing import Any
 import httpx
 import redis
 
+from labelloop import keys
+from labelloop.errors import LabelloopError, UnavailableError
+from labelloop.ledger import Ledger
+from labelloop.names import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT
+from labelloop.notify import serve_when_warm
+from labelloop.progress import ProgressStore
+from labelloop.registry import Registry
+from labelloop.settings import Settings
 from service.auth import any_configured, basic_configured, placeholder_credentials, secret_configured
-from service.errors import LabelloopError
-from service.settings import Settings
-from workers.celery_app import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT, create_celery
-from workers.ledger import Ledger
-from workers.notify import serve_when_warm
-from workers.progress import ProgressStore
-from workers.registry import Registry
+from workers.celery_app import create_celery
 
 QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT)
 
@@ -47,7 +50,7 @@ def dataset_build(settings: Settings, project_id: int, out: Path | None, progres
     """
     from tqdm import tqdm
 
-    from workers.dataset import build_project_dataset
+    from labelloop.dataset import build_project_dataset
 
     with tqdm(desc="images", unit="img", disable=not progress) as bar:
         built = build_project_dataset(settings, project_id, out, on_image=lambda: bar.update(1))
@@ -75,6 +78,13 @@ def train(settings: Settings, project_id: int, wait: bool, timeout_s: float = 24
 
     registry = Registry(settings.models_dir)
     before = registry.current_name(project_id)
+    try:
+        _redis(settings).ping()
+    except redis.RedisError as exc:
+        raise UnavailableError(
+            f"Redis at {settings.redis_url} is unreachable ({type(exc).__name__}: {exc}): start it, or set "
+            "LABELLOOP_REDIS_URL to where it runs"
+        ) from None
     app = create_celery(settings)
     app.send_task(TASK_HANDLE_EVENT, args=[project_id, "START_TRAINING", []], queue=QUEUE_EVENTS)
     print(f"training requested for project {project_id} (served now: {before or 'untrained'})")
@@ -157,10 +167,12 @@ def status(settings: Settings) -> int:
         projects = sorted(Ledger(client).projects() | set(registry.projects()))
         store = ProgressStore(client)
         running = {p: r for p in projects if (r := store.get(p))}
+        last_event = client.xrevrange(keys.EVENTS, count=1)
     except redis.RedisError as exc:
         print(f"Redis at {settings.redis_url} is unreachable: {exc}")
         return 1
     print("queues:   " + ", ".join(f"{q} {n}" for q, n in depths.items()))
+    print("webhooks: " + _last_webhook(last_event))
     replies = create_celery(settings).control.ping(timeout=1.0) or []
     workers = sorted(name for reply in replies for name in reply)
     print("workers:  " + (", ".join(workers) if workers else "none answered"))
@@ -179,6 +191,16 @@ def status(settings: Settings) -> int:
     for p in projects:
         print(f"  project {p}: {registry.current_name(p) or 'untrained'}")
     return 0
+
+
+def _last_webhook(rows: Any) -> str:
+    """The newest entry of the receiver's event stream as "<action> for project <id>, <n> s ago"."""
+    if not rows:
+        return "none received yet (is the project's webhook pointing at the receiver?)"
+    _id, fields = rows[0]
+    f = {k.decode(): v.decode() for k, v in fields.items()}
+    age = time.time() - float(f.get("received_at") or 0)
+    return f"last {f.get('action')} for project {f.get('project_id')}, {age:.0f} s ago"
 
 
 def is_loopback(host: str) -> bool:
@@ -331,8 +353,8 @@ def doctor(settings: Settings) -> int:
     except ImportError:
         report(False, "torch is not installed in this environment", 'pip install "labelloop[ml]" (workers need it)')
 
-    from workers.base_models import for_task, resolve
-    from workers.pipeline import weights_dir
+    from labelloop.base_models import for_task, resolve
+    from labelloop.pipeline import weights_dir
 
     try:
         base = resolve(settings.base_model, "detect", weights_dir(settings), settings.offline)
@@ -358,9 +380,9 @@ def doctor(settings: Settings) -> int:
 
 
 def run(func: Any, *args: Any) -> int:
-    """Run an ops command, turning labelloop's errors into a message and exit code 1."""
+    """Run an ops command, turning labelloop's errors into one line on stderr and exit code 1."""
     try:
         return int(func(*args))
     except LabelloopError as exc:
-        print(f"error: {exc}")
+        print(f"labelloop: error: {exc}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ A project is known once a ``/setup`` with valid credentials named it (Label Stud
 ``/setup`` when the ML backend is connected, and again on its settings changes), once it has
 versions in the registry, or once labelloop's own Label Studio token can read it
 (``GET /api/projects/<id>/`` on ``LABEL_STUDIO_URL``). Known projects are the Redis set
-``labelloop:projects`` (``workers.ledger.PROJECTS_KEY``), which reconciliation walks.
+``labelloop:projects`` (``labelloop.ledger.PROJECTS_KEY``), which reconciliation walks.
 
 A webhook for any other project id is refused (404, with the fix), so made-up project ids
 cannot grow Redis. The Label Studio check runs at most once per unknown project every
@@ -20,7 +20,7 @@ from collections import OrderedDict
 import httpx
 import structlog
 
-from service.settings import Settings
+from labelloop.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.errors import BadRequestError
+from labelloop.errors import BadRequestError
 
 ANNOTATION_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"})
 DELETE_EVENTS = frozenset({"ANNOTATIONS_DELETED"})

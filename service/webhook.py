@@ -37,12 +37,12 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
+from labelloop.errors import BadRequestError, LabelloopError, UnavailableError, UnknownProjectError
+from labelloop.settings import Settings
 from service.auth import AuthError, any_configured, check_annotation_webhook, check_either, check_model
-from service.errors import BadRequestError, LabelloopError, UnavailableError, UnknownProjectError
 from service.events import EventRecorder
 from service.metrics import Metrics
 from service.protocol import ACCEPTED_ACTIONS, TRAIN_EVENTS, WebhookEvent
-from service.settings import Settings
 
 log = structlog.get_logger("service.app")
 

@@ -17,10 +17,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from tests.conftest import connect, fixture
-from workers.changes import (
+from labelloop.changes import (
     ANNOTATION_FIELDS,
     TASK_FIELDS,
     ChangeLog,
@@ -32,6 +29,9 @@ from workers.changes import (
     seq_key,
     stream_key,
 )
+from labelloop.settings import Settings
+from service.app import create_app
+from tests.conftest import connect, fixture
 
 CONFIG = fixture("webhook_ANNOTATION_CREATED.json")["project"]["label_config"]
 
@@ -246,8 +246,8 @@ def test_gaps_trims_and_a_wiped_redis_make_the_log_unusable(receiver: TestClient
 def test_a_store_written_by_this_process_is_reused_once_and_never_when_changed(tmp_path: Path) -> None:
     """``sync_tasks``' store: the state this process wrote is reused instead of parsed again, but
     only while the file is the one written, and only by one reader (it may change what it got)."""
-    from workers.export import _read_store, _write_store
-    from workers.files import write_atomic
+    from labelloop.export import _read_store, _write_store
+    from labelloop.files import write_atomic
 
     store = tmp_path / "tasks.json"
     state = {"tasks": {"1": {"id": 1}}}

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workers.registry import Registry
+from labelloop.registry import Registry
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

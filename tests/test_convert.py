@@ -1,4 +1,4 @@
-"""Label Studio region <-> YOLO label line and prediction conversion for every task type (workers.convert)."""
+"""Label Studio region <-> YOLO label line and prediction conversion for every task type (labelloop.convert)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from workers.convert import (
+from labelloop.convert import (
     annotation_to_class,
     annotation_to_yolo,
     has_rotation,
@@ -22,7 +22,7 @@ from workers.convert import (
     results_to_regions,
     yolo_to_regions,
 )
-from workers.labels import TrainSpec, parse_label_config
+from labelloop.labels import TrainSpec, parse_label_config
 
 # A non-square image, so x/width and y/height mix-ups show.
 W, H = 200, 100
@@ -347,9 +347,9 @@ BRUSH_CONFIG = (
 @pytest.mark.labelstudio
 def test_brush_annotation_exported_by_a_real_label_studio(label_studio: tuple[str, str]) -> None:
     """A brush annotation posted to Label Studio 1.23.2 and exported as JSON traces back to the drawn blobs."""
-    from service.demo import LabelStudioAPI
-    from service.synthetic import make_sample
-    from workers.export import export_tasks, select_annotation
+    from labelloop.demo import LabelStudioAPI
+    from labelloop.export import export_tasks, select_annotation
+    from labelloop.synthetic import make_sample
 
     api = LabelStudioAPI(*label_studio)
     project = api.create_project("convert brush", BRUSH_CONFIG)
@@ -615,7 +615,7 @@ def test_polygon_predictions_become_brush_and_polygon_regions() -> None:
 
 @pytest.fixture(scope="module")
 def Results(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from workers.yolo_env import prepare_ultralytics
+    from labelloop.yolo_env import prepare_ultralytics
 
     prepare_ultralytics(tmp_path_factory.mktemp("yolo"))
     from ultralytics.engine.results import Results

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.errors import DatasetError
-from service.synthetic import LABEL_CONFIG, make_sample
-from workers.dataset import (
+from labelloop.dataset import (
     assign_splits,
     build_dataset,
     load_class_names,
@@ -17,7 +15,9 @@ from workers.dataset import (
     stable_names,
     store_class_names,
 )
-from workers.labels import TrainSpec, parse_detection_config
+from labelloop.errors import DatasetError
+from labelloop.labels import TrainSpec, parse_detection_config
+from labelloop.synthetic import LABEL_CONFIG, make_sample
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 

@@ -17,20 +17,20 @@ import redis
 import yaml
 from PIL import Image, ImageDraw
 
-from service.demo import LabelStudioAPI
-from service.errors import DatasetError, LabelConfigError
-from service.settings import Settings
-from service.stack import Stack, free_port
-from service.synthetic import LABELS, Sample, make_sample
-from workers.base_models import for_task
-from workers.changes import ChangeLog
-from workers.convert import mask_to_brush
-from workers.dataset import build_project_dataset
-from workers.export import SYNC_OVERLAP_S
-from workers.params import ProjectParams, store
-from workers.predictor import Predictor
-from workers.registry import Registry
-from workers.training import run_training_process
+from labelloop.base_models import for_task
+from labelloop.changes import ChangeLog
+from labelloop.convert import mask_to_brush
+from labelloop.dataset import build_project_dataset
+from labelloop.demo import LabelStudioAPI
+from labelloop.errors import DatasetError, LabelConfigError
+from labelloop.export import SYNC_OVERLAP_S
+from labelloop.params import ProjectParams, store
+from labelloop.predictor import Predictor
+from labelloop.registry import Registry
+from labelloop.settings import Settings
+from labelloop.stack import Stack, free_port
+from labelloop.synthetic import LABELS, Sample, make_sample
+from labelloop.training import run_training_process
 
 W, H = 160, 120
 IMAGES = 8
@@ -517,7 +517,7 @@ def test_pipeline_versions_of_other_task_types(
     manifest records), the next fine-tunes it and is gated against it on the task's
     own metric (top-1 accuracy for classify, mask mAP50-95 for segment); the manifest carries the task,
     the control tag, the class ids and the dataset report."""
-    from workers.pipeline import run_training
+    from labelloop.pipeline import run_training
 
     task = EXPECT[kind][0]
     pid, _ = project(api, kind)
@@ -581,7 +581,7 @@ def test_uploads_read_from_a_mounted_media_folder(
     assert from_disk.report.images_downloaded == 5 and from_disk.report.skipped == []
     assert from_disk.report.fingerprint == downloaded.report.fingerprint
 
-    from workers.media import ImageCache, MediaConfig
+    from labelloop.media import ImageCache, MediaConfig
 
     task: Any = api.sdk.tasks.list(project=pid).items[0]
     config = MediaConfig(url, "not-a-valid-token", media_dir=label_studio_data_dir / "media")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from service.stack import Stack, free_port
-from service.synthetic import LABEL_CONFIG
-from workers.registry import Registry
+from labelloop.registry import Registry
+from labelloop.stack import Stack, free_port
+from labelloop.synthetic import LABEL_CONFIG
 
 PROJECT = 11
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import LabelConfigError
-from service.synthetic import LABEL_CONFIG
-from tests.conftest import fixture
-from workers.convert import annotation_to_yolo
-from workers.labels import (
+from labelloop.convert import annotation_to_yolo
+from labelloop.errors import LabelConfigError
+from labelloop.labels import (
     TrainSpec,
     parse_detection_config,
     parse_label_config,
     rectangle_to_yolo,
     xyxy_to_rectangle,
 )
+from labelloop.synthetic import LABEL_CONFIG
+from tests.conftest import fixture
 
 SPEC = TrainSpec("detect", "rectanglelabels", "label", "image", "image", ("cat", "dog"))
 CLASS_IDS = {"cat": 0, "dog": 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from workers.ledger import Ledger, annotations_in_export, diff, normalize_ts
+from labelloop.ledger import Ledger, annotations_in_export, diff, normalize_ts
 
 
 @pytest.mark.parametrize(

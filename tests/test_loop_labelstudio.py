@@ -23,15 +23,15 @@ import httpx
 import pytest
 import redis
 
-from service.demo import LabelStudioAPI
+from labelloop.changes import ChangeLog, ChangeLogUnusable
+from labelloop.demo import LabelStudioAPI
+from labelloop.progress import ProgressStore
+from labelloop.registry import Registry
+from labelloop.stack import Stack, free_port, wait_until
+from labelloop.synthetic import Sample, make_sample
+from labelloop.trigger import TriggerStore
 from service.events import EVENT_STREAM
-from service.stack import Stack, free_port, wait_until
-from service.synthetic import Sample, make_sample
 from tests.conftest import TRAIN_ENV
-from workers.changes import ChangeLog, ChangeLogUnusable
-from workers.progress import ProgressStore
-from workers.registry import Registry
-from workers.trigger import TriggerStore
 
 pytestmark = pytest.mark.labelstudio
 
@@ -223,6 +223,7 @@ def test_training_requests_during_a_training_coalesce_into_one_followup(loop: Lo
 
     wait_until(shows_epoch, 60, "epoch progress in labelloop status", 0.1)
     assert "workers:  events@" in status or "events@" in status
+    assert f" for project {loop.project_id}, " in status.split("webhooks: last ", 1)[1], status
     try:
         wait_until(lambda: loop.registry.current_name(loop.project_id) == "v3", 300, "follow-up v3", 1.0)
         wait_until(loop.idle, 60, "idle after follow-up")

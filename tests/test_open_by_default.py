@@ -15,9 +15,9 @@ import httpx
 import pytest
 import yaml
 
+from labelloop.settings import Settings
+from labelloop.stack import free_port, wait_until
 from service import ops
-from service.settings import Settings
-from service.stack import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import redis
 
+from labelloop.settings import Settings
+from labelloop.stack import free_port, http_ok, wait_until
 from service.cli import build_parser
-from service.settings import Settings
-from service.stack import free_port, http_ok, wait_until
 from workers.celery_app import QUEUE_EVENTS, TASK_HANDLE_EVENT, create_celery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +103,50 @@ def test_procfile_processes_start_and_answer(redis_url: str, tmp_path: Path) -> 
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LABELLOOP_LOG_JSON": "true", **env},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
+def test_unreachable_label_studio_and_redis_are_one_line_with_the_fix(tmp_path: Path) -> None:
+    """`labelloop dataset build` against an unreachable Label Studio and `labelloop train` with
+    Redis down print one error line naming what to check, exit 1, and no traceback."""
+    closed = str(free_port())
+    env = {
+        "LABEL_STUDIO_URL": f"http://127.0.0.1:{closed}",
+        "LABEL_STUDIO_API_KEY": "k",
+        "LABELLOOP_REDIS_URL": f"redis://127.0.0.1:{closed}/0",
+        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
+        "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    build = _cli(env, "dataset", "build", "1", str(tmp_path / "ds"))
+    assert build.returncode == 1, build.stderr
+    assert "Traceback" not in build.stderr
+    assert f"labelloop: error: Label Studio at http://127.0.0.1:{closed} is unreachable" in build.stderr
+    assert "check LABEL_STUDIO_URL" in build.stderr
+    train = _cli(env, "train", "5")
+    assert train.returncode == 1 and "Traceback" not in train.stderr
+    assert f"labelloop: error: Redis at redis://127.0.0.1:{closed}/0 is unreachable" in train.stderr
+    assert "LABELLOOP_REDIS_URL" in train.stderr
+
+
+def test_a_refused_token_names_the_setting(label_studio: tuple[str, str], tmp_path: Path) -> None:
+    """A token Label Studio refuses is one line telling to check LABEL_STUDIO_API_KEY."""
+    url, _token = label_studio
+    env = {
+        "LABEL_STUDIO_URL": url,
+        "LABEL_STUDIO_API_KEY": "0123456789abcdef0123456789abcdef01234567",
+        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
+        "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    build = _cli(env, "dataset", "build", "1", str(tmp_path / "ds"))
+    assert build.returncode == 1 and "Traceback" not in build.stderr, build.stderr
+    assert "refuses the token" in build.stderr and "check LABEL_STUDIO_API_KEY" in build.stderr

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from labelloop.errors import ParamsError
+from labelloop.params import ProjectParams, load, parse_extra_params, store
+from labelloop.settings import Settings
 from service.app import create_app
-from service.errors import ParamsError
-from service.settings import Settings
 from tests.conftest import fixture
-from workers.params import ProjectParams, load, parse_extra_params, store
 
 
 @pytest.mark.parametrize("raw", [None, "", "null", {}])

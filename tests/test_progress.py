@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from workers.progress import ProgressStore
+from labelloop.progress import ProgressStore
 
 
 def test_progress_cancel_and_clear(redis_url: str) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from labelloop.settings import settings_table
 from service.cli import build_parser
-from service.settings import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,8 +126,8 @@ def test_compose_environment_guards_webhooks_and_leaves_the_recipe_unset(
     means unset (epochs and imgsz stay the recipe's)."""
     import httpx
 
-    from service.settings import Settings
-    from service.stack import Stack, free_port
+    from labelloop.settings import Settings
+    from labelloop.stack import Stack, free_port
     from tests.conftest import fixture
 
     out = _compose_config(COMPOSE_ENV)

@@ -18,12 +18,12 @@ import structlog
 import structlog.testing
 from starlette.testclient import TestClient
 
+from labelloop.registry import Registry
+from labelloop.settings import Settings
 from service.app import create_app
 from service.events import EVENT_STREAM, CeleryMessage
-from service.settings import Settings
 from tests.conftest import connect, fixture
 from workers.celery_app import TASK_HANDLE_EVENT, create_celery
-from workers.registry import Registry
 
 
 def _client(settings: Settings, **auth: Any) -> Iterator[TestClient]:
@@ -182,7 +182,7 @@ def test_metrics_count_events(client: TestClient) -> None:
 def test_receiver_never_imports_torch_or_ultralytics() -> None:
     """Importing and building the receiver app loads neither torch nor ultralytics."""
     code = (
-        "import sys; from service.app import create_app; from service.settings import Settings; "
+        "import sys; from service.app import create_app; from labelloop.settings import Settings; "
         "create_app(Settings()); "
         "bad = [m for m in ('torch', 'ultralytics', 'torchvision') if m in sys.modules]; "
         "sys.exit(1 if bad else 0)"

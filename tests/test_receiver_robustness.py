@@ -20,14 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from labelloop.changes import ChangeLog, ChangeLogUnusable, Position
+from labelloop.settings import Settings
+from labelloop.stack import Stack, free_port
 from service.app import create_app
 from service.events import EVENT_STREAM
 from service.protocol import ACCEPTED_ACTIONS
 from service.resp import RedisReplyError, RespClient, Script, encode_command
-from service.settings import Settings
-from service.stack import Stack, free_port
 from tests.conftest import connect, fixture
-from workers.changes import ChangeLog, ChangeLogUnusable, Position
 
 
 def _created(annotation_id: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from workers.recipe import (
+from labelloop.recipe import (
     BEST_CHECKPOINT_MIN_VAL,
     MIN_STEPS_PER_EPOCH,
     STEPS_FIRST,

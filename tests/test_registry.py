@@ -8,8 +8,8 @@ from unittest import mock
 
 import pytest
 
-from service.errors import RegistryError
-from workers.registry import Registry
+from labelloop.errors import RegistryError
+from labelloop.registry import Registry
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_crash_while_publishing_keeps_the_current_version(tmp_path: Path, weight
     """A failure while writing a version leaves CURRENT and the versions as they were, and no temp dirs."""
     reg = Registry(tmp_path)
     reg.publish(2, weights, {})
-    with mock.patch("workers.registry.os.rename", side_effect=OSError("disk full")), pytest.raises(OSError):
+    with mock.patch("labelloop.registry.os.rename", side_effect=OSError("disk full")), pytest.raises(OSError):
         reg.publish(2, weights, {})
     assert reg.current_name(2) == "v1"
     assert sorted(p.name for p in (tmp_path / "2" / "versions").iterdir()) == ["v1"]
@@ -53,7 +53,7 @@ def test_crash_while_moving_current_keeps_the_old_pointer(tmp_path: Path, weight
     """If replacing CURRENT fails, the old pointer stays intact (no half-written file)."""
     reg = Registry(tmp_path)
     reg.publish(2, weights, {})
-    with mock.patch("workers.registry.os.replace", side_effect=OSError("boom")), pytest.raises(OSError):
+    with mock.patch("labelloop.registry.os.replace", side_effect=OSError("boom")), pytest.raises(OSError):
         reg.publish(2, weights, {})
     assert reg.current_name(2) == "v1"
     assert not [p for p in os.listdir(tmp_path / "2") if p.startswith(".CURRENT-")]

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from labelloop.stack import Stack, free_port, wait_until
 from service.resp import RespClient
-from service.stack import Stack, free_port, wait_until
 
 PASSWORD = "tls-secret"
 DB = 3

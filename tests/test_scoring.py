@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.scoring import Det, average_precision, iou, regions_to_dets, score
+from labelloop.scoring import Det, average_precision, iou, regions_to_dets, score
 
 
 def test_scoring_hand_cases() -> None:

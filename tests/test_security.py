@@ -22,19 +22,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from labelloop.base_models import is_asset_name
+from labelloop.changes import seq_key, stream_key
+from labelloop.demo import LabelStudioAPI
+from labelloop.params import ProjectParams
+from labelloop.params import load as load_params
+from labelloop.settings import Settings
+from labelloop.stack import Stack, free_port, wait_until
+from labelloop.synthetic import LABEL_CONFIG
+from labelloop.training import run_training_process
 from service.app import create_app
-from service.demo import LabelStudioAPI
 from service.events import DEDUP_TTL_S, EVENT_STREAM
 from service.protocol import ACCEPTED_ACTIONS
-from service.settings import Settings
-from service.stack import Stack, free_port, wait_until
-from service.synthetic import LABEL_CONFIG
 from tests.conftest import connect, fixture
-from workers.base_models import is_asset_name
-from workers.changes import seq_key, stream_key
-from workers.params import ProjectParams
-from workers.params import load as load_params
-from workers.training import run_training_process
 
 SECRET = {"X-Labelloop-Secret": "s3cret"}
 

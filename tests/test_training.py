@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import TrainingError
-from service.synthetic import LABEL_CONFIG, make_sample
-from workers.labels import parse_detection_config
-from workers.media import MediaConfig
-from workers.predictor import Predictor
-from workers.registry import Registry
-from workers.training import run_training_process
+from labelloop.errors import TrainingError
+from labelloop.labels import parse_detection_config
+from labelloop.media import MediaConfig
+from labelloop.predictor import Predictor
+from labelloop.registry import Registry
+from labelloop.synthetic import LABEL_CONFIG, make_sample
+from labelloop.training import run_training_process
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 
@@ -125,7 +125,7 @@ def test_training_reports_epochs_and_can_be_cancelled(trained: dict, tmp_path: P
 
 def _synthetic_dataset(root: Path, seeds: range, width: int, height: int) -> Path:
     """A YOLO dataset built by labelloop from generated, fully annotated images; returns data.yaml."""
-    from workers.dataset import build_dataset, local_images
+    from labelloop.dataset import build_dataset, local_images
 
     (root / "src").mkdir(parents=True)
     files: dict[int, Path] = {}
@@ -154,9 +154,9 @@ def test_recipe_learns_from_a_dozen_annotated_images(tmp_path: Path) -> None:
 
     import yaml
 
-    from workers.recipe import DataShape, plan_recipe
-    from workers.training import evaluate
-    from workers.yolo_env import prepare_ultralytics
+    from labelloop.recipe import DataShape, plan_recipe
+    from labelloop.training import evaluate
+    from labelloop.yolo_env import prepare_ultralytics
 
     data = _synthetic_dataset(tmp_path / "train", range(12), 160, 120)
     held_out = _synthetic_dataset(tmp_path / "held-out", range(100, 116), 160, 120)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from workers.trigger import TriggerState, TriggerStore, decide
+from labelloop.trigger import TriggerState, TriggerStore, decide
 
 IDLE = TriggerState()
 

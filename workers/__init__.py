@@ -1,5 +1,5 @@
-"""labelloop workers: Celery tasks that export, build datasets, train, publish and predict.
+"""labelloop workers: the Celery app (``workers.celery_app``) and its tasks (``workers.tasks``),
+thin shells that take ids, bind log context and call one plain function of ``labelloop.jobs``.
 
-Importing this package (or ``workers.registry``/``workers.labels``) never imports torch or
-ultralytics; only ``workers.training`` and ``workers.predictor`` do, inside functions.
+Importing this package never imports torch or ultralytics.
 """

@@ -1,33 +1,36 @@
-"""The Celery app factory: broker and results in Redis, one queue per kind of work.
-
-Queues: ``events`` (webhook events -> trigger policy), ``train`` (one training at a time per
-worker), ``predict`` (inference with models kept loaded). Tasks are routed by name, so the
-receiver can ``send_task`` without importing any task code.
+"""The Celery app factory: broker and results in Redis, one queue per kind of work
+(``labelloop.names``: tasks are routed by name, so the receiver sends them without importing
+any task code; the workers' app includes ``workers.tasks``).
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-from service.settings import Settings
+from labelloop.names import (
+    QUEUE_EVENTS,
+    QUEUE_PREDICT,
+    QUEUE_TRAIN,
+    ROUTES,
+    TASK_HANDLE_EVENT,
+    TASK_PREANNOTATE,
+    TASK_PREDICT,
+    TASK_RECONCILE,
+    TASK_TRAIN,
+)
+from labelloop.settings import Settings
 
-TASK_HANDLE_EVENT = "labelloop.handle_event"
-TASK_TRAIN = "labelloop.train"
-TASK_PREDICT = "labelloop.predict"
-TASK_RECONCILE = "labelloop.reconcile"
-TASK_PREANNOTATE = "labelloop.preannotate"
-
-QUEUE_EVENTS = "events"
-QUEUE_TRAIN = "train"
-QUEUE_PREDICT = "predict"
-
-ROUTES = {
-    TASK_HANDLE_EVENT: {"queue": QUEUE_EVENTS},
-    TASK_TRAIN: {"queue": QUEUE_TRAIN},
-    TASK_PREDICT: {"queue": QUEUE_PREDICT},
-    TASK_RECONCILE: {"queue": QUEUE_EVENTS},
-    TASK_PREANNOTATE: {"queue": QUEUE_PREDICT},
-}
+__all__ = [
+    "QUEUE_EVENTS",
+    "QUEUE_PREDICT",
+    "QUEUE_TRAIN",
+    "TASK_HANDLE_EVENT",
+    "TASK_PREANNOTATE",
+    "TASK_PREDICT",
+    "TASK_RECONCILE",
+    "TASK_TRAIN",
+    "create_celery",
+]
 
 
 def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
@@ -35,9 +38,12 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
 
     Args:
         settings: the process's settings; kept on ``app.conf.labelloop_settings``.
-        with_tasks: register the task bodies (workers); the receiver only sends by name.
+        with_tasks: include ``workers.tasks`` (workers); the receiver only sends by name.
     """
-    app = Celery("labelloop", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False)
+    include = ["workers.tasks"] if with_tasks else []
+    app = Celery(
+        "labelloop", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False, include=include
+    )
     # Redis redelivers an unacknowledged message after the visibility timeout: keep it
     # longer than the longest training so a running training is never handed out twice.
     visibility = settings.train_time_limit_s + 600
@@ -63,12 +69,10 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
         redis_socket_connect_timeout=1,
         redis_socket_timeout=5,
         labelloop_settings=settings,
+        # The hard limit of a training, from settings (the task itself is defined at import).
+        task_annotations={TASK_TRAIN: {"time_limit": settings.train_time_limit_s + 300}},
         beat_schedule={
             "reconcile": {"task": TASK_RECONCILE, "schedule": float(settings.reconcile_interval_s)},
         },
     )
-    if with_tasks:
-        from workers.tasks import register_tasks
-
-        register_tasks(app)
     return app

@@ -12,25 +12,26 @@ import time
 import redis
 import structlog
 
-from workers.registry import Registry
+from labelloop import keys
+from labelloop.registry import Registry
 
 log = structlog.get_logger(__name__)
 
-CHANNEL = "labelloop:versions"
+CHANNEL = keys.VERSIONS_CHANNEL
 
 
 def current_key(project_id: int) -> str:
-    return f"labelloop:project:{int(project_id)}:current"
+    return keys.current(project_id)
 
 
 def servers_key(project_id: int) -> str:
     """Set of predict processes (host:pid) that have served the project."""
-    return f"labelloop:project:{int(project_id)}:servers"
+    return keys.servers(project_id)
 
 
 def warm_key(project_id: int, version: str) -> str:
     """Set of predict processes that hold ``version`` loaded."""
-    return f"labelloop:project:{int(project_id)}:warm:{version}"
+    return keys.warm(project_id, version)
 
 
 def serve_when_warm(

@@ -18,7 +18,7 @@ the device (pure function, every rule below; ``Recipe.reasons`` says which rule 
 - **epochs**: a budget of optimizer steps (``STEPS_FIRST`` for a first training from the base
   model, ``STEPS_WARM`` for fine-tuning the served version) turned into epochs, between
   ``MIN_EPOCHS`` and ``MAX_EPOCHS``; then capped by a wall-clock budget (``time_s``, set by
-  ``train_time_s``; see ``workers.training.time_cap``): after each epoch the epoch count
+  ``train_time_s``; see ``labelloop.training.time_cap``): after each epoch the epoch count
   shrinks to what fits, the way Ultralytics' own ``time`` argument re-plans, but never grows
   past the step budget.
 - **imgsz**: the 90th percentile of the images' longer sides, rounded up to a multiple of 32,

@@ -7,6 +7,8 @@
     │   └── UnknownProjectError    404: a webhook for a project labelloop does not know
     ├── ForbiddenError             403: authenticated, but not allowed to change that project
     ├── UnavailableError           503: Redis or the predict workers cannot be reached in time
+    │   └── LabelStudioUnavailable 503: Label Studio unreachable, timed out or a 5xx (retried)
+    ├── LabelStudioError           502: Label Studio refused the token or lacks the object
     ├── DatasetError               a project has too little usable data to train
     ├── TrainingError              ultralytics training or validation failed
     └── RegistryError              409: the registry cannot do that (e.g. nothing to roll back to)
@@ -61,6 +63,18 @@ class UnavailableError(LabelloopError):
     """A dependency (Redis, the predict workers) did not answer within its timeout."""
 
     status_code = 503
+
+
+class LabelStudioUnavailable(UnavailableError):
+    """Label Studio could not be reached, timed out or answered a 5xx (``labelloop.labelstudio``);
+    transient: Celery tasks retry it."""
+
+
+class LabelStudioError(LabelloopError):
+    """Label Studio refused the token (401, 403) or has no such object (404); the message names
+    the setting to check."""
+
+    status_code = 502
 
 
 class DatasetError(LabelloopError):

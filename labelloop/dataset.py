@@ -5,7 +5,7 @@ Layouts (https://docs.ultralytics.com/datasets/):
 * detect / obb / segment / pose::
 
     <out>/images/{train,val}/<task_id>.<ext>
-    <out>/labels/{train,val}/<task_id>.txt   one line per region (format per task, see workers.convert)
+    <out>/labels/{train,val}/<task_id>.txt   one line per region (format per task, see labelloop.convert)
     <out>/data.yaml                           path, train, val, names (+ kpt_shape for pose)
 
 * classify (folder per class; folders are the stable class ids, names in ``.ndjson.yaml``,
@@ -39,13 +39,13 @@ import orjson
 import yaml
 from PIL import Image
 
-from service.errors import DatasetError
-from service.settings import Settings
-from workers.changes import ChangeLog
-from workers.export import select_annotation
-from workers.files import write_atomic
-from workers.labels import TrainSpec
-from workers.recipe import long_side_p90
+from labelloop.changes import ChangeLog
+from labelloop.errors import DatasetError
+from labelloop.export import select_annotation
+from labelloop.files import write_atomic
+from labelloop.labels import TrainSpec
+from labelloop.recipe import long_side_p90
+from labelloop.settings import Settings
 
 _HASH_SPACE = float(2**64)
 STATE_FILE = ".labelloop-state.json"
@@ -53,7 +53,7 @@ STATE_VERSION = 2
 
 
 class ImageRef(Protocol):
-    """A task image ready for the dataset (``workers.media.CachedImage`` is one).
+    """A task image ready for the dataset (``labelloop.media.CachedImage`` is one).
 
     Attributes:
         path: the image file, EXIF orientation already applied.
@@ -292,16 +292,16 @@ def build_dataset(
     """Write (or update) an Ultralytics dataset for the tasks' chosen annotations.
 
     Annotation choice: completed, not cancelled; ground truth first, else the most recently
-    updated (``workers.export.select_annotation``). A completed annotation without regions is
+    updated (``labelloop.export.select_annotation``). A completed annotation without regions is
     a background image. A RectangleLabels project trains ``obb`` when any chosen region is
     rotated (or ``spec.task`` already says ``obb``).
 
     Args:
         tasks: Label Studio tasks in the JSON export format (with ``annotations``).
-        spec: what to train (``workers.labels.parse_label_config``).
+        spec: what to train (``labelloop.labels.parse_label_config``).
         out_dir: the dataset folder; a folder written by an earlier build for the same spec is
             updated in place (only changed tasks are rewritten), anything else is replaced.
-        fetch: ``[(task_id, url)] -> {task_id: ImageRef or exception}`` (``workers.media``).
+        fetch: ``[(task_id, url)] -> {task_id: ImageRef or exception}`` (``labelloop.media``).
         val_fraction, min_val: see ``assign_splits``.
         names: stable class ids (id -> label, see ``stable_names``); default: config order.
         report: a report to complete (e.g. holding the export's seconds and sync mode); default
@@ -314,7 +314,7 @@ def build_dataset(
         DatasetError: too little usable data (fewer than one train and one val image); the
             message gives the counts. The folder is left as it was.
     """
-    from workers import convert
+    from labelloop import convert
 
     out_dir = Path(out_dir).absolute()
     names = dict(names) if names is not None else dict(enumerate(spec.labels))
@@ -539,8 +539,8 @@ def build_project_dataset(
 
     Stages (seconds in the report): ``export`` (label config and tasks, incremental after the
     first build, from the recorded webhooks when ``changes`` is given and can stand in for
-    Label Studio, see ``workers.export.sync_tasks``), ``download`` (images through
-    ``workers.media.ImageCache``: cached by task id and URL, so a rebuild downloads only new
+    Label Studio, see ``labelloop.export.sync_tasks``), ``download`` (images through
+    ``labelloop.media.ImageCache``: cached by task id and URL, so a rebuild downloads only new
     images), ``build`` (files, updated in place). The control tag and task come from the
     project's label config and extra params (``control_tag``, ``obb``); class ids are stable
     for the project (``stable_names``) and stored in ``<models_dir>/<project>/classes.json``.
@@ -552,20 +552,23 @@ def build_project_dataset(
 
     Raises:
         DatasetError: Label Studio is not configured, or too little data is usable.
+        LabelStudioUnavailable, LabelStudioError: Label Studio cannot be read (``labelloop.labelstudio``).
         LabelConfigError: the label config has nothing trainable, or is ambiguous.
     """
-    from workers.export import ls_client, sync_tasks
-    from workers.media import ImageCache, MediaConfig
-    from workers.params import load as load_params
-    from workers.params import train_spec
+    from labelloop import labelstudio
+    from labelloop.export import sync_tasks
+    from labelloop.media import ImageCache, MediaConfig
+    from labelloop.params import load as load_params
+    from labelloop.params import train_spec
 
-    client = ls_client(settings.label_studio_url, settings.api_key)
+    client = labelstudio.client(settings.label_studio_url, settings.api_key)
     params = load_params(settings.models_dir, project_id)
     effective = params.effective(settings)
     home = project_dataset_dir(settings, project_id)
-    label_config, tasks, sync = sync_tasks(
-        client, project_id, home / "tasks.json", changes=changes, verify_every_s=settings.dataset_verify_s
-    )
+    with labelstudio.calling(settings.label_studio_url, f"reading project {project_id}"):
+        label_config, tasks, sync = sync_tasks(
+            client, project_id, home / "tasks.json", changes=changes, verify_every_s=settings.dataset_verify_s
+        )
     spec = train_spec(label_config, params)
     names = stable_names(load_class_names(settings.models_dir, project_id, spec.from_name), spec.labels)
     with contextlib.ExitStack() as stack:

@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from labelloop import keys
+
 TTL_S = 86400
 
 
@@ -22,7 +24,7 @@ class ProgressStore:
 
     @staticmethod
     def _key(project_id: int, what: str) -> str:
-        return f"labelloop:project:{int(project_id)}:{what}"
+        return keys.project(project_id, what)
 
     def update(self, project_id: int, run_id: str, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into the run's progress record and return it."""

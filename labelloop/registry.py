@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import RegistryError, VersionNotFoundError
+from labelloop.errors import RegistryError, VersionNotFoundError
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
 UNTRAINED = "untrained"  # the model version reported while a project has none
@@ -137,7 +137,7 @@ class Registry:
         ("promoted", or "rejected" by the promotion gate) added, and the directory renamed into
         place; then, if ``promote`` (and ``move_current``, which defaults to ``promote``),
         ``CURRENT`` points at it. A rejected version is kept. ``move_current=False`` leaves
-        serving it to the caller (``workers.notify.serve_when_warm``).
+        serving it to the caller (``labelloop.notify.serve_when_warm``).
 
         Raises:
             RegistryError: ``weights`` does not exist.

@@ -14,9 +14,9 @@ from typing import Any
 
 import structlog
 
-from workers.params import load as load_params
-from workers.params import train_spec
-from workers.predictor import Predictor
+from labelloop.params import load as load_params
+from labelloop.params import train_spec
+from labelloop.predictor import Predictor
 
 log = structlog.get_logger(__name__)
 

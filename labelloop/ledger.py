@@ -13,9 +13,11 @@ from typing import Any
 
 import redis
 
+from labelloop import keys
+
 Change = tuple[int, str | None]  # (annotation id, normalised updated_at; None = deleted)
 
-PROJECTS_KEY = "labelloop:projects"
+PROJECTS_KEY = keys.PROJECTS
 
 
 def normalize_ts(value: str | None) -> str:
@@ -62,7 +64,7 @@ class Ledger:
 
     @staticmethod
     def key(project_id: int) -> str:
-        return f"labelloop:project:{int(project_id)}:seen"
+        return keys.seen(project_id)
 
     def projects(self) -> set[int]:
         """Projects labelloop has heard of (webhooks or /setup)."""

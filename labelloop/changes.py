@@ -13,7 +13,7 @@ A webhook body never supplies the label config: the rebuild keeps the one it las
 Label Studio's API and uses the log only while every entry's label-config digest matches it (a
 changed label config, or a forged one, makes the rebuild read Label Studio). A rebuild then applies the
 entries since the previous build to its stored copy of the project's tasks
-(``workers.export.sync_tasks``) instead of listing changed tasks through Label Studio's API.
+(``labelloop.export.sync_tasks``) instead of listing changed tasks through Label Studio's API.
 
 The log is trusted only when nothing can be missing from it:
 - the entries read follow the previous build's number without a gap. Gaps are made on purpose
@@ -43,6 +43,8 @@ from typing import Any
 import orjson
 import redis
 
+from labelloop import keys
+
 # Entries kept per project at most (approximately); a build that falls further behind reads
 # Label Studio instead. Consumed entries are trimmed by the build that consumed them.
 STREAM_MAXLEN = 2_000
@@ -54,7 +56,7 @@ TTL_S = 30 * 86400
 # Fields of the webhook's ``project`` object an entry keeps (the object also carries the
 # project's token, which never goes into Redis); the label config is kept as its digest.
 PROJECT_FIELDS = ("total_annotations_number", "skipped_annotations_number")
-# What a rebuild reads of an annotation (``workers.export.select_annotation``, the converters)
+# What a rebuild reads of an annotation (``labelloop.export.select_annotation``, the converters)
 # and of a task (its data and the counters ``apply_entries`` checks).
 ANNOTATION_FIELDS = ("id", "task", "result", "was_cancelled", "ground_truth", "updated_at", "created_at")
 TASK_FIELDS = ("id", "data", "total_annotations", "cancelled_annotations", "updated_at")
@@ -66,11 +68,11 @@ class ChangeLogUnusable(Exception):
 
 
 def stream_key(project_id: int) -> str:
-    return f"labelloop:project:{int(project_id)}:changes"
+    return keys.changes(project_id)
 
 
 def seq_key(project_id: int) -> str:
-    return f"labelloop:project:{int(project_id)}:changes:seq"
+    return keys.changes_seq(project_id)
 
 
 def label_config_digest(label_config: str) -> str:

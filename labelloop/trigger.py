@@ -17,6 +17,8 @@ from typing import Literal
 
 import redis
 
+from labelloop import keys
+
 Event = Literal["annotation", "start_training", "finished"]
 
 
@@ -88,7 +90,7 @@ class TriggerStore:
 
     @staticmethod
     def _keys(project_id: int) -> tuple[str, str]:
-        return f"labelloop:project:{project_id}:trigger", f"labelloop:project:{project_id}:training"
+        return keys.trigger(project_id), keys.training_lock(project_id)
 
     def state(self, project_id: int) -> TriggerState:
         """Read the current state (not atomic with later updates; for status displays)."""

@@ -48,7 +48,7 @@ def decide_promotion(
     incumbent's by more than ``margin`` (absolute, same units as the metric) plus
     ``noise_margin`` over ``n_val`` validation objects (images for classification).
 
-    Both sets of metrics must come from the same validation split (see ``workers.training``).
+    Both sets of metrics must come from the same validation split (see ``labelloop.training``).
 
     Raises:
         ValueError: ``metric`` is not one of ``METRICS`` or missing from the candidate.

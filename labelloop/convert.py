@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.labels import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
+from labelloop.labels import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
 
 # A polygon whose area after clipping to the image is below this (pixels^2) is degenerate.
 MIN_POLYGON_AREA_PX = 1.0

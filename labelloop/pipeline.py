@@ -17,19 +17,19 @@ from typing import Any
 import redis
 import structlog
 
-from service.settings import Settings
-from workers.base_models import family_yaml
-from workers.base_models import resolve as resolve_base_model
-from workers.changes import ChangeLog
-from workers.dataset import build_project_dataset
-from workers.labels import TrainSpec
-from workers.ledger import annotations_in_export
-from workers.notify import serve_when_warm
-from workers.params import load as load_params
-from workers.promotion import decide_promotion
-from workers.recipe import OVERRIDABLE, DataShape, plan_recipe
-from workers.registry import ModelVersion, Registry
-from workers.training import cuda_present, run_training_process
+from labelloop.base_models import family_yaml
+from labelloop.base_models import resolve as resolve_base_model
+from labelloop.changes import ChangeLog
+from labelloop.dataset import build_project_dataset
+from labelloop.labels import TrainSpec
+from labelloop.ledger import annotations_in_export
+from labelloop.notify import serve_when_warm
+from labelloop.params import load as load_params
+from labelloop.promotion import decide_promotion
+from labelloop.recipe import OVERRIDABLE, DataShape, plan_recipe
+from labelloop.registry import ModelVersion, Registry
+from labelloop.settings import Settings
+from labelloop.training import cuda_present, run_training_process
 
 log = structlog.get_logger(__name__)
 

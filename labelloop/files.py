@@ -1,4 +1,4 @@
-"""Atomic file writes for the workers' small state files (manifests aside, see ``workers.registry``)."""
+"""Atomic file writes for the workers' small state files (manifests aside, see ``labelloop.registry``)."""
 
 from __future__ import annotations
 

@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.errors import ParamsError
-from service.settings import Settings
-from workers.base_models import is_asset_name
-from workers.files import write_atomic
-from workers.labels import TrainSpec, parse_label_config
+from labelloop.base_models import is_asset_name
+from labelloop.errors import ParamsError
+from labelloop.files import write_atomic
+from labelloop.labels import TrainSpec, parse_label_config
+from labelloop.settings import Settings
 
 FILE = "params.json"
 
@@ -68,7 +68,7 @@ class ProjectParams(BaseModel):
 
 
 def train_spec(label_config: str, params: ProjectParams) -> TrainSpec:
-    """What the project trains: ``workers.labels.parse_label_config`` with the project's
+    """What the project trains: ``labelloop.labels.parse_label_config`` with the project's
     ``control_tag`` and ``obb`` extra params.
 
     Raises:

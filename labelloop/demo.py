@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 
-from service.settings import Settings
-from service.stack import Stack, free_port, label_studio_binary, wait_until
-from service.synthetic import LABEL_CONFIG, Sample, make_sample
-from workers.registry import Registry
+from labelloop.registry import Registry
+from labelloop.settings import Settings
+from labelloop.stack import Stack, free_port, label_studio_binary, wait_until
+from labelloop.synthetic import LABEL_CONFIG, Sample, make_sample
 
 DEMO_USER = "demo@labelloop.local"
 DEMO_PASSWORD = "labelloop-demo"
@@ -169,9 +169,9 @@ def _score_held_out(
     api: LabelStudioAPI, held_out: list[tuple[int, Sample]], version: str, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Score the predictions Label Studio stores from ``version`` for the held-out tasks against
-    their known truth (``workers.scoring``); tasks pre-annotation has not reached within a minute
+    their known truth (``labelloop.scoring``); tasks pre-annotation has not reached within a minute
     are asked for through Label Studio (which calls ``/predict``)."""
-    from workers.scoring import Det, regions_to_dets, score
+    from labelloop.scoring import Det, regions_to_dets, score
 
     def stored(task_id: int) -> list[dict[str, Any]]:
         return [p for p in api.sdk_predictions(task_id) if p.get("model_version") == version]
@@ -192,7 +192,7 @@ def _score_held_out(
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; with ``--exit`` stop after the loop has shown predictions."""
-    from service.logconfig import configure_logging
+    from labelloop.logconfig import configure_logging
 
     if args.images <= args.annotate * args.rounds:
         raise SystemExit(f"--images must be more than --annotate x --rounds ({args.annotate * args.rounds})")

@@ -73,7 +73,7 @@ import structlog
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from labelloop.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import structlog
 
-from workers.convert import results_to_regions
-from workers.labels import TrainSpec
-from workers.media import CachedImage, ImageCache, MediaConfig
-from workers.notify import CHANNEL, servers_key, warm_key
-from workers.registry import UNTRAINED, Registry
+from labelloop.convert import results_to_regions
+from labelloop.labels import TrainSpec
+from labelloop.media import CachedImage, ImageCache, MediaConfig
+from labelloop.notify import CHANNEL, servers_key, warm_key
+from labelloop.registry import UNTRAINED, Registry
 
 log = structlog.get_logger(__name__)
 
@@ -57,9 +57,9 @@ class Predictor:
         base_model: weights served before a project's first version, when they are a .pt
             file (classes are matched to the label config by name); a model YAML has no
             weights, so such projects get empty predictions until trained.
-        config_dir: ultralytics config dir (see ``workers.yolo_env``).
+        config_dir: ultralytics config dir (see ``labelloop.yolo_env``).
         cache_dir: where task images are downloaded.
-        media: image sources and limits (``workers.media``); the host and token given to
+        media: image sources and limits (``labelloop.media``); the host and token given to
             ``predict`` replace its Label Studio URL and key.
     """
 
@@ -93,12 +93,12 @@ class Predictor:
         self._first_load = threading.Lock()
 
     def _load(self, weights: str, version: str) -> _Loaded:
-        from workers.yolo_env import prepare_ultralytics
+        from labelloop.yolo_env import prepare_ultralytics
 
         prepare_ultralytics(self.config_dir)
         from ultralytics import YOLO
 
-        from workers.training import pick_device
+        from labelloop.training import pick_device
 
         model = YOLO(weights)
         device = pick_device(self.device)
@@ -268,7 +268,7 @@ class Predictor:
         """Predict regions for tasks with the served version, one result item per task, in order.
 
         Args:
-            spec: what the label config trains (``workers.params.train_spec``); the regions
+            spec: what the label config trains (``labelloop.params.train_spec``); the regions
                 are of the type the served version was trained for (detect -> rectangles,
                 obb -> rotated rectangles, segment -> polygons or brush RLE, pose ->
                 rectangles + keypoints, classify -> choices), for ``spec``'s control tags.
@@ -277,7 +277,7 @@ class Predictor:
         Returns:
             ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions in
             Label Studio's prediction format (percent coordinates, ``original_width/height``,
-            ``from_name/to_name``, a per-region ``score``; see ``workers.convert``). A task whose
+            ``from_name/to_name``, a per-region ``score``; see ``labelloop.convert``). A task whose
             image cannot be fetched, or a version trained for another control tag or task than
             ``spec``, gets an empty result.
         """

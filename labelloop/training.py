@@ -1,12 +1,12 @@
 """Fine-tune a YOLO model with ultralytics, in a child process of its own.
 
 Celery's prefork children are daemonic and may not start DataLoader worker processes, so the
-train task runs ``python -m workers.training <spec.json>`` and waits for it. The child writes
+train task runs ``python -m labelloop.training <spec.json>`` and waits for it. The child writes
 ``result.json`` next to the spec; a crash writes nothing, and nothing is published.
 
 Spec keys: ``data`` (data.yaml), ``weights`` (.pt path or model YAML), ``epochs``, ``imgsz``,
 ``batch``, ``device``, ``workers``, ``seed``, ``run_dir``, ``config_dir``; optional, from
-``workers.recipe.Recipe``: ``nbs``, ``time_s``, ``mosaic``, ``close_mosaic``, ``freeze``, ``val``
+``labelloop.recipe.Recipe``: ``nbs``, ``time_s``, ``mosaic``, ``close_mosaic``, ``freeze``, ``val``
 and ``checkpoint`` (absent: Ultralytics' defaults, best.pt).
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.errors import TrainingError
+from labelloop.errors import TrainingError
 
 
 def pick_device(device: str) -> str:
@@ -54,7 +54,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         ``{"best": path of best.pt, "metrics": {"map50_95", "map50", "precision", "recall"},
         "seconds": wall seconds, "device": device used}``.
     """
-    from workers.yolo_env import prepare_ultralytics
+    from labelloop.yolo_env import prepare_ultralytics
 
     prepare_ultralytics(Path(spec["config_dir"]))
     from ultralytics import YOLO
@@ -232,7 +232,7 @@ def run_training_process(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / "train.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.training", str(spec_path)],
+            [sys.executable, "-m", "labelloop.training", str(spec_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -19,29 +19,14 @@ import orjson
 import redis
 import structlog
 
-from service.errors import DatasetError
-from workers.changes import Batch, ChangeLog, ChangeLogUnusable, Position, apply_entries, project_counts
-from workers.files import write_atomic
+from labelloop.changes import Batch, ChangeLog, ChangeLogUnusable, Position, apply_entries, project_counts
+from labelloop.errors import DatasetError
+from labelloop.files import write_atomic
 
 log = structlog.get_logger(__name__)
 
 
 @functools.lru_cache(maxsize=8)
-def ls_client(url: str | None, api_key: str | None) -> Any:
-    """A label-studio-sdk client; accepts a legacy token or a personal access token.
-
-    One client per URL and key and process (its connection pool is reused across builds).
-
-    Raises:
-        DatasetError: the URL or the token is not configured.
-    """
-    if not url or not api_key:
-        raise DatasetError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must be set to read projects")
-    from label_studio_sdk import LabelStudio
-
-    return LabelStudio(base_url=url, api_key=api_key)
-
-
 def export_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
     """Export the project's annotated tasks as Label Studio JSON (list of task dicts).
 
@@ -75,7 +60,7 @@ def sync_tasks(
     file read only what changed since the previous call:
 
     - from the project's change log (``changes``: the webhooks the receiver recorded, see
-      ``workers.changes``), without asking Label Studio, when the log has at least one entry
+      ``labelloop.changes``), without asking Label Studio, when the log has at least one entry
       and every entry since the previous call, the newest entry's counters agree with the
       stored tasks, and Label Studio itself was read less than ``verify_every_s`` seconds ago;
     - else from Label Studio: only the tasks it updated since the previous call
@@ -233,7 +218,7 @@ def _from_change_log(
     (the one last read from Label Studio: the log never changes it).
 
     Raises:
-        ChangeLogUnusable: see ``workers.changes``; also when the store has no position or
+        ChangeLogUnusable: see ``labelloop.changes``; also when the store has no position or
             label config yet, or Label Studio was last read ``verify_every_s`` or more ago.
     """
     stored = state.get("changes")

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from service.errors import LabelConfigError
+from labelloop.errors import LabelConfigError
 
 # A box thinner than this (in pixels) after clamping is degenerate and dropped.
 MIN_BOX_PX = 1.0

@@ -1,0 +1,258 @@
+"""What labelloop's Celery tasks do, as plain methods: ``workers.tasks`` only binds log context
+and calls one of these, so each can be called and tested without Celery.
+
+``Jobs(settings, send)``: ``send(task_name, args, queue)`` enqueues a follow-up task (the
+Celery app's ``send_task`` in a worker; a list in a test). Task arguments are ids and small
+values; each job re-reads the world (Label Studio, the registry) and decides for itself what
+is still needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import structlog
+
+from labelloop import labelstudio
+from labelloop.changes import ChangeLog
+from labelloop.errors import LabelloopError
+from labelloop.export import export_tasks
+from labelloop.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
+from labelloop.media import MediaConfig
+from labelloop.names import QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_TRAIN
+from labelloop.params import load as load_params
+from labelloop.params import train_spec
+from labelloop.pipeline import run_training, yolo_config_dir
+from labelloop.preannotate import preannotate_project
+from labelloop.predictor import Predictor
+from labelloop.progress import ProgressStore
+from labelloop.registry import Registry
+from labelloop.settings import Settings
+from labelloop.trigger import TriggerStore
+
+log = structlog.get_logger(__name__)
+
+Send = Callable[[str, list[Any], str], None]
+Report = Callable[[dict[str, Any]], None]
+
+# The training lock is refreshed at most this often while a training runs (seconds).
+LOCK_BEAT_S = 60.0
+
+
+class Jobs:
+    """labelloop's work, one method per Celery task (see the module docstring).
+
+    Args:
+        settings: the worker's settings.
+        send: enqueues ``(task name, args, queue)``.
+    """
+
+    def __init__(self, settings: Settings, send: Send) -> None:
+        self.settings = settings
+        self.send = send
+        self._last_beat: dict[str, float] = {}
+
+    @functools.cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+
+    @functools.cached_property
+    def predictor(self) -> Predictor:
+        s = self.settings
+        p = Predictor(
+            Registry(s.models_dir),
+            s.base_model,
+            yolo_config_dir(s),
+            Path(s.cache_dir).absolute(),
+            s.imgsz,
+            s.predict_conf,
+            s.device,
+            media=MediaConfig.from_settings(s),
+        )
+        p.listen(s.redis_url)
+        return p
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.redis)
+
+    def trigger(self) -> TriggerStore:
+        return TriggerStore(self.redis, lock_ttl_s=self.settings.train_time_limit_s + 600)
+
+    def every_n(self, project_id: int) -> int:
+        return int(load_params(self.settings.models_dir, project_id).effective(self.settings)["train_every_n"])
+
+    # -- events -------------------------------------------------------------------------------
+
+    def handle_event(self, project_id: int, action: str, changes: list[Change]) -> str:
+        """Apply one recorded webhook event (or reconciliation's missed changes) to the ledger and
+        the project's trigger policy; enqueue a training when the policy says so.
+
+        ``changes``: ``(annotation_id, updated_at or None)`` per annotation (None: deleted).
+
+        Returns:
+            "started", "coalesced" (a training runs: one follow-up is due), "counted" or
+            "unchanged" (nothing new in the ledger).
+        """
+        self.ensure_ledger(project_id)
+        trigger = self.trigger()
+        if action == "START_TRAINING":
+            self.redis.sadd(PROJECTS_KEY, project_id)
+            decision = trigger.apply(project_id, "start_training", self.every_n(project_id))
+        else:
+            count = self.ledger().apply(project_id, changes)
+            if count == 0:
+                log.info("event_handled", changes=len(changes), effective=0)
+                return "unchanged"
+            decision = trigger.apply(project_id, "annotation", self.every_n(project_id), count=count)
+        log.info(
+            "event_handled",
+            changes=len(changes),
+            start=decision.start,
+            pending=decision.state.pending,
+            followup=decision.state.followup,
+        )
+        if decision.start and decision.run_id:
+            self.start_training(project_id, decision.run_id, action)
+            return "started"
+        return "coalesced" if decision.state.followup else "counted"
+
+    def ensure_ledger(self, project_id: int) -> None:
+        """After Redis lost the ledger, start it from what the served version was trained on."""
+        if self.redis.exists(Ledger.key(project_id)):
+            return
+        served = Registry(self.settings.models_dir).current(project_id)
+        baseline = (served.manifest.get("annotations") or {}) if served else {}
+        if served and self.ledger().seed(project_id, {int(i): u for i, u in baseline.items()}):
+            log.info("ledger_seeded", version=served.name, annotations=len(baseline))
+
+    def start_training(self, project_id: int, run_id: str, reason: str) -> None:
+        self.send(TASK_TRAIN, [project_id, run_id], QUEUE_TRAIN)
+        log.info("training_enqueued", project_id=project_id, run_id=run_id, reason=reason)
+
+    def reconcile(self) -> dict[str, int]:
+        """Compare each known project's annotations in Label Studio with the ledger and feed the
+        changes whose webhooks were missed to the trigger policy.
+
+        Returns:
+            missed changes per project id (as text); a project Label Studio does not answer for
+            is logged and left out.
+        """
+        s = self.settings
+        projects = self.ledger().projects() | set(Registry(s.models_dir).projects())
+        client = labelstudio.client(s.label_studio_url, s.api_key)
+        missed: dict[str, int] = {}
+        for project_id in sorted(projects):
+            with structlog.contextvars.bound_contextvars(project_id=project_id):
+                try:
+                    with labelstudio.calling(s.label_studio_url, f"exporting project {project_id}"):
+                        current = annotations_in_export(export_tasks(client, project_id))
+                except Exception as exc:  # one unreachable project must not stop the others
+                    log.warning("reconcile_failed", error_type=type(exc).__name__, error=str(exc)[:500])
+                    continue
+                self.ensure_ledger(project_id)
+                changes = diff(self.ledger().seen(project_id), current)
+                if changes:
+                    log.info("reconcile_missed_changes", changes=len(changes))
+                    # Their webhooks never arrived: the next dataset build reads Label Studio.
+                    ChangeLog(self.redis).invalidate(project_id)
+                    self.handle_event(project_id, "RECONCILED", changes)
+                missed[str(project_id)] = len(changes)
+        return missed
+
+    # -- training -------------------------------------------------------------------------------
+
+    def train(self, project_id: int, run_id: str, task_id: str | None, report: Report) -> dict[str, Any]:
+        """Run the training pipeline for a project and publish the new version; then start the
+        follow-up training the trigger policy asks for, and pre-annotation after a promotion.
+
+        ``report`` gets each epoch's progress (``project_id``, ``run_id``, ``epoch``, ``epochs``,
+        ``metrics``), e.g. for Celery's PROGRESS state.
+
+        Returns:
+            ``{"project_id", "run_id", "status", "version", "metrics"}`` (``status`` "failed"
+            with ``error`` when a LabelloopError stopped it).
+        """
+        s = self.settings
+        outcome: dict[str, Any] = {"project_id": project_id, "run_id": run_id}
+        progress = ProgressStore(self.redis)
+
+        def on_progress(p: dict[str, Any]) -> None:
+            meta = {"project_id": project_id, "run_id": run_id, **p}
+            report(meta)
+            progress.update(project_id, run_id, stage="training", **p)
+            log.info("training_progress", epoch=p["epoch"], epochs=p["epochs"])
+
+        try:
+            progress.update(project_id, run_id, stage="preparing", task_id=task_id, pid=os.getpid())
+            version = run_training(
+                s,
+                project_id,
+                run_id,
+                on_progress=on_progress,
+                should_cancel=lambda: progress.cancel_requested(project_id, run_id),
+                heartbeat=lambda: self._beat_lock(project_id, run_id),
+            )
+            status = version.manifest.get("status")
+            outcome.update(status=status, version=version.name, metrics=version.manifest.get("metrics"))
+            if status == "promoted" and load_params(s.models_dir, project_id).effective(s)["preannotate"]:
+                self.send(TASK_PREANNOTATE, [project_id, version.name], QUEUE_PREDICT)
+        except LabelloopError as exc:
+            log.error("training_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
+            outcome.update(status="failed", error=str(exc)[:2000])
+        finally:
+            progress.clear(project_id, run_id)
+            decision = self.trigger().apply(project_id, "finished", self.every_n(project_id), run_id=run_id)
+            if decision.start and decision.run_id:
+                self.start_training(project_id, decision.run_id, "followup")
+        return outcome
+
+    def _beat_lock(self, project_id: int, run_id: str) -> None:
+        now = time.monotonic()
+        if now - self._last_beat.get(run_id, 0.0) >= LOCK_BEAT_S:
+            self._last_beat[run_id] = now
+            self.trigger().refresh_lock(project_id, run_id)
+
+    # -- prediction -------------------------------------------------------------------------------
+
+    def preannotate(self, project_id: int, version: str, report: Report) -> dict[str, Any]:
+        """Predict every unlabeled task of a project with a newly promoted version into Label Studio;
+        ``report`` gets ``{"project_id", "version", "done", "total"}`` after each batch."""
+        s = self.settings
+        progress = ProgressStore(self.redis)
+
+        def on_progress(done: int, total: int) -> None:
+            meta = {"project_id": project_id, "version": version, "done": done, "total": total}
+            report(meta)
+            progress.set_preannotation(project_id, meta)
+
+        try:
+            with labelstudio.calling(s.label_studio_url, f"pre-annotating project {project_id}"):
+                return preannotate_project(
+                    labelstudio.client(s.label_studio_url, s.api_key),
+                    self.predictor,
+                    project_id,
+                    version,
+                    s.preannotate_batch,
+                    s.label_studio_url,
+                    s.api_key,
+                    s.set_project_model_version,
+                    on_progress,
+                )
+        finally:
+            progress.set_preannotation(project_id, None)
+
+    def predict(self, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+        """Regions for Label Studio tasks with the project's served version: ``{"results": [...]}``,
+        one item per task in order (Label Studio's ``/predict`` response)."""
+        s = self.settings
+        params = load_params(s.models_dir, project_id)
+        spec = train_spec(label_config, params)
+        imgsz = params.effective(s)["imgsz"]
+        results = self.predictor.predict(project_id, spec, tasks, s.label_studio_url, s.api_key, imgsz=imgsz)
+        return {"results": results}

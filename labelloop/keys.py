@@ -1,0 +1,68 @@
+"""Every Redis key labelloop writes or reads, in one place (the receiver's script, the workers
+and the command line spell them from here).
+
+Per project (``labelloop:project:<id>:...``): ``changes`` (stream) and ``changes:seq`` (its
+counter, ``labelloop.changes``), ``seen`` (the ledger's hash, ``labelloop.ledger``),
+``trigger`` (hash) and ``training`` (the lock, ``labelloop.trigger``), ``progress`` and
+``preannotate`` (``labelloop.progress``), ``current``, ``servers`` and ``warm:<version>``
+(``labelloop.notify``). Global: ``labelloop:projects`` (known projects), ``labelloop:events``
+(the event stream), ``labelloop:delivery:<sha1>`` (deduplication) and the pub/sub channel
+``labelloop:versions``.
+"""
+
+from __future__ import annotations
+
+PROJECTS = "labelloop:projects"
+EVENTS = "labelloop:events"
+VERSIONS_CHANNEL = "labelloop:versions"
+DELIVERY_PREFIX = "labelloop:delivery:"
+
+
+def project(project_id: int, what: str) -> str:
+    """``labelloop:project:<id>:<what>``; ``project_id`` must be an integer id."""
+    return f"labelloop:project:{int(project_id)}:{what}"
+
+
+def changes(project_id: int) -> str:
+    return project(project_id, "changes")
+
+
+def changes_seq(project_id: int) -> str:
+    return project(project_id, "changes:seq")
+
+
+def seen(project_id: int) -> str:
+    return project(project_id, "seen")
+
+
+def trigger(project_id: int) -> str:
+    return project(project_id, "trigger")
+
+
+def training_lock(project_id: int) -> str:
+    return project(project_id, "training")
+
+
+def progress(project_id: int) -> str:
+    return project(project_id, "progress")
+
+
+def preannotation(project_id: int) -> str:
+    return project(project_id, "preannotate")
+
+
+def current(project_id: int) -> str:
+    return project(project_id, "current")
+
+
+def servers(project_id: int) -> str:
+    return project(project_id, "servers")
+
+
+def warm(project_id: int, version: str) -> str:
+    return project(project_id, f"warm:{version}")
+
+
+def delivery(digest: str) -> str:
+    """The deduplication key of one delivery (``digest``: hex SHA-1 of its identity, or "-")."""
+    return DELIVERY_PREFIX + digest

@@ -1,0 +1,27 @@
+"""Celery task and queue names: the wire contract between the receiver, the workers and the
+messages already queued (never rename one).
+
+Queues: ``events`` (webhook events -> trigger policy), ``train`` (one training at a time per
+worker), ``predict`` (inference with models kept loaded). Tasks are routed by name, so the
+receiver sends them without importing any task code.
+"""
+
+from __future__ import annotations
+
+TASK_HANDLE_EVENT = "labelloop.handle_event"
+TASK_TRAIN = "labelloop.train"
+TASK_PREDICT = "labelloop.predict"
+TASK_RECONCILE = "labelloop.reconcile"
+TASK_PREANNOTATE = "labelloop.preannotate"
+
+QUEUE_EVENTS = "events"
+QUEUE_TRAIN = "train"
+QUEUE_PREDICT = "predict"
+
+ROUTES = {
+    TASK_HANDLE_EVENT: {"queue": QUEUE_EVENTS},
+    TASK_TRAIN: {"queue": QUEUE_TRAIN},
+    TASK_PREDICT: {"queue": QUEUE_PREDICT},
+    TASK_RECONCILE: {"queue": QUEUE_EVENTS},
+    TASK_PREANNOTATE: {"queue": QUEUE_PREDICT},
+}

@@ -1,0 +1,115 @@
+"""labelloop's jobs without Celery (real Redis; ``send`` records what would be enqueued), and the
+Celery shell around them: task names pinned, transient errors retried with backoff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from labelloop.jobs import Jobs
+from labelloop.names import QUEUE_TRAIN, ROUTES, TASK_HANDLE_EVENT, TASK_TRAIN
+from labelloop.settings import Settings
+from workers.celery_app import create_celery
+
+
+@pytest.fixture
+def sent() -> list[tuple[str, list[Any], str]]:
+    return []
+
+
+@pytest.fixture
+def jobs(redis_url: str, tmp_path: Path, sent: list[tuple[str, list[Any], str]]) -> Jobs:
+    settings = Settings(
+        redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", train_every_n=3
+    )
+    return Jobs(settings, lambda name, args, queue: sent.append((name, args, queue)))
+
+
+def test_every_n_annotations_enqueue_one_training(jobs: Jobs, sent: list[tuple[str, list[Any], str]]) -> None:
+    """The third new annotation (train_every_n 3) enqueues one training on the train queue; three
+    more while it runs make one follow-up due instead of a second training."""
+    outcomes = [jobs.handle_event(7, "ANNOTATION_CREATED", [(i, f"2026-12-01T10:00:0{i}Z")]) for i in (1, 2, 3)]
+    assert outcomes == ["counted", "counted", "started"]
+    [(name, args, queue)] = sent
+    assert (name, args[0], queue) == (TASK_TRAIN, 7, QUEUE_TRAIN) and isinstance(args[1], str)
+    more = [jobs.handle_event(7, "ANNOTATION_CREATED", [(i, f"2026-12-01T10:00:0{i}Z")]) for i in (4, 5, 6)]
+    assert more == ["counted", "counted", "coalesced"]
+    assert len(sent) == 1
+
+
+def test_a_change_already_seen_is_unchanged(jobs: Jobs, sent: list[tuple[str, list[Any], str]]) -> None:
+    """The same annotation at the same updated_at twice counts once (the ledger)."""
+    assert jobs.handle_event(8, "ANNOTATION_CREATED", [(1, "2026-12-01T10:00:00Z")]) == "counted"
+    assert jobs.handle_event(8, "ANNOTATION_UPDATED", [(1, "2026-12-01T10:00:00Z")]) == "unchanged"
+    assert sent == []
+
+
+def test_start_training_starts_at_once_and_makes_the_project_known(
+    jobs: Jobs, sent: list[tuple[str, list[Any], str]], redis_url: str
+) -> None:
+    """START_TRAINING enqueues a training without any annotation and adds the project to the set
+    reconciliation walks."""
+    assert jobs.handle_event(9, "START_TRAINING", []) == "started"
+    assert [s[0] for s in sent] == [TASK_TRAIN]
+    assert redis.Redis.from_url(redis_url).sismember("labelloop:projects", 9)
+
+
+def test_registered_task_names_are_pinned(redis_url: str) -> None:
+    """The workers' app registers exactly labelloop's five task names (queued messages name them),
+    each routed to its queue, and the training's hard limit comes from the settings."""
+    app = create_celery(Settings(redis_url=redis_url, train_time_limit_s=600), with_tasks=True)
+    app.loader.import_default_modules()
+    names = sorted(n for n in app.tasks if n.startswith("labelloop."))
+    assert names == [
+        "labelloop.handle_event",
+        "labelloop.preannotate",
+        "labelloop.predict",
+        "labelloop.reconcile",
+        "labelloop.train",
+    ]
+    assert names == sorted(ROUTES)
+    assert app.conf.task_annotations[TASK_TRAIN]["time_limit"] == 900
+    assert app.tasks[TASK_TRAIN].acks_late and app.tasks[TASK_TRAIN].reject_on_worker_lost
+    assert not create_celery(Settings(redis_url=redis_url)).conf.include, "the receiver's app includes no task code"
+
+
+def test_transient_errors_are_retried_with_backoff(redis_url: str) -> None:
+    """Event, reconcile and pre-annotation tasks retry Redis and network errors with exponential
+    backoff; training and the interactive predict do not retry."""
+    app = create_celery(Settings(redis_url=redis_url), with_tasks=True)
+    app.loader.import_default_modules()
+    for name in ("labelloop.handle_event", "labelloop.reconcile", "labelloop.preannotate"):
+        task = app.tasks[name]
+        assert {redis.ConnectionError, redis.TimeoutError, httpx.TransportError} <= set(task.autoretry_for), name
+        assert task.retry_backoff and task.max_retries == 5
+    for name in ("labelloop.train", "labelloop.predict"):
+        assert not getattr(app.tasks[name], "autoretry_for", ()), name
+
+
+def test_an_event_task_retries_when_redis_is_down(tmp_path: Path) -> None:
+    """Run eagerly against a Redis that refuses connections, the event task is retried until its
+    retries are spent, then the Redis error surfaces (nothing is silently dropped)."""
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", models_dir=tmp_path / "m", cache_dir=tmp_path / "c")
+    app = create_celery(settings, with_tasks=True)
+    app.loader.import_default_modules()
+    app.conf.task_always_eager = True
+    task = app.tasks[TASK_HANDLE_EVENT]
+    calls = 0
+    original = Jobs.handle_event
+
+    def counting(self: Jobs, *args: Any) -> str:
+        nonlocal calls
+        calls += 1
+        return original(self, *args)
+
+    Jobs.handle_event = counting  # type: ignore[method-assign]
+    try:
+        result = task.apply(args=[1, "ANNOTATION_CREATED", [[1, "2026-12-01T10:00:00Z"]]], retries=3)
+    finally:
+        Jobs.handle_event = original  # type: ignore[method-assign]
+    assert isinstance(result.result, redis.ConnectionError)
+    assert calls == 3  # started as retry 3 of 5: retries 3, 4 and 5 ran, then the error surfaced

@@ -1,0 +1,150 @@
+"""The layers: imports go one way, from the process shells (``service``: receiver and command
+line; ``workers``: Celery tasks) down to the core (``labelloop``), with no cycle anywhere.
+
+Imports are read from the source (``ast``), inside functions too; ``if TYPE_CHECKING:`` blocks
+do not count. The same check from the command line: ``python tests/test_layers.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("labelloop", "service", "workers")
+# What each layer may import of the others, and third-party modules the core must not know.
+ALLOWED = {"labelloop": set(), "workers": {"labelloop"}, "service": {"labelloop", "workers"}}
+CORE_FORBIDDEN = ("starlette", "uvicorn", "celery", "kombu", "flower")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module name ``path`` imports (absolute, as written or resolved from relative)."""
+    names: set[str] = set()
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if "TYPE_CHECKING" in ast.unparse(node.test):
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            names.update(a.name for a in node.names)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            base = node.module or ""
+            if node.level:
+                here = module.split(".")[: -node.level] if path.name != "__init__.py" else module.split(".")
+                base = ".".join([*here, base] if base else here)
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+
+    Visitor().visit(ast.parse(path.read_text()))
+    return names
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+
+    def resolve(name: str) -> str | None:
+        while name:
+            if name in modules:
+                return name
+            name = name.rpartition(".")[0]
+        return None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = {resolve(n) for n in _imports(path, module)}
+        graph[module] = {t for t in targets if t and t != module}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+
+    def visit(v: str) -> None:
+        nonlocal counter
+        index[v] = low[v] = counter
+        counter += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(10_000)
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def problems() -> list[str]:
+    """Every upward or sideways import between layers, every core import of a process framework,
+    and every import cycle, as readable lines (empty: the layers hold)."""
+    graph = _graph()
+    out = [f"import cycle: {' -> '.join(c)}" for c in _cycles(graph)]
+    for module, targets in sorted(graph.items()):
+        layer = module.split(".")[0]
+        for target in sorted(targets):
+            other = target.split(".")[0]
+            if other != layer and other not in ALLOWED[layer]:
+                out.append(f"{module} imports {target}: {layer} may import only {sorted(ALLOWED[layer]) or 'itself'}")
+    for module, path in sorted(_modules().items()):
+        if module.startswith("labelloop"):
+            for name in sorted(_imports(path, module)):
+                if name.split(".")[0] in CORE_FORBIDDEN:
+                    out.append(f"{module} imports {name}: the core knows neither Starlette nor Celery")
+    return out
+
+
+def test_imports_go_one_way_without_cycles() -> None:
+    """No module cycle, no import from the core up into the shells, none between the shells but
+    the command line's of the Celery app, and no web or task framework in the core."""
+    assert problems() == []
+
+
+def test_the_check_finds_a_cycle_and_an_upward_import() -> None:
+    """The checker itself fails on a cycle and on a core module importing a shell."""
+    graph = {"labelloop.a": {"labelloop.b"}, "labelloop.b": {"labelloop.a"}, "service.x": set()}
+    assert _cycles(graph) == [["labelloop.a", "labelloop.b"]]
+    assert "workers" not in ALLOWED["labelloop"] and "service" not in ALLOWED["workers"]
+
+
+if __name__ == "__main__":
+    lines = problems()
+    print("\n".join(lines) or "layers hold: no cycle, no upward import")
+    sys.exit(1 if lines else 0)
