@@ -45,6 +45,7 @@ from labelloop.export import select_annotation
 from labelloop.files import write_atomic
 from labelloop.labels import TrainSpec
 from labelloop.recipe import long_side_p90
+from labelloop.registry import ProjectFiles
 from labelloop.settings import Settings
 
 _HASH_SPACE = float(2**64)
@@ -159,26 +160,25 @@ CLASSES_FILE = "classes.json"
 
 
 def load_class_names(models_dir: Path, project_id: int, from_name: str) -> dict[int, str] | None:
-    """The class ids stored for a project's control tag (``<models_dir>/<project>/classes.json``)."""
-    path = Path(models_dir) / str(int(project_id)) / CLASSES_FILE
+    """The class ids stored for a project's control tag (``classes.json``, ``ProjectFiles``)."""
     try:
-        stored = json.loads(path.read_text())
+        stored = json.loads(ProjectFiles(models_dir).read(project_id, CLASSES_FILE) or "{}")
         return {int(k): str(v) for k, v in stored[from_name].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def store_class_names(models_dir: Path, project_id: int, from_name: str, names: Mapping[int, str]) -> None:
     """Persist a control tag's class ids with the project's model versions (atomic write)."""
-    path = Path(models_dir) / str(int(project_id)) / CLASSES_FILE
+    files = ProjectFiles(models_dir)
     try:
-        stored = json.loads(path.read_text())
+        stored = json.loads(files.read(project_id, CLASSES_FILE) or "{}")
         if not isinstance(stored, dict):
             stored = {}
-    except (OSError, ValueError):
+    except ValueError:
         stored = {}
     stored[from_name] = {str(k): v for k, v in sorted(names.items())}
-    write_atomic(path, json.dumps(stored, indent=1))
+    files.write(project_id, CLASSES_FILE, json.dumps(stored, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from labelloop.base_models import is_asset_name
 from labelloop.errors import ParamsError
-from labelloop.files import write_atomic
 from labelloop.labels import TrainSpec, parse_label_config
+from labelloop.registry import ProjectFiles
 from labelloop.settings import Settings
 
 FILE = "params.json"
@@ -103,16 +103,17 @@ def parse_extra_params(raw: Any) -> ProjectParams:
 
 def load(models_dir: Path, project_id: int) -> ProjectParams:
     """The stored params of a project (defaults when none were stored or the file is unreadable)."""
+    text = ProjectFiles(models_dir).read(project_id, FILE)
     try:
-        return ProjectParams.model_validate_json((Path(models_dir) / str(int(project_id)) / FILE).read_text())
-    except (OSError, ValidationError):
+        return ProjectParams.model_validate_json(text) if text is not None else ProjectParams()
+    except ValidationError:
         return ProjectParams()
 
 
 def store(models_dir: Path, project_id: int, params: ProjectParams) -> bool:
     """Write the params atomically when they changed; returns whether the file was written."""
-    path = Path(models_dir) / str(int(project_id)) / FILE
-    if load(models_dir, project_id) == params and path.exists():
+    files = ProjectFiles(models_dir)
+    if files.read(project_id, FILE) is not None and load(models_dir, project_id) == params:
         return False
-    write_atomic(path, params.model_dump_json(exclude_none=True))
+    files.write(project_id, FILE, params.model_dump_json(exclude_none=True))
     return True

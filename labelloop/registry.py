@@ -7,6 +7,11 @@ Layout under ``models_dir``::
         versions/
             v1/ weights.pt manifest.json      immutable once renamed into place
             v2/ ...
+        params.json             the project's extra params (``labelloop.params``)
+        classes.json            class ids per control tag (``labelloop.dataset``)
+
+This module owns the layout: everything else reaches these files through ``Registry`` and
+``ProjectFiles`` (the local directory today; an object store can implement the same methods).
 
 A version directory is written under a temporary name and renamed into place, and
 ``CURRENT`` is written to a temporary file and ``os.replace``-d, so a crash at any point
@@ -33,6 +38,37 @@ _VERSION_RE = re.compile(r"^v(\d+)$")
 UNTRAINED = "untrained"  # the model version reported while a project has none
 WEIGHTS = "weights.pt"
 MANIFEST = "manifest.json"
+
+
+class ProjectFiles:
+    """The small per-project files kept with the versions (``params.json``, ``classes.json``).
+
+    Args:
+        models_dir: the registry root.
+    """
+
+    NAMES = frozenset({"params.json", "classes.json"})
+
+    def __init__(self, models_dir: Path) -> None:
+        self.root = Path(models_dir)
+
+    def _path(self, project_id: int, name: str) -> Path:
+        if name not in self.NAMES:
+            raise ValueError(f"not a project file: {name!r}")
+        return self.root / str(int(project_id)) / name
+
+    def read(self, project_id: int, name: str) -> str | None:
+        """The file's text, or None when it does not exist or cannot be read."""
+        try:
+            return self._path(project_id, name).read_text()
+        except OSError:
+            return None
+
+    def write(self, project_id: int, name: str, text: str) -> None:
+        """Replace the file atomically (a reader sees the old text or the new, never a mix)."""
+        from labelloop.files import write_atomic
+
+        write_atomic(self._path(project_id, name), text)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,8 @@ def test_start_training_and_oversized_webhooks_make_no_entry() -> None:
 
 
 def test_created_updated_deleted_turn_the_store_into_what_label_studio_has() -> None:
+    """ANNOTATION_CREATED, ANNOTATION_UPDATED and ANNOTATIONS_DELETED entries add, replace and remove annotations;
+    an older copy never undoes a newer update, and a task left without annotations is dropped."""
     tasks: dict[str, dict[str, Any]] = {}
     first = with_task_counts(created(1, 10, "2026-11-21T10:00:00.000000Z", done=1), 1)
     apply_entries(tasks, [entry(first)], CONFIG)
@@ -118,6 +120,8 @@ def test_created_updated_deleted_turn_the_store_into_what_label_studio_has() -> 
 
 
 def test_cancelled_annotations_are_kept_and_counted_as_skipped() -> None:
+    """A cancelled annotation is kept with was_cancelled true, and the counters check out with it counted as skipped
+    (the project's skipped_annotations_number, the task's cancelled_annotations)."""
     tasks: dict[str, dict[str, Any]] = {}
     skipped = created(5, 20, "2026-11-21T10:00:00.000000Z", done=0, cancelled=1)
     skipped["annotation"]["was_cancelled"] = True
@@ -141,6 +145,8 @@ def test_cancelled_annotations_are_kept_and_counted_as_skipped() -> None:
     ],
 )
 def test_entries_that_cannot_be_trusted_are_refused(case: str, reason: str) -> None:
+    """An entry whose project or task counters disagree with the store, whose task is unknown, whose action is
+    unexpected or whose fields are malformed makes the log unusable (ChangeLogUnusable, naming the reason)."""
     body = with_task_counts(created(1, 10, "2026-11-21T10:00:00.000000Z", done=1), 1)
     e = entry(body)
     if case == "project counters disagree":  # e.g. an annotation whose webhook was lost
@@ -188,6 +194,8 @@ def receiver(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def test_receiver_appends_each_new_delivery_once_numbered(receiver: TestClient, redis_url: str) -> None:
+    """The receiver appends each new webhook to the project's Redis stream once (a redelivery answers duplicate),
+    numbered in order and without the token; a read from a position returns only the entries after it."""
     log = ChangeLog(redis.Redis.from_url(redis_url))
     start = log.position(1)
     assert start == Position(0, "0-0")
@@ -211,6 +219,8 @@ def test_receiver_appends_each_new_delivery_once_numbered(receiver: TestClient, 
 
 
 def test_gaps_trims_and_a_wiped_redis_make_the_log_unusable(receiver: TestClient, redis_url: str) -> None:
+    """A gap (a change reconciliation found without its webhook), entries trimmed before a reader read them and a
+    Redis that lost its data (the counter restarted) make reads unusable; reading on from a full sync works again."""
     client = redis.Redis.from_url(redis_url)
     log = ChangeLog(client)
     post = receiver.post

@@ -31,4 +31,4 @@ def test_models_commands(redis_url: str, tmp_path: Path) -> None:
     rolled = _cli(env, "models", "rollback", "5")
     assert rolled.returncode == 0 and "v2" in rolled.stdout
     bad = _cli(env, "models", "promote", "5", "v7")
-    assert bad.returncode == 1 and "no version v7" in bad.stdout
+    assert bad.returncode == 1 and "labelloop: error: project 5 has no version v7" in bad.stderr

@@ -149,6 +149,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     ],
 )
 def test_detect_region_to_line(region: dict, expected: tuple | None, reason: str | None) -> None:
+    """A rectangle region becomes one ``class cx cy w h`` line normalised and clamped to the image, a rotated one its
+    axis-aligned bounds; degenerate, unlabelled, unknown-label and malformed regions are dropped with reason and id."""
     lines, dropped = annotation_to_yolo([region], DETECT, CLASS_IDS, W, H)
     if expected is None:
         assert lines == []
@@ -162,12 +164,14 @@ def test_detect_region_to_line(region: dict, expected: tuple | None, reason: str
 
 
 def test_only_the_spec_control_tags_count() -> None:
+    """Regions of another control tag (from_name) are ignored: neither converted nor reported as dropped."""
     result = [rect(10, 10, 20, 20, from_name="other"), rect(10, 10, 20, 20, rid="r2")]
     lines, dropped = annotation_to_yolo(result, DETECT, CLASS_IDS, W, H)
     assert len(lines) == 1 and dropped == []
 
 
 def test_classify_task_is_not_a_label_line_task() -> None:
+    """``annotation_to_yolo`` refuses a classify spec with ValueError: classification has no label lines."""
     with pytest.raises(ValueError, match="classify"):
         annotation_to_yolo([], CLASSIFY, CLASS_IDS, W, H)
 
@@ -207,6 +211,8 @@ _S45 = math.sqrt(0.5)
     ],
 )
 def test_obb_region_to_corners_and_back(rotation: float, corners_px: list[tuple[float, float]]) -> None:
+    """A rectangle at any rotation becomes an OBB line of its four corners, normalised, from its x, y corner on; the
+    line converts back to a rectanglelabels region with the same corners, rotation in [0, 360), unchanged at 0."""
     region = rect(100, 50, 40, 20, rot=rotation, label="bird")
     lines, dropped = annotation_to_yolo([region], OBB, CLASS_IDS, W, H)
     assert dropped == [] and len(lines) == 1
@@ -228,6 +234,8 @@ def test_obb_region_to_corners_and_back(rotation: float, corners_px: list[tuple[
 
 
 def test_obb_corners_are_clamped_and_degenerate_boxes_dropped() -> None:
+    """OBB corners outside the image are clamped to its edges (corners inside are unchanged), and a box wholly outside
+    is dropped as degenerate."""
     # rotated 30 degrees with its top-left corner at (190, 80): half of it is outside the image
     partly = rect(190, 80, 40, 20, rot=30, rid="partly")
     outside = rect(300, 10, 40, 20, rot=30, rid="outside")
@@ -254,6 +262,8 @@ def test_obb_corners_are_clamped_and_degenerate_boxes_dropped() -> None:
     ],
 )
 def test_has_rotation(rotations: list[float | None], expected: bool) -> None:
+    """``has_rotation`` is true only when a rectangle of the spec's control tag is turned by other than a multiple of
+    360 degrees (float noise around a full turn and None count as 0); other control tags do not count."""
     result = [rect(10, 10, 20, 20, rot=r, rid=f"r{i}") for i, r in enumerate(rotations)]  # type: ignore[arg-type]
     result.append(rect(10, 10, 20, 20, rot=45, from_name="other"))  # another tag does not count
     assert has_rotation(result, DETECT) is expected
@@ -278,6 +288,8 @@ def test_has_rotation(rotations: list[float | None], expected: bool) -> None:
     ],
 )
 def test_polygon_region_to_line(points: list, expected_px: list | None, reason: str | None) -> None:
+    """A polygon region becomes one line of its points normalised and clipped to the image, with the clipped area;
+    a polygon outside the image, under three distinct points, collinear or under 1 px² is dropped as degenerate."""
     lines, dropped = annotation_to_yolo([poly(points, label="dog")], POLY, CLASS_IDS, W, H)
     if expected_px is None:
         assert lines == [] and len(dropped) == 1 and str(reason) in dropped[0], dropped
@@ -291,6 +303,7 @@ def test_polygon_region_to_line(points: list, expected_px: list | None, reason: 
 
 
 def test_polygon_label_without_class_id_is_dropped() -> None:
+    """A polygon region whose label has no class id is dropped, with that reason."""
     lines, dropped = annotation_to_yolo([poly([(1, 1), (30, 1), (1, 30)], label="fish")], POLY, CLASS_IDS, W, H)
     assert lines == [] and "'fish' has no class id" in dropped[0]
 
@@ -299,6 +312,8 @@ def test_polygon_label_without_class_id_is_dropped() -> None:
 
 
 def test_brush_rle_with_two_blobs_becomes_two_polygon_lines() -> None:
+    """A brush RLE mask with two separate blobs becomes two polygon lines of its class, each matching its blob's area
+    and pixels (IoU > 0.97); a speck under 3 px is dropped and reported."""
     mask, blob_a, blob_b = two_blobs()
     mask[100, 5] = 1  # a one-pixel speck
     h, w = mask.shape
@@ -334,6 +349,8 @@ def test_brush_polygons_run_through_pixel_centres() -> None:
     ],
 )
 def test_brush_drops(region: dict, reason: str) -> None:
+    """A brush region with an empty mask, an RLE that does not fit original_width x original_height, a format other
+    than rle, or a label without class id is dropped with the reason."""
     lines, dropped = annotation_to_yolo([region], BRUSH, CLASS_IDS, 160, 120)
     assert lines == [] and any(reason in d for d in dropped), dropped
 
@@ -448,6 +465,8 @@ def _pose_line(box_px: tuple[float, float, float, float], kps: list[tuple[float,
     ],
 )
 def test_pose_regions_to_lines(result: list, expected: list, reason: str | None) -> None:
+    """A pose box becomes a line with its keypoints in keypoint_labels order (missing: 0 0 0), each from its parentID
+    box, else the smallest box containing it; keypoints in no box, unknown, of a dropped box or repeated are dropped."""
     lines, dropped = annotation_to_yolo(result, POSE, CLASS_IDS, W, H)
     assert len(lines) == len(expected)
     for line, want in zip(lines, expected, strict=True):
@@ -480,6 +499,8 @@ def choice(*names: str, from_name: str = "choice") -> dict[str, Any]:
     ],
 )
 def test_annotation_to_class(result: list, label: str | None, reason: str | None) -> None:
+    """A classify annotation gives its one choice of the spec's control tag; no choice, a label without class id or
+    several choices give no class, with the reason."""
     got, reasons = annotation_to_class(result, CLASSIFY, CLASS_IDS)
     assert got == label
     if reason is None:
@@ -505,6 +526,8 @@ def test_annotation_to_class(result: list, label: str | None, reason: str | None
     ],
 )
 def test_region_to_line_and_back(spec: TrainSpec, result: list) -> None:
+    """A YOLO line of each task type converts back to regions with the same from_name/to_name, type, original size and
+    values (keypoints parented to their box), and those regions convert to the same line again."""
     lines, dropped = annotation_to_yolo(result, spec, CLASS_IDS, W, H)
     assert dropped == [] and len(lines) == 1
     regions = yolo_to_regions(lines[0], spec, NAMES, W, H)
@@ -533,6 +556,8 @@ def test_region_to_line_and_back(spec: TrainSpec, result: list) -> None:
 
 
 def test_brush_line_round_trip() -> None:
+    """Polygon lines traced from a brush mask convert back to brush RLE regions covering the mask (IoU > 0.98), which
+    trace to lines with the same number of points."""
     mask, _, _ = two_blobs()
     lines, _ = annotation_to_yolo([brush(mask)], BRUSH, CLASS_IDS, 160, 120)
     regions = [r for line in lines for r in yolo_to_regions(line, BRUSH, NAMES, 160, 120)]
@@ -558,11 +583,14 @@ def test_brush_line_round_trip() -> None:
     ],
 )
 def test_yolo_to_regions_rejects_malformed_lines(spec: TrainSpec, line: str, error: str) -> None:
+    """``yolo_to_regions`` raises ValueError naming the fault for a line with the wrong field count for its task, an
+    unparsable number, an unknown class id, a classify spec or no fields."""
     with pytest.raises(ValueError, match=error):
         yolo_to_regions(line, spec, NAMES, W, H)
 
 
 def test_yolo_to_regions_skips_labels_removed_from_the_config() -> None:
+    """A line whose class's label was removed from the label config gives no region; a kept label gives one."""
     spec = dataclasses.replace(DETECT, labels=("dog",))
     assert yolo_to_regions("4 0.5 0.5 0.1 0.1", spec, NAMES, W, H) == []
     assert len(yolo_to_regions("0 0.5 0.5 0.1 0.1", spec, NAMES, W, H)) == 1
@@ -572,6 +600,8 @@ def test_yolo_to_regions_skips_labels_removed_from_the_config() -> None:
 
 
 def test_detect_predictions_from_lists() -> None:
+    """Detections given as xyxy pixel lists become scored rectanglelabels regions with distinct ids, clamped to the
+    image; classes not in the label config and degenerate boxes are left out."""
     regions = predictions_to_regions(
         DETECT,
         {0: "cat", 1: "removed", 2: "dog"},
@@ -589,6 +619,8 @@ def test_detect_predictions_from_lists() -> None:
 
 
 def test_predictions_length_mismatch_and_missing_inputs_raise() -> None:
+    """``predictions_to_regions`` raises ValueError when scores and classes differ in length or when an input the task
+    needs (boxes_xyxy, probs, masks or polygons_xyn) is missing."""
     with pytest.raises(ValueError, match="2 scores for 1 classes"):
         predictions_to_regions(DETECT, NAMES, W, H, boxes_xyxy=[[0, 0, 5, 5]], classes=[0], scores=[1, 1])
     with pytest.raises(ValueError, match="need boxes_xyxy"):
@@ -600,6 +632,8 @@ def test_predictions_length_mismatch_and_missing_inputs_raise() -> None:
 
 
 def test_polygon_predictions_become_brush_and_polygon_regions() -> None:
+    """Predicted polygons_xyn become a brush RLE region filling the polygon under a brushlabels spec, and a polygon
+    region clipped to the image under a polygonlabels spec."""
     square = np.array([[0.1, 0.2], [0.3, 0.2], [0.3, 0.6], [0.1, 0.6]])
     (b,) = predictions_to_regions(BRUSH, NAMES, W, H, polygons_xyn=[square], classes=[4], scores=[0.5])
     assert (b["type"], b["value"]["format"], b["value"]["brushlabels"]) == ("brushlabels", "rle", ["cat"])
@@ -631,6 +665,8 @@ MODEL_NAMES = {0: "cat", 1: "dog", 2: "removed"}
 
 
 def test_results_detect(Results: Any) -> None:
+    """Ultralytics detect Results become rectanglelabels regions in percent, scored by their mean confidence, without
+    classes not in the label config; Results without boxes give no region and score 0."""
     import torch
 
     boxes = torch.tensor([[20.0, 10, 60, 40, 0.9, 0], [100, 20, 150, 90, 0.5, 1], [0, 0, 50, 50, 0.99, 2]])
@@ -645,6 +681,8 @@ def test_results_detect(Results: Any) -> None:
 
 @pytest.mark.parametrize("angle", [0.0, 0.4, -0.6, 1.2, math.pi / 2])
 def test_results_obb(Results: Any, angle: float) -> None:
+    """Ultralytics OBB Results become a rectangle with the same corners, rotated within 45 degrees of axis-aligned
+    and by the OBB angle up to a multiple of 90; classes not in the label config are left out."""
     import torch
 
     obb = torch.tensor([[100.0, 50, 60, 20, angle, 0.8, 1], [10, 10, 5, 5, 0, 0.9, 2]])
@@ -664,6 +702,8 @@ def test_results_obb(Results: Any, angle: float) -> None:
 
 
 def test_results_segment_with_letterboxed_masks(Results: Any) -> None:
+    """Segment masks inferred letterboxed are unpadded to the image and become a brush RLE or a polygon region matching
+    the object (IoU > 0.97), scored by confidence; classes not in the label config are left out."""
     import torch
 
     # masks of a 200 x 100 image inferred letterboxed at 200 x 112: gain 1, 6 rows of padding above and below
@@ -688,6 +728,7 @@ def test_results_segment_with_letterboxed_masks(Results: Any) -> None:
 
 
 def test_results_segment_one_region_per_part(Results: Any) -> None:
+    """An instance mask with two separate parts becomes two polygon regions, each through its part's pixel centres."""
     import torch
 
     masks = torch.zeros(1, H, W)
@@ -707,6 +748,8 @@ def test_results_segment_one_region_per_part(Results: Any) -> None:
 
 
 def test_results_pose(Results: Any) -> None:
+    """Pose Results become box regions and keypoint regions parented to their box (keypoints under MIN_KEYPOINT_CONF and
+    classes not in the label config left out), which convert back to the same pose training line."""
     import torch
 
     boxes = torch.tensor([[10.0, 10, 110, 90, 0.9, 0], [120, 10, 190, 90, 0.7, 1], [0, 0, 5, 5, 0.9, 2]])
@@ -737,6 +780,8 @@ def test_results_pose(Results: Any) -> None:
 
 
 def test_results_classify(Results: Any) -> None:
+    """Classify Results become one choices region of the most probable class in the label config (a top-1 class not in
+    it is passed over), scored by that class's probability."""
     import torch
 
     res = Results(_image(), "a.png", MODEL_NAMES, probs=torch.tensor([0.2, 0.1, 0.7]))

@@ -109,6 +109,7 @@ def test_stable_names(previous: dict | None, labels: tuple[str, ...], expected: 
 
 
 def test_class_names_persist_per_control_tag(tmp_path: Path) -> None:
+    """Class names are stored per project and control tag (from_name): each reads back its own, another project none."""
     store_class_names(tmp_path, 3, "label", {0: "cat", 1: "dog"})
     store_class_names(tmp_path, 3, "other", {0: "x"})
     assert load_class_names(tmp_path, 3, "label") == {0: "cat", 1: "dog"}
@@ -140,6 +141,8 @@ def test_rebuild_in_place_touches_only_changed_tasks(tmp_path: Path) -> None:
 
 
 def test_rotated_rectangles_switch_to_obb_and_classify_uses_id_folders(tmp_path: Path) -> None:
+    """A rotated rectangle switches a detect build to OBB (9-field lines); a classify build puts images in class id
+    folders (one per stored id, removed labels included) and records the names."""
     tasks, files = _tasks(tmp_path, 4)
     tasks[0]["annotations"][0]["result"][0]["value"]["rotation"] = 15
     built = build_dataset(tasks, SPEC, tmp_path / "ds", local_images(files))

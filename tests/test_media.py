@@ -316,6 +316,8 @@ NAME = r"-[0-9a-f]{16}-v2\."  # <task id>-<sha1(url)[:16]>-v<CACHE_VERSION>.<ext
 
 
 def test_fetch_then_cache_hit_without_request(server: Server, cache_dir: Path) -> None:
+    """A first get downloads the image to one file <task id>-<sha1(url)[:16]>-v2.<ext>; later gets, in this process
+    or a new one, hit the cache without a request, and a new URL for the same task is downloaded."""
     url = f"http://127.0.0.1:{server.port}/img/a.png"
     with ImageCache(cache_dir, config(server)) as cache:
         first = cache.get(7, url)
@@ -340,6 +342,8 @@ def test_fetch_then_cache_hit_without_request(server: Server, cache_dir: Path) -
 
 
 def test_cache_names_never_come_from_task_data(server: Server, cache_dir: Path) -> None:
+    """Cache file names come from the task id and a hash of the URL, never from the URL's path (a traversal stays in
+    the cache folder); a task id that is not an int is refused."""
     server.files["..%2F..%2Fevil.png"] = server.files["a.png"]
     with ImageCache(cache_dir, config(server)) as cache:
         got = cache.get(3, f"http://127.0.0.1:{server.port}/img/..%2F..%2Fevil.png")
@@ -349,6 +353,8 @@ def test_cache_names_never_come_from_task_data(server: Server, cache_dir: Path) 
 
 
 def test_host_not_allowed_makes_no_request(server: Server, cache_dir: Path) -> None:
+    """A URL whose host (and port, when allow_hosts names one) is not allowed is refused before any request; a host
+    allowed without a port is allowed on every port."""
     with ImageCache(cache_dir, config(server)) as cache:
         with pytest.raises(MediaError, match="host not allowed"):
             cache.get(1, f"http://localhost:{server.port}/img/a.png")
@@ -364,6 +370,8 @@ def test_host_not_allowed_makes_no_request(server: Server, cache_dir: Path) -> N
 
 
 def test_redirects(server: Server, cache_dir: Path) -> None:
+    """A redirect on the same host is followed, one to a host not allowed is refused without asking it, and a loop
+    fails; Label Studio's presign redirect may go to an allowed host, without the API key."""
     base, other = f"http://127.0.0.1:{server.port}", f"http://localhost:{server.port}"
     with ImageCache(cache_dir, config(server)) as cache:
         assert cache.get(1, f"{base}/redirect?to=/img/a.png").width == 48  # same host
@@ -650,6 +658,8 @@ def test_proxies_from_the_environment_are_not_used(
 
 
 def test_http_errors_retries_and_backoff(server: Server, cache_dir: Path) -> None:
+    """A 4xx is not retried; 503, 429 and dropped connections are retried ``retries`` times with doubling backoff;
+    corrupt and non-image bodies are refused, and no temp file is left."""
     base = f"http://127.0.0.1:{server.port}"
     with ImageCache(cache_dir, config(server, retries=2)) as cache:
         with pytest.raises(MediaError, match="HTTP 404") as err:
@@ -685,6 +695,8 @@ def test_http_errors_retries_and_backoff(server: Server, cache_dir: Path) -> Non
 
 
 def test_timeouts(server: Server, cache_dir: Path) -> None:
+    """No response within timeout_s, or a download that takes longer in all, fails as timed out, is not retried and
+    leaves no file."""
     base = f"http://127.0.0.1:{server.port}"
     with ImageCache(cache_dir, config(server, timeout_s=0.5)) as cache:
         t0 = time.monotonic()
@@ -698,6 +710,8 @@ def test_timeouts(server: Server, cache_dir: Path) -> None:
 
 
 def test_size_limit_while_streaming(server: Server, cache_dir: Path) -> None:
+    """A body over max_bytes is refused, from its Content-Length or counted while streaming without one; a smaller
+    image still downloads."""
     base = f"http://127.0.0.1:{server.port}"
     assert len(server.files["noisy.png"][0]) > 4096
     with ImageCache(cache_dir, config(server, max_bytes=4096)) as cache:
@@ -710,6 +724,7 @@ def test_size_limit_while_streaming(server: Server, cache_dir: Path) -> None:
 
 
 def test_failed_downloads_leave_no_files(server: Server, cache_dir: Path) -> None:
+    """A truncated, corrupt, oversized or missing download leaves no file in the cache, temp files included."""
     base = f"http://127.0.0.1:{server.port}"
     with ImageCache(cache_dir, config(server, retries=0, max_bytes=4096)) as cache:
         for i, path in enumerate(["/truncated.png", "/corrupt.jpg", "/nolen/noisy.png", "/img/nope.png"]):
@@ -719,6 +734,8 @@ def test_failed_downloads_leave_no_files(server: Server, cache_dir: Path) -> Non
 
 
 def test_decompression_bomb(server: Server, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image over Pillow's MAX_IMAGE_PIXELS is refused as a decompression bomb both where Pillow would only warn and
+    where it raises; one at the limit is stored."""
     server.files["bomb.png"] = (png_bytes(3000, 3000, (0, 0, 0)), "image/png")
     url = f"http://127.0.0.1:{server.port}/img/bomb.png"
     with ImageCache(cache_dir, config(server)) as cache:
@@ -735,6 +752,8 @@ def test_decompression_bomb(server: Server, cache_dir: Path, monkeypatch: pytest
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_applied_once(server: Server, cache_dir: Path, orientation: int) -> None:
+    """A JPEG with any EXIF orientation (1-8) is stored upright as JPEG, with orientation 1 and the displayed width and
+    height; orientation 1 is kept byte for byte, and the next get is a cache hit."""
     raw = server.files[f"exif{orientation}.jpg"][0]
     with Image.open(io.BytesIO(raw)) as im:
         stored_size = im.size
@@ -756,6 +775,7 @@ def test_exif_orientation_applied_once(server: Server, cache_dir: Path, orientat
 
 
 def test_other_formats_are_stored_as_png(server: Server, cache_dir: Path) -> None:
+    """An image in a format the cache does not keep as it is (GIF) is stored as a PNG of the same size."""
     buf = io.BytesIO()
     Image.new("P", (12, 9), 3).save(buf, "GIF")
     server.files["c.gif"] = (buf.getvalue(), "image/gif")
@@ -770,6 +790,8 @@ def test_other_formats_are_stored_as_png(server: Server, cache_dir: Path) -> Non
 
 
 def test_local_files_read_from_document_root(server: Server, cache_dir: Path, tmp_path: Path) -> None:
+    """/data/local-files/?d= paths are read from document_root without a request, traversals and symlinks out of it
+    refused; other files are fetched from Label Studio, and without a root a traversal is refused before any request."""
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "x.png").write_bytes(png_bytes(33, 22))
@@ -980,6 +1002,7 @@ def test_old_cache_format_is_fetched_again(server: Server, cache_dir: Path) -> N
 
 
 def test_hit_on_a_damaged_file_fetches_again(server: Server, cache_dir: Path) -> None:
+    """A cached file that no longer decodes is not a hit: the image is downloaded again to the same path."""
     url = f"http://127.0.0.1:{server.port}/img/a.png"
     with ImageCache(cache_dir, config(server)) as cache:
         first = cache.get(1, url)
@@ -1044,12 +1067,15 @@ def test_cpu_work_runs_on_at_most_cpu_count_threads(
 
 
 def test_root_document_root_is_ignored(cache_dir: Path) -> None:
+    """A document_root of / is ignored: local files are not read from it and, without LABEL_STUDIO_URL, are refused."""
     with ImageCache(cache_dir, config(None, document_root=Path("/"))) as cache:
         with pytest.raises(MediaError, match="LABEL_STUDIO_URL"):
             cache.get(1, "/data/local-files/?d=etc/hostname")
 
 
 def test_unsupported_urls(cache_dir: Path) -> None:
+    """An empty URL, a bare name and file:// or ftp:// URLs are unsupported, and Label Studio paths and s3:// URIs
+    need LABEL_STUDIO_URL: each is refused with MediaError."""
     with ImageCache(cache_dir, config(None)) as cache:
         for url, reason in [
             ("", "no image URL"),
@@ -1064,6 +1090,8 @@ def test_unsupported_urls(cache_dir: Path) -> None:
 
 
 def test_get_many_never_raises_for_one_image(server: Server, cache_dir: Path) -> None:
+    """``get_many`` gives each task a CachedImage or its MediaError, calls on_done once per item, requests each URL
+    once and hits the cache the second time."""
     base = f"http://127.0.0.1:{server.port}"
     items = [(i, f"{base}/img/a.png?i={i}") for i in range(6)]
     items += [(10, f"{base}/img/missing.png"), (11, f"{base}/corrupt.jpg"), (12, "http://blocked.example/x.png")]
@@ -1081,6 +1109,8 @@ def test_get_many_never_raises_for_one_image(server: Server, cache_dir: Path) ->
 
 
 def test_config_from_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``MediaConfig.from_settings`` reads the Label Studio URL (trailing slash dropped) and API key, document root,
+    allow_hosts (comma list, trimmed) and timeout, defaulting the rest; ``presign_path`` is the task's presign URL."""
     monkeypatch.setenv("LABEL_STUDIO_URL", "http://ls.example:8080/")
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "abc")
     monkeypatch.setenv("LOCAL_FILES_DOCUMENT_ROOT", str(tmp_path))
@@ -1120,6 +1150,8 @@ def ls(label_studio_local_files: tuple[str, str, Path]) -> tuple[str, str, Path]
 
 @pytest.mark.labelstudio
 def test_label_studio_uploads(ls: tuple[str, str, Path], cache_dir: Path) -> None:
+    """Uploads to a real Label Studio are fetched byte for byte from their /data/upload/ path or full URL; a missing
+    upload fails with its HTTP status, and a wrong API key with 401 naming LABEL_STUDIO_API_KEY."""
     url, token, _ = ls
     api = LabelStudioAPI(url, token)
     project = api.create_project("media uploads")
@@ -1148,6 +1180,8 @@ def test_label_studio_uploads(ls: tuple[str, str, Path], cache_dir: Path) -> Non
 
 @pytest.mark.labelstudio
 def test_label_studio_personal_access_token(ls: tuple[str, str, Path], cache_dir: Path) -> None:
+    """A Label Studio personal access token (a JWT refresh token) is exchanged for an access token; an expired one is
+    refreshed on 401 and the request made again."""
     url, token, _ = ls
     resp = httpx.post(url + "/api/token/", headers={"Authorization": f"Token {token}"}, timeout=30)
     if resp.status_code == 409:
@@ -1168,6 +1202,8 @@ def test_label_studio_personal_access_token(ls: tuple[str, str, Path], cache_dir
 
 @pytest.mark.labelstudio
 def test_label_studio_local_files(ls: tuple[str, str, Path], cache_dir: Path) -> None:
+    """A Local Storage file is read from document_root without asking Label Studio (a wrong API key still works), or
+    fetched through Label Studio, which answers 404 for a file no storage of the project covers."""
     url, token, root = ls
     (root / "sub").mkdir(exist_ok=True)
     (root / "outside").mkdir(exist_ok=True)
@@ -1213,6 +1249,8 @@ def moto_s3() -> Iterator[str]:
 @pytest.mark.labelstudio
 @pytest.mark.parametrize("presign", [True, False])
 def test_label_studio_cloud_presign(ls: tuple[str, str, Path], moto_s3: str, cache_dir: Path, presign: bool) -> None:
+    """An s3:// task URI is fetched through Label Studio's presign URL, redirected to the S3 host (refused unless it is
+    in allow_hosts) or streamed by Label Studio, then cached; a missing object fails with an HTTP error."""
     boto3 = pytest.importorskip("boto3")
     url, token, _ = ls
     creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
