@@ -194,7 +194,7 @@ class ChangeLog:
 
     def invalidate(self, project_id: int) -> int:
         """Make a gap, so the next build reads Label Studio (an event may have been lost)."""
-        return int(self.redis.incr(seq_key(project_id)))  # type: ignore[arg-type]
+        return int(self.redis.incr(seq_key(project_id)))
 
 
 def _annotation_counts(annotations: list[dict[str, Any]]) -> tuple[int, int]:

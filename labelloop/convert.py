@@ -36,9 +36,10 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from labelloop.labels import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
 
@@ -59,7 +60,14 @@ _LINE_TASKS = ("detect", "obb", "segment", "pose")
 # ---------------------------------------------------------------------------- geometry
 
 
-def _np(x: Any, dtype: Any = np.float64) -> np.ndarray:
+_Scalar = TypeVar("_Scalar", bound=np.generic)
+
+
+@overload
+def _np(x: Any) -> npt.NDArray[np.float64]: ...
+@overload
+def _np(x: Any, dtype: type[_Scalar]) -> npt.NDArray[_Scalar]: ...
+def _np(x: Any, dtype: type[np.generic] = np.float64) -> npt.NDArray[Any]:
     """A numpy array from a list, numpy array or (CPU/GPU) torch tensor."""
     if hasattr(x, "detach"):
         x = x.detach()
@@ -79,7 +87,7 @@ def region_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def rectangle_corners(value: Mapping[str, Any], width: float, height: float) -> np.ndarray:
+def rectangle_corners(value: Mapping[str, Any], width: float, height: float) -> npt.NDArray[np.float64]:
     """The corners of a Label Studio rectangle, in pixels.
 
     Args:
@@ -106,7 +114,7 @@ def rectangle_corners(value: Mapping[str, Any], width: float, height: float) -> 
     return np.asarray(local @ rot.T + np.array([x, y]), dtype=np.float64)
 
 
-def _is_rectangle(pts: np.ndarray, rel_tol: float = 1e-3) -> bool:
+def _is_rectangle(pts: npt.NDArray[np.float64], rel_tol: float = 1e-3) -> bool:
     edges = np.roll(pts, -1, axis=0) - pts
     lengths = np.linalg.norm(edges, axis=1)
     scale = max(float(lengths.max()), 1e-12)
@@ -133,7 +141,7 @@ def corners_to_rectangle(corners: Any, width: float, height: float) -> dict[str,
     Raises:
         ValueError: fewer than 3 points.
     """
-    pts: np.ndarray = _np(corners).reshape(-1, 2)
+    pts: npt.NDArray[np.float64] = _np(corners).reshape(-1, 2)
     if len(pts) < 3:
         raise ValueError(f"a rotated box needs at least 3 points, got {len(pts)}")
     if len(pts) != 4 or not _is_rectangle(pts):
@@ -160,7 +168,7 @@ def corners_to_rectangle(corners: Any, width: float, height: float) -> dict[str,
     }
 
 
-def clip_polygon(points: Any) -> np.ndarray:
+def clip_polygon(points: Any) -> npt.NDArray[np.float64]:
     """Clip a polygon to the unit square (Sutherland-Hodgman), dropping repeated points.
 
     Args:
@@ -214,7 +222,9 @@ def polygon_area(points: Any, width: float = 1.0, height: float = 1.0) -> float:
     return abs(float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))) / 2 * float(width) * float(height)
 
 
-def mask_to_polygons(mask: Any, min_area_px: float = 0.0, epsilon_px: float = 0.0) -> tuple[list[np.ndarray], int]:
+def mask_to_polygons(
+    mask: Any, min_area_px: float = 0.0, epsilon_px: float = 0.0
+) -> tuple[list[npt.NDArray[np.float64]], int]:
     """Trace the external contours of a binary mask, one polygon per connected part (8-connected).
 
     Args:
@@ -249,7 +259,7 @@ def mask_to_polygons(mask: Any, min_area_px: float = 0.0, epsilon_px: float = 0.
     return polygons, specks
 
 
-def polygons_to_mask(polygons: Sequence[Any], width: int, height: int) -> np.ndarray:
+def polygons_to_mask(polygons: Sequence[Any], width: int, height: int) -> npt.NDArray[np.bool_]:
     """Rasterise normalised polygons (pixel-centre convention, see ``mask_to_polygons``).
 
     Returns:
@@ -270,7 +280,7 @@ def polygons_to_mask(polygons: Sequence[Any], width: int, height: int) -> np.nda
     return m.astype(bool)
 
 
-def brush_to_mask(value: Mapping[str, Any], original_width: int, original_height: int) -> np.ndarray:
+def brush_to_mask(value: Mapping[str, Any], original_width: int, original_height: int) -> npt.NDArray[np.bool_]:
     """Decode a Label Studio brush ``value`` to its mask.
 
     Args:
@@ -310,7 +320,7 @@ def mask_to_brush(mask: Any) -> dict[str, Any]:
     return {"format": "rle", "rle": [int(v) for v in mask2rle(m)]}
 
 
-def _unletterbox(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+def _unletterbox(mask: npt.NDArray[np.float32], width: int, height: int) -> npt.NDArray[np.bool_]:
     """A model-resolution mask as a (height, width) bool mask of the original image.
 
     A mask of another aspect ratio is taken to be letterboxed (centred padding), as
@@ -350,7 +360,7 @@ def _where(region: Mapping[str, Any]) -> str:
     return f"region {region.get('id')} ({region.get('type')})"
 
 
-def _rect_pixels_ok(corners_n: np.ndarray, width: int, height: int) -> bool:
+def _rect_pixels_ok(corners_n: npt.NDArray[np.float64], width: int, height: int) -> bool:
     """Both sides of the minimum-area rectangle of normalised corners are >= MIN_BOX_PX pixels."""
     import cv2
 
@@ -725,8 +735,8 @@ def _keypoint_region(
 def _segment_region(
     spec: TrainSpec,
     label: str,
-    polygons: list[np.ndarray],
-    mask: np.ndarray | None,
+    polygons: list[npt.NDArray[np.float64]],
+    mask: npt.NDArray[np.bool_] | None,
     width: int,
     height: int,
     score: float | None,
@@ -822,7 +832,7 @@ def predictions_to_regions(
     def score(i: int) -> float | None:
         return None if conf is None else float(conf[i])
 
-    def rows(x: Any, what: str, shape: tuple[int, ...]) -> np.ndarray:
+    def rows(x: Any, what: str, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
         a = _np(x).reshape((-1, *shape))
         if len(a) != n:
             raise ValueError(f"{len(a)} {what} for {n} classes")
@@ -908,8 +918,8 @@ def _box_regions(
     names: Mapping[int, str],
     W: int,
     H: int,
-    xyxy: np.ndarray,
-    cls: np.ndarray,
+    xyxy: npt.NDArray[np.float64],
+    cls: npt.NDArray[np.int_],
     score: Any,
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """Axis-aligned rectangle regions, and the instance index of each."""

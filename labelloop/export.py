@@ -253,7 +253,7 @@ def select_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     Returns:
         the chosen annotation dict, or None when the task has no usable annotation.
     """
-    usable = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    usable: list[dict[str, Any]] = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
     if not usable:
         return None
     return max(usable, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or ""), a.get("id", 0)))

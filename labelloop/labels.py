@@ -88,7 +88,7 @@ def parse_label_config(label_config: str, control_tag: str | None = None, obb: b
             is not trainable, a control tag without labels, a multiple-choice Choices, or a
             KeyPointLabels without a RectangleLabels on its Image.
     """
-    from label_studio_sdk.label_interface import LabelInterface
+    from label_studio_sdk.label_interface.interface import LabelInterface
 
     try:
         interface = LabelInterface(label_config)

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from labelloop.errors import DatasetError, LabelStudioError, LabelStudioUnavailable
 
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
 
-def client(url: str | None, api_key: str | None) -> Any:
+
+def client(url: str | None, api_key: str | None) -> LabelStudio:
     """A label-studio-sdk client (``label_studio_sdk.LabelStudio``); accepts a legacy token or
     a personal access token.
 

@@ -9,7 +9,7 @@ lost, e.g. while labelloop was down) to the trigger policy as annotation events.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -68,7 +68,7 @@ class Ledger:
 
     def projects(self) -> set[int]:
         """Projects labelloop has heard of (webhooks or /setup)."""
-        return {int(p) for p in self.redis.smembers(PROJECTS_KEY)}  # type: ignore[union-attr]
+        return {int(p) for p in self.redis.smembers(PROJECTS_KEY)}
 
     def seed(self, project_id: int, annotations: dict[int, str]) -> bool:
         """Fill an absent ledger (e.g. after Redis lost its data) from a baseline; returns
@@ -90,8 +90,9 @@ class Ledger:
                 return False
 
     def seen(self, project_id: int) -> dict[int, str]:
-        raw = self.redis.hgetall(self.key(project_id))
-        return {int(k): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]
+        # redis-py types a reply as bytes | str; without decode_responses it is bytes.
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(self.key(project_id)))
+        return {int(k): v.decode() for k, v in raw.items()}
 
     def apply(self, project_id: int, changes: list[Change]) -> int:
         """Record changes; returns how many were new to the ledger (a resent update counts 0).

@@ -953,7 +953,7 @@ class ImageCache:
             with self._client.stream("GET", url, headers=headers) as resp:
                 status = resp.status_code
                 if status in _REDIRECTS:
-                    location = resp.headers.get("location")
+                    location: str | None = resp.headers.get("location")  # httpx types Headers.get as Any
                     if not location:
                         raise MediaError(f"HTTP {status} without a Location for {_shown(task_url)}", status)
                     return location

@@ -59,7 +59,7 @@ def serve_when_warm(
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             servers = client.smembers(servers_key(project_id))
-            if not servers or servers <= client.smembers(warm_key(project_id, version)):  # type: ignore[operator]
+            if not servers or servers <= client.smembers(warm_key(project_id, version)):
                 warm = True
                 break
             time.sleep(0.05)

@@ -96,7 +96,7 @@ class Predictor:
         from labelloop.yolo_env import prepare_ultralytics
 
         prepare_ultralytics(self.config_dir)
-        from ultralytics import YOLO
+        from ultralytics.models import YOLO
 
         from labelloop.training import pick_device
 

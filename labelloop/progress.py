@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -37,7 +37,7 @@ class ProgressStore:
 
     def get(self, project_id: int) -> dict[str, Any] | None:
         raw = self.redis.get(self._key(project_id, "progress"))
-        return json.loads(raw) if raw else None  # type: ignore[arg-type]
+        return json.loads(raw) if raw else None
 
     def clear(self, project_id: int, run_id: str) -> None:
         if (self.get(project_id) or {}).get("run_id") == run_id:
@@ -54,7 +54,7 @@ class ProgressStore:
 
     def preannotation(self, project_id: int) -> dict[str, Any] | None:
         raw = self.redis.get(self._key(project_id, "preannotate"))
-        return json.loads(raw) if raw else None  # type: ignore[arg-type]
+        return json.loads(raw) if raw else None
 
     def request_cancel(self, project_id: int) -> str | None:
         """Ask the running training of a project to stop; returns its run id, or None if none runs."""
@@ -65,5 +65,6 @@ class ProgressStore:
         return str(progress["run_id"])
 
     def cancel_requested(self, project_id: int, run_id: str) -> bool:
-        raw = self.redis.get(self._key(project_id, "cancel"))
-        return raw is not None and raw.decode() == run_id  # type: ignore[union-attr]
+        # redis-py types a reply as bytes | str; without decode_responses it is bytes.
+        raw = cast(bytes | None, self.redis.get(self._key(project_id, "cancel")))
+        return raw is not None and raw.decode() == run_id

@@ -57,7 +57,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     from labelloop.yolo_env import prepare_ultralytics
 
     prepare_ultralytics(Path(spec["config_dir"]))
-    from ultralytics import YOLO
+    from ultralytics.models import YOLO
 
     device = pick_device(str(spec.get("device", "")))
     run_dir = Path(spec["run_dir"]).absolute()
@@ -179,7 +179,7 @@ def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) ->
         pose; segment and pose add ``box_map50_95``), or ``{"accuracy_top1",
         "accuracy_top5"}`` for classify.
     """
-    from ultralytics import YOLO
+    from ultralytics.models import YOLO
 
     task = spec.get("task") or "detect"
     result = YOLO(weights, task=task).val(
@@ -263,7 +263,8 @@ def run_training_process(
     if code != 0 or not result_path.exists():
         tail = (run_dir / "train.log").read_text(errors="replace")[-2000:]
         raise TrainingError(f"training process exited with {code}; log tail:\n{tail}")
-    return json.loads(result_path.read_text())
+    result: dict[str, Any] = json.loads(result_path.read_text())
+    return result
 
 
 def _die_with_parent() -> None:

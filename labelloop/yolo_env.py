@@ -15,12 +15,23 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _prepared = False
 
 
-def _nms(boxes, scores, iou_threshold: float):  # type: ignore[no-untyped-def]
-    """Greedy NMS with torchvision's semantics: indices of kept boxes, by score descending."""
+def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy NMS with torchvision's semantics: indices of kept boxes, by score descending.
+
+    Args:
+        boxes: (N, 4) xyxy; scores: (N,).
+
+    Returns:
+        (K,) int64 indices into ``boxes``, on ``boxes.device``.
+    """
     import torch
 
     if boxes.numel() == 0:
@@ -78,7 +89,7 @@ def ensure_torchvision_ops() -> bool:
     import torchvision.extension
 
     # torchvision.ops.nms asserts its own flag, which stays False without the compiled ops.
-    torchvision.extension._has_ops = lambda: True  # type: ignore[attr-defined]
+    torchvision.extension._has_ops = lambda: True
     return True
 
 

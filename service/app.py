@@ -77,7 +77,8 @@ class AppState:
 
 
 def _state(request: Request) -> AppState:
-    return request.app.state.labelloop  # type: ignore[no-any-return]
+    state: AppState = request.app.state.labelloop  # Starlette's State holds Any
+    return state
 
 
 async def _json_body(request: Request) -> Any:

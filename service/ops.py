@@ -163,7 +163,7 @@ def status(settings: Settings) -> int:
     registry = Registry(settings.models_dir)
     client = _redis(settings)
     try:
-        depths = {q: int(client.llen(q)) for q in QUEUES}  # type: ignore[arg-type]
+        depths = {q: int(client.llen(q)) for q in QUEUES}
         projects = sorted(Ledger(client).projects() | set(registry.projects()))
         store = ProgressStore(client)
         running = {p: r for p in projects if (r := store.get(p))}

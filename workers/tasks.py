@@ -10,7 +10,8 @@ report. The training is not retried here: it is redelivered when its worker dies
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import httpx
 import redis
@@ -33,6 +34,18 @@ _RETRY: dict[str, Any] = {
 }
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def bound_task(**options: Any) -> Callable[[Callable[Concatenate[Task, _P], _R]], Callable[_P, _R]]:
+    """``celery.shared_task(bind=True, **options)`` with the task's signature kept for mypy.
+
+    Celery ships no type information; a bound task is called without its ``self`` (the task).
+    """
+    return cast(Callable[[Callable[Concatenate[Task, _P], _R]], Callable[_P, _R]], shared_task(bind=True, **options))
+
+
 def jobs(app: Celery) -> Jobs:
     """The app's ``Jobs``, built on first use from the settings ``create_celery`` kept."""
     built: Jobs | None = getattr(app, "labelloop_jobs", None)
@@ -42,24 +55,24 @@ def jobs(app: Celery) -> Jobs:
             app.send_task(name, args=args, queue=queue)
 
         built = Jobs(app.conf.labelloop_settings, send)
-        app.labelloop_jobs = built  # type: ignore[attr-defined]
+        app.labelloop_jobs = built
     return built
 
 
-@shared_task(name=TASK_HANDLE_EVENT, bind=True, ignore_result=True, **_RETRY)
+@bound_task(name=TASK_HANDLE_EVENT, ignore_result=True, **_RETRY)
 def handle_event(self: Task, project_id: int, action: str, changes: list[list[Any]] | None = None) -> str:
     """Apply one recorded webhook event; ``changes`` is ``[[annotation_id, updated_at or None], ...]``."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, action=action):
         return jobs(self.app).handle_event(project_id, action, [(int(i), u) for i, u in changes or []])
 
 
-@shared_task(name=TASK_RECONCILE, bind=True, ignore_result=True, **_RETRY)
+@bound_task(name=TASK_RECONCILE, ignore_result=True, **_RETRY)
 def reconcile(self: Task) -> dict[str, int]:
     """Feed the changes whose webhooks were missed, per known project, to the trigger policy."""
     return jobs(self.app).reconcile()
 
 
-@shared_task(name=TASK_TRAIN, bind=True, acks_late=True, reject_on_worker_lost=True)
+@bound_task(name=TASK_TRAIN, acks_late=True, reject_on_worker_lost=True)
 def train(self: Task, project_id: int, run_id: str) -> dict[str, Any]:
     """Train a project's next version; progress shows as Celery state PROGRESS (Flower)."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, run_id=run_id, task_id=self.request.id):
@@ -68,7 +81,7 @@ def train(self: Task, project_id: int, run_id: str) -> dict[str, Any]:
         )
 
 
-@shared_task(name=TASK_PREANNOTATE, bind=True, **_RETRY)
+@bound_task(name=TASK_PREANNOTATE, **_RETRY)
 def preannotate(self: Task, project_id: int, version: str) -> dict[str, Any]:
     """Predict every unlabeled task of a project with a newly promoted version into Label Studio."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, version=version, task_id=self.request.id):
@@ -77,7 +90,7 @@ def preannotate(self: Task, project_id: int, version: str) -> dict[str, Any]:
         )
 
 
-@shared_task(name=TASK_PREDICT, bind=True)
+@bound_task(name=TASK_PREDICT)
 def predict(self: Task, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     """Regions for Label Studio tasks with the project's served version (``/predict``)."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):
