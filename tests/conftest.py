@@ -37,6 +37,17 @@ TRAIN_ENV = {
 }
 
 
+# Fixtures that start a real Label Studio or train a model: tests using them are the slow layer.
+SLOW_FIXTURES = frozenset({"label_studio", "label_studio_local_files", "label_studio_data_dir", "trained", "loop"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the slow layer (``-m "not slow"`` runs the rest in under a minute)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("labelstudio"):
+            item.add_marker(pytest.mark.slow)
+
+
 def fixture(name: str) -> dict:
     """A request a real Label Studio 1.23.2 sent, captured verbatim."""
     return json.loads((FIXTURES / name).read_text())

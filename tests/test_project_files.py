@@ -58,6 +58,7 @@ def _compose_config(env: dict[str, str], *args: str) -> subprocess.CompletedProc
     )
 
 
+@pytest.mark.slow
 @needs_compose
 def test_compose_file_validates_and_requires_secrets() -> None:
     """`docker-compose config` accepts the file with secrets set and refuses it without each of them,
@@ -116,6 +117,7 @@ def test_procfile_and_compose_run_the_same_commands() -> None:
         assert args.command == argv[1]
 
 
+@pytest.mark.slow
 @needs_compose
 def test_compose_environment_guards_webhooks_and_leaves_the_recipe_unset(
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from labelloop.registry import Registry
 
 
@@ -16,6 +18,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_models_commands(redis_url: str, tmp_path: Path) -> None:
     """list marks the served version; promote and rollback move it; errors exit 1 with a message."""
     weights = tmp_path / "w.pt"

@@ -187,7 +187,7 @@ def test_receiver_never_imports_torch_or_ultralytics() -> None:
         "bad = [m for m in ('torch', 'ultralytics', 'torchvision') if m in sys.modules]; "
         "sys.exit(1 if bad else 0)"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture

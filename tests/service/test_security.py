@@ -121,6 +121,7 @@ def test_unauthenticated_body_is_refused_before_it_is_sent(uvicorn_receiver: tup
     assert head.startswith(b"HTTP/1.1 401"), head[:100]
 
 
+@pytest.mark.slow
 def test_crafted_bodies_keep_the_receiver_memory_bounded(tmp_path: Path, redis_url: str) -> None:
     """Concurrent webhooks at the body limit made of tiny JSON objects (the costliest to parse)
     leave the receiver's peak memory within a few hundred MiB; bodies over the limit are 413."""
@@ -217,6 +218,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_a_pickled_payload_as_base_model_runs_nothing(tmp_path: Path) -> None:
     """A .pt that unpickles into code (an operator's file, a tampered download) is refused by
     Ultralytics' safe loading in the training process; the payload never runs."""

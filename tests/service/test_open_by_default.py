@@ -19,7 +19,7 @@ from labelloop.settings import Settings
 from labelloop.stack import free_port, wait_until
 from service import ops
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 
 BASIC: dict[str, Any] = {"basic_auth_user": "labelstudio", "basic_auth_pass": "ml-backend-password"}

@@ -500,7 +500,7 @@ def test_cli_builds_a_dataset_without_training(
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert out.returncode == 0, out.stderr
     assert "dataset (segment)" in out.stdout and "downloaded 5, cached 0" in out.stdout

@@ -18,7 +18,7 @@ from labelloop.stack import free_port, http_ok, wait_until
 from service.cli import build_parser
 from workers.celery_app import QUEUE_EVENTS, TASK_HANDLE_EVENT, create_celery
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -31,6 +31,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> 
     return out
 
 
+@pytest.mark.slow
 def test_every_cli_command_has_help() -> None:
     """`labelloop ... --help` exits 0 and describes every command and subcommand."""
     commands = _commands(build_parser())
@@ -54,6 +55,7 @@ def test_kubernetes_manifests_validate(tmp_path: Path) -> None:
     assert bad.returncode != 0
 
 
+@pytest.mark.slow
 def test_procfile_processes_start_and_answer(redis_url: str, tmp_path: Path) -> None:
     """`honcho start` runs every Procfile process: the receiver answers /health, Flower /healthcheck,
     the three workers answer Celery's ping, and a worker serves Prometheus metrics of its tasks."""
@@ -112,10 +114,11 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         env={**os.environ, "LABELLOOP_LOG_JSON": "true", **env},
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
 
 
+@pytest.mark.slow
 def test_unreachable_label_studio_and_redis_are_one_line_with_the_fix(tmp_path: Path) -> None:
     """`labelloop dataset build` against an unreachable Label Studio and `labelloop train` with
     Redis down print one error line naming what to check, exit 1, and no traceback."""

@@ -147,6 +147,7 @@ def fuzz_client(redis_server: tuple[Stack, str], tmp_path_factory: pytest.TempPa
         yield client
 
 
+@pytest.mark.slow
 @settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(body=_body, content_type=_content_type, raw=st.booleans(), junk=st.binary(max_size=64))
 def test_generated_webhooks_never_5xx_and_enqueue_only_valid_events(

@@ -16,6 +16,8 @@ from labelloop.registry import Registry
 from labelloop.synthetic import LABEL_CONFIG, make_sample
 from labelloop.training import run_training_process
 
+pytestmark = pytest.mark.slow  # every test here trains with real Ultralytics
+
 SPEC = parse_detection_config(LABEL_CONFIG)
 
 
