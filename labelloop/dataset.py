@@ -47,6 +47,7 @@ from labelloop.labels import TrainSpec
 from labelloop.recipe import long_side_p90
 from labelloop.registry import ProjectFiles
 from labelloop.settings import Settings
+from labelloop.task_types import task_type
 
 _HASH_SPACE = float(2**64)
 STATE_FILE = ".labelloop-state.json"
@@ -343,6 +344,7 @@ def build_dataset(
     if spec.task == "detect" and any(convert.has_rotation(a.get("result") or [], spec) for _, _, a in chosen):
         spec = spec.with_task("obb")
     report.task = spec.task
+    kind = task_type(spec.task)
     report.seconds["select"] = time.perf_counter() - t0
 
     state_path = out_dir / STATE_FILE
@@ -391,14 +393,14 @@ def build_dataset(
             label, dropped = prev["label"], prev.get("dropped", [])
         else:
             result = annotation.get("result") or []
-            if spec.task == "classify":
+            if not kind.label_files:
                 label, dropped = convert.annotation_to_class(result, spec, class_ids)
             else:
                 lines, dropped = convert.annotation_to_yolo(result, spec, class_ids, image.width, image.height)
                 label = "".join(line + "\n" for line in lines)
         for reason in dropped:
             report.dropped_regions.append({"task": task_id, "reason": reason})
-        if spec.task == "classify" and label is None:
+        if not kind.label_files and label is None:
             report.skip(task_id, "no choice", "; ".join(dropped))
             continue
         split = splits[task_id]
@@ -409,7 +411,7 @@ def build_dataset(
             src = os.path.abspath(image.path)
             src_mtime = _mtime(src)
         ext = _image_ext(src)
-        if spec.task == "classify":
+        if not kind.label_files:
             image_rel = f"{split}/{class_ids[label]}/{task_id}{ext}"
             label_rel = None
             per_class[split][label] += 1
@@ -452,7 +454,7 @@ def build_dataset(
     if old_state is None and out_dir.exists():
         shutil.rmtree(out_dir)
     for split in ("train", "val"):
-        if spec.task == "classify":
+        if not kind.label_files:
             for class_id in names:
                 (out_dir / split / str(class_id)).mkdir(parents=True, exist_ok=True)
         else:
@@ -495,14 +497,13 @@ def build_dataset(
             cache.unlink(missing_ok=True)
     report.fingerprint = fp.hexdigest()[:16]
 
-    if spec.task == "classify":
+    if not kind.label_files:
         data = out_dir
         write_atomic(out_dir / ".ndjson.yaml", yaml.safe_dump({"names": names}, sort_keys=False))
     else:
         data = out_dir / "data.yaml"
         content: dict[str, Any] = {"path": str(out_dir), "train": "images/train", "val": "images/val", "names": names}
-        if spec.task == "pose":
-            content["kpt_shape"] = [len(spec.keypoint_labels), 3]
+        content.update(kind.data_yaml_extra(spec))
         write_atomic(data, yaml.safe_dump(content, sort_keys=False))
     state = {"version": STATE_VERSION, "layout": _layout(spec), "names": names, "tasks": wanted}
     write_atomic(state_path, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))

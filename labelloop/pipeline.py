@@ -29,6 +29,7 @@ from labelloop.promotion import decide_promotion
 from labelloop.recipe import OVERRIDABLE, DataShape, plan_recipe
 from labelloop.registry import ModelVersion, Registry
 from labelloop.settings import Settings
+from labelloop.task_types import task_type
 from labelloop.training import cuda_present, run_training_process
 
 log = structlog.get_logger(__name__)
@@ -145,8 +146,9 @@ def run_training(
     timings["train"] = time.perf_counter() - t0 - result.get("val_seconds", 0.0)
     timings["validate"] = result.get("val_seconds", 0.0)
     log.info("training_finished", seconds=round(timings["train"], 3), **result["metrics"])
-    metric = params["promotion_metric"] if spec.task != "classify" else "accuracy_top1"
-    n_val = report.images["val"] if spec.task == "classify" else sum(report.instances_per_class.get("val", {}).values())
+    kind = task_type(spec.task)
+    metric = kind.promotion_metric or params["promotion_metric"]
+    n_val = kind.validation_count(report.images["val"], sum(report.instances_per_class.get("val", {}).values()))
     decision = decide_promotion(
         result["metrics"], result.get("incumbent_metrics"), metric, params["promotion_margin"], n_val
     )

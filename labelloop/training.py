@@ -181,6 +181,8 @@ def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) ->
     """
     from ultralytics.models import YOLO
 
+    from labelloop.task_types import task_type
+
     task = spec.get("task") or "detect"
     result = YOLO(weights, task=task).val(
         data=str(spec["data"]),
@@ -194,14 +196,7 @@ def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) ->
         plots=False,
         verbose=False,
     )
-    if task == "classify":
-        return {"accuracy_top1": float(result.top1), "accuracy_top5": float(result.top5)}
-    own = {"segment": "seg", "pose": "pose"}.get(task, "box")
-    m = getattr(result, own)
-    metrics = {"map50_95": float(m.map), "map50": float(m.map50), "precision": float(m.mp), "recall": float(m.mr)}
-    if own != "box":
-        metrics["box_map50_95"] = float(result.box.map)
-    return metrics
+    return task_type(task).val_metrics(result)
 
 
 def run_training_process(

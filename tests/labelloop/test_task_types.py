@@ -1,0 +1,45 @@
+"""The task-type registry: one module per Ultralytics task behind one interface, and README's
+"What it trains" naming that module for each row."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from labelloop.task_types import TASK_TYPES, TaskType, task_type
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_ultralytics_task_has_its_module_and_unknown_ones_are_errors() -> None:
+    """detect, obb, segment, pose and classify each resolve to a TaskType of their own module;
+    an unknown task is a ValueError naming the known ones."""
+    assert sorted(TASK_TYPES) == ["classify", "detect", "obb", "pose", "segment"]
+    for name, kind in TASK_TYPES.items():
+        assert isinstance(kind, TaskType) and kind.name == name
+        assert type(kind).__module__ == f"labelloop.task_types.{name}"
+        assert kind.control_tags
+    with pytest.raises(ValueError, match="labelloop trains detect"):
+        task_type("depth")
+
+
+def test_layouts_and_metrics_follow_the_task() -> None:
+    """Only classify uses class folders and top-1 accuracy; pose adds kpt_shape to data.yaml."""
+    assert [n for n, k in TASK_TYPES.items() if not k.label_files] == ["classify"]
+    assert {n: k.promotion_metric for n, k in TASK_TYPES.items() if k.promotion_metric} == {"classify": "accuracy_top1"}
+    assert task_type("segment").metrics_attr == "seg" and task_type("pose").metrics_attr == "pose"
+
+
+def test_readme_names_the_module_of_every_row() -> None:
+    """Each row of README's "What it trains" names the task type module that implements it."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### What it trains") : text.index("### Base models")]
+    rows = [r for r in section.splitlines() if r.startswith("| `")]
+    assert len(rows) == 6
+    for row in rows:
+        task = row.split("|")[2].strip()
+        module = re.search(r"`(labelloop/task_types/\w+\.py)`", row)
+        assert module and module.group(1) == f"labelloop/task_types/{task}.py", row
+        assert (ROOT / module.group(1)).is_file()
