@@ -258,16 +258,15 @@ def run_demo(args: argparse.Namespace) -> int:
                 f"{env['LABELLOOP_TRAIN_EVERY_N']} new annotations"
             )
             version = newest = _wait_for_version(registry, project_id, after=newest, timeout_s=1800)
-            manifest = registry.get(project_id, version).manifest
-            args_ = manifest.get("train_args") or {}
-            recipe = manifest.get("recipe") or {}
-            stages = ", ".join(f"{k} {v:.1f} s" for k, v in manifest["timings"].items())
+            record = registry.get(project_id, version).record
+            args_ = record.train_args
+            stages = ", ".join(f"{k} {v:.1f} s" for k, v in record.timings.items())
             say(
-                f"new model version {version} ({'promoted' if manifest['promotion']['promoted'] else 'rejected'}): "
-                f"{recipe.get('epochs_run')} epochs at imgsz {args_.get('imgsz')}, batch {args_.get('batch')}, "
+                f"new model version {version} ({'promoted' if record.promotion.promoted else 'rejected'}): "
+                f"{record.recipe.epochs_run} epochs at imgsz {args_.get('imgsz')}, batch {args_.get('batch')}, "
                 f"nbs {args_.get('nbs')}; {stages}"
             )
-            if manifest["promotion"]["promoted"]:
+            if record.promotion.promoted:
                 served = version
                 # Label Studio asks /setup for the version whenever it reads the backend.
                 wait_until(_sees(api, ml_id, version), 60, "Label Studio sees the new version")

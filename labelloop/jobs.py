@@ -127,7 +127,7 @@ class Jobs:
         if self.redis.exists(Ledger.key(project_id)):
             return
         served = Registry(self.settings.models_dir).current(project_id)
-        baseline = (served.manifest.get("annotations") or {}) if served else {}
+        baseline = served.record.annotations if served else {}
         if served and self.ledger().seed(project_id, {int(i): u for i, u in baseline.items()}):
             log.info("ledger_seeded", version=served.name, annotations=len(baseline))
 
@@ -198,8 +198,9 @@ class Jobs:
                 should_cancel=lambda: progress.cancel_requested(project_id, run_id),
                 heartbeat=lambda: self._beat_lock(project_id, run_id),
             )
-            status = version.manifest.get("status")
-            outcome.update(status=status, version=version.name, metrics=version.manifest.get("metrics"))
+            record = version.record
+            status = record.status
+            outcome.update(status=status, version=version.name, metrics=record.metrics)
             if status == "promoted" and load_params(s.models_dir, project_id).effective(s)["preannotate"]:
                 self.send(TASK_PREANNOTATE, [project_id, version.name], QUEUE_PREDICT)
         except LabelloopError as exc:

@@ -109,9 +109,10 @@ class Predictor:
         if version:
             mv = self.registry.get(project_id, version)
             loaded = self._load(str(mv.weights), version)
-            loaded.task = mv.manifest.get("task") or loaded.model.task
-            loaded.from_name = mv.manifest.get("from_name")
-            trained_at = (mv.manifest.get("train_args") or {}).get("imgsz")
+            record = mv.record
+            loaded.task = ("task" in mv.manifest and record.task) or loaded.model.task
+            loaded.from_name = record.from_name
+            trained_at = record.train_args.get("imgsz")
             loaded.imgsz = int(trained_at) if isinstance(trained_at, int) and trained_at > 0 else None
             return loaded
         if self.base_model.endswith(".pt") and Path(self.base_model).exists():

@@ -16,7 +16,7 @@ This module owns the layout: everything else reaches these files through ``Regis
 A version directory is written under a temporary name and renamed into place, and
 ``CURRENT`` is written to a temporary file and ``os.replace``-d, so a crash at any point
 leaves the previous version serving. Redis only caches and notifies; wiping it changes
-nothing here. Standard library only: the receiver imports this module.
+nothing here. No torch or ultralytics: the receiver imports this module.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from labelloop.errors import RegistryError, VersionNotFoundError
+from labelloop.manifest import Manifest
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
 UNTRAINED = "untrained"  # the model version reported while a project has none
@@ -84,6 +85,11 @@ class ModelVersion:
     def weights(self) -> Path:
         """Path of the version's Ultralytics weights file (best.pt of its training)."""
         return self.path / WEIGHTS
+
+    @property
+    def record(self) -> Manifest:
+        """The manifest as a typed record (``labelloop.manifest.Manifest``)."""
+        return Manifest.model_validate(self.manifest)
 
 
 def _fsync_dir(path: Path) -> None:

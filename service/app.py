@@ -221,8 +221,8 @@ async def project_versions(request: Request) -> JSONResponse:
         {
             "version": v.name,
             "status": st.registry.status(project_id, v.name),
-            "parent": v.manifest.get("parent"),
-            "created_at": v.manifest.get("created_at"),
+            "parent": v.record.parent,
+            "created_at": v.record.created_at,
             "metrics": v.manifest.get("metrics"),
             "dataset_size": v.manifest.get("dataset_size"),
             "promotion": v.manifest.get("promotion"),

@@ -126,12 +126,12 @@ def models_list(settings: Settings, project_id: int) -> int:
         return 0
     print(f"{'':2}{'version':<8} {'created':<21} {'parent':<7} {'train/val':<10} {'mAP50-95':>8}")
     for v in versions:
-        m = v.manifest
-        size = m.get("dataset_size", {})
+        m = v.record
+        size = m.dataset_size
         mark = "* " if v.name == current else "  "
-        map_ = m.get("metrics", {}).get("map50_95")
+        map_ = m.metrics.get("map50_95")
         print(
-            f"{mark}{v.name:<8} {m.get('created_at', ''):<21} {m.get('parent') or '-':<7} "
+            f"{mark}{v.name:<8} {m.created_at or '':<21} {m.parent or '-':<7} "
             f"{size.get('train', 0)}/{size.get('val', 0):<8} {map_ if map_ is None else f'{map_:.4f}':>8}"
         )
     return 0

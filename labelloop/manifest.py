@@ -1,0 +1,143 @@
+"""Typed records of a training: the job sent to the training process, its result, and the
+version manifest the registry keeps (``<models_dir>/<project>/versions/vN/manifest.json``).
+
+The manifest is JSON on disk and stays readable by older and newer labelloop: unknown keys are
+kept (``extra="allow"``) and every field has a default, so a manifest written before a field
+existed still loads. ``ModelVersion.record`` (``labelloop.registry``) is the typed view every
+reader uses; ``ModelVersion.manifest`` stays the raw dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Promotion(_Record):
+    """The promotion gate's decision (``labelloop.promotion.decide_promotion``)."""
+
+    metric: str | None = None
+    margin: float | None = None
+    promoted: bool = False
+    reason: str | None = None
+    noise: float | None = None
+    val_objects: int | None = None
+
+
+class Incumbent(_Record):
+    """The served version the candidate was compared with, and its metrics on the same split."""
+
+    version: str
+    metrics: dict[str, float] | None = None
+
+
+class Recipe(_Record):
+    """Why the training arguments are what they are (``labelloop.recipe``), and what ran."""
+
+    reasons: dict[str, str] = Field(default_factory=dict)
+    warm_start: bool | None = None
+    epochs_run: int | None = None
+    checkpoint_used: str | None = None
+
+
+class Manifest(_Record):
+    """A model version's manifest.
+
+    Written by the pipeline (everything but the last five fields) and completed by the registry
+    (``version``, ``project_id``, ``parent``, ``created_at``, ``status``).
+    """
+
+    task: str = "detect"
+    classes: list[str] = Field(default_factory=list)
+    names: dict[str, str] = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    from_name: str | None = None
+    to_name: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    incumbent: Incumbent | None = None
+    promotion: Promotion = Field(default_factory=Promotion)
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    dataset_size: dict[str, int] = Field(default_factory=dict)
+    train_args: dict[str, Any] = Field(default_factory=dict)
+    recipe: Recipe = Field(default_factory=Recipe)
+    base_model: dict[str, Any] = Field(default_factory=dict)
+    run_id: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    version: str | None = None
+    project_id: int | None = None
+    parent: str | None = None
+    created_at: str | None = None
+    status: str | None = None
+
+    def class_names(self) -> dict[int, str]:
+        """Class id -> label the version was trained with (older manifests: ``classes`` order)."""
+        old = self.names or {str(i): c for i, c in enumerate(self.classes)}
+        return {int(k): v for k, v in old.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as the JSON object written to disk (unset registry fields left out)."""
+        registry_fields = ("version", "project_id", "parent", "created_at", "status")
+        data = self.model_dump(mode="json")
+        return {k: v for k, v in data.items() if not (k in registry_fields and v is None)}
+
+
+@dataclass
+class TrainingJob:
+    """What the training child process runs (``labelloop.training.train``; JSON in ``spec.json``).
+
+    ``weights``: a version's weights, an Ultralytics asset or a model YAML; ``incumbent``: the
+    served version's weights, validated on the same split for the promotion gate;
+    ``fallback_weights``: trained instead when ``weights`` cannot be downloaded.
+    """
+
+    weights: str
+    data: str
+    task: str
+    config_dir: str
+    epochs: int
+    imgsz: int
+    batch: int
+    device: str = ""
+    workers: int = 0
+    seed: int = 0
+    incumbent: str | None = None
+    fallback_weights: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object ``train`` reads (``extra``: the recipe's other Ultralytics arguments)."""
+        body = asdict(self)
+        return {**body.pop("extra"), **body}
+
+
+@dataclass
+class TrainingResult:
+    """What the training child process wrote (``result.json``).
+
+    ``best``: the checkpoint to publish; ``metrics``: its validation metrics (fractions);
+    ``incumbent_metrics``: the incumbent's on the same split, or None.
+    """
+
+    best: str
+    metrics: dict[str, float]
+    device: str
+    seconds: float = 0.0
+    val_seconds: float = 0.0
+    incumbent_metrics: dict[str, float] | None = None
+    weights: str | None = None
+    epochs_run: int | None = None
+    checkpoint: str | None = None
+    base_model_note: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingResult:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
