@@ -315,15 +315,44 @@ def build_dataset(
         DatasetError: too little usable data (fewer than one train and one val image); the
             message gives the counts. The folder is left as it was.
     """
-    from labelloop import convert
-
     out_dir = Path(out_dir).absolute()
     names = dict(names) if names is not None else dict(enumerate(spec.labels))
-    class_ids = {label: i for i, label in names.items() if label in spec.labels}
     report = report if report is not None else DatasetReport()
     report.task, report.tasks_exported = spec.task, len(tasks)
 
     t0 = time.perf_counter()
+    chosen, spec = _choose(tasks, spec, report)
+    report.seconds["select"] = time.perf_counter() - t0
+    old_state = _read_state(out_dir / STATE_FILE, spec)
+    old_tasks: dict[str, dict[str, Any]] = (old_state or {}).get("tasks", {})
+
+    t0 = time.perf_counter()
+    images, reused = _images(chosen, old_tasks, fetch)
+    report.seconds["download"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    wanted = plan_files(chosen, images, reused, old_tasks, spec, names, val_fraction, min_val, report)
+    usable_n = report.images["train"] + report.images["val"]
+    if report.images["train"] < 1 or report.images["val"] < 1:
+        raise DatasetError(
+            f"too little data to train: {usable_n} usable images (train {report.images['train']}, "
+            f"val {report.images['val']}) of {len(tasks)} annotated tasks; skipped: "
+            + (", ".join(f"{n} {k}" for k, n in report.skipped_counts.items()) or "none")
+            + "".join(f"\n  task {s['task']}: {s['reason']}" for s in report.skipped[:3])
+        )
+    data = apply_files(out_dir, spec, names, old_state, old_tasks, wanted, report)
+    report.seconds["build"] = time.perf_counter() - t0
+    write_atomic(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
+    return BuildResult(data, spec, names, report)
+
+
+def _choose(
+    tasks: list[dict[str, Any]], spec: TrainSpec, report: DatasetReport
+) -> tuple[list[tuple[int, str, dict[str, Any]]], TrainSpec]:
+    """The ``(task id, image URL, annotation)`` to train on, and the spec (``detect`` becomes
+    ``obb`` when a chosen rectangle is rotated); skipped tasks and unknown labels go into ``report``."""
+    from labelloop import convert
+
     chosen: list[tuple[int, str, dict[str, Any]]] = []
     known = set(spec.labels) | set(spec.keypoint_labels)
     unknown: Counter[str] = Counter()
@@ -344,24 +373,30 @@ def build_dataset(
     if spec.task == "detect" and any(convert.has_rotation(a.get("result") or [], spec) for _, _, a in chosen):
         spec = spec.with_task("obb")
     report.task = spec.task
-    kind = task_type(spec.task)
-    report.seconds["select"] = time.perf_counter() - t0
+    return chosen, spec
 
-    state_path = out_dir / STATE_FILE
-    names_key = hashlib.sha1(json.dumps([spec.task, spec.from_name, sorted(names.items())]).encode()).hexdigest()[:12]
+
+def _read_state(state_path: Path, spec: TrainSpec) -> dict[str, Any] | None:
+    """The last build's state when it was written for the same layout (else None: rebuild)."""
     try:
-        old_state = orjson.loads(state_path.read_bytes())
-        if old_state.get("version") != STATE_VERSION or old_state.get("layout") != _layout(spec):
-            old_state = None
+        state: dict[str, Any] = orjson.loads(state_path.read_bytes())
     except (OSError, ValueError):
-        old_state = None
-    old_tasks: dict[str, dict[str, Any]] = (old_state or {}).get("tasks", {})
+        return None
+    if state.get("version") != STATE_VERSION or state.get("layout") != _layout(spec):
+        return None
+    return state
 
-    # Images the last build used for the same URL are taken from its state (no cache lookups);
-    # only new or changed ones are fetched.
-    t0 = time.perf_counter()
+
+def _images(
+    chosen: list[tuple[int, str, dict[str, Any]]],
+    old_tasks: dict[str, dict[str, Any]],
+    fetch: Callable[[list[tuple[int, str]]], Mapping[int, Any]],
+) -> tuple[dict[int, Any], dict[int, dict[str, Any]]]:
+    """Each task's image (or the exception fetching it), and the last build's entries reused:
+    images the last build used for the same URL come from its state, only new or changed ones
+    are fetched."""
     images: dict[int, Any] = {}
-    reused: dict[int, dict[str, Any]] = {}  # task id -> its entry in the last build's state
+    reused: dict[int, dict[str, Any]] = {}
     to_fetch: list[tuple[int, str]] = []
     for task_id, url, _ in chosen:
         prev = old_tasks.get(str(task_id))
@@ -372,10 +407,32 @@ def build_dataset(
             to_fetch.append((task_id, url))
     if to_fetch:
         images.update(fetch(to_fetch))
-    report.seconds["download"] = time.perf_counter() - t0
+    return images, reused
 
-    t0 = time.perf_counter()
-    # 1. What each task should contribute (converted labels are reused when nothing changed).
+
+def plan_files(
+    chosen: list[tuple[int, str, dict[str, Any]]],
+    images: Mapping[int, Any],
+    reused: Mapping[int, dict[str, Any]],
+    old_tasks: Mapping[str, dict[str, Any]],
+    spec: TrainSpec,
+    names: Mapping[int, str],
+    val_fraction: float,
+    min_val: int,
+    report: DatasetReport,
+) -> dict[str, dict[str, Any]]:
+    """What each task contributes (the folder's target state, by task id as text): image and
+    label paths, label text, source image; converted labels are reused when nothing changed.
+    Counts, skips and dropped regions go into ``report``. No file is touched.
+
+    Long because it is one pass over the tasks that decides every file of the folder; split, each
+    part would need the whole pass's state.
+    """
+    from labelloop import convert
+
+    kind = task_type(spec.task)
+    class_ids = {label: i for i, label in names.items() if label in spec.labels}
+    names_key = hashlib.sha1(json.dumps([spec.task, spec.from_name, sorted(names.items())]).encode()).hexdigest()[:12]
     usable: list[tuple[int, Any, dict[str, Any], str]] = []
     for task_id, url, annotation in chosen:
         image = images.get(task_id)
@@ -441,16 +498,21 @@ def build_dataset(
         }
     report.instances_per_class = {s: dict(sorted(c.items())) for s, c in per_class.items()}
     report.long_side_p90 = long_side_p90([(e["width"], e["height"]) for e in wanted.values()])
-    usable_n = report.images["train"] + report.images["val"]
-    if report.images["train"] < 1 or report.images["val"] < 1:
-        raise DatasetError(
-            f"too little data to train: {usable_n} usable images (train {report.images['train']}, "
-            f"val {report.images['val']}) of {len(tasks)} annotated tasks; skipped: "
-            + (", ".join(f"{n} {k}" for k, n in report.skipped_counts.items()) or "none")
-            + "".join(f"\n  task {s['task']}: {s['reason']}" for s in report.skipped[:3])
-        )
+    return wanted
 
-    # 2. Bring the folder to that state, touching only what changed.
+
+def apply_files(
+    out_dir: Path,
+    spec: TrainSpec,
+    names: Mapping[int, str],
+    old_state: dict[str, Any] | None,
+    old_tasks: Mapping[str, dict[str, Any]],
+    wanted: Mapping[str, dict[str, Any]],
+    report: DatasetReport,
+) -> Path:
+    """Bring ``out_dir`` to the planned state, touching only what changed, and write its
+    ``data.yaml`` (or classify's ``.ndjson.yaml``) and state; returns what to pass as ``data=``."""
+    kind = task_type(spec.task)
     if old_state is None and out_dir.exists():
         shutil.rmtree(out_dir)
     for split in ("train", "val"):
@@ -499,17 +561,20 @@ def build_dataset(
 
     if not kind.label_files:
         data = out_dir
-        write_atomic(out_dir / ".ndjson.yaml", yaml.safe_dump({"names": names}, sort_keys=False))
+        write_atomic(out_dir / ".ndjson.yaml", yaml.safe_dump({"names": dict(names)}, sort_keys=False))
     else:
         data = out_dir / "data.yaml"
-        content: dict[str, Any] = {"path": str(out_dir), "train": "images/train", "val": "images/val", "names": names}
+        content: dict[str, Any] = {
+            "path": str(out_dir),
+            "train": "images/train",
+            "val": "images/val",
+            "names": dict(names),
+        }
         content.update(kind.data_yaml_extra(spec))
         write_atomic(data, yaml.safe_dump(content, sort_keys=False))
-    state = {"version": STATE_VERSION, "layout": _layout(spec), "names": names, "tasks": wanted}
-    write_atomic(state_path, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
-    report.seconds["build"] = time.perf_counter() - t0
-    write_atomic(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
-    return BuildResult(data, spec, names, report)
+    state = {"version": STATE_VERSION, "layout": _layout(spec), "names": dict(names), "tasks": dict(wanted)}
+    write_atomic(out_dir / STATE_FILE, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
+    return data
 
 
 def _layout(spec: TrainSpec) -> str:

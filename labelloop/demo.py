@@ -191,7 +191,10 @@ def _score_held_out(
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo; with ``--exit`` stop after the loop has shown predictions."""
+    """Run the demo; with ``--exit`` stop after the loop has shown predictions.
+
+    Long because it is the demo's script: its steps in the order they are printed.
+    """
     from labelloop.logconfig import configure_logging
 
     if args.images <= args.annotate * args.rounds:

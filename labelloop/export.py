@@ -82,6 +82,9 @@ def sync_tasks(
         one annotation; ``info`` = ``{"mode": "full"|"incremental"|"change log",
         "tasks_fetched": n, "seconds": s}`` (plus ``"changes": n`` entries applied, or
         ``"change_log": reason`` when the log could not be used).
+
+    Long for its docstring (the three ways a sync reads the project); the reads themselves are
+    ``_from_change_log`` and ``_read_label_studio``.
     """
     t0 = time.perf_counter()
     try:
@@ -114,37 +117,8 @@ def sync_tasks(
         except redis.RedisError:
             position = None
     verified_at = time.time()
-    # The project (label config, counters, server time) is read while the changed tasks are
-    # listed, or while the whole project is exported on a first sync; both requests start after
-    # the previous sync's server time minus the overlap.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        project_future = pool.submit(client.projects.with_raw_response.get, id=project_id)
-        mode, fetched = "full", 0
-        changed: list[dict[str, Any]] = []
-        exported: list[dict[str, Any]] | None = None
-        if tasks is None:
-            exported = export_tasks(client, project_id)
-        else:
-            query = {
-                "filters": {
-                    "conjunction": "and",
-                    "items": [
-                        {
-                            "filter": "filter:tasks:updated_at",
-                            "operator": "greater",
-                            "type": "Datetime",
-                            "value": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since)),
-                        }
-                    ],
-                }
-            }
-            for item in client.tasks.list(
-                project=project_id, fields="all", query=json.dumps(query), resolve_uri=False, page_size=500
-            ):
-                changed.append(
-                    item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
-                )
-        raw = project_future.result()
+    raw, changed, exported = _read_label_studio(client, project_id, first=tasks is None, since=since)
+    mode, fetched = "full", 0
     project = raw.data
     try:
         server_time = parsedate_to_datetime(raw.headers.get("date")).timestamp()
@@ -180,6 +154,44 @@ def sync_tasks(
         _trim(changes, project_id, position)
     info.update(mode=mode, tasks_fetched=fetched, seconds=time.perf_counter() - t0)
     return label_config, list(tasks.values()), info
+
+
+def _read_label_studio(
+    client: Any, project_id: int, first: bool, since: float
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The project (raw response: label config, counters, server time) and either the whole
+    export (``first``) or the tasks Label Studio updated after ``since`` (epoch seconds).
+
+    The project is read while the tasks are listed or exported; both requests start after the
+    previous sync's server time minus the overlap.
+    """
+    changed: list[dict[str, Any]] = []
+    exported: list[dict[str, Any]] | None = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        project_future = pool.submit(client.projects.with_raw_response.get, id=project_id)
+        if first:
+            exported = export_tasks(client, project_id)
+        else:
+            query = {
+                "filters": {
+                    "conjunction": "and",
+                    "items": [
+                        {
+                            "filter": "filter:tasks:updated_at",
+                            "operator": "greater",
+                            "type": "Datetime",
+                            "value": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since)),
+                        }
+                    ],
+                }
+            }
+            for item in client.tasks.list(
+                project=project_id, fields="all", query=json.dumps(query), resolve_uri=False, page_size=500
+            ):
+                changed.append(
+                    item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
+                )
+        return project_future.result(), changed, exported
 
 
 # The state each store file was last written with by this process, keyed by its absolute path,

@@ -87,6 +87,9 @@ def parse_label_config(label_config: str, control_tag: str | None = None, obb: b
             several without ``control_tag`` (the message lists them), a ``control_tag`` that
             is not trainable, a control tag without labels, a multiple-choice Choices, or a
             KeyPointLabels without a RectangleLabels on its Image.
+
+    Long for its docstring and error messages: the choice of the trained unit is one decision read
+    top to bottom.
     """
     from label_studio_sdk.label_interface.interface import LabelInterface
 

@@ -135,6 +135,8 @@ def plan_recipe(
 
     Returns:
         the recipe; ``reasons`` maps each argument to the rule (or override) that set it.
+
+    Long because it is a table: one rule per Ultralytics argument next to the reason it records.
     """
     given = {k: v for k, v in (overrides or {}).items() if k in OVERRIDABLE and v is not None}
     reasons: dict[str, str] = {}

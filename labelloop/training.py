@@ -53,6 +53,9 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``{"best": path of best.pt, "metrics": {"map50_95", "map50", "precision", "recall"},
         "seconds": wall seconds, "device": device used}``.
+
+    Long because it is the training process's main: load, register the callbacks, train, validate,
+    write the result.
     """
     from labelloop.yolo_env import prepare_ultralytics
 

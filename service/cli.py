@@ -189,6 +189,10 @@ def _settings_table(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``labelloop`` command line: one sub-parser per command, each bound to its handler.
+
+    Long because it is the command line's declaration, one parser after another.
+    """
     parser = argparse.ArgumentParser(
         prog="labelloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -287,7 +287,10 @@ def credential_check(settings: Settings) -> tuple[bool, str, str]:
 
 
 def doctor(settings: Settings) -> int:
-    """Check every dependency; print what is wrong and how to fix it. Exit 1 on any problem."""
+    """Check every dependency; print what is wrong and how to fix it. Exit 1 on any problem.
+
+    Long because it is a list of checks, run and printed in order.
+    """
     problems = 0
 
     def report(ok: bool, what: str, fix: str = "") -> None:

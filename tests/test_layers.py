@@ -137,6 +137,28 @@ def test_imports_go_one_way_without_cycles() -> None:
     assert problems() == []
 
 
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions() -> list[str]:
+    """Functions of the shipped packages over ``MAX_FUNCTION_LINES`` lines (docstring included)
+    whose docstring does not say why ("Long because ..." or "Long for ...")."""
+    out = []
+    for module, path in sorted(_modules().items()):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                doc = ast.get_docstring(node) or ""
+                if length > MAX_FUNCTION_LINES and "Long because" not in doc and "Long for" not in doc:
+                    out.append(f"{module}.{node.name}: {length} lines")
+    return out
+
+
+def test_long_functions_say_why() -> None:
+    """No function of labelloop, service or workers is over 80 lines without a reason in its docstring."""
+    assert long_functions() == []
+
+
 def test_the_check_finds_a_cycle_and_an_upward_import() -> None:
     """The checker itself fails on a cycle and on a core module importing a shell."""
     graph = {"labelloop.a": {"labelloop.b"}, "labelloop.b": {"labelloop.a"}, "service.x": set()}

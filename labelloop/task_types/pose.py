@@ -104,7 +104,10 @@ def pose_lines(
 ) -> tuple[list[str], list[str]]:
     """YOLO pose lines: rectangles of ``spec.from_name`` are instances; each keypoint of
     ``spec.keypoint_from_name`` belongs to the rectangle its ``parentID`` names, else to the smallest
-    rectangle containing it; ``cls cx cy w h`` then ``x y 2`` per keypoint, ``0 0 0`` when missing."""
+    rectangle containing it; ``cls cx cy w h`` then ``x y 2`` per keypoint, ``0 0 0`` when missing.
+
+    Long because its two passes (boxes, then the keypoints that belong to them) share the box table.
+    """
     if not spec.keypoint_from_name or not spec.keypoint_labels:
         raise ValueError("a pose TrainSpec needs keypoint_from_name and keypoint_labels")
     dropped: list[str] = []
