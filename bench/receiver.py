@@ -9,7 +9,9 @@ Peers:
       serves it (gunicorn, 1 worker, 8 threads), installed into its own virtual environment from
       a source checkout (``--official-src``, e.g. a clone of HumanSignal/label-studio-ml-backend)
       or else from PyPI (``label-studio-ml``);
-  (c) a bare uvicorn ASGI hello-world: the ceiling of this machine.
+  (c) a bare uvicorn ASGI hello-world: the ceiling of this machine;
+  (d) with ``--variants``: labelloop with redis-py's asyncio client in place of its RESP client
+      (``bench.receiver_variants``), the one hand-written part left on the webhook path.
 
 Load: ``wrk`` (Debian package) with 8 connections for throughput, each request a distinct
 ANNOTATION_CREATED body (so labelloop's deduplication does not short-cut); then an open-loop
@@ -72,6 +74,9 @@ request = function()
   return wrk.format("POST", "/webhook", {["Content-Type"] = "application/json"}, body)
 end
 """
+
+
+VARIANTS = {"redis_py": "labelloop, redis-py's asyncio client instead of its RESP client"}
 
 
 def body_template() -> str:
@@ -201,6 +206,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-receiver")
+    parser.add_argument(
+        "--variants", action="store_true", help="also measure the receiver with libraries (bench.receiver_variants)"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk not found: apt-get install wrk", file=sys.stderr)
@@ -222,6 +230,13 @@ def main() -> int:
     try:
         stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port(), work / "redis")
         peers.append(("labelloop", stack.start_receiver(free_port()), "labelloop receiver, uvicorn, 1 process"))
+        for variant in VARIANTS if args.variants else ():
+            port = free_port()
+            argv = [sys.executable, "-m", "uvicorn", "--factory", f"bench.receiver_variants:{variant}"]
+            stack.start(variant, [*argv, "--port", str(port), "--log-level", "warning", "--no-access-log"])
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda u=url: http_ok(u + "/health"), 30, variant)  # type: ignore[misc]
+            peers.append((f"ll-{variant}", url, VARIANTS[variant]))
         for n, (gunicorn, what) in enumerate(officials):
             port, name = free_port(), f"official-{n + 1}"
             (tmp / name).mkdir()
@@ -238,6 +253,10 @@ def main() -> int:
         peers.append(("hello-world", hello, "bare ASGI app, uvicorn, 1 process"))
 
         for offset, (name, url, _what) in enumerate(peers, start=1):
+            if name.startswith("l"):
+                # labelloop takes webhooks only for connected projects: connect it as Label Studio does.
+                setup = json.loads((FIXTURE.parent / "ml_setup_request.json").read_text())
+                assert httpx.post(url + "/setup", json=setup, timeout=5).status_code == 200, name
             warm = body_template().replace("__ID__", "1")
             httpx.post(url + "/webhook", content=warm, headers={"content-type": "application/json"}, timeout=5)
             # Open-loop latency first, on a server not yet loaded, then closed-loop throughput.
@@ -270,6 +289,9 @@ def main() -> int:
     for name, r in results.items():
         if name.startswith("official"):
             print(f"labelloop / {name} requests/s: {ll / r['rps']:.1f}x   (target >= 20x)")
+            for peer, v in results.items():
+                if peer.startswith("ll-"):
+                    print(f"  {peer} / {name} requests/s: {v['rps'] / r['rps']:.1f}x   (the library if >= 20x)")
     print(f"labelloop / hello-world requests/s: {ll / hw * 100:.0f}%   (target >= 30%)")
     p99 = results["labelloop"][f"at{rk}_p99_ms"]
     print(f"labelloop p99 at {args.rate:.0f} req/s: {p99:.2f} ms   (target < 10 ms)")

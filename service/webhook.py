@@ -1,8 +1,8 @@
 """``POST /webhook`` as a plain ASGI endpoint, and the one mapping of errors to responses.
 
 The webhook is the receiver's hot path (Label Studio sends one per annotation, gives it 1 s and
-never retries), so it runs in front of Starlette's routing and middleware
-(``service.app.Receiver``) and does only what the contract needs: one pass over the headers,
+never retries), so it is a plain ASGI endpoint in Starlette's routing that does only what the
+contract needs: one pass over the headers,
 a credential from the headers before any byte of the body is read (``service.auth.check_either``:
 an unauthenticated body is never read or parsed), the body read with the size limit enforced
 and refused at its first byte unless it opens a JSON object, ``orjson`` parsing, the credential

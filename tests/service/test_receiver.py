@@ -327,7 +327,7 @@ def test_ids_beyond_64_bits_are_422_not_rounded(client: TestClient, redis_url: s
 
 
 def test_webhook_other_methods_are_405(client: TestClient) -> None:
-    """Only POST /webhook takes the fast path; other methods still get Starlette's 405."""
+    """POST /webhook is the webhook endpoint; other methods get Starlette's 405."""
     assert client.get("/webhook").status_code == 405
 
 
@@ -350,7 +350,7 @@ def test_webhook_logging_summarises_accepted_and_logs_each_refusal(client: TestC
 
 
 def test_celery_message_is_what_send_task_pushes(settings: Settings, redis_url: str) -> None:
-    """The hand-built message carries the same headers and body a real ``send_task`` pushes through
+    """The message built for the Lua script carries the same headers and body a real ``send_task`` pushes through
     kombu's Redis transport (ids aside), with fresh version-4 ids per message."""
     celery = create_celery(settings)
     args = [1, "ANNOTATION_CREATED", [[1, "2026-11-21T13:36:21.835436Z"], [2, None]]]
@@ -359,7 +359,7 @@ def test_celery_message_is_what_send_task_pushes(settings: Settings, redis_url: 
     builder = CeleryMessage(celery, TASK_HANDLE_EVENT, "events")
     ours, other = (json.loads(builder.build(args)) for _ in range(2))
     ids = ("id", "root_id")
-    # send_task leaves ignore_result to the worker (None); the template says False: same effect.
+    # send_task leaves ignore_result to the worker (None); as_task_v2 says False: same effect.
     loose = (*ids, "ignore_result")
     assert {k: v for k, v in ours["headers"].items() if k not in loose} == {
         k: v for k, v in real["headers"].items() if k not in loose
