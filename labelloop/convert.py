@@ -57,8 +57,8 @@ from labelloop.geometry import (
     rectangle_corners,
     region_id,
 )
-from labelloop.labels import TrainSpec
-from labelloop.task_types import task_type
+from labelloop.spec import TrainSpec
+from labelloop.task_types import TASK_TYPES, task_type
 from labelloop.task_types.classify import annotation_to_class
 
 __all__ = [
@@ -84,7 +84,7 @@ __all__ = [
     "yolo_to_regions",
 ]
 
-_LINE_TASKS = ("detect", "obb", "segment", "pose")
+_LINE_TASKS = tuple(name for name, kind in TASK_TYPES.items() if kind.label_files)
 
 
 def annotation_to_yolo(

@@ -1,75 +1,34 @@
-"""Label config parsing and Label Studio <-> YOLO region conversion (pure functions).
+"""Label config parsing: which control tag labelloop trains, and as which Ultralytics task.
 
-Label Studio regions use percent-of-image coordinates: ``x, y`` is the top-left corner,
-``width, height`` the size, all in [0, 100] of ``original_width/original_height``, and
-``rotation`` is clockwise degrees around the top-left corner
-(https://labelstud.io/guide/export#Label-Studio-JSON-format-of-annotated-tasks).
-YOLO detection labels are ``class cx cy w h`` normalised to [0, 1]
-(https://docs.ultralytics.com/datasets/detect/).
+The control tags each task type trains come from the task types themselves
+(``labelloop.task_types``: ``TaskType.control_tags``); ``TrainSpec`` and the rectangle
+conversions live in ``labelloop.spec`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
 from typing import Any
 
 from labelloop.errors import LabelConfigError
+from labelloop.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
+from labelloop.task_types import TASK_TYPES
 
-# A box thinner than this (in pixels) after clamping is degenerate and dropped.
-MIN_BOX_PX = 1.0
+__all__ = [
+    "MIN_BOX_PX",
+    "TASKS",
+    "TrainSpec",
+    "parse_detection_config",
+    "parse_label_config",
+    "rectangle_to_yolo",
+    "xyxy_to_rectangle",
+]
 
+TASKS = tuple(TASK_TYPES)
 
-TASKS = ("detect", "obb", "segment", "pose", "classify")
-
-# Control tags labelloop trains, by tag name -> the region ``type`` they produce in results.
-_REGION_TYPE = {
-    "RectangleLabels": "rectanglelabels",
-    "PolygonLabels": "polygonlabels",
-    "BrushLabels": "brushlabels",
-    "KeyPointLabels": "keypointlabels",
-    "Choices": "choices",
-}
-_TASK_OF = {"RectangleLabels": "detect", "PolygonLabels": "segment", "BrushLabels": "segment", "Choices": "classify"}
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """What to train from a label config: the control tag(s) on one Image and the task type.
-
-    Attributes:
-        task: the Ultralytics task: ``detect`` (RectangleLabels; becomes ``obb`` when regions
-            are rotated or the project asks for it), ``segment`` (PolygonLabels, BrushLabels),
-            ``pose`` (KeyPointLabels + RectangleLabels on the same Image), ``classify``
-            (single-choice Choices on an Image).
-        region_type: the result ``type`` of the trained control tag (``rectanglelabels``,
-            ``polygonlabels``, ``brushlabels``, ``choices``); for pose the box tag's.
-        from_name: the trained control tag's ``name`` (for pose: the RectangleLabels tag).
-        to_name: the Image object tag's ``name``.
-        value_key: the task data key holding the image URL (``$image`` -> ``image``).
-        labels: label (or choice) values in config order.
-        keypoint_from_name: pose only: the KeyPointLabels tag's ``name``.
-        keypoint_labels: pose only: keypoint label values in config order; ``kpt_shape`` is
-            ``[len(keypoint_labels), 3]``.
-    """
-
-    task: str
-    region_type: str
-    from_name: str
-    to_name: str
-    value_key: str
-    labels: tuple[str, ...]
-    keypoint_from_name: str | None = None
-    keypoint_labels: tuple[str, ...] = ()
-
-    def with_task(self, task: str) -> TrainSpec:
-        """The same tags trained as another task (``detect`` -> ``obb``)."""
-        return replace(self, task=task)
-
-    @property
-    def control_tags(self) -> tuple[str, ...]:
-        """``from_name`` of every control tag this spec reads."""
-        return (self.from_name,) + ((self.keypoint_from_name,) if self.keypoint_from_name else ())
+# The task a control tag trains on its own (a task type that is derived from another, obb, or
+# pairs two tags, pose, is chosen below), and the region ``type`` its results carry.
+_TASK_OF = {tag: kind.name for kind in TASK_TYPES.values() if kind.trained_alone for tag in kind.control_tags}
+_REGION_TYPE = {tag: tag.lower() for kind in TASK_TYPES.values() for tag in kind.control_tags}
 
 
 def parse_label_config(label_config: str, control_tag: str | None = None, obb: bool = False) -> TrainSpec:
@@ -169,63 +128,3 @@ def parse_detection_config(label_config: str) -> TrainSpec:
     if spec.task != "detect":
         raise LabelConfigError(f"expected a RectangleLabels control tag, the config trains {spec.task}")
     return spec
-
-
-def rectangle_to_yolo(
-    value: dict[str, Any], original_width: float, original_height: float
-) -> tuple[float, float, float, float] | None:
-    """Convert a Label Studio rectangle to a normalised YOLO box.
-
-    A rotated rectangle becomes the axis-aligned box around its corners. The box is clamped
-    to the image.
-
-    Args:
-        value: the region's ``value`` with ``x, y, width, height`` in percent and an
-            optional ``rotation`` in degrees.
-        original_width, original_height: image size in pixels.
-
-    Returns:
-        ``(cx, cy, w, h)`` in [0, 1], or None when the clamped box is degenerate
-        (narrower than ``MIN_BOX_PX`` pixels).
-    """
-    W, H = float(original_width), float(original_height)
-    x = float(value["x"]) / 100 * W
-    y = float(value["y"]) / 100 * H
-    w = float(value["width"]) / 100 * W
-    h = float(value["height"]) / 100 * H
-    rotation = float(value.get("rotation") or 0.0)
-    if rotation % 360:
-        a = math.radians(rotation)
-        cos, sin = math.cos(a), math.sin(a)
-        corners = [(x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
-        xs = [c[0] for c in corners]
-        ys = [c[1] for c in corners]
-        x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
-    else:
-        x1, y1, x2, y2 = x, y, x + w, y + h
-    x1, x2 = max(0.0, min(x1, W)), max(0.0, min(x2, W))
-    y1, y2 = max(0.0, min(y1, H)), max(0.0, min(y2, H))
-    if x2 - x1 < MIN_BOX_PX or y2 - y1 < MIN_BOX_PX:
-        return None
-    return ((x1 + x2) / 2 / W, (y1 + y2) / 2 / H, (x2 - x1) / W, (y2 - y1) / H)
-
-
-def xyxy_to_rectangle(
-    box: tuple[float, float, float, float], original_width: float, original_height: float
-) -> dict[str, float]:
-    """Convert a pixel box ``(x1, y1, x2, y2)`` to Label Studio rectangle percent values.
-
-    Returns:
-        ``{"x", "y", "width", "height", "rotation"}`` in percent of the image, rotation 0.
-    """
-    W, H = float(original_width), float(original_height)
-    x1, y1, x2, y2 = (float(v) for v in box)
-    x1, x2 = max(0.0, min(x1, W)), max(0.0, min(x2, W))
-    y1, y2 = max(0.0, min(y1, H)), max(0.0, min(y2, H))
-    return {
-        "x": x1 / W * 100,
-        "y": y1 / H * 100,
-        "width": (x2 - x1) / W * 100,
-        "height": (y2 - y1) / H * 100,
-        "rotation": 0.0,
-    }

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from labelloop.geometry import _first_label, _np, _where
-from labelloop.labels import TrainSpec
+from labelloop.spec import TrainSpec
 
 Score = Callable[[int], float | None]
 Rows = Callable[[Any, str, tuple[int, ...]], npt.NDArray[np.float64]]
@@ -30,12 +30,16 @@ class TaskType:
         control_tags: the Label Studio control tags it trains (README's "What it trains").
         label_files: the dataset has ``labels/*.txt`` next to ``images/`` (False: one folder per
             class, Ultralytics' classification layout).
+        trained_alone: its control tag alone picks it (``labelloop.labels``).
     """
 
     name: ClassVar[str]
     control_tags: ClassVar[tuple[str, ...]]
     region_types: ClassVar[tuple[str, ...]] = ()
     label_files: ClassVar[bool] = True
+    # False: the label config never picks this type from one control tag by itself (obb is
+    # detect's rectangles with rotation, pose pairs a KeyPointLabels with a RectangleLabels).
+    trained_alone: ClassVar[bool] = True
     # The Ultralytics validator's metrics attribute (``DetMetrics.box``, ``.seg``, ``.pose``).
     metrics_attr: ClassVar[str] = "box"
     # The promotion gate's metric when the project's own (mAP, precision, recall) does not apply.

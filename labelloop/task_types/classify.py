@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from labelloop.geometry import _first_label, _np, _region, _where
-from labelloop.labels import TrainSpec
+from labelloop.spec import TrainSpec
 from labelloop.task_types.base import TaskType
 
 

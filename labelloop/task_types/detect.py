@@ -16,7 +16,7 @@ from labelloop.geometry import (
     _where,
     corners_to_rectangle,
 )
-from labelloop.labels import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
+from labelloop.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
 from labelloop.task_types.base import Rows, Score, TaskType
 
 

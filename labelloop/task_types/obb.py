@@ -16,12 +16,13 @@ from labelloop.geometry import (
     corners_to_rectangle,
     rectangle_corners,
 )
-from labelloop.labels import MIN_BOX_PX, TrainSpec
+from labelloop.spec import MIN_BOX_PX, TrainSpec
 from labelloop.task_types.detect import Rectangles
 
 
 class Obb(Rectangles):
     name = "obb"
+    trained_alone = False
     control_tags = ("RectangleLabels",)
 
     def region_lines(

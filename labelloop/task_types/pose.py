@@ -18,13 +18,14 @@ from labelloop.geometry import (
     _np,
     _where,
 )
-from labelloop.labels import MIN_BOX_PX, TrainSpec, rectangle_to_yolo
+from labelloop.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo
 from labelloop.task_types.base import Rows, Score, TaskType
 from labelloop.task_types.detect import box_region
 
 
 class Pose(TaskType):
     name = "pose"
+    trained_alone = False
     control_tags = ("RectangleLabels", "KeyPointLabels")
     metrics_attr = "pose"
 

@@ -25,7 +25,7 @@ from labelloop.geometry import (
     polygon_area,
     polygons_to_mask,
 )
-from labelloop.labels import TrainSpec
+from labelloop.spec import TrainSpec
 from labelloop.task_types.base import Rows, Score, TaskType
 
 

@@ -43,3 +43,15 @@ def test_readme_names_the_module_of_every_row() -> None:
         module = re.search(r"`(labelloop/task_types/\w+\.py)`", row)
         assert module and module.group(1) == f"labelloop/task_types/{task}.py", row
         assert (ROOT / module.group(1)).is_file()
+
+
+def test_the_label_config_picks_task_types_from_their_control_tags() -> None:
+    """Which control tag trains which task comes from the task types' ``control_tags``; obb
+    (rotated rectangles) and pose (paired tags) are never picked by one tag alone."""
+    from labelloop.labels import _REGION_TYPE, _TASK_OF
+
+    assert _TASK_OF == {
+        tag: name for name, kind in TASK_TYPES.items() if kind.trained_alone for tag in kind.control_tags
+    }
+    assert set(_TASK_OF.values()) == {"detect", "segment", "classify"}
+    assert _REGION_TYPE["KeyPointLabels"] == "keypointlabels"
