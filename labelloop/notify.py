@@ -52,7 +52,7 @@ def serve_when_warm(
     Returns:
         whether every known process reported warm before the timeout.
     """
-    registry.get(project_id, version)  # raises VersionNotFoundError before anything is announced
+    registry.find(project_id, version)  # raises VersionNotFoundError before anything is announced
     warm = False
     try:
         client.publish(CHANNEL, json.dumps({"project_id": int(project_id), "version": version, "action": "warm"}))

@@ -92,6 +92,16 @@ class ModelVersion:
         return Manifest.model_validate(self.manifest)
 
 
+def _torn(path: Path) -> bool:
+    """Whether a non-empty file does not end with a newline (an append cut short)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except OSError:  # empty or missing
+        return False
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -143,12 +153,19 @@ class Registry:
         return ModelVersion(int(project_id), name, path, manifest)
 
     def current(self, project_id: int) -> ModelVersion | None:
-        """The served version, or None."""
+        """The served version, or None.
+
+        A served version whose manifest cannot be read (emptied by a crash) is still returned,
+        with an empty manifest: it keeps serving, and a training then starts from the base
+        model instead of failing on it.
+        """
         name = self.current_name(project_id)
-        return self.get(project_id, name) if name else None
+        if not name:
+            return None
+        return self.find(project_id, name)
 
     def list_versions(self, project_id: int) -> list[ModelVersion]:
-        """All published versions of a project, oldest first."""
+        """All published versions of a project, oldest first (an unreadable manifest reads as empty)."""
         vdir = self.project_dir(project_id) / "versions"
         if not vdir.is_dir():
             return []
@@ -156,7 +173,16 @@ class Registry:
             (p.name for p in vdir.iterdir() if _VERSION_RE.match(p.name)),
             key=lambda n: int(n[1:]),
         )
-        return [self.get(project_id, n) for n in names]
+        return [self.find(project_id, n) for n in names]
+
+    def find(self, project_id: int, name: str) -> ModelVersion:
+        """``get``, with an empty manifest when the manifest cannot be read (a crash emptied it)."""
+        try:
+            return self.get(project_id, name)
+        except VersionNotFoundError:
+            raise
+        except RegistryError:
+            return ModelVersion(int(project_id), name, self.project_dir(project_id) / "versions" / name, {})
 
     def projects(self) -> list[int]:
         """Project ids that have a directory in the registry."""
@@ -207,7 +233,11 @@ class Registry:
                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "status": "promoted" if promote else "rejected",
                 }
-                (tmp / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True))
+                with open(tmp / MANIFEST, "w") as fh:
+                    fh.write(json.dumps(body, indent=2, sort_keys=True))
+                    fh.flush()
+                    os.fsync(fh.fileno())  # on disk before the directory is renamed into place
+                _fsync_dir(tmp)
                 try:
                     # rename() onto an existing non-empty directory fails: another publisher won.
                     os.rename(tmp, vdir / name)
@@ -236,11 +266,25 @@ class Registry:
         return str(self.get(project_id, name).manifest.get("status", "rejected"))
 
     def history(self, project_id: int) -> list[dict[str, Any]]:
-        """Every change of ``CURRENT``, oldest first: ``{"version", "reason", "at"}``."""
+        """Every change of ``CURRENT``, oldest first: ``{"version", "reason", "at"}``.
+
+        A line that does not parse (the torn tail of an append a crash cut short) is left out:
+        the history degrades by that entry instead of failing every reader.
+        """
         path = self.project_dir(project_id) / "history.jsonl"
-        if not path.exists():
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        entries = []
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("version"), str):
+                entries.append(entry)
+        return entries
 
     def rollback(self, project_id: int) -> str:
         """Serve the version that was served before the current one; returns its name.
@@ -278,7 +322,7 @@ class Registry:
         Raises:
             RegistryError: the version does not exist.
         """
-        self.get(project_id, name)
+        self.find(project_id, name)  # exists (its weights serve even if its manifest was emptied)
         pdir = self.project_dir(project_id)
         fd, tmp = tempfile.mkstemp(dir=pdir, prefix=".CURRENT-")
         try:
@@ -293,4 +337,7 @@ class Registry:
         _fsync_dir(pdir)
         entry = {"version": name, "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with open(pdir / "history.jsonl", "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+            # A torn tail from an earlier crash must not swallow this entry.
+            fh.write("\n" + json.dumps(entry) + "\n" if _torn(pdir / "history.jsonl") else json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())

@@ -99,3 +99,33 @@ def test_rejected_candidate_is_kept_and_not_served(tmp_path: Path, weights: Path
     assert rejected.manifest["status"] == "rejected"
     assert reg.current_name(3) == "v1"
     assert reg.status(3, "v2") == "rejected" and reg.status(3, "v1") == "serving"
+
+
+def test_a_torn_history_tail_is_skipped_and_the_next_entry_kept(tmp_path: Path, weights: Path) -> None:
+    """A history line cut short by a crash is left out by every reader (rollback still works), and
+    the next change of CURRENT starts on a line of its own instead of joining the torn one."""
+    reg = Registry(tmp_path)
+    for _ in range(3):
+        reg.publish(1, weights, {})
+    with open(tmp_path / "1" / "history.jsonl", "a") as fh:
+        fh.write('{"version": "v9", "rea')  # the crash cut this append short
+    assert [h["version"] for h in reg.history(1)] == ["v1", "v2", "v3"]
+    assert reg.rollback(1) == "v2"
+    assert [h["version"] for h in reg.history(1)] == ["v1", "v2", "v3", "v2"]
+    assert reg.status(1, "v3") == "rolled back"
+
+
+def test_an_emptied_manifest_degrades_instead_of_failing(tmp_path: Path, weights: Path) -> None:
+    """A served version whose manifest a crash emptied still serves: ``current`` and
+    ``list_versions`` return it with an empty manifest (default record) instead of raising."""
+    reg = Registry(tmp_path)
+    reg.publish(2, weights, {"task": "segment"})
+    reg.publish(2, weights, {"task": "segment"})
+    (tmp_path / "2" / "versions" / "v2" / "manifest.json").write_bytes(b"")
+    served = reg.current(2)
+    assert served is not None and served.name == "v2" and served.manifest == {}
+    assert served.weights.is_file() and served.record.task == "detect"
+    assert [v.name for v in reg.list_versions(2)] == ["v1", "v2"]
+    assert reg.get(2, "v1").record.task == "segment"
+    with pytest.raises(RegistryError, match="unreadable manifest"):
+        reg.get(2, "v2")

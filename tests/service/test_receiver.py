@@ -374,3 +374,21 @@ def test_celery_message_is_what_send_task_pushes(settings: Settings, redis_url: 
         assert msg["properties"]["body_encoding"] == "base64"
     assert ours["headers"]["id"] != other["headers"]["id"]
     assert ours["properties"]["delivery_tag"] != other["properties"]["delivery_tag"]
+
+
+def test_versions_and_rollback_survive_a_torn_history_and_an_emptied_manifest(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """After a crash tore the history's last line and emptied a manifest, the version list and
+    rollback still answer (200), not 500."""
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    registry = Registry(settings.models_dir)
+    for _ in range(3):
+        registry.publish(4, weights, {"metrics": {"map50_95": 0.5}})
+    with open(Path(settings.models_dir) / "4" / "history.jsonl", "a") as fh:
+        fh.write('{"version": "v4", "re')
+    (Path(settings.models_dir) / "4" / "versions" / "v2" / "manifest.json").write_bytes(b"")
+    listed = client.get("/projects/4/versions")
+    assert listed.status_code == 200 and [v["version"] for v in listed.json()["versions"]] == ["v1", "v2", "v3"]
+    assert client.post("/projects/4/rollback").json() == {"model_version": "v2"}
