@@ -1,7 +1,7 @@
 """Label Studio regions <-> Ultralytics YOLO labels and predictions, for every task type (pure functions).
 
 The functions here dispatch on ``spec.task`` to the task type's module
-(``labelloop.task_types``); geometry and region building live in ``labelloop.geometry``.
+(``labelloop.task_types``); geometry and region building live in ``labelloop.task_types.geometry``.
 
 Label Studio side (https://labelstud.io/guide/export#Label-Studio-JSON-format-of-annotated-tasks,
 https://labelstud.io/guide/predictions): coordinates are percent of the image
@@ -41,7 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from labelloop.geometry import (
+from labelloop.task_types import TASK_TYPES, task_type
+from labelloop.task_types.classify import annotation_to_class
+from labelloop.task_types.geometry import (
     KEYPOINT_WIDTH,
     MIN_BRUSH_AREA_PX,
     MIN_KEYPOINT_CONF,
@@ -57,9 +59,7 @@ from labelloop.geometry import (
     rectangle_corners,
     region_id,
 )
-from labelloop.spec import TrainSpec
-from labelloop.task_types import TASK_TYPES, task_type
-from labelloop.task_types.classify import annotation_to_class
+from labelloop.task_types.spec import TrainSpec
 
 __all__ = [
     "KEYPOINT_WIDTH",

@@ -2,7 +2,7 @@
 
 The control tags each task type trains come from the task types themselves
 (``labelloop.task_types``: ``TaskType.control_tags``); ``TrainSpec`` and the rectangle
-conversions live in ``labelloop.spec`` (re-exported here).
+conversions live in ``labelloop.task_types.spec`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from labelloop.errors import LabelConfigError
-from labelloop.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
 from labelloop.task_types import TASK_TYPES
+from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
 
 __all__ = [
     "MIN_BOX_PX",

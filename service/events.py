@@ -99,11 +99,6 @@ class CeleryMessage:
         return _dumps(envelope)
 
 
-def celery_message(celery: Celery, task_name: str, args: list[Any], queue: str) -> bytes:
-    """The bytes kombu's Redis transport would push for ``send_task(task_name, args, queue=queue)``."""
-    return CeleryMessage(celery, task_name, queue).build(args)
-
-
 class EventRecorder:
     """Records webhook events and hands them to the ``events`` queue.
 

@@ -112,11 +112,28 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _package(module: str, packages: set[str]) -> str:
+    """The (sub)package a module belongs to: ``labelloop.task_types.detect`` -> ``labelloop.task_types``,
+    ``labelloop.convert`` -> ``labelloop``."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in packages:
+            return ".".join(parts[:n])
+    return parts[0]
+
+
 def problems() -> list[str]:
     """Every upward or sideways import between layers, every core import of a process framework,
-    and every import cycle, as readable lines (empty: the layers hold)."""
+    and every import cycle between modules or between (sub)packages, as readable lines (empty:
+    the layers hold)."""
     graph = _graph()
     out = [f"import cycle: {' -> '.join(c)}" for c in _cycles(graph)]
+    packages = {m for m, path in _modules().items() if path.name == "__init__.py"}
+    by_package: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        here = _package(module, packages)
+        by_package.setdefault(here, set()).update(p for p in (_package(t, packages) for t in targets) if p != here)
+    out += [f"package cycle: {' <-> '.join(c)}" for c in _cycles(by_package)]
     for module, targets in sorted(graph.items()):
         layer = module.split(".")[0]
         for target in sorted(targets):

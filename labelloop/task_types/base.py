@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from labelloop.geometry import _first_label, _np, _where
-from labelloop.spec import TrainSpec
+from labelloop.task_types.geometry import _first_label, _np, _where
+from labelloop.task_types.spec import TrainSpec
 
 Score = Callable[[int], float | None]
 Rows = Callable[[Any, str, tuple[int, ...]], npt.NDArray[np.float64]]
@@ -156,15 +156,12 @@ class TaskType:
     def results_arrays(self, res: Any, spec: TrainSpec) -> dict[str, Any] | None:
         """What ``predictions_to_regions`` needs from one Ultralytics ``Results``; None when it
         holds no instance."""
-        arrays: dict[str, Any] = {}
-        obb = getattr(res, "obb", None)
         boxes = getattr(res, "boxes", None)
-        if obb is not None and self.name in ("detect", "obb"):
-            arrays.update(obb_xyxyxyxy=obb.xyxyxyxy, classes=obb.cls, scores=obb.conf)
-        elif boxes is not None:
-            arrays.update(boxes_xyxy=boxes.xyxy, classes=boxes.cls, scores=boxes.conf)
-        else:
+        if boxes is None:
             return None
-        if len(_np(arrays["classes"]).ravel()) == 0:
-            return None
-        return arrays
+        return instances_or_none({"boxes_xyxy": boxes.xyxy, "classes": boxes.cls, "scores": boxes.conf})
+
+
+def instances_or_none(arrays: dict[str, Any]) -> dict[str, Any] | None:
+    """``arrays``, or None when they hold no instance."""
+    return arrays if len(_np(arrays["classes"]).ravel()) else None

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from labelloop.geometry import _first_label, _np, _region, _where
-from labelloop.spec import TrainSpec
 from labelloop.task_types.base import TaskType
+from labelloop.task_types.geometry import _first_label, _np, _region, _where
+from labelloop.task_types.spec import TrainSpec
 
 
 class Classify(TaskType):

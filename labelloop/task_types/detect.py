@@ -9,21 +9,28 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from labelloop.geometry import (
+from labelloop.task_types.base import Rows, Score, TaskType, instances_or_none
+from labelloop.task_types.geometry import (
     _box_regions,
     _fmt,
     _region,
     _where,
     corners_to_rectangle,
 )
-from labelloop.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
-from labelloop.task_types.base import Rows, Score, TaskType
+from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
 
 
 class Rectangles(TaskType):
     """What detect and obb share: rectangles in, rectangles out."""
 
     region_types: ClassVar[tuple[str, ...]] = ("rectanglelabels",)
+
+    def results_arrays(self, res: Any, spec: TrainSpec) -> dict[str, Any] | None:
+        """Rotated boxes when the model is an OBB one (a detect spec then gets rotated rectangles)."""
+        obb = getattr(res, "obb", None)
+        if obb is not None:
+            return instances_or_none({"obb_xyxyxyxy": obb.xyxyxyxy, "classes": obb.cls, "scores": obb.conf})
+        return super().results_arrays(res, spec)
 
     def predictions_to_regions(
         self,

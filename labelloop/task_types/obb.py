@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from labelloop.geometry import (
+from labelloop.task_types.detect import Rectangles
+from labelloop.task_types.geometry import (
     _fmt,
     _rect_pixels_ok,
     _region,
@@ -16,8 +17,7 @@ from labelloop.geometry import (
     corners_to_rectangle,
     rectangle_corners,
 )
-from labelloop.spec import MIN_BOX_PX, TrainSpec
-from labelloop.task_types.detect import Rectangles
+from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec
 
 
 class Obb(Rectangles):

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from labelloop.geometry import (
+from labelloop.task_types.base import Rows, Score, TaskType
+from labelloop.task_types.detect import box_region
+from labelloop.task_types.geometry import (
     MIN_KEYPOINT_CONF,
     _box_regions,
     _first_label,
@@ -18,9 +20,7 @@ from labelloop.geometry import (
     _np,
     _where,
 )
-from labelloop.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo
-from labelloop.task_types.base import Rows, Score, TaskType
-from labelloop.task_types.detect import box_region
+from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo
 
 
 class Pose(TaskType):

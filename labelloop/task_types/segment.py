@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from labelloop.geometry import (
+from labelloop.task_types.base import Rows, Score, TaskType
+from labelloop.task_types.geometry import (
     MIN_BRUSH_AREA_PX,
     MIN_POLYGON_AREA_PX,
     PREDICTION_POLYGON_EPSILON_PX,
@@ -25,8 +26,7 @@ from labelloop.geometry import (
     polygon_area,
     polygons_to_mask,
 )
-from labelloop.spec import TrainSpec
-from labelloop.task_types.base import Rows, Score, TaskType
+from labelloop.task_types.spec import TrainSpec
 
 
 class Segment(TaskType):

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, overload
 import numpy as np
 import numpy.typing as npt
 
-from labelloop.spec import MIN_BOX_PX, TrainSpec, xyxy_to_rectangle
+from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, xyxy_to_rectangle
 
 # A polygon whose area after clipping to the image is below this (pixels^2) is degenerate.
 MIN_POLYGON_AREA_PX = 1.0
