@@ -60,6 +60,8 @@ class Manifest(_Record):
     from_name: str | None = None
     to_name: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    # Class name -> {"ap50", "map50_95", "precision", "recall"} on the same validation (fractions).
+    class_metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
     incumbent: Incumbent | None = None
     promotion: Promotion = Field(default_factory=Promotion)
     dataset: dict[str, Any] = Field(default_factory=dict)
@@ -123,7 +125,8 @@ class TrainingResult:
     """What the training child process wrote (``result.json``).
 
     ``best``: the checkpoint to publish; ``metrics``: its validation metrics (fractions);
-    ``incumbent_metrics``: the incumbent's on the same split, or None.
+    ``incumbent_metrics``: the incumbent's on the same split, or None; ``class_metrics``: the
+    candidate's per class name (``TaskType.class_metrics``).
     """
 
     best: str
@@ -132,6 +135,7 @@ class TrainingResult:
     seconds: float = 0.0
     val_seconds: float = 0.0
     incumbent_metrics: dict[str, float] | None = None
+    class_metrics: dict[str, dict[str, float]] | None = None
     weights: str | None = None
     epochs_run: int | None = None
     checkpoint: str | None = None

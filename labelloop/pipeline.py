@@ -249,6 +249,7 @@ def version_manifest(
         from_name=spec.from_name,
         to_name=spec.to_name,
         metrics=result.metrics,
+        class_metrics=result.class_metrics or {},
         incumbent=Incumbent(version=parent.name, metrics=result.incumbent_metrics) if parent else None,
         dataset=report.to_dict(),
         dataset_size={"train": report.images["train"], "val": report.images["val"]},

@@ -52,6 +52,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"best": path of best.pt, "metrics": {"map50_95", "map50", "precision", "recall"},
+        "class_metrics": {class name: {"ap50", "map50_95", "precision", "recall"}},
         "seconds": wall seconds, "device": device used}``.
 
     Long because it is the training process's main: load, register the callbacks, train, validate,
@@ -81,9 +82,14 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     def report_epoch(trainer: Any) -> None:
         # Read by the parent while it waits: epoch, total epochs and the latest validation metrics.
         metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, int | float)}
+        # The epoch's mean training losses, e.g. {"train/box_loss": 1.9, "train/cls_loss": 3.1, ...}.
+        items = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss is not None else {}
+        losses = {k: float(v) for k, v in items.items()} if isinstance(items, dict) else {}
         tmp = progress_path.with_suffix(".tmp")
         epoch = min(int(trainer.epoch) + 1, int(trainer.epochs))
-        tmp.write_text(json.dumps({"epoch": epoch, "epochs": int(trainer.epochs), "metrics": metrics}))
+        tmp.write_text(
+            json.dumps({"epoch": epoch, "epochs": int(trainer.epochs), "metrics": metrics, "losses": losses})
+        )
         os.replace(tmp, progress_path)
 
     model.add_callback("on_fit_epoch_end", report_epoch)
@@ -123,12 +129,13 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     t1 = time.perf_counter()
     # Candidate and incumbent are scored by the same validation call on the same split, so the
     # promotion gate compares like with like.
-    metrics = evaluate(str(best), spec, device, run_dir / "val-candidate")
+    metrics, class_metrics = _evaluate_with_classes(str(best), spec, device, run_dir / "val-candidate")
     incumbent = spec.get("incumbent")
     incumbent_metrics = evaluate(str(incumbent), spec, device, run_dir / "val-incumbent") if incumbent else None
     return {
         "best": str(best),
         "metrics": metrics,
+        "class_metrics": class_metrics,
         "incumbent_metrics": incumbent_metrics,
         "seconds": seconds,
         "val_seconds": time.perf_counter() - t1,
@@ -182,6 +189,14 @@ def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) ->
         pose; segment and pose add ``box_map50_95``), or ``{"accuracy_top1",
         "accuracy_top5"}`` for classify.
     """
+    return _evaluate_with_classes(weights, spec, device, save_dir)[0]
+
+
+def _evaluate_with_classes(
+    weights: str, spec: dict[str, Any], device: str, save_dir: Path
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """``evaluate``'s metrics and, from the same validation, the per-class ones
+    (``TaskType.class_metrics``: class name -> ``{"ap50", "map50_95", "precision", "recall"}``)."""
     from ultralytics.models import YOLO
 
     from labelloop.task_types import task_type
@@ -199,7 +214,8 @@ def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) ->
         plots=False,
         verbose=False,
     )
-    return task_type(task).val_metrics(result)
+    kind = task_type(task)
+    return kind.val_metrics(result), kind.class_metrics(result)
 
 
 def run_training_process(

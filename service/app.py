@@ -7,6 +7,7 @@ Routes (https://labelstud.io/guide/ml_create):
     POST /webhook     records the event in Redis and enqueues it by task name (``service.webhook``)
     GET  /metrics     Prometheus text format
     GET  /versions    model version names (Label Studio's model version list)
+    GET  /projects/{id}  the project page (HTML: learning curve, per-class metrics, progress)
     GET  /projects/{id}/versions, /projects/{id}/status
     POST /projects/{id}/promote {"version": "vN"}, /projects/{id}/rollback
 
@@ -32,14 +33,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from labelloop import keys
-from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, UnavailableError
+from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, RegistryError, UnavailableError
 from labelloop.names import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT
 from labelloop.notify import serve_when_warm
 from labelloop.params import load as load_params
@@ -50,6 +52,7 @@ from labelloop.settings import Settings
 from service.auth import AuthError, check_model, placeholder_credentials
 from service.events import EventRecorder
 from service.metrics import Metrics
+from service.page import project_view, render
 from service.projects import LabelStudioProjects
 from service.protocol import PredictRequest, SetupRequest, parse_project_id
 from service.resp import RespClient
@@ -260,13 +263,7 @@ async def project_status(request: Request) -> JSONResponse:
     st = _state(request)
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
-    training = preannotation = None
-    with anyio.move_on_after(st.settings.redis_timeout_s * 2):
-        try:
-            raw = await st.redis.mget(keys.progress(project_id), keys.preannotation(project_id))
-            training, preannotation = (json.loads(r) if r else None for r in raw)
-        except (RedisError, OSError):
-            pass
+    training, preannotation = await _progress(st, project_id)
     return JSONResponse(
         {
             "project_id": project_id,
@@ -275,6 +272,54 @@ async def project_status(request: Request) -> JSONResponse:
             "preannotation": preannotation,
         }
     )
+
+
+async def project_page(request: Request) -> HTMLResponse:
+    """The project page (``service.page``): HTML, behind the same credentials as the other project routes."""
+    st = _state(request)
+    _auth(request, check_model)
+    project_id = parse_project_id(request.path_params["project_id"])
+    view = await run_in_threadpool(project_view, st.registry, project_id)
+    view.training, view.preannotation = await _progress(st, project_id)
+    view.base_url = str(request.base_url)
+    return HTMLResponse(render(view))
+
+
+async def _progress(st: AppState, project_id: int) -> tuple[Any, Any]:
+    """The running training's and pre-annotation's progress records from Redis (None when absent
+    or when Redis does not answer in time: they are a cache)."""
+    training = preannotation = None
+    with anyio.move_on_after(st.settings.redis_timeout_s * 2):
+        try:
+            raw = await st.redis.mget(keys.progress(project_id), keys.preannotation(project_id))
+            training, preannotation = (_json_or_none(r) for r in raw)
+        except (RedisError, OSError):
+            pass
+    return training, preannotation
+
+
+def _json_or_none(raw: bytes | str | None) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _served_map50(registry: Registry) -> dict[int, tuple[str, float | None]]:
+    """Project id -> (served version, its mAP50 or None) for every project that serves one
+    (blocking: one CURRENT and one manifest read per project)."""
+    served: dict[int, tuple[str, float | None]] = {}
+    for project_id in registry.projects():
+        name = registry.current_name(project_id)
+        if name is None:
+            continue
+        try:
+            metrics = registry.find(project_id, name).manifest.get("metrics")
+        except RegistryError:  # CURRENT names a version that is not there: no mAP50 to report
+            metrics = None
+        value = metrics.get("map50") if isinstance(metrics, dict) else None
+        served[project_id] = (name, float(value) if isinstance(value, int | float) else None)
+    return served
 
 
 def _serve(st: AppState, project_id: int, version: str, reason: str) -> None:
@@ -291,19 +336,37 @@ async def metrics(request: Request) -> Response:
     st = _state(request)
     if st.settings.auth_health:
         _auth(request, check_model)
-    st.metrics.set_served_versions({p: v for p in st.registry.projects() if (v := st.registry.current_name(p))})
+    served = await run_in_threadpool(_served_map50, st.registry)
+    st.metrics.set_served_versions({p: name for p, (name, _) in served.items()})
+    st.metrics.set_served_map50({p: m for p, (_, m) in served.items() if m is not None})
     depths: dict[str, int] = {}
+    waiting = dict.fromkeys(served, 0)
     with anyio.move_on_after(st.settings.redis_timeout_s):
         try:
             for queue in QUEUES:
                 depths[queue] = int(await st.redis.llen(queue))
+            if served:
+                raw = await st.redis.mget([keys.preannotation(p) for p in served])
+                for project_id, record in zip(served, raw, strict=True):
+                    waiting[project_id] = _waiting(_json_or_none(record))
             memory = await st.redis.info("memory")
             st.metrics.redis_used_memory.set(int(memory.get("used_memory", 0)))
             st.metrics.redis_maxmemory.set(int(memory.get("maxmemory", 0)))
         except (RedisError, OSError):
             pass
     st.metrics.set_queue_depths(depths)
+    st.metrics.set_preannotation_waiting(waiting)
     return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _waiting(record: Any) -> int:
+    """Tasks a pre-annotation record (``{"done", "total"}``) has still to do; 0 when none runs."""
+    if not isinstance(record, dict):
+        return 0
+    done, total = record.get("done", 0), record.get("total", 0)
+    if not isinstance(done, int) or not isinstance(total, int):
+        return 0
+    return max(0, total - done)
 
 
 def _auth(request: Request, check: Callable[[Headers, Settings], None]) -> None:
@@ -375,6 +438,7 @@ def create_app(settings: Settings) -> Receiver:
             Route("/webhook", _WebhookRoute(), methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/versions", versions, methods=["GET"]),
+            Route("/projects/{project_id}", project_page, methods=["GET"]),
             Route("/projects/{project_id}/versions", project_versions, methods=["GET"]),
             Route("/projects/{project_id}/promote", promote, methods=["POST"]),
             Route("/projects/{project_id}/rollback", rollback, methods=["POST"]),

@@ -42,6 +42,18 @@ class Metrics:
             ["project_id", "version"],
             registry=registry,
         )
+        self.served_map50 = Gauge(
+            "labelloop_served_map50",
+            "mAP50 (fraction) of the model version each project serves, on its validation split.",
+            ["project_id"],
+            registry=registry,
+        )
+        self.preannotation_waiting = Gauge(
+            "labelloop_preannotation_waiting_tasks",
+            "Unlabeled tasks the running pre-annotation of each project has still to predict (0 when none runs).",
+            ["project_id"],
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "labelloop_queue_depth", "Messages waiting in each Celery queue.", ["queue"], registry=registry
         )
@@ -70,6 +82,18 @@ class Metrics:
         self.served_version.clear()
         for project_id, version in versions.items():
             self.served_version.labels(project_id=str(project_id), version=version).set(1)
+
+    def set_served_map50(self, values: dict[int, float]) -> None:
+        """Replace the served-mAP50 series with ``project_id -> mAP50``."""
+        self.served_map50.clear()
+        for project_id, value in values.items():
+            self.served_map50.labels(project_id=str(project_id)).set(value)
+
+    def set_preannotation_waiting(self, waiting: dict[int, int]) -> None:
+        """Replace the waiting-tasks series with ``project_id -> tasks``."""
+        self.preannotation_waiting.clear()
+        for project_id, tasks in waiting.items():
+            self.preannotation_waiting.labels(project_id=str(project_id)).set(tasks)
 
     def set_queue_depths(self, depths: dict[str, int]) -> None:
         for queue, depth in depths.items():

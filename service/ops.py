@@ -22,6 +22,7 @@ import httpx
 import redis
 
 from labelloop import keys
+from labelloop.curve import text_learning_curve
 from labelloop.errors import LabelloopError, UnavailableError
 from labelloop.ledger import Ledger
 from labelloop.names import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT
@@ -30,6 +31,7 @@ from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
 from labelloop.settings import Settings
 from service.auth import any_configured, basic_configured, placeholder_credentials, secret_configured
+from service.page import project_view
 from workers.celery_app import create_celery
 
 QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT)
@@ -134,6 +136,10 @@ def models_list(settings: Settings, project_id: int) -> int:
             f"{mark}{v.name:<8} {m.created_at or '':<21} {m.parent or '-':<7} "
             f"{size.get('train', 0)}/{size.get('val', 0):<8} {map_ if map_ is None else f'{map_:.4f}':>8}"
         )
+    view = project_view(registry, project_id)
+    print("\nlearning curve (annotations trained on; bar: '=' mAP50-95, '-' on to mAP50, full width 1.0):")
+    for line in text_learning_curve(view.points):
+        print("  " + line)
     return 0
 
 

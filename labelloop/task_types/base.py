@@ -59,6 +59,18 @@ class TaskType:
             metrics["box_map50_95"] = float(result.box.map)
         return metrics
 
+    def class_metrics(self, result: Any) -> dict[str, dict[str, float]]:
+        """Per class name, fractions in [0, 1] from an Ultralytics validation result:
+        ``{"ap50", "map50_95", "precision", "recall"}`` of the task's own regions, for the classes
+        the validation split has (``Metric.ap_class_index`` and ``Metric.class_result(i)``)."""
+        m = getattr(result, self.metrics_attr)
+        names = getattr(result, "names", None) or {}
+        out: dict[str, dict[str, float]] = {}
+        for i, c in enumerate(m.ap_class_index):
+            p, r, ap50, ap = (float(x) for x in m.class_result(i))
+            out[str(names.get(int(c), int(c)))] = {"ap50": ap50, "map50_95": ap, "precision": p, "recall": r}
+        return out
+
     def validation_count(self, images: int, instances: int) -> int:
         """What the promotion gate's noise term counts in the validation split."""
         return instances

@@ -22,6 +22,9 @@ class Classify(TaskType):
     def val_metrics(self, result: Any) -> dict[str, float]:
         return {"accuracy_top1": float(result.top1), "accuracy_top5": float(result.top5)}
 
+    def class_metrics(self, result: Any) -> dict[str, dict[str, float]]:
+        return {}  # Ultralytics' ClassifyMetrics has top-1/top-5 only
+
     def validation_count(self, images: int, instances: int) -> int:
         return images
 

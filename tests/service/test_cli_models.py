@@ -35,3 +35,21 @@ def test_models_commands(redis_url: str, tmp_path: Path) -> None:
     assert rolled.returncode == 0 and "v2" in rolled.stdout
     bad = _cli(env, "models", "promote", "5", "v7")
     assert bad.returncode == 1 and "labelloop: error: project 5 has no version v7" in bad.stderr
+
+
+def test_models_list_prints_the_learning_curve(tmp_path: Path) -> None:
+    """models list ends with the learning curve: one bar per version, as long as its metrics, the
+    rejected candidate and the served version marked (the page's curve, as text)."""
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    registry = Registry(tmp_path / "models")
+    for map50, n, promote in ((0.3, 10, True), (0.9, 20, False), (0.6, 30, True)):
+        manifest = {"metrics": {"map50": map50, "map50_95": map50 / 3}, "annotations": {str(i): "t" for i in range(n)}}
+        registry.publish(5, weights, manifest, promote=promote)
+    out = _cli({"LABELLOOP_MODELS_DIR": str(tmp_path / "models")}, "models", "list", "5").stdout
+    curve = out[out.index("learning curve") :].splitlines()[1:]
+    assert [line.split()[0] for line in curve] == ["v1", "v2", "v3"]
+    bars = [line[line.index("|") + 1 : line.rindex("|")] for line in curve]
+    assert [len(b.rstrip()) for b in bars] == [9, 27, 18] and {len(b) for b in bars} == {30}
+    assert bars[2].startswith("======-") and "10 ann" in curve[0]
+    assert curve[1].endswith("x rejected") and curve[2].endswith("*")

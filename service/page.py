@@ -1,0 +1,212 @@
+"""The project page, ``GET /projects/{id}``: plain HTML with the learning curve as inline SVG.
+
+No JavaScript and nothing loaded from elsewhere: a browser, ``curl`` or a headless Chromium
+reads the same page. ``project_view`` reads the registry (blocking: the route runs it in a
+thread); ``render`` is a pure function of the view. Every value that comes from Label Studio
+(class names), a manifest or Redis is escaped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+from labelloop.curve import CurvePoint, curve_points, svg_learning_curve
+from labelloop.errors import RegistryError
+from labelloop.manifest import Manifest
+from labelloop.registry import Registry
+
+
+@dataclass
+class ProjectView:
+    """What the page shows of one project.
+
+    Attributes:
+        project_id: the Label Studio project id.
+        served: the served version's name, or None.
+        served_manifest: its manifest (empty when it has none).
+        lineage: the served version and its parents, newest first (``Manifest.parent``).
+        history: changes of the served version, newest first (``Registry.history``).
+        points: the learning curve, oldest version first.
+        rollback_target: the version a rollback would serve, or None.
+        training: the running training's progress record (``labelloop.progress``), or None.
+        preannotation: the running pre-annotation's ``{"version", "done", "total"}``, or None.
+        base_url: the receiver's URL as the browser reached it (for the documented calls).
+    """
+
+    project_id: int
+    served: str | None
+    served_manifest: Manifest
+    lineage: list[str]
+    history: list[dict[str, Any]]
+    points: list[CurvePoint]
+    rollback_target: str | None
+    training: dict[str, Any] | None = None
+    preannotation: dict[str, Any] | None = None
+    base_url: str = "http://HOST:9090"
+
+
+def project_view(registry: Registry, project_id: int) -> ProjectView:
+    """Read a project's versions, statuses and history from the registry (blocking file reads)."""
+    versions = registry.list_versions(project_id)
+    served = registry.current_name(project_id)
+    records = {v.name: _record(v.manifest) for v in versions}
+    statuses = {v.name: _status(registry, project_id, v.name) for v in versions}
+    lineage: list[str] = []
+    name = served
+    while name and name not in lineage:
+        lineage.append(name)
+        name = records[name].parent if name in records else None
+    try:
+        target: str | None = registry.rollback_target(project_id)
+    except RegistryError:
+        target = None
+    return ProjectView(
+        project_id=project_id,
+        served=served,
+        served_manifest=records.get(served or "", Manifest()),
+        lineage=lineage,
+        history=registry.history(project_id)[::-1],
+        points=curve_points((v.name, records[v.name], statuses[v.name]) for v in versions),
+        rollback_target=target,
+    )
+
+
+def _status(registry: Registry, project_id: int, name: str) -> str:
+    try:
+        return registry.status(project_id, name)
+    except RegistryError:  # its manifest was emptied by a crash
+        return "unreadable"
+
+
+def _record(manifest: dict[str, Any]) -> Manifest:
+    """A manifest's typed record; one that does not validate reads as empty (the page still renders)."""
+    try:
+        return Manifest.model_validate(manifest)
+    except ValueError:
+        return Manifest()
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; the cells must already be escaped."""
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _served_section(view: ProjectView) -> str:
+    if view.served is None:
+        return "<p>No model version is served yet (Label Studio sees <code>untrained</code>).</p>"
+    m = view.served_manifest
+    metrics = ", ".join(f"{escape(k)} {_num(v)}" for k, v in sorted(m.metrics.items())) or "none recorded"
+    lineage = " &larr; ".join(f"<code>{escape(n)}</code>" for n in view.lineage)
+    return (
+        f'<p>Serving <strong id="served">{escape(view.served)}</strong>, created {escape(m.created_at or "-")}; '
+        f"metrics: {metrics}.</p><p>Lineage (each version fine-tuned from the next): {lineage}</p>"
+    )
+
+
+def _class_section(m: Manifest) -> str:
+    if not m.class_metrics:
+        return "<p>No per-class metrics recorded for the served version.</p>"
+    rows = []
+    for name, cm in sorted(m.class_metrics.items()):
+        ap50 = cm.get("ap50")
+        width = round(100 * ap50) if isinstance(ap50, int | float) else 0
+        bar = f'<span class="bar" style="width:{max(0, min(100, width))}px"></span>'
+        rows.append([escape(name), f"{bar} {_num(ap50)}", _num(cm.get("precision")), _num(cm.get("recall"))])
+    return _table(["class", "AP50", "precision", "recall"], rows)
+
+
+def _running_section(view: ProjectView) -> str:
+    parts = []
+    t = view.training
+    if t:
+        raw = t.get("losses")
+        losses: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        loss_text = ", ".join(f"{escape(str(k))} {_num(v)}" for k, v in sorted(losses.items())) or "-"
+        parts.append(
+            f'<p id="training">Training ({escape(str(t.get("stage", "running")))}): epoch '
+            f"{escape(str(t.get('epoch', '-')))} of {escape(str(t.get('epochs', '-')))}; losses: {loss_text}</p>"
+        )
+    else:
+        parts.append('<p id="training">No training is running.</p>')
+    p = view.preannotation
+    if p:
+        parts.append(
+            f'<p id="preannotation">Pre-annotating with {escape(str(p.get("version", "-")))}: '
+            f"{escape(str(p.get('done', 0)))} of {escape(str(p.get('total', 0)))} tasks.</p>"
+        )
+    else:
+        parts.append('<p id="preannotation">No pre-annotation is running.</p>')
+    return "".join(parts)
+
+
+def _versions_section(view: ProjectView) -> str:
+    rows = [
+        [
+            escape(p.version) + (" *" if p.status == "serving" else ""),
+            escape(p.status),
+            str(p.annotations),
+            _num(p.map50),
+            _num(p.map50_95),
+        ]
+        for p in reversed(view.points)
+    ]
+    return _table(["version", "status", "annotations", "mAP50", "mAP50-95"], rows)
+
+
+def _calls_section(view: ProjectView) -> str:
+    pid = view.project_id
+    url = escape(view.base_url.rstrip("/"))
+    other = next((p.version for p in reversed(view.points) if p.status != "serving"), "v1")
+    target = f"serves {escape(view.rollback_target)}" if view.rollback_target else "has no earlier version to serve"
+    return (
+        "<p>Promote serves a given version; rollback serves the one served before the current one "
+        f"(now it {target}). With the receiver's Basic auth credentials:</p>"
+        f"<pre>curl -u USER:PASS -X POST -H 'Content-Type: application/json' "
+        f'-d \'{{"version": "{escape(other)}"}}\' {url}/projects/{pid}/promote\n'
+        f"curl -u USER:PASS -X POST {url}/projects/{pid}/rollback</pre>"
+        f"<p>or <code>labelloop models promote {pid} {escape(other)}</code>, "
+        f"<code>labelloop models rollback {pid}</code>.</p>"
+    )
+
+
+_STYLE = (
+    "body{font-family:sans-serif;margin:1.5em;max-width:60em;color:#222}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+    ".bar{display:inline-block;height:10px;background:#1f77b4}pre{background:#f4f4f4;padding:8px}"
+)
+
+
+def render(view: ProjectView) -> str:
+    """The page's HTML (UTF-8 text): served version and lineage, learning curve, per-class
+    AP50/precision/recall of the served version, running training and pre-annotation, versions
+    and the promote/rollback calls."""
+    m = view.served_manifest
+    history = [
+        [escape(str(h.get("at", "-"))), escape(str(h["version"])), escape(str(h.get("reason", "-")))]
+        for h in view.history[:10]
+    ]
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>labelloop project {view.project_id}</title>'
+        f"<style>{_STYLE}</style></head><body>"
+        f"<h1>labelloop: project {view.project_id}</h1>"
+        f"<h2>Served version</h2>{_served_section(view)}"
+        "<h2>Learning curve</h2>"
+        "<p>mAP50 and mAP50-95 of every version on the validation split, against the annotations it was "
+        "trained on.</p>"
+        f'<div id="curve">{svg_learning_curve(view.points)}</div>'
+        f"<h2>Per class (served version)</h2>{_class_section(m)}"
+        f"<h2>Now</h2>{_running_section(view)}"
+        f"<h2>Versions</h2>{_versions_section(view)}"
+        f"<h2>Served-version changes</h2>{_table(['at', 'version', 'reason'], history)}"
+        f"<h2>Promote and roll back</h2>{_calls_section(view)}"
+        "</body></html>\n"
+    )
