@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare this machine for labelloop (fresh Debian with Python 3.11 is enough):
-#   - redis-server from Debian's packages when it is missing,
+#   - redis-server (and, for the tests, chromium) from Debian's packages when missing,
 #   - ./.venv with labelloop, CPU torch 2.13.0, torchvision 0.28.0 and the dev tools,
 #   - Label Studio in its own virtual environment (it pins its own SDK and Django).
 # Re-running it is cheap: each step is skipped when already done.
@@ -17,6 +17,11 @@ apt_install() {
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "bootstrap: installing redis-server (Debian package)"
   apt_install redis-server
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  # Only the tests use it: the project page's screenshot test renders it in headless Chromium.
+  echo "bootstrap: installing chromium (Debian package)"
+  apt_install chromium || echo "bootstrap: chromium not installed; the project page's browser test will be skipped"
 fi
 if ! command -v docker-compose >/dev/null 2>&1; then
   # Only the tests use it, to validate docker-compose.yml without a Docker engine.

@@ -93,8 +93,8 @@ def test_predictor_serves_current_version_and_swaps(
 
 
 def test_training_reports_epochs_and_can_be_cancelled(trained: dict, tmp_path: Path) -> None:
-    """The parent sees each finished epoch (epoch, epochs, metrics), and a cancel request stops the
-    child process with TrainingError and no result."""
+    """The parent sees each finished epoch (epoch, epochs, metrics, training losses), and a cancel
+    request stops the child process with TrainingError and no result."""
     data = str(Path(trained["work"]) / "ds" / "data.yaml")
     spec = {
         "data": data,
@@ -110,6 +110,8 @@ def test_training_reports_epochs_and_can_be_cancelled(trained: dict, tmp_path: P
     run_training_process(spec, tmp_path / "ok", timeout_s=300, on_progress=seen.append, poll_s=0.05)
     assert [p["epoch"] for p in seen][-1] == 2 and all(p["epochs"] == 2 for p in seen)
     assert "metrics/mAP50-95(B)" in seen[-1]["metrics"]
+    losses = seen[-1]["losses"]
+    assert {"train/box_loss", "train/cls_loss", "train/dfl_loss"} <= set(losses) and all(v > 0 for v in losses.values())
 
     progress: list[dict] = []
     with pytest.raises(TrainingError, match="cancelled"):
