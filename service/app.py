@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import redis
@@ -37,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from labelloop import keys
@@ -96,15 +97,49 @@ async def _json_body(request: Request) -> Any:
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise HTTPException(415, "body must be application/json")
+    raw = await _body(request, limit)
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"invalid JSON: {exc}") from None
+
+
+async def _body(request: Request, limit: int) -> bytes:
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > limit:
             raise HTTPException(413, f"body over {limit} bytes")
+    return bytes(raw)
+
+
+def _is_form(request: Request) -> bool:
+    """Whether the body is an HTML form's (the project page's promote and rollback buttons)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return ctype == "application/x-www-form-urlencoded"
+
+
+async def _form_body(request: Request) -> dict[str, str]:
+    """The fields of an HTML form posted from the receiver's own pages.
+
+    A browser sends the Basic credentials it holds with a form posted from any site, so a form
+    is only taken when its ``Origin`` is the receiver itself (and ``Sec-Fetch-Site``, when
+    sent, says same-origin): another site cannot make a signed-in browser promote a version.
+
+    Raises:
+        ForbiddenError: the form does not come from the receiver's origin.
+        HTTPException: 413 over the size limit, 400 not UTF-8.
+    """
+    origin = request.headers.get("origin", "")
+    site = request.headers.get("sec-fetch-site", "same-origin")
+    if site != "same-origin" or not origin or urlsplit(origin).netloc != request.headers.get("host"):
+        raise ForbiddenError("a form must be posted from this receiver's own project page (Origin header)")
+    raw = await _body(request, _state(request).settings.max_body_bytes)
     try:
-        return json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"invalid JSON: {exc}") from None
+        fields = parse_qs(raw.decode(), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise HTTPException(400, "form is not UTF-8") from None
+    return {k: v[-1] for k, v in fields.items()}
 
 
 async def health(request: Request) -> JSONResponse:
@@ -235,27 +270,37 @@ async def project_versions(request: Request) -> JSONResponse:
     return JSONResponse({"current": st.registry.current_name(project_id), "versions": items})
 
 
-async def promote(request: Request) -> JSONResponse:
-    """Serve a given version: ``POST /projects/{id}/promote`` with ``{"version": "v3"}``."""
+async def promote(request: Request) -> Response:
+    """Serve a given version: ``POST /projects/{id}/promote`` with ``{"version": "v3"}``, or the
+    project page's form (``version=v3``; answered with a redirect back to the page)."""
     st = _state(request)
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
-    body = await _json_body(request)
+    form = _is_form(request)
+    body = await (_form_body(request) if form else _json_body(request))
     version = body.get("version") if isinstance(body, dict) else None
     if not isinstance(version, str):
         raise BadRequestError('body must be {"version": "v<N>"}')
     await anyio.to_thread.run_sync(lambda: _serve(st, project_id, version, "promoted by operator"))
-    return JSONResponse({"model_version": version})
+    return _back_to_page(project_id) if form else JSONResponse({"model_version": version})
 
 
-async def rollback(request: Request) -> JSONResponse:
-    """Serve the version served before the current one: ``POST /projects/{id}/rollback``."""
+async def rollback(request: Request) -> Response:
+    """Serve the version served before the current one: ``POST /projects/{id}/rollback`` (the
+    project page's form is answered with a redirect back to the page)."""
     st = _state(request)
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
+    form = _is_form(request)
+    if form:
+        await _form_body(request)
     version = st.registry.rollback_target(project_id)
     await anyio.to_thread.run_sync(lambda: _serve(st, project_id, version, "rollback"))
-    return JSONResponse({"model_version": version})
+    return _back_to_page(project_id) if form else JSONResponse({"model_version": version})
+
+
+def _back_to_page(project_id: int) -> RedirectResponse:
+    return RedirectResponse(f"/projects/{project_id}", status_code=303)
 
 
 async def project_status(request: Request) -> JSONResponse:

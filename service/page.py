@@ -155,10 +155,20 @@ def _versions_section(view: ProjectView) -> str:
             str(p.annotations),
             _num(p.map50),
             _num(p.map50_95),
+            "" if p.status == "serving" else _promote_form(view.project_id, p.version),
         ]
         for p in reversed(view.points)
     ]
-    return _table(["version", "status", "annotations", "mAP50", "mAP50-95"], rows)
+    return _table(["version", "status", "annotations", "mAP50", "mAP50-95", ""], rows)
+
+
+def _promote_form(project_id: int, version: str) -> str:
+    """A button posting the promote form (same-origin only: ``service.app._form_body``)."""
+    v = escape(version)
+    return (
+        f'<form class="promote" method="post" action="/projects/{project_id}/promote">'
+        f'<input type="hidden" name="version" value="{v}"><button type="submit">serve {v}</button></form>'
+    )
 
 
 def _calls_section(view: ProjectView) -> str:
@@ -166,9 +176,16 @@ def _calls_section(view: ProjectView) -> str:
     url = escape(view.base_url.rstrip("/"))
     other = next((p.version for p in reversed(view.points) if p.status != "serving"), "v1")
     target = f"serves {escape(view.rollback_target)}" if view.rollback_target else "has no earlier version to serve"
+    rollback = (
+        f'<form class="rollback" method="post" action="/projects/{pid}/rollback">'
+        f'<button type="submit">roll back to {escape(view.rollback_target)}</button></form>'
+        if view.rollback_target
+        else ""
+    )
     return (
-        "<p>Promote serves a given version; rollback serves the one served before the current one "
-        f"(now it {target}). With the receiver's Basic auth credentials:</p>"
+        "<p>Promote serves a given version (the buttons in the versions table); rollback serves the one "
+        f"served before the current one (now it {target}).</p>{rollback}"
+        "<p>The same from a terminal, with the receiver's Basic auth credentials:</p>"
         f"<pre>curl -u USER:PASS -X POST -H 'Content-Type: application/json' "
         f'-d \'{{"version": "{escape(other)}"}}\' {url}/projects/{pid}/promote\n'
         f"curl -u USER:PASS -X POST {url}/projects/{pid}/rollback</pre>"

@@ -198,3 +198,37 @@ def test_chromium_renders_the_learning_curve(redis_url: str, tmp_path: Path) -> 
     red = sum(1 for y in range(y0, y1 + 1) for x in range(x0, x1 + 1) if pixels[x, y] == (0xD6, 0x27, 0x28))
     # The legend's swatch is 12x12; three filled points, a ring, a cross and the line add far more.
     assert red > 144 + 3 * 25, red
+
+
+def test_page_buttons_promote_and_roll_back_from_the_same_origin_only(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """The page's forms promote and roll back (303 back to the page); a form from another origin,
+    or without an Origin header, is a 403 and serves nothing new (a browser sends Basic
+    credentials with any site's form)."""
+    registry = _publish_four(settings.models_dir, tmp_path)
+    html = client.get("/projects/3", auth=("ls", "pw")).text
+    assert 'action="/projects/3/promote"' in html and 'name="version" value="v1"' in html
+    assert 'action="/projects/3/rollback"' in html
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for headers in (
+        {},
+        {"origin": "http://evil.example"},
+        {"origin": "http://testserver", "sec-fetch-site": "cross-site"},
+    ):
+        refused = client.post(
+            "/projects/3/promote", content="version=v1", headers={**form, **headers}, auth=("ls", "pw")
+        )
+        assert refused.status_code == 403 and "Origin" in refused.json()["error"]
+        refused = client.post("/projects/3/rollback", content="", headers={**form, **headers}, auth=("ls", "pw"))
+        assert refused.status_code == 403
+    assert registry.current_name(3) == "v4"
+    same = {**form, "origin": "http://testserver", "sec-fetch-site": "same-origin"}
+    resp = client.post(
+        "/projects/3/promote", content="version=v1", headers=same, auth=("ls", "pw"), follow_redirects=False
+    )
+    assert resp.status_code == 303 and resp.headers["location"] == "/projects/3"
+    assert registry.current_name(3) == "v1"
+    resp = client.post("/projects/3/rollback", content="", headers=same, auth=("ls", "pw"), follow_redirects=False)
+    assert resp.status_code == 303 and registry.current_name(3) == "v4"
+    assert client.post("/projects/3/promote", content="version=v1", headers=same).status_code == 401
