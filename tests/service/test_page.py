@@ -89,6 +89,8 @@ def test_page_shows_curve_lineage_classes_and_progress(client: TestClient, setti
     finally:
         r.delete(keys.progress(3), keys.preannotation(3))
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    policy = resp.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy and "script-src" not in policy
     html = resp.text
     assert _circles(html, "map50") == _circles(html, "map50_95") == ["v1", "v2", "v3", "v4"]
     assert 'data-version="v3" data-status="rejected"' in html
