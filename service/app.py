@@ -119,21 +119,35 @@ def _is_form(request: Request) -> bool:
     return ctype == "application/x-www-form-urlencoded"
 
 
-async def _form_body(request: Request) -> dict[str, str]:
-    """The fields of an HTML form posted from the receiver's own pages.
+def _check_origin(request: Request, form: bool) -> None:
+    """Refuse a state change another site asks a browser to make.
 
-    A browser sends the Basic credentials it holds with a form posted from any site, so a form
-    is only taken when its ``Origin`` is the receiver itself (and ``Sec-Fetch-Site``, when
-    sent, says same-origin): another site cannot make a signed-in browser promote a version.
+    A browser sends the Basic credentials it holds (the project page makes it hold them) with a
+    request any site makes it send, so a request a browser marks as coming from elsewhere
+    (``Origin`` not the receiver's host, ``Sec-Fetch-Site`` not same-origin) is refused, and a
+    form must carry ``Origin``. Label Studio and ``curl`` send neither header.
+
+    Raises:
+        ForbiddenError: the request comes from another origin (or a form without ``Origin``).
+    """
+    origin = request.headers.get("origin")
+    site = request.headers.get("sec-fetch-site", "same-origin")
+    if (
+        site != "same-origin"
+        or (form and not origin)
+        or (origin is not None and urlsplit(origin).netloc != request.headers.get("host"))
+    ):
+        raise ForbiddenError("refused: posted from another site than this receiver's project page (Origin header)")
+
+
+async def _form_body(request: Request) -> dict[str, str]:
+    """The fields of an HTML form posted from the receiver's own pages (``_check_origin``).
 
     Raises:
         ForbiddenError: the form does not come from the receiver's origin.
         HTTPException: 413 over the size limit, 400 not UTF-8.
     """
-    origin = request.headers.get("origin", "")
-    site = request.headers.get("sec-fetch-site", "same-origin")
-    if site != "same-origin" or not origin or urlsplit(origin).netloc != request.headers.get("host"):
-        raise ForbiddenError("a form must be posted from this receiver's own project page (Origin header)")
+    _check_origin(request, form=True)
     raw = await _body(request, _state(request).settings.max_body_bytes)
     try:
         fields = parse_qs(raw.decode(), keep_blank_values=True)
@@ -277,6 +291,7 @@ async def promote(request: Request) -> Response:
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
     form = _is_form(request)
+    _check_origin(request, form)
     body = await (_form_body(request) if form else _json_body(request))
     version = body.get("version") if isinstance(body, dict) else None
     if not isinstance(version, str):
@@ -292,6 +307,7 @@ async def rollback(request: Request) -> Response:
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
     form = _is_form(request)
+    _check_origin(request, form)
     if form:
         await _form_body(request)
     version = st.registry.rollback_target(project_id)

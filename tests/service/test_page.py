@@ -206,8 +206,8 @@ def test_page_buttons_promote_and_roll_back_from_the_same_origin_only(
     client: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
     """The page's forms promote and roll back (303 back to the page); a form from another origin,
-    or without an Origin header, is a 403 and serves nothing new (a browser sends Basic
-    credentials with any site's form)."""
+    or without an Origin header, and any POST a browser marks cross-site are a 403 and serve
+    nothing new (a browser sends Basic credentials with any site's request)."""
     registry = _publish_four(settings.models_dir, tmp_path)
     html = client.get("/projects/3", auth=("ls", "pw")).text
     assert 'action="/projects/3/promote"' in html and 'name="version" value="v1"' in html
@@ -234,3 +234,11 @@ def test_page_buttons_promote_and_roll_back_from_the_same_origin_only(
     resp = client.post("/projects/3/rollback", content="", headers=same, auth=("ls", "pw"), follow_redirects=False)
     assert resp.status_code == 303 and registry.current_name(3) == "v4"
     assert client.post("/projects/3/promote", content="version=v1", headers=same).status_code == 401
+    # A bare POST another site makes a signed-in browser send (no form body) is refused too.
+    cross = {"origin": "http://evil.example", "content-type": "text/plain"}
+    assert client.post("/projects/3/rollback", headers=cross, auth=("ls", "pw")).status_code == 403
+    assert (
+        client.post("/projects/3/rollback", headers={"sec-fetch-site": "cross-site"}, auth=("ls", "pw")).status_code
+        == 403
+    )
+    assert registry.current_name(3) == "v4"
