@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from labelloop.task_types import TASK_TYPES, TaskType, task_type
@@ -55,3 +56,30 @@ def test_the_label_config_picks_task_types_from_their_control_tags() -> None:
     }
     assert set(_TASK_OF.values()) == {"detect", "segment", "classify"}
     assert _REGION_TYPE["KeyPointLabels"] == "keypointlabels"
+
+
+def test_class_metrics_name_each_validated_class() -> None:
+    """Per-class metrics come from Ultralytics' own DetMetrics, keyed by class name, for the classes
+    the validation split has: a class found every time scores high, one never found scores 0."""
+    from ultralytics.utils.metrics import DetMetrics
+
+    metrics = DetMetrics(names={0: "cat", 1: "dog", 2: "bird"})
+    # Two images: each cat found at high confidence (tp at every IoU threshold); the dog missed
+    # and a false dog predicted instead. "bird" is in no image.
+    for image in range(2):
+        metrics.update_stats(
+            {
+                "tp": np.array([[True] * 10, [False] * 10]),
+                "conf": np.array([0.9, 0.8]),
+                "pred_cls": np.array([0.0, 1.0]),
+                "target_cls": np.array([0.0, 1.0]),
+                "target_img": np.array([0.0, 1.0]),
+                "im_name": f"img{image}.jpg",
+            }
+        )
+    metrics.process()
+    per_class = task_type("detect").class_metrics(metrics)
+    assert set(per_class) == {"cat", "dog"}
+    assert per_class["cat"]["ap50"] > 0.9 and per_class["cat"]["precision"] > 0.9 and per_class["cat"]["recall"] == 1
+    assert per_class["dog"] == {"ap50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0}
+    assert task_type("classify").class_metrics(object()) == {}
