@@ -197,7 +197,7 @@ def _calls_section(view: ProjectView) -> str:
 _STYLE = (
     "body{font-family:sans-serif;margin:1.5em;max-width:60em;color:#222}"
     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
-    ".bar{display:inline-block;height:10px;background:#1f77b4}pre{background:#f4f4f4;padding:8px}"
+    ".bar{display:inline-block;height:10px;background:#1f77b4}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap}"
 )
 
 
