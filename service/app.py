@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -207,9 +208,13 @@ async def versions(request: Request) -> JSONResponse:
     st = _state(request)
     _auth(request, check_model)
     project = request.query_params.get("project")
-    projects = [parse_project_id(project)] if project else st.registry.projects()
-    names = {v.name for p in projects for v in st.registry.list_versions(p)}
-    return JSONResponse({"versions": sorted(names, key=lambda n: int(n[1:]))})
+    only = parse_project_id(project) if project else None
+
+    def read() -> list[str]:
+        projects = [only] if only is not None else st.registry.projects()
+        return sorted({n for p in projects for n in st.registry.version_names(p)}, key=lambda n: int(n[1:]))
+
+    return JSONResponse({"versions": await run_in_threadpool(read)})
 
 
 async def project_versions(request: Request) -> JSONResponse:
@@ -217,19 +222,27 @@ async def project_versions(request: Request) -> JSONResponse:
     st = _state(request)
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
-    items = [
-        {
-            "version": v.name,
-            "status": st.registry.status(project_id, v.name),
-            "parent": v.record.parent,
-            "created_at": v.record.created_at,
-            "metrics": v.manifest.get("metrics"),
-            "dataset_size": v.manifest.get("dataset_size"),
-            "promotion": v.manifest.get("promotion"),
-        }
-        for v in st.registry.list_versions(project_id)
-    ]
-    return JSONResponse({"current": st.registry.current_name(project_id), "versions": items})
+
+    def read() -> dict[str, Any]:
+        # The index (one small file) and one history read, in a thread: never every manifest on the loop.
+        summaries = st.registry.summaries(project_id)
+        statuses = st.registry.statuses(project_id, {e["version"]: e.get("status") or "rejected" for e in summaries})
+        items = [
+            {
+                "version": e["version"],
+                "status": statuses[e["version"]],
+                "parent": e.get("parent"),
+                "created_at": e.get("created_at"),
+                "metrics": e.get("metrics"),
+                "dataset_size": e.get("dataset_size"),
+                "promotion": e.get("promotion"),
+                "annotations": e.get("annotations"),
+            }
+            for e in summaries
+        ]
+        return {"current": st.registry.current_name(project_id), "versions": items}
+
+    return JSONResponse(await run_in_threadpool(read))
 
 
 async def promote(request: Request) -> JSONResponse:
@@ -250,7 +263,7 @@ async def rollback(request: Request) -> JSONResponse:
     st = _state(request)
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
-    version = st.registry.rollback_target(project_id)
+    version = await run_in_threadpool(st.registry.rollback_target, project_id)
     await anyio.to_thread.run_sync(lambda: _serve(st, project_id, version, "rollback"))
     return JSONResponse({"model_version": version})
 
@@ -291,7 +304,10 @@ async def metrics(request: Request) -> Response:
     st = _state(request)
     if st.settings.auth_health:
         _auth(request, check_model)
-    st.metrics.set_served_versions({p: v for p in st.registry.projects() if (v := st.registry.current_name(p))})
+    served = await run_in_threadpool(
+        lambda: {p: v for p in st.registry.projects() if (v := st.registry.current_name(p))}
+    )
+    st.metrics.set_served_versions(served)
     depths: dict[str, int] = {}
     with anyio.move_on_after(st.settings.redis_timeout_s):
         try:
