@@ -290,17 +290,21 @@ class Registry:
         """Every version's index entry (``summary``), oldest first, from ``index.json``: one small
         file read instead of every manifest. Rebuilt from the manifests (and written back) when
         it is missing, unreadable or does not list exactly the version directories."""
-        names = self.version_names(project_id)
+        names, entries = self.version_names(project_id), self._read_index(project_id)
+        if set(entries) != set(names):
+            with self.lock(project_id):  # a publish or prune in flight finishes first
+                names, entries = self.version_names(project_id), self._read_index(project_id)
+                if set(entries) != set(names):
+                    entries = {e["version"]: e for e in self._rebuild_index(project_id, names)}
+        return [entries[n] for n in names]
+
+    def _read_index(self, project_id: int) -> dict[str, dict[str, Any]]:
+        """``index.json`` by version name; empty when it is missing or unreadable."""
         try:
             index = json.loads((self.project_dir(project_id) / INDEX).read_text())
-            entries = {e["version"]: e for e in index["versions"] if isinstance(e, dict)}
+            return {e["version"]: e for e in index["versions"] if isinstance(e, dict)}
         except (OSError, ValueError, KeyError, TypeError):
-            entries = {}
-        if set(entries) != set(names):
-            with self.lock(project_id):
-                names = self.version_names(project_id)
-                entries = {e["version"]: e for e in self._rebuild_index(project_id, names)}
-        return [entries[n] for n in names]
+            return {}
 
     def _rebuild_index(self, project_id: int, names: list[str]) -> list[dict[str, Any]]:
         """Write ``index.json`` from the manifests of ``names`` (hold the lock)."""
@@ -533,6 +537,7 @@ class Registry:
             CurrentMovedError: ``CURRENT`` is no longer ``expect``; nothing changed.
         """
         pdir = self.project_dir(project_id)
+        self.find(project_id, name)  # before the lock: an unknown project gets no directory
         with self.lock(project_id):
             self.find(project_id, name)  # exists (its weights serve even if its manifest was emptied)
             if expect is not ANY_CURRENT and (now := self.current_name(project_id)) != expect:
@@ -558,6 +563,7 @@ class Registry:
         top of ``rollback_stack``). Each
         deletion is renamed out of ``versions/`` first (listings never see half a version),
         removed from the index and recorded in the history (``history(deletions=True)``).
+        Temp and trash directories a killed process left in ``versions/`` go too.
         """
         keep_last = max(1, int(keep_last))
         deleted: list[str] = []
@@ -581,6 +587,10 @@ class Registry:
                 deleted.append(name)
             if deleted:
                 self._rebuild_index_from(project_id, names, deleted)
+            # Publishes hold the lock too: a temp or trash directory seen now belongs to a dead process.
+            for leftover in vdir.iterdir() if vdir.is_dir() else ():
+                if leftover.name.startswith((".tmp-", ".deleted-")):
+                    shutil.rmtree(leftover, ignore_errors=True)
         return deleted
 
     def _rebuild_index_from(self, project_id: int, names: list[str], deleted: list[str]) -> None:

@@ -244,7 +244,9 @@ def test_retention_keeps_the_newest_the_served_and_the_rollback_targets(tmp_path
     reg = Registry(tmp_path)
     for i in range(6):
         reg.publish(1, weights, {}, promote=i in (0, 1, 2))  # v1..v3 served in turn, v4..v6 rejected
+    (tmp_path / "1" / "versions" / ".tmp-0123").mkdir()  # a publish killed mid-copy
     assert reg.prune(1, keep_last=2) == ["v4"]  # v1: the second rollback's target
+    assert not (tmp_path / "1" / "versions" / ".tmp-0123").exists()
     assert reg.prune(1, keep_last=1) == ["v1", "v5"]
     assert reg.version_names(1) == ["v2", "v3", "v6"]
     assert [e["version"] for e in reg.summaries(1)] == ["v2", "v3", "v6"]
