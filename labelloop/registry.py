@@ -31,22 +31,19 @@ not list exactly the version directories, so it can never hide or invent a versi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from labelloop.errors import CurrentMovedError, RegistryError, VersionNotFoundError
-from labelloop.files import write_atomic
+from labelloop.files import FileLock, write_atomic
 from labelloop.manifest import Manifest
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
@@ -136,50 +133,6 @@ def summary(version: ModelVersion, annotations: int | None = None) -> dict[str, 
     }
 
 
-class _ProjectLock:
-    """``fcntl.flock`` on a lock file, re-entrant within a thread.
-
-    flock conflicts between two opens of the file even in one process, so a thread that holds
-    it (a training promoting through ``notify.serve_when_warm``) must not take it again; other
-    threads of the process wait on the ``RLock`` first.
-    """
-
-    _locks: dict[str, _ProjectLock] = {}
-    _guard = threading.Lock()
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rlock = threading.RLock()
-        self.depth = 0
-        self.fd: int | None = None
-
-    @classmethod
-    def of(cls, path: Path) -> _ProjectLock:
-        with cls._guard:
-            return cls._locks.setdefault(str(path), cls(path))
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        with self.rlock:
-            if self.depth == 0:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                self.fd = fd
-            self.depth += 1
-            try:
-                yield
-            finally:
-                self.depth -= 1
-                if self.depth == 0 and self.fd is not None:
-                    os.close(self.fd)  # releases the flock
-                    self.fd = None
-
-
 def _torn(path: Path) -> bool:
     """Whether a non-empty file does not end with a newline (an append cut short)."""
     try:
@@ -214,7 +167,7 @@ class Registry:
     def lock(self, project_id: int) -> contextlib.AbstractContextManager[None]:
         """Hold the project's registry lock (``fcntl.flock`` on ``<project>/.lock``; re-entrant in
         a thread). Every change of ``CURRENT``, the index or the version directories holds it."""
-        return _ProjectLock.of(self.project_dir(project_id) / ".lock").held()
+        return FileLock.of(self.project_dir(project_id) / ".lock").held()
 
     def current_name(self, project_id: int) -> str | None:
         """Name of the served version, or None when the project has none. One small file read."""
