@@ -278,7 +278,7 @@ class Loop:
                     rnd.versions_this_round.append(v.name)
                     size = v.manifest.get("dataset_size") or {}
                     say(f"  version {describe(v)}")
-                    trained_on = len(v.manifest.get("annotations") or {})
+                    trained_on = len(v.annotations())
                     if target is None and (
                         int(size.get("train", 0)) + int(size.get("val", 0)) == total or trained_on == total
                     ):

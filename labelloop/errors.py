@@ -12,7 +12,8 @@
     ├── DatasetError               a project has too little usable data to train
     ├── TrainingError              ultralytics training or validation failed
     └── RegistryError              409: the registry cannot do that (e.g. nothing to roll back to)
-        └── VersionNotFoundError   404: no such model version
+        ├── VersionNotFoundError   404: no such model version
+        └── CurrentMovedError      409: CURRENT no longer points where the caller expected
 
 The receiver maps them to responses in one place (``service.app``); workers log them as
 events and leave the current model version serving.
@@ -95,3 +96,15 @@ class VersionNotFoundError(RegistryError):
     """The named model version does not exist."""
 
     status_code = 404
+
+
+class CurrentMovedError(RegistryError):
+    """``CURRENT`` moved (an operator's promote or rollback) since the caller read it.
+
+    Attributes:
+        current: the version served now (None when nothing is).
+    """
+
+    def __init__(self, message: str, current: str | None) -> None:
+        super().__init__(message)
+        self.current = current

@@ -127,7 +127,7 @@ class Jobs:
         if self.redis.exists(Ledger.key(project_id)):
             return
         served = Registry(self.settings.models_dir).current(project_id)
-        baseline = served.record.annotations if served else {}
+        baseline = served.annotations() if served else {}
         if served and self.ledger().seed(project_id, {int(i): u for i, u in baseline.items()}):
             log.info("ledger_seeded", version=served.name, annotations=len(baseline))
 

@@ -71,6 +71,7 @@ class Manifest(_Record):
     base_model: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    # Only in manifests written before annotations.json; read it with ModelVersion.annotations().
     annotations: dict[str, str] = Field(default_factory=dict)
 
     version: str | None = None

@@ -138,6 +138,8 @@ class MediaConfig:
             decoding run on at most one thread per CPU (more would only wait for the GIL).
         max_bytes: largest image accepted (bytes), checked while streaming.
         backoff_s: first retry delay (seconds); doubles with each retry.
+        cache_max_bytes: size cap of the cache folder (bytes; 0: none): ``ImageCache.evict``
+            removes the least recently used images above it.
     """
 
     label_studio_url: str | None
@@ -150,6 +152,7 @@ class MediaConfig:
     threads: int = 8
     max_bytes: int = 100 * 1024 * 1024
     backoff_s: float = 0.5
+    cache_max_bytes: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaConfig:
@@ -166,6 +169,7 @@ class MediaConfig:
             retries=settings.media_retries,
             threads=settings.media_threads,
             max_bytes=settings.media_max_bytes,
+            cache_max_bytes=settings.cache_max_bytes,
         )
 
 
@@ -521,6 +525,12 @@ class ImageCache:
     killed process left there are removed a day later, when a cache is opened. Safe to share
     between threads and processes.
 
+    With ``config.cache_max_bytes`` the folder is kept under that size, least recently used
+    first: a lookup that hits sets the file's access time (only that: a hard link shares its
+    inode with the upload), and ``evict`` runs when a cache is opened and after every tenth of
+    the cap stored since. An evicted image is fetched again when next needed; dataset images are
+    hard links or copies of their own, so evicting never breaks a dataset.
+
     Args:
         cache_dir: created when missing.
         config: sources, credentials and limits.
@@ -552,6 +562,10 @@ class ImageCache:
         # fight over the GIL (downloads, which mostly wait, are not limited by it).
         self._cpu = threading.BoundedSemaphore(_cpu_count())
         self._remove_stale_parts()
+        self._stored_lock = threading.Lock()
+        self._stored = 0  # bytes stored since the last evict
+        if config.cache_max_bytes:
+            self.evict()
 
     @property
     def _client(self) -> httpx.Client:
@@ -661,6 +675,9 @@ class ImageCache:
                 continue
             try:
                 with fh, _pillow_open()(fh, formats=OPEN_FORMATS) as im:
+                    if self.config.cache_max_bytes:
+                        with contextlib.suppress(OSError):  # recently used: the LRU order
+                            os.utime(fh.fileno(), ns=(time.time_ns(), os.fstat(fh.fileno()).st_mtime_ns))
                     return CachedImage(Path(f"{base}.{ext}"), im.width, im.height, downloaded=False)
             except Exception:  # damaged in place by someone else: fetched again and replaced
                 return None
@@ -706,7 +723,56 @@ class ImageCache:
                     raise MediaError(f"cannot re-encode the upright image: {exc}") from exc
                 fh.close()
                 os.replace(tmp, final)
+        self._account(final)
         return CachedImage(final, width, height, downloaded=True)
+
+    def _account(self, path: Path) -> None:
+        """Count a stored file; evict once a tenth of the cap was stored since the last time."""
+        cap = self.config.cache_max_bytes
+        if not cap:
+            return
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            # Used now: a hard link to an old upload would otherwise carry its old access time.
+            os.utime(path, ns=(time.time_ns(), info.st_mtime_ns))
+            with self._stored_lock:
+                self._stored += info.st_size
+                due = self._stored >= max(1, cap // 10)
+                if due:
+                    self._stored = 0
+            if due:
+                self.evict()
+
+    def evict(self) -> tuple[int, int]:
+        """Remove the least recently used images (access time, oldest first) until the folder is
+        at most ``config.cache_max_bytes``; returns (files, bytes) removed. Temp files are not
+        counted. A no-op without a cap.
+        """
+        cap = self.config.cache_max_bytes
+        if not cap:
+            return 0, 0
+        files: list[tuple[int, int, str]] = []
+        total = 0
+        with os.scandir(self.cache_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(info.st_mode):
+                        files.append((info.st_atime_ns, info.st_size, entry.path))
+                        total += info.st_size
+        removed = freed = 0
+        if total > cap:
+            for _, size, path in sorted(files):
+                if total - freed <= cap:
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
+                    freed += size
+            log.info("image_cache_evicted", files=removed, bytes=freed, kept_bytes=total - freed, cap=cap)
+        return removed, freed
 
     def _store_local(self, key: str, src: _LocalFile) -> CachedImage:
         """Store a file of a mounted folder: hard-linked to a temp name when it may be and the

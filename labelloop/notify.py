@@ -13,7 +13,7 @@ import redis
 import structlog
 
 from labelloop import keys
-from labelloop.registry import Registry
+from labelloop.registry import ANY_CURRENT, Registry
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,7 @@ def serve_when_warm(
     version: str,
     reason: str,
     timeout_s: float = 5.0,
+    expect: object = ANY_CURRENT,
 ) -> bool:
     """Make ``version`` the served one once every predict process serving the project has it
     loaded (or after ``timeout_s``), then announce it.
@@ -49,8 +50,16 @@ def serve_when_warm(
     report in ``warm_key``; then ``CURRENT`` moves and ``"serve"`` is announced, so the swap in
     each process is one reference assignment. Without Redis the pointer still moves.
 
+    Args:
+        expect: when given, ``CURRENT`` moves only if it still names ``expect``
+            (``Registry.set_current``'s compare-and-swap).
+
     Returns:
         whether every known process reported warm before the timeout.
+
+    Raises:
+        VersionNotFoundError: no such version.
+        CurrentMovedError: ``CURRENT`` is no longer ``expect`` (nothing is announced).
     """
     registry.find(project_id, version)  # raises VersionNotFoundError before anything is announced
     warm = False
@@ -65,7 +74,7 @@ def serve_when_warm(
             time.sleep(0.05)
     except redis.RedisError as exc:
         log.warning("warm_up_skipped", project_id=project_id, version=version, error=str(exc))
-    registry.set_current(project_id, version, reason=reason)
+    registry.set_current(project_id, version, reason=reason, expect=expect)
     announce_version(client, project_id, version)
     return warm
 

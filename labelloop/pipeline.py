@@ -1,13 +1,13 @@
 """The training pipeline: export -> images -> dataset -> fine-tune -> publish.
 
-Each run works in its own directory ``<cache_dir>/runs/<project_id>/<run_id>``; only the
-final ``Registry.publish`` changes what is served, so a crash at any stage leaves the current
-version in place.
+Each run works in its own directory ``<cache_dir>/runs/<project_id>/<run_id>``
+(``labelloop.runs``: removed on every exit); only the final publish changes what is served, so a
+crash at any stage leaves the current version in place, and the publish promotes only over the
+version the training started from (``gate_and_publish``).
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,9 +26,10 @@ from labelloop.ledger import annotations_in_export
 from labelloop.manifest import Incumbent, Manifest, Promotion, Recipe, TrainingJob, TrainingResult
 from labelloop.notify import serve_when_warm
 from labelloop.params import load as load_params
-from labelloop.promotion import decide_promotion
+from labelloop.promotion import Decision, decide_promotion
 from labelloop.recipe import OVERRIDABLE, DataShape, plan_recipe
 from labelloop.registry import ModelVersion, Registry
+from labelloop.runs import run_directory
 from labelloop.settings import Settings
 from labelloop.task_types import task_type
 from labelloop.training import cuda_present, run_training_process
@@ -71,57 +72,133 @@ def run_training(
     project_params = load_params(settings.models_dir, project_id)
     params = project_params.effective(settings)
     t_start = time.perf_counter()
-    run_dir = Path(settings.cache_dir).absolute() / "runs" / str(project_id) / run_id
-
-    built = build_project_dataset(settings, project_id, changes=ChangeLog(_redis(settings)))
-    timings = _log_dataset(built)
-    parent = registry.current(project_id)
-    plan = plan_training(settings, built, parent, project_params.base_model is None, params)
-    log.info(
-        "training_recipe", warm_start=plan.warm_start, **{k: v for k, v in plan.train_args.items() if k != "weights"}
-    )
-    t0 = time.perf_counter()
-    result = TrainingResult.from_dict(
-        run_training_process(
-            plan.job.to_dict(),
-            run_dir / "train",
-            timeout_s=settings.train_time_limit_s,
-            on_progress=on_progress,
-            should_cancel=should_cancel,
-            heartbeat=heartbeat,
+    with run_directory(settings.cache_dir, project_id, run_id) as run_dir:
+        built = build_project_dataset(settings, project_id, changes=ChangeLog(_redis(settings)))
+        timings = _log_dataset(built)
+        parent = registry.current(project_id)
+        plan = plan_training(settings, built, parent, project_params.base_model is None, params)
+        log.info(
+            "training_recipe",
+            warm_start=plan.warm_start,
+            **{k: v for k, v in plan.train_args.items() if k != "weights"},
         )
-    )
-    timings["train"] = time.perf_counter() - t0 - result.val_seconds
-    timings["validate"] = result.val_seconds
-    log.info("training_finished", seconds=round(timings["train"], 3), **result.metrics)
+        t0 = time.perf_counter()
+        result = TrainingResult.from_dict(
+            run_training_process(
+                plan.job.to_dict(),
+                run_dir / "train",
+                timeout_s=settings.train_time_limit_s,
+                on_progress=on_progress,
+                should_cancel=should_cancel,
+                heartbeat=heartbeat,
+            )
+        )
+        timings["train"] = time.perf_counter() - t0 - result.val_seconds
+        timings["validate"] = result.val_seconds
+        log.info("training_finished", seconds=round(timings["train"], 3), **result.metrics)
+        timings["total"] = time.perf_counter() - t_start
+        return gate_and_publish(settings, registry, project_id, Candidate(built, parent, plan, result, run_id, timings))
+
+
+@dataclass
+class Candidate:
+    """A finished training waiting for the promotion gate: what it was built and trained on,
+    the version served when it started (``parent``) and its run's stage timings."""
+
+    built: BuildResult
+    parent: ModelVersion | None
+    plan: TrainingPlan
+    result: TrainingResult
+    run_id: str
+    timings: dict[str, float]
+
+
+REGATES = 3  # served-version changes a candidate follows before it gives up promoting
+
+
+def gate_and_publish(settings: Settings, registry: Registry, project_id: int, candidate: Candidate) -> ModelVersion:
+    """Gate ``candidate`` against the served version and publish it; promote it only if
+    ``CURRENT`` still names the version served when the training started.
+
+    Under the project's registry lock (``Registry.lock``) ``CURRENT`` is compared with the
+    version the candidate was gated against; if an operator promoted or rolled back meanwhile,
+    the lock is released, the new served version is validated on the candidate's split (a
+    child process, ``labelloop.training.validate``) and the gate decides again against it (up
+    to ``REGATES`` times; then the candidate is published rejected). The version is published,
+    served (``serve_when_warm`` with a compare-and-swap) and old versions pruned
+    (``LABELLOOP_KEEP_VERSIONS``) while the lock is held, so no rollback lands in between.
+
+    Returns:
+        the published version, "promoted" or "rejected".
+
+    Raises:
+        TrainingError: validating the new served version failed.
+    """
+    built, result = candidate.built, candidate.result
+    params = load_params(settings.models_dir, project_id).effective(settings)
     kind = task_type(built.spec.task)
     metric = kind.promotion_metric or str(params["promotion_metric"])
     report = built.report
     n_val = kind.validation_count(report.images["val"], sum(report.instances_per_class.get("val", {}).values()))
-    decision = decide_promotion(result.metrics, result.incumbent_metrics, metric, params["promotion_margin"], n_val)
-    timings["total"] = time.perf_counter() - t_start
-    manifest = version_manifest(built, parent, plan, result, run_id, timings)
-    manifest.promotion = Promotion(
-        metric=metric,
-        margin=params["promotion_margin"],
-        promoted=decision.promote,
-        reason=decision.reason,
-        noise=decision.noise,
-        val_objects=n_val,
-    )
-    version = registry.publish(
-        project_id, Path(result.best), manifest.to_json(), promote=decision.promote, move_current=False
-    )
-    if decision.promote:
-        serve_when_warm(_redis(settings), registry, project_id, version.name, reason="promoted")
+    served, incumbent_metrics = candidate.parent, result.incumbent_metrics
+    # What this version is trained on (annotations.json): reconciliation's baseline when Redis lost its ledger.
+    annotations = {str(k): v for k, v in annotations_in_export(built.tasks).items()}
+    for attempt in range(REGATES + 1):
+        expected = served.name if served is not None else None
+        decision = decide_promotion(result.metrics, incumbent_metrics, metric, params["promotion_margin"], n_val)
+        if attempt == REGATES:
+            decision = Decision(False, f"the served version kept changing during the gate ({decision.reason})")
+        manifest = version_manifest(
+            built, candidate.parent, candidate.plan, result, candidate.run_id, candidate.timings
+        )
+        manifest.incumbent = Incumbent(version=served.name, metrics=incumbent_metrics) if served else None
+        manifest.promotion = Promotion(
+            metric=metric,
+            margin=params["promotion_margin"],
+            promoted=decision.promote,
+            reason=decision.reason,
+            noise=decision.noise,
+            val_objects=n_val,
+        )
+        with registry.lock(project_id):
+            now = registry.current_name(project_id)
+            if now == expected or attempt == REGATES:
+                version = registry.publish(
+                    project_id,
+                    Path(result.best),
+                    manifest.to_json(),
+                    promote=decision.promote,
+                    move_current=False,
+                    annotations=annotations,
+                )
+                if decision.promote:
+                    serve_when_warm(_redis(settings), registry, project_id, version.name, "promoted", expect=expected)
+                pruned = registry.prune(project_id, settings.keep_versions)
+                break
+        log.info("served_version_moved", started_from=expected, served=now, regate=attempt + 1)
+        served = registry.current(project_id) if now else None
+        incumbent_metrics = _validate_served(settings, built, candidate.plan, served, candidate.run_id, attempt)
     log.info(
         "version_published" if decision.promote else "candidate_rejected",
         version=version.name,
         reason=decision.reason,
-        **{f"{k}_s": round(v, 3) for k, v in timings.items()},
+        pruned=pruned,
+        **{f"{k}_s": round(v, 3) for k, v in candidate.timings.items()},
     )
-    shutil.rmtree(run_dir, ignore_errors=True)
     return version
+
+
+def _validate_served(
+    settings: Settings, built: BuildResult, plan: TrainingPlan, served: ModelVersion | None, run_id: str, attempt: int
+) -> dict[str, float] | None:
+    """The served version's metrics on the candidate's split, or None when the gate cannot
+    compare with it (nothing served, another task or other classes: see ``plan_training``)."""
+    if served is None or not _same_task(served.record, built.spec) or served.record.class_names() != built.names:
+        return None
+    job = {**plan.job.to_dict(), "validate_only": str(served.weights)}
+    with run_directory(settings.cache_dir, int(served.project_id), f"{run_id}-regate{attempt + 1}") as run_dir:
+        out = run_training_process(job, run_dir, timeout_s=settings.train_time_limit_s)
+    return {k: float(v) for k, v in out["metrics"].items()}
 
 
 def _log_dataset(built: BuildResult) -> dict[str, float]:
@@ -258,8 +335,6 @@ def version_manifest(
         base_model=base_model,
         run_id=run_id,
         timings=timings,
-        # What this version was trained on: reconciliation's baseline when Redis lost its ledger.
-        annotations={str(k): v for k, v in annotations_in_export(built.tasks).items()},
     )
 
 

@@ -29,6 +29,18 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the Celery broker, results and events.")
     models_dir: Path = Field(Path("var/models"), description="Model registry root: the source of truth for versions.")
     cache_dir: Path = Field(Path("var/cache"), description="Downloaded images and training run directories.")
+    cache_max_bytes: int = Field(
+        10 * 1024**3,
+        ge=0,
+        description="Size cap of the image cache (<cache_dir>/images, bytes); the least recently used images are "
+        "removed above it (0: no cap).",
+    )
+    keep_versions: int = Field(
+        10,
+        ge=1,
+        description="Model versions kept per project: the newest N, plus the served one and those the next N "
+        "rollbacks serve; older versions (rejected ones included) are deleted after each publish.",
+    )
 
     label_studio_url: str | None = Field(
         None,

@@ -292,10 +292,27 @@ def _die_with_parent() -> None:
         pass
 
 
+def validate(spec: dict[str, Any]) -> dict[str, Any]:
+    """Score ``spec["validate_only"]`` (a version's weights) on the dataset's val split in this
+    process, as ``train`` scores the incumbent: the promotion gate's second look when the
+    served version changed during a training (``labelloop.pipeline``).
+
+    Returns:
+        ``{"metrics": evaluate(...)'s fractions, "val_seconds", "device"}``.
+    """
+    from labelloop.yolo_env import prepare_ultralytics
+
+    prepare_ultralytics(Path(spec["config_dir"]))
+    device = pick_device(str(spec.get("device", "")))
+    t0 = time.perf_counter()
+    metrics = evaluate(str(spec["validate_only"]), spec, device, Path(spec["run_dir"]).absolute() / "val-incumbent")
+    return {"metrics": metrics, "val_seconds": time.perf_counter() - t0, "device": device}
+
+
 def main(argv: list[str]) -> int:
     spec_path = Path(argv[1])
     spec = json.loads(spec_path.read_text())
-    result = train(spec)
+    result = validate(spec) if spec.get("validate_only") else train(spec)
     tmp = spec_path.with_name("result.json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, spec_path.with_name("result.json"))

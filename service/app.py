@@ -259,9 +259,13 @@ async def versions(request: Request) -> JSONResponse:
     st = _state(request)
     _auth(request, check_model)
     project = request.query_params.get("project")
-    projects = [parse_project_id(project)] if project else st.registry.projects()
-    names = {v.name for p in projects for v in st.registry.list_versions(p)}
-    return JSONResponse({"versions": sorted(names, key=lambda n: int(n[1:]))})
+    only = parse_project_id(project) if project else None
+
+    def read() -> list[str]:
+        projects = [only] if only is not None else st.registry.projects()
+        return sorted({n for p in projects for n in st.registry.version_names(p)}, key=lambda n: int(n[1:]))
+
+    return JSONResponse({"versions": await run_in_threadpool(read)})
 
 
 async def project_versions(request: Request) -> JSONResponse:
@@ -269,19 +273,27 @@ async def project_versions(request: Request) -> JSONResponse:
     st = _state(request)
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
-    items = [
-        {
-            "version": v.name,
-            "status": st.registry.status(project_id, v.name),
-            "parent": v.record.parent,
-            "created_at": v.record.created_at,
-            "metrics": v.manifest.get("metrics"),
-            "dataset_size": v.manifest.get("dataset_size"),
-            "promotion": v.manifest.get("promotion"),
-        }
-        for v in st.registry.list_versions(project_id)
-    ]
-    return JSONResponse({"current": st.registry.current_name(project_id), "versions": items})
+
+    def read() -> dict[str, Any]:
+        # The index (one small file) and one history read, in a thread: never every manifest on the loop.
+        summaries = st.registry.summaries(project_id)
+        statuses = st.registry.statuses(project_id, {e["version"]: e.get("status") or "rejected" for e in summaries})
+        items = [
+            {
+                "version": e["version"],
+                "status": statuses[e["version"]],
+                "parent": e.get("parent"),
+                "created_at": e.get("created_at"),
+                "metrics": e.get("metrics"),
+                "dataset_size": e.get("dataset_size"),
+                "promotion": e.get("promotion"),
+                "annotations": e.get("annotations"),
+            }
+            for e in summaries
+        ]
+        return {"current": st.registry.current_name(project_id), "versions": items}
+
+    return JSONResponse(await run_in_threadpool(read))
 
 
 async def promote(request: Request) -> Response:
@@ -310,7 +322,7 @@ async def rollback(request: Request) -> Response:
     _check_origin(request, form)
     if form:
         await _form_body(request)
-    version = st.registry.rollback_target(project_id)
+    version = await run_in_threadpool(st.registry.rollback_target, project_id)
     await anyio.to_thread.run_sync(lambda: _serve(st, project_id, version, "rollback"))
     return _back_to_page(project_id) if form else JSONResponse({"model_version": version})
 

@@ -122,18 +122,17 @@ def train(settings: Settings, project_id: int, wait: bool, timeout_s: float = 24
 def models_list(settings: Settings, project_id: int) -> int:
     registry = Registry(settings.models_dir)
     current = registry.current_name(project_id)
-    versions = registry.list_versions(project_id)
+    versions = registry.summaries(project_id)
     if not versions:
         print(f"project {project_id} has no model versions")
         return 0
     print(f"{'':2}{'version':<8} {'created':<21} {'parent':<7} {'train/val':<10} {'mAP50-95':>8}")
     for v in versions:
-        m = v.record
-        size = m.dataset_size
-        mark = "* " if v.name == current else "  "
-        map_ = m.metrics.get("map50_95")
+        size = v.get("dataset_size") or {}
+        mark = "* " if v["version"] == current else "  "
+        map_ = (v.get("metrics") or {}).get("map50_95")
         print(
-            f"{mark}{v.name:<8} {m.created_at or '':<21} {m.parent or '-':<7} "
+            f"{mark}{v['version']:<8} {v.get('created_at') or '':<21} {v.get('parent') or '-':<7} "
             f"{size.get('train', 0)}/{size.get('val', 0):<8} {map_ if map_ is None else f'{map_:.4f}':>8}"
         )
     view = project_view(registry, project_id)

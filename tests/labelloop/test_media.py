@@ -341,6 +341,27 @@ def test_fetch_then_cache_hit_without_request(server: Server, cache_dir: Path) -
     assert not [n for n in files_in(cache_dir) if n.startswith(".tmp/")]
 
 
+def test_cache_stays_under_its_cap_evicting_the_least_recently_used(server: Server, cache_dir: Path) -> None:
+    """With cache_max_bytes the cache folder stays under the cap: storing an image evicts the least recently used
+    ones (a hit counts as a use), and opening a cache with a smaller cap evicts down to it."""
+    url = f"http://127.0.0.1:{server.port}/img/noisy.png"
+    size = len(server.files["noisy.png"][0])
+
+    def tasks() -> set[int]:
+        return {int(n.split("-")[0]) for n in files_in(cache_dir) if not n.startswith(".tmp/")}
+
+    with ImageCache(cache_dir, config(server, cache_max_bytes=int(size * 3.5))) as cache:
+        for task_id in (1, 2, 3):
+            cache.get(task_id, url)
+        assert not cache.get(1, url).downloaded  # a hit: task 1 is now the most recently used
+        for task_id in (4, 5):
+            cache.get(task_id, url)
+        assert tasks() == {1, 4, 5}
+    assert sum(p.stat().st_size for p in cache_dir.iterdir() if p.is_file()) <= size * 3.5
+    with ImageCache(cache_dir, config(server, cache_max_bytes=int(size * 1.5))):
+        assert tasks() == {5}
+
+
 def test_cache_names_never_come_from_task_data(server: Server, cache_dir: Path) -> None:
     """Cache file names come from the task id and a hash of the URL, never from the URL's path (a traversal stays in
     the cache folder); a task id that is not an int is refused."""

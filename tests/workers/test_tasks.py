@@ -58,6 +58,25 @@ def test_start_training_starts_at_once_and_makes_the_project_known(
     assert redis.Redis.from_url(redis_url).sismember("labelloop:projects", 9)
 
 
+def test_a_lost_ledger_is_seeded_from_the_served_versions_annotation_file(jobs: Jobs, redis_url: str) -> None:
+    """After Redis lost the ledger, ensure_ledger seeds it from the served version's annotations.json (the map
+    no longer sits in the manifest), and from the map an older manifest embeds."""
+    from labelloop.ledger import Ledger
+    from labelloop.registry import Registry
+
+    weights = Path(jobs.settings.models_dir).parent / "best.pt"
+    weights.write_bytes(b"w")
+    registry = Registry(jobs.settings.models_dir)
+    registry.publish(4, weights, {}, annotations={"11": "2026-01-01T00:00:00.000000Z"})
+    jobs.ensure_ledger(4)
+    assert Ledger(redis.Redis.from_url(redis_url)).seen(4) == {11: "2026-01-01T00:00:00.000000Z"}
+    old = registry.publish(5, weights, {})
+    (old.path / "annotations.json").unlink()
+    (old.path / "manifest.json").write_text('{"annotations": {"12": "2026-01-02T00:00:00.000000Z"}}')
+    jobs.ensure_ledger(5)
+    assert Ledger(redis.Redis.from_url(redis_url)).seen(5) == {12: "2026-01-02T00:00:00.000000Z"}
+
+
 def test_registered_task_names_are_pinned(redis_url: str) -> None:
     """The workers' app registers exactly labelloop's five task names (queued messages name them),
     each routed to its queue, and the training's hard limit comes from the settings."""

@@ -1,0 +1,85 @@
+"""The end of a training: gate and publish, against the version served when it is published."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from labelloop.dataset import build_dataset, local_images
+from labelloop.labels import parse_detection_config
+from labelloop.manifest import TrainingResult
+from labelloop.pipeline import Candidate, gate_and_publish, plan_training
+from labelloop.registry import Registry
+from labelloop.settings import Settings
+from labelloop.synthetic import LABEL_CONFIG, make_sample
+
+
+def test_a_training_started_before_an_operator_rollback_is_gated_again_against_the_rollback_target(
+    trained: dict, image_server: tuple[str, Path], redis_url: str, tmp_path: Path
+) -> None:
+    """A candidate whose training started while v2 was served, published after an operator rolled back to v1
+    (the real CLI, another process), is validated and gated against v1 (its real metrics on the candidate's
+    split in the manifest), not promoted over the rollback as if v2 were still served; the rollback stays in
+    the history and rolling back again serves v1."""
+    _, root = image_server
+    tasks = [
+        {
+            "id": i + 1,
+            "data": {"image": f"img{i}.png"},
+            "annotations": [{"id": i + 1, "result": make_sample(i, 160, 120).ls_result(), "was_cancelled": False}],
+        }
+        for i in range(12)
+    ]
+    spec = parse_detection_config(LABEL_CONFIG)
+    built = build_dataset(
+        tasks, spec, tmp_path / "ds", local_images({i + 1: root / f"img{i}.png" for i in range(12)}), 0.25, 2
+    )
+    settings = Settings(
+        models_dir=tmp_path / "models",
+        cache_dir=tmp_path / "cache",
+        redis_url=redis_url,
+        imgsz=160,
+        epochs=2,
+        batch=4,
+        dataloader_workers=0,
+        offline=True,
+    )
+    registry = Registry(settings.models_dir)
+    served = {"task": "detect", "from_name": spec.from_name, "names": {str(k): v for k, v in built.names.items()}}
+    for _ in range(2):
+        registry.publish(1, Path(trained["result"]["best"]), {**served, "spec": asdict(spec)})
+    parent = registry.current(1)  # the training starts while v2 is served
+    assert parent is not None and parent.name == "v2"
+    plan = plan_training(settings, built, parent, True, {"base_model": "yolov8n.yaml"})
+
+    env = {**os.environ, "LABELLOOP_MODELS_DIR": str(settings.models_dir), "LABELLOOP_REDIS_URL": redis_url}
+    rollback = subprocess.run(
+        [sys.executable, "-m", "service.cli", "models", "rollback", "1"], env=env, capture_output=True, text=True
+    )
+    assert rollback.returncode == 0, rollback.stderr
+    assert registry.current_name(1) == "v1"
+
+    result = TrainingResult.from_dict(trained["result"])  # a training that gated against nothing yet
+    version = gate_and_publish(settings, registry, 1, Candidate(built, parent, plan, result, "run-1", {}))
+
+    record = version.record
+    assert record.incumbent is not None and record.incumbent.version == "v1"
+    assert record.incumbent.metrics is not None and set(record.incumbent.metrics) >= {"map50_95", "map50"}
+    assert record.promotion.reason is not None and " vs " in record.promotion.reason  # compared, not "no incumbent"
+    assert record.parent == "v1"
+    # The same weights as v1 on the same split score the same: the gate promotes it over v1, on top of the rollback.
+    assert record.incumbent.metrics == pytest.approx({k: result.metrics[k] for k in record.incumbent.metrics})
+    assert registry.current_name(1) == version.name == "v3"
+    assert [(h["version"], h["reason"]) for h in registry.history(1)] == [
+        ("v1", "promoted"),
+        ("v2", "promoted"),
+        ("v1", "rollback"),
+        ("v3", "promoted"),
+    ]
+    assert registry.rollback_target(1) == "v1"
+    assert not list((settings.cache_dir / "runs" / "1").iterdir())  # the re-gate's run directory is gone
