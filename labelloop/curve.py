@@ -16,7 +16,7 @@ without importing a plotting stack, and every point is one ``<circle>`` with its
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from html import escape
 
@@ -47,16 +47,26 @@ class CurvePoint:
         return self.status == "rejected"
 
 
-def curve_points(versions: Iterable[tuple[str, Manifest, str]]) -> list[CurvePoint]:
+def curve_points(
+    versions: Iterable[tuple[str, Manifest, str]], annotations: Mapping[str, int] | None = None
+) -> list[CurvePoint]:
     """Learning-curve points from ``(version name, manifest, status)``, in the order given
-    (oldest first, as ``Registry.list_versions`` returns them)."""
+    (oldest first, as ``Registry.list_versions`` returns them).
+
+    ``annotations``: version name -> annotations it was trained on (the registry index's
+    count); a version missing there counts its manifest's embedded map, else its images.
+    """
     points = []
+    counts = annotations or {}
     for name, m, status in versions:
-        annotations = len(m.annotations) if m.annotations else sum(int(v) for v in m.dataset_size.values())
+        if name in counts:
+            trained_on = counts[name]
+        else:
+            trained_on = len(m.annotations) if m.annotations else sum(int(v) for v in m.dataset_size.values())
         points.append(
             CurvePoint(
                 version=name,
-                annotations=annotations,
+                annotations=trained_on,
                 map50=_fraction(m.metrics.get("map50")),
                 map50_95=_fraction(m.metrics.get("map50_95")),
                 status=status,

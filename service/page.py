@@ -68,7 +68,14 @@ def project_view(registry: Registry, project_id: int) -> ProjectView:
         served_manifest=records.get(served or "", Manifest()),
         lineage=lineage,
         history=registry.history(project_id)[::-1],
-        points=curve_points((v.name, records[v.name], statuses[v.name]) for v in versions),
+        points=curve_points(
+            ((v.name, records[v.name], statuses[v.name]) for v in versions),
+            {
+                e["version"]: int(e["annotations"])
+                for e in registry.summaries(project_id)
+                if isinstance(e.get("annotations"), int)
+            },
+        ),
         rollback_target=target,
     )
 
