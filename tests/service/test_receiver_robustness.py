@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from labelloop.changes import ChangeLog, ChangeLogUnusable, Position
+from labelloop.changes import ChangeLog, ChangeLogUnusable
 from labelloop.settings import Settings
 from labelloop.stack import Stack, free_port
 from service.app import create_app
@@ -69,9 +69,10 @@ def test_redis_outage_gives_fast_503_then_recovers_without_duplicates(
     webhooks leave a gap in the project's change log, so rebuilds read Label Studio again."""
     stack, url, port = receiver
     with httpx.Client(base_url=url, timeout=5) as http:
+        empty = ChangeLog(redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])).position(1)
         for i in range(1, 21):
             assert http.post("/webhook", json=_created(i)).status_code == 201
-        before = ChangeLog(redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])).read(1, Position(0))
+        before = ChangeLog(redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])).read(1, empty)
         assert len(before.entries) == 20
 
         stack.stop("redis")
