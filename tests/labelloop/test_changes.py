@@ -364,3 +364,18 @@ def test_a_redis_restarted_without_its_last_writes_makes_the_log_unusable(tmp_pa
             log.read(1, consumed)
     finally:
         stack.stop_all()
+
+
+def test_the_annotation_trained_on_is_the_newest_by_time() -> None:
+    """Of two annotations of a task, the one updated later is trained on, also when the earlier
+    one's ``updated_at`` is printed without fractional seconds (as text it sorts last)."""
+    from labelloop.export import select_annotation
+
+    task = {
+        "annotations": [
+            {"id": 1, "updated_at": "2026-11-21T10:00:00Z", "result": []},
+            {"id": 2, "updated_at": "2026-11-21T10:00:00.500000+00:00", "result": []},
+        ]
+    }
+    chosen = select_annotation(task)
+    assert chosen is not None and chosen["id"] == 2
