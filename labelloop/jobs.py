@@ -146,8 +146,8 @@ class Jobs:
 
         One reconciliation per project at a time: each holds the project's lock
         (``labelloop:project:<id>:reconcile``, redis-py's ``Lock``: SET NX PX with a token,
-        ``RECONCILE_LOCK_S`` at most); a project another beat tick or
-        worker is reconciling is skipped. Changes from the export's start on (Label Studio's
+        ``RECONCILE_LOCK_S`` at most); a project another beat tick or worker is reconciling is
+        skipped. Changes from the export's start on (Label Studio's
         clock, the ``Date`` of the project read just before it) are left to the webhooks and the
         next reconciliation, and the ledger never moves back in time (``labelloop.ledger``).
 
