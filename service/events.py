@@ -23,7 +23,9 @@ refuses an annotation webhook, its project's change log gets a gap once Redis an
 (Label Studio never resends it); so does an entry too large to keep. A webhook the receiver
 refuses (401, 413, 422, ...) gets its gap at once (``record_refusal``): in its project's change
 log when the body named a known project, else in the one counter ``labelloop:webhooks:refused``
-(every change log is then unusable once); an unknown project's id writes nothing.
+(every change log is then unusable once); an unknown project's id writes nothing. A receiver
+that starts bumps that counter (``start``): its previous run may have refused webhooks while
+Redis was down and died before it could record their gaps.
 """
 
 from __future__ import annotations
@@ -125,8 +127,16 @@ class EventRecorder:
         self.has_versions = has_versions
         self.label_studio = label_studio
         self._message = CeleryMessage(celery, TASK_HANDLE_EVENT, QUEUE_EVENTS)
-        # Projects whose webhook Redis refused: their change logs get a gap when it is back.
-        self._lost: set[int] = set()
+        # Projects whose webhook Redis refused: their change logs get a gap when it is back (-1:
+        # the refused counter; see ``start``).
+        self._lost: set[int] = {-1}
+
+    async def start(self) -> None:
+        """At the receiver's start: a receiver cannot know what its previous run refused while
+        Redis was down and died before recording, so every change log gets one gap, now or (Redis
+        down) with the first webhook Redis takes. Never raises."""
+        if await self._gap(None):
+            self._lost.discard(-1)
 
     async def remember_project(self, project_id: int) -> None:
         """Add a project to the set reconciliation walks; best effort (``/setup`` must not fail on it)."""

@@ -509,9 +509,33 @@ def test_refused_webhooks_leave_their_gap_in_redis_across_a_killed_receiver(redi
                 assert http.post("/webhook", json=body, headers=headers).status_code == status
             stack.stop("receiver", signal.SIGKILL)  # whatever it kept in memory is gone
             url = stack.start_receiver(port)
-            with httpx.Client(base_url=url, timeout=10) as http:
-                assert http.post("/webhook", json=_created(200 + n), headers=auth).status_code == 201
             with pytest.raises(ChangeLogUnusable, match=reason):
                 log.read(1, position)
     finally:
         stack.stop_all()
+
+
+def test_a_receiver_killed_while_redis_refused_writes_still_leaves_a_gap(
+    receiver: tuple[Stack, str, int],
+) -> None:
+    """A webhook refused with 503 while Redis refuses writes (out of memory under noeviction), by a
+    receiver killed before Redis took writes again, still makes the change log unusable: the
+    receiver that starts next makes one gap in every log."""
+    stack, url, _port = receiver
+    client = redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])
+    log = ChangeLog(client)
+    with httpx.Client(base_url=url, timeout=5) as http:
+        assert http.post("/webhook", json=_created(1)).status_code == 201
+        position = log.read(1, log.position(1)).position
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+        try:
+            assert http.post("/webhook", json=_created(2)).status_code == 503
+        finally:
+            client.config_set("maxmemory", 0)
+    stack.stop("receiver", signal.SIGKILL)
+    url = stack.start_receiver(int(url.rsplit(":", 1)[1]))
+    with httpx.Client(base_url=url, timeout=5) as http:
+        assert http.post("/webhook", json=_created(3)).status_code == 201
+    with pytest.raises(ChangeLogUnusable, match="refused"):
+        log.read(1, position)
