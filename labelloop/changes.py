@@ -17,10 +17,15 @@ entries since the previous build to its stored copy of the project's tasks
 
 The log is trusted only when nothing can be missing from it:
 - the entries read follow the previous build's number without a gap. Gaps are made on purpose
-  when an event may have been lost: the receiver bumps the counter of a project whose webhook it
-  had to refuse (Redis unavailable; Label Studio never resends), reconciliation bumps it when it
-  finds changes whose webhooks never arrived, and a Redis that lost its data starts the counter
-  below the stored number;
+  when an event may have been lost: the receiver bumps the counter of a known project whose
+  webhook it refused (401, 413, 422, ... at the refusal; Redis unavailable: once Redis answers
+  again; Label Studio never resends), or ``labelloop:webhooks:refused`` when the refused webhook's
+  project could not be read (401 before the body, 413: every log is then unusable once);
+  reconciliation bumps it when it finds changes whose webhooks never arrived; a Redis that lost
+  its data starts the counter below the stored number;
+- Redis is the server the previous build read (its ``run_id``): a restarted Redis may have lost
+  its last writes (append-only file fsynced every second) and numbered new entries over the
+  lost ones, which no counter can tell;
 - after applying them, the stored tasks have exactly the annotation counts the newest entry's
   project reports (``total_annotations_number``, ``skipped_annotations_number``), and each task
   an entry carries has the counts that task reports (``total_annotations``,
@@ -44,6 +49,7 @@ import orjson
 import redis
 
 from labelloop import keys
+from labelloop.ledger import is_newer
 
 # Entries kept per project at most (approximately); a build that falls further behind reads
 # Label Studio instead. Consumed entries are trimmed by the build that consumed them.
@@ -114,14 +120,23 @@ def entry_bytes(body: dict[str, Any]) -> bytes | None:
 
 @dataclass
 class Position:
-    """How far a store has consumed a project's change log: ``seq`` (counter value) and ``id``
-    (stream id of the last entry at that point, "0-0" when none)."""
+    """How far a store has consumed a project's change log: ``seq`` (counter value), ``id``
+    (stream id of the last entry at that point, "0-0" when none), ``run_id`` (of the Redis
+    server read, "" unknown) and ``refused`` (``labelloop:webhooks:refused`` then)."""
 
     seq: int
     id: str = "0-0"
+    run_id: str = ""
+    refused: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "id": self.id}
+        return {"seq": self.seq, "id": self.id, "run_id": self.run_id, "refused": self.refused}
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> Position:
+        """A position ``as_dict`` wrote (one written before ``run_id`` existed has "")."""
+        run_id, refused = str(stored.get("run_id") or ""), int(stored.get("refused") or 0)
+        return cls(int(stored["seq"]), str(stored["id"]), run_id, refused)
 
 
 @dataclass
@@ -151,27 +166,42 @@ class ChangeLog:
     def from_url(cls, url: str) -> ChangeLog:
         return cls(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10))
 
+    def _state(self, project_id: int, after_id: str | None) -> tuple[str, int, int, list[Any]]:
+        """(run_id, counter, refused counter, newest entry or the entries after ``after_id``) in
+        one transaction, the run_id read again after it (raises ChangeLogUnusable if Redis
+        restarted in between)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.info("server")
+            pipe.get(seq_key(project_id))
+            pipe.get(keys.WEBHOOKS_REFUSED)
+            if after_id is None:
+                pipe.xrevrange(stream_key(project_id), count=1)
+            else:
+                pipe.xrange(stream_key(project_id), min=f"({after_id}" if after_id != "0-0" else "-")
+            info, seq, refused, rows = pipe.execute()
+        run_id = str(info.get("run_id") or "")
+        if run_id != str(self.redis.info("server").get("run_id") or ""):
+            raise ChangeLogUnusable("Redis restarted while the change log was read")
+        return run_id, int(seq or 0), int(refused or 0), rows
+
     def position(self, project_id: int) -> Position:
         """The current end of the log (read before a full sync with Label Studio, so that what
         arrives during it is read again next time)."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(seq_key(project_id))
-            pipe.xrevrange(stream_key(project_id), count=1)
-            seq, last = pipe.execute()
-        return Position(int(seq or 0), _decode(last[0][0]) if last else "0-0")
+        try:
+            run_id, seq, refused, last = self._state(project_id, None)
+        except ChangeLogUnusable:
+            return Position(0)  # a position no later read accepts: the next build reads Label Studio
+        return Position(seq, _decode(last[0][0]) if last else "0-0", run_id, refused)
 
     def read(self, project_id: int, after: Position) -> Batch:
         """Entries recorded after ``after``, oldest first, as decoded JSON objects.
 
         Raises:
             ChangeLogUnusable: entries are missing between ``after`` and the end of the log
-                (a deliberate gap, entries trimmed away, or Redis lost its data).
+                (a deliberate gap, entries trimmed away, Redis lost its data or restarted, a
+                webhook of an unnamed project was refused).
         """
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(seq_key(project_id))
-            pipe.xrange(stream_key(project_id), min=f"({after.id}" if after.id != "0-0" else "-")
-            seq_raw, rows = pipe.execute()
-        seq = int(seq_raw or 0)
+        run_id, seq, refused, rows = self._state(project_id, after.id)
         if seq < after.seq:
             raise ChangeLogUnusable(f"change log restarted (counter {seq} < {after.seq} already read)")
         expected = after.seq
@@ -185,7 +215,12 @@ class ChangeLog:
             expected, last_id = number, _decode(entry_id)
         if expected != seq:
             raise ChangeLogUnusable(f"change log gap: entries end at {expected}, counter is {seq}")
-        return Batch(entries, Position(seq, last_id))
+        # Checked last: a gap or restarted counter says more about what happened.
+        if run_id != after.run_id:
+            raise ChangeLogUnusable(f"Redis is not the server last read (run_id {run_id[:8]}, was {after.run_id[:8]})")
+        if refused != after.refused:
+            raise ChangeLogUnusable("a webhook was refused before its project could be read")
+        return Batch(entries, Position(seq, last_id, run_id, refused))
 
     def trim(self, project_id: int, upto: Position) -> None:
         """Drop entries up to ``upto`` (consumed by the project's dataset build)."""
@@ -222,20 +257,28 @@ def _task_id(annotation: dict[str, Any]) -> int:
 
 
 def _newer_or_same(new: dict[str, Any], old: dict[str, Any]) -> bool:
-    # Label Studio prints updated_at in one format (ISO 8601, UTC, microseconds): text order is time order.
-    return str(new.get("updated_at") or "") >= str(old.get("updated_at") or "")
+    return not is_newer(old.get("updated_at"), new.get("updated_at"))
 
 
-def apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]], label_config: str) -> None:
+def apply_entries(
+    tasks: dict[str, dict[str, Any]],
+    entries: list[dict[str, Any]],
+    label_config: str,
+    deleted: set[int] | None = None,
+) -> None:
     """Apply change-log entries, oldest first, to tasks in Label Studio's JSON export format
     (task id as text -> task with ``annotations``), in place, and check the result.
 
     ``label_config`` is the project's label config as last read from Label Studio's API; every
     entry must carry its digest (the log never changes the label config).
 
-    Created and updated annotations replace the stored one with the same id unless the stored
-    one is newer; the task's other fields come from the webhook's task; deleted annotations are
-    removed; a task left without annotations is dropped (as an export would leave it out).
+    Entries are applied in arrival order but ordered by Label Studio's time: created and updated
+    annotations replace the stored one with the same id unless the stored one is newer
+    (``updated_at`` compared as times); the task's other fields come from the webhook's
+    task; deleted annotations are removed and their ids added to ``deleted`` (tombstones, in
+    place; Label Studio never reuses an id), and an annotation in ``deleted`` is never added
+    again (its CREATE or UPDATE arriving after its DELETE); a task left without annotations is
+    dropped (as an export would leave it out).
 
     Raises:
         ChangeLogUnusable: an entry's label config is not ``label_config``; an entry lacks
@@ -245,12 +288,14 @@ def apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]
             the caller discards it.
     """
     try:
-        _apply_entries(tasks, entries, label_config_digest(label_config))
+        _apply_entries(tasks, entries, label_config_digest(label_config), set() if deleted is None else deleted)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ChangeLogUnusable(f"malformed change-log entry: {type(exc).__name__}: {exc}") from exc
 
 
-def _apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]], digest: str) -> None:
+def _apply_entries(
+    tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any]], digest: str, deleted: set[int]
+) -> None:
     project: dict[str, Any] | None = None
     for entry in entries:
         project = entry.get("project")
@@ -261,6 +306,7 @@ def _apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any
             raise ChangeLogUnusable("the label config changed since Label Studio was last read")
         if action == "ANNOTATIONS_DELETED":
             gone = {int(a["id"]) for a in entry.get("annotations") or [] if isinstance(a, dict) and "id" in a}
+            deleted.update(gone)
             for key in [k for k, t in tasks.items() if any(a.get("id") in gone for a in t.get("annotations") or [])]:
                 kept = [a for a in tasks[key].get("annotations") or [] if a.get("id") not in gone]
                 if kept:
@@ -278,6 +324,8 @@ def _apply_entries(tasks: dict[str, dict[str, Any]], entries: list[dict[str, Any
                 if not isinstance(annotation.get("result") or [], list):
                     raise ChangeLogUnusable(f"annotation {annotation['id']}: result is not a list")
                 tid = _task_id(annotation)
+                if int(annotation["id"]) in deleted:
+                    continue  # deleted already: this CREATE or UPDATE arrived after its DELETE
                 stored = tasks.get(str(tid))
                 payload = by_id.get(tid)
                 if payload is not None and not isinstance(payload.get("data", {}), dict):

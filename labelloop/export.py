@@ -11,6 +11,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import structlog
 from labelloop.changes import Batch, ChangeLog, ChangeLogUnusable, Position, apply_entries, project_counts
 from labelloop.errors import DatasetError
 from labelloop.files import write_atomic
+from labelloop.ledger import parse_ts
 
 log = structlog.get_logger(__name__)
 
@@ -54,15 +56,21 @@ def sync_tasks(
     changes: ChangeLog | None = None,
     verify_every_s: float = 3600.0,
 ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
-    """The project's label config and annotated tasks, read incrementally.
+    """The project's label config and annotated tasks, read incrementally and verified per task.
 
     The first call exports the project (``export_tasks``). Later calls with the same ``store``
     file read only what changed since the previous call:
 
-    - from the project's change log (``changes``: the webhooks the receiver recorded, see
+    - every ``verify_every_s`` seconds (0: every call), the project is exported again and the
+      stored tasks are compared with it task by task: what Label Studio holds replaces what is
+      stored, whatever was missed (a lost webhook, an update the ``updated_at`` filter below
+      skipped because of clock skew between hosts); ``info["corrected"]`` counts the tasks
+      that differed;
+    - else from the project's change log (``changes``: the webhooks the receiver recorded, see
       ``labelloop.changes``), without asking Label Studio, when the log has at least one entry
-      and every entry since the previous call, the newest entry's counters agree with the
-      stored tasks, and Label Studio itself was read less than ``verify_every_s`` seconds ago;
+      and every entry since the previous call and the newest entry's counters agree with the
+      stored tasks. Deleted annotation ids are kept in the store (tombstones, Label Studio never
+      reuses them), so a CREATE or UPDATE recorded after its DELETE never brings one back;
     - else from Label Studio: only the tasks it updated since the previous call
       (``GET /api/tasks/?project=&query=`` filtered on ``tasks:updated_at``; Label Studio
       touches a task's ``updated_at`` when one of its annotations is created, updated or
@@ -72,18 +80,19 @@ def sync_tasks(
 
     Args:
         store: a JSON file this function owns (tasks by id, label config, the server time of the
-            last read from Label Studio, the change-log position).
+            last read from Label Studio, when it was last verified, the change-log position and
+            the deleted annotation ids).
         changes: the change log; None reads Label Studio every time.
-        verify_every_s: read Label Studio at least this often (seconds) even when the change log
-            could stand in for it.
+        verify_every_s: compare with a full export at least this often (seconds).
 
     Returns:
         ``(label_config, tasks, info)``: tasks in the JSON export format that have at least
-        one annotation; ``info`` = ``{"mode": "full"|"incremental"|"change log",
-        "tasks_fetched": n, "seconds": s}`` (plus ``"changes": n`` entries applied, or
-        ``"change_log": reason`` when the log could not be used).
+        one annotation; ``info`` = ``{"mode": "full"|"verify"|"incremental"|"change log",
+        "tasks_fetched": n, "seconds": s}`` (plus ``"changes": n`` entries applied,
+        ``"corrected": n`` tasks a verification replaced, or ``"change_log": reason`` when the
+        log could not be used).
 
-    Long for its docstring (the three ways a sync reads the project); the reads themselves are
+    Long for its docstring (the four ways a sync reads the project); the reads themselves are
     ``_from_change_log`` and ``_read_label_studio``.
     """
     t0 = time.perf_counter()
@@ -91,20 +100,32 @@ def sync_tasks(
         state = _read_store(store)
         tasks: dict[str, dict[str, Any]] | None = state["tasks"]
         since = float(state["server_time"]) - SYNC_OVERLAP_S
+        deleted = {int(i) for i in state.get("deleted") or []}
     except (OSError, ValueError, KeyError, TypeError):
-        state, tasks, since = {}, None, 0.0
+        state, tasks, since, deleted = {}, None, 0.0, set()
+    verified_at = float(state.get("verified_at") or 0.0)
+    verify = tasks is not None and time.time() - verified_at >= verify_every_s
     info: dict[str, Any] = {}
     position: Position | None = None
     if changes is not None:
         try:
-            if tasks is not None:
-                label_config, batch = _from_change_log(changes, project_id, state, tasks, verify_every_s)
-                updated = {**state, "label_config": label_config, "tasks": tasks, "changes": batch.position.as_dict()}
+            if tasks is not None and not verify:
+                label_config, batch = _from_change_log(changes, project_id, state, tasks, deleted)
+                updated = {
+                    **state,
+                    "label_config": label_config,
+                    "tasks": tasks,
+                    "changes": batch.position.as_dict(),
+                    "deleted": sorted(deleted),
+                }
                 _write_store(store, updated)
                 _trim(changes, project_id, batch.position)
                 seconds = time.perf_counter() - t0
                 info = {"mode": "change log", "tasks_fetched": 0, "changes": len(batch.entries), "seconds": seconds}
                 return label_config, list(tasks.values()), info
+            if verify:
+                age = time.time() - verified_at
+                raise ChangeLogUnusable(f"Label Studio last read {age:.0f} s ago (verify every {verify_every_s:.0f} s)")
         except ChangeLogUnusable as exc:
             info["change_log"] = str(exc)
             tasks = _read_store(store)["tasks"]  # apply_entries may have changed it
@@ -116,8 +137,8 @@ def sync_tasks(
             position = changes.position(project_id)
         except redis.RedisError:
             position = None
-    verified_at = time.time()
-    raw, changed, exported = _read_label_studio(client, project_id, first=tasks is None, since=since)
+    read_at = time.time()
+    raw, changed, exported = _read_label_studio(client, project_id, first=tasks is None or verify, since=since)
     mode, fetched = "full", 0
     project = raw.data
     try:
@@ -125,7 +146,12 @@ def sync_tasks(
     except (TypeError, ValueError):
         server_time = time.time()
     counts = (int(project.total_annotations_number or 0), int(project.skipped_annotations_number or 0))
-    if tasks is not None:
+    if tasks is not None and exported is not None:  # the periodic verification
+        corrected = differing_tasks(tasks, exported)
+        info["corrected"] = len(corrected)
+        log.info("dataset_verified", project_id=project_id, corrected=len(corrected), tasks=corrected[:20])
+        tasks, mode = None, "verify"
+    elif tasks is not None:
         for task in changed:
             fetched += 1
             if task.get("annotations"):
@@ -139,13 +165,15 @@ def sync_tasks(
         if exported is None:  # the counters disagreed with the merged tasks
             exported = export_tasks(client, project_id)
         tasks = {str(t["id"]): t for t in exported if t.get("annotations")}
-        mode, fetched = "full", len(exported)
+        mode, fetched = ("full" if mode != "verify" else mode), len(exported)
+        verified_at = read_at
     label_config = str(project.label_config)
     new_state: dict[str, Any] = {
         "server_time": server_time,
         "verified_at": verified_at,
         "label_config": label_config,
         "tasks": tasks,
+        "deleted": sorted(deleted),
     }
     if position is not None:
         new_state["changes"] = position.as_dict()
@@ -154,6 +182,23 @@ def sync_tasks(
         _trim(changes, project_id, position)
     info.update(mode=mode, tasks_fetched=fetched, seconds=time.perf_counter() - t0)
     return label_config, list(tasks.values()), info
+
+
+def _annotations_signature(task: dict[str, Any]) -> set[tuple[Any, ...]]:
+    return {
+        (a.get("id"), parse_ts(a.get("updated_at")) or a.get("updated_at"), bool(a.get("was_cancelled")))
+        for a in task.get("annotations") or []
+    }
+
+
+def differing_tasks(stored: dict[str, dict[str, Any]], exported: list[dict[str, Any]]) -> list[int]:
+    """Ids of tasks (sorted) whose annotations differ between ``stored`` (task id as text -> task)
+    and an export of the project: an annotation added, removed, cancelled or with another
+    ``updated_at`` (compared as times), or a task only one side has."""
+    fresh = {str(t["id"]): t for t in exported if t.get("annotations")}
+    ids = set(stored) | set(fresh)
+    sig = _annotations_signature
+    return sorted(int(i) for i in ids if i not in stored or i not in fresh or sig(stored[i]) != sig(fresh[i]))
 
 
 def _read_label_studio(
@@ -224,28 +269,25 @@ def _write_store(store: Path, state: dict[str, Any]) -> None:
 
 
 def _from_change_log(
-    changes: ChangeLog, project_id: int, state: dict[str, Any], tasks: dict[str, dict[str, Any]], verify_every_s: float
+    changes: ChangeLog, project_id: int, state: dict[str, Any], tasks: dict[str, dict[str, Any]], deleted: set[int]
 ) -> tuple[str, Batch]:
-    """Apply the change log since the stored position to ``tasks`` (in place); the label config
-    (the one last read from Label Studio: the log never changes it).
+    """Apply the change log since the stored position to ``tasks`` and ``deleted`` (in place);
+    the label config (the one last read from Label Studio: the log never changes it).
 
     Raises:
         ChangeLogUnusable: see ``labelloop.changes``; also when the store has no position or
-            label config yet, or Label Studio was last read ``verify_every_s`` or more ago.
+            label config yet.
     """
     stored = state.get("changes")
     if not isinstance(stored, dict) or not state.get("label_config"):
         raise ChangeLogUnusable("no change-log position stored yet")
-    age = time.time() - float(state.get("verified_at") or 0)
-    if age >= verify_every_s:
-        raise ChangeLogUnusable(f"Label Studio last read {age:.0f} s ago (verify every {verify_every_s:.0f} s)")
-    batch = changes.read(project_id, Position(int(stored["seq"]), str(stored["id"])))
+    batch = changes.read(project_id, Position.from_dict(stored))
     if not batch.entries:
         # Nothing recorded is not proof that nothing changed (the webhook may not be set up, or
         # the build was not started by one): only entries carry Label Studio's counters.
         raise ChangeLogUnusable("no webhook recorded since the last build")
     label_config = str(state["label_config"])
-    apply_entries(tasks, batch.entries, label_config)
+    apply_entries(tasks, batch.entries, label_config, deleted)
     return label_config, batch
 
 
@@ -268,4 +310,8 @@ def select_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     usable: list[dict[str, Any]] = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
     if not usable:
         return None
-    return max(usable, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at") or ""), a.get("id", 0)))
+    oldest = datetime.min.replace(tzinfo=UTC)
+    return max(
+        usable,
+        key=lambda a: (bool(a.get("ground_truth")), parse_ts(a.get("updated_at")) or oldest, a.get("id", 0)),
+    )

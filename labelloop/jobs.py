@@ -9,17 +9,20 @@ is still needed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import redis
 import structlog
 
-from labelloop import labelstudio
+from labelloop import keys, labelstudio
 from labelloop.changes import ChangeLog
 from labelloop.errors import LabelloopError
 from labelloop.export import export_tasks
@@ -43,6 +46,8 @@ Report = Callable[[dict[str, Any]], None]
 
 # The training lock is refreshed at most this often while a training runs (seconds).
 LOCK_BEAT_S = 60.0
+# How long a reconciliation holds a project's lock at most (seconds; released when it is done).
+RECONCILE_LOCK_S = 600.0
 
 
 class Jobs:
@@ -139,9 +144,16 @@ class Jobs:
         """Compare each known project's annotations in Label Studio with the ledger and feed the
         changes whose webhooks were missed to the trigger policy.
 
+        One reconciliation per project at a time: each holds the project's lock
+        (``labelloop:project:<id>:reconcile``, redis-py's ``Lock``: SET NX PX with a token,
+        ``RECONCILE_LOCK_S`` at most); a project another beat tick or worker is reconciling is
+        skipped. Changes from the export's start on (Label Studio's
+        clock, the ``Date`` of the project read just before it) are left to the webhooks and the
+        next reconciliation, and the ledger never moves back in time (``labelloop.ledger``).
+
         Returns:
-            missed changes per project id (as text); a project Label Studio does not answer for
-            is logged and left out.
+            missed changes per project id (as text); a project Label Studio does not answer for,
+            or that is being reconciled elsewhere, is logged and left out.
         """
         s = self.settings
         projects = self.ledger().projects() | set(Registry(s.models_dir).projects())
@@ -149,21 +161,39 @@ class Jobs:
         missed: dict[str, int] = {}
         for project_id in sorted(projects):
             with structlog.contextvars.bound_contextvars(project_id=project_id):
+                lock = self.redis.lock(keys.reconcile_lock(project_id), timeout=RECONCILE_LOCK_S, blocking=False)
+                if not lock.acquire():
+                    log.info("reconcile_skipped", reason="another reconciliation holds the project")
+                    continue
                 try:
-                    with labelstudio.calling(s.label_studio_url, f"exporting project {project_id}"):
-                        current = annotations_in_export(export_tasks(client, project_id))
+                    changes = self._reconcile_project(client, project_id)
                 except Exception as exc:  # one unreachable project must not stop the others
                     log.warning("reconcile_failed", error_type=type(exc).__name__, error=str(exc)[:500])
                     continue
-                self.ensure_ledger(project_id)
-                changes = diff(self.ledger().seen(project_id), current)
-                if changes:
-                    log.info("reconcile_missed_changes", changes=len(changes))
-                    # Their webhooks never arrived: the next dataset build reads Label Studio.
-                    ChangeLog(self.redis).invalidate(project_id)
-                    self.handle_event(project_id, "RECONCILED", changes)
-                missed[str(project_id)] = len(changes)
+                finally:
+                    with contextlib.suppress(redis.exceptions.LockError):
+                        lock.release()
+                missed[str(project_id)] = changes
         return missed
+
+    def _reconcile_project(self, client: Any, project_id: int) -> int:
+        """Export one project and apply the changes the ledger missed; returns how many."""
+        s = self.settings
+        with labelstudio.calling(s.label_studio_url, f"exporting project {project_id}"):
+            raw = client.projects.with_raw_response.get(id=project_id)
+            try:
+                started: datetime | None = parsedate_to_datetime(raw.headers.get("date"))
+            except (TypeError, ValueError):
+                started = None
+            current = annotations_in_export(export_tasks(client, project_id))
+        self.ensure_ledger(project_id)
+        changes = diff(self.ledger().seen(project_id), current, before=started)
+        if changes:
+            log.info("reconcile_missed_changes", changes=len(changes))
+            # Their webhooks never arrived: the next dataset build reads Label Studio.
+            ChangeLog(self.redis).invalidate(project_id)
+            self.handle_event(project_id, "RECONCILED", changes)
+        return len(changes)
 
     # -- training -------------------------------------------------------------------------------
 

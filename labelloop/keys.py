@@ -2,11 +2,13 @@
 and the command line spell them from here).
 
 Per project (``labelloop:project:<id>:...``): ``changes`` (stream) and ``changes:seq`` (its
-counter, ``labelloop.changes``), ``seen`` (the ledger's hash, ``labelloop.ledger``),
+counter, ``labelloop.changes``), ``seen`` (the ledger's hash) and ``deleted`` (its tombstones,
+``labelloop.ledger``), ``reconcile`` (the reconciliation lock, ``labelloop.jobs``),
 ``trigger`` (hash) and ``training`` (the lock, ``labelloop.trigger``), ``progress`` and
 ``preannotate`` (``labelloop.progress``), ``current``, ``servers`` and ``warm:<version>``
 (``labelloop.notify``). Global: ``labelloop:projects`` (known projects), ``labelloop:events``
-(the event stream), ``labelloop:delivery:<sha1>`` (deduplication) and the pub/sub channel
+(the event stream), ``labelloop:delivery:<sha1>`` (deduplication), ``labelloop:webhooks:refused``
+(webhooks refused before their project was known, ``service.webhook``) and the pub/sub channel
 ``labelloop:versions``.
 """
 
@@ -16,6 +18,9 @@ PROJECTS = "labelloop:projects"
 EVENTS = "labelloop:events"
 VERSIONS_CHANNEL = "labelloop:versions"
 DELIVERY_PREFIX = "labelloop:delivery:"
+# Counter of webhooks refused before their project could be read (401 before the body, 413): any
+# project's change log may miss one (``labelloop.changes``).
+WEBHOOKS_REFUSED = "labelloop:webhooks:refused"
 
 
 def project(project_id: int, what: str) -> str:
@@ -33,6 +38,14 @@ def changes_seq(project_id: int) -> str:
 
 def seen(project_id: int) -> str:
     return project(project_id, "seen")
+
+
+def deleted(project_id: int) -> str:
+    return project(project_id, "deleted")
+
+
+def reconcile_lock(project_id: int) -> str:
+    return project(project_id, "reconcile")
 
 
 def trigger(project_id: int) -> str:

@@ -4,6 +4,14 @@ The ledger is a Redis hash per project, ``labelloop:project:<id>:seen``: annotat
 normalised ``updated_at``. Webhook events update it; the periodic reconciliation compares it
 with Label Studio's own annotations and feeds the differences (changes whose webhook was
 lost, e.g. while labelloop was down) to the trigger policy as annotation events.
+
+Events may arrive in any order (two receiver replicas, a late delivery, reconciliation's
+export racing a webhook), so the ledger orders them by Label Studio's time, not by arrival:
+- an entry only ever moves forward in time (``updated_at`` compared as times): an older
+  update, resent or from an export taken before it, changes nothing and counts 0;
+- a deleted annotation leaves a tombstone, ``labelloop:project:<id>:deleted`` (a set of ids;
+  Label Studio never reuses an annotation id), so its CREATE or UPDATE arriving after the
+  DELETE never brings it back.
 """
 
 from __future__ import annotations
@@ -34,15 +42,50 @@ def normalize_ts(value: str | None) -> str:
     return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def diff(seen: dict[int, str], current: dict[int, str]) -> list[Change]:
+def parse_ts(value: str | None) -> datetime | None:
+    """An ISO 8601 timestamp (``Z`` or ``+00:00``, with or without fractional seconds; naive
+    means UTC) as an aware datetime; None when absent or unparsable."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def is_newer(new: str | None, old: str | None) -> bool:
+    """Whether timestamp ``new`` is later than ``old``, compared as times. An unparsable or
+    absent ``old`` is older than anything; an unparsable ``new`` is newer only than that (then
+    compared as text, which is all there is)."""
+    n, o = parse_ts(new), parse_ts(old)
+    if o is None:
+        return n is not None or (new or "") != (old or "")
+    return n is not None and n > o
+
+
+def diff(seen: dict[int, str], current: dict[int, str], before: datetime | None = None) -> list[Change]:
     """Changes that turn ``seen`` into ``current`` (both: annotation id -> normalised updated_at).
+
+    Only changes forward in time count: an annotation whose ``current`` time is not later than
+    the one ``seen`` is not a change (the ledger has a newer webhook). With ``before`` (when the
+    read of ``current`` started, Label Studio's clock), changes from that time on are left out:
+    an annotation updated at or after it, and one ``seen`` at or after it but absent from
+    ``current`` (created after the read started, not deleted); the next comparison sees them.
 
     Returns:
         new or updated annotations with their ``updated_at``, then deleted ones with None,
         each sorted by id.
     """
-    changed: list[Change] = [(i, u) for i, u in sorted(current.items()) if seen.get(i) != u]
-    deleted: list[Change] = [(i, None) for i in sorted(set(seen) - set(current))]
+
+    def settled(ts: str | None) -> bool:
+        parsed = parse_ts(ts)
+        return before is None or parsed is None or parsed < before
+
+    changed: list[Change] = [
+        (i, u) for i, u in sorted(current.items()) if (i not in seen or is_newer(u, seen[i])) and settled(u)
+    ]
+    deleted: list[Change] = [(i, None) for i in sorted(set(seen) - set(current)) if settled(seen[i])]
     return changed + deleted
 
 
@@ -65,6 +108,10 @@ class Ledger:
     @staticmethod
     def key(project_id: int) -> str:
         return keys.seen(project_id)
+
+    def deleted(self, project_id: int) -> set[int]:
+        """Tombstones: ids of annotations the ledger saw deleted."""
+        return {int(i) for i in self.redis.smembers(keys.deleted(project_id))}
 
     def projects(self) -> set[int]:
         """Projects labelloop has heard of (webhooks or /setup)."""
@@ -97,28 +144,37 @@ class Ledger:
     def apply(self, project_id: int, changes: list[Change]) -> int:
         """Record changes; returns how many were new to the ledger (a resent update counts 0).
 
+        An update not later than the recorded one (``is_newer``) and any change to a deleted
+        annotation (a tombstone) count 0 and change nothing; a deletion always leaves a
+        tombstone, also of an annotation whose CREATE has not arrived yet.
+
         Atomic per call (one MULTI): concurrent event workers never double count.
         """
         if not changes:
             return 0
-        key = self.key(project_id)
+        key, tombstones = self.key(project_id), keys.deleted(project_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key, tombstones)
                     ids = [str(i) for i, _ in changes]
                     before = pipe.hmget(key, ids)
+                    gone = {int(i) for i in pipe.smembers(tombstones)}
                     effective = 0
                     updates: dict[Any, Any] = {}
                     deletes: list[str] = []
                     for (i, u), old in zip(changes, before, strict=True):
+                        recorded = updates.get(str(i)) or (old.decode() if isinstance(old, bytes) else old)
+                        if int(i) in gone:
+                            continue
                         if u is None:
-                            if old is not None:
-                                deletes.append(str(i))
-                                effective += 1
+                            gone.add(int(i))
+                            deletes.append(str(i))
+                            updates.pop(str(i), None)
+                            effective += 1 if recorded is not None else 0
                         else:
                             norm = normalize_ts(u)
-                            if old is None or (old.decode() if isinstance(old, bytes) else old) != norm:
+                            if recorded is None or is_newer(norm, recorded):
                                 updates[str(i)] = norm
                                 effective += 1
                     pipe.multi()
@@ -127,6 +183,7 @@ class Ledger:
                         pipe.hset(key, mapping=updates)
                     if deletes:
                         pipe.hdel(key, *deletes)
+                        pipe.sadd(tombstones, *deletes)
                     pipe.execute()
                     return effective
                 except redis.WatchError:

@@ -148,8 +148,9 @@ class Settings(BaseSettings):
     dataset_verify_s: float = Field(
         3600.0,
         ge=0,
-        description="Dataset rebuilds apply the recorded webhooks instead of asking Label Studio, but read "
-        "Label Studio at least this often (seconds; 0: every build).",
+        description="Dataset rebuilds apply the recorded webhooks instead of asking Label Studio, but export "
+        "the project and compare it with the stored tasks, task by task, at least this often (seconds; 0: every "
+        "build).",
     )
 
     webhook_secret: SecretStr | None = Field(

@@ -488,6 +488,7 @@ def create_app(settings: Settings) -> Receiver:
         recorder = EventRecorder(
             resp, celery, has_versions=lambda p: p in registry.projects(), label_studio=label_studio
         )
+        await recorder.start()
         metrics = Metrics(CollectorRegistry())
         webhook = WebhookEndpoint(settings, recorder, metrics)
         app.state.labelloop = AppState(

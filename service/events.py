@@ -20,7 +20,12 @@ stream ``labelloop:events`` (about ``STREAM_MAXLEN`` entries), the set ``labello
 of the webhook's annotation, task and project counters, numbered, at most ``MAX_ENTRY_BYTES``
 per entry and ``STREAM_MAXLEN`` entries, expiring ``TTL_S`` after the last write). When Redis
 refuses an annotation webhook, its project's change log gets a gap once Redis answers again
-(Label Studio never resends it); so does an entry too large to keep.
+(Label Studio never resends it); so does an entry too large to keep. A webhook the receiver
+refuses (401, 413, 422, ...) gets its gap at once (``record_refusal``): in its project's change
+log when the body named a known project, else in the one counter ``labelloop:webhooks:refused``
+(every change log is then unusable once); an unknown project's id writes nothing. A receiver
+that starts bumps that counter (``start``): its previous run may have refused webhooks while
+Redis was down and died before it could record their gaps.
 """
 
 from __future__ import annotations
@@ -122,8 +127,16 @@ class EventRecorder:
         self.has_versions = has_versions
         self.label_studio = label_studio
         self._message = CeleryMessage(celery, TASK_HANDLE_EVENT, QUEUE_EVENTS)
-        # Projects whose webhook Redis refused: their change logs get a gap when it is back.
-        self._lost: set[int] = set()
+        # Projects whose webhook Redis refused: their change logs get a gap when it is back (-1:
+        # the refused counter; see ``start``).
+        self._lost: set[int] = {-1}
+
+    async def start(self) -> None:
+        """At the receiver's start: a receiver cannot know what its previous run refused while
+        Redis was down and died before recording, so every change log gets one gap, now or (Redis
+        down) with the first webhook Redis takes. Never raises."""
+        if await self._gap(None):
+            self._lost.discard(-1)
 
     async def remember_project(self, project_id: int) -> None:
         """Add a project to the set reconciliation walks; best effort (``/setup`` must not fail on it)."""
@@ -208,16 +221,50 @@ class EventRecorder:
             raise UnavailableError(f"Redis unavailable: {type(exc).__name__}") from None
         return int(result)
 
+    async def record_refusal(self, project_id: int | None) -> None:
+        """A webhook was refused (``project_id``: the project its body named, None when it was not
+        read): make a gap so the next dataset build reads Label Studio. One round trip; best
+        effort (when Redis does not answer, the gap is made with the next webhook it takes)."""
+        if not await self._gap(project_id):
+            self._lost.add(-1 if project_id is None else project_id)
+
+    async def _gap(self, project_id: int | None) -> bool:
+        """Run ``_REFUSED`` for ``project_id`` (None or -1: the refused counter); False when Redis
+        did not answer."""
+        pid = "" if project_id is None or project_id < 0 else str(int(project_id))
+        try:
+            await self.redis.evalsha(
+                _REFUSED, [keys.WEBHOOKS_REFUSED, PROJECTS_KEY, seq_key(int(pid or 0))], [pid, CHANGES_TTL_S]
+            )
+        except (RedisReplyError, OSError, TimeoutError):
+            return False
+        return True
+
     async def _mark_lost(self) -> None:
         """Give the change log of each project whose webhook was refused a gap (best effort: a
         project stays marked until Redis takes it)."""
         for project_id in sorted(self._lost):
-            try:
-                await self.redis.execute(b"INCR", seq_key(project_id))
-            except (RedisReplyError, OSError, TimeoutError):
+            if not await self._gap(project_id):
                 return
             self._lost.discard(project_id)
             log.info("change_log_gap", project_id=project_id, reason="webhook refused while Redis was unavailable")
+
+
+# A refused webhook's gap. KEYS: refused counter, projects set, the project's change log counter.
+# ARGV: project id ('' = not read: the refused counter), change log TTL. An unknown project: nothing.
+_REFUSED = Script(
+    """
+if ARGV[1] == '' then
+  return redis.call('INCR', KEYS[1])
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  redis.call('INCR', KEYS[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+)
 
 
 # One atomic step: if the project is known and the delivery is new (or not deduplicated: TTL 0),

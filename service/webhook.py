@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
+from labelloop.changes import LOGGED_ACTIONS
 from labelloop.errors import BadRequestError, LabelloopError, UnavailableError, UnknownProjectError
 from labelloop.settings import Settings
 from service.auth import AuthError, any_configured, check_annotation_webhook, check_either, check_model
@@ -107,6 +108,13 @@ _NOT_AN_EVENT_ERROR = "body must be a JSON object with a string 'action'"
 _NOT_AN_EVENT = _response(422, json_bytes({"error": _NOT_AN_EVENT_ERROR}))
 
 
+def _project_of(body: Any) -> int | None:
+    """The project id a webhook body names (``project.id``, a positive integer), else None."""
+    project = body.get("project") if isinstance(body, dict) else None
+    pid = project.get("id") if isinstance(project, dict) else None
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**63 else None
+
+
 class WebhookEndpoint:
     """Validate, record in Redis and enqueue a Label Studio webhook; answer in a millisecond."""
 
@@ -135,7 +143,25 @@ class WebhookEndpoint:
         await send({"type": "http.response.body", "body": body})
 
     async def _handle(self, scope: Scope, receive: Receive) -> Response | None:
-        """The response to send, or None when the client disconnected; raises for error answers."""
+        """The response to send, or None when the client disconnected; raises for error answers.
+
+        A webhook refused before its body is parsed (401, 413, 415, 422) may be an annotation
+        Label Studio will never resend: it leaves a gap in Redis (``EventRecorder.record_refusal``).
+        """
+        try:
+            raw = await self._read(scope, receive)
+        except (HTTPException, AuthError):
+            await self.recorder.record_refusal(None)
+            raise
+        if raw is None:
+            return None
+        if len(raw) <= LARGE_BODY_BYTES:
+            return await self._parsed(scope, raw)
+        async with self._large:
+            return await self._parsed(scope, raw)
+
+    async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The body, checked for size, type and a credential; None when the client disconnected."""
         length = ctype = None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -172,16 +198,14 @@ class WebhookEndpoint:
             raw = bytes(buf)
         if len(raw) > limit:
             raise HTTPException(413, f"body over {limit} bytes")
-        if len(raw) <= LARGE_BODY_BYTES:
-            return await self._parsed(scope, raw)
-        async with self._large:
-            return await self._parsed(scope, raw)
+        return bytes(raw)
 
     async def _parsed(self, scope: Scope, raw: bytes) -> Response:
         """Parse, authorise for the action, validate, record and enqueue."""
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError as exc:
+            await self.recorder.record_refusal(None)
             raise HTTPException(400, f"invalid JSON: {exc}") from None
 
         metrics = self.metrics
@@ -189,16 +213,20 @@ class WebhookEndpoint:
         if not isinstance(action, str):
             metrics.count_event("(none)", "rejected")
             log.info("request_rejected", path=PATH, status=422, error=_NOT_AN_EVENT_ERROR)
+            await self.recorder.record_refusal(_project_of(body))
             return _NOT_AN_EVENT
         if action not in ACCEPTED_ACTIONS:
             metrics.count_event("other", "ignored")
             return _UNKNOWN
-        self._auth(scope, check_model if action in TRAIN_EVENTS else check_annotation_webhook)
         try:
+            self._auth(scope, check_model if action in TRAIN_EVENTS else check_annotation_webhook)
             event = WebhookEvent.model_validate(body)
             event.check()
-        except (ValidationError, BadRequestError):
-            metrics.count_event(action, "rejected")
+        except (AuthError, ValidationError, BadRequestError) as exc:
+            if not isinstance(exc, AuthError):
+                metrics.count_event(action, "rejected")
+            if action in LOGGED_ACTIONS:  # a refused START_TRAINING changes no data
+                await self.recorder.record_refusal(_project_of(body))
             raise
         t0 = time.perf_counter()
         try:

@@ -8,6 +8,7 @@ refuse every case where it could be missing something.
 from __future__ import annotations
 
 import copy
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ from labelloop.changes import (
     TASK_FIELDS,
     ChangeLog,
     ChangeLogUnusable,
-    Position,
     apply_entries,
     entry_bytes,
     label_config_digest,
@@ -30,6 +30,7 @@ from labelloop.changes import (
     stream_key,
 )
 from labelloop.settings import Settings
+from labelloop.stack import Stack, free_port
 from service.app import create_app
 from tests.conftest import connect, fixture
 
@@ -198,7 +199,7 @@ def test_receiver_appends_each_new_delivery_once_numbered(receiver: TestClient, 
     numbered in order and without the token; a read from a position returns only the entries after it."""
     log = ChangeLog(redis.Redis.from_url(redis_url))
     start = log.position(1)
-    assert start == Position(0, "0-0")
+    assert (start.seq, start.id) == (0, "0-0") and start.run_id
     bodies = [with_task_counts(created(i, 10 + i, f"2026-11-21T10:00:0{i}.000000Z", done=i), 1) for i in (1, 2, 3)]
     for body in bodies:
         assert receiver.post("/webhook", json=body).status_code == 201
@@ -224,8 +225,9 @@ def test_gaps_trims_and_a_wiped_redis_make_the_log_unusable(receiver: TestClient
     client = redis.Redis.from_url(redis_url)
     log = ChangeLog(client)
     post = receiver.post
+    empty = log.position(1)
     post("/webhook", json=with_task_counts(created(1, 11, "2026-11-21T10:00:01.000000Z", done=1), 1))
-    first = log.read(1, Position(0))
+    first = log.read(1, empty)
 
     # Reconciliation found a change whose webhook never came: a gap.
     log.invalidate(1)
@@ -233,7 +235,7 @@ def test_gaps_trims_and_a_wiped_redis_make_the_log_unusable(receiver: TestClient
     with pytest.raises(ChangeLogUnusable, match="gap"):
         log.read(1, first.position)
     with pytest.raises(ChangeLogUnusable, match="gap"):
-        log.read(1, Position(0))
+        log.read(1, empty)
     # A full read of Label Studio starts from the log's end, and is then usable again.
     after_sync = log.position(1)
     post("/webhook", json=with_task_counts(created(3, 13, "2026-11-21T10:00:03.000000Z", done=3), 1))
@@ -269,3 +271,111 @@ def test_a_store_written_by_this_process_is_reused_once_and_never_when_changed(t
     _write_store(store, state)
     write_atomic(store, orjson.dumps({"tasks": {"2": {"id": 2}}}))  # another process wrote it
     assert _read_store(store) == {"tasks": {"2": {"id": 2}}}
+
+
+# --- arrival order, and Redis losing its last writes ------------------------------------------
+
+
+def deleted_webhook(annotation_id: int, *, done: int) -> dict[str, Any]:
+    """An ANNOTATIONS_DELETED webhook as Label Studio sends it, with the counters after it."""
+    body = copy.deepcopy(fixture("webhook_ANNOTATIONS_DELETED.json"))
+    body["annotations"] = [{"id": annotation_id}]
+    body["project"].update(total_annotations_number=done, skipped_annotations_number=0)
+    return body
+
+
+def test_a_delete_recorded_before_its_create_never_brings_the_annotation_back(
+    receiver: TestClient, redis_url: str, tmp_path: Path
+) -> None:
+    """A DELETE that two receiver replicas record before the CREATE of the same annotation (in the
+    same build's entries or a later one) leaves a tombstone: the annotation never comes back, and
+    the counters then disagree so the build reads Label Studio instead of trusting the log."""
+    log = ChangeLog(redis.Redis.from_url(redis_url))
+    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models2", cache_dir=tmp_path / "cache2")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as replica:
+        start = log.position(1)
+        receiver.post("/webhook", json=with_task_counts(created(1, 11, "2026-11-21T10:00:01.000000Z", done=1), 1))
+        first = log.read(1, start)
+        tasks: dict[str, dict[str, Any]] = {}
+        gone: set[int] = set()
+        apply_entries(tasks, first.entries, CONFIG, gone)
+
+        # Label Studio: annotation 2 created (counters 2), then deleted (counters 1); the replica
+        # with the CREATE is slower than the one with the DELETE.
+        assert replica.post("/webhook", json=deleted_webhook(2, done=1)).status_code == 201
+        create = with_task_counts(created(2, 12, "2026-11-21T10:00:02.000000Z", done=2), 1)
+        assert receiver.post("/webhook", json=create).status_code == 201
+        batch = log.read(1, first.position)
+        assert [e["action"] for e in batch.entries] == ["ANNOTATIONS_DELETED", "ANNOTATION_CREATED"]
+        same = copy.deepcopy(tasks)
+        with pytest.raises(ChangeLogUnusable, match="Label Studio reports"):
+            apply_entries(same, batch.entries, CONFIG, set(gone))
+        assert "12" not in same
+
+        # The DELETE consumed by one build, its CREATE arriving after it: the next build's entry.
+        apply_entries(tasks, batch.entries[:1], CONFIG, gone)
+        assert gone == {2}
+        with pytest.raises(ChangeLogUnusable, match="Label Studio reports"):
+            apply_entries(tasks, batch.entries[1:], CONFIG, gone)
+        assert "12" not in tasks
+
+
+def test_updates_apply_in_time_order_whatever_the_timestamp_precision() -> None:
+    """An update printed without fractional seconds is older than one printed with them in the
+    same second: the later one wins in whichever order they arrive (times, not text, compared)."""
+    later = with_task_counts(created(1, 10, "2026-11-21T10:00:00.500000Z", done=1), 1)
+    later["annotation"]["result"] = []
+    earlier = with_task_counts(created(1, 10, "2026-11-21T10:00:00Z", done=1), 1)
+    earlier["action"] = "ANNOTATION_UPDATED"
+    for order in ([later, earlier], [earlier, later]):
+        tasks: dict[str, dict[str, Any]] = {}
+        apply_entries(tasks, [entry(b) for b in order], CONFIG)
+        assert tasks["10"]["annotations"][0]["updated_at"] == "2026-11-21T10:00:00.500000Z"
+
+
+def test_a_redis_restarted_without_its_last_writes_makes_the_log_unusable(tmp_path: Path) -> None:
+    """A Redis restarted from a snapshot taken before its last writes numbers new entries over the
+    lost ones (no gap in the numbers); the change log notices the restart and is unusable."""
+    stack = Stack(tmp_path / "stack", {})
+    port = free_port()
+    url = stack.start_redis(port, tmp_path / "redis")
+    try:
+        settings = Settings(redis_url=url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+        client = redis.Redis.from_url(url)
+        log = ChangeLog(client)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as app:
+            connect(app)
+            start = log.position(1)
+            app.post("/webhook", json=with_task_counts(created(1, 11, "2026-11-21T10:00:01.000000Z", done=1), 1))
+            consumed = log.read(1, start).position
+            client.save()  # what a restart will come back with
+            update = with_task_counts(created(1, 11, "2026-11-21T10:00:02.000000Z", done=1), 1)
+            update["action"] = "ANNOTATION_UPDATED"
+            assert app.post("/webhook", json=update).status_code == 201  # acknowledged, then lost
+            assert log.read(1, consumed).entries
+
+            stack.stop("redis", signal.SIGKILL)
+            stack.start_redis(port, tmp_path / "redis")
+            assert int(client.get(seq_key(1)) or 0) == consumed.seq  # the update is gone
+            later = with_task_counts(created(3, 13, "2026-11-21T10:00:03.000000Z", done=2), 1)
+            assert app.post("/webhook", json=later).status_code == 201
+        assert int(client.get(seq_key(1)) or 0) == consumed.seq + 1  # numbered over the lost entry
+        with pytest.raises(ChangeLogUnusable, match="not the server last read"):
+            log.read(1, consumed)
+    finally:
+        stack.stop_all()
+
+
+def test_the_annotation_trained_on_is_the_newest_by_time() -> None:
+    """Of two annotations of a task, the one updated later is trained on, also when the earlier
+    one's ``updated_at`` is printed without fractional seconds (as text it sorts last)."""
+    from labelloop.export import select_annotation
+
+    task = {
+        "annotations": [
+            {"id": 1, "updated_at": "2026-11-21T10:00:00Z", "result": []},
+            {"id": 2, "updated_at": "2026-11-21T10:00:00.500000+00:00", "result": []},
+        ]
+    }
+    chosen = select_annotation(task)
+    assert chosen is not None and chosen["id"] == 2

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import redis
 import yaml
@@ -20,10 +21,11 @@ from PIL import Image, ImageDraw
 from labelloop.base_models import for_task
 from labelloop.changes import ChangeLog
 from labelloop.convert import mask_to_brush
-from labelloop.dataset import build_project_dataset
+from labelloop.dataset import build_project_dataset, project_dataset_dir
 from labelloop.demo import LabelStudioAPI
 from labelloop.errors import DatasetError, LabelConfigError
 from labelloop.export import SYNC_OVERLAP_S
+from labelloop.files import write_atomic
 from labelloop.params import ProjectParams, store
 from labelloop.predictor import Predictor
 from labelloop.registry import Registry
@@ -288,8 +290,9 @@ def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
 ) -> None:
     """With the receiver recording Label Studio's webhooks, rebuilds read no task from Label Studio:
     a new annotation, an update, a skip and a delete come from the change log, and each dataset is
-    the one a build reading Label Studio writes. A webhook lost while the receiver was down makes
-    the counters disagree: that rebuild reads Label Studio, and the log is trusted again after it."""
+    the one a build reading Label Studio writes. A webhook lost while the receiver was down: the
+    receiver that starts makes a gap, that rebuild reads Label Studio, and the log is trusted again
+    after it."""
     # The receiver has labelloop's Label Studio token: it takes webhooks of projects the token can
     # read (the project is never connected as an ML backend here).
     ls_url, token = label_studio
@@ -353,16 +356,47 @@ def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
         stack.start_receiver(port)
         api.annotate(ids[8], samples[8].ls_result())
         report = build("incremental")
-        assert "Label Studio reports" in report.sync["change_log"]
+        # The receiver that started cannot know what it refused before: a gap in every log.
+        assert "refused" in report.sync["change_log"]
         assert report.images["train"] + report.images["val"] == 7
 
         api.annotate(ids[9], samples[9].ls_result())
         build("change log", 1)
-        # Label Studio is still read at least every dataset_verify_s seconds.
+        # Label Studio is still read, and compared task by task, at least every dataset_verify_s seconds.
         settings = settings.model_copy(update={"dataset_verify_s": 0.0})
-        assert "last read" in build("incremental").sync["change_log"]
+        report = build("verify")
+        assert "last read" in report.sync["change_log"] and report.sync["corrected"] == 0
     finally:
         stack.stop_all()
+
+
+def test_periodic_verification_corrects_an_update_the_updated_at_filter_missed(
+    api: LabelStudioAPI, label_studio: tuple[str, str], tmp_path: Path
+) -> None:
+    """An annotation changed in Label Studio while its webhook was lost, dated before the incremental
+    read's cursor (clock skew between hosts), is never read by that filter; the periodic verification
+    compares what is stored with Label Studio task by task and the dataset is corrected."""
+    pid, ids = project(api, "detect", n=6, annotate=5)
+    settings = settings_for(tmp_path, *label_studio)
+    first = build_project_dataset(settings, pid)
+    assert first.report.sync["mode"] == "full"
+    # This host's idea of Label Studio's time runs an hour ahead of Label Studio's own.
+    store = project_dataset_dir(settings, pid) / "tasks.json"
+    state = orjson.loads(store.read_bytes())
+    state["server_time"] += 3600
+    write_atomic(store, orjson.dumps(state))
+    task: Any = api.sdk.tasks.get(id=str(ids[0]))
+    api.sdk.annotations.update(id=task.annotations[0]["id"], result=make_sample(100, W, H).ls_result()[:1])
+
+    missed = build_project_dataset(settings, pid)
+    assert (missed.report.sync["mode"], missed.report.sync["tasks_fetched"]) == ("incremental", 0)
+    assert missed.report.fingerprint == first.report.fingerprint
+    verified = build_project_dataset(settings.model_copy(update={"dataset_verify_s": 0.0}), pid)
+    assert verified.report.sync["mode"] == "verify" and verified.report.sync["corrected"] == 1
+    reference = build_project_dataset(settings_for(tmp_path / "reference", *label_studio), pid)
+    assert verified.report.fingerprint == reference.report.fingerprint != first.report.fingerprint
+    label = next((verified.data.parent / "labels").rglob(f"{ids[0]}.txt"))
+    assert label.read_text().count("\n") == 1
 
 
 def test_annotation_choice_backgrounds_and_unknown_labels(

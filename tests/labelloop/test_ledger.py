@@ -1,11 +1,14 @@
-"""The annotation ledger: timestamp normalisation, diffs, effective changes, seeding."""
+"""The annotation ledger: timestamp normalisation, diffs, effective changes, seeding, and changes
+applied in any arrival order (tombstones, time order)."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import pytest
 import redis
 
-from labelloop.ledger import Ledger, annotations_in_export, diff, normalize_ts
+from labelloop.ledger import Ledger, annotations_in_export, diff, is_newer, normalize_ts
 
 
 @pytest.mark.parametrize(
@@ -59,3 +62,53 @@ def test_seed_fills_only_an_absent_ledger(redis_url: str) -> None:
     assert ledger.seed(2, {1: "2026-01-01T00:00:00Z"})
     assert not ledger.seed(2, {1: "other", 2: "x"})
     assert ledger.seen(2) == {1: "2026-01-01T00:00:00.000000Z"}
+
+
+@pytest.mark.parametrize(
+    ("new", "old", "expected"),
+    [
+        # Label Studio prints times with and without fractional seconds, with "Z" or "+00:00":
+        # as text "...:21Z" sorts after "...:21.5Z", as times it is earlier.
+        ("2026-11-21T13:36:21.500000Z", "2026-11-21T13:36:21Z", True),
+        ("2026-11-21T13:36:21Z", "2026-11-21T13:36:21.500000Z", False),
+        ("2026-11-21T13:36:22+00:00", "2026-11-21T13:36:21.999999Z", True),
+        ("2026-11-21T14:36:21+01:00", "2026-11-21T13:36:21Z", False),
+        ("2026-11-21T13:36:21Z", None, True),
+        (None, "2026-11-21T13:36:21Z", False),
+    ],
+)
+def test_is_newer_compares_times_not_text(new: str | None, old: str | None, expected: bool) -> None:
+    """Timestamps compare as times whatever their precision or offset."""
+    assert is_newer(new, old) is expected
+
+
+def test_a_delete_applied_before_its_create_leaves_the_annotation_deleted(redis_url: str) -> None:
+    """A DELETE that arrives before the CREATE or UPDATE of the same annotation (two receiver
+    replicas, a late delivery) leaves a tombstone: the late events change and count nothing."""
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    assert ledger.apply(1, [(1, "2026-11-21T10:00:00Z")]) == 1
+    assert ledger.apply(1, [(2, None)]) == 0  # not seen yet: nothing to count, but remembered
+    assert ledger.apply(1, [(2, "2026-11-21T10:00:01Z")]) == 0
+    assert ledger.apply(1, [(1, None)]) == 1
+    assert ledger.apply(1, [(1, "2026-11-21T10:00:02Z")]) == 0
+    assert ledger.seen(1) == {} and ledger.deleted(1) == {1, 2}
+
+
+def test_an_older_update_never_moves_the_ledger_back(redis_url: str) -> None:
+    """An update older than the recorded one (an export read before a newer webhook, a late
+    delivery) changes nothing and counts 0, so the newer one is never counted twice."""
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    assert ledger.apply(1, [(7, "2026-11-21T10:00:05.250000Z")]) == 1
+    assert ledger.apply(1, [(7, "2026-11-21T10:00:05Z")]) == 0
+    assert ledger.apply(1, [(7, "2026-11-21T10:00:05.250000+00:00")]) == 0
+    assert ledger.seen(1) == {7: "2026-11-21T10:00:05.250000Z"}
+    assert ledger.apply(1, [(7, "2026-11-21T10:00:06Z")]) == 1
+
+
+def test_diff_leaves_out_older_times_and_changes_from_the_reads_start_on() -> None:
+    """Reconciliation's diff: an export older than the ledger is no change, and an annotation
+    updated, or seen but absent, from the export's start on is left to the next comparison."""
+    start = datetime(2026, 11, 21, 10, 0, 10, tzinfo=UTC)
+    seen = {1: "2026-11-21T10:00:05.000000Z", 2: "2026-11-21T10:00:12.000000Z", 3: "2026-11-21T10:00:01.000000Z"}
+    current = {1: "2026-11-21T10:00:04.000000Z", 4: "2026-11-21T10:00:11.000000Z", 5: "2026-11-21T10:00:02.000000Z"}
+    assert diff(seen, current, before=start) == [(5, "2026-11-21T10:00:02.000000Z"), (3, None)]

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from labelloop.changes import ChangeLog, ChangeLogUnusable, Position
+from labelloop.changes import ChangeLog, ChangeLogUnusable
 from labelloop.settings import Settings
 from labelloop.stack import Stack, free_port
 from service.app import create_app
@@ -69,9 +70,10 @@ def test_redis_outage_gives_fast_503_then_recovers_without_duplicates(
     webhooks leave a gap in the project's change log, so rebuilds read Label Studio again."""
     stack, url, port = receiver
     with httpx.Client(base_url=url, timeout=5) as http:
+        empty = ChangeLog(redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])).position(1)
         for i in range(1, 21):
             assert http.post("/webhook", json=_created(i)).status_code == 201
-        before = ChangeLog(redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])).read(1, Position(0))
+        before = ChangeLog(redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])).read(1, empty)
         assert len(before.entries) == 20
 
         stack.stop("redis")
@@ -461,3 +463,79 @@ def test_resp_idle_connection_dropped_silently_is_replaced(redis_url: str, loop:
             proxy.close()
 
     _run(loop, main)
+
+
+SECRET = "refusal-test-secret-0123456789"
+
+
+def test_refused_webhooks_leave_their_gap_in_redis_across_a_killed_receiver(redis_url: str, tmp_path: Path) -> None:
+    """A webhook refused with 422 (a known project named in its body), 401 or 413 (its project not
+    read) makes the change log unusable through Redis at once: killing the receiver right after
+    the refusal loses nothing, and a webhook of an unknown project still writes nothing."""
+    env = {
+        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
+        "LABELLOOP_REDIS_URL": redis_url,
+        "LABELLOOP_WEBHOOK_SECRET": SECRET,
+        "LABELLOOP_MAX_BODY_BYTES": str(64 * 1024),
+    }
+    stack = Stack(tmp_path, env)
+    port = free_port()
+    url = stack.start_receiver(port)
+    client = redis.Redis.from_url(redis_url)
+    log = ChangeLog(client)
+    auth = {"X-Labelloop-Secret": SECRET}
+    invalid = _created(2)
+    invalid["annotation"]["id"] = "not an id"
+    big = _created(3)
+    big["annotation"]["result"] = [{"value": {"text": "x" * 70_000}}]
+    refusals: list[tuple[str, int, dict[str, Any], dict[str, str]]] = [
+        ("gap", 422, invalid, auth),
+        ("refused", 401, _created(4), {"X-Labelloop-Secret": "wrong"}),
+        ("refused", 413, big, auth),
+    ]
+    try:
+        with httpx.Client(base_url=url, timeout=10, headers=auth) as http:
+            connect(http)
+            unknown = _created(5)
+            unknown["project"]["id"] = 4242
+            unknown["annotation"]["id"] = "not an id"
+            before = set(client.keys("*"))
+            assert http.post("/webhook", json=unknown).status_code == 422
+            assert set(client.keys("*")) == before
+        for n, (reason, status, body, headers) in enumerate(refusals):
+            with httpx.Client(base_url=url, timeout=10) as http:
+                assert http.post("/webhook", json=_created(100 + n), headers=auth).status_code == 201
+                position = log.read(1, log.position(1)).position
+                assert http.post("/webhook", json=body, headers=headers).status_code == status
+            stack.stop("receiver", signal.SIGKILL)  # whatever it kept in memory is gone
+            url = stack.start_receiver(port)
+            with pytest.raises(ChangeLogUnusable, match=reason):
+                log.read(1, position)
+    finally:
+        stack.stop_all()
+
+
+def test_a_receiver_killed_while_redis_refused_writes_still_leaves_a_gap(
+    receiver: tuple[Stack, str, int],
+) -> None:
+    """A webhook refused with 503 while Redis refuses writes (out of memory under noeviction), by a
+    receiver killed before Redis took writes again, still makes the change log unusable: the
+    receiver that starts next makes one gap in every log."""
+    stack, url, _port = receiver
+    client = redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])
+    log = ChangeLog(client)
+    with httpx.Client(base_url=url, timeout=5) as http:
+        assert http.post("/webhook", json=_created(1)).status_code == 201
+        position = log.read(1, log.position(1)).position
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+        try:
+            assert http.post("/webhook", json=_created(2)).status_code == 503
+        finally:
+            client.config_set("maxmemory", 0)
+    stack.stop("receiver", signal.SIGKILL)
+    url = stack.start_receiver(int(url.rsplit(":", 1)[1]))
+    with httpx.Client(base_url=url, timeout=5) as http:
+        assert http.post("/webhook", json=_created(3)).status_code == 201
+    with pytest.raises(ChangeLogUnusable, match="refused"):
+        log.read(1, position)
