@@ -40,7 +40,7 @@ from labelloop.registry import UNTRAINED, Registry
 
 log = structlog.get_logger(__name__)
 
-REPORT_TTL_S = 600  # a process that stops reporting drops out of promotions' wait after this
+REPORT_TTL_S = 600  # the sets of servers and warm versions expire this long after a process's last report
 WARM_VERSIONS = 3  # loaded versions kept per project and process (yolov8n: ~13 MB each)
 HEARTBEAT_S = 1.0  # how often a predict process renews its heartbeat key
 HEARTBEAT_TTL_S = 3  # seconds after its last beat that a process stops counting as alive
@@ -111,6 +111,8 @@ class Predictor:
         self._lock = threading.Lock()
         self._first_load = threading.Lock()
         self._closed = threading.Event()
+        # Orders the heartbeat's re-adding against a dropped project's removal from its servers.
+        self._membership = threading.Lock()
 
     def _load(self, weights: str, version: str) -> _Loaded:
         from labelloop.yolo_env import prepare_ultralytics
@@ -167,11 +169,18 @@ class Predictor:
             log.warning("warm_report_failed", project_id=project_id, error=str(exc)[:200])
 
     def _beat(self) -> None:
-        """Renew this process's heartbeat key (``serve_when_warm`` waits only for live processes)."""
+        """Renew this process's heartbeat key (``serve_when_warm`` waits only for live processes)
+        and its place in the sets of servers of the projects it keeps loaded (a promotion drops a
+        process whose beat was late from them; it comes back here)."""
         if self._redis is None:
             return
         try:
-            self._redis.set(alive_key(self.identity), "1", ex=HEARTBEAT_TTL_S)
+            with self._membership, self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(alive_key(self.identity), "1", ex=HEARTBEAT_TTL_S)
+                for project_id in list(self._models):
+                    pipe.sadd(servers_key(project_id), self.identity)
+                    pipe.expire(servers_key(project_id), REPORT_TTL_S)
+                pipe.execute()
         except Exception as exc:  # the listener loop beats again in a second
             log.debug("heartbeat_failed", error=str(exc)[:200])
 
@@ -191,7 +200,7 @@ class Predictor:
             if self._redis is None:
                 continue
             try:
-                with self._redis.pipeline() as pipe:
+                with self._membership, self._redis.pipeline() as pipe:
                     pipe.srem(servers_key(old), self.identity)
                     for version in versions:
                         pipe.srem(warm_key(old, version), self.identity)
@@ -223,7 +232,9 @@ class Predictor:
                 # Only swap if this is still the version to serve (a rollback may have come meanwhile).
                 if new is not None:
                     self._remember(project_id, new)
-                if swap and new is not None and self.registry.current_name(project_id) == version:
+                # A warm-up (``swap=False``) swaps too when CURRENT moved to it meanwhile: the
+                # "serve" message that came while it loaded was folded into this load.
+                if new is not None and self.registry.current_name(project_id) == version:
                     self._models[project_id] = new
                     log.info("model_swapped", project_id=project_id, version=new.version)
             except Exception as exc:  # the old model keeps serving; the next request retries

@@ -196,7 +196,12 @@ def test_listener_killed_by_redis_still_picks_up_a_later_promotion(
         r = redis.Redis.from_url(stack.env["LABELLOOP_REDIS_URL"])
         (listener,) = [c for c in r.client_list(_type="pubsub") if c["name"] == LISTENER_NAME]
         assert r.client_kill_filter(_id=listener["id"]) == 1
-        wait_until(lambda: r.pubsub_numsub(keys.VERSIONS_CHANNEL)[0][1] >= 1, 30, "re-subscription")
+
+        def resubscribed() -> bool:
+            now = [c for c in r.client_list(_type="pubsub") if c["name"] == LISTENER_NAME]
+            return bool(now) and all(c["id"] != listener["id"] for c in now)
+
+        wait_until(resubscribed, 30, "re-subscription")
         resp = httpx.post(f"{url}/projects/{PROJECT}/promote", json={"version": "v2"}, timeout=30)
         assert resp.status_code == 200, resp.text
         _wait_logged(stack, "worker-predict", "model_swapped", version="v2")
