@@ -79,6 +79,7 @@ class Jobs:
             s.predict_conf,
             s.device,
             media=MediaConfig.from_settings(s),
+            cache_projects=s.predict_cache_projects,
         )
         p.listen(s.redis_url)
         return p

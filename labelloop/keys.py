@@ -7,8 +7,10 @@ counter, ``labelloop.changes``), ``seen`` (the ledger's hash) and ``deleted`` (i
 ``trigger`` (hash) and ``training`` (the lock, ``labelloop.trigger``), ``progress`` and
 ``preannotate`` (``labelloop.progress``), ``current``, ``servers`` and ``warm:<version>``
 (``labelloop.notify``). Global: ``labelloop:projects`` (known projects), ``labelloop:events``
-(the event stream), ``labelloop:delivery:<sha1>`` (deduplication), ``labelloop:webhooks:refused``
-(webhooks refused before their project was known, ``service.webhook``) and the pub/sub channel
+(the event stream), ``labelloop:predict:alive:<host>:<pid>`` (a predict process's heartbeat, a
+key with a TTL, ``labelloop.predictor``), ``labelloop:delivery:<sha1>`` (deduplication),
+``labelloop:webhooks:refused`` (webhooks refused before their project was known,
+``service.webhook``) and the pub/sub channel
 ``labelloop:versions``.
 """
 
@@ -74,6 +76,12 @@ def servers(project_id: int) -> str:
 
 def warm(project_id: int, version: str) -> str:
     return project(project_id, f"warm:{version}")
+
+
+def predict_alive(identity: str) -> str:
+    """The heartbeat key of one predict process (``identity``: ``<host>:<pid>``); it expires when
+    the process stops beating."""
+    return f"labelloop:predict:alive:{identity}"
 
 
 def delivery(digest: str) -> str:

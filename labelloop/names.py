@@ -3,7 +3,9 @@ messages already queued (never rename one).
 
 Queues: ``events`` (webhook events -> trigger policy), ``train`` (one training at a time per
 worker), ``predict`` (inference with models kept loaded). Tasks are routed by name, so the
-receiver sends them without importing any task code.
+receiver sends them without importing any task code. ``/predict`` sends ``TASK_PREDICT`` with an
+expiry equal to its timeout (``LABELLOOP_PREDICT_TIMEOUT_S``): a worker that takes it later, when
+nobody waits for the answer any more, discards it.
 """
 
 from __future__ import annotations

@@ -29,6 +29,36 @@ def servers_key(project_id: int) -> str:
     return keys.servers(project_id)
 
 
+def alive_key(identity: str) -> str:
+    """A predict process's heartbeat: set with a TTL of a few seconds, renewed every second."""
+    return keys.predict_alive(identity)
+
+
+def _names(members: set[bytes | str] | set[bytes] | set[str]) -> set[str]:
+    return {m.decode() if isinstance(m, bytes) else m for m in members}
+
+
+def live_servers(client: redis.Redis, project_id: int) -> set[str]:
+    """The predict processes serving the project whose heartbeat has not expired; the dead ones
+    (a worker killed or restarted) leave the project's set here.
+
+    Returns:
+        identities (``"host:pid"``) as stored in ``servers_key``. Raises redis.RedisError.
+    """
+    servers = sorted(_names(client.smembers(servers_key(project_id))))
+    if not servers:
+        return set()
+    with client.pipeline(transaction=False) as pipe:
+        for identity in servers:
+            pipe.exists(alive_key(identity))
+        alive = pipe.execute()
+    dead = [identity for identity, up in zip(servers, alive, strict=True) if not up]
+    if dead:
+        client.srem(servers_key(project_id), *dead)
+        log.info("predict_servers_dropped", project_id=project_id, servers=dead)
+    return {identity for identity, up in zip(servers, alive, strict=True) if up}
+
+
 def warm_key(project_id: int, version: str) -> str:
     """Set of predict processes that hold ``version`` loaded."""
     return keys.warm(project_id, version)
@@ -43,8 +73,9 @@ def serve_when_warm(
     timeout_s: float = 5.0,
     expect: object = ANY_CURRENT,
 ) -> bool:
-    """Make ``version`` the served one once every predict process serving the project has it
-    loaded (or after ``timeout_s``), then announce it.
+    """Make ``version`` the served one once every live predict process serving the project has
+    it loaded (or after ``timeout_s``), then announce it. A process whose heartbeat expired (it
+    died) is not waited for (``live_servers``).
 
     Workers are told to warm the version (pub/sub ``"warm"``), load it in the background and
     report in ``warm_key``; then ``CURRENT`` moves and ``"serve"`` is announced, so the swap in
@@ -55,7 +86,7 @@ def serve_when_warm(
             (``Registry.set_current``'s compare-and-swap).
 
     Returns:
-        whether every known process reported warm before the timeout.
+        whether every live process reported warm before the timeout.
 
     Raises:
         VersionNotFoundError: no such version.
@@ -67,8 +98,8 @@ def serve_when_warm(
         client.publish(CHANNEL, json.dumps({"project_id": int(project_id), "version": version, "action": "warm"}))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            servers = client.smembers(servers_key(project_id))
-            if not servers or servers <= client.smembers(warm_key(project_id, version)):
+            servers = live_servers(client, project_id)
+            if not servers or servers <= _names(client.smembers(warm_key(project_id, version))):
                 warm = True
                 break
             time.sleep(0.05)

@@ -6,6 +6,13 @@ reference assignment swaps them. A process that missed the message notices on it
 request: every request reads the registry's ``CURRENT`` pointer (one small file). Version
 directories are immutable, so a request in flight never sees half-written weights.
 
+Staying up: the listener pings its subscription and, when a ping goes unanswered or the
+connection drops (Redis restarted, ``CLIENT KILL``, a silent network drop), reconnects,
+re-subscribes and re-checks ``CURRENT`` of every loaded project (swaps may have been missed
+meanwhile). It also renews the process's heartbeat key (``keys.predict_alive``) every second,
+so a promotion stops waiting for a process that died within ``HEARTBEAT_TTL_S``. At most
+``cache_projects`` projects stay loaded per process (least recently predicted dropped first).
+
 Predictions follow Label Studio's prediction format
 (https://labelstud.io/guide/predictions): one item per task with ``result`` (regions),
 ``score`` and ``model_version``.
@@ -18,6 +25,7 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,13 +35,19 @@ import structlog
 from labelloop.convert import results_to_regions
 from labelloop.labels import TrainSpec
 from labelloop.media import CachedImage, ImageCache, MediaConfig
-from labelloop.notify import CHANNEL, servers_key, warm_key
+from labelloop.notify import CHANNEL, alive_key, servers_key, warm_key
 from labelloop.registry import UNTRAINED, Registry
 
 log = structlog.get_logger(__name__)
 
-REPORT_TTL_S = 600  # a process that stops reporting drops out of promotions' wait after this
+REPORT_TTL_S = 600  # the sets of servers and warm versions expire this long after a process's last report
 WARM_VERSIONS = 3  # loaded versions kept per project and process (yolov8n: ~13 MB each)
+HEARTBEAT_S = 1.0  # how often a predict process renews its heartbeat key
+HEARTBEAT_TTL_S = 3  # seconds after its last beat that a process stops counting as alive
+LISTENER_PING_S = 2.0  # the version listener pings its subscription this often ...
+LISTENER_DEAD_S = 3 * LISTENER_PING_S  # ... and reconnects when nothing answered for this long
+LISTENER_PING = "labelloop-listener"
+LISTENER_NAME = "labelloop-version-listener"  # its connection's name in Redis' CLIENT LIST
 
 
 DEFAULT_IMGSZ = 640  # Ultralytics' default, for a version that does not record its imgsz
@@ -61,6 +75,9 @@ class Predictor:
         cache_dir: where task images are downloaded.
         media: image sources and limits (``labelloop.media``); the host and token given to
             ``predict`` replace its Label Studio URL and key.
+        cache_projects: projects kept loaded (``LABELLOOP_PREDICT_CACHE_PROJECTS``); the least
+            recently predicted one is dropped (its models freed, the process leaves its set of
+            servers) when another one is loaded.
     """
 
     def __init__(
@@ -73,6 +90,7 @@ class Predictor:
         conf: float,
         device: str = "",
         media: MediaConfig | None = None,
+        cache_projects: int = 4,
     ) -> None:
         self.registry = registry
         self.base_model = base_model
@@ -83,7 +101,8 @@ class Predictor:
         self.device = device
         self.media = media
         self._caches: dict[tuple[str | None, str | None], ImageCache] = {}
-        self._models: dict[int, _Loaded] = {}
+        self.cache_projects = max(1, cache_projects)
+        self._models: OrderedDict[int, _Loaded] = OrderedDict()  # least recently predicted first
         self._loading: dict[int, str | None] = {}
         self._warm: dict[int, dict[str, _Loaded]] = {}
         self._reported: dict[int, float] = {}
@@ -91,6 +110,9 @@ class Predictor:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.Lock()
         self._first_load = threading.Lock()
+        self._closed = threading.Event()
+        # Orders the heartbeat's re-adding against a dropped project's removal from its servers.
+        self._membership = threading.Lock()
 
     def _load(self, weights: str, version: str) -> _Loaded:
         from labelloop.yolo_env import prepare_ultralytics
@@ -135,6 +157,7 @@ class Predictor:
             return
         try:
             with self._redis.pipeline() as pipe:
+                pipe.set(alive_key(self.identity), "1", ex=HEARTBEAT_TTL_S)
                 pipe.sadd(servers_key(project_id), self.identity)
                 pipe.expire(servers_key(project_id), REPORT_TTL_S)
                 for version in self._warm.get(project_id, {}):
@@ -144,6 +167,46 @@ class Predictor:
             self._reported[project_id] = time.monotonic()
         except Exception as exc:  # reporting only speeds promotions up; serving goes on without it
             log.warning("warm_report_failed", project_id=project_id, error=str(exc)[:200])
+
+    def _beat(self) -> None:
+        """Renew this process's heartbeat key (``serve_when_warm`` waits only for live processes)
+        and its place in the sets of servers of the projects it keeps loaded (a promotion drops a
+        process whose beat was late from them; it comes back here)."""
+        if self._redis is None:
+            return
+        try:
+            with self._membership, self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(alive_key(self.identity), "1", ex=HEARTBEAT_TTL_S)
+                for project_id in list(self._models):
+                    pipe.sadd(servers_key(project_id), self.identity)
+                    pipe.expire(servers_key(project_id), REPORT_TTL_S)
+                pipe.execute()
+        except Exception as exc:  # the listener loop beats again in a second
+            log.debug("heartbeat_failed", error=str(exc)[:200])
+
+    def _keep_bounded(self, project_id: int) -> None:
+        """Drop the least recently predicted projects beyond ``cache_projects`` (never
+        ``project_id``, the one just served): their models are freed and this process leaves
+        their sets of servers and warm versions in Redis, so promotions stop waiting for it."""
+        dropped: list[tuple[int, list[str]]] = []
+        with self._lock:
+            self._models.move_to_end(project_id)
+            while len(self._models) > self.cache_projects:
+                old, _ = self._models.popitem(last=False)
+                dropped.append((old, list(self._warm.pop(old, {}))))
+                self._reported.pop(old, None)
+        for old, versions in dropped:
+            log.info("model_dropped", project_id=old, versions=versions, cache_projects=self.cache_projects)
+            if self._redis is None:
+                continue
+            try:
+                with self._membership, self._redis.pipeline() as pipe:
+                    pipe.srem(servers_key(old), self.identity)
+                    for version in versions:
+                        pipe.srem(warm_key(old, version), self.identity)
+                    pipe.execute()
+            except Exception as exc:  # its heartbeat still marks this process alive: promotions wait 5 s at most
+                log.warning("server_leave_failed", project_id=old, error=str(exc)[:200])
 
     def _swap_in_background(self, project_id: int, version: str | None, swap: bool = True) -> None:
         """Swap to ``version``: at once when it is still warm, else after loading it in a thread;
@@ -164,10 +227,14 @@ class Predictor:
         def run() -> None:
             try:
                 new = self._load_version(project_id, version)
+                if project_id not in self._models:
+                    return  # dropped from the cache while the version loaded
                 # Only swap if this is still the version to serve (a rollback may have come meanwhile).
                 if new is not None:
                     self._remember(project_id, new)
-                if swap and new is not None and self.registry.current_name(project_id) == version:
+                # A warm-up (``swap=False``) swaps too when CURRENT moved to it meanwhile: the
+                # "serve" message that came while it loaded was folded into this load.
+                if new is not None and self.registry.current_name(project_id) == version:
                     self._models[project_id] = new
                     log.info("model_swapped", project_id=project_id, version=new.version)
             except Exception as exc:  # the old model keeps serving; the next request retries
@@ -190,6 +257,7 @@ class Predictor:
         version = self.registry.current_name(project_id)
         loaded = self._models.get(project_id)
         if loaded is not None:
+            self._keep_bounded(project_id)
             if time.monotonic() - self._reported.get(project_id, 0.0) > REPORT_TTL_S / 4:
                 self._report(project_id)
             if loaded.version != (version or "base"):
@@ -207,7 +275,14 @@ class Predictor:
                 log.info("model_loaded", project_id=project_id, version=loaded.version)
                 version = self.registry.current_name(project_id)
             self._models[project_id] = loaded
+            self._keep_bounded(project_id)
             return loaded
+
+    def loaded(self) -> dict[int, list[str]]:
+        """The projects this process keeps loaded, least recently predicted first, each with its
+        loaded versions (oldest first; the served one among them)."""
+        with self._lock:
+            return {p: list(self._warm.get(p, {})) for p in self._models}
 
     def notice(self, project_id: int, warm: str | None = None) -> None:
         """A version change was announced: if this process serves the project, warm up the
@@ -216,35 +291,95 @@ class Predictor:
             if project_id in self._models:
                 self._swap_in_background(project_id, warm, swap=False)
             return
-        if project_id in self._models:
+        loaded = self._models.get(project_id)
+        if loaded is not None:
             version = self.registry.current_name(project_id)
-            if self._models[project_id].version != (version or "base"):
+            if loaded.version != (version or "base"):
                 self._swap_in_background(project_id, version)
 
     def listen(self, redis_url: str) -> None:
         """Follow version announcements (Redis pub/sub) in a daemon thread, so a promotion or a
-        rollback is loaded before the next request asks for it. Losing the subscription loses
-        nothing: every request still checks the registry."""
+        rollback is loaded before the next request asks for it, and beat the heartbeat.
+
+        The subscription is pinged every ``LISTENER_PING_S`` (and redis-py's
+        ``health_check_interval``); with no answer for ``LISTENER_DEAD_S``, or on any connection
+        error, it is closed, opened again (every second while Redis is down), re-subscribed, and
+        every loaded project's ``CURRENT`` is checked again. Losing the subscription loses
+        nothing: every request still checks the registry.
+        """
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
 
         def run() -> None:
-            while True:
+            subscribed_before = lost = False
+            while not self._closed.is_set():
                 try:
-                    pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(CHANNEL)
-                    for message in pubsub.listen():
-                        try:
-                            data = json.loads(message["data"])
-                            warm = str(data["version"]) if data.get("action") == "warm" else None
-                            self.notice(int(data["project_id"]), warm=warm)
-                        except (ValueError, KeyError, TypeError):
-                            continue
-                except redis.RedisError:
-                    time.sleep(1.0)
+                    # No retries inside redis-py: a reconnection must come back here, to re-check.
+                    client = redis.Redis.from_url(
+                        redis_url,
+                        socket_connect_timeout=1,
+                        socket_timeout=LISTENER_DEAD_S,
+                        health_check_interval=int(LISTENER_PING_S),
+                        retry=Retry(NoBackoff(), 0),
+                        client_name=LISTENER_NAME,
+                    )
+                    with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                        pubsub.subscribe(CHANNEL)
+                        if subscribed_before:
+                            log.info("version_listener_resubscribed")
+                        subscribed_before, lost = True, False
+                        self._recheck()
+                        self._follow(pubsub)
+                except (redis.RedisError, OSError) as exc:
+                    if not lost:  # once per outage, not every second of it
+                        log.warning("version_listener_lost", error=str(exc)[:200])
+                    lost = True
+                    self._closed.wait(1.0)
 
         threading.Thread(target=run, name="version-listener", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop the listener thread (within a second) and its heartbeat."""
+        self._closed.set()
+
+    def _recheck(self) -> None:
+        """Swap every loaded project whose ``CURRENT`` moved while no announcement could arrive."""
+        for project_id in list(self._models):
+            try:
+                self.notice(project_id)
+            except Exception as exc:  # one project's registry trouble must not stop the listener
+                log.warning("version_recheck_failed", project_id=project_id, error=str(exc)[:200])
+
+    def _follow(self, pubsub: Any) -> None:
+        """Handle messages until the subscription stops answering pings (raises ConnectionError)."""
+        import redis
+
+        last_answer = last_ping = last_beat = time.monotonic()
+        while not self._closed.is_set():
+            now = time.monotonic()
+            if now - last_beat >= HEARTBEAT_S:
+                self._beat()
+                last_beat = now
+            if now - last_ping >= LISTENER_PING_S:
+                pubsub.ping(LISTENER_PING)
+                last_ping = now
+            if now - last_answer > LISTENER_DEAD_S:
+                raise redis.ConnectionError(f"subscription silent for {now - last_answer:.1f} s")
+            message = pubsub.get_message(timeout=HEARTBEAT_S)
+            if message is None:
+                continue
+            last_answer = time.monotonic()
+            if message.get("type") != "message":
+                continue  # our ping's pong
+            try:
+                data = json.loads(message["data"])
+                warm = str(data["version"]) if data.get("action") == "warm" else None
+                self.notice(int(data["project_id"]), warm=warm)
+            except (ValueError, KeyError, TypeError):
+                continue
 
     def _images(self, hostname: str | None, api_key: str | None) -> ImageCache:
         """The image cache for a Label Studio host and token (one per pair, kept open)."""

@@ -139,7 +139,18 @@ class Settings(BaseSettings):
     set_project_model_version: bool = Field(
         True, description="After pre-annotation, make the new version the project's displayed model version."
     )
-    predict_timeout_s: float = Field(90.0, gt=0, description="How long /predict waits for a predict worker.")
+    predict_timeout_s: float = Field(
+        90.0,
+        gt=0,
+        description="How long /predict waits for a predict worker; a predict task not started by then expires "
+        "(workers discard it) and /predict answers 503.",
+    )
+    predict_cache_projects: int = Field(
+        4,
+        ge=1,
+        description="Projects whose models one predict process keeps loaded (least recently predicted dropped "
+        "first); each keeps its served version and up to 2 recent ones for instant rollback.",
+    )
     predict_conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold for predicted regions.")
 
     reconcile_interval_s: int = Field(

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
+import celery.exceptions
 import redis
 import redis.asyncio as aioredis
 import structlog
@@ -220,12 +221,18 @@ async def predict(request: Request) -> JSONResponse:
     tasks = [{"id": t.id, "data": t.data} for t in req.tasks]
 
     def call() -> Any:
-        result = st.celery.send_task(TASK_PREDICT, args=[project_id, req.label_config, tasks], queue=QUEUE_PREDICT)
+        timeout = st.settings.predict_timeout_s
+        # Nobody waits for the answer after the timeout: a worker that takes the task later
+        # discards it (expires), one that holds it already is told so (revoke).
+        result = st.celery.send_task(
+            TASK_PREDICT, args=[project_id, req.label_config, tasks], queue=QUEUE_PREDICT, expires=timeout
+        )
         try:
-            return result.get(timeout=st.settings.predict_timeout_s, propagate=True)
-        except TimeoutError:
+            return result.get(timeout=timeout, propagate=True)
+        except celery.exceptions.TimeoutError:
             result.revoke()
-            raise UnavailableError(f"no predict worker answered within {st.settings.predict_timeout_s:.0f} s") from None
+            log.warning("predict_timed_out", project_id=project_id, task_id=result.id, timeout_s=timeout)
+            raise UnavailableError(f"no predict worker answered within {timeout:g} s; request withdrawn") from None
         finally:
             result.forget()
 

@@ -392,3 +392,43 @@ def test_versions_and_rollback_survive_a_torn_history_and_an_emptied_manifest(
     listed = client.get("/projects/4/versions")
     assert listed.status_code == 200 and [v["version"] for v in listed.json()["versions"]] == ["v1", "v2", "v3"]
     assert client.post("/projects/4/rollback").json() == {"model_version": "v2"}
+
+
+@pytest.mark.slow
+def test_predict_without_a_worker_is_503_and_the_task_is_discarded_later(redis_url: str, tmp_path: Path) -> None:
+    """With no predict worker, /predict answers 503 with a reason within its timeout, and a worker
+    started afterwards discards the withdrawn task instead of running it."""
+    from labelloop.stack import Stack, wait_until
+    from labelloop.synthetic import LABEL_CONFIG
+
+    settings = Settings(
+        redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", predict_timeout_s=2
+    )
+    body = {
+        "tasks": [{"id": 1, "data": {"image": "http://127.0.0.1:9/a.png"}}],
+        "project": "5.1",
+        "label_config": LABEL_CONFIG,
+    }
+    for client in _client(settings):
+        t0 = time.monotonic()
+        resp = client.post("/predict", json=body)
+        seconds = time.monotonic() - t0
+        assert resp.status_code == 503, resp.text
+        assert "no predict worker answered within 2 s" in resp.json()["error"]
+        assert "Traceback" not in resp.text
+        assert 2.0 <= seconds < 10.0
+    (message,) = _queued_tasks(redis_url, "predict")  # still queued: no worker took it
+    task_id = message["headers"]["id"]
+    assert message["headers"]["expires"]
+    stack = Stack(tmp_path, {"LABELLOOP_REDIS_URL": redis_url, "LABELLOOP_MODELS_DIR": str(settings.models_dir)})
+    try:
+        stack.start_worker("predict")
+        # Wait until the worker is done with the message either way: discarded, or run to an end.
+        ends = (f"Discarding revoked task: labelloop.predict[{task_id}]", f"labelloop.predict[{task_id}] succeeded")
+        ends += (f"labelloop.predict[{task_id}] raised",)
+        wait_until(lambda: any(e in stack.log_tail("worker-predict", 1_000_000) for e in ends), 60, "the task's end")
+        log = stack.log_tail("worker-predict", 1_000_000)
+    finally:
+        stack.stop_all()
+    assert f"Discarding revoked task: labelloop.predict[{task_id}]" in log, log[-3000:]
+    assert f"labelloop.predict[{task_id}] succeeded" not in log and _queued_tasks(redis_url, "predict") == []
