@@ -74,6 +74,7 @@ class Jobs:
             s.predict_conf,
             s.device,
             media=MediaConfig.from_settings(s),
+            score_strategy=s.score_strategy,
         )
         p.listen(s.redis_url)
         return p
@@ -255,5 +256,7 @@ class Jobs:
         params = load_params(s.models_dir, project_id)
         spec = train_spec(label_config, params)
         imgsz = params.effective(s)["imgsz"]
-        results = self.predictor.predict(project_id, spec, tasks, s.label_studio_url, s.api_key, imgsz=imgsz)
+        results = self.predictor.predict(
+            project_id, spec, tasks, s.label_studio_url, s.api_key, imgsz=imgsz, score_strategy=params.score_strategy
+        )
         return {"results": results}
