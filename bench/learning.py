@@ -815,8 +815,9 @@ def main() -> int:
             by_id = {task_of[im.name]: im for im in remaining}
             ranked = [(int(t.id), t) for t in api.sdk.tasks.list(project=loop.project_id, view=view.id, fields="all")]
             top = [by_id[tid] for tid, _ in ranked if tid in by_id][:k]
-            scores = {int(t.id): getattr(t, "predictions_score", None) for _, t in ranked}
-            rnd.picked = [[task_of[im.name], scores.get(task_of[im.name])] for im in top]
+            served = loop.registry.current_name(loop.project_id) or ""
+            stored = {task_of[im.name]: loop.stored_prediction(task_of[im.name], served) for im in top}
+            rnd.picked = [[tid, (p or {}).get("score")] for tid, p in stored.items()]
             rnd.picked_by = f"top {len(top)} of the tab"
             return top + [im for im in remaining if im not in top][: k - len(top)]
 
