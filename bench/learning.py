@@ -437,6 +437,20 @@ def start_stack(
     return stack, ls_url, token, backend
 
 
+def connect(api: Any, project_id: int, backend: str, tries: int = 5) -> int:
+    """Connect labelloop as the project's ML backend; Label Studio gives the backend's first
+    ``/setup`` 3 s, which a busy machine can miss: try again a few times."""
+    for attempt in range(1, tries + 1):
+        try:
+            return int(api.connect_backend(project_id, backend))
+        except Exception as exc:  # label-studio-sdk ApiError 400 "Read timed out"
+            if attempt == tries or "timed out" not in str(exc):
+                raise
+            say(f"  connecting the ML backend timed out (try {attempt} of {tries}): again")
+            time.sleep(3.0)
+    raise AssertionError("unreachable")
+
+
 def upload(api: Any, project_id: int, images: list[ShapeImage]) -> dict[str, int]:
     """Upload the images as tasks (50 files a request); returns file name -> task id."""
     for start in range(0, len(images), 50):
@@ -825,7 +839,7 @@ def main() -> int:
             rounds = runs[order_name]
             project_id = api.create_project(f"bench.learning seed {args.seed}, {order_name} order", LABEL_CONFIG)
             task_of = upload(api, project_id, images)
-            ml_id = api.connect_backend(project_id, backend)
+            ml_id = connect(api, project_id, backend)
             say(f"project {project_id}: {len(task_of)} tasks, ML backend {ml_id} ({api.backend_version(ml_id)})")
             loop = Loop(stack, api, project_id, ml_id, work / "models")
             held_ids = [task_of[im.name] for im in held]
