@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.learning [--rounds 10,20,40,80] [--pool 80] [--held-out 40] [--seed 0]
         [--out var/bench-learning] [--workdir var/bench-learning] [--keep]
     .venv/bin/python -m bench.learning --rounds 10 --pool 12 --held-out 8      # smoke run
+    .venv/bin/python -m bench.learning --order both --no-peers ...    # labels saved by labelloop's order
 
 Data (``bench.shapes``): ``--pool + --held-out`` generated JPEGs (default 80 + 40) with three
 classes that differ by shape only (circle, square, and triangle, the rare one at ~12% of the
@@ -44,6 +45,17 @@ Scoring (``labelloop.scoring``, as in the demo): mAP50 (IoU 0.5, all-point inter
 class, regions ranked by score, averaged over the classes present in the truth; greedy COCO-style matching)
 and precision / recall of all regions at IoU 0.5, on the displayed frame's pixel boxes.
 
+Order axis (``--order random|labelloop|both``): which pool tasks a round annotates. ``random``
+is the fixed random order above; ``labelloop`` takes, after each promotion (once pre-annotation
+is done), the top of labelloop's Data Manager tab "labelloop: most informative first"
+(``labelloop.tabs``: unlabeled tasks by ascending prediction score, the informativeness of
+``LABELLOOP_SCORE_STRATEGY``), pool tasks only; its first round, with no version yet, is the
+random order's. ``both`` runs the two in turn on the same images and seed, each in its own
+project of the same Label Studio and stack (the peers train in the first only), and prints the
+annotations each order needed to reach held-out mAP50 0.5 and 0.8 and random / labelloop
+(target: >= 1.3x at 0.8). ``--train-time-s`` shortens labelloop's training budget (the demo's
+way to fit a run on a busy CPU); otherwise labelloop runs with its defaults.
+
 Targets: labelloop mAP50 after 20 annotations >= 0.8; no round more than 0.03 below the one
 before; labelloop / (a) >= 1.5x at 10 and 20 annotations; labelloop / (b) >= 0.95x every round;
 annotation -> served <= 240 s every round. A JSON of every figure and a PNG of the three
@@ -71,6 +83,7 @@ from typing import Any
 from bench.shapes import LABEL_CONFIG, ShapeImage, make_project, summary
 from labelloop.scoring import IOU, Det, regions_to_dets, score
 from labelloop.stack import wait_until
+from labelloop.tabs import TAB_TITLE
 from labelloop.training import _die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +227,9 @@ class Round:
     predictions: dict[str, int] = field(default_factory=dict)
     labelloop: dict[str, Any] = field(default_factory=dict)
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    order: str = "random"
+    picked_by: str = ""
+    picked: list[list[Any]] = field(default_factory=list)  # [task id, tab score] of the tasks taken
 
 
 def say(msg: str) -> None:
@@ -378,8 +394,12 @@ class Loop:
         return got, {"stored": stored, "asked": asked, "missing": len(task_ids) - len(got)}
 
 
-def start_stack(work: Path) -> tuple[Any, str, str, str]:
-    """Redis, Label Studio, the receiver and the three workers, with labelloop's defaults."""
+def start_stack(
+    work: Path, train_time_s: float | None = None, label_studio: tuple[str, str, Path] | None = None
+) -> tuple[Any, str, str, str]:
+    """Redis, Label Studio, the receiver and the three workers, with labelloop's defaults (and
+    ``LABELLOOP_TRAIN_TIME_S`` when ``train_time_s`` is given). ``label_studio``: ``(url, token,
+    data dir)`` of a Label Studio already running, used instead of starting one."""
     from labelloop.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
 
     models, cache = work / "models", work / "cache"
@@ -390,25 +410,45 @@ def start_stack(work: Path) -> tuple[Any, str, str, str]:
         del stack.env[k]
     if dropped:
         say(f"dropped from the stack's environment (labelloop runs with its defaults): {', '.join(sorted(dropped))}")
+    if train_time_s is not None:
+        stack.env["LABELLOOP_TRAIN_TIME_S"] = str(train_time_s)
+        say(f"LABELLOOP_TRAIN_TIME_S={train_time_s:g} (--train-time-s)")
     stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port(), work / "redis")
     venv = Path(
         os.environ.get("LABELLOOP_LS_VENV")
         or Path.home() / ".cache" / "labelloop" / f"label-studio-{LABEL_STUDIO_VERSION}"
     )
     t0 = time.perf_counter()
-    ls_dir = work / "label-studio"
-    ls_url = stack.start_label_studio(
-        label_studio_binary(venv), free_port(), ls_dir, LS_USER, LS_PASSWORD, LS_TOKEN, timeout_s=600
-    )
-    say(f"Label Studio {LABEL_STUDIO_VERSION} on {ls_url} ({time.perf_counter() - t0:.0f} s)")
-    stack.env.update(
-        LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=LS_TOKEN, LABEL_STUDIO_MEDIA_DIR=str(ls_dir / "media")
-    )
+    token = LS_TOKEN
+    if label_studio is not None:
+        ls_url, token, ls_dir = label_studio
+        say(f"Label Studio on {ls_url} (already running)")
+    else:
+        ls_dir = work / "label-studio"
+        ls_url = stack.start_label_studio(
+            label_studio_binary(venv), free_port(), ls_dir, LS_USER, LS_PASSWORD, LS_TOKEN, timeout_s=600
+        )
+        say(f"Label Studio {LABEL_STUDIO_VERSION} on {ls_url} ({time.perf_counter() - t0:.0f} s)")
+    stack.env.update(LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=token, LABEL_STUDIO_MEDIA_DIR=str(ls_dir / "media"))
     backend = stack.start_receiver(free_port())
     for queue in ("events", "train", "predict"):
         stack.start_worker(queue)
     say(f"labelloop receiver on {backend}, workers events/train/predict")
-    return stack, ls_url, LS_TOKEN, backend
+    return stack, ls_url, token, backend
+
+
+def connect(api: Any, project_id: int, backend: str, tries: int = 5) -> int:
+    """Connect labelloop as the project's ML backend; Label Studio gives the backend's first
+    ``/setup`` 3 s, which a busy machine can miss: try again a few times."""
+    for attempt in range(1, tries + 1):
+        try:
+            return int(api.connect_backend(project_id, backend))
+        except Exception as exc:  # label-studio-sdk ApiError 400 "Read timed out"
+            if attempt == tries or "timed out" not in str(exc):
+                raise
+            say(f"  connecting the ML backend timed out (try {attempt} of {tries}): again")
+            time.sleep(3.0)
+    raise AssertionError("unreachable")
 
 
 def upload(api: Any, project_id: int, images: list[ShapeImage]) -> dict[str, int]:
@@ -562,6 +602,41 @@ def print_report(rounds: list[Round], config: dict[str, Any]) -> list[dict[str, 
     return result
 
 
+LABELS_SAVED_AT = (0.5, 0.8)
+TARGET_LABELS_SAVED = 1.3
+
+
+def reached(rounds: list[Round], threshold: float) -> int | None:
+    """The annotations of the first round whose served version's held-out mAP50 is >= ``threshold``."""
+    return next((r.annotations for r in rounds if (r.labelloop.get("map50") or 0.0) >= threshold), None)
+
+
+def labels_saved(runs: dict[str, list[Round]]) -> list[dict[str, Any]]:
+    """Per mAP50 threshold: annotations each order needed (None: not reached) and random / labelloop."""
+    out = []
+    for th in LABELS_SAVED_AT:
+        need = {o: reached(rs, th) for o, rs in runs.items()}
+        r, ll = need.get("random"), need.get("labelloop")
+        out.append({"map50": th, "annotations": need, "random_over_labelloop": ratio(r, ll) if r and ll else None})
+    return out
+
+
+def print_labels_saved(runs: dict[str, list[Round]]) -> None:
+    """The order axis: mAP50 per round for each order, annotations to reach 0.5 and 0.8, and the ratio."""
+    if len(runs) < 2 and "labelloop" not in runs:
+        return
+    most = max((r.annotations for rs in runs.values() for r in rs), default=0)
+    print("\nlabels saved (held-out mAP50 of the served version per round, by annotation order):")
+    for o, rs in runs.items():
+        print(f"  {o:>9}: " + ", ".join(f"{r.annotations} -> {fmt(r.labelloop.get('map50'))}" for r in rs))
+    for row in labels_saved(runs):
+        parts = [f"{o} {n if n is not None else f'not reached within {most}'}" for o, n in row["annotations"].items()]
+        rr = row["random_over_labelloop"]
+        tail = f"; random / labelloop {rr:.2f}x" if rr is not None else ""
+        goal = f" (goal >= {TARGET_LABELS_SAVED}x)" if row["map50"] == 0.8 else ""
+        print(f"  annotations to reach mAP50 {row['map50']}: " + ", ".join(parts) + tail + goal)
+
+
 def plot(rounds: list[Round], path: Path) -> None:
     import matplotlib
 
@@ -613,6 +688,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-timeout", type=float, default=7200, help="seconds to wait for a round's version")
     parser.add_argument("--preannotate-timeout", type=float, default=300, help="seconds to wait for stored predictions")
     parser.add_argument("--no-peers", action="store_true", help="labelloop only")
+    parser.add_argument(
+        "--order",
+        choices=("random", "labelloop", "both"),
+        default="random",
+        help="which pool tasks each round annotates: a fixed random order, labelloop's (the top of its Data Manager "
+        "tab after each promotion; round 1 as random), or both in turn, each in its own project (peers: first only)",
+    )
+    parser.add_argument(
+        "--label-studio",
+        metavar="URL,TOKEN,DATA_DIR",
+        help="use this running Label Studio (its legacy token and data directory) instead of starting one",
+    )
+    parser.add_argument(
+        "--train-time-s",
+        type=float,
+        help="LABELLOOP_TRAIN_TIME_S for the stack (default: labelloop's own budget, 170 s on a CPU)",
+    )
     parser.add_argument("--peer", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -668,7 +760,9 @@ def main() -> int:
         "imgsz_tuned": imgsz_tuned,
         "labelloop_env": list(OWN_ENV),
     }
-    rounds: list[Round] = []
+    orders = ["random", "labelloop"] if args.order == "both" else [args.order]
+    runs: dict[str, list[Round]] = {o: [] for o in orders}
+    rounds = runs[orders[0]]  # the learning curve and the peers: the first order's rounds
     json_path, png_path = args.out / "learning.json", args.out / "learning.png"
 
     def save() -> None:
@@ -680,9 +774,11 @@ def main() -> int:
                     "labelloop_over_a": finite(ratio(r.labelloop.get("map50"), peer_map(r, "a"))),
                     "labelloop_over_b": finite(ratio(r.labelloop.get("map50"), peer_map(r, "b"))),
                 }
-                for r in rounds
+                for r in runs[orders[0]]
             ],
-            "targets": targets(rounds),
+            "targets": targets(runs[orders[0]]),
+            "orders": {o: [asdict(r) for r in rs] for o, rs in runs.items()},
+            "labels_saved": labels_saved(runs),
         }
         json_path.write_text(json.dumps(body, indent=1, default=str))
 
@@ -694,119 +790,163 @@ def main() -> int:
         from labelloop.labels import parse_detection_config
         from labelloop.training import pick_device
 
-        stack, ls_url, token, backend = start_stack(work)
+        external = None
+        if args.label_studio:
+            url, token, data_dir = args.label_studio.split(",", 2)
+            external = (url, token, Path(data_dir))
+        stack, ls_url, token, backend = start_stack(work, args.train_time_s, external)
         api = LabelStudioAPI(ls_url, token)
-        project_id = api.create_project(f"bench.learning seed {args.seed}", LABEL_CONFIG)
-        task_of = upload(api, project_id, images)
-        ml_id = api.connect_backend(project_id, backend)
-        say(f"project {project_id}: {len(task_of)} tasks, ML backend {ml_id} ({api.backend_version(ml_id)})")
-        loop = Loop(stack, api, project_id, ml_id, work / "models")
-        held_ids = [task_of[im.name] for im in held]
-        truths = [d for im in held for d in truth_dets(task_of[im.name], im)]
         spec = parse_detection_config(LABEL_CONFIG)
         device = pick_device("")
-        seen: set[str] = set()
-        annotated: list[ShapeImage] = []
         base_model: str | None = None
 
-        for total in rounds_n:
-            rnd = Round(total)
-            rounds.append(rnd)  # saved as it fills in, so an interrupted run keeps its figures
-            todo = [pool[i] for i in order[len(annotated) : total]]
-            say(f"round {total}: saving {len(todo)} annotations")
-            for im in todo:
-                api.annotate(task_of[im.name], im.ls_result())
-            annotated += todo
-            t_saved = time.monotonic()
-            loop.wait_version(total, seen, t_saved, args.train_timeout, rnd)
-            say(
-                f"  {rnd.version} ({rnd.version_status}) published {fmt(rnd.published_s, '.0f')} s, served "
-                f"{fmt(rnd.served_s, '.0f')} s after the last save; train {rnd.train_s:.0f} s"
+        def pick(
+            order_name: str,
+            k: int,
+            annotated: list[ShapeImage],
+            loop: Loop,
+            api: Any,
+            task_of: dict[str, int],
+            rnd: Round,
+        ) -> list[ShapeImage]:
+            """The next ``k`` pool tasks to annotate: the fixed random order, or (labelloop's order, once a
+            version is served) the top of labelloop's Data Manager tab, pool tasks only."""
+            done = {im.name for im in annotated}
+            remaining = [pool[i] for i in order if pool[i].name not in done]
+            if order_name == "random" or loop.registry.current(loop.project_id) is None:
+                rnd.picked_by = "random order"
+                return remaining[:k]
+            try:
+                wait_until(lambda: not loop.predict_busy(), args.preannotate_timeout, "pre-annotation done", 1.0)
+            except TimeoutError as exc:
+                say(f"  {exc}: the tab's order is that of the predictions stored so far")
+            view = next(
+                (v for v in api.sdk.views.list(project=loop.project_id) if (v.data or {}).get("title") == TAB_TITLE),
+                None,
             )
-            loop.wait_idle(args.train_timeout, seen, rnd)
-            served = loop.registry.current(project_id)
-            if served is None:
-                raise RuntimeError("no version is served")
-            rnd.served_version = served.name
-            rnd.served_dataset = dict(served.manifest.get("dataset_size") or {})
-            if base_model is None:
-                first = loop.registry.list_versions(project_id)[0]
-                base_model = str(first.manifest.get("train_args", {}).get("weights") or "")
-                if not base_model or Path(base_model).is_relative_to(loop.registry.root):
-                    from labelloop.settings import Settings
+            if view is None:
+                raise RuntimeError(f"labelloop made no {TAB_TITLE!r} tab in project {loop.project_id}")
+            by_id = {task_of[im.name]: im for im in remaining}
+            ranked = [(int(t.id), t) for t in api.sdk.tasks.list(project=loop.project_id, view=view.id, fields="all")]
+            top = [by_id[tid] for tid, _ in ranked if tid in by_id][:k]
+            served = loop.registry.current_name(loop.project_id) or ""
+            stored = {task_of[im.name]: loop.stored_prediction(task_of[im.name], served) for im in top}
+            rnd.picked = [[tid, (p or {}).get("score")] for tid, p in stored.items()]
+            rnd.picked_by = f"top {len(top)} of the tab"
+            return top + [im for im in remaining if im not in top][: k - len(top)]
 
-                    base_model = str(Settings.model_fields["base_model"].default)
-                config["base_model"] = base_model
-                config["labelloop_base_model"] = first.manifest.get("base_model")
+        for order_name in orders:
+            rounds = runs[order_name]
+            project_id = api.create_project(f"bench.learning seed {args.seed}, {order_name} order", LABEL_CONFIG)
+            task_of = upload(api, project_id, images)
+            ml_id = connect(api, project_id, backend)
+            say(f"project {project_id}: {len(task_of)} tasks, ML backend {ml_id} ({api.backend_version(ml_id)})")
+            loop = Loop(stack, api, project_id, ml_id, work / "models")
+            held_ids = [task_of[im.name] for im in held]
+            truths = [d for im in held for d in truth_dets(task_of[im.name], im)]
+            seen: set[str] = set()
+            annotated: list[ShapeImage] = []
 
-            got, counts = loop.served_predictions(held_ids, served.name, args.preannotate_timeout)
-            rnd.predictions = counts
-            dets = [
-                d
-                for im in held
-                if (p := got.get(task_of[im.name])) is not None
-                for d in regions_to_dets(task_of[im.name], p.get("result") or [], im.width, im.height)
-            ]
-            rnd.labelloop = score(dets, truths)
-            say(
-                f"  served {served.name}: mAP50 {rnd.labelloop['map50']:.3f}, P {rnd.labelloop['precision']:.2f}, "
-                f"R {rnd.labelloop['recall']:.2f} on {len(got)} held-out tasks ({counts})"
-            )
-            save()
+            for total in rounds_n:
+                rnd = Round(total, order=order_name)
+                rounds.append(rnd)  # saved as it fills in, so an interrupted run keeps its figures
+                todo = pick(order_name, total - len(annotated), annotated, loop, api, task_of, rnd)
+                say(f"round {total} ({order_name} order): saving {len(todo)} annotations ({rnd.picked_by})")
+                for im in todo:
+                    api.annotate(task_of[im.name], im.ls_result())
+                annotated += todo
+                t_saved = time.monotonic()
+                loop.wait_version(total, seen, t_saved, args.train_timeout, rnd)
+                say(
+                    f"  {rnd.version} ({rnd.version_status}) published {fmt(rnd.published_s, '.0f')} s, served "
+                    f"{fmt(rnd.served_s, '.0f')} s after the last save; train {rnd.train_s:.0f} s"
+                )
+                loop.wait_idle(args.train_timeout, seen, rnd)
+                served = loop.registry.current(project_id)
+                if served is None:
+                    raise RuntimeError("no version is served")
+                rnd.served_version = served.name
+                rnd.served_dataset = dict(served.manifest.get("dataset_size") or {})
+                if base_model is None:
+                    first = loop.registry.list_versions(project_id)[0]
+                    base_model = str(first.manifest.get("train_args", {}).get("weights") or "")
+                    if not base_model or Path(base_model).is_relative_to(loop.registry.root):
+                        from labelloop.settings import Settings
 
-            if not args.no_peers:
-                try:
-                    wait_until(lambda: not loop.predict_busy(), 600, "labelloop pre-annotation done", 1.0)
-                except TimeoutError as exc:
-                    say(f"  {exc}; the peers train while it runs")
-                tasks = [
-                    {
-                        "id": task_of[im.name],
-                        "data": {"image": im.name},
-                        "annotations": [{"id": k + 1, "result": im.ls_result(), "was_cancelled": False}],
-                    }
-                    for k, im in enumerate(annotated)
+                        base_model = str(Settings.model_fields["base_model"].default)
+                    config["base_model"] = base_model
+                    config["labelloop_base_model"] = first.manifest.get("base_model")
+
+                got, counts = loop.served_predictions(held_ids, served.name, args.preannotate_timeout)
+                rnd.predictions = counts
+                dets = [
+                    d
+                    for im in held
+                    if (p := got.get(task_of[im.name])) is not None
+                    for d in regions_to_dets(task_of[im.name], p.get("result") or [], im.width, im.height)
                 ]
-                fetch = local_images({task_of[im.name]: upright_path(im) for im in annotated})
-                built = build_dataset(tasks, spec, work / "peers" / f"r{total}" / "ds", fetch, VAL_FRACTION, MIN_VAL)
-                budget_h = max(rnd.train_s, 1.0) / 3600
-                common = {
-                    "time": budget_h,
-                    "device": device,
-                    "amp": device != "cpu",
-                    "workers": WORKERS,
-                    "exist_ok": True,
-                    "plots": False,
-                    "name": "train",
-                }
-                for name, extra in (("a", {}), ("b", {"batch": 4, "nbs": 4, "imgsz": imgsz_tuned})):
-                    run_dir = work / "peers" / f"r{total}" / name
-                    peer_spec = {
-                        "weights": base_model,
-                        "data": str(built.data),
-                        "train": {**common, **extra, "project": str(run_dir / "runs")},
-                        "images": [[task_of[im.name], str(files / im.name)] for im in held],
-                        "conf": CONF,
-                        "config_dir": str(work / "peers" / "ultralytics"),
-                    }
-                    say(
-                        f"  peer ({name}): training {rnd.train_s:.0f} s on {len(annotated)} tasks, "
-                        f"{extra or 'ultralytics defaults'}"
-                    )
+                rnd.labelloop = score(dets, truths)
+                say(
+                    f"  served {served.name}: mAP50 {rnd.labelloop['map50']:.3f}, P {rnd.labelloop['precision']:.2f}, "
+                    f"R {rnd.labelloop['recall']:.2f} on {len(got)} held-out tasks ({counts})"
+                )
+                save()
+
+                if not args.no_peers and order_name == orders[0]:
                     try:
-                        result = run_peer(peer_spec, run_dir, timeout_s=rnd.train_s * 3 + 900)
-                    except Exception as exc:  # a failing peer is reported, the run goes on
-                        rnd.peers[name] = {"error": f"{type(exc).__name__}: {exc}"[-3000:]}
-                        say(f"  peer ({name}) failed: {str(exc).splitlines()[0][:300]}")
-                        continue
-                    result["score"] = score(peer_dets(result), truths)
-                    result.pop("predictions")
-                    rnd.peers[name] = result
-                    say(
-                        f"  peer ({name}): mAP50 {result['score']['map50']:.3f} ({result['epochs']} epochs, "
-                        f"trained {result['train_seconds']:.0f} s)"
+                        wait_until(lambda lp=loop: not lp.predict_busy(), 600, "labelloop pre-annotation done", 1.0)
+                    except TimeoutError as exc:
+                        say(f"  {exc}; the peers train while it runs")
+                    tasks = [
+                        {
+                            "id": task_of[im.name],
+                            "data": {"image": im.name},
+                            "annotations": [{"id": k + 1, "result": im.ls_result(), "was_cancelled": False}],
+                        }
+                        for k, im in enumerate(annotated)
+                    ]
+                    fetch = local_images({task_of[im.name]: upright_path(im) for im in annotated})
+                    built = build_dataset(
+                        tasks, spec, work / "peers" / f"r{total}" / "ds", fetch, VAL_FRACTION, MIN_VAL
                     )
-            save()
+                    budget_h = max(rnd.train_s, 1.0) / 3600
+                    common = {
+                        "time": budget_h,
+                        "device": device,
+                        "amp": device != "cpu",
+                        "workers": WORKERS,
+                        "exist_ok": True,
+                        "plots": False,
+                        "name": "train",
+                    }
+                    for name, extra in (("a", {}), ("b", {"batch": 4, "nbs": 4, "imgsz": imgsz_tuned})):
+                        run_dir = work / "peers" / f"r{total}" / name
+                        peer_spec = {
+                            "weights": base_model,
+                            "data": str(built.data),
+                            "train": {**common, **extra, "project": str(run_dir / "runs")},
+                            "images": [[task_of[im.name], str(files / im.name)] for im in held],
+                            "conf": CONF,
+                            "config_dir": str(work / "peers" / "ultralytics"),
+                        }
+                        say(
+                            f"  peer ({name}): training {rnd.train_s:.0f} s on {len(annotated)} tasks, "
+                            f"{extra or 'ultralytics defaults'}"
+                        )
+                        try:
+                            result = run_peer(peer_spec, run_dir, timeout_s=rnd.train_s * 3 + 900)
+                        except Exception as exc:  # a failing peer is reported, the run goes on
+                            rnd.peers[name] = {"error": f"{type(exc).__name__}: {exc}"[-3000:]}
+                            say(f"  peer ({name}) failed: {str(exc).splitlines()[0][:300]}")
+                            continue
+                        result["score"] = score(peer_dets(result), truths)
+                        result.pop("predictions")
+                        rnd.peers[name] = result
+                        say(
+                            f"  peer ({name}): mAP50 {result['score']['map50']:.3f} ({result['epochs']} epochs, "
+                            f"trained {result['train_seconds']:.0f} s)"
+                        )
+                save()
         ok = True
     except KeyboardInterrupt:
         say("interrupted")
@@ -818,11 +958,12 @@ def main() -> int:
     finally:
         if stack is not None:
             stack.stop_all()
-        if rounds:
+        if runs[orders[0]]:
             config["finished"] = ok
             save()
-            plot(rounds, png_path)
-            print_report(rounds, config)
+            plot(runs[orders[0]], png_path)
+            print_report(runs[orders[0]], config)
+            print_labels_saved(runs)
             print(f"\nwrote {json_path} and {png_path}")
         if args.keep or not ok:
             print(f"run folder kept: {work}")

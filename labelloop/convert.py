@@ -41,6 +41,14 @@ from typing import Any
 
 import numpy as np
 
+from labelloop.informativeness import (
+    DEFAULT_STRATEGY,
+    NO_DETECTION,
+    Strategy,
+    classification_informativeness,
+    detection_informativeness,
+    prediction_score,
+)
 from labelloop.task_types import TASK_TYPES, task_type
 from labelloop.task_types.classify import annotation_to_class
 from labelloop.task_types.geometry import (
@@ -49,6 +57,7 @@ from labelloop.task_types.geometry import (
     MIN_KEYPOINT_CONF,
     MIN_POLYGON_AREA_PX,
     PREDICTION_POLYGON_EPSILON_PX,
+    _np,
     brush_to_mask,
     clip_polygon,
     corners_to_rectangle,
@@ -254,23 +263,53 @@ def predictions_to_regions(
     return task_type(spec.task).predictions(spec, names, int(width), int(height), arrays)
 
 
-def results_to_regions(res: Any, spec: TrainSpec, names: Mapping[int, str]) -> tuple[list[dict[str, Any]], float]:
+def results_to_regions(
+    res: Any, spec: TrainSpec, names: Mapping[int, str], strategy: Strategy = DEFAULT_STRATEGY
+) -> tuple[list[dict[str, Any]], float]:
     """Label Studio regions from one Ultralytics ``Results`` (duck-typed; ultralytics is not imported).
 
     Reads ``res.orig_shape`` and, by ``spec.task``: ``res.probs.data`` (classify);
     ``res.obb.xyxyxyxy/cls/conf`` when ``res.obb`` is set, else ``res.boxes.xyxy/cls/conf``;
     ``res.masks.data`` (model resolution, letterboxed; see ``predictions_to_regions``);
-    ``res.keypoints.xy/conf``. A detect spec given obb results produces rotated rectangles.
+    ``res.keypoints.xy/conf``; ``res.class_scores`` ((N, nc) every class's score per box, set by
+    ``labelloop.predictor``'s detect predictor) when present. A detect spec given obb results
+    produces rotated rectangles.
 
     Returns:
-        ``(regions, score)``: regions as ``predictions_to_regions`` makes them, and the mean
-        ``score`` of the regions of ``spec.from_name`` (the top-1 probability for classify;
-        0.0 without regions).
+        ``(regions, score)``: regions as ``predictions_to_regions`` makes them, and the task's
+        prediction score ``1 - informativeness`` under ``strategy`` over the candidate boxes whose
+        class is in the label config (``labelloop.informativeness``: low = label it first; an
+        image without a candidate box scores 0.0 as the most uncertain).
     """
     height, width = (int(v) for v in res.orig_shape[:2])
     arrays = task_type(spec.task).results_arrays(res, spec)
     if arrays is None:
-        return [], 0.0
+        return [], prediction_score(NO_DETECTION)
+    class_scores = arrays.pop("class_scores", None)
     regions = predictions_to_regions(spec, names, width, height, **arrays)
-    scores = [r["score"] for r in regions if r["from_name"] == spec.from_name and "score" in r]
-    return regions, (float(sum(scores) / len(scores)) if scores else 0.0)
+    return regions, prediction_score(arrays_informativeness(arrays, class_scores, spec, names, strategy))
+
+
+def arrays_informativeness(
+    arrays: dict[str, Any],
+    class_scores: Any,
+    spec: TrainSpec,
+    names: Mapping[int, str],
+    strategy: Strategy = DEFAULT_STRATEGY,
+) -> float:
+    """An image's informativeness in [0, 1] from its model outputs (``predictions_to_regions``'
+    keyword arguments): classify's ``probs``, else the candidate boxes' ``scores`` (and
+    ``class_scores`` (N, nc) when known) of the classes in ``spec.labels``."""
+    if arrays.get("probs") is not None:
+        probs = _np(arrays["probs"]).ravel().astype(np.float64)
+        return classification_informativeness(
+            [float(p) for i, p in enumerate(probs) if names.get(i) in spec.labels], strategy
+        )
+    cls = _np(arrays["classes"]).ravel().astype(int)
+    conf = np.ones(len(cls)) if arrays.get("scores") is None else _np(arrays["scores"]).ravel().astype(np.float64)
+    keep = np.array([names.get(int(c)) in spec.labels for c in cls], dtype=bool)
+    rows = None
+    if class_scores is not None:
+        all_rows = _np(class_scores).astype(np.float64)
+        rows = all_rows[keep] if all_rows.ndim == 2 and len(all_rows) == len(cls) else all_rows
+    return detection_informativeness(conf[keep], rows, strategy)

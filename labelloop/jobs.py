@@ -37,6 +37,7 @@ from labelloop.predictor import Predictor
 from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
 from labelloop.settings import Settings
+from labelloop.tabs import ensure_tab
 from labelloop.trigger import TriggerStore
 
 log = structlog.get_logger(__name__)
@@ -80,6 +81,7 @@ class Jobs:
             s.device,
             media=MediaConfig.from_settings(s),
             cache_projects=s.predict_cache_projects,
+            score_strategy=s.score_strategy,
         )
         p.listen(s.redis_url)
         return p
@@ -265,8 +267,11 @@ class Jobs:
 
         try:
             with labelstudio.calling(s.label_studio_url, f"pre-annotating project {project_id}"):
+                client = labelstudio.client(s.label_studio_url, s.api_key)
+                if load_params(s.models_dir, project_id).effective(s)["informative_tab"]:
+                    self.informative_tab(client, project_id)
                 return preannotate_project(
-                    labelstudio.client(s.label_studio_url, s.api_key),
+                    client,
                     self.predictor,
                     project_id,
                     version,
@@ -279,6 +284,15 @@ class Jobs:
         finally:
             progress.set_preannotation(project_id, None)
 
+    def informative_tab(self, client: Any, project_id: int) -> None:
+        """Keep the project's Data Manager tab "labelloop: most informative first" (``labelloop.tabs``);
+        a failure is logged, never fails the pre-annotation it comes with."""
+        try:
+            view_id, what = ensure_tab(client, project_id)
+            log.info("informative_tab", project_id=project_id, view_id=view_id, change=what)
+        except Exception as exc:  # the tab is a convenience; predictions matter more
+            log.warning("informative_tab_failed", project_id=project_id, error=str(exc)[:500])
+
     def predict(self, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
         """Regions for Label Studio tasks with the project's served version: ``{"results": [...]}``,
         one item per task in order (Label Studio's ``/predict`` response)."""
@@ -286,5 +300,7 @@ class Jobs:
         params = load_params(s.models_dir, project_id)
         spec = train_spec(label_config, params)
         imgsz = params.effective(s)["imgsz"]
-        results = self.predictor.predict(project_id, spec, tasks, s.label_studio_url, s.api_key, imgsz=imgsz)
+        results = self.predictor.predict(
+            project_id, spec, tasks, s.label_studio_url, s.api_key, imgsz=imgsz, score_strategy=params.score_strategy
+        )
         return {"results": results}

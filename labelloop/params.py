@@ -42,6 +42,8 @@ class ProjectParams(BaseModel):
     promotion_metric: Literal["map50_95", "map50", "precision", "recall"] | None = None
     promotion_margin: float | None = Field(None, ge=0.0, le=1.0)
     preannotate: bool | None = None
+    score_strategy: Literal["least_confidence", "margin", "entropy"] | None = None
+    informative_tab: bool | None = None
     control_tag: str | None = Field(None, min_length=1)
     obb: bool | None = None
 

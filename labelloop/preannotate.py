@@ -65,7 +65,9 @@ def preannotate_project(
             stopped = True
             break
         batch = todo[start : start + batch_size]
-        results = predictor.predict(project_id, spec, batch, hostname, api_key, imgsz=params.imgsz)
+        results = predictor.predict(
+            project_id, spec, batch, hostname, api_key, imgsz=params.imgsz, score_strategy=params.score_strategy
+        )
         request = [
             {"task": t["id"], "result": r["result"], "score": r["score"], "model_version": r["model_version"]}
             for t, r in zip(batch, results, strict=True)

@@ -20,6 +20,7 @@ Predictions follow Label Studio's prediction format
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -33,6 +34,7 @@ from typing import Any
 import structlog
 
 from labelloop.convert import results_to_regions
+from labelloop.informativeness import DEFAULT_STRATEGY, NO_DETECTION, Strategy, prediction_score
 from labelloop.labels import TrainSpec
 from labelloop.media import CachedImage, ImageCache, MediaConfig
 from labelloop.notify import CHANNEL, alive_key, servers_key, warm_key
@@ -78,6 +80,7 @@ class Predictor:
         cache_projects: projects kept loaded (``LABELLOOP_PREDICT_CACHE_PROJECTS``); the least
             recently predicted one is dropped (its models freed, the process leaves its set of
             servers) when another one is loaded.
+        score_strategy: how a prediction's ``score`` is computed (``labelloop.informativeness``).
     """
 
     def __init__(
@@ -91,8 +94,10 @@ class Predictor:
         device: str = "",
         media: MediaConfig | None = None,
         cache_projects: int = 4,
+        score_strategy: Strategy = DEFAULT_STRATEGY,
     ) -> None:
         self.registry = registry
+        self.score_strategy: Strategy = score_strategy
         self.base_model = base_model
         self.config_dir = config_dir
         self.cache_dir = cache_dir
@@ -400,6 +405,7 @@ class Predictor:
         hostname: str | None,
         api_key: str | None,
         imgsz: int | None = None,
+        score_strategy: Strategy | None = None,
     ) -> list[dict[str, Any]]:
         """Predict regions for tasks with the served version, one result item per task, in order.
 
@@ -409,18 +415,23 @@ class Predictor:
                 obb -> rotated rectangles, segment -> polygons or brush RLE, pose ->
                 rectangles + keypoints, classify -> choices), for ``spec``'s control tags.
             tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sends them.
+            score_strategy: the informativeness strategy of ``score`` (default: the predictor's).
 
         Returns:
             ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions in
             Label Studio's prediction format (percent coordinates, ``original_width/height``,
-            ``from_name/to_name``, a per-region ``score``; see ``labelloop.convert``). A task whose
-            image cannot be fetched, or a version trained for another control tag or task than
-            ``spec``, gets an empty result.
+            ``from_name/to_name``, a per-region ``score``; see ``labelloop.convert``). The task's
+            ``score`` is ``1 - informativeness`` in [0, 1] (``labelloop.informativeness``): the
+            lowest is the task to label first. A task whose image cannot be fetched, or a version
+            trained for another control tag or task than ``spec``, gets an empty result and
+            score 0.0 (nothing known about it: uncertain).
         """
+        strategy = score_strategy or self.score_strategy
+        unknown = prediction_score(NO_DETECTION)
         loaded = self.model_for(project_id)
         if loaded is None:
-            return [{"result": [], "score": 0.0, "model_version": UNTRAINED} for _ in tasks]
-        out: list[dict[str, Any]] = [{"result": [], "score": 0.0, "model_version": loaded.version} for _ in tasks]
+            return [{"result": [], "score": unknown, "model_version": UNTRAINED} for _ in tasks]
+        out: list[dict[str, Any]] = [{"result": [], "score": unknown, "model_version": loaded.version} for _ in tasks]
         task = loaded.task or spec.task
         if not _serves(spec, task, loaded.from_name):
             log.warning(
@@ -451,12 +462,55 @@ class Predictor:
             conf=self.conf,
             verbose=False,
             device=loaded.model.device,
+            **({"predictor": class_scores_predictor()} if loaded.model.task == "detect" else {}),
         )
         for (index, _image), res in zip(ok, results, strict=True):
-            regions, score = results_to_regions(res, spec, loaded.names)
+            regions, score = results_to_regions(res, spec, loaded.names, strategy)
             out[index]["result"] = regions
             out[index]["score"] = score
         return out
+
+
+@functools.cache
+def class_scores_predictor() -> type:
+    """Ultralytics' ``DetectionPredictor`` that also keeps every class's score of each kept box.
+
+    Ultralytics' detect NMS keeps only the best class per box (``Results.boxes.conf/cls``);
+    margin and entropy need them all. This subclass runs the same
+    ``ultralytics.utils.nms.non_max_suppression`` with its public ``return_idxs=True``, which
+    returns the kept boxes' indices into the head's raw output (B, 4 + nc, anchors; class
+    scores after the sigmoid), and sets ``Results.class_scores`` to those columns, (N, nc) in
+    the order of ``Results.boxes``. Passed as ``YOLO.predict(predictor=...)`` (Ultralytics'
+    documented custom-predictor argument). End-to-end heads (yolo26: (B, 300, 6), no per-class
+    scores) leave ``class_scores`` unset; ``labelloop.informativeness`` then uses (conf, 1 - conf).
+    """
+    from ultralytics.models.yolo.detect import DetectionPredictor
+    from ultralytics.utils import nms, ops
+
+    class ClassScoresPredictor(DetectionPredictor):
+        def postprocess(self, preds: Any, img: Any, orig_imgs: Any, **kwargs: Any) -> Any:
+            raw = preds[0] if isinstance(preds, (list, tuple)) else preds
+            end2end = bool(getattr(self.model, "end2end", False)) or raw.shape[-1] == 6
+            kept, idxs = nms.non_max_suppression(
+                preds,
+                self.args.conf,
+                kwargs.pop("iou", self.args.iou),
+                self.args.classes,
+                self.args.agnostic_nms,
+                max_det=self.args.max_det,
+                end2end=end2end,
+                return_idxs=True,
+            )
+            if not isinstance(orig_imgs, list):
+                orig_imgs = ops.convert_torch2numpy_batch(orig_imgs)[..., ::-1]
+            results = self.construct_results(kept, img, orig_imgs, **kwargs)  # type: ignore[no-untyped-call]
+            if not end2end:
+                for res, scores, idx in zip(results, raw, idxs, strict=True):
+                    nc = len(res.names)
+                    res.class_scores = scores[4 : 4 + nc, idx.long().view(-1)].T.float().cpu().numpy()
+            return results
+
+    return ClassScoresPredictor
 
 
 def _serves(spec: TrainSpec, task: str, from_name: str | None) -> bool:

@@ -152,6 +152,16 @@ class Settings(BaseSettings):
         "first); each keeps its served version and up to 2 recent ones for instant rollback.",
     )
     predict_conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold for predicted regions.")
+    score_strategy: Literal["least_confidence", "margin", "entropy"] = Field(
+        "least_confidence",
+        description="How a prediction's score ranks what to label next: least_confidence, margin or entropy "
+        "(score = 1 - informativeness; low first = most informative first).",
+    )
+    informative_tab: bool = Field(
+        True,
+        description="After a promotion, keep a Data Manager tab 'labelloop: most informative first' in the "
+        "project (unlabeled tasks, lowest prediction score first).",
+    )
 
     reconcile_interval_s: int = Field(
         300, ge=1, description="Seconds between reconciliations with Label Studio (Celery beat)."

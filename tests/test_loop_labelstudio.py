@@ -29,6 +29,7 @@ from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
 from labelloop.stack import Stack, free_port, wait_until
 from labelloop.synthetic import Sample, make_sample
+from labelloop.tabs import TAB_TITLE
 from labelloop.trigger import TriggerStore
 from service.events import EVENT_STREAM
 from tests.conftest import TRAIN_ENV
@@ -180,6 +181,9 @@ def test_annotations_train_a_version_that_label_studio_serves(loop: Loop) -> Non
     scores = [p["score"] for t in unlabeled for p in loop.api.sdk_predictions(t)]
     assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores)
     assert loop.api.sdk.projects.get(id=loop.project_id).model_version == "v1"
+    # ... and the project has one Data Manager tab of unlabeled tasks, the most informative first.
+    tabs = [v for v in api.sdk.views.list(project=loop.project_id) if (v.data or {}).get("title") == TAB_TITLE]
+    assert len(tabs) == 1 and tabs[0].data["ordering"] == ["tasks:predictions_score"]
     # Label Studio asks the backend (/predict) for a task without predictions: v1 answers.
     api.delete_predictions(loop.task_ids[-1])
     preds = api.predictions_for(loop.task_ids[-1])

@@ -166,12 +166,18 @@ class TaskType:
         raise NotImplementedError
 
     def results_arrays(self, res: Any, spec: TrainSpec) -> dict[str, Any] | None:
-        """What ``predictions_to_regions`` needs from one Ultralytics ``Results``; None when it
-        holds no instance."""
+        """What ``predictions_to_regions`` needs from one Ultralytics ``Results`` (plus
+        ``class_scores``, (N, nc) every class's score per box, when the predictor set
+        ``res.class_scores``: ``labelloop.informativeness`` reads it); None when it holds no
+        instance."""
         boxes = getattr(res, "boxes", None)
         if boxes is None:
             return None
-        return instances_or_none({"boxes_xyxy": boxes.xyxy, "classes": boxes.cls, "scores": boxes.conf})
+        arrays = {"boxes_xyxy": boxes.xyxy, "classes": boxes.cls, "scores": boxes.conf}
+        class_scores = getattr(res, "class_scores", None)  # (N, nc), labelloop.predictor's detect predictor
+        if class_scores is not None:
+            arrays["class_scores"] = class_scores
+        return instances_or_none(arrays)
 
 
 def instances_or_none(arrays: dict[str, Any]) -> dict[str, Any] | None:

@@ -665,18 +665,35 @@ MODEL_NAMES = {0: "cat", 1: "dog", 2: "removed"}
 
 
 def test_results_detect(Results: Any) -> None:
-    """Ultralytics detect Results become rectanglelabels regions in percent, scored by their mean confidence, without
-    classes not in the label config; Results without boxes give no region and score 0."""
+    """Ultralytics detect Results become rectanglelabels regions in percent, without classes not in the label config,
+    the task scored 1 - its least confident box's uncertainty; Results without boxes give no region and score 0 (the
+    most uncertain)."""
     import torch
 
     boxes = torch.tensor([[20.0, 10, 60, 40, 0.9, 0], [100, 20, 150, 90, 0.5, 1], [0, 0, 50, 50, 0.99, 2]])
     regions, score = results_to_regions(Results(_image(), "a.png", MODEL_NAMES, boxes=boxes), DETECT, MODEL_NAMES)
     assert [r["value"]["rectanglelabels"] for r in regions] == [["cat"], ["dog"]]
-    assert score == pytest.approx(0.7)
+    assert score == pytest.approx(0.5)  # the dog box (0.5), not the mean and not the "removed" class (0.99)
     v = regions[0]["value"]
     assert (v["x"], v["y"], v["width"], v["height"]) == pytest.approx((10, 10, 20, 30))
     empty, score = results_to_regions(Results(_image(), "a.png", MODEL_NAMES, boxes=torch.zeros(0, 6)), DETECT, {})
     assert (empty, score) == ([], 0.0)
+
+
+def test_results_score_follows_the_strategy(Results: Any) -> None:
+    """With every class's score per box (``res.class_scores``), margin ranks a box torn between two classes as more
+    informative than one as confident in its best class, which least confidence cannot tell apart."""
+    import torch
+
+    boxes = torch.tensor([[20.0, 10, 60, 40, 0.6, 0]])
+    sure, confused = (Results(_image(), "a.png", MODEL_NAMES, boxes=boxes) for _ in range(2))
+    sure.class_scores = np.array([[0.6, 0.01, 0.0]])
+    confused.class_scores = np.array([[0.6, 0.55, 0.0]])
+    (_, m_sure), (_, m_confused) = (results_to_regions(r, DETECT, MODEL_NAMES, "margin") for r in (sure, confused))
+    assert m_confused < m_sure
+    (_, lc_sure), (_, lc_confused) = (results_to_regions(r, DETECT, MODEL_NAMES) for r in (sure, confused))
+    assert lc_sure == lc_confused == pytest.approx(0.6)
+    assert m_confused == pytest.approx(0.05 / 1.15, abs=1e-6)  # d = (0.6, 0.55, 0) / 1.15
 
 
 @pytest.mark.parametrize("angle", [0.0, 0.4, -0.6, 1.2, math.pi / 2])
@@ -762,7 +779,7 @@ def test_results_pose(Results: Any) -> None:
     )
     res = Results(_image(), "a.png", MODEL_NAMES, boxes=boxes, keypoints=kpts)
     regions, score = results_to_regions(res, POSE, MODEL_NAMES)
-    assert score == pytest.approx(0.8)
+    assert score == pytest.approx(0.7)  # the least confident box in the label config
     boxes_out = [r for r in regions if r["type"] == "rectanglelabels"]
     kps = [r for r in regions if r["type"] == "keypointlabels"]
     assert [b["from_name"] for b in boxes_out] == ["box", "box"]

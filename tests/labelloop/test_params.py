@@ -26,6 +26,8 @@ def test_empty_extra_params_mean_defaults(raw: object) -> None:
         ({"epochs": 0}, "epochs"),
         ({"imgsz": 100}, "multiple of 32"),
         ({"val_fraction": 1.5}, "val_fraction"),
+        ({"score_strategy": "random"}, "score_strategy"),
+        ({"informative_tab": "maybe"}, "informative_tab"),
         ({"learning_rate": 0.1}, "learning_rate"),
         ("[1, 2]", "JSON object"),
         ("{not json", "JSON object"),
@@ -46,6 +48,15 @@ def test_params_override_environment_defaults(tmp_path: Path) -> None:
     effective = load(tmp_path, 5).effective(settings)
     assert (effective["epochs"], effective["imgsz"], effective["train_every_n"]) == (3, 320, 10)
     assert not store(tmp_path, 5, parse_extra_params({"epochs": 3, "imgsz": 320}))
+
+
+def test_score_strategy_param_overrides_the_setting(tmp_path: Path) -> None:
+    """The extra param score_strategy (and informative_tab) wins over LABELLOOP_SCORE_STRATEGY (and its setting)."""
+    settings = Settings(score_strategy="entropy", informative_tab=True)
+    assert load(tmp_path, 6).effective(settings)["score_strategy"] == "entropy"
+    store(tmp_path, 6, parse_extra_params({"score_strategy": "margin", "informative_tab": False}))
+    effective = load(tmp_path, 6).effective(settings)
+    assert (effective["score_strategy"], effective["informative_tab"]) == ("margin", False)
 
 
 def test_setup_validates_and_stores_extra_params(redis_url: str, tmp_path: Path) -> None:

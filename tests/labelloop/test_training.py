@@ -80,7 +80,8 @@ def test_predictor_serves_current_version_and_swaps(
         assert 0 <= value["x"] <= 100 and 0 <= value["width"] <= 100 - value["x"] + 1e-6
         assert 0 <= value["y"] <= 100 and 0 <= value["height"] <= 100 - value["y"] + 1e-6
         assert 0.0 <= region["score"] <= 1.0
-    assert out[0]["score"] == pytest.approx(sum(r["score"] for r in regions) / len(regions))
+    # least confidence: the task scores as its least confident candidate box (regions are among them)
+    assert 0.0 <= out[0]["score"] <= min(r["score"] for r in regions) + 1e-6
 
     copy = tmp_path / "again.pt"
     shutil.copyfile(trained["result"]["best"], copy)
