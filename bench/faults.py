@@ -196,7 +196,7 @@ class Campaign:
             ls = Stack(self.work / "label-studio", {})
             self.ls_stack = ls
             self.ls_url = ls.start_label_studio(
-                binary, free_port(), self.work / "label-studio" / "data", LS_USER, LS_PASSWORD, LS_TOKEN
+                binary, free_port(), self.work / "label-studio" / "data", LS_USER, LS_PASSWORD, LS_TOKEN, timeout_s=900
             )
             token = LS_TOKEN
         self.token = token
