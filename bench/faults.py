@@ -298,7 +298,14 @@ class Campaign:
         pid = api.create_project(f"labelloop faults {len(self.projects) + 1}", LABEL_CONFIG)
         samples = [make_sample(1000 * (len(self.projects) + 1) + i, 160, 120) for i in range(n)]
         task_ids = api.import_images(pid, samples)
-        api.connect_backend(pid, self.receiver_url)
+        for attempt in range(5):  # Label Studio gives /setup 3 s: a loaded machine can miss that
+            try:
+                api.connect_backend(pid, self.receiver_url)
+                break
+            except Exception as exc:  # label-studio-sdk's ApiError: "doesn't look like a valid ML backend"
+                if attempt == 4:
+                    raise
+                print(f"  connecting the ML backend failed ({type(exc).__name__}), again", flush=True)
         project = Project(pid, task_ids, dict(zip(task_ids, samples, strict=True)))
         for task_id in task_ids[: self.args.start_annotated]:
             self.annotate(project, task_id)
