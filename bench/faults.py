@@ -113,7 +113,7 @@ class Project:
 class Fault:
     kind: str
     at_s: float
-    during_training: bool
+    lock_held: bool  # a project's training lock was held when the fault hit
     back_s: float
     in_sync_s: float | None
 
@@ -393,7 +393,7 @@ class Campaign:
     def inject(self, kind: str) -> Fault:
         """One fault, its restart and the two recovery times."""
         at = time.monotonic()
-        during = self.training_now()
+        held = self.training_now()
         if kind == "Redis restart":
             name, sig, down_s = "redis", signal.SIGTERM, 0.0
         elif kind == "receiver down":
@@ -412,7 +412,7 @@ class Campaign:
         except (httpx.HTTPError, redis.RedisError):
             synced = False
         in_sync = time.monotonic() - at if synced else None
-        return Fault(kind, at - self.t0, during, back, in_sync)
+        return Fault(kind, at - self.t0, held, back, in_sync)
 
     def inject_all(self) -> None:
         kinds = list(KINDS) * math.ceil(self.args.faults / len(KINDS))
@@ -584,7 +584,7 @@ def report(
 ) -> list[str]:
     """Print the figures; returns the targets missed."""
     print(f"\n{len(c.faults)} faults in {campaign_s:.0f} s, settled in {settle_s:.0f} s\n")
-    print("| fault | n | during a training | back up s (median / max) | in sync s (median / max) | never in sync |")
+    print("| fault | n | training lock held | back up s (median / max) | in sync s (median / max) | never in sync |")
     print("|---|---|---|---|---|---|")
     for kind in KINDS:
         mine = [f for f in c.faults if f.kind == kind]
@@ -594,7 +594,7 @@ def report(
         sync = [f.in_sync_s for f in mine if f.in_sync_s is not None]
         sync_txt = f"{statistics.median(sync):.1f} / {max(sync):.1f}" if sync else "-"
         print(
-            f"| {kind} | {len(mine)} | {sum(f.during_training for f in mine)} | "
+            f"| {kind} | {len(mine)} | {sum(f.lock_held for f in mine)} | "
             f"{statistics.median(back):.1f} / {max(back):.1f} | {sync_txt} | {len(mine) - len(sync)} |"
         )
     lost = sum(d["lost"] for d in datasets.values())
