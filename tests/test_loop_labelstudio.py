@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from label_studio_sdk.core.api_error import ApiError
 
 from labelloop.changes import ChangeLog, ChangeLogUnusable
 from labelloop.demo import LabelStudioAPI
@@ -154,7 +155,13 @@ def new_project(loop: Loop) -> None:
     loop.project_id = api.create_project("labelloop e2e")
     loop.samples = [make_sample(seed, 160, 120) for seed in range(16)]
     loop.task_ids = api.import_images(loop.project_id, loop.samples)
-    loop.ml_id = api.connect_backend(loop.project_id, loop.receiver_url, basic_auth=BASIC_AUTH)
+    for attempt in range(3):  # Label Studio gives /setup 3 s when connecting: a loaded machine can miss it
+        try:
+            loop.ml_id = api.connect_backend(loop.project_id, loop.receiver_url, basic_auth=BASIC_AUTH)
+            break
+        except ApiError as exc:
+            if attempt == 2 or "valid ML backend" not in str(exc.body):
+                raise
     api.set_webhook_headers(loop.project_id, loop.receiver_url, {"X-Labelloop-Secret": WEBHOOK_SECRET})
     loop.annotated = 0
 
