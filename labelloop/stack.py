@@ -171,12 +171,27 @@ class Stack:
         wait_until(self._alive_and("receiver", lambda: http_ok(url + "/health")), 30, "receiver")
         return url
 
-    def start_worker(self, queue: str, concurrency: int = 1) -> None:
-        """Start a Celery worker consuming ``queue``; waits until it answers a ping."""
+    def log_since(self, name: str, offset: int) -> str:
+        """What process ``name`` logged after the log's first ``offset`` bytes."""
+        path = self.workdir / "logs" / f"{name}.log"
+        if not path.exists():
+            return ""
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+
+    def log_size(self, name: str) -> int:
+        path = self.workdir / "logs" / f"{name}.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def start_worker(self, queue: str, concurrency: int = 1, timeout_s: float = 60) -> None:
+        """Start a Celery worker consuming ``queue``; waits until it logs " ready." (a restarted
+        worker: in what it logged since this start, not an earlier run's line in the same log)."""
         name = f"worker-{queue}"
+        offset = self.log_size(name)
         self.start(name, [*self._cli(), "worker", "--queues", queue, "--concurrency", str(concurrency)])
 
-        wait_until(self._alive_and(name, lambda: " ready." in self.log_tail(name, 1_000_000)), 60, name)
+        wait_until(self._alive_and(name, lambda: " ready." in self.log_since(name, offset)), timeout_s, name)
 
     def start_flower(self, port: int) -> str:
         self.start("flower", [*self._cli(), "flower", "--port", str(port), "--address", "127.0.0.1"])

@@ -38,14 +38,22 @@ TRAIN_ENV = {
 
 
 # Fixtures that start a real Label Studio or train a model: tests using them are the slow layer.
-SLOW_FIXTURES = frozenset({"label_studio", "label_studio_local_files", "label_studio_data_dir", "trained", "loop"})
+LABEL_STUDIO_FIXTURES = frozenset({"label_studio", "label_studio_local_files", "label_studio_data_dir"})
+SLOW_FIXTURES = LABEL_STUDIO_FIXTURES | {"trained", "loop"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the slow layer (``-m "not slow"`` runs the rest in under a minute)."""
+    """Mark the slow layer (``-m "not slow"`` runs the rest in under a minute); a test that starts
+    Label Studio without its ``labelstudio`` marker is a collection error (the marker selects them)."""
+    unmarked = []
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("labelstudio"):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if LABEL_STUDIO_FIXTURES & fixtures and not item.get_closest_marker("labelstudio"):
+            unmarked.append(item.nodeid)
+        if SLOW_FIXTURES & fixtures or item.get_closest_marker("labelstudio"):
             item.add_marker(pytest.mark.slow)
+    if unmarked:
+        raise pytest.UsageError("tests that start Label Studio need @pytest.mark.labelstudio: " + ", ".join(unmarked))
 
 
 def fixture(name: str) -> dict:

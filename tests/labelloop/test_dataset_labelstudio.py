@@ -34,6 +34,8 @@ from labelloop.stack import Stack, free_port
 from labelloop.synthetic import LABELS, Sample, make_sample
 from labelloop.training import run_training_process
 
+pytestmark = pytest.mark.labelstudio  # every test here reads a real Label Studio
+
 W, H = 160, 120
 IMAGES = 8
 KEYPOINTS = ("center", "corner")

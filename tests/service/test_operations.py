@@ -141,6 +141,7 @@ def test_unreachable_label_studio_and_redis_are_one_line_with_the_fix(tmp_path: 
     assert "LABELLOOP_REDIS_URL" in train.stderr
 
 
+@pytest.mark.labelstudio
 def test_a_refused_token_names_the_setting(label_studio: tuple[str, str], tmp_path: Path) -> None:
     """A token Label Studio refuses is one line telling to check LABEL_STUDIO_API_KEY."""
     url, _token = label_studio

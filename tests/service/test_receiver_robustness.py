@@ -81,7 +81,7 @@ def test_redis_outage_gives_fast_503_then_recovers_without_duplicates(
             t0 = time.perf_counter()
             resp = http.post("/webhook", json=_created(i))
             assert resp.status_code == 503, resp.text
-            assert time.perf_counter() - t0 < 1.0
+            assert time.perf_counter() - t0 < 5.0  # not a hang (the Redis timeout is 0.3 s)
             assert "Redis" in resp.json()["error"]
         metrics = http.get("/metrics").text
         assert 'labelloop_webhook_events_total{action="ANNOTATION_CREATED",outcome="unavailable"} 10.0' in metrics
@@ -289,14 +289,15 @@ def test_resp_timeouts_are_bounded(loop: str) -> None:
         results = await asyncio.gather(*[client.execute("PING") for _ in range(5)], return_exceptions=True)
         elapsed = time.perf_counter() - t0
         assert all(isinstance(r, TimeoutError) for r in results), results
-        assert 0.25 < elapsed < 0.6
+        # At the deadline, all at once: one after the other would take 5 x 0.3 s.
+        assert 0.25 < elapsed < 1.4
         await client.close()
 
         authed = RespClient(f"redis://:secret@127.0.0.1:{port}/0", connect_timeout=0.2, timeout=2)
         t0 = time.perf_counter()
         with pytest.raises(TimeoutError):
             await authed.execute("PING")
-        assert time.perf_counter() - t0 < 0.5
+        assert time.perf_counter() - t0 < 1.8  # the connect timeout (0.2 s), not the command timeout (2 s)
         await authed.close()
 
     try:
@@ -314,13 +315,17 @@ def test_resp_command_past_deadline_on_paused_redis_then_recovers(redis_url: str
         client = RespClient(redis_url, timeout=0.2)
         try:
             assert await client.execute("PING") == b"PONG"
-            redis.Redis.from_url(redis_url).execute_command("CLIENT", "PAUSE", 600, "ALL")
+            admin = redis.Redis.from_url(redis_url)
+            admin.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # WRITE: UNPAUSE still gets through
             t0 = time.perf_counter()
-            with pytest.raises(TimeoutError):
-                await client.execute("SET", "k", "v")
-            assert time.perf_counter() - t0 < 0.4
-            await asyncio.sleep(0.6)
-            assert await client.execute("ECHO", "back") == b"back"
+            try:
+                with pytest.raises(TimeoutError):
+                    await client.execute("SET", "k", "v")
+                assert time.perf_counter() - t0 < 10.0  # the 0.2 s deadline, not the 30 s pause
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+            assert await client.execute("SET", "k", "back") == b"OK"
+            assert await client.execute("GET", "k") == b"back"
         finally:
             await client.close()
 
@@ -345,7 +350,7 @@ def test_resp_reconnects_after_redis_restart(tmp_path: Path, loop: str) -> None:
                 t0 = time.perf_counter()
                 with pytest.raises(OSError):
                     await client.execute("PING")
-                assert time.perf_counter() - t0 < 0.7
+                assert time.perf_counter() - t0 < 5.0  # no hang
             assert not client.connected
             stack.start_redis(port, tmp_path / "redis")
             assert await client.evalsha(script, ["n"], []) == 1  # a fresh, empty Redis: NOSCRIPT, EVAL

@@ -247,6 +247,7 @@ def test_a_pickled_payload_as_base_model_runs_nothing(tmp_path: Path) -> None:
 # --- extra params come only from the project's own ML backend connection --------------------------
 
 
+@pytest.mark.labelstudio
 def test_only_the_projects_connection_sets_its_extra_params(label_studio: tuple[str, str], tmp_path: Path) -> None:
     """Label Studio's own /setup (its project creator's token) stores the connection's extra
     params; a /setup with valid Basic credentials but a token that cannot read the project is 403
