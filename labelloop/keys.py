@@ -4,7 +4,8 @@ and the command line spell them from here).
 Per project (``labelloop:project:<id>:...``): ``changes`` (stream) and ``changes:seq`` (its
 counter, ``labelloop.changes``), ``seen`` (the ledger's hash, ``labelloop.ledger``),
 ``trigger`` (hash) and ``training`` (the lock, ``labelloop.trigger``), ``progress`` and
-``preannotate`` (``labelloop.progress``), ``current``, ``servers`` and ``warm:<version>``
+``preannotate`` (``labelloop.progress``), ``preannotate:generation`` (``labelloop.preannotate``),
+``current``, ``servers`` and ``warm:<version>``
 (``labelloop.notify``). Global: ``labelloop:projects`` (known projects), ``labelloop:events``
 (the event stream), ``labelloop:delivery:<sha1>`` (deduplication) and the pub/sub channel
 ``labelloop:versions``.
@@ -49,6 +50,11 @@ def progress(project_id: int) -> str:
 
 def preannotation(project_id: int) -> str:
     return project(project_id, "preannotate")
+
+
+def preannotation_generation(project_id: int) -> str:
+    """Counter of the project's pre-annotation runs: a run goes on only while it holds the newest."""
+    return project(project_id, "preannotate:generation")
 
 
 def current(project_id: int) -> str:

@@ -209,6 +209,22 @@ class Predictor:
             self._models[project_id] = loaded
             return loaded
 
+    def model_at(self, project_id: int, version: str) -> _Loaded | None:
+        """The project's ``version`` itself, warm or loaded now (in the caller's thread), for work
+        that must carry that version (pre-annotation); None when it cannot be loaded.
+
+        Raises:
+            VersionNotFoundError: no such version in the registry.
+        """
+        cached = self._warm.get(project_id, {}).get(version)
+        if cached is not None:
+            return cached
+        loaded = self._load_version(project_id, version)
+        if loaded is not None:
+            self._remember(project_id, loaded)
+            log.info("model_loaded", project_id=project_id, version=loaded.version, served=False)
+        return loaded
+
     def notice(self, project_id: int, warm: str | None = None) -> None:
         """A version change was announced: if this process serves the project, warm up the
         version named by a ``"warm"`` message, or swap to the registry's current one."""
@@ -265,8 +281,10 @@ class Predictor:
         hostname: str | None,
         api_key: str | None,
         imgsz: int | None = None,
+        version: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Predict regions for tasks with the served version, one result item per task, in order.
+        """Predict regions for tasks with the served version (or ``version``), one result item per
+        task, in order; the images go to Ultralytics as one batch (``model.predict(list, batch=n)``).
 
         Args:
             spec: what the label config trains (``labelloop.params.train_spec``); the regions
@@ -274,6 +292,7 @@ class Predictor:
                 obb -> rotated rectangles, segment -> polygons or brush RLE, pose ->
                 rectangles + keypoints, classify -> choices), for ``spec``'s control tags.
             tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sends them.
+            version: predict with this version (``model_at``) instead of the served one.
 
         Returns:
             ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions in
@@ -282,7 +301,7 @@ class Predictor:
             image cannot be fetched, or a version trained for another control tag or task than
             ``spec``, gets an empty result.
         """
-        loaded = self.model_for(project_id)
+        loaded = self.model_for(project_id) if version is None else self.model_at(project_id, version)
         if loaded is None:
             return [{"result": [], "score": 0.0, "model_version": UNTRAINED} for _ in tasks]
         out: list[dict[str, Any]] = [{"result": [], "score": 0.0, "model_version": loaded.version} for _ in tasks]
@@ -314,6 +333,7 @@ class Predictor:
             [str(image.path) for _, image in ok],
             imgsz=imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ,
             conf=self.conf,
+            batch=len(ok),  # Ultralytics' predict default is batch 1: one image per forward pass
             verbose=False,
             device=loaded.model.device,
         )

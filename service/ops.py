@@ -24,7 +24,7 @@ import redis
 from labelloop import keys
 from labelloop.errors import LabelloopError, UnavailableError
 from labelloop.ledger import Ledger
-from labelloop.names import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT
+from labelloop.names import QUEUE_EVENTS, QUEUE_PREANNOTATE, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT
 from labelloop.notify import serve_when_warm
 from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
@@ -32,7 +32,7 @@ from labelloop.settings import Settings
 from service.auth import any_configured, basic_configured, placeholder_credentials, secret_configured
 from workers.celery_app import create_celery
 
-QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT)
+QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT, QUEUE_PREANNOTATE)
 
 # The values the shipped examples (deploy/k8s/config.yaml) hold; no process starts with one.
 

@@ -88,7 +88,7 @@ def test_procfile_processes_start_and_answer(redis_url: str, tmp_path: Path) -> 
         def workers() -> set[str]:
             return {name.split("@")[0] for reply in app.control.ping(timeout=1.0) or [] for name in reply}
 
-        wait_until(lambda: workers() == {"events", "train", "predict"}, 60, "three workers")
+        wait_until(lambda: workers() == {"events", "train", "predict", "preannotate"}, 60, "four workers")
         app.send_task(
             TASK_HANDLE_EVENT, args=[3, "ANNOTATION_CREATED", [[1, "2026-01-01T00:00:00Z"]]], queue=QUEUE_EVENTS
         )
