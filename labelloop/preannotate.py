@@ -117,8 +117,9 @@ def preannotate_project(
     Stops (``stopped`` names why, see ``superseded_by``) before the first Label Studio read,
     before each batch's prediction and before its import, as soon as ``version`` is no longer
     served or a newer run holds the project: no work is spent on, and nothing is imported from,
-    an old version after that. Each batch logs ``preannotate_batch`` (version, batch, tasks,
-    done, total, predict_s, import_s).
+    an old version after that. Logs ``preannotate_started``, then ``preannotate_batch`` per batch
+    (version, batch, tasks, done, total, predict_s, import_s), ``preannotate_superseded`` when
+    stopped and ``preannotated`` at the end.
 
     Returns:
         ``{"version", "tasks", "imported", "batches", "stopped"}`` (``stopped``: None when
@@ -129,6 +130,7 @@ def preannotate_project(
         outcome["stopped"] = why
         log.info("preannotate_superseded", version=version, imported=0, why=why)
         return outcome
+    log.info("preannotate_started", version=version, generation=generation.number if generation else None)
     project = client.projects.get(id=project_id)
     params = load_params(predictor.registry.root, project_id)
     spec = train_spec(project.label_config, params)
