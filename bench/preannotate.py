@@ -1,6 +1,6 @@
 """Pre-annotation at scale: throughput into Label Studio, /predict while it runs, superseding.
 
-    .venv/bin/python -m bench.preannotate [--tasks 300] [--batch 16] [--imgsz 320]
+    .venv/bin/python -m bench.preannotate [--tasks 300] [--batch 16] [--imgsz 320] [--ls-url URL]
 
 A real Label Studio (its own virtual environment, ``$LABELLOOP_LS_VENV``), Redis, the receiver,
 one predict worker and one preannotate worker; a yolov8n trained for one epoch on generated
@@ -88,6 +88,8 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=15.0, help="seconds of /predict with nothing else running")
     parser.add_argument("--during-s", type=float, default=15.0, help="seconds of /predict during v2's run")
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-preannotate")
+    parser.add_argument("--ls-url", help="a running Label Studio to use (default: start one)")
+    parser.add_argument("--ls-token", default=LS_TOKEN, help="its legacy API token")
     args = parser.parse_args()
     work = args.workdir.absolute()
     weights = small_model(work)
@@ -114,11 +116,11 @@ def main() -> int:
             os.environ.get("LABELLOOP_LS_VENV")
             or Path.home() / ".cache" / "labelloop" / f"label-studio-{LABEL_STUDIO_VERSION}"
         )
-        ls_url = stack.start_label_studio(
+        ls_url = args.ls_url or stack.start_label_studio(
             label_studio_binary(venv), free_port(), work / "stack" / "ls", LS_USER, LS_PASSWORD, LS_TOKEN, timeout_s=600
         )
-        stack.env.update(LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=LS_TOKEN)
-        client = labelstudio.client(ls_url, LS_TOKEN)
+        stack.env.update(LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=args.ls_token)
+        client = labelstudio.client(ls_url, args.ls_token)
         project_id = int(client.projects.create(title="bench preannotate", label_config=LABEL_CONFIG).id)
         registry = Registry(work / "stack" / "models")
         for _ in range(3):

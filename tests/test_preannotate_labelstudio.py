@@ -129,7 +129,8 @@ def test_a_promotion_supersedes_a_running_preannotation(
     v1 = [e for e in log if e.get("version") == "v1" and str(e.get("event", "")).startswith("preannotate")]
     [stop] = [i for i, e in enumerate(v1) if e["event"] == "preannotate_superseded"]
     assert v1[stop]["why"] == "version" and 0 < v1[stop]["imported"] < TASKS
-    assert all(e["event"] == "preannotate_batch" for e in v1[:stop]) and v1[stop + 1 :] == []
+    assert v1[0]["event"] == "preannotate_started" and v1[stop + 1 :] == []
+    assert {e["event"] for e in v1[1:stop]} == {"preannotate_batch"}
     v2 = [e for e in log if e.get("version") == "v2" and e.get("event") == "preannotate_batch"]
     assert len(v2) == TASKS // BATCH and all(e["tasks"] == BATCH for e in v2)
     [done] = [e for e in log if e.get("event") == "preannotated" and e.get("version") == "v2"]
