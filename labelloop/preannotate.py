@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +113,8 @@ def preannotate_project(
     on_progress: Callable[[int, int], None] | None = None,
     generation: Generation | None = None,
 ) -> dict[str, Any]:
-    """Predict and import predictions for the project's unlabeled tasks, ``batch_size`` at a time.
+    """Predict and import predictions for the project's unlabeled tasks, ``batch_size`` at a time;
+    a batch's import into Label Studio runs in a thread while the next batch is predicted.
 
     Stops (``stopped`` names why, see ``superseded_by``) before the first Label Studio read,
     before each batch's prediction and before its import, as soon as ``version`` is no longer
@@ -138,36 +140,49 @@ def preannotate_project(
     outcome["tasks"] = len(todo)
     if on_progress is not None:
         on_progress(0, len(todo))
-    for number, start in enumerate(range(0, len(todo), batch_size)):
-        if (why := superseded_by(predictor, project_id, version, generation)) is not None:
-            outcome["stopped"] = why
-            break
-        batch = todo[start : start + batch_size]
-        t0 = time.monotonic()
-        results = predictor.predict(project_id, spec, batch, hostname, api_key, imgsz=params.imgsz, version=version)
-        t1 = time.monotonic()
-        if (why := superseded_by(predictor, project_id, version, generation)) is not None:
-            outcome["stopped"] = why
-            break
-        request = [
-            {"task": t["id"], "result": r["result"], "score": r["score"], "model_version": r["model_version"]}
-            for t, r in zip(batch, results, strict=True)
-        ]
-        client.projects.import_predictions(id=project_id, request=request)
-        outcome["imported"] += len(request)
+    # One import into Label Studio runs while the next batch is predicted (at most one in flight).
+    pending: tuple[Future[Any], dict[str, Any]] | None = None
+
+    def finish() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        future, info = pending
+        pending = None
+        future.result()  # an import's error is the run's error
+        outcome["imported"] += info["tasks"]
         outcome["batches"] += 1
         log.info(
             "preannotate_batch",
             version=version,
-            batch=number,
-            tasks=len(batch),
             done=outcome["imported"],
             total=len(todo),
-            predict_s=round(t1 - t0, 3),
-            import_s=round(time.monotonic() - t1, 3),
+            import_s=round(time.monotonic() - info.pop("sent"), 3),
+            **info,
         )
         if on_progress is not None:
             on_progress(outcome["imported"], len(todo))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preannotate-import") as imports:
+        for number, start in enumerate(range(0, len(todo), batch_size)):
+            if (why := superseded_by(predictor, project_id, version, generation)) is not None:
+                outcome["stopped"] = why
+                break
+            batch = todo[start : start + batch_size]
+            t0 = time.monotonic()
+            results = predictor.predict(project_id, spec, batch, hostname, api_key, imgsz=params.imgsz, version=version)
+            predict_s = round(time.monotonic() - t0, 3)
+            finish()
+            if (why := superseded_by(predictor, project_id, version, generation)) is not None:
+                outcome["stopped"] = why
+                break
+            request = [
+                {"task": t["id"], "result": r["result"], "score": r["score"], "model_version": r["model_version"]}
+                for t, r in zip(batch, results, strict=True)
+            ]
+            future = imports.submit(client.projects.import_predictions, id=project_id, request=request)
+            pending = (future, {"batch": number, "tasks": len(batch), "predict_s": predict_s, "sent": time.monotonic()})
+        finish()
     if outcome["stopped"] is not None:
         log.info("preannotate_superseded", version=version, imported=outcome["imported"], why=outcome["stopped"])
     elif set_model_version:
