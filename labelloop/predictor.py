@@ -119,15 +119,17 @@ class Predictor:
             return self._load(self.base_model, "base")
         return None
 
-    def _remember(self, project_id: int, loaded: _Loaded) -> None:
+    def _remember(self, project_id: int, loaded: _Loaded, report: bool = True) -> None:
         """Keep the last ``WARM_VERSIONS`` loaded versions of a project, so a rollback (or a
-        promotion back) swaps without loading, and report them warm (see ``serve_when_warm``)."""
+        promotion back) swaps without loading, and report them warm (see ``serve_when_warm``)
+        unless ``report`` is False (a process that does not serve ``/predict``)."""
         warm = self._warm.setdefault(project_id, {})
         warm.pop(loaded.version, None)
         warm[loaded.version] = loaded
         while len(warm) > WARM_VERSIONS:
             warm.pop(next(iter(warm)))
-        self._report(project_id)
+        if report:
+            self._report(project_id)
 
     def _report(self, project_id: int) -> None:
         """Tell promoters that this process serves the project and which versions it holds."""
@@ -211,7 +213,8 @@ class Predictor:
 
     def model_at(self, project_id: int, version: str) -> _Loaded | None:
         """The project's ``version`` itself, warm or loaded now (in the caller's thread), for work
-        that must carry that version (pre-annotation); None when it cannot be loaded.
+        that must carry that version (pre-annotation); None when it cannot be loaded. The process
+        is not reported as serving the project: promotions do not wait for it to warm up.
 
         Raises:
             VersionNotFoundError: no such version in the registry.
@@ -221,7 +224,7 @@ class Predictor:
             return cached
         loaded = self._load_version(project_id, version)
         if loaded is not None:
-            self._remember(project_id, loaded)
+            self._remember(project_id, loaded, report=False)
             log.info("model_loaded", project_id=project_id, version=loaded.version, served=False)
         return loaded
 

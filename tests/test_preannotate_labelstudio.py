@@ -55,7 +55,8 @@ def test_a_promotion_supersedes_a_running_preannotation(
 ) -> None:
     """A pre-annotation runs on the preannotate worker in batches of 2 while /predict is answered by
     the predict worker; promoting v2 mid-run stops v1's batches (none after its superseded event,
-    no v1 prediction imported after it) and v2's run then predicts every task into Label Studio."""
+    no v1 prediction imported after it) without waiting for the preannotate worker to warm v2, and
+    v2's run then predicts every task into Label Studio."""
     ls_url, token = label_studio
     base_url, _ = image_server
     client = labelstudio.client(ls_url, token)
@@ -112,7 +113,9 @@ def test_a_promotion_supersedes_a_running_preannotation(
         assert running is not None and running["version"] == "v1" and running["done"] < running["total"] == TASKS
         # What Jobs.train does after a promotion: serve the new version, then pre-annotate with it.
         promoted_at = time.time()
-        serve_when_warm(r, registry, project_id, "v2", reason="promoted")
+        # Every process serving /predict warms v2 first; the preannotate worker is not one of them
+        # (it would never report warm, and each promotion would wait for it until the timeout).
+        assert serve_when_warm(r, registry, project_id, "v2", reason="promoted", timeout_s=60)
         app.send_task(TASK_PREANNOTATE, args=[project_id, "v2"])
 
         def v2_finished() -> bool:
