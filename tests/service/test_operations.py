@@ -153,3 +153,24 @@ def test_a_refused_token_names_the_setting(label_studio: tuple[str, str], tmp_pa
     build = _cli(env, "dataset", "build", "1", str(tmp_path / "ds"))
     assert build.returncode == 1 and "Traceback" not in build.stderr, build.stderr
     assert "refuses the token" in build.stderr and "check LABEL_STUDIO_API_KEY" in build.stderr
+
+
+def test_status_shows_the_preannotate_queue_and_a_running_preannotation(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`labelloop status` lists the preannotate queue's depth and a running pre-annotation's
+    version and done/total tasks, as the preannotate worker records them."""
+    from labelloop.progress import ProgressStore
+    from labelloop.registry import Registry
+    from service.ops import status
+
+    client = redis.Redis.from_url(redis_url)
+    client.rpush("preannotate", "queued message")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    Registry(tmp_path / "models").publish(4, weights, {"classes": ["a"]})
+    ProgressStore(client).set_preannotation(4, {"project_id": 4, "version": "v1", "done": 32, "total": 120})
+    assert status(Settings(redis_url=redis_url, models_dir=tmp_path / "models")) == 0
+    out = capsys.readouterr().out
+    assert "preannotate 1" in out
+    assert "project 4: pre-annotating with v1: 32/120 tasks" in out
