@@ -336,7 +336,7 @@ class Predictor:
             [str(image.path) for _, image in ok],
             imgsz=imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ,
             conf=self.conf,
-            batch=len(ok),  # Ultralytics' predict default is batch 1: one image per forward pass
+            batch=len(ok),  # a list is already one batch (LoadPilAndNumpy); explicit for any source
             verbose=False,
             device=loaded.model.device,
         )
