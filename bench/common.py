@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import statistics
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
+import redis
+
+from labelloop import keys
 from labelloop.dataset import build_dataset, local_images
 from labelloop.labels import parse_detection_config
 from labelloop.stack import Stack
@@ -96,3 +103,50 @@ def predict_stack(work: Path, models: Path, imgsz: int) -> Stack:
             "LABELLOOP_MEDIA_ALLOW_HOSTS": "127.0.0.1",  # images served on loopback
         },
     )
+
+
+def warm_predict(url: str, body: dict[str, Any], redis_url: str, project_id: int, processes: int) -> int:
+    """Call ``/predict`` from ``processes`` threads until every predict process has loaded the
+    served model (each reports itself in the project's ``servers`` set once it has), then one
+    more round per thread, so a measured phase holds no process's cold first load.
+
+    Returns:
+        the number of warm-up requests; raises TimeoutError after 300 s.
+    """
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 300
+    sent = 0
+    lock = threading.Lock()
+
+    def call(http: httpx.Client) -> None:
+        nonlocal sent
+        http.post(f"{url}/predict", json=body).raise_for_status()
+        with lock:
+            sent += 1
+
+    def round_() -> None:
+        with httpx.Client(timeout=120) as http:
+            threads = [threading.Thread(target=call, args=(http,)) for _ in range(processes)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+    while client.scard(keys.servers(project_id)) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {client.scard(keys.servers(project_id))} of {processes} processes warmed up")
+        round_()
+    round_()
+    return sent
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON log events in a process's log file, in order."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out

@@ -271,10 +271,11 @@ class Loop:
 
     def predict_busy(self) -> bool:
         from labelloop.progress import ProgressStore
-        from workers.celery_app import QUEUE_PREDICT
+        from workers.celery_app import QUEUE_PREANNOTATE
 
         return (
-            bool(self.redis.llen(QUEUE_PREDICT)) or ProgressStore(self.redis).preannotation(self.project_id) is not None
+            bool(self.redis.llen(QUEUE_PREANNOTATE))
+            or ProgressStore(self.redis).preannotation(self.project_id) is not None
         )
 
     def wait_version(self, total: int, seen: set[str], t_saved: float, timeout_s: float, rnd: Round) -> None:
@@ -431,9 +432,9 @@ def start_stack(
         say(f"Label Studio {LABEL_STUDIO_VERSION} on {ls_url} ({time.perf_counter() - t0:.0f} s)")
     stack.env.update(LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=token, LABEL_STUDIO_MEDIA_DIR=str(ls_dir / "media"))
     backend = stack.start_receiver(free_port())
-    for queue in ("events", "train", "predict"):
+    for queue in ("events", "train", "predict", "preannotate"):
         stack.start_worker(queue)
-    say(f"labelloop receiver on {backend}, workers events/train/predict")
+    say(f"labelloop receiver on {backend}, workers events/train/predict/preannotate")
     return stack, ls_url, token, backend
 
 

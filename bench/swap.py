@@ -4,8 +4,10 @@
 
 Real receiver, Redis and one predict worker with two processes. Clients call ``/predict``
 without pause through three phases: steady state, promote/rollback every 2 s, steady state.
-Swap latency is measured from the promote/rollback call until the last response carrying the
-old version. Targets: swap <= 1 s, p99 during swaps <= 2x steady state, 0 errors.
+Both processes have served v1 before the steady phase starts (warm-up until each reported the
+model loaded), so the steady phase compares serving with serving. Swap latency is measured from
+the promote/rollback call until the last response carrying the old version. Targets: swap
+<= 1 s, p99 during swaps <= 2x steady state, 0 errors.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import SPEC, percentiles, predict_stack, serve_dir, small_model, write_images
+from bench.common import SPEC, percentiles, predict_stack, serve_dir, small_model, warm_predict, write_images
 from labelloop.registry import Registry
 from labelloop.stack import free_port
 from labelloop.synthetic import LABEL_CONFIG
@@ -49,6 +51,7 @@ def main() -> int:
     answers: list[tuple[float, float, int, str]] = []
     swaps: list[tuple[float, float, str]] = []
     marks: dict[str, float] = {}
+    warmup = 0
     try:
         with serve_dir(work / "images") as base:
             stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port())
@@ -59,9 +62,8 @@ def main() -> int:
                 "project": f"{PROJECT}.1",
                 "label_config": LABEL_CONFIG,
             }
-            with httpx.Client(timeout=60) as http:
-                for _ in range(8):
-                    http.post(f"{url}/predict", json=body).raise_for_status()
+            # Both processes load v1 before the steady phase: it then measures serving, not a first load.
+            warmup = warm_predict(url, body, stack.env["LABELLOOP_REDIS_URL"], PROJECT, processes=2)
             stop = threading.Event()
 
             def client() -> None:
@@ -107,7 +109,7 @@ def main() -> int:
     errors = sum(1 for *_, status, _ in answers if status != 200)
     print(
         f"\nhot-swap: {args.swaps} promote/rollback swaps, {args.clients} clients, 2 predict processes, "
-        f"imgsz {args.imgsz}, CPU"
+        f"imgsz {args.imgsz}, CPU; warm-up {warmup} requests until both processes served v1"
     )
     print(
         f"swap latency (call -> last old-version answer): max {max(latencies):.3f} s, "

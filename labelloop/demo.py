@@ -236,7 +236,7 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.env["LABEL_STUDIO_API_KEY"] = token
 
         backend = stack.start_receiver(args.port)
-        for queue in ("events", "train", "predict"):
+        for queue in ("events", "train", "predict", "preannotate"):
             stack.start_worker(queue)
         flower = stack.start_flower(free_port())
         say(f"receiver on {backend}, Flower on {flower}")

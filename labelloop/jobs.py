@@ -28,11 +28,11 @@ from labelloop.errors import LabelloopError
 from labelloop.export import export_tasks
 from labelloop.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
 from labelloop.media import MediaConfig
-from labelloop.names import QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_TRAIN
+from labelloop.names import QUEUE_PREANNOTATE, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_TRAIN
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
 from labelloop.pipeline import run_training, yolo_config_dir
-from labelloop.preannotate import preannotate_project
+from labelloop.preannotate import Generation, preannotate_project
 from labelloop.predictor import Predictor
 from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
@@ -235,7 +235,7 @@ class Jobs:
             status = record.status
             outcome.update(status=status, version=version.name, metrics=record.metrics)
             if status == "promoted" and load_params(s.models_dir, project_id).effective(s)["preannotate"]:
-                self.send(TASK_PREANNOTATE, [project_id, version.name], QUEUE_PREDICT)
+                self.send(TASK_PREANNOTATE, [project_id, version.name], QUEUE_PREANNOTATE)
         except LabelloopError as exc:
             log.error("training_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
             outcome.update(status="failed", error=str(exc)[:2000])
@@ -255,10 +255,20 @@ class Jobs:
     # -- prediction -------------------------------------------------------------------------------
 
     def preannotate(self, project_id: int, version: str, report: Report) -> dict[str, Any]:
-        """Predict every unlabeled task of a project with a newly promoted version into Label Studio;
-        ``report`` gets ``{"project_id", "version", "done", "total"}`` after each batch."""
+        """Predict every unlabeled task of a project with a newly promoted version into Label Studio,
+        in batches of ``LABELLOOP_PREANNOTATE_BATCH``; ``report`` gets ``{"project_id", "version",
+        "done", "total"}`` after each batch (also kept in ``ProgressStore.preannotation``).
+
+        The run claims the project's newest generation first, so it supersedes any older run, and
+        stops between batches once another version is served or a newer run starts (see
+        ``labelloop.preannotate``).
+
+        Returns:
+            ``preannotate_project``'s outcome.
+        """
         s = self.settings
         progress = ProgressStore(self.redis)
+        generation = Generation.claim(self.redis, project_id)
 
         def on_progress(done: int, total: int) -> None:
             meta = {"project_id": project_id, "version": version, "done": done, "total": total}
@@ -280,9 +290,10 @@ class Jobs:
                     s.api_key,
                     s.set_project_model_version,
                     on_progress,
+                    generation,
                 )
         finally:
-            progress.set_preannotation(project_id, None)
+            progress.clear_preannotation(project_id, version)
 
     def informative_tab(self, client: Any, project_id: int) -> None:
         """Keep the project's Data Manager tab "labelloop: most informative first" (``labelloop.tabs``);

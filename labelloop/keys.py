@@ -5,7 +5,8 @@ Per project (``labelloop:project:<id>:...``): ``changes`` (stream) and ``changes
 counter, ``labelloop.changes``), ``seen`` (the ledger's hash) and ``deleted`` (its tombstones,
 ``labelloop.ledger``), ``reconcile`` (the reconciliation lock, ``labelloop.jobs``),
 ``trigger`` (hash) and ``training`` (the lock, ``labelloop.trigger``), ``progress`` and
-``preannotate`` (``labelloop.progress``), ``current``, ``servers`` and ``warm:<version>``
+``preannotate`` (``labelloop.progress``), ``preannotate:generation`` (``labelloop.preannotate``),
+``current``, ``servers`` and ``warm:<version>``
 (``labelloop.notify``). Global: ``labelloop:projects`` (known projects), ``labelloop:events``
 (the event stream), ``labelloop:predict:alive:<host>:<pid>`` (a predict process's heartbeat, a
 key with a TTL, ``labelloop.predictor``), ``labelloop:delivery:<sha1>`` (deduplication),
@@ -64,6 +65,11 @@ def progress(project_id: int) -> str:
 
 def preannotation(project_id: int) -> str:
     return project(project_id, "preannotate")
+
+
+def preannotation_generation(project_id: int) -> str:
+    """Counter of the project's pre-annotation runs: a run goes on only while it holds the newest."""
+    return project(project_id, "preannotate:generation")
 
 
 def current(project_id: int) -> str:

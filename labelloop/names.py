@@ -2,7 +2,9 @@
 messages already queued (never rename one).
 
 Queues: ``events`` (webhook events -> trigger policy), ``train`` (one training at a time per
-worker), ``predict`` (inference with models kept loaded). Tasks are routed by name, so the
+worker), ``predict`` (``/predict``'s inference with models kept loaded), ``preannotate`` (whole-project
+pre-annotation after a promotion, on its own workers so that it never queues ahead of
+``/predict``). Tasks are routed by name, so the
 receiver sends them without importing any task code. ``/predict`` sends ``TASK_PREDICT`` with an
 expiry equal to its timeout (``LABELLOOP_PREDICT_TIMEOUT_S``): a worker that takes it later, when
 nobody waits for the answer any more, discards it.
@@ -19,11 +21,12 @@ TASK_PREANNOTATE = "labelloop.preannotate"
 QUEUE_EVENTS = "events"
 QUEUE_TRAIN = "train"
 QUEUE_PREDICT = "predict"
+QUEUE_PREANNOTATE = "preannotate"
 
 ROUTES = {
     TASK_HANDLE_EVENT: {"queue": QUEUE_EVENTS},
     TASK_TRAIN: {"queue": QUEUE_TRAIN},
     TASK_PREDICT: {"queue": QUEUE_PREDICT},
     TASK_RECONCILE: {"queue": QUEUE_EVENTS},
-    TASK_PREANNOTATE: {"queue": QUEUE_PREDICT},
+    TASK_PREANNOTATE: {"queue": QUEUE_PREANNOTATE},
 }

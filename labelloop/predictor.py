@@ -146,15 +146,17 @@ class Predictor:
             return self._load(self.base_model, "base")
         return None
 
-    def _remember(self, project_id: int, loaded: _Loaded) -> None:
+    def _remember(self, project_id: int, loaded: _Loaded, report: bool = True) -> None:
         """Keep the last ``WARM_VERSIONS`` loaded versions of a project, so a rollback (or a
-        promotion back) swaps without loading, and report them warm (see ``serve_when_warm``)."""
+        promotion back) swaps without loading, and report them warm (see ``serve_when_warm``)
+        unless ``report`` is False (a process that does not serve ``/predict``)."""
         warm = self._warm.setdefault(project_id, {})
         warm.pop(loaded.version, None)
         warm[loaded.version] = loaded
         while len(warm) > WARM_VERSIONS:
             warm.pop(next(iter(warm)))
-        self._report(project_id)
+        if report:
+            self._report(project_id)
 
     def _report(self, project_id: int) -> None:
         """Tell promoters that this process serves the project and which versions it holds."""
@@ -289,6 +291,26 @@ class Predictor:
         with self._lock:
             return {p: list(self._warm.get(p, {})) for p in self._models}
 
+    def model_at(self, project_id: int, version: str) -> _Loaded | None:
+        """The project's ``version`` itself, warm or loaded now (in the caller's thread), for work
+        that must carry that version (pre-annotation); None when it cannot be loaded. The process
+        is not reported as serving the project: promotions do not wait for it to warm up.
+
+        Raises:
+            VersionNotFoundError: no such version in the registry.
+        """
+        cached = self._warm.get(project_id, {}).get(version)
+        if cached is not None:
+            return cached
+        loaded = self._load_version(project_id, version)
+        if loaded is not None:
+            with self._lock:  # bounded: other projects' pre-annotation models (never served here) go
+                for other in [p for p in self._warm if p != project_id and p not in self._models]:
+                    del self._warm[other]
+            self._remember(project_id, loaded, report=False)
+            log.info("model_loaded", project_id=project_id, version=loaded.version, served=False)
+        return loaded
+
     def notice(self, project_id: int, warm: str | None = None) -> None:
         """A version change was announced: if this process serves the project, warm up the
         version named by a ``"warm"`` message, or swap to the registry's current one."""
@@ -406,8 +428,10 @@ class Predictor:
         api_key: str | None,
         imgsz: int | None = None,
         score_strategy: Strategy | None = None,
+        version: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Predict regions for tasks with the served version, one result item per task, in order.
+        """Predict regions for tasks with the served version (or ``version``), one result item per
+        task, in order; the images go to Ultralytics as one batch (``model.predict(list, batch=n)``).
 
         Args:
             spec: what the label config trains (``labelloop.params.train_spec``); the regions
@@ -416,6 +440,7 @@ class Predictor:
                 rectangles + keypoints, classify -> choices), for ``spec``'s control tags.
             tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sends them.
             score_strategy: the informativeness strategy of ``score`` (default: the predictor's).
+            version: predict with this version (``model_at``) instead of the served one.
 
         Returns:
             ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions in
@@ -428,7 +453,7 @@ class Predictor:
         """
         strategy = score_strategy or self.score_strategy
         unknown = prediction_score(NO_DETECTION)
-        loaded = self.model_for(project_id)
+        loaded = self.model_for(project_id) if version is None else self.model_at(project_id, version)
         if loaded is None:
             return [{"result": [], "score": unknown, "model_version": UNTRAINED} for _ in tasks]
         out: list[dict[str, Any]] = [{"result": [], "score": unknown, "model_version": loaded.version} for _ in tasks]
@@ -460,6 +485,7 @@ class Predictor:
             [str(image.path) for _, image in ok],
             imgsz=imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ,
             conf=self.conf,
+            batch=len(ok),  # a list is already one batch (LoadPilAndNumpy); explicit for any source
             verbose=False,
             device=loaded.model.device,
             **({"predictor": class_scores_predictor()} if loaded.model.task == "detect" else {}),

@@ -2,7 +2,9 @@
 
 Keys: ``labelloop:project:<id>:progress`` (JSON: run_id, stage, epoch, epochs, metrics,
 started_at, updated_at; expires a day after its last update) and
-``labelloop:project:<id>:cancel`` (the run id to cancel).
+``labelloop:project:<id>:cancel`` (the run id to cancel), and
+``labelloop:project:<id>:preannotate`` (JSON: project_id, version, done, total of the running
+pre-annotation).
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class ProgressStore:
             self.redis.delete(key)
         else:
             self.redis.set(key, json.dumps(meta), ex=TTL_S)
+
+    def clear_preannotation(self, project_id: int, version: str) -> None:
+        """Clear the pre-annotation record if it is ``version``'s (a newer run's record stays)."""
+        if (self.preannotation(project_id) or {}).get("version") == version:
+            self.redis.delete(self._key(project_id, "preannotate"))
 
     def preannotation(self, project_id: int) -> dict[str, Any] | None:
         raw = self.redis.get(self._key(project_id, "preannotate"))

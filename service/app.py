@@ -44,7 +44,7 @@ from starlette.routing import Route
 
 from labelloop import keys
 from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, RegistryError, UnavailableError
-from labelloop.names import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT
+from labelloop.names import QUEUE_EVENTS, QUEUE_PREANNOTATE, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT
 from labelloop.notify import serve_when_warm
 from labelloop.params import load as load_params
 from labelloop.params import parse_extra_params, train_spec
@@ -63,7 +63,7 @@ from workers.celery_app import create_celery
 
 log = structlog.get_logger("service.app")
 
-QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT)
+QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT, QUEUE_PREANNOTATE)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """``labelloop``: the command line of the receiver, the workers, Flower and the demo.
 
 labelloop serve     the receiver (uvicorn, factory service.app:create_app_from_env)
-labelloop worker    a Celery worker for one or more queues (events, train, predict)
+labelloop worker    a Celery worker for one or more queues (events, train, predict, preannotate)
 labelloop flower    Flower, the Celery monitor
 labelloop demo      the whole stack, with a local Label Studio and a demo project
 
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker")
-    p.add_argument("--queues", "-Q", default="events,train,predict", help="comma-separated queues")
+    p.add_argument("--queues", "-Q", default="events,train,predict,preannotate", help="comma-separated queues")
     p.add_argument("--concurrency", "-c", type=int, default=1)
     p.add_argument("--pool", default=None, help="Celery pool (prefork, solo, threads)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")

@@ -25,7 +25,7 @@ from labelloop import keys
 from labelloop.curve import text_learning_curve
 from labelloop.errors import LabelloopError, UnavailableError
 from labelloop.ledger import Ledger
-from labelloop.names import QUEUE_EVENTS, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT
+from labelloop.names import QUEUE_EVENTS, QUEUE_PREANNOTATE, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT
 from labelloop.notify import serve_when_warm
 from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
@@ -34,7 +34,7 @@ from service.auth import any_configured, basic_configured, placeholder_credentia
 from service.page import project_view
 from workers.celery_app import create_celery
 
-QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT)
+QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT, QUEUE_PREANNOTATE)
 
 # The values the shipped examples (deploy/k8s/config.yaml) hold; no process starts with one.
 

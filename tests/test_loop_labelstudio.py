@@ -1,7 +1,8 @@
 """The active-learning loop end to end against a real Label Studio server.
 
 Real Label Studio 1.23 (its own virtual environment, SQLite), real Redis, the receiver under
-uvicorn and three real Celery workers (events, train, predict), real ultralytics training.
+uvicorn and four real Celery workers (events, train, predict,
+preannotate), real ultralytics training.
 The tests share one project (and one Label Studio and stack, for speed) but each sets up what
 it needs (``trained``: the project with at least one version) and counts versions from what it
 finds, so each passes alone (``-k``) as well as in file order.
@@ -66,7 +67,7 @@ class Loop:
         self.stack.env["LABELLOOP_REDIS_URL"] = self.stack.start_redis(self.redis_port, redis_dir)
         assert self.redis().dbsize() == 0
         self.receiver_url = self.stack.start_receiver(self.receiver_port)
-        for queue in ("events", "train", "predict"):
+        for queue in ("events", "train", "predict", "preannotate"):
             self.stack.start_worker(queue)
         self.flower_url = self.stack.start_flower(free_port())
 

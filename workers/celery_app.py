@@ -9,6 +9,7 @@ from celery import Celery
 
 from labelloop.names import (
     QUEUE_EVENTS,
+    QUEUE_PREANNOTATE,
     QUEUE_PREDICT,
     QUEUE_TRAIN,
     ROUTES,
@@ -22,6 +23,7 @@ from labelloop.settings import Settings
 
 __all__ = [
     "QUEUE_EVENTS",
+    "QUEUE_PREANNOTATE",
     "QUEUE_PREDICT",
     "QUEUE_TRAIN",
     "TASK_HANDLE_EVENT",

@@ -83,7 +83,8 @@ def train(self: Task, project_id: int, run_id: str) -> dict[str, Any]:
 
 @bound_task(name=TASK_PREANNOTATE, **_RETRY)
 def preannotate(self: Task, project_id: int, version: str) -> dict[str, Any]:
-    """Predict every unlabeled task of a project with a newly promoted version into Label Studio."""
+    """Predict every unlabeled task of a project with a newly promoted version into Label Studio
+    (queue ``preannotate``); progress ``{"done", "total"}`` shows as Celery state PROGRESS (Flower)."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, version=version, task_id=self.request.id):
         return jobs(self.app).preannotate(
             project_id, version, lambda meta: self.update_state(state="PROGRESS", meta=meta)

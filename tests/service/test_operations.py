@@ -88,7 +88,7 @@ def test_procfile_processes_start_and_answer(redis_url: str, tmp_path: Path) -> 
         def workers() -> set[str]:
             return {name.split("@")[0] for reply in app.control.ping(timeout=1.0) or [] for name in reply}
 
-        wait_until(lambda: workers() == {"events", "train", "predict"}, 60, "three workers")
+        wait_until(lambda: workers() == {"events", "train", "predict", "preannotate"}, 60, "four workers")
         app.send_task(
             TASK_HANDLE_EVENT, args=[3, "ANNOTATION_CREATED", [[1, "2026-01-01T00:00:00Z"]]], queue=QUEUE_EVENTS
         )
@@ -154,3 +154,24 @@ def test_a_refused_token_names_the_setting(label_studio: tuple[str, str], tmp_pa
     build = _cli(env, "dataset", "build", "1", str(tmp_path / "ds"))
     assert build.returncode == 1 and "Traceback" not in build.stderr, build.stderr
     assert "refuses the token" in build.stderr and "check LABEL_STUDIO_API_KEY" in build.stderr
+
+
+def test_status_shows_the_preannotate_queue_and_a_running_preannotation(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`labelloop status` lists the preannotate queue's depth and a running pre-annotation's
+    version and done/total tasks, as the preannotate worker records them."""
+    from labelloop.progress import ProgressStore
+    from labelloop.registry import Registry
+    from service.ops import status
+
+    client = redis.Redis.from_url(redis_url)
+    client.rpush("preannotate", "queued message")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    Registry(tmp_path / "models").publish(4, weights, {"classes": ["a"]})
+    ProgressStore(client).set_preannotation(4, {"project_id": 4, "version": "v1", "done": 32, "total": 120})
+    assert status(Settings(redis_url=redis_url, models_dir=tmp_path / "models")) == 0
+    out = capsys.readouterr().out
+    assert "preannotate 1" in out
+    assert "project 4: pre-annotating with v1: 32/120 tasks" in out

@@ -1,0 +1,87 @@
+"""Pre-annotation's superseding rules (real Redis, a real registry) and its batched inference (a
+real trained model, Ultralytics' own batch callback)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from labelloop.labels import parse_detection_config
+from labelloop.media import MediaConfig
+from labelloop.preannotate import Generation, superseded_by
+from labelloop.predictor import Predictor
+from labelloop.registry import Registry
+from labelloop.synthetic import LABEL_CONFIG
+
+PROJECT = 5
+
+
+def _registry(tmp_path: Path, weights: Path | None = None, versions: int = 2) -> Registry:
+    registry = Registry(tmp_path / "models")
+    for i in range(versions):
+        path = tmp_path / f"w{i}.pt"
+        if weights is not None:
+            shutil.copyfile(weights, path)
+        else:
+            path.write_bytes(b"weights")
+        registry.publish(PROJECT, path, {"classes": ["square", "disc"]})
+    registry.set_current(PROJECT, "v1")
+    return registry
+
+
+def _predictor(registry: Registry, tmp_path: Path) -> Predictor:
+    media = MediaConfig(label_studio_url=None, api_key=None, allow_hosts=("127.0.0.1",))
+    return Predictor(registry, "yolov8n.yaml", tmp_path / "yolo", tmp_path / "cache", 160, 0.01, media=media)
+
+
+def test_a_newer_run_supersedes_an_older_one(redis_url: str, tmp_path: Path) -> None:
+    """A run holds the project while no newer run has claimed it and its version is still served;
+    a second claim or a promotion of another version makes it stop, each with its reason."""
+    client = redis.Redis.from_url(redis_url)
+    predictor = _predictor(_registry(tmp_path), tmp_path)
+    first = Generation.claim(client, PROJECT)
+    assert superseded_by(predictor, PROJECT, "v1", first) is None
+    second = Generation.claim(client, PROJECT)
+    assert superseded_by(predictor, PROJECT, "v1", first) == "newer_run"
+    assert superseded_by(predictor, PROJECT, "v1", second) is None
+    predictor.registry.set_current(PROJECT, "v2")
+    assert superseded_by(predictor, PROJECT, "v1", second) == "version"
+    assert Generation.claim(client, PROJECT + 1).newest(), "projects have their own generations"
+
+
+def test_without_redis_only_the_registry_supersedes(tmp_path: Path) -> None:
+    """With Redis unreachable a run still goes on (the generation is unknown), and still stops when
+    the registry serves another version."""
+    client = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    predictor = _predictor(_registry(tmp_path), tmp_path)
+    generation = Generation.claim(client, PROJECT)
+    assert generation.number is None and superseded_by(predictor, PROJECT, "v1", generation) is None
+    predictor.registry.set_current(PROJECT, "v2")
+    assert superseded_by(predictor, PROJECT, "v1", generation) == "version"
+
+
+def test_a_batch_of_tasks_is_one_ultralytics_batch(
+    trained: dict, image_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Predicting 6 tasks with a given version sends the 6 images to Ultralytics as one batch of 6
+    (counted by Ultralytics' on_predict_batch_end callback), not 6 batches of one; the results
+    carry that version although the registry serves another one."""
+    base_url, _ = image_server
+    registry = _registry(tmp_path, Path(trained["result"]["best"]))
+    registry.set_current(PROJECT, "v2")
+    predictor = _predictor(registry, tmp_path)
+    loaded = predictor.model_at(PROJECT, "v1")
+    assert loaded is not None and loaded.version == "v1"
+    batches: list[int] = []
+
+    def count(ultralytics_predictor: Any) -> None:
+        batches.append(len(ultralytics_predictor.batch[0]))
+
+    loaded.model.add_callback("on_predict_batch_end", count)
+    tasks = [{"id": i, "data": {"image": f"{base_url}/img{i}.png"}} for i in range(6)]
+    results = predictor.predict(PROJECT, parse_detection_config(LABEL_CONFIG), tasks, None, None, version="v1")
+    assert [r["model_version"] for r in results] == ["v1"] * 6
+    assert batches == [6]

@@ -1,0 +1,156 @@
+"""Pre-annotation end to end: a real Label Studio, real Redis, the receiver and real Celery workers
+(``predict`` and ``preannotate`` apart), a promotion in the middle of a run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from labelloop import labelstudio
+from labelloop.names import QUEUE_PREANNOTATE, TASK_PREANNOTATE
+from labelloop.notify import serve_when_warm
+from labelloop.progress import ProgressStore
+from labelloop.registry import Registry
+from labelloop.settings import Settings
+from labelloop.stack import Stack, free_port, wait_until
+from labelloop.synthetic import LABEL_CONFIG
+from workers.celery_app import create_celery
+
+TASKS = 120
+BATCH = 2
+
+
+def events(stack: Stack, name: str) -> list[dict[str, Any]]:
+    """The JSON log events a process wrote, in order."""
+    out = []
+    for line in stack.log_tail(name, 10_000_000).splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def stored_versions(client: Any, project_id: int) -> dict[int, list[str]]:
+    """Model versions of the predictions Label Studio stores, per task id."""
+    out: dict[int, list[str]] = {}
+    for task in client.tasks.list(project=project_id, fields="all"):
+        # label-studio-sdk gives each prediction as a model object (LseTaskPredictionsItem).
+        out[int(task.id)] = [str(getattr(p, "model_version", None)) for p in task.predictions or []]
+    return out
+
+
+@pytest.mark.labelstudio
+def test_a_promotion_supersedes_a_running_preannotation(
+    label_studio: tuple[str, str], trained: dict, image_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A pre-annotation runs on the preannotate worker in batches of 2 while /predict is answered by
+    the predict worker; promoting v2 mid-run stops v1's batches (none after its superseded event,
+    no v1 prediction imported after it) without waiting for the preannotate worker to warm v2, and
+    v2's run then predicts every task into Label Studio."""
+    ls_url, token = label_studio
+    base_url, _ = image_server
+    client = labelstudio.client(ls_url, token)
+    project_id = int(client.projects.create(title="labelloop preannotate", label_config=LABEL_CONFIG).id)
+    client.projects.import_tasks(
+        id=project_id, request=[{"data": {"image": f"{base_url}/img{i % 12}.png"}} for i in range(TASKS)]
+    )
+    models = tmp_path / "models"
+    registry = Registry(models)
+    for name in ("a.pt", "b.pt"):
+        shutil.copyfile(trained["result"]["best"], tmp_path / name)
+        registry.publish(project_id, tmp_path / name, {"classes": ["square", "disc"]})
+    registry.set_current(project_id, "v1")
+    stack = Stack(
+        tmp_path,
+        {
+            "LABELLOOP_MODELS_DIR": str(models),
+            "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
+            "LABELLOOP_IMGSZ": "160",
+            "LABELLOOP_MEDIA_ALLOW_HOSTS": "127.0.0.1",
+            "LABELLOOP_PREANNOTATE_BATCH": str(BATCH),
+            "LABEL_STUDIO_URL": ls_url,
+            "LABEL_STUDIO_API_KEY": token,
+            "LABELLOOP_LOG_JSON": "true",
+        },
+    )
+    try:
+        redis_url = stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port())
+        url = stack.start_receiver(free_port())
+        stack.start_worker("predict")
+        stack.start_worker(QUEUE_PREANNOTATE)
+        body = {
+            "tasks": [{"id": 1, "data": {"image": f"{base_url}/img1.png"}}],
+            "project": f"{project_id}.1",
+            "label_config": LABEL_CONFIG,
+        }
+        assert httpx.post(f"{url}/predict", json=body, timeout=120).status_code == 200  # v1 loaded there
+        app = create_celery(Settings(redis_url=redis_url))
+        app.send_task(TASK_PREANNOTATE, args=[project_id, "v1"])  # routed by name to its queue
+        r = redis.Redis.from_url(redis_url)
+
+        def v1_batches() -> int:
+            return sum(
+                1
+                for e in events(stack, "worker-preannotate")
+                if e.get("event") == "preannotate_batch" and e.get("version") == "v1"
+            )
+
+        wait_until(lambda: v1_batches() >= 1, 180, "v1's first batch")
+        # /predict is answered by the predict worker while the pre-annotation is still running.
+        resp = httpx.post(f"{url}/predict", json=body, timeout=120)
+        assert resp.status_code == 200 and resp.json()["results"][0]["model_version"] == "v1"
+        running = ProgressStore(r).preannotation(project_id)
+        assert running is not None and running["version"] == "v1" and running["done"] < running["total"] == TASKS
+        # What Jobs.train does after a promotion: serve the new version, then pre-annotate with it.
+        promoted_at = time.time()
+        # Every process serving /predict warms v2 first; the preannotate worker is not one of them
+        # (it would never report warm, and each promotion would wait for it until the timeout).
+        assert serve_when_warm(r, registry, project_id, "v2", reason="promoted", timeout_s=60)
+        app.send_task(TASK_PREANNOTATE, args=[project_id, "v2"])
+
+        def v2_finished() -> bool:
+            return any(
+                e.get("event") == "preannotated" and e.get("version") == "v2"
+                for e in events(stack, "worker-preannotate")
+            )
+
+        wait_until(v2_finished, 300, "v2's pre-annotation")
+        assert ProgressStore(r).preannotation(project_id) is None
+    finally:
+        stack.stop_all()
+
+    log = events(stack, "worker-preannotate")
+    v1 = [e for e in log if e.get("version") == "v1" and str(e.get("event", "")).startswith("preannotate")]
+    [stop] = [i for i, e in enumerate(v1) if e["event"] == "preannotate_superseded"]
+    assert v1[stop]["why"] == "version" and 0 < v1[stop]["imported"] < TASKS
+    # started, its batches, superseded, the end: no v1 batch after the superseded event.
+    assert [e["event"] for e in v1] == [
+        "preannotate_started",
+        *["preannotate_batch"] * (stop - 1),
+        "preannotate_superseded",
+        "preannotated",
+    ]
+    v2 = [e for e in log if e.get("version") == "v2" and e.get("event") == "preannotate_batch"]
+    assert len(v2) == TASKS // BATCH and all(e["tasks"] == BATCH for e in v2)
+    [done] = [e for e in log if e.get("event") == "preannotated" and e.get("version") == "v2"]
+    assert done["stopped"] is None and done["imported"] == TASKS
+    # Runs only on the preannotate worker; the predict worker answered /predict alone.
+    predict_log = stack.log_tail("worker-predict", 10_000_000)
+    assert f"Task {TASK_PREANNOTATE}[" not in predict_log and "preannotate_batch" not in predict_log
+    assert f"Task {TASK_PREANNOTATE}[" in stack.log_tail("worker-preannotate", 10_000_000)
+    stored = stored_versions(client, project_id)
+    assert len(stored) == TASKS and all(v.count("v2") == 1 for v in stored.values()), stored
+    assert sum(v.count("v1") for v in stored.values()) == v1[stop]["imported"]
+    # The newer run started soon after the promotion (generous bound for a busy 2-core machine).
+    first_v2 = min(e["timestamp"] for e in log if e.get("version") == "v2" and e.get("event") == "preannotate_batch")
+    assert datetime.fromisoformat(first_v2.replace("Z", "+00:00")).timestamp() - promoted_at < 60
