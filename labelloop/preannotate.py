@@ -121,7 +121,8 @@ def preannotate_project(
     served or a newer run holds the project: no work is spent on, and nothing is imported from,
     an old version after that. Logs ``preannotate_started``, then ``preannotate_batch`` per batch
     (version, batch, tasks, done, total, predict_s, import_s), ``preannotate_superseded`` when
-    stopped and ``preannotated`` at the end.
+    stopped and ``preannotated`` at the end. Long because the supersede checks, the import in
+    flight and the progress reports share one loop's state.
 
     Returns:
         ``{"version", "tasks", "imported", "batches", "stopped"}`` (``stopped``: None when
