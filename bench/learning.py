@@ -396,11 +396,16 @@ class Loop:
 
 
 def start_stack(
-    work: Path, train_time_s: float | None = None, label_studio: tuple[str, str, Path] | None = None
+    work: Path,
+    train_time_s: float | None = None,
+    label_studio: tuple[str, str, Path] | None = None,
+    epochs: int | None = None,
 ) -> tuple[Any, str, str, str]:
-    """Redis, Label Studio, the receiver and the three workers, with labelloop's defaults (and
-    ``LABELLOOP_TRAIN_TIME_S`` when ``train_time_s`` is given). ``label_studio``: ``(url, token,
-    data dir)`` of a Label Studio already running, used instead of starting one."""
+    """Redis, Label Studio, the receiver and the workers, with labelloop's defaults (and
+    ``LABELLOOP_TRAIN_TIME_S`` when ``train_time_s`` is given, ``LABELLOOP_EPOCHS`` with no time
+    budget when ``epochs`` is: the same work per training whatever the machine's load).
+    ``label_studio``: ``(url, token, data dir)`` of a Label Studio already running, used instead
+    of starting one."""
     from labelloop.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
 
     models, cache = work / "models", work / "cache"
@@ -414,6 +419,9 @@ def start_stack(
     if train_time_s is not None:
         stack.env["LABELLOOP_TRAIN_TIME_S"] = str(train_time_s)
         say(f"LABELLOOP_TRAIN_TIME_S={train_time_s:g} (--train-time-s)")
+    if epochs is not None:
+        stack.env.update(LABELLOOP_EPOCHS=str(epochs), LABELLOOP_TRAIN_TIME_S="3000")
+        say(f"LABELLOOP_EPOCHS={epochs} (time budget 3000 s: never the limit) (--epochs)")
     stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port(), work / "redis")
     venv = Path(
         os.environ.get("LABELLOOP_LS_VENV")
@@ -706,6 +714,12 @@ def parse_args() -> argparse.Namespace:
         type=float,
         help="LABELLOOP_TRAIN_TIME_S for the stack (default: labelloop's own budget, 170 s on a CPU)",
     )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="LABELLOOP_EPOCHS with no time budget: every training does the same work whatever the load "
+        "(fair between --order both's two orders on a shared machine)",
+    )
     parser.add_argument("--peer", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -795,7 +809,7 @@ def main() -> int:
         if args.label_studio:
             url, token, data_dir = args.label_studio.split(",", 2)
             external = (url, token, Path(data_dir))
-        stack, ls_url, token, backend = start_stack(work, args.train_time_s, external)
+        stack, ls_url, token, backend = start_stack(work, args.train_time_s, external, args.epochs)
         api = LabelStudioAPI(ls_url, token)
         spec = parse_detection_config(LABEL_CONFIG)
         device = pick_device("")
