@@ -119,3 +119,9 @@ def store(models_dir: Path, project_id: int, params: ProjectParams) -> bool:
         return False
     files.write(project_id, FILE, params.model_dump_json(exclude_none=True))
     return True
+
+
+def preannotates(settings: Settings, project_id: int) -> bool:
+    """Whether a newly served version of the project pre-annotates its unlabeled tasks
+    (``LABELLOOP_PREANNOTATE`` under the project's extra param ``preannotate``)."""
+    return bool(load(settings.models_dir, project_id).effective(settings)["preannotate"])

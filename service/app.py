@@ -44,10 +44,10 @@ from starlette.routing import Route
 
 from labelloop import keys
 from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, RegistryError, UnavailableError
-from labelloop.names import QUEUE_EVENTS, QUEUE_PREANNOTATE, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT
+from labelloop.names import QUEUE_EVENTS, QUEUE_PREANNOTATE, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_PREDICT
 from labelloop.notify import serve_when_warm
 from labelloop.params import load as load_params
-from labelloop.params import parse_extra_params, train_spec
+from labelloop.params import parse_extra_params, preannotates, train_spec
 from labelloop.params import store as store_params
 from labelloop.registry import Registry
 from labelloop.settings import Settings
@@ -415,6 +415,11 @@ def _serve(st: AppState, project_id: int, version: str, reason: str) -> None:
     finally:
         client.close()
     log.info("version_served", project_id=project_id, version=version, reason=reason, workers_warm=warm)
+    if preannotates(st.settings, project_id):
+        try:  # the version is served either way; its pre-annotation supersedes the running one
+            st.celery.send_task(TASK_PREANNOTATE, args=[project_id, version], queue=QUEUE_PREANNOTATE)
+        except Exception as exc:
+            log.warning("preannotate_not_sent", project_id=project_id, version=version, error=str(exc)[:200])
 
 
 async def metrics(request: Request) -> Response:

@@ -25,8 +25,16 @@ from labelloop import keys
 from labelloop.curve import text_learning_curve
 from labelloop.errors import LabelloopError, UnavailableError
 from labelloop.ledger import Ledger
-from labelloop.names import QUEUE_EVENTS, QUEUE_PREANNOTATE, QUEUE_PREDICT, QUEUE_TRAIN, TASK_HANDLE_EVENT
+from labelloop.names import (
+    QUEUE_EVENTS,
+    QUEUE_PREANNOTATE,
+    QUEUE_PREDICT,
+    QUEUE_TRAIN,
+    TASK_HANDLE_EVENT,
+    TASK_PREANNOTATE,
+)
 from labelloop.notify import serve_when_warm
+from labelloop.params import preannotates
 from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
 from labelloop.settings import Settings
@@ -146,6 +154,7 @@ def models_promote(settings: Settings, project_id: int, version: str) -> int:
     registry = Registry(settings.models_dir)
     serve_when_warm(_redis(settings), registry, project_id, version, reason="promoted by operator")
     print(f"project {project_id} now serves {version}")
+    _preannotate(settings, project_id, version)
     return 0
 
 
@@ -154,7 +163,15 @@ def models_rollback(settings: Settings, project_id: int) -> int:
     version = registry.rollback_target(project_id)
     serve_when_warm(_redis(settings), registry, project_id, version, reason="rollback")
     print(f"project {project_id} rolled back to {version}")
+    _preannotate(settings, project_id, version)
     return 0
+
+
+def _preannotate(settings: Settings, project_id: int, version: str) -> None:
+    """Queue the served version's pre-annotation of the project (superseding a running one)."""
+    if preannotates(settings, project_id):
+        create_celery(settings).send_task(TASK_PREANNOTATE, args=[project_id, version], queue=QUEUE_PREANNOTATE)
+        print(f"pre-annotation of project {project_id} with {version} queued")
 
 
 def cancel(settings: Settings, project_id: int) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from labelloop.registry import Registry
 
@@ -20,7 +22,8 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_models_commands(redis_url: str, tmp_path: Path) -> None:
-    """list marks the served version; promote and rollback move it; errors exit 1 with a message."""
+    """list marks the served version; promote and rollback move it and queue its pre-annotation;
+    errors exit 1 with a message."""
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x")
     registry = Registry(tmp_path / "models")
@@ -33,6 +36,12 @@ def test_models_commands(redis_url: str, tmp_path: Path) -> None:
     assert registry.current_name(5) == "v1"
     rolled = _cli(env, "models", "rollback", "5")
     assert rolled.returncode == 0 and "v2" in rolled.stdout
+    # Each served version is pre-annotated on the preannotate queue (kombu pushes on the left).
+    queued = [json.loads(m)["headers"] for m in redis.Redis.from_url(redis_url).lrange("preannotate", 0, -1)]
+    assert [(h["task"], h["argsrepr"]) for h in queued[::-1]] == [
+        ("labelloop.preannotate", repr([5, "v1"])),
+        ("labelloop.preannotate", repr([5, "v2"])),
+    ]
     bad = _cli(env, "models", "promote", "5", "v7")
     assert bad.returncode == 1 and "labelloop: error: project 5 has no version v7" in bad.stderr
 

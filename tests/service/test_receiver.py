@@ -271,7 +271,8 @@ def test_versions_promote_and_rollback_endpoints(
     client: TestClient, settings: Settings, redis_url: str, tmp_path: Path
 ) -> None:
     """GET /versions lists versions for Label Studio; promote and rollback move CURRENT, announce it on
-    pub/sub, and map unknown versions to 404 and impossible rollbacks to 409."""
+    pub/sub, queue the served version's pre-annotation, and map unknown versions to 404 and
+    impossible rollbacks to 409."""
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x")
     registry = Registry(settings.models_dir)
@@ -293,6 +294,12 @@ def test_versions_promote_and_rollback_endpoints(
     # Workers are first told to warm v1 up, then to serve it.
     assert [(m["project_id"], m["version"], m["action"]) for m in messages] == [(7, "v1", "warm"), (7, "v1", "serve")]
     assert client.post("/projects/7/rollback").json() == {"model_version": "v3"}
+    # Each served version pre-annotates the project (on its own queue), superseding the last run.
+    queued = _queued_tasks(redis_url, "preannotate")[::-1]  # kombu pushes on the left: newest first
+    assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in queued] == [
+        ("labelloop.preannotate", repr([7, "v1"])),
+        ("labelloop.preannotate", repr([7, "v3"])),
+    ]
     listed = client.get("/projects/7/versions").json()
     assert listed["current"] == "v3"
     assert [v["status"] for v in listed["versions"]] == ["rolled back", "promoted", "serving"]
