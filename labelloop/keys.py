@@ -3,11 +3,13 @@ and the command line spell them from here).
 
 Per project (``labelloop:project:<id>:...``): ``changes`` (stream) and ``changes:seq`` (its
 counter, ``labelloop.changes``), ``seen`` (the ledger's hash, ``labelloop.ledger``),
-``trigger`` (hash) and ``training`` (the lock, ``labelloop.trigger``), ``progress`` and
+``trigger`` (hash), ``training`` (the lock), ``training:owner`` (the delivery running it),
+``run:<run_id>`` (a run's deliveries) and ``given_up`` (``labelloop.trigger``), ``progress`` and
 ``preannotate`` (``labelloop.progress``), ``current``, ``servers`` and ``warm:<version>``
 (``labelloop.notify``). Global: ``labelloop:projects`` (known projects), ``labelloop:events``
 (the event stream), ``labelloop:delivery:<sha1>`` (deduplication) and the pub/sub channel
-``labelloop:versions``.
+``labelloop:versions``. Kombu's own: ``unacked_index`` (``UNACKED_INDEX``, the Redis transport's
+sorted set of unacknowledged deliveries scored by delivery time).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ PROJECTS = "labelloop:projects"
 EVENTS = "labelloop:events"
 VERSIONS_CHANNEL = "labelloop:versions"
 DELIVERY_PREFIX = "labelloop:delivery:"
+# kombu.transport.redis.Channel.unacked_index_key (no global_keyprefix): a running training keeps
+# its own entry's score fresh, so only a dead worker's delivery ages past the visibility timeout.
+UNACKED_INDEX = "unacked_index"
 
 
 def project(project_id: int, what: str) -> str:
@@ -41,6 +46,19 @@ def trigger(project_id: int) -> str:
 
 def training_lock(project_id: int) -> str:
     return project(project_id, "training")
+
+
+def training_owner(project_id: int) -> str:
+    return project(project_id, "training:owner")
+
+
+def run(project_id: int, run_id: str) -> str:
+    """A training run's record (hash: ``started``, deliveries that began; ``finished``)."""
+    return project(project_id, f"run:{run_id}")
+
+
+def given_up(project_id: int) -> str:
+    return project(project_id, "given_up")
 
 
 def progress(project_id: int) -> str:

@@ -21,6 +21,7 @@ from labelloop.base_models import BaseModel, family_yaml
 from labelloop.base_models import resolve as resolve_base_model
 from labelloop.changes import ChangeLog
 from labelloop.dataset import BuildResult, build_project_dataset
+from labelloop.errors import TrainingError
 from labelloop.labels import TrainSpec
 from labelloop.ledger import annotations_in_export
 from labelloop.manifest import Incumbent, Manifest, Promotion, Recipe, TrainingJob, TrainingResult
@@ -51,7 +52,6 @@ def run_training(
     run_id: str,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
-    heartbeat: Callable[[], None] | None = None,
 ) -> ModelVersion:
     """Train a new version of a project's model from its current annotations and publish it.
 
@@ -63,15 +63,18 @@ def run_training(
         the published version: promoted when it passed the promotion gate (candidate and
         incumbent scored on the same validation split), else kept with status "rejected".
 
+    ``should_cancel`` is asked while Ultralytics runs and once more before publishing; the
+    training child gets what is left of ``train_time_limit_s`` after the dataset build.
+
     Raises:
         DatasetError: Label Studio is not configured or too little data is usable.
-        TrainingError: ultralytics failed.
+        TrainingError: ultralytics failed, or the run was cancelled.
     """
     registry = Registry(settings.models_dir)
     project_params = load_params(settings.models_dir, project_id)
     params = project_params.effective(settings)
     t_start = time.perf_counter()
-    run_dir = Path(settings.cache_dir).absolute() / "runs" / str(project_id) / run_id
+    run_dir = run_directory(settings, project_id, run_id)
 
     built = build_project_dataset(settings, project_id, changes=ChangeLog(_redis(settings)))
     timings = _log_dataset(built)
@@ -85,10 +88,10 @@ def run_training(
         run_training_process(
             plan.job.to_dict(),
             run_dir / "train",
-            timeout_s=settings.train_time_limit_s,
+            # What is left of the run's time limit after the dataset build.
+            timeout_s=max(1.0, settings.train_time_limit_s - (time.perf_counter() - t_start)),
             on_progress=on_progress,
             should_cancel=should_cancel,
-            heartbeat=heartbeat,
         )
     )
     timings["train"] = time.perf_counter() - t0 - result.val_seconds
@@ -109,6 +112,8 @@ def run_training(
         noise=decision.noise,
         val_objects=n_val,
     )
+    if should_cancel is not None and should_cancel():
+        raise TrainingError("training cancelled before publishing")
     version = registry.publish(
         project_id, Path(result.best), manifest.to_json(), promote=decision.promote, move_current=False
     )
@@ -122,6 +127,11 @@ def run_training(
     )
     shutil.rmtree(run_dir, ignore_errors=True)
     return version
+
+
+def run_directory(settings: Settings, project_id: int, run_id: str) -> Path:
+    """A run's working directory, ``<cache_dir>/runs/<project_id>/<run_id>`` (absolute)."""
+    return Path(settings.cache_dir).absolute() / "runs" / str(int(project_id)) / run_id
 
 
 def _log_dataset(built: BuildResult) -> dict[str, float]:
