@@ -171,10 +171,14 @@ class Stack:
         wait_until(self._alive_and("receiver", lambda: http_ok(url + "/health")), 30, "receiver")
         return url
 
-    def start_worker(self, queue: str, concurrency: int = 1) -> None:
-        """Start a Celery worker consuming ``queue``; waits until it answers a ping."""
-        name = f"worker-{queue}"
-        self.start(name, [*self._cli(), "worker", "--queues", queue, "--concurrency", str(concurrency)])
+    def start_worker(
+        self, queue: str, concurrency: int = 1, name: str | None = None, args: list[str] | None = None
+    ) -> None:
+        """Start a Celery worker consuming ``queue`` (process ``name``, default ``worker-<queue>``;
+        ``args``: more ``labelloop worker`` options); waits until it is ready."""
+        name = name or f"worker-{queue}"
+        argv = [*self._cli(), "worker", "--queues", queue, "--concurrency", str(concurrency), *(args or [])]
+        self.start(name, argv)
 
         wait_until(self._alive_and(name, lambda: " ready." in self.log_tail(name, 1_000_000)), 60, name)
 
