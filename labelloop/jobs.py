@@ -38,7 +38,7 @@ from labelloop.predictor import Predictor
 from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
 from labelloop.settings import Settings
-from labelloop.trigger import Claim, TriggerStore
+from labelloop.trigger import TriggerStore
 
 log = structlog.get_logger(__name__)
 
@@ -184,8 +184,8 @@ class Jobs:
         """Run the training pipeline for a project and publish the new version; then start the
         follow-up training the trigger policy asks for, and pre-annotation after a promotion.
 
-        The delivery first claims the project's lock for ``run_id`` (waiting up to
-        ``train_lock_ttl_s`` for a dead delivery's claim to expire) and holds it with a
+        The delivery first claims the project's lock for ``run_id`` (while another delivery of
+        the run holds it, waiting until that one finished or died) and holds it with a
         ``RunLease`` for the whole run; ``keepalive`` is called on the lease's beat. A run that
         another run or a live delivery holds, or that already finished, does nothing; one whose
         earlier deliveries died ``train_max_deliveries`` times is given up. Whatever ends the run
@@ -212,9 +212,13 @@ class Jobs:
             log.warning("training_duplicate", reason="this run already finished")
             return {**outcome, "status": "duplicate"}
         owner = uuid.uuid4().hex
-        claim = self._claim(project_id, run_id, owner)
-        if claim == "busy":
-            log.warning("training_duplicate", reason="another delivery of this run is running")
+        claim = self._claim(project_id, run_id, owner, keepalive)
+        if claim == "claimed" and records.finished(project_id, run_id):
+            claim = "finished"  # it finished between the wait's last look and the claim
+            self._finished(project_id, run_id, owner)
+        if claim in ("busy", "finished"):
+            reason = "another delivery of this run " + ("ran it" if claim == "finished" else "is still running")
+            log.warning("training_duplicate", reason=reason)
             return {**outcome, "status": "duplicate"}
         if claim == "superseded":
             log.warning("training_superseded", reason="another run holds the project")
@@ -272,11 +276,27 @@ class Jobs:
                         self._finished(project_id, run_id, owner)
         return outcome
 
-    def _claim(self, project_id: int, run_id: str, owner: str) -> Claim:
-        """``TriggerStore.claim``, waiting while a delivery that may have died still holds the claim."""
-        trigger = self.trigger()
-        deadline = time.monotonic() + self.settings.train_lock_ttl_s + 5
-        while (claim := trigger.claim(project_id, run_id, owner)) == "busy" and time.monotonic() < deadline:
+    def _claim(self, project_id: int, run_id: str, owner: str, keepalive: Callable[[], None] | None) -> str:
+        """``TriggerStore.claim``, waiting while another delivery of the run holds it.
+
+        The other delivery shares this one's broker message (a restored delivery keeps its
+        tag), so acknowledging this one while that one might still die would lose the run:
+        wait (keeping the message fresh) until it finished ("finished"), died (its claim
+        expired: "claimed") or the time limit passed ("busy").
+        """
+        trigger, records = self.trigger(), RunRecords(self.redis)
+        deadline = time.monotonic() + self.settings.train_time_limit_s + self.settings.train_lock_ttl_s
+        waiting = False
+        while (claim := trigger.claim(project_id, run_id, owner)) == "busy":
+            if records.finished(project_id, run_id):
+                return "finished"
+            if time.monotonic() > deadline:
+                break
+            if not waiting:
+                log.info("training_delivery_waiting", reason="another delivery of this run holds its lease")
+                waiting = True
+            if keepalive is not None:
+                keepalive()
             time.sleep(1.0)
         return claim
 

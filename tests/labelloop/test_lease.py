@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,7 @@ def test_a_delivery_of_a_run_another_run_holds_does_not_train(redis_url: str, tm
 
 TRAIN_IN_A_CHILD = """
 import sys
+import threading
 from labelloop.jobs import Jobs
 from labelloop.settings import Settings
 Jobs(Settings(), lambda *a: None).train(int(sys.argv[1]), sys.argv[2], None, lambda meta: None)
@@ -155,16 +157,37 @@ def test_a_transient_failure_keeps_the_request_for_the_retry(redis_url: str, tmp
     assert jobs.train(6, run_id, None, lambda meta: None)["status"] == "duplicate"
 
 
-def test_a_second_delivery_waits_for_a_dead_claim_and_skips_a_live_one(redis_url: str, tmp_path: Path) -> None:
-    """A second delivery of a run whose claim is renewed by a live delivery does not train
-    ("duplicate", after waiting out the claim's TTL); its lock stays with the live delivery."""
+def second_delivery_while_the_first_lives(jobs: Jobs, project_id: int, first_finishes: bool) -> dict[str, Any]:
+    """Deliver a run a second time while a first delivery holds its lease; the first one then
+    finishes or dies (its lease stops renewing). Returns the second delivery's outcome."""
+    store, records = jobs.trigger(), RunRecords(jobs.redis)
+    run_id = store.apply(project_id, "start_training", n=10).run_id
+    assert run_id and store.claim(project_id, run_id, "first") == "claimed"
+    waits: list[float] = []
+    result: dict[str, Any] = {}
+
+    def deliver() -> None:
+        result.update(jobs.train(project_id, run_id, None, lambda meta: None, keepalive=lambda: waits.append(1.0)))
+
+    with RunLease(store, project_id, run_id, "first", 0.5):
+        second = threading.Thread(target=deliver)
+        second.start()
+        wait_until(lambda: len(waits) >= 3, 30, "the second delivery waiting")
+        assert not result and ProgressStore(jobs.redis).get(project_id) is None, "it waits, it does not train"
+        if first_finishes:
+            records.finish(project_id, run_id)
+            store.apply(project_id, "finished", n=10, run_id=run_id, owner="first")
+    second.join(60)
+    assert not second.is_alive()
+    return result
+
+
+def test_a_second_delivery_waits_while_the_first_lives_then_skips_or_takes_over(redis_url: str, tmp_path: Path) -> None:
+    """A second delivery of a run whose lease a live delivery renews waits (keeping its message
+    fresh) instead of training or acknowledging: when the first one finishes, the second does
+    nothing ("duplicate"); when the first one dies (its lease stops), the second takes the run over."""
     jobs = Jobs(settings_for(redis_url, tmp_path, f"http://127.0.0.1:{free_port()}"), lambda *a: None)
-    store = jobs.trigger()
-    run_id = store.apply(7, "start_training", n=10).run_id
-    assert run_id and store.claim(7, run_id, "live") == "claimed"
-    with RunLease(store, 7, run_id, "live", 0.5):
-        t0 = time.monotonic()
-        outcome = jobs.train(7, run_id, None, lambda meta: None)
-        waited = time.monotonic() - t0
-    assert outcome["status"] == "duplicate" and waited >= 3
-    assert jobs.redis.get(keys.training_owner(7)) == b"live"
+    assert second_delivery_while_the_first_lives(jobs, 8, first_finishes=True)["status"] == "duplicate"
+    took_over = second_delivery_while_the_first_lives(jobs, 9, first_finishes=False)
+    assert took_over["status"] == "failed", "it ran (and met the refusing Label Studio)"
+    assert not jobs.trigger().state(9).training

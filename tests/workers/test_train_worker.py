@@ -132,28 +132,36 @@ def test_a_killed_worker_s_training_is_redelivered_within_a_minute_and_given_up_
     assert workers.start_run(21) != run_id, "the project trains again"
 
 
-def test_a_second_delivery_of_a_running_training_does_not_start_it_again(workers: Workers) -> None:
+def test_a_second_delivery_of_a_running_training_waits_and_takes_over_when_the_first_dies(workers: Workers) -> None:
     """With two train workers, a copy of a running training's message (a duplicate delivery) goes
-    to the idle worker, which finds the run's lease alive and acknowledges it without training: one
-    delivery started, the running one keeps its lock."""
-    workers.stack.start_worker("train")
-    workers.stack.start_worker("train", name="worker-train-2")
+    to the idle worker, which finds the run's lease alive and waits without training (and without
+    acknowledging: the first might still die); when the worker running the first delivery is
+    SIGKILLed, the waiting delivery takes the run over within the lease's TTL."""
+    names = ("worker-train", "worker-train-2")
+    workers.stack.start_worker("train", name=names[0])
+    workers.stack.start_worker("train", name=names[1])
     run_id = workers.start_run(22)
     first = workers.building(22, run_id)
     workers.app.send_task(TASK_TRAIN, args=[22, run_id], queue=QUEUE_TRAIN)
 
     def considered() -> bool:
         second_started = (workers.progress.get(22) or {}).get("pid") != first["pid"]
-        return second_started or any(
-            workers.events(n, "training_duplicate") for n in ("worker-train", "worker-train-2")
-        )
+        return second_started or any(workers.events(n, "training_delivery_waiting") for n in names)
 
     try:
         wait_until(considered, 120, "the duplicate delivery", 0.5)
     except TimeoutError:
-        pytest.fail("\n".join(workers.stack.log_tail(n) for n in ("worker-train", "worker-train-2")))
-    assert (workers.progress.get(22) or {}).get("pid") == first["pid"], "the first delivery still runs"
+        pytest.fail("\n".join(workers.stack.log_tail(n) for n in names))
+    assert (workers.progress.get(22) or {}).get("pid") == first["pid"], "the first delivery still runs alone"
     assert workers.redis.hget(keys.run(22, run_id), "started") == b"1"
+    with open(f"/proc/{first['pid']}/stat") as stat:
+        parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+    [running] = [n for n in names if workers.stack.procs[n].pid == parent]
+    workers.stack.stop(running, sig=signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_until(lambda: workers.redis.hget(keys.run(22, run_id), "started") == b"2", 90, "the take-over", 0.2)
+    print(f"taken over {time.monotonic() - killed_at:.1f} s after the kill")
+    assert workers.progress.get(22) is None or (workers.progress.get(22) or {}).get("pid") != first["pid"]
     assert workers.redis.get(keys.training_lock(22)) == run_id.encode()
 
 
