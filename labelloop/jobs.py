@@ -190,8 +190,9 @@ class Jobs:
         another run or a live delivery holds, or that already finished, does nothing; one whose
         earlier deliveries died ``train_max_deliveries`` times is given up. Whatever ends the run
         (success, failure, a time limit raised into it) removes its run directory, releases the
-        lock and starts the follow-up, except a transient error with ``retry_transient``: then the
-        lock goes back to the queued run and the error is raised for the caller to retry.
+        lock and starts the follow-up, except a transient error with ``retry_transient`` and the
+        process shutting down (SystemExit): then the lock goes back to the queued run and the
+        error is raised, for the retry or the redelivery.
 
         ``report`` gets each epoch's progress (``project_id``, ``run_id``, ``epoch``, ``epochs``,
         ``metrics``), e.g. for Celery's PROGRESS state.
@@ -261,6 +262,11 @@ class Jobs:
                     records.ended_without_outcome(project_id, run_id)
                     requeued = trigger.requeue(project_id, run_id, owner)
                     raise
+            except (SystemExit, KeyboardInterrupt):
+                # The process is shutting down (a pool child's SIGTERM): the run did not end, it
+                # goes back to its queued state for the redelivery.
+                requeued = trigger.requeue(project_id, run_id, owner)
+                raise
             except LabelloopError as exc:
                 if lease.lost.is_set():
                     outcome.update(status="lost", error="another delivery or run took the project's lock")
