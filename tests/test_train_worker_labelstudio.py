@@ -66,7 +66,8 @@ def test_a_killed_train_worker_s_run_is_redelivered_and_completes(
         ready_at = time.monotonic()
 
         def redelivered() -> bool:
-            return client.hget(keys.run(project_id, run_id), "started") == b"2"
+            progress = store.get(project_id) or {}
+            return progress.get("run_id") == run_id and progress.get("pid") not in (None, killed["pid"])
 
         try:
             wait_until(redelivered, 90, "the redelivered run", 0.2)
