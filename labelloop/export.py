@@ -212,7 +212,8 @@ def _read_label_studio(
     """
     changed: list[dict[str, Any]] = []
     exported: list[dict[str, Any]] | None = None
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
         project_future = pool.submit(client.projects.with_raw_response.get, id=project_id)
         if first:
             exported = export_tasks(client, project_id)
@@ -237,6 +238,10 @@ def _read_label_studio(
                     item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
                 )
         return project_future.result(), changed, exported
+    finally:
+        # Never wait for the project request after an error (a time limit raised into this
+        # thread included): it ends by its own timeout, the caller goes on at once.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # The state each store file was last written with by this process, keyed by its absolute path,

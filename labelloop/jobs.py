@@ -13,19 +13,22 @@ import contextlib
 import functools
 import os
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 import structlog
 
 from labelloop import keys, labelstudio
 from labelloop.changes import ChangeLog
-from labelloop.errors import LabelloopError
+from labelloop.errors import LabelloopError, LabelStudioUnavailable
 from labelloop.export import export_tasks
+from labelloop.lease import RunLease, RunRecords
 from labelloop.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
 from labelloop.media import MediaConfig
 from labelloop.names import QUEUE_PREANNOTATE, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_TRAIN
@@ -45,10 +48,12 @@ log = structlog.get_logger(__name__)
 Send = Callable[[str, list[Any], str], None]
 Report = Callable[[dict[str, Any]], None]
 
-# The training lock is refreshed at most this often while a training runs (seconds).
-LOCK_BEAT_S = 60.0
 # How long a reconciliation holds a project's lock at most (seconds; released when it is done).
 RECONCILE_LOCK_S = 600.0
+# A queued training keeps its project's lock this long (seconds): longer than any queue wait.
+QUEUED_LOCK_TTL_S = 86400
+# Errors that may pass: a training that meets one is retried rather than reported.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, httpx.TransportError, LabelStudioUnavailable)
 
 
 class Jobs:
@@ -62,7 +67,6 @@ class Jobs:
     def __init__(self, settings: Settings, send: Send) -> None:
         self.settings = settings
         self.send = send
-        self._last_beat: dict[str, float] = {}
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
@@ -90,7 +94,7 @@ class Jobs:
         return Ledger(self.redis)
 
     def trigger(self) -> TriggerStore:
-        return TriggerStore(self.redis, lock_ttl_s=self.settings.train_time_limit_s + 600)
+        return TriggerStore(self.redis, lock_ttl_s=QUEUED_LOCK_TTL_S, run_ttl_s=self.settings.train_lock_ttl_s)
 
     def every_n(self, project_id: int) -> int:
         return int(load_params(self.settings.models_dir, project_id).effective(self.settings)["train_every_n"])
@@ -200,20 +204,63 @@ class Jobs:
 
     # -- training -------------------------------------------------------------------------------
 
-    def train(self, project_id: int, run_id: str, task_id: str | None, report: Report) -> dict[str, Any]:
+    def train(
+        self,
+        project_id: int,
+        run_id: str,
+        task_id: str | None,
+        report: Report,
+        keepalive: Callable[[], None] | None = None,
+        retry_transient: bool = False,
+    ) -> dict[str, Any]:
         """Run the training pipeline for a project and publish the new version; then start the
         follow-up training the trigger policy asks for, and pre-annotation after a promotion.
+
+        The delivery first claims the project's lock for ``run_id`` (while another delivery of
+        the run holds it, waiting until that one finished or died) and holds it with a
+        ``RunLease`` for the whole run; ``keepalive`` is called on the lease's beat. A run that
+        another run or a live delivery holds, or that already finished, does nothing; one whose
+        earlier deliveries died ``train_max_deliveries`` times is given up. Whatever ends the run
+        (success, failure, a time limit raised into it) removes its run directory, releases the
+        lock and starts the follow-up, except a transient error with ``retry_transient`` and the
+        process shutting down (SystemExit): then the lock goes back to the queued run and the
+        error is raised, for the retry or the redelivery.
 
         ``report`` gets each epoch's progress (``project_id``, ``run_id``, ``epoch``, ``epochs``,
         ``metrics``), e.g. for Celery's PROGRESS state.
 
         Returns:
-            ``{"project_id", "run_id", "status", "version", "metrics"}`` (``status`` "failed"
-            with ``error`` when a LabelloopError stopped it).
+            ``{"project_id", "run_id", "status", "version", "metrics"}``; ``status`` "failed"
+            with ``error`` when a LabelloopError or a transient error stopped it, "given_up"
+            with ``error``, "lost" (another delivery took the lock; nothing published),
+            "duplicate" or "superseded" (nothing done).
+
+        Raises:
+            one of ``TRANSIENT_ERRORS``, only with ``retry_transient``.
         """
         s = self.settings
         outcome: dict[str, Any] = {"project_id": project_id, "run_id": run_id}
+        records = RunRecords(self.redis)
+        if records.finished(project_id, run_id):
+            log.warning("training_duplicate", reason="this run already finished")
+            return {**outcome, "status": "duplicate"}
+        owner = uuid.uuid4().hex
+        claim = self._claim(project_id, run_id, owner, keepalive)
+        if claim == "claimed" and records.finished(project_id, run_id):
+            claim = "finished"  # it finished between the wait's last look and the claim
+            self._finished(project_id, run_id, owner)
+        if claim in ("busy", "finished"):
+            reason = "another delivery of this run " + ("ran it" if claim == "finished" else "is still running")
+            log.warning("training_duplicate", reason=reason)
+            return {**outcome, "status": "duplicate"}
+        if claim == "superseded":
+            log.warning("training_superseded", reason="another run holds the project")
+            return {**outcome, "status": "superseded"}
+        trigger = self.trigger()
+        deliveries = records.started(project_id, run_id)
         progress = ProgressStore(self.redis)
+        if deliveries > s.train_max_deliveries:
+            return self._give_up(project_id, run_id, owner, deliveries, outcome)
 
         def on_progress(p: dict[str, Any]) -> None:
             meta = {"project_id": project_id, "run_id": run_id, **p}
@@ -221,36 +268,98 @@ class Jobs:
             progress.update(project_id, run_id, stage="training", **p)
             log.info("training_progress", epoch=p["epoch"], epochs=p["epochs"])
 
-        try:
-            progress.update(project_id, run_id, stage="preparing", task_id=task_id, pid=os.getpid())
-            version = run_training(
-                s,
-                project_id,
-                run_id,
-                on_progress=on_progress,
-                should_cancel=lambda: progress.cancel_requested(project_id, run_id),
-                heartbeat=lambda: self._beat_lock(project_id, run_id),
-            )
-            record = version.record
-            status = record.status
-            outcome.update(status=status, version=version.name, metrics=record.metrics)
-            if status == "promoted" and load_params(s.models_dir, project_id).effective(s)["preannotate"]:
-                self.send(TASK_PREANNOTATE, [project_id, version.name], QUEUE_PREANNOTATE)
-        except LabelloopError as exc:
-            log.error("training_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
-            outcome.update(status="failed", error=str(exc)[:2000])
-        finally:
-            progress.clear(project_id, run_id)
-            decision = self.trigger().apply(project_id, "finished", self.every_n(project_id), run_id=run_id)
-            if decision.start and decision.run_id:
-                self.start_training(project_id, decision.run_id, "followup")
+        lease = RunLease(trigger, project_id, run_id, owner, max(1.0, s.train_lock_ttl_s / 3), keepalive)
+        requeued = False
+        with lease:
+            try:
+                progress.update(project_id, run_id, stage="preparing", task_id=task_id, pid=os.getpid())
+                version = run_training(
+                    s,
+                    project_id,
+                    run_id,
+                    on_progress=on_progress,
+                    should_cancel=lambda: lease.lost.is_set() or progress.cancel_requested(project_id, run_id),
+                )
+                record = version.record
+                status = record.status
+                outcome.update(status=status, version=version.name, metrics=record.metrics)
+                if status == "promoted" and load_params(s.models_dir, project_id).effective(s)["preannotate"]:
+                    self.send(TASK_PREANNOTATE, [project_id, version.name], QUEUE_PREANNOTATE)
+            except TRANSIENT_ERRORS as exc:
+                if not retry_transient:
+                    log.error("training_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
+                    outcome.update(status="failed", error=str(exc)[:2000])
+                else:
+                    log.warning("training_retrying", error_type=type(exc).__name__, error=str(exc)[:500])
+                    records.ended_without_outcome(project_id, run_id)
+                    requeued = trigger.requeue(project_id, run_id, owner)
+                    raise
+            except (SystemExit, KeyboardInterrupt):
+                # The process is shutting down (a pool child's SIGTERM): the run did not end, it
+                # goes back to its queued state for the redelivery.
+                requeued = trigger.requeue(project_id, run_id, owner)
+                raise
+            except LabelloopError as exc:
+                if lease.lost.is_set():
+                    outcome.update(status="lost", error="another delivery or run took the project's lock")
+                else:
+                    log.error("training_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
+                    outcome.update(status="failed", error=str(exc)[:2000])
+            finally:
+                progress.clear(project_id, run_id)
+                if not requeued:
+                    records.finish(project_id, run_id)
+                    if not lease.lost.is_set():
+                        self._finished(project_id, run_id, owner)
         return outcome
 
-    def _beat_lock(self, project_id: int, run_id: str) -> None:
-        now = time.monotonic()
-        if now - self._last_beat.get(run_id, 0.0) >= LOCK_BEAT_S:
-            self._last_beat[run_id] = now
-            self.trigger().refresh_lock(project_id, run_id)
+    def _claim(self, project_id: int, run_id: str, owner: str, keepalive: Callable[[], None] | None) -> str:
+        """``TriggerStore.claim``, waiting while another delivery of the run holds it.
+
+        The other delivery shares this one's broker message (a restored delivery keeps its
+        tag), so acknowledging this one while that one might still die would lose the run:
+        wait (keeping the message fresh) until it finished ("finished"), died (its claim
+        expired: "claimed") or the time limit passed ("busy").
+        """
+        trigger, records = self.trigger(), RunRecords(self.redis)
+        deadline = time.monotonic() + self.settings.train_time_limit_s + self.settings.train_lock_ttl_s
+        waiting = False
+        while (claim := trigger.claim(project_id, run_id, owner)) == "busy":
+            if records.finished(project_id, run_id):
+                return "finished"
+            if time.monotonic() > deadline:
+                break
+            if not waiting:
+                log.info("training_delivery_waiting", reason="another delivery of this run holds its lease")
+                waiting = True
+            if keepalive is not None:
+                keepalive()
+            time.sleep(1.0)
+        return claim
+
+    def _finished(self, project_id: int, run_id: str, owner: str) -> None:
+        """Release the project's lock and start the follow-up training the trigger policy asks for."""
+        decision = self.trigger().apply(project_id, "finished", self.every_n(project_id), run_id=run_id, owner=owner)
+        if decision.start and decision.run_id:
+            self.start_training(project_id, decision.run_id, "followup")
+
+    def _give_up(
+        self, project_id: int, run_id: str, owner: str, deliveries: int, outcome: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Give up a run whose earlier deliveries died with their worker; release the project."""
+        progress = ProgressStore(self.redis)
+        last = progress.get(project_id) or {}
+        seen = last.get("stage", "starting") if last.get("run_id") == run_id else "queued"
+        if last.get("run_id") == run_id and last.get("epoch"):
+            seen += f", epoch {last['epoch']}/{last.get('epochs', '?')}"
+        reason = f"{deliveries - 1} deliveries died with their worker (last seen: {seen})"
+        records = RunRecords(self.redis)
+        records.give_up(project_id, run_id, deliveries - 1, reason)
+        log.error("training_given_up", deliveries=deliveries - 1, reason=reason)
+        records.finish(project_id, run_id)
+        progress.clear(project_id, run_id)
+        self._finished(project_id, run_id, owner)
+        return {**outcome, "status": "given_up", "error": reason}
 
     # -- prediction -------------------------------------------------------------------------------
 

@@ -4,15 +4,17 @@ and the command line spell them from here).
 Per project (``labelloop:project:<id>:...``): ``changes`` (stream) and ``changes:seq`` (its
 counter, ``labelloop.changes``), ``seen`` (the ledger's hash) and ``deleted`` (its tombstones,
 ``labelloop.ledger``), ``reconcile`` (the reconciliation lock, ``labelloop.jobs``),
-``trigger`` (hash) and ``training`` (the lock, ``labelloop.trigger``), ``progress`` and
+``trigger`` (hash), ``training`` (the lock), ``training:owner`` (the delivery running it),
+``run:<run_id>`` (a run's deliveries) and ``given_up`` (``labelloop.trigger``), ``progress`` and
 ``preannotate`` (``labelloop.progress``), ``preannotate:generation`` (``labelloop.preannotate``),
-``current``, ``servers`` and ``warm:<version>``
-(``labelloop.notify``). Global: ``labelloop:projects`` (known projects), ``labelloop:events``
-(the event stream), ``labelloop:predict:alive:<host>:<pid>`` (a predict process's heartbeat, a
-key with a TTL, ``labelloop.predictor``), ``labelloop:delivery:<sha1>`` (deduplication),
+``current``, ``servers`` and ``warm:<version>`` (``labelloop.notify``). Global:
+``labelloop:projects`` (known projects), ``labelloop:events`` (the event stream),
+``labelloop:predict:alive:<host>:<pid>`` (a predict process's heartbeat, a key with a TTL,
+``labelloop.predictor``), ``labelloop:delivery:<sha1>`` (deduplication),
 ``labelloop:webhooks:refused`` (webhooks refused before their project was known,
-``service.webhook``) and the pub/sub channel
-``labelloop:versions``.
+``service.webhook``) and the pub/sub channel ``labelloop:versions``. Kombu's own:
+``unacked_index`` (``UNACKED_INDEX``, the Redis transport's sorted set of unacknowledged
+deliveries scored by delivery time).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ DELIVERY_PREFIX = "labelloop:delivery:"
 # Counter of webhooks refused before their project could be read (401 before the body, 413): any
 # project's change log may miss one (``labelloop.changes``).
 WEBHOOKS_REFUSED = "labelloop:webhooks:refused"
+# kombu.transport.redis.Channel.unacked_index_key (no global_keyprefix): a running training keeps
+# its own entry's score fresh, so only a dead worker's delivery ages past the visibility timeout.
+UNACKED_INDEX = "unacked_index"
 
 
 def project(project_id: int, what: str) -> str:
@@ -57,6 +62,19 @@ def trigger(project_id: int) -> str:
 
 def training_lock(project_id: int) -> str:
     return project(project_id, "training")
+
+
+def training_owner(project_id: int) -> str:
+    return project(project_id, "training:owner")
+
+
+def run(project_id: int, run_id: str) -> str:
+    """A training run's record (hash: ``started``, deliveries that began; ``finished``)."""
+    return project(project_id, f"run:{run_id}")
+
+
+def given_up(project_id: int) -> str:
+    return project(project_id, "given_up")
 
 
 def progress(project_id: int) -> str:

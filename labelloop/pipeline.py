@@ -21,6 +21,7 @@ from labelloop.base_models import BaseModel, family_yaml
 from labelloop.base_models import resolve as resolve_base_model
 from labelloop.changes import ChangeLog
 from labelloop.dataset import BuildResult, build_project_dataset
+from labelloop.errors import TrainingError
 from labelloop.labels import TrainSpec
 from labelloop.ledger import annotations_in_export
 from labelloop.manifest import Incumbent, Manifest, Promotion, Recipe, TrainingJob, TrainingResult
@@ -52,7 +53,6 @@ def run_training(
     run_id: str,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
-    heartbeat: Callable[[], None] | None = None,
 ) -> ModelVersion:
     """Train a new version of a project's model from its current annotations and publish it.
 
@@ -64,9 +64,12 @@ def run_training(
         the published version: promoted when it passed the promotion gate (candidate and
         incumbent scored on the same validation split), else kept with status "rejected".
 
+    ``should_cancel`` is asked while Ultralytics runs and once more before publishing; the
+    training child gets what is left of ``train_time_limit_s`` after the dataset build.
+
     Raises:
         DatasetError: Label Studio is not configured or too little data is usable.
-        TrainingError: ultralytics failed.
+        TrainingError: ultralytics failed, or the run was cancelled.
     """
     registry = Registry(settings.models_dir)
     project_params = load_params(settings.models_dir, project_id)
@@ -87,17 +90,18 @@ def run_training(
             run_training_process(
                 plan.job.to_dict(),
                 run_dir / "train",
-                timeout_s=settings.train_time_limit_s,
+                # What is left of the run's time limit after the dataset build.
+                timeout_s=max(1.0, settings.train_time_limit_s - (time.perf_counter() - t_start)),
                 on_progress=on_progress,
                 should_cancel=should_cancel,
-                heartbeat=heartbeat,
             )
         )
         timings["train"] = time.perf_counter() - t0 - result.val_seconds
         timings["validate"] = result.val_seconds
         log.info("training_finished", seconds=round(timings["train"], 3), **result.metrics)
         timings["total"] = time.perf_counter() - t_start
-        return gate_and_publish(settings, registry, project_id, Candidate(built, parent, plan, result, run_id, timings))
+        candidate = Candidate(built, parent, plan, result, run_id, timings, should_cancel)
+        return gate_and_publish(settings, registry, project_id, candidate)
 
 
 @dataclass
@@ -111,6 +115,8 @@ class Candidate:
     result: TrainingResult
     run_id: str
     timings: dict[str, float]
+    # True once the run must not publish (cancelled, or its lease on the project was lost).
+    should_cancel: Callable[[], bool] | None = None
 
 
 REGATES = 3  # served-version changes a candidate follows before it gives up promoting
@@ -161,6 +167,8 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
             val_objects=n_val,
         )
         with registry.lock(project_id):
+            if candidate.should_cancel is not None and candidate.should_cancel():
+                raise TrainingError("training cancelled before publishing")
             now = registry.current_name(project_id)
             if now == expected or attempt == REGATES:
                 version = registry.publish(

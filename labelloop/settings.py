@@ -123,7 +123,29 @@ class Settings(BaseSettings):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of tasks in the validation split.")
     min_val_images: int = Field(1, ge=1, description="Minimum validation images per dataset.")
     seed: int = Field(0, description="Training seed.")
-    train_time_limit_s: int = Field(4 * 3600, ge=60, description="Hard time limit of one training run (seconds).")
+    train_time_limit_s: int = Field(
+        4 * 3600,
+        ge=10,
+        description="Time limit of one training run, dataset build, training and validation together (seconds): "
+        "over it the run is stopped, cleaned up and the follow-up started (Celery's soft time limit).",
+    )
+    train_lock_ttl_s: int = Field(
+        30,
+        ge=3,
+        description="TTL of a running training's project lock (seconds), renewed every third of it for the whole "
+        "run: a dead worker's lock is free this long after it died.",
+    )
+    train_redelivery_s: int = Field(
+        45,
+        ge=10,
+        description="A training whose worker died is redelivered this long after its last sign of life (seconds; "
+        "the broker's visibility timeout, which running trainings keep from expiring).",
+    )
+    train_max_deliveries: int = Field(
+        3,
+        ge=1,
+        description="Deliveries of one training run that may die with their worker before the run is given up.",
+    )
     promotion_metric: str = Field(
         "map50_95", pattern="^(map50_95|map50|precision|recall)$", description="Metric of the promotion gate."
     )

@@ -184,12 +184,21 @@ class Stack:
         path = self.workdir / "logs" / f"{name}.log"
         return path.stat().st_size if path.exists() else 0
 
-    def start_worker(self, queue: str, concurrency: int = 1, timeout_s: float = 60) -> None:
-        """Start a Celery worker consuming ``queue``; waits until it logs " ready." (a restarted
+    def start_worker(
+        self,
+        queue: str,
+        concurrency: int = 1,
+        name: str | None = None,
+        args: list[str] | None = None,
+        timeout_s: float = 60,
+    ) -> None:
+        """Start a Celery worker consuming ``queue`` (process ``name``, default ``worker-<queue>``;
+        ``args``: more ``labelloop worker`` options); waits until it logs " ready." (a restarted
         worker: in what it logged since this start, not an earlier run's line in the same log)."""
-        name = f"worker-{queue}"
+        name = name or f"worker-{queue}"
         offset = self.log_size(name)
-        self.start(name, [*self._cli(), "worker", "--queues", queue, "--concurrency", str(concurrency)])
+        argv = [*self._cli(), "worker", "--queues", queue, "--concurrency", str(concurrency), *(args or [])]
+        self.start(name, argv)
 
         wait_until(self._alive_and(name, lambda: " ready." in self.log_since(name, offset)), timeout_s, name)
 

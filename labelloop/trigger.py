@@ -7,6 +7,12 @@ Rules:
 - At most one training per project at a time (a lock key with a TTL); requests that arrive
   while one runs set a single follow-up flag, so a burst of events causes exactly one
   follow-up run.
+
+The lock is taken for a run when it is enqueued (with ``queued_ttl_s``, long enough for any
+queue wait) and claimed by the delivery that runs it (``claim``: the run's id plus an owner
+token per delivery, both with the short ``run_ttl_s`` that ``labelloop.lease`` renews for the
+whole run). So a queued run keeps its project, a second delivery of a running run does not
+start a second training, and a dead worker's lock is free ``run_ttl_s`` after it died.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import redis
 from labelloop import keys
 
 Event = Literal["annotation", "start_training", "finished"]
+Claim = Literal["claimed", "busy", "superseded"]
 
 
 @dataclass(frozen=True)
@@ -79,14 +86,20 @@ class Decision:
 class TriggerStore:
     """The trigger state of every project in Redis, updated atomically (WATCH/MULTI).
 
-    Keys: ``labelloop:project:<id>:trigger`` (hash: pending, followup) and
-    ``labelloop:project:<id>:training`` (the lock: the running run id, with a TTL longer
-    than the training time limit, so a dead worker cannot hold it forever).
+    Keys: ``labelloop:project:<id>:trigger`` (hash: pending, followup),
+    ``labelloop:project:<id>:training`` (the lock: the queued or running run id) and
+    ``labelloop:project:<id>:training:owner`` (the token of the delivery running it).
+
+    Args:
+        client: Redis.
+        lock_ttl_s: TTL of the lock of an enqueued run (seconds; its longest queue wait).
+        run_ttl_s: TTL of a claimed lock and its owner (seconds), renewed while the run runs.
     """
 
-    def __init__(self, client: redis.Redis, lock_ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, lock_ttl_s: int, run_ttl_s: int = 30) -> None:
         self.redis = client
         self.lock_ttl_s = int(lock_ttl_s)
+        self.run_ttl_s = int(run_ttl_s)
 
     @staticmethod
     def _keys(project_id: int) -> tuple[str, str]:
@@ -102,24 +115,77 @@ class TriggerStore:
             followup=h.get(b"followup", b"0") == b"1",
         )
 
-    def refresh_lock(self, project_id: int, run_id: str) -> bool:
-        """Extend the training lock's TTL if ``run_id`` still holds it; returns whether it does."""
+    def claim(self, project_id: int, run_id: str, owner: str) -> Claim:
+        """Take the project's lock for one delivery of ``run_id`` (token ``owner``).
+
+        Returns:
+            "claimed" (the lock and owner now expire ``run_ttl_s`` from now unless renewed),
+            "busy" (another delivery of this run holds it and is alive) or "superseded"
+            (another run holds the project: this one must not train).
+        """
         _, lkey = self._keys(project_id)
+        okey = keys.training_owner(project_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(lkey, okey)
+                    holder, current = pipe.get(lkey), pipe.get(okey)
+                    if holder is not None and holder != run_id.encode():
+                        pipe.unwatch()
+                        return "superseded"
+                    if current is not None and current != owner.encode():
+                        pipe.unwatch()
+                        return "busy"
+                    pipe.multi()
+                    pipe.set(lkey, run_id, ex=self.run_ttl_s)
+                    pipe.set(okey, owner, ex=self.run_ttl_s)
+                    pipe.execute()
+                    return "claimed"
+                except redis.WatchError:
+                    continue
+
+    def renew(self, project_id: int, run_id: str, owner: str) -> bool:
+        """Extend a claimed lock by ``run_ttl_s``; returns whether ``run_id``/``owner`` still hold it."""
+        _, lkey = self._keys(project_id)
+        okey = keys.training_owner(project_id)
         with self.redis.pipeline() as pipe:
             try:
-                pipe.watch(lkey)
-                if pipe.get(lkey) != run_id.encode():
+                pipe.watch(lkey, okey)
+                if pipe.get(lkey) != run_id.encode() or pipe.get(okey) != owner.encode():
                     pipe.unwatch()
                     return False
                 pipe.multi()
-                pipe.expire(lkey, self.lock_ttl_s)
+                pipe.expire(lkey, self.run_ttl_s)
+                pipe.expire(okey, self.run_ttl_s)
                 pipe.execute()
                 return True
             except redis.WatchError:
                 return False
 
-    def apply(self, project_id: int, event: Event, n: int, count: int = 1, run_id: str | None = None) -> Decision:
-        """Apply an event atomically; on "finished", only the lock holder ``run_id`` releases.
+    def requeue(self, project_id: int, run_id: str, owner: str) -> bool:
+        """Hand a claimed lock back to the queued run (a retry will claim it again): the lock
+        gets ``lock_ttl_s`` and the owner goes. Returns whether ``owner`` still held it."""
+        _, lkey = self._keys(project_id)
+        okey = keys.training_owner(project_id)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(lkey, okey)
+                if pipe.get(lkey) != run_id.encode() or pipe.get(okey) != owner.encode():
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.set(lkey, run_id, ex=self.lock_ttl_s)
+                pipe.delete(okey)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def apply(
+        self, project_id: int, event: Event, n: int, count: int = 1, run_id: str | None = None, owner: str | None = None
+    ) -> Decision:
+        """Apply an event atomically; on "finished", only the lock holder ``run_id`` (and, when
+        given, its delivery ``owner``) releases.
 
         Returns:
             the decision; when ``start`` is True the caller owns the lock under ``run_id``
@@ -129,16 +195,22 @@ class TriggerStore:
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(hkey, lkey)
+                    okey = keys.training_owner(project_id)
+                    pipe.watch(hkey, lkey, okey)
                     h = pipe.hgetall(hkey)
-                    holder = pipe.get(lkey)
+                    holder, current = pipe.get(lkey), pipe.get(okey)
                     state = TriggerState(
                         pending=int(h.get(b"pending", 0)),
                         training=holder is not None,
                         followup=h.get(b"followup", b"0") == b"1",
                     )
-                    if event == "finished" and holder is not None and holder != (run_id or "").encode():
-                        # A stale finish (the lock expired and another run took it) changes nothing.
+                    stale_owner = owner is not None and current is not None and current != owner.encode()
+                    if (
+                        event == "finished"
+                        and holder is not None
+                        and (holder != (run_id or "").encode() or stale_owner)
+                    ):
+                        # A stale finish (the lock expired and another run or delivery took it) changes nothing.
                         pipe.unwatch()
                         return Decision(False, None, state)
                     new, start = decide(state, event, n, count)
@@ -147,8 +219,9 @@ class TriggerStore:
                     pipe.hset(hkey, mapping={"pending": new.pending, "followup": int(new.followup)})
                     if new_run is not None:
                         pipe.set(lkey, new_run, ex=self.lock_ttl_s)
+                        pipe.delete(okey)
                     elif not new.training:
-                        pipe.delete(lkey)
+                        pipe.delete(lkey, okey)
                     pipe.execute()
                     return Decision(start, new_run, new)
                 except redis.WatchError:

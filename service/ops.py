@@ -24,6 +24,7 @@ import redis
 from labelloop import keys
 from labelloop.curve import text_learning_curve
 from labelloop.errors import LabelloopError, UnavailableError
+from labelloop.lease import RunRecords
 from labelloop.ledger import Ledger
 from labelloop.names import (
     QUEUE_EVENTS,
@@ -205,6 +206,12 @@ def status(settings: Settings) -> int:
         map_ = metrics.get("metrics/mAP50-95(B)")
         extra = f", mAP50-95 {map_:.4f}" if isinstance(map_, float) else ""
         print(f"  project {p}: run {r['run_id']} {r.get('stage', '')} {epoch}{extra}")
+    runs = RunRecords(client)
+    for p in projects:
+        gone = runs.given_up(p)
+        if gone:
+            ago = max(0, int(time.time() - float(gone["at"])))
+            print(f"  project {p}: run {gone['run_id']} given up: {gone['reason']} ({ago} s ago)")
     for p in projects:
         pre = store.preannotation(p)
         if pre:

@@ -21,6 +21,11 @@ from labelloop.names import (
 )
 from labelloop.settings import Settings
 
+# Seconds between kombu's sweeps for deliveries past the visibility timeout.
+RESTORE_INTERVAL_S = 5
+# Seconds a training has after its soft time limit to clean up before Celery kills it.
+HARD_LIMIT_GRACE_S = 120
+
 __all__ = [
     "QUEUE_EVENTS",
     "QUEUE_PREANNOTATE",
@@ -46,9 +51,12 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
     app = Celery(
         "labelloop", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False, include=include
     )
-    # Redis redelivers an unacknowledged message after the visibility timeout: keep it
-    # longer than the longest training so a running training is never handed out twice.
-    visibility = settings.train_time_limit_s + 600
+    # Redis redelivers an unacknowledged message after the visibility timeout. Short, so that a
+    # training whose worker was killed runs again within a minute: the running training keeps
+    # its own delivery fresh (workers.tasks.train), every other task is acknowledged when it
+    # starts, prefetching is off (nothing waits unacknowledged behind a long task), retries wait
+    # less than it, and kombu sweeps for expired deliveries every RESTORE_INTERVAL_S.
+    visibility = settings.train_redelivery_s
     app.conf.update(
         task_routes=ROUTES,
         task_default_queue=QUEUE_EVENTS,
@@ -60,10 +68,13 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
         task_send_sent_event=True,
         worker_send_task_events=True,
         worker_prefetch_multiplier=1,
+        worker_disable_prefetch=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": visibility,
+            "unacked_restore_interval": RESTORE_INTERVAL_S,
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": 1,
             "socket_timeout": 5,
         },
@@ -71,8 +82,15 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
         redis_socket_connect_timeout=1,
         redis_socket_timeout=5,
         labelloop_settings=settings,
-        # The hard limit of a training, from settings (the task itself is defined at import).
-        task_annotations={TASK_TRAIN: {"time_limit": settings.train_time_limit_s + 300}},
+        # A training's limits, from settings (the task itself is defined at import): the soft
+        # limit stops and cleans up the run (build, train and validate together); the hard one
+        # only catches a run that ignores it.
+        task_annotations={
+            TASK_TRAIN: {
+                "soft_time_limit": settings.train_time_limit_s,
+                "time_limit": settings.train_time_limit_s + HARD_LIMIT_GRACE_S,
+            }
+        },
         beat_schedule={
             "reconcile": {"task": TASK_RECONCILE, "schedule": float(settings.reconcile_interval_s)},
         },

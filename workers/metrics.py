@@ -16,6 +16,8 @@ from typing import Any
 
 from celery import Celery, signals
 
+from labelloop.names import TASK_TRAIN
+
 
 def prepare_multiprocess_dir(root: Path, name: str) -> Path:
     """Create an empty metrics directory for this worker and export ``PROMETHEUS_MULTIPROC_DIR``."""
@@ -27,8 +29,8 @@ def prepare_multiprocess_dir(root: Path, name: str) -> Path:
 
 
 def install_worker_metrics(app: Celery, port: int) -> None:
-    """Count tasks by name and state, time them, and serve ``/metrics`` on ``port`` once the
-    worker has started."""
+    """Count tasks by name and state, time them, count given-up training runs, and serve
+    ``/metrics`` on ``port`` once the worker has started."""
     from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 
     tasks = Counter("labelloop_worker_tasks_total", "Tasks finished, by task name and state.", ["task", "state"])
@@ -38,15 +40,23 @@ def install_worker_metrics(app: Celery, port: int) -> None:
         ["task"],
         buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400),
     )
+    given_up = Counter(
+        "labelloop_worker_trainings_given_up_total",
+        "Training runs given up because their deliveries kept dying with their worker.",
+    )
     started: dict[str, float] = {}
 
     def prerun(task_id: str | None = None, **_: Any) -> None:
         if task_id:
             started[task_id] = time.perf_counter()
 
-    def postrun(task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
+    def postrun(
+        task_id: str | None = None, task: Any = None, state: str | None = None, retval: Any = None, **_: Any
+    ) -> None:
         name = getattr(task, "name", "unknown")
         tasks.labels(task=name, state=(state or "unknown").lower()).inc()
+        if name == TASK_TRAIN and isinstance(retval, dict) and retval.get("status") == "given_up":
+            given_up.inc()
         t0 = started.pop(task_id or "", None)
         if t0 is not None:
             seconds.labels(task=name).observe(time.perf_counter() - t0)

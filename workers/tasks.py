@@ -3,28 +3,32 @@ method of ``labelloop.jobs.Jobs`` and return.
 
 Names are explicit and never change (``labelloop.names``): queued messages survive upgrades.
 Transient Redis and network errors (``TRANSIENT``) are retried with exponential backoff (up to
-``MAX_RETRIES`` times, at most ``RETRY_BACKOFF_MAX_S`` apart); everything else is the job's to
-report. The training is not retried here: it is redelivered when its worker dies
-(``acks_late``, ``reject_on_worker_lost``), and the interactive ``predict`` answers at once.
+``MAX_RETRIES`` times, at most ``RETRY_BACKOFF_MAX_S`` apart: below the broker's visibility
+timeout, so a retry waiting in a worker is never handed out twice); everything else is the job's
+to report. The training is retried the same way (its last attempt reports the error), and is
+redelivered when its worker dies (``acks_late``, ``reject_on_worker_lost``; a whole worker
+killed: the broker's visibility timeout, while the running training keeps its delivery fresh).
+Over Celery's soft time limit it is stopped and cleaned up. The interactive ``predict`` answers
+at once.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-import httpx
-import redis
 import structlog
 from celery import Celery, Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
-from labelloop.errors import LabelStudioUnavailable
-from labelloop.jobs import Jobs
+from labelloop import keys
+from labelloop.jobs import TRANSIENT_ERRORS, Jobs
 from labelloop.names import TASK_HANDLE_EVENT, TASK_PREANNOTATE, TASK_PREDICT, TASK_RECONCILE, TASK_TRAIN
 
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, httpx.TransportError, LabelStudioUnavailable)
+TRANSIENT = TRANSIENT_ERRORS
 MAX_RETRIES = 5
-RETRY_BACKOFF_MAX_S = 120
+RETRY_BACKOFF_MAX_S = 30
 _RETRY: dict[str, Any] = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": True,
@@ -72,13 +76,32 @@ def reconcile(self: Task) -> dict[str, int]:
     return jobs(self.app).reconcile()
 
 
-@bound_task(name=TASK_TRAIN, acks_late=True, reject_on_worker_lost=True)
+@bound_task(name=TASK_TRAIN, acks_late=True, reject_on_worker_lost=True, **_RETRY)
 def train(self: Task, project_id: int, run_id: str) -> dict[str, Any]:
     """Train a project's next version; progress shows as Celery state PROGRESS (Flower)."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, run_id=run_id, task_id=self.request.id):
-        return jobs(self.app).train(
-            project_id, run_id, self.request.id, lambda meta: self.update_state(state="PROGRESS", meta=meta)
-        )
+        job = jobs(self.app)
+        tag = (self.request.properties or {}).get("delivery_tag")
+
+        def keepalive() -> None:
+            # The broker hands an unacknowledged delivery out again once its score in kombu's
+            # unacked index is older than the visibility timeout: keep this live one young.
+            if tag:
+                job.redis.zadd(keys.UNACKED_INDEX, {tag: time.time()}, xx=True)
+
+        try:
+            return job.train(
+                project_id,
+                run_id,
+                self.request.id,
+                lambda meta: self.update_state(state="PROGRESS", meta=meta),
+                keepalive=keepalive,
+                retry_transient=self.request.retries < MAX_RETRIES,
+            )
+        except SoftTimeLimitExceeded:
+            limit = job.settings.train_time_limit_s
+            structlog.get_logger(__name__).error("training_failed", error_type="TimeLimit", error=f"over {limit} s")
+            return {"project_id": project_id, "run_id": run_id, "status": "failed", "error": f"over {limit} s"}
 
 
 @bound_task(name=TASK_PREANNOTATE, **_RETRY)

@@ -262,14 +262,27 @@ def brush_to_mask(value: Mapping[str, Any], original_width: int, original_height
         bool array (original_height, original_width): alpha > 0.
 
     Raises:
-        ValueError: not ``rle`` format, or the decoded size does not match the image.
+        ValueError: not ``rle`` format, more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``, or
+            a size in the RLE's header (its first 32 bits, big-endian, which ``decode_rle``
+            allocates before reading on) that does not match the image; all checked before
+            decoding, so a hostile header cannot make the worker allocate gigabytes.
     """
     from label_studio_sdk.converter.brush import decode_rle
+    from PIL import Image
 
-    if value.get("format", "rle") != "rle" or not value.get("rle"):
+    rle = value.get("rle")
+    if value.get("format", "rle") != "rle" or not rle or not isinstance(rle, list):
         raise ValueError(f"brush format {value.get('format')!r} without rle data")
-    flat = decode_rle(value["rle"])
     W, H = int(original_width), int(original_height)
+    if W <= 0 or H <= 0 or W * H > (Image.MAX_IMAGE_PIXELS or 2**31):
+        raise ValueError(f"brush mask of {W}x{H} pixels is out of bounds")
+    try:
+        claimed = int.from_bytes(bytes(rle[:4]), "big")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"rle is not a list of bytes: {exc}") from exc
+    if len(rle) < 4 or claimed != W * H * 4:
+        raise ValueError(f"rle header claims {claimed} bytes, expected {H}x{W}x4 = {W * H * 4}")
+    flat = decode_rle(rle)
     if flat.size != W * H * 4:
         raise ValueError(f"rle holds {flat.size} bytes, expected {H}x{W}x4 = {W * H * 4}")
     return np.asarray(flat.reshape(H, W, 4)[:, :, 3] > 0)

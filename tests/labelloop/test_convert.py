@@ -355,6 +355,27 @@ def test_brush_drops(region: dict, reason: str) -> None:
     assert lines == [] and any(reason in d for d in dropped), dropped
 
 
+def test_brush_rle_whose_header_claims_gigabytes_is_dropped_before_decoding() -> None:
+    """A brush RLE whose 32-bit header claims 4 GB (label-studio-sdk's decoder allocates that before
+    reading on) is dropped as malformed without the allocation; so is a region claiming 100k x 100k
+    pixels with a matching header."""
+    import tracemalloc
+
+    hostile = {**brush(np.ones((10, 10), bool))}
+    rle = list(hostile["value"]["rle"])
+    hostile["value"] = {**hostile["value"], "rle": [0xFF, 0xFF, 0xFF, 0xF0, *rle[4:]]}
+    huge = {**brush(np.ones((10, 10), bool)), "original_width": 100_000, "original_height": 100_000}
+    tracemalloc.start()
+    try:
+        for region in (hostile, huge):
+            lines, dropped = annotation_to_yolo([region], BRUSH, CLASS_IDS, 160, 120)
+            assert lines == [] and any("malformed value" in d for d in dropped), dropped
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB allocated"
+
+
 BRUSH_CONFIG = (
     '<View><Image name="image" value="$image"/>'
     '<BrushLabels name="tag" toName="image"><Label value="blob"/><Label value="other"/></BrushLabels></View>'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -87,14 +88,50 @@ def test_stale_finish_does_not_release_another_runs_lock(redis_url: str) -> None
     assert run.run_id
 
 
-def test_only_the_holder_refreshes_the_lock(redis_url: str) -> None:
-    """A running training extends its lock's TTL; another run id cannot."""
+def test_only_the_claiming_delivery_renews_the_lock(redis_url: str) -> None:
+    """The delivery that claimed a run's lock extends its TTL; another run id or another delivery
+    of the same run cannot."""
     client = redis.Redis.from_url(redis_url)
-    store = TriggerStore(client, lock_ttl_s=100)
+    store = TriggerStore(client, lock_ttl_s=100, run_ttl_s=40)
     run = store.apply(4, "start_training", n=10)
-    assert run.run_id
+    assert run.run_id and store.claim(4, run.run_id, "owner-a") == "claimed"
     client.expire("labelloop:project:4:training", 5)
-    assert not store.refresh_lock(4, "someone-else")
+    assert not store.renew(4, "someone-else", "owner-a")
+    assert not store.renew(4, run.run_id, "owner-b")
     assert client.ttl("labelloop:project:4:training") <= 5
-    assert store.refresh_lock(4, run.run_id)
-    assert client.ttl("labelloop:project:4:training") > 50
+    assert store.renew(4, run.run_id, "owner-a")
+    assert client.ttl("labelloop:project:4:training") > 30
+
+
+def test_a_queued_run_keeps_its_lock_and_one_delivery_claims_it(redis_url: str) -> None:
+    """An enqueued run holds its project with the long queued TTL; its first delivery claims it
+    (short TTL), a second delivery of it is "busy" while the claim lives and claims it once the
+    claim expired (its worker died); another run is "superseded"."""
+    client = redis.Redis.from_url(redis_url)
+    store = TriggerStore(client, lock_ttl_s=86400, run_ttl_s=1)
+    run = store.apply(5, "start_training", n=10)
+    assert run.run_id and client.ttl("labelloop:project:5:training") > 3600
+    assert store.claim(5, run.run_id, "first") == "claimed"
+    assert store.claim(5, run.run_id, "second") == "busy"
+    assert store.claim(5, "another-run", "third") == "superseded"
+    deadline = time.monotonic() + 10
+    while client.exists("labelloop:project:5:training:owner") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.claim(5, run.run_id, "second") == "claimed"
+    assert not store.apply(5, "finished", n=10, run_id=run.run_id, owner="first").start
+    assert store.state(5).training, "a finish from a replaced delivery releases nothing"
+    store.apply(5, "finished", n=10, run_id=run.run_id, owner="second")
+    assert store.state(5) == TriggerState()
+
+
+def test_requeue_hands_the_lock_back_to_the_queued_run(redis_url: str) -> None:
+    """After a transient failure the delivery hands its claim back: the project stays held by the
+    run (queued TTL) and the retry's delivery can claim it at once."""
+    client = redis.Redis.from_url(redis_url)
+    store = TriggerStore(client, lock_ttl_s=86400, run_ttl_s=30)
+    run = store.apply(6, "start_training", n=10)
+    assert run.run_id and store.claim(6, run.run_id, "first") == "claimed"
+    assert not store.requeue(6, run.run_id, "not-the-owner")
+    assert store.requeue(6, run.run_id, "first")
+    assert client.ttl("labelloop:project:6:training") > 3600 and store.state(6).training
+    assert store.claim(6, run.run_id, "retry") == "claimed"

@@ -79,7 +79,7 @@ def test_a_lost_ledger_is_seeded_from_the_served_versions_annotation_file(jobs: 
 
 def test_registered_task_names_are_pinned(redis_url: str) -> None:
     """The workers' app registers exactly labelloop's five task names (queued messages name them),
-    each routed to its queue, and the training's hard limit comes from the settings."""
+    each routed to its queue, and the training's soft and hard limits come from the settings."""
     app = create_celery(Settings(redis_url=redis_url, train_time_limit_s=600), with_tasks=True)
     app.loader.import_default_modules()
     names = sorted(n for n in app.tasks if n.startswith("labelloop."))
@@ -91,22 +91,23 @@ def test_registered_task_names_are_pinned(redis_url: str) -> None:
         "labelloop.train",
     ]
     assert names == sorted(ROUTES)
-    assert app.conf.task_annotations[TASK_TRAIN]["time_limit"] == 900
+    assert app.conf.task_annotations[TASK_TRAIN] == {"soft_time_limit": 600, "time_limit": 720}
     assert app.tasks[TASK_TRAIN].acks_late and app.tasks[TASK_TRAIN].reject_on_worker_lost
     assert not create_celery(Settings(redis_url=redis_url)).conf.include, "the receiver's app includes no task code"
 
 
 def test_transient_errors_are_retried_with_backoff(redis_url: str) -> None:
-    """Event, reconcile and pre-annotation tasks retry Redis and network errors with exponential
-    backoff; training and the interactive predict do not retry."""
+    """Event, reconcile, pre-annotation and training tasks retry Redis and network errors with
+    exponential backoff, waiting less than the broker's visibility timeout; the interactive
+    predict does not retry."""
     app = create_celery(Settings(redis_url=redis_url), with_tasks=True)
     app.loader.import_default_modules()
-    for name in ("labelloop.handle_event", "labelloop.reconcile", "labelloop.preannotate"):
+    for name in ("labelloop.handle_event", "labelloop.reconcile", "labelloop.preannotate", "labelloop.train"):
         task = app.tasks[name]
         assert {redis.ConnectionError, redis.TimeoutError, httpx.TransportError} <= set(task.autoretry_for), name
         assert task.retry_backoff and task.max_retries == 5
-    for name in ("labelloop.train", "labelloop.predict"):
-        assert not getattr(app.tasks[name], "autoretry_for", ()), name
+        assert task.retry_backoff_max < app.conf.broker_transport_options["visibility_timeout"], name
+    assert not getattr(app.tasks["labelloop.predict"], "autoretry_for", ())
 
 
 def test_an_event_task_retries_when_redis_is_down(tmp_path: Path) -> None:

@@ -1,0 +1,194 @@
+"""Real train workers (``labelloop worker --queues train``) under real faults: the whole worker
+SIGKILLed mid-run and a new one started, the same training delivered twice, a dataset build
+that overruns the time limit. Label Studio is an address that accepts connections and never
+answers, so every run stays in its dataset build for as long as the test needs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from labelloop import keys
+from labelloop.jobs import Jobs
+from labelloop.lease import RunRecords
+from labelloop.names import QUEUE_TRAIN, TASK_TRAIN
+from labelloop.progress import ProgressStore
+from labelloop.settings import Settings
+from labelloop.stack import Stack, free_port, wait_until
+from workers.celery_app import create_celery
+
+
+@pytest.fixture
+def hanging_label_studio() -> Iterator[str]:
+    """An address that accepts TCP connections and never answers (a Label Studio stuck mid-request)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+class Workers:
+    """Train workers as processes, and a ``Jobs`` in the test that enqueues through Celery."""
+
+    def __init__(self, tmp_path: Path, redis_url: str, ls_url: str, env: dict[str, str]) -> None:
+        self.env = {
+            "LABELLOOP_REDIS_URL": redis_url,
+            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
+            "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
+            "LABEL_STUDIO_URL": ls_url,
+            "LABEL_STUDIO_API_KEY": "not-a-real-token",
+            "LABELLOOP_LOG_JSON": "true",
+            **env,
+        }
+        self.stack = Stack(tmp_path, self.env)
+        self.settings = Settings(
+            redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", train_every_n=100
+        )
+        self.app = create_celery(self.settings)
+        self.jobs = Jobs(self.settings, lambda name, args, queue: self.app.send_task(name, args=args, queue=queue))
+        self.redis = redis.Redis.from_url(redis_url)
+        self.progress = ProgressStore(self.redis)
+
+    def start_run(self, project_id: int) -> str:
+        """START_TRAINING for a project; returns the enqueued run id."""
+        assert self.jobs.handle_event(project_id, "START_TRAINING", []) == "started"
+        return bytes(self.redis.get(keys.training_lock(project_id)) or b"").decode()
+
+    def building(self, project_id: int, run_id: str) -> dict[str, Any]:
+        """Wait until a delivery of ``run_id`` is in its dataset build; its progress record (``pid``)."""
+        record: dict[str, Any] = {}
+
+        def started() -> bool:
+            nonlocal record
+            record = self.progress.get(project_id) or {}
+            return record.get("run_id") == run_id and bool(record.get("pid"))
+
+        wait_until(started, 90, f"a delivery of {run_id}", 0.1)
+        return record
+
+    def events(self, name: str, event: str) -> list[dict[str, Any]]:
+        """The worker's JSON log lines of one event."""
+        rows = []
+        for line in self.stack.log_tail(name, 10_000_000).splitlines():
+            if f'"{event}"' in line and line.startswith("{"):
+                rows.append(json.loads(line))
+        return [r for r in rows if r.get("event") == event]
+
+
+@pytest.fixture
+def workers(
+    tmp_path: Path, redis_url: str, hanging_label_studio: str, request: pytest.FixtureRequest
+) -> Iterator[Workers]:
+    env: dict[str, str] = getattr(request, "param", {})
+    w = Workers(tmp_path, redis_url, hanging_label_studio, env)
+    try:
+        yield w
+    finally:
+        w.stack.stop_all()
+
+
+@pytest.mark.parametrize("workers", [{"LABELLOOP_TRAIN_MAX_DELIVERIES": "1"}], indirect=True)
+@pytest.mark.parametrize("deploy", [False, True], ids=["sigkill", "sigterm-then-sigkill"])
+def test_a_killed_worker_s_training_is_redelivered_within_a_minute_and_given_up_after_max(
+    workers: Workers, deploy: bool
+) -> None:
+    """SIGKILL of the whole train worker mid-run (or SIGTERM to all its processes, then SIGKILL
+    10 s later), then a new worker:
+    the run is delivered again within a minute of the new worker being ready; being past
+    train_max_deliveries (1) it is given up (log, status record, metric) and the project is free."""
+    workers.stack.start_worker("train")
+    run_id = workers.start_run(21)
+    workers.building(21, run_id)
+    killed_at = time.monotonic()
+    # SIGTERM makes the pool child exit (its run goes back to its queue: a shutdown is no outcome).
+    workers.stack.stop("worker-train", sig=signal.SIGTERM if deploy else signal.SIGKILL, timeout_s=10)
+    # Celery's shutdown may put it back in the queue; a SIGKILL alone leaves it unacknowledged.
+    assert workers.redis.hlen("unacked") + workers.redis.llen(QUEUE_TRAIN) == 1, "the delivery is not lost"
+    metrics_port = free_port()
+    workers.stack.start_worker("train", name="worker-train-new", args=["--metrics-port", str(metrics_port)])
+    ready_at = time.monotonic()
+    records = RunRecords(workers.redis)
+    try:
+        wait_until(lambda: records.given_up(21) is not None, 90, "the redelivered run", 0.2)
+    except TimeoutError:
+        pytest.fail("not redelivered\n" + workers.stack.log_tail("worker-train-new"))
+    redelivered_s, since_kill_s = time.monotonic() - ready_at, time.monotonic() - killed_at
+    print(f"redelivered {redelivered_s:.1f} s after the new worker was ready ({since_kill_s:.1f} s after the kill)")
+    assert redelivered_s < 60
+    [given_up] = workers.events("worker-train-new", "training_given_up")
+    assert given_up["run_id"] == run_id and "1 deliveries died with their worker" in given_up["reason"]
+    assert not workers.jobs.trigger().state(21).training
+    assert workers.redis.hlen("unacked") == 0
+
+    def counted() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
+        return "labelloop_worker_trainings_given_up_total 1.0" in text
+
+    wait_until(counted, 30, "the given-up metric")
+    assert workers.start_run(21) != run_id, "the project trains again"
+
+
+def test_a_second_delivery_of_a_running_training_waits_and_takes_over_when_the_first_dies(workers: Workers) -> None:
+    """With two train workers, a copy of a running training's message (a duplicate delivery) goes
+    to the idle worker, which finds the run's lease alive and waits without training (and without
+    acknowledging: the first might still die); when the worker running the first delivery is
+    SIGKILLed, the waiting delivery takes the run over within the lease's TTL."""
+    names = ("worker-train", "worker-train-2")
+    workers.stack.start_worker("train", name=names[0])
+    workers.stack.start_worker("train", name=names[1])
+    run_id = workers.start_run(22)
+    first = workers.building(22, run_id)
+    workers.app.send_task(TASK_TRAIN, args=[22, run_id], queue=QUEUE_TRAIN)
+
+    def considered() -> bool:
+        second_started = (workers.progress.get(22) or {}).get("pid") != first["pid"]
+        return second_started or any(workers.events(n, "training_delivery_waiting") for n in names)
+
+    try:
+        wait_until(considered, 120, "the duplicate delivery", 0.5)
+    except TimeoutError:
+        pytest.fail("\n".join(workers.stack.log_tail(n) for n in names))
+    assert (workers.progress.get(22) or {}).get("pid") == first["pid"], "the first delivery still runs alone"
+    assert workers.redis.hget(keys.run(22, run_id), "started") == b"1"
+    with open(f"/proc/{first['pid']}/stat") as stat:
+        parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+    [running] = [n for n in names if workers.stack.procs[n].pid == parent]
+    workers.stack.stop(running, sig=signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_until(lambda: workers.redis.hget(keys.run(22, run_id), "started") == b"2", 90, "the take-over", 0.2)
+    print(f"taken over {time.monotonic() - killed_at:.1f} s after the kill")
+    assert workers.progress.get(22) is None or (workers.progress.get(22) or {}).get("pid") != first["pid"]
+    assert workers.redis.get(keys.training_lock(22)) == run_id.encode()
+
+
+@pytest.mark.parametrize("workers", [{"LABELLOOP_TRAIN_TIME_LIMIT_S": "10"}], indirect=True)
+def test_a_build_over_the_time_limit_is_stopped_and_the_followup_starts(workers: Workers) -> None:
+    """A run whose dataset build outlasts train_time_limit_s (10 s; Label Studio's client would
+    wait 60 s) meets the soft time limit: it is logged as failed, its lock released and the
+    follow-up requested meanwhile starts, before Celery's hard limit would have killed it."""
+    workers.stack.start_worker("train")
+    run_id = workers.start_run(23)
+    workers.building(23, run_id)
+    assert workers.jobs.handle_event(23, "START_TRAINING", []) == "coalesced"
+    started_at = time.monotonic()
+    try:
+        wait_until(
+            lambda: workers.redis.get(keys.training_lock(23)) not in (None, run_id.encode()), 50, "the follow-up", 0.2
+        )
+    except TimeoutError:
+        pytest.fail("no follow-up\n" + workers.stack.log_tail("worker-train"))
+    print(f"follow-up started {time.monotonic() - started_at:.1f} s after the run's build began")
+    wait_until(lambda: bool(workers.events("worker-train", "training_failed")), 30, "the failure logged")
+    [failed, *_] = workers.events("worker-train", "training_failed")
+    assert failed["run_id"] == run_id and failed["error_type"] == "TimeLimit"
+    assert RunRecords(workers.redis).finished(23, run_id)
