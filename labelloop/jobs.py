@@ -224,7 +224,8 @@ class Jobs:
         (success, failure, a time limit raised into it) removes its run directory, releases the
         lock and starts the follow-up, except a transient error with ``retry_transient`` and the
         process shutting down (SystemExit): then the lock goes back to the queued run and the
-        error is raised, for the retry or the redelivery.
+        error is raised, for the retry or the redelivery. Long because every way a run can end
+        (published, failed, transient error, shutdown, lease lost) settles the lock in one place.
 
         ``report`` gets each epoch's progress (``project_id``, ``run_id``, ``epoch``, ``epochs``,
         ``metrics``), e.g. for Celery's PROGRESS state.
@@ -241,21 +242,9 @@ class Jobs:
         s = self.settings
         outcome: dict[str, Any] = {"project_id": project_id, "run_id": run_id}
         records = RunRecords(self.redis)
-        if records.finished(project_id, run_id):
-            log.warning("training_duplicate", reason="this run already finished")
-            return {**outcome, "status": "duplicate"}
-        owner = uuid.uuid4().hex
-        claim = self._claim(project_id, run_id, owner, keepalive)
-        if claim == "claimed" and records.finished(project_id, run_id):
-            claim = "finished"  # it finished between the wait's last look and the claim
-            self._finished(project_id, run_id, owner)
-        if claim in ("busy", "finished"):
-            reason = "another delivery of this run " + ("ran it" if claim == "finished" else "is still running")
-            log.warning("training_duplicate", reason=reason)
-            return {**outcome, "status": "duplicate"}
-        if claim == "superseded":
-            log.warning("training_superseded", reason="another run holds the project")
-            return {**outcome, "status": "superseded"}
+        owner, refused = self._admit(project_id, run_id, keepalive)
+        if refused is not None:
+            return {**outcome, "status": refused}
         trigger = self.trigger()
         deliveries = records.started(project_id, run_id)
         progress = ProgressStore(self.redis)
@@ -312,6 +301,27 @@ class Jobs:
                     if not lease.lost.is_set():
                         self._finished(project_id, run_id, owner)
         return outcome
+
+    def _admit(self, project_id: int, run_id: str, keepalive: Callable[[], None] | None) -> tuple[str, str | None]:
+        """Claim the project for this delivery of ``run_id``: ``(owner token, None)``, or
+        ``(owner, "duplicate" | "superseded")`` when this delivery must do nothing."""
+        records = RunRecords(self.redis)
+        owner = uuid.uuid4().hex
+        if records.finished(project_id, run_id):
+            log.warning("training_duplicate", reason="this run already finished")
+            return owner, "duplicate"
+        claim = self._claim(project_id, run_id, owner, keepalive)
+        if claim == "claimed" and records.finished(project_id, run_id):
+            claim = "finished"  # it finished between the wait's last look and the claim
+            self._finished(project_id, run_id, owner)
+        if claim in ("busy", "finished"):
+            reason = "another delivery of this run " + ("ran it" if claim == "finished" else "is still running")
+            log.warning("training_duplicate", reason=reason)
+            return owner, "duplicate"
+        if claim == "superseded":
+            log.warning("training_superseded", reason="another run holds the project")
+            return owner, "superseded"
+        return owner, None
 
     def _claim(self, project_id: int, run_id: str, owner: str, keepalive: Callable[[], None] | None) -> str:
         """``TriggerStore.claim``, waiting while another delivery of the run holds it.
