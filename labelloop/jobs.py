@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,7 @@ class Jobs:
                 started = None
             current = annotations_in_export(export_tasks(client, project_id))
         self.ensure_ledger(project_id)
-        changes = diff(self.ledger().seen(project_id), current, before=started)
+        changes = diff(self.ledger().seen(project_id), current, before=started, resolution=timedelta(seconds=1))
         if changes:
             log.info("reconcile_missed_changes", changes=len(changes))
             # Their webhooks never arrived: the next dataset build reads Label Studio.

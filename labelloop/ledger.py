@@ -16,7 +16,7 @@ export racing a webhook), so the ledger orders them by Label Studio's time, not 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
@@ -64,7 +64,12 @@ def is_newer(new: str | None, old: str | None) -> bool:
     return n is not None and n > o
 
 
-def diff(seen: dict[int, str], current: dict[int, str], before: datetime | None = None) -> list[Change]:
+def diff(
+    seen: dict[int, str],
+    current: dict[int, str],
+    before: datetime | None = None,
+    resolution: timedelta = timedelta(0),
+) -> list[Change]:
     """Changes that turn ``seen`` into ``current`` (both: annotation id -> normalised updated_at).
 
     Only changes forward in time count: an annotation whose ``current`` time is not later than
@@ -72,18 +77,21 @@ def diff(seen: dict[int, str], current: dict[int, str], before: datetime | None 
     read of ``current`` started, Label Studio's clock), changes from that time on are left out:
     an annotation updated at or after it, and one ``seen`` at or after it but absent from
     ``current`` (created after the read started, not deleted); the next comparison sees them.
+    ``resolution``: how coarse ``before`` is (an HTTP ``Date`` header: 1 s, truncated). Within
+    it, an update ``current`` shows counts (it happened before the read saw it) while an
+    absence does not (the annotation may have been created after the read started).
 
     Returns:
         new or updated annotations with their ``updated_at``, then deleted ones with None,
         each sorted by id.
     """
 
-    def settled(ts: str | None) -> bool:
+    def settled(ts: str | None, grace: timedelta = timedelta(0)) -> bool:
         parsed = parse_ts(ts)
-        return before is None or parsed is None or parsed < before
+        return before is None or parsed is None or parsed < before + grace
 
     changed: list[Change] = [
-        (i, u) for i, u in sorted(current.items()) if (i not in seen or is_newer(u, seen[i])) and settled(u)
+        (i, u) for i, u in sorted(current.items()) if (i not in seen or is_newer(u, seen[i])) and settled(u, resolution)
     ]
     deleted: list[Change] = [(i, None) for i in sorted(set(seen) - set(current)) if settled(seen[i])]
     return changed + deleted

@@ -3,7 +3,7 @@ applied in any arrival order (tombstones, time order)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -112,3 +112,13 @@ def test_diff_leaves_out_older_times_and_changes_from_the_reads_start_on() -> No
     seen = {1: "2026-11-21T10:00:05.000000Z", 2: "2026-11-21T10:00:12.000000Z", 3: "2026-11-21T10:00:01.000000Z"}
     current = {1: "2026-11-21T10:00:04.000000Z", 4: "2026-11-21T10:00:11.000000Z", 5: "2026-11-21T10:00:02.000000Z"}
     assert diff(seen, current, before=start) == [(5, "2026-11-21T10:00:02.000000Z"), (3, None)]
+
+
+def test_diff_within_the_start_s_resolution_counts_updates_but_not_absences() -> None:
+    """A read start known to the second (a Date header): an update the export shows within that
+    second counts, an annotation absent from it but seen within that second is not deleted."""
+    start = datetime(2026, 11, 21, 10, 0, 10, tzinfo=UTC)  # the read really started at 10:00:10.x
+    seen = {2: "2026-11-21T10:00:10.400000Z"}
+    current = {4: "2026-11-21T10:00:10.300000Z"}
+    assert diff(seen, current, before=start) == []
+    assert diff(seen, current, before=start, resolution=timedelta(seconds=1)) == [(4, "2026-11-21T10:00:10.300000Z")]

@@ -167,7 +167,8 @@ def test_a_second_delivery_of_a_running_training_waits_and_takes_over_when_the_f
     killed_at = time.monotonic()
     wait_until(lambda: workers.redis.hget(keys.run(22, run_id), "started") == b"2", 90, "the take-over", 0.2)
     print(f"taken over {time.monotonic() - killed_at:.1f} s after the kill")
-    assert workers.progress.get(22) is None or (workers.progress.get(22) or {}).get("pid") != first["pid"]
+    # The new delivery records its own process in the progress record right after it starts.
+    wait_until(lambda: (workers.progress.get(22) or {}).get("pid") != first["pid"], 30, "the new delivery's progress")
     assert workers.redis.get(keys.training_lock(22)) == run_id.encode()
 
 
