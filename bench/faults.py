@@ -498,7 +498,8 @@ class Campaign:
         """Each training request against published versions and reported failures."""
         events = log_events(self.stack, ("worker-events", "worker-train"))
         requested = {e["run_id"] for e in events if e.get("event") == "training_enqueued" and e.get("run_id")}
-        failed = Counter(e.get("run_id") for e in events if e.get("event") == "training_failed")
+        # A run given up after its deliveries kept dying is a reported failure too (log, status, metric).
+        failed = Counter(e.get("run_id") for e in events if e.get("event") in ("training_failed", "training_given_up"))
         published: Counter[str] = Counter()
         for project in self.projects:
             for version in self.registry.list_versions(project.id):

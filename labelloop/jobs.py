@@ -285,7 +285,9 @@ class Jobs:
                     raise
             except (SystemExit, KeyboardInterrupt):
                 # The process is shutting down (a pool child's SIGTERM): the run did not end, it
-                # goes back to its queued state for the redelivery.
+                # goes back to its queued state for the redelivery, and this delivery did not die
+                # (a clean shutdown never counts towards giving the run up).
+                records.ended_without_outcome(project_id, run_id)
                 requeued = trigger.requeue(project_id, run_id, owner)
                 raise
             except LabelloopError as exc:
