@@ -93,7 +93,7 @@ class TriggerStore:
     Args:
         client: Redis.
         lock_ttl_s: TTL of the lock of an enqueued run (seconds; its longest queue wait).
-        run_ttl_s: TTL of a claimed lock and its owner (seconds), renewed while the run runs.
+        run_ttl_s: TTL of the owner of a claimed lock (seconds), renewed while the run runs.
     """
 
     def __init__(self, client: redis.Redis, lock_ttl_s: int, run_ttl_s: int = 30) -> None:
@@ -119,7 +119,10 @@ class TriggerStore:
         """Take the project's lock for one delivery of ``run_id`` (token ``owner``).
 
         Returns:
-            "claimed" (the lock and owner now expire ``run_ttl_s`` from now unless renewed),
+            "claimed" (the owner now expires ``run_ttl_s`` from now unless renewed; the lock keeps
+            ``lock_ttl_s``, so when this delivery dies the project stays the run's and its
+            redelivery claims it, rather than a new run starting and the redelivery finding
+            itself superseded),
             "busy" (another delivery of this run holds it and is alive) or "superseded"
             (another run holds the project: this one must not train).
         """
@@ -137,7 +140,9 @@ class TriggerStore:
                         pipe.unwatch()
                         return "busy"
                     pipe.multi()
-                    pipe.set(lkey, run_id, ex=self.run_ttl_s)
+                    # The lock stays the run's (queued TTL) if this delivery dies: only the
+                    # owner expires, so the redelivery of the same run claims it again.
+                    pipe.set(lkey, run_id, ex=self.lock_ttl_s)
                     pipe.set(okey, owner, ex=self.run_ttl_s)
                     pipe.execute()
                     return "claimed"
@@ -145,7 +150,8 @@ class TriggerStore:
                     continue
 
     def renew(self, project_id: int, run_id: str, owner: str) -> bool:
-        """Extend a claimed lock by ``run_ttl_s``; returns whether ``run_id``/``owner`` still hold it."""
+        """Extend a claim: the owner by ``run_ttl_s``, the lock by ``lock_ttl_s``; returns whether
+        ``run_id``/``owner`` still hold it."""
         _, lkey = self._keys(project_id)
         okey = keys.training_owner(project_id)
         with self.redis.pipeline() as pipe:
@@ -155,7 +161,7 @@ class TriggerStore:
                     pipe.unwatch()
                     return False
                 pipe.multi()
-                pipe.expire(lkey, self.run_ttl_s)
+                pipe.expire(lkey, self.lock_ttl_s)
                 pipe.expire(okey, self.run_ttl_s)
                 pipe.execute()
                 return True

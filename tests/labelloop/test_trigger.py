@@ -135,3 +135,21 @@ def test_requeue_hands_the_lock_back_to_the_queued_run(redis_url: str) -> None:
     assert store.requeue(6, run.run_id, "first")
     assert client.ttl("labelloop:project:6:training") > 3600 and store.state(6).training
     assert store.claim(6, run.run_id, "retry") == "claimed"
+
+
+def test_a_run_whose_delivery_died_keeps_the_project_for_its_redelivery(redis_url: str) -> None:
+    """When the delivery running a training dies (its owner key expires, no more renewals), the
+    project stays the run's: events meanwhile set the follow-up instead of starting another run,
+    and the redelivery of the same run claims it (it is never left superseded)."""
+    client = redis.Redis.from_url(redis_url)
+    store = TriggerStore(client, lock_ttl_s=86400, run_ttl_s=1)
+    run = store.apply(9, "start_training", n=1)
+    assert run.run_id and store.claim(9, run.run_id, "dies") == "claimed"
+    assert store.renew(9, run.run_id, "dies")
+    deadline = time.monotonic() + 10
+    while client.exists("labelloop:project:9:training:owner") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not client.exists("labelloop:project:9:training:owner"), "the dead delivery's claim expired"
+    later = store.apply(9, "annotation", n=1)
+    assert not later.start and later.state.followup
+    assert store.claim(9, run.run_id, "redelivery") == "claimed"
