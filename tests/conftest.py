@@ -6,6 +6,7 @@ import functools
 import http.server
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,13 @@ def label_studio_local_files(tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield url, LS_TOKEN, document_root
     finally:
         stack.stop_all()
+
+
+@pytest.fixture
+def hanging_label_studio() -> Iterator[str]:
+    """An address that accepts TCP connections and never answers (a Label Studio stuck mid-request)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +25,6 @@ from labelloop.progress import ProgressStore
 from labelloop.settings import Settings
 from labelloop.stack import free_port, wait_until
 from labelloop.trigger import TriggerStore
-
-
-@pytest.fixture
-def hanging_label_studio() -> Iterator[str]:
-    """An address that accepts TCP connections and never answers (a Label Studio stuck mid-request)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    server.close()
 
 
 def settings_for(redis_url: str, tmp_path: Path, ls_url: str, **extra: Any) -> Settings:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,16 +24,6 @@ from labelloop.progress import ProgressStore
 from labelloop.settings import Settings
 from labelloop.stack import Stack, free_port, wait_until
 from workers.celery_app import create_celery
-
-
-@pytest.fixture
-def hanging_label_studio() -> Iterator[str]:
-    """An address that accepts TCP connections and never answers (a Label Studio stuck mid-request)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    server.close()
 
 
 class Workers:
