@@ -225,13 +225,12 @@ def run_training_process(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     poll_s: float = 1.0,
-    heartbeat: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``train(spec)`` in a child Python process and return its result.
 
     The child's output goes to ``<run_dir>/train.log``. While it runs, ``on_progress`` gets
-    ``{"epoch", "epochs", "metrics"}`` after each epoch; ``should_cancel`` and ``heartbeat``
-    (e.g. refreshing the project's training lock) are called every ``poll_s`` seconds. The
+    ``{"epoch", "epochs", "metrics"}`` after each epoch; ``should_cancel`` is called every
+    ``poll_s`` seconds (the project's lock is kept by ``labelloop.lease.RunLease``). The
     child gets SIGKILL when this process dies, so a killed worker leaves no orphan training.
 
     Raises:
@@ -261,8 +260,6 @@ def run_training_process(
                     raise TrainingError(f"training exceeded {timeout_s:.0f} s and was killed")
                 if should_cancel is not None and should_cancel():
                     raise TrainingError("training cancelled")
-                if heartbeat is not None:
-                    heartbeat()
                 progress = run_dir / "progress.json"
                 if on_progress is not None and progress.exists():
                     text = progress.read_text()
