@@ -109,6 +109,21 @@ def score(preds: Sequence[Det], truths: Sequence[Det], threshold: float = IOU) -
     }
 
 
+def edits(preds: Sequence[Det], truths: Sequence[Det], threshold: float = IOU) -> dict[str, int]:
+    """What an annotator must change to turn ``preds`` into ``truths``: draw each missed object,
+    delete each wrong region (matching as in ``match``; a region of the wrong label is both a
+    wrong region and a missed object, as relabelling it is one edit plus a check).
+
+    Returns:
+        ``{"missed", "wrong", "edits", "truths", "predictions"}``; ``edits = missed + wrong``.
+        With no prediction at all, ``edits`` is the number of truths (every box drawn by hand).
+    """
+    matched = match(preds, truths, threshold)
+    tp = sum(hit for _, hit in matched)
+    missed, wrong = len(truths) - tp, len(matched) - tp
+    return {"missed": missed, "wrong": wrong, "edits": missed + wrong, "truths": len(truths), "predictions": len(matched)}
+
+
 def region_box(value: dict[str, Any], width: float, height: float) -> tuple[float, float, float, float]:
     """Pixel box of a Label Studio rectangle value (percent; a rotation gives the box around it)."""
     x, y = float(value["x"]) / 100 * width, float(value["y"]) / 100 * height

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from labelloop.scoring import Det, average_precision, iou, regions_to_dets, score
+from labelloop.scoring import Det, average_precision, edits, iou, regions_to_dets, score
 
 
 def test_scoring_hand_cases() -> None:
@@ -35,3 +35,15 @@ def test_scoring_hand_cases() -> None:
         "value": {"x": 10, "y": 20, "width": 50, "height": 25, "rectanglelabels": ["a"]},
     }
     assert regions_to_dets(3, [r], 200, 100) == [Det(3, "a", 0.7, (20.0, 20.0, 120.0, 45.0))]
+
+
+def test_edits_count_missed_objects_and_wrong_regions() -> None:
+    truths = [Det(0, "a", 1.0, (0, 0, 10, 10)), Det(0, "b", 1.0, (20, 20, 30, 30)), Det(1, "a", 1.0, (0, 0, 5, 5))]
+    preds = [
+        Det(0, "a", 0.9, (0, 0, 10, 11)),  # right
+        Det(0, "a", 0.8, (20, 20, 30, 30)),  # wrong label: one wrong region, and "b" is missed
+        Det(1, "a", 0.7, (50, 50, 60, 60)),  # nowhere near: wrong, and image 1's "a" is missed
+    ]
+    assert edits(preds, truths) == {"missed": 2, "wrong": 2, "edits": 4, "truths": 3, "predictions": 3}
+    assert edits([], truths)["edits"] == 3
+    assert edits(preds[:1], truths[:1])["edits"] == 0
