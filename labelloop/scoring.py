@@ -121,7 +121,13 @@ def edits(preds: Sequence[Det], truths: Sequence[Det], threshold: float = IOU) -
     matched = match(preds, truths, threshold)
     tp = sum(hit for _, hit in matched)
     missed, wrong = len(truths) - tp, len(matched) - tp
-    return {"missed": missed, "wrong": wrong, "edits": missed + wrong, "truths": len(truths), "predictions": len(matched)}
+    return {
+        "missed": missed,
+        "wrong": wrong,
+        "edits": missed + wrong,
+        "truths": len(truths),
+        "predictions": len(matched),
+    }
 
 
 def region_box(value: dict[str, Any], width: float, height: float) -> tuple[float, float, float, float]:
