@@ -378,7 +378,11 @@ def predict(job: Mapping[str, Any], imgsz: int, device: str) -> list[ImagePredic
                         cx, cy, w, h = (float(v) for v in xywhn)
                         regions.append(Region(class_ids[int(cls)], float(conf), (cx, cy, w, h)))
             out.append(ImagePrediction(task_id, tuple(regions)))
-    del model
+    del model  # the training loads its own; free the served version's memory first
+    if device not in ("cpu", "mps"):
+        import torch
+
+        torch.cuda.empty_cache()
     return out
 
 
