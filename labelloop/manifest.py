@@ -46,6 +46,33 @@ class Recipe(_Record):
     checkpoint_used: str | None = None
 
 
+class PseudoLabels(_Record):
+    """Self-training's part of a training (``labelloop.pseudo``): recorded when the setting was on.
+
+    ``applied``: whether pseudo-labelled images were trained on (else ``skipped`` says why);
+    ``version``: the served version that predicted them; ``conf``, ``low_conf``: the rule's
+    thresholds; ``ratio``, ``cap``: images allowed per human train image, and that number;
+    ``pool``: unlabeled tasks chosen to predict, ``predicted``: images predicted,
+    ``qualified``: those that met the rule, ``images``, ``regions``: what was trained on, and
+    ``task_ids`` (all in the train split); ``seconds``: spent predicting and writing.
+    """
+
+    applied: bool = False
+    skipped: str | None = None
+    version: str | None = None
+    conf: float | None = None
+    low_conf: float | None = None
+    ratio: float | None = None
+    cap: int | None = None
+    pool: int | None = None
+    predicted: int | None = None
+    qualified: int | None = None
+    images: int = 0
+    regions: int = 0
+    task_ids: list[int] = Field(default_factory=list)
+    seconds: float | None = None
+
+
 class Manifest(_Record):
     """A model version's manifest.
 
@@ -71,6 +98,7 @@ class Manifest(_Record):
     base_model: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    pseudo_labels: PseudoLabels | None = None
     # Only in manifests written before annotations.json; read it with ModelVersion.annotations().
     annotations: dict[str, str] = Field(default_factory=dict)
 
@@ -114,6 +142,8 @@ class TrainingJob:
     incumbent: str | None = None
     fallback_weights: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # labelloop.pseudo.prepare's job: pseudo-label the unlabeled pool before training.
+    pseudo: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object ``train`` reads (``extra``: the recipe's other Ultralytics arguments)."""
@@ -127,7 +157,8 @@ class TrainingResult:
 
     ``best``: the checkpoint to publish; ``metrics``: its validation metrics (fractions);
     ``incumbent_metrics``: the incumbent's on the same split, or None; ``class_metrics``: the
-    candidate's per class name (``TaskType.class_metrics``).
+    candidate's per class name (``TaskType.class_metrics``); ``pseudo_labels``: what
+    ``labelloop.pseudo.label_unlabeled`` trained on, when it ran.
     """
 
     best: str
@@ -141,6 +172,7 @@ class TrainingResult:
     epochs_run: int | None = None
     checkpoint: str | None = None
     base_model_note: str | None = None
+    pseudo_labels: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingResult:

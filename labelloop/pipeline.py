@@ -24,10 +24,11 @@ from labelloop.dataset import BuildResult, build_project_dataset
 from labelloop.errors import TrainingError
 from labelloop.labels import TrainSpec
 from labelloop.ledger import annotations_in_export
-from labelloop.manifest import Incumbent, Manifest, Promotion, Recipe, TrainingJob, TrainingResult
+from labelloop.manifest import Incumbent, Manifest, Promotion, PseudoLabels, Recipe, TrainingJob, TrainingResult
 from labelloop.notify import serve_when_warm
 from labelloop.params import load as load_params
 from labelloop.promotion import Decision, decide_promotion
+from labelloop.pseudo import prepare as prepare_pseudo_labels
 from labelloop.recipe import OVERRIDABLE, DataShape, plan_recipe
 from labelloop.registry import ModelVersion, Registry
 from labelloop.runs import run_directory
@@ -57,7 +58,8 @@ def run_training(
     """Train a new version of a project's model from its current annotations and publish it.
 
     Stages and their wall seconds go into the manifest's ``timings``: ``export`` (label
-    config + JSON export), ``download`` (images), ``build`` (dataset files), ``train``
+    config + JSON export), ``download`` (images), ``build`` (dataset files), ``pseudo`` (with
+    ``LABELLOOP_PSEUDO_LABELS``: listing and fetching unlabeled tasks, ``labelloop.pseudo``), ``train``
     (ultralytics, in a child process, including its final validation) and ``publish``.
 
     Returns:
@@ -80,6 +82,11 @@ def run_training(
         timings = _log_dataset(built)
         parent = registry.current(project_id)
         plan = plan_training(settings, built, parent, project_params.base_model is None, params)
+        t0 = time.perf_counter()
+        pseudo = prepare_pseudo_labels(settings, project_id, built, parent, params, run_dir / "pseudo")
+        plan.job.pseudo, plan.pseudo_labels = pseudo.job, pseudo.record
+        if params.get("pseudo_labels"):
+            timings["pseudo"] = time.perf_counter() - t0
         log.info(
             "training_recipe",
             warm_start=plan.warm_start,
@@ -242,6 +249,8 @@ class TrainingPlan:
     warm_start: bool
     base: BaseModel | None
     same_kind: bool
+    # The manifest's pseudo_labels when none are predicted in the child (skipped, or the setting off: None).
+    pseudo_labels: dict[str, Any] | None = None
 
 
 def plan_training(
@@ -321,6 +330,7 @@ def version_manifest(
 ) -> Manifest:
     """The manifest of the version a training produced (the promotion decision is set after)."""
     spec, report, base = built.spec, built.report, plan.base
+    pseudo = result.pseudo_labels or plan.pseudo_labels
     if base is not None:
         note = {"note": result.base_model_note} if result.base_model_note else {}
         base_model: dict[str, Any] = {**base.to_dict(), **note}
@@ -343,6 +353,7 @@ def version_manifest(
         base_model=base_model,
         run_id=run_id,
         timings=timings,
+        pseudo_labels=PseudoLabels.model_validate(pseudo) if pseudo else None,
     )
 
 

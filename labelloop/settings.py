@@ -184,6 +184,31 @@ class Settings(BaseSettings):
         description="After a promotion, keep a Data Manager tab 'labelloop: most informative first' in the "
         "project (unlabeled tasks, lowest prediction score first).",
     )
+    pseudo_labels: bool = Field(
+        False,
+        description="Self-training (detect): the served version's confident predictions on unlabeled tasks join "
+        "a training's train split as pseudo-labels (see README, How it trains). Off until the benchmark shows "
+        "it helps.",
+    )
+    pseudo_conf: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description="An unlabeled image is pseudo-labelled only when every region predicted on it at "
+        "LABELLOOP_PREDICT_CONF or more is at least this confident.",
+    )
+    pseudo_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description="Pseudo-labelled images per human-labelled train image, at most (most confident first).",
+    )
+    pseudo_pool: int = Field(
+        500,
+        ge=1,
+        description="Unlabeled tasks predicted per training for pseudo-labels, at most (4 per pseudo-label "
+        "allowed, up to this).",
+    )
 
     reconcile_interval_s: int = Field(
         300, ge=1, description="Seconds between reconciliations with Label Studio (Celery beat)."

@@ -7,7 +7,8 @@ train task runs ``python -m labelloop.training <spec.json>`` and waits for it. T
 Spec keys: ``data`` (data.yaml), ``weights`` (.pt path or model YAML), ``epochs``, ``imgsz``,
 ``batch``, ``device``, ``workers``, ``seed``, ``run_dir``, ``config_dir``; optional, from
 ``labelloop.recipe.Recipe``: ``nbs``, ``time_s``, ``mosaic``, ``close_mosaic``, ``freeze``, ``val``
-and ``checkpoint`` (absent: Ultralytics' defaults, best.pt).
+and ``checkpoint`` (absent: Ultralytics' defaults, best.pt); ``pseudo`` (``labelloop.pseudo``:
+the served version pseudo-labels unlabeled images into the train split first).
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     device = pick_device(str(spec.get("device", "")))
     run_dir = Path(spec["run_dir"]).absolute()
+    pseudo_labels = None
+    if spec.get("pseudo"):
+        from labelloop.pseudo import label_unlabeled
+
+        spec, pseudo_labels = label_unlabeled(spec, device)
     t0 = time.perf_counter()
     note = ""
     try:
@@ -145,6 +151,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         "base_model_note": note,
         "epochs_planned": int(spec["epochs"]),
         "checkpoint": "last" if best == last else "best",
+        "pseudo_labels": pseudo_labels,
     }
 
 
