@@ -6,7 +6,6 @@ Follows Label Studio's JSON export format
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -28,7 +27,6 @@ from labelloop.ledger import parse_ts
 log = structlog.get_logger(__name__)
 
 
-@functools.lru_cache(maxsize=8)
 def export_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
     """Export the project's annotated tasks as Label Studio JSON (list of task dicts).
 

@@ -413,6 +413,11 @@ def test_brush_annotation_exported_by_a_real_label_studio(label_studio: tuple[st
     for blob in (blob_a, blob_b):
         assert iou(traced & blob, blob) > 0.97
 
+    # the same client exports again what Label Studio holds now, never a remembered export
+    (second_task,) = api.import_images(project, [make_sample(2, 160, 120)])
+    api.annotate(second_task, [region])
+    assert {t["id"] for t in export_tasks(api.sdk, project)} == {task_id, second_task}
+
 
 # ---------------------------------------------------------------------------- pose
 
