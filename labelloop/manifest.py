@@ -46,6 +46,29 @@ class Recipe(_Record):
     checkpoint_used: str | None = None
 
 
+class ShowConf(_Record):
+    """The score threshold the version shows annotators (``labelloop.threshold``): regions scoring
+    below ``value`` are not shown by ``/predict`` and pre-annotations. ``value`` None: not
+    applicable (classify) or not measured, and ``predict_conf`` applies.
+
+    ``raw``: the validation split's optimum (fewest edits); ``value`` is it shrunk toward
+    ``prior`` with weight ``objects / (objects + prior_objects)``; ``edits_per_image*``: missed
+    plus wrong regions per validation image at ``value``, ``raw`` and ``prior``.
+    """
+
+    value: float | None = None
+    note: str | None = None
+    raw: float | None = None
+    prior: float | None = None
+    prior_objects: int | None = None
+    objects: int | None = None
+    images: int | None = None
+    sweep_conf: float | None = None
+    edits_per_image: float | None = None
+    edits_per_image_at_raw: float | None = None
+    edits_per_image_at_prior: float | None = None
+
+
 class Manifest(_Record):
     """A model version's manifest.
 
@@ -71,6 +94,8 @@ class Manifest(_Record):
     base_model: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    # None in versions published before display thresholds: they show what predict_conf lets through.
+    show_conf: ShowConf | None = None
     # Only in manifests written before annotations.json; read it with ModelVersion.annotations().
     annotations: dict[str, str] = Field(default_factory=dict)
 
@@ -113,6 +138,7 @@ class TrainingJob:
     seed: int = 0
     incumbent: str | None = None
     fallback_weights: str | None = None
+    predict_conf: float = 0.25  # the display threshold's prior (labelloop.threshold)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,7 +153,8 @@ class TrainingResult:
 
     ``best``: the checkpoint to publish; ``metrics``: its validation metrics (fractions);
     ``incumbent_metrics``: the incumbent's on the same split, or None; ``class_metrics``: the
-    candidate's per class name (``TaskType.class_metrics``).
+    candidate's per class name (``TaskType.class_metrics``); ``show_conf``: its display
+    threshold (``ShowConf``).
     """
 
     best: str
@@ -141,6 +168,7 @@ class TrainingResult:
     epochs_run: int | None = None
     checkpoint: str | None = None
     base_model_note: str | None = None
+    show_conf: dict[str, Any] | None = None  # labelloop.manifest.ShowConf as JSON
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingResult:
