@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -167,3 +168,116 @@ def test_val_images_and_their_label_files(tmp_path: Path) -> None:
     images = val_images(tmp_path / "data.yaml")
     assert [p.name for p in images] == ["10.jpg", "2.png"]
     assert label_path(images[0]) == tmp_path / "labels" / "val" / "10.txt"
+
+
+def test_a_real_training_records_its_threshold_in_the_manifest(
+    trained: dict, image_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A real training's child measures the display threshold on its val split (objects and images counted from
+    the dataset, prior = predict_conf) and the version's manifest, as the pipeline writes and the registry reads
+    it, holds it; the training job carries predict_conf as the prior."""
+    from labelloop.dataset import build_dataset, local_images
+    from labelloop.labels import parse_detection_config
+    from labelloop.manifest import TrainingResult
+    from labelloop.pipeline import plan_training, version_manifest
+    from labelloop.registry import Registry
+    from labelloop.settings import Settings
+    from labelloop.synthetic import LABEL_CONFIG, make_sample
+
+    show = ShowConf.model_validate(trained["result"]["show_conf"])
+    labels = sorted((Path(trained["work"]) / "ds" / "labels" / "val").glob("*.txt"))
+    objects = sum(len([line for line in p.read_text().splitlines() if line.strip()]) for p in labels)
+    assert (show.objects, show.images) == (objects, trained["report"].images["val"])
+    assert show.prior == 0.25 and show.prior_objects == PRIOR_OBJECTS and show.raw is not None
+    assert show.value == pytest.approx(round(shrink(show.raw, 0.25, objects), 4))
+    assert show.edits_per_image_at_raw is not None and show.edits_per_image_at_prior is not None
+    assert show.edits_per_image_at_raw <= show.edits_per_image_at_prior  # the split's optimum is optimal on it
+
+    _, root = image_server
+    tasks = [
+        {
+            "id": i + 1,
+            "data": {"image": f"img{i}.png"},
+            "annotations": [{"id": i + 1, "result": make_sample(i, 160, 120).ls_result(), "was_cancelled": False}],
+        }
+        for i in range(12)
+    ]
+    spec = parse_detection_config(LABEL_CONFIG)
+    built = build_dataset(
+        tasks, spec, tmp_path / "ds", local_images({i + 1: root / f"img{i}.png" for i in range(12)}), 0.25, 2
+    )
+    settings = Settings(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", predict_conf=0.3, offline=True)
+    plan = plan_training(settings, built, None, True, {"base_model": "yolov8n.yaml"})
+    assert plan.job.to_dict()["predict_conf"] == 0.3
+    manifest = version_manifest(built, None, plan, TrainingResult.from_dict(trained["result"]), "run-1", {})
+    version = Registry(settings.models_dir).publish(1, Path(trained["result"]["best"]), manifest.to_json())
+    assert version.record.show_conf == show
+    assert version.manifest["show_conf"]["value"] == show.value
+
+
+def test_predictor_hides_regions_below_the_version_threshold_and_keeps_the_score(
+    trained: dict, image_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A version whose manifest has a display threshold returns only the regions at or above it, with the task's
+    score as without it; LABELLOOP_SHOW_CONF overrides the version's, the extra param overrides both; a threshold
+    below predict_conf shows the regions down to it while the score still counts the boxes above predict_conf."""
+    from labelloop.labels import parse_detection_config
+    from labelloop.media import MediaConfig
+    from labelloop.predictor import Predictor
+    from labelloop.registry import Registry
+    from labelloop.synthetic import LABEL_CONFIG
+
+    spec = parse_detection_config(LABEL_CONFIG)
+    base_url, _ = image_server
+    tasks = [{"id": i, "data": {"image": f"{base_url}/img{i}.png"}} for i in range(4)]
+    registry = Registry(tmp_path / "models")
+    best = Path(trained["result"]["best"])
+    manifest = {"classes": list(spec.labels), "task": "detect", "from_name": spec.from_name}
+    registry.publish(5, best, manifest)  # v1: before thresholds
+    media = MediaConfig(None, None, allow_hosts=("127.0.0.1",))
+
+    def predictor(conf: float, show_conf: float | None = None) -> Predictor:
+        work = Path(trained["work"])
+        return Predictor(
+            registry, "yolov8n.yaml", work / "yolo", tmp_path / "cache", 160, conf, media=media, show_conf=show_conf
+        )
+
+    def regions(out: list[dict]) -> list[list[tuple[float, str]]]:
+        return [sorted((r["score"], json.dumps(r["value"], sort_keys=True)) for r in o["result"]) for o in out]
+
+    everything = predictor(0.0).predict(5, spec, tasks, None, None, version="v1")
+    # Thresholds in gaps between score levels: the 2-epoch model scores many boxes exactly alike, and NMS among
+    # tied boxes depends on their order, which predicting at another conf may change (and Ultralytics keeps
+    # scores above its conf, labelloop shows those at or above the threshold).
+    scores = sorted({s for task in regions(everything) for s, _ in task}, reverse=True)
+    gaps = [(s + lower) / 2 for s, lower in zip(scores, scores[1:], strict=False) if s > lower * 1.01]
+    assert len(gaps) >= 2, f"an undertrained model at conf 0 gives regions at several levels: {scores}"
+    t, t_low = gaps[0], gaps[1]
+    registry.publish(5, best, {**manifest, "show_conf": {"value": t}})  # v2
+    registry.publish(5, best, {**manifest, "show_conf": {"value": t_low}})  # v3: below predict_conf t below
+
+    def at_least(out: list[dict], threshold: float) -> list[list[tuple[float, str]]]:
+        return [[(s, v) for s, v in task if s >= threshold] for task in regions(out)]
+
+    p = predictor(0.0)
+    v2 = p.predict(5, spec, tasks, None, None, version="v2")
+    assert regions(v2) == at_least(everything, t) != regions(everything)
+    assert [o["score"] for o in v2] == [o["score"] for o in everything]
+    # the extra param wins over the version's threshold
+    assert regions(p.predict(5, spec, tasks, None, None, version="v2", show_conf=0.0)) == regions(everything)
+    # the setting wins over the version's, the extra param over the setting
+    set_low = predictor(0.0, show_conf=0.0)
+    assert regions(set_low.predict(5, spec, tasks, None, None, version="v2")) == regions(everything)
+    by_param = set_low.predict(5, spec, tasks, None, None, version="v1", show_conf=t)
+    assert regions(by_param) == at_least(everything, t)
+
+    # predict_conf t: v1 shows what it shows today; v3's threshold below it shows more, with the same score
+    high = predictor(t)
+    today = high.predict(5, spec, tasks, None, None, version="v1")
+    assert regions(today) == at_least(everything, t)
+    v3 = high.predict(5, spec, tasks, None, None, version="v3")
+    shown = regions(v3)
+    assert [[(s, v) for s, v in task if s >= t] for task in shown] == regions(today)
+    assert all(s >= t_low for task in shown for s, _ in task)
+    assert any(s < t for task in shown for s, _ in task)  # shown below predict_conf
+    assert [o["score"] for o in v3] == [o["score"] for o in today]
