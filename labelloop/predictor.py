@@ -448,10 +448,7 @@ class Predictor:
             tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sends them.
             score_strategy: the informativeness strategy of ``score`` (default: the predictor's).
             version: predict with this version (``model_at``) instead of the served one.
-            show_conf: the display threshold (the extra param ``show_conf``); None: the
-                predictor's ``show_conf``, else the version's own, else ``conf``. Regions scoring
-                below it are left out; the task's ``score`` is computed over the same candidate
-                boxes whatever it is (those scoring at least ``conf``).
+            show_conf: the display threshold (the extra param ``show_conf``; see ``_show_conf``).
 
         Returns:
             ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions in
@@ -492,12 +489,10 @@ class Predictor:
                 log.warning("predict_image_unavailable", project_id=project_id, task_id=tid, error=str(images.get(tid)))
         if not ok:
             return out
-        show = next((c for c in (show_conf, self.show_conf, loaded.show_conf) if c is not None), self.conf)
+        show = self._show_conf(show_conf, loaded)
         results = loaded.model.predict(
             [str(image.path) for _, image in ok],
             imgsz=imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ,
-            # Below conf when the threshold is: NMS keeps the same boxes above conf either way (a box
-            # is suppressed only by higher-scoring ones), so the score's candidates do not change.
             conf=min(self.conf, show),
             batch=len(ok),  # a list is already one batch (LoadPilAndNumpy); explicit for any source
             verbose=False,
@@ -509,6 +504,15 @@ class Predictor:
             out[index]["result"] = regions
             out[index]["score"] = score
         return out
+
+    def _show_conf(self, requested: float | None, loaded: _Loaded) -> float:
+        """The display threshold of a request: ``requested`` (the project's extra param), else the
+        predictor's (``LABELLOOP_SHOW_CONF``), else the version's own (its manifest's
+        ``show_conf.value``), else ``conf``. Regions scoring below it are left out; the task's
+        ``score`` counts the same candidate boxes whatever it is, those scoring at least ``conf``:
+        under ``conf`` the images are predicted at the threshold, and NMS keeps the same boxes
+        above ``conf`` either way (a box is suppressed only by higher-scoring ones)."""
+        return next((c for c in (requested, self.show_conf, loaded.show_conf) if c is not None), self.conf)
 
 
 @functools.cache
