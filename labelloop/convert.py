@@ -264,7 +264,13 @@ def predictions_to_regions(
 
 
 def results_to_regions(
-    res: Any, spec: TrainSpec, names: Mapping[int, str], strategy: Strategy = DEFAULT_STRATEGY
+    res: Any,
+    spec: TrainSpec,
+    names: Mapping[int, str],
+    strategy: Strategy = DEFAULT_STRATEGY,
+    *,
+    show_conf: float | None = None,
+    score_conf: float | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Label Studio regions from one Ultralytics ``Results`` (duck-typed; ultralytics is not imported).
 
@@ -274,6 +280,13 @@ def results_to_regions(
     ``res.keypoints.xy/conf``; ``res.class_scores`` ((N, nc) every class's score per box, set by
     ``labelloop.predictor``'s detect predictor) when present. A detect spec given obb results
     produces rotated rectangles.
+
+    Args:
+        show_conf: regions scoring below it are left out (the version's display threshold,
+            ``labelloop.threshold``); None: every instance in ``res``.
+        score_conf: the candidate boxes of the score are those scoring at least this
+            (``predict_conf``, when ``res`` was predicted lower to show regions below it); None:
+            every instance. Neither applies to classify.
 
     Returns:
         ``(regions, score)``: regions as ``predictions_to_regions`` makes them, and the task's
@@ -285,9 +298,33 @@ def results_to_regions(
     arrays = task_type(spec.task).results_arrays(res, spec)
     if arrays is None:
         return [], prediction_score(NO_DETECTION)
-    class_scores = arrays.pop("class_scores", None)
-    regions = predictions_to_regions(spec, names, width, height, **arrays)
-    return regions, prediction_score(arrays_informativeness(arrays, class_scores, spec, names, strategy))
+    candidates = _at_least(arrays, score_conf)
+    class_scores = candidates.pop("class_scores", None)
+    shown = _at_least(arrays, show_conf)
+    shown.pop("class_scores", None)
+    regions = predictions_to_regions(spec, names, width, height, **shown)
+    return regions, prediction_score(arrays_informativeness(candidates, class_scores, spec, names, strategy))
+
+
+def _at_least(arrays: dict[str, Any], conf: float | None) -> dict[str, Any]:
+    """``arrays`` (one image's instances, ``results_arrays``) with only the instances scoring
+    ``>= conf``; a copy of all of them when ``conf`` is None or nothing is scored (classify)."""
+    scores = arrays.get("scores")
+    if conf is None or scores is None or arrays.get("probs") is not None:
+        return dict(arrays)
+    keep = _np(scores).ravel() >= conf
+    if keep.all():
+        return dict(arrays)
+    index = np.flatnonzero(keep)
+    out: dict[str, Any] = {}
+    for key, value in arrays.items():
+        if value is None:
+            out[key] = None
+        elif isinstance(value, list | tuple):
+            out[key] = [value[i] for i in index]
+        else:  # numpy of its own dtype (float32 masks stay float32)
+            out[key] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)[index]
+    return out
 
 
 def arrays_informativeness(

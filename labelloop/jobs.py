@@ -86,6 +86,7 @@ class Jobs:
             media=MediaConfig.from_settings(s),
             cache_projects=s.predict_cache_projects,
             score_strategy=s.score_strategy,
+            show_conf=s.show_conf,
         )
         p.listen(s.redis_url)
         return p
@@ -433,6 +434,13 @@ class Jobs:
         spec = train_spec(label_config, params)
         imgsz = params.effective(s)["imgsz"]
         results = self.predictor.predict(
-            project_id, spec, tasks, s.label_studio_url, s.api_key, imgsz=imgsz, score_strategy=params.score_strategy
+            project_id,
+            spec,
+            tasks,
+            s.label_studio_url,
+            s.api_key,
+            imgsz=imgsz,
+            score_strategy=params.score_strategy,
+            show_conf=params.show_conf,
         )
         return {"results": results}

@@ -73,6 +73,29 @@ class PseudoLabels(_Record):
     seconds: float | None = None
 
 
+class ShowConf(_Record):
+    """The score threshold the version shows annotators (``labelloop.threshold``): regions scoring
+    below ``value`` are not shown by ``/predict`` and pre-annotations. ``value`` None: not
+    applicable (classify) or not measured, and ``predict_conf`` applies.
+
+    ``raw``: the validation split's optimum (fewest edits); ``value`` is it shrunk toward
+    ``prior`` with weight ``objects / (objects + prior_objects)``; ``edits_per_image*``: missed
+    plus wrong regions per validation image at ``value``, ``raw`` and ``prior``.
+    """
+
+    value: float | None = None
+    note: str | None = None
+    raw: float | None = None
+    prior: float | None = None
+    prior_objects: int | None = None
+    objects: int | None = None
+    images: int | None = None
+    sweep_conf: float | None = None
+    edits_per_image: float | None = None
+    edits_per_image_at_raw: float | None = None
+    edits_per_image_at_prior: float | None = None
+
+
 class Manifest(_Record):
     """A model version's manifest.
 
@@ -99,6 +122,8 @@ class Manifest(_Record):
     run_id: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     pseudo_labels: PseudoLabels | None = None
+    # None in versions published before display thresholds: they show what predict_conf lets through.
+    show_conf: ShowConf | None = None
     # Only in manifests written before annotations.json; read it with ModelVersion.annotations().
     annotations: dict[str, str] = Field(default_factory=dict)
 
@@ -141,6 +166,7 @@ class TrainingJob:
     seed: int = 0
     incumbent: str | None = None
     fallback_weights: str | None = None
+    predict_conf: float = 0.25  # the display threshold's prior (labelloop.threshold)
     extra: dict[str, Any] = field(default_factory=dict)
     # labelloop.pseudo.prepare's job: pseudo-label the unlabeled pool before training.
     pseudo: dict[str, Any] | None = None
@@ -158,7 +184,8 @@ class TrainingResult:
     ``best``: the checkpoint to publish; ``metrics``: its validation metrics (fractions);
     ``incumbent_metrics``: the incumbent's on the same split, or None; ``class_metrics``: the
     candidate's per class name (``TaskType.class_metrics``); ``pseudo_labels``: what
-    ``labelloop.pseudo.label_unlabeled`` trained on, when it ran.
+    ``labelloop.pseudo.label_unlabeled`` trained on, when it ran; ``show_conf``: its display
+    threshold (``ShowConf``).
     """
 
     best: str
@@ -173,6 +200,7 @@ class TrainingResult:
     checkpoint: str | None = None
     base_model_note: str | None = None
     pseudo_labels: dict[str, Any] | None = None
+    show_conf: dict[str, Any] | None = None  # labelloop.manifest.ShowConf as JSON
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingResult:

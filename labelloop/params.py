@@ -43,6 +43,7 @@ class ProjectParams(BaseModel):
     promotion_margin: float | None = Field(None, ge=0.0, le=1.0)
     preannotate: bool | None = None
     score_strategy: Literal["least_confidence", "margin", "entropy"] | None = None
+    show_conf: float | None = Field(None, ge=0.0, le=1.0)
     informative_tab: bool | None = None
     pseudo_labels: bool | None = None
     control_tag: str | None = Field(None, min_length=1)

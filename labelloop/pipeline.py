@@ -24,7 +24,16 @@ from labelloop.dataset import BuildResult, build_project_dataset
 from labelloop.errors import TrainingError
 from labelloop.labels import TrainSpec
 from labelloop.ledger import annotations_in_export
-from labelloop.manifest import Incumbent, Manifest, Promotion, PseudoLabels, Recipe, TrainingJob, TrainingResult
+from labelloop.manifest import (
+    Incumbent,
+    Manifest,
+    Promotion,
+    PseudoLabels,
+    Recipe,
+    ShowConf,
+    TrainingJob,
+    TrainingResult,
+)
 from labelloop.notify import serve_when_warm
 from labelloop.params import load as load_params
 from labelloop.promotion import Decision, decide_promotion
@@ -313,6 +322,7 @@ def plan_training(
         seed=settings.seed,
         incumbent=str(parent.weights) if parent is not None and same_kind else None,
         fallback_weights=family_yaml(base.weights) if base and base.source == "download" else None,
+        predict_conf=settings.predict_conf,
         extra=ultralytics_args,
     )
     return TrainingPlan(
@@ -354,6 +364,7 @@ def version_manifest(
         run_id=run_id,
         timings=timings,
         pseudo_labels=PseudoLabels.model_validate(pseudo) if pseudo else None,
+        show_conf=ShowConf.model_validate(result.show_conf) if result.show_conf else None,
     )
 
 

@@ -180,6 +180,7 @@ def preannotate_project(
                 imgsz=params.imgsz,
                 version=version,
                 score_strategy=params.score_strategy,
+                show_conf=params.show_conf,
             )
             predict_s = round(time.monotonic() - t0, 3)
             finish()

@@ -63,6 +63,7 @@ class _Loaded:
     task: str | None = None  # from the version's manifest; None for a base .pt (its own task)
     from_name: str | None = None
     imgsz: int | None = None  # the version's training imgsz (manifest ``train_args``)
+    show_conf: float | None = None  # the version's display threshold (manifest ``show_conf.value``)
 
 
 class Predictor:
@@ -81,6 +82,8 @@ class Predictor:
             recently predicted one is dropped (its models freed, the process leaves its set of
             servers) when another one is loaded.
         score_strategy: how a prediction's ``score`` is computed (``labelloop.informativeness``).
+        show_conf: the display threshold for every version (``LABELLOOP_SHOW_CONF``); None: each
+            version's own (its manifest's ``show_conf``), else ``conf``.
     """
 
     def __init__(
@@ -95,8 +98,10 @@ class Predictor:
         media: MediaConfig | None = None,
         cache_projects: int = 4,
         score_strategy: Strategy = DEFAULT_STRATEGY,
+        show_conf: float | None = None,
     ) -> None:
         self.registry = registry
+        self.show_conf = show_conf
         self.score_strategy: Strategy = score_strategy
         self.base_model = base_model
         self.config_dir = config_dir
@@ -141,6 +146,7 @@ class Predictor:
             loaded.from_name = record.from_name
             trained_at = record.train_args.get("imgsz")
             loaded.imgsz = int(trained_at) if isinstance(trained_at, int) and trained_at > 0 else None
+            loaded.show_conf = record.show_conf.value if record.show_conf is not None else None
             return loaded
         if self.base_model.endswith(".pt") and Path(self.base_model).exists():
             return self._load(self.base_model, "base")
@@ -429,6 +435,7 @@ class Predictor:
         imgsz: int | None = None,
         score_strategy: Strategy | None = None,
         version: str | None = None,
+        show_conf: float | None = None,
     ) -> list[dict[str, Any]]:
         """Predict regions for tasks with the served version (or ``version``), one result item per
         task, in order; the images go to Ultralytics as one batch (``model.predict(list, batch=n)``).
@@ -441,6 +448,7 @@ class Predictor:
             tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sends them.
             score_strategy: the informativeness strategy of ``score`` (default: the predictor's).
             version: predict with this version (``model_at``) instead of the served one.
+            show_conf: the display threshold (the extra param ``show_conf``; see ``_show_conf``).
 
         Returns:
             ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions in
@@ -481,20 +489,30 @@ class Predictor:
                 log.warning("predict_image_unavailable", project_id=project_id, task_id=tid, error=str(images.get(tid)))
         if not ok:
             return out
+        show = self._show_conf(show_conf, loaded)
         results = loaded.model.predict(
             [str(image.path) for _, image in ok],
             imgsz=imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ,
-            conf=self.conf,
+            conf=min(self.conf, show),
             batch=len(ok),  # a list is already one batch (LoadPilAndNumpy); explicit for any source
             verbose=False,
             device=loaded.model.device,
             **({"predictor": class_scores_predictor()} if loaded.model.task == "detect" else {}),
         )
         for (index, _image), res in zip(ok, results, strict=True):
-            regions, score = results_to_regions(res, spec, loaded.names, strategy)
+            regions, score = results_to_regions(res, spec, loaded.names, strategy, show_conf=show, score_conf=self.conf)
             out[index]["result"] = regions
             out[index]["score"] = score
         return out
+
+    def _show_conf(self, requested: float | None, loaded: _Loaded) -> float:
+        """The display threshold of a request: ``requested`` (the project's extra param), else the
+        predictor's (``LABELLOOP_SHOW_CONF``), else the version's own (its manifest's
+        ``show_conf.value``), else ``conf``. Regions scoring below it are left out; the task's
+        ``score`` counts the same candidate boxes whatever it is, those scoring at least ``conf``:
+        under ``conf`` the images are predicted at the threshold, and NMS keeps the same boxes
+        above ``conf`` either way (a box is suppressed only by higher-scoring ones)."""
+        return next((c for c in (requested, self.show_conf, loaded.show_conf) if c is not None), self.conf)
 
 
 @functools.cache

@@ -173,7 +173,21 @@ class Settings(BaseSettings):
         description="Projects whose models one predict process keeps loaded (least recently predicted dropped "
         "first); each keeps its served version and up to 2 recent ones for instant rollback.",
     )
-    predict_conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold for predicted regions.")
+    predict_conf: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Confidence threshold of a prediction's candidate boxes (what its score is computed over) and "
+        "the prior of each version's display threshold (see LABELLOOP_SHOW_CONF).",
+    )
+    show_conf: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Score threshold of the regions shown by /predict and pre-annotations, for every version; "
+        "unset: each version's own, chosen on its validation split to minimise edits (manifest show_conf), else "
+        "predict_conf. The prediction score always counts the regions above predict_conf.",
+    )
     score_strategy: Literal["least_confidence", "margin", "entropy"] = Field(
         "least_confidence",
         description="How a prediction's score ranks what to label next: least_confidence, margin or entropy "

@@ -5,7 +5,8 @@ train task runs ``python -m labelloop.training <spec.json>`` and waits for it. T
 ``result.json`` next to the spec; a crash writes nothing, and nothing is published.
 
 Spec keys: ``data`` (data.yaml), ``weights`` (.pt path or model YAML), ``epochs``, ``imgsz``,
-``batch``, ``device``, ``workers``, ``seed``, ``run_dir``, ``config_dir``; optional, from
+``batch``, ``device``, ``workers``, ``seed``, ``run_dir``, ``config_dir``; optional: ``predict_conf``
+(the display threshold's prior, ``labelloop.threshold``; 0.25) and, from
 ``labelloop.recipe.Recipe``: ``nbs``, ``time_s``, ``mosaic``, ``close_mosaic``, ``freeze``, ``val``
 and ``checkpoint`` (absent: Ultralytics' defaults, best.pt); ``pseudo`` (``labelloop.pseudo``:
 the served version pseudo-labels unlabeled images into the train split first).
@@ -54,7 +55,8 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``{"best": path of best.pt, "metrics": {"map50_95", "map50", "precision", "recall"},
         "class_metrics": {class name: {"ap50", "map50_95", "precision", "recall"}},
-        "seconds": wall seconds, "device": device used}``.
+        "seconds": wall seconds, "device": device used, "show_conf": the display threshold
+        (``display_threshold``), ...}``.
 
     Long because it is the training process's main: load, register the callbacks, train, validate,
     write the result.
@@ -138,6 +140,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     metrics, class_metrics = _evaluate_with_classes(str(best), spec, device, run_dir / "val-candidate")
     incumbent = spec.get("incumbent")
     incumbent_metrics = evaluate(str(incumbent), spec, device, run_dir / "val-incumbent") if incumbent else None
+    show_conf = display_threshold(str(best), spec, device)
     return {
         "best": str(best),
         "metrics": metrics,
@@ -152,7 +155,25 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         "epochs_planned": int(spec["epochs"]),
         "checkpoint": "last" if best == last else "best",
         "pseudo_labels": pseudo_labels,
+        "show_conf": show_conf,
     }
+
+
+def display_threshold(weights: str, spec: dict[str, Any], device: str) -> dict[str, Any]:
+    """The candidate's display threshold on the val split (``labelloop.threshold.measure``, prior
+    ``spec["predict_conf"]``), as the manifest's ``show_conf``; a failure is recorded in its
+    ``note`` (the version then shows what ``predict_conf`` lets through), never fails the run."""
+    from labelloop.manifest import ShowConf
+    from labelloop.threshold import measure
+
+    task = str(spec.get("task") or "detect")
+    prior = float(spec.get("predict_conf", 0.25))
+    try:
+        record = measure(weights, task, Path(spec["data"]), int(spec["imgsz"]), int(spec["batch"]), device, prior)
+    except Exception as exc:  # a convenience on top of a finished training: keep the version
+        print(f"labelloop: display threshold not measured: {exc!r}", flush=True)
+        record = ShowConf(note=f"not measured: {type(exc).__name__}: {str(exc)[:200]}")
+    return record.model_dump(mode="json")
 
 
 def time_cap(budget_s: float) -> Callable[[Any], None]:

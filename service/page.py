@@ -112,9 +112,16 @@ def _served_section(view: ProjectView) -> str:
     m = view.served_manifest
     metrics = ", ".join(f"{escape(k)} {_num(v)}" for k, v in sorted(m.metrics.items())) or "none recorded"
     lineage = " &larr; ".join(f"<code>{escape(n)}</code>" for n in view.lineage)
+    show = m.show_conf
+    shown = (
+        f"its display threshold {_num(show.value)} ({_num(show.edits_per_image)} edits per validation image, "
+        f"{_num(show.edits_per_image_at_prior)} at {_num(show.prior)})"
+        if show is not None and show.value is not None
+        else "no display threshold of its own"
+    )
     return (
         f'<p>Serving <strong id="served">{escape(view.served)}</strong>, created {escape(m.created_at or "-")}; '
-        f"metrics: {metrics}.</p><p>Lineage (each version fine-tuned from the next): {lineage}</p>"
+        f"metrics: {metrics}; {shown}.</p><p>Lineage (each version fine-tuned from the next): {lineage}</p>"
     )
 
 

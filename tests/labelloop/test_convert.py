@@ -822,6 +822,48 @@ def test_results_pose(Results: Any) -> None:
     np.testing.assert_allclose(numbers(lines[0])[1], _pose_line((10, 10, 100, 80), [(30, 30), None, (100, 80)], 0)[1:])
 
 
+def test_results_show_conf_hides_regions_but_not_from_the_score(Results: Any) -> None:
+    """Regions scoring under ``show_conf`` are left out while the task's score counts exactly the boxes at or above
+    ``score_conf`` (predict_conf), with their class scores, whether the threshold is above or below it; keypoints and
+    masks go with their boxes; classify shows its top-1 whatever the threshold."""
+    import torch
+
+    boxes = torch.tensor([[20.0, 10, 60, 40, 0.9, 0], [100, 20, 150, 90, 0.5, 1], [0, 0, 50, 50, 0.2, 0]])
+    rows = np.array([[0.9, 0.05, 0.0], [0.3, 0.5, 0.0], [0.2, 0.1, 0.0]])
+
+    def res(n: int) -> Any:
+        r = Results(_image(), "a.png", MODEL_NAMES, boxes=boxes[:n])
+        r.class_scores = rows[:n]
+        return r
+
+    for strategy in ("least_confidence", "margin"):
+        _, today = results_to_regions(res(2), DETECT, MODEL_NAMES, strategy)  # predicted at conf 0.3: two candidates
+        high, s_high = results_to_regions(res(3), DETECT, MODEL_NAMES, strategy, show_conf=0.6, score_conf=0.3)
+        low, s_low = results_to_regions(res(3), DETECT, MODEL_NAMES, strategy, show_conf=0.1, score_conf=0.3)
+        assert [r["score"] for r in high] == pytest.approx([0.9])
+        assert [r["score"] for r in low] == pytest.approx([0.9, 0.5, 0.2])
+        assert s_high == s_low == today
+    none, score = results_to_regions(res(3), DETECT, MODEL_NAMES, show_conf=0.95, score_conf=0.3)
+    assert none == [] and score == pytest.approx(0.5)
+
+    kpts = torch.tensor([[[30.0, 30, 0.9], [40, 40, 0.9], [50, 35, 0.9]], [[130, 30, 0.9], [0, 0, 0.0], [0, 0, 0.0]]])
+    pose = Results(_image(), "a.png", MODEL_NAMES, boxes=boxes[:2], keypoints=kpts)
+    regions, score = results_to_regions(pose, POSE, MODEL_NAMES, show_conf=0.6, score_conf=0.3)
+    assert [r["type"] for r in regions] == ["rectanglelabels"] + ["keypointlabels"] * 3
+    assert score == pytest.approx(0.5)
+
+    masks = torch.zeros(2, H, W)
+    masks[0, 10:40, 20:60] = 1
+    masks[1, 20:90, 100:150] = 1
+    seg = Results(_image(), "a.png", MODEL_NAMES, boxes=boxes[:2], masks=masks)
+    (polygon,), _ = results_to_regions(seg, POLY, MODEL_NAMES, show_conf=0.6, score_conf=0.3)
+    assert polygon["value"]["polygonlabels"] == ["cat"]
+
+    probs = Results(_image(), "a.png", MODEL_NAMES, probs=torch.tensor([0.2, 0.1, 0.7]))
+    (choice,), _ = results_to_regions(probs, CLASSIFY, MODEL_NAMES, show_conf=0.9, score_conf=0.3)
+    assert choice["value"] == {"choices": ["cat"]}
+
+
 def test_results_classify(Results: Any) -> None:
     """Classify Results become one choices region of the most probable class in the label config (a top-1 class not in
     it is passed over), scored by that class's probability."""

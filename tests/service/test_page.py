@@ -36,7 +36,8 @@ def _manifest(map50: float, annotations: int, **extra: Any) -> dict[str, Any]:
 
 
 def _publish_four(models_dir: Path, tmp_path: Path, project_id: int = 3) -> Registry:
-    """v1, v2 (promoted), v3 (rejected) and v4 (served, with per-class metrics of a hostile class name)."""
+    """v1, v2 (promoted), v3 (rejected) and v4 (served, with per-class metrics of a hostile class name and a
+    display threshold)."""
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x")
     registry = Registry(models_dir)
@@ -44,7 +45,8 @@ def _publish_four(models_dir: Path, tmp_path: Path, project_id: int = 3) -> Regi
     registry.publish(project_id, weights, _manifest(0.4, 20))
     registry.publish(project_id, weights, _manifest(0.1, 30), promote=False)
     classes = {HOSTILE: {"ap50": 0.75, "map50_95": 0.4, "precision": 0.6, "recall": 0.7}}
-    registry.publish(project_id, weights, _manifest(0.6, 40, class_metrics=classes))
+    show = {"value": 0.31, "prior": 0.25, "edits_per_image": 1.2, "edits_per_image_at_prior": 1.9}
+    registry.publish(project_id, weights, _manifest(0.6, 40, class_metrics=classes, show_conf=show))
     return registry
 
 
@@ -77,7 +79,7 @@ def test_page_needs_the_project_routes_credentials(client: TestClient) -> None:
 
 
 def test_page_shows_curve_lineage_classes_and_progress(client: TestClient, settings: Settings, tmp_path: Path) -> None:
-    """The page has one point per version and series, the served lineage, escaped per-class rows,
+    """The page has one point per version and series, the served lineage and display threshold, escaped per-class rows,
     the running training's epoch and losses, pre-annotation progress and the promote/rollback calls."""
     _publish_four(settings.models_dir, tmp_path)
     r = redis.Redis.from_url(settings.redis_url)
@@ -95,6 +97,7 @@ def test_page_shows_curve_lineage_classes_and_progress(client: TestClient, setti
     assert _circles(html, "map50") == _circles(html, "map50_95") == ["v1", "v2", "v3", "v4"]
     assert 'data-version="v3" data-status="rejected"' in html
     assert '<strong id="served">v4</strong>' in html
+    assert "its display threshold 0.310 (1.200 edits per validation image, 1.900 at 0.250)" in html
     assert "<code>v4</code> &larr; <code>v2</code> &larr; <code>v1</code>" in html
     assert HOSTILE not in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
     assert "0.750" in html and "0.600" in html and "0.700" in html
