@@ -52,6 +52,8 @@ Report = Callable[[dict[str, Any]], None]
 RECONCILE_LOCK_S = 600.0
 # A queued training keeps its project's lock this long (seconds): longer than any queue wait.
 QUEUED_LOCK_TTL_S = 86400
+# The progress stage of a run waiting for the annotations to stop coming (``Jobs._quiet_period``).
+WAITING_STAGE = "waiting for a quiet period"
 # Errors that may pass: a training that meets one is retried rather than reported.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, httpx.TransportError, LabelStudioUnavailable)
 
@@ -218,7 +220,9 @@ class Jobs:
 
         The delivery first claims the project's lock for ``run_id`` (while another delivery of
         the run holds it, waiting until that one finished or died) and holds it with a
-        ``RunLease`` for the whole run; ``keepalive`` is called on the lease's beat. A run that
+        ``RunLease`` for the whole run; ``keepalive`` is called on the lease's beat. Holding it,
+        the run waits for a quiet period and absorbs the pending annotation events before it
+        reads the data (``_quiet_period``), so a burst of annotations makes one training. A run that
         another run or a live delivery holds, or that already finished, does nothing; one whose
         earlier deliveries died ``train_max_deliveries`` times is given up. Whatever ends the run
         (success, failure, a time limit raised into it) removes its run directory, releases the
@@ -228,7 +232,8 @@ class Jobs:
         (published, failed, transient error, shutdown, lease lost) settles the lock in one place.
 
         ``report`` gets each epoch's progress (``project_id``, ``run_id``, ``epoch``, ``epochs``,
-        ``metrics``), e.g. for Celery's PROGRESS state.
+        ``metrics``), and ``stage`` when the run starts to wait for a quiet period, e.g. for
+        Celery's PROGRESS state.
 
         Returns:
             ``{"project_id", "run_id", "status", "version", "metrics"}``; ``status`` "failed"
@@ -261,7 +266,7 @@ class Jobs:
         requeued = False
         with lease:
             try:
-                self._quiet_period(project_id, run_id, owner, lease, progress, task_id)
+                self._quiet_period(project_id, run_id, owner, lease, progress, task_id, report)
                 progress.update(project_id, run_id, stage="preparing", task_id=task_id, pid=os.getpid())
                 version = run_training(
                     s,
@@ -306,7 +311,14 @@ class Jobs:
         return outcome
 
     def _quiet_period(
-        self, project_id: int, run_id: str, owner: str, lease: RunLease, progress: ProgressStore, task_id: str | None
+        self,
+        project_id: int,
+        run_id: str,
+        owner: str,
+        lease: RunLease,
+        progress: ProgressStore,
+        task_id: str | None,
+        report: Report,
     ) -> None:
         """Wait, holding the project, until the annotations stop coming (``trigger.quiet_wait``:
         ``LABELLOOP_TRAIN_QUIET_S`` without one, at most ``LABELLOOP_TRAIN_MAX_DELAY_S`` after the
@@ -331,9 +343,8 @@ class Jobs:
                 raise TrainingError("training cancelled while waiting for a quiet period")
             if not waited:
                 log.info("training_waiting_quiet", seconds_left=round(left, 1), quiet_s=s.train_quiet_s)
-                progress.update(
-                    project_id, run_id, stage="waiting for a quiet period", task_id=task_id, pid=os.getpid()
-                )
+                progress.update(project_id, run_id, stage=WAITING_STAGE, task_id=task_id, pid=os.getpid())
+                report({"project_id": project_id, "run_id": run_id, "stage": WAITING_STAGE})
                 waited = True
             time.sleep(min(left, 0.5))
         absorbed = trigger.absorb(project_id, run_id, owner)
