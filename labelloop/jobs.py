@@ -222,8 +222,8 @@ class Jobs:
         the run holds it, waiting until that one finished or died) and holds it with a
         ``RunLease`` for the whole run; ``keepalive`` is called on the lease's beat. Holding it,
         the run waits for a quiet period and absorbs the pending annotation events before it
-        reads the data (``_quiet_period``), so a burst of annotations makes one training. A run that
-        another run or a live delivery holds, or that already finished, does nothing; one whose
+        reads the data (``_quiet_period``), so a burst of annotations makes one training. A run
+        that another run or a live delivery holds, or that already finished, does nothing; one whose
         earlier deliveries died ``train_max_deliveries`` times is given up. Whatever ends the run
         (success, failure, a time limit raised into it) removes its run directory, releases the
         lock and starts the follow-up, except a transient error with ``retry_transient`` and the
