@@ -26,7 +26,7 @@ import structlog
 
 from labelloop import keys, labelstudio
 from labelloop.changes import ChangeLog
-from labelloop.errors import LabelloopError, LabelStudioUnavailable
+from labelloop.errors import LabelloopError, LabelStudioUnavailable, TrainingError
 from labelloop.export import export_tasks
 from labelloop.lease import RunLease, RunRecords
 from labelloop.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
@@ -41,7 +41,7 @@ from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
 from labelloop.settings import Settings
 from labelloop.tabs import ensure_tab
-from labelloop.trigger import TriggerStore
+from labelloop.trigger import TriggerStore, quiet_wait
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +52,8 @@ Report = Callable[[dict[str, Any]], None]
 RECONCILE_LOCK_S = 600.0
 # A queued training keeps its project's lock this long (seconds): longer than any queue wait.
 QUEUED_LOCK_TTL_S = 86400
+# The progress stage of a run waiting for the annotations to stop coming (``Jobs._quiet_period``).
+WAITING_STAGE = "waiting for a quiet period"
 # Errors that may pass: a training that meets one is retried rather than reported.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, httpx.TransportError, LabelStudioUnavailable)
 
@@ -219,8 +221,10 @@ class Jobs:
 
         The delivery first claims the project's lock for ``run_id`` (while another delivery of
         the run holds it, waiting until that one finished or died) and holds it with a
-        ``RunLease`` for the whole run; ``keepalive`` is called on the lease's beat. A run that
-        another run or a live delivery holds, or that already finished, does nothing; one whose
+        ``RunLease`` for the whole run; ``keepalive`` is called on the lease's beat. Holding it,
+        the run waits for a quiet period and absorbs the pending annotation events before it
+        reads the data (``_quiet_period``), so a burst of annotations makes one training. A run
+        that another run or a live delivery holds, or that already finished, does nothing; one whose
         earlier deliveries died ``train_max_deliveries`` times is given up. Whatever ends the run
         (success, failure, a time limit raised into it) removes its run directory, releases the
         lock and starts the follow-up, except a transient error with ``retry_transient`` and the
@@ -229,7 +233,8 @@ class Jobs:
         (published, failed, transient error, shutdown, lease lost) settles the lock in one place.
 
         ``report`` gets each epoch's progress (``project_id``, ``run_id``, ``epoch``, ``epochs``,
-        ``metrics``), e.g. for Celery's PROGRESS state.
+        ``metrics``), and ``stage`` when the run starts to wait for a quiet period, e.g. for
+        Celery's PROGRESS state.
 
         Returns:
             ``{"project_id", "run_id", "status", "version", "metrics"}``; ``status`` "failed"
@@ -262,6 +267,7 @@ class Jobs:
         requeued = False
         with lease:
             try:
+                self._quiet_period(project_id, run_id, owner, lease, progress, task_id, report)
                 progress.update(project_id, run_id, stage="preparing", task_id=task_id, pid=os.getpid())
                 version = run_training(
                     s,
@@ -305,6 +311,54 @@ class Jobs:
                         self._finished(project_id, run_id, owner)
         return outcome
 
+    def _quiet_period(
+        self,
+        project_id: int,
+        run_id: str,
+        owner: str,
+        lease: RunLease,
+        progress: ProgressStore,
+        task_id: str | None,
+        report: Report,
+    ) -> None:
+        """Wait, holding the project, until the annotations stop coming (``trigger.quiet_wait``:
+        ``LABELLOOP_TRAIN_QUIET_S`` without one, at most ``LABELLOOP_TRAIN_MAX_DELAY_S`` after the
+        run became due; START_TRAINING, also one that arrives meanwhile, ends it), then absorb
+        what is pending (``TriggerStore.absorb``) right before the build reads the data.
+
+        The lease renews the lock and the broker delivery throughout; the Celery time limits
+        include the longest wait (``workers.celery_app``); a killed worker's redelivery waits only
+        what is left of the run's delay. Polls every half second, so a cancel or a lost lock stops
+        the wait at once.
+
+        Raises:
+            TrainingError: cancelled meanwhile, or the lock was lost.
+        """
+        s, trigger = self.settings, self.trigger()
+        started = time.monotonic()
+        waited = False
+        while (left := quiet_wait(trigger.waiting(project_id), s.train_quiet_s, s.train_max_delay_s)) > 0:
+            if lease.lost.is_set():
+                raise TrainingError("lost the project's lock while waiting for a quiet period")
+            if progress.cancel_requested(project_id, run_id):
+                raise TrainingError("training cancelled while waiting for a quiet period")
+            if not waited:
+                log.info("training_waiting_quiet", seconds_left=round(left, 1), quiet_s=s.train_quiet_s)
+                progress.update(project_id, run_id, stage=WAITING_STAGE, task_id=task_id, pid=os.getpid())
+                report({"project_id": project_id, "run_id": run_id, "stage": WAITING_STAGE})
+                waited = True
+            time.sleep(min(left, 0.5))
+        absorbed = trigger.absorb(project_id, run_id, owner)
+        if absorbed is None:
+            lease.lost.set()
+            raise TrainingError("lost the project's lock before reading the data")
+        log.info(
+            "training_absorbed_pending",
+            pending=absorbed.pending,
+            followup=absorbed.followup,
+            waited_s=round(time.monotonic() - started, 1),
+        )
+
     def _admit(self, project_id: int, run_id: str, keepalive: Callable[[], None] | None) -> tuple[str, str | None]:
         """Claim the project for this delivery of ``run_id``: ``(owner token, None)``, or
         ``(owner, "duplicate" | "superseded")`` when this delivery must do nothing."""
@@ -335,7 +389,8 @@ class Jobs:
         expired: "claimed") or the time limit passed ("busy").
         """
         trigger, records = self.trigger(), RunRecords(self.redis)
-        deadline = time.monotonic() + self.settings.train_time_limit_s + self.settings.train_lock_ttl_s
+        s = self.settings
+        deadline = time.monotonic() + s.train_time_limit_s + s.train_max_delay_s + s.train_lock_ttl_s
         waiting = False
         while (claim := trigger.claim(project_id, run_id, owner)) == "busy":
             if records.finished(project_id, run_id):

@@ -146,6 +146,19 @@ class Settings(BaseSettings):
         ge=1,
         description="Deliveries of one training run that may die with their worker before the run is given up.",
     )
+    train_quiet_s: float = Field(
+        15.0,
+        ge=0,
+        description="A training due after annotations waits, before it reads the data, until no annotation arrived "
+        "for this long (seconds; 0: no wait), so a burst of annotations makes one version. START_TRAINING never "
+        "waits.",
+    )
+    train_max_delay_s: float = Field(
+        90.0,
+        ge=0,
+        description="Longest such wait, from when the training became due (seconds; 0: no wait); it is added to "
+        "the train task's Celery time limits.",
+    )
     promotion_metric: str = Field(
         "map50_95", pattern="^(map50_95|map50|precision|recall)$", description="Metric of the promotion gate."
     )

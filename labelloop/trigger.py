@@ -8,6 +8,15 @@ Rules:
   while one runs set a single follow-up flag, so a burst of events causes exactly one
   follow-up run.
 
+A due training waits for a quiet period before it reads the data (``quiet_wait``): until no
+annotation event arrived for ``quiet_s`` seconds, at most ``max_delay_s`` after it became due
+(enqueued), and not at all when START_TRAINING asked for it. The waiting delivery has claimed the
+project (its ``RunLease`` keeps the lock and the broker delivery alive), so a burst of
+annotations during the wait only counts up ``pending``; when the wait ends, the run absorbs them
+(``TriggerStore.absorb``: ``pending`` and the follow-up flag reset, only while the run still
+holds the lock) right before it reads the data. A burst of 20 annotations with ``n`` = 10 makes
+one training, not a training and a follow-up.
+
 The lock is taken for a run when it is enqueued (with ``queued_ttl_s``, long enough for any
 queue wait) and claimed by the delivery that runs it (``claim``: the run's id plus an owner
 token per delivery, both with the short ``run_ttl_s`` that ``labelloop.lease`` renews for the
@@ -22,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from labelloop import keys
 
@@ -75,6 +85,49 @@ def decide(state: TriggerState, event: Event, n: int, count: int = 1) -> tuple[T
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """What the quiet-period wait of a due run looks at (times in Redis server seconds since the epoch).
+
+    Attributes:
+        now: the current time.
+        due_at: when the run (or its predecessor's follow-up) became due; None when unknown
+            (Redis lost the trigger hash).
+        last_annotation_at: when the last annotation event was applied; None if none yet.
+        urgent: START_TRAINING asked for the run (or, during a run, for its follow-up).
+    """
+
+    now: float
+    due_at: float | None = None
+    last_annotation_at: float | None = None
+    urgent: bool = False
+
+
+def quiet_wait(waiting: Waiting, quiet_s: float, max_delay_s: float) -> float:
+    """Seconds a due training should still wait before it reads the data; 0 means build now.
+
+    Rules: no wait when START_TRAINING asked for the run, when either setting is 0, or when the
+    due time or the last annotation is unknown; else wait until ``quiet_s`` passed since the last
+    annotation, but never past ``max_delay_s`` after the run became due (a continuous stream of
+    annotations cannot hold a training back longer than that).
+
+    Args:
+        waiting: the run's times.
+        quiet_s: the quiet period (seconds, ``LABELLOOP_TRAIN_QUIET_S``).
+        max_delay_s: the longest wait from ``due_at`` (seconds, ``LABELLOOP_TRAIN_MAX_DELAY_S``).
+
+    Returns:
+        seconds, >= 0, never more than ``max_delay_s``.
+    """
+    if waiting.urgent or quiet_s <= 0 or max_delay_s <= 0:
+        return 0.0
+    if waiting.due_at is None or waiting.last_annotation_at is None:
+        return 0.0
+    quiet_left = waiting.last_annotation_at + quiet_s - waiting.now
+    delay_left = waiting.due_at + max_delay_s - waiting.now
+    return max(0.0, min(quiet_left, delay_left, max_delay_s))
+
+
+@dataclass(frozen=True)
 class Decision:
     """What the trigger store decided for one event."""
 
@@ -86,7 +139,8 @@ class Decision:
 class TriggerStore:
     """The trigger state of every project in Redis, updated atomically (WATCH/MULTI).
 
-    Keys: ``labelloop:project:<id>:trigger`` (hash: pending, followup),
+    Keys: ``labelloop:project:<id>:trigger`` (hash: pending, followup; and for the quiet-period
+    wait ``last_annotation_at``, ``due_at`` and ``urgent``, times in Redis server seconds),
     ``labelloop:project:<id>:training`` (the lock: the queued or running run id) and
     ``labelloop:project:<id>:training:owner`` (the token of the delivery running it).
 
@@ -221,8 +275,18 @@ class TriggerStore:
                         return Decision(False, None, state)
                     new, start = decide(state, event, n, count)
                     new_run = uuid.uuid4().hex[:12] if start else None
+                    now = _seconds(pipe.time())
+                    fields: dict[FieldT, EncodableT] = {"pending": new.pending, "followup": int(new.followup)}
+                    if event == "annotation":
+                        fields["last_annotation_at"] = now
+                    if event == "start_training":
+                        fields["urgent"] = 1  # this run, or the running one's follow-up, must not wait
+                    elif new_run is not None and event == "annotation":
+                        fields["urgent"] = 0
+                    if new_run is not None:
+                        fields["due_at"] = now
                     pipe.multi()
-                    pipe.hset(hkey, mapping={"pending": new.pending, "followup": int(new.followup)})
+                    pipe.hset(hkey, mapping=fields)
                     if new_run is not None:
                         pipe.set(lkey, new_run, ex=self.lock_ttl_s)
                         pipe.delete(okey)
@@ -232,3 +296,59 @@ class TriggerStore:
                     return Decision(start, new_run, new)
                 except redis.WatchError:
                     continue
+
+    def waiting(self, project_id: int) -> Waiting:
+        """The times ``quiet_wait`` decides on, with Redis' clock as ``now`` (one clock for every host)."""
+        hkey, _ = self._keys(project_id)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(hkey, ["due_at", "last_annotation_at", "urgent"])
+            pipe.time()
+            (due_at, last, urgent), now = pipe.execute()
+        return Waiting(
+            now=_seconds(now),
+            due_at=float(due_at) if due_at is not None else None,
+            last_annotation_at=float(last) if last is not None else None,
+            urgent=urgent == b"1",
+        )
+
+    def absorb(self, project_id: int, run_id: str, owner: str) -> TriggerState | None:
+        """A run that is about to read the data takes over what is pending: ``pending``, the
+        follow-up flag and ``urgent`` reset in one transaction, only while ``run_id``/``owner``
+        hold the lock.
+
+        Why nothing is lost: the receiver records an annotation webhook (in the change log, and
+        Label Studio saved it before sending) before the events worker applies it here, so every
+        event counted before this reset is in the data the run reads after it. An event applied
+        after the reset counts towards the next training whether or not the build saw it: at
+        worst the few events applied between this reset and the build's read are counted once
+        more (a next training a little early), never a follow-up lost for data the build missed.
+        Call it before the build reads anything.
+
+        Returns:
+            the state absorbed (``pending``, ``followup`` before the reset), or None when this
+            delivery no longer holds the lock (nothing changed).
+        """
+        hkey, lkey = self._keys(project_id)
+        okey = keys.training_owner(project_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(hkey, lkey, okey)
+                    if pipe.get(lkey) != run_id.encode() or pipe.get(okey) != owner.encode():
+                        pipe.unwatch()
+                        return None
+                    h = pipe.hgetall(hkey)
+                    absorbed = TriggerState(
+                        pending=int(h.get(b"pending", 0)), training=True, followup=h.get(b"followup", b"0") == b"1"
+                    )
+                    pipe.multi()
+                    pipe.hset(hkey, mapping={"pending": 0, "followup": 0, "urgent": 0})
+                    pipe.execute()
+                    return absorbed
+                except redis.WatchError:
+                    continue
+
+
+def _seconds(reply: tuple[int, int]) -> float:
+    """Redis ``TIME`` (seconds, microseconds) as float seconds."""
+    return reply[0] + reply[1] / 1e6

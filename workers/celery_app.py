@@ -83,12 +83,13 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
         redis_socket_timeout=5,
         labelloop_settings=settings,
         # A training's limits, from settings (the task itself is defined at import): the soft
-        # limit stops and cleans up the run (build, train and validate together); the hard one
+        # limit stops and cleans up the run (build, train and validate together, plus the longest
+        # quiet-period wait before them, so waiting never costs a run its time); the hard one
         # only catches a run that ignores it.
         task_annotations={
             TASK_TRAIN: {
-                "soft_time_limit": settings.train_time_limit_s,
-                "time_limit": settings.train_time_limit_s + HARD_LIMIT_GRACE_S,
+                "soft_time_limit": settings.train_time_limit_s + settings.train_max_delay_s,
+                "time_limit": settings.train_time_limit_s + settings.train_max_delay_s + HARD_LIMIT_GRACE_S,
             }
         },
         beat_schedule={

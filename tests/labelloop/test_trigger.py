@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from labelloop.trigger import TriggerState, TriggerStore, decide
+from labelloop.trigger import TriggerState, TriggerStore, Waiting, decide, quiet_wait
 
 IDLE = TriggerState()
 
@@ -52,6 +52,74 @@ def test_decide(state: TriggerState, event: str, n: int, expected: TriggerState,
 def test_bulk_delete_counts_each_annotation() -> None:
     """A bulk event of `count` annotations counts `count` times towards N."""
     assert decide(IDLE, "annotation", 3, count=3) == (TriggerState(training=True), True)
+
+
+@pytest.mark.parametrize(
+    ("waiting", "quiet_s", "max_delay_s", "expected"),
+    [
+        # Due at 100, last annotation at 104, now 105: 15 s of quiet leave 14 s.
+        (Waiting(now=105, due_at=100, last_annotation_at=104), 15, 90, 14.0),
+        # Quiet long enough: build now.
+        (Waiting(now=120, due_at=100, last_annotation_at=104), 15, 90, 0.0),
+        # A stream of annotations: the max delay from due_at bounds the wait (190 - 185).
+        (Waiting(now=185, due_at=100, last_annotation_at=184.5), 15, 90, 5.0),
+        (Waiting(now=195, due_at=100, last_annotation_at=194.5), 15, 90, 0.0),
+        # START_TRAINING asked for it (or for the running one's follow-up): never waits.
+        (Waiting(now=105, due_at=100, last_annotation_at=104, urgent=True), 15, 90, 0.0),
+        # 0 turns the wait off.
+        (Waiting(now=105, due_at=100, last_annotation_at=104), 0, 90, 0.0),
+        (Waiting(now=105, due_at=100, last_annotation_at=104), 15, 0, 0.0),
+        # Unknown times (Redis lost the trigger hash; no annotation ever): no wait.
+        (Waiting(now=105, due_at=None, last_annotation_at=104), 15, 90, 0.0),
+        (Waiting(now=105, due_at=100, last_annotation_at=None), 15, 90, 0.0),
+        # A clock that moved back never makes a wait longer than the max delay.
+        (Waiting(now=50, due_at=100, last_annotation_at=104), 200, 90, 90.0),
+        # A run redelivered long after it became due (its worker died) waits no more.
+        (Waiting(now=400, due_at=100, last_annotation_at=399), 15, 90, 0.0),
+    ],
+)
+def test_quiet_wait(waiting: Waiting, quiet_s: float, max_delay_s: float, expected: float) -> None:
+    """A due training waits for quiet_s without annotations, never past max_delay_s after it
+    became due, and not at all when START_TRAINING asked for it or the wait is off."""
+    assert quiet_wait(waiting, quiet_s, max_delay_s) == pytest.approx(expected)
+
+
+def test_the_store_records_the_times_the_wait_decides_on(redis_url: str) -> None:
+    """Annotation events stamp the last annotation and a run they start its due time (Redis'
+    clock) and are not urgent; START_TRAINING, also during a run, marks the run urgent."""
+    client = redis.Redis.from_url(redis_url)
+    store = TriggerStore(client, lock_ttl_s=60)
+    assert store.waiting(2).due_at is None and store.waiting(2).last_annotation_at is None
+    store.apply(2, "annotation", n=2)
+    first = store.waiting(2)
+    assert first.last_annotation_at is not None and first.due_at is None
+    assert abs(first.now - time.time()) < 5
+    started = store.apply(2, "annotation", n=2)
+    due = store.waiting(2)
+    assert started.start and due.due_at is not None and due.due_at >= first.last_annotation_at and not due.urgent
+    store.apply(2, "start_training", n=2)
+    assert store.waiting(2).urgent and store.waiting(2).due_at == due.due_at, "coalesced: the run stays due as it was"
+
+
+def test_absorb_resets_pending_only_for_the_lock_holder(redis_url: str) -> None:
+    """A run about to read the data absorbs the pending count, the follow-up flag and the
+    urgency, but only while its delivery holds the lock; events applied afterwards count again."""
+    client = redis.Redis.from_url(redis_url)
+    store = TriggerStore(client, lock_ttl_s=60)
+    run = store.apply(3, "start_training", n=3)
+    assert run.run_id and store.claim(3, run.run_id, "mine") == "claimed"
+    for _ in range(4):
+        store.apply(3, "annotation", n=3)
+    assert store.state(3) == TriggerState(pending=4, training=True, followup=True)
+    assert store.absorb(3, run.run_id, "another-delivery") is None
+    assert store.absorb(3, "another-run", "mine") is None
+    assert store.state(3).pending == 4, "a delivery that does not hold the lock changes nothing"
+    absorbed = store.absorb(3, run.run_id, "mine")
+    assert absorbed == TriggerState(pending=4, training=True, followup=True)
+    assert store.state(3) == TriggerState(training=True) and not store.waiting(3).urgent
+    store.apply(3, "annotation", n=3)
+    assert store.state(3).pending == 1
+    assert not store.apply(3, "finished", n=3, run_id=run.run_id, owner="mine").start, "nothing left to follow up"
 
 
 def test_events_during_training_cause_exactly_one_followup(redis_url: str) -> None:

@@ -79,8 +79,9 @@ def test_a_lost_ledger_is_seeded_from_the_served_versions_annotation_file(jobs: 
 
 def test_registered_task_names_are_pinned(redis_url: str) -> None:
     """The workers' app registers exactly labelloop's five task names (queued messages name them),
-    each routed to its queue, and the training's soft and hard limits come from the settings."""
-    app = create_celery(Settings(redis_url=redis_url, train_time_limit_s=600), with_tasks=True)
+    each routed to its queue, and the training's soft and hard limits come from the settings (the
+    time limit plus the longest quiet-period wait)."""
+    app = create_celery(Settings(redis_url=redis_url, train_time_limit_s=600, train_max_delay_s=30), with_tasks=True)
     app.loader.import_default_modules()
     names = sorted(n for n in app.tasks if n.startswith("labelloop."))
     assert names == [
@@ -91,7 +92,7 @@ def test_registered_task_names_are_pinned(redis_url: str) -> None:
         "labelloop.train",
     ]
     assert names == sorted(ROUTES)
-    assert app.conf.task_annotations[TASK_TRAIN] == {"soft_time_limit": 600, "time_limit": 720}
+    assert app.conf.task_annotations[TASK_TRAIN] == {"soft_time_limit": 630, "time_limit": 750}
     assert app.tasks[TASK_TRAIN].acks_late and app.tasks[TASK_TRAIN].reject_on_worker_lost
     assert not create_celery(Settings(redis_url=redis_url)).conf.include, "the receiver's app includes no task code"
 

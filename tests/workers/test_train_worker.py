@@ -172,11 +172,14 @@ def test_a_second_delivery_of_a_running_training_waits_and_takes_over_when_the_f
     assert workers.redis.get(keys.training_lock(22)) == run_id.encode()
 
 
-@pytest.mark.parametrize("workers", [{"LABELLOOP_TRAIN_TIME_LIMIT_S": "10"}], indirect=True)
+@pytest.mark.parametrize(
+    "workers", [{"LABELLOOP_TRAIN_TIME_LIMIT_S": "10", "LABELLOOP_TRAIN_MAX_DELAY_S": "0"}], indirect=True
+)
 def test_a_build_over_the_time_limit_is_stopped_and_the_followup_starts(workers: Workers) -> None:
     """A run whose dataset build outlasts train_time_limit_s (10 s; Label Studio's client would
-    wait 60 s) meets the soft time limit: it is logged as failed, its lock released and the
-    follow-up requested meanwhile starts, before Celery's hard limit would have killed it."""
+    wait 60 s; no quiet-period wait, which Celery's limits would include) meets the soft time
+    limit: it is logged as failed, its lock released and the follow-up requested meanwhile
+    starts, before Celery's hard limit would have killed it."""
     workers.stack.start_worker("train")
     run_id = workers.start_run(23)
     workers.building(23, run_id)
@@ -193,3 +196,34 @@ def test_a_build_over_the_time_limit_is_stopped_and_the_followup_starts(workers:
     [failed, *_] = workers.events("worker-train", "training_failed")
     assert failed["run_id"] == run_id and failed["error_type"] == "TimeLimit"
     assert RunRecords(workers.redis).finished(23, run_id)
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [{"LABELLOOP_TRAIN_QUIET_S": "20", "LABELLOOP_TRAIN_MAX_DELAY_S": "60", "LABELLOOP_TRAIN_REDELIVERY_S": "10"}],
+    indirect=True,
+)
+def test_a_run_waiting_for_a_quiet_period_keeps_its_delivery(workers: Workers) -> None:
+    """A run started by annotations waits for its quiet period (20 s, twice the broker's visibility
+    timeout of 10 s) in a real worker holding the project: its lease keeps the delivery fresh, so
+    the idle second pool process never gets it again, and the run then goes on to its build."""
+    workers.stack.start_worker("train", concurrency=2)
+    decision = workers.jobs.trigger().apply(24, "annotation", n=1)
+    assert decision.run_id
+    workers.jobs.start_training(24, decision.run_id, "ANNOTATION_CREATED")
+    stage = lambda: (workers.progress.get(24) or {}).get("stage")  # noqa: E731
+    wait_until(lambda: stage() == "waiting for a quiet period", 60, "the run waiting", 0.1)
+    waiting_at = time.monotonic()
+    try:
+        wait_until(lambda: stage() == "preparing", 60, "the build after the quiet period", 0.2)
+    except TimeoutError:
+        pytest.fail("no build\n" + workers.stack.log_tail("worker-train"))
+    print(f"built {time.monotonic() - waiting_at:.1f} s after the wait began")
+    assert time.monotonic() - waiting_at >= 15
+    assert workers.redis.hget(keys.run(24, decision.run_id), "started") == b"1", "delivered once"
+    assert workers.events("worker-train", "training_delivery_waiting") == []
+    assert (
+        workers.redis.llen(QUEUE_TRAIN) == 0 and workers.redis.get(keys.training_lock(24)) == decision.run_id.encode()
+    )
+    [absorbed] = workers.events("worker-train", "training_absorbed_pending")
+    assert absorbed["run_id"] == decision.run_id and absorbed["waited_s"] >= 15
