@@ -96,7 +96,7 @@ def descriptor(image: Any) -> npt.NDArray[np.float32]:
 
 def _unit(v: FloatArray) -> FloatArray:
     norm = float(np.linalg.norm(v))
-    return v / norm if norm > 0 else v
+    return np.asarray(v / norm if norm > 0 else v, dtype=np.float64)
 
 
 def normalise(embeddings: npt.ArrayLike) -> FloatArray:
@@ -105,7 +105,8 @@ def normalise(embeddings: npt.ArrayLike) -> FloatArray:
     if x.ndim != 2:
         raise ValueError(f"embeddings must be (n, d), not {x.shape}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    out: FloatArray = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return out
 
 
 def informative(has_candidate: Sequence[bool], share: float = INFORMATIVE_SHARE) -> bool:
