@@ -44,6 +44,8 @@ class ProjectParams(BaseModel):
     preannotate: bool | None = None
     score_strategy: Literal["least_confidence", "margin", "entropy"] | None = None
     informative_tab: bool | None = None
+    set_sampling: bool | None = None
+    first_picks: bool | None = None
     control_tag: str | None = Field(None, min_length=1)
     obb: bool | None = None
 

@@ -498,7 +498,6 @@ class Predictor:
             out[index]["score"] = score
         return out
 
-
     def embed(
         self,
         project_id: int,

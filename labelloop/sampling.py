@@ -73,7 +73,7 @@ def follow_labelloop(
         return out
     ProjectFiles(models_dir).write(project_id, FILE, json.dumps({"previous": previous, "set": UNCERTAINTY}))
     client.projects.update(id=project_id, sampling=UNCERTAINTY)
-    log.info("sampling_set", project_id=project_id, previous=previous, sampling=UNCERTAINTY, model_version=model_version)
+    log.info("sampling_set", project_id=project_id, previous=previous, sampling=UNCERTAINTY, version=model_version)
     return out
 
 
