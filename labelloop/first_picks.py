@@ -104,7 +104,8 @@ def first_picks(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Rank a project's unlabeled tasks by coverage and import them as ``FIRST_PICKS_VERSION``
-    predictions (see the module docstring).
+    predictions (see the module docstring). Long because each early end (superseded, nothing
+    new, no image) returns its own outcome between the reads, the ranking and the import.
 
     Args:
         client: a label-studio-sdk ``LabelStudio`` client.

@@ -284,6 +284,7 @@ def preannotate_project(
     ``version`` is no longer served or a newer run holds the project. Logs ``preannotate_started``,
     ``preannotate_predicted`` per predicted batch, ``preannotate_ranked``, ``preannotate_batch``
     per imported batch, ``preannotate_superseded`` when stopped and ``preannotated`` at the end.
+    Long because the supersede checks of the three stages share one run's state.
 
     Returns:
         ``{"version", "tasks", "imported", "batches", "stopped", "mode"}`` (``stopped``: None when
