@@ -28,9 +28,10 @@ from labelloop import keys, labelstudio
 from labelloop.changes import ChangeLog
 from labelloop.errors import LabelloopError, LabelStudioUnavailable, TrainingError
 from labelloop.export import export_tasks
+from labelloop.first_picks import first_picks
 from labelloop.lease import RunLease, RunRecords
 from labelloop.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
-from labelloop.media import MediaConfig
+from labelloop.media import ImageCache, MediaConfig
 from labelloop.names import QUEUE_PREANNOTATE, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_TRAIN
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
@@ -455,7 +456,8 @@ class Jobs:
         try:
             with labelstudio.calling(s.label_studio_url, f"pre-annotating project {project_id}"):
                 client = labelstudio.client(s.label_studio_url, s.api_key)
-                if load_params(s.models_dir, project_id).effective(s)["informative_tab"]:
+                effective = load_params(s.models_dir, project_id).effective(s)
+                if effective["informative_tab"]:
                     self.informative_tab(client, project_id)
                 return preannotate_project(
                     client,
@@ -468,6 +470,54 @@ class Jobs:
                     s.set_project_model_version,
                     on_progress,
                     generation,
+                    set_sampling=bool(effective["set_sampling"]),
+                    budget=int(effective["train_every_n"]),
+                )
+        finally:
+            progress.clear_preannotation(project_id, version)
+
+    def first_picks(self, project_id: int, report: Report) -> dict[str, Any]:
+        """Before a project's first version, order its unlabeled tasks by coverage of the images and
+        import them as predictions of ``labelloop-first-picks`` (``labelloop.first_picks``);
+        ``report`` gets ``{"project_id", "version", "done", "total"}`` after each imported batch.
+
+        Does nothing when the project has a served version, first picks are off
+        (``LABELLOOP_FIRST_PICKS`` / extra param ``first_picks``) or every unlabeled task has its
+        first pick already. Claims the project's pre-annotation generation: a version's
+        pre-annotation started later stops it.
+
+        Returns:
+            ``labelloop.first_picks.first_picks``'s outcome, or ``{"status": "off"}``.
+        """
+        s = self.settings
+        effective = load_params(s.models_dir, project_id).effective(s)
+        if not effective["first_picks"]:
+            return {"status": "off"}
+        progress = ProgressStore(self.redis)
+        generation = Generation.claim(self.redis, project_id)
+        version = "labelloop-first-picks"
+
+        def on_progress(done: int, total: int) -> None:
+            meta = {"project_id": project_id, "version": version, "done": done, "total": total}
+            report(meta)
+            progress.set_preannotation(project_id, meta)
+
+        images = ImageCache(Path(s.cache_dir).absolute() / "images", MediaConfig.from_settings(s))
+        try:
+            with labelstudio.calling(s.label_studio_url, f"ordering the first picks of project {project_id}"):
+                client = labelstudio.client(s.label_studio_url, s.api_key)
+                if effective["informative_tab"]:
+                    self.informative_tab(client, project_id)
+                return first_picks(
+                    client,
+                    images,
+                    Registry(s.models_dir),
+                    project_id,
+                    s.preannotate_batch,
+                    int(effective["train_every_n"]),
+                    bool(effective["set_sampling"]),
+                    generation,
+                    on_progress,
                 )
         finally:
             progress.clear_preannotation(project_id, version)

@@ -7,6 +7,7 @@ counter, ``labelloop.changes``), ``seen`` (the ledger's hash) and ``deleted`` (i
 ``trigger`` (hash), ``training`` (the lock), ``training:owner`` (the delivery running it),
 ``run:<run_id>`` (a run's deliveries) and ``given_up`` (``labelloop.trigger``), ``progress`` and
 ``preannotate`` (``labelloop.progress``), ``preannotate:generation`` (``labelloop.preannotate``),
+``first_picks:queued`` (``service.app``'s ``/setup``),
 ``current``, ``servers`` and ``warm:<version>`` (``labelloop.notify``). Global:
 ``labelloop:projects`` (known projects), ``labelloop:events`` (the event stream),
 ``labelloop:predict:alive:<host>:<pid>`` (a predict process's heartbeat, a key with a TTL,
@@ -83,6 +84,11 @@ def progress(project_id: int) -> str:
 
 def preannotation(project_id: int) -> str:
     return project(project_id, "preannotate")
+
+
+def first_picks_queued(project_id: int) -> str:
+    """Set while a first-picks job of the project is queued recently (``/setup`` sends no other)."""
+    return project(project_id, "first_picks:queued")
 
 
 def preannotation_generation(project_id: int) -> str:

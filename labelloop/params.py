@@ -46,6 +46,8 @@ class ProjectParams(BaseModel):
     show_conf: float | None = Field(None, ge=0.0, le=1.0)
     informative_tab: bool | None = None
     pseudo_labels: bool | None = None
+    set_sampling: bool | None = None
+    first_picks: bool | None = None
     control_tag: str | None = Field(None, min_length=1)
     obb: bool | None = None
 

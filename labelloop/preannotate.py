@@ -19,25 +19,36 @@ still wanted.
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import redis
 import structlog
 
-from labelloop import keys
+from labelloop import diversity, keys
+from labelloop.informativeness import NO_DETECTION, prediction_score
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
 from labelloop.predictor import Predictor
+from labelloop.sampling import follow_labelloop
 
 log = structlog.get_logger(__name__)
 
 # A generation key outlives any run (a week); losing it only lets an older run go on until the
 # registry's CURRENT moves.
 GENERATION_TTL_S = 7 * 86400
+CLUSTER_STRIDE = 1000  # above diversity.MAX_CLUSTERS: see cluster_offset
+IMPORT_THREADS = 4  # concurrent POST /api/predictions/ of one batch
+MAX_LABELED_EMBEDDED = 1000  # annotated tasks embedded for the coverage order (a seeded sample above)
+NO_CANDIDATE_SCORE = prediction_score(NO_DETECTION)  # a task's score when its image shows no candidate box
 
 
 def tasks_to_predict(tasks: list[Any], version: str) -> list[dict[str, Any]]:
@@ -101,6 +112,145 @@ def superseded_by(predictor: Predictor, project_id: int, version: str, generatio
     return None
 
 
+def cluster_offset(version: str) -> int:
+    """What a version adds to its predictions' ``cluster``: ``N * CLUSTER_STRIDE`` for ``vN``, 0 for
+    the first picks. Label Studio counts the clusters an annotator solved from
+    ``Max(predictions__cluster)`` over all of a task's predictions, whatever their model version:
+    a newer version's clusters being larger, a task counts in its newest prediction's cluster."""
+    return int(version[1:]) * CLUSTER_STRIDE if version[:1] == "v" and version[1:].isdigit() else 0
+
+
+class _Spool:
+    """Predicted ``result`` lists kept in a temporary file until they are imported (JSON lines;
+    memory holds one offset per task, not its regions)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self._offsets: list[int] = []
+
+    def append(self, result: list[Any]) -> None:
+        self._file.seek(0, os.SEEK_END)
+        self._offsets.append(self._file.tell())
+        self._file.write(json.dumps(result).encode() + b"\n")
+
+    def __getitem__(self, index: int) -> list[Any]:
+        self._file.seek(self._offsets[index])
+        return list(json.loads(self._file.readline()))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One task's prediction as imported: ``score`` is its rank in [0, 1] (low = label first)."""
+
+    task: int
+    score: float
+    cluster: int | None
+
+
+def ranked_picks(
+    task_ids: list[int],
+    vectors: list[npt.NDArray[np.float32] | None],
+    labeled_vectors: list[npt.NDArray[np.float32]],
+    uncertainty: list[float] | None,
+    budget: int,
+    offset: int,
+) -> tuple[list[Pick], str]:
+    """Order tasks with ``labelloop.diversity.rank``; returns their picks in rank order and the
+    mode. Tasks without a vector (image unavailable) come last, with no cluster."""
+    rows = [i for i, v in enumerate(vectors) if v is not None]
+    if not rows:
+        mode = "none"
+        order: list[int] = []
+        clusters: dict[int, int] = {}
+    else:
+        present = [v for v in vectors if v is not None]
+        x = np.stack(present + list(labeled_vectors)).astype(np.float64)
+        labeled = np.array([False] * len(rows) + [True] * len(labeled_vectors))
+        u = None
+        if uncertainty is not None:
+            u = np.array([uncertainty[i] for i in rows] + [0.0] * len(labeled_vectors))
+        ranking = diversity.rank(x, labeled, u, budget=budget)
+        mode = ranking.mode
+        order = [rows[r] for r in ranking.order]
+        clusters = {rows[r]: int(ranking.cluster[r]) for r in ranking.order}
+    order += [i for i, v in enumerate(vectors) if v is None]
+    scores = diversity.rank_scores(list(range(len(order))), len(order))
+    picks = [
+        Pick(task_ids[i], float(scores[r]), None if i not in clusters else offset + clusters[i])
+        for r, i in enumerate(order)
+    ]
+    return picks, mode
+
+
+def import_picks(
+    client: Any,
+    project_id: int,
+    version: str,
+    picks: list[Pick],
+    results: Callable[[int], list[Any]],
+    batch_size: int,
+    stop: Callable[[], str | None],
+    after_first_batch: Callable[[], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, str | None]:
+    """Write ``picks`` into Label Studio in rank order, ``batch_size`` at a time, each prediction
+    with its ``result`` (``results(task id)``), ``score``, ``cluster`` and ``version``.
+
+    Label Studio's prediction import (``/api/projects/{id}/import/predictions``) drops
+    ``cluster``, so each prediction is one ``POST /api/predictions/`` (``IMPORT_THREADS`` at a time).
+    ``stop()`` is asked before each batch; ``after_first_batch`` runs once the top tasks are in
+    (the label stream can follow them from then on). Logs ``preannotate_batch`` per batch.
+
+    Returns:
+        ``(imported, stopped)``: ``stopped`` is ``stop()``'s reason, or None.
+    """
+    imported = 0
+    with ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="preannotate-import") as pool:
+        for number, start in enumerate(range(0, len(picks), batch_size)):
+            if (why := stop()) is not None:
+                return imported, why
+            batch = picks[start : start + batch_size]
+            t0 = time.monotonic()
+
+            def create(pick: Pick) -> None:
+                client.predictions.create(
+                    task=pick.task,
+                    result=results(pick.task),
+                    score=pick.score,
+                    model_version=version,
+                    **({"cluster": pick.cluster} if pick.cluster is not None else {}),
+                )
+
+            list(pool.map(create, batch))  # a failed request is the run's error
+            imported += len(batch)
+            log.info(
+                "preannotate_batch",
+                version=version,
+                batch=number,
+                tasks=len(batch),
+                done=imported,
+                total=len(picks),
+                import_s=round(time.monotonic() - t0, 3),
+            )
+            if number == 0 and after_first_batch is not None:
+                after_first_batch()
+            if on_progress is not None:
+                on_progress(imported, len(picks))
+    return imported, None
+
+
+def _labeled_sample(tasks: list[Any]) -> list[dict[str, Any]]:
+    """Up to ``MAX_LABELED_EMBEDDED`` annotated tasks (``{"id", "data"}``), a seeded sample."""
+    labeled = [{"id": int(t.id), "data": dict(t.data or {})} for t in tasks if (t.total_annotations or 0) > 0]
+    if len(labeled) <= MAX_LABELED_EMBEDDED:
+        return labeled
+    keep = np.random.default_rng(0).choice(len(labeled), MAX_LABELED_EMBEDDED, replace=False)
+    return [labeled[i] for i in sorted(keep)]
+
+
 def preannotate_project(
     client: Any,
     predictor: Predictor,
@@ -112,24 +262,48 @@ def preannotate_project(
     set_model_version: bool,
     on_progress: Callable[[int, int], None] | None = None,
     generation: Generation | None = None,
+    set_sampling: bool = False,
+    budget: int = 10,
 ) -> dict[str, Any]:
-    """Predict and import predictions for the project's unlabeled tasks, ``batch_size`` at a time;
-    a batch's import into Label Studio runs in a thread while the next batch is predicted.
+    """Predict the project's unlabeled tasks with ``version``, rank them, and import the predictions
+    in rank order (the one to label first first).
+
+    Three stages: **predict** every task without a prediction of ``version``, ``batch_size`` at a
+    time (one Ultralytics batch each), keeping each task's regions (on disk), whether it has a
+    candidate box, its informativeness and its backbone embedding (``Predictor.embed``);
+    **rank** them with ``labelloop.diversity`` (by uncertainty within clusters once at least half
+    of them have a candidate box, else by coverage with the annotated tasks' embeddings too);
+    **import** in rank order (``import_picks``): each prediction's ``score`` is its rank in [0, 1]
+    and its ``cluster`` its k-means cluster (plus ``cluster_offset``). Once the first batch is
+    in, the project's model version becomes ``version`` (``set_model_version`` or
+    ``set_sampling``) and, with ``set_sampling``, its sampling "Uncertainty sampling"
+    (``labelloop.sampling``): Label Studio's label stream then serves labelloop's order.
 
     Stops (``stopped`` names why, see ``superseded_by``) before the first Label Studio read,
-    before each batch's prediction and before its import, as soon as ``version`` is no longer
-    served or a newer run holds the project: no work is spent on, and nothing is imported from,
-    an old version after that. Logs ``preannotate_started``, then ``preannotate_batch`` per batch
-    (version, batch, tasks, done, total, predict_s, import_s), ``preannotate_superseded`` when
-    stopped and ``preannotated`` at the end. Long because the supersede checks, the import in
-    flight and the progress reports share one loop's state.
+    before each batch's prediction, before ranking and before each batch's import, as soon as
+    ``version`` is no longer served or a newer run holds the project. Logs ``preannotate_started``,
+    ``preannotate_predicted`` per predicted batch, ``preannotate_ranked``, ``preannotate_batch``
+    per imported batch, ``preannotate_superseded`` when stopped and ``preannotated`` at the end.
+    Long because the supersede checks of the three stages share one run's state.
 
     Returns:
-        ``{"version", "tasks", "imported", "batches", "stopped"}`` (``stopped``: None when
-        every task was done, else "version" or "newer_run").
+        ``{"version", "tasks", "imported", "batches", "stopped", "mode"}`` (``stopped``: None when
+        every task was done, else "version" or "newer_run"; ``mode``: "coverage", "uncertainty"
+        or None when stopped before ranking).
     """
-    outcome: dict[str, Any] = {"version": version, "tasks": 0, "imported": 0, "batches": 0, "stopped": None}
-    if (why := superseded_by(predictor, project_id, version, generation)) is not None:
+    outcome: dict[str, Any] = {
+        "version": version,
+        "tasks": 0,
+        "imported": 0,
+        "batches": 0,
+        "stopped": None,
+        "mode": None,
+    }
+
+    def stop() -> str | None:
+        return superseded_by(predictor, project_id, version, generation)
+
+    if (why := stop()) is not None:
         outcome["stopped"] = why
         log.info("preannotate_superseded", version=version, imported=0, why=why)
         return outcome
@@ -137,36 +311,19 @@ def preannotate_project(
     project = client.projects.get(id=project_id)
     params = load_params(predictor.registry.root, project_id)
     spec = train_spec(project.label_config, params)
-    todo = tasks_to_predict(list(client.tasks.list(project=project_id, fields="all")), version)
+    tasks = list(client.tasks.list(project=project_id, fields="all"))
+    todo = tasks_to_predict(tasks, version)
     outcome["tasks"] = len(todo)
+    imgsz = params.imgsz
     if on_progress is not None:
         on_progress(0, len(todo))
-    # One import into Label Studio runs while the next batch is predicted (at most one in flight).
-    pending: tuple[Future[Any], dict[str, Any]] | None = None
-
-    def finish() -> None:
-        nonlocal pending
-        if pending is None:
-            return
-        future, info = pending
-        pending = None
-        future.result()  # an import's error is the run's error
-        outcome["imported"] += info["tasks"]
-        outcome["batches"] += 1
-        log.info(
-            "preannotate_batch",
-            version=version,
-            done=outcome["imported"],
-            total=len(todo),
-            import_s=round(time.monotonic() - info.pop("sent"), 3),
-            **info,
-        )
-        if on_progress is not None:
-            on_progress(outcome["imported"], len(todo))
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preannotate-import") as imports:
+    spool = _Spool()
+    vectors: list[npt.NDArray[np.float32] | None] = []
+    found: list[bool] = []
+    uncertainty: list[float] = []
+    try:
         for number, start in enumerate(range(0, len(todo), batch_size)):
-            if (why := superseded_by(predictor, project_id, version, generation)) is not None:
+            if (why := stop()) is not None:
                 outcome["stopped"] = why
                 break
             batch = todo[start : start + batch_size]
@@ -177,27 +334,79 @@ def preannotate_project(
                 batch,
                 hostname,
                 api_key,
-                imgsz=params.imgsz,
+                imgsz=imgsz,
                 version=version,
                 score_strategy=params.score_strategy,
                 show_conf=params.show_conf,
             )
-            predict_s = round(time.monotonic() - t0, 3)
-            finish()
-            if (why := superseded_by(predictor, project_id, version, generation)) is not None:
-                outcome["stopped"] = why
-                break
-            request = [
-                {"task": t["id"], "result": r["result"], "score": r["score"], "model_version": r["model_version"]}
-                for t, r in zip(batch, results, strict=True)
-            ]
-            future = imports.submit(client.projects.import_predictions, id=project_id, request=request)
-            pending = (future, {"batch": number, "tasks": len(batch), "predict_s": predict_s, "sent": time.monotonic()})
-        finish()
+            vectors += predictor.embed(project_id, spec, batch, hostname, api_key, version, imgsz=imgsz)
+            for r in results:
+                spool.append(r["result"])
+                found.append(bool(r["result"]) or float(r["score"]) > NO_CANDIDATE_SCORE)
+                uncertainty.append(1.0 - float(r["score"]))
+            log.info(
+                "preannotate_predicted",
+                version=version,
+                batch=number,
+                tasks=len(batch),
+                done=len(found),
+                total=len(todo),
+                predict_s=round(time.monotonic() - t0, 3),
+            )
+        if outcome["stopped"] is None and (why := stop()) is not None:
+            outcome["stopped"] = why
+        if outcome["stopped"] is None:
+            t0 = time.monotonic()
+            informative = diversity.informative(found)
+            labeled: list[npt.NDArray[np.float32]] = []
+            if not informative:
+                sample = _labeled_sample(tasks)
+                for start in range(0, len(sample), batch_size):
+                    got = predictor.embed(
+                        project_id, spec, sample[start : start + batch_size], hostname, api_key, version, imgsz=imgsz
+                    )
+                    labeled += [v for v in got if v is not None]
+            budget_n = int(params.train_every_n or budget)
+            picks, mode = ranked_picks(
+                [t["id"] for t in todo],
+                vectors,
+                labeled,
+                uncertainty if informative else None,
+                budget_n,
+                cluster_offset(version),
+            )
+            outcome["mode"] = mode
+            log.info(
+                "preannotate_ranked",
+                version=version,
+                mode=mode,
+                tasks=len(picks),
+                with_candidate=sum(found),
+                labeled=len(labeled),
+                seconds=round(time.monotonic() - t0, 3),
+            )
+            index = {t["id"]: i for i, t in enumerate(todo)}
+
+            def follow() -> None:
+                if set_model_version or set_sampling:
+                    follow_labelloop(client, predictor.registry.root, project_id, version, set_sampling)
+
+            imported, why = import_picks(
+                client,
+                project_id,
+                version,
+                picks,
+                lambda task_id: spool[index[task_id]],
+                batch_size,
+                stop,
+                follow,
+                on_progress,
+            )
+            outcome.update(imported=imported, batches=-(-imported // batch_size), stopped=why)
+    finally:
+        spool.close()
     if outcome["stopped"] is not None:
         log.info("preannotate_superseded", version=version, imported=outcome["imported"], why=outcome["stopped"])
-    elif set_model_version:
-        client.projects.update(id=project_id, model_version=version)
     log.info(
         "preannotated",
         version=version,
@@ -205,5 +414,6 @@ def preannotate_project(
         imported=outcome["imported"],
         batches=outcome["batches"],
         stopped=outcome["stopped"],
+        mode=outcome["mode"],
     )
     return outcome

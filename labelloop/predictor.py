@@ -31,6 +31,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 
 from labelloop.convert import results_to_regions
@@ -513,6 +515,52 @@ class Predictor:
         under ``conf`` the images are predicted at the threshold, and NMS keeps the same boxes
         above ``conf`` either way (a box is suppressed only by higher-scoring ones)."""
         return next((c for c in (requested, self.show_conf, loaded.show_conf) if c is not None), self.conf)
+
+    def embed(
+        self,
+        project_id: int,
+        spec: TrainSpec,
+        tasks: list[dict[str, Any]],
+        hostname: str | None,
+        api_key: str | None,
+        version: str,
+        imgsz: int | None = None,
+    ) -> list[npt.NDArray[np.float32] | None]:
+        """Image embeddings of tasks from ``version``'s backbone, one per task in order (None
+        where the image cannot be fetched), for ``labelloop.diversity``.
+
+        Ultralytics' public ``YOLO.embed`` (``predict(..., embed=[layer])``: the layer's feature
+        map, global-average-pooled) at the backbone's last layer (SPPF in YOLOv8/11: the forward
+        pass stops there, the neck and head are skipped); models without a ``backbone`` in their
+        YAML use Ultralytics' default (the layer before the head). Images come from the same
+        cache as ``predict``'s, so predicting and embedding a batch downloads it once.
+
+        Returns:
+            ``[(C,) float32 | None]``; all None when the version cannot be loaded.
+        """
+        out: list[npt.NDArray[np.float32] | None] = [None] * len(tasks)
+        loaded = self.model_at(project_id, version)
+        if loaded is None:
+            return out
+        key = spec.value_key
+        items = [(int(t["id"]), str((t.get("data") or {}).get(key, ""))) for t in tasks]
+        images = self._images(hostname, api_key).get_many([it for it in items if it[1]])
+        ok = [(i, img) for i, (tid, _) in enumerate(items) if isinstance(img := images.get(tid), CachedImage)]
+        if not ok:
+            return out
+        yaml = getattr(loaded.model.model, "yaml", None) or {}
+        layers = {"embed": [len(yaml["backbone"]) - 1]} if isinstance(yaml.get("backbone"), list) else {}
+        vectors = loaded.model.embed(
+            [str(image.path) for _, image in ok],
+            imgsz=imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ,
+            batch=len(ok),
+            verbose=False,
+            device=loaded.model.device,
+            **layers,
+        )
+        for (index, _image), vector in zip(ok, vectors, strict=True):
+            out[index] = vector.detach().float().cpu().numpy().reshape(-1).astype(np.float32)
+        return out
 
 
 @functools.cache

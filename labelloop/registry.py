@@ -62,7 +62,7 @@ class ProjectFiles:
         models_dir: the registry root.
     """
 
-    NAMES = frozenset({"params.json", "classes.json"})
+    NAMES = frozenset({"params.json", "classes.json", "sampling.json"})
 
     def __init__(self, models_dir: Path) -> None:
         self.root = Path(models_dir)

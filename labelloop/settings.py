@@ -236,6 +236,17 @@ class Settings(BaseSettings):
         description="Unlabeled tasks predicted per training for pseudo-labels, at most (4 per pseudo-label "
         "allowed, up to this).",
     )
+    set_sampling: bool = Field(
+        True,
+        description="Set the project's sampling to 'Uncertainty sampling' once labelloop's predictions are in, so "
+        "Label Studio's label stream serves labelloop's order (the previous sampling is kept for "
+        "`labelloop sampling restore`).",
+    )
+    first_picks: bool = Field(
+        True,
+        description="Before the first version, order a connected project's unlabeled tasks by coverage of the "
+        "images (predictions of model version labelloop-first-picks with a score and a cluster).",
+    )
 
     reconcile_interval_s: int = Field(
         300, ge=1, description="Seconds between reconciliations with Label Studio (Celery beat)."

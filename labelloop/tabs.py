@@ -1,10 +1,12 @@
-"""The Data Manager tab "labelloop: most informative first": uncertainty sampling in one click.
+"""The Data Manager tab "labelloop: most informative first": labelloop's order, visible.
 
-Label Studio Community Edition has no uncertainty sampling of its own, but its Data Manager
-filters and sorts by the prediction score, and "Label All Tasks" follows a tab's order. After a
-promotion labelloop keeps one tab per project (found by its title) that shows the unlabeled tasks
-(``tasks:total_annotations`` = 0) by ascending ``tasks:predictions_score``: the score is
-``1 - informativeness`` (``labelloop.informativeness``), so the most informative task is on top.
+Label Studio 1.23 Community has uncertainty sampling of its own ("Label All Tasks" outside a tab
+serves the lowest prediction score of the least solved cluster, ``labelloop.sampling``); this
+tab shows the same order in the Data Manager, and "Label All Tasks" from the tab follows the
+tab's order. labelloop keeps one tab per project (found by its title) that shows the unlabeled
+tasks (``tasks:total_annotations`` = 0) by ascending ``tasks:predictions_score``: the score is
+the task's rank in labelloop's order (``labelloop.diversity``, low = label first), averaged by
+Label Studio over the predictions of the project's model version.
 Tabs are Label Studio's "views" (``/api/dm/views``, label-studio-sdk ``client.views``); the
 field names are those of Label Studio 1.23's Data Manager (``PrepareParamsFiltersRequest``).
 """

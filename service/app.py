@@ -44,10 +44,18 @@ from starlette.routing import Route
 
 from labelloop import keys
 from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, RegistryError, UnavailableError
-from labelloop.names import QUEUE_EVENTS, QUEUE_PREANNOTATE, QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_PREDICT
+from labelloop.names import (
+    QUEUE_EVENTS,
+    QUEUE_PREANNOTATE,
+    QUEUE_PREDICT,
+    QUEUE_TRAIN,
+    TASK_FIRST_PICKS,
+    TASK_PREANNOTATE,
+    TASK_PREDICT,
+)
 from labelloop.notify import serve_when_warm
+from labelloop.params import ProjectParams, parse_extra_params, preannotates, train_spec
 from labelloop.params import load as load_params
-from labelloop.params import parse_extra_params, preannotates, train_spec
 from labelloop.params import store as store_params
 from labelloop.registry import Registry
 from labelloop.settings import Settings
@@ -64,6 +72,9 @@ from workers.celery_app import create_celery
 log = structlog.get_logger("service.app")
 
 QUEUES = (QUEUE_EVENTS, QUEUE_TRAIN, QUEUE_PREDICT, QUEUE_PREANNOTATE)
+# /setup queues a project's first picks at most this often (seconds): Label Studio calls /setup
+# whenever a task is opened; the job itself skips when every unlabeled task has its first pick.
+FIRST_PICKS_EVERY_S = 60
 
 
 @dataclass
@@ -180,7 +191,28 @@ async def setup(request: Request) -> JSONResponse:
     await st.recorder.remember_project(project_id)
     version = st.registry.served_name(project_id)
     log.info("setup", project_id=project_id, version=version)
+    if st.registry.current_name(project_id) is None:
+        await _queue_first_picks(st, project_id, params)
     return JSONResponse({"model_version": version})
+
+
+async def _queue_first_picks(st: AppState, project_id: int, params: ProjectParams) -> None:
+    """Queue the first picks of a project with no version yet (``labelloop.first_picks``), at most
+    every ``FIRST_PICKS_EVERY_S`` per project (a Redis key set NX with that TTL); never fails
+    ``/setup``: a Redis or broker error is logged and the next ``/setup`` tries again."""
+    if not st.settings.label_studio_url or not params.effective(st.settings)["first_picks"]:
+        return
+    try:
+        if not await st.redis.set(keys.first_picks_queued(project_id), "1", nx=True, ex=FIRST_PICKS_EVERY_S):
+            return
+
+        def send() -> None:
+            st.celery.send_task(TASK_FIRST_PICKS, args=[project_id], queue=QUEUE_PREANNOTATE)
+
+        await anyio.to_thread.run_sync(send)
+        log.info("first_picks_queued", project_id=project_id)
+    except Exception as exc:  # the project is connected either way; first picks come at a later /setup
+        log.warning("first_picks_not_queued", project_id=project_id, error=str(exc)[:200])
 
 
 async def _check_setup_caller(st: AppState, project_id: int, access_token: str | None) -> None:

@@ -269,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("project_id", type=int)
     q.set_defaults(func=_ops("models_rollback"))
 
+    p = sub.add_parser("sampling", help="the project's task sampling in Label Studio")
+    ssub = p.add_subparsers(dest="sub", required=True)
+    q = ssub.add_parser("restore", help='put back the sampling found before labelloop set "Uncertainty sampling"')
+    q.add_argument("project_id", type=int, metavar="PROJECT")
+    q.set_defaults(func=_ops("sampling_restore"))
+
     p = sub.add_parser("status", help="queues, workers, running trainings with epoch progress, served versions")
     p.set_defaults(func=_ops("status"))
 

@@ -175,6 +175,22 @@ def _preannotate(settings: Settings, project_id: int, version: str) -> None:
         print(f"pre-annotation of project {project_id} with {version} queued")
 
 
+def sampling_restore(settings: Settings, project_id: int) -> int:
+    """Put back the task sampling the project had before labelloop set "Uncertainty sampling"."""
+    from labelloop import labelstudio
+    from labelloop.sampling import restore
+
+    with labelstudio.calling(settings.label_studio_url, f"restoring the sampling of project {project_id}"):
+        previous = restore(
+            labelstudio.client(settings.label_studio_url, settings.api_key), settings.models_dir, project_id
+        )
+    if previous is None:
+        print(f"project {project_id}: labelloop has not changed its sampling (nothing to restore)")
+        return 1
+    print(f"project {project_id}: sampling restored to {previous!r}")
+    return 0
+
+
 def cancel(settings: Settings, project_id: int) -> int:
     run = ProgressStore(_redis(settings)).request_cancel(project_id)
     print(f"cancelling run {run} of project {project_id}" if run else f"project {project_id} has no running training")

@@ -53,10 +53,11 @@ def stored_versions(client: Any, project_id: int) -> dict[int, list[str]]:
 def test_a_promotion_supersedes_a_running_preannotation(
     label_studio: tuple[str, str], trained: dict, image_server: tuple[str, Path], tmp_path: Path
 ) -> None:
-    """A pre-annotation runs on the preannotate worker in batches of 2 while /predict is answered by
-    the predict worker; promoting v2 mid-run stops v1's batches (none after its superseded event,
-    no v1 prediction imported after it) without waiting for the preannotate worker to warm v2, and
-    v2's run then predicts every task into Label Studio."""
+    """A pre-annotation runs on the preannotate worker in batches of 2 (predicted, ranked, then
+    imported in rank order) while /predict is answered by the predict worker; promoting v2 during
+    v1's import stops v1's batches (none after its superseded event, no v1 prediction imported
+    after it) without waiting for the preannotate worker to warm v2, and v2's run then predicts
+    every task into Label Studio."""
     ls_url, token = label_studio
     base_url, _ = image_server
     client = labelstudio.client(ls_url, token)
@@ -133,10 +134,14 @@ def test_a_promotion_supersedes_a_running_preannotation(
     v1 = [e for e in log if e.get("version") == "v1" and str(e.get("event", "")).startswith("preannotate")]
     [stop] = [i for i, e in enumerate(v1) if e["event"] == "preannotate_superseded"]
     assert v1[stop]["why"] == "version" and 0 < v1[stop]["imported"] < TASKS
-    # started, its batches, superseded, the end: no v1 batch after the superseded event.
+    # started, every task predicted, ranked, its imported batches, superseded, the end: no v1
+    # batch after the superseded event.
+    imported_batches = [e["event"] for e in v1].count("preannotate_batch")
     assert [e["event"] for e in v1] == [
         "preannotate_started",
-        *["preannotate_batch"] * (stop - 1),
+        *["preannotate_predicted"] * (TASKS // BATCH),
+        "preannotate_ranked",
+        *["preannotate_batch"] * imported_batches,
         "preannotate_superseded",
         "preannotated",
     ]
@@ -152,5 +157,7 @@ def test_a_promotion_supersedes_a_running_preannotation(
     assert len(stored) == TASKS and all(v.count("v2") == 1 for v in stored.values()), stored
     assert sum(v.count("v1") for v in stored.values()) == v1[stop]["imported"]
     # The newer run started soon after the promotion (generous bound for a busy 2-core machine).
-    first_v2 = min(e["timestamp"] for e in log if e.get("version") == "v2" and e.get("event") == "preannotate_batch")
+    first_v2 = min(
+        e["timestamp"] for e in log if e.get("version") == "v2" and e.get("event") == "preannotate_predicted"
+    )
     assert datetime.fromisoformat(first_v2.replace("Z", "+00:00")).timestamp() - promoted_at < 60

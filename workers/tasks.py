@@ -24,7 +24,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from labelloop import keys
 from labelloop.jobs import TRANSIENT_ERRORS, Jobs
-from labelloop.names import TASK_HANDLE_EVENT, TASK_PREANNOTATE, TASK_PREDICT, TASK_RECONCILE, TASK_TRAIN
+from labelloop.names import (
+    TASK_FIRST_PICKS,
+    TASK_HANDLE_EVENT,
+    TASK_PREANNOTATE,
+    TASK_PREDICT,
+    TASK_RECONCILE,
+    TASK_TRAIN,
+)
 
 TRANSIENT = TRANSIENT_ERRORS
 MAX_RETRIES = 5
@@ -112,6 +119,14 @@ def preannotate(self: Task, project_id: int, version: str) -> dict[str, Any]:
         return jobs(self.app).preannotate(
             project_id, version, lambda meta: self.update_state(state="PROGRESS", meta=meta)
         )
+
+
+@bound_task(name=TASK_FIRST_PICKS, **_RETRY)
+def first_picks(self: Task, project_id: int) -> dict[str, Any]:
+    """Before a project's first version, order its unlabeled tasks by coverage of the images into
+    Label Studio (queue ``preannotate``); progress ``{"done", "total"}`` as Celery state PROGRESS."""
+    with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):
+        return jobs(self.app).first_picks(project_id, lambda meta: self.update_state(state="PROGRESS", meta=meta))
 
 
 @bound_task(name=TASK_PREDICT)

@@ -7,11 +7,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
 import redis
 
 from labelloop.labels import parse_detection_config
 from labelloop.media import MediaConfig
-from labelloop.preannotate import Generation, superseded_by
+from labelloop.preannotate import Generation, cluster_offset, ranked_picks, superseded_by
 from labelloop.predictor import Predictor
 from labelloop.registry import Registry
 from labelloop.synthetic import LABEL_CONFIG
@@ -85,3 +87,21 @@ def test_a_batch_of_tasks_is_one_ultralytics_batch(
     results = predictor.predict(PROJECT, parse_detection_config(LABEL_CONFIG), tasks, None, None, version="v1")
     assert [r["model_version"] for r in results] == ["v1"] * 6
     assert batches == [6]
+
+
+@pytest.mark.parametrize(("version", "offset"), [("v1", 1000), ("v12", 12000), ("labelloop-first-picks", 0), ("", 0)])
+def test_cluster_offset(version: str, offset: int) -> None:
+    """A newer version's clusters are larger, so Label Studio's Max(cluster) over a task's predictions is its newest."""
+    assert cluster_offset(version) == offset
+
+
+def test_ranked_picks_put_unreadable_images_last() -> None:
+    """Tasks whose image could not be fetched come after every ranked task, with no cluster; the
+    scores run from 0.0 to 1.0 in pick order and the clusters carry the version's offset."""
+    rng = np.random.default_rng(0)
+    vectors: list[Any] = [rng.normal(size=4).astype(np.float32) for _ in range(5)]
+    vectors[1] = None
+    picks, mode = ranked_picks([10, 11, 12, 13, 14], vectors, [], None, 2, 3000)
+    assert mode == "coverage" and picks[-1].task == 11 and picks[-1].cluster is None
+    assert [p.score for p in picks] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(p.cluster is not None and p.cluster >= 3000 for p in picks[:-1])

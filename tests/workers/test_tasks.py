@@ -78,13 +78,14 @@ def test_a_lost_ledger_is_seeded_from_the_served_versions_annotation_file(jobs: 
 
 
 def test_registered_task_names_are_pinned(redis_url: str) -> None:
-    """The workers' app registers exactly labelloop's five task names (queued messages name them),
+    """The workers' app registers exactly labelloop's six task names (queued messages name them),
     each routed to its queue, and the training's soft and hard limits come from the settings (the
     time limit plus the longest quiet-period wait)."""
     app = create_celery(Settings(redis_url=redis_url, train_time_limit_s=600, train_max_delay_s=30), with_tasks=True)
     app.loader.import_default_modules()
     names = sorted(n for n in app.tasks if n.startswith("labelloop."))
     assert names == [
+        "labelloop.first_picks",
         "labelloop.handle_event",
         "labelloop.preannotate",
         "labelloop.predict",
@@ -103,7 +104,13 @@ def test_transient_errors_are_retried_with_backoff(redis_url: str) -> None:
     predict does not retry."""
     app = create_celery(Settings(redis_url=redis_url), with_tasks=True)
     app.loader.import_default_modules()
-    for name in ("labelloop.handle_event", "labelloop.reconcile", "labelloop.preannotate", "labelloop.train"):
+    for name in (
+        "labelloop.handle_event",
+        "labelloop.reconcile",
+        "labelloop.preannotate",
+        "labelloop.first_picks",
+        "labelloop.train",
+    ):
         task = app.tasks[name]
         assert {redis.ConnectionError, redis.TimeoutError, httpx.TransportError} <= set(task.autoretry_for), name
         assert task.retry_backoff and task.max_retries == 5

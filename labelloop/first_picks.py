@@ -1,0 +1,187 @@
+"""First picks: before a project's first version, Label Studio's label stream serves tasks that
+cover the data instead of random ones or the lowest task ids.
+
+A connected project with no served version (``/setup``) queues ``labelloop.first_picks`` on the
+``preannotate`` queue. The job reads the project's tasks; when some unlabeled task has no
+prediction of ``FIRST_PICKS_VERSION`` yet (a new project, or tasks imported since), it fetches
+every task's image through the guarded media path (``labelloop.media.ImageCache``), describes
+each one without a model (``labelloop.diversity.descriptor``), orders the unlabeled tasks by
+coverage (``labelloop.diversity.rank``, the annotated tasks counting as covering their cluster),
+removes the earlier first picks, and imports one prediction per unlabeled task: an empty
+``result``, the rank as ``score`` (low = label first), the ``cluster`` and the model version
+``labelloop-first-picks`` (``labelloop.preannotate.import_picks``). Then the project's model
+version becomes ``labelloop-first-picks`` and its sampling "Uncertainty sampling"
+(``labelloop.sampling``). When nothing is missing the job does nothing (Label Studio calls
+``/setup`` often).
+
+Superseding: the job holds a pre-annotation generation (``labelloop.preannotate.Generation``),
+so a version's pre-annotation started after it stops it, and it stops as soon as the registry
+serves a version: first picks never overwrite the order of a trained model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from labelloop import diversity
+from labelloop.media import CachedImage, ImageCache
+from labelloop.params import load as load_params
+from labelloop.params import train_spec
+from labelloop.preannotate import (
+    MAX_LABELED_EMBEDDED,
+    Generation,
+    import_picks,
+    ranked_picks,
+    tasks_to_predict,
+)
+from labelloop.registry import Registry
+from labelloop.sampling import follow_labelloop
+
+log = structlog.get_logger(__name__)
+
+FIRST_PICKS_VERSION = "labelloop-first-picks"
+
+
+def describe(
+    images: ImageCache, tasks: list[dict[str, Any]], value_key: str, chunk: int = 64
+) -> list[npt.NDArray[np.float32] | None]:
+    """``diversity.descriptor`` of each task's image, in order (None where it cannot be fetched or
+    decoded); images are fetched ``chunk`` at a time, so memory holds one chunk of images."""
+    from PIL import Image
+
+    out: list[npt.NDArray[np.float32] | None] = []
+    for start in range(0, len(tasks), chunk):
+        part = tasks[start : start + chunk]
+        items = [(int(t["id"]), str((t.get("data") or {}).get(value_key, ""))) for t in part]
+        got = images.get_many([it for it in items if it[1]])
+        for task_id, _ in items:
+            image = got.get(task_id)
+            if not isinstance(image, CachedImage):
+                out.append(None)
+                continue
+            try:
+                with Image.open(image.path) as im:
+                    im.draft("RGB", (128, 128))  # JPEG: decode at a reduced size, enough for a descriptor
+                    out.append(diversity.descriptor(im))
+            except OSError as exc:
+                log.warning("first_picks_image_unreadable", task_id=task_id, error=str(exc)[:200])
+                out.append(None)
+    return out
+
+
+def delete_predictions(client: Any, project_id: int, version: str) -> None:
+    """Delete every prediction of ``version`` in the project in one request
+    (``DELETE /api/projects/{id}/model-versions/``, which label-studio-sdk does not wrap: sent
+    with the SDK's own authenticated HTTP client).
+
+    Raises:
+        label-studio-sdk's ``ApiError`` on an error status.
+    """
+    from label_studio_sdk.core.api_error import ApiError
+
+    resp = client._client_wrapper.httpx_client.request(
+        f"api/projects/{int(project_id)}/model-versions/", method="DELETE", json={"model_version": version}
+    )
+    if resp.status_code >= 400:
+        raise ApiError(status_code=resp.status_code, body=resp.text[:500])
+
+
+def first_picks(
+    client: Any,
+    images: ImageCache,
+    registry: Registry,
+    project_id: int,
+    batch_size: int,
+    budget: int,
+    set_sampling: bool,
+    generation: Generation | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Rank a project's unlabeled tasks by coverage and import them as ``FIRST_PICKS_VERSION``
+    predictions (see the module docstring). Long because each early end (superseded, nothing
+    new, no image) returns its own outcome between the reads, the ranking and the import.
+
+    Args:
+        client: a label-studio-sdk ``LabelStudio`` client.
+        images: the image cache (Label Studio's URL and token in its config).
+        budget: tasks annotated before the first training (``train_every_n``): k of the k-means
+            is annotated + budget.
+
+    Returns:
+        ``{"status", "tasks", "imported", "stopped", "seconds"}``; ``status`` "done",
+        "unchanged" (every unlabeled task has its first pick), "no_images" (none could be
+        fetched: nothing to order by), "stopped" (superseded: a version
+        is served, or a newer run holds the project; ``stopped`` says which).
+    """
+    t0 = time.monotonic()
+    outcome: dict[str, Any] = {"status": "stopped", "tasks": 0, "imported": 0, "stopped": None}
+
+    def stop() -> str | None:
+        if registry.current_name(project_id) is not None:
+            return "version"
+        if generation is not None and not generation.newest():
+            return "newer_run"
+        return None
+
+    if (why := stop()) is not None:
+        log.info("first_picks_superseded", why=why, imported=0)
+        return {**outcome, "stopped": why, "seconds": 0.0}
+    project = client.projects.get(id=project_id)
+    spec = train_spec(project.label_config, load_params(registry.root, project_id))
+    tasks = list(client.tasks.list(project=project_id, fields="all"))
+    unlabeled: list[dict[str, Any]] = [
+        {"id": int(t.id), "data": dict(t.data or {})} for t in tasks if not (t.total_annotations or 0)
+    ]
+    missing = tasks_to_predict(tasks, FIRST_PICKS_VERSION)
+    outcome["tasks"] = len(unlabeled)
+    if not missing:
+        log.info("first_picks_unchanged", tasks=len(unlabeled))
+        return {**outcome, "status": "unchanged", "seconds": round(time.monotonic() - t0, 3)}
+    log.info("first_picks_started", tasks=len(unlabeled), new=len(missing))
+    labeled = [{"id": int(t.id), "data": dict(t.data or {})} for t in tasks if t.total_annotations or 0]
+    labeled = labeled[:MAX_LABELED_EMBEDDED]
+    vectors = describe(images, unlabeled, spec.value_key)
+    labeled_vectors = [v for v in describe(images, labeled, spec.value_key) if v is not None]
+    if not any(v is not None for v in vectors):
+        log.warning("first_picks_no_images", tasks=len(unlabeled))
+        return {**outcome, "status": "no_images", "seconds": round(time.monotonic() - t0, 3)}
+    picks, mode = ranked_picks([int(t["id"]) for t in unlabeled], vectors, labeled_vectors, None, budget, 0)
+    log.info(
+        "first_picks_ranked",
+        mode=mode,
+        tasks=len(picks),
+        described=sum(v is not None for v in vectors),
+        labeled=len(labeled_vectors),
+        seconds=round(time.monotonic() - t0, 3),
+    )
+    if (why := stop()) is not None:
+        log.info("first_picks_superseded", why=why, imported=0)
+        return {**outcome, "stopped": why, "seconds": round(time.monotonic() - t0, 3)}
+
+    def follow() -> None:
+        follow_labelloop(client, registry.root, project_id, FIRST_PICKS_VERSION, set_sampling)
+
+    delete_predictions(client, project_id, FIRST_PICKS_VERSION)  # scores are ranks: all of them anew
+    imported, why = import_picks(
+        client,
+        project_id,
+        FIRST_PICKS_VERSION,
+        picks,
+        lambda _task: [],
+        batch_size,
+        stop,
+        follow,
+        on_progress,
+    )
+    outcome.update(imported=imported, stopped=why, status="stopped" if why else "done")
+    if why:
+        log.info("first_picks_superseded", why=why, imported=imported)
+    seconds = round(time.monotonic() - t0, 3)
+    log.info("first_picks_done", tasks=len(picks), imported=imported, stopped=why, seconds=seconds)
+    return {**outcome, "seconds": seconds}

@@ -1,0 +1,154 @@
+"""Label Studio's own label stream (``GET /api/projects/{id}/next/``, "Label All Tasks") serves
+labelloop's top task, before the first version (first picks) and after it (a pre-annotation),
+against a real Label Studio 1.23.2 and real Redis; the sampling change is logged and reversible."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog.testing
+
+from labelloop.demo import LabelStudioAPI
+from labelloop.first_picks import FIRST_PICKS_VERSION
+from labelloop.jobs import Jobs
+from labelloop.params import ProjectParams, store
+from labelloop.registry import Registry
+from labelloop.sampling import UNCERTAINTY, restore, stored
+from labelloop.settings import Settings
+from labelloop.synthetic import LABEL_CONFIG, make_sample
+
+TASKS = 16
+
+
+def _settings(label_studio: tuple[str, str], redis_url: str, tmp_path: Path) -> Settings:
+    url, token = label_studio
+    return Settings(
+        redis_url=redis_url,
+        models_dir=tmp_path / "models",
+        cache_dir=tmp_path / "cache",
+        label_studio_url=url,
+        label_studio_api_key=token,
+        imgsz=160,
+        preannotate_batch=5,
+        train_every_n=4,
+    )
+
+
+def _predictions(api: LabelStudioAPI, pid: int, version: str) -> dict[int, dict[str, Any]]:
+    """The project's predictions of ``version`` by task id (``GET /api/predictions/?project=``)."""
+    resp = httpx.get(
+        f"{api.url}/api/predictions/", params={"project": pid}, headers={"Authorization": f"Token {api.token}"}
+    )
+    resp.raise_for_status()
+    return {int(p["task"]): p for p in resp.json() if p["model_version"] == version}
+
+
+def _next(api: LabelStudioAPI, pid: int) -> int:
+    """The task Label Studio's label stream serves the (real) token user next."""
+    resp = httpx.get(f"{api.url}/api/projects/{pid}/next/", headers={"Authorization": f"Token {api.token}"})
+    resp.raise_for_status()
+    return int(resp.json()["id"])
+
+
+def _project(api: LabelStudioAPI, title: str) -> tuple[int, list[int]]:
+    pid = api.create_project(title, LABEL_CONFIG)
+    ids = api.import_images(pid, [make_sample(700 + i, 160, 120) for i in range(TASKS)])
+    return pid, ids
+
+
+@pytest.mark.labelstudio
+def test_label_stream_serves_the_first_pick_before_the_first_version(
+    label_studio: tuple[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """Before any version, the first-picks job imports one empty prediction per unlabeled task
+    (distinct rank scores, a cluster each) and switches the project to uncertainty sampling, logging
+    the previous sampling: /next/ then serves the task labelloop ranks first (not the lowest id). A
+    second run finds nothing new; restoring puts the previous sampling back; a task imported later
+    makes the next run rank everything again."""
+    api = LabelStudioAPI(*label_studio)
+    pid, ids = _project(api, "first picks")
+    api.annotate(ids[0], make_sample(700, 160, 120).ls_result())
+    jobs = Jobs(_settings(label_studio, redis_url, tmp_path), lambda *a: None)
+    with structlog.testing.capture_logs() as logs:
+        outcome = jobs.first_picks(pid, lambda meta: None)
+    assert outcome["status"] == "done" and outcome["imported"] == TASKS - 1, outcome
+    preds = _predictions(api, pid, FIRST_PICKS_VERSION)
+    assert sorted(preds) == ids[1:]
+    scores = sorted(p["score"] for p in preds.values())
+    assert scores[0] == 0.0 and scores[-1] == 1.0 and len(set(scores)) == TASKS - 1
+    assert all(p["result"] == [] and isinstance(p["cluster"], int) for p in preds.values())
+    assert len({p["cluster"] for p in preds.values()}) >= 4  # k = 1 annotated + budget 4
+    top = min(preds, key=lambda t: preds[t]["score"])
+    project: Any = api.sdk.projects.get(id=pid)
+    assert project.sampling == UNCERTAINTY and project.model_version == FIRST_PICKS_VERSION
+    [event] = [e for e in logs if e["event"] == "sampling_set"]
+    assert event["previous"] == "Sequential sampling"
+    assert _next(api, pid) == top
+
+    assert jobs.first_picks(pid, lambda meta: None)["status"] == "unchanged"
+    models_dir = jobs.settings.models_dir
+    assert stored(models_dir, pid)["previous"] == "Sequential sampling"
+    assert restore(api.sdk, models_dir, pid) == "Sequential sampling"
+    assert api.sdk.projects.get(id=pid).sampling == "Sequential sampling"
+    assert restore(api.sdk, models_dir, pid) is None  # nothing left to restore
+
+    api.import_images(pid, [make_sample(800, 160, 120)])
+    again = jobs.first_picks(pid, lambda meta: None)
+    assert again["status"] == "done" and again["imported"] == TASKS
+    assert len(_predictions(api, pid, FIRST_PICKS_VERSION)) == TASKS  # the earlier picks were replaced
+    assert api.sdk.projects.get(id=pid).sampling == UNCERTAINTY
+
+
+@pytest.mark.labelstudio
+def test_set_sampling_false_leaves_the_project_alone(
+    label_studio: tuple[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """With the extra param "set_sampling": false the first picks are imported (and the model version
+    set), but the project's sampling stays as it was and nothing is recorded to restore."""
+    api = LabelStudioAPI(*label_studio)
+    pid, _ = _project(api, "first picks, sampling left alone")
+    settings = _settings(label_studio, redis_url, tmp_path)
+    store(settings.models_dir, pid, ProjectParams(set_sampling=False))
+    assert Jobs(settings, lambda *a: None).first_picks(pid, lambda meta: None)["status"] == "done"
+    project: Any = api.sdk.projects.get(id=pid)
+    assert project.sampling == "Sequential sampling" and project.model_version == FIRST_PICKS_VERSION
+    assert stored(settings.models_dir, pid) == {}
+
+
+@pytest.mark.labelstudio
+def test_label_stream_serves_labelloop_top_task_after_the_first_version(
+    label_studio: tuple[str, str], trained: dict, redis_url: str, tmp_path: Path
+) -> None:
+    """After first picks, a pre-annotation of a trained v1 imports ranked predictions (a score and a
+    cluster above v1's offset on each) and moves the project's model version to v1: /next/ serves
+    v1's top task; the first-picks job does nothing any more."""
+    api = LabelStudioAPI(*label_studio)
+    pid, ids = _project(api, "after v1")
+    settings = _settings(label_studio, redis_url, tmp_path)
+    jobs = Jobs(settings, lambda *a: None)
+    assert jobs.first_picks(pid, lambda meta: None)["status"] == "done"
+    for i in range(4):
+        api.annotate(ids[i], make_sample(700 + i, 160, 120).ls_result())
+    shutil.copyfile(trained["result"]["best"], tmp_path / "best.pt")
+    registry = Registry(settings.models_dir)
+    registry.publish(pid, tmp_path / "best.pt", {"classes": ["square", "disc"]})
+    registry.set_current(pid, "v1")
+    with structlog.testing.capture_logs() as logs:
+        outcome = jobs.preannotate(pid, "v1", lambda meta: None)
+    assert outcome["stopped"] is None and outcome["imported"] == TASKS - 4, outcome
+    assert outcome["mode"] in ("coverage", "uncertainty")
+    [ranked] = [e for e in logs if e["event"] == "preannotate_ranked"]
+    assert ranked["mode"] == outcome["mode"]
+    preds = _predictions(api, pid, "v1")
+    assert sorted(preds) == ids[4:]
+    assert len({p["score"] for p in preds.values()}) == TASKS - 4
+    assert all(p["cluster"] >= 1000 for p in preds.values())
+    top = min(preds, key=lambda t: preds[t]["score"])
+    project: Any = api.sdk.projects.get(id=pid)
+    assert project.model_version == "v1" and project.sampling == UNCERTAINTY
+    assert _next(api, pid) == top
+    assert jobs.first_picks(pid, lambda meta: None)["stopped"] == "version"
