@@ -195,12 +195,16 @@ def import_picks(
     stop: Callable[[], str | None],
     after_first_batch: Callable[[], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    with_cluster: bool = True,
 ) -> tuple[int, str | None]:
     """Write ``picks`` into Label Studio in rank order, ``batch_size`` at a time, each prediction
     with its ``result`` (``results(task id)``), ``score``, ``cluster`` and ``version``.
 
-    Label Studio's prediction import (``/api/projects/{id}/import/predictions``) drops
-    ``cluster``, so each prediction is one ``POST /api/predictions/`` (``IMPORT_THREADS`` at a time).
+    Label Studio's prediction import (``/api/projects/{id}/import/predictions``,
+    ``data_import/api.py`` in 1.23.2) drops ``cluster``, so each prediction is one ``POST
+    /api/predictions/`` (``IMPORT_THREADS`` at a time, about 25x slower than the bulk import).
+    Without ``with_cluster`` (the project's sampling is left alone, so Label Studio's cluster
+    balancing is not used) a batch is one bulk import, with ``score`` and ``version`` only.
     ``stop()`` is asked before each batch; ``after_first_batch`` runs once the top tasks are in
     (the label stream can follow them from then on). Logs ``preannotate_batch`` per batch.
 
@@ -224,7 +228,14 @@ def import_picks(
                     **({"cluster": pick.cluster} if pick.cluster is not None else {}),
                 )
 
-            list(pool.map(create, batch))  # a failed request is the run's error
+            if with_cluster:
+                list(pool.map(create, batch))  # a failed request is the run's error
+            else:
+                request = [
+                    {"task": p.task, "result": results(p.task), "score": p.score, "model_version": version}
+                    for p in batch
+                ]
+                client.projects.import_predictions(id=project_id, request=request)
             imported += len(batch)
             log.info(
                 "preannotate_batch",
@@ -401,6 +412,7 @@ def preannotate_project(
                 stop,
                 follow,
                 on_progress,
+                with_cluster=set_sampling,
             )
             outcome.update(imported=imported, batches=-(-imported // batch_size), stopped=why)
     finally:
