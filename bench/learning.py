@@ -111,7 +111,6 @@ from bench.learning_report import (
     Round,
     Runs,
     aggregate,
-    finite,
     fmt,
     peer_targets,
     plot,
@@ -691,7 +690,7 @@ def main() -> int:
                 ],
             },
         }
-        json_path.write_text(json.dumps(body, indent=1, default=finite))
+        json_path.write_text(json.dumps(body, indent=1, default=str))
 
     stack = None
     ok = False
