@@ -455,7 +455,8 @@ def print_orders(runs: Runs) -> None:
             mc = s["mean_curve_reach"][str(th)]
             print(
                 f"  {o:>9} to {th}: mean curve {within(mc, last)}; "
-                f"seeds {fmt_spread(s['reach'][str(th)], '.1f', 'not reached')}; {per}"
+                f"seeds {fmt_spread(s['reach'][str(th)], '.1f', 'not reached') if s['reach'][str(th)]['n'] else 'none reached'}; "
+                f"{per}"
             )
         per = ", ".join(f"seed {seed}: {fmt(p['auc'])}" for seed, p in s["per_seed"].items())
         print(f"  {o:>9} area (mAP50 x annotations / range): {fmt_spread(s['auc'])}; {per}")
