@@ -453,11 +453,9 @@ def print_orders(runs: Runs) -> None:
         for th in REACH_AT:
             per = ", ".join(f"seed {seed}: {within(p['reach'][str(th)], last)}" for seed, p in s["per_seed"].items())
             mc = s["mean_curve_reach"][str(th)]
-            print(
-                f"  {o:>9} to {th}: mean curve {within(mc, last)}; "
-                f"seeds {fmt_spread(s['reach'][str(th)], '.1f', 'not reached') if s['reach'][str(th)]['n'] else 'none reached'}; "
-                f"{per}"
-            )
+            sp = s["reach"][str(th)]
+            seeds_text = fmt_spread(sp, ".1f", "not reached") if sp["n"] else "none reached"
+            print(f"  {o:>9} to {th}: mean curve {within(mc, last)}; seeds {seeds_text}; {per}")
         per = ", ".join(f"seed {seed}: {fmt(p['auc'])}" for seed, p in s["per_seed"].items())
         print(f"  {o:>9} area (mAP50 x annotations / range): {fmt_spread(s['auc'])}; {per}")
     for rr in (reach_ratio(runs, th) for th in REACH_AT):
