@@ -1,65 +1,90 @@
-"""Learning curve through a real Label Studio: labelloop's served model vs ultralytics by hand.
+"""Learning curves through a real Label Studio: held-out mAP50 and edits per annotation, by order.
 
-    .venv/bin/python -m bench.learning [--rounds 10,20,40,80] [--pool 80] [--held-out 40] [--seed 0]
-        [--out var/bench-learning] [--workdir var/bench-learning] [--keep]
-    .venv/bin/python -m bench.learning --rounds 10 --pool 12 --held-out 8      # smoke run
-    .venv/bin/python -m bench.learning --order both --no-peers ...    # labels saved by labelloop's order
+    .venv/bin/python -m bench.learning [--rounds 10,20,40,80] [--pool 80] [--held-out 40]
+        [--seed 0] [--seeds 1] [--order random|labelloop|both] [--pseudo on|off] [--epochs N]
+        [--no-peers] [--out var/bench-learning] [--workdir var/bench-learning] [--keep]
+    .venv/bin/python -m bench.learning --order both --seeds 3 --no-peers --epochs 20   # the issue's
+    .venv/bin/python -m bench.learning --rounds 4,8 --pool 12 --held-out 6 --seeds 2 --epochs 2 \\
+        --no-peers --order both                                                       # smoke run
 
-Data (``bench.shapes``): ``--pool + --held-out`` generated JPEGs (default 80 + 40) with three
-classes that differ by shape only (circle, square, and triangle, the rare one at ~12% of the
-objects; every object in a random colour), unlabelled distractors (crosses, rings, lines),
-objects from 14 px to half the image side, 320x240 / 240x320 / 288x384 images on textured
-backgrounds, about a quarter saved with an EXIF Orientation tag (6 or 8): the ground truth is
-in the displayed (rotated) frame, as an annotator in Label Studio would draw it.
+Data (``bench.shapes``), one project per seed: ``--pool + --held-out`` generated JPEGs
+(default 80 + 40) with three classes that differ by shape only (circle, square, and triangle,
+the rare one at ~12% of the objects; every object in a random colour), unlabelled distractors
+(crosses, rings, lines), objects from 14 px to half the image side, 320x240 / 240x320 / 288x384
+images on textured backgrounds, about a quarter saved with an EXIF Orientation tag (6 or 8):
+the ground truth is in the displayed (rotated) frame, as an annotator in Label Studio would
+draw it. Seed ``s`` (``--seed`` to ``--seed + --seeds - 1``) generates its own images, split and
+random order; both orders of a seed use the same ones.
 
 Setup, as ``labelloop demo`` runs it: Redis on a free port, a local Label Studio 1.23.2
 (``$LABELLOOP_LS_VENV`` or ~/.cache/labelloop/label-studio-1.23.2), the receiver and the
-``events``, ``train`` and ``predict`` workers with labelloop's default settings (only the
-models/cache dirs, Redis, Label Studio URL/token and its media folder are set; any other
-``LABELLOOP_*`` variable in the environment is dropped). A project is created through the API,
-every image uploaded, and labelloop connected as its ML backend.
+``events``, ``train``, ``predict`` and ``preannotate`` workers with labelloop's default
+settings (only the models/cache dirs, Redis, Label Studio URL/token and its media folder are
+set, and what ``--epochs``, ``--train-time-s`` and ``--pseudo`` ask for; any other
+``LABELLOOP_*`` variable in the environment is dropped). Seeds and orders run one after the
+other in that one stack, each in a fresh project created through the API (every image
+uploaded, labelloop connected as its ML backend: Label Studio calls its ``/setup``). The bench
+never changes a project setting itself: whatever labelloop leaves (e.g. ``sampling``) is what it
+measures; each round prints the project's ``sampling`` and ``model_version``.
 
-Rounds: the ground truth of pool tasks, in a fixed random order, is saved through the API until
-the cumulative count of ``--rounds`` is reached. Then the bench waits for the labelloop version
-trained on exactly that many annotations (registry manifest ``dataset_size``) and records the
-seconds from the round's last save to that version being published and served (``CURRENT``;
-a version the promotion gate rejects is recorded as such, the older one stays served), then
-waits until labelloop is idle (a follow-up training may run) and reads the predictions Label
-Studio stores for the held-out tasks (labelloop pre-annotates unlabelled tasks after each
-promotion; a task still without one after ``--preannotate-timeout`` is asked for through
-Label Studio's "retrieve predictions" action), keeping those of the served version.
+Orders (``--order``), i.e. which pool tasks a round annotates:
+  random     the seed's fixed random order of the pool tasks, saved through the API;
+  labelloop  the tasks Label Studio's label stream serves: ``GET /api/projects/{id}/next/`` as
+             the bench's Label Studio user (``bench.annotator``; the same user and token
+             labelloop is given), the served task's ground truth saved as that user's
+             annotation, then ``next/`` again. A held-out task it serves is skipped as the
+             editor's Skip button does (a cancelled annotation: never trained on, still
+             pre-annotated and scored); skips are counted per round. Round 1 goes through
+             ``next/`` too (whatever labelloop has put in the stream before its first version);
+  both       random, then labelloop, per seed.
 
-Peers, in the same run, on the same images, each in a child process while labelloop is idle,
-trained from the base model labelloop started from (round 1's ``train_args.weights``) on a
-YOLO dataset built from the same annotated tasks (``labelloop.dataset.build_dataset``, same
-task ids, val fraction 0.2, so the same split), for the wall time labelloop's training took
-that round (manifest ``timings.train``, as ultralytics' ``time=`` in hours):
-  (a) ultralytics defaults: ``YOLO(base).train(data, time)`` plus what offline CPU needs
-      (device, amp=False, workers=2, plots=False, an absolute project dir);
-  (b) ultralytics tuned by hand for small data: (a) with batch=4, nbs=4 and imgsz the largest
-      image side rounded up to a multiple of 32.
-Each peer predicts the held-out images (upright: EXIF applied) at conf 0.25, labelloop's
-default threshold.
+Rounds: annotations are saved until the cumulative count of ``--rounds`` is reached. Then the
+bench waits for the labelloop version trained on exactly that many annotations (registry
+manifest ``dataset_size``) and records the seconds from the round's last save to that version
+being published and served (``CURRENT``; a version the promotion gate rejects is recorded as
+such, the older one stays served), waits until labelloop is idle (a follow-up training may run)
+and reads the predictions Label Studio stores for the held-out tasks (labelloop pre-annotates
+unlabelled tasks after each promotion; a task still without one after
+``--preannotate-timeout`` is asked for through Label Studio's "retrieve predictions" action),
+keeping those of the served version: what an annotator would see on those tasks.
 
-Scoring (``labelloop.scoring``, as in the demo): mAP50 (IoU 0.5, all-point interpolated AP per
-class, regions ranked by score, averaged over the classes present in the truth; greedy COCO-style matching)
-and precision / recall of all regions at IoU 0.5, on the displayed frame's pixel boxes.
+Figures per round (held-out tasks, ``labelloop.scoring``, regions on the displayed frame):
+  mAP50            IoU 0.5, all-point interpolated AP per class present in the truth, regions
+                   ranked by score, greedy COCO-style matching; precision / recall at IoU 0.5;
+  edits/img        ``scoring.edits``: missed objects + wrong regions per held-out image, what an
+                   annotator changes to correct the pre-annotation; boxes/img is the same with no
+                   pre-annotation (every box drawn by hand);
+  versions         versions trained (promoted or rejected) from the round's first save to the
+                   next round's: the versions one burst of annotations caused;
+  ann->served s    last save of the round to the round's version served;
+  skips            held-out tasks ``next/`` served (labelloop order) and the bench skipped.
+Per order: annotations to reach held-out mAP50 0.5 and 0.8 (linear between the rounds around
+the crossing, ``bench.curves.reach``; "not within N" when the last round is below), random /
+labelloop at each (a bound, "<" or ">", when only one order reaches it), and the area under the
+mAP50 curve (trapezoid over annotations, divided by the annotation range: the curve's mean
+height, 0 to 1). Every figure is given per seed and as mean [min-max] over seeds; thresholds
+and ratios also on the mean curve (the point-wise mean of the seeds' curves).
 
-Order axis (``--order random|labelloop|both``): which pool tasks a round annotates. ``random``
-is the fixed random order above; ``labelloop`` takes, after each promotion (once pre-annotation
-is done), the top of labelloop's Data Manager tab "labelloop: most informative first"
-(``labelloop.tabs``: unlabeled tasks by ascending prediction score, the informativeness of
-``LABELLOOP_SCORE_STRATEGY``), pool tasks only; its first round, with no version yet, is the
-random order's. ``both`` runs the two in turn on the same images and seed, each in its own
-project of the same Label Studio and stack (the peers train in the first only), and prints the
-annotations each order needed to reach held-out mAP50 0.5 and 0.8 and random / labelloop
-(target: >= 1.3x at 0.8). ``--train-time-s`` shortens labelloop's training budget (the demo's
-way to fit a run on a busy CPU); otherwise labelloop runs with its defaults.
+Targets (printed at the end, met / MISSED / not measured): labelloop's order >= random in mAP50
+every round (means); random / labelloop >= 1.3x annotations to reach mAP50 0.5 (mean curves);
+mAP50 after 20 annotations >= 0.5 and edits per held-out image after 40 annotations <= 60% of
+the boxes per image (labelloop's order; interpolated when 20 or 40 is not a round); one version
+per burst of 20 or more annotations (every seed and order); annotation -> served version
+<= 240 s every round (means). A round whose version was rejected counts its time to the gate's
+decision.
 
-Targets: labelloop mAP50 after 20 annotations >= 0.8; no round more than 0.03 below the one
-before; labelloop / (a) >= 1.5x at 10 and 20 annotations; labelloop / (b) >= 0.95x every round;
-annotation -> served <= 240 s every round. A JSON of every figure and a PNG of the three
-mAP50 curves go to ``--out``.
+Peers (``bench.learning_peers``; not with ``--no-peers``): only with ``--order random`` and in
+the first seed (they train as long as labelloop did each round, which would double a
+labels-saved run), Ultralytics trained by hand on the same annotated tasks for the same wall
+time: (a) its defaults, (b) tuned for small data; scored the same way, with their targets
+(labelloop / (a) >= 1.5x at 10 and 20 annotations, labelloop / (b) >= 0.95x every round) and
+"no round more than 0.03 below the one before" in the learning-curve table.
+
+``--epochs`` sets ``LABELLOOP_EPOCHS`` with no time budget, so every training does the same
+work whatever the load (fair between orders on a shared machine); ``--train-time-s`` shortens
+labelloop's time budget instead. ``--pseudo on|off`` sets ``LABELLOOP_PSEUDO_LABELS`` (absent:
+labelloop's default). ``learning.json`` (every figure, per seed and aggregated) and
+``learning.png`` (mean mAP50 curve per order, min-max band) go to ``--out``.
 """
 
 from __future__ import annotations
@@ -71,30 +96,38 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.annotator import Annotator
+from bench.learning_peers import CONF, run_peers
+from bench.learning_report import (
+    Round,
+    Runs,
+    aggregate,
+    fmt,
+    peer_targets,
+    plot,
+    print_learning_curve,
+    print_orders,
+    print_targets,
+    targets,
+)
 from bench.shapes import LABEL_CONFIG, ShapeImage, make_project, summary
-from labelloop.scoring import IOU, Det, regions_to_dets, score
+from labelloop.scoring import IOU, Det, edits, regions_to_dets, score
 from labelloop.stack import wait_until
-from labelloop.tabs import TAB_TITLE
-from labelloop.training import _die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 LS_USER = "bench@labelloop.local"
 LS_PASSWORD = "labelloop-bench"
 LS_TOKEN = "be7c4000000000000000000000000000000000001"[:40]
-CONF = 0.25  # labelloop's default predict_conf; the peers predict with the same threshold
-VAL_FRACTION = 0.2  # labelloop's default val_fraction
-MIN_VAL = 1  # labelloop's default min_val_images
-WORKERS = 2  # labelloop's default dataloader_workers
-#: The only labelloop settings the bench sets; everything else stays at its default.
+#: The only labelloop settings the bench sets (besides --epochs, --train-time-s, --pseudo).
 OWN_ENV = (
     "LABELLOOP_MODELS_DIR",
     "LABELLOOP_CACHE_DIR",
@@ -103,15 +136,6 @@ OWN_ENV = (
     "LABEL_STUDIO_API_KEY",
     "LABEL_STUDIO_MEDIA_DIR",
 )
-TARGET_MAP_AT_20 = 0.8
-TARGET_MAX_DROP = 0.03
-TARGET_VS_DEFAULTS = 1.5
-TARGET_VS_TUNED = 0.95
-TARGET_SERVED_S = 240.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Ground truth
 
 
 def truth_dets(image: int, sample: ShapeImage) -> list[Det]:
@@ -119,117 +143,7 @@ def truth_dets(image: int, sample: ShapeImage) -> list[Det]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Peers: ultralytics trained by hand, in a child process each
-
-
-def peer_main(spec_path: Path) -> int:
-    """The peer child: train with ultralytics as the spec says, then predict the held-out images."""
-    spec = json.loads(spec_path.read_text())
-    from labelloop.yolo_env import prepare_ultralytics
-
-    prepare_ultralytics(Path(spec["config_dir"]))
-    from PIL import Image, ImageOps
-    from ultralytics import YOLO
-
-    t0 = time.perf_counter()
-    model = YOLO(spec["weights"])
-    model.train(data=spec["data"], **spec["train"])
-    train_s = time.perf_counter() - t0
-    trainer = model.trainer
-    best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
-    imgsz = int(trainer.args.imgsz)
-    t1 = time.perf_counter()
-    predictor = YOLO(str(best))
-    predictions: dict[str, list[list[Any]]] = {}
-    for task_id, path in spec["images"]:
-        with Image.open(path) as raw:
-            im = ImageOps.exif_transpose(raw).convert("RGB")  # the displayed frame
-        res = predictor.predict(im, conf=spec["conf"], imgsz=imgsz, device=spec["train"]["device"], verbose=False)[0]
-        names = res.names
-        boxes = res.boxes
-        predictions[str(task_id)] = [
-            [str(names[int(c)]), float(s), *(float(v) for v in xyxy)]
-            for xyxy, c, s in zip(boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True)
-        ]
-    result = {
-        "train_seconds": train_s,
-        "predict_seconds": time.perf_counter() - t1,
-        "epochs": int(trainer.epoch) + 1,
-        "imgsz": imgsz,
-        "batch": int(trainer.args.batch),
-        "nbs": int(trainer.args.nbs),
-        "best": str(best),
-        "predictions": predictions,
-    }
-    tmp = spec_path.with_name("result.json.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, spec_path.with_name("result.json"))
-    return 0
-
-
-def run_peer(spec: dict[str, Any], run_dir: Path, timeout_s: float) -> dict[str, Any]:
-    """Run ``peer_main`` in a child process (output in ``<run_dir>/peer.log``); returns its result."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = run_dir / "spec.json"
-    spec_path.write_text(json.dumps(spec, indent=1))
-    with open(run_dir / "peer.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.learning", "--peer", str(spec_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "YOLO_VERBOSE": "True"},  # ultralytics' log in peer.log
-            preexec_fn=_die_with_parent,
-        )
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-    result_path = run_dir / "result.json"
-    if code != 0 or not result_path.exists():
-        tail = (run_dir / "peer.log").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"peer exited with {code}:\n{tail}")
-    return dict(json.loads(result_path.read_text()))
-
-
-def peer_dets(result: dict[str, Any]) -> list[Det]:
-    return [
-        Det(int(task_id), label, conf, (x1, y1, x2, y2))
-        for task_id, rows in result["predictions"].items()
-        for label, conf, x1, y1, x2, y2 in rows
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop in Label Studio
-
-
-@dataclass
-class Round:
-    annotations: int
-    version: str = ""
-    version_status: str = ""
-    version_dataset: dict[str, int] = field(default_factory=dict)
-    published_s: float | None = None
-    served_s: float | None = None
-    label_studio_sees_s: float | None = None
-    train_s: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-    train_args: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)
-    promotion: dict[str, Any] = field(default_factory=dict)
-    val_metrics: dict[str, float] = field(default_factory=dict)
-    versions_this_round: list[str] = field(default_factory=list)
-    served_version: str = ""
-    served_dataset: dict[str, int] = field(default_factory=dict)
-    predictions: dict[str, int] = field(default_factory=dict)
-    labelloop: dict[str, Any] = field(default_factory=dict)
-    peers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    order: str = "random"
-    picked_by: str = ""
-    picked: list[list[Any]] = field(default_factory=list)  # [task id, tab score] of the tasks taken
 
 
 def say(msg: str) -> None:
@@ -400,10 +314,12 @@ def start_stack(
     train_time_s: float | None = None,
     label_studio: tuple[str, str, Path] | None = None,
     epochs: int | None = None,
+    pseudo: bool | None = None,
 ) -> tuple[Any, str, str, str]:
     """Redis, Label Studio, the receiver and the workers, with labelloop's defaults (and
     ``LABELLOOP_TRAIN_TIME_S`` when ``train_time_s`` is given, ``LABELLOOP_EPOCHS`` with no time
-    budget when ``epochs`` is: the same work per training whatever the machine's load).
+    budget when ``epochs`` is: the same work per training whatever the machine's load;
+    ``LABELLOOP_PSEUDO_LABELS`` when ``pseudo`` is given).
     ``label_studio``: ``(url, token, data dir)`` of a Label Studio already running, used instead
     of starting one."""
     from labelloop.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
@@ -422,6 +338,9 @@ def start_stack(
     if epochs is not None:
         stack.env.update(LABELLOOP_EPOCHS=str(epochs), LABELLOOP_TRAIN_TIME_S="3000")
         say(f"LABELLOOP_EPOCHS={epochs} (time budget 3000 s: never the limit) (--epochs)")
+    if pseudo is not None:
+        stack.env["LABELLOOP_PSEUDO_LABELS"] = "true" if pseudo else "false"
+        say(f"LABELLOOP_PSEUDO_LABELS={stack.env['LABELLOOP_PSEUDO_LABELS']} (--pseudo)")
     stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port(), work / "redis")
     venv = Path(
         os.environ.get("LABELLOOP_LS_VENV")
@@ -473,206 +392,189 @@ def upload(api: Any, project_id: int, images: list[ShapeImage]) -> dict[str, int
 
 
 # ---------------------------------------------------------------------------------------------
-# Report
+# One seed's data, one order's rounds
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    """a / b; inf when only b is 0, 1.0 when both are (equal), None when either is missing."""
-    if a is None or b is None:
-        return None
-    if b == 0:
-        return math.inf if a > 0 else 1.0
-    return a / b
+@dataclass
+class SeedData:
+    """One seed's generated project: pool and held-out images, the pool's random order, files."""
+
+    seed: int
+    pool: list[ShapeImage]
+    held: list[ShapeImage]
+    order: list[int]  # indexes into pool
+    files: Path  # uploads, plus ``<stem>-upright.jpg`` copies of the EXIF-rotated ones
+
+    @classmethod
+    def make(cls, seed: int, n_pool: int, n_held: int, root: Path) -> SeedData:
+        images = make_project(seed, n_pool + n_held)
+        order = list(range(n_pool))
+        random.Random(seed).shuffle(order)
+        files = root / f"seed-{seed}" / "images"
+        files.mkdir(parents=True)
+        for im in images:
+            (files / im.name).write_bytes(im.data)
+            if im.orientation != 1:
+                # as labelloop's image cache re-encodes them (labelloop.media: JPEG quality 95)
+                im.upright().save(files / f"{Path(im.name).stem}-upright.jpg", quality=95)
+        return cls(seed, images[:n_pool], images[n_pool:], order, files)
 
 
-def finite(v: float | None) -> float | str | None:
-    """For JSON: inf becomes the string "inf"."""
-    return "inf" if v is not None and math.isinf(v) else v
+class Bench:
+    """The stack, the Label Studio clients and the options shared by every seed and order."""
 
+    def __init__(self, args: argparse.Namespace, stack: Any, ls_url: str, token: str, backend: str, work: Path):
+        from labelloop.demo import LabelStudioAPI
 
-def fmt(v: float | None, spec: str = ".3f") -> str:
-    if v is None:
-        return "-"
-    if math.isinf(v):
-        return "inf"
-    return format(v, spec)
+        self.args, self.stack, self.backend, self.work = args, stack, backend, work
+        self.api = LabelStudioAPI(ls_url, token)
+        self.annotator = Annotator(ls_url, token)
+        self.base_model: str | None = None
+        self.config: dict[str, Any] = {}
 
+    def project_state(self, project_id: int) -> dict[str, Any]:
+        p = self.annotator.project(project_id)
+        return {k: p.get(k) for k in ("sampling", "model_version", "skip_queue", "show_collab_predictions")}
 
-def peer_map(r: Round, name: str) -> float | None:
-    p = r.peers.get(name) or {}
-    return p.get("score", {}).get("map50") if "score" in p else None
+    def take_random(
+        self, data: SeedData, k: int, done: set[str], rnd: Round, task_of: dict[str, int]
+    ) -> list[ShapeImage]:
+        """Save the next ``k`` pool tasks of the seed's random order."""
+        todo = [im for i in data.order if (im := data.pool[i]).name not in done][:k]
+        rnd.picked_by = "random order"
+        for im in todo:
+            self.annotator.submit(task_of[im.name], im.ls_result())
+            rnd.stream.append([task_of[im.name], "random order", "pool", []])
+        return todo
 
+    def take_stream(
+        self, project_id: int, data: SeedData, k: int, done: set[str], rnd: Round, task_of: dict[str, int]
+    ) -> list[ShapeImage]:
+        """Save ``k`` pool tasks as Label Studio's ``next/`` serves them, skipping held-out tasks."""
+        by_id = {task_of[im.name]: im for im in data.pool}
+        held = {task_of[im.name] for im in data.held}
+        taken: list[ShapeImage] = []
+        rnd.picked_by = "Label Studio's next/"
+        while len(taken) < k:
+            task = self.annotator.next_task(project_id)
+            if task is None:
+                raise RuntimeError(f"next/ served nothing after {len(taken)} of {k} tasks this round")
+            tid, queue = int(task["id"]), str(task.get("queue") or "")
+            preds = [
+                [p.get("model_version"), p.get("score"), p.get("cluster")]
+                for p in task.get("predictions") or []
+                if isinstance(p, dict)
+            ]
+            if tid in held:
+                self.annotator.skip(tid)
+                rnd.skips += 1
+                rnd.stream.append([tid, queue, "held-out: skipped", preds])
+                continue
+            im = by_id.get(tid)
+            if im is None or im.name in done or im in taken:
+                raise RuntimeError(f"next/ served task {tid}, which is not an unannotated pool task")
+            self.annotator.submit(tid, im.ls_result())
+            taken.append(im)
+            rnd.stream.append([tid, queue, "pool", preds])
+        return taken
 
-def targets(rounds: list[Round]) -> list[dict[str, Any]]:
-    """Each target with its figures and whether it was met (None: not measured in this run)."""
-    by_n = {r.annotations: r for r in rounds}
-    maps = [(r.annotations, r.labelloop.get("map50")) for r in rounds]
-    out = []
+    def run_order(self, data: SeedData, order_name: str, rounds_n: list[int], rounds: list[Round], save: Any) -> None:
+        """Every round of one order in a fresh project of the seed's images; ``rounds`` fills in as it goes."""
+        from labelloop.training import pick_device
 
-    r20 = by_n.get(20)
-    v20 = r20.labelloop.get("map50") if r20 else None
-    out.append(
-        {
-            "target": f"labelloop mAP50 after 20 annotations >= {TARGET_MAP_AT_20}",
-            "figures": fmt(v20),
-            "met": None if v20 is None else v20 >= TARGET_MAP_AT_20,
-        }
-    )
-    drops = [
-        (n1, round(a - b, 3))
-        for (_, a), (n1, b) in zip(maps, maps[1:], strict=False)
-        if a is not None and b is not None
-    ]
-    out.append(
-        {
-            "target": f"no round more than {TARGET_MAX_DROP} below the round before",
-            "figures": ", ".join(f"-{d:.3f} at {n}" for n, d in drops if d > 0)
-            or ("no drop" if drops else "one round"),
-            "met": None if not drops else all(d <= TARGET_MAX_DROP for _, d in drops),
-        }
-    )
-    for name, goal, only in (("a", TARGET_VS_DEFAULTS, (10, 20)), ("b", TARGET_VS_TUNED, None)):
-        chosen = [r for r in rounds if only is None or r.annotations in only]
-        figs = [(r.annotations, ratio(r.labelloop.get("map50"), peer_map(r, name))) for r in chosen]
-        both_zero = {r.annotations for r in chosen if r.labelloop.get("map50") == 0 and peer_map(r, name) == 0}
-        measured = [(n, v) for n, v in figs if v is not None]
-        where = "at 10 and 20 annotations" if only else "every round"
-        complete = bool(measured) and (only is None or {n for n, _ in measured} >= set(only))
-        met = all(v >= goal for _, v in measured) if measured else None
-        out.append(
-            {
-                "target": f"labelloop / peer ({name}) >= {goal}x {where}",
-                "figures": ", ".join(
-                    f"{fmt(v, '.2f')}{'x' if v is not None else ''} at {n}" + (" (both 0)" if n in both_zero else "")
-                    for n, v in figs
-                )
-                or "-",
-                "met": met if complete or met is False else None,
-            }
+        args, api = self.args, self.api
+        images = data.pool + data.held
+        project_id = api.create_project(f"bench.learning seed {data.seed}, {order_name} order", LABEL_CONFIG)
+        task_of = upload(api, project_id, images)
+        ml_id = connect(api, project_id, self.backend)
+        state = self.project_state(project_id)
+        say(
+            f"seed {data.seed}, {order_name} order: project {project_id}, {len(task_of)} tasks, ML backend {ml_id} "
+            f"({api.backend_version(ml_id)}); sampling {state['sampling']!r}, model_version {state['model_version']!r}"
         )
-    lat = [(r.annotations, r.served_s if r.served_s is not None else r.published_s, r.served_s is None) for r in rounds]
-    out.append(
-        {
-            "target": f"annotation -> served <= {TARGET_SERVED_S:.0f} s every round",
-            "figures": ", ".join(
-                f"{fmt(s, '.0f')} s at {n}" + (" (rejected: to the decision)" if rej else "") for n, s, rej in lat
-            ),
-            "met": None if not lat else all(s is not None and s <= TARGET_SERVED_S for _, s, _ in lat),
-        }
-    )
-    return out
+        loop = Loop(self.stack, api, project_id, ml_id, self.work / "models")
+        held_ids = [task_of[im.name] for im in data.held]
+        truths = [d for im in data.held for d in truth_dets(task_of[im.name], im)]
+        seen: set[str] = set()
+        annotated: list[ShapeImage] = []
 
-
-def print_report(rounds: list[Round], config: dict[str, Any]) -> list[dict[str, Any]]:
-    head = (
-        f"{'annots':>6} {'ann->served s':>13} {'ll train s':>10} {'ll version':>14} {'ll mAP50':>8} {'ll P':>6} "
-        f"{'ll R':>6} {'(a) mAP50':>9} {'(b) mAP50':>9} {'ll/(a)':>7} {'ll/(b)':>7}"
-    )
-    print()
-    print(
-        f"learning curve: {config['data']['images']} generated images, held-out {config['held_out']} tasks, "
-        f"base model {config.get('base_model')}"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in rounds:
-        served = fmt(r.served_s, ".0f") if r.served_s is not None else f"rej {fmt(r.published_s, '.0f')}"
-        version = r.served_version + (f" ({r.version} rej)" if r.version_status != "promoted" else "")
-        a, b, ll = peer_map(r, "a"), peer_map(r, "b"), r.labelloop.get("map50")
-        print(
-            f"{r.annotations:>6} {served:>13} {fmt(r.train_s, '.0f'):>10} {version:>14} {fmt(ll):>8} "
-            f"{fmt(r.labelloop.get('precision'), '.2f'):>6} {fmt(r.labelloop.get('recall'), '.2f'):>6} {fmt(a):>9} "
-            f"{fmt(b):>9} {fmt(ratio(ll, a), '.2f'):>7} {fmt(ratio(ll, b), '.2f'):>7}"
-        )
-    for r in rounds:
-        for name, p in r.peers.items():
-            if "error" in p:
-                print(f"  round {r.annotations}: peer ({name}) failed: {p['error'].splitlines()[0][:200]}")
+        for total in rounds_n:
+            rnd = Round(total, seed=data.seed, order=order_name, burst=total - len(annotated), held_out=len(held_ids))
+            rounds.append(rnd)  # saved as it fills in, so an interrupted run keeps its figures
+            done = {im.name for im in annotated}
+            say(f"seed {data.seed}, {order_name} order, round {total}: saving {rnd.burst} annotations")
+            if order_name == "random":
+                annotated += self.take_random(data, rnd.burst, done, rnd, task_of)
             else:
-                print(
-                    f"  round {r.annotations}: peer ({name}) {p['epochs']} epochs, imgsz {p['imgsz']}, "
-                    f"batch {p['batch']}, nbs {p['nbs']}, trained {p['train_seconds']:.0f} s "
-                    f"(budget {r.train_s:.0f} s); "
-                    f"P {p['score']['precision']:.2f} R {p['score']['recall']:.2f}"
+                annotated += self.take_stream(project_id, data, rnd.burst, done, rnd, task_of)
+            t_saved = time.monotonic()
+            queues = Counter(q for _, q, kind, _ in rnd.stream if kind == "pool")
+            say(
+                f"  saved ({rnd.picked_by}: {dict(queues)}); skipped {rnd.skips} held-out tasks"
+                if order_name != "random"
+                else "  saved"
+            )
+            loop.wait_version(total, seen, t_saved, args.train_timeout, rnd)
+            say(
+                f"  {rnd.version} ({rnd.version_status}) published {fmt(rnd.published_s, '.0f')} s, served "
+                f"{fmt(rnd.served_s, '.0f')} s after the last save; train {rnd.train_s:.0f} s"
+            )
+            loop.wait_idle(args.train_timeout, seen, rnd)
+            served = loop.registry.current(project_id)
+            if served is None:
+                raise RuntimeError("no version is served")
+            rnd.served_version = served.name
+            rnd.served_dataset = dict(served.manifest.get("dataset_size") or {})
+            if self.base_model is None:
+                first = loop.registry.list_versions(project_id)[0]
+                base = str(first.manifest.get("train_args", {}).get("weights") or "")
+                if not base or Path(base).is_relative_to(loop.registry.root):
+                    from labelloop.settings import Settings
+
+                    base = str(Settings.model_fields["base_model"].default)
+                self.base_model = base
+                self.config["base_model"] = base
+                self.config["labelloop_base_model"] = first.manifest.get("base_model")
+
+            got, counts = loop.served_predictions(held_ids, served.name, args.preannotate_timeout)
+            rnd.predictions = counts
+            dets = [
+                d
+                for im in data.held
+                if (p := got.get(task_of[im.name])) is not None
+                for d in regions_to_dets(task_of[im.name], p.get("result") or [], im.width, im.height)
+            ]
+            rnd.labelloop = score(dets, truths)
+            rnd.edits = edits(dets, truths)
+            rnd.project = self.project_state(project_id)
+            say(
+                f"  served {served.name}: mAP50 {rnd.labelloop['map50']:.3f}, P {rnd.labelloop['precision']:.2f}, "
+                f"R {rnd.labelloop['recall']:.2f}, edits/img {fmt(rnd.edits_per_image, '.2f')} of "
+                f"{fmt(rnd.boxes_per_image, '.2f')} boxes/img on {len(got)} held-out tasks ({counts}); "
+                f"{rnd.versions} version(s) this burst; sampling {rnd.project['sampling']!r}, "
+                f"model_version {rnd.project['model_version']!r}"
+            )
+            save()
+
+            if not args.no_peers and args.order == "random" and data.seed == args.seed:
+                try:
+                    wait_until(lambda lp=loop: not lp.predict_busy(), 600, "labelloop pre-annotation done", 1.0)
+                except TimeoutError as exc:
+                    say(f"  {exc}; the peers train while it runs")
+                run_peers(
+                    rnd,
+                    annotated,
+                    data.held,
+                    task_of,
+                    truths,
+                    data.files,
+                    self.work,
+                    self.base_model,
+                    pick_device(""),
+                    self.config["imgsz_tuned"],
+                    say,
                 )
-        ap = r.labelloop.get("ap") or {}
-        print(
-            f"  round {r.annotations}: labelloop {r.version} trained on {r.version_dataset}, "
-            f"epochs {r.train_args.get('epochs')} (run {r.recipe.get('epochs_run', '-')}), "
-            f"imgsz {r.train_args.get('imgsz')}, batch {r.train_args.get('batch')}; "
-            f"val mAP50 {fmt(r.val_metrics.get('map50'))}; "
-            f"gate: {r.promotion.get('reason')}; AP per class: " + ", ".join(f"{k} {v:.2f}" for k, v in ap.items())
-        )
-    print()
-    result = targets(rounds)
-    for t in result:
-        status = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        print(f"  [{status:>12}] {t['target']}: {t['figures']}")
-    return result
-
-
-LABELS_SAVED_AT = (0.5, 0.8)
-TARGET_LABELS_SAVED = 1.3
-
-
-def reached(rounds: list[Round], threshold: float) -> int | None:
-    """The annotations of the first round whose served version's held-out mAP50 is >= ``threshold``."""
-    return next((r.annotations for r in rounds if (r.labelloop.get("map50") or 0.0) >= threshold), None)
-
-
-def labels_saved(runs: dict[str, list[Round]]) -> list[dict[str, Any]]:
-    """Per mAP50 threshold: annotations each order needed (None: not reached) and random / labelloop."""
-    out = []
-    for th in LABELS_SAVED_AT:
-        need = {o: reached(rs, th) for o, rs in runs.items()}
-        r, ll = need.get("random"), need.get("labelloop")
-        out.append({"map50": th, "annotations": need, "random_over_labelloop": ratio(r, ll) if r and ll else None})
-    return out
-
-
-def print_labels_saved(runs: dict[str, list[Round]]) -> None:
-    """The order axis: mAP50 per round for each order, annotations to reach 0.5 and 0.8, and the ratio."""
-    if len(runs) < 2 and "labelloop" not in runs:
-        return
-    most = max((r.annotations for rs in runs.values() for r in rs), default=0)
-    print("\nlabels saved (held-out mAP50 of the served version per round, by annotation order):")
-    for o, rs in runs.items():
-        print(f"  {o:>9}: " + ", ".join(f"{r.annotations} -> {fmt(r.labelloop.get('map50'))}" for r in rs))
-    for row in labels_saved(runs):
-        parts = [f"{o} {n if n is not None else f'not reached within {most}'}" for o, n in row["annotations"].items()]
-        rr = row["random_over_labelloop"]
-        tail = f"; random / labelloop {rr:.2f}x" if rr is not None else ""
-        goal = f" (goal >= {TARGET_LABELS_SAVED}x)" if row["map50"] == 0.8 else ""
-        print(f"  annotations to reach mAP50 {row['map50']}: " + ", ".join(parts) + tail + goal)
-
-
-def plot(rounds: list[Round], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [r.annotations for r in rounds]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, ys in (
-        ("labelloop (served, stored predictions)", [r.labelloop.get("map50") for r in rounds]),
-        ("(a) ultralytics defaults, same time", [peer_map(r, "a") for r in rounds]),
-        ("(b) ultralytics small-data settings, same time", [peer_map(r, "b") for r in rounds]),
-    ):
-        pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    ax.axhline(TARGET_MAP_AT_20, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("annotations")
-    ax.set_ylabel("held-out mAP50")
-    ax.set_ylim(0, 1)
-    ax.set_xticks(xs)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("learning curve (bench.learning)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+                save()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -682,11 +584,10 @@ def plot(rounds: list[Round], path: Path) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", default="10,20,40,80", help="cumulative annotation counts, comma-separated")
-    parser.add_argument(
-        "--pool", type=int, default=80, help="tasks annotated in rounds (from the pool, in a fixed random order)"
-    )
+    parser.add_argument("--pool", type=int, default=80, help="tasks annotated in rounds")
     parser.add_argument("--held-out", type=int, default=40, help="unlabelled tasks scored every round")
-    parser.add_argument("--seed", type=int, default=0, help="data and annotation order")
+    parser.add_argument("--seed", type=int, default=0, help="the first seed: data and random order")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds --seed, --seed+1, ...: one after the other")
     parser.add_argument(
         "--workdir", type=Path, default=ROOT / "var" / "bench-learning", help="a run-* folder goes here"
     )
@@ -701,8 +602,13 @@ def parse_args() -> argparse.Namespace:
         "--order",
         choices=("random", "labelloop", "both"),
         default="random",
-        help="which pool tasks each round annotates: a fixed random order, labelloop's (the top of its Data Manager "
-        "tab after each promotion; round 1 as random), or both in turn, each in its own project (peers: first only)",
+        help="which pool tasks each round annotates: the seed's random order, Label Studio's next/ (labelloop's "
+        "order, as an annotator takes it), or both in turn, each in its own project (peers: --order random only)",
+    )
+    parser.add_argument(
+        "--pseudo",
+        choices=("on", "off"),
+        help="LABELLOOP_PSEUDO_LABELS=true|false for labelloop's stack (default: not set, labelloop's default)",
     )
     parser.add_argument(
         "--label-studio",
@@ -718,250 +624,100 @@ def parse_args() -> argparse.Namespace:
         "--epochs",
         type=int,
         help="LABELLOOP_EPOCHS with no time budget: every training does the same work whatever the load "
-        "(fair between --order both's two orders on a shared machine)",
+        "(fair between orders and seeds on a shared machine)",
     )
-    parser.add_argument("--peer", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
-    if args.peer:
-        return peer_main(args.peer)
     rounds_n = [int(x) for x in args.rounds.split(",") if x.strip()]
     if not rounds_n or rounds_n != sorted(set(rounds_n)) or rounds_n[0] < 2 or rounds_n[-1] > args.pool:
         raise SystemExit(f"--rounds must increase, from 2 up to --pool ({args.pool}): {args.rounds}")
-    if args.held_out < 1:
-        raise SystemExit("--held-out must be at least 1")
+    if args.held_out < 1 or args.seeds < 1:
+        raise SystemExit("--held-out and --seeds must be at least 1")
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("label_studio_sdk", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
-    t_gen = time.perf_counter()
-    images = make_project(args.seed, args.pool + args.held_out)
-    pool, held = images[: args.pool], images[args.pool :]
-    order = list(range(args.pool))
-    random.Random(args.seed).shuffle(order)
-    data = summary(images)
-    say(
-        f"generated {len(images)} images in {time.perf_counter() - t_gen:.1f} s: {data['per_class']} objects, "
-        f"{data['distractors']} distractors, {data['exif_rotated']} EXIF-rotated, sizes {data['sizes']}, "
-        f"object sides {data['object_side_px']} px"
-    )
-    imgsz_tuned = int(math.ceil(max(max(im.width, im.height) for im in images) / 32) * 32)
-
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    orders = ["random", "labelloop"] if args.order == "both" else [args.order]
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir.absolute()))
-    files = work / "images"
-    files.mkdir()
-    for im in images:  # the files as uploaded, and upright copies for the peers' datasets
-        (files / im.name).write_bytes(im.data)
-        if im.orientation != 1:
-            # as labelloop's image cache re-encodes them (labelloop.media: JPEG quality 95)
-            im.upright().save(files / f"{Path(im.name).stem}-upright.jpg", quality=95)
-
-    def upright_path(im: ShapeImage) -> Path:
-        return files / (im.name if im.orientation == 1 else f"{Path(im.name).stem}-upright.jpg")
-
+    first = make_project(seeds[0], args.pool + args.held_out)
+    data = summary(first)
     config: dict[str, Any] = {
         "rounds": rounds_n,
         "pool": args.pool,
         "held_out": args.held_out,
-        "seed": args.seed,
+        "seeds": seeds,
+        "orders": orders,
         "data": data,
+        "data_per_seed": {},
         "iou": IOU,
         "conf": CONF,
-        "imgsz_tuned": imgsz_tuned,
+        "imgsz_tuned": int(math.ceil(max(max(im.width, im.height) for im in first) / 32) * 32),
         "labelloop_env": list(OWN_ENV),
+        "epochs": args.epochs,
+        "train_time_s": args.train_time_s,
+        "pseudo": args.pseudo,
+        "spread": "min-max over seeds",
     }
-    orders = ["random", "labelloop"] if args.order == "both" else [args.order]
-    runs: dict[str, list[Round]] = {o: [] for o in orders}
-    rounds = runs[orders[0]]  # the learning curve and the peers: the first order's rounds
+    runs: Runs = {o: {} for o in orders}
     json_path, png_path = args.out / "learning.json", args.out / "learning.png"
+
+    def peers_rounds() -> list[Round]:
+        return runs[orders[0]].get(seeds[0], [])
 
     def save() -> None:
         body = {
             "config": config,
-            "rounds": [
-                {
-                    **asdict(r),
-                    "labelloop_over_a": finite(ratio(r.labelloop.get("map50"), peer_map(r, "a"))),
-                    "labelloop_over_b": finite(ratio(r.labelloop.get("map50"), peer_map(r, "b"))),
-                }
-                for r in runs[orders[0]]
-            ],
-            "targets": targets(runs[orders[0]]),
-            "orders": {o: [asdict(r) for r in rs] for o, rs in runs.items()},
-            "labels_saved": labels_saved(runs),
+            "seeds": {str(s): {o: [asdict(r) for r in runs[o].get(s, [])] for o in orders} for s in seeds},
+            "aggregate": aggregate(runs),
+            "targets": targets(runs),
+            "learning_curve": {
+                "seed": seeds[0],
+                "order": orders[0],
+                "targets": peer_targets(peers_rounds()) if orders == ["random"] else [],
+                "rounds": [
+                    {
+                        "annotations": r.annotations,
+                        "map50": r.map50,
+                        **{f"peer_{n}_map50": (r.peers.get(n) or {}).get("score", {}).get("map50") for n in "ab"},
+                    }
+                    for r in peers_rounds()
+                ],
+            },
         }
         json_path.write_text(json.dumps(body, indent=1, default=str))
 
     stack = None
     ok = False
+    t_run = time.monotonic()
     try:
-        from labelloop.dataset import build_dataset, local_images
-        from labelloop.demo import LabelStudioAPI
-        from labelloop.labels import parse_detection_config
-        from labelloop.training import pick_device
-
         external = None
         if args.label_studio:
             url, token, data_dir = args.label_studio.split(",", 2)
             external = (url, token, Path(data_dir))
-        stack, ls_url, token, backend = start_stack(work, args.train_time_s, external, args.epochs)
-        api = LabelStudioAPI(ls_url, token)
-        spec = parse_detection_config(LABEL_CONFIG)
-        device = pick_device("")
-        base_model: str | None = None
-
-        def pick(
-            order_name: str,
-            k: int,
-            annotated: list[ShapeImage],
-            loop: Loop,
-            api: Any,
-            task_of: dict[str, int],
-            rnd: Round,
-        ) -> list[ShapeImage]:
-            """The next ``k`` pool tasks to annotate: the fixed random order, or (labelloop's order, once a
-            version is served) the top of labelloop's Data Manager tab, pool tasks only."""
-            done = {im.name for im in annotated}
-            remaining = [pool[i] for i in order if pool[i].name not in done]
-            if order_name == "random" or loop.registry.current(loop.project_id) is None:
-                rnd.picked_by = "random order"
-                return remaining[:k]
-            try:
-                wait_until(lambda: not loop.predict_busy(), args.preannotate_timeout, "pre-annotation done", 1.0)
-            except TimeoutError as exc:
-                say(f"  {exc}: the tab's order is that of the predictions stored so far")
-            view = next(
-                (v for v in api.sdk.views.list(project=loop.project_id) if (v.data or {}).get("title") == TAB_TITLE),
-                None,
+        pseudo = None if args.pseudo is None else args.pseudo == "on"
+        stack, ls_url, token, backend = start_stack(work, args.train_time_s, external, args.epochs, pseudo)
+        bench = Bench(args, stack, ls_url, token, backend, work)
+        bench.config = config
+        for i, seed in enumerate(seeds):
+            t_gen = time.perf_counter()
+            sd = SeedData.make(seed, args.pool, args.held_out, work)
+            d = summary(sd.pool + sd.held)
+            config["data_per_seed"][str(seed)] = d
+            say(
+                f"seed {seed} ({i + 1} of {len(seeds)}): {d['images']} images in {time.perf_counter() - t_gen:.1f} s: "
+                f"{d['per_class']} objects, {d['distractors']} distractors, {d['exif_rotated']} EXIF-rotated, "
+                f"object sides {d['object_side_px']} px"
             )
-            if view is None:
-                raise RuntimeError(f"labelloop made no {TAB_TITLE!r} tab in project {loop.project_id}")
-            by_id = {task_of[im.name]: im for im in remaining}
-            ranked = [(int(t.id), t) for t in api.sdk.tasks.list(project=loop.project_id, view=view.id, fields="all")]
-            top = [by_id[tid] for tid, _ in ranked if tid in by_id][:k]
-            served = loop.registry.current_name(loop.project_id) or ""
-            stored = {task_of[im.name]: loop.stored_prediction(task_of[im.name], served) for im in top}
-            rnd.picked = [[tid, (p or {}).get("score")] for tid, p in stored.items()]
-            rnd.picked_by = f"top {len(top)} of the tab"
-            return top + [im for im in remaining if im not in top][: k - len(top)]
-
-        for order_name in orders:
-            rounds = runs[order_name]
-            project_id = api.create_project(f"bench.learning seed {args.seed}, {order_name} order", LABEL_CONFIG)
-            task_of = upload(api, project_id, images)
-            ml_id = connect(api, project_id, backend)
-            say(f"project {project_id}: {len(task_of)} tasks, ML backend {ml_id} ({api.backend_version(ml_id)})")
-            loop = Loop(stack, api, project_id, ml_id, work / "models")
-            held_ids = [task_of[im.name] for im in held]
-            truths = [d for im in held for d in truth_dets(task_of[im.name], im)]
-            seen: set[str] = set()
-            annotated: list[ShapeImage] = []
-
-            for total in rounds_n:
-                rnd = Round(total, order=order_name)
-                rounds.append(rnd)  # saved as it fills in, so an interrupted run keeps its figures
-                todo = pick(order_name, total - len(annotated), annotated, loop, api, task_of, rnd)
-                say(f"round {total} ({order_name} order): saving {len(todo)} annotations ({rnd.picked_by})")
-                for im in todo:
-                    api.annotate(task_of[im.name], im.ls_result())
-                annotated += todo
-                t_saved = time.monotonic()
-                loop.wait_version(total, seen, t_saved, args.train_timeout, rnd)
-                say(
-                    f"  {rnd.version} ({rnd.version_status}) published {fmt(rnd.published_s, '.0f')} s, served "
-                    f"{fmt(rnd.served_s, '.0f')} s after the last save; train {rnd.train_s:.0f} s"
-                )
-                loop.wait_idle(args.train_timeout, seen, rnd)
-                served = loop.registry.current(project_id)
-                if served is None:
-                    raise RuntimeError("no version is served")
-                rnd.served_version = served.name
-                rnd.served_dataset = dict(served.manifest.get("dataset_size") or {})
-                if base_model is None:
-                    first = loop.registry.list_versions(project_id)[0]
-                    base_model = str(first.manifest.get("train_args", {}).get("weights") or "")
-                    if not base_model or Path(base_model).is_relative_to(loop.registry.root):
-                        from labelloop.settings import Settings
-
-                        base_model = str(Settings.model_fields["base_model"].default)
-                    config["base_model"] = base_model
-                    config["labelloop_base_model"] = first.manifest.get("base_model")
-
-                got, counts = loop.served_predictions(held_ids, served.name, args.preannotate_timeout)
-                rnd.predictions = counts
-                dets = [
-                    d
-                    for im in held
-                    if (p := got.get(task_of[im.name])) is not None
-                    for d in regions_to_dets(task_of[im.name], p.get("result") or [], im.width, im.height)
-                ]
-                rnd.labelloop = score(dets, truths)
-                say(
-                    f"  served {served.name}: mAP50 {rnd.labelloop['map50']:.3f}, P {rnd.labelloop['precision']:.2f}, "
-                    f"R {rnd.labelloop['recall']:.2f} on {len(got)} held-out tasks ({counts})"
-                )
-                save()
-
-                if not args.no_peers and order_name == orders[0]:
-                    try:
-                        wait_until(lambda lp=loop: not lp.predict_busy(), 600, "labelloop pre-annotation done", 1.0)
-                    except TimeoutError as exc:
-                        say(f"  {exc}; the peers train while it runs")
-                    tasks = [
-                        {
-                            "id": task_of[im.name],
-                            "data": {"image": im.name},
-                            "annotations": [{"id": k + 1, "result": im.ls_result(), "was_cancelled": False}],
-                        }
-                        for k, im in enumerate(annotated)
-                    ]
-                    fetch = local_images({task_of[im.name]: upright_path(im) for im in annotated})
-                    built = build_dataset(
-                        tasks, spec, work / "peers" / f"r{total}" / "ds", fetch, VAL_FRACTION, MIN_VAL
-                    )
-                    budget_h = max(rnd.train_s, 1.0) / 3600
-                    common = {
-                        "time": budget_h,
-                        "device": device,
-                        "amp": device != "cpu",
-                        "workers": WORKERS,
-                        "exist_ok": True,
-                        "plots": False,
-                        "name": "train",
-                    }
-                    for name, extra in (("a", {}), ("b", {"batch": 4, "nbs": 4, "imgsz": imgsz_tuned})):
-                        run_dir = work / "peers" / f"r{total}" / name
-                        peer_spec = {
-                            "weights": base_model,
-                            "data": str(built.data),
-                            "train": {**common, **extra, "project": str(run_dir / "runs")},
-                            "images": [[task_of[im.name], str(files / im.name)] for im in held],
-                            "conf": CONF,
-                            "config_dir": str(work / "peers" / "ultralytics"),
-                        }
-                        say(
-                            f"  peer ({name}): training {rnd.train_s:.0f} s on {len(annotated)} tasks, "
-                            f"{extra or 'ultralytics defaults'}"
-                        )
-                        try:
-                            result = run_peer(peer_spec, run_dir, timeout_s=rnd.train_s * 3 + 900)
-                        except Exception as exc:  # a failing peer is reported, the run goes on
-                            rnd.peers[name] = {"error": f"{type(exc).__name__}: {exc}"[-3000:]}
-                            say(f"  peer ({name}) failed: {str(exc).splitlines()[0][:300]}")
-                            continue
-                        result["score"] = score(peer_dets(result), truths)
-                        result.pop("predictions")
-                        rnd.peers[name] = result
-                        say(
-                            f"  peer ({name}): mAP50 {result['score']['map50']:.3f} ({result['epochs']} epochs, "
-                            f"trained {result['train_seconds']:.0f} s)"
-                        )
-                save()
+            for order_name in orders:
+                rounds = runs[order_name].setdefault(seed, [])
+                bench.run_order(sd, order_name, rounds_n, rounds, save)
+                say(f"seed {seed}, {order_name} order done; {time.monotonic() - t_run:.0f} s since the start")
         ok = True
     except KeyboardInterrupt:
         say("interrupted")
@@ -973,13 +729,18 @@ def main() -> int:
     finally:
         if stack is not None:
             stack.stop_all()
-        if runs[orders[0]]:
-            config["finished"] = ok
+        config["finished"] = ok
+        config["seconds"] = round(time.monotonic() - t_run, 1)
+        if any(runs[o] for o in orders):
             save()
-            plot(runs[orders[0]], png_path)
-            print_report(runs[orders[0]], config)
-            print_labels_saved(runs)
-            print(f"\nwrote {json_path} and {png_path}")
+            plot(runs, png_path, peers_rounds() if any(r.peers for r in peers_rounds()) else None)
+            for seed in seeds:
+                for o in orders:
+                    if runs[o].get(seed):
+                        print_learning_curve(runs[o][seed], config)
+            print_orders(runs)
+            print_targets(targets(runs) + (peer_targets(peers_rounds()) if orders == ["random"] else []))
+            print(f"\nwrote {json_path} and {png_path} ({config['seconds']:.0f} s)")
         if args.keep or not ok:
             print(f"run folder kept: {work}")
         else:
