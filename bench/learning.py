@@ -120,6 +120,7 @@ from bench.learning_report import (
     targets,
 )
 from bench.shapes import LABEL_CONFIG, ShapeImage, make_project, summary
+from labelloop.first_picks import FIRST_PICKS_VERSION
 from labelloop.scoring import IOU, Det, edits, regions_to_dets, score
 from labelloop.stack import wait_until
 
@@ -491,6 +492,21 @@ class Bench:
         say(
             f"seed {data.seed}, {order_name} order: project {project_id}, {len(task_of)} tasks, ML backend {ml_id} "
             f"({api.backend_version(ml_id)}); sampling {state['sampling']!r}, model_version {state['model_version']!r}"
+        )
+        # An annotator opens the project after connecting it: labelloop's first picks (a job it queues
+        # at /setup) are in the label stream once the project's model version is theirs.
+        t0 = time.monotonic()
+        try:
+            wait_until(
+                lambda: self.project_state(project_id)["model_version"] == FIRST_PICKS_VERSION, 300, "first picks", 1.0
+            )
+            ready = True
+        except TimeoutError:
+            ready = False
+        state = self.project_state(project_id)
+        say(
+            f"  first picks {'in' if ready else 'NOT in'} after {time.monotonic() - t0:.0f} s; sampling "
+            f"{state['sampling']!r}, model_version {state['model_version']!r}"
         )
         loop = Loop(self.stack, api, project_id, ml_id, self.work / "models")
         held_ids = [task_of[im.name] for im in data.held]
