@@ -120,7 +120,7 @@ from bench.learning_report import (
     targets,
 )
 from bench.shapes import LABEL_CONFIG, ShapeImage, make_project, summary
-from labelloop.first_picks import FIRST_PICKS_VERSION
+from labelloop.sampling import FIRST_PICKS_VERSION
 from labelloop.scoring import IOU, Det, edits, regions_to_dets, score
 from labelloop.stack import wait_until
 

@@ -41,11 +41,9 @@ from labelloop.preannotate import (
     tasks_to_predict,
 )
 from labelloop.registry import Registry
-from labelloop.sampling import follow_labelloop
+from labelloop.sampling import FIRST_PICKS_VERSION, delete_predictions, follow_labelloop
 
 log = structlog.get_logger(__name__)
-
-FIRST_PICKS_VERSION = "labelloop-first-picks"
 
 
 def describe(
@@ -73,23 +71,6 @@ def describe(
                 log.warning("first_picks_image_unreadable", task_id=task_id, error=str(exc)[:200])
                 out.append(None)
     return out
-
-
-def delete_predictions(client: Any, project_id: int, version: str) -> None:
-    """Delete every prediction of ``version`` in the project in one request
-    (``DELETE /api/projects/{id}/model-versions/``, which label-studio-sdk does not wrap: sent
-    with the SDK's own authenticated HTTP client).
-
-    Raises:
-        label-studio-sdk's ``ApiError`` on an error status.
-    """
-    from label_studio_sdk.core.api_error import ApiError
-
-    resp = client._client_wrapper.httpx_client.request(
-        f"api/projects/{int(project_id)}/model-versions/", method="DELETE", json={"model_version": version}
-    )
-    if resp.status_code >= 400:
-        raise ApiError(status_code=resp.status_code, body=resp.text[:500])
 
 
 def first_picks(

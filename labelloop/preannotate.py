@@ -38,7 +38,7 @@ from labelloop.informativeness import NO_DETECTION, prediction_score
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
 from labelloop.predictor import Predictor
-from labelloop.sampling import follow_labelloop
+from labelloop.sampling import FIRST_PICKS_VERSION, delete_predictions, follow_labelloop
 
 log = structlog.get_logger(__name__)
 
@@ -253,6 +253,16 @@ def import_picks(
     return imported, None
 
 
+def drop_first_picks(client: Any, project_id: int) -> None:
+    """Delete the project's first picks once a version's predictions have replaced them in every
+    unlabeled task (annotators then see one prediction per task, the version's); a failure is
+    logged, never fails the pre-annotation."""
+    try:
+        delete_predictions(client, project_id, FIRST_PICKS_VERSION)
+    except Exception as exc:  # leftover empty predictions are clutter, not harm
+        log.warning("first_picks_delete_failed", project_id=project_id, error=str(exc)[:300])
+
+
 def _labeled_sample(tasks: list[Any]) -> list[dict[str, Any]]:
     """Up to ``MAX_LABELED_EMBEDDED`` annotated tasks (``{"id", "data"}``), a seeded sample."""
     labeled = [{"id": int(t.id), "data": dict(t.data or {})} for t in tasks if (t.total_annotations or 0) > 0]
@@ -419,6 +429,8 @@ def preannotate_project(
         spool.close()
     if outcome["stopped"] is not None:
         log.info("preannotate_superseded", version=version, imported=outcome["imported"], why=outcome["stopped"])
+    elif version != FIRST_PICKS_VERSION:
+        drop_first_picks(client, project_id)
     log.info(
         "preannotated",
         version=version,

@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 
 UNCERTAINTY = "Uncertainty sampling"
 FILE = "sampling.json"
+# The model version of the first picks (``labelloop.first_picks``): predictions with an empty result, a
+# score and a cluster, until a version's pre-annotation replaces them.
+FIRST_PICKS_VERSION = "labelloop-first-picks"
 
 
 def stored(models_dir: Path, project_id: int) -> dict[str, Any]:
@@ -92,3 +95,20 @@ def restore(client: Any, models_dir: Path, project_id: int) -> str | None:
     ProjectFiles(models_dir).write(project_id, FILE, json.dumps({}))
     log.info("sampling_restored", project_id=project_id, sampling=previous)
     return str(previous)
+
+
+def delete_predictions(client: Any, project_id: int, version: str) -> None:
+    """Delete every prediction of ``version`` in the project in one request
+    (``DELETE /api/projects/{id}/model-versions/``, which label-studio-sdk does not wrap: sent
+    with the SDK's own authenticated HTTP client).
+
+    Raises:
+        label-studio-sdk's ``ApiError`` on an error status.
+    """
+    from label_studio_sdk.core.api_error import ApiError
+
+    resp = client._client_wrapper.httpx_client.request(
+        f"api/projects/{int(project_id)}/model-versions/", method="DELETE", json={"model_version": version}
+    )
+    if resp.status_code >= 400:
+        raise ApiError(status_code=resp.status_code, body=resp.text[:500])

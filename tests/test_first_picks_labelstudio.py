@@ -13,11 +13,10 @@ import pytest
 import structlog.testing
 
 from labelloop.demo import LabelStudioAPI
-from labelloop.first_picks import FIRST_PICKS_VERSION
 from labelloop.jobs import Jobs
 from labelloop.params import ProjectParams, store
 from labelloop.registry import Registry
-from labelloop.sampling import UNCERTAINTY, restore, stored
+from labelloop.sampling import FIRST_PICKS_VERSION, UNCERTAINTY, restore, stored
 from labelloop.settings import Settings
 from labelloop.synthetic import LABEL_CONFIG, make_sample
 
@@ -124,8 +123,8 @@ def test_label_stream_serves_labelloop_top_task_after_the_first_version(
     label_studio: tuple[str, str], trained: dict, redis_url: str, tmp_path: Path
 ) -> None:
     """After first picks, a pre-annotation of a trained v1 imports ranked predictions (a score and a
-    cluster above v1's offset on each) and moves the project's model version to v1: /next/ serves
-    v1's top task; the first-picks job does nothing any more."""
+    cluster above v1's offset on each), deletes the first picks and moves the project's model version
+    to v1: /next/ serves v1's top task; the first-picks job does nothing any more."""
     api = LabelStudioAPI(*label_studio)
     pid, ids = _project(api, "after v1")
     settings = _settings(label_studio, redis_url, tmp_path)
@@ -147,6 +146,7 @@ def test_label_stream_serves_labelloop_top_task_after_the_first_version(
     assert sorted(preds) == ids[4:]
     assert len({p["score"] for p in preds.values()}) == TASKS - 4
     assert all(p["cluster"] >= 1000 for p in preds.values())
+    assert _predictions(api, pid, FIRST_PICKS_VERSION) == {}  # replaced: one prediction per task, v1's
     top = min(preds, key=lambda t: preds[t]["score"])
     project: Any = api.sdk.projects.get(id=pid)
     assert project.model_version == "v1" and project.sampling == UNCERTAINTY
