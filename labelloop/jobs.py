@@ -40,6 +40,7 @@ from labelloop.preannotate import Generation, preannotate_project
 from labelloop.predictor import Predictor
 from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
+from labelloop.sampling import FIRST_PICKS_VERSION
 from labelloop.settings import Settings
 from labelloop.tabs import ensure_tab
 from labelloop.trigger import TriggerStore, quiet_wait
@@ -495,7 +496,7 @@ class Jobs:
             return {"status": "off"}
         progress = ProgressStore(self.redis)
         generation = Generation.claim(self.redis, project_id)
-        version = "labelloop-first-picks"
+        version = FIRST_PICKS_VERSION
 
         def on_progress(done: int, total: int) -> None:
             meta = {"project_id": project_id, "version": version, "done": done, "total": total}
