@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from labelloop.dataset import build_dataset, local_images
+from labelloop.dataset import BuildResult, build_dataset, local_images
 from labelloop.labels import parse_detection_config
 from labelloop.stack import Stack, free_port, label_studio_binary
 from labelloop.synthetic import LABEL_CONFIG, make_sample
@@ -139,11 +139,9 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     server.shutdown()
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, image_server: tuple[str, Path]) -> dict:
-    """One real 2-epoch training on 12 generated images (imgsz 160, yolov8n.yaml)."""
-    _, root = image_server
-    work = tmp_path_factory.mktemp("train")
+def served_images_dataset(root: Path, dest: Path) -> BuildResult:
+    """The YOLO dataset of the ``image_server``'s 12 generated images (``root``), each annotated with
+    its truth (task and annotation ids 1-12), built in ``dest`` (val fraction 0.25, at least 2)."""
     tasks = [
         {
             "id": i + 1,
@@ -152,14 +150,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory, image_server: tuple[str, P
         }
         for i in range(12)
     ]
-    built = build_dataset(
-        tasks,
-        parse_detection_config(LABEL_CONFIG),
-        work / "ds",
-        local_images({i + 1: root / f"img{i}.png" for i in range(12)}),
-        0.25,
-        2,
-    )
+    images = local_images({i + 1: root / f"img{i}.png" for i in range(12)})
+    return build_dataset(tasks, parse_detection_config(LABEL_CONFIG), dest, images, 0.25, 2)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, image_server: tuple[str, Path]) -> dict:
+    """One real 2-epoch training on 12 generated images (imgsz 160, yolov8n.yaml)."""
+    _, root = image_server
+    work = tmp_path_factory.mktemp("train")
+    built = served_images_dataset(root, work / "ds")
     report = built.report
     spec = {
         "data": str(built.data),

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.dataset import build_dataset, local_images
-from labelloop.labels import parse_detection_config
 from labelloop.manifest import TrainingResult
 from labelloop.pipeline import Candidate, gate_and_publish, plan_training
 from labelloop.registry import Registry
 from labelloop.settings import Settings
-from labelloop.synthetic import LABEL_CONFIG, make_sample
+from tests.conftest import served_images_dataset
 
 
 def test_a_training_started_before_an_operator_rollback_is_gated_again_against_the_rollback_target(
@@ -27,18 +25,8 @@ def test_a_training_started_before_an_operator_rollback_is_gated_again_against_t
     split in the manifest), not promoted over the rollback as if v2 were still served; the rollback stays in
     the history and rolling back again serves v1."""
     _, root = image_server
-    tasks = [
-        {
-            "id": i + 1,
-            "data": {"image": f"img{i}.png"},
-            "annotations": [{"id": i + 1, "result": make_sample(i, 160, 120).ls_result(), "was_cancelled": False}],
-        }
-        for i in range(12)
-    ]
-    spec = parse_detection_config(LABEL_CONFIG)
-    built = build_dataset(
-        tasks, spec, tmp_path / "ds", local_images({i + 1: root / f"img{i}.png" for i in range(12)}), 0.25, 2
-    )
+    built = served_images_dataset(root, tmp_path / "ds")
+    spec = built.spec
     settings = Settings(
         models_dir=tmp_path / "models",
         cache_dir=tmp_path / "cache",

@@ -176,13 +176,11 @@ def test_a_real_training_records_its_threshold_in_the_manifest(
     """A real training's child measures the display threshold on its val split (objects and images counted from
     the dataset, prior = predict_conf) and the version's manifest, as the pipeline writes and the registry reads
     it, holds it; the training job carries predict_conf as the prior."""
-    from labelloop.dataset import build_dataset, local_images
-    from labelloop.labels import parse_detection_config
     from labelloop.manifest import TrainingResult
     from labelloop.pipeline import plan_training, version_manifest
     from labelloop.registry import Registry
     from labelloop.settings import Settings
-    from labelloop.synthetic import LABEL_CONFIG, make_sample
+    from tests.conftest import served_images_dataset
 
     show = ShowConf.model_validate(trained["result"]["show_conf"])
     labels = sorted((Path(trained["work"]) / "ds" / "labels" / "val").glob("*.txt"))
@@ -194,18 +192,7 @@ def test_a_real_training_records_its_threshold_in_the_manifest(
     assert show.edits_per_image_at_raw <= show.edits_per_image_at_prior  # the split's optimum is optimal on it
 
     _, root = image_server
-    tasks = [
-        {
-            "id": i + 1,
-            "data": {"image": f"img{i}.png"},
-            "annotations": [{"id": i + 1, "result": make_sample(i, 160, 120).ls_result(), "was_cancelled": False}],
-        }
-        for i in range(12)
-    ]
-    spec = parse_detection_config(LABEL_CONFIG)
-    built = build_dataset(
-        tasks, spec, tmp_path / "ds", local_images({i + 1: root / f"img{i}.png" for i in range(12)}), 0.25, 2
-    )
+    built = served_images_dataset(root, tmp_path / "ds")
     settings = Settings(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", predict_conf=0.3, offline=True)
     plan = plan_training(settings, built, None, True, {"base_model": "yolov8n.yaml"})
     assert plan.job.to_dict()["predict_conf"] == 0.3
