@@ -34,9 +34,9 @@ from labelloop.media import CachedImage, ImageCache
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
 from labelloop.preannotate import (
-    MAX_LABELED_EMBEDDED,
     Generation,
     import_picks,
+    labeled_sample,
     ranked_picks,
     tasks_to_predict,
 )
@@ -56,10 +56,8 @@ def describe(
     out: list[npt.NDArray[np.float32] | None] = []
     for start in range(0, len(tasks), chunk):
         part = tasks[start : start + chunk]
-        items = [(int(t["id"]), str((t.get("data") or {}).get(value_key, ""))) for t in part]
-        got = images.get_many([it for it in items if it[1]])
-        for task_id, _ in items:
-            image = got.get(task_id)
+        for task, image in zip(part, images.for_tasks(part, value_key), strict=True):
+            task_id = int(task["id"])
             if not isinstance(image, CachedImage):
                 out.append(None)
                 continue
@@ -125,10 +123,8 @@ def first_picks(
         log.info("first_picks_unchanged", tasks=len(unlabeled))
         return {**outcome, "status": "unchanged", "seconds": round(time.monotonic() - t0, 3)}
     log.info("first_picks_started", tasks=len(unlabeled), new=len(missing))
-    labeled = [{"id": int(t.id), "data": dict(t.data or {})} for t in tasks if t.total_annotations or 0]
-    labeled = labeled[:MAX_LABELED_EMBEDDED]
     vectors = describe(images, unlabeled, spec.value_key)
-    labeled_vectors = [v for v in describe(images, labeled, spec.value_key) if v is not None]
+    labeled_vectors = [v for v in describe(images, labeled_sample(tasks), spec.value_key) if v is not None]
     if not any(v is not None for v in vectors):
         log.warning("first_picks_no_images", tasks=len(unlabeled))
         return {**outcome, "status": "no_images", "seconds": round(time.monotonic() - t0, 3)}

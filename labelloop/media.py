@@ -663,6 +663,14 @@ class ImageCache:
         with ThreadPoolExecutor(max_workers=max(1, min(self.config.threads, len(items)))) as pool:
             return dict(pool.map(one, items))
 
+    def for_tasks(self, tasks: list[dict[str, Any]], value_key: str) -> list[CachedImage | MediaError | None]:
+        """Each task's image (the URL in ``task["data"][value_key]``; tasks as Label Studio sends
+        them, ``{"id", "data"}``), in task order, fetched together by ``get_many``; None for a task
+        whose data has no URL there."""
+        items = [(int(t["id"]), str((t.get("data") or {}).get(value_key, ""))) for t in tasks]
+        got = self.get_many([it for it in items if it[1]])
+        return [got.get(task_id) for task_id, _ in items]
+
     # Cache files ---------------------------------------------------------------------------
 
     def _lookup(self, key: str) -> CachedImage | None:

@@ -263,7 +263,7 @@ def drop_first_picks(client: Any, project_id: int) -> None:
         log.warning("first_picks_delete_failed", project_id=project_id, error=str(exc)[:300])
 
 
-def _labeled_sample(tasks: list[Any]) -> list[dict[str, Any]]:
+def labeled_sample(tasks: list[Any]) -> list[dict[str, Any]]:
     """Up to ``MAX_LABELED_EMBEDDED`` annotated tasks (``{"id", "data"}``), a seeded sample."""
     labeled = [{"id": int(t.id), "data": dict(t.data or {})} for t in tasks if (t.total_annotations or 0) > 0]
     if len(labeled) <= MAX_LABELED_EMBEDDED:
@@ -381,7 +381,7 @@ def preannotate_project(
             informative = diversity.informative(found)
             labeled: list[npt.NDArray[np.float32]] = []
             if not informative:
-                sample = _labeled_sample(tasks)
+                sample = labeled_sample(tasks)
                 for start in range(0, len(sample), batch_size):
                     got = predictor.embed(
                         project_id, spec, sample[start : start + batch_size], hostname, api_key, version, imgsz=imgsz

@@ -479,16 +479,11 @@ class Predictor:
             )
             return out
         spec = spec.with_task(task)
-        items = [(int(t["id"]), str((t.get("data") or {}).get(spec.value_key, ""))) for t in tasks]
-        images = self._images(hostname, api_key).get_many([it for it in items if it[1]])
-        ok: list[tuple[int, CachedImage]] = []
-        for i, (tid, _) in enumerate(items):
-            image = images.get(tid)
-            if isinstance(image, CachedImage):
-                ok.append((i, image))
-        for tid, _url in items:
-            if not isinstance(images.get(tid), CachedImage):
-                log.warning("predict_image_unavailable", project_id=project_id, task_id=tid, error=str(images.get(tid)))
+        images = self._images(hostname, api_key).for_tasks(tasks, spec.value_key)
+        ok = [(i, image) for i, image in enumerate(images) if isinstance(image, CachedImage)]
+        for t, image in zip(tasks, images, strict=True):
+            if not isinstance(image, CachedImage):
+                log.warning("predict_image_unavailable", project_id=project_id, task_id=int(t["id"]), error=str(image))
         if not ok:
             return out
         show = self._show_conf(show_conf, loaded)
@@ -542,10 +537,8 @@ class Predictor:
         loaded = self.model_at(project_id, version)
         if loaded is None:
             return out
-        key = spec.value_key
-        items = [(int(t["id"]), str((t.get("data") or {}).get(key, ""))) for t in tasks]
-        images = self._images(hostname, api_key).get_many([it for it in items if it[1]])
-        ok = [(i, img) for i, (tid, _) in enumerate(items) if isinstance(img := images.get(tid), CachedImage)]
+        images = self._images(hostname, api_key).for_tasks(tasks, spec.value_key)
+        ok = [(i, image) for i, image in enumerate(images) if isinstance(image, CachedImage)]
         if not ok:
             return out
         yaml = getattr(loaded.model.model, "yaml", None) or {}
