@@ -505,7 +505,7 @@ class Jobs:
 
         images = ImageCache(Path(s.cache_dir).absolute() / "images", MediaConfig.from_settings(s))
         try:
-            with labelstudio.calling(s.label_studio_url, f"ordering the first picks of project {project_id}"):
+            with images, labelstudio.calling(s.label_studio_url, f"ordering the first picks of project {project_id}"):
                 client = labelstudio.client(s.label_studio_url, s.api_key)
                 if effective["informative_tab"]:
                     self.informative_tab(client, project_id)
