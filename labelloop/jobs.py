@@ -24,7 +24,7 @@ import httpx
 import redis
 import structlog
 
-from labelloop import keys, labelstudio
+from labelloop import keys, labelstudio, locks
 from labelloop.changes import ChangeLog
 from labelloop.errors import LabelloopError, LabelStudioUnavailable, TrainingError
 from labelloop.export import export_tasks
@@ -54,8 +54,12 @@ Report = Callable[[dict[str, Any]], None]
 RECONCILE_LOCK_S = 600.0
 # A queued training keeps its project's lock this long (seconds): longer than any queue wait.
 QUEUED_LOCK_TTL_S = 86400
+# ``Jobs._finished``'s owner when no delivery releases (the reaper): a claimed lock stays.
+NO_DELIVERY = ""
 # The progress stage of a run waiting for the annotations to stop coming (``Jobs._quiet_period``).
 WAITING_STAGE = "waiting for a quiet period"
+# Seconds between attempts to send a training to the broker (then it is given back: ``start_training``).
+PUBLISH_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 # Errors that may pass: a training that meets one is retried rather than reported.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, httpx.TransportError, LabelStudioUnavailable)
 
@@ -113,8 +117,9 @@ class Jobs:
         ``changes``: ``(annotation_id, updated_at or None)`` per annotation (None: deleted).
 
         Returns:
-            "started", "coalesced" (a training runs: one follow-up is due), "counted" or
-            "unchanged" (nothing new in the ledger).
+            "started", "unsent" (the training could not be sent: ``start_training``),
+            "coalesced" (a training runs: one follow-up is due), "counted" or "unchanged"
+            (nothing new in the ledger).
         """
         self.ensure_ledger(project_id)
         trigger = self.trigger()
@@ -135,8 +140,7 @@ class Jobs:
             followup=decision.state.followup,
         )
         if decision.start and decision.run_id:
-            self.start_training(project_id, decision.run_id, action)
-            return "started"
+            return "started" if self.start_training(project_id, decision.run_id, action) else "unsent"
         return "coalesced" if decision.state.followup else "counted"
 
     def ensure_ledger(self, project_id: int) -> None:
@@ -148,13 +152,81 @@ class Jobs:
         if served and self.ledger().seed(project_id, {int(i): u for i, u in baseline.items()}):
             log.info("ledger_seeded", version=served.name, annotations=len(baseline))
 
-    def start_training(self, project_id: int, run_id: str, reason: str) -> None:
-        self.send(TASK_TRAIN, [project_id, run_id], QUEUE_TRAIN)
-        log.info("training_enqueued", project_id=project_id, run_id=run_id, reason=reason)
+    publish_delays_s: tuple[float, ...] = PUBLISH_DELAYS_S
+
+    def start_training(self, project_id: int, run_id: str, reason: str) -> bool:
+        """Send the train task of ``run_id`` (which holds the project's lock) to the broker.
+
+        A failed send is tried again after each of ``publish_delays_s`` (seconds; event
+        ``training_publish_retrying``). When the last attempt fails too (event
+        ``training_publish_failed``), the run is recorded as given up (``labelloop status``) and
+        the project handed back with the follow-up flag set (``TriggerStore.unsent``): the next
+        reconciliation or annotation event starts the training again.
+
+        Returns:
+            whether the task was sent.
+        """
+        attempts, error = len(self.publish_delays_s) + 1, ""
+        for attempt, delay in enumerate((*self.publish_delays_s, None), start=1):
+            try:
+                self.send(TASK_TRAIN, [project_id, run_id], QUEUE_TRAIN)
+            except Exception as exc:  # the broker client's errors (kombu's) are not the core's to name
+                error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if delay is None:
+                    break
+                log.warning("training_publish_retrying", run_id=run_id, attempt=attempt, delay_s=delay, error=error)
+                time.sleep(delay)
+                continue
+            log.info("training_enqueued", project_id=project_id, run_id=run_id, reason=reason, attempts=attempt)
+            return True
+        log.error("training_publish_failed", project_id=project_id, run_id=run_id, attempts=attempts, error=error)
+        reason = f"could not be sent to the broker ({attempts} attempts; {error})"
+        RunRecords(self.redis).give_up(project_id, run_id, 0, reason)
+        self.trigger().unsent(project_id, run_id)
+        return False
+
+    def reap_lock(self, project_id: int) -> str | None:
+        """Free the project's training lock when nothing keeps it alive, and start what is due.
+
+        A lock without owner (``labelloop.locks``: no delivery holds it, no message of its run
+        waits, and the run has been due over ``LABELLOOP_TRAIN_LOCK_ORPHAN_S``) is released as
+        if its run finished (the run is marked finished, so a late copy of its message does
+        nothing, and recorded as given up for ``labelloop status``); the follow-up training
+        starts when one was requested. A project with no lock whose follow-up flag is set (its
+        run could not be sent) starts that training.
+
+        Returns:
+            "reaped", "restarted" (a flagged follow-up started) or None (nothing to do).
+
+        Raises:
+            redis.RedisError: Redis is unreachable.
+        """
+        view = locks.inspect(self.redis, project_id)
+        if view is None:
+            if not self.trigger().state(project_id).followup:
+                return None
+            decision = self.trigger().apply(project_id, "finished", self.every_n(project_id))
+            if decision.start and decision.run_id:
+                log.info("training_followup_restarted", run_id=decision.run_id)
+                self.start_training(project_id, decision.run_id, "followup")
+                return "restarted"
+            return None
+        if not view.without_owner(self.settings.train_lock_orphan_s):
+            return None
+        due = "an unknown time" if view.due_s is None else f"{view.due_s:.0f} s"
+        reason = f"its message was lost (revoked, purged or never sent) and no delivery held it; due {due} ago"
+        log.error("training_lock_reaped", run_id=view.run_id, reason=reason)
+        records = RunRecords(self.redis)
+        records.finish(project_id, view.run_id)
+        records.give_up(project_id, view.run_id, 0, reason)
+        # NO_DELIVERY: a delivery that claimed the run meanwhile keeps its lock (a stale finish).
+        self._finished(project_id, view.run_id, NO_DELIVERY)
+        return "reaped"
 
     def reconcile(self) -> dict[str, int]:
         """Compare each known project's annotations in Label Studio with the ledger and feed the
-        changes whose webhooks were missed to the trigger policy.
+        changes whose webhooks were missed to the trigger policy; first free a training lock
+        without owner (``reap_lock``).
 
         One reconciliation per project at a time: each holds the project's lock
         (``labelloop:project:<id>:reconcile``, redis-py's ``Lock``: SET NX PX with a token,
@@ -177,6 +249,10 @@ class Jobs:
                 if not lock.acquire():
                     log.info("reconcile_skipped", reason="another reconciliation holds the project")
                     continue
+                try:
+                    self.reap_lock(project_id)
+                except redis.RedisError as exc:  # Label Studio's side below may still be read
+                    log.warning("reap_lock_failed", error_type=type(exc).__name__, error=str(exc)[:500])
                 try:
                     changes = self._reconcile_project(client, project_id)
                 except Exception as exc:  # one unreachable project must not stop the others

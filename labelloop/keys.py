@@ -15,7 +15,8 @@ counter, ``labelloop.changes``), ``seen`` (the ledger's hash) and ``deleted`` (i
 ``labelloop:webhooks:refused`` (webhooks refused before their project was known,
 ``service.webhook``) and the pub/sub channel ``labelloop:versions``. Kombu's own:
 ``unacked_index`` (``UNACKED_INDEX``, the Redis transport's sorted set of unacknowledged
-deliveries scored by delivery time).
+deliveries scored by delivery time), ``unacked`` (``UNACKED``, the hash of those deliveries'
+messages) and one list per queue and priority (``queue_lists``), read by ``labelloop.locks``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ WEBHOOKS_REFUSED = "labelloop:webhooks:refused"
 # kombu.transport.redis.Channel.unacked_index_key (no global_keyprefix): a running training keeps
 # its own entry's score fresh, so only a dead worker's delivery ages past the visibility timeout.
 UNACKED_INDEX = "unacked_index"
+# kombu.transport.redis.Channel.unacked_key: delivery tag -> JSON [message, exchange, routing key].
+UNACKED = "unacked"
+# kombu.transport.redis: a queue's messages of priority p > 0 wait in "<queue>\x06\x16<p>".
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps a queue's waiting messages in, one per priority step."""
+    return [queue if p == 0 else f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS]
 
 
 def project(project_id: int, what: str) -> str:

@@ -135,6 +135,14 @@ class Settings(BaseSettings):
         description="TTL of a running training's project lock (seconds), renewed every third of it for the whole "
         "run: a dead worker's lock is free this long after it died.",
     )
+    train_lock_orphan_s: int = Field(
+        120,
+        ge=1,
+        description="A project's training lock that no delivery holds and whose run has no message waiting (in the "
+        "train queue or a worker; revoked, purged or never sent) is reaped by the reconciliation once its run has "
+        "been due this long (seconds); `labelloop status`, `doctor` and labelloop_project_locks_without_owner show "
+        "it meanwhile.",
+    )
     train_redelivery_s: int = Field(
         45,
         ge=10,

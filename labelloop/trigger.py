@@ -7,6 +7,8 @@ Rules:
 - At most one training per project at a time (a lock key with a TTL); requests that arrive
   while one runs set a single follow-up flag, so a burst of events causes exactly one
   follow-up run.
+- A follow-up flag left with no training running (the run could not be sent to the broker)
+  makes the next annotation event start one.
 
 A due training waits for a quiet period before it reads the data (``quiet_wait``): until no
 annotation event arrived for ``quiet_s`` seconds, at most ``max_delay_s`` after it became due
@@ -22,6 +24,13 @@ queue wait) and claimed by the delivery that runs it (``claim``: the run's id pl
 token per delivery, both with the short ``run_ttl_s`` that ``labelloop.lease`` renews for the
 whole run). So a queued run keeps its project, a second delivery of a running run does not
 start a second training, and a dead worker's lock is free ``run_ttl_s`` after it died.
+
+When only the owner's key expired (Redis paused or unreachable for longer than ``run_ttl_s``
+while the delivery went on), the delivery takes its run back on its next renewal, absorb or
+requeue: the lock still names its run and no other delivery claimed it. A lock that lost its
+queued message (revoked, purged, never sent) is found and reaped by ``labelloop.locks`` and
+``Jobs.reap_lock``; a run that could not be sent hands its project back with the follow-up
+flag set (``unsent``).
 """
 
 from __future__ import annotations
@@ -31,9 +40,12 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import redis
+import structlog
 from redis.typing import EncodableT, FieldT
 
 from labelloop import keys
+
+log = structlog.get_logger(__name__)
 
 Event = Literal["annotation", "start_training", "finished"]
 Claim = Literal["claimed", "busy", "superseded"]
@@ -69,7 +81,8 @@ def decide(state: TriggerState, event: Event, n: int, count: int = 1) -> tuple[T
     """
     if event == "annotation":
         state = replace(state, pending=state.pending + count)
-        want = state.pending >= n
+        # A follow-up flagged while no run holds the project (its run could not be sent) is due.
+        want = state.pending >= n or (state.followup and not state.training)
     elif event == "start_training":
         want = True
     elif event == "finished":
@@ -205,32 +218,46 @@ class TriggerStore:
 
     def renew(self, project_id: int, run_id: str, owner: str) -> bool:
         """Extend a claim: the owner by ``run_ttl_s``, the lock by ``lock_ttl_s``; returns whether
-        ``run_id``/``owner`` still hold it."""
+        ``run_id``/``owner`` still hold it.
+
+        When the owner's key expired while the lock still names ``run_id`` (Redis was paused or
+        unreachable longer than ``run_ttl_s``) and no other delivery claimed it meanwhile, the
+        claim is taken back (event ``training_lock_taken_back``) and this returns True."""
         _, lkey = self._keys(project_id)
         okey = keys.training_owner(project_id)
         with self.redis.pipeline() as pipe:
             try:
                 pipe.watch(lkey, okey)
-                if pipe.get(lkey) != run_id.encode() or pipe.get(okey) != owner.encode():
+                current = pipe.get(okey)
+                if pipe.get(lkey) != run_id.encode() or current not in (None, owner.encode()):
                     pipe.unwatch()
                     return False
                 pipe.multi()
                 pipe.expire(lkey, self.lock_ttl_s)
-                pipe.expire(okey, self.run_ttl_s)
+                pipe.set(okey, owner, ex=self.run_ttl_s)
                 pipe.execute()
-                return True
             except redis.WatchError:
                 return False
+        if current is None:
+            log.warning("training_lock_taken_back", project_id=project_id, run_id=run_id)
+        return True
+
+    def _holds(self, pipe: redis.client.Pipeline, project_id: int, run_id: str, owner: str) -> bool:
+        """Inside WATCH: whether ``run_id`` holds the lock and ``owner`` is its delivery, or no
+        delivery is (the owner's key expired: the caller takes it back)."""
+        current = pipe.get(keys.training_owner(project_id))
+        return pipe.get(keys.training_lock(project_id)) == run_id.encode() and current in (None, owner.encode())
 
     def requeue(self, project_id: int, run_id: str, owner: str) -> bool:
         """Hand a claimed lock back to the queued run (a retry will claim it again): the lock
-        gets ``lock_ttl_s`` and the owner goes. Returns whether ``owner`` still held it."""
+        gets ``lock_ttl_s`` and the owner goes. Returns whether ``owner`` still held it (or its
+        expired key was not replaced by another delivery's)."""
         _, lkey = self._keys(project_id)
         okey = keys.training_owner(project_id)
         with self.redis.pipeline() as pipe:
             try:
                 pipe.watch(lkey, okey)
-                if pipe.get(lkey) != run_id.encode() or pipe.get(okey) != owner.encode():
+                if not self._holds(pipe, project_id, run_id, owner):
                     pipe.unwatch()
                     return False
                 pipe.multi()
@@ -297,6 +324,28 @@ class TriggerStore:
                 except redis.WatchError:
                     continue
 
+    def unsent(self, project_id: int, run_id: str) -> bool:
+        """Hand back the project of a run whose message could not be sent: the lock goes (only
+        while ``run_id`` holds it and no delivery claimed it) and the follow-up flag is set, so
+        ``Jobs.reap_lock`` (the reconciliation) or the next event starts the training again.
+        Returns whether the lock was released."""
+        hkey, lkey = self._keys(project_id)
+        okey = keys.training_owner(project_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(lkey, okey)
+                    if pipe.get(lkey) != run_id.encode() or pipe.exists(okey):
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(hkey, "followup", 1)
+                    pipe.delete(lkey)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
     def waiting(self, project_id: int) -> Waiting:
         """The times ``quiet_wait`` decides on, with Redis' clock as ``now`` (one clock for every host)."""
         hkey, _ = self._keys(project_id)
@@ -334,7 +383,7 @@ class TriggerStore:
             while True:
                 try:
                     pipe.watch(hkey, lkey, okey)
-                    if pipe.get(lkey) != run_id.encode() or pipe.get(okey) != owner.encode():
+                    if not self._holds(pipe, project_id, run_id, owner):
                         pipe.unwatch()
                         return None
                     h = pipe.hgetall(hkey)
@@ -343,6 +392,7 @@ class TriggerStore:
                     )
                     pipe.multi()
                     pipe.hset(hkey, mapping={"pending": 0, "followup": 0, "urgent": 0})
+                    pipe.set(okey, owner, ex=self.run_ttl_s)
                     pipe.execute()
                     return absorbed
                 except redis.WatchError:

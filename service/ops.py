@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import redis
 
-from labelloop import keys
+from labelloop import keys, locks
 from labelloop.curve import text_learning_curve
 from labelloop.errors import LabelloopError, UnavailableError
 from labelloop.lease import RunRecords
@@ -198,7 +198,7 @@ def cancel(settings: Settings, project_id: int) -> int:
 
 
 def status(settings: Settings) -> int:
-    """Queues, workers, running trainings and served versions."""
+    """Queues, workers, running trainings, training locks without owner and served versions."""
     registry = Registry(settings.models_dir)
     client = _redis(settings)
     try:
@@ -222,6 +222,13 @@ def status(settings: Settings) -> int:
         map_ = metrics.get("metrics/mAP50-95(B)")
         extra = f", mAP50-95 {map_:.4f}" if isinstance(map_, float) else ""
         print(f"  project {p}: run {r['run_id']} {r.get('stage', '')} {epoch}{extra}")
+    try:
+        orphans = locks.without_owner(client, projects, settings.train_lock_orphan_s)
+    except redis.RedisError as exc:
+        print(f"  locks unreadable: {exc}")
+        orphans = []
+    for lock in orphans:
+        print(f"  project {lock.project_id}: {_orphan(lock)}")
     runs = RunRecords(client)
     for p in projects:
         gone = runs.given_up(p)
@@ -236,6 +243,15 @@ def status(settings: Settings) -> int:
     for p in projects:
         print(f"  project {p}: {registry.current_name(p) or 'untrained'}")
     return 0
+
+
+def _orphan(lock: locks.LockView) -> str:
+    """One line on a training lock without owner (``labelloop.locks``)."""
+    due = "for an unknown time" if lock.due_s is None else f"{lock.due_s:.0f} s after its run became due"
+    return (
+        f"training lock of run {lock.run_id} held without owner {due} (no delivery runs it, no message of it "
+        "waits): trainings only set a follow-up flag until the reconciliation reaps it"
+    )
 
 
 def _last_webhook(rows: Any) -> str:
@@ -344,8 +360,16 @@ def doctor(settings: Settings) -> int:
         print(f"[{'ok' if ok else 'FAIL'}] {what}" + ("" if ok or not fix else f"\n       fix: {fix}"))
 
     try:
-        _redis(settings).ping()
+        client = _redis(settings)
+        client.ping()
         report(True, f"Redis answers at {settings.redis_url}")
+        projects = Ledger(client).projects() | set(Registry(settings.models_dir).projects())
+        for lock in locks.without_owner(client, projects, settings.train_lock_orphan_s):
+            report(
+                False,
+                f"project {lock.project_id}: {_orphan(lock)}",
+                "wait for the next reconciliation (LABELLOOP_RECONCILE_INTERVAL_S), or check the train queue",
+            )
     except redis.RedisError as exc:
         report(False, f"Redis at {settings.redis_url}: {exc}", "start redis-server or set LABELLOOP_REDIS_URL")
 

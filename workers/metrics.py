@@ -14,9 +14,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+import structlog
 from celery import Celery, signals
 
+from labelloop import locks
+from labelloop.ledger import Ledger
 from labelloop.names import TASK_TRAIN
+from labelloop.registry import Registry
+from labelloop.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+LOCKS_WITHOUT_OWNER = "labelloop_project_locks_without_owner"
 
 
 def prepare_multiprocess_dir(root: Path, name: str) -> Path:
@@ -28,9 +38,36 @@ def prepare_multiprocess_dir(root: Path, name: str) -> Path:
     return path
 
 
+class LocksWithoutOwner:
+    """The gauge ``labelloop_project_locks_without_owner``: projects whose training lock no
+    delivery holds and no message of its run keeps (``labelloop.locks``), read from Redis at each
+    scrape (every worker serves the same value; none when Redis does not answer)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            projects = Ledger(self.redis).projects() | set(Registry(self.settings.models_dir).projects())
+            found = locks.without_owner(self.redis, projects, self.settings.train_lock_orphan_s)
+        except redis.RedisError as exc:
+            log.warning("metrics_locks_unreadable", error_type=type(exc).__name__)
+            return
+        yield GaugeMetricFamily(
+            LOCKS_WITHOUT_OWNER,
+            "Projects whose training lock has no live owner (no delivery runs its run, no message of it waits): "
+            "trainings there only set a follow-up flag until the reconciliation reaps the lock.",
+            value=len(found),
+        )
+
+
 def install_worker_metrics(app: Celery, port: int) -> None:
-    """Count tasks by name and state, time them, count given-up training runs, and serve
-    ``/metrics`` on ``port`` once the worker has started."""
+    """Count tasks by name and state, time them, count given-up training runs, report training
+    locks without owner (``LocksWithoutOwner``), and serve ``/metrics`` on ``port`` once the
+    worker has started."""
     from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 
     tasks = Counter("labelloop_worker_tasks_total", "Tasks finished, by task name and state.", ["task", "state"])
@@ -64,6 +101,7 @@ def install_worker_metrics(app: Celery, port: int) -> None:
     def serve(**_: Any) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(LocksWithoutOwner(app.conf.labelloop_settings))
         start_http_server(port, registry=registry)
 
     def child_exit(pid: int | None = None, **_: Any) -> None:

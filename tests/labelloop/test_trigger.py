@@ -17,6 +17,7 @@ IDLE = TriggerState()
     ("state", "event", "n", "expected", "start"),
     [
         (IDLE, "annotation", 3, TriggerState(pending=1), False),
+        (TriggerState(followup=True), "annotation", 3, TriggerState(training=True), True),
         (TriggerState(pending=2), "annotation", 3, TriggerState(training=True), True),
         (IDLE, "start_training", 10, TriggerState(training=True), True),
         (
