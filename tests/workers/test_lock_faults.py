@@ -101,9 +101,9 @@ def test_redis_paused_longer_than_the_lock_ttl_mid_run_leaves_no_lock(rig: Rig) 
     [failed, *_] = rig.events("worker-train", "training_failed")
     assert failed["run_id"] == run_id and failed["error_type"] == "TimeLimit"
     wait_until(lambda: RunRecords(rig.redis).finished(31, run_id), 30, "the run finished")
+    assert not rig.redis.exists(keys.training_lock(31)) and not rig.redis.exists(keys.training_owner(31))
     assert rig.events("worker-train", "training_lock_lost") == []
     assert [e["run_id"] for e in rig.events("worker-train", "training_lock_taken_back")] == [run_id]
-    assert not rig.redis.exists(keys.training_lock(31)) and not rig.redis.exists(keys.training_owner(31))
 
 
 def _task_id(raw: bytes) -> str:
