@@ -54,8 +54,6 @@ Report = Callable[[dict[str, Any]], None]
 RECONCILE_LOCK_S = 600.0
 # A queued training keeps its project's lock this long (seconds): longer than any queue wait.
 QUEUED_LOCK_TTL_S = 86400
-# ``Jobs._finished``'s owner when no delivery releases (the reaper): a claimed lock stays.
-NO_DELIVERY = ""
 # The progress stage of a run waiting for the annotations to stop coming (``Jobs._quiet_period``).
 WAITING_STAGE = "waiting for a quiet period"
 # Seconds between attempts to send a training to the broker (then it is given back: ``start_training``).
@@ -186,42 +184,22 @@ class Jobs:
         return False
 
     def reap_lock(self, project_id: int) -> str | None:
-        """Free the project's training lock when nothing keeps it alive, and start what is due.
-
-        A lock without owner (``labelloop.locks``: no delivery holds it, no message of its run
-        waits, and the run has been due over ``LABELLOOP_TRAIN_LOCK_ORPHAN_S``) is released as
-        if its run finished (the run is marked finished, so a late copy of its message does
-        nothing, and recorded as given up for ``labelloop status``); the follow-up training
-        starts when one was requested. A project with no lock whose follow-up flag is set (its
-        run could not be sent) starts that training.
+        """Free the project's training lock when nothing keeps it alive (``labelloop.locks.reap``),
+        and send the training that is then due.
 
         Returns:
-            "reaped", "restarted" (a flagged follow-up started) or None (nothing to do).
+            "reaped", "restarted" or None (nothing to do), as ``locks.reap``.
 
         Raises:
             redis.RedisError: Redis is unreachable.
         """
-        view = locks.inspect(self.redis, project_id)
-        if view is None:
-            if not self.trigger().state(project_id).followup:
-                return None
-            decision = self.trigger().apply(project_id, "finished", self.every_n(project_id))
-            if decision.start and decision.run_id:
-                log.info("training_followup_restarted", run_id=decision.run_id)
-                self.start_training(project_id, decision.run_id, "followup")
-                return "restarted"
+        n = self.every_n(project_id)
+        reaped = locks.reap(self.redis, self.trigger(), project_id, self.settings.train_lock_orphan_s, n)
+        if reaped is None:
             return None
-        if not view.without_owner(self.settings.train_lock_orphan_s):
-            return None
-        due = "an unknown time" if view.due_s is None else f"{view.due_s:.0f} s"
-        reason = f"its message was lost (revoked, purged or never sent) and no delivery held it; due {due} ago"
-        log.error("training_lock_reaped", run_id=view.run_id, reason=reason)
-        records = RunRecords(self.redis)
-        records.finish(project_id, view.run_id)
-        records.give_up(project_id, view.run_id, 0, reason)
-        # NO_DELIVERY: a delivery that claimed the run meanwhile keeps its lock (a stale finish).
-        self._finished(project_id, view.run_id, NO_DELIVERY)
-        return "reaped"
+        if reaped.start:
+            self.start_training(project_id, reaped.start, "followup")
+        return reaped.what
 
     def reconcile(self) -> dict[str, int]:
         """Compare each known project's annotations in Label Studio with the ledger and feed the

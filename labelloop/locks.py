@@ -13,7 +13,8 @@ releasing) leaves a lock without owner: the queued lock's own TTL is a day. ``in
 the lock, the owner and both kombu structures in one MULTI, so a message moving between the
 queue and ``unacked`` (a delivery, a restore) is seen on one side; only the instant between
 kombu's BRPOP and its ``unacked`` write is invisible, and ``Jobs.reap_lock`` also waits until
-the run has been due ``LABELLOOP_TRAIN_LOCK_ORPHAN_S``.
+the run has been due ``LABELLOOP_TRAIN_LOCK_ORPHAN_S``. ``reap`` frees such a lock (the
+reconciliation calls it through ``Jobs.reap_lock``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import structlog
 
 from labelloop import keys
+from labelloop.lease import RunRecords
 from labelloop.names import QUEUE_TRAIN, TASK_TRAIN
+from labelloop.trigger import TriggerStore
+
+log = structlog.get_logger(__name__)
+
+# ``TriggerStore.apply``'s owner when no delivery releases (the reaper): a claimed lock stays.
+NO_DELIVERY = ""
 
 
 @dataclass(frozen=True)
@@ -110,3 +119,54 @@ def without_owner(client: redis.Redis, projects: Iterable[int], grace_s: float) 
     """
     views = (inspect(client, p) for p in sorted(projects))
     return [v for v in views if v is not None and v.without_owner(grace_s)]
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What ``reap`` did: ``what`` "reaped" (a lock without owner released; ``run_id`` its run)
+    or "restarted" (a flagged follow-up made due; ``run_id`` the new run); ``start``: the run id
+    the caller must send now, or None."""
+
+    what: str
+    run_id: str
+    start: str | None
+
+
+def reap(client: redis.Redis, trigger: TriggerStore, project_id: int, grace_s: float, n: int) -> Reaped | None:
+    """Free the project's lock when nothing keeps it alive, and decide the training then due.
+
+    A lock without owner (``LockView.without_owner(grace_s)``) is released as if its run finished
+    (event ``training_lock_reaped``): the run is marked finished, so a late copy of its message
+    does nothing, and recorded as given up for ``labelloop status``; a delivery that claimed it
+    meanwhile keeps it (the release is then a stale finish). The trigger policy then starts the
+    follow-up if one was requested. A project with no lock whose follow-up flag is set (its run
+    could not be sent, ``TriggerStore.unsent``) gets that training.
+
+    Args:
+        n: the project's ``train_every_n`` (annotation events that make a training due).
+
+    Returns:
+        what was done, or None when nothing was to do.
+
+    Raises:
+        redis.RedisError: Redis is unreachable.
+    """
+    view = inspect(client, project_id)
+    if view is None:
+        if not trigger.state(project_id).followup:
+            return None
+        decision = trigger.apply(project_id, "finished", n)
+        if not (decision.start and decision.run_id):
+            return None
+        log.info("training_followup_restarted", project_id=project_id, run_id=decision.run_id)
+        return Reaped("restarted", decision.run_id, decision.run_id)
+    if not view.without_owner(grace_s):
+        return None
+    due = "an unknown time" if view.due_s is None else f"{view.due_s:.0f} s"
+    reason = f"its message was lost (revoked, purged or never sent) and no delivery held it; due {due} ago"
+    log.error("training_lock_reaped", project_id=project_id, run_id=view.run_id, reason=reason)
+    records = RunRecords(client)
+    records.finish(project_id, view.run_id)
+    records.give_up(project_id, view.run_id, 0, reason)
+    decision = trigger.apply(project_id, "finished", n, run_id=view.run_id, owner=NO_DELIVERY)
+    return Reaped("reaped", view.run_id, decision.run_id if decision.start else None)

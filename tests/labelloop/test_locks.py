@@ -188,3 +188,22 @@ def test_status_and_doctor_show_a_lock_without_owner(
     out = capsys.readouterr().out
     assert f"[FAIL] project 15: training lock of run {lost} held without owner" in out
     assert "project 14: training lock" not in out
+
+
+def test_a_delivery_takes_its_run_back_only_while_no_other_delivery_claimed_it(redis_url: str) -> None:
+    """When a running delivery's owner key expired (Redis away longer than its TTL) and the lock
+    still names its run, its next renewal takes the claim back; once another delivery of the run
+    claimed the lock meanwhile, the renewal reports it lost and leaves the other's claim alone."""
+    from labelloop.trigger import TriggerStore
+
+    client = redis.Redis.from_url(redis_url)
+    store = TriggerStore(client, lock_ttl_s=86400, run_ttl_s=1)
+    run_id = store.apply(16, "start_training", n=10).run_id
+    assert run_id and store.claim(16, run_id, "first") == "claimed"
+    wait_until(lambda: not client.exists(keys.training_owner(16)), 10, "the owner key to expire")
+    assert store.renew(16, run_id, "first")
+    assert client.get(keys.training_owner(16)) == b"first" and client.ttl(keys.training_owner(16)) >= 0
+    wait_until(lambda: not client.exists(keys.training_owner(16)), 10, "the owner key to expire again")
+    assert store.claim(16, run_id, "second") == "claimed"
+    assert not store.renew(16, run_id, "first")
+    assert client.get(keys.training_owner(16)) == b"second"
