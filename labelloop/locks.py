@@ -117,7 +117,12 @@ def without_owner(client: redis.Redis, projects: Iterable[int], grace_s: float) 
     Raises:
         redis.RedisError: Redis is unreachable.
     """
-    views = (inspect(client, p) for p in sorted(projects))
+    projects = sorted(projects)
+    with client.pipeline(transaction=False) as pipe:
+        for p in projects:
+            pipe.exists(keys.training_lock(p))
+        held = [p for p, lock in zip(projects, pipe.execute(), strict=True) if lock]
+    views = (inspect(client, p) for p in held)  # the queues are read only for a held lock
     return [v for v in views if v is not None and v.without_owner(grace_s)]
 
 
