@@ -1,0 +1,92 @@
+"""The project webhook's health against a real Label Studio 1.23.2, a real receiver and real Redis:
+reconciliation finds a webhook a person switched off or deleted, reports it and re-arms it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from labelloop import keys, project_webhook
+from labelloop.demo import LabelStudioAPI
+from labelloop.jobs import Jobs
+from labelloop.ledger import PROJECTS_KEY
+from labelloop.settings import Settings
+from labelloop.stack import Stack, free_port, wait_until
+from labelloop.synthetic import make_sample
+
+
+def _hooks(api: LabelStudioAPI, project_id: int, url: str) -> list[Any]:
+    return [h for h in api.sdk.webhooks.list(project=str(project_id)) if h.url == url]
+
+
+@pytest.mark.labelstudio
+def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
+    label_studio: tuple[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """Label Studio's webhook to the connected receiver is ok at reconciliation; switched off in
+    Label Studio, the next reconciliation reports it inactive and switches it on; deleted, the next
+    one reports it missing and creates it again, after which an annotation reaches the receiver."""
+    ls_url, token = label_studio
+    env = {
+        "LABELLOOP_REDIS_URL": redis_url,
+        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
+        "LABEL_STUDIO_URL": ls_url,
+        "LABEL_STUDIO_API_KEY": token,
+    }
+    stack = Stack(tmp_path / "stack", env)
+    receiver = stack.start_receiver(free_port())
+    try:
+        api = LabelStudioAPI(ls_url, token)
+        pid = api.create_project("webhook health")
+        samples = [make_sample(500 + i, 96, 64) for i in range(2)]
+        ids = api.import_images(pid, samples)
+        api.connect_backend(pid, receiver)
+        url = receiver + "/webhook"
+        (hook,) = _hooks(api, pid, url)
+        store = redis.Redis.from_url(redis_url)
+        store.sadd(PROJECTS_KEY, pid)
+        settings = Settings(
+            redis_url=redis_url,
+            label_studio_url=ls_url,
+            label_studio_api_key=token,
+            models_dir=tmp_path / "models",
+            cache_dir=tmp_path / "cache",
+        )
+        jobs = Jobs(settings, lambda name, args, queue: None)
+
+        jobs.reconcile()
+        first = project_webhook.last(store, pid)
+        assert first is not None and (first.state, first.ok, first.url) == ("ok", True, url)
+
+        api.sdk.webhooks.update(
+            id=hook.id,
+            url=url,
+            is_active=False,
+            actions=list(hook.actions or []),
+            send_for_all_actions=hook.send_for_all_actions,
+            send_payload=hook.send_payload,
+        )
+        jobs.reconcile()
+        found = project_webhook.last(store, pid)
+        assert found is not None and (found.state, found.rearmed) == ("inactive", True), found
+        assert [h.is_active for h in _hooks(api, pid, url)] == [True]
+
+        api.sdk.webhooks.delete(id=hook.id)
+        jobs.reconcile()
+        found = project_webhook.last(store, pid)
+        assert found is not None and (found.state, found.rearmed) == ("missing", True), found
+        (again,) = _hooks(api, pid, url)
+        assert again.is_active and again.send_payload and again.send_for_all_actions
+
+        annotation = api.annotate(ids[0], samples[0].ls_result())
+
+        def received() -> bool:
+            rows = store.xrevrange(keys.EVENTS, count=50)
+            return any(str(annotation) in f.get(b"annotation_ids", b"").decode().split(",") for _, f in rows)
+
+        wait_until(received, 30, "the annotation's webhook at the receiver")
+    finally:
+        stack.stop_all()
