@@ -145,14 +145,18 @@ def record(client: redis.Redis, project_id: int, result: Check) -> None:
     client.set(state_key(project_id), json.dumps(asdict(result)), ex=STATE_TTL_S)
 
 
-def last(client: redis.Redis, project_id: int) -> Check | None:
-    """The project's last check, or None (never checked, expired or unreadable)."""
-    raw = client.get(state_key(project_id))
+def parse(raw: bytes | str | None) -> Check | None:
+    """A ``Check`` from the JSON ``record`` wrote, or None (absent or unreadable)."""
     try:
         data = json.loads(raw) if raw else None
         return Check(**data) if isinstance(data, dict) else None
     except (TypeError, ValueError):
         return None
+
+
+def last(client: redis.Redis, project_id: int) -> Check | None:
+    """The project's last check, or None (never checked, expired or unreadable)."""
+    return parse(client.get(state_key(project_id)))
 
 
 def secret_headers(header: str, secret: str | None) -> dict[str, str] | None:

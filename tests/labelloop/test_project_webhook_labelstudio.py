@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -16,6 +17,7 @@ from labelloop.ledger import PROJECTS_KEY
 from labelloop.settings import Settings
 from labelloop.stack import Stack, free_port, wait_until
 from labelloop.synthetic import make_sample
+from service.ops import status
 
 
 def _hooks(api: LabelStudioAPI, project_id: int, url: str) -> list[Any]:
@@ -24,11 +26,13 @@ def _hooks(api: LabelStudioAPI, project_id: int, url: str) -> list[Any]:
 
 @pytest.mark.labelstudio
 def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
-    label_studio: tuple[str, str], redis_url: str, tmp_path: Path
+    label_studio: tuple[str, str], redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Label Studio's webhook to the connected receiver is ok at reconciliation; switched off in
     Label Studio, the next reconciliation reports it inactive and switches it on; deleted, the next
-    one reports it missing and creates it again, after which an annotation reaches the receiver."""
+    one reports it missing and creates it again, after which an annotation reaches the receiver.
+    A webhook found switched off and not re-armed shows in ``labelloop status``, the project page
+    and ``labelloop_project_webhook_ok`` (0, then 1 once re-armed)."""
     ls_url, token = label_studio
     env = {
         "LABELLOOP_REDIS_URL": redis_url,
@@ -69,9 +73,19 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
             send_for_all_actions=hook.send_for_all_actions,
             send_payload=hook.send_payload,
         )
+        # Seen without re-arming (as with a token that may not): said in status, the page and the gauge.
+        project_webhook.record(store, pid, project_webhook.check(api.sdk, pid, rearm=False))
+        status(settings)
+        assert f"project {pid}: inactive: the webhook is switched off ({url}" in capsys.readouterr().out
+        assert (
+            'id="webhook" class="warn">Label Studio webhook: inactive' in httpx.get(f"{receiver}/projects/{pid}").text
+        )
+        assert f'labelloop_project_webhook_ok{{project_id="{pid}"}} 0.0' in httpx.get(f"{receiver}/metrics").text
+
         jobs.reconcile()
         found = project_webhook.last(store, pid)
         assert found is not None and (found.state, found.rearmed) == ("inactive", True), found
+        assert f'labelloop_project_webhook_ok{{project_id="{pid}"}} 1.0' in httpx.get(f"{receiver}/metrics").text
         assert [h.is_active for h in _hooks(api, pid, url)] == [True]
 
         api.sdk.webhooks.delete(id=hook.id)
