@@ -35,7 +35,7 @@ import numpy.typing as npt
 import redis
 import structlog
 
-from labelloop import diversity, keys, retired_predictions, task_pages
+from labelloop import diversity, keys, retired_predictions, retired_projects, task_pages
 from labelloop.informativeness import NO_DETECTION, prediction_score
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
@@ -106,12 +106,22 @@ class Generation:
 
 def superseded_by(predictor: Predictor, project_id: int, version: str, generation: Generation | None) -> str | None:
     """Why a run of ``version`` must stop now: "version" (the registry serves another one),
-    "newer_run" (a newer run claimed the project), or None to go on."""
+    "newer_run" (a newer run claimed the project), "project_retired" (deleted in Label Studio,
+    ``labelloop.retired_projects``; known with a generation's Redis only), or None to go on."""
     if predictor.registry.current_name(project_id) != version:
         return "version"
     if generation is not None and not generation.newest():
         return "newer_run"
+    if generation is not None and generation.number is not None and _retired(generation.client, project_id):
+        return "project_retired"
     return None
+
+
+def _retired(client: redis.Redis, project_id: int) -> bool:
+    try:
+        return retired_projects.is_retired(client, project_id)
+    except redis.RedisError:
+        return False
 
 
 def cluster_offset(version: str) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import redis
 
-from labelloop import keys, project_webhook
+from labelloop import keys, project_webhook, retired_projects
 from labelloop.curve import text_learning_curve
 from labelloop.errors import LabelloopError, UnavailableError
 from labelloop.lease import RunRecords
@@ -236,8 +236,12 @@ def status(settings: Settings) -> int:
     for p in projects:
         print(f"  project {p}: {registry.current_name(p) or 'untrained'}")
     print("Label Studio webhooks:")
+    retired = retired_projects.retired(client)
     for p in projects:
-        print(f"  project {p}: {project_webhook.describe(project_webhook.last(client, p))}")
+        if p in retired:
+            print(f"  project {p}: retired: {retired[p].get('reason')} (no reconciliation, training or pre-annotation)")
+        else:
+            print(f"  project {p}: {project_webhook.describe(project_webhook.last(client, p))}")
     return 0
 
 
