@@ -19,6 +19,9 @@ from labelloop.stack import Stack, free_port, wait_until
 from labelloop.synthetic import make_sample
 from service.ops import status
 
+BASIC_AUTH = ("labelstudio", "ml-backend-password")
+SECRET = "webhook-secret-for-tests"
+
 
 def _hooks(api: LabelStudioAPI, project_id: int, url: str) -> list[Any]:
     return [h for h in api.sdk.webhooks.list(project=str(project_id)) if h.url == url]
@@ -30,7 +33,8 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
 ) -> None:
     """Label Studio's webhook to the connected receiver is ok at reconciliation; switched off in
     Label Studio, the next reconciliation reports it inactive and switches it on; deleted, the next
-    one reports it missing and creates it again, after which an annotation reaches the receiver.
+    one reports it missing and creates it again with the webhook secret header, after which an
+    annotation reaches the receiver (which takes only webhooks that carry the secret).
     A webhook found switched off and not re-armed shows in ``labelloop status``, the project page
     and ``labelloop_project_webhook_ok`` (0, then 1 once re-armed)."""
     ls_url, token = label_studio
@@ -39,6 +43,9 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
         "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
         "LABEL_STUDIO_URL": ls_url,
         "LABEL_STUDIO_API_KEY": token,
+        "BASIC_AUTH_USER": BASIC_AUTH[0],
+        "BASIC_AUTH_PASS": BASIC_AUTH[1],
+        "LABELLOOP_WEBHOOK_SECRET": SECRET,
     }
     stack = Stack(tmp_path / "stack", env)
     receiver = stack.start_receiver(free_port())
@@ -47,7 +54,8 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
         pid = api.create_project("webhook health")
         samples = [make_sample(500 + i, 96, 64) for i in range(2)]
         ids = api.import_images(pid, samples)
-        api.connect_backend(pid, receiver)
+        api.connect_backend(pid, receiver, basic_auth=BASIC_AUTH)
+        api.set_webhook_headers(pid, receiver, {"X-Labelloop-Secret": SECRET})
         url = receiver + "/webhook"
         (hook,) = _hooks(api, pid, url)
         store = redis.Redis.from_url(redis_url)
@@ -58,6 +66,9 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
             label_studio_api_key=token,
             models_dir=tmp_path / "models",
             cache_dir=tmp_path / "cache",
+            basic_auth_user=BASIC_AUTH[0],
+            basic_auth_pass=BASIC_AUTH[1],
+            webhook_secret=SECRET,
         )
         jobs = Jobs(settings, lambda name, args, queue: None)
 
@@ -78,14 +89,21 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
         status(settings)
         assert f"project {pid}: inactive: the webhook is switched off ({url}" in capsys.readouterr().out
         assert (
-            'id="webhook" class="warn">Label Studio webhook: inactive' in httpx.get(f"{receiver}/projects/{pid}").text
+            'id="webhook" class="warn">Label Studio webhook: inactive'
+            in httpx.get(f"{receiver}/projects/{pid}", auth=BASIC_AUTH).text
         )
-        assert f'labelloop_project_webhook_ok{{project_id="{pid}"}} 0.0' in httpx.get(f"{receiver}/metrics").text
+        assert (
+            f'labelloop_project_webhook_ok{{project_id="{pid}"}} 0.0'
+            in httpx.get(f"{receiver}/metrics", auth=BASIC_AUTH).text
+        )
 
         jobs.reconcile()
         found = project_webhook.last(store, pid)
         assert found is not None and (found.state, found.rearmed) == ("inactive", True), found
-        assert f'labelloop_project_webhook_ok{{project_id="{pid}"}} 1.0' in httpx.get(f"{receiver}/metrics").text
+        assert (
+            f'labelloop_project_webhook_ok{{project_id="{pid}"}} 1.0'
+            in httpx.get(f"{receiver}/metrics", auth=BASIC_AUTH).text
+        )
         assert [h.is_active for h in _hooks(api, pid, url)] == [True]
 
         api.sdk.webhooks.delete(id=hook.id)
@@ -94,6 +112,7 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
         assert found is not None and (found.state, found.rearmed) == ("missing", True), found
         (again,) = _hooks(api, pid, url)
         assert again.is_active and again.send_payload and again.send_for_all_actions
+        assert (again.headers or {}).get("X-Labelloop-Secret") == SECRET
 
         annotation = api.annotate(ids[0], samples[0].ls_result())
 
