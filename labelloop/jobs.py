@@ -245,6 +245,20 @@ class Jobs:
     def _reconcile_project(self, client: Any, project_id: int) -> int:
         """Export one project and apply the changes the ledger missed; returns how many."""
         s = self.settings
+        from labelloop import project_webhook, retired_predictions, retired_projects
+
+        if not retired_projects.still_there(client, self.redis, project_id):  # deleted in Label Studio
+            return 0
+        try:  # a webhook that stopped is reported and re-armed; it never stops the reconciliation
+            secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+            headers = project_webhook.secret_headers(s.webhook_secret_header, secret)
+            project_webhook.watch(client, self.redis, project_id, headers)
+        except Exception as exc:
+            log.warning("project_webhook_check_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+        try:  # /predict's predictions of versions retention removed, with pre-annotation off too
+            retired_predictions.sweep(client, Registry(s.models_dir), project_id)
+        except Exception as exc:
+            log.warning("retired_predictions_delete_failed", error_type=type(exc).__name__, error=str(exc)[:300])
         with labelstudio.calling(s.label_studio_url, f"exporting project {project_id}"):
             raw = client.projects.with_raw_response.get(id=project_id)
             try:

@@ -5,6 +5,11 @@ The manifest is JSON on disk and stays readable by older and newer labelloop: un
 kept (``extra="allow"``) and every field has a default, so a manifest written before a field
 existed still loads. ``ModelVersion.record`` (``labelloop.registry``) is the typed view every
 reader uses; ``ModelVersion.manifest`` stays the raw dict.
+
+A manifest stays small whatever the project's size: a list that grows with the tasks or the
+annotations (the dataset report's ``skipped`` and ``dropped_regions``, the pseudo-labelled
+``task_ids``) keeps its first ``SAMPLE`` items and its length goes in ``<key>_total``; the
+counts (``skipped_counts``, ``images``...) stay whole.
 """
 
 from __future__ import annotations
@@ -12,7 +17,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SAMPLE = 20  # items kept of a list that grows with the tasks (its length kept in <key>_total)
+
+
+def bounded(data: Any) -> Any:
+    """``data`` with every list longer than ``SAMPLE`` (in dicts, at any depth) cut to its first
+    ``SAMPLE`` items and its length recorded next to it as ``<key>_total``; other values as they
+    are. A new object: ``data`` is not changed."""
+    if not isinstance(data, dict):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, list) and len(value) > SAMPLE:
+            out[key] = value[:SAMPLE]
+            out[f"{key}_total"] = len(value)
+        else:
+            out[key] = bounded(value)
+    return out
 
 
 class _Record(BaseModel):
@@ -54,7 +77,8 @@ class PseudoLabels(_Record):
     thresholds; ``ratio``, ``cap``: images allowed per human train image, and that number;
     ``pool``: unlabeled tasks chosen to predict, ``predicted``: images predicted,
     ``qualified``: those that met the rule, ``images``, ``regions``: what was trained on, and
-    ``task_ids`` (all in the train split); ``seconds``: spent predicting and writing.
+    ``task_ids`` (all in the train split; the first ``SAMPLE``, all of them counted in
+    ``task_ids_total``); ``seconds``: spent predicting and writing.
     """
 
     applied: bool = False
@@ -70,7 +94,13 @@ class PseudoLabels(_Record):
     images: int = 0
     regions: int = 0
     task_ids: list[int] = Field(default_factory=list)
+    task_ids_total: int | None = None
     seconds: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        return bounded(data)
 
 
 class ShowConf(_Record):
@@ -132,6 +162,13 @@ class Manifest(_Record):
     parent: str | None = None
     created_at: str | None = None
     status: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_dataset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("dataset"), dict):
+            return {**data, "dataset": bounded(data["dataset"])}
+        return data
 
     def class_names(self) -> dict[int, str]:
         """Class id -> label the version was trained with (older manifests: ``classes`` order)."""

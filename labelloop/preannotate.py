@@ -1,10 +1,12 @@
 """Pre-annotate a whole project with a newly promoted version, in bounded batches that stop as
 soon as a newer version is served.
 
-Every task with no annotation and no prediction from that version is predicted in batches of
-``batch_size`` (each batch one batched ``model.predict`` call) and the predictions are imported
-with label-studio-sdk (``projects.import_predictions``), each with ``model_version`` and
-``score`` set, so Label Studio's "Uncertainty sampling" serves the least certain tasks first
+Every task with no annotation and no prediction from that version (the task list is read page
+by page with the fields needed, ``labelloop.task_pages``, so a retried run imports no task's
+prediction twice) is predicted in batches of ``batch_size`` (each batch one batched
+``model.predict`` call) and the predictions are imported with label-studio-sdk
+(``projects.import_predictions``), each with ``model_version`` and ``score`` set, so Label
+Studio's "Uncertainty sampling" serves the least certain tasks first
 (https://labelstud.io/guide/active_learning). Optionally the project's displayed model version
 becomes the new one.
 
@@ -33,7 +35,7 @@ import numpy.typing as npt
 import redis
 import structlog
 
-from labelloop import diversity, keys
+from labelloop import diversity, keys, retired_predictions, retired_projects, task_pages
 from labelloop.informativeness import NO_DETECTION, prediction_score
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
@@ -104,12 +106,22 @@ class Generation:
 
 def superseded_by(predictor: Predictor, project_id: int, version: str, generation: Generation | None) -> str | None:
     """Why a run of ``version`` must stop now: "version" (the registry serves another one),
-    "newer_run" (a newer run claimed the project), or None to go on."""
+    "newer_run" (a newer run claimed the project), "project_retired" (deleted in Label Studio,
+    ``labelloop.retired_projects``; known with a generation's Redis only), or None to go on."""
     if predictor.registry.current_name(project_id) != version:
         return "version"
     if generation is not None and not generation.newest():
         return "newer_run"
+    if generation is not None and generation.number is not None and _retired(generation.client, project_id):
+        return "project_retired"
     return None
+
+
+def _retired(client: redis.Redis, project_id: int) -> bool:
+    try:
+        return retired_projects.is_retired(client, project_id)
+    except redis.RedisError:
+        return False
 
 
 def cluster_offset(version: str) -> int:
@@ -263,6 +275,15 @@ def drop_first_picks(client: Any, project_id: int) -> None:
         log.warning("first_picks_delete_failed", project_id=project_id, error=str(exc)[:300])
 
 
+def drop_retired(client: Any, predictor: Predictor, project_id: int) -> None:
+    """Delete the predictions of the versions retention removed (``labelloop.retired_predictions``);
+    a failure is logged, never fails the pre-annotation (the next one sweeps again)."""
+    try:
+        retired_predictions.sweep(client, predictor.registry, project_id)
+    except Exception as exc:  # stale predictions are clutter, not harm
+        log.warning("retired_predictions_delete_failed", project_id=project_id, error=str(exc)[:300])
+
+
 def labeled_sample(tasks: list[Any]) -> list[dict[str, Any]]:
     """Up to ``MAX_LABELED_EMBEDDED`` annotated tasks (``{"id", "data"}``), a seeded sample."""
     labeled = [{"id": int(t.id), "data": dict(t.data or {})} for t in tasks if (t.total_annotations or 0) > 0]
@@ -300,6 +321,10 @@ def preannotate_project(
     ``set_sampling``) and, with ``set_sampling``, its sampling "Uncertainty sampling"
     (``labelloop.sampling``): Label Studio's label stream then serves labelloop's order.
 
+    First the predictions of the versions retention removed leave Label Studio (``drop_retired``);
+    the task list is read page by page without predictions (``labelloop.task_pages``), and the
+    tasks that hold a prediction of ``version`` already are skipped (a retry imports none twice).
+
     Stops (``stopped`` names why, see ``superseded_by``) before the first Label Studio read,
     before each batch's prediction, before ranking and before each batch's import, as soon as
     ``version`` is no longer served or a newer run holds the project. Logs ``preannotate_started``,
@@ -332,8 +357,9 @@ def preannotate_project(
     project = client.projects.get(id=project_id)
     params = load_params(predictor.registry.root, project_id)
     spec = train_spec(project.label_config, params)
-    tasks = list(client.tasks.list(project=project_id, fields="all"))
-    todo = tasks_to_predict(tasks, version)
+    drop_retired(client, predictor, project_id)
+    listing = task_pages.for_version(client, project_id, version, max_labeled=MAX_LABELED_EMBEDDED)
+    todo = listing.todo
     outcome["tasks"] = len(todo)
     imgsz = params.imgsz
     if on_progress is not None:
@@ -381,7 +407,7 @@ def preannotate_project(
             informative = diversity.informative(found)
             labeled: list[npt.NDArray[np.float32]] = []
             if not informative:
-                sample = labeled_sample(tasks)
+                sample = listing.labeled
                 for start in range(0, len(sample), batch_size):
                     got = predictor.embed(
                         project_id, spec, sample[start : start + batch_size], hostname, api_key, version, imgsz=imgsz

@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from labelloop import keys
+from labelloop import keys, project_webhook
 from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, RegistryError, UnavailableError
 from labelloop.names import (
     QUEUE_EVENTS,
@@ -393,6 +393,8 @@ async def project_page(request: Request) -> HTMLResponse:
     project_id = parse_project_id(request.path_params["project_id"])
     view = await run_in_threadpool(project_view, st.registry, project_id)
     view.training, view.preannotation = await _progress(st, project_id)
+    with anyio.move_on_after(st.settings.redis_timeout_s), contextlib.suppress(RedisError, OSError):
+        view.webhook = project_webhook.parse(await st.redis.get(project_webhook.state_key(project_id)))
     view.base_url = str(request.base_url)
     return HTMLResponse(render(view), headers={"Content-Security-Policy": PAGE_POLICY})
 
@@ -471,6 +473,15 @@ async def metrics(request: Request) -> Response:
                 raw = await st.redis.mget([keys.preannotation(p) for p in served])
                 for project_id, record in zip(served, raw, strict=True):
                     waiting[project_id] = _waiting(_json_or_none(record))
+            known = sorted(int(p) for p in await st.redis.smembers(keys.PROJECTS))
+            checks = await st.redis.mget([project_webhook.state_key(p) for p in known]) if known else []
+            st.metrics.set_project_webhooks_ok(
+                {
+                    p: c.ok
+                    for p, r in zip(known, checks, strict=True)
+                    if (c := project_webhook.parse(r)) and c.ok is not None
+                }
+            )
             memory = await st.redis.info("memory")
             st.metrics.redis_used_memory.set(int(memory.get("used_memory", 0)))
             st.metrics.redis_maxmemory.set(int(memory.get("maxmemory", 0)))

@@ -54,6 +54,13 @@ class Metrics:
             ["project_id"],
             registry=registry,
         )
+        self.project_webhook_ok = Gauge(
+            "labelloop_project_webhook_ok",
+            "1 when each project's webhook to labelloop was found working (or re-armed) at the last reconciliation, "
+            "0 when missing, switched off or failing (labelloop.project_webhook).",
+            ["project_id"],
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "labelloop_queue_depth", "Messages waiting in each Celery queue.", ["queue"], registry=registry
         )
@@ -94,6 +101,12 @@ class Metrics:
         self.preannotation_waiting.clear()
         for project_id, tasks in waiting.items():
             self.preannotation_waiting.labels(project_id=str(project_id)).set(tasks)
+
+    def set_project_webhooks_ok(self, ok: dict[int, bool]) -> None:
+        """Replace the project-webhook series with ``project_id -> ok``."""
+        self.project_webhook_ok.clear()
+        for project_id, value in ok.items():
+            self.project_webhook_ok.labels(project_id=str(project_id)).set(1 if value else 0)
 
     def set_queue_depths(self, depths: dict[str, int]) -> None:
         for queue, depth in depths.items():

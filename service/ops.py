@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import redis
 
-from labelloop import keys, locks
+from labelloop import keys, locks, project_webhook, retired_projects
 from labelloop.curve import text_learning_curve
 from labelloop.errors import LabelloopError, UnavailableError
 from labelloop.lease import RunRecords
@@ -242,6 +242,13 @@ def status(settings: Settings) -> int:
     print("served:")
     for p in projects:
         print(f"  project {p}: {registry.current_name(p) or 'untrained'}")
+    print("Label Studio webhooks:")
+    retired = retired_projects.retired(client)
+    for p in projects:
+        if p in retired:
+            print(f"  project {p}: retired: {retired[p].get('reason')} (no reconciliation, training or pre-annotation)")
+        else:
+            print(f"  project {p}: {project_webhook.describe(project_webhook.last(client, p))}")
     return 0
 
 
@@ -398,6 +405,19 @@ def doctor(settings: Settings) -> int:
                 )
 
     report(*credential_check(settings))
+    try:  # what the last reconciliation found (labelloop.project_webhook)
+        store = _redis(settings)
+        for p in sorted(Ledger(store).projects()):
+            found = project_webhook.last(store, p)
+            if found is not None and found.ok is False:
+                report(
+                    False,
+                    f"project {p}: Label Studio webhook {project_webhook.describe(found)}",
+                    f"in Label Studio's project Settings > Webhooks, add or switch on the webhook to {found.url}, "
+                    "or give labelloop's token a role that may manage webhooks",
+                )
+    except redis.RedisError:
+        pass  # reported above
 
     for name, path in (("models dir", settings.models_dir), ("cache dir", settings.cache_dir)):
         path = Path(path).absolute()

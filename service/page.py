@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from labelloop import project_webhook
 from labelloop.curve import CurvePoint, curve_points, svg_learning_curve
 from labelloop.errors import RegistryError
 from labelloop.manifest import Manifest
@@ -32,6 +33,7 @@ class ProjectView:
         rollback_target: the version a rollback would serve, or None.
         training: the running training's progress record (``labelloop.progress``), or None.
         preannotation: the running pre-annotation's ``{"version", "done", "total"}``, or None.
+        webhook: the last check of the project's webhook to labelloop (``labelloop.project_webhook``), or None.
         base_url: the receiver's URL as the browser reached it (for the documented calls).
     """
 
@@ -44,6 +46,7 @@ class ProjectView:
     rollback_target: str | None
     training: dict[str, Any] | None = None
     preannotation: dict[str, Any] | None = None
+    webhook: project_webhook.Check | None = None
     base_url: str = "http://HOST:9090"
 
 
@@ -158,6 +161,9 @@ def _running_section(view: ProjectView) -> str:
         )
     else:
         parts.append('<p id="preannotation">No pre-annotation is running.</p>')
+    w = view.webhook
+    warn = ' class="warn"' if w is not None and w.ok is False else ""
+    parts.append(f'<p id="webhook"{warn}>Label Studio webhook: {escape(project_webhook.describe(w))}</p>')
     return "".join(parts)
 
 
@@ -212,6 +218,7 @@ _STYLE = (
     "body{font-family:sans-serif;margin:1.5em;max-width:60em;color:#222}"
     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
     ".bar{display:inline-block;height:10px;background:#1f77b4}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap}"
+    ".warn{color:#b00;font-weight:bold}"
 )
 
 

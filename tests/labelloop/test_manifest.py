@@ -54,3 +54,32 @@ def test_training_job_and_result_keep_the_training_process_json() -> None:
         {"best": "/b.pt", "metrics": {"map50": 0.1}, "device": "cpu", "epochs_planned": 9}
     )
     assert result.best == "/b.pt" and result.incumbent_metrics is None
+
+
+def test_a_manifest_keeps_counts_not_lists_that_grow_with_the_tasks(tmp_path: Path) -> None:
+    """A version trained on 5,000 tasks with 3,000 skipped, 4,000 dropped regions and 2,500
+    pseudo-labelled tasks writes a manifest of a few KiB: each of those lists keeps its first
+    SAMPLE items and its length in ``<key>_total``; the counts stay whole and a reread changes nothing."""
+    from labelloop.dataset import DatasetReport
+    from labelloop.manifest import SAMPLE, PseudoLabels
+
+    report = DatasetReport(tasks_exported=5000)
+    for task in range(3000):
+        report.skip(task, "no image")
+    report.dropped_regions = [{"task": t, "reason": "outside the image"} for t in range(4000)]
+    pseudo = {"applied": True, "images": 2500, "task_ids": list(range(2500))}
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    registry = Registry(tmp_path / "models")
+    manifest = Manifest(dataset=report.to_dict(), pseudo_labels=PseudoLabels.model_validate(pseudo))
+    registry.publish(1, weights, manifest.to_json())
+
+    path = tmp_path / "models" / "1" / "versions" / "v1" / "manifest.json"
+    assert path.stat().st_size < 8192, path.stat().st_size
+    record = registry.get(1, "v1").record
+    assert len(record.dataset["skipped"]) == SAMPLE and record.dataset["skipped_total"] == 3000
+    assert record.dataset["skipped_counts"] == {"no image": 3000}
+    assert len(record.dataset["dropped_regions"]) == SAMPLE and record.dataset["dropped_regions_total"] == 4000
+    assert record.pseudo_labels is not None and record.pseudo_labels.task_ids == list(range(SAMPLE))
+    assert record.pseudo_labels.task_ids_total == 2500
+    assert Manifest.model_validate(record.to_json()).to_json() == record.to_json()

@@ -1,0 +1,69 @@
+"""A project deleted in a real Label Studio 1.23.2 is retired after repeated 404s at reconciliation
+(real Redis): no more reconciliation or pre-annotation, and ``labelloop status`` says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from labelloop import keys, retired_projects
+from labelloop.demo import LabelStudioAPI
+from labelloop.jobs import Jobs
+from labelloop.media import MediaConfig
+from labelloop.preannotate import Generation, superseded_by
+from labelloop.predictor import Predictor
+from labelloop.registry import Registry
+from labelloop.settings import Settings
+from labelloop.synthetic import make_sample
+from service.ops import status
+
+
+@pytest.mark.labelstudio
+def test_a_project_deleted_in_label_studio_is_retired_after_repeated_404s(
+    label_studio: tuple[str, str], redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deleted in Label Studio, a trained project is not retired by one or two 404s but by the third
+    reconciliation in a row; from then on reconciliation no longer asks Label Studio about it
+    (no 404 counted), its pre-annotation stops as "project_retired", status says "retired", and a
+    live project reconciled alongside is untouched."""
+    ls_url, token = label_studio
+    api = LabelStudioAPI(ls_url, token)
+    gone, live = api.create_project("to delete"), api.create_project("stays")
+    for pid in (gone, live):
+        (task,) = api.import_images(pid, [make_sample(700 + pid, 96, 64)])
+        api.annotate(task, make_sample(700 + pid, 96, 64).ls_result())
+    store = redis.Redis.from_url(redis_url)
+    store.sadd(keys.PROJECTS, gone, live)
+    registry = Registry(tmp_path / "models")
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    registry.publish(gone, tmp_path / "w.pt", {"classes": ["square", "disc"]})
+    settings = Settings(
+        redis_url=redis_url,
+        label_studio_url=ls_url,
+        label_studio_api_key=token,
+        models_dir=tmp_path / "models",
+        cache_dir=tmp_path / "cache",
+    )
+    jobs = Jobs(settings, lambda name, args, queue: None)
+    assert jobs.reconcile() == {str(gone): 1, str(live): 1}
+    api.sdk.projects.delete(id=gone)
+
+    for attempt in range(1, retired_projects.MISSING_AFTER):
+        jobs.reconcile()
+        assert not retired_projects.is_retired(store, gone)
+        assert int(store.get(retired_projects.misses_key(gone)) or 0) == attempt
+    jobs.reconcile()
+
+    assert retired_projects.is_retired(store, gone) and not retired_projects.is_retired(store, live)
+    assert {int(p) for p in store.smembers(keys.PROJECTS)} == {live}
+    jobs.reconcile()
+    assert store.get(retired_projects.misses_key(gone)) is None, "a retired project was read again"
+    media = MediaConfig(label_studio_url=None, api_key=None, allow_hosts=("127.0.0.1",))
+    predictor: Any = Predictor(registry, "yolov8n.yaml", tmp_path / "yolo", tmp_path / "cache", 160, 0.01, media=media)
+    assert superseded_by(predictor, gone, "v1", Generation.claim(store, gone)) == "project_retired"
+    assert superseded_by(predictor, live, "v1", Generation.claim(store, live)) == "version"
+    status(settings)
+    assert f"project {gone}: retired: Label Studio answered 404 3 times in a row" in capsys.readouterr().out
