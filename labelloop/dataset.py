@@ -42,7 +42,7 @@ from PIL import Image
 from labelloop.changes import ChangeLog
 from labelloop.errors import DatasetError
 from labelloop.export import select_annotation
-from labelloop.files import write_atomic
+from labelloop.files import fsync_files, write_atomic
 from labelloop.labels import TrainSpec
 from labelloop.recipe import long_side_p90
 from labelloop.registry import ProjectFiles
@@ -543,6 +543,7 @@ def apply_files(
         for name in os.listdir(out_dir / folder)
     }
     written = 0
+    labels_written: list[Path] = []
     fp = hashlib.sha256()
     # New links first, old ones removed after: a kept image moving to another split or class
     # folder may have the dataset's old link as its only source (the cache evicted it).
@@ -559,7 +560,8 @@ def apply_files(
             written += 1
         if new["labels"] is not None:
             if prev.get("labels") != new["labels"] or prev.get("label") != new["label"] or new["labels"] not in present:
-                write_atomic(out_dir / new["labels"], new["label"])
+                write_atomic(out_dir / new["labels"], new["label"], sync=False)  # synced together below
+                labels_written.append(out_dir / new["labels"])
                 written += 1
         fp.update(f"{new['image']}:{new['url']}:{new['width']}x{new['height']}:{new['label']}\n".encode())
     for task_key, old in old_tasks.items():
@@ -588,6 +590,7 @@ def apply_files(
         }
         content.update(kind.data_yaml_extra(spec))
         write_atomic(data, yaml.safe_dump(content, sort_keys=False))
+    fsync_files(labels_written)  # on disk before the state says they are
     state = {"version": STATE_VERSION, "layout": _layout(spec), "names": dict(names), "tasks": dict(wanted)}
     write_atomic(out_dir / STATE_FILE, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
     return data
