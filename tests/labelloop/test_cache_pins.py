@@ -189,3 +189,38 @@ def test_a_kept_image_moves_to_the_other_split_from_the_datasets_own_link(
     for path in (tmp_path / "ds" / "images").glob("*/*.png"):
         with Image.open(path) as im:
             assert im.size == (160, 120)
+
+
+PIN_AND_WAIT = """
+import sys, time
+from pathlib import Path
+from labelloop.media import ImageCache, MediaConfig
+cache_dir, url = Path(sys.argv[1]), sys.argv[2]
+with ImageCache(cache_dir, MediaConfig(None, None, allow_hosts=("127.0.0.1",))) as cache, cache.pinned():
+    print(cache.get(1, url).path, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_pins_of_a_killed_build_are_removed_when_a_cache_is_next_opened(
+    served: CountingServer, tmp_path: Path
+) -> None:
+    """A build process SIGKILLed while it holds pins leaves its pin folder; the next cache opened on the host
+    removes it (its process id is gone), and leaves a live process's pins alone."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-c", PIN_AND_WAIT, str(tmp_path / "images"), f"{served.url}/img0.png"]
+    killed = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    alive = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout is not None and alive.stdout is not None
+        killed_pin, alive_pin = Path(killed.stdout.readline().strip()), Path(alive.stdout.readline().strip())
+        assert killed_pin.exists() and alive_pin.exists() and killed_pin.parent != alive_pin.parent
+        killed.kill()
+        killed.wait(30)
+        with ImageCache(tmp_path / "images", config(0)):
+            assert not killed_pin.parent.exists()
+            assert alive_pin.exists()
+    finally:
+        for proc in (killed, alive):
+            proc.kill()
+            proc.wait(30)
