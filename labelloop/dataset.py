@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import yaml
@@ -42,12 +42,15 @@ from PIL import Image
 from labelloop.changes import ChangeLog
 from labelloop.errors import DatasetError
 from labelloop.export import select_annotation
-from labelloop.files import write_atomic
+from labelloop.files import fsync_files, write_atomic
 from labelloop.labels import TrainSpec
 from labelloop.recipe import long_side_p90
 from labelloop.registry import ProjectFiles
 from labelloop.settings import Settings
 from labelloop.task_types import task_type
+
+if TYPE_CHECKING:
+    from labelloop.media import MediaConfig
 
 _HASH_SPACE = float(2**64)
 STATE_FILE = ".labelloop-state.json"
@@ -327,7 +330,7 @@ def build_dataset(
     old_tasks: dict[str, dict[str, Any]] = (old_state or {}).get("tasks", {})
 
     t0 = time.perf_counter()
-    images, reused = _images(chosen, old_tasks, fetch)
+    images, reused = _images(chosen, old_tasks, fetch, out_dir)
     report.seconds["download"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -391,23 +394,34 @@ def _images(
     chosen: list[tuple[int, str, dict[str, Any]]],
     old_tasks: dict[str, dict[str, Any]],
     fetch: Callable[[list[tuple[int, str]]], Mapping[int, Any]],
+    out_dir: Path,
 ) -> tuple[dict[int, Any], dict[int, dict[str, Any]]]:
     """Each task's image (or the exception fetching it), and the last build's entries reused:
-    images the last build used for the same URL come from its state, only new or changed ones
-    are fetched."""
+    an image the last build used for the same URL is taken from its source file or, when the
+    image cache evicted that, from the dataset's own link to it (same modification time: the same
+    file); only new or changed ones are fetched."""
     images: dict[int, Any] = {}
     reused: dict[int, dict[str, Any]] = {}
     to_fetch: list[tuple[int, str]] = []
     for task_id, url, _ in chosen:
         prev = old_tasks.get(str(task_id))
-        if prev is not None and prev.get("url") == url and _mtime(prev["src"]) == prev.get("src_mtime"):
-            images[task_id] = LocalImage(prev["src"], int(prev["width"]), int(prev["height"]))
+        src = _kept_source(prev, out_dir) if prev is not None and prev.get("url") == url else None
+        if prev is not None and src is not None:
+            images[task_id] = LocalImage(src, int(prev["width"]), int(prev["height"]))
             reused[task_id] = prev
         else:
             to_fetch.append((task_id, url))
     if to_fetch:
         images.update(fetch(to_fetch))
     return images, reused
+
+
+def _kept_source(prev: Mapping[str, Any], out_dir: Path) -> str | None:
+    """The last build's image of a task, if still on disk: its source, or the dataset's link to it."""
+    for path in (prev["src"], str(out_dir / prev["image"])):
+        if prev.get("src_mtime") and _mtime(path) == prev["src_mtime"]:
+            return path
+    return None
 
 
 def plan_files(
@@ -463,7 +477,7 @@ def plan_files(
         split = splits[task_id]
         kept = reused.get(task_id)
         if kept is not None:
-            src, src_mtime = kept["src"], kept["src_mtime"]
+            src, src_mtime = os.path.abspath(image.path), kept["src_mtime"]
         else:
             src = os.path.abspath(image.path)
             src_mtime = _mtime(src)
@@ -529,29 +543,33 @@ def apply_files(
         for name in os.listdir(out_dir / folder)
     }
     written = 0
-    for task_key, prev in old_tasks.items():
-        new = wanted.get(task_key)
-        if new is None or new["image"] != prev["image"]:
-            (out_dir / prev["image"]).unlink(missing_ok=True)
-        if prev.get("labels") and (new is None or new["labels"] != prev["labels"]):
-            (out_dir / prev["labels"]).unlink(missing_ok=True)
+    labels_written: list[Path] = []
     fp = hashlib.sha256()
+    # New links first, old ones removed after: a kept image moving to another split or class
+    # folder may have the dataset's old link as its only source (the cache evicted it).
     for task_key in sorted(wanted, key=int):
         new = wanted[task_key]
         prev = old_tasks.get(task_key) or {}
         if (
             prev.get("image") != new["image"]
-            or prev.get("src") != new["src"]
             or prev.get("src_mtime") != new["src_mtime"]
+            or prev.get("url") != new["url"]
             or new["image"] not in present
-        ):
+        ) and os.path.abspath(new["src"]) != str(out_dir / new["image"]):
             _link(Path(new["src"]), out_dir / new["image"])
             written += 1
         if new["labels"] is not None:
             if prev.get("labels") != new["labels"] or prev.get("label") != new["label"] or new["labels"] not in present:
-                write_atomic(out_dir / new["labels"], new["label"])
+                write_atomic(out_dir / new["labels"], new["label"], sync=False)  # synced together below
+                labels_written.append(out_dir / new["labels"])
                 written += 1
         fp.update(f"{new['image']}:{new['url']}:{new['width']}x{new['height']}:{new['label']}\n".encode())
+    for task_key, old in old_tasks.items():
+        now = wanted.get(task_key)
+        if now is None or now["image"] != old["image"]:
+            (out_dir / old["image"]).unlink(missing_ok=True)
+        if old.get("labels") and (now is None or now["labels"] != old["labels"]):
+            (out_dir / old["labels"]).unlink(missing_ok=True)
     report.files_written = written
     if written or any(k not in wanted for k in old_tasks):
         # Ultralytics' label caches hash file names and sizes, not contents: drop them on any change.
@@ -572,6 +590,7 @@ def apply_files(
         }
         content.update(kind.data_yaml_extra(spec))
         write_atomic(data, yaml.safe_dump(content, sort_keys=False))
+    fsync_files(labels_written)  # on disk before the state says they are
     state = {"version": STATE_VERSION, "layout": _layout(spec), "names": dict(names), "tasks": dict(wanted)}
     write_atomic(out_dir / STATE_FILE, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
     return data
@@ -587,6 +606,24 @@ def _mtime(path: str) -> int:
         return os.stat(path).st_mtime_ns
     except OSError:
         return 0
+
+
+def cached_fetch(
+    stack: contextlib.ExitStack[Any],
+    cache_dir: Path,
+    config: MediaConfig,
+    on_done: Callable[[], None] | None = None,
+) -> Callable[[list[tuple[int, str]]], Mapping[int, Any]]:
+    """A ``fetch`` for ``build_dataset`` through the image cache in ``cache_dir``, opened on first use
+    (a build that needs no new image opens none) and closed with ``stack``."""
+    from labelloop.media import ImageCache
+
+    def fetch(items: list[tuple[int, str]]) -> Mapping[int, Any]:
+        cache = stack.enter_context(ImageCache(cache_dir, config))
+        stack.enter_context(cache.pinned())
+        return cache.get_many(items, on_done=on_done)
+
+    return fetch
 
 
 def project_dataset_dir(settings: Settings, project_id: int) -> Path:
@@ -623,7 +660,7 @@ def build_project_dataset(
     """
     from labelloop import labelstudio
     from labelloop.export import sync_tasks
-    from labelloop.media import ImageCache, MediaConfig
+    from labelloop.media import MediaConfig
     from labelloop.params import load as load_params
     from labelloop.params import train_spec
 
@@ -638,18 +675,13 @@ def build_project_dataset(
     spec = train_spec(label_config, params)
     names = stable_names(load_class_names(settings.models_dir, project_id, spec.from_name), spec.labels)
     with contextlib.ExitStack() as stack:
-
-        def fetch(items: list[tuple[int, str]]) -> Mapping[int, Any]:
-            # Opened only when the build needs images it does not have yet.
-            config = MediaConfig.from_settings(settings)
-            cache = stack.enter_context(ImageCache(Path(settings.cache_dir).absolute() / "images", config))
-            return cache.get_many(items, on_done=on_image)
-
         result = build_dataset(
             tasks,
             spec,
             Path(out_dir) if out_dir is not None else home / "yolo",
-            fetch,
+            cached_fetch(
+                stack, Path(settings.cache_dir).absolute() / "images", MediaConfig.from_settings(settings), on_image
+            ),
             effective["val_fraction"],
             settings.min_val_images,
             names,

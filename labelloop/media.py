@@ -72,6 +72,8 @@ import httpx
 import structlog
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from labelloop.cache_pins import Pins, evict, remove_stale_pins
+
 if TYPE_CHECKING:
     from labelloop.settings import Settings
 
@@ -139,7 +141,8 @@ class MediaConfig:
         max_bytes: largest image accepted (bytes), checked while streaming.
         backoff_s: first retry delay (seconds); doubles with each retry.
         cache_max_bytes: size cap of the cache folder (bytes; 0: none): ``ImageCache.evict``
-            removes the least recently used images above it.
+            removes the least recently used images above it, never those pinned by a running
+            build or linked into a dataset (the cap is a target above that working set).
     """
 
     label_studio_url: str | None
@@ -178,7 +181,8 @@ class CachedImage:
     """An image in the cache.
 
     Attributes:
-        path: the upright (EXIF orientation applied) image file in the cache directory.
+        path: the upright (EXIF orientation applied) image file in the cache directory (its
+            pinned name, a hard link, inside ``ImageCache.pinned``).
         width: width in pixels after EXIF orientation, as the annotator saw it.
         height: height in pixels after EXIF orientation.
         downloaded: False when it came from the cache without fetching.
@@ -528,8 +532,9 @@ class ImageCache:
     With ``config.cache_max_bytes`` the folder is kept under that size, least recently used
     first: a lookup that hits sets the file's access time (only that: a hard link shares its
     inode with the upload), and ``evict`` runs when a cache is opened and after every tenth of
-    the cap stored since. An evicted image is fetched again when next needed; dataset images are
-    hard links or copies of their own, so evicting never breaks a dataset.
+    the cap stored since. An evicted image is fetched again when next needed. Only images no
+    one else holds are evicted: those a running build pinned (``pinned``) or a dataset links
+    stay, so the cap is a target above that working set (``labelloop.cache_pins``).
 
     Args:
         cache_dir: created when missing.
@@ -564,6 +569,7 @@ class ImageCache:
         self._remove_stale_parts()
         self._stored_lock = threading.Lock()
         self._stored = 0  # bytes stored since the last evict
+        self._pins: Pins | None = None
         if config.cache_max_bytes:
             self.evict()
 
@@ -588,6 +594,23 @@ class ImageCache:
             if self._http is not None:
                 self._http.close()
                 self._http = None
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Pin every image this cache returns until the block ends (``labelloop.cache_pins``): no
+        eviction, in this process or another, can remove them meanwhile, and ``CachedImage.path``
+        is then the pinned name. For a build, from its downloads until they are linked into the
+        dataset. Nested blocks share the outer one's pins.
+        """
+        if self._pins is not None:
+            yield
+            return
+        self._pins = Pins(self.cache_dir)
+        try:
+            yield
+        finally:
+            pins, self._pins = self._pins, None
+            pins.close()
 
     def __enter__(self) -> ImageCache:
         return self
@@ -686,9 +709,16 @@ class ImageCache:
                     if self.config.cache_max_bytes:
                         with contextlib.suppress(OSError):  # recently used: the LRU order
                             os.utime(fh.fileno(), ns=(time.time_ns(), os.fstat(fh.fileno()).st_mtime_ns))
-                    return CachedImage(Path(f"{base}.{ext}"), im.width, im.height, downloaded=False)
+                    size = im.width, im.height
             except Exception:  # damaged in place by someone else: fetched again and replaced
                 return None
+            path = Path(f"{base}.{ext}")
+            if self._pins is not None:
+                try:
+                    path = self._pins.link(path, path.name)
+                except FileNotFoundError:  # evicted since it was opened: fetched again
+                    return None
+            return CachedImage(path, *size, downloaded=False)
         return None
 
     @contextlib.contextmanager
@@ -713,13 +743,17 @@ class ImageCache:
                     info = entry.stat(follow_symlinks=False)
                     if max(info.st_mtime, info.st_ctime) < cutoff:
                         os.unlink(entry.path)
+        remove_stale_pins(self.cache_dir, age_s)
 
     def _store(self, key: str, raw: Path) -> CachedImage:
         """Decode ``raw`` (a temp file of this cache), apply EXIF orientation and put the result
         in place: ``raw`` itself when it is kept as it is, else the re-encoded image."""
         fmt, _, (width, height), upright = _decode(raw)
+        pinned: Path | None = None
         if upright is None:
             final = self.cache_dir / f"{key}.{KEEP_FORMATS[fmt]}"
+            if self._pins is not None:  # before it can be evicted under its cache name
+                pinned = self._pins.link(raw, final.name)
             os.replace(raw, final)  # the original bytes, not re-encoded
         else:
             ext, write = _encoder(upright, "jpg" if fmt in ("JPEG", "MPO") else "png")
@@ -730,9 +764,11 @@ class ImageCache:
                 except (ValueError, KeyError, TypeError) as exc:  # OSError (disk) propagates
                     raise MediaError(f"cannot re-encode the upright image: {exc}") from exc
                 fh.close()
+                if self._pins is not None:
+                    pinned = self._pins.link(tmp, final.name)
                 os.replace(tmp, final)
         self._account(final)
-        return CachedImage(final, width, height, downloaded=True)
+        return CachedImage(pinned or final, width, height, downloaded=True)
 
     def _account(self, path: Path) -> None:
         """Count a stored file; evict once a tenth of the cap was stored since the last time."""
@@ -752,35 +788,12 @@ class ImageCache:
                 self.evict()
 
     def evict(self) -> tuple[int, int]:
-        """Remove the least recently used images (access time, oldest first) until the folder is
-        at most ``config.cache_max_bytes``; returns (files, bytes) removed. Temp files are not
-        counted. A no-op without a cap.
+        """Remove the least recently used images that only the cache holds until the folder is at
+        most ``config.cache_max_bytes``; images pinned by a running build or linked into a dataset
+        are never removed (``labelloop.cache_pins.evict``). Returns (files, bytes) removed; a no-op
+        without a cap.
         """
-        cap = self.config.cache_max_bytes
-        if not cap:
-            return 0, 0
-        files: list[tuple[int, int, str]] = []
-        total = 0
-        with os.scandir(self.cache_dir) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                with contextlib.suppress(OSError):
-                    info = entry.stat(follow_symlinks=False)
-                    if stat.S_ISREG(info.st_mode):
-                        files.append((info.st_atime_ns, info.st_size, entry.path))
-                        total += info.st_size
-        removed = freed = 0
-        if total > cap:
-            for _, size, path in sorted(files):
-                if total - freed <= cap:
-                    break
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                    removed += 1
-                    freed += size
-            log.info("image_cache_evicted", files=removed, bytes=freed, kept_bytes=total - freed, cap=cap)
-        return removed, freed
+        return evict(self.cache_dir, self.config.cache_max_bytes)
 
     def _store_local(self, key: str, src: _LocalFile) -> CachedImage:
         """Store a file of a mounted folder: hard-linked to a temp name when it may be and the

@@ -414,7 +414,7 @@ def write_overlay(
         except OSError:
             shutil.copyfile(src, dst)
         label = "".join(r.line() + "\n" for r in image.regions)
-        write_atomic(out_dir / "labels" / "train" / f"{image.task_id}.txt", label)
+        write_atomic(out_dir / "labels" / "train" / f"{image.task_id}.txt", label, sync=False)  # rebuilt each run
     content = yaml.safe_load(data_yaml.read_text())
     root = Path(str(content.get("path") or data_yaml.parent))
     human = content["train"] if isinstance(content["train"], list) else [content["train"]]

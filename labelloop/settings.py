@@ -33,7 +33,8 @@ class Settings(BaseSettings):
         10 * 1024**3,
         ge=0,
         description="Size cap of the image cache (<cache_dir>/images, bytes); the least recently used images are "
-        "removed above it (0: no cap).",
+        "removed above it (0: no cap). A target above the working set: images a running build holds or a dataset "
+        "links are never removed, so set it above the datasets' total size.",
     )
     keep_versions: int = Field(
         10,

@@ -169,6 +169,23 @@ def _ops(name: str) -> Any:
     return handler
 
 
+def _dataset_build(args: argparse.Namespace) -> int:
+    """``labelloop dataset build``: into OUT, or into the live training dataset only with ``--live``
+    (a training builds there and Ultralytics reads it during the run)."""
+    from labelloop.dataset import project_dataset_dir
+    from service import ops
+
+    settings = Settings()
+    live = project_dataset_dir(settings, args.project_id) / "yolo"
+    if args.out is None and not args.live:
+        return _fail(f"give a folder to write the dataset into, or --live to update the training dataset ({live})")
+    if args.out is not None and args.live:
+        return _fail("give either a folder or --live, not both")
+    if args.out is not None and args.out.absolute().resolve() == live.resolve():
+        return _fail(f"{args.out} is the project's live training dataset: add --live (without the folder) to write it")
+    return ops.run(lambda: ops.dataset_build(settings, args.project_id, args.out))
+
+
 def _settings_table(args: argparse.Namespace) -> int:
     import re
 
@@ -238,14 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="read a project from Label Studio and write its Ultralytics dataset into a folder (no training)",
     )
     q.add_argument("project_id", type=int)
+    q.add_argument("out", type=Path, nargs="?", default=None, help="dataset folder, updated in place on rebuilds")
     q.add_argument(
-        "out",
-        type=Path,
-        nargs="?",
-        default=None,
-        help="dataset folder, updated in place on rebuilds (default: the project's folder under the cache dir)",
+        "--live",
+        action="store_true",
+        help="write the project's live training dataset (<cache_dir>/datasets/<project>/yolo) instead of OUT; "
+        "only while no training of the project runs",
     )
-    q.set_defaults(func=_ops("dataset_build"))
+    q.set_defaults(func=_dataset_build)
 
     p = sub.add_parser("train", help="request a training of a project now (like Label Studio's Start Training)")
     p.add_argument("project_id", type=int)
