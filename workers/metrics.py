@@ -17,11 +17,13 @@ from typing import Any
 from celery import Celery, signals
 
 from labelloop.names import TASK_TRAIN
+from labelloop.runs import host_name
 
 
 def prepare_multiprocess_dir(root: Path, name: str) -> Path:
-    """Create an empty metrics directory for this worker and export ``PROMETHEUS_MULTIPROC_DIR``."""
-    path = Path(root).absolute() / f"{name}-{os.getpid()}"
+    """Create an empty metrics directory for this worker, ``<root>/<name>-<host name>-<pid>``
+    (workers on several hosts may share ``root``), and export ``PROMETHEUS_MULTIPROC_DIR``."""
+    path = Path(root).absolute() / f"{name}-{host_name()}-{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
