@@ -42,6 +42,7 @@ def test_a_workers_main_process_never_enters_cuda_while_its_children_do(tmp_path
         "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
         "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
         "LABELLOOP_BASE_MODEL": str(weights),
+        "LABELLOOP_DEVICE": "",  # the default: the pool child asks torch.cuda which device to use
         "LABEL_STUDIO_URL": "http://127.0.0.1:9",
         "LABEL_STUDIO_API_KEY": "not-a-real-token",
     }
