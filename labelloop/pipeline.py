@@ -36,7 +36,7 @@ from labelloop.manifest import (
 )
 from labelloop.notify import serve_when_warm
 from labelloop.params import load as load_params
-from labelloop.promotion import Decision, comparable, decide_promotion
+from labelloop.promotion import Decision, comparable
 from labelloop.pseudo import prepare as prepare_pseudo_labels
 from labelloop.recipe import OVERRIDABLE, DataShape, plan_recipe
 from labelloop.registry import ModelVersion, Registry
@@ -163,21 +163,17 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
     report = built.report
     n_val = kind.validation_count(report.images["val"], sum(report.instances_per_class.get("val", {}).values()))
     served, incumbent_metrics = candidate.parent, result.incumbent_metrics
-    incumbent_classes = result.incumbent_class_metrics
+    incumbent_classes, margin = result.incumbent_class_metrics, params["promotion_margin"]
     # What this version is trained on (annotations.json): reconciliation's baseline when Redis lost its ledger.
     annotations = {str(k): v for k, v in annotations_in_export(built.tasks).items()}
     for attempt in range(REGATES + 1):
         expected = served.name if served is not None else None
-        # A label added or removed since the served version: compared on the classes both know.
+        # A label added or removed since the served version: compared on the labels both know.
         shared = _shared_classes(served, built)
         compared = comparable(
             metric, result.metrics, result.class_metrics or {}, incumbent_metrics, incumbent_classes, shared, n_val
         )
-        decision = decide_promotion(
-            compared.candidate, compared.incumbent, metric, params["promotion_margin"], compared.n_val
-        )
-        if compared.note:
-            decision = Decision(decision.promote, f"{decision.reason}; {compared.note}", decision.noise)
+        decision = compared.decide(metric, margin)
         if attempt == REGATES:
             decision = Decision(False, f"the served version kept changing during the gate ({decision.reason})")
         manifest = version_manifest(
@@ -186,7 +182,7 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
         manifest.incumbent = Incumbent(version=served.name, metrics=incumbent_metrics) if served else None
         manifest.promotion = Promotion(
             metric=metric,
-            margin=params["promotion_margin"],
+            margin=margin,
             promoted=decision.promote,
             reason=decision.reason,
             noise=decision.noise,

@@ -88,6 +88,12 @@ class Comparison:
     n_val: int
     note: str = ""
 
+    def decide(self, metric: str, margin: float) -> Decision:
+        """``decide_promotion`` on these metrics, ``note`` added to the reason."""
+        decision = decide_promotion(self.candidate, self.incumbent, metric, margin, self.n_val)
+        reason = f"{decision.reason}; {self.note}" if self.note else decision.reason
+        return Decision(decision.promote, reason, decision.noise)
+
 
 def comparable(
     metric: str,

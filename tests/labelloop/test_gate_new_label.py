@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -48,8 +48,12 @@ def test_a_candidate_with_changed_classes_is_gated_on_the_classes_both_know(
     overall = {"map50_95": 0.5, "map50": 0.8, "precision": 0.7, "recall": 0.6}
     candidate = {"map50_95": 0.6, "map50": 0.85, "precision": 0.75, "recall": 0.65}
     compared = comparable(metric, candidate, candidate_classes, overall, incumbent_classes, shared, 800)
-    decision = decide_promotion(compared.candidate, compared.incumbent, metric, 0.01, compared.n_val)
+    decision = compared.decide(metric, 0.01)
     assert decision.promote is promote, decision.reason
+    assert decision == replace(
+        decide_promotion(compared.candidate, compared.incumbent, metric, 0.01, compared.n_val), reason=decision.reason
+    )
+    assert compared.note in decision.reason
     assert compared.incumbent is not None
     assert (note in compared.note) if note else compared.note == ""
 
