@@ -28,7 +28,12 @@ from labelloop.errors import TrainingError
 
 
 def pick_device(device: str) -> str:
-    """'' -> '0' when CUDA is available, else 'cpu'; anything else is passed to ultralytics as is."""
+    """'' -> '0' when CUDA is available, else 'cpu'; anything else is passed to ultralytics as is.
+
+    ``torch.cuda.is_available()`` initialises the CUDA driver in the calling process: call it only
+    in a process that forks no one afterwards (the training child, a Celery pool child), never in
+    a worker's main process (``tests/workers/test_cuda_fork.py``); there use ``cuda_present``.
+    """
     if device:
         return device
     import torch
