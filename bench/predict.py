@@ -56,7 +56,7 @@ def main() -> int:
     prepare_ultralytics(work / "yolo")
     from ultralytics import YOLO
 
-    raw_model = YOLO(str(weights)).to("cuda:0" if device == "0" else device)
+    raw_model = YOLO(str(weights))
     results: dict[tuple[str, int], list[float]] = {}
     stack = predict_stack(work, models, args.imgsz, device)
     try:
@@ -78,7 +78,11 @@ def main() -> int:
                     for b in body:  # warm: model loaded, images in the worker's cache
                         http.post(f"{url}/predict", json=b).raise_for_status()
                     raw_model.predict(
-                        [str(p) for p in groups[0]], imgsz=args.imgsz, conf=settings.predict_conf, verbose=False
+                        [str(p) for p in groups[0]],
+                        imgsz=args.imgsz,
+                        conf=settings.predict_conf,
+                        device=device,
+                        verbose=False,
                     )
                     for _ in range(args.rounds):
                         for g, b in zip(groups, body, strict=True):
@@ -89,7 +93,11 @@ def main() -> int:
                             results.setdefault(("labelloop", batch), []).append((time.perf_counter() - t0) / len(g))
                             t0 = time.perf_counter()
                             raw_model.predict(
-                                [str(p) for p in g], imgsz=args.imgsz, conf=settings.predict_conf, verbose=False
+                                [str(p) for p in g],
+                                imgsz=args.imgsz,
+                                conf=settings.predict_conf,
+                                device=device,
+                                verbose=False,
                             )
                             results.setdefault(("raw", batch), []).append((time.perf_counter() - t0) / len(g))
     finally:
