@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from labelloop.names import QUEUE_PREDICT, TASK_PREDICT
 from labelloop.settings import Settings
 from labelloop.stack import Stack, wait_until
@@ -32,6 +34,7 @@ def _base_weights(tmp_path: Path) -> Path:
     return weights
 
 
+@pytest.mark.slow
 def test_a_workers_main_process_never_enters_cuda_while_its_children_do(tmp_path: Path, redis_url: str) -> None:
     """A predict+train worker forks its pool children and serves a prediction (whose child loads a
     model and picks its device through torch.cuda) without one torch.cuda call in the main process."""
