@@ -91,15 +91,17 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return q[49], q[98]
 
 
-def predict_stack(work: Path, models: Path, imgsz: int) -> Stack:
-    """A process harness for a receiver and predict workers serving ``models`` at ``imgsz``, with
-    images fetched from loopback (``serve_dir``); Redis and the processes are started by the caller."""
+def predict_stack(work: Path, models: Path, imgsz: int, device: str = "") -> Stack:
+    """A process harness for a receiver and predict workers serving ``models`` at ``imgsz`` on
+    ``device`` (``LABELLOOP_DEVICE``), with images fetched from loopback (``serve_dir``); Redis and
+    the processes are started by the caller."""
     return Stack(
         work,
         {
             "LABELLOOP_MODELS_DIR": str(models),
             "LABELLOOP_CACHE_DIR": str(work / "cache"),
             "LABELLOOP_IMGSZ": str(imgsz),
+            "LABELLOOP_DEVICE": device,
             "LABELLOOP_MEDIA_ALLOW_HOSTS": "127.0.0.1",  # images served on loopback
         },
     )

@@ -1,6 +1,6 @@
 """``/predict`` overhead: labelloop (receiver -> Celery -> predict worker) vs raw ``model.predict``.
 
-    .venv/bin/python -m bench.predict [--images 32] [--imgsz 640]
+    .venv/bin/python -m bench.predict [--images 32] [--imgsz 640] [--device 0]
 
 Same model (a yolov8n trained for one epoch on generated images), same images (served over
 loopback HTTP to labelloop, read from disk by the raw call), same imgsz and confidence, batch
@@ -10,6 +10,7 @@ loopback HTTP to labelloop, read from disk by the raw call), same imgsz and conf
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -33,6 +34,11 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-predict")
+    parser.add_argument(
+        "--device",
+        default=os.environ.get("LABELLOOP_DEVICE", ""),
+        help="Ultralytics device for both sides ('': CUDA when available, else cpu; default $LABELLOOP_DEVICE)",
+    )
     args = parser.parse_args()
     work = args.workdir.absolute()
     weights = small_model(work)
@@ -41,6 +47,9 @@ def main() -> int:
     shutil.rmtree(models, ignore_errors=True)
     Registry(models).publish(PROJECT, weights, {"classes": list(SPEC.labels)})
     settings = Settings(models_dir=models, cache_dir=work / "cache", imgsz=args.imgsz, predict_conf=0.25)
+    from labelloop.training import pick_device
+
+    device = pick_device(args.device)
 
     from labelloop.yolo_env import prepare_ultralytics
 
@@ -49,7 +58,7 @@ def main() -> int:
 
     raw_model = YOLO(str(weights))
     results: dict[tuple[str, int], list[float]] = {}
-    stack = predict_stack(work, models, args.imgsz)
+    stack = predict_stack(work, models, args.imgsz, device)
     try:
         with serve_dir(work / "images") as base:
             stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port())
@@ -69,7 +78,11 @@ def main() -> int:
                     for b in body:  # warm: model loaded, images in the worker's cache
                         http.post(f"{url}/predict", json=b).raise_for_status()
                     raw_model.predict(
-                        [str(p) for p in groups[0]], imgsz=args.imgsz, conf=settings.predict_conf, verbose=False
+                        [str(p) for p in groups[0]],
+                        imgsz=args.imgsz,
+                        conf=settings.predict_conf,
+                        device=device,
+                        verbose=False,
                     )
                     for _ in range(args.rounds):
                         for g, b in zip(groups, body, strict=True):
@@ -80,14 +93,18 @@ def main() -> int:
                             results.setdefault(("labelloop", batch), []).append((time.perf_counter() - t0) / len(g))
                             t0 = time.perf_counter()
                             raw_model.predict(
-                                [str(p) for p in g], imgsz=args.imgsz, conf=settings.predict_conf, verbose=False
+                                [str(p) for p in g],
+                                imgsz=args.imgsz,
+                                conf=settings.predict_conf,
+                                device=device,
+                                verbose=False,
                             )
                             results.setdefault(("raw", batch), []).append((time.perf_counter() - t0) / len(g))
     finally:
         stack.stop_all()
 
     print(
-        f"\n/predict overhead: {args.images} images 640x480, imgsz {args.imgsz}, yolov8n, CPU, "
+        f"\n/predict overhead: {args.images} images 640x480, imgsz {args.imgsz}, yolov8n, device {device}, "
         f"{args.rounds} rounds, 1 predict worker"
     )
     print(f"{'batch':>5} {'labelloop ms/img':>17} {'raw ms/img':>11} {'ratio':>6}   (p50 per image; target <= 1.15x)")

@@ -1,6 +1,6 @@
 """Hot-swap: promotion-to-serving latency and /predict latency before, during and after swaps.
 
-    .venv/bin/python -m bench.swap [--swaps 6] [--clients 2]
+    .venv/bin/python -m bench.swap [--swaps 6] [--clients 2] [--device 0]
 
 Real receiver, Redis and one predict worker with two processes. Clients call ``/predict``
 without pause through three phases: steady state, promote/rollback every 2 s, steady state.
@@ -13,6 +13,7 @@ the promote/rollback call until the last response carrying the old version. Targ
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import threading
@@ -37,6 +38,7 @@ def main() -> int:
     parser.add_argument("--phase-s", type=float, default=6.0)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-swap")
+    parser.add_argument("--device", default=os.environ.get("LABELLOOP_DEVICE", ""), help="the predict workers' device")
     args = parser.parse_args()
     work = args.workdir.absolute()
     weights = small_model(work)
@@ -47,7 +49,7 @@ def main() -> int:
     for _ in range(2):
         registry.publish(PROJECT, weights, {"classes": list(SPEC.labels)})
     registry.set_current(PROJECT, "v1")
-    stack = predict_stack(work, models, args.imgsz)
+    stack = predict_stack(work, models, args.imgsz, args.device)
     answers: list[tuple[float, float, int, str]] = []
     swaps: list[tuple[float, float, str]] = []
     marks: dict[str, float] = {}
@@ -109,7 +111,7 @@ def main() -> int:
     errors = sum(1 for *_, status, _ in answers if status != 200)
     print(
         f"\nhot-swap: {args.swaps} promote/rollback swaps, {args.clients} clients, 2 predict processes, "
-        f"imgsz {args.imgsz}, CPU; warm-up {warmup} requests until both processes served v1"
+        f"imgsz {args.imgsz}, device {args.device or 'auto'}; warm-up {warmup} requests until both processes served v1"
     )
     print(
         f"swap latency (call -> last old-version answer): max {max(latencies):.3f} s, "

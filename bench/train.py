@@ -1,6 +1,6 @@
 """Training wall time: labelloop's training step vs ``yolo train`` with the same dataset and args.
 
-    .venv/bin/python -m bench.train [--epochs 3] [--imgsz 320] [--images 48]
+    .venv/bin/python -m bench.train [--epochs 3] [--imgsz 320] [--images 48] [--device 0]
 
 labelloop trains in a child process (``labelloop.training``: offline setup, progress callback,
 then validation of the candidate); ``yolo train`` is ultralytics' own CLI. Both start from
@@ -34,16 +34,21 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-train")
+    parser.add_argument(
+        "--device",
+        default=os.environ.get("LABELLOOP_DEVICE", ""),
+        help="Ultralytics device for both sides ('': CUDA when available, else cpu; default $LABELLOOP_DEVICE)",
+    )
     args = parser.parse_args()
     work = args.workdir.absolute()
     shutil.rmtree(work / "runs", ignore_errors=True)
     data = dataset(work, n=args.images)
-    device = pick_device("")
+    device = pick_device(args.device)
     common = {"epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "workers": args.workers, "seed": 0}
 
     t0 = time.perf_counter()
     result = run_training_process(
-        {**common, "data": str(data), "weights": "yolov8n.yaml", "device": "", "config_dir": str(work / "yolo")},
+        {**common, "data": str(data), "weights": "yolov8n.yaml", "device": device, "config_dir": str(work / "yolo")},
         work / "runs" / "labelloop",
         timeout_s=7200,
     )

@@ -231,6 +231,7 @@ class TrainingResult:
     seconds: float = 0.0
     val_seconds: float = 0.0
     incumbent_metrics: dict[str, float] | None = None
+    incumbent_class_metrics: dict[str, dict[str, float]] | None = None  # the incumbent's class_metrics
     class_metrics: dict[str, dict[str, float]] | None = None
     weights: str | None = None
     epochs_run: int | None = None

@@ -36,7 +36,7 @@ from labelloop.manifest import (
 )
 from labelloop.notify import serve_when_warm
 from labelloop.params import load as load_params
-from labelloop.promotion import Decision, decide_promotion
+from labelloop.promotion import Decision, comparable
 from labelloop.pseudo import prepare as prepare_pseudo_labels
 from labelloop.recipe import OVERRIDABLE, DataShape, plan_recipe
 from labelloop.registry import ModelVersion, Registry
@@ -163,11 +163,17 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
     report = built.report
     n_val = kind.validation_count(report.images["val"], sum(report.instances_per_class.get("val", {}).values()))
     served, incumbent_metrics = candidate.parent, result.incumbent_metrics
+    incumbent_classes, margin = result.incumbent_class_metrics, params["promotion_margin"]
     # What this version is trained on (annotations.json): reconciliation's baseline when Redis lost its ledger.
     annotations = {str(k): v for k, v in annotations_in_export(built.tasks).items()}
     for attempt in range(REGATES + 1):
         expected = served.name if served is not None else None
-        decision = decide_promotion(result.metrics, incumbent_metrics, metric, params["promotion_margin"], n_val)
+        # A label added or removed since the served version: compared on the labels both know.
+        shared = _shared_classes(served, built)
+        compared = comparable(
+            metric, result.metrics, result.class_metrics or {}, incumbent_metrics, incumbent_classes, shared, n_val
+        )
+        decision = compared.decide(metric, margin)
         if attempt == REGATES:
             decision = Decision(False, f"the served version kept changing during the gate ({decision.reason})")
         manifest = version_manifest(
@@ -176,11 +182,11 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
         manifest.incumbent = Incumbent(version=served.name, metrics=incumbent_metrics) if served else None
         manifest.promotion = Promotion(
             metric=metric,
-            margin=params["promotion_margin"],
+            margin=margin,
             promoted=decision.promote,
             reason=decision.reason,
             noise=decision.noise,
-            val_objects=n_val,
+            val_objects=compared.n_val,
         )
         with registry.lock(project_id):
             if candidate.should_cancel is not None and candidate.should_cancel():
@@ -201,7 +207,9 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
                 break
         log.info("served_version_moved", started_from=expected, served=now, regate=attempt + 1)
         served = registry.current(project_id) if now else None
-        incumbent_metrics = _validate_served(settings, built, candidate.plan, served, candidate.run_id, attempt)
+        incumbent_metrics, incumbent_classes = _validate_served(
+            settings, built, candidate.plan, served, candidate.run_id, attempt
+        )
     log.info(
         "version_published" if decision.promote else "candidate_rejected",
         version=version.name,
@@ -214,15 +222,25 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
 
 def _validate_served(
     settings: Settings, built: BuildResult, plan: TrainingPlan, served: ModelVersion | None, run_id: str, attempt: int
-) -> dict[str, float] | None:
-    """The served version's metrics on the candidate's split, or None when the gate cannot
-    compare with it (nothing served, another task or other classes: see ``plan_training``)."""
-    if served is None or not _same_task(served.record, built.spec) or served.record.class_names() != built.names:
-        return None
+) -> tuple[dict[str, float] | None, dict[str, dict[str, float]] | None]:
+    """The served version's metrics and per-class metrics on the candidate's split, or Nones
+    when the gate cannot compare with it (nothing served, another task: see ``plan_training``)."""
+    if served is None or not _same_task(served.record, built.spec):
+        return None, None
     job = {**plan.job.to_dict(), "validate_only": str(served.weights)}
     with run_directory(settings.cache_dir, int(served.project_id), f"{run_id}-regate{attempt + 1}") as run_dir:
         out = run_training_process(job, run_dir, timeout_s=settings.train_time_limit_s)
-    return {k: float(v) for k, v in out["metrics"].items()}
+    return {k: float(v) for k, v in out["metrics"].items()}, out.get("class_metrics")
+
+
+def _shared_classes(served: ModelVersion | None, built: BuildResult) -> dict[str, int] | None:
+    """None when the served version knows the dataset's classes (or nothing is served); else
+    each label both know under the same class id -> its validation objects."""
+    if served is None or served.record.class_names() == built.names:
+        return None
+    old = served.record.class_names()
+    val = built.report.instances_per_class.get("val", {})
+    return {name: int(val.get(name, 0)) for i, name in built.names.items() if old.get(i) == name}
 
 
 def _log_dataset(built: BuildResult) -> dict[str, float]:
@@ -274,8 +292,8 @@ def plan_training(
 
     The served version is fine-tuned when it was trained for the same task (and keypoints);
     with a class added since, Ultralytics keeps every layer whose shape still fits and starts
-    the class outputs afresh. The promotion gate compares with it only when the classes are the
-    same (otherwise their scores are not comparable). A new task starts from its base model.
+    the class outputs afresh. The promotion gate compares with it on the classes both know
+    (``labelloop.promotion.comparable``). A new task starts from its base model.
     """
     spec, report = built.spec, built.report
     served = parent.record if parent is not None else None
@@ -320,7 +338,7 @@ def plan_training(
         device=settings.device,
         workers=settings.dataloader_workers,
         seed=settings.seed,
-        incumbent=str(parent.weights) if parent is not None and same_kind else None,
+        incumbent=str(parent.weights) if parent is not None and same_task else None,
         fallback_weights=family_yaml(base.weights) if base and base.source == "download" else None,
         predict_conf=settings.predict_conf,
         extra=ultralytics_args,

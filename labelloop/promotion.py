@@ -9,14 +9,24 @@ one standard error of the difference of two proportions measured on ``n`` object
 classification), ``sqrt((c (1 - c) + i (1 - i)) / n)``, each shrunk by ``(p n + 1) / (n + 2)``.
 On 8 validation objects at mAP 0.5 that is 0.25; on 1,000 objects it is 0.02, and the configured
 margin dominates.
+
+When the label config gained (or lost) a label since the served version, the two versions do
+not know the same classes and their overall scores are not comparable; the gate then compares
+them on the classes both know under the same class id (``comparable``): the mean of the metric's
+per-class value over those classes, with the noise of their validation objects. Only when no
+class is shared (or the metric has no per-class value, classification's accuracy) does it fall
+back to the overall scores, the incumbent's on its own classes, and says so.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 METRICS = ("map50_95", "map50", "precision", "recall", "accuracy_top1")
+# A promotion metric -> its name in the per-class metrics (``TaskType.class_metrics``).
+PER_CLASS = {"map50_95": "map50_95", "map50": "ap50", "precision": "precision", "recall": "recall"}
 
 
 @dataclass(frozen=True)
@@ -66,3 +76,60 @@ def decide_promotion(
     if c - i >= -allowed:
         return Decision(True, f"{metric} {c:.4f} vs {i:.4f} ({detail})", noise)
     return Decision(False, f"{metric} {c:.4f} < {i:.4f} - {allowed:.4f} ({detail})", noise)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What the gate compares: the candidate's and the incumbent's metrics, the validation
+    objects behind them, and a ``note`` on how they were made comparable ('' when as measured)."""
+
+    candidate: dict[str, float]
+    incumbent: dict[str, float] | None
+    n_val: int
+    note: str = ""
+
+    def decide(self, metric: str, margin: float) -> Decision:
+        """``decide_promotion`` on these metrics, ``note`` added to the reason."""
+        decision = decide_promotion(self.candidate, self.incumbent, metric, margin, self.n_val)
+        reason = f"{decision.reason}; {self.note}" if self.note else decision.reason
+        return Decision(decision.promote, reason, decision.noise)
+
+
+def comparable(
+    metric: str,
+    candidate: Mapping[str, float],
+    candidate_classes: Mapping[str, Mapping[str, float]],
+    incumbent: Mapping[str, float] | None,
+    incumbent_classes: Mapping[str, Mapping[str, float]] | None,
+    shared: Mapping[str, int] | None,
+    n_val: int,
+) -> Comparison:
+    """The metrics the gate compares for one candidate.
+
+    Args:
+        candidate, incumbent: overall metrics on the same validation split (fractions).
+        candidate_classes, incumbent_classes: per class name ``{"ap50", "map50_95",
+            "precision", "recall"}`` from the same validations (``TaskType.class_metrics``).
+        shared: None when both versions know the same classes; otherwise each class name that
+            both know under the same id -> its validation objects.
+        n_val: the split's validation objects (``TaskType.validation_count``).
+
+    Returns:
+        as measured when the classes are the same or nothing is served; else ``{metric: mean
+        over the shared classes validated in both}`` for each side with those classes' objects
+        as ``n_val``; the overall metrics when no such class exists or ``metric`` has no
+        per-class value. ``note`` says which.
+    """
+    if incumbent is None or shared is None:
+        return Comparison(dict(candidate), dict(incumbent) if incumbent is not None else None, n_val)
+    per_class = PER_CLASS.get(metric)
+    both = sorted(c for c in shared if c in candidate_classes and c in (incumbent_classes or {}))
+    if per_class is None or not both or incumbent_classes is None:
+        why = f"{metric} has no per-class value" if per_class is None else "no class validated in both"
+        return Comparison(dict(candidate), dict(incumbent), n_val, f"classes changed, {why}: overall scores")
+
+    def mean(classes: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        return {metric: sum(float(classes[c][per_class]) for c in both) / len(both)}
+
+    objects = sum(shared[c] for c in both)
+    return Comparison(mean(candidate_classes), mean(incumbent_classes), objects, f"on shared classes {', '.join(both)}")

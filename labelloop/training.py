@@ -28,7 +28,12 @@ from labelloop.errors import TrainingError
 
 
 def pick_device(device: str) -> str:
-    """'' -> '0' when CUDA is available, else 'cpu'; anything else is passed to ultralytics as is."""
+    """'' -> '0' when CUDA is available, else 'cpu'; anything else is passed to ultralytics as is.
+
+    ``torch.cuda.is_available()`` initialises the CUDA driver in the calling process: call it only
+    in a process that forks no one afterwards (the training child, a Celery pool child), never in
+    a worker's main process (``tests/workers/test_cuda_fork.py``); there use ``cuda_present``.
+    """
     if device:
         return device
     import torch
@@ -55,7 +60,8 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``{"best": path of best.pt, "metrics": {"map50_95", "map50", "precision", "recall"},
         "class_metrics": {class name: {"ap50", "map50_95", "precision", "recall"}},
-        "seconds": wall seconds, "device": device used, "show_conf": the display threshold
+        "incumbent_metrics", "incumbent_class_metrics": the same of ``spec["incumbent"]`` (None
+        without one), "seconds": wall seconds, "device": device used, "show_conf": the display threshold
         (``display_threshold``), ...}``.
 
     Long because it is the training process's main: load, register the callbacks, train, validate,
@@ -139,13 +145,16 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     # promotion gate compares like with like.
     metrics, class_metrics = _evaluate_with_classes(str(best), spec, device, run_dir / "val-candidate")
     incumbent = spec.get("incumbent")
-    incumbent_metrics = evaluate(str(incumbent), spec, device, run_dir / "val-incumbent") if incumbent else None
+    incumbent_metrics, incumbent_classes = (
+        _evaluate_with_classes(str(incumbent), spec, device, run_dir / "val-incumbent") if incumbent else (None, None)
+    )
     show_conf = display_threshold(str(best), spec, device)
     return {
         "best": str(best),
         "metrics": metrics,
         "class_metrics": class_metrics,
         "incumbent_metrics": incumbent_metrics,
+        "incumbent_class_metrics": incumbent_classes,
         "seconds": seconds,
         "val_seconds": time.perf_counter() - t1,
         "device": device,
@@ -323,15 +332,17 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     served version changed during a training (``labelloop.pipeline``).
 
     Returns:
-        ``{"metrics": evaluate(...)'s fractions, "val_seconds", "device"}``.
+        ``{"metrics": evaluate(...)'s fractions, "class_metrics": per class name, "val_seconds",
+        "device"}``.
     """
     from labelloop.yolo_env import prepare_ultralytics
 
     prepare_ultralytics(Path(spec["config_dir"]))
     device = pick_device(str(spec.get("device", "")))
     t0 = time.perf_counter()
-    metrics = evaluate(str(spec["validate_only"]), spec, device, Path(spec["run_dir"]).absolute() / "val-incumbent")
-    return {"metrics": metrics, "val_seconds": time.perf_counter() - t0, "device": device}
+    save_dir = Path(spec["run_dir"]).absolute() / "val-incumbent"
+    metrics, classes = _evaluate_with_classes(str(spec["validate_only"]), spec, device, save_dir)
+    return {"metrics": metrics, "class_metrics": classes, "val_seconds": time.perf_counter() - t0, "device": device}
 
 
 def main(argv: list[str]) -> int:

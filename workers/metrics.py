@@ -22,6 +22,7 @@ from labelloop import locks
 from labelloop.ledger import Ledger
 from labelloop.names import TASK_TRAIN
 from labelloop.registry import Registry
+from labelloop.runs import host_name
 from labelloop.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -30,8 +31,9 @@ LOCKS_WITHOUT_OWNER = "labelloop_project_locks_without_owner"
 
 
 def prepare_multiprocess_dir(root: Path, name: str) -> Path:
-    """Create an empty metrics directory for this worker and export ``PROMETHEUS_MULTIPROC_DIR``."""
-    path = Path(root).absolute() / f"{name}-{os.getpid()}"
+    """Create an empty metrics directory for this worker, ``<root>/<name>-<host name>-<pid>``
+    (workers on several hosts may share ``root``), and export ``PROMETHEUS_MULTIPROC_DIR``."""
+    path = Path(root).absolute() / f"{name}-{host_name()}-{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)

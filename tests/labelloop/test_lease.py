@@ -22,6 +22,7 @@ from labelloop.errors import LabelStudioUnavailable
 from labelloop.jobs import Jobs
 from labelloop.lease import RunLease, RunRecords
 from labelloop.progress import ProgressStore
+from labelloop.runs import runs_dir
 from labelloop.settings import Settings
 from labelloop.stack import free_port, wait_until
 from labelloop.trigger import TriggerStore
@@ -138,7 +139,7 @@ def test_a_transient_failure_keeps_the_request_for_the_retry(redis_url: str, tmp
         jobs.train(6, run_id, None, lambda meta: None, retry_transient=True)
     assert jobs.redis.get(keys.training_lock(6)) == run_id.encode() and jobs.redis.ttl(keys.training_lock(6)) > 3600
     assert not RunRecords(jobs.redis).finished(6, run_id)
-    assert not os.path.exists(tmp_path / "cache" / "runs" / "6" / run_id)
+    assert not os.path.exists(runs_dir(tmp_path / "cache") / "6" / run_id)
     last = jobs.train(6, run_id, None, lambda meta: None, retry_transient=False)
     assert last["status"] == "failed" and "Label Studio" in last["error"]
     assert not jobs.trigger().state(6).training

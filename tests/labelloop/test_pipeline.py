@@ -13,6 +13,7 @@ import pytest
 from labelloop.manifest import TrainingResult
 from labelloop.pipeline import Candidate, gate_and_publish, plan_training
 from labelloop.registry import Registry
+from labelloop.runs import runs_dir
 from labelloop.settings import Settings
 from tests.conftest import served_images_dataset
 
@@ -70,4 +71,4 @@ def test_a_training_started_before_an_operator_rollback_is_gated_again_against_t
         ("v3", "promoted"),
     ]
     assert registry.rollback_target(1) == "v1"
-    assert not list((settings.cache_dir / "runs" / "1").iterdir())  # the re-gate's run directory is gone
+    assert not list((runs_dir(settings.cache_dir) / "1").iterdir())  # the re-gate's run directory is gone
