@@ -41,6 +41,7 @@ from labelloop.predictor import Predictor
 from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
 from labelloop.sampling import FIRST_PICKS_VERSION
+from labelloop.selection import predict_selection
 from labelloop.settings import Settings
 from labelloop.tabs import ensure_tab
 from labelloop.trigger import TriggerStore, quiet_wait
@@ -534,17 +535,26 @@ class Jobs:
 
     def predict(self, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
         """Regions for Label Studio tasks with the project's served version: ``{"results": [...]}``,
-        one item per task in order (Label Studio's ``/predict`` response)."""
+        one item per task in order (Label Studio's ``/predict`` response), predicted in chunks of
+        ``LABELLOOP_PREDICT_BATCH`` until ``LABELLOOP_PREDICT_DEADLINE_S`` (``labelloop.selection``:
+        a task left by the deadline gets ``[]``).
+
+        Raises:
+            UnavailableError: out of memory on a chunk.
+        """
         s = self.settings
         params = load_params(s.models_dir, project_id)
         spec = train_spec(label_config, params)
         imgsz = params.effective(s)["imgsz"]
-        results = self.predictor.predict(
+        results = predict_selection(
+            self.predictor,
             project_id,
             spec,
             tasks,
             s.label_studio_url,
             s.api_key,
+            s.predict_batch,
+            s.predict_deadline_s,
             imgsz=imgsz,
             score_strategy=params.score_strategy,
             show_conf=params.show_conf,
