@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -31,6 +32,26 @@ from labelloop.registry import UNTRAINED
 log = structlog.get_logger(__name__)
 
 NOT_READY: list[Any] = []  # Label Studio's item for a task with no prediction (see the module docstring)
+# Share of the time left before the receiver gives up (the predict task's ``expires``) that chunks
+# may start in: the last chunk started needs the rest to finish and travel back.
+EXPIRES_SHARE = 0.8
+
+
+def deadline_s(configured: float, expires: datetime | None, now: datetime) -> float:
+    """Seconds from ``now`` after which a ``/predict`` starts no further chunk: ``configured``
+    (``LABELLOOP_PREDICT_DEADLINE_S``), or less when the receiver stops waiting sooner (``expires``,
+    the predict task's expiry, set to ``LABELLOOP_PREDICT_TIMEOUT_S`` after it was sent: time spent
+    queued behind other predictions counts). Never negative; datetimes timezone-aware.
+
+    Examples:
+        >>> from datetime import timedelta, timezone
+        >>> now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        >>> deadline_s(60.0, now + timedelta(seconds=20), now)
+        16.0
+    """
+    if expires is None:
+        return configured
+    return max(0.0, min(configured, EXPIRES_SHARE * (expires - now).total_seconds()))
 
 
 def predict_selection(
@@ -59,7 +80,7 @@ def predict_selection(
     Returns:
         One item per task, in order: ``Predictor.predict``'s prediction dict, or ``[]`` (no
         prediction: Label Studio's list form) for a task whose chunk did not start before the
-        deadline. Logs ``predict_chunk`` per chunk (``tasks``, ``seconds``) and
+        deadline. Logs ``predict_chunk`` per chunk (``tasks``, ``seconds``, ``deadline_s``) and
         ``predict_deadline_reached`` when tasks were left.
 
     Raises:
@@ -101,7 +122,8 @@ def predict_selection(
             raise UnavailableError(
                 f"predict worker out of memory on a chunk of {len(chunk)} tasks; lower LABELLOOP_PREDICT_BATCH"
             ) from None
-        log.info("predict_chunk", project_id=project_id, tasks=len(chunk), seconds=round(time.monotonic() - t1, 3))
+        seconds = round(time.monotonic() - t1, 3)
+        log.info("predict_chunk", project_id=project_id, tasks=len(chunk), seconds=seconds, deadline_s=deadline_s)
         out[start : start + len(chunk)] = results
         served = results[0]["model_version"] if results else None
         if version is None and served not in (None, UNTRAINED, "base"):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from labelloop.labels import parse_detection_config
 from labelloop.media import MediaConfig
 from labelloop.predictor import Predictor
 from labelloop.registry import Registry
-from labelloop.selection import predict_selection
+from labelloop.selection import deadline_s, predict_selection
 from labelloop.settings import Settings
 from labelloop.synthetic import LABEL_CONFIG
 
@@ -98,3 +99,22 @@ def test_cuda_out_of_memory_on_a_chunk_is_unavailable_naming_predict_batch(
     assert isinstance(back, UnavailableError) and back.status_code == 503
     assert predictor.model_for(PROJECT) is loaded
     assert all(isinstance(r, dict) for r in predict_selection(predictor, PROJECT, SPEC, tasks, None, None, 2, 600))
+
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("configured", "expires", "expected"),
+    [
+        (60.0, None, 60.0),  # no expiry: the setting
+        (60.0, NOW + timedelta(seconds=90), 60.0),  # the receiver waits longer than the setting
+        (60.0, NOW + timedelta(seconds=50), 40.0),  # queued 40 s of a 90 s wait: 0.8 of the 50 s left
+        (60.0, NOW - timedelta(seconds=5), 0.0),  # already expired: only the first chunk runs
+    ],
+)
+def test_deadline_is_the_setting_or_less_when_the_receiver_stops_waiting_sooner(
+    configured: float, expires: datetime | None, expected: float
+) -> None:
+    """deadline_s is LABELLOOP_PREDICT_DEADLINE_S, shortened to 0.8 of the time left before the task expires."""
+    assert deadline_s(configured, expires, NOW) == pytest.approx(expected)

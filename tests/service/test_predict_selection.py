@@ -85,7 +85,8 @@ def _events(stack: Stack, name: str, offset: int, event: str, project_id: int) -
 def test_a_big_selection_is_predicted_in_chunks_of_predict_batch(
     serving: tuple[Stack, str], image_server: tuple[str, Path]
 ) -> None:
-    """A /predict of 10 tasks is predicted by the worker in model calls of 4, 4 and 2 tasks, one result each."""
+    """A /predict of 10 tasks is predicted by the worker in model calls of 4, 4 and 2 tasks, one result
+    each, with a deadline shortened to the time the receiver waits (the predict task's expires)."""
     stack, url = serving
     base, _ = image_server
     offset = stack.log_size("worker-predict")
@@ -95,6 +96,8 @@ def test_a_big_selection_is_predicted_in_chunks_of_predict_batch(
     assert len(results) == 10 and all(r["model_version"] == "base" for r in results)
     chunks = _events(stack, "worker-predict", offset, "predict_chunk", 101)
     assert [c["tasks"] for c in chunks] == [4, 4, 2], stack.log_tail("worker-predict")
+    # The receiver stops waiting after LABELLOOP_PREDICT_TIMEOUT_S (60): chunks start within 0.8 of it.
+    assert all(40.0 < c["deadline_s"] <= 48.0 for c in chunks), chunks
 
 
 @pytest.mark.slow
