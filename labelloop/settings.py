@@ -190,8 +190,8 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="A predict worker starts no further chunk of a /predict after this many seconds and answers "
-        "with what is ready (the other tasks get no prediction; Label Studio retrieves them next time). Keep it "
-        "under LABELLOOP_PREDICT_TIMEOUT_S.",
+        "with what is ready (the other tasks get no prediction; Label Studio retrieves them next time); shortened "
+        "to 0.8 of the time the receiver still waits (LABELLOOP_PREDICT_TIMEOUT_S from when it queued the task).",
     )
     predict_max_tasks: int = Field(
         256,
