@@ -118,3 +118,36 @@ def test_deadline_is_the_setting_or_less_when_the_receiver_stops_waiting_sooner(
 ) -> None:
     """deadline_s is LABELLOOP_PREDICT_DEADLINE_S, shortened to 0.8 of the time left before the task expires."""
     assert deadline_s(configured, expires, NOW) == pytest.approx(expected)
+
+
+def test_a_promotion_between_chunks_leaves_the_selection_on_the_first_chunks_version(
+    base_weights: Path, image_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """v2 served (and warm) right after the first chunk: every chunk of the selection is still v1's."""
+    base_url, _ = image_server
+    registry = Registry(tmp_path / "models")
+    for _ in ("v1", "v2"):
+        registry.publish(PROJECT, base_weights, {"classes": ["square", "disc"]})
+    registry.set_current(PROJECT, "v1")
+    media = MediaConfig(None, None, allow_hosts=("127.0.0.1",))
+    predictor = Predictor(registry, "yolov8n.yaml", base_weights.parent / "yolo", tmp_path, 160, 0.25, media=media)
+    predict = predictor.predict
+    calls: list[str] = []
+
+    def promote_after_first_chunk(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        out = predict(*args, **kwargs)
+        if not calls:
+            registry.set_current(PROJECT, "v2")
+            predictor.model_at(PROJECT, "v2")  # warm: the announcement swaps it in at once
+            predictor.notice(PROJECT)
+            assert predictor.model_for(PROJECT).version == "v2"  # type: ignore[union-attr]
+        calls.append(str(out[0]["model_version"]))
+        return out
+
+    predictor.predict = promote_after_first_chunk  # type: ignore[method-assign]
+    try:
+        results = predict_selection(predictor, PROJECT, SPEC, _tasks(base_url, 6), None, None, batch=2, deadline_s=600)
+    finally:
+        predictor.close()
+    assert calls == ["v1", "v1", "v1"]
+    assert [r["model_version"] for r in results if isinstance(r, dict)] == ["v1"] * 6
