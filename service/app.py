@@ -292,7 +292,7 @@ async def predict(request: Request) -> JSONResponse:
         except LabelloopError:
             raise
         except Exception as exc:
-            raise UnavailableError(_predict_failure(exc)) from None
+            raise UnavailableError(_predict_failure(exc, project_id)) from None
         finally:
             result.forget()
 
@@ -324,7 +324,7 @@ def _predict_limiter(request: Request) -> anyio.CapacityLimiter:
     return limiter
 
 
-def _predict_failure(exc: Exception) -> str:
+def _predict_failure(exc: Exception, project_id: int) -> str:
     """The reason a predict task failed in its worker, for a 503 (never a traceback)."""
     name = type(exc).__name__
     if name == "WorkerLostError":
@@ -335,7 +335,7 @@ def _predict_failure(exc: Exception) -> str:
         why = "the predict worker went over its time limit"
     else:
         why = "the predict worker failed"
-    log.warning("predict_failed", error_type=name, error=str(exc)[:200])
+    log.warning("predict_failed", project_id=project_id, error_type=name, error=str(exc)[:200])
     return f"{why} ({name}: {str(exc)[:200]})"
 
 
