@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from labelloop.predictor import Predictor
 from labelloop.progress import ProgressStore
 from labelloop.registry import Registry
 from labelloop.sampling import FIRST_PICKS_VERSION
+from labelloop.selection import deadline_s, predict_selection
 from labelloop.settings import Settings
 from labelloop.tabs import ensure_tab
 from labelloop.trigger import TriggerStore, quiet_wait
@@ -600,19 +601,31 @@ class Jobs:
         except Exception as exc:  # the tab is a convenience; predictions matter more
             log.warning("informative_tab_failed", project_id=project_id, error=str(exc)[:500])
 
-    def predict(self, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    def predict(
+        self, project_id: int, label_config: str, tasks: list[dict[str, Any]], expires: datetime | None = None
+    ) -> dict[str, Any]:
         """Regions for Label Studio tasks with the project's served version: ``{"results": [...]}``,
-        one item per task in order (Label Studio's ``/predict`` response)."""
+        one item per task in order (Label Studio's ``/predict`` response), predicted in chunks of
+        ``LABELLOOP_PREDICT_BATCH`` until ``LABELLOOP_PREDICT_DEADLINE_S`` (``labelloop.selection``:
+        a task left by the deadline gets ``[]``), or until ``expires`` draws near (the predict task's
+        expiry: when the receiver stops waiting; ``labelloop.selection.deadline_s``).
+
+        Raises:
+            UnavailableError: out of memory on a chunk.
+        """
         s = self.settings
         params = load_params(s.models_dir, project_id)
         spec = train_spec(label_config, params)
         imgsz = params.effective(s)["imgsz"]
-        results = self.predictor.predict(
+        results = predict_selection(
+            self.predictor,
             project_id,
             spec,
             tasks,
             s.label_studio_url,
             s.api_key,
+            s.predict_batch,
+            deadline_s(s.predict_deadline_s, expires, datetime.now(UTC)),
             imgsz=imgsz,
             score_strategy=params.score_strategy,
             show_conf=params.show_conf,

@@ -189,6 +189,25 @@ class Settings(BaseSettings):
         description="How long /predict waits for a predict worker; a predict task not started by then expires "
         "(workers discard it) and /predict answers 503.",
     )
+    predict_batch: int = Field(
+        16,
+        ge=1,
+        description="Tasks of one /predict predicted per model call (one chunk: its images downloaded and "
+        "predicted together); bounds a predict worker's memory whatever the selection's size.",
+    )
+    predict_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="A predict worker starts no further chunk of a /predict after this many seconds and answers "
+        "with what is ready (the other tasks get no prediction; Label Studio retrieves them next time); shortened "
+        "to 0.8 of the time the receiver still waits (LABELLOOP_PREDICT_TIMEOUT_S from when it queued the task).",
+    )
+    predict_max_tasks: int = Field(
+        256,
+        ge=1,
+        description="Tasks one /predict may carry (a Data Manager 'Retrieve Predictions' selection); more is "
+        "refused at once with 413: the pre-annotation queue predicts a project's unlabeled tasks.",
+    )
     predict_cache_projects: int = Field(
         4,
         ge=1,

@@ -235,7 +235,20 @@ async def _check_setup_caller(st: AppState, project_id: int, access_token: str |
 
 
 async def predict(request: Request) -> JSONResponse:
-    """Ask a predict worker for regions, one result item per task, in order."""
+    """Ask a predict worker for regions, one result item per task, in order.
+
+    The worker predicts in chunks of ``LABELLOOP_PREDICT_BATCH`` and answers with what is ready at
+    ``LABELLOOP_PREDICT_DEADLINE_S`` (``labelloop.selection``: ``[]`` for a task not reached). The
+    wait for its answer takes a thread of its own limiter (``_predict_limiter``), never one of the
+    pool the registry routes share.
+
+    Errors (Label Studio 1.23.2, ``ml.models.MLBackend._get_predictions_from_ml_backend``, logs any
+    4xx or 5xx as ``Error occurred: <status> ... for url`` and saves no prediction; the body's reason
+    stays in labelloop's log and in the response for other callers):
+        413: more tasks than ``LABELLOOP_PREDICT_MAX_TASKS``, refused before anything is queued.
+        503: no worker answered within ``LABELLOOP_PREDICT_TIMEOUT_S``, or the worker failed (died,
+            out of memory, over its time limit), with the reason.
+    """
     st = _state(request)
     t0 = time.perf_counter()
     _auth(request, check_model)
@@ -250,25 +263,40 @@ async def predict(request: Request) -> JSONResponse:
     train_spec(req.label_config, load_params(st.settings.models_dir, project_id))
     if not req.tasks:
         return JSONResponse({"results": []})
+    limit = st.settings.predict_max_tasks
+    if len(req.tasks) > limit:
+        raise HTTPException(
+            413,
+            f"{len(req.tasks)} tasks in one /predict: over LABELLOOP_PREDICT_MAX_TASKS ({limit}). Retrieve "
+            "predictions for a smaller selection; the pre-annotation queue predicts every unlabeled task of the "
+            "project after each promotion (it takes a project, not a list of task ids)",
+        )
     tasks = [{"id": t.id, "data": t.data} for t in req.tasks]
 
     def call() -> Any:
         timeout = st.settings.predict_timeout_s
         # Nobody waits for the answer after the timeout: a worker that takes the task later
         # discards it (expires), one that holds it already is told so (revoke).
-        result = st.celery.send_task(
-            TASK_PREDICT, args=[project_id, req.label_config, tasks], queue=QUEUE_PREDICT, expires=timeout
-        )
+        try:
+            result = st.celery.send_task(
+                TASK_PREDICT, args=[project_id, req.label_config, tasks], queue=QUEUE_PREDICT, expires=timeout
+            )
+        except Exception as exc:
+            raise UnavailableError(f"predict task not queued ({type(exc).__name__}: {str(exc)[:200]})") from None
         try:
             return result.get(timeout=timeout, propagate=True)
         except celery.exceptions.TimeoutError:
             result.revoke()
             log.warning("predict_timed_out", project_id=project_id, task_id=result.id, timeout_s=timeout)
             raise UnavailableError(f"no predict worker answered within {timeout:g} s; request withdrawn") from None
+        except LabelloopError:
+            raise
+        except Exception as exc:
+            raise UnavailableError(_predict_failure(exc, project_id)) from None
         finally:
             result.forget()
 
-    out = await anyio.to_thread.run_sync(call)
+    out = await anyio.to_thread.run_sync(call, limiter=_predict_limiter(request))
     results = out["results"]
     if len(results) != len(tasks):
         raise UnavailableError("predict worker returned a wrong number of results")
@@ -278,10 +306,37 @@ async def predict(request: Request) -> JSONResponse:
         "predicted",
         project_id=project_id,
         tasks=len(tasks),
-        version=results[0]["model_version"],
+        ready=sum(1 for r in results if r),
+        version=next((r["model_version"] for r in results if r), None),
         seconds=seconds,
     )
     return JSONResponse({"results": results})
+
+
+def _predict_limiter(request: Request) -> anyio.CapacityLimiter:
+    """The threads ``/predict`` waits in (one per request, up to ``LABELLOOP_MAX_CONCURRENT_REQUESTS``),
+    apart from anyio's default limiter: predictions waiting on a busy or stopped worker never hold
+    the threads of ``/versions``, promote or rollback. Made on first use, in the event loop."""
+    limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "predict_limiter", None)
+    if limiter is None:
+        limiter = anyio.CapacityLimiter(_state(request).settings.max_concurrent_requests)
+        request.app.state.predict_limiter = limiter
+    return limiter
+
+
+def _predict_failure(exc: Exception, project_id: int) -> str:
+    """The reason a predict task failed in its worker, for a 503 (never a traceback)."""
+    name = type(exc).__name__
+    if name == "WorkerLostError":
+        why = "the predict worker died while predicting (killed, or out of memory)"
+    elif "OutOfMemory" in name or isinstance(exc, MemoryError):
+        why = "the predict worker ran out of memory; lower LABELLOOP_PREDICT_BATCH"
+    elif name in ("TimeLimitExceeded", "SoftTimeLimitExceeded"):
+        why = "the predict worker went over its time limit"
+    else:
+        why = "the predict worker failed"
+    log.warning("predict_failed", project_id=project_id, error_type=name, error=str(exc)[:200])
+    return f"{why} ({name}: {str(exc)[:200]})"
 
 
 class _WebhookRoute:

@@ -21,6 +21,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import structlog
 from celery import Celery, Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import maybe_iso8601, maybe_make_aware
 
 from labelloop import keys
 from labelloop.jobs import TRANSIENT_ERRORS, Jobs
@@ -131,6 +132,9 @@ def first_picks(self: Task, project_id: int) -> dict[str, Any]:
 
 @bound_task(name=TASK_PREDICT)
 def predict(self: Task, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Regions for Label Studio tasks with the project's served version (``/predict``)."""
+    """Regions for Label Studio tasks with the project's served version (``/predict``), predicted in
+    chunks until the deadline, which the task's ``expires`` (when the receiver stops waiting) may shorten."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):
-        return jobs(self.app).predict(project_id, label_config, tasks)
+        expires = self.request.expires
+        when = maybe_make_aware(maybe_iso8601(expires)) if isinstance(expires, str) else expires
+        return jobs(self.app).predict(project_id, label_config, tasks, expires=when)
