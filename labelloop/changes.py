@@ -37,11 +37,19 @@ Redis keys: ``labelloop:project:<id>:changes`` (stream of ``seq``, ``entry`` = J
 the webhook's ``annotation``, ``task``, ``tasks``, ``annotations`` cut to the fields above) and
 ``labelloop:project:<id>:changes:seq`` (the counter). Both expire ``TTL_S`` after the last write
 (a project idle that long rebuilds from Label Studio).
+
+Tombstones on every path: the receiver adds the ids of each ANNOTATIONS_DELETED webhook to
+``labelloop:project:<id>:changes:deleted`` (a set, same transaction as the entry, same TTL), and
+a build that reads Label Studio instead of the log takes them (``ChangeLog.tombstones``) together
+with the ids its stored tasks had and Label Studio no longer has (``absent_after_read``). A DELETE
+whose entry a Label Studio read absorbed thus still stops its late CREATE from bringing the
+annotation back.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +87,11 @@ def stream_key(project_id: int) -> str:
 
 def seq_key(project_id: int) -> str:
     return keys.changes_seq(project_id)
+
+
+def tombstones_key(project_id: int) -> str:
+    """The set of annotation ids the receiver saw deleted (ANNOTATIONS_DELETED webhooks)."""
+    return keys.project(project_id, "changes:deleted")
 
 
 def label_config_digest(label_config: str) -> str:
@@ -227,9 +240,27 @@ class ChangeLog:
         if upto.id != "0-0":
             self.redis.xtrim(stream_key(project_id), minid=upto.id, approximate=False)
 
+    def tombstones(self, project_id: int) -> set[int]:
+        """Ids of the annotations whose ANNOTATIONS_DELETED webhook the receiver recorded (in the
+        last ``TTL_S``). Read after ``position`` by a build that reads Label Studio: every entry up
+        to that position has its ids here. Raises ``redis.RedisError``."""
+        return {int(i) for i in self.redis.smembers(tombstones_key(project_id))}
+
     def invalidate(self, project_id: int) -> int:
         """Make a gap, so the next build reads Label Studio (an event may have been lost)."""
         return int(self.redis.incr(seq_key(project_id)))
+
+
+def annotation_ids(tasks: Iterable[dict[str, Any]]) -> set[int]:
+    """Ids of the annotations in tasks (Label Studio JSON export format)."""
+    return {int(a["id"]) for t in tasks for a in t.get("annotations") or [] if isinstance(a, dict) and "id" in a}
+
+
+def absent_after_read(before: set[int], tasks: Iterable[dict[str, Any]]) -> set[int]:
+    """Annotation ids a store held (``before``) that a read of Label Studio no longer returns
+    (``tasks``, the store after the read): deleted in Label Studio, which never reuses an id,
+    so they become tombstones like a recorded ANNOTATIONS_DELETED."""
+    return before - annotation_ids(tasks)
 
 
 def _annotation_counts(annotations: list[dict[str, Any]]) -> tuple[int, int]:

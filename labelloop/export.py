@@ -19,7 +19,16 @@ import orjson
 import redis
 import structlog
 
-from labelloop.changes import Batch, ChangeLog, ChangeLogUnusable, Position, apply_entries, project_counts
+from labelloop.changes import (
+    Batch,
+    ChangeLog,
+    ChangeLogUnusable,
+    Position,
+    absent_after_read,
+    annotation_ids,
+    apply_entries,
+    project_counts,
+)
 from labelloop.errors import DatasetError
 from labelloop.files import write_atomic
 from labelloop.ledger import parse_ts
@@ -136,6 +145,7 @@ def sync_tasks(
         except redis.RedisError:
             position = None
     read_at = time.time()
+    known = annotation_ids(tasks.values()) if tasks is not None else set()  # tombstones if the read drops them
     raw, changed, exported = _read_label_studio(client, project_id, first=tasks is None or verify, since=since)
     mode, fetched = "full", 0
     project = raw.data
@@ -166,6 +176,12 @@ def sync_tasks(
         mode, fetched = ("full" if mode != "verify" else mode), len(exported)
         verified_at = read_at
     label_config = str(project.label_config)
+    deleted |= absent_after_read(known, tasks.values())
+    if changes is not None and position is not None:
+        try:  # DELETEs whose entries this read absorbed (read after the position: none missed)
+            deleted |= changes.tombstones(project_id)
+        except redis.RedisError:
+            pass
     new_state: dict[str, Any] = {
         "server_time": server_time,
         "verified_at": verified_at,

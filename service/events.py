@@ -45,7 +45,7 @@ from celery import Celery
 from labelloop import keys
 from labelloop.changes import STREAM_MAXLEN as CHANGES_MAXLEN
 from labelloop.changes import TTL_S as CHANGES_TTL_S
-from labelloop.changes import entry_bytes, seq_key, stream_key
+from labelloop.changes import entry_bytes, seq_key, stream_key, tombstones_key
 from labelloop.errors import UnavailableError, UnknownProjectError
 from labelloop.ledger import PROJECTS_KEY
 from labelloop.names import QUEUE_EVENTS, TASK_HANDLE_EVENT
@@ -201,7 +201,15 @@ class EventRecorder:
         try:
             result = await self.redis.evalsha(
                 _RECORD,
-                [dedup, EVENT_STREAM, QUEUE_EVENTS, PROJECTS_KEY, stream_key(project_id), seq_key(project_id)],
+                [
+                    dedup,
+                    EVENT_STREAM,
+                    QUEUE_EVENTS,
+                    PROJECTS_KEY,
+                    stream_key(project_id),
+                    seq_key(project_id),
+                    tombstones_key(project_id),
+                ],
                 [
                     ttl,
                     STREAM_MAXLEN,
@@ -271,7 +279,9 @@ return 0
 # remember it, append the event to the stream and to the project's change log (when it has an
 # entry; 'gap' only bumps the counter), and push the Celery message; Redis runs a script without
 # interleaving other commands, and a script that fails before its first write changes nothing.
-# KEYS: dedup key, event stream, events queue, projects set, change log, change log counter.
+# A deletion's ids also go into the project's tombstones (``labelloop.changes.tombstones_key``).
+# KEYS: dedup key, event stream, events queue, projects set, change log, change log counter,
+# change log tombstones.
 # ARGV: dedup TTL (0: none), stream max length, Celery message, project id, action,
 # annotation ids, received_at, change-log entry ('' = none, 'gap'), change log max length,
 # change log TTL.
@@ -293,6 +303,12 @@ if ARGV[8] ~= '' then
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'entry', ARGV[8])
     redis.call('EXPIRE', KEYS[5], ARGV[10])
   end
+end
+if ARGV[5] == 'ANNOTATIONS_DELETED' and ARGV[6] ~= '' then
+  for id in string.gmatch(ARGV[6], '[^,]+') do
+    redis.call('SADD', KEYS[7], id)
+  end
+  redis.call('EXPIRE', KEYS[7], ARGV[10])
 end
 redis.call('LPUSH', KEYS[3], ARGV[3])
 return 1
