@@ -37,11 +37,20 @@ Redis keys: ``labelloop:project:<id>:changes`` (stream of ``seq``, ``entry`` = J
 the webhook's ``annotation``, ``task``, ``tasks``, ``annotations`` cut to the fields above) and
 ``labelloop:project:<id>:changes:seq`` (the counter). Both expire ``TTL_S`` after the last write
 (a project idle that long rebuilds from Label Studio).
+
+Tombstones on every path: the receiver adds the ids of each ANNOTATIONS_DELETED webhook to
+``labelloop:project:<id>:changes:deleted`` (a set, same transaction as the entry, same TTL), and
+a build that reads Label Studio instead of the log takes them (``ChangeLog.tombstones``) together
+with the ids its stored tasks had and Label Studio no longer has (``absent_after_read``). A DELETE
+whose entry a Label Studio read absorbed thus still stops its late CREATE from bringing the
+annotation back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +58,7 @@ import orjson
 import redis
 
 from labelloop import keys
-from labelloop.ledger import is_newer
+from labelloop.ledger import is_newer, parse_ts
 
 # Entries kept per project at most (approximately); a build that falls further behind reads
 # Label Studio instead. Consumed entries are trimmed by the build that consumed them.
@@ -58,6 +67,10 @@ STREAM_MAXLEN = 2_000
 MAX_ENTRY_BYTES = 256 * 1024
 # Seconds the log and its counter live after their last write.
 TTL_S = 30 * 86400
+# How far (seconds) an annotation's ``updated_at`` may be ahead of this host's clock (hosts'
+# clocks drift apart); later than that it is refused: a forged time would outrank every real
+# update of that annotation (changes are ordered by Label Studio's time).
+CLOCK_SKEW_S = 300.0
 
 # Fields of the webhook's ``project`` object an entry keeps (the object also carries the
 # project's token, which never goes into Redis); the label config is kept as its digest.
@@ -81,9 +94,21 @@ def seq_key(project_id: int) -> str:
     return keys.changes_seq(project_id)
 
 
+def tombstones_key(project_id: int) -> str:
+    """The set of annotation ids the receiver saw deleted (ANNOTATIONS_DELETED webhooks)."""
+    return keys.project(project_id, "changes:deleted")
+
+
 def label_config_digest(label_config: str) -> str:
     """SHA-1 (hex) of a label config's text, as entries record it."""
     return hashlib.sha1(label_config.encode()).hexdigest()
+
+
+def in_future(updated_at: str | None, now: float | None = None) -> bool:
+    """Whether an ISO 8601 ``updated_at`` is more than ``CLOCK_SKEW_S`` seconds after ``now``
+    (epoch seconds, default this host's clock). Absent or unparsable: False (ordered as oldest)."""
+    parsed = parse_ts(updated_at)
+    return parsed is not None and parsed.timestamp() > (time.time() if now is None else now) + CLOCK_SKEW_S
 
 
 def _cut(value: Any, fields: tuple[str, ...]) -> Any:
@@ -227,9 +252,27 @@ class ChangeLog:
         if upto.id != "0-0":
             self.redis.xtrim(stream_key(project_id), minid=upto.id, approximate=False)
 
+    def tombstones(self, project_id: int) -> set[int]:
+        """Ids of the annotations whose ANNOTATIONS_DELETED webhook the receiver recorded (in the
+        last ``TTL_S``). Read after ``position`` by a build that reads Label Studio: every entry up
+        to that position has its ids here. Raises ``redis.RedisError``."""
+        return {int(i) for i in self.redis.smembers(tombstones_key(project_id))}
+
     def invalidate(self, project_id: int) -> int:
         """Make a gap, so the next build reads Label Studio (an event may have been lost)."""
         return int(self.redis.incr(seq_key(project_id)))
+
+
+def annotation_ids(tasks: Iterable[dict[str, Any]]) -> set[int]:
+    """Ids of the annotations in tasks (Label Studio JSON export format)."""
+    return {int(a["id"]) for t in tasks for a in t.get("annotations") or [] if isinstance(a, dict) and "id" in a}
+
+
+def absent_after_read(before: set[int], tasks: Iterable[dict[str, Any]]) -> set[int]:
+    """Annotation ids a store held (``before``) that a read of Label Studio no longer returns
+    (``tasks``, the store after the read): deleted in Label Studio, which never reuses an id,
+    so they become tombstones like a recorded ANNOTATIONS_DELETED."""
+    return before - annotation_ids(tasks)
 
 
 def _annotation_counts(annotations: list[dict[str, Any]]) -> tuple[int, int]:
@@ -274,7 +317,8 @@ def apply_entries(
 
     Entries are applied in arrival order but ordered by Label Studio's time: created and updated
     annotations replace the stored one with the same id unless the stored one is newer
-    (``updated_at`` compared as times); the task's other fields come from the webhook's
+    (``updated_at`` compared as times; one more than ``CLOCK_SKEW_S`` ahead of this host's clock
+    is refused); the task's other fields come from the webhook's
     task; deleted annotations are removed and their ids added to ``deleted`` (tombstones, in
     place; Label Studio never reuses an id), and an annotation in ``deleted`` is never added
     again (its CREATE or UPDATE arriving after its DELETE); a task left without annotations is
@@ -323,6 +367,8 @@ def _apply_entries(
                     raise ChangeLogUnusable(f"{action} without an annotation object")
                 if not isinstance(annotation.get("result") or [], list):
                     raise ChangeLogUnusable(f"annotation {annotation['id']}: result is not a list")
+                if in_future(annotation.get("updated_at")):
+                    raise ChangeLogUnusable(f"annotation {annotation['id']}: updated_at in the future")
                 tid = _task_id(annotation)
                 if int(annotation["id"]) in deleted:
                     continue  # deleted already: this CREATE or UPDATE arrived after its DELETE

@@ -19,7 +19,17 @@ import orjson
 import redis
 import structlog
 
-from labelloop.changes import Batch, ChangeLog, ChangeLogUnusable, Position, apply_entries, project_counts
+from labelloop.change_check import confirm_with_label_studio
+from labelloop.changes import (
+    Batch,
+    ChangeLog,
+    ChangeLogUnusable,
+    Position,
+    absent_after_read,
+    annotation_ids,
+    apply_entries,
+    project_counts,
+)
 from labelloop.errors import DatasetError
 from labelloop.files import write_atomic
 from labelloop.ledger import parse_ts
@@ -65,10 +75,12 @@ def sync_tasks(
       skipped because of clock skew between hosts); ``info["corrected"]`` counts the tasks
       that differed;
     - else from the project's change log (``changes``: the webhooks the receiver recorded, see
-      ``labelloop.changes``), without asking Label Studio, when the log has at least one entry
-      and every entry since the previous call and the newest entry's counters agree with the
-      stored tasks. Deleted annotation ids are kept in the store (tombstones, Label Studio never
-      reuses them), so a CREATE or UPDATE recorded after its DELETE never brings one back;
+      ``labelloop.changes``) when the log has at least one entry and every entry since the
+      previous call and the newest entry's counters agree with the stored tasks; the tasks the
+      entries touched are then read from Label Studio (``labelloop.change_check``: a webhook's
+      secret is not proof of what Label Studio holds). Deleted annotation ids are kept in the
+      store (tombstones, Label Studio never reuses them), so a CREATE or UPDATE recorded after
+      its DELETE never brings one back;
     - else from Label Studio: only the tasks it updated since the previous call
       (``GET /api/tasks/?project=&query=`` filtered on ``tasks:updated_at``; Label Studio
       touches a task's ``updated_at`` when one of its annotations is created, updated or
@@ -87,7 +99,8 @@ def sync_tasks(
         ``(label_config, tasks, info)``: tasks in the JSON export format that have at least
         one annotation; ``info`` = ``{"mode": "full"|"verify"|"incremental"|"change log",
         "tasks_fetched": n, "seconds": s}`` (plus ``"changes": n`` entries applied,
-        ``"corrected": n`` tasks a verification replaced, or ``"change_log": reason`` when the
+        ``"confirmed"``/``"disagreed"``: tasks read back from Label Studio / that the log had
+        wrong, ``"corrected": n`` tasks a verification replaced, or ``"change_log": reason`` when the
         log could not be used).
 
     Long for its docstring (the four ways a sync reads the project); the reads themselves are
@@ -108,7 +121,7 @@ def sync_tasks(
     if changes is not None:
         try:
             if tasks is not None and not verify:
-                label_config, batch = _from_change_log(changes, project_id, state, tasks, deleted)
+                label_config, batch, checked = _from_change_log(client, changes, project_id, state, tasks, deleted)
                 updated = {
                     **state,
                     "label_config": label_config,
@@ -120,6 +133,7 @@ def sync_tasks(
                 _trim(changes, project_id, batch.position)
                 seconds = time.perf_counter() - t0
                 info = {"mode": "change log", "tasks_fetched": 0, "changes": len(batch.entries), "seconds": seconds}
+                info.update(checked)
                 return label_config, list(tasks.values()), info
             if verify:
                 age = time.time() - verified_at
@@ -136,6 +150,7 @@ def sync_tasks(
         except redis.RedisError:
             position = None
     read_at = time.time()
+    known = annotation_ids(tasks.values()) if tasks is not None else set()  # tombstones if the read drops them
     raw, changed, exported = _read_label_studio(client, project_id, first=tasks is None or verify, since=since)
     mode, fetched = "full", 0
     project = raw.data
@@ -166,6 +181,12 @@ def sync_tasks(
         mode, fetched = ("full" if mode != "verify" else mode), len(exported)
         verified_at = read_at
     label_config = str(project.label_config)
+    deleted |= absent_after_read(known, tasks.values())
+    if changes is not None and position is not None:
+        try:  # DELETEs whose entries this read absorbed (read after the position: none missed)
+            deleted |= changes.tombstones(project_id)
+        except redis.RedisError:
+            pass
     new_state: dict[str, Any] = {
         "server_time": server_time,
         "verified_at": verified_at,
@@ -272,10 +293,17 @@ def _write_store(store: Path, state: dict[str, Any]) -> None:
 
 
 def _from_change_log(
-    changes: ChangeLog, project_id: int, state: dict[str, Any], tasks: dict[str, dict[str, Any]], deleted: set[int]
-) -> tuple[str, Batch]:
-    """Apply the change log since the stored position to ``tasks`` and ``deleted`` (in place);
-    the label config (the one last read from Label Studio: the log never changes it).
+    client: Any,
+    changes: ChangeLog,
+    project_id: int,
+    state: dict[str, Any],
+    tasks: dict[str, dict[str, Any]],
+    deleted: set[int],
+) -> tuple[str, Batch, dict[str, int]]:
+    """Apply the change log since the stored position to ``tasks`` and ``deleted`` (in place), the
+    tasks it touched then read from Label Studio (``labelloop.change_check``: a webhook's secret
+    is not proof); the label config (the one last read from Label Studio: the log never changes
+    it) and what the check found.
 
     Raises:
         ChangeLogUnusable: see ``labelloop.changes``; also when the store has no position or
@@ -290,8 +318,9 @@ def _from_change_log(
         # the build was not started by one): only entries carry Label Studio's counters.
         raise ChangeLogUnusable("no webhook recorded since the last build")
     label_config = str(state["label_config"])
+    before = dict(tasks)
     apply_entries(tasks, batch.entries, label_config, deleted)
-    return label_config, batch
+    return label_config, batch, confirm_with_label_studio(client, project_id, tasks, before, batch.entries, deleted)
 
 
 def _trim(changes: ChangeLog, project_id: int, position: Position) -> None:

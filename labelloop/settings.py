@@ -286,6 +286,13 @@ class Settings(BaseSettings):
         "the project and compare it with the stored tasks, task by task, at least this often (seconds; 0: every "
         "build).",
     )
+    change_log_project_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="Redis memory (bytes, MEMORY USAGE) one project's change log may hold; past it the receiver "
+        "drops that log and marks a gap, so the next dataset build reads Label Studio (nothing lost; 0: no "
+        "budget, only the 2,000-entry cap).",
+    )
 
     webhook_secret: SecretStr | None = Field(
         None, description="Shared secret Label Studio's webhooks must send in the webhook secret header."

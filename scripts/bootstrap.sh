@@ -33,6 +33,20 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"
   "$PY" -m venv .venv
 fi
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x .venv/bin/promtool ]; then
+  # Only the tests use it (tests/test_alert_rules.py checks deploy/prometheus/alerts.yml). Debian's
+  # prometheus package ships it as a static binary: take just that, no server, no service started.
+  echo "bootstrap: installing promtool into .venv/bin (from Debian's prometheus package)"
+  dl=$(mktemp -d)
+  if (cd "$dl" && chmod 777 . && apt-get download prometheus >/dev/null 2>&1 \
+      || { $SUDO apt-get update -qq && apt-get download prometheus >/dev/null; }) \
+     && dpkg-deb --fsys-tarfile "$dl"/prometheus_*.deb | tar -x -C "$dl" ./usr/bin/promtool; then
+    install -m 755 "$dl/usr/bin/promtool" .venv/bin/promtool
+  else
+    echo "bootstrap: promtool not installed; the alert-rule tests will fail"
+  fi
+  rm -rf "$dl"
+fi
 stamp=.venv/.labelloop-installed
 want=$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

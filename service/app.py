@@ -596,7 +596,11 @@ def create_app(settings: Settings) -> Receiver:
         registry = Registry(settings.models_dir)
         label_studio = LabelStudioProjects(settings)
         recorder = EventRecorder(
-            resp, celery, has_versions=lambda p: p in registry.projects(), label_studio=label_studio
+            resp,
+            celery,
+            has_versions=lambda p: p in registry.projects(),
+            label_studio=label_studio,
+            change_log_bytes=settings.change_log_project_bytes,
         )
         await recorder.start()
         metrics = Metrics(CollectorRegistry())

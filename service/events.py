@@ -18,7 +18,9 @@ Redis keys, each bounded: ``labelloop:delivery:<sha1>`` (deduplication, ``DEDUP_
 stream ``labelloop:events`` (about ``STREAM_MAXLEN`` entries), the set ``labelloop:projects``
 (known projects only) and each project's change log (``labelloop.changes``: what a rebuild needs
 of the webhook's annotation, task and project counters, numbered, at most ``MAX_ENTRY_BYTES``
-per entry and ``STREAM_MAXLEN`` entries, expiring ``TTL_S`` after the last write). When Redis
+per entry and ``STREAM_MAXLEN`` entries, expiring ``TTL_S`` after the last write; a log past its
+project's budget, ``LABELLOOP_CHANGE_LOG_PROJECT_BYTES`` of Redis ``MEMORY USAGE``, is dropped
+and gets a gap). When Redis
 refuses an annotation webhook, its project's change log gets a gap once Redis answers again
 (Label Studio never resends it); so does an entry too large to keep. A webhook the receiver
 refuses (401, 413, 422, ...) gets its gap at once (``record_refusal``): in its project's change
@@ -45,7 +47,7 @@ from celery import Celery
 from labelloop import keys
 from labelloop.changes import STREAM_MAXLEN as CHANGES_MAXLEN
 from labelloop.changes import TTL_S as CHANGES_TTL_S
-from labelloop.changes import entry_bytes, seq_key, stream_key
+from labelloop.changes import entry_bytes, seq_key, stream_key, tombstones_key
 from labelloop.errors import UnavailableError, UnknownProjectError
 from labelloop.ledger import PROJECTS_KEY
 from labelloop.names import QUEUE_EVENTS, TASK_HANDLE_EVENT
@@ -113,6 +115,9 @@ class EventRecorder:
         has_versions: whether the registry has versions of a project (which makes it known).
         label_studio: asks Label Studio whether labelloop's token can read a project; None: only
             ``/setup`` and the registry make projects known.
+        change_log_bytes: a project's change-log budget (Redis ``MEMORY USAGE`` of its stream,
+            bytes; 0: none). The entry that takes the log past it drops the log and makes a gap
+            (logged ``change_log_over_budget``): the next dataset build reads Label Studio.
     """
 
     def __init__(
@@ -121,8 +126,10 @@ class EventRecorder:
         celery: Celery,
         has_versions: Callable[[int], bool] = lambda project_id: False,
         label_studio: LabelStudioProjects | None = None,
+        change_log_bytes: int = 0,
     ) -> None:
         self.redis = client
+        self.change_log_bytes = change_log_bytes
         self.celery = celery
         self.has_versions = has_versions
         self.label_studio = label_studio
@@ -201,7 +208,15 @@ class EventRecorder:
         try:
             result = await self.redis.evalsha(
                 _RECORD,
-                [dedup, EVENT_STREAM, QUEUE_EVENTS, PROJECTS_KEY, stream_key(project_id), seq_key(project_id)],
+                [
+                    dedup,
+                    EVENT_STREAM,
+                    QUEUE_EVENTS,
+                    PROJECTS_KEY,
+                    stream_key(project_id),
+                    seq_key(project_id),
+                    tombstones_key(project_id),
+                ],
                 [
                     ttl,
                     STREAM_MAXLEN,
@@ -213,12 +228,16 @@ class EventRecorder:
                     entry or b"",
                     CHANGES_MAXLEN,
                     CHANGES_TTL_S,
+                    self.change_log_bytes,
                 ],
             )
         except (RedisReplyError, OSError, TimeoutError) as exc:
             log.warning("redis_unavailable", error_type=type(exc).__name__, error=str(exc), project_id=project_id)
             self._lost.add(project_id)
             raise UnavailableError(f"Redis unavailable: {type(exc).__name__}") from None
+        if int(result) == 2:
+            log.warning("change_log_over_budget", project_id=project_id, budget_bytes=self.change_log_bytes)
+            return 1
         return int(result)
 
     async def record_refusal(self, project_id: int | None) -> None:
@@ -271,10 +290,13 @@ return 0
 # remember it, append the event to the stream and to the project's change log (when it has an
 # entry; 'gap' only bumps the counter), and push the Celery message; Redis runs a script without
 # interleaving other commands, and a script that fails before its first write changes nothing.
-# KEYS: dedup key, event stream, events queue, projects set, change log, change log counter.
+# A deletion's ids also go into the project's tombstones (``labelloop.changes.tombstones_key``).
+# KEYS: dedup key, event stream, events queue, projects set, change log, change log counter,
+# change log tombstones.
 # ARGV: dedup TTL (0: none), stream max length, Celery message, project id, action,
 # annotation ids, received_at, change-log entry ('' = none, 'gap'), change log max length,
-# change log TTL.
+# change log TTL, change-log budget in bytes ('0': none; over it the log is dropped and the
+# counter bumped: a gap, and the script returns 2).
 # Field names are literals here: no table built per call.
 _RECORD = Script(
     """
@@ -284,6 +306,7 @@ end
 if ARGV[1] ~= '0' and not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
   return 0
 end
+local over = 1
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
   'action', ARGV[5], 'project_id', ARGV[4], 'annotation_ids', ARGV[6], 'received_at', ARGV[7])
 if ARGV[8] ~= '' then
@@ -292,9 +315,20 @@ if ARGV[8] ~= '' then
   if ARGV[8] ~= 'gap' then
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'seq', seq, 'entry', ARGV[8])
     redis.call('EXPIRE', KEYS[5], ARGV[10])
+    if ARGV[11] ~= '0' and (redis.call('MEMORY', 'USAGE', KEYS[5]) or 0) > tonumber(ARGV[11]) then
+      redis.call('DEL', KEYS[5])
+      redis.call('INCR', KEYS[6])
+      over = 2
+    end
   end
 end
+if ARGV[5] == 'ANNOTATIONS_DELETED' and ARGV[6] ~= '' then
+  for id in string.gmatch(ARGV[6], '[^,]+') do
+    redis.call('SADD', KEYS[7], id)
+  end
+  redis.call('EXPIRE', KEYS[7], ARGV[10])
+end
 redis.call('LPUSH', KEYS[3], ARGV[3])
-return 1
+return over
 """
 )

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from labelloop.changes import in_future
 from labelloop.errors import BadRequestError
 
 ANNOTATION_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"})
@@ -79,12 +80,18 @@ class WebhookEvent(_Loose):
         """Require the fields each action needs.
 
         Raises:
-            BadRequestError: a required field for this action is missing.
+            BadRequestError: a required field for this action is missing, or an annotation's
+                ``updated_at`` is more than ``labelloop.changes.CLOCK_SKEW_S`` in the future.
         """
         if self.action in ANNOTATION_EVENTS and not self.annotation:
             raise BadRequestError(f"{self.action} needs an 'annotation' object (a list for ANNOTATIONS_CREATED)")
         if self.action in DELETE_EVENTS and not self.annotations:
             raise BadRequestError(f"{self.action} needs a non-empty 'annotations' list")
+        for annotation_id, updated_at in self.changes():
+            if in_future(updated_at):  # it would outrank every real update of the annotation
+                raise BadRequestError(
+                    f"annotation {annotation_id}: updated_at {(updated_at or '')[:40]} is in the future"
+                )
 
     def changes(self) -> list[tuple[int, str | None]]:
         """``(annotation id, updated_at)`` per annotation this event changes; updated_at None = deleted."""

@@ -290,7 +290,7 @@ def test_rebuild_after_one_annotation_fetches_one_task_and_writes_two_files(
 def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
     api: LabelStudioAPI, label_studio: tuple[str, str], redis_url: str, tmp_path: Path
 ) -> None:
-    """With the receiver recording Label Studio's webhooks, rebuilds read no task from Label Studio:
+    """With the receiver recording Label Studio's webhooks, rebuilds read only the tasks they name:
     a new annotation, an update, a skip and a delete come from the change log, and each dataset is
     the one a build reading Label Studio writes. A webhook lost while the receiver was down: the
     receiver that starts makes a gap, that rebuild reads Label Studio, and the log is trusted again
