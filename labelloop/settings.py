@@ -281,7 +281,16 @@ class Settings(BaseSettings):
         "a bulk one (ANNOTATIONS_CREATED) grows with its tasks.",
     )
     max_concurrent_requests: int = Field(
-        64, ge=1, description="Requests the receiver handles at once (`labelloop serve`); 503 beyond."
+        64,
+        ge=1,
+        description="Requests the receiver handles at once (per process; idle connections do not count); "
+        "503 with Retry-After beyond, and a refused webhook marks the change logs.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a whole request head (`labelloop serve`); "
+        "the connection is closed after it.",
     )
     redis_timeout_s: float = Field(
         0.3, gt=0, description="Receiver's Redis connect/command timeout (seconds); 503 after it."

@@ -38,6 +38,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -61,6 +62,7 @@ from labelloop.registry import Registry
 from labelloop.settings import Settings
 from service.auth import AuthError, check_model, placeholder_credentials
 from service.events import EventRecorder
+from service.limits import InFlightLimit
 from service.metrics import Metrics
 from service.page import project_view, render
 from service.projects import LabelStudioProjects
@@ -502,6 +504,15 @@ def _auth(request: Request, check: Callable[[Headers, Settings], None]) -> None:
         raise
 
 
+async def _refused_busy(scope: Scope) -> None:
+    """A request the in-flight limit refused (``service.limits``): a webhook's gap is recorded as
+    any other webhook refused before its body was read."""
+    if scope["path"] == "/webhook":
+        st: AppState | None = getattr(scope["app"].state, "labelloop", None)
+        if st is not None:
+            await st.webhook.record_refusal_if_credentialed(scope)
+
+
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     status, content, headers = error_response(exc, request.url.path)
     return JSONResponse(content, status_code=status, headers=headers)
@@ -567,6 +578,7 @@ def create_app(settings: Settings) -> Receiver:
             Route("/projects/{project_id}/rollback", rollback, methods=["POST"]),
             Route("/projects/{project_id}/status", project_status, methods=["GET"]),
         ],
+        middleware=[Middleware(InFlightLimit, limit=settings.max_concurrent_requests, on_refused=_refused_busy)],
         exception_handlers={
             HTTPException: _on_error,
             ValidationError: _on_error,
