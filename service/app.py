@@ -62,6 +62,7 @@ from labelloop.registry import Registry
 from labelloop.settings import Settings
 from service.auth import AuthError, check_model, placeholder_credentials
 from service.events import EventRecorder
+from service.frontdoor import FrontDoor
 from service.limits import InFlightLimit
 from service.metrics import Metrics
 from service.page import project_view, render
@@ -102,14 +103,15 @@ async def _json_body(request: Request) -> Any:
     """Read and parse a JSON body, refusing oversized ones before reading them.
 
     Raises:
-        HTTPException: 413 over the size limit, 415 not JSON, 400 invalid JSON.
+        HTTPException: 413 over the size limit, 415 not declared JSON (Label Studio's requests
+            are ``application/json``), 400 invalid JSON.
     """
     limit = _state(request).settings.max_body_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise HTTPException(413, f"body over {limit} bytes")
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
         raise HTTPException(415, "body must be application/json")
     raw = await _body(request, limit)
     try:
@@ -578,7 +580,10 @@ def create_app(settings: Settings) -> Receiver:
             Route("/projects/{project_id}/rollback", rollback, methods=["POST"]),
             Route("/projects/{project_id}/status", project_status, methods=["GET"]),
         ],
-        middleware=[Middleware(InFlightLimit, limit=settings.max_concurrent_requests, on_refused=_refused_busy)],
+        middleware=[
+            Middleware(FrontDoor, allowed_hosts=settings.allowed_hosts),
+            Middleware(InFlightLimit, limit=settings.max_concurrent_requests, on_refused=_refused_busy),
+        ],
         exception_handlers={
             HTTPException: _on_error,
             ValidationError: _on_error,

@@ -184,10 +184,9 @@ class WebhookEndpoint:
         limit = self.limit
         if length is not None and length.isdigit() and int(length) > limit:
             raise HTTPException(413, f"body over {limit} bytes")
-        if ctype is not None:
-            media = ctype.decode("latin-1").split(";")[0].strip().lower()
-            if media and media != "application/json" and not media.endswith("+json"):
-                raise HTTPException(415, "body must be application/json")
+        media = ctype.decode("latin-1").split(";")[0].strip().lower() if ctype is not None else ""
+        if media != "application/json" and not media.endswith("+json"):
+            raise HTTPException(415, "body must be application/json")
 
         # No byte of an unauthenticated body is read: either credential, from the headers alone.
         self._auth(scope, check_either)
