@@ -45,6 +45,7 @@ from starlette.routing import Route
 
 from labelloop import keys
 from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, RegistryError, UnavailableError
+from labelloop.ledger import PROJECTS_KEY
 from labelloop.names import (
     QUEUE_EVENTS,
     QUEUE_PREANNOTATE,
@@ -58,7 +59,7 @@ from labelloop.notify import serve_when_warm
 from labelloop.params import ProjectParams, parse_extra_params, preannotates, train_spec
 from labelloop.params import load as load_params
 from labelloop.params import store as store_params
-from labelloop.registry import Registry
+from labelloop.registry import UNTRAINED, Registry
 from labelloop.settings import Settings
 from service.auth import AuthError, check_model, placeholder_credentials
 from service.events import EventRecorder
@@ -187,17 +188,44 @@ async def setup(request: Request) -> JSONResponse:
     req = SetupRequest.model_validate(body)
     project_id = parse_project_id(req.project)
     params = parse_extra_params(req.extra_params)
-    train_spec(req.label_config, params)
-    if params != load_params(st.settings.models_dir, project_id):
+    # Parsing the label config (XML) and reading the project's files block: in a thread.
+    await run_in_threadpool(train_spec, req.label_config, params)
+    if params != await run_in_threadpool(load_params, st.settings.models_dir, project_id):
         await _check_setup_caller(st, project_id, req.access_token)
-    if store_params(st.settings.models_dir, project_id, params):
+    # An unconfirmed project gets no files either (a project directory makes it known).
+    if await _remember_if_confirmed(st, project_id, req.access_token) and await run_in_threadpool(
+        store_params, st.settings.models_dir, project_id, params
+    ):
         log.info("project_params_stored", project_id=project_id, **params.model_dump(exclude_none=True))
-    await st.recorder.remember_project(project_id)
-    version = st.registry.served_name(project_id)
+    current = await run_in_threadpool(st.registry.current_name, project_id)
+    version = current or UNTRAINED
     log.info("setup", project_id=project_id, version=version)
-    if st.registry.current_name(project_id) is None:
+    if current is None:
         await _queue_first_picks(st, project_id, params)
     return JSONResponse({"model_version": version})
+
+
+async def _remember_if_confirmed(st: AppState, project_id: int, access_token: str | None) -> bool:
+    """Make the project known (webhooks taken, reconciliation walks it) when Label Studio confirms
+    it: it is known already, the ``/setup`` access_token or labelloop's own token reads it on
+    ``LABEL_STUDIO_URL``. Credentials alone cannot make up project ids; without a Label Studio
+    configured there is nothing to ask, and they decide. Returns whether the project is known;
+    never fails ``/setup``."""
+    if st.settings.label_studio_url:
+        known = False
+        with anyio.move_on_after(st.settings.redis_timeout_s):
+            try:
+                known = bool(await st.redis.sismember(PROJECTS_KEY, str(project_id)))
+            except (RedisError, OSError):
+                pass
+        if known:
+            return True
+        confirmed = bool(access_token) and await st.label_studio.token_reads(project_id, access_token or "")
+        if not confirmed and not await st.label_studio.readable(project_id):
+            log.info("project_not_confirmed", project_id=project_id, label_studio=st.settings.label_studio_url)
+            return False
+    await st.recorder.remember_project(project_id)
+    return True
 
 
 async def _queue_first_picks(st: AppState, project_id: int, params: ProjectParams) -> None:
@@ -380,10 +408,11 @@ async def project_status(request: Request) -> JSONResponse:
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
     training, preannotation = await _progress(st, project_id)
+    version = await run_in_threadpool(st.registry.served_name, project_id)
     return JSONResponse(
         {
             "project_id": project_id,
-            "model_version": st.registry.served_name(project_id),
+            "model_version": version,
             "training": training,
             "preannotation": preannotation,
         }

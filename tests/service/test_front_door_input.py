@@ -4,6 +4,8 @@ printed. Against the real app and a real Redis (and real uvicorn for the bound a
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from starlette.testclient import TestClient
 
 from labelloop.errors import UnavailableError
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port
+from labelloop.stack import Stack, free_port, wait_until
 from service.app import create_app
 from tests.conftest import connect, fixture
 
@@ -169,3 +171,44 @@ def test_the_redis_password_is_never_printed(tmp_path: Path, capsys: pytest.Capt
     text = out.out + out.err + str(raised.value)
     assert "hunter2-secret" not in text
     assert text.count("redis://:**@127.0.0.1") >= 3, text
+
+
+def test_a_hung_file_read_in_setup_or_status_leaves_the_receiver_answering(tmp_path: Path, redis_url: str) -> None:
+    """While /setup or /projects/{id}/status is stuck reading the project's files (CURRENT is a FIFO
+    with no writer: a hung disk), /health still answers: file reads and label-config parsing
+    run in threads, not on the event loop; the stuck request completes once the read does."""
+    stack = Stack(tmp_path, {"LABELLOOP_REDIS_URL": redis_url, "LABELLOOP_MODELS_DIR": str(tmp_path / "models")})
+    url = stack.start_receiver(free_port())
+    project = tmp_path / "models" / "1"
+    project.mkdir(parents=True)
+    fifo = project / "CURRENT"
+    requests = [
+        ("POST", "/setup", {"json": fixture("ml_setup_request.json")}),
+        ("GET", "/projects/1/status", {}),
+    ]
+    try:
+        with httpx.Client(base_url=url, timeout=20) as http, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            for method, path, kwargs in requests:
+                os.mkfifo(fifo)
+                stuck = pool.submit(http.request, method, path, **kwargs)
+                fd: list[int] = []
+                wait_until(lambda fd=fd: _open_writer(fifo, fd), 10, f"{path} reading CURRENT")
+                try:
+                    with httpx.Client(base_url=url, timeout=2) as probe:
+                        assert probe.get("/health").status_code == 200, path
+                finally:
+                    os.write(fd[0], b"v1\n")
+                    os.close(fd[0])
+                assert stuck.result(timeout=20).status_code == 200, path
+                fifo.unlink()
+    finally:
+        stack.stop_all()
+
+
+def _open_writer(fifo: Path, fds: list[int]) -> bool:
+    """Open ``fifo`` for writing without blocking; succeeds only once a reader has it open."""
+    try:
+        fds.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        return False
+    return True
