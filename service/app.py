@@ -536,12 +536,15 @@ def _auth(request: Request, check: Callable[[Headers, Settings], None]) -> None:
 
 
 async def _refused_busy(scope: Scope) -> None:
-    """A request the in-flight limit refused (``service.limits``): a webhook's gap is recorded as
-    any other webhook refused before its body was read."""
-    if scope["path"] == "/webhook":
-        st: AppState | None = getattr(scope["app"].state, "labelloop", None)
-        if st is not None:
-            await st.webhook.record_refusal_if_credentialed(scope)
+    """A request the in-flight limit refused (``service.limits``): counted, and a webhook's gap is
+    recorded as any other webhook refused before its body was read."""
+    st: AppState | None = getattr(scope["app"].state, "labelloop", None)
+    if st is None:
+        return
+    webhook = scope["path"] == "/webhook"
+    st.metrics.refused_busy.labels(route="webhook" if webhook else "other").inc()
+    if webhook:
+        await st.webhook.record_refusal_if_credentialed(scope)
 
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
