@@ -547,6 +547,15 @@ async def _refused_busy(scope: Scope) -> None:
         await st.webhook.record_refusal_if_credentialed(scope)
 
 
+async def _refused_host(scope: Scope) -> None:
+    """A request refused for its Host header (``service.frontdoor``): a webhook's gap is recorded
+    as any other webhook refused before its body was read (a misconfigured allow-list loses no
+    annotation)."""
+    st: AppState | None = getattr(scope["app"].state, "labelloop", None)
+    if st is not None and scope["path"] == "/webhook":
+        await st.webhook.record_refusal_if_credentialed(scope)
+
+
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     status, content, headers = error_response(exc, request.url.path)
     return JSONResponse(content, status_code=status, headers=headers)
@@ -613,7 +622,7 @@ def create_app(settings: Settings) -> Receiver:
             Route("/projects/{project_id}/status", project_status, methods=["GET"]),
         ],
         middleware=[
-            Middleware(FrontDoor, allowed_hosts=settings.allowed_hosts),
+            Middleware(FrontDoor, allowed_hosts=settings.allowed_hosts, on_host_refused=_refused_host),
             Middleware(InFlightLimit, limit=settings.max_concurrent_requests, on_refused=_refused_busy),
         ],
         exception_handlers={

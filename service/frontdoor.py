@@ -65,6 +65,9 @@ class FrontDoor:
         allowed_hosts: ``LABELLOOP_ALLOWED_HOSTS`` (names without port; ``*``: any; empty: the
             default above).
         exempt: paths whose Host is not checked (liveness).
+        on_host_refused: awaited with the scope of a request refused for its Host (a Label Studio
+            whose webhooks name a host missing from the list: ``service.app`` records the gap).
+            A cross-site POST is never Label Studio's: nothing is recorded for it.
     """
 
     def __init__(
@@ -72,10 +75,12 @@ class FrontDoor:
         app: Callable[[Scope, Receive, Send], Awaitable[None]],
         allowed_hosts: Collection[str] = (),
         exempt: Collection[str] = ("/", "/health"),
+        on_host_refused: Callable[[Scope], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
         self.allowed = frozenset(h.lower() for h in allowed_hosts)
         self.exempt = frozenset(exempt)
+        self.on_host_refused = on_host_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,6 +92,8 @@ class FrontDoor:
                 f"Host {headers.get('host', '(none)')[:100]!r} is not served here: set LABELLOOP_ALLOWED_HOSTS "
                 "(on loopback only localhost, 127.0.0.1 and [::1] are)"
             )
+            if self.on_host_refused is not None:
+                await self.on_host_refused(scope)
             await _answer(send, scope, 400, reason)
             return
         if scope["method"] == "POST" and cross_site(headers):

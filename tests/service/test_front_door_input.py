@@ -12,9 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import structlog
 from starlette.testclient import TestClient
 
+from labelloop.changes import ChangeLog, ChangeLogUnusable
 from labelloop.errors import UnavailableError
 from labelloop.settings import Settings
 from labelloop.stack import Stack, free_port, wait_until
@@ -147,14 +149,23 @@ def test_loopback_receiver_answers_only_loopback_host_names(loopback: str) -> No
 
 
 def test_allowed_hosts_setting_restricts_any_address(redis_url: str, tmp_path: Path) -> None:
-    """LABELLOOP_ALLOWED_HOSTS names the Host headers served (on any address); others get 400."""
+    """LABELLOOP_ALLOWED_HOSTS names the Host headers served (on any address); others get 400, and
+    a webhook refused for its Host marks the change logs (a wrong allow-list loses no annotation)."""
     settings = Settings(
         redis_url=redis_url, models_dir=tmp_path / "models", allowed_hosts=["labelloop.example", "10.0.0.5"]
     )
+    log = ChangeLog(redis.Redis.from_url(redis_url))
+    created = fixture("webhook_ANNOTATION_CREATED.json")
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         assert c.get("/versions").status_code == 400  # Host: testserver
         assert c.get("/versions", headers={"Host": "labelloop.example:9090"}).status_code == 200
         assert c.get("/versions", headers={"Host": "10.0.0.5"}).status_code == 200
+        connect(c, headers={"Host": "10.0.0.5"})
+        assert c.post("/webhook", json=created, headers={"Host": "10.0.0.5"}).status_code in (200, 201)
+        position = log.read(1, log.position(1)).position
+        assert c.post("/webhook", json=created).status_code == 400
+        with pytest.raises(ChangeLogUnusable, match="refused"):
+            log.read(1, position)
 
 
 def test_the_redis_password_is_never_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
