@@ -220,8 +220,7 @@ async def _remember_if_confirmed(st: AppState, project_id: int, access_token: st
                 pass
         if known:
             return True
-        confirmed = bool(access_token) and await st.label_studio.token_reads(project_id, access_token or "")
-        if not confirmed and not await st.label_studio.readable(project_id):
+        if not await st.label_studio.confirms(project_id, access_token):
             log.info("project_not_confirmed", project_id=project_id, label_studio=st.settings.label_studio_url)
             return False
     await st.recorder.remember_project(project_id)
