@@ -11,7 +11,11 @@ Routes (https://labelstud.io/guide/ml_create):
     GET  /projects/{id}/versions, /projects/{id}/status
     POST /projects/{id}/promote {"version": "vN"}, /projects/{id}/rollback
 
-The receiver never imports torch or ultralytics; run it with
+Every request passes ``service.frontdoor`` (Host allow-list, cross-site POSTs refused) and
+``service.limits`` (requests in flight bounded, 503 beyond) before its route.
+
+The receiver never imports torch or ultralytics; run it with ``labelloop serve`` (uvicorn with
+the header timeout of ``service.connections``) or
 ``uvicorn --factory service.app:create_app_from_env``.
 """
 
