@@ -8,10 +8,10 @@ Label Studio users already set for ML backends, ``LABEL_STUDIO_URL`` and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "LABELLOOP_"
 
@@ -316,7 +316,21 @@ class Settings(BaseSettings):
         "a bulk one (ANNOTATIONS_CREATED) grows with its tasks.",
     )
     max_concurrent_requests: int = Field(
-        64, ge=1, description="Requests the receiver handles at once (`labelloop serve`); 503 beyond."
+        64,
+        ge=1,
+        description="Requests the receiver handles at once (per process; idle connections do not count); "
+        "503 with Retry-After beyond, and a refused webhook marks the change logs.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a whole request head (`labelloop serve`); "
+        "the connection is closed after it.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Host header names the receiver answers (comma-separated, `*`: any); empty: any "
+        "when it listens beyond loopback, else only localhost, 127.0.0.1 and [::1] (DNS rebinding).",
     )
     redis_timeout_s: float = Field(
         0.3, gt=0, description="Receiver's Redis connect/command timeout (seconds); 503 after it."
@@ -328,6 +342,13 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Log level for labelloop and the libraries it routes.")
     log_json: bool | None = Field(None, description="JSON logs; default: JSON unless stderr is a TTY.")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [h.strip().lower() for h in v.split(",") if h.strip()]
+        return v
 
     @field_validator("label_studio_url")
     @classmethod

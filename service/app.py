@@ -11,7 +11,11 @@ Routes (https://labelstud.io/guide/ml_create):
     GET  /projects/{id}/versions, /projects/{id}/status
     POST /projects/{id}/promote {"version": "vN"}, /projects/{id}/rollback
 
-The receiver never imports torch or ultralytics; run it with
+Every request passes ``service.frontdoor`` (Host allow-list, cross-site POSTs refused) and
+``service.limits`` (requests in flight bounded, 503 beyond) before its route.
+
+The receiver never imports torch or ultralytics; run it with ``labelloop serve`` (uvicorn with
+the header timeout of ``service.connections``) or
 ``uvicorn --factory service.app:create_app_from_env``.
 """
 
@@ -38,12 +42,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from labelloop import keys, project_webhook
 from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, RegistryError, UnavailableError
+from labelloop.ledger import PROJECTS_KEY
 from labelloop.names import (
     QUEUE_EVENTS,
     QUEUE_PREANNOTATE,
@@ -57,10 +63,12 @@ from labelloop.notify import serve_when_warm
 from labelloop.params import ProjectParams, parse_extra_params, preannotates, train_spec
 from labelloop.params import load as load_params
 from labelloop.params import store as store_params
-from labelloop.registry import Registry
+from labelloop.registry import UNTRAINED, Registry
 from labelloop.settings import Settings
 from service.auth import AuthError, check_model, placeholder_credentials
 from service.events import EventRecorder
+from service.frontdoor import FrontDoor
+from service.limits import InFlightLimit
 from service.metrics import Metrics
 from service.page import project_view, render
 from service.projects import LabelStudioProjects
@@ -100,14 +108,15 @@ async def _json_body(request: Request) -> Any:
     """Read and parse a JSON body, refusing oversized ones before reading them.
 
     Raises:
-        HTTPException: 413 over the size limit, 415 not JSON, 400 invalid JSON.
+        HTTPException: 413 over the size limit, 415 not declared JSON (Label Studio's requests
+            are ``application/json``), 400 invalid JSON.
     """
     limit = _state(request).settings.max_body_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise HTTPException(413, f"body over {limit} bytes")
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
         raise HTTPException(415, "body must be application/json")
     raw = await _body(request, limit)
     try:
@@ -183,17 +192,43 @@ async def setup(request: Request) -> JSONResponse:
     req = SetupRequest.model_validate(body)
     project_id = parse_project_id(req.project)
     params = parse_extra_params(req.extra_params)
-    train_spec(req.label_config, params)
-    if params != load_params(st.settings.models_dir, project_id):
+    # Parsing the label config (XML) and reading the project's files block: in a thread.
+    await run_in_threadpool(train_spec, req.label_config, params)
+    if params != await run_in_threadpool(load_params, st.settings.models_dir, project_id):
         await _check_setup_caller(st, project_id, req.access_token)
-    if store_params(st.settings.models_dir, project_id, params):
+    # An unconfirmed project gets no files either (a project directory makes it known).
+    if await _remember_if_confirmed(st, project_id, req.access_token) and await run_in_threadpool(
+        store_params, st.settings.models_dir, project_id, params
+    ):
         log.info("project_params_stored", project_id=project_id, **params.model_dump(exclude_none=True))
-    await st.recorder.remember_project(project_id)
-    version = st.registry.served_name(project_id)
+    current = await run_in_threadpool(st.registry.current_name, project_id)
+    version = current or UNTRAINED
     log.info("setup", project_id=project_id, version=version)
-    if st.registry.current_name(project_id) is None:
+    if current is None:
         await _queue_first_picks(st, project_id, params)
     return JSONResponse({"model_version": version})
+
+
+async def _remember_if_confirmed(st: AppState, project_id: int, access_token: str | None) -> bool:
+    """Make the project known (webhooks taken, reconciliation walks it) when Label Studio confirms
+    it: it is known already, the ``/setup`` access_token or labelloop's own token reads it on
+    ``LABEL_STUDIO_URL``. Credentials alone cannot make up project ids; without a Label Studio
+    configured there is nothing to ask, and they decide. Returns whether the project is known;
+    never fails ``/setup``."""
+    if st.settings.label_studio_url:
+        known = False
+        with anyio.move_on_after(st.settings.redis_timeout_s):
+            try:
+                known = bool(await st.redis.sismember(PROJECTS_KEY, str(project_id)))
+            except (RedisError, OSError):
+                pass
+        if known:
+            return True
+        if not await st.label_studio.confirms(project_id, access_token):
+            log.info("project_not_confirmed", project_id=project_id, label_studio=st.settings.label_studio_url)
+            return False
+    await st.recorder.remember_project(project_id)
+    return True
 
 
 async def _queue_first_picks(st: AppState, project_id: int, params: ProjectParams) -> None:
@@ -431,10 +466,11 @@ async def project_status(request: Request) -> JSONResponse:
     _auth(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
     training, preannotation = await _progress(st, project_id)
+    version = await run_in_threadpool(st.registry.served_name, project_id)
     return JSONResponse(
         {
             "project_id": project_id,
-            "model_version": st.registry.served_name(project_id),
+            "model_version": version,
             "training": training,
             "preannotation": preannotation,
         }
@@ -568,6 +604,27 @@ def _auth(request: Request, check: Callable[[Headers, Settings], None]) -> None:
         raise
 
 
+async def _refused_busy(scope: Scope) -> None:
+    """A request the in-flight limit refused (``service.limits``): counted, and a webhook's gap is
+    recorded as any other webhook refused before its body was read."""
+    st: AppState | None = getattr(scope["app"].state, "labelloop", None)
+    if st is None:
+        return
+    webhook = scope["path"] == "/webhook"
+    st.metrics.refused_busy.labels(route="webhook" if webhook else "other").inc()
+    if webhook:
+        await st.webhook.record_refusal_if_credentialed(scope)
+
+
+async def _refused_host(scope: Scope) -> None:
+    """A request refused for its Host header (``service.frontdoor``): a webhook's gap is recorded
+    as any other webhook refused before its body was read (a misconfigured allow-list loses no
+    annotation)."""
+    st: AppState | None = getattr(scope["app"].state, "labelloop", None)
+    if st is not None and scope["path"] == "/webhook":
+        await st.webhook.record_refusal_if_credentialed(scope)
+
+
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     status, content, headers = error_response(exc, request.url.path)
     return JSONResponse(content, status_code=status, headers=headers)
@@ -636,6 +693,10 @@ def create_app(settings: Settings) -> Receiver:
             Route("/projects/{project_id}/promote", promote, methods=["POST"]),
             Route("/projects/{project_id}/rollback", rollback, methods=["POST"]),
             Route("/projects/{project_id}/status", project_status, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(FrontDoor, allowed_hosts=settings.allowed_hosts, on_host_refused=_refused_host),
+            Middleware(InFlightLimit, limit=settings.max_concurrent_requests, on_refused=_refused_busy),
         ],
         exception_handlers={
             HTTPException: _on_error,

@@ -13,9 +13,11 @@ Flower refuses to listen beyond loopback without Basic auth.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from labelloop.settings import Settings
 
@@ -44,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from labelloop.logconfig import configure_logging
+    from service.connections import HeaderTimeoutProtocol
     from service.ops import open_warning
 
     settings = Settings()
@@ -52,16 +55,19 @@ def _serve(args: argparse.Namespace) -> int:
         return refused
     if warning := open_warning(settings, args.host):
         structlog.get_logger("service.cli").warning("receiver_open", host=args.host, detail=warning)
+    # Connections that send no complete request head are closed after the header timeout;
+    # requests in flight are bounded in the app (service.limits), not by uvicorn's
+    # limit_concurrency, which counts idle connections too (503 for everyone while they stay).
+    protocol = functools.partial(HeaderTimeoutProtocol, header_timeout_s=settings.header_timeout_s)
     uvicorn.run(
         "service.app:create_app_from_env",
+        http=cast("type[asyncio.Protocol]", protocol),
         factory=True,
         host=args.host,
         port=args.port,
         log_config=None,
         access_log=False,
         workers=args.workers,
-        # uvicorn answers 503 beyond this many connections and requests in flight: bounded memory.
-        limit_concurrency=settings.max_concurrent_requests,
     )
     return 0
 

@@ -36,6 +36,12 @@ class Metrics:
             ["route", "kind"],
             registry=registry,
         )
+        self.refused_busy = Counter(
+            "labelloop_requests_refused_busy_total",
+            "Requests answered 503 beyond LABELLOOP_MAX_CONCURRENT_REQUESTS in flight, by route (webhook, other).",
+            ["route"],
+            registry=registry,
+        )
         self.served_version = Gauge(
             "labelloop_served_version_info",
             "1 for the model version each project serves.",

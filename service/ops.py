@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import redis
+from kombu.utils.url import maybe_sanitize_url
 
 from labelloop import keys, locks, project_webhook, retired_projects
 from labelloop.curve import text_learning_curve
@@ -93,8 +94,8 @@ def train(settings: Settings, project_id: int, wait: bool, timeout_s: float = 24
         _redis(settings).ping()
     except redis.RedisError as exc:
         raise UnavailableError(
-            f"Redis at {settings.redis_url} is unreachable ({type(exc).__name__}: {exc}): start it, or set "
-            "LABELLOOP_REDIS_URL to where it runs"
+            f"Redis at {maybe_sanitize_url(settings.redis_url)} is unreachable ({type(exc).__name__}: {exc}): "
+            "start it, or set LABELLOOP_REDIS_URL to where it runs"
         ) from None
     app = create_celery(settings)
     app.send_task(TASK_HANDLE_EVENT, args=[project_id, "START_TRAINING", []], queue=QUEUE_EVENTS)
@@ -208,7 +209,7 @@ def status(settings: Settings) -> int:
         running = {p: r for p in projects if (r := store.get(p))}
         last_event = client.xrevrange(keys.EVENTS, count=1)
     except redis.RedisError as exc:
-        print(f"Redis at {settings.redis_url} is unreachable: {exc}")
+        print(f"Redis at {maybe_sanitize_url(settings.redis_url)} is unreachable: {exc}")
         return 1
     print("queues:   " + ", ".join(f"{q} {n}" for q, n in depths.items()))
     print("webhooks: " + _last_webhook(last_event))
@@ -369,7 +370,7 @@ def doctor(settings: Settings) -> int:
     try:
         client = _redis(settings)
         client.ping()
-        report(True, f"Redis answers at {settings.redis_url}")
+        report(True, f"Redis answers at {maybe_sanitize_url(settings.redis_url)}")
         projects = Ledger(client).projects() | set(Registry(settings.models_dir).projects())
         for lock in locks.without_owner(client, projects, settings.train_lock_orphan_s):
             report(
@@ -378,7 +379,11 @@ def doctor(settings: Settings) -> int:
                 "wait for the next reconciliation (LABELLOOP_RECONCILE_INTERVAL_S), or check the train queue",
             )
     except redis.RedisError as exc:
-        report(False, f"Redis at {settings.redis_url}: {exc}", "start redis-server or set LABELLOOP_REDIS_URL")
+        report(
+            False,
+            f"Redis at {maybe_sanitize_url(settings.redis_url)}: {exc}",
+            "start redis-server or set LABELLOOP_REDIS_URL",
+        )
 
     if not settings.label_studio_url:
         report(False, "LABEL_STUDIO_URL is not set", "export LABEL_STUDIO_URL=http://<label-studio-host>:8080")

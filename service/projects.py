@@ -1,9 +1,11 @@
 """Which projects the receiver takes webhooks for: the projects labelloop knows.
 
-A project is known once a ``/setup`` with valid credentials named it (Label Studio calls
-``/setup`` when the ML backend is connected, and again on its settings changes), once it has
-versions in the registry, or once labelloop's own Label Studio token can read it
-(``GET /api/projects/<id>/`` on ``LABEL_STUDIO_URL``). Known projects are the Redis set
+A project is known once a ``/setup`` with valid credentials named it and Label Studio confirms
+it (``confirms``: the ``/setup`` access_token or labelloop's own token reads it; without a
+``LABEL_STUDIO_URL`` the credentials alone decide), once it has versions in the registry, or
+once labelloop's own Label Studio token can read it (``GET /api/projects/<id>/`` on
+``LABEL_STUDIO_URL``). Label Studio calls ``/setup`` when the ML backend is connected, and
+again on its settings changes. Known projects are the Redis set
 ``labelloop:projects`` (``labelloop.ledger.PROJECTS_KEY``), which reconciliation walks.
 
 A webhook for any other project id is refused (404, with the fix), so made-up project ids
@@ -85,6 +87,13 @@ class LabelStudioProjects:
             log.info("setup_token_check_failed", project_id=project_id, error_type=type(exc).__name__)
             return False
         return resp.status_code == 200
+
+    async def confirms(self, project_id: int, access_token: str | None) -> bool:
+        """True when Label Studio confirms the project exists for a ``/setup``: its
+        ``access_token`` reads it, or labelloop's own token does (``readable``); never raises."""
+        if access_token and await self.token_reads(project_id, access_token):
+            return True
+        return await self.readable(project_id)
 
     async def _get_project(self, project_id: int) -> bool:
         client = self._http()

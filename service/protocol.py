@@ -28,20 +28,21 @@ class _Loose(BaseModel):
 
 
 def parse_project_id(value: Any) -> int:
-    """Project id from ``/setup``/``/predict``'s ``"<id>.<timestamp>"`` string, or an int.
+    """Project id from ``/setup``/``/predict``'s ``"<id>.<timestamp>"`` string, a route's
+    ``{project_id}``, or an int: a positive Label Studio bigint (1 to 2**63-1).
 
     Raises:
-        BadRequestError: not of that form.
+        BadRequestError: not of that form (400 with the reason).
     """
-    if isinstance(value, bool):
-        raise BadRequestError("project must be '<id>.<timestamp>' or an integer id")
-    if isinstance(value, int) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
         return value
     if isinstance(value, str):
         head = value.split(".", 1)[0]
-        if head.isdigit() and int(head) > 0:
+        # ASCII digits only ('²'.isdigit() is true), and at most a bigint's 19 before int():
+        # int() of thousands of digits is slow and raises ValueError past 4,300.
+        if head.isascii() and head.isdigit() and len(head) <= len(str(MAX_ID)) and 0 < int(head) <= MAX_ID:
             return int(head)
-    raise BadRequestError("project must be '<id>.<timestamp>' or an integer id")
+    raise BadRequestError(f"project must be '<id>.<timestamp>' or an integer id from 1 to {MAX_ID}")
 
 
 class ProjectRef(_Loose):
@@ -125,7 +126,7 @@ class SetupRequest(_Loose):
 class PredictTask(_Loose):
     id: int
     data: dict[str, Any]
-    project: int | None = None
+    project: int | None = Field(None, gt=0, le=MAX_ID)
 
 
 class PredictRequest(_Loose):

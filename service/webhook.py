@@ -12,7 +12,7 @@ responses.
 Memory is bounded: at most ``max_body_bytes`` per request, and bodies over ``LARGE_BODY_BYTES``
 are parsed and handled ``LARGE_BODY_SLOTS`` at a time (parsed JSON takes up to ~30 times its
 text: a crafted 1 MiB body is ~30 MiB of Python objects); the number of requests in flight is
-bounded by ``labelloop serve`` (uvicorn's ``limit_concurrency``: 503 beyond it).
+bounded in the app (``service.limits``: 503 beyond it, and a refused webhook's gap).
 Every error maps to the same JSON answer the other routes give (``error_response``); nothing
 escapes as a 500 with a traceback.
 
@@ -145,13 +145,14 @@ class WebhookEndpoint:
     async def _handle(self, scope: Scope, receive: Receive) -> Response | None:
         """The response to send, or None when the client disconnected; raises for error answers.
 
-        A webhook refused before its body is parsed (401, 413, 415, 422) may be an annotation
-        Label Studio will never resend: it leaves a gap in Redis (``EventRecorder.record_refusal``).
+        A webhook refused before its body is parsed (413, 415, 422, 400) may be an annotation
+        Label Studio will never resend: it leaves a gap in Redis (``EventRecorder.record_refusal``)
+        when it carried a valid credential (``record_refusal_if_credentialed``); a 401 leaves none.
         """
         try:
             raw = await self._read(scope, receive)
         except (HTTPException, AuthError):
-            await self.recorder.record_refusal(None)
+            await self.record_refusal_if_credentialed(scope)
             raise
         if raw is None:
             return None
@@ -159,6 +160,18 @@ class WebhookEndpoint:
             return await self._parsed(scope, raw)
         async with self._large:
             return await self._parsed(scope, raw)
+
+    async def record_refusal_if_credentialed(self, scope: Scope) -> None:
+        """A webhook refused before its body was read (its project unknown): bump the refused
+        counter (every change log then reads Label Studio), but only when the request carried a
+        valid credential (or none is configured): an unauthenticated request is not Label
+        Studio's, and must not invalidate every project's change log (issue 21, item 8)."""
+        if self._auth_needed:
+            try:
+                check_either(Headers(scope=scope), self.settings)
+            except AuthError:
+                return
+        await self.recorder.record_refusal(None)
 
     async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
         """The body, checked for size, type and a credential; None when the client disconnected."""
@@ -171,10 +184,9 @@ class WebhookEndpoint:
         limit = self.limit
         if length is not None and length.isdigit() and int(length) > limit:
             raise HTTPException(413, f"body over {limit} bytes")
-        if ctype is not None:
-            media = ctype.decode("latin-1").split(";")[0].strip().lower()
-            if media and media != "application/json" and not media.endswith("+json"):
-                raise HTTPException(415, "body must be application/json")
+        media = ctype.decode("latin-1").split(";")[0].strip().lower() if ctype is not None else ""
+        if media != "application/json" and not media.endswith("+json"):
+            raise HTTPException(415, "body must be application/json")
 
         # No byte of an unauthenticated body is read: either credential, from the headers alone.
         self._auth(scope, check_either)

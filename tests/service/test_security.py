@@ -114,7 +114,8 @@ def test_unauthenticated_body_is_refused_before_it_is_sent(uvicorn_receiver: tup
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(
-            b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"
+            b"POST /webhook HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"
         )
         sock.settimeout(2)
         head = sock.recv(4096)
@@ -379,7 +380,8 @@ def test_requests_beyond_the_concurrency_bound_get_503(tmp_path: Path, redis_url
         for _ in range(3):
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
             sock.sendall(
-                b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+                b"POST /webhook HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
             )
             slow.append(sock)
         with httpx.Client(base_url=url, timeout=5) as http:

@@ -1,0 +1,75 @@
+"""The bound on requests in flight, inside the app: pure ASGI middleware.
+
+uvicorn's ``limit_concurrency`` counts open connections as well as requests, so idle sockets
+alone make it answer 503 to everyone (issue 21, item 1); this counts only requests the app is
+handling. Beyond ``limit`` a request is answered 503 with a reason and ``Retry-After`` before
+any route runs, after ``on_refused`` (``service.app`` records a refused webhook's gap there).
+Liveness (``exempt`` paths: ``/``, ``/health``) is never refused: a busy receiver is alive,
+and a failed liveness probe would get it restarted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+
+import structlog
+
+from service.webhook import Receive, Scope, Send, json_bytes
+
+log = structlog.get_logger("service.app")
+
+RETRY_AFTER_S = 1
+
+
+class InFlightLimit:
+    """Answer 503 beyond ``limit`` HTTP requests in flight (per process).
+
+    Args:
+        app: the ASGI app it wraps.
+        limit: requests handled at once (``LABELLOOP_MAX_CONCURRENT_REQUESTS``).
+        on_refused: awaited with the scope of each refused request (never raises into the answer).
+        exempt: paths never refused (liveness).
+    """
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        limit: int,
+        on_refused: Callable[[Scope], Awaitable[None]] | None = None,
+        exempt: Collection[str] = ("/", "/health"),
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.on_refused = on_refused
+        self.exempt = frozenset(exempt)
+        self.in_flight = 0
+        reason = f"busy: {limit} requests in flight (LABELLOOP_MAX_CONCURRENT_REQUESTS); retry"
+        self._body = json_bytes({"error": reason})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await self._refuse(scope, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        log.warning("request_refused_busy", path=scope["path"], in_flight=self.in_flight, limit=self.limit)
+        if self.on_refused is not None:
+            try:
+                await self.on_refused(scope)
+            except Exception as exc:  # the 503 goes out either way
+                log.warning("refusal_not_recorded", path=scope["path"], error=str(exc)[:200])
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self._body)).encode()),
+            (b"retry-after", str(RETRY_AFTER_S).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": self._body})
