@@ -83,12 +83,14 @@ def select_kinds(kinds: Sequence[str], spec: str) -> tuple[str, ...]:
 
 def rotation(kinds: Sequence[str], n: int, rng: random.Random) -> list[str]:
     """``n`` fault kinds in a seeded random order, every kind as often as ``n`` allows (counts
-    differ by at most one)."""
-    if not kinds:
-        return []
-    plan = list(kinds) * -(-n // len(kinds))
-    rng.shuffle(plan)
-    return plan[:n]
+    differ by at most one): rounds of all kinds, each shuffled, the last one a random part of them.
+    (Shuffling all rounds together and cutting at ``n`` can leave kinds out.)"""
+    plan: list[str] = []
+    while kinds and len(plan) < n:
+        round_ = list(kinds)
+        rng.shuffle(round_)
+        plan += round_[: n - len(plan)]
+    return plan
 
 
 def big_selection(tasks: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
