@@ -3,6 +3,7 @@ webhooks while labelloop's processes are killed and restarted at random points.
 
     .venv/bin/python -m bench.faults --quick            # 20 faults, one project (about 8 min on 2 cores)
     .venv/bin/python -m bench.faults [--seed 1] [--faults 40] [--projects 2] [--tasks 60]
+    .venv/bin/python -m bench.faults --quick --kinds "paused,revoked,webhook"  # only these kinds, one each
     .venv/bin/python -m bench.faults --quick --ls-url URL --ls-token TOKEN   # reuse a Label Studio
 
 Setup: a Label Studio 1.23.2 (its own virtual environment, SQLite, free loopback port) or the one
@@ -17,7 +18,8 @@ The run: one thread streams annotation creates, updates and deletes through Labe
 random gaps, kinds from a seeded RNG (every kind as often as the count allows): kill -9 and
 SIGTERM (main process only, SIGKILL to its process group after a 10 s grace, as ``docker stop``
 does) of each worker and of the receiver, a Redis restart (SIGTERM, same append-only file), and
-the receiver stopped for 3-8 s while Label Studio keeps sending. After each fault the process is
+the receiver stopped for 3-8 s while Label Studio keeps sending, and issue 21's production faults
+(``bench.faults_extra``; ``--kinds`` picks kinds by parts of their names). After each fault the process is
 started again; "back up" is the time from the fault until it is ready (the receiver's
 ``/health``, a worker's " ready.", Redis' PING), "in sync" until an annotation update saved in
 Label Studio after the restart is in labelloop's ledger (a probe task the stream leaves alone;
