@@ -221,17 +221,24 @@ def train_revoked(c: Campaign) -> tuple[float, str]:
     from workers.celery_app import create_celery
 
     project_id = c.projects[0].id
-    c.kill("worker-train", signal.SIGTERM)
-    at = time.monotonic()
-    asked = start_training(c, project_id)
     r = c.redis()
+    # A free lock, so that Start Training enqueues a new run (its message then waits in the queue).
+    free = poll(lambda: not r.exists(keys.training_lock(project_id)), c.args.outcome_wait_s)
+    at = time.monotonic()
+    c.kill("worker-train", signal.SIGTERM)
+    asked = start_training(c, project_id)
     found: list[str] = []
+    where = ""
 
     def queued() -> bool:
-        found[:] = queued_task_ids([*r.lrange(QUEUE_TRAIN, 0, -1), *r.hvals("unacked")], TASK_TRAIN)
+        nonlocal where
+        in_list = queued_task_ids(r.lrange(QUEUE_TRAIN, 0, -1), TASK_TRAIN)
+        # A delivery the stopped worker held comes back after the visibility timeout.
+        in_unacked = queued_task_ids(r.hvals("unacked"), TASK_TRAIN)
+        found[:] = in_list + in_unacked
+        where = f"{len(in_list)} in the train queue, {len(in_unacked)} unacknowledged"
         return bool(found)
 
-    # A lock held by the stopped worker's run: its message comes back after the visibility timeout.
     poll(queued, c.args.outcome_wait_s)
     heard = False
     if found:
@@ -252,11 +259,12 @@ def train_revoked(c: Campaign) -> tuple[float, str]:
     back = time.monotonic() - at
     if not found:
         return back, f"Start Training {asked}; no labelloop.train message queued within {c.args.outcome_wait_s:.0f} s"
-    discarded = poll(lambda: "revoked" in c.stack.log_since("worker-train", offset).lower(), 30)
+    wait = c.args.outcome_wait_s
+    discarded = poll(lambda: "discarding revoked task" in c.stack.log_since("worker-train", offset).lower(), wait)
     return back, (
-        f"Start Training {asked}; revoked {len(found)} queued labelloop.train message(s) "
-        f"({'heard' if heard else 'NOT heard'} by the live workers); train worker discarded it: "
-        f"{'yes' if discarded else 'no sign within 30 s'}"
+        f"lock {'free' if free else 'still held'} before; Start Training {asked}; revoked {len(found)} "
+        f"labelloop.train message(s) ({where}; {'heard' if heard else 'NOT heard'} by the live workers); "
+        f"train worker discarded it: {'yes' if discarded else f'no sign within {wait:.0f} s'}"
     )
 
 
