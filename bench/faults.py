@@ -404,7 +404,7 @@ class Campaign:
         held = self.training_now()
         note = ""
         if kind in faults_extra.EXTRA_KINDS:
-            back, note = faults_extra.inject(self, kind)
+            at, back, note = faults_extra.inject(self, kind)  # at: when it hit, after any wait for a training
         else:
             back = self.kill_and_restart(kind)
         try:

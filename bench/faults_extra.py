@@ -135,8 +135,9 @@ def latency_summary(calls: Sequence[tuple[int, float]]) -> str:
 # -- the injections -------------------------------------------------------------------------------
 
 
-def inject(c: Campaign, kind: str) -> tuple[float, str]:
-    """Inject one of ``EXTRA_KINDS`` into the campaign's stack; returns (back up s, note)."""
+def inject(c: Campaign, kind: str) -> tuple[float, float, str]:
+    """Inject one of ``EXTRA_KINDS`` into the campaign's stack; returns (the moment the fault hit,
+    ``time.monotonic()``; seconds from it until back up; a note of what the injection saw)."""
     return {
         REDIS_PAUSED: redis_paused,
         TRAIN_REVOKED: train_revoked,
@@ -193,7 +194,7 @@ def redis_ping(c: Campaign) -> bool:
         return False
 
 
-def redis_paused(c: Campaign) -> tuple[float, str]:
+def redis_paused(c: Campaign) -> tuple[float, float, str]:
     project_id = c.projects[0].id
     at = time.monotonic()
     asked = "" if owner_held(c, project_id) else f"Start Training {start_training(c, project_id)}; "
@@ -213,10 +214,10 @@ def redis_paused(c: Campaign) -> tuple[float, str]:
     waited = t_stop - at
     run = run_id.decode() if isinstance(run_id, bytes) else str(run_id)
     what = f"run {run} held the lock" if held else "NO training held the lock"
-    return back, f"{asked}{what} after {waited:.0f} s; Redis stopped {pause:.0f} s (lock TTL {ttl} s)"
+    return t_stop, back, f"{asked}{what} after {waited:.0f} s; Redis stopped {pause:.0f} s (lock TTL {ttl} s)"
 
 
-def train_revoked(c: Campaign) -> tuple[float, str]:
+def train_revoked(c: Campaign) -> tuple[float, float, str]:
     from labelloop.settings import Settings
     from workers.celery_app import create_celery
 
@@ -258,17 +259,25 @@ def train_revoked(c: Campaign) -> tuple[float, str]:
     c.restart("worker-train")
     back = time.monotonic() - at
     if not found:
-        return back, f"Start Training {asked}; no labelloop.train message queued within {c.args.outcome_wait_s:.0f} s"
+        return (
+            at,
+            back,
+            f"Start Training {asked}; no labelloop.train message queued within {c.args.outcome_wait_s:.0f} s",
+        )
     wait = c.args.outcome_wait_s
     discarded = poll(lambda: "discarding revoked task" in c.stack.log_since("worker-train", offset).lower(), wait)
-    return back, (
-        f"lock {'free' if free else 'still held'} before; Start Training {asked}; revoked {len(found)} "
-        f"labelloop.train message(s) ({where}; {'heard' if heard else 'NOT heard'} by the live workers); "
-        f"train worker discarded it: {'yes' if discarded else f'no sign within {wait:.0f} s'}"
+    return (
+        at,
+        back,
+        (
+            f"lock {'free' if free else 'still held'} before; Start Training {asked}; revoked {len(found)} "
+            f"labelloop.train message(s) ({where}; {'heard' if heard else 'NOT heard'} by the live workers); "
+            f"train worker discarded it: {'yes' if discarded else f'no sign within {wait:.0f} s'}"
+        ),
     )
 
 
-def publish_failure(c: Campaign) -> tuple[float, str]:
+def publish_failure(c: Campaign) -> tuple[float, float, str]:
     project = c.projects[0]
     at = time.monotonic()
     c.kill("redis", signal.SIGTERM)
@@ -286,12 +295,14 @@ def publish_failure(c: Campaign) -> tuple[float, str]:
     time.sleep(max(0.0, 1.0 - (time.monotonic() - t_down)))  # down at least 1 s
     down = time.monotonic() - t_down
     c.restart("redis")
-    return time.monotonic() - at, (
-        f"Redis down {down:.1f} s while Label Studio sent Start Training ({asked}) and {updates} annotation updates"
+    return (
+        at,
+        time.monotonic() - at,
+        (f"Redis down {down:.1f} s while Label Studio sent Start Training ({asked}) and {updates} annotation updates"),
     )
 
 
-def idle_sockets(c: Campaign) -> tuple[float, str]:
+def idle_sockets(c: Campaign) -> tuple[float, float, str]:
     host, port = "127.0.0.1", c.receiver_port
     at = time.monotonic()
     socks = []
@@ -320,9 +331,13 @@ def idle_sockets(c: Campaign) -> tuple[float, str]:
     if first_ok is None:
         poll(lambda: httpx.get(f"{c.receiver_url}/health", timeout=2).status_code == 200, 60, 0.1)
         first_ok = time.monotonic() - at
-    return first_ok, (
-        f"{len(socks)} sockets open ({refused} refused) for {c.args.idle_hold_s:.0f} s; "
-        f"/health meanwhile: {latency_summary(health)}"
+    return (
+        at,
+        first_ok,
+        (
+            f"{len(socks)} sockets open ({refused} refused) for {c.args.idle_hold_s:.0f} s; "
+            f"/health meanwhile: {latency_summary(health)}"
+        ),
     )
 
 
@@ -330,7 +345,7 @@ def project_image_bytes(c: Campaign) -> int:
     return sum(len(s.png) for s in c.projects[0].samples.values())
 
 
-def build_over_cache_cap(c: Campaign) -> tuple[float, str]:
+def build_over_cache_cap(c: Campaign) -> tuple[float, float, str]:
     project_id = c.projects[0].id
     cap = c.args.cache_cap_bytes or max(1, project_image_bytes(c) // 4)
     at = time.monotonic()
@@ -361,18 +376,26 @@ def build_over_cache_cap(c: Campaign) -> tuple[float, str]:
     errors = c.stack.log_since("worker-train", offset).count("FileNotFoundError")
     c.kill("worker-train", signal.SIGTERM)
     c.restart("worker-train")
-    return time.monotonic() - at, (
-        f"train worker's cache cap {cap} bytes (the project's images: {project_image_bytes(c)}); Start Training "
-        f"{asked}; outcome: {outcome[0] if outcome else f'none within {c.args.outcome_wait_s:.0f} s'}; "
-        f"FileNotFoundError in its log: {errors}"
+    return (
+        at,
+        time.monotonic() - at,
+        (
+            f"train worker's cache cap {cap} bytes (the project's images: {project_image_bytes(c)}); Start Training "
+            f"{asked}; outcome: {outcome[0] if outcome else f'none within {c.args.outcome_wait_s:.0f} s'}; "
+            f"FileNotFoundError in its log: {errors}"
+        ),
     )
 
 
-def big_predict(c: Campaign) -> tuple[float, str]:
+def big_predict(c: Campaign) -> tuple[float, float, str]:
     from labelloop.synthetic import LABEL_CONFIG
 
     project_id = c.projects[0].id
     tasks = c.ls_tasks(project_id)
+    asked = ""
+    if not c.registry.current_name(project_id):  # predicting needs a served version
+        asked = f"no version served: Start Training {start_training(c, project_id)}; "
+        poll(lambda: bool(c.registry.current_name(project_id)), c.args.outcome_wait_s, 1.0)
     served = c.registry.current_name(project_id) or "none"
     project = f"{project_id}.{int(time.time())}"
     big = {"tasks": big_selection(tasks, BIG_PREDICT_TASKS), "project": project, "label_config": LABEL_CONFIG}
@@ -408,9 +431,13 @@ def big_predict(c: Campaign) -> tuple[float, str]:
     done.set()
     thread.join(timeout=70)
     poll(lambda: httpx.get(f"{c.receiver_url}/health", timeout=2).status_code == 200, 60, 0.1)
-    return time.monotonic() - at, (
-        f"served {served}; 1,000-task /predict answered {status} ({results} results) in {big_s:.1f} s; "
-        f"one-task /predict meanwhile: {latency_summary(interactive)}"
+    return (
+        at,
+        time.monotonic() - at,
+        (
+            f"{asked}served {served}; 1,000-task /predict answered {status} ({results} results) in {big_s:.1f} s; "
+            f"one-task /predict meanwhile: {latency_summary(interactive)}"
+        ),
     )
 
 
@@ -420,20 +447,22 @@ def project_webhooks(c: Campaign, project_id: int) -> list[dict[str, Any]]:
     return [h for h in hooks if str(h.get("url", "")).startswith(c.receiver_url)]
 
 
-def webhook_disabled(c: Campaign) -> tuple[float, str]:
+def webhook_disabled(c: Campaign) -> tuple[float, float, str]:
     project_id = c.projects[0].id
     hooks = project_webhooks(c, project_id)
     at = time.monotonic()
     if not hooks:
-        return 0.0, "the project has no webhook to labelloop (disabled and not re-armed before?)"
+        return at, 0.0, "the project has no webhook to labelloop (disabled and not re-armed before?)"
     for hook in hooks:
         # PATCH clears ``actions`` unless they are sent again (labelloop.demo.set_webhook_headers).
         keep = {k: hook[k] for k in ("actions", "send_for_all_actions", "send_payload") if k in hook}
         c.ls("PATCH", f"/api/webhooks/{hook['id']}/", json={"is_active": False, **keep})
     back = time.monotonic() - at
     rearmed = poll(lambda: all(h.get("is_active") for h in project_webhooks(c, project_id)), 20, 1.0)
-    return back, (
-        f"{len(hooks)} webhook(s) switched off; re-armed by labelloop within 20 s: {'yes' if rearmed else 'NO'}"
+    return (
+        at,
+        back,
+        (f"{len(hooks)} webhook(s) switched off; re-armed by labelloop within 20 s: {'yes' if rearmed else 'NO'}"),
     )
 
 
