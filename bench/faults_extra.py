@@ -118,6 +118,24 @@ def queued_task_ids(raw_messages: Iterable[bytes | str], task_name: str) -> list
     return ids
 
 
+def train_outcome(log: str) -> str | None:
+    """The first end of a training in a train worker's JSON log: a labelloop outcome event
+    (``training_finished``, ``training_failed`` with its error type, ``training_given_up``) or a
+    ``labelloop.train`` task that raised out of Celery (``raised <error>``, no labelloop event);
+    None while there is none. Lines that are not JSON are skipped."""
+    for line in log.splitlines():
+        try:
+            event = json.loads(line) if line.startswith("{") else {}
+        except ValueError:
+            continue
+        name = str(event.get("event", ""))
+        if name in OUTCOME_EVENTS:
+            return name + (f" ({event['error_type']})" if event.get("error_type") else "")
+        if name.startswith(f"Task {TASK_TRAIN}[") and " raised unexpected: " in name:
+            return "raised " + name.split(" raised unexpected: ", 1)[1].split("(", 1)[0]
+    return None
+
+
 def latency_summary(calls: Sequence[tuple[int, float]]) -> str:
     """ "n calls, k 200, median / max s, other statuses" over ``(status, seconds)`` pairs
     (status 0: no answer)."""
@@ -364,13 +382,8 @@ def build_over_cache_cap(c: Campaign) -> tuple[float, float, str]:
     outcome: list[str] = []
 
     def ended() -> bool:
-        for line in c.stack.log_since("worker-train", offset).splitlines():
-            if line.startswith("{") and any(f'"{e}"' in line for e in OUTCOME_EVENTS):
-                event = json.loads(line)
-                error = f" ({event['error_type']})" if event.get("error_type") else ""
-                outcome[:] = [f"{event['event']}{error}"]
-                return True
-        return False
+        outcome[:] = [o for o in [train_outcome(c.stack.log_since("worker-train", offset))] if o]
+        return bool(outcome)
 
     poll(ended, c.args.outcome_wait_s, 1.0)
     errors = c.stack.log_since("worker-train", offset).count("FileNotFoundError")

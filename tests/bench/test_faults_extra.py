@@ -17,6 +17,7 @@ from bench.faults_extra import (
     queued_task_ids,
     rotation,
     select_kinds,
+    train_outcome,
 )
 
 
@@ -105,3 +106,23 @@ def test_latency_summary_counts_statuses() -> None:
     calls = [(200, 0.1), (200, 0.3), (503, 2.0), (0, 2.0), (503, 1.0)]
     assert latency_summary(calls) == "5 calls, 2 answered 200, 1.00 / 2.00 s, no answer x1, 503 x2"
     assert latency_summary([]) == "0 calls"
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([{"event": "training_waiting_quiet"}, {"event": "training_finished", "run_id": "r1"}], "training_finished"),
+        ([{"event": "training_failed", "error_type": "DatasetError"}], "training_failed (DatasetError)"),
+        (
+            [{"event": "Task labelloop.train[d8] raised unexpected: FileNotFoundError(2, 'No such file')"}],
+            "raised FileNotFoundError",
+        ),
+        ([{"event": "Task labelloop.predict[d8] raised unexpected: OSError()"}], None),  # not a training
+        ([{"event": "training_progress"}], None),
+        ([], None),
+    ],
+)
+def test_train_outcome_finds_the_first_end_of_a_training(lines: list[dict[str, str]], expected: str | None) -> None:
+    """A training's end is a labelloop outcome event or a labelloop.train task that raised out of Celery."""
+    log = "\n".join(["celery banner", '{"event": "cut by a k', *(json.dumps(e) for e in lines)])
+    assert train_outcome(log) == expected
