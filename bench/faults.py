@@ -1,7 +1,7 @@
 """A fault campaign against the whole loop, with figures: a real Label Studio sends annotation
 webhooks while labelloop's processes are killed and restarted at random points.
 
-    .venv/bin/python -m bench.faults --quick            # 20 faults, one project (about 8 min on 2 cores)
+    .venv/bin/python -m bench.faults --quick            # 20 faults, one project (about 15 min on 2 cores)
     .venv/bin/python -m bench.faults [--seed 1] [--faults 40] [--projects 2] [--tasks 60]
     .venv/bin/python -m bench.faults --quick --kinds "paused,revoked,webhook"  # only these kinds, one each
     .venv/bin/python -m bench.faults --quick --ls-url URL --ls-token TOKEN   # reuse a Label Studio
@@ -660,7 +660,11 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.faults", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 faults, one project of 30 tasks (about 8 min)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="20 faults, one project of 30 tasks (about 15 min with the production faults)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--faults", type=int, default=None, help="faults to inject (default 20, 40; --kinds: one each)")
     parser.add_argument("--kinds", default="", help="only these fault kinds: comma-separated parts of their names")
