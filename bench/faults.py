@@ -11,7 +11,8 @@ given, Redis with its append-only file (as docker-compose.yml runs it), the rece
 worker per queue (events, train, predict) and Celery beat (reconciliation every 5 s), all as real
 processes (``labelloop.stack``). Each project gets generated images as tasks, labelloop as its
 ML backend (Label Studio calls ``/setup`` and creates the webhook) and a few annotations; trainings
-are tiny (2 epochs, imgsz 192, yolov8n.yaml, offline) and rare (a high ``train_every_n``).
+are tiny (2 epochs, imgsz 192, yolov8n.yaml, offline) and rare (a high ``train_every_n``); a running
+training's lock has a 10 s TTL (``--lock-ttl-s``; 30 s by default), so that Redis paused past it is short.
 
 The run: one thread streams annotation creates, updates and deletes through Label Studio's API
 (each one a webhook Label Studio sends once); another injects faults one after the other at
