@@ -1,8 +1,9 @@
 """A fault campaign against the whole loop, with figures: a real Label Studio sends annotation
 webhooks while labelloop's processes are killed and restarted at random points.
 
-    .venv/bin/python -m bench.faults --quick            # 20 faults, one project (about 8 min on 2 cores)
+    .venv/bin/python -m bench.faults --quick            # 20 faults, one project (about 15 min on 2 cores)
     .venv/bin/python -m bench.faults [--seed 1] [--faults 40] [--projects 2] [--tasks 60]
+    .venv/bin/python -m bench.faults --quick --kinds "paused,revoked,webhook"  # only these kinds, one each
     .venv/bin/python -m bench.faults --quick --ls-url URL --ls-token TOKEN   # reuse a Label Studio
 
 Setup: a Label Studio 1.23.2 (its own virtual environment, SQLite, free loopback port) or the one
@@ -10,14 +11,16 @@ given, Redis with its append-only file (as docker-compose.yml runs it), the rece
 worker per queue (events, train, predict) and Celery beat (reconciliation every 5 s), all as real
 processes (``labelloop.stack``). Each project gets generated images as tasks, labelloop as its
 ML backend (Label Studio calls ``/setup`` and creates the webhook) and a few annotations; trainings
-are tiny (2 epochs, imgsz 192, yolov8n.yaml, offline) and rare (a high ``train_every_n``).
+are tiny (2 epochs, imgsz 192, yolov8n.yaml, offline) and rare (a high ``train_every_n``); a running
+training's lock has a 10 s TTL (``--lock-ttl-s``; 30 s by default), so that Redis paused past it is short.
 
 The run: one thread streams annotation creates, updates and deletes through Label Studio's API
 (each one a webhook Label Studio sends once); another injects faults one after the other at
 random gaps, kinds from a seeded RNG (every kind as often as the count allows): kill -9 and
 SIGTERM (main process only, SIGKILL to its process group after a 10 s grace, as ``docker stop``
 does) of each worker and of the receiver, a Redis restart (SIGTERM, same append-only file), and
-the receiver stopped for 3-8 s while Label Studio keeps sending. After each fault the process is
+the receiver stopped for 3-8 s while Label Studio keeps sending, and issue 21's production faults
+(``bench.faults_extra``; ``--kinds`` picks kinds by parts of their names). After each fault the process is
 started again; "back up" is the time from the fault until it is ready (the receiver's
 ``/health``, a worker's " ready.", Redis' PING), "in sync" until an annotation update saved in
 Label Studio after the restart is in labelloop's ledger (a probe task the stream leaves alone;
@@ -50,7 +53,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import random
 import signal
@@ -68,6 +70,7 @@ from typing import Any
 import httpx
 import redis
 
+from bench import faults_extra
 from labelloop import keys
 from labelloop.ledger import Ledger, annotations_in_export, normalize_ts
 from labelloop.registry import Registry
@@ -91,6 +94,7 @@ KINDS = (
     "SIGTERM receiver",
     "Redis restart",
     "receiver down",
+    *faults_extra.EXTRA_KINDS,  # issue 21's production faults (bench/faults_extra.py)
 )
 LS_USER, LS_PASSWORD = "bench@labelloop.local", "labelloop-bench"
 LS_TOKEN = "be0c000000000000000000000000000000000001"
@@ -116,6 +120,7 @@ class Fault:
     lock_held: bool  # a project's training lock was held when the fault hit
     back_s: float
     in_sync_s: float | None
+    note: str = ""  # what a production fault saw (bench/faults_extra.py)
 
 
 def result_hash(result: Any) -> str:
@@ -181,6 +186,7 @@ class Campaign:
         self.t0 = time.monotonic()
         self.ls_url = ""
         self.http: httpx.Client | None = None
+        self.webhooks = "not checked"
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -210,9 +216,12 @@ class Campaign:
             "LABELLOOP_TRAIN_EVERY_N": str(self.args.train_every_n),
             "LABELLOOP_RECONCILE_INTERVAL_S": "5",
             "LABELLOOP_TRAIN_TIME_LIMIT_S": "300",
+            "LABELLOOP_TRAIN_LOCK_TTL_S": str(self.args.lock_ttl_s),
             "LABEL_STUDIO_URL": self.ls_url,
             "LABEL_STUDIO_API_KEY": self.token,
         }
+        if self.args.cache_max_bytes is not None:
+            env["LABELLOOP_CACHE_MAX_BYTES"] = str(self.args.cache_max_bytes)
         self.stack.env.update(env)
         self.stack.env["LABELLOOP_REDIS_URL"] = self.start_redis()
         self.receiver_url = self.stack.start_receiver(self.receiver_port)
@@ -394,6 +403,21 @@ class Campaign:
         """One fault, its restart and the two recovery times."""
         at = time.monotonic()
         held = self.training_now()
+        note = ""
+        if kind in faults_extra.EXTRA_KINDS:
+            at, back, note = faults_extra.inject(self, kind)  # at: when it hit, after any wait for a training
+        else:
+            back = self.kill_and_restart(kind)
+        try:
+            synced = self.probe(self.projects[0], PROBE_TIMEOUT_S)
+        except (httpx.HTTPError, redis.RedisError):
+            synced = False
+        in_sync = time.monotonic() - at if synced else None
+        return Fault(kind, at - self.t0, held, back, in_sync, note)
+
+    def kill_and_restart(self, kind: str) -> float:
+        """A kill or stop of the base kinds and the restart; returns the seconds until back up."""
+        at = time.monotonic()
         if kind == "Redis restart":
             name, sig, down_s = "redis", signal.SIGTERM, 0.0
         elif kind == "receiver down":
@@ -406,24 +430,18 @@ class Campaign:
         if down_s:
             time.sleep(down_s)  # Label Studio keeps sending meanwhile: those webhooks are refused
         self.restart(name)
-        back = time.monotonic() - at
-        try:
-            synced = self.probe(self.projects[0], PROBE_TIMEOUT_S)
-        except (httpx.HTTPError, redis.RedisError):
-            synced = False
-        in_sync = time.monotonic() - at if synced else None
-        return Fault(kind, at - self.t0, held, back, in_sync)
+        return time.monotonic() - at
 
     def inject_all(self) -> None:
-        kinds = list(KINDS) * math.ceil(self.args.faults / len(KINDS))
-        self.fault_rng.shuffle(kinds)
-        for kind in kinds[: self.args.faults]:
+        for kind in faults_extra.rotation(self.args.kinds, self.args.faults, self.fault_rng):
             time.sleep(self.fault_rng.uniform(1.0, self.args.gap_s))
             self.revive()
             fault = self.inject(kind)
             self.faults.append(fault)
             sync = f"{fault.in_sync_s:.1f} s" if fault.in_sync_s is not None else "never"
             print(f"  {fault.at_s:6.1f} s  {kind:<24} back up {fault.back_s:5.1f} s, in sync {sync}", flush=True)
+            if fault.note:
+                print(f"           {fault.note}", flush=True)
 
     # -- settling and checks ---------------------------------------------------------------------
 
@@ -566,6 +584,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         datasets = {p.id: c.check_dataset(p) for p in c.projects}  # raises DatasetError when too little is left
         trainings = c.check_trainings()
         not_promoted = c.check_served()
+        c.webhooks = faults_extra.webhooks_active(c)
     finally:
         c.stack.stop_all()
         if getattr(c, "ls_stack", None) is not None:
@@ -621,6 +640,7 @@ def report(
     )
     print(f"training locks left: {t['locks_left']} (target 0)")
     print(f"served versions that were not promoted: {len(not_promoted)} {not_promoted or ''}(target 0)")
+    print(f"Label Studio webhooks to labelloop at the end: {c.webhooks}")
     died = ", ".join(f"{n} x{k}" for n, k in sorted(c.died.items())) or "none"
     print(f"processes that died by themselves (restarted): {died}")
     missed = [
@@ -641,9 +661,24 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.faults", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 faults, one project of 30 tasks (about 8 min)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="20 faults, one project of 30 tasks (about 15 min with the production faults)",
+    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--faults", type=int, default=None, help="faults to inject (at least 20)")
+    parser.add_argument("--faults", type=int, default=None, help="faults to inject (default 20, 40; --kinds: one each)")
+    parser.add_argument("--kinds", default="", help="only these fault kinds: comma-separated parts of their names")
+    parser.add_argument("--lock-ttl-s", type=int, default=10, help="LABELLOOP_TRAIN_LOCK_TTL_S of the stack")
+    parser.add_argument("--cache-max-bytes", type=int, default=None, help="LABELLOOP_CACHE_MAX_BYTES of the stack")
+    parser.add_argument("--cache-cap-bytes", type=int, default=0, help="the cache-cap fault's cap (0: images / 4)")
+    parser.add_argument("--idle-hold-s", type=float, default=30.0, help="how long the 200 idle sockets stay open")
+    parser.add_argument(
+        "--outcome-wait-s",
+        type=float,
+        default=120.0,
+        help="longest wait for a training to hold the lock, be queued or end, in the faults that need one",
+    )
     parser.add_argument("--projects", type=int, default=None)
     parser.add_argument("--tasks", type=int, default=None, help="tasks per project")
     parser.add_argument("--train-every-n", type=int, default=None)
@@ -656,6 +691,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="", help="keep logs and data here (default: a temporary folder)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    try:
+        selected = faults_extra.select_kinds(KINDS, args.kinds)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.kinds and args.faults is None:
+        args.faults = len(selected)
+    args.kinds = selected
     quick = {"faults": 20, "projects": 1, "tasks": 30, "train_every_n": 40, "settle_s": 120.0}
     full = {"faults": 40, "projects": 2, "tasks": 60, "train_every_n": 40, "settle_s": 300.0}
     for key, value in (quick if args.quick else full).items():
