@@ -9,7 +9,6 @@ is still needed.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
@@ -29,7 +28,7 @@ from labelloop.changes import ChangeLog
 from labelloop.errors import LabelloopError, LabelStudioUnavailable, TrainingError
 from labelloop.export import export_tasks
 from labelloop.first_picks import first_picks
-from labelloop.lease import RunLease, RunRecords
+from labelloop.lease import RunLease, RunRecords, renewed_lock
 from labelloop.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
 from labelloop.media import ImageCache, MediaConfig
 from labelloop.names import QUEUE_PREANNOTATE, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_TRAIN
@@ -52,7 +51,7 @@ Send = Callable[[str, list[Any], str], None]
 Report = Callable[[dict[str, Any]], None]
 
 # How long a reconciliation holds a project's lock at most (seconds; released when it is done).
-RECONCILE_LOCK_S = 600.0
+RECONCILE_LOCK_S = 60.0  # renewed while held (lease.renewed_lock): a lost holder blocks for 60 s at most
 # A queued training keeps its project's lock this long (seconds): longer than any queue wait.
 QUEUED_LOCK_TTL_S = 86400
 # The progress stage of a run waiting for the annotations to stop coming (``Jobs._quiet_period``).
@@ -208,10 +207,10 @@ class Jobs:
         without owner (``reap_lock``).
 
         One reconciliation per project at a time: each holds the project's lock
-        (``labelloop:project:<id>:reconcile``, redis-py's ``Lock``: SET NX PX with a token,
-        ``RECONCILE_LOCK_S`` at most); a project another beat tick or worker is reconciling is
-        skipped. Changes from the export's start on (Label Studio's
-        clock, the ``Date`` of the project read just before it) are left to the webhooks and the
+        (``labelloop:project:<id>:reconcile``, ``lease.renewed_lock``: renewed while held, so a
+        holder that lost Redis or died blocks the project ``RECONCILE_LOCK_S`` at most); a project
+        another beat tick or worker is reconciling is skipped. Changes from the export's start on
+        (Label Studio's clock, the ``Date`` of the project read just before it) are left to the webhooks and the
         next reconciliation, and the ledger never moves back in time (``labelloop.ledger``).
 
         Returns:
@@ -224,22 +223,19 @@ class Jobs:
         missed: dict[str, int] = {}
         for project_id in sorted(projects):
             with structlog.contextvars.bound_contextvars(project_id=project_id):
-                lock = self.redis.lock(keys.reconcile_lock(project_id), timeout=RECONCILE_LOCK_S, blocking=False)
-                if not lock.acquire():
-                    log.info("reconcile_skipped", reason="another reconciliation holds the project")
-                    continue
-                try:
-                    self.reap_lock(project_id)
-                except redis.RedisError as exc:  # Label Studio's side below may still be read
-                    log.warning("reap_lock_failed", error_type=type(exc).__name__, error=str(exc)[:500])
-                try:
-                    changes = self._reconcile_project(client, project_id)
-                except Exception as exc:  # one unreachable project must not stop the others
-                    log.warning("reconcile_failed", error_type=type(exc).__name__, error=str(exc)[:500])
-                    continue
-                finally:
-                    with contextlib.suppress(redis.exceptions.LockError):
-                        lock.release()
+                with renewed_lock(self.redis, keys.reconcile_lock(project_id), RECONCILE_LOCK_S) as held:
+                    if not held:
+                        log.info("reconcile_skipped", reason="another reconciliation holds the project")
+                        continue
+                    try:
+                        self.reap_lock(project_id)
+                    except redis.RedisError as exc:  # Label Studio's side below may still be read
+                        log.warning("reap_lock_failed", error_type=type(exc).__name__, error=str(exc)[:500])
+                    try:
+                        changes = self._reconcile_project(client, project_id)
+                    except Exception as exc:  # one unreachable project must not stop the others
+                        log.warning("reconcile_failed", error_type=type(exc).__name__, error=str(exc)[:500])
+                        continue
                 missed[str(project_id)] = changes
         return missed
 

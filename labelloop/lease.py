@@ -5,6 +5,10 @@ whole run, from the dataset build to publishing, and calls ``keepalive`` (the wo
 broker delivery fresh there) on the same beat. When a renewal finds the lock taken by another
 run or delivery, ``lost`` is set and the run must stop without publishing.
 
+``renewed_lock``: a redis-py ``Lock`` with a short timeout, renewed from a daemon thread while
+held, whose release never raises: a holder that loses Redis mid-way (or dies) leaves the key for
+at most one timeout, not for as long as the longest job it guards could take.
+
 ``RunRecords``: per run id, how many deliveries started it (a delivery that ends, whatever its
 outcome, marks the run finished; one that dies with its worker does not), so a run whose
 deliveries keep killing their worker is given up after ``train_max_deliveries``, and a delivery
@@ -16,10 +20,11 @@ Keys: ``labelloop:project:<id>:run:<run_id>`` (hash: ``started``, ``finished``; 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -90,6 +95,44 @@ class RunLease:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s) and not self.lost.is_set():
             self.beat()
+
+
+@contextlib.contextmanager
+def renewed_lock(client: redis.Redis, name: str, timeout_s: float) -> Iterator[bool]:
+    """Hold the Redis lock ``name`` (redis-py ``Lock``: SET NX PX with a token) without blocking.
+
+    Yields True when this caller holds it (renewed to ``timeout_s`` every third of it from a daemon
+    thread until the block ends), False when someone else does. Leaving the block releases it; a
+    release or renewal that Redis refuses (unreachable, restarted) is logged, never raised: the key
+    then lapses ``timeout_s`` seconds after its last renewal.
+
+    Raises:
+        redis.RedisError: Redis is unreachable when taking the lock.
+    """
+    lock = client.lock(name, timeout=timeout_s, blocking=False, thread_local=False)  # renewed from a thread
+    if not lock.acquire():
+        yield False
+        return
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(timeout_s / 3):
+            try:
+                lock.reacquire()
+            except (redis.RedisError, redis.exceptions.LockError) as exc:
+                log.warning("lock_renewal_failed", lock=name, error_type=type(exc).__name__, error=str(exc)[:200])
+
+    thread = threading.Thread(target=renew, name=f"lock-{name}", daemon=True)
+    thread.start()
+    try:
+        yield True
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        try:
+            lock.release()
+        except (redis.RedisError, redis.exceptions.LockError) as exc:
+            log.warning("lock_release_failed", lock=name, error_type=type(exc).__name__, error=str(exc)[:200])
 
 
 class RunRecords:

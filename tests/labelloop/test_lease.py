@@ -20,11 +20,11 @@ from structlog.testing import capture_logs
 from labelloop import keys
 from labelloop.errors import LabelStudioUnavailable
 from labelloop.jobs import Jobs
-from labelloop.lease import RunLease, RunRecords
+from labelloop.lease import RunLease, RunRecords, renewed_lock
 from labelloop.progress import ProgressStore
 from labelloop.runs import runs_dir
 from labelloop.settings import Settings
-from labelloop.stack import free_port, wait_until
+from labelloop.stack import Stack, free_port, wait_until
 from labelloop.trigger import TriggerStore
 
 
@@ -180,3 +180,33 @@ def test_a_second_delivery_waits_while_the_first_lives_then_skips_or_takes_over(
     took_over = second_delivery_while_the_first_lives(jobs, 9, first_finishes=False)
     assert took_over["status"] == "failed", "it ran (and met the refusing Label Studio)"
     assert not jobs.trigger().state(9).training
+
+
+def test_a_lock_whose_holder_lost_redis_lapses_after_its_short_timeout(tmp_path: Path) -> None:
+    """Redis (append-only file, as in production) stopped and restarted while a reconciliation holds
+    its project's lock: leaving the block logs the failed release instead of raising, the key
+    survives the restart, and it lapses after the lock's short timeout instead of blocking the
+    project for as long as the longest job could take; while held, renewals keep it past the
+    timeout."""
+    stack = Stack(tmp_path / "redis-stack", {})
+    port = free_port()
+    url = stack.start_redis(port, tmp_path / "aof", persist=True)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    name = keys.reconcile_lock(5)
+    try:
+        with capture_logs() as logs, renewed_lock(client, name, 1.5) as held:
+            assert held
+            time.sleep(2.5)  # longer than the timeout: only the renewals keep the key
+            assert client.exists(name), "renewed while held"
+            with renewed_lock(client, name, 1.5) as other:
+                assert not other, "one holder at a time"
+            client.config_set("appendfsync", "always")
+            stack.stop("redis")
+        assert [e for e in logs if e["event"] == "lock_release_failed"]
+        stack.start_redis(port, tmp_path / "aof", persist=True)
+        wait_until(lambda: client.ping(), 20, "Redis back")
+        wait_until(lambda: not client.exists(name), 5, "the stale lock lapsing")
+        with renewed_lock(client, name, 1.5) as again:
+            assert again, "the next reconciliation takes the project"
+    finally:
+        stack.stop_all()
