@@ -5,7 +5,9 @@ alone make it answer 503 to everyone (issue 21, item 1); this counts only reques
 handling. Beyond ``limit`` a request is answered 503 with a reason and ``Retry-After`` before
 any route runs, after ``on_refused`` (``service.app`` records a refused webhook's gap there).
 Liveness (``exempt`` paths: ``/``, ``/health``) is never refused: a busy receiver is alive,
-and a failed liveness probe would get it restarted.
+and a failed liveness probe would get it restarted. ``/predict`` (``separate`` paths) counts
+against a bound of its own: a big "Retrieve Predictions" or many slow predictions never take
+the places of webhooks and operators' registry routes, nor the other way round (issue 21, item 7).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class InFlightLimit:
         limit: requests handled at once (``LABELLOOP_MAX_CONCURRENT_REQUESTS``).
         on_refused: awaited with the scope of each refused request (never raises into the answer).
         exempt: paths never refused (liveness).
+        separate: paths counted against their own bound of ``limit`` (``/predict``).
     """
 
     def __init__(
@@ -37,12 +40,14 @@ class InFlightLimit:
         limit: int,
         on_refused: Callable[[Scope], Awaitable[None]] | None = None,
         exempt: Collection[str] = ("/", "/health"),
+        separate: Collection[str] = ("/predict",),
     ) -> None:
         self.app = app
         self.limit = limit
         self.on_refused = on_refused
         self.exempt = frozenset(exempt)
-        self.in_flight = 0
+        self.separate = frozenset(separate)
+        self.counts = {False: 0, True: 0}  # in flight, by "a separate path"
         reason = f"busy: {limit} requests in flight (LABELLOOP_MAX_CONCURRENT_REQUESTS); retry"
         self._body = json_bytes({"error": reason})
 
@@ -50,17 +55,18 @@ class InFlightLimit:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
-            await self._refuse(scope, send)
+        own = scope["path"] in self.separate
+        if self.counts[own] >= self.limit:
+            await self._refuse(scope, send, self.counts[own])
             return
-        self.in_flight += 1
+        self.counts[own] += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.counts[own] -= 1
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        log.warning("request_refused_busy", path=scope["path"], in_flight=self.in_flight, limit=self.limit)
+    async def _refuse(self, scope: Scope, send: Send, in_flight: int) -> None:
+        log.warning("request_refused_busy", path=scope["path"], in_flight=in_flight, limit=self.limit)
         if self.on_refused is not None:
             try:
                 await self.on_refused(scope)

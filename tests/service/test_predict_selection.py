@@ -52,6 +52,7 @@ def serving(
             "LABELLOOP_PREDICT_BATCH": str(BATCH),
             "LABELLOOP_PREDICT_MAX_TASKS": str(MAX_TASKS),
             "LABELLOOP_PREDICT_TIMEOUT_S": "60",
+            "LABELLOOP_MAX_CONCURRENT_REQUESTS": "40",
             "LABELLOOP_LOG_JSON": "true",
         },
     )
@@ -125,8 +126,9 @@ def test_a_selection_over_predict_max_tasks_is_413_at_once_and_never_queued(
 def test_versions_answer_while_40_predicts_wait_on_a_stopped_worker(
     serving: tuple[Stack, str], image_server: tuple[str, Path]
 ) -> None:
-    """With 40 /predict requests waiting on a SIGSTOPped predict worker, GET /projects/{id}/versions
-    answers within 3 s while every one of them still waits."""
+    """With 40 /predict requests waiting on a SIGSTOPped predict worker (as many as
+    LABELLOOP_MAX_CONCURRENT_REQUESTS), GET /projects/{id}/versions answers within 3 s while every
+    one of them still waits: neither a thread nor an in-flight place of theirs is taken."""
     stack, url = serving
     base, _ = image_server
     worker = stack.procs["worker-predict"].pid
