@@ -29,16 +29,14 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from labelloop import diversity
+from labelloop import diversity, task_pages
 from labelloop.media import CachedImage, ImageCache
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
 from labelloop.preannotate import (
     Generation,
     import_picks,
-    labeled_sample,
     ranked_picks,
-    tasks_to_predict,
 )
 from labelloop.registry import Registry
 from labelloop.sampling import FIRST_PICKS_VERSION, delete_predictions, follow_labelloop
@@ -113,18 +111,17 @@ def first_picks(
         return {**outcome, "stopped": why, "seconds": 0.0}
     project = client.projects.get(id=project_id)
     spec = train_spec(project.label_config, load_params(registry.root, project_id))
-    tasks = list(client.tasks.list(project=project_id, fields="all"))
-    unlabeled: list[dict[str, Any]] = [
-        {"id": int(t.id), "data": dict(t.data or {})} for t in tasks if not (t.total_annotations or 0)
-    ]
-    missing = tasks_to_predict(tasks, FIRST_PICKS_VERSION)
+    # Page by page, without predictions or annotations (``labelloop.task_pages``).
+    listing = task_pages.for_version(client, project_id, FIRST_PICKS_VERSION, keep_held=True)
+    unlabeled = sorted([*listing.todo, *listing.held], key=lambda t: int(t["id"]))
+    missing = listing.todo
     outcome["tasks"] = len(unlabeled)
     if not missing:
         log.info("first_picks_unchanged", tasks=len(unlabeled))
         return {**outcome, "status": "unchanged", "seconds": round(time.monotonic() - t0, 3)}
     log.info("first_picks_started", tasks=len(unlabeled), new=len(missing))
     vectors = describe(images, unlabeled, spec.value_key)
-    labeled_vectors = [v for v in describe(images, labeled_sample(tasks), spec.value_key) if v is not None]
+    labeled_vectors = [v for v in describe(images, listing.labeled, spec.value_key) if v is not None]
     if not any(v is not None for v in vectors):
         log.warning("first_picks_no_images", tasks=len(unlabeled))
         return {**outcome, "status": "no_images", "seconds": round(time.monotonic() - t0, 3)}

@@ -89,17 +89,24 @@ class Listing:
     ``todo``: ``{"id", "data"}`` of each task with no annotation and no prediction of the
     version, in task order; ``labeled``: a seeded sample of at most ``MAX_LABELED`` annotated
     tasks (``{"id", "data"}``, in task order); ``unlabeled``: how many tasks have no annotation;
-    ``holding``: how many unlabeled tasks already hold the version.
+    ``holding``: how many unlabeled tasks already hold the version; ``held``: their
+    ``{"id", "data"}`` (in task order), only when asked for (``for_version(keep_held=True)``).
     """
 
     todo: list[dict[str, Any]] = field(default_factory=list)
+    held: list[dict[str, Any]] = field(default_factory=list)
     labeled: list[dict[str, Any]] = field(default_factory=list)
     unlabeled: int = 0
     holding: int = 0
 
 
 def for_version(
-    client: Any, project_id: int, version: str, page_size: int | None = None, max_labeled: int = MAX_LABELED
+    client: Any,
+    project_id: int,
+    version: str,
+    page_size: int | None = None,
+    max_labeled: int = MAX_LABELED,
+    keep_held: bool = False,
 ) -> Listing:
     """Stream the project's tasks into a ``Listing`` for ``version`` (see the module docstring).
 
@@ -127,6 +134,8 @@ def for_version(
             listing.unlabeled += 1
             if entry["id"] in done:
                 listing.holding += 1
+                if keep_held:
+                    listing.held.append(entry)
             else:
                 listing.todo.append(entry)
     listing.labeled = [entry for _, entry in sorted(sample, key=lambda pair: pair[0])]

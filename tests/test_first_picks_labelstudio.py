@@ -152,3 +152,36 @@ def test_label_stream_serves_labelloop_top_task_after_the_first_version(
     assert project.model_version == "v1" and project.sampling == UNCERTAINTY
     assert _next(api, pid) == top
     assert jobs.first_picks(pid, lambda meta: None)["stopped"] == "version"
+
+
+@pytest.mark.labelstudio
+def test_first_picks_read_the_task_list_in_pages_without_predictions(
+    label_studio: tuple[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """The first picks read the task list page by page with fields=task_only (never fields=all,
+    which carries every prediction of every version), and still rank every unlabeled task."""
+    from label_studio_sdk import LabelStudio
+
+    from labelloop import task_pages
+    from labelloop.first_picks import first_picks
+    from labelloop.media import ImageCache, MediaConfig
+
+    api = LabelStudioAPI(*label_studio)
+    pid, ids = _project(api, "first picks pages")
+    api.annotate(ids[0], make_sample(700, 160, 120).ls_result())
+    settings = _settings(label_studio, redis_url, tmp_path)
+    sent: list[httpx.Request] = []
+    url, token = label_studio
+    client = LabelStudio(base_url=url, api_key=token, httpx_client=httpx.Client(event_hooks={"request": [sent.append]}))
+    images = ImageCache(tmp_path / "images", MediaConfig.from_settings(settings))
+    with images:
+        old = task_pages.PAGE_SIZE
+        task_pages.PAGE_SIZE = 6  # 16 tasks: three pages
+        try:
+            outcome = first_picks(client, images, Registry(settings.models_dir), pid, 5, 4, False)
+        finally:
+            task_pages.PAGE_SIZE = old
+    assert outcome["status"] == "done" and outcome["imported"] == TASKS - 1, outcome
+    listed = [r for r in sent if r.method == "GET" and r.url.path.rstrip("/") == "/api/tasks"]
+    assert listed and all(r.url.params.get("fields") == "task_only" for r in listed), [str(r.url) for r in listed]
+    assert max(int(r.url.params["page_size"]) for r in listed) == 6
