@@ -18,9 +18,10 @@ entries since the previous build to its stored copy of the project's tasks
 The log is trusted only when nothing can be missing from it:
 - the entries read follow the previous build's number without a gap. Gaps are made on purpose
   when an event may have been lost: the receiver bumps the counter of a known project whose
-  webhook it refused (401, 413, 422, ... at the refusal; Redis unavailable: once Redis answers
-  again; Label Studio never resends), or ``labelloop:webhooks:refused`` when the refused webhook's
-  project could not be read (401 before the body, 413: every log is then unusable once);
+  webhook it refused with a valid credential (413, 415, 422, busy, ... at the refusal; Redis
+  unavailable: once Redis answers again; Label Studio never resends), or
+  ``labelloop:webhooks:refused`` when the refused webhook's project could not be read (413 before
+  the body: every log is then unusable once); a 401 records nothing (not Label Studio's request);
   reconciliation bumps it when it finds changes whose webhooks never arrived; a Redis that lost
   its data starts the counter below the stored number;
 - Redis is the server the previous build read (its ``run_id``): a restarted Redis may have lost

@@ -23,9 +23,12 @@ project's budget, ``LABELLOOP_CHANGE_LOG_PROJECT_BYTES`` of Redis ``MEMORY USAGE
 and gets a gap). When Redis
 refuses an annotation webhook, its project's change log gets a gap once Redis answers again
 (Label Studio never resends it); so does an entry too large to keep. A webhook the receiver
-refuses (401, 413, 422, ...) gets its gap at once (``record_refusal``): in its project's change
-log when the body named a known project, else in the one counter ``labelloop:webhooks:refused``
-(every change log is then unusable once); an unknown project's id writes nothing. A receiver
+refuses after its credential was checked (413, 415, 422, busy 503, a refused Host, ...) gets its
+gap at once (``record_refusal``): in its project's change log when the body named a known
+project, else in the one counter ``labelloop:webhooks:refused`` (every change log is then
+unusable once); an unknown project's id writes nothing. A request with a missing or wrong
+credential (401) records nothing: it is not Label Studio's, and one such request must not make
+every project's next build read Label Studio (issue 21, item 8). A receiver
 that starts bumps that counter (``start``): its previous run may have refused webhooks while
 Redis was down and died before it could record their gaps.
 """
