@@ -516,8 +516,11 @@ class Campaign:
         """Each training request against published versions and reported failures."""
         events = log_events(self.stack, ("worker-events", "worker-train"))
         requested = {e["run_id"] for e in events if e.get("event") == "training_enqueued" and e.get("run_id")}
-        # A run given up after its deliveries kept dying is a reported failure too (log, status, metric).
-        failed = Counter(e.get("run_id") for e in events if e.get("event") in ("training_failed", "training_given_up"))
+        # Reported failures too (log at error level, `labelloop status`, metrics): a run given up after
+        # its deliveries kept dying, one that could not be sent, and one whose message was lost
+        # (revoked, purged, a retry the broker refused) and whose lock reconciliation reaped.
+        reported = ("training_failed", "training_given_up", "training_publish_failed", "training_lock_reaped")
+        failed = Counter(e.get("run_id") for e in events if e.get("event") in reported)
         published: Counter[str] = Counter()
         for project in self.projects:
             for version in self.registry.list_versions(project.id):
