@@ -12,8 +12,9 @@ Layout, inside the version's immutable directory (``labelloop.registry``)::
 An export is made in a fresh ``.tmp-`` directory and renamed to ``exports/<format>`` once its
 files and card are written, so a reader sees a whole export or none, and a second export of the
 same format finds it there and returns at once. A crash leaves at most a ``.tmp-`` directory,
-which the version's removal takes with it (``Registry.prune`` deletes the whole directory:
-retention removes exports with their version, nothing to do here). Two exports of one format at
+which the next export of the version removes once it is older than the export timeout
+(``sweep_stale``), or the version's removal takes with it (``Registry.prune`` deletes the whole
+directory: retention removes exports with their version, nothing to do there). Two exports of one format at
 once both work; the first rename wins, the second's directory is dropped.
 
 Ultralytics runs in a child process (``python -m labelloop.model_export JOB.json``), never in
@@ -51,6 +52,7 @@ log = structlog.get_logger(__name__)
 
 EXPORTS = "exports"
 EXPORT_TIMEOUT_S = 900  # one export on CPU takes seconds for yolov8n; openvino a minute at most
+STALE_MARGIN_S = 60  # a .tmp- directory this long past the export timeout belongs to a dead process
 # Format -> (the file or folder Ultralytics writes next to weights.pt, import names it needs, pip names).
 FORMATS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "pt": (WEIGHTS, (), ()),
@@ -184,6 +186,7 @@ def export_version(
         exports.mkdir(exist_ok=True)
     except FileNotFoundError:
         raise VersionNotFoundError(f"project {project_id} has no version {name}") from None
+    sweep_stale(exports, timeout_s)
     tmp = exports / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
@@ -203,6 +206,25 @@ def export_version(
     if done is None:
         raise VersionNotFoundError(f"project {project_id} version {name} was removed during the export")
     return ExportResult(done.version, fmt, done.directory, done.file, done.card, False, seconds)
+
+
+def sweep_stale(exports: Path, timeout_s: float = EXPORT_TIMEOUT_S) -> list[str]:
+    """Remove the ``.tmp-`` directories of exports that cannot still be running (last changed more
+    than ``timeout_s`` + ``STALE_MARGIN_S`` ago: a process killed outright left them); returns their
+    names. A live export's directory is younger: its child is killed at ``timeout_s``."""
+    removed = []
+    now = time.time()
+    for path in exports.glob(".tmp-*"):
+        try:
+            stale = now - path.stat().st_mtime > timeout_s + STALE_MARGIN_S
+        except FileNotFoundError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    if removed:
+        log.info("model_export_swept", directory=str(exports), removed=removed)
+    return removed
 
 
 def _write_files(

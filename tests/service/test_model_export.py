@@ -9,6 +9,7 @@ import functools
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ import pytest
 
 from labelloop.dataset import build_dataset, local_images
 from labelloop.labels import parse_detection_config
+from labelloop.model_export import EXPORT_TIMEOUT_S, STALE_MARGIN_S, downloads
 from labelloop.registry import Registry
 from labelloop.stack import Stack, free_port
 from labelloop.synthetic import LABEL_CONFIG, make_sample
@@ -276,3 +278,37 @@ def test_retention_removes_a_version_with_its_exports_and_its_download(served: d
         assert resp.status_code == 404 and "has no version v1" in resp.json()["error"], resp.text
     gone = _cli(env, "models", "export", str(PROJECT), "v1", "--format", "pt")
     assert gone.returncode == 1 and "project 11 has no version v1" in gone.stderr
+
+
+def test_a_killed_export_leaves_no_half_export_and_the_next_one_sweeps_it(served: dict[str, Any]) -> None:
+    """SIGKILL of ``models export`` and its Ultralytics child mid-export leaves no onnx export to list
+    or download (only its .tmp- directory); the next export completes, and removes that directory
+    once it is older than the export timeout."""
+    env, url, registry = served["env"], served["url"], served["registry"]
+    registry.publish(PROJECT, registry.get(PROJECT, "v2").weights, registry.get(PROJECT, "v2").manifest, promote=False)
+    v3 = registry.get(PROJECT, "v3")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "models", "export", str(PROJECT), "v3", "--format", "onnx"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list((v3.path / "exports").glob(".tmp-*/.job.json")):  # the child is being started
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    [dead] = list((v3.path / "exports").glob(".tmp-*"))
+    assert not (v3.path / "exports/onnx").exists() and "onnx/weights.onnx" not in downloads(v3)
+    resp = httpx.get(f"{url}/projects/{PROJECT}/versions/v3/files/onnx/weights.onnx", auth=AUTH, timeout=10)
+    assert resp.status_code == 404
+
+    old = time.time() - EXPORT_TIMEOUT_S - STALE_MARGIN_S - 1
+    os.utime(dead, (old, old))
+    done = _cli(env, "models", "export", str(PROJECT), "v3", "--format", "onnx")
+    assert done.returncode == 0, done.stderr
+    assert not dead.exists() and not list((v3.path / "exports").glob(".tmp-*"))
+    got = httpx.get(f"{url}/projects/{PROJECT}/versions/v3/files/onnx/weights.onnx", auth=AUTH, timeout=60)
+    assert got.status_code == 200 and got.content == (v3.path / "exports/onnx/weights.onnx").read_bytes()
