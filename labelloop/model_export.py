@@ -312,11 +312,11 @@ def downloads(version: ModelVersion) -> dict[str, Path]:
     out = {WEIGHTS: version.weights} if version.weights.is_file() else {}
     for fmt in FORMATS:
         directory = export_dir(version, fmt)
-        if not (directory / CARD).is_file():
-            continue
-        for path in sorted(directory.iterdir()):
-            if path.is_file() and not path.name.startswith("."):
-                out[f"{fmt}/{path.name}"] = path
+        try:
+            if (directory / CARD).is_file():
+                out.update({f"{fmt}/{p.name}": p for p in sorted(directory.iterdir()) if p.is_file()})
+        except FileNotFoundError:  # retention removed the version meanwhile: nothing to list
+            return {}
     return out
 
 

@@ -240,7 +240,8 @@ def test_a_second_export_is_cached_and_the_receiver_serves_it_streamed(served: d
     seconds = time.monotonic() - t0
     assert again.returncode == 0 and "(cached)" in again.stdout, again.stdout + again.stderr
     print(f"cached export through the command line: {seconds:.2f} s")
-    assert "model_exported" not in again.stderr and seconds < 5.0
+    logged = again.stdout + again.stderr
+    assert "model_export_cached" in logged and "model_exported" not in logged and seconds < 5.0
 
     v2 = served["registry"].get(PROJECT, "v2")
     files = f"{url}/projects/{PROJECT}/versions/v2/files"
