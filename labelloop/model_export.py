@@ -327,6 +327,9 @@ def _child(job_path: Path) -> int:
     from labelloop.yolo_env import prepare_ultralytics
 
     prepare_ultralytics(Path(job["config_dir"]))
+    # OpenVINO's converter sends usage data unless its consent file says no; unimportable, its own
+    # stub stands in (openvino.tools.ovc.convert_impl): labelloop's exports stay offline.
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
     from ultralytics.models import YOLO
 
     # dynamic: Ultralytics then letterboxes an exported model's input to the image's own aspect
