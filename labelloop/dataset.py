@@ -659,6 +659,7 @@ def build_project_dataset(
         LabelConfigError: the label config has nothing trainable, or is ambiguous.
     """
     from labelloop import labelstudio
+    from labelloop.changes import label_config_digest
     from labelloop.export import sync_tasks
     from labelloop.media import MediaConfig
     from labelloop.params import load as load_params
@@ -673,6 +674,7 @@ def build_project_dataset(
             client, project_id, home / "tasks.json", changes=changes, verify_every_s=settings.dataset_verify_s
         )
     spec = train_spec(label_config, params)
+    sync["label_config_sha1"] = label_config_digest(label_config)  # in the manifest: the model card's digest
     names = stable_names(load_class_names(settings.models_dir, project_id, spec.from_name), spec.labels)
     with contextlib.ExitStack() as stack:
         result = build_dataset(

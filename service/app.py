@@ -9,6 +9,7 @@ Routes (https://labelstud.io/guide/ml_create):
     GET  /versions    model version names (Label Studio's model version list)
     GET  /projects/{id}  the project page (HTML: learning curve, per-class metrics, progress)
     GET  /projects/{id}/versions, /projects/{id}/status
+    GET  /projects/{id}/versions/{version}/files/{name}  a version's weights or export, streamed
     POST /projects/{id}/promote {"version": "vN"}, /projects/{id}/rollback
 
 Every request passes ``service.frontdoor`` (Host allow-list, cross-site POSTs refused) and
@@ -23,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,12 +46,13 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from labelloop import keys, project_webhook
 from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, RegistryError, UnavailableError
 from labelloop.ledger import PROJECTS_KEY
+from labelloop.model_export import download_path
 from labelloop.names import (
     QUEUE_EVENTS,
     QUEUE_PREANNOTATE,
@@ -425,6 +428,35 @@ async def project_versions(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(read))
 
 
+async def version_file(request: Request) -> Response:
+    """A version's weights or a finished export's file (``labelloop.model_export.downloads``),
+    streamed: ``GET /projects/{id}/versions/{version}/files/weights.pt`` or ``.../files/onnx/weights.onnx``;
+    404 for a version retention removed or a format not exported yet. The file is opened before the
+    answer starts, so a retention that removes the version meanwhile does not cut it short."""
+    st = _state(request)
+    _auth(request, check_model)
+    project_id = parse_project_id(request.path_params["project_id"])
+    version, name = request.path_params["version"], request.path_params["name"]
+
+    def open_file() -> tuple[Any, int]:
+        fh = download_path(st.registry, project_id, version, name).open("rb")
+        return fh, os.fstat(fh.fileno()).st_size
+
+    fh, size = await run_in_threadpool(open_file)
+
+    def chunks() -> Iterator[bytes]:
+        with fh:
+            while chunk := fh.read(CHUNK_BYTES):
+                yield chunk
+
+    filename = f"project{project_id}-{version}-{name.replace('/', '-')}"
+    headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
+
+
+CHUNK_BYTES = 1 << 20  # a download is streamed in chunks of this size (bounded memory per download)
+
+
 async def promote(request: Request) -> Response:
     """Serve a given version: ``POST /projects/{id}/promote`` with ``{"version": "v3"}``, or the
     project page's form (``version=v3``; answered with a redirect back to the page)."""
@@ -690,6 +722,7 @@ def create_app(settings: Settings) -> Receiver:
             Route("/versions", versions, methods=["GET"]),
             Route("/projects/{project_id}", project_page, methods=["GET"]),
             Route("/projects/{project_id}/versions", project_versions, methods=["GET"]),
+            Route("/projects/{project_id}/versions/{version}/files/{name:path}", version_file, methods=["GET"]),
             Route("/projects/{project_id}/promote", promote, methods=["POST"]),
             Route("/projects/{project_id}/rollback", rollback, methods=["POST"]),
             Route("/projects/{project_id}/status", project_status, methods=["GET"]),

@@ -192,6 +192,34 @@ def _dataset_build(args: argparse.Namespace) -> int:
     return ops.run(lambda: ops.dataset_build(settings, args.project_id, args.out))
 
 
+def _models_export(args: argparse.Namespace) -> int:
+    """``labelloop models export``: Ultralytics' export in a child process, cached in the version's
+    directory (``labelloop.model_export``); prints where the files are."""
+    from labelloop.model_export import copy_out, export_version
+    from labelloop.params import load as load_params
+    from labelloop.pipeline import yolo_config_dir
+    from labelloop.registry import Registry
+
+    settings = Settings()
+    params = load_params(settings.models_dir, args.project_id)
+    result = export_version(
+        Registry(settings.models_dir),
+        args.project_id,
+        args.version,
+        args.fmt,
+        yolo_config_dir(settings),
+        imgsz_override=params.effective(settings)["imgsz"],
+        project_show_conf=params.show_conf,
+        settings_show_conf=settings.show_conf,
+        predict_conf=settings.predict_conf,
+    )
+    how = "cached" if result.cached else f"exported in {result.seconds:.1f} s"
+    print(f"project {args.project_id} {result.version} as {args.fmt} ({how}): {result.file}")
+    for path in copy_out(result, args.out) if args.out is not None else []:
+        print(f"copied {path}")
+    return 0
+
+
 def _settings_table(args: argparse.Namespace) -> int:
     import re
 
@@ -279,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project_id", type=int)
     p.set_defaults(func=_ops("cancel"))
 
-    p = sub.add_parser("models", help="model versions: list, promote, rollback")
+    p = sub.add_parser("models", help="model versions: list, promote, rollback, export")
     msub = p.add_subparsers(dest="sub", required=True)
     q = msub.add_parser("list", help="list a project's versions (* marks the served one)")
     q.add_argument("project_id", type=int)
@@ -291,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = msub.add_parser("rollback", help="serve the version served before the current one")
     q.add_argument("project_id", type=int)
     q.set_defaults(func=_ops("models_rollback"))
+    q = msub.add_parser("export", help="export a version (default: the served one) with its model card")
+    q.add_argument("project_id", type=int, metavar="PROJECT")
+    q.add_argument("version", nargs="?", default=None, metavar="VERSION")
+    q.add_argument("--format", dest="fmt", default="pt", choices=("pt", "onnx", "torchscript", "openvino"))
+    q.add_argument("--out", type=Path, default=None, help="also copy the files and the model card into this folder")
+    q.set_defaults(func=_models_export)
 
     p = sub.add_parser("sampling", help="the project's task sampling in Label Studio")
     ssub = p.add_subparsers(dest="sub", required=True)

@@ -8,7 +8,7 @@ thread); ``render`` is a pure function of the view. Every value that comes from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
@@ -16,6 +16,7 @@ from labelloop import project_webhook
 from labelloop.curve import CurvePoint, curve_points, svg_learning_curve
 from labelloop.errors import RegistryError
 from labelloop.manifest import Manifest
+from labelloop.model_export import downloads
 from labelloop.registry import Registry
 
 
@@ -35,6 +36,7 @@ class ProjectView:
         preannotation: the running pre-annotation's ``{"version", "done", "total"}``, or None.
         webhook: the last check of the project's webhook to labelloop (``labelloop.project_webhook``), or None.
         base_url: the receiver's URL as the browser reached it (for the documented calls).
+        downloads: version -> the names of its downloadable files (``labelloop.model_export.downloads``).
     """
 
     project_id: int
@@ -48,6 +50,7 @@ class ProjectView:
     preannotation: dict[str, Any] | None = None
     webhook: project_webhook.Check | None = None
     base_url: str = "http://HOST:9090"
+    downloads: dict[str, list[str]] = field(default_factory=dict)
 
 
 def project_view(registry: Registry, project_id: int) -> ProjectView:
@@ -80,6 +83,7 @@ def project_view(registry: Registry, project_id: int) -> ProjectView:
             },
         ),
         rollback_target=target,
+        downloads={v.name: list(downloads(v)) for v in versions},
     )
 
 
@@ -182,6 +186,26 @@ def _versions_section(view: ProjectView) -> str:
     return _table(["version", "status", "annotations", "mAP50", "mAP50-95", ""], rows)
 
 
+def _downloads_section(view: ProjectView) -> str:
+    """Links to each version's weights and finished exports (with their model cards), newest first."""
+    pid = view.project_id
+    rows = [
+        [
+            escape(version),
+            " ".join(
+                f'<a href="/projects/{pid}/versions/{escape(version)}/files/{escape(name)}">{escape(name)}</a>'
+                for name in names
+            ),
+        ]
+        for version, names in sorted(view.downloads.items(), key=lambda item: -int(item[0][1:]))
+    ]
+    return (
+        "<p>Other formats with their model card: <code>labelloop models export "
+        f"{pid} VERSION --format onnx|torchscript|openvino</code> (then linked here).</p>"
+        + _table(["version", "files"], rows)
+    )
+
+
 def _promote_form(project_id: int, version: str) -> str:
     """A button posting the promote form (same-origin only: ``service.app._form_body``)."""
     v = escape(version)
@@ -244,6 +268,7 @@ def render(view: ProjectView) -> str:
         f"<h2>Per class (served version)</h2>{_class_section(m)}"
         f"<h2>Now</h2>{_running_section(view)}"
         f"<h2>Versions</h2>{_versions_section(view)}"
+        f"<h2>Download</h2>{_downloads_section(view)}"
         f"<h2>Served-version changes</h2>{_table(['at', 'version', 'reason'], history)}"
         f"<h2>Promote and roll back</h2>{_calls_section(view)}"
         "</body></html>\n"

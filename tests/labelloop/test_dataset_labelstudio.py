@@ -19,7 +19,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from labelloop.base_models import for_task
-from labelloop.changes import ChangeLog
+from labelloop.changes import ChangeLog, label_config_digest
 from labelloop.convert import mask_to_brush
 from labelloop.dataset import build_project_dataset, project_dataset_dir
 from labelloop.demo import LabelStudioAPI
@@ -252,6 +252,7 @@ def test_rebuild_after_one_annotation_fetches_one_task_and_writes_two_files(
     time.sleep(SYNC_OVERLAP_S + 1.5)  # tasks changed in the overlap (+1 s of Date resolution) are read again
     first = build_project_dataset(settings, pid)
     assert first.report.sync["mode"] == "full" and first.report.images_downloaded == 8
+    assert first.report.sync["label_config_sha1"] == label_config_digest(api.sdk.projects.get(id=pid).label_config)
     assert first.report.files_written == 16
 
     time.sleep(SYNC_OVERLAP_S + 1.5)
