@@ -221,12 +221,20 @@ def _extract_task(
     report: DatasetReport,
 ) -> dict[str, Any] | None:
     """Frames and label files of one video; its state entry (None: nothing usable)."""
-    result = annotation.get("result") or []
-    count = frame_count_of(result, spec)
-    if count is None:
-        from labelloop.video_media import probe_video
+    from labelloop.video_media import probe_video
 
-        count = probe_video(Path(video.path)).frames
+    result = annotation.get("result") or []
+    decoded = probe_video(Path(video.path)).frames
+    count = frame_count_of(result, spec) or decoded
+    if abs(count - decoded) > max(2, decoded // 50):
+        # Label Studio numbers frames by the Video tag's frameRate: another rate than the file's
+        # puts every box on another frame than the one decoded here.
+        report.skip(
+            tid,
+            "frame count mismatch",
+            f"Label Studio counted {count} frames, the file has {decoded}; set the Video tag's frameRate to its fps",
+        )
+        return None
     frames, span = wanted_frames(result, spec, count, stride)
     if not frames:
         report.skip(tid, "no keyframes")

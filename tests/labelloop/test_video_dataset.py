@@ -117,6 +117,20 @@ def test_a_single_video_is_too_little_data(videos: dict[int, GeneratedVideo], tm
         _build([_task(1, videos[1], every=5)], tmp_path / "ds", Fetch(videos))
 
 
+def test_a_video_labelled_at_another_frame_rate_is_skipped_with_the_reason(
+    videos: dict[int, GeneratedVideo], tmp_path: Path
+) -> None:
+    """An annotation whose framesCount is not the file's (the Video tag's frameRate is another than
+    the file's, so its frame numbers point at other frames) is left out and the report says why."""
+    tasks = [_task(tid, v, every=7) for tid, v in videos.items()]
+    for region in tasks[0]["annotations"][0]["result"]:
+        region["value"]["framesCount"] = 36  # the 30 frames at 24 fps counted at 29 fps
+    report = _build(tasks, tmp_path / "ds", Fetch(videos))
+    assert [s["task"] for s in report.skipped] == [1]
+    assert "frame count mismatch" in report.skipped[0]["reason"] and "frameRate" in report.skipped[0]["reason"]
+    assert not list((tmp_path / "ds").rglob("1_*"))
+
+
 @pytest.fixture
 def served(videos: dict[int, GeneratedVideo]) -> Iterator[str]:
     root = videos[1].path.parent
