@@ -554,7 +554,7 @@ class Predictor:
         """
         out: list[npt.NDArray[np.float32] | None] = [None] * len(tasks)
         loaded = self.model_at(project_id, version)
-        if loaded is None:
+        if loaded is None or spec.region_type == "videorectangle":  # a video is not an image to fetch again
             return out
         images = self._images(hostname, api_key).for_tasks(tasks, spec.value_key)
         ok = [(i, image) for i, image in enumerate(images) if isinstance(image, CachedImage)]

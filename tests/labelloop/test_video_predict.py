@@ -3,14 +3,20 @@ keyframes, a video's score is its least certain track's, and a long video stays 
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
 from labelloop.labels import parse_label_config
 from labelloop.media import MediaConfig
+from labelloop.predictor import Predictor
+from labelloop.registry import Registry
 from labelloop.synthetic_video import video_config, write_video
 from labelloop.task_types.keyframes import frame_boxes
 from labelloop.video_predict import TrackedVideo, VideoOptions, predict_videos, track_video, tracks_to_regions
@@ -72,3 +78,41 @@ def test_a_video_over_the_interactive_budget_gets_nothing_and_a_reason(model: ob
             model, "v1", SPEC, {0: "square"}, [task], tmp_path / "c", config, options, 0.25, 160, 0.0, 0.0, full=True
         )
     assert not [e for e in logs if e["event"] == "predict_video_deferred"]
+
+
+class _Counting(http.server.SimpleHTTPRequestHandler):
+    gets: list[str] = []
+
+    def do_GET(self) -> None:
+        type(self).gets.append(self.path)
+        super().do_GET()
+
+
+def test_the_predictor_tracks_a_video_task_and_fetches_it_once(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Predictor.predict`` of a video spec answers one VideoRectangle prediction per task with the
+    version (real model, real tracker), and ``embed`` (pre-annotation's diversity) does not fetch the
+    video a second time as an image."""
+    video = write_video(tmp_path / "www" / "clip.mp4", seed=4, frames=12)
+    model.save(str(tmp_path / "w.pt"))
+    registry = Registry(tmp_path / "models")
+    registry.publish(7, tmp_path / "w.pt", {"classes": ["square", "disc"], "task": "detect", "from_name": "box"})
+    registry.set_current(7, "v1")
+    handler = functools.partial(_Counting, directory=str(video.path.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        media = MediaConfig(label_studio_url=None, api_key=None, allow_hosts=(host,), retries=0)
+        predictor = Predictor(
+            registry, "yolov8n.yaml", tmp_path / "yolo", tmp_path / "cache", 160, 0.25, media=media, show_conf=0.25
+        )
+        task = {"id": 3, "data": {"video": f"http://{host}/clip.mp4"}}
+        [item] = predictor.predict(7, SPEC, [task], None, None, full_video=True)
+        assert item["model_version"] == "v1" and isinstance(item["result"], list)
+        assert all(r["type"] == "videorectangle" and r["value"]["framesCount"] == 12 for r in item["result"])
+        assert predictor.embed(7, SPEC, [task], None, None, "v1") == [None]
+        assert _Counting.gets == ["/clip.mp4"]
+    finally:
+        server.shutdown()
