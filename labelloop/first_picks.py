@@ -95,7 +95,7 @@ def first_picks(
     Returns:
         ``{"status", "tasks", "imported", "stopped", "seconds"}``; ``status`` "done",
         "unchanged" (every unlabeled task has its first pick), "no_images" (none could be
-        fetched: nothing to order by), "stopped" (superseded: a version
+        fetched: nothing to order by), "not_applicable" (a video project), "stopped" (superseded: a version
         is served, or a newer run holds the project; ``stopped`` says which).
     """
     t0 = time.monotonic()
@@ -113,6 +113,9 @@ def first_picks(
         return {**outcome, "stopped": why, "seconds": 0.0}
     project = client.projects.get(id=project_id)
     spec = train_spec(project.label_config, load_params(registry.root, project_id))
+    if spec.region_type == "videorectangle":  # videos are no images to describe (labelloop.video_dataset)
+        log.info("first_picks_not_applicable", reason="video project")
+        return {**outcome, "status": "not_applicable", "seconds": round(time.monotonic() - t0, 3)}
     tasks = list(client.tasks.list(project=project_id, fields="all"))
     unlabeled: list[dict[str, Any]] = [
         {"id": int(t.id), "data": dict(t.data or {})} for t in tasks if not (t.total_annotations or 0)

@@ -133,3 +133,25 @@ def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
         drawn += len(frame_boxes(seq, FRAMES))
     print(f"{len(regions)} tracks, {keyframes} keyframes for {drawn} frames drawn")
     assert keyframes < drawn
+
+
+def test_first_picks_leave_a_video_project_alone(label_studio: tuple[str, str], redis_url: str, tmp_path: Path) -> None:
+    """Before a video project's first version, first picks (which describe images) answer
+    ``not_applicable`` without downloading the videos as images or importing predictions."""
+    from labelloop.jobs import Jobs
+
+    url, token = label_studio
+    api = LabelStudioAPI(url, token)
+    pid = api.create_project("labelloop video first picks", video_config())
+    videos = [write_video(tmp_path / f"clip{i}.mp4", seed=40 + i, frames=12) for i in range(2)]
+    api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
+    settings = Settings(
+        label_studio_url=url,
+        label_studio_api_key=token,
+        redis_url=redis_url,
+        cache_dir=tmp_path / "cache",
+        models_dir=tmp_path / "models",
+    )
+    outcome = Jobs(settings, lambda *a: None).first_picks(pid, lambda meta: None)
+    assert outcome["status"] == "not_applicable" and outcome["imported"] == 0, outcome
+    assert not [p for t in api.sdk.tasks.list(project=pid) for p in api.sdk_predictions(int(t.id))]
