@@ -488,16 +488,7 @@ class Predictor:
             return out
         spec = spec.with_task(task)
         if spec.region_type == "videorectangle":  # one VideoRectangle per track: labelloop.video_predict
-            from labelloop.video_predict import VideoOptions, predict_videos
-
-            media = replace(self.media or MediaConfig(None, None), label_studio_url=hostname, api_key=api_key)
-            size = imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ
-            show = self._show_conf(show_conf, loaded)
-            options = self.video or VideoOptions()
-            return predict_videos(
-                loaded.model, loaded.version, spec, loaded.names, tasks, self.cache_dir / "videos", media, options,
-                min(self.conf, show), size, unknown, show, full=full_video,
-            )  # fmt: skip
+            return self._tracks(loaded, spec, tasks, hostname, api_key, imgsz, unknown, show_conf, full_video)
         images = self._images(hostname, api_key).for_tasks(tasks, spec.value_key)
         ok = [(i, image) for i, image in enumerate(images) if isinstance(image, CachedImage)]
         for t, image in zip(tasks, images, strict=True):
@@ -520,6 +511,31 @@ class Predictor:
             out[index]["result"] = regions
             out[index]["score"] = score
         return out
+
+    def _tracks(
+        self,
+        loaded: _Loaded,
+        spec: TrainSpec,
+        tasks: list[dict[str, Any]],
+        hostname: str | None,
+        api_key: str | None,
+        imgsz: int | None,
+        unknown: float,
+        show_conf: float | None,
+        full: bool,
+    ) -> list[dict[str, Any]]:
+        """``predict`` of video tasks: ``labelloop.video_predict.predict_videos`` with this
+        predictor's media configuration, thresholds and video options."""
+        from labelloop.video_predict import VideoOptions, predict_videos
+
+        media = replace(self.media or MediaConfig(None, None), label_studio_url=hostname, api_key=api_key)
+        size = imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ
+        show = self._show_conf(show_conf, loaded)
+        options = self.video or VideoOptions()
+        return predict_videos(
+            loaded.model, loaded.version, spec, loaded.names, tasks, self.cache_dir / "videos", media, options,
+            min(self.conf, show), size, unknown, show, full=full,
+        )  # fmt: skip
 
     def _show_conf(self, requested: float | None, loaded: _Loaded) -> float:
         """The display threshold of a request: ``requested`` (the project's extra param), else the

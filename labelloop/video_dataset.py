@@ -143,26 +143,10 @@ def build_video_dataset(
     out_dir = Path(out_dir).absolute()
     class_ids = {label: i for i, label in names.items()}
     t0 = time.perf_counter()
-    chosen: dict[int, tuple[str, dict[str, Any]]] = {}
-    for task in tasks:
-        tid = int(task["id"])
-        annotation = select_annotation(task)
-        url = (task.get("data") or {}).get(spec.value_key)
-        if annotation is None:
-            report.skip(tid, "no completed annotation")
-        elif not isinstance(url, str) or not url:
-            report.skip(tid, "no video", f"task data has no '{spec.value_key}'")
-        else:
-            chosen[tid] = (url, annotation)
+    chosen = _choose(tasks, spec, report)
     split = splits(sorted(chosen))
     report.seconds["select"] = time.perf_counter() - t0
-    try:
-        old = json.loads((out_dir / STATE).read_text())
-        if old.get("version") != STATE_VERSION:
-            old = {}
-    except (OSError, ValueError):
-        old = {}
-    old_tasks: dict[str, Any] = old.get("tasks", {})
+    old_tasks = _old_state(out_dir)
     digests = {
         tid: _digest(url, ann.get("result"), stride, split[tid], sorted(names.items()))
         for tid, (url, ann) in chosen.items()
@@ -172,13 +156,7 @@ def build_video_dataset(
     fetched = fetch([(tid, chosen[tid][0]) for tid in redo]) if redo else {}
     report.seconds["download"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    state: dict[str, Any] = {}
-    for key, entry in old_tasks.items():  # files of tasks gone or redone
-        if int(key) not in chosen or int(key) in redo:
-            for rel in entry.get("files", []):
-                (out_dir / rel).unlink(missing_ok=True)
-        else:
-            state[key] = entry
+    state = _prune(old_tasks, set(chosen) - set(redo), out_dir)
     for tid in redo:
         got = fetched.get(tid)
         if got is None or isinstance(got, BaseException):
@@ -207,6 +185,45 @@ def build_video_dataset(
     write_atomic(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
     log.info("video_dataset_built", videos=len(state), redone=len(redo), **report.images)
     return data
+
+
+def _choose(
+    tasks: list[dict[str, Any]], spec: TrainSpec, report: DatasetReport
+) -> dict[int, tuple[str, dict[str, Any]]]:
+    """Task id -> (video URL, chosen annotation); the tasks left out go into ``report``."""
+    chosen: dict[int, tuple[str, dict[str, Any]]] = {}
+    for task in tasks:
+        tid = int(task["id"])
+        annotation = select_annotation(task)
+        url = (task.get("data") or {}).get(spec.value_key)
+        if annotation is None:
+            report.skip(tid, "no completed annotation")
+        elif not isinstance(url, str) or not url:
+            report.skip(tid, "no video", f"task data has no '{spec.value_key}'")
+        else:
+            chosen[tid] = (url, annotation)
+    return chosen
+
+
+def _prune(old_tasks: Mapping[str, Any], kept: set[int], out_dir: Path) -> dict[str, Any]:
+    """Delete the files of the tasks gone or to redo; the state entries of those ``kept``."""
+    state: dict[str, Any] = {}
+    for key, entry in old_tasks.items():
+        if int(key) in kept:
+            state[key] = entry
+        else:
+            for rel in entry.get("files", []):
+                (out_dir / rel).unlink(missing_ok=True)
+    return state
+
+
+def _old_state(out_dir: Path) -> dict[str, Any]:
+    """The last build's per-task state (empty when missing, unreadable or of another version)."""
+    try:
+        old = json.loads((out_dir / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(old.get("tasks", {})) if isinstance(old, dict) and old.get("version") == STATE_VERSION else {}
 
 
 def _extract_task(
