@@ -18,8 +18,15 @@ from labelloop.media import MediaConfig
 from labelloop.predictor import Predictor
 from labelloop.registry import Registry
 from labelloop.synthetic_video import video_config, write_video
-from labelloop.task_types.keyframes import frame_boxes
-from labelloop.video_predict import TrackedVideo, VideoOptions, predict_videos, track_video, tracks_to_regions
+from labelloop.task_types.keyframes import frame_boxes, reduce_track
+from labelloop.video_predict import (
+    TrackedVideo,
+    VideoOptions,
+    predict_videos,
+    smooth_track,
+    track_video,
+    tracks_to_regions,
+)
 
 SPEC = parse_label_config(video_config())
 
@@ -116,3 +123,16 @@ def test_the_predictor_tracks_a_video_task_and_fetches_it_once(
         assert _Counting.gets == ["/clip.mp4"]
     finally:
         server.shutdown()
+
+
+def test_smoothing_keeps_the_frames_and_saves_keyframes_on_a_jittering_track() -> None:
+    """A straight track with +-1 % jitter keeps its frames (and its gap) after smoothing, averages
+    only over present frames, and needs fewer keyframes at 1 % tolerance than unsmoothed."""
+    jitter = [0.0, 1.0, -1.0, 0.5, -0.5]
+    boxes = {f: {"x": f * 0.4 + jitter[f % 5], "y": 20.0, "width": 10.0, "height": 10.0} for f in range(1, 41)}
+    boxes |= {f: {"x": 60.0, "y": 20.0, "width": 10.0, "height": 10.0} for f in (45, 46)}
+    smoothed = smooth_track(boxes)
+    assert sorted(smoothed) == sorted(boxes)
+    assert smoothed[45]["x"] == 60.0 and smoothed[1]["x"] == pytest.approx((0.4 + 1.0 + 0.8 - 1.0 + 1.2 + 0.5) / 3)
+    kept = len(reduce_track(smoothed, 1.0, 24.0))
+    assert kept < len(reduce_track(boxes, 1.0, 24.0)) and kept <= 6
