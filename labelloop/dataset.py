@@ -24,6 +24,7 @@ image and one label file).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -676,6 +677,20 @@ def build_project_dataset(
     spec = train_spec(label_config, params)
     sync["label_config_sha1"] = label_config_digest(label_config)  # in the manifest: the model card's digest
     names = stable_names(load_class_names(settings.models_dir, project_id, spec.from_name), spec.labels)
+    if spec.region_type == "videorectangle":  # frames of videos: labelloop.video_dataset
+        from labelloop.video_dataset import build_video_dataset
+        from labelloop.video_media import cached_video_fetch, video_config
+
+        report = DatasetReport(
+            task=spec.task, tasks_exported=len(tasks), seconds={"export": sync.pop("seconds")}, sync=sync
+        )
+        with contextlib.ExitStack() as stack:
+            fetch = cached_video_fetch(stack, Path(settings.cache_dir).absolute() / "videos", video_config(settings))
+            splits = functools.partial(assign_splits, val_fraction=effective["val_fraction"], min_val=1)
+            out = Path(out_dir) if out_dir is not None else home / "yolo"
+            data = build_video_dataset(tasks, spec, out, fetch, splits, names, report, settings.video_frame_stride)
+        store_class_names(settings.models_dir, project_id, spec.from_name, names)
+        return BuildResult(data, spec, names, report, tasks)
     with contextlib.ExitStack() as stack:
         result = build_dataset(
             tasks,

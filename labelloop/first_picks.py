@@ -93,7 +93,7 @@ def first_picks(
     Returns:
         ``{"status", "tasks", "imported", "stopped", "seconds"}``; ``status`` "done",
         "unchanged" (every unlabeled task has its first pick), "no_images" (none could be
-        fetched: nothing to order by), "stopped" (superseded: a version
+        fetched: nothing to order by), "not_applicable" (a video project), "stopped" (superseded: a version
         is served, or a newer run holds the project; ``stopped`` says which).
     """
     t0 = time.monotonic()
@@ -111,6 +111,9 @@ def first_picks(
         return {**outcome, "stopped": why, "seconds": 0.0}
     project = client.projects.get(id=project_id)
     spec = train_spec(project.label_config, load_params(registry.root, project_id))
+    if spec.region_type == "videorectangle":  # videos are no images to describe (labelloop.video_dataset)
+        log.info("first_picks_not_applicable", reason="video project")
+        return {**outcome, "status": "not_applicable", "seconds": round(time.monotonic() - t0, 3)}
     # Page by page, without predictions or annotations (``labelloop.task_pages``).
     listing = task_pages.for_version(client, project_id, FIRST_PICKS_VERSION, keep_held=True)
     unlabeled = sorted([*listing.todo, *listing.held], key=lambda t: int(t["id"]))

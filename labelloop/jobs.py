@@ -44,6 +44,7 @@ from labelloop.selection import deadline_s, predict_selection
 from labelloop.settings import Settings
 from labelloop.tabs import ensure_tab
 from labelloop.trigger import TriggerStore, quiet_wait
+from labelloop.video_predict import VideoOptions
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +94,7 @@ class Jobs:
             cache_projects=s.predict_cache_projects,
             score_strategy=s.score_strategy,
             show_conf=s.show_conf,
+            video=VideoOptions.from_settings(s),
         )
         p.listen(s.redis_url)
         return p

@@ -12,6 +12,7 @@ from typing import Any
 from labelloop.errors import LabelConfigError
 from labelloop.task_types import TASK_TYPES
 from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
+from labelloop.video_labels import video_spec
 
 __all__ = [
     "MIN_BOX_PX",
@@ -56,6 +57,9 @@ def parse_label_config(label_config: str, control_tag: str | None = None, obb: b
         interface = LabelInterface(label_config)
     except Exception as exc:  # the SDK raises several XML error types
         raise LabelConfigError(f"label config does not parse: {exc}") from None
+    video = video_spec(interface, control_tag)  # VideoRectangle on a Video: labelloop.task_types.video
+    if video is not None:
+        return video
     images = {o.name: o for o in interface.objects if o.tag == "Image"}
 
     def image_of(control: Any) -> str | None:

@@ -385,6 +385,7 @@ def preannotate_project(
                 version=version,
                 score_strategy=params.score_strategy,
                 show_conf=params.show_conf,
+                full_video=True,  # whole videos here, off the request path (labelloop.video_predict)
             )
             vectors += predictor.embed(project_id, spec, batch, hostname, api_key, version, imgsz=imgsz)
             for r in results:

@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +41,9 @@ from labelloop.labels import TrainSpec
 from labelloop.media import CachedImage, ImageCache, MediaConfig
 from labelloop.notify import CHANNEL, alive_key, servers_key, warm_key
 from labelloop.registry import UNTRAINED, Registry
+
+if TYPE_CHECKING:
+    from labelloop.video_predict import VideoOptions
 
 log = structlog.get_logger(__name__)
 
@@ -101,8 +104,10 @@ class Predictor:
         cache_projects: int = 4,
         score_strategy: Strategy = DEFAULT_STRATEGY,
         show_conf: float | None = None,
+        video: VideoOptions | None = None,
     ) -> None:
         self.registry = registry
+        self.video = video  # how video tasks are tracked (labelloop.video_predict)
         self.show_conf = show_conf
         self.score_strategy: Strategy = score_strategy
         self.base_model = base_model
@@ -438,6 +443,7 @@ class Predictor:
         score_strategy: Strategy | None = None,
         version: str | None = None,
         show_conf: float | None = None,
+        full_video: bool = False,
     ) -> list[dict[str, Any]]:
         """Predict regions for tasks with the served version (or ``version``), one result item per
         task, in order; the images go to Ultralytics as one batch (``model.predict(list, batch=n)``).
@@ -451,6 +457,8 @@ class Predictor:
             score_strategy: the informativeness strategy of ``score`` (default: the predictor's).
             version: predict with this version (``model_at``) instead of the served one.
             show_conf: the display threshold (the extra param ``show_conf``; see ``_show_conf``).
+            full_video: video tasks are tracked whole (the pre-annotation queue), not within the
+                interactive budget (``labelloop.video_predict``).
 
         Returns:
             ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions in
@@ -479,6 +487,8 @@ class Predictor:
             )
             return out
         spec = spec.with_task(task)
+        if spec.region_type == "videorectangle":  # one VideoRectangle per track: labelloop.video_predict
+            return self._tracks(loaded, spec, tasks, hostname, api_key, imgsz, unknown, show_conf, full_video)
         images = self._images(hostname, api_key).for_tasks(tasks, spec.value_key)
         ok = [(i, image) for i, image in enumerate(images) if isinstance(image, CachedImage)]
         for t, image in zip(tasks, images, strict=True):
@@ -501,6 +511,31 @@ class Predictor:
             out[index]["result"] = regions
             out[index]["score"] = score
         return out
+
+    def _tracks(
+        self,
+        loaded: _Loaded,
+        spec: TrainSpec,
+        tasks: list[dict[str, Any]],
+        hostname: str | None,
+        api_key: str | None,
+        imgsz: int | None,
+        unknown: float,
+        show_conf: float | None,
+        full: bool,
+    ) -> list[dict[str, Any]]:
+        """``predict`` of video tasks: ``labelloop.video_predict.predict_videos`` with this
+        predictor's media configuration, thresholds and video options."""
+        from labelloop.video_predict import VideoOptions, predict_videos
+
+        media = replace(self.media or MediaConfig(None, None), label_studio_url=hostname, api_key=api_key)
+        size = imgsz or self.imgsz or loaded.imgsz or DEFAULT_IMGSZ
+        show = self._show_conf(show_conf, loaded)
+        options = self.video or VideoOptions()
+        return predict_videos(
+            loaded.model, loaded.version, spec, loaded.names, tasks, self.cache_dir / "videos", media, options,
+            min(self.conf, show), size, unknown, show, full=full,
+        )  # fmt: skip
 
     def _show_conf(self, requested: float | None, loaded: _Loaded) -> float:
         """The display threshold of a request: ``requested`` (the project's extra param), else the
@@ -535,7 +570,7 @@ class Predictor:
         """
         out: list[npt.NDArray[np.float32] | None] = [None] * len(tasks)
         loaded = self.model_at(project_id, version)
-        if loaded is None:
+        if loaded is None or spec.region_type == "videorectangle":  # a video is not an image to fetch again
             return out
         images = self._images(hostname, api_key).for_tasks(tasks, spec.value_key)
         ok = [(i, image) for i, image in enumerate(images) if isinstance(image, CachedImage)]

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     )
     media_threads: int = Field(8, ge=1, le=64, description="Concurrent image downloads.")
     media_max_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest image downloaded (bytes).")
+    media_video_max_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="Largest video downloaded (bytes; streamed to disk, never held in memory)."
+    )
+    media_video_timeout_s: float = Field(600.0, gt=0, description="Time limit of one video download (seconds).")
 
     train_every_n: int = Field(10, ge=1, description="Train after this many new annotation events per project.")
     base_model: str = Field(
@@ -123,6 +127,12 @@ class Settings(BaseSettings):
     dataloader_workers: int = Field(2, ge=0, description="DataLoader worker processes during training.")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of tasks in the validation split.")
     min_val_images: int = Field(1, ge=1, description="Minimum validation images per dataset.")
+    video_frame_stride: int = Field(
+        5,
+        ge=1,
+        description="Video projects: every Nth frame of a video's annotated span (and every keyframe) becomes a "
+        "training image; consecutive frames are near-duplicates.",
+    )
     seed: int = Field(0, description="Training seed.")
     train_time_limit_s: int = Field(
         4 * 3600,
@@ -220,6 +230,17 @@ class Settings(BaseSettings):
         le=1.0,
         description="Confidence threshold of a prediction's candidate boxes (what its score is computed over) and "
         "the prior of each version's display threshold (see LABELLOOP_SHOW_CONF).",
+    )
+    video_tracker: Literal["bytetrack.yaml", "botsort.yaml"] = Field(
+        "bytetrack.yaml",
+        description="Ultralytics tracker that links a video's detections into tracks (pre-annotations).",
+    )
+    video_keyframe_tolerance: float = Field(
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description="A predicted track keeps a keyframe where Label Studio's linear interpolation between kept "
+        "keyframes would move its box by more than this (percent of the frame).",
     )
     show_conf: float | None = Field(
         None,

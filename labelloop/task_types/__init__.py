@@ -9,7 +9,11 @@ obb         RectangleLabels (rotated)              ``task_types/obb.py``
 segment     PolygonLabels, BrushLabels             ``task_types/segment.py``
 pose        RectangleLabels + KeyPointLabels       ``task_types/pose.py``
 classify    Choices (single)                       ``task_types/classify.py``
+detect      VideoRectangle + Labels on a Video     ``task_types/video.py``
 ==========  =====================================  ============================
+
+The video type trains Ultralytics ``detect`` too, so it is found by its region type
+(``video_task_type``), not in ``TASK_TYPES`` (keyed by Ultralytics task).
 """
 
 from __future__ import annotations
@@ -20,8 +24,17 @@ from labelloop.task_types.detect import Detect
 from labelloop.task_types.obb import Obb
 from labelloop.task_types.pose import Pose
 from labelloop.task_types.segment import Segment
+from labelloop.task_types.spec import TrainSpec
+from labelloop.task_types.video import REGION_TYPE as VIDEO_REGION_TYPE
+from labelloop.task_types.video import VideoRectangles
 
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (Detect(), Obb(), Segment(), Pose(), Classify())}
+VIDEO = VideoRectangles()
+
+
+def video_task_type(spec: TrainSpec) -> VideoRectangles | None:
+    """The video task type when ``spec`` trains VideoRectangle tracks, else None."""
+    return VIDEO if spec.region_type == VIDEO_REGION_TYPE else None
 
 
 def task_type(name: str) -> TaskType:
@@ -36,4 +49,4 @@ def task_type(name: str) -> TaskType:
         raise ValueError(f"unknown task {name!r} (labelloop trains {', '.join(TASK_TYPES)})") from None
 
 
-__all__ = ["TASK_TYPES", "TaskType", "task_type"]
+__all__ = ["TASK_TYPES", "VIDEO", "TaskType", "task_type", "video_task_type"]

@@ -1,0 +1,121 @@
+"""Generated MP4 videos of moving shapes with known per-frame boxes, for tests and benchmarks.
+
+Each video is a grey noisy background with red squares ("square") and blue discs ("disc") that
+move in straight lines (and may leave the frame). Written with OpenCV (``mp4v``); nothing is
+downloaded.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+LABELS = ("square", "disc")
+
+
+def video_config(labels: tuple[str, ...] = LABELS, framerate: float | None = None) -> str:
+    """Label Studio's "Video Object Tracking" label config: ``Video`` ``video`` (``$video``),
+    ``VideoRectangle`` ``box`` and ``Labels`` ``videoLabels`` with ``labels``."""
+    rate = f' framerate="{framerate:g}"' if framerate else ""
+    return (
+        f'<View><Video name="video" value="$video"{rate}/>'
+        '<VideoRectangle name="box" toName="video"/>'
+        '<Labels name="videoLabels" toName="video">'
+        + "".join(f'<Label value="{name}"/>' for name in labels)
+        + "</Labels></View>"
+    )
+
+
+@dataclass
+class Track:
+    """One moving shape: its label and, per 1-based frame it is (partly) inside the frame, its box
+    ``(x, y, w, h)`` in pixels (clipped to the frame)."""
+
+    label: str
+    boxes: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
+
+
+@dataclass
+class GeneratedVideo:
+    """A written video: ``path``, size in pixels, ``fps``, ``frames`` and its ``tracks``."""
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    frames: int
+    tracks: list[Track]
+
+
+def write_video(
+    path: Path, seed: int, frames: int = 48, width: int = 160, height: int = 120, fps: float = 24.0, shapes: int = 2
+) -> GeneratedVideo:
+    """Write an MP4 of ``shapes`` moving shapes and return their true boxes.
+
+    Args:
+        path: the ``.mp4`` to write.
+        seed: picks shapes, sizes, start positions and velocities.
+        frames, width, height, fps: the video's frame count, size in pixels and frame rate.
+
+    Raises:
+        RuntimeError: OpenCV cannot write MP4 here.
+    """
+    import cv2
+
+    rng = random.Random(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path}")
+    moving = []
+    for k in range(shapes):
+        label = LABELS[k % len(LABELS)]
+        size = rng.randint(max(8, min(width, height) // 6), max(9, min(width, height) // 3))
+        x, y = rng.uniform(0, width - size), rng.uniform(0, height - size)
+        vx, vy = rng.uniform(-2.5, 2.5), rng.uniform(-2.0, 2.0)
+        moving.append((Track(label), size, x, y, vx, vy))
+    noise = np.random.default_rng(seed)
+    for f in range(1, frames + 1):
+        img = np.full((height, width, 3), 110, np.uint8)
+        img = np.clip(img.astype(np.int16) + noise.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+        for track, size, x0, y0, vx, vy in moving:
+            x, y = x0 + vx * (f - 1), y0 + vy * (f - 1)
+            x1, y1, x2, y2 = max(0.0, x), max(0.0, y), min(float(width), x + size), min(float(height), y + size)
+            if x2 - x1 < 2 or y2 - y1 < 2:
+                continue
+            if track.label == "square":
+                cv2.rectangle(img, (round(x), round(y)), (round(x + size) - 1, round(y + size) - 1), (40, 40, 220), -1)
+            else:
+                c = (round(x + size / 2), round(y + size / 2))
+                cv2.circle(img, c, round(size / 2), (220, 60, 40), -1)
+            track.boxes[f] = (x1, y1, x2 - x1, y2 - y1)
+        writer.write(img)
+    writer.release()
+    return GeneratedVideo(path, width, height, fps, frames, [t for t, *_ in moving])
+
+
+def keyframe_sequence(video: GeneratedVideo, track: Track, every: int) -> list[dict[str, float | int | bool]]:
+    """What a person would save in Label Studio for a track: a keyframe every ``every`` frames (and
+    on its last frame, disabled: the shape leaves or the video ends), box in percent."""
+    frames = sorted(track.boxes)
+    picked = frames[::every] + ([frames[-1]] if (len(frames) - 1) % every else [])
+    seq: list[dict[str, float | int | bool]] = []
+    for f in picked:
+        x, y, w, h = track.boxes[f]
+        seq.append(
+            {
+                "frame": f,
+                "time": f / video.fps,
+                "enabled": f != frames[-1],
+                "x": x / video.width * 100,
+                "y": y / video.height * 100,
+                "width": w / video.width * 100,
+                "height": h / video.height * 100,
+                "rotation": 0,
+            }
+        )
+    return seq

@@ -1,0 +1,133 @@
+"""Label Studio's video keyframe interpolation, reproduced (``labelloop.task_types.keyframes``), checked
+against Label Studio's own frontend code and an annotation a real Label Studio 1.23.2 stored."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from labelloop.stack import LABEL_STUDIO_VERSION
+from labelloop.task_types import keyframes
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio"
+CAPTURE = json.loads((FIXTURES / "video_annotation.json").read_text())
+ORACLE = FIXTURES / "ls_video_oracle.js"
+LS_MAP = (
+    Path.home()
+    / ".cache/labelloop"
+    / f"label-studio-{LABEL_STUDIO_VERSION}"
+    / "lib/python3.11/site-packages/web/dist/apps/labelstudio/358.js.map"
+)
+
+
+def _close(a: dict[str, float], b: dict[str, float]) -> bool:
+    return all(math.isclose(a[p], b[p], abs_tol=1e-9) for p in keyframes.PROPS)
+
+
+def _drawn(regions: list[dict], frames: int) -> dict[str, dict[int, dict[str, float]]]:
+    return {r["id"]: keyframes.frame_boxes(r["value"]["sequence"], frames) for r in regions}
+
+
+def test_captured_sequences_are_drawn_on_the_frames_label_studio_draws_them() -> None:
+    """On each frame of the captured annotation, a region is drawn exactly where Label Studio's own
+    code (run with node when the fixture was captured) draws it: held after the last enabled
+    keyframe, gone after a disabled one, shown on a disabled keyframe's own frame."""
+    frames = CAPTURE["video"]["frames"]
+    ours = _drawn(CAPTURE["annotation_result"], frames)
+    theirs = {rid: {int(f): b for f, b in boxes.items()} for rid, boxes in CAPTURE["drawn"].items()}
+    assert {rid: sorted(b) for rid, b in ours.items()} == {rid: sorted(b) for rid, b in theirs.items()}
+    for rid, boxes in ours.items():
+        assert all(_close(box, theirs[rid][f]) for f, box in boxes.items()), rid
+    assert sorted(ours["trk_b"]) == list(range(1, 17)) + [40]
+    assert 21 not in ours["trk_a"] and 20 in ours["trk_a"] and max(ours["trk_a"]) == frames
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node runs Label Studio's code")
+def test_label_studio_code_agrees_on_edge_cases() -> None:
+    """Unsorted-free edge cases (rotation across 0 and 180 degrees, a keyframe without ``enabled``,
+    one keyframe alone, keyframes far apart) give the boxes Label Studio's code gives, run live."""
+    seqs = {
+        "wrap": [
+            {"frame": 2, "x": 1, "y": 2, "width": 3, "height": 4, "rotation": 170, "enabled": True},
+            {"frame": 12, "x": 11, "y": 22, "width": 33, "height": 44, "rotation": 190, "enabled": True},
+            {"frame": 20, "x": 5, "y": 5, "width": 5, "height": 5, "rotation": 355, "enabled": False},
+        ],
+        "no_enabled": [
+            {"frame": 5, "x": 1, "y": 1, "width": 9, "height": 9, "rotation": 0},
+            {"frame": 9, "x": 9, "y": 9, "width": 9, "height": 9, "rotation": 0, "enabled": True},
+        ],
+        "alone": [{"frame": 7, "x": 3, "y": 3, "width": 9, "height": 9, "rotation": 0, "enabled": True}],
+    }
+    regions = [{"id": k, "value": {"sequence": v}} for k, v in seqs.items()]
+    run = subprocess.run(
+        ["node", str(ORACLE)],
+        input=json.dumps({"frames": 30, "regions": regions}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    theirs = json.loads(run.stdout)
+    ours = _drawn(regions, 30)
+    for rid in seqs:
+        assert sorted(ours[rid]) == sorted(int(f) for f in theirs[rid]), rid
+        assert all(_close(b, theirs[rid][str(f)]) for f, b in ours[rid].items()), rid
+
+
+@pytest.mark.skipif(not LS_MAP.is_file(), reason="Label Studio's source map is in its installed package")
+def test_the_oracle_is_label_studios_code_verbatim() -> None:
+    """Each block of ``ls_video_oracle.js`` marked "from <file>" appears, whitespace aside, in that
+    file's source in Label Studio's shipped source map."""
+    sources = json.loads(LS_MAP.read_text())
+    by_name = dict(zip(sources["sources"], sources["sourcesContent"], strict=True))
+    blocks = re.findall(r"// from (\S+)[^\n]*\n(.*?)// end", ORACLE.read_text(), re.S)
+    assert len(blocks) == 5
+
+    def squash(s: str) -> str:
+        return re.sub(r"\s+", " ", s).strip()
+
+    for name, code in blocks:
+        source = next(v for k, v in by_name.items() if k.endswith(name))
+        body = squash(code)
+        if name.endswith(".ts"):  # the oracle drops TypeScript annotations and `export`
+            source = re.sub(r": (number|SequenceItem|string|any)\b", "", source).replace("export ", "")
+        assert body in squash(source), name
+
+
+def test_normalize_angle_matches_javascript() -> None:
+    """Angles map onto (-180, 180] with JavaScript's remainder."""
+    table = {0: 180 - 180, 10: 10, 180: 180, 190: -170, -190: 170, 360: 0, 725: 5, -180: 180}
+    for angle, expected in table.items():
+        assert math.isclose(keyframes.normalize_angle(angle), expected, abs_tol=1e-9), angle
+
+
+def test_reduced_track_is_drawn_back_on_exactly_its_frames_within_tolerance() -> None:
+    """A track that moves, turns, pauses (gap) and ends becomes few keyframes that Label Studio
+    draws on exactly the track's frames, each box within the tolerance."""
+    track: dict[int, dict[str, float]] = {}
+    for f in range(1, 61):  # straight line, then a turn
+        x = f if f <= 30 else 30 + (f - 30) * 0.1
+        track[f] = {"x": x, "y": 10 + f * 0.5, "width": 10, "height": 8}
+    for f in range(70, 81):  # back after a pause of 9 frames
+        track[f] = {"x": 50 - (f - 70), "y": 40, "width": 12, "height": 8}
+    track[90] = {"x": 1, "y": 1, "width": 5, "height": 5}  # one frame alone
+    sequence = keyframes.reduce_track(track, tolerance=0.5, framerate=25)
+    drawn = keyframes.frame_boxes(sequence, 100)
+    assert sorted(drawn) == sorted(track)
+    assert all(abs(drawn[f][p] - track[f][p]) <= 0.5 for f in track for p in ("x", "y", "width", "height"))
+    assert len(sequence) <= 8
+    assert [k["frame"] for k in sequence if not k["enabled"]] == [60, 80, 90]
+    assert sequence[0]["time"] == 1 / 25
+
+
+def test_reduction_refuses_a_negative_tolerance() -> None:
+    """A negative tolerance or a framerate of 0 is a ValueError."""
+    with pytest.raises(ValueError):
+        keyframes.reduce_track({1: {"x": 0, "y": 0, "width": 1, "height": 1}}, -1, 25)
+    with pytest.raises(ValueError):
+        keyframes.reduce_track({1: {"x": 0, "y": 0, "width": 1, "height": 1}}, 1, 0)

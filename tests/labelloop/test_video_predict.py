@@ -1,0 +1,138 @@
+"""Video predictions (``labelloop.video_predict``): tracks become VideoRectangle regions with few
+keyframes, a video's score is its least certain track's, and a long video stays off /predict."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from labelloop.labels import parse_label_config
+from labelloop.media import MediaConfig
+from labelloop.predictor import Predictor
+from labelloop.registry import Registry
+from labelloop.synthetic_video import video_config, write_video
+from labelloop.task_types.keyframes import frame_boxes, reduce_track
+from labelloop.video_predict import (
+    TrackedVideo,
+    VideoOptions,
+    predict_videos,
+    smooth_track,
+    track_video,
+    tracks_to_regions,
+)
+
+SPEC = parse_label_config(video_config())
+
+
+def test_tracks_become_regions_scored_by_the_least_certain_track() -> None:
+    """Each track is one region labelled with its most frequent class and scored by its mean
+    confidence; the video's score is the lowest track score; tracks under show_conf are left out."""
+    tracked = TrackedVideo(160, 120)
+    for tid, (cls, conf, frames) in {1: ([0, 0, 1], 0.9, range(1, 31)), 2: ([1], 0.4, range(10, 20))}.items():
+        tracked.boxes[tid] = {f: {"x": f * 0.5, "y": 10.0, "width": 20.0, "height": 15.0} for f in frames}
+        tracked.classes[tid] = Counter(cls)
+        tracked.confs[tid] = [conf] * len(frames)
+    regions, score = tracks_to_regions(tracked, SPEC, {0: "square", 1: "disc"}, 0.5, 24.0, 48, 2.0)
+    assert [r["value"]["labels"] for r in regions] == [["square"], ["disc"]]
+    assert score == pytest.approx(0.4) and regions[0]["score"] == pytest.approx(0.9)
+    assert [len(r["value"]["sequence"]) for r in regions] == [2, 2]
+    assert sorted(frame_boxes(regions[0]["value"]["sequence"], 48)) == list(range(1, 31))
+    shown, top = tracks_to_regions(tracked, SPEC, {0: "square", 1: "disc"}, 0.5, 24.0, 48, 2.0, show_conf=0.5)
+    assert len(shown) == 1 and top == pytest.approx(0.9)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> object:
+    from labelloop.yolo_env import prepare_ultralytics
+
+    prepare_ultralytics(tmp_path_factory.mktemp("yolo"))
+    from ultralytics import YOLO
+
+    return YOLO("yolov8n.yaml")
+
+
+def test_track_video_reads_every_frame_with_the_real_tracker(model: object, tmp_path: Path) -> None:
+    """Ultralytics' ByteTrack runs over the whole generated video (one result per decoded frame)."""
+    video = write_video(tmp_path / "v.mp4", seed=1, frames=20)
+    tracked = track_video(model, video.path, "bytetrack.yaml", 0.25, 160)
+    assert tracked.finished and tracked.frames == 20 and (tracked.width, tracked.height) == (160, 120)
+
+
+def test_a_video_over_the_interactive_budget_gets_nothing_and_a_reason(model: object, tmp_path: Path) -> None:
+    """With its budget spent, /predict leaves a video task without regions and logs why; the
+    pre-annotation queue (full) tracks it whole."""
+    video = write_video(tmp_path / "v.mp4", seed=2, frames=20)
+    config = MediaConfig(label_studio_url=None, api_key=None, document_root=tmp_path)
+    task = {"id": 5, "data": {"video": "/data/local-files/?d=v.mp4"}}
+    options = VideoOptions(budget_s=0.0)
+    with structlog.testing.capture_logs() as logs:
+        [item] = predict_videos(
+            model, "v1", SPEC, {0: "square", 1: "disc"}, [task], tmp_path / "c", config, options, 0.25, 160, 0.0, 0.0
+        )
+    assert item == {"result": [], "score": 0.0, "model_version": "v1"}
+    [deferred] = [e for e in logs if e["event"] == "predict_video_deferred"]
+    assert deferred["task_id"] == 5 and "of 20 frames" in deferred["reason"]
+    assert video.path.is_file()
+    with structlog.testing.capture_logs() as logs:
+        predict_videos(
+            model, "v1", SPEC, {0: "square"}, [task], tmp_path / "c", config, options, 0.25, 160, 0.0, 0.0, full=True
+        )
+    assert not [e for e in logs if e["event"] == "predict_video_deferred"]
+
+
+class _Counting(http.server.SimpleHTTPRequestHandler):
+    gets: list[str] = []
+
+    def do_GET(self) -> None:
+        type(self).gets.append(self.path)
+        super().do_GET()
+
+
+def test_the_predictor_tracks_a_video_task_and_fetches_it_once(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Predictor.predict`` of a video spec answers one VideoRectangle prediction per task with the
+    version (real model, real tracker), and ``embed`` (pre-annotation's diversity) does not fetch the
+    video a second time as an image."""
+    video = write_video(tmp_path / "www" / "clip.mp4", seed=4, frames=12)
+    model.save(str(tmp_path / "w.pt"))
+    registry = Registry(tmp_path / "models")
+    registry.publish(7, tmp_path / "w.pt", {"classes": ["square", "disc"], "task": "detect", "from_name": "box"})
+    registry.set_current(7, "v1")
+    handler = functools.partial(_Counting, directory=str(video.path.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        media = MediaConfig(label_studio_url=None, api_key=None, allow_hosts=(host,), retries=0)
+        predictor = Predictor(
+            registry, "yolov8n.yaml", tmp_path / "yolo", tmp_path / "cache", 160, 0.25, media=media, show_conf=0.25
+        )
+        task = {"id": 3, "data": {"video": f"http://{host}/clip.mp4"}}
+        [item] = predictor.predict(7, SPEC, [task], None, None, full_video=True)
+        assert item["model_version"] == "v1" and isinstance(item["result"], list)
+        assert all(r["type"] == "videorectangle" and r["value"]["framesCount"] == 12 for r in item["result"])
+        assert predictor.embed(7, SPEC, [task], None, None, "v1") == [None]
+        assert _Counting.gets == ["/clip.mp4"]
+    finally:
+        server.shutdown()
+
+
+def test_smoothing_keeps_the_frames_and_saves_keyframes_on_a_jittering_track() -> None:
+    """A straight track with +-1 % jitter keeps its frames (and its gap) after smoothing, averages
+    only over present frames, and needs fewer keyframes at 1 % tolerance than unsmoothed."""
+    jitter = [0.0, 1.0, -1.0, 0.5, -0.5]
+    boxes = {f: {"x": f * 0.4 + jitter[f % 5], "y": 20.0, "width": 10.0, "height": 10.0} for f in range(1, 41)}
+    boxes |= {f: {"x": 60.0, "y": 20.0, "width": 10.0, "height": 10.0} for f in (45, 46)}
+    smoothed = smooth_track(boxes)
+    assert sorted(smoothed) == sorted(boxes)
+    assert smoothed[45]["x"] == 60.0 and smoothed[1]["x"] == pytest.approx((0.4 + 1.0 + 0.8 - 1.0 + 1.2 + 0.5) / 3)
+    kept = len(reduce_track(smoothed, 1.0, 24.0))
+    assert kept < len(reduce_track(boxes, 1.0, 24.0)) and kept <= 6
