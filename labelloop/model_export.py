@@ -44,7 +44,7 @@ from typing import Any
 import structlog
 
 from labelloop.errors import BadRequestError, LabelloopError, RegistryError, VersionNotFoundError
-from labelloop.files import write_atomic
+from labelloop.files import fsync_dir, fsync_files, write_atomic
 from labelloop.model_card import CARD, model_card
 from labelloop.registry import WEIGHTS, ModelVersion, Registry
 
@@ -191,8 +191,13 @@ def export_version(
     tmp.mkdir()
     try:
         _write_files(mv, fmt, tmp, card, config_dir, timeout_s)
+        # Synced before the rename and the folder after: a power cut never leaves a truncated
+        # export that later calls would take for a finished one.
+        fsync_files(p for p in tmp.rglob("*") if p.is_file())
+        fsync_dir(tmp)
         try:
             os.rename(tmp, exports / fmt)
+            fsync_dir(exports)
         except OSError:
             if not (exports / fmt / CARD).exists():  # not another export that won the race
                 if not mv.path.is_dir():

@@ -71,6 +71,8 @@ OWN_RENAMES = {
     "labelloop/media.py": "image cache files: a lost one is fetched again",
     "labelloop/cache_pins.py": "pins of a running build, removed with it",
     "labelloop/training.py": "progress and result files of a run folder, removed with the run",
+    "labelloop/model_export.py": "fsyncs an export's files and folders around its rename",
+    "labelloop/video_media.py": "video cache files, as media.py's images: a lost one is fetched again",
 }
 
 
