@@ -143,6 +143,9 @@ def export_version(
 ) -> ExportResult:
     """Export a version with Ultralytics in a child process, or return its cached export.
 
+    Long because each way the export can end (cached, refused format, version removed meanwhile,
+    another export winning the rename, a failed child) settles its temporary folder in one place.
+
     Args:
         version: the version's name; None: the served one.
         fmt: one of ``FORMATS``.

@@ -591,7 +591,8 @@ def test_pipeline_versions_of_other_task_types(
     assert second.manifest["dataset"]["images_downloaded"] == 0
 
     # A label added to the config: the next version still fine-tunes the served one (its layers
-    # that fit), gets the new class id, and is not gated against a model with other classes.
+    # that fit), gets the new class id, and still goes through the gate: the served version is
+    # validated on the candidate's split and compared on the classes both know (issue 21).
     child = "Choice" if task == "classify" else "Label"
     config = label_config(kind).replace('value="disc"/>', f'value="disc"/><{child} value="star"/>')
     api.sdk.projects.update(id=pid, label_config=config)
@@ -600,8 +601,8 @@ def test_pipeline_versions_of_other_task_types(
     third = run_training(settings, pid, "run-3")
     assert third.manifest["names"] == {"0": "square", "1": "disc", "2": "star"}
     assert third.manifest["train_args"]["weights"] == str(served.weights)
-    assert third.manifest["incumbent"] is None or third.manifest["incumbent"]["metrics"] is None
-    assert third.manifest["promotion"]["promoted"]
+    assert third.manifest["incumbent"]["version"] == served.name and third.manifest["incumbent"]["metrics"]
+    assert isinstance(third.manifest["promotion"]["promoted"], bool) and third.manifest["promotion"]["reason"]
 
 
 def test_uploads_read_from_a_mounted_media_folder(

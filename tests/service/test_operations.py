@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from labelloop.ledger import Ledger
 from labelloop.settings import Settings
 from labelloop.stack import free_port, http_ok, wait_until
 from service.cli import build_parser
@@ -94,7 +95,7 @@ def test_procfile_processes_start_and_answer(redis_url: str, tmp_path: Path) -> 
         )
         line = 'labelloop_worker_tasks_total{state="success",task="labelloop.handle_event"} 1.0'
         wait_until(lambda: line in httpx.get(f"http://127.0.0.1:{events_metrics}/metrics").text, 30, "metrics")
-        assert redis.Redis.from_url(redis_url).hget("labelloop:project:3:seen", "1") is not None
+        assert 1 in Ledger(redis.Redis.from_url(redis_url)).seen(3)
     except TimeoutError:
         log.flush()
         pytest.fail((tmp_path / "honcho.log").read_text()[-5000:])
