@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from labelloop import labelstudio
+from labelloop.demo import LabelStudioAPI
+from labelloop.jobs import Jobs
 from labelloop.media import MediaConfig
 from labelloop.mistakes import QUALITY_KEY, SUSPECTED_KEY, read_report, score_project
 from labelloop.predictor import Predictor
 from labelloop.registry import Registry
+from labelloop.settings import Settings
 from labelloop.synthetic import LABEL_CONFIG, make_sample
 from labelloop.tabs import MISTAKES_TAB_TITLE, ensure_tab, mistakes_tab_data
 
@@ -121,3 +125,40 @@ def test_classification_project_says_it_is_not_scored(
     assert read_report(registry, pid)["supported"] is False
     (task,) = list(client.tasks.list(project=pid, fields="task_only"))
     assert QUALITY_KEY not in task.data
+
+
+@pytest.mark.labelstudio
+@pytest.mark.parametrize("enabled", [True, False])
+def test_preannotation_job_scores_annotations_and_keeps_the_tab(
+    label_studio: tuple[str, str], trained: dict, redis_url: str, tmp_path: Path, enabled: bool
+) -> None:
+    """After a version's pre-annotation the job scores the annotated tasks and keeps the mistakes tab;
+    with LABELLOOP_LABEL_MISTAKES off it does neither."""
+    api = LabelStudioAPI(*label_studio)
+    pid = api.create_project(f"mistakes-job-{enabled}", LABEL_CONFIG)
+    ids = api.import_images(pid, [make_sample(800 + i, 160, 120) for i in range(5)])
+    for i in range(3):
+        api.annotate(ids[i], make_sample(800 + i, 160, 120).ls_result())
+    url, token = label_studio
+    settings = Settings(
+        redis_url=redis_url,
+        models_dir=tmp_path / "models",
+        cache_dir=tmp_path / "cache",
+        label_studio_url=url,
+        label_studio_api_key=token,
+        imgsz=160,
+        preannotate_batch=2,
+        label_mistakes=enabled,
+    )
+    shutil.copyfile(trained["result"]["best"], tmp_path / "best.pt")
+    Registry(settings.models_dir).publish(pid, tmp_path / "best.pt", {"classes": ["square", "disc"]})
+    with structlog.testing.capture_logs() as logs:
+        assert Jobs(settings, lambda *a: None).preannotate(pid, "v1", lambda meta: None)["stopped"] is None
+    data = {int(t.id): dict(t.data) for t in api.sdk.tasks.list(project=pid, fields="task_only")}
+    titles = [(v.data or {}).get("title") for v in api.sdk.views.list(project=pid)]
+    if enabled:
+        assert [t for t in ids if QUALITY_KEY in data[t]] == ids[:3]
+        assert titles.count(MISTAKES_TAB_TITLE) == 1
+        assert [e["scored"] for e in logs if e["event"] == "label_mistakes_tab"] == [3]
+    else:
+        assert not any(QUALITY_KEY in d for d in data.values()) and MISTAKES_TAB_TITLE not in titles
