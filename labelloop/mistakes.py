@@ -19,35 +19,32 @@ is a Number (``apply_ordering``). So each scored task gets two keys in its ``dat
 ``labelloop_suspected`` (its worst issues, one line each). The annotations and predictions
 are never written; the task's other ``data`` keys are sent back as they were read.
 
-**Report.** ``mistakes.json`` in the project's registry directory (``read_report``): every
+**Report.** ``mistakes.json`` in the project's registry directory (``labelloop.mistakes_report``): every
 scored task, worst first, with its issues and boxes in percent, for the page's drawings.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from labelloop.export import export_tasks, select_annotation
-from labelloop.files import write_atomic
 from labelloop.label_quality import SUPPORTED_TASKS, Box, boxes_from_result, score_tasks
+from labelloop.labels import TrainSpec
+from labelloop.mistakes_report import read_report, write_report
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
 from labelloop.predictor import Predictor
-from labelloop.registry import Registry
 
 log = structlog.get_logger(__name__)
 
 QUALITY_KEY = "labelloop_label_quality"
 SUSPECTED_KEY = "labelloop_suspected"
-REPORT = "mistakes.json"
 PREDICT_CONF = 0.01  # keep low-confidence boxes: cleanlab's scores use them (its documented advice)
 SHOWN_ISSUES = 3  # issues written into a task's ``labelloop_suspected``
 
@@ -82,7 +79,7 @@ def score_project(
 
     Blocking (Label Studio export, Ultralytics predictions on CPU or GPU). Tasks whose annotation
     and judging version are the same as in the last report keep their score and are not
-    predicted again. Logs ``label_mistakes_scored``.
+    predicted again (an edited annotation, a new ``updated_at``, is). Logs ``label_mistakes_scored``.
 
     Returns:
         the report: ``{"project_id", "at", "supported", "reason", "scored", "unscored", "predicted",
@@ -114,39 +111,23 @@ def score_project(
     judges = pick_versions(
         {tid: int(a["id"]) for tid, a in chosen.items()}, [(v.name, set(v.annotations())) for v in versions]
     )
-    previous = {(r["task"], r["annotation"], r["version"]): r for r in read_report(registry, project_id)["tasks"]}
+    previous = {
+        (r["task"], r["annotation"], r.get("updated_at"), r["version"]): r
+        for r in read_report(registry, project_id)["tasks"]
+    }
     rows: list[dict[str, Any]] = []
     todo: dict[str, list[int]] = defaultdict(list)
     for tid, version in judges.items():
         if version is None:
             continue
-        kept = previous.get((tid, int(chosen[tid]["id"]), version))
+        kept = previous.get((tid, int(chosen[tid]["id"]), chosen[tid].get("updated_at"), version))
         if kept is not None:
             rows.append(kept)
         else:
             todo[version].append(tid)
     for version, ids in todo.items():
-        pairs: list[tuple[list[Box], list[Box]]] = []
-        for start in range(0, len(ids), batch_size):
-            chunk = ids[start : start + batch_size]
-            batch = [{"id": tid, "data": dict(tasks[tid]["data"])} for tid in chunk]
-            predicted = predictor.predict(
-                project_id, spec, batch, hostname, api_key, imgsz=params.imgsz, version=version, show_conf=PREDICT_CONF
-            )
-            for tid, pred in zip(chunk, predicted, strict=True):
-                annotated = boxes_from_result(chosen[tid].get("result") or [])
-                pairs.append((annotated, boxes_from_result(pred["result"], scored=True)))
-        for tid, quality in zip(ids, score_tasks(pairs, spec.labels), strict=True):
-            rows.append(
-                {
-                    "task": tid,
-                    "annotation": int(chosen[tid]["id"]),
-                    "version": version,
-                    "score": round(quality.score, 4),
-                    "issues": [asdict(i) for i in quality.issues],
-                    "boxes": quality.boxes,
-                }
-            )
+        batch = [{"id": tid, "data": dict(tasks[tid]["data"]), "annotation": chosen[tid]} for tid in ids]
+        rows += score_with(predictor, project_id, spec, batch, version, hostname, api_key, params.imgsz, batch_size)
     rows.sort(key=lambda r: (r["score"], r["task"]))
     written = write_scores(client, tasks, rows)
     report.update(
@@ -168,6 +149,55 @@ def score_project(
         seconds=round(time.monotonic() - t0, 3),
     )
     return report
+
+
+def score_with(
+    predictor: Predictor,
+    project_id: int,
+    spec: TrainSpec,
+    tasks: list[dict[str, Any]],
+    version: str,
+    hostname: str | None,
+    api_key: str | None,
+    imgsz: int | None,
+    batch_size: int,
+) -> list[dict[str, Any]]:
+    """Predict ``tasks`` (``[{"id", "data", "annotation"}]``) with ``version`` at ``PREDICT_CONF``,
+    ``batch_size`` images per Ultralytics batch, and score each annotation against its predictions
+    (``label_quality.score_tasks``).
+
+    Returns:
+        one report row per task, in order: ``{"task", "annotation", "updated_at", "version", "score",
+        "issues", "boxes"}``.
+    """
+    pairs: list[tuple[list[Box], list[Box]]] = []
+    for start in range(0, len(tasks), batch_size):
+        chunk = tasks[start : start + batch_size]
+        predicted = predictor.predict(
+            project_id,
+            spec,
+            [{"id": t["id"], "data": t["data"]} for t in chunk],
+            hostname,
+            api_key,
+            imgsz=imgsz,
+            version=version,
+            show_conf=PREDICT_CONF,
+        )
+        for task, pred in zip(chunk, predicted, strict=True):
+            annotated = boxes_from_result(task["annotation"].get("result") or [])
+            pairs.append((annotated, boxes_from_result(pred["result"], scored=True)))
+    return [
+        {
+            "task": task["id"],
+            "annotation": int(task["annotation"]["id"]),
+            "updated_at": task["annotation"].get("updated_at"),
+            "version": version,
+            "score": round(quality.score, 4),
+            "issues": [asdict(i) for i in quality.issues],
+            "boxes": quality.boxes,
+        }
+        for task, quality in zip(tasks, score_tasks(pairs, spec.labels), strict=True)
+    ]
 
 
 def suspected_text(issues: list[dict[str, Any]]) -> str:
@@ -196,23 +226,3 @@ def write_scores(client: Any, tasks: dict[int, dict[str, Any]], rows: list[dict[
         client.tasks.update(id=str(row["task"]), data={**data, **want})
         written += 1
     return written
-
-
-def report_path(registry: Registry, project_id: int) -> Path:
-    return registry.project_dir(project_id) / REPORT
-
-
-def write_report(registry: Registry, project_id: int, report: dict[str, Any]) -> None:
-    """Replace the project's ``mistakes.json`` atomically."""
-    path = report_path(registry, project_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(report))
-
-
-def read_report(registry: Registry, project_id: int) -> dict[str, Any]:
-    """The project's last report, or an empty one (``{"tasks": []}``) when none can be read."""
-    try:
-        data = json.loads(report_path(registry, project_id).read_text())
-    except (OSError, ValueError):
-        return {"tasks": []}
-    return data if isinstance(data, dict) and isinstance(data.get("tasks"), list) else {"tasks": []}

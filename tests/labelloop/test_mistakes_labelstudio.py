@@ -14,7 +14,8 @@ from labelloop import labelstudio
 from labelloop.demo import LabelStudioAPI
 from labelloop.jobs import Jobs
 from labelloop.media import MediaConfig
-from labelloop.mistakes import QUALITY_KEY, SUSPECTED_KEY, read_report, score_project
+from labelloop.mistakes import QUALITY_KEY, SUSPECTED_KEY, score_project
+from labelloop.mistakes_report import read_report
 from labelloop.predictor import Predictor
 from labelloop.registry import Registry
 from labelloop.settings import Settings
@@ -47,7 +48,7 @@ def test_annotations_scored_by_a_version_not_trained_on_them_and_listed_worst_fi
     """Each annotation is judged by the newest version not trained on it (the others are counted
     unscored), its score and suspected issues land in the task data, the mistakes tab lists the
     annotated tasks by ascending score with unscored ones last, no annotation changes, and a second
-    run predicts nothing again."""
+    run predicts nothing again but an edited annotation."""
     ls_url, token = label_studio
     base_url, _ = image_server
     client = labelstudio.client(ls_url, token)
@@ -101,6 +102,9 @@ def test_annotations_scored_by_a_version_not_trained_on_them_and_listed_worst_fi
 
     again = score_project(client, predictor, pid, None, None, batch_size=2)
     assert again["predicted"] == 0 and again["tasks"] == report["tasks"]
+    client.annotations.update(id=ann[tasks[3]], result=make_sample(3, 160, 120).ls_result()[:1])
+    edited = score_project(client, predictor, pid, None, None, batch_size=2)
+    assert edited["predicted"] == 1 and edited["scored"] == 3
 
 
 @pytest.mark.labelstudio
