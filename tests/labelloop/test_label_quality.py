@@ -13,6 +13,7 @@ from labelloop.label_quality import (
     boxes_from_result,
     score_tasks,
 )
+from labelloop.mistakes import pick_versions
 
 CLASSES = ["circle", "square"]
 
@@ -74,3 +75,18 @@ def test_boxes_from_label_studio_regions() -> None:
     (b,) = boxes_from_result(result, scored=True)
     assert (b.x1, b.y1, b.x2, b.y2, b.label, b.score) == (20.0, 20.0, 120.0, 50.0, "circle", 0.4)
     assert boxes_from_result(result)[0].score is None
+
+
+@pytest.mark.parametrize(
+    ("annotation", "judge"),
+    [
+        (1, "v3"),  # no version trained on it: the newest judges
+        (2, "v2"),  # v3 trained on it: v2, the version served when it was saved
+        (3, "v1"),  # v2 and v3 trained on it
+        (4, None),  # every version trained on it: not scored
+    ],
+)
+def test_the_newest_version_not_trained_on_the_annotation_judges_it(annotation: int, judge: str | None) -> None:
+    """Each annotation is judged by the newest version whose training set lacks it, or by none."""
+    trained = [("v1", {"4"}), ("v2", {"3", "4"}), ("v3", {"2", "3", "4"})]
+    assert pick_versions({10: annotation}, trained) == {10: judge}
