@@ -77,9 +77,9 @@ def score_project(
     """Score every annotated task of the project, write the scores into the tasks' ``data`` and
     keep the report (``mistakes.json``).
 
-    Blocking (Label Studio export, Ultralytics predictions on CPU or GPU). Tasks whose annotation
-    and judging version are the same as in the last report keep their score and are not
-    predicted again (an edited annotation, a new ``updated_at``, is). Logs ``label_mistakes_scored``.
+    Blocking (Label Studio export, Ultralytics predictions). Tasks whose annotation and judging
+    version are the same as in the last report keep their score and are not predicted again (an
+    edited annotation, a new ``updated_at``, is). Logs ``label_mistakes_scored``.
 
     Returns:
         the report: ``{"project_id", "at", "supported", "reason", "scored", "unscored", "predicted",
@@ -99,10 +99,7 @@ def score_project(
     versions = registry.list_versions(project_id)
     task_type = str(versions[-1].manifest.get("task") or spec.task) if versions else spec.task
     if task_type not in SUPPORTED_TASKS:
-        reason = (
-            f"label mistakes are scored for detection (RectangleLabels) only; this project trains {task_type}: "
-            "cleanlab's ObjectLab is defined for axis-aligned boxes"
-        )
+        reason = f"label mistakes are scored for detection (RectangleLabels) only; this project trains {task_type}"
         report.update(supported=False, reason=reason, scored=0, unscored=0, predicted=0, tasks=[])
         write_report(registry, project_id, report)
         return report
