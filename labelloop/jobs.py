@@ -31,6 +31,7 @@ from labelloop.first_picks import first_picks
 from labelloop.lease import RunLease, RunRecords, renewed_lock
 from labelloop.ledger import PROJECTS_KEY, Change, Ledger, annotations_in_export, diff
 from labelloop.media import ImageCache, MediaConfig
+from labelloop.mistakes import score_project
 from labelloop.names import QUEUE_PREANNOTATE, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_TRAIN
 from labelloop.params import load as load_params
 from labelloop.params import train_spec
@@ -42,7 +43,7 @@ from labelloop.registry import Registry
 from labelloop.sampling import FIRST_PICKS_VERSION
 from labelloop.selection import deadline_s, predict_selection
 from labelloop.settings import Settings
-from labelloop.tabs import ensure_tab
+from labelloop.tabs import ensure_tab, mistakes_tab_data
 from labelloop.trigger import TriggerStore, quiet_wait
 from labelloop.video_predict import VideoOptions
 
@@ -527,7 +528,7 @@ class Jobs:
                 effective = load_params(s.models_dir, project_id).effective(s)
                 if effective["informative_tab"]:
                     self.informative_tab(client, project_id)
-                return preannotate_project(
+                outcome = preannotate_project(
                     client,
                     self.predictor,
                     project_id,
@@ -541,6 +542,9 @@ class Jobs:
                     set_sampling=bool(effective["set_sampling"]),
                     budget=int(effective["train_every_n"]),
                 )
+                if s.label_mistakes and outcome["stopped"] is None:
+                    self.label_mistakes(client, project_id)
+                return outcome
         finally:
             progress.clear_preannotation(project_id, version)
 
@@ -598,6 +602,22 @@ class Jobs:
             log.info("informative_tab", project_id=project_id, view_id=view_id, change=what)
         except Exception as exc:  # the tab is a convenience; predictions matter more
             log.warning("informative_tab_failed", project_id=project_id, error=str(exc)[:500])
+
+    def label_mistakes(self, client: Any, project_id: int) -> None:
+        """Score the project's annotations and keep its tab "labelloop: possible label mistakes"
+        (``labelloop.mistakes``); a failure is logged, never fails the pre-annotation it follows."""
+        s = self.settings
+        try:
+            report = score_project(
+                client, self.predictor, project_id, s.label_studio_url, s.api_key, s.preannotate_batch
+            )
+            if not report["supported"]:
+                log.info("label_mistakes_unsupported", project_id=project_id, reason=report["reason"])
+                return
+            view_id, what = ensure_tab(client, project_id, mistakes_tab_data())
+            log.info("label_mistakes_tab", project_id=project_id, view_id=view_id, change=what, scored=report["scored"])
+        except Exception as exc:  # the queue is advice; the pre-annotation matters more
+            log.warning("label_mistakes_failed", project_id=project_id, error=str(exc)[:500])
 
     def predict(
         self, project_id: int, label_config: str, tasks: list[dict[str, Any]], expires: datetime | None = None

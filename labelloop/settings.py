@@ -260,6 +260,12 @@ class Settings(BaseSettings):
         description="After a promotion, keep a Data Manager tab 'labelloop: most informative first' in the "
         "project (unlabeled tasks, lowest prediction score first).",
     )
+    label_mistakes: bool = Field(
+        True,
+        description="After a pre-annotation, score each annotated task (detection) with the newest version not "
+        "trained on its annotation (cleanlab ObjectLab), write labelloop_label_quality / labelloop_suspected into the "
+        "task data and keep a Data Manager tab 'labelloop: possible label mistakes' (lowest score first).",
+    )
     pseudo_labels: bool = Field(
         False,
         description="Self-training (detect): the served version's confident predictions on unlabeled tasks join "

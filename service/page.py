@@ -1,4 +1,5 @@
-"""The project page, ``GET /projects/{id}``: plain HTML with the learning curve as inline SVG.
+"""The project page, ``GET /projects/{id}``: plain HTML with the learning curve as inline SVG,
+and the annotations the model disagrees with, each drawn as inline SVG (``labelloop.mistakes``).
 
 No JavaScript and nothing loaded from elsewhere: a browser, ``curl`` or a headless Chromium
 reads the same page. ``project_view`` reads the registry (blocking: the route runs it in a
@@ -16,8 +17,11 @@ from labelloop import project_webhook
 from labelloop.curve import CurvePoint, curve_points, svg_learning_curve
 from labelloop.errors import RegistryError
 from labelloop.manifest import Manifest
+from labelloop.mistakes_report import read_report
 from labelloop.model_export import downloads
 from labelloop.registry import Registry
+
+MISTAKES_SHOWN = 20  # tasks listed on the page (the Data Manager tab lists them all)
 
 
 @dataclass
@@ -37,6 +41,7 @@ class ProjectView:
         webhook: the last check of the project's webhook to labelloop (``labelloop.project_webhook``), or None.
         base_url: the receiver's URL as the browser reached it (for the documented calls).
         downloads: version -> the names of its downloadable files (``labelloop.model_export.downloads``).
+        mistakes: the last label-mistakes report (``labelloop.mistakes_report``; ``{"tasks": []}`` when none).
     """
 
     project_id: int
@@ -51,6 +56,7 @@ class ProjectView:
     webhook: project_webhook.Check | None = None
     base_url: str = "http://HOST:9090"
     downloads: dict[str, list[str]] = field(default_factory=dict)
+    mistakes: dict[str, Any] | None = None
 
 
 def project_view(registry: Registry, project_id: int) -> ProjectView:
@@ -84,6 +90,7 @@ def project_view(registry: Registry, project_id: int) -> ProjectView:
         ),
         rollback_target=target,
         downloads={v.name: list(downloads(v)) for v in versions},
+        mistakes=read_report(registry, project_id),
     )
 
 
@@ -215,6 +222,84 @@ def _promote_form(project_id: int, version: str) -> str:
     )
 
 
+_ISSUE_COLOUR = {"missed object": "#d62728", "extra box": "#ff7f0e", "wrong class": "#9467bd"}
+
+
+def svg_regions(boxes: list[dict[str, Any]], issues: list[dict[str, Any]], width: int = 160, height: int = 120) -> str:
+    """One task's annotated boxes (grey, with their labels) and suspected regions (coloured by kind,
+    dashed, numbered as in the list) as an inline SVG; regions in percent of the image."""
+
+    def rect(r: dict[str, Any], style: str) -> str:
+        x, y = _pct(r.get("x")) * width / 100, _pct(r.get("y")) * height / 100
+        w, h = _pct(r.get("width")) * width / 100, _pct(r.get("height")) * height / 100
+        return f'<rect {style} x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}"/>'
+
+    parts = [f'<rect width="{width}" height="{height}" fill="#f4f4f4" stroke="#999"/>']
+    for b in boxes:
+        parts.append(rect(b, 'fill="none" stroke="#555"'))
+        parts.append(
+            f'<text x="{_pct(b.get("x")) * width / 100 + 1:.1f}" y="{_pct(b.get("y")) * height / 100 + 8:.1f}" '
+            f'font-size="8" fill="#555">{escape(str(b.get("label", "")))}</text>'
+        )
+    for n, i in enumerate(issues, start=1):
+        colour = _ISSUE_COLOUR.get(str(i.get("kind")), "#1f77b4")
+        region = i.get("region") or {}
+        parts.append(
+            rect(region, f'class="issue" fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="4 2"')
+        )
+        parts.append(
+            f'<text x="{_pct(region.get("x")) * width / 100 + 1:.1f}" '
+            f'y="{(_pct(region.get("y")) + _pct(region.get("height"))) * height / 100 - 2:.1f}" '
+            f'font-size="9" font-weight="bold" fill="{colour}">{n}</text>'
+        )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{"".join(parts)}</svg>'
+    )
+
+
+def _pct(value: Any) -> float:
+    return max(0.0, min(100.0, float(value))) if isinstance(value, int | float) else 0.0
+
+
+def _mistakes_section(view: ProjectView) -> str:
+    report = view.mistakes or {"tasks": []}
+    if report.get("supported") is False:
+        return f'<p id="mistakes">{escape(str(report.get("reason", "not scored")))}</p>'
+    tasks = report["tasks"]
+    if not tasks:
+        return (
+            '<p id="mistakes">No annotation scored yet: scores come after a pre-annotation, from a version '
+            "not trained on the annotation.</p>"
+        )
+    rows = []
+    for t in tasks[:MISTAKES_SHOWN]:
+        issues = [i for i in t.get("issues") or [] if isinstance(i, dict)]
+        listed = "".join(
+            f"<li>{escape(str(i.get('kind')))}: {escape(str(i.get('label')))}"
+            + (f" (model: {escape(str(i['predicted']))})" if i.get("predicted") else "")
+            + f" &middot; {_num(i.get('score'), 2)}</li>"
+            for i in issues
+        )
+        rows.append(
+            [
+                escape(str(t.get("task"))),
+                _num(t.get("score")),
+                escape(str(t.get("version"))),
+                f"<ol>{listed}</ol>" if listed else "-",
+                svg_regions([b for b in t.get("boxes") or [] if isinstance(b, dict)], issues),
+            ]
+        )
+    return (
+        f'<div id="mistakes"><p>{len(tasks)} annotated tasks scored on {escape(str(report.get("at", "-")))}, '
+        f"{escape(str(report.get('unscored', 0)))} not scored (every version was trained on them); the "
+        f"{min(len(tasks), MISTAKES_SHOWN)} the model disagrees with most, worst first (label quality: low = likely "
+        "mistaken; in Label Studio, the Data Manager tab <em>labelloop: possible label mistakes</em>). Grey: the "
+        "annotation's boxes; dashed: the suspected regions, numbered as listed.</p>"
+        f"{_table(['task', 'label quality', 'judged by', 'suspected', 'where'], rows)}</div>"
+    )
+
+
 def _calls_section(view: ProjectView) -> str:
     pid = view.project_id
     url = escape(view.base_url.rstrip("/"))
@@ -248,8 +333,8 @@ _STYLE = (
 
 def render(view: ProjectView) -> str:
     """The page's HTML (UTF-8 text): served version and lineage, learning curve, per-class
-    AP50/precision/recall of the served version, running training and pre-annotation, versions
-    and the promote/rollback calls."""
+    AP50/precision/recall of the served version, running training and pre-annotation, versions,
+    the possible label mistakes and the promote/rollback calls."""
     m = view.served_manifest
     history = [
         [escape(str(h.get("at", "-"))), escape(str(h["version"])), escape(str(h.get("reason", "-")))]
@@ -269,6 +354,7 @@ def render(view: ProjectView) -> str:
         f"<h2>Now</h2>{_running_section(view)}"
         f"<h2>Versions</h2>{_versions_section(view)}"
         f"<h2>Download</h2>{_downloads_section(view)}"
+        f"<h2>Possible label mistakes</h2>{_mistakes_section(view)}"
         f"<h2>Served-version changes</h2>{_table(['at', 'version', 'reason'], history)}"
         f"<h2>Promote and roll back</h2>{_calls_section(view)}"
         "</body></html>\n"

@@ -17,6 +17,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from labelloop import keys
+from labelloop.mistakes_report import write_report
 from labelloop.registry import Registry
 from labelloop.settings import Settings
 from labelloop.stack import Stack, free_port
@@ -247,3 +248,49 @@ def test_page_buttons_promote_and_roll_back_from_the_same_origin_only(
         == 403
     )
     assert registry.current_name(3) == "v4"
+
+
+def test_page_lists_label_mistakes_worst_first_with_regions_drawn(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    """The last label-mistakes report shows worst first, each task with its suspected issues listed and its
+    annotated boxes and suspected regions drawn as inline SVG (no script, labels escaped); a project that is not
+    detection says why."""
+    _publish_four(settings.models_dir, tmp_path)
+    region = {"x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0}
+    tasks = [
+        {
+            "task": 11,
+            "annotation": 5,
+            "version": "v2",
+            "score": 0.05,
+            "issues": [
+                {"kind": "wrong class", "label": HOSTILE, "score": 0.01, "region": region, "predicted": "square"},
+                {"kind": "missed object", "label": "disc", "score": 0.2, "region": region, "predicted": None},
+            ],
+            "boxes": [{**region, "label": HOSTILE}],
+        },
+        {
+            "task": 12,
+            "annotation": 6,
+            "version": "v2",
+            "score": 0.9,
+            "issues": [],
+            "boxes": [{**region, "label": "disc"}],
+        },
+    ]
+    report = {"project_id": 3, "at": "2026-12-06T14:00:00+00:00", "supported": True, "unscored": 4, "tasks": tasks}
+    write_report(Registry(settings.models_dir), 3, report)
+    html = client.get("/projects/3", auth=("ls", "pw")).text
+    section = html[html.index('<div id="mistakes">') :]
+    assert "2 annotated tasks scored on 2026-12-06T14:00:00+00:00, 4 not scored" in section
+    assert section.index("<td>11</td>") < section.index("<td>12</td>")
+    assert "wrong class: &lt;img src=x" in section and "(model: square)" in section and "missed object: disc" in section
+    assert section.count('<rect class="issue"') == 2 and section.count("<svg") == 2
+    assert 'stroke-dasharray="4 2" x="16.0" y="24.0" width="48.0" height="48.0"/>' in section  # percent of 160x120
+    assert HOSTILE not in html and "<script" not in html
+
+    write_report(
+        Registry(settings.models_dir), 3, {"supported": False, "reason": "this project trains classify", "tasks": []}
+    )
+    assert '<p id="mistakes">this project trains classify</p>' in client.get("/projects/3", auth=("ls", "pw")).text
