@@ -542,11 +542,12 @@ class Jobs:
                     set_sampling=bool(effective["set_sampling"]),
                     budget=int(effective["train_every_n"]),
                 )
-                if s.label_mistakes and outcome["stopped"] is None:
-                    self.label_mistakes(client, project_id)
-                return outcome
         finally:
             progress.clear_preannotation(project_id, version)
+        # After the pre-annotation's progress ended: scoring the annotations is advice that follows it.
+        if s.label_mistakes and outcome["stopped"] is None:
+            self.label_mistakes(client, project_id)
+        return outcome
 
     def first_picks(self, project_id: int, report: Report) -> dict[str, Any]:
         """Before a project's first version, order its unlabeled tasks by coverage of the images and
