@@ -34,7 +34,7 @@ from typing import Any
 from labelloop.dataset import DatasetReport, assign_splits
 from labelloop.labels import parse_label_config
 from labelloop.scoring import Det, score
-from labelloop.synthetic_video import GeneratedVideo, keyframe_sequence, video_config, write_video
+from labelloop.synthetic_video import GeneratedVideo, video_config, video_result, write_video
 from labelloop.task_types.keyframes import frame_boxes
 from labelloop.training import run_training_process
 from labelloop.video_dataset import build_video_dataset
@@ -46,22 +46,7 @@ NAMES = {0: "square", 1: "disc"}
 
 def annotation(video: GeneratedVideo, every: int) -> list[dict[str, Any]]:
     """The VideoRectangle result a person saves for a video: a keyframe every ``every`` frames."""
-    return [
-        {
-            "id": f"t{k}",
-            "from_name": "box",
-            "to_name": "video",
-            "type": "videorectangle",
-            "value": {
-                "framesCount": video.frames,
-                "duration": video.frames / video.fps,
-                "labels": [track.label],
-                "sequence": keyframe_sequence(video, track, every),
-            },
-        }
-        for k, track in enumerate(video.tracks)
-        if track.boxes
-    ]
+    return video_result(video, every)
 
 
 def truth(key: int, video: GeneratedVideo) -> dict[int, list[Det]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,3 +120,28 @@ def keyframe_sequence(video: GeneratedVideo, track: Track, every: int) -> list[d
             }
         )
     return seq
+
+
+def video_result(
+    video: GeneratedVideo, every: int, prefix: str = "t", origin: str | None = None
+) -> list[dict[str, Any]]:
+    """The VideoRectangle result a person saves in Label Studio for ``video``: one region per track
+    (id ``<prefix><k>``) with a keyframe every ``every`` frames (``keyframe_sequence``); ``origin``
+    ("manual", ...) is set when given."""
+    return [
+        {
+            "id": f"{prefix}{k}",
+            "from_name": "box",
+            "to_name": "video",
+            "type": "videorectangle",
+            **({"origin": origin} if origin else {}),
+            "value": {
+                "framesCount": video.frames,
+                "duration": video.frames / video.fps,
+                "labels": [track.label],
+                "sequence": keyframe_sequence(video, track, every),
+            },
+        }
+        for k, track in enumerate(video.tracks)
+        if track.boxes
+    ]

@@ -18,7 +18,7 @@ from labelloop.preannotate import preannotate_project
 from labelloop.predictor import Predictor
 from labelloop.registry import Registry
 from labelloop.settings import Settings
-from labelloop.synthetic_video import GeneratedVideo, keyframe_sequence, video_config, write_video
+from labelloop.synthetic_video import GeneratedVideo, video_config, video_result, write_video
 from labelloop.task_types.keyframes import frame_boxes
 from labelloop.video_predict import VideoOptions
 
@@ -38,23 +38,7 @@ fuse_score: True
 
 
 def _result(video: GeneratedVideo, every: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": f"trk{k}",
-            "from_name": "box",
-            "to_name": "video",
-            "type": "videorectangle",
-            "origin": "manual",
-            "value": {
-                "framesCount": video.frames,
-                "duration": video.frames / video.fps,
-                "labels": [track.label],
-                "sequence": keyframe_sequence(video, track, every),
-            },
-        }
-        for k, track in enumerate(video.tracks)
-        if track.boxes
-    ]
+    return video_result(video, every, prefix="trk", origin="manual")
 
 
 def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(

@@ -17,7 +17,7 @@ from labelloop.dataset import DatasetReport, assign_splits
 from labelloop.errors import DatasetError
 from labelloop.labels import parse_label_config
 from labelloop.media import MediaConfig, MediaError
-from labelloop.synthetic_video import GeneratedVideo, keyframe_sequence, video_config, write_video
+from labelloop.synthetic_video import GeneratedVideo, video_config, video_result, write_video
 from labelloop.task_types.keyframes import frame_boxes
 from labelloop.video_dataset import build_video_dataset
 from labelloop.video_media import VideoCache, probe_video
@@ -27,22 +27,7 @@ NAMES = {0: "square", 1: "disc"}
 
 
 def _task(tid: int, video: GeneratedVideo, every: int) -> dict[str, Any]:
-    result = [
-        {
-            "id": f"t{tid}_{k}",
-            "from_name": "box",
-            "to_name": "video",
-            "type": "videorectangle",
-            "value": {
-                "framesCount": video.frames,
-                "duration": video.frames / video.fps,
-                "labels": [track.label],
-                "sequence": keyframe_sequence(video, track, every),
-            },
-        }
-        for k, track in enumerate(video.tracks)
-        if track.boxes
-    ]
+    result = video_result(video, every, prefix=f"t{tid}_")
     return {"id": tid, "data": {"video": str(video.path)}, "annotations": [{"id": tid, "result": result}]}
 
 
