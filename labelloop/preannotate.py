@@ -134,20 +134,25 @@ def cluster_offset(version: str) -> int:
 
 class _Spool:
     """Predicted ``result`` lists kept in a temporary file until they are imported (JSON lines;
-    memory holds one offset per task, not its regions)."""
+    memory holds one offset and length per task, not its regions). Reads are positional
+    (``os.pread``), so the import threads may read it at once."""
 
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
-        self._offsets: list[int] = []
+        self._spans: list[tuple[int, int]] = []
+        self._end = 0
 
     def append(self, result: list[Any]) -> None:
-        self._file.seek(0, os.SEEK_END)
-        self._offsets.append(self._file.tell())
-        self._file.write(json.dumps(result).encode() + b"\n")
+        line = json.dumps(result).encode()
+        written = 0
+        while written < len(line):
+            written += os.pwrite(self._file.fileno(), line[written:], self._end + written)
+        self._spans.append((self._end, len(line)))
+        self._end += len(line)
 
     def __getitem__(self, index: int) -> list[Any]:
-        self._file.seek(self._offsets[index])
-        return list(json.loads(self._file.readline()))
+        offset, length = self._spans[index]
+        return list(json.loads(os.pread(self._file.fileno(), length, offset)))
 
     def close(self) -> None:
         self._file.close()

@@ -105,3 +105,22 @@ def test_ranked_picks_put_unreadable_images_last() -> None:
     assert mode == "coverage" and picks[-1].task == 11 and picks[-1].cluster is None
     assert [p.score for p in picks] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert all(p.cluster is not None and p.cluster >= 3000 for p in picks[:-1])
+
+
+def test_spool_reads_from_many_threads_at_once():
+    """The import threads read the spool at once (CI saw an empty line when reads shared one
+    file position): every read gives back what was appended at that index."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labelloop.preannotate import _Spool
+
+    spool = _Spool()
+    try:
+        results = [[{"id": str(i), "value": {"x": i, "pad": "x" * (i * 37 % 20000)}}] for i in range(2000)]
+        for result in results:
+            spool.append(result)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            read = list(pool.map(lambda i: spool[i], reversed(range(len(results)))))
+        assert read == list(reversed(results))
+    finally:
+        spool.close()
