@@ -5,7 +5,7 @@ converter with image download, in one run.
     .venv/bin/python -m bench.dataset [--tasks 1000] [--keep] [--reuse-ls URL TOKEN PROJECT]
 
 Setup: a Label Studio 1.23.2 (its own virtual environment, SQLite, temporary data dir, free
-loopback port) with a RectangleLabels project (``labelloop.synthetic.LABEL_CONFIG``); ``--tasks``
+loopback port) with a RectangleLabels project (``labelloop.dev.synthetic.LABEL_CONFIG``); ``--tasks``
 generated 320x240 JPEG photos (smooth colour field, sensor noise, 1-3 shapes; about 20 KB each)
 uploaded through ``POST /api/projects/{id}/import`` (100 files per request) and every task
 annotated with its true boxes (``annotations.create``, 4 threads). ``--keep`` leaves that Label
@@ -15,11 +15,11 @@ Peers, each starting from nothing on disk:
   (c) label-studio-sdk, as its docs show a user: ``projects.exports.download_sync`` (JSON), then
       ``Converter(config, project_dir, download_resources=True, hostname, access_token)
       .convert_to_yolo(export.json, out, is_dir=False)``, which downloads every image;
-  (a) labelloop cold: ``labelloop.dataset.build_project_dataset`` with an empty cache dir;
+  (a) labelloop cold: ``labelloop.dataset.images.build_project_dataset`` with an empty cache dir;
   (b) labelloop rebuild: one new task imported and annotated through the API, then the same
       call again with the same cache dir (one image to download). labelloop's receiver runs
       (with its own Redis) as the project's webhook, as it does once added as the ML backend,
-      so the rebuild applies the recorded webhook (``labelloop.changes``) instead of asking
+      so the rebuild applies the recorded webhook (``labelloop.events.changes``) instead of asking
       Label Studio;
   (a') and (b') the same with Label Studio's media folder mounted (``LABEL_STUDIO_MEDIA_DIR``,
       uploads read from disk instead of downloaded), with a fresh cache dir.
@@ -55,9 +55,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from labelloop.demo import LabelStudioAPI
-from labelloop.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
-from labelloop.synthetic import LABEL_CONFIG, Sample, draw_shapes
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
+from labelloop.dev.synthetic import LABEL_CONFIG, Sample, draw_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 LS_USER = "bench@labelloop.local"
@@ -70,7 +70,7 @@ ANNOTATE_THREADS = 4
 def photo_sample(seed: int, width: int = 320, height: int = 240, quality: int = 90) -> Sample:
     """A small photo-like JPEG (smooth colour field, sensor noise, 1-3 shapes) with its boxes.
 
-    ``labelloop.synthetic.make_sample`` draws uniform noise into a PNG (190 KB at 320x240, 0.17 s
+    ``labelloop.dev.synthetic.make_sample`` draws uniform noise into a PNG (190 KB at 320x240, 0.17 s
     each in pure Python): neither the size nor the cost of a photo. Same shapes and labels here.
     """
     rng = random.Random(seed)
@@ -319,13 +319,13 @@ def count_dataset(data_yaml: Path) -> dict[str, int]:
 
 
 def labelloop_builder() -> Callable[..., Any]:
-    """``labelloop.dataset.build_project_dataset``, or SystemExit with what is missing."""
+    """``labelloop.dataset.images.build_project_dataset``, or SystemExit with what is missing."""
     try:
-        from labelloop.dataset import build_project_dataset  # type: ignore[attr-defined,unused-ignore]
+        from labelloop.dataset.images import build_project_dataset  # type: ignore[attr-defined,unused-ignore]
     except ImportError as e:
         raise LookupError(
             f"labelloop's builder is not available: {e}. bench/dataset expects "
-            "labelloop.dataset.build_project_dataset(settings, project_id, out_dir=None) -> BuildResult "
+            "labelloop.dataset.images.build_project_dataset(settings, project_id, out_dir=None) -> BuildResult "
             "(.report: DatasetReport with seconds, images_downloaded, images_cached, images; .data: data.yaml)"
         ) from e
     return build_project_dataset  # type: ignore[no-any-return,unused-ignore]
@@ -439,7 +439,7 @@ def main() -> int:
         print("reference: Label Studio's server-side YOLO_WITH_IMAGES export ...", flush=True)
         results["LS zip export (ref)"] = run_ls_zip_export(url, token, project_id, run_dir / "ls-zip")
 
-        from labelloop.changes import ChangeLog
+        from labelloop.events.changes import ChangeLog
         from labelloop.settings import Settings
 
         # labelloop's receiver records the project's webhooks (as it does once added as the ML

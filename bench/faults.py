@@ -9,7 +9,7 @@ webhooks while labelloop's processes are killed and restarted at random points.
 Setup: a Label Studio 1.23.2 (its own virtual environment, SQLite, free loopback port) or the one
 given, Redis with its append-only file (as docker-compose.yml runs it), the receiver, one Celery
 worker per queue (events, train, predict) and Celery beat (reconciliation every 5 s), all as real
-processes (``labelloop.stack``). Each project gets generated images as tasks, labelloop as its
+processes (``labelloop.dev.stack``). Each project gets generated images as tasks, labelloop as its
 ML backend (Label Studio calls ``/setup`` and creates the webhook) and a few annotations; trainings
 are tiny (2 epochs, imgsz 192, yolov8n.yaml, offline) and rare (a high ``train_every_n``); a running
 training's lock has a 10 s TTL (``--lock-ttl-s``; 30 s by default), so that Redis paused past it is short.
@@ -31,7 +31,7 @@ ledger equal to Label Studio, queues empty, no training lock, fewer than ``train
 annotation events pending. Then it checks:
 
 - dataset fingerprint: the dataset labelloop builds from its own state (what the next training
-  reads: ``labelloop.dataset.build_project_dataset`` with the change log) against a fresh export
+  reads: ``labelloop.dataset.images.build_project_dataset`` with the change log) against a fresh export
   of Label Studio, each annotation's id, ``updated_at`` and a hash of its result;
 - events lost: annotations whose final state (in the dataset or the ledger) is not Label Studio's;
 - training requests (``training_enqueued`` in the workers' logs) against published versions
@@ -72,10 +72,10 @@ import redis
 
 from bench import faults_extra
 from labelloop import keys
-from labelloop.ledger import Ledger, annotations_in_export, normalize_ts
-from labelloop.registry import Registry
-from labelloop.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary, wait_until
-from labelloop.synthetic import LABEL_CONFIG, Sample, make_sample
+from labelloop.dev.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary, wait_until
+from labelloop.dev.synthetic import LABEL_CONFIG, Sample, make_sample
+from labelloop.events.ledger import Ledger, annotations_in_export, normalize_ts
+from labelloop.registry.store import Registry
 
 TRAIN_ENV = {  # tests/conftest.py's TRAIN_ENV: tiny trainings on 2 CPU cores
     "LABELLOOP_EPOCHS": "2",
@@ -301,7 +301,7 @@ class Campaign:
         return resp.json() if resp.content else None
 
     def create_project(self, n: int) -> Project:
-        from labelloop.demo import LabelStudioAPI
+        from labelloop.dev.demo import LabelStudioAPI
 
         api = LabelStudioAPI(self.ls_url, self.token)
         pid = api.create_project(f"labelloop faults {len(self.projects) + 1}", LABEL_CONFIG)
@@ -446,8 +446,8 @@ class Campaign:
     # -- settling and checks ---------------------------------------------------------------------
 
     def ls_tasks(self, project_id: int) -> list[dict[str, Any]]:
-        from labelloop import labelstudio
-        from labelloop.export import export_tasks
+        from labelloop.labelstudio import client as labelstudio
+        from labelloop.labelstudio.export import export_tasks
 
         return export_tasks(labelstudio.client(self.ls_url, self.token), project_id)
 
@@ -483,8 +483,8 @@ class Campaign:
 
     def dataset_tasks(self, project_id: int) -> list[dict[str, Any]]:
         """The tasks labelloop's next training would train on, built from its own state."""
-        from labelloop.changes import ChangeLog
-        from labelloop.dataset import build_project_dataset
+        from labelloop.dataset.images import build_project_dataset
+        from labelloop.events.changes import ChangeLog
         from labelloop.settings import Settings
 
         os.environ.update({k: v for k, v in self.stack.env.items() if k.startswith(("LABELLOOP_", "LABEL_STUDIO_"))})

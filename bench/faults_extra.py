@@ -401,7 +401,7 @@ def build_over_cache_cap(c: Campaign) -> tuple[float, float, str]:
 
 
 def big_predict(c: Campaign) -> tuple[float, float, str]:
-    from labelloop.synthetic import LABEL_CONFIG
+    from labelloop.dev.synthetic import LABEL_CONFIG
 
     project_id = c.projects[0].id
     tasks = c.ls_tasks(project_id)
@@ -467,7 +467,7 @@ def webhook_disabled(c: Campaign) -> tuple[float, float, str]:
     if not hooks:
         return at, 0.0, "the project has no webhook to labelloop (disabled and not re-armed before?)"
     for hook in hooks:
-        # PATCH clears ``actions`` unless they are sent again (labelloop.demo.set_webhook_headers).
+        # PATCH clears ``actions`` unless they are sent again (labelloop.dev.demo.set_webhook_headers).
         keep = {k: hook[k] for k in ("actions", "send_for_all_actions", "send_payload") if k in hook}
         c.ls("PATCH", f"/api/webhooks/{hook['id']}/", json={"is_active": False, **keep})
     back = time.monotonic() - at

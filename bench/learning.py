@@ -48,7 +48,7 @@ unlabelled tasks after each promotion; a task still without one after
 ``--preannotate-timeout`` is asked for through Label Studio's "retrieve predictions" action),
 keeping those of the served version: what an annotator would see on those tasks.
 
-Figures per round (held-out tasks, ``labelloop.scoring``, regions on the displayed frame):
+Figures per round (held-out tasks, ``labelloop.training.scoring``, regions on the displayed frame):
   mAP50            IoU 0.5, all-point interpolated AP per class present in the truth, regions
                    ranked by score, greedy COCO-style matching; precision / recall at IoU 0.5;
   edits/img        ``scoring.edits``: missed objects + wrong regions per held-out image, what an
@@ -120,9 +120,9 @@ from bench.learning_report import (
     targets,
 )
 from bench.shapes import LABEL_CONFIG, ShapeImage, make_project, summary
-from labelloop.sampling import FIRST_PICKS_VERSION
-from labelloop.scoring import IOU, Det, edits, regions_to_dets, score
-from labelloop.stack import wait_until
+from labelloop.dev.stack import wait_until
+from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION
+from labelloop.training.scoring import IOU, Det, edits, regions_to_dets, score
 
 ROOT = Path(__file__).resolve().parent.parent
 LS_USER = "bench@labelloop.local"
@@ -163,7 +163,7 @@ class Loop:
     def __init__(self, stack: Any, api: Any, project_id: int, ml_id: int, models_dir: Path) -> None:
         import redis
 
-        from labelloop.registry import Registry
+        from labelloop.registry.store import Registry
 
         self.stack, self.api, self.project_id, self.ml_id = stack, api, project_id, ml_id
         self.registry = Registry(models_dir)
@@ -176,7 +176,7 @@ class Loop:
 
     def training_state(self) -> tuple[bool, int]:
         """(a training runs or is queued, annotation events not yet trained on)."""
-        from labelloop.trigger import TriggerStore
+        from labelloop.jobs.trigger import TriggerStore
         from workers.celery_app import QUEUE_EVENTS, QUEUE_TRAIN
 
         state = TriggerStore(self.redis, 60).state(self.project_id)
@@ -185,7 +185,7 @@ class Loop:
         return busy, int(state.pending)
 
     def predict_busy(self) -> bool:
-        from labelloop.progress import ProgressStore
+        from labelloop.jobs.progress import ProgressStore
         from workers.celery_app import QUEUE_PREANNOTATE
 
         return (
@@ -323,7 +323,7 @@ def start_stack(
     ``LABELLOOP_PSEUDO_LABELS`` when ``pseudo`` is given).
     ``label_studio``: ``(url, token, data dir)`` of a Label Studio already running, used instead
     of starting one."""
-    from labelloop.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
+    from labelloop.dev.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary
 
     models, cache = work / "models", work / "cache"
     stack = Stack(work / "stack", {"LABELLOOP_MODELS_DIR": str(models), "LABELLOOP_CACHE_DIR": str(cache)})
@@ -416,7 +416,7 @@ class SeedData:
         for im in images:
             (files / im.name).write_bytes(im.data)
             if im.orientation != 1:
-                # as labelloop's image cache re-encodes them (labelloop.media: JPEG quality 95)
+                # as labelloop's image cache re-encodes them (labelloop.labelstudio.media: JPEG quality 95)
                 im.upright().save(files / f"{Path(im.name).stem}-upright.jpg", quality=95)
         return cls(seed, images[:n_pool], images[n_pool:], order, files)
 
@@ -425,7 +425,7 @@ class Bench:
     """The stack, the Label Studio clients and the options shared by every seed and order."""
 
     def __init__(self, args: argparse.Namespace, stack: Any, ls_url: str, token: str, backend: str, work: Path):
-        from labelloop.demo import LabelStudioAPI
+        from labelloop.dev.demo import LabelStudioAPI
 
         self.args, self.stack, self.backend, self.work = args, stack, backend, work
         self.api = LabelStudioAPI(ls_url, token)
@@ -481,7 +481,7 @@ class Bench:
 
     def run_order(self, data: SeedData, order_name: str, rounds_n: list[int], rounds: list[Round], save: Any) -> None:
         """Every round of one order in a fresh project of the seed's images; ``rounds`` fills in as it goes."""
-        from labelloop.training import pick_device
+        from labelloop.training.child import pick_device
 
         args, api = self.args, self.api
         images = data.pool + data.held

@@ -1,7 +1,7 @@
 """The learning curve's peers: Ultralytics trained by hand on the same annotated tasks, in a child process each.
 
 Trained from the base model labelloop started from (round 1's ``train_args.weights``) on a YOLO
-dataset built from the same annotated tasks (``labelloop.dataset.build_dataset``, same task
+dataset built from the same annotated tasks (``labelloop.dataset.images.build_dataset``, same task
 ids, val fraction 0.2, so the same split), for the wall time labelloop's training took that
 round (manifest ``timings.train``, as Ultralytics' ``time=`` in hours):
 
@@ -28,8 +28,8 @@ from typing import Any
 
 from bench.learning_report import Round
 from bench.shapes import ShapeImage
-from labelloop.scoring import Det, score
-from labelloop.training import _die_with_parent
+from labelloop.training.child import _die_with_parent
+from labelloop.training.scoring import Det, score
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = 0.25  # labelloop's default predict_conf; the peers predict with the same threshold
@@ -138,8 +138,8 @@ def run_peers(
         work: the run folder; the peers work under ``<work>/peers/r<annotations>``.
     """
     from bench.shapes import LABEL_CONFIG
-    from labelloop.dataset import build_dataset, local_images
-    from labelloop.labels import parse_detection_config
+    from labelloop.dataset.images import build_dataset, local_images
+    from labelloop.task_types.labels import parse_detection_config
 
     def upright(im: ShapeImage) -> Path:
         return files / (im.name if im.orientation == 1 else f"{Path(im.name).stem}-upright.jpg")

@@ -53,8 +53,8 @@ class Round:
     served_version: str = ""
     served_dataset: dict[str, int] = field(default_factory=dict)
     predictions: dict[str, int] = field(default_factory=dict)
-    labelloop: dict[str, Any] = field(default_factory=dict)  # labelloop.scoring.score on the held-out tasks
-    edits: dict[str, int] = field(default_factory=dict)  # labelloop.scoring.edits on the held-out tasks
+    labelloop: dict[str, Any] = field(default_factory=dict)  # labelloop.training.scoring.score on the held-out tasks
+    edits: dict[str, int] = field(default_factory=dict)  # labelloop.training.scoring.edits on the held-out tasks
     held_out: int = 0
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
     picked_by: str = ""

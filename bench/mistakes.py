@@ -10,11 +10,11 @@ corruption per task, the kinds in turn: **class swap** (one box gets another cla
 
 The scores come from versions not trained on the annotations they judge, by cross-fitting (the
 annotated tasks in two folds; a version trained on each fold judges the other fold:
-``labelloop.mistakes`` uses the same rule, the newest version whose training set lacks the
-annotation). Each version is labelloop's own training child (``labelloop.training``, the
+``labelloop.quality.mistakes`` uses the same rule, the newest version whose training set lacks the
+annotation). Each version is labelloop's own training child (``labelloop.training.child``, the
 project's default base model from scratch, a wall-time cap per training so every training gets
 the same budget on a loaded machine); its predictions at conf 0.01 on the other fold are scored
-by ``labelloop.label_quality.score_tasks`` (cleanlab ObjectLab), the function behind the tab's
+by ``labelloop.quality.label_quality.score_tasks`` (cleanlab ObjectLab), the function behind the tab's
 ``labelloop_label_quality``, and the tab's order is ascending score.
 
 Reported: precision and recall of the tab's first 10% and 20% against the corrupted set, the
@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.shapes import LABELS, Box, ShapeImage, make_project
-from labelloop import label_quality
-from labelloop.label_quality import Box as QBox
-from labelloop.recipe import DataShape, plan_recipe
-from labelloop.training import run_training_process
+from labelloop.quality import label_quality
+from labelloop.quality.label_quality import Box as QBox
+from labelloop.training.child import run_training_process
+from labelloop.training.recipe import DataShape, plan_recipe
 from labelloop.yolo_env import prepare_ultralytics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +151,7 @@ def train(
 def predicted_boxes(
     weights: str, images: list[ShapeImage], imgsz: int, device: str, config_dir: Path
 ) -> list[list[QBox]]:
-    """Boxes a version predicts on ``images`` at conf 0.01 (``labelloop.mistakes.PREDICT_CONF``), pixels."""
+    """Boxes a version predicts on ``images`` at conf 0.01 (``labelloop.quality.mistakes.PREDICT_CONF``), pixels."""
     prepare_ultralytics(config_dir)  # offline settings and the CPU torchvision ops, as labelloop's predictor
     from ultralytics import YOLO
 

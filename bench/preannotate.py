@@ -7,7 +7,7 @@ one predict worker and one preannotate worker; a yolov8n trained for one epoch o
 images, published as v1, v2 and v3; ``--tasks`` tasks whose 640x480 images are served over
 loopback HTTP. Three measurements:
 
-1. **Throughput**: tasks pre-annotated per second by ``labelloop.preannotate`` with v1, from
+1. **Throughput**: tasks pre-annotated per second by ``labelloop.serving.preannotate`` with v1, from
    sending the task until its ``preannotated`` event (listing the tasks, downloading the images,
    the model's first load in that worker and ``import_predictions`` into Label Studio included),
    vs raw ``model.predict`` on the same images from disk at the same batch and imgsz in this
@@ -37,13 +37,13 @@ import httpx
 import redis
 
 from bench.common import SPEC, log_events, percentiles, serve_dir, small_model, warm_predict, write_images
-from labelloop import labelstudio
+from labelloop.dev.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary, wait_until
+from labelloop.dev.synthetic import LABEL_CONFIG
+from labelloop.labelstudio import client as labelstudio
 from labelloop.names import TASK_PREANNOTATE
-from labelloop.notify import serve_when_warm
-from labelloop.registry import Registry
+from labelloop.registry.notify import serve_when_warm
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
-from labelloop.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary, wait_until
-from labelloop.synthetic import LABEL_CONFIG
 from workers.celery_app import create_celery
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 
 from bench.common import SPEC, percentiles, predict_stack, serve_dir, small_model, write_images
-from labelloop.registry import Registry
+from labelloop.dev.stack import free_port
+from labelloop.dev.synthetic import LABEL_CONFIG
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
-from labelloop.stack import free_port
-from labelloop.synthetic import LABEL_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = 1
@@ -47,7 +47,7 @@ def main() -> int:
     shutil.rmtree(models, ignore_errors=True)
     Registry(models).publish(PROJECT, weights, {"classes": list(SPEC.labels)})
     settings = Settings(models_dir=models, cache_dir=work / "cache", imgsz=args.imgsz, predict_conf=0.25)
-    from labelloop.training import pick_device
+    from labelloop.training.child import pick_device
 
     device = pick_device(args.device)
 

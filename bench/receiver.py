@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from labelloop.stack import Stack, free_port, http_ok, wait_until
+from labelloop.dev.stack import Stack, free_port, http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "label-studio" / "webhook_ANNOTATION_CREATED.json"

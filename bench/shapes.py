@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from labelloop.synthetic import rectangle_config
+from labelloop.dev.synthetic import rectangle_config
 
 LABELS = ("circle", "square", "triangle")
 CLASS_WEIGHTS = (0.44, 0.44, 0.12)

@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 
 from bench.common import SPEC, percentiles, predict_stack, serve_dir, small_model, warm_predict, write_images
-from labelloop.registry import Registry
-from labelloop.stack import free_port
-from labelloop.synthetic import LABEL_CONFIG
+from labelloop.dev.stack import free_port
+from labelloop.dev.synthetic import LABEL_CONFIG
+from labelloop.registry.store import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = 1

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.train [--epochs 3] [--imgsz 320] [--images 48] [--device 0]
 
-labelloop trains in a child process (``labelloop.training``: offline setup, progress callback,
+labelloop trains in a child process (``labelloop.training.child``: offline setup, progress callback,
 then validation of the candidate); ``yolo train`` is ultralytics' own CLI. Both start from
 ``yolov8n.yaml`` with the same data, epochs, imgsz, batch, workers and seed, one after the
 other in one run. The ratio compares the training part (labelloop's extra validation pass for
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.common import dataset
-from labelloop.training import pick_device, run_training_process
+from labelloop.training.child import pick_device, run_training_process
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,16 +5,16 @@ keyframes per track, and seconds from the round's annotations to a trained model
         [--rounds 2,5,10] [--epochs 30] [--stride 5] [--imgsz 192] [--seed 0] [--out var/bench-video]
     .venv/bin/python -m bench.video --videos 4 --held-out 2 --frames 48 --rounds 2,4 --epochs 10  # smoke
 
-Data (``labelloop.synthetic_video``): MP4s of 160x120 at 24 fps with two to four red squares and
+Data (``labelloop.dev.synthetic_video``): MP4s of 160x120 at 24 fps with two to four red squares and
 blue discs moving in straight lines (crossing each other, leaving the frame). A round annotates the
 next videos as a person would in Label Studio: a keyframe every ``--every`` frames of each track
 and a disabled one where it leaves (``keyframe_sequence``). Each round builds the dataset exactly
-as labelloop does for a video project (``labelloop.video_dataset.build_video_dataset``: stride
+as labelloop does for a video project (``labelloop.dataset.video.build_video_dataset``: stride
 frames of the annotated spans and the keyframes, split by video), trains yolov8n from its YAML in
-a child process (``labelloop.training.run_training_process``), tracks every held-out video with the
-trained model (``labelloop.video_predict``: ByteTrack, keyframe reduction at 1 % of the frame) and
+a child process (``labelloop.training.child.run_training_process``), tracks every held-out video with the
+trained model (``labelloop.serving.video``: ByteTrack, keyframe reduction at 1 % of the frame) and
 scores what Label Studio would draw from the stored keyframes on every frame
-(``labelloop.task_types.keyframes.frame_boxes``) against the true boxes (``labelloop.scoring``).
+(``labelloop.task_types.keyframes.frame_boxes``) against the true boxes (``labelloop.training.scoring``).
 
 Not measured here: Label Studio itself (upload, webhooks, storing predictions) and the promotion
 gate: ``tests/test_video_loop_labelstudio.py`` runs that path; seconds are dataset build + training.
@@ -31,14 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from labelloop.dataset import DatasetReport, assign_splits
-from labelloop.labels import parse_label_config
-from labelloop.scoring import Det, score
-from labelloop.synthetic_video import GeneratedVideo, video_config, video_result, write_video
+from labelloop.dataset.images import DatasetReport, assign_splits
+from labelloop.dataset.video import build_video_dataset
+from labelloop.dev.synthetic_video import GeneratedVideo, video_config, video_result, write_video
+from labelloop.serving.video import track_video, tracks_to_regions
 from labelloop.task_types.keyframes import frame_boxes
-from labelloop.training import run_training_process
-from labelloop.video_dataset import build_video_dataset
-from labelloop.video_predict import track_video, tracks_to_regions
+from labelloop.task_types.labels import parse_label_config
+from labelloop.training.child import run_training_process
+from labelloop.training.scoring import Det, score
 
 SPEC = parse_label_config(video_config())
 NAMES = {0: "square", 1: "disc"}

@@ -67,7 +67,7 @@ class UnavailableError(LabelloopError):
 
 
 class LabelStudioUnavailable(UnavailableError):
-    """Label Studio could not be reached, timed out or answered a 5xx (``labelloop.labelstudio``);
+    """Label Studio could not be reached, timed out or answered a 5xx (``labelloop.labelstudio.client``);
     transient: Celery tasks retry it."""
 
 

@@ -1,4 +1,4 @@
-"""Atomic file writes for the workers' small state files (manifests aside, see ``labelloop.registry``),
+"""Atomic file writes for the workers' small state files (manifests aside, see ``labelloop.registry.store``),
 and a file lock."""
 
 from __future__ import annotations

@@ -2,21 +2,21 @@
 and the command line spell them from here).
 
 Per project (``labelloop:project:<id>:...``): ``changes`` (stream) and ``changes:seq`` (its
-counter, ``labelloop.changes``), ``seen`` (the ledger's hash) and ``deleted`` (its tombstones,
-``labelloop.ledger``), ``reconcile`` (the reconciliation lock, ``labelloop.jobs``),
+counter, ``labelloop.events.changes``), ``seen`` (the ledger's hash) and ``deleted`` (its tombstones,
+``labelloop.events.ledger``), ``reconcile`` (the reconciliation lock, ``labelloop.jobs.jobs``),
 ``trigger`` (hash), ``training`` (the lock), ``training:owner`` (the delivery running it),
-``run:<run_id>`` (a run's deliveries) and ``given_up`` (``labelloop.trigger``), ``progress`` and
-``preannotate`` (``labelloop.progress``), ``preannotate:generation`` (``labelloop.preannotate``),
+``run:<run_id>`` (a run's deliveries) and ``given_up`` (``labelloop.jobs.trigger``), ``progress`` and
+``preannotate`` (``labelloop.jobs.progress``), ``preannotate:generation`` (``labelloop.serving.preannotate``),
 ``first_picks:queued`` (``service.app``'s ``/setup``),
-``current``, ``servers`` and ``warm:<version>`` (``labelloop.notify``). Global:
+``current``, ``servers`` and ``warm:<version>`` (``labelloop.registry.notify``). Global:
 ``labelloop:projects`` (known projects), ``labelloop:events`` (the event stream),
 ``labelloop:predict:alive:<host>:<pid>`` (a predict process's heartbeat, a key with a TTL,
-``labelloop.predictor``), ``labelloop:delivery:<sha1>`` (deduplication),
+``labelloop.serving.predictor``), ``labelloop:delivery:<sha1>`` (deduplication),
 ``labelloop:webhooks:refused`` (webhooks refused before their project was known,
 ``service.webhook``) and the pub/sub channel ``labelloop:versions``. Kombu's own:
 ``unacked_index`` (``UNACKED_INDEX``, the Redis transport's sorted set of unacknowledged
 deliveries scored by delivery time), ``unacked`` (``UNACKED``, the hash of those deliveries'
-messages) and one list per queue and priority (``queue_lists``), read by ``labelloop.locks``.
+messages) and one list per queue and priority (``queue_lists``), read by ``labelloop.jobs.locks``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ EVENTS = "labelloop:events"
 VERSIONS_CHANNEL = "labelloop:versions"
 DELIVERY_PREFIX = "labelloop:delivery:"
 # Counter of webhooks refused before their project could be read (401 before the body, 413): any
-# project's change log may miss one (``labelloop.changes``).
+# project's change log may miss one (``labelloop.events.changes``).
 WEBHOOKS_REFUSED = "labelloop:webhooks:refused"
 # kombu.transport.redis.Channel.unacked_index_key (no global_keyprefix): a running training keeps
 # its own entry's score fresh, so only a dead worker's delivery ages past the visibility timeout.

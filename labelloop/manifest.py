@@ -3,7 +3,7 @@ version manifest the registry keeps (``<models_dir>/<project>/versions/vN/manife
 
 The manifest is JSON on disk and stays readable by older and newer labelloop: unknown keys are
 kept (``extra="allow"``) and every field has a default, so a manifest written before a field
-existed still loads. ``ModelVersion.record`` (``labelloop.registry``) is the typed view every
+existed still loads. ``ModelVersion.record`` (``labelloop.registry.store``) is the typed view every
 reader uses; ``ModelVersion.manifest`` stays the raw dict.
 
 A manifest stays small whatever the project's size: a list that grows with the tasks or the
@@ -43,7 +43,7 @@ class _Record(BaseModel):
 
 
 class Promotion(_Record):
-    """The promotion gate's decision (``labelloop.promotion.decide_promotion``)."""
+    """The promotion gate's decision (``labelloop.registry.promotion.decide_promotion``)."""
 
     metric: str | None = None
     margin: float | None = None
@@ -61,7 +61,7 @@ class Incumbent(_Record):
 
 
 class Recipe(_Record):
-    """Why the training arguments are what they are (``labelloop.recipe``), and what ran."""
+    """Why the training arguments are what they are (``labelloop.training.recipe``), and what ran."""
 
     reasons: dict[str, str] = Field(default_factory=dict)
     warm_start: bool | None = None
@@ -70,7 +70,7 @@ class Recipe(_Record):
 
 
 class PseudoLabels(_Record):
-    """Self-training's part of a training (``labelloop.pseudo``): recorded when the setting was on.
+    """Self-training's part of a training (``labelloop.dataset.pseudo``): recorded when the setting was on.
 
     ``applied``: whether pseudo-labelled images were trained on (else ``skipped`` says why);
     ``version``: the served version that predicted them; ``conf``, ``low_conf``: the rule's
@@ -104,7 +104,7 @@ class PseudoLabels(_Record):
 
 
 class ShowConf(_Record):
-    """The score threshold the version shows annotators (``labelloop.threshold``): regions scoring
+    """The score threshold the version shows annotators (``labelloop.training.threshold``): regions scoring
     below ``value`` are not shown by ``/predict`` and pre-annotations. ``value`` None: not
     applicable (classify) or not measured, and ``predict_conf`` applies.
 
@@ -184,7 +184,7 @@ class Manifest(_Record):
 
 @dataclass
 class TrainingJob:
-    """What the training child process runs (``labelloop.training.train``; JSON in ``spec.json``).
+    """What the training child process runs (``labelloop.training.child.train``; JSON in ``spec.json``).
 
     ``weights``: a version's weights, an Ultralytics asset or a model YAML; ``incumbent``: the
     served version's weights, validated on the same split for the promotion gate;
@@ -203,9 +203,9 @@ class TrainingJob:
     seed: int = 0
     incumbent: str | None = None
     fallback_weights: str | None = None
-    predict_conf: float = 0.25  # the display threshold's prior (labelloop.threshold)
+    predict_conf: float = 0.25  # the display threshold's prior (labelloop.training.threshold)
     extra: dict[str, Any] = field(default_factory=dict)
-    # labelloop.pseudo.prepare's job: pseudo-label the unlabeled pool before training.
+    # labelloop.dataset.pseudo.prepare's job: pseudo-label the unlabeled pool before training.
     pseudo: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,7 +221,7 @@ class TrainingResult:
     ``best``: the checkpoint to publish; ``metrics``: its validation metrics (fractions);
     ``incumbent_metrics``: the incumbent's on the same split, or None; ``class_metrics``: the
     candidate's per class name (``TaskType.class_metrics``); ``pseudo_labels``: what
-    ``labelloop.pseudo.label_unlabeled`` trained on, when it ran; ``show_conf``: its display
+    ``labelloop.dataset.pseudo.label_unlabeled`` trained on, when it ran; ``show_conf``: its display
     threshold (``ShowConf``).
     """
 

@@ -49,10 +49,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from labelloop import keys, project_webhook
+from labelloop import keys
 from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, RegistryError, UnavailableError
-from labelloop.ledger import PROJECTS_KEY
-from labelloop.model_export import download_path
+from labelloop.events import project_webhook
+from labelloop.events.ledger import PROJECTS_KEY
 from labelloop.names import (
     QUEUE_EVENTS,
     QUEUE_PREANNOTATE,
@@ -62,11 +62,12 @@ from labelloop.names import (
     TASK_PREANNOTATE,
     TASK_PREDICT,
 )
-from labelloop.notify import serve_when_warm
-from labelloop.params import ProjectParams, parse_extra_params, preannotates, train_spec
-from labelloop.params import load as load_params
-from labelloop.params import store as store_params
-from labelloop.registry import UNTRAINED, Registry
+from labelloop.registry.model_export import download_path
+from labelloop.registry.notify import serve_when_warm
+from labelloop.registry.params import ProjectParams, parse_extra_params, preannotates, train_spec
+from labelloop.registry.params import load as load_params
+from labelloop.registry.params import store as store_params
+from labelloop.registry.store import UNTRAINED, Registry
 from labelloop.settings import Settings
 from service.auth import AuthError, check_model, placeholder_credentials
 from service.events import EventRecorder
@@ -235,7 +236,7 @@ async def _remember_if_confirmed(st: AppState, project_id: int, access_token: st
 
 
 async def _queue_first_picks(st: AppState, project_id: int, params: ProjectParams) -> None:
-    """Queue the first picks of a project with no version yet (``labelloop.first_picks``), at most
+    """Queue the first picks of a project with no version yet (``labelloop.serving.first_picks``), at most
     every ``FIRST_PICKS_EVERY_S`` per project (a Redis key set NX with that TTL); never fails
     ``/setup``: a Redis or broker error is logged and the next ``/setup`` tries again."""
     if not st.settings.label_studio_url or not params.effective(st.settings)["first_picks"]:
@@ -276,7 +277,7 @@ async def predict(request: Request) -> JSONResponse:
     """Ask a predict worker for regions, one result item per task, in order.
 
     The worker predicts in chunks of ``LABELLOOP_PREDICT_BATCH`` and answers with what is ready at
-    ``LABELLOOP_PREDICT_DEADLINE_S`` (``labelloop.selection``: ``[]`` for a task not reached). The
+    ``LABELLOOP_PREDICT_DEADLINE_S`` (``labelloop.serving.selection``: ``[]`` for a task not reached). The
     wait for its answer takes a thread of its own limiter (``_predict_limiter``), never one of the
     pool the registry routes share.
 
@@ -429,7 +430,7 @@ async def project_versions(request: Request) -> JSONResponse:
 
 
 async def version_file(request: Request) -> Response:
-    """A version's weights or a finished export's file (``labelloop.model_export.downloads``),
+    """A version's weights or a finished export's file (``labelloop.registry.model_export.downloads``),
     streamed: ``GET /projects/{id}/versions/{version}/files/weights.pt`` or ``.../files/onnx/weights.onnx``;
     404 for a version retention removed or a format not exported yet. The file is opened before the
     answer starts, so a retention that removes the version meanwhile does not cut it short."""

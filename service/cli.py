@@ -158,7 +158,7 @@ def _flower(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from labelloop.demo import run_demo
+    from labelloop.dev.demo import run_demo
 
     return run_demo(args)
 
@@ -178,7 +178,7 @@ def _ops(name: str) -> Any:
 def _dataset_build(args: argparse.Namespace) -> int:
     """``labelloop dataset build``: into OUT, or into the live training dataset only with ``--live``
     (a training builds there and Ultralytics reads it during the run)."""
-    from labelloop.dataset import project_dataset_dir
+    from labelloop.dataset.images import project_dataset_dir
     from service import ops
 
     settings = Settings()
@@ -194,11 +194,11 @@ def _dataset_build(args: argparse.Namespace) -> int:
 
 def _models_export(args: argparse.Namespace) -> int:
     """``labelloop models export``: Ultralytics' export in a child process, cached in the version's
-    directory (``labelloop.model_export``); prints where the files are."""
-    from labelloop.model_export import copy_out, export_version
-    from labelloop.params import load as load_params
-    from labelloop.pipeline import yolo_config_dir
-    from labelloop.registry import Registry
+    directory (``labelloop.registry.model_export``); prints where the files are."""
+    from labelloop.jobs.pipeline import yolo_config_dir
+    from labelloop.registry.model_export import copy_out, export_version
+    from labelloop.registry.params import load as load_params
+    from labelloop.registry.store import Registry
 
     settings = Settings()
     params = load_params(settings.models_dir, args.project_id)

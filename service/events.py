@@ -16,7 +16,7 @@ read in Label Studio, then records.
 
 Redis keys, each bounded: ``labelloop:delivery:<sha1>`` (deduplication, ``DEDUP_TTL_S``), the
 stream ``labelloop:events`` (about ``STREAM_MAXLEN`` entries), the set ``labelloop:projects``
-(known projects only) and each project's change log (``labelloop.changes``: what a rebuild needs
+(known projects only) and each project's change log (``labelloop.events.changes``: what a rebuild needs
 of the webhook's annotation, task and project counters, numbered, at most ``MAX_ENTRY_BYTES``
 per entry and ``STREAM_MAXLEN`` entries, expiring ``TTL_S`` after the last write; a log past its
 project's budget, ``LABELLOOP_CHANGE_LOG_PROJECT_BYTES`` of Redis ``MEMORY USAGE``, is dropped
@@ -48,11 +48,11 @@ import structlog
 from celery import Celery
 
 from labelloop import keys
-from labelloop.changes import STREAM_MAXLEN as CHANGES_MAXLEN
-from labelloop.changes import TTL_S as CHANGES_TTL_S
-from labelloop.changes import entry_bytes, seq_key, stream_key, tombstones_key
 from labelloop.errors import UnavailableError, UnknownProjectError
-from labelloop.ledger import PROJECTS_KEY
+from labelloop.events.changes import STREAM_MAXLEN as CHANGES_MAXLEN
+from labelloop.events.changes import TTL_S as CHANGES_TTL_S
+from labelloop.events.changes import entry_bytes, seq_key, stream_key, tombstones_key
+from labelloop.events.ledger import PROJECTS_KEY
 from labelloop.names import QUEUE_EVENTS, TASK_HANDLE_EVENT
 from service.projects import LabelStudioProjects
 from service.protocol import WebhookEvent
@@ -159,7 +159,7 @@ class EventRecorder:
         """Record ``event`` once and enqueue ``labelloop.handle_event(project_id, action, changes)``.
 
         ``body`` (the webhook as parsed JSON) also goes into the project's change log
-        (``labelloop.changes.entry_bytes``), in the same transaction.
+        (``labelloop.events.changes.entry_bytes``), in the same transaction.
 
         Returns:
             "accepted", or "duplicate" when this delivery was already recorded.
@@ -293,7 +293,7 @@ return 0
 # remember it, append the event to the stream and to the project's change log (when it has an
 # entry; 'gap' only bumps the counter), and push the Celery message; Redis runs a script without
 # interleaving other commands, and a script that fails before its first write changes nothing.
-# A deletion's ids also go into the project's tombstones (``labelloop.changes.tombstones_key``).
+# A deletion's ids also go into the project's tombstones (``labelloop.events.changes.tombstones_key``).
 # KEYS: dedup key, event stream, events queue, projects set, change log, change log counter,
 # change log tombstones.
 # ARGV: dedup TTL (0: none), stream max length, Celery message, project id, action,

@@ -63,7 +63,7 @@ class Metrics:
         self.project_webhook_ok = Gauge(
             "labelloop_project_webhook_ok",
             "1 when each project's webhook to labelloop was found working (or re-armed) at the last reconciliation, "
-            "0 when missing, switched off or failing (labelloop.project_webhook).",
+            "0 when missing, switched off or failing (labelloop.events.project_webhook).",
             ["project_id"],
             registry=registry,
         )

@@ -22,11 +22,13 @@ import httpx
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
-from labelloop import keys, locks, project_webhook, retired_projects
-from labelloop.curve import text_learning_curve
+from labelloop import keys
 from labelloop.errors import LabelloopError, UnavailableError
-from labelloop.lease import RunRecords
-from labelloop.ledger import Ledger
+from labelloop.events import project_webhook, retired_projects
+from labelloop.events.ledger import Ledger
+from labelloop.jobs import locks
+from labelloop.jobs.lease import RunRecords
+from labelloop.jobs.progress import ProgressStore
 from labelloop.names import (
     QUEUE_EVENTS,
     QUEUE_PREANNOTATE,
@@ -35,10 +37,10 @@ from labelloop.names import (
     TASK_HANDLE_EVENT,
     TASK_PREANNOTATE,
 )
-from labelloop.notify import serve_when_warm
-from labelloop.params import preannotates
-from labelloop.progress import ProgressStore
-from labelloop.registry import Registry
+from labelloop.registry.curve import text_learning_curve
+from labelloop.registry.notify import serve_when_warm
+from labelloop.registry.params import preannotates
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
 from service.auth import any_configured, basic_configured, placeholder_credentials, secret_configured
 from service.page import project_view
@@ -62,7 +64,7 @@ def dataset_build(settings: Settings, project_id: int, out: Path | None, progres
     """
     from tqdm import tqdm
 
-    from labelloop.dataset import build_project_dataset
+    from labelloop.dataset.images import build_project_dataset
 
     with tqdm(desc="images", unit="img", disable=not progress) as bar:
         built = build_project_dataset(settings, project_id, out, on_image=lambda: bar.update(1))
@@ -178,8 +180,8 @@ def _preannotate(settings: Settings, project_id: int, version: str) -> None:
 
 def sampling_restore(settings: Settings, project_id: int) -> int:
     """Put back the task sampling the project had before labelloop set "Uncertainty sampling"."""
-    from labelloop import labelstudio
-    from labelloop.sampling import restore
+    from labelloop.labelstudio import client as labelstudio
+    from labelloop.labelstudio.sampling import restore
 
     with labelstudio.calling(settings.label_studio_url, f"restoring the sampling of project {project_id}"):
         previous = restore(
@@ -254,7 +256,7 @@ def status(settings: Settings) -> int:
 
 
 def _orphan(lock: locks.LockView) -> str:
-    """One line on a training lock without owner (``labelloop.locks``)."""
+    """One line on a training lock without owner (``labelloop.jobs.locks``)."""
     due = "for an unknown time" if lock.due_s is None else f"{lock.due_s:.0f} s after its run became due"
     return (
         f"training lock of run {lock.run_id} held without owner {due} (no delivery runs it, no message of it "
@@ -410,7 +412,7 @@ def doctor(settings: Settings) -> int:
                 )
 
     report(*credential_check(settings))
-    try:  # what the last reconciliation found (labelloop.project_webhook)
+    try:  # what the last reconciliation found (labelloop.events.project_webhook)
         store = _redis(settings)
         for p in sorted(Ledger(store).projects()):
             found = project_webhook.last(store, p)
@@ -450,8 +452,8 @@ def doctor(settings: Settings) -> int:
     except ImportError:
         report(False, "torch is not installed in this environment", 'pip install "labelloop[ml]" (workers need it)')
 
-    from labelloop.base_models import for_task, resolve
-    from labelloop.pipeline import weights_dir
+    from labelloop.jobs.pipeline import weights_dir
+    from labelloop.registry.base_models import for_task, resolve
 
     try:
         base = resolve(settings.base_model, "detect", weights_dir(settings), settings.offline)

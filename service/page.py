@@ -1,5 +1,5 @@
 """The project page, ``GET /projects/{id}``: plain HTML with the learning curve as inline SVG,
-and the annotations the model disagrees with, each drawn as inline SVG (``labelloop.mistakes``).
+and the annotations the model disagrees with, each drawn as inline SVG (``labelloop.quality.mistakes``).
 
 No JavaScript and nothing loaded from elsewhere: a browser, ``curl`` or a headless Chromium
 reads the same page. ``project_view`` reads the registry (blocking: the route runs it in a
@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from labelloop import project_webhook
-from labelloop.curve import CurvePoint, curve_points, svg_learning_curve
 from labelloop.errors import RegistryError
+from labelloop.events import project_webhook
 from labelloop.manifest import Manifest
-from labelloop.mistakes_report import read_report
-from labelloop.model_export import downloads
-from labelloop.registry import Registry
+from labelloop.quality.mistakes_report import read_report
+from labelloop.registry.curve import CurvePoint, curve_points, svg_learning_curve
+from labelloop.registry.model_export import downloads
+from labelloop.registry.store import Registry
 
 MISTAKES_SHOWN = 20  # tasks listed on the page (the Data Manager tab lists them all)
 
@@ -36,12 +36,12 @@ class ProjectView:
         history: changes of the served version, newest first (``Registry.history``).
         points: the learning curve, oldest version first.
         rollback_target: the version a rollback would serve, or None.
-        training: the running training's progress record (``labelloop.progress``), or None.
+        training: the running training's progress record (``labelloop.jobs.progress``), or None.
         preannotation: the running pre-annotation's ``{"version", "done", "total"}``, or None.
-        webhook: the last check of the project's webhook to labelloop (``labelloop.project_webhook``), or None.
+        webhook: the last check of the project's webhook to labelloop (``labelloop.events.project_webhook``), or None.
         base_url: the receiver's URL as the browser reached it (for the documented calls).
-        downloads: version -> the names of its downloadable files (``labelloop.model_export.downloads``).
-        mistakes: the last label-mistakes report (``labelloop.mistakes_report``; ``{"tasks": []}`` when none).
+        downloads: version -> the names of its downloadable files (``labelloop.registry.model_export.downloads``).
+        mistakes: the last label-mistakes report (``labelloop.quality.mistakes_report``; ``{"tasks": []}`` when none).
     """
 
     project_id: int

@@ -6,7 +6,7 @@ it (``confirms``: the ``/setup`` access_token or labelloop's own token reads it;
 once labelloop's own Label Studio token can read it (``GET /api/projects/<id>/`` on
 ``LABEL_STUDIO_URL``). Label Studio calls ``/setup`` when the ML backend is connected, and
 again on its settings changes. Known projects are the Redis set
-``labelloop:projects`` (``labelloop.ledger.PROJECTS_KEY``), which reconciliation walks.
+``labelloop:projects`` (``labelloop.events.ledger.PROJECTS_KEY``), which reconciliation walks.
 
 A webhook for any other project id is refused (404, with the fix), so made-up project ids
 cannot grow Redis. The Label Studio check runs at most once per unknown project every

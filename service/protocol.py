@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from labelloop.changes import in_future
 from labelloop.errors import BadRequestError
+from labelloop.events.changes import in_future
 
 ANNOTATION_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"})
 DELETE_EVENTS = frozenset({"ANNOTATIONS_DELETED"})
@@ -82,7 +82,7 @@ class WebhookEvent(_Loose):
 
         Raises:
             BadRequestError: a required field for this action is missing, or an annotation's
-                ``updated_at`` is more than ``labelloop.changes.CLOCK_SKEW_S`` in the future.
+                ``updated_at`` is more than ``labelloop.events.changes.CLOCK_SKEW_S`` in the future.
         """
         if self.action in ANNOTATION_EVENTS and not self.annotation:
             raise BadRequestError(f"{self.action} needs an 'annotation' object (a list for ANNOTATIONS_CREATED)")

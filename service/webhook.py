@@ -37,8 +37,8 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from labelloop.changes import LOGGED_ACTIONS
 from labelloop.errors import BadRequestError, LabelloopError, UnavailableError, UnknownProjectError
+from labelloop.events.changes import LOGGED_ACTIONS
 from labelloop.settings import Settings
 from service.auth import AuthError, any_configured, check_annotation_webhook, check_either, check_model
 from service.events import EventRecorder

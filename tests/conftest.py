@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import redis
 
-from labelloop.dataset import BuildResult, build_dataset, local_images
-from labelloop.labels import parse_detection_config
-from labelloop.stack import Stack, free_port, label_studio_binary
-from labelloop.synthetic import LABEL_CONFIG, make_sample
-from labelloop.training import run_training_process
+from labelloop.dataset.images import BuildResult, build_dataset, local_images
+from labelloop.dev.stack import Stack, free_port, label_studio_binary
+from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.task_types.labels import parse_detection_config
+from labelloop.training.child import run_training_process
 
 FIXTURES = Path(__file__).parent / "fixtures" / "label-studio"
 LS_TOKEN = "7e57000000000000000000000000000000000001"
@@ -104,7 +104,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     The virtual environment is ``$LABELLOOP_LS_VENV`` or ``~/.cache/labelloop/label-studio-<v>``,
     installed on first use.
     """
-    from labelloop.stack import LABEL_STUDIO_VERSION
+    from labelloop.dev.stack import LABEL_STUDIO_VERSION
 
     if os.environ.get("LABELLOOP_TEST_LS_URL"):  # a Label Studio already running (faster local iterations)
         LABEL_STUDIO_DATA["dir"] = Path(os.environ["LABELLOOP_TEST_LS_DATA_DIR"])
@@ -183,7 +183,7 @@ def label_studio_local_files(tmp_path_factory: pytest.TempPathFactory) -> Iterat
     Yields ``(url, legacy_token, document_root)``; Local Storage connections must point at a
     subdirectory of ``document_root``.
     """
-    from labelloop.stack import LABEL_STUDIO_VERSION
+    from labelloop.dev.stack import LABEL_STUDIO_VERSION
 
     venv = Path(
         os.environ.get("LABELLOOP_LS_VENV")

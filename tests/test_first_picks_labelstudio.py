@@ -12,13 +12,13 @@ import httpx
 import pytest
 import structlog.testing
 
-from labelloop.demo import LabelStudioAPI
-from labelloop.jobs import Jobs
-from labelloop.params import ProjectParams, store
-from labelloop.registry import Registry
-from labelloop.sampling import FIRST_PICKS_VERSION, UNCERTAINTY, restore, stored
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.jobs.jobs import Jobs
+from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION, UNCERTAINTY, restore, stored
+from labelloop.registry.params import ProjectParams, store
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
-from labelloop.synthetic import LABEL_CONFIG, make_sample
 
 TASKS = 16
 
@@ -162,9 +162,9 @@ def test_first_picks_read_the_task_list_in_pages_without_predictions(
     which carries every prediction of every version), and still rank every unlabeled task."""
     from label_studio_sdk import LabelStudio
 
-    from labelloop import task_pages
-    from labelloop.first_picks import first_picks
-    from labelloop.media import ImageCache, MediaConfig
+    from labelloop.labelstudio import task_pages
+    from labelloop.labelstudio.media import ImageCache, MediaConfig
+    from labelloop.serving.first_picks import first_picks
 
     api = LabelStudioAPI(*label_studio)
     pid, ids = _project(api, "first picks pages")

@@ -16,6 +16,20 @@ PACKAGES = ("labelloop", "service", "workers")
 # What each layer may import of the others, and third-party modules the core must not know.
 ALLOWED = {"labelloop": set(), "workers": {"labelloop"}, "service": {"labelloop", "workers"}}
 CORE_FORBIDDEN = ("starlette", "uvicorn", "celery", "kombu", "flower")
+# The core's rooms, bottom first: a room imports only rooms below it and the core's top modules
+# (settings, errors, keys, names, logconfig, manifest, files, yolo_env), which import no room.
+CORE_ROOMS = (
+    "task_types",  # Ultralytics task types, label configs, region conversions
+    "events",  # what Label Studio told labelloop: change log, ledger, webhook health
+    "registry",  # versions on disk, CURRENT, gate, exports, per-project params
+    "labelstudio",  # the SDK client, media, export, tabs, sampling
+    "dataset",  # Ultralytics datasets from annotations
+    "training",  # recipe, the training child process, threshold
+    "serving",  # /predict, pre-annotation, task order
+    "quality",  # label mistakes
+    "jobs",  # what the Celery tasks do; the training run's lifecycle
+    "dev",  # demo, local stack, generated data
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -114,12 +128,30 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def _package(module: str, packages: set[str]) -> str:
     """The (sub)package a module belongs to: ``labelloop.task_types.detect`` -> ``labelloop.task_types``,
-    ``labelloop.convert`` -> ``labelloop``."""
+    ``labelloop.task_types.convert`` -> ``labelloop``."""
     parts = module.split(".")
     for n in range(len(parts), 0, -1):
         if ".".join(parts[:n]) in packages:
             return ".".join(parts[:n])
     return parts[0]
+
+
+def _room(module: str) -> int:
+    """A core module's room, as its rank in ``CORE_ROOMS`` (-1: the core's top modules)."""
+    parts = module.split(".")
+    return CORE_ROOMS.index(parts[1]) if len(parts) > 2 or (len(parts) == 2 and parts[1] in CORE_ROOMS) else -1
+
+
+def _room_problems(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a lower room (or the top modules) up into a higher room of the core."""
+    out = []
+    for module, targets in sorted(graph.items()):
+        if module.startswith("labelloop"):
+            for target in sorted(t for t in targets if t.startswith("labelloop.")):
+                if _room(target) > _room(module):
+                    where = CORE_ROOMS[_room(module)] if _room(module) >= 0 else "the top modules"
+                    out.append(f"{module} imports {target}: {where} is below {CORE_ROOMS[_room(target)]}")
+    return out
 
 
 def problems() -> list[str]:
@@ -140,6 +172,7 @@ def problems() -> list[str]:
             other = target.split(".")[0]
             if other != layer and other not in ALLOWED[layer]:
                 out.append(f"{module} imports {target}: {layer} may import only {sorted(ALLOWED[layer]) or 'itself'}")
+    out += _room_problems(graph)
     for module, path in sorted(_modules().items()):
         if module.startswith("labelloop"):
             for name in sorted(_imports(path, module)):
@@ -181,6 +214,19 @@ def test_the_check_finds_a_cycle_and_an_upward_import() -> None:
     graph = {"labelloop.a": {"labelloop.b"}, "labelloop.b": {"labelloop.a"}, "service.x": set()}
     assert _cycles(graph) == [["labelloop.a", "labelloop.b"]]
     assert "workers" not in ALLOWED["labelloop"] and "service" not in ALLOWED["workers"]
+    upward = {
+        "labelloop.registry.store": {"labelloop.serving.predictor"},
+        "labelloop.settings": {"labelloop.dev.stack"},
+    }
+    assert len(_room_problems(upward)) == 2
+
+
+def test_every_core_module_lives_in_a_room() -> None:
+    """The core's top folder keeps only the shared modules (at most 12); every sub-package is a room."""
+    top = sorted(p.name for p in (ROOT / "labelloop").glob("*.py"))
+    rooms = sorted(p.name for p in (ROOT / "labelloop").iterdir() if (p / "__init__.py").exists())
+    assert len(top) <= 12, top
+    assert rooms == sorted(CORE_ROOMS), rooms
 
 
 if __name__ == "__main__":

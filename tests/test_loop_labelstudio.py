@@ -26,15 +26,15 @@ import pytest
 import redis
 from label_studio_sdk.core.api_error import ApiError
 
-from labelloop.changes import ChangeLog, ChangeLogUnusable
-from labelloop.demo import LabelStudioAPI
-from labelloop.progress import ProgressStore
-from labelloop.registry import Registry
-from labelloop.sampling import FIRST_PICKS_VERSION
-from labelloop.stack import Stack, free_port, wait_until
-from labelloop.synthetic import Sample, make_sample
-from labelloop.tabs import TAB_TITLE
-from labelloop.trigger import TriggerStore
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.dev.synthetic import Sample, make_sample
+from labelloop.events.changes import ChangeLog, ChangeLogUnusable
+from labelloop.jobs.progress import ProgressStore
+from labelloop.jobs.trigger import TriggerStore
+from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION
+from labelloop.labelstudio.tabs import TAB_TITLE
+from labelloop.registry.store import Registry
 from service.events import EVENT_STREAM
 from tests.conftest import TRAIN_ENV
 

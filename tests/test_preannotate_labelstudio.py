@@ -14,14 +14,14 @@ import httpx
 import pytest
 import redis
 
-from labelloop import labelstudio
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.dev.synthetic import LABEL_CONFIG
+from labelloop.jobs.progress import ProgressStore
+from labelloop.labelstudio import client as labelstudio
 from labelloop.names import QUEUE_PREANNOTATE, TASK_PREANNOTATE
-from labelloop.notify import serve_when_warm
-from labelloop.progress import ProgressStore
-from labelloop.registry import Registry
+from labelloop.registry.notify import serve_when_warm
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port, wait_until
-from labelloop.synthetic import LABEL_CONFIG
 from workers.celery_app import create_celery
 
 TASKS = 120

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from labelloop.demo import LabelStudioAPI
-from labelloop.registry import Registry
-from labelloop.stack import Stack, free_port
-from labelloop.synthetic import make_sample
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.stack import Stack, free_port
+from labelloop.dev.synthetic import make_sample
+from labelloop.registry.store import Registry
 from tests.labelloop.test_selection import untrained_weights
 
 BATCH = 2

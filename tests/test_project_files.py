@@ -128,8 +128,8 @@ def test_compose_environment_guards_webhooks_and_leaves_the_recipe_unset(
     means unset (epochs and imgsz stay the recipe's)."""
     import httpx
 
+    from labelloop.dev.stack import Stack, free_port
     from labelloop.settings import Settings
-    from labelloop.stack import Stack, free_port
     from tests.conftest import fixture
 
     out = _compose_config(COMPOSE_ENV)

@@ -15,13 +15,13 @@ import pytest
 import redis
 
 from labelloop import keys
-from labelloop.demo import LabelStudioAPI
-from labelloop.jobs import Jobs
-from labelloop.progress import ProgressStore
-from labelloop.registry import Registry
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.dev.synthetic import make_sample
+from labelloop.jobs.jobs import Jobs
+from labelloop.jobs.progress import ProgressStore
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port, wait_until
-from labelloop.synthetic import make_sample
 from tests.conftest import TRAIN_ENV
 from workers.celery_app import create_celery
 

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from labelloop import labelstudio
-from labelloop.demo import LabelStudioAPI
-from labelloop.media import MediaConfig
-from labelloop.pipeline import run_training, yolo_config_dir
-from labelloop.preannotate import preannotate_project
-from labelloop.predictor import Predictor
-from labelloop.registry import Registry
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic_video import GeneratedVideo, video_config, video_result, write_video
+from labelloop.jobs.pipeline import run_training, yolo_config_dir
+from labelloop.labelstudio import client as labelstudio
+from labelloop.labelstudio.media import MediaConfig
+from labelloop.registry.store import Registry
+from labelloop.serving.preannotate import preannotate_project
+from labelloop.serving.predictor import Predictor
+from labelloop.serving.video import VideoOptions
 from labelloop.settings import Settings
-from labelloop.synthetic_video import GeneratedVideo, video_config, video_result, write_video
 from labelloop.task_types.keyframes import frame_boxes
-from labelloop.video_predict import VideoOptions
 
 pytestmark = pytest.mark.labelstudio
 
@@ -122,7 +122,7 @@ def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
 def test_first_picks_leave_a_video_project_alone(label_studio: tuple[str, str], redis_url: str, tmp_path: Path) -> None:
     """Before a video project's first version, first picks (which describe images) answer
     ``not_applicable`` without downloading the videos as images or importing predictions."""
-    from labelloop.jobs import Jobs
+    from labelloop.jobs.jobs import Jobs
 
     url, token = label_studio
     api = LabelStudioAPI(url, token)

@@ -18,12 +18,12 @@ import redis
 import structlog
 from celery import Celery, signals
 
-from labelloop import locks
-from labelloop.ledger import Ledger
+from labelloop.events.ledger import Ledger
+from labelloop.jobs import locks
 from labelloop.names import TASK_TRAIN
-from labelloop.registry import Registry
-from labelloop.runs import host_name
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
+from labelloop.training.runs import host_name
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +42,7 @@ def prepare_multiprocess_dir(root: Path, name: str) -> Path:
 
 class LocksWithoutOwner:
     """The gauge ``labelloop_project_locks_without_owner``: projects whose training lock no
-    delivery holds and no message of its run keeps (``labelloop.locks``), read from Redis at each
+    delivery holds and no message of its run keeps (``labelloop.jobs.locks``), read from Redis at each
     scrape (every worker serves the same value; none when Redis does not answer)."""
 
     def __init__(self, settings: Settings) -> None:

@@ -1,5 +1,5 @@
 """labelloop's Celery tasks: module-level shells that take ids, bind log context, call one
-method of ``labelloop.jobs.Jobs`` and return.
+method of ``labelloop.jobs.jobs.Jobs`` and return.
 
 Names are explicit and never change (``labelloop.names``): queued messages survive upgrades.
 Transient Redis and network errors (``TRANSIENT``) are retried with exponential backoff (up to
@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 
 from labelloop import keys
-from labelloop.jobs import TRANSIENT_ERRORS, Jobs
+from labelloop.jobs.jobs import TRANSIENT_ERRORS, Jobs
 from labelloop.names import (
     TASK_FIRST_PICKS,
     TASK_HANDLE_EVENT,

@@ -3,7 +3,7 @@
 A task type knows, for its Ultralytics task (https://docs.ultralytics.com/tasks/): which Label
 Studio region types it trains, how an annotation becomes YOLO label lines and a line becomes
 regions again, how model outputs become prediction regions, and its dataset layout. The
-dispatching functions of ``labelloop.convert`` look the type up by ``spec.task``
+dispatching functions of ``labelloop.task_types.convert`` look the type up by ``spec.task``
 (``labelloop.task_types.task_type``).
 """
 
@@ -30,7 +30,7 @@ class TaskType:
         control_tags: the Label Studio control tags it trains (README's "What it trains").
         label_files: the dataset has ``labels/*.txt`` next to ``images/`` (False: one folder per
             class, Ultralytics' classification layout).
-        trained_alone: its control tag alone picks it (``labelloop.labels``).
+        trained_alone: its control tag alone picks it (``labelloop.task_types.labels``).
     """
 
     name: ClassVar[str]
@@ -79,7 +79,7 @@ class TaskType:
         self, result: list[dict[str, Any]], spec: TrainSpec, class_ids: Mapping[str, int], width: int, height: int
     ) -> tuple[list[str], list[str]]:
         """YOLO label lines of one annotation's ``result`` and a reason per dropped region (see
-        ``labelloop.convert.annotation_to_yolo``)."""
+        ``labelloop.task_types.convert.annotation_to_yolo``)."""
         lines: list[str] = []
         dropped: list[str] = []
         for region in result:
@@ -126,7 +126,7 @@ class TaskType:
         self, spec: TrainSpec, names: Mapping[int, str], width: int, height: int, arrays: dict[str, Any]
     ) -> list[dict[str, Any]]:
         """Prediction regions from model outputs (``arrays``: the keyword arguments of
-        ``labelloop.convert.predictions_to_regions``): checks ``classes`` and ``scores``, then
+        ``labelloop.task_types.convert.predictions_to_regions``): checks ``classes`` and ``scores``, then
         ``predictions_to_regions``."""
         classes, scores = arrays.get("classes"), arrays.get("scores")
         if classes is None:
@@ -162,19 +162,19 @@ class TaskType:
         arrays: dict[str, Any],
     ) -> list[dict[str, Any]]:
         """Prediction regions of ``len(cls)`` instances (``arrays``: the model outputs given to
-        ``labelloop.convert.predictions_to_regions``)."""
+        ``labelloop.task_types.convert.predictions_to_regions``)."""
         raise NotImplementedError
 
     def results_arrays(self, res: Any, spec: TrainSpec) -> dict[str, Any] | None:
         """What ``predictions_to_regions`` needs from one Ultralytics ``Results`` (plus
         ``class_scores``, (N, nc) every class's score per box, when the predictor set
-        ``res.class_scores``: ``labelloop.informativeness`` reads it); None when it holds no
+        ``res.class_scores``: ``labelloop.task_types.informativeness`` reads it); None when it holds no
         instance."""
         boxes = getattr(res, "boxes", None)
         if boxes is None:
             return None
         arrays = {"boxes_xyxy": boxes.xyxy, "classes": boxes.cls, "scores": boxes.conf}
-        class_scores = getattr(res, "class_scores", None)  # (N, nc), labelloop.predictor's detect predictor
+        class_scores = getattr(res, "class_scores", None)  # (N, nc), labelloop.serving.predictor's detect predictor
         if class_scores is not None:
             arrays["class_scores"] = class_scores
         return instances_or_none(arrays)

@@ -1,7 +1,7 @@
 """Geometry and Label Studio region building shared by the task types (pure functions).
 
 Coordinate conventions (Label Studio percent of the image, YOLO normalised to [0, 1], rotation
-and corner order, pixel masks through pixel centres) are described in ``labelloop.convert``.
+and corner order, pixel masks through pixel centres) are described in ``labelloop.task_types.convert``.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.base_models import default_base_model, for_task, resolve
 from labelloop.errors import ParamsError
-from labelloop.params import parse_extra_params
+from labelloop.registry.base_models import default_base_model, for_task, resolve
+from labelloop.registry.params import parse_extra_params
 
 
 def test_default_is_the_recommended_nano_model_of_installed_ultralytics() -> None:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import mask2rle
 
-from labelloop.convert import annotation_to_yolo
-from labelloop.labels import TrainSpec
+from labelloop.task_types.convert import annotation_to_yolo
+from labelloop.task_types.labels import TrainSpec
 
 LABELS = ("cat", "dog")
 BRUSH = TrainSpec("segment", "brushlabels", "brush", "image", "image", LABELS)

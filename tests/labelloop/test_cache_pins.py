@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from labelloop.dataset import build_dataset, cached_fetch
-from labelloop.labels import parse_detection_config
-from labelloop.media import ImageCache, MediaConfig
-from labelloop.synthetic import LABEL_CONFIG, make_sample
+from labelloop.dataset.images import build_dataset, cached_fetch
+from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.labelstudio.media import ImageCache, MediaConfig
+from labelloop.task_types.labels import parse_detection_config
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 
@@ -124,7 +124,7 @@ def test_a_rebuild_after_eviction_does_not_download_the_dataset_images_again(
 PREDICT_LOOP = """
 import sys, time
 from pathlib import Path
-from labelloop.media import ImageCache, MediaConfig
+from labelloop.labelstudio.media import ImageCache, MediaConfig
 cache_dir, url, cap, until = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 config = MediaConfig(None, None, allow_hosts=("127.0.0.1",), cache_max_bytes=cap)
 rounds = 0
@@ -194,7 +194,7 @@ def test_a_kept_image_moves_to_the_other_split_from_the_datasets_own_link(
 PIN_AND_WAIT = """
 import sys, time
 from pathlib import Path
-from labelloop.media import ImageCache, MediaConfig
+from labelloop.labelstudio.media import ImageCache, MediaConfig
 cache_dir, url = Path(sys.argv[1]), sys.argv[2]
 with ImageCache(cache_dir, MediaConfig(None, None, allow_hosts=("127.0.0.1",))) as cache, cache.pinned():
     print(cache.get(1, url).path, flush=True)

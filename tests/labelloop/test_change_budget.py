@@ -11,8 +11,8 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from labelloop.changes import ChangeLog, ChangeLogUnusable, stream_key
-from labelloop.export import sync_tasks
+from labelloop.events.changes import ChangeLog, ChangeLogUnusable, stream_key
+from labelloop.labelstudio.export import sync_tasks
 from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import connect

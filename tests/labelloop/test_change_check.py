@@ -15,11 +15,11 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from labelloop.changes import CLOCK_SKEW_S, ChangeLog, apply_entries, entry_bytes
-from labelloop.demo import LabelStudioAPI
-from labelloop.export import differing_tasks, export_tasks, sync_tasks
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic import make_sample
+from labelloop.events.changes import CLOCK_SKEW_S, ChangeLog, apply_entries, entry_bytes
+from labelloop.labelstudio.export import differing_tasks, export_tasks, sync_tasks
 from labelloop.settings import Settings
-from labelloop.synthetic import make_sample
 from service.app import create_app
 from tests.conftest import connect, fixture
 

@@ -18,7 +18,8 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from labelloop.changes import (
+from labelloop.dev.stack import Stack, free_port
+from labelloop.events.changes import (
     ANNOTATION_FIELDS,
     TASK_FIELDS,
     ChangeLog,
@@ -30,7 +31,6 @@ from labelloop.changes import (
     stream_key,
 )
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port
 from service.app import create_app
 from tests.conftest import connect, fixture
 
@@ -258,8 +258,8 @@ def test_gaps_trims_and_a_wiped_redis_make_the_log_unusable(receiver: TestClient
 def test_a_store_written_by_this_process_is_reused_once_and_never_when_changed(tmp_path: Path) -> None:
     """``sync_tasks``' store: the state this process wrote is reused instead of parsed again, but
     only while the file is the one written, and only by one reader (it may change what it got)."""
-    from labelloop.export import _read_store, _write_store
     from labelloop.files import write_atomic
+    from labelloop.labelstudio.export import _read_store, _write_store
 
     store = tmp_path / "tasks.json"
     state = {"tasks": {"1": {"id": 1}}}
@@ -369,7 +369,7 @@ def test_a_redis_restarted_without_its_last_writes_makes_the_log_unusable(tmp_pa
 def test_the_annotation_trained_on_is_the_newest_by_time() -> None:
     """Of two annotations of a task, the one updated later is trained on, also when the earlier
     one's ``updated_at`` is printed without fractional seconds (as text it sorts last)."""
-    from labelloop.export import select_annotation
+    from labelloop.labelstudio.export import select_annotation
 
     task = {
         "annotations": [

@@ -1,4 +1,5 @@
-"""Label Studio region <-> YOLO label line and prediction conversion for every task type (labelloop.convert)."""
+"""Label Studio region <-> YOLO label line and prediction conversion for every task type
+(labelloop.task_types.convert)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from labelloop.convert import (
+from labelloop.task_types.convert import (
     annotation_to_class,
     annotation_to_yolo,
     has_rotation,
@@ -22,7 +23,7 @@ from labelloop.convert import (
     results_to_regions,
     yolo_to_regions,
 )
-from labelloop.labels import TrainSpec, parse_label_config
+from labelloop.task_types.labels import TrainSpec, parse_label_config
 
 # A non-square image, so x/width and y/height mix-ups show.
 W, H = 200, 100
@@ -385,9 +386,9 @@ BRUSH_CONFIG = (
 @pytest.mark.labelstudio
 def test_brush_annotation_exported_by_a_real_label_studio(label_studio: tuple[str, str]) -> None:
     """A brush annotation posted to Label Studio 1.23.2 and exported as JSON traces back to the drawn blobs."""
-    from labelloop.demo import LabelStudioAPI
-    from labelloop.export import export_tasks, select_annotation
-    from labelloop.synthetic import make_sample
+    from labelloop.dev.demo import LabelStudioAPI
+    from labelloop.dev.synthetic import make_sample
+    from labelloop.labelstudio.export import export_tasks, select_annotation
 
     api = LabelStudioAPI(*label_studio)
     project = api.create_project("convert brush", BRUSH_CONFIG)

@@ -1,4 +1,4 @@
-"""The learning curve's points, SVG and text (labelloop.curve)."""
+"""The learning curve's points, SVG and text (labelloop.registry.curve)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from labelloop.curve import CurvePoint, curve_points, svg_learning_curve, text_learning_curve
 from labelloop.manifest import Manifest
+from labelloop.registry.curve import CurvePoint, curve_points, svg_learning_curve, text_learning_curve
 
 SVG = "{http://www.w3.org/2000/svg}"
 

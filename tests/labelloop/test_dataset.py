@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labelloop.dataset import (
+from labelloop.dataset.images import (
     assign_splits,
     build_dataset,
     load_class_names,
@@ -15,9 +15,9 @@ from labelloop.dataset import (
     stable_names,
     store_class_names,
 )
+from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
 from labelloop.errors import DatasetError
-from labelloop.labels import TrainSpec, parse_detection_config
-from labelloop.synthetic import LABEL_CONFIG, make_sample
+from labelloop.task_types.labels import TrainSpec, parse_detection_config
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 

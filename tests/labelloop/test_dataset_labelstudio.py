@@ -18,21 +18,21 @@ import redis
 import yaml
 from PIL import Image, ImageDraw
 
-from labelloop.base_models import for_task
-from labelloop.changes import ChangeLog, label_config_digest
-from labelloop.convert import mask_to_brush
-from labelloop.dataset import build_project_dataset, project_dataset_dir
-from labelloop.demo import LabelStudioAPI
+from labelloop.dataset.images import build_project_dataset, project_dataset_dir
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.stack import Stack, free_port
+from labelloop.dev.synthetic import LABELS, Sample, make_sample
 from labelloop.errors import DatasetError, LabelConfigError
-from labelloop.export import SYNC_OVERLAP_S
+from labelloop.events.changes import ChangeLog, label_config_digest
 from labelloop.files import write_atomic
-from labelloop.params import ProjectParams, store
-from labelloop.predictor import Predictor
-from labelloop.registry import Registry
+from labelloop.labelstudio.export import SYNC_OVERLAP_S
+from labelloop.registry.base_models import for_task
+from labelloop.registry.params import ProjectParams, store
+from labelloop.registry.store import Registry
+from labelloop.serving.predictor import Predictor
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port
-from labelloop.synthetic import LABELS, Sample, make_sample
-from labelloop.training import run_training_process
+from labelloop.task_types.convert import mask_to_brush
+from labelloop.training.child import run_training_process
 
 pytestmark = pytest.mark.labelstudio  # every test here reads a real Label Studio
 
@@ -554,7 +554,7 @@ def test_pipeline_versions_of_other_task_types(
     manifest records), the next fine-tunes it and is gated against it on the task's
     own metric (top-1 accuracy for classify, mask mAP50-95 for segment); the manifest carries the task,
     the control tag, the class ids and the dataset report."""
-    from labelloop.pipeline import run_training
+    from labelloop.jobs.pipeline import run_training
 
     task = EXPECT[kind][0]
     pid, _ = project(api, kind)
@@ -619,7 +619,7 @@ def test_uploads_read_from_a_mounted_media_folder(
     assert from_disk.report.images_downloaded == 5 and from_disk.report.skipped == []
     assert from_disk.report.fingerprint == downloaded.report.fingerprint
 
-    from labelloop.media import ImageCache, MediaConfig
+    from labelloop.labelstudio.media import ImageCache, MediaConfig
 
     task: Any = api.sdk.tasks.list(project=pid).items[0]
     config = MediaConfig(url, "not-a-valid-token", media_dir=label_studio_data_dir / "media")

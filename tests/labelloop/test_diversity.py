@@ -1,4 +1,4 @@
-"""labelloop.diversity: first picks that cover the data, typical before outlier, no tie broken by id."""
+"""labelloop.serving.diversity: first picks that cover the data, typical before outlier, no tie broken by id."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labelloop.diversity import (
+from labelloop.dev.synthetic import make_sample
+from labelloop.serving.diversity import (
     cluster_count,
     descriptor,
     informative,
@@ -16,7 +17,6 @@ from labelloop.diversity import (
     rank_scores,
     typicality,
 )
-from labelloop.synthetic import make_sample
 
 
 def blobs(k: int, per: int, dim: int = 8, spread: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.dataset import load_class_names, store_class_names
+from labelloop.dataset.images import load_class_names, store_class_names
 from labelloop.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,12 +67,12 @@ def test_class_ids_survive_a_failed_sync(tmp_path: Path, monkeypatch: pytest.Mon
 # Modules that rename files into place themselves, and why they may.
 OWN_RENAMES = {
     "labelloop/files.py": "write_atomic itself",
-    "labelloop/registry.py": "fsyncs files and folders around its renames (publish, CURRENT)",
-    "labelloop/media.py": "image cache files: a lost one is fetched again",
-    "labelloop/cache_pins.py": "pins of a running build, removed with it",
-    "labelloop/training.py": "progress and result files of a run folder, removed with the run",
-    "labelloop/model_export.py": "fsyncs an export's files and folders around its rename",
-    "labelloop/video_media.py": "video cache files, as media.py's images: a lost one is fetched again",
+    "labelloop/registry/store.py": "fsyncs files and folders around its renames (publish, CURRENT)",
+    "labelloop/labelstudio/media.py": "image cache files: a lost one is fetched again",
+    "labelloop/labelstudio/cache_pins.py": "pins of a running build, removed with it",
+    "labelloop/training/child.py": "progress and result files of a run folder, removed with the run",
+    "labelloop/registry/model_export.py": "fsyncs an export's files and folders around its rename",
+    "labelloop/labelstudio/video_media.py": "video cache files, as media.py's images: a lost one is fetched again",
 }
 
 
@@ -94,9 +94,9 @@ def test_a_dataset_state_is_never_written_before_its_label_files_are_synced(
 ) -> None:
     """A rebuild whose label files cannot be synced fails before its state file records them: the state
     still describes the previous build (label files are synced together, then the state)."""
-    from labelloop.dataset import STATE_FILE, build_dataset, local_images
-    from labelloop.labels import parse_detection_config
-    from labelloop.synthetic import LABEL_CONFIG, make_sample
+    from labelloop.dataset.images import STATE_FILE, build_dataset, local_images
+    from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+    from labelloop.task_types.labels import parse_detection_config
 
     files, tasks = {}, []
     for i in range(1, 5):

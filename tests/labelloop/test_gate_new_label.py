@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.dataset import build_dataset, local_images
-from labelloop.labels import parse_detection_config
+from labelloop.dataset.images import build_dataset, local_images
+from labelloop.dev.synthetic import LABELS, make_sample, rectangle_config
+from labelloop.jobs.pipeline import Candidate, gate_and_publish, plan_training
 from labelloop.manifest import TrainingResult
-from labelloop.pipeline import Candidate, gate_and_publish, plan_training
-from labelloop.promotion import comparable, decide_promotion
-from labelloop.registry import Registry
+from labelloop.registry.promotion import comparable, decide_promotion
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
-from labelloop.synthetic import LABELS, make_sample, rectangle_config
-from labelloop.training import run_training_process
+from labelloop.task_types.labels import parse_detection_config
+from labelloop.training.child import run_training_process
 from tests.conftest import served_images_dataset
 
 SQUARE = {"ap50": 0.9, "map50_95": 0.6, "precision": 0.8, "recall": 0.7}

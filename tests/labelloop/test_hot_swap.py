@@ -15,12 +15,12 @@ import httpx
 import redis
 
 from labelloop import keys
-from labelloop.labels import parse_detection_config
-from labelloop.media import MediaConfig
-from labelloop.predictor import LISTENER_NAME, Predictor
-from labelloop.registry import Registry
-from labelloop.stack import Stack, free_port, wait_until
-from labelloop.synthetic import LABEL_CONFIG
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.dev.synthetic import LABEL_CONFIG
+from labelloop.labelstudio.media import MediaConfig
+from labelloop.registry.store import Registry
+from labelloop.serving.predictor import LISTENER_NAME, Predictor
+from labelloop.task_types.labels import parse_detection_config
 
 PROJECT = 11
 SPEC = parse_detection_config(LABEL_CONFIG)

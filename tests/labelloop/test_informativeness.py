@@ -1,4 +1,4 @@
-"""labelloop.informativeness: the strategies, the aggregation over boxes and the score's direction."""
+"""labelloop.task_types.informativeness: the strategies, the aggregation over boxes and the score's direction."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import get_args
 import numpy as np
 import pytest
 
-from labelloop.informativeness import (
+from labelloop.registry.params import ProjectParams
+from labelloop.settings import Settings
+from labelloop.task_types.informativeness import (
     NO_DETECTION,
     STRATEGIES,
     box_distribution,
@@ -17,8 +19,6 @@ from labelloop.informativeness import (
     prediction_score,
     uncertainty,
 )
-from labelloop.params import ProjectParams
-from labelloop.settings import Settings
 
 # (strategy, box confidences, class scores per box or None, expected informativeness)
 DETECTION = [

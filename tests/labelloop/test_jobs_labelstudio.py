@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from labelloop import keys
-from labelloop.demo import LabelStudioAPI
-from labelloop.jobs import Jobs
-from labelloop.ledger import PROJECTS_KEY, normalize_ts, parse_ts
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic import make_sample
+from labelloop.events.ledger import PROJECTS_KEY, normalize_ts, parse_ts
+from labelloop.jobs.jobs import Jobs
 from labelloop.settings import Settings
-from labelloop.synthetic import make_sample
 
 
 @pytest.mark.labelstudio

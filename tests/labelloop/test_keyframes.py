@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.stack import LABEL_STUDIO_VERSION
+from labelloop.dev.stack import LABEL_STUDIO_VERSION
 from labelloop.task_types import keyframes
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "label-studio"

@@ -1,10 +1,10 @@
-"""labelloop.label_quality: cleanlab's ObjectLab scores and the suspected kind of mistake, per task."""
+"""labelloop.quality.label_quality: cleanlab's ObjectLab scores and the suspected kind of mistake, per task."""
 
 from __future__ import annotations
 
 import pytest
 
-from labelloop.label_quality import (
+from labelloop.quality.label_quality import (
     BADLY_PLACED,
     EXTRA,
     MISSED,
@@ -13,7 +13,7 @@ from labelloop.label_quality import (
     boxes_from_result,
     score_tasks,
 )
-from labelloop.mistakes import pick_versions
+from labelloop.quality.mistakes import pick_versions
 
 CLASSES = ["circle", "square"]
 

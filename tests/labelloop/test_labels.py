@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from labelloop.convert import annotation_to_yolo
+from labelloop.dev.synthetic import LABEL_CONFIG
 from labelloop.errors import LabelConfigError
-from labelloop.labels import (
+from labelloop.task_types.convert import annotation_to_yolo
+from labelloop.task_types.labels import (
     TrainSpec,
     parse_detection_config,
     parse_label_config,
     rectangle_to_yolo,
     xyxy_to_rectangle,
 )
-from labelloop.synthetic import LABEL_CONFIG
 from tests.conftest import fixture
 
 SPEC = TrainSpec("detect", "rectanglelabels", "label", "image", "image", ("cat", "dog"))

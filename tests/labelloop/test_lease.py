@@ -1,4 +1,4 @@
-"""A training run's hold on its project (``labelloop.lease``) and what ``Jobs.train`` does with it
+"""A training run's hold on its project (``labelloop.jobs.lease``) and what ``Jobs.train`` does with it
 when deliveries are duplicated, superseded, killed or meet a transient error: real Redis, real
 processes killed with SIGKILL, a Label Studio address that hangs or refuses."""
 
@@ -18,14 +18,14 @@ import redis
 from structlog.testing import capture_logs
 
 from labelloop import keys
+from labelloop.dev.stack import Stack, free_port, wait_until
 from labelloop.errors import LabelStudioUnavailable
-from labelloop.jobs import Jobs
-from labelloop.lease import RunLease, RunRecords, renewed_lock
-from labelloop.progress import ProgressStore
-from labelloop.runs import runs_dir
+from labelloop.jobs.jobs import Jobs
+from labelloop.jobs.lease import RunLease, RunRecords, renewed_lock
+from labelloop.jobs.progress import ProgressStore
+from labelloop.jobs.trigger import TriggerStore
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port, wait_until
-from labelloop.trigger import TriggerStore
+from labelloop.training.runs import runs_dir
 
 
 def settings_for(redis_url: str, tmp_path: Path, ls_url: str, **extra: Any) -> Settings:
@@ -71,7 +71,7 @@ def test_a_delivery_of_a_run_another_run_holds_does_not_train(redis_url: str, tm
 TRAIN_IN_A_CHILD = """
 import sys
 import threading
-from labelloop.jobs import Jobs
+from labelloop.jobs.jobs import Jobs
 from labelloop.settings import Settings
 Jobs(Settings(), lambda *a: None).train(int(sys.argv[1]), sys.argv[2], None, lambda meta: None)
 """

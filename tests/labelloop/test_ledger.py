@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from labelloop.ledger import Ledger, annotations_in_export, diff, is_newer, normalize_ts
+from labelloop.events.ledger import Ledger, annotations_in_export, diff, is_newer, normalize_ts
 
 
 @pytest.mark.parametrize(

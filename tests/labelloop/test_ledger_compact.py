@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 
 from labelloop import keys
-from labelloop.ledger import Ledger, normalize_ts
+from labelloop.events.ledger import Ledger, normalize_ts
 
 N = 5_000
 

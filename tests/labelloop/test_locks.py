@@ -17,11 +17,11 @@ from celery import Celery
 from structlog.testing import capture_logs
 
 from labelloop import keys
-from labelloop.jobs import Jobs
-from labelloop.lease import RunRecords
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.jobs.jobs import Jobs
+from labelloop.jobs.lease import RunRecords
 from labelloop.names import QUEUE_TRAIN
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port, wait_until
 from workers.celery_app import create_celery
 
 ANNOTATION = [(101, "2026-12-06T10:00:00.000000Z")]
@@ -194,7 +194,7 @@ def test_a_delivery_takes_its_run_back_only_while_no_other_delivery_claimed_it(r
     """When a running delivery's owner key expired (Redis away longer than its TTL) and the lock
     still names its run, its next renewal takes the claim back; once another delivery of the run
     claimed the lock meanwhile, the renewal reports it lost and leaves the other's claim alone."""
-    from labelloop.trigger import TriggerStore
+    from labelloop.jobs.trigger import TriggerStore
 
     client = redis.Redis.from_url(redis_url)
     store = TriggerStore(client, lock_ttl_s=86400, run_ttl_s=1)

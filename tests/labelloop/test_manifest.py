@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from labelloop.manifest import Manifest, Promotion, TrainingJob, TrainingResult
-from labelloop.registry import Registry
+from labelloop.registry.store import Registry
 
 
 def test_an_old_manifest_loads_with_defaults_and_keeps_unknown_keys(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ def test_the_registry_completes_the_manifest_and_reads_it_typed(tmp_path: Path) 
 
 
 def test_training_job_and_result_keep_the_training_process_json() -> None:
-    """The job is the flat JSON ``labelloop.training.train`` reads (recipe extras merged in); the
+    """The job is the flat JSON ``labelloop.training.child.train`` reads (recipe extras merged in); the
     result ignores keys it does not know."""
     job = TrainingJob(
         weights="yolo26n.yaml",
@@ -60,7 +60,7 @@ def test_a_manifest_keeps_counts_not_lists_that_grow_with_the_tasks(tmp_path: Pa
     """A version trained on 5,000 tasks with 3,000 skipped, 4,000 dropped regions and 2,500
     pseudo-labelled tasks writes a manifest of a few KiB: each of those lists keeps its first
     SAMPLE items and its length in ``<key>_total``; the counts stay whole and a reread changes nothing."""
-    from labelloop.dataset import DatasetReport
+    from labelloop.dataset.images import DatasetReport
     from labelloop.manifest import SAMPLE, PseudoLabels
 
     report = DatasetReport(tasks_exported=5000)

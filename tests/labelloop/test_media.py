@@ -1,4 +1,4 @@
-"""labelloop.media against real servers: a local HTTP server (faults served, not mocked), real
+"""labelloop.labelstudio.media against real servers: a local HTTP server (faults served, not mocked), real
 files, a real Label Studio (uploads, Local Storage, S3 presign through moto)."""
 
 from __future__ import annotations
@@ -25,11 +25,18 @@ import httpx
 import pytest
 from PIL import Image
 
-from labelloop.demo import LabelStudioAPI
-from labelloop.media import CachedImage, ImageCache, MediaConfig, MediaError, media_path_refusal, presign_path
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.stack import free_port
+from labelloop.dev.synthetic import make_sample
+from labelloop.labelstudio.media import (
+    CachedImage,
+    ImageCache,
+    MediaConfig,
+    MediaError,
+    media_path_refusal,
+    presign_path,
+)
 from labelloop.settings import Settings
-from labelloop.stack import free_port
-from labelloop.synthetic import make_sample
 
 # A served file -----------------------------------------------------------------------------
 
@@ -258,7 +265,7 @@ def network(monkeypatch: pytest.MonkeyPatch) -> Network:
     ``names`` too, and sockets reach loopback only: an address in ``routes`` is routed to a
     loopback server, any other one is unreachable, so no test packet leaves the machine
     whatever the code under test tries."""
-    import labelloop.media as media_mod
+    import labelloop.labelstudio.media as media_mod
 
     net = Network()
     resolve, connect = media_mod._resolve, httpcore.SyncBackend.connect_tcp
@@ -470,7 +477,7 @@ def ls_config(ls: Server, **kw: Any) -> MediaConfig:
 def test_internal_addresses(address: str, reason: str | None) -> None:
     """Every non-global address is internal, with its reason; an IPv4 address carried in an
     IPv6 one is judged as that IPv4 address; global unicast addresses are not internal."""
-    from labelloop.media import _internal_reason
+    from labelloop.labelstudio.media import _internal_reason
 
     assert _internal_reason(address) == reason
 
@@ -983,7 +990,7 @@ def test_uploads_are_hard_linked_else_copied(
 def test_upload_symlinks_and_size_limit(cache_dir: Path, tmp_path: Path) -> None:
     """A symlink in the media folder is followed only when it stays inside it; the size limit
     applies to uploads read from disk; a link target swapped for a symlink is refused."""
-    from labelloop.media import _LocalFile
+    from labelloop.labelstudio.media import _LocalFile
 
     media = tmp_path / "media"
     up = media / "upload" / "1"
@@ -1063,7 +1070,7 @@ def test_cpu_work_runs_on_at_most_cpu_count_threads(
 ) -> None:
     """Reading and decoding mounted files is limited to one thread per CPU, whatever
     ``threads`` is (more only fight over the GIL)."""
-    import labelloop.media as media_mod
+    import labelloop.labelstudio.media as media_mod
 
     up = tmp_path / "media" / "upload" / "1"
     up.mkdir(parents=True)
@@ -1313,7 +1320,7 @@ def test_label_studio_cloud_presign(ls: tuple[str, str, Path], moto_s3: str, cac
 def test_not_an_image_after_ultralytics_patched_pillow(tmp_path: Path) -> None:
     """Importing ultralytics replaces ``PIL.Image.open`` with a wrapper that tries to install a HEIF
     plugin on unknown files; a non-image is still a plain "not an image" (as in predict workers)."""
-    from labelloop.media import _decode
+    from labelloop.labelstudio.media import _decode
     from labelloop.yolo_env import prepare_ultralytics
 
     prepare_ultralytics(tmp_path / "yolo")

@@ -1,4 +1,4 @@
-"""labelloop.mistakes against a real Label Studio and a real trained version: scores in the task data,
+"""labelloop.quality.mistakes against a real Label Studio and a real trained version: scores in the task data,
 the mistakes tab worst first, annotations untouched."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from labelloop import labelstudio
-from labelloop.demo import LabelStudioAPI
-from labelloop.jobs import Jobs
-from labelloop.media import MediaConfig
-from labelloop.mistakes import QUALITY_KEY, SUSPECTED_KEY, score_project
-from labelloop.mistakes_report import read_report
-from labelloop.predictor import Predictor
-from labelloop.registry import Registry
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.jobs.jobs import Jobs
+from labelloop.labelstudio import client as labelstudio
+from labelloop.labelstudio.media import MediaConfig
+from labelloop.labelstudio.tabs import MISTAKES_TAB_TITLE, ensure_tab, mistakes_tab_data
+from labelloop.quality.mistakes import QUALITY_KEY, SUSPECTED_KEY, score_project
+from labelloop.quality.mistakes_report import read_report
+from labelloop.registry.store import Registry
+from labelloop.serving.predictor import Predictor
 from labelloop.settings import Settings
-from labelloop.synthetic import LABEL_CONFIG, make_sample
-from labelloop.tabs import MISTAKES_TAB_TITLE, ensure_tab, mistakes_tab_data
 
 CLASSIFY_CONFIG = """<View><Image name="image" value="$image"/>
 <Choices name="choice" toName="image"><Choice value="cat"/><Choice value="dog"/></Choices></View>"""

@@ -1,4 +1,4 @@
-"""The model card (``labelloop.model_card``) and the export's refusals (``labelloop.model_export``),
+"""The model card (``labelloop.registry.model_card``) and the export's refusals (``labelloop.registry.model_export``),
 against a real registry on disk and the real command line; no training."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from labelloop.manifest import Manifest
-from labelloop.model_card import model_card, score_threshold, serving_imgsz
-from labelloop.model_export import UnknownFormatError, downloads, missing_packages
-from labelloop.registry import Registry
+from labelloop.registry.model_card import model_card, score_threshold, serving_imgsz
+from labelloop.registry.model_export import UnknownFormatError, downloads, missing_packages
+from labelloop.registry.store import Registry
 
 
 def _registry(tmp_path: Path) -> Registry:

@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from labelloop.errors import ParamsError
-from labelloop.params import ProjectParams, load, parse_extra_params, store
+from labelloop.registry.params import ProjectParams, load, parse_extra_params, store
 from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import fixture

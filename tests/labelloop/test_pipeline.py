@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from labelloop.jobs.pipeline import Candidate, gate_and_publish, plan_training
 from labelloop.manifest import TrainingResult
-from labelloop.pipeline import Candidate, gate_and_publish, plan_training
-from labelloop.registry import Registry
-from labelloop.runs import runs_dir
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
+from labelloop.training.runs import runs_dir
 from tests.conftest import served_images_dataset
 
 

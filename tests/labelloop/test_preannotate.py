@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import redis
 
-from labelloop.labels import parse_detection_config
-from labelloop.media import MediaConfig
-from labelloop.preannotate import Generation, cluster_offset, ranked_picks, superseded_by
-from labelloop.predictor import Predictor
-from labelloop.registry import Registry
-from labelloop.synthetic import LABEL_CONFIG
+from labelloop.dev.synthetic import LABEL_CONFIG
+from labelloop.labelstudio.media import MediaConfig
+from labelloop.registry.store import Registry
+from labelloop.serving.preannotate import Generation, cluster_offset, ranked_picks, superseded_by
+from labelloop.serving.predictor import Predictor
+from labelloop.task_types.labels import parse_detection_config
 
 PROJECT = 5
 
@@ -112,7 +112,7 @@ def test_spool_reads_from_many_threads_at_once():
     file position): every read gives back what was appended at that index."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from labelloop.preannotate import _Spool
+    from labelloop.serving.preannotate import _Spool
 
     spool = _Spool()
     try:

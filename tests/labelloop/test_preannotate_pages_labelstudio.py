@@ -14,12 +14,12 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from labelloop import task_pages
-from labelloop.media import MediaConfig
-from labelloop.preannotate import preannotate_project
-from labelloop.predictor import Predictor
-from labelloop.registry import Registry
-from labelloop.synthetic import LABEL_CONFIG, make_sample
+from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.labelstudio import task_pages
+from labelloop.labelstudio.media import MediaConfig
+from labelloop.registry.store import Registry
+from labelloop.serving.preannotate import preannotate_project
+from labelloop.serving.predictor import Predictor
 
 PAGE = 7
 

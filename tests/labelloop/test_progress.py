@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from labelloop.progress import ProgressStore
+from labelloop.jobs.progress import ProgressStore
 
 
 def test_progress_cancel_and_clear(redis_url: str) -> None:

@@ -10,13 +10,14 @@ import httpx
 import pytest
 import redis
 
-from labelloop import keys, project_webhook
-from labelloop.demo import LabelStudioAPI
-from labelloop.jobs import Jobs
-from labelloop.ledger import PROJECTS_KEY
+from labelloop import keys
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.dev.synthetic import make_sample
+from labelloop.events import project_webhook
+from labelloop.events.ledger import PROJECTS_KEY
+from labelloop.jobs.jobs import Jobs
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port, wait_until
-from labelloop.synthetic import make_sample
 from service.ops import status
 
 BASIC_AUTH = ("labelstudio", "ml-backend-password")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labelloop.promotion import decide_promotion
+from labelloop.registry.promotion import decide_promotion
 
 C = {"map50_95": 0.50, "map50": 0.70, "precision": 0.6, "recall": 0.5}
 
@@ -59,7 +59,7 @@ def test_gate_allows_for_the_noise_of_a_small_validation_split(
 def test_noise_is_never_zero_on_a_tiny_split() -> None:
     """2 of 2 right for both models still carries the uncertainty of 2 images (shrunk proportions),
     and the noise falls with the square root of the split's size."""
-    from labelloop.promotion import noise_margin
+    from labelloop.registry.promotion import noise_margin
 
     assert noise_margin(1.0, 1.0, 2) > 0.3
     assert noise_margin(0.5, 0.5, 8) == pytest.approx(0.25)

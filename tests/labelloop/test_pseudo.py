@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from labelloop.dataset import BuildResult, DatasetReport, val_score
-from labelloop.labels import parse_detection_config
-from labelloop.pseudo import (
+from labelloop.dataset.images import BuildResult, DatasetReport, val_score
+from labelloop.dataset.pseudo import (
     ImagePrediction,
     Region,
     cap_for,
@@ -21,9 +20,10 @@ from labelloop.pseudo import (
     unlabeled_pool,
     write_overlay,
 )
-from labelloop.registry import ModelVersion
+from labelloop.dev.synthetic import LABEL_CONFIG
+from labelloop.registry.store import ModelVersion
 from labelloop.settings import Settings
-from labelloop.synthetic import LABEL_CONFIG
+from labelloop.task_types.labels import parse_detection_config
 
 
 def image(task_id: int, *confs: float) -> ImagePrediction:

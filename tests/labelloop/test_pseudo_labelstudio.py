@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from labelloop import pipeline
-from labelloop.dataset import project_dataset_dir, val_score
-from labelloop.demo import LabelStudioAPI
+from labelloop.dataset.images import project_dataset_dir, val_score
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic import make_sample
+from labelloop.jobs import pipeline
 from labelloop.settings import Settings
-from labelloop.synthetic import make_sample
 
 pytestmark = pytest.mark.labelstudio
 

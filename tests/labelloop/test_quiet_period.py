@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from labelloop.jobs import Jobs
+from labelloop.dev.stack import wait_until
+from labelloop.jobs.jobs import Jobs
+from labelloop.jobs.progress import ProgressStore
+from labelloop.jobs.trigger import TriggerState
 from labelloop.names import TASK_TRAIN
-from labelloop.progress import ProgressStore
 from labelloop.settings import Settings
-from labelloop.stack import wait_until
-from labelloop.trigger import TriggerState
 
 N = 10
 WAITING = "waiting for a quiet period"

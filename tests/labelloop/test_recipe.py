@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from labelloop.recipe import (
+from labelloop.dataset import long_side_p90
+from labelloop.training.recipe import (
     BEST_CHECKPOINT_MIN_VAL,
     MIN_STEPS_PER_EPOCH,
     STEPS_FIRST,
     STEPS_WARM,
     DataShape,
     auto_imgsz,
-    long_side_p90,
     plan_recipe,
 )
 

@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 
 from labelloop.errors import CurrentMovedError, RegistryError
-from labelloop.registry import Registry
+from labelloop.registry.store import Registry
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_crash_while_publishing_keeps_the_current_version(tmp_path: Path, weight
     """A failure while writing a version leaves CURRENT and the versions as they were, and no temp dirs."""
     reg = Registry(tmp_path)
     reg.publish(2, weights, {})
-    with mock.patch("labelloop.registry.os.rename", side_effect=OSError("disk full")), pytest.raises(OSError):
+    with mock.patch("labelloop.registry.store.os.rename", side_effect=OSError("disk full")), pytest.raises(OSError):
         reg.publish(2, weights, {})
     assert reg.current_name(2) == "v1"
     assert sorted(p.name for p in (tmp_path / "2" / "versions").iterdir()) == ["v1"]
@@ -58,7 +58,7 @@ def test_crash_while_moving_current_keeps_the_old_pointer(tmp_path: Path, weight
     """If replacing CURRENT fails, the old pointer stays intact (no half-written file)."""
     reg = Registry(tmp_path)
     reg.publish(2, weights, {})
-    with mock.patch("labelloop.registry.os.replace", side_effect=OSError("boom")), pytest.raises(OSError):
+    with mock.patch("labelloop.registry.store.os.replace", side_effect=OSError("boom")), pytest.raises(OSError):
         reg.publish(2, weights, {})
     assert reg.current_name(2) == "v1"
     assert not [p for p in os.listdir(tmp_path / "2") if p.startswith(".CURRENT-")]
@@ -138,7 +138,7 @@ def test_an_emptied_manifest_degrades_instead_of_failing(tmp_path: Path, weights
 
 def _in_another_process(code: str, root: Path) -> str:
     """Run ``code`` with ``reg = Registry(root)`` in a fresh Python process; its stdout."""
-    script = "from pathlib import Path\nfrom labelloop.registry import Registry\n"
+    script = "from pathlib import Path\nfrom labelloop.registry.store import Registry\n"
     script += f"reg = Registry(Path({str(root)!r}))\n{code}"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -170,7 +170,7 @@ def test_the_registry_lock_is_held_across_processes(tmp_path: Path, weights: Pat
         [
             sys.executable,
             "-c",
-            "import sys\nfrom pathlib import Path\nfrom labelloop.registry import Registry\n"
+            "import sys\nfrom pathlib import Path\nfrom labelloop.registry.store import Registry\n"
             f"reg = Registry(Path({str(tmp_path)!r}))\n"
             "with reg.lock(1):\n    print('held', flush=True)\n    sys.stdin.readline()\n"
             "    reg.set_current(1, 'v1', reason='rollback')\n",

@@ -9,12 +9,12 @@ import pytest
 import redis
 
 from labelloop import keys
-from labelloop.demo import LabelStudioAPI
-from labelloop.jobs import Jobs
-from labelloop.registry import Registry
-from labelloop.retired_predictions import model_versions
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic import make_sample
+from labelloop.jobs.jobs import Jobs
+from labelloop.labelstudio.retired_predictions import model_versions
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
-from labelloop.synthetic import make_sample
 
 
 @pytest.mark.labelstudio

@@ -9,15 +9,16 @@ from typing import Any
 import pytest
 import redis
 
-from labelloop import keys, retired_projects
-from labelloop.demo import LabelStudioAPI
-from labelloop.jobs import Jobs
-from labelloop.media import MediaConfig
-from labelloop.preannotate import Generation, superseded_by
-from labelloop.predictor import Predictor
-from labelloop.registry import Registry
+from labelloop import keys
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic import make_sample
+from labelloop.events import retired_projects
+from labelloop.jobs.jobs import Jobs
+from labelloop.labelstudio.media import MediaConfig
+from labelloop.registry.store import Registry
+from labelloop.serving.preannotate import Generation, superseded_by
+from labelloop.serving.predictor import Predictor
 from labelloop.settings import Settings
-from labelloop.synthetic import make_sample
 from service.ops import status
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from labelloop.errors import TrainingError
-from labelloop.runs import remove_leftovers, run_directory, runs_dir
-from labelloop.training import run_training_process
+from labelloop.training.child import run_training_process
+from labelloop.training.runs import remove_leftovers, run_directory, runs_dir
 
 
 def test_a_run_directory_is_removed_when_the_run_ends_well_or_badly(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_leftovers_of_a_killed_process_are_removed_but_a_live_run_is_kept(tmp_pa
     """A run directory whose process was SIGKILLed (no cleanup ran) is removed by the next run, while the
     directory of a run still alive in another process is kept."""
     code = (
-        "import os, signal, sys, time\nfrom pathlib import Path\nfrom labelloop.runs import run_directory\n"
+        "import os, signal, sys, time\nfrom pathlib import Path\nfrom labelloop.training.runs import run_directory\n"
         f"with run_directory(Path({str(tmp_path)!r}), 1, sys.argv[1]) as path:\n"
         "    (path / 'dataset').mkdir()\n    print('PATH', path, flush=True)\n"
         "    if sys.argv[1] == 'killed':\n        os.kill(os.getpid(), signal.SIGKILL)\n"

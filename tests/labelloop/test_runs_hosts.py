@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.runs import FOREIGN_STALE_S, remove_leftovers, run_directory, runs_dir
+from labelloop.training.runs import FOREIGN_STALE_S, remove_leftovers, run_directory, runs_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def on_host(host: str, code: str, *args: str, own_pids: bool = False) -> subproc
 
 
 HOLD_RUN = (
-    "import sys\nfrom pathlib import Path\nfrom labelloop.runs import run_directory\n"
+    "import sys\nfrom pathlib import Path\nfrom labelloop.training.runs import run_directory\n"
     "with run_directory(Path(sys.argv[1]), 1, 'r1') as path:\n"
     "    (path / 'weights.pt').write_bytes(b'x')\n    print('PATH', path, flush=True)\n"
     "    if sys.argv[2] == 'hold':\n        sys.stdin.readline()\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from labelloop.scoring import Det, average_precision, edits, iou, regions_to_dets, score
+from labelloop.training.scoring import Det, average_precision, edits, iou, regions_to_dets, score
 
 
 def test_scoring_hand_cases() -> None:

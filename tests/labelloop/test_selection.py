@@ -1,4 +1,4 @@
-"""``labelloop.selection``: a selection predicted in chunks within a deadline, with real Ultralytics
+"""``labelloop.serving.selection``: a selection predicted in chunks within a deadline, with real Ultralytics
 (an untrained yolov8n saved as a base .pt) on the image server's generated images."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
+from labelloop.dev.synthetic import LABEL_CONFIG
 from labelloop.errors import UnavailableError
-from labelloop.labels import parse_detection_config
-from labelloop.media import MediaConfig
-from labelloop.predictor import Predictor
-from labelloop.registry import Registry
-from labelloop.selection import deadline_s, predict_selection
+from labelloop.labelstudio.media import MediaConfig
+from labelloop.registry.store import Registry
+from labelloop.serving.predictor import Predictor
+from labelloop.serving.selection import deadline_s, predict_selection
 from labelloop.settings import Settings
-from labelloop.synthetic import LABEL_CONFIG
+from labelloop.task_types.labels import parse_detection_config
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 PROJECT = 61

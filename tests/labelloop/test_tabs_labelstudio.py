@@ -1,4 +1,4 @@
-"""labelloop.tabs against a real Label Studio: the tab lists unlabeled tasks, most informative first."""
+"""labelloop.labelstudio.tabs against a real Label Studio: the tab lists unlabeled tasks, most informative first."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from labelloop.demo import LabelStudioAPI
-from labelloop.informativeness import detection_informativeness, most_informative_first, prediction_score
-from labelloop.synthetic import LABEL_CONFIG, make_sample
-from labelloop.tabs import TAB_TITLE, ensure_tab, tab_data
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.labelstudio.tabs import TAB_TITLE, ensure_tab, tab_data
+from labelloop.task_types.informativeness import detection_informativeness, most_informative_first, prediction_score
 
 
 def _tab_task_ids(api: LabelStudioAPI, pid: int, view_id: int) -> list[int]:

@@ -49,7 +49,7 @@ def test_readme_names_the_module_of_every_row() -> None:
 def test_the_label_config_picks_task_types_from_their_control_tags() -> None:
     """Which control tag trains which task comes from the task types' ``control_tags``; obb
     (rotated rectangles) and pose (paired tags) are never picked by one tag alone."""
-    from labelloop.labels import _REGION_TYPE, _TASK_OF
+    from labelloop.task_types.labels import _REGION_TYPE, _TASK_OF
 
     assert _TASK_OF == {
         tag: name for name, kind in TASK_TYPES.items() if kind.trained_alone for tag in kind.control_tags

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from labelloop.manifest import Manifest, ShowConf
-from labelloop.scoring import Det, edits
-from labelloop.threshold import (
+from labelloop.training.scoring import Det, edits
+from labelloop.training.threshold import (
     NOTHING,
     PRIOR_OBJECTS,
     choose,
@@ -176,9 +176,9 @@ def test_a_real_training_records_its_threshold_in_the_manifest(
     """A real training's child measures the display threshold on its val split (objects and images counted from
     the dataset, prior = predict_conf) and the version's manifest, as the pipeline writes and the registry reads
     it, holds it; the training job carries predict_conf as the prior."""
+    from labelloop.jobs.pipeline import plan_training, version_manifest
     from labelloop.manifest import TrainingResult
-    from labelloop.pipeline import plan_training, version_manifest
-    from labelloop.registry import Registry
+    from labelloop.registry.store import Registry
     from labelloop.settings import Settings
     from tests.conftest import served_images_dataset
 
@@ -208,11 +208,11 @@ def test_predictor_hides_regions_below_the_version_threshold_and_keeps_the_score
     """A version whose manifest has a display threshold returns only the regions at or above it, with the task's
     score as without it; LABELLOOP_SHOW_CONF overrides the version's, the extra param overrides both; a threshold
     below predict_conf shows the regions down to it while the score still counts the boxes above predict_conf."""
-    from labelloop.labels import parse_detection_config
-    from labelloop.media import MediaConfig
-    from labelloop.predictor import Predictor
-    from labelloop.registry import Registry
-    from labelloop.synthetic import LABEL_CONFIG
+    from labelloop.dev.synthetic import LABEL_CONFIG
+    from labelloop.labelstudio.media import MediaConfig
+    from labelloop.registry.store import Registry
+    from labelloop.serving.predictor import Predictor
+    from labelloop.task_types.labels import parse_detection_config
 
     spec = parse_detection_config(LABEL_CONFIG)
     base_url, _ = image_server

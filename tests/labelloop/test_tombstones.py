@@ -1,7 +1,7 @@
 """Tombstones on every path: whatever order webhooks arrive in and however builds interleave reads
 of Label Studio with the change log, the dataset ends equal to Label Studio's export.
 
-Webhooks go through the real receiver into a real Redis; builds are ``labelloop.export.sync_tasks``
+Webhooks go through the real receiver into a real Redis; builds are ``labelloop.labelstudio.export.sync_tasks``
 with the real change log. Label Studio is a small in-memory model (``FakeLabelStudio``) that
 keeps tasks and annotations the way Label Studio 1.23.2 does (counters, export of annotated tasks
 only, webhook bodies from the captured fixtures): a property test needs hundreds of histories.
@@ -24,9 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from labelloop.changes import ChangeLog
-from labelloop.export import sync_tasks
-from labelloop.ledger import normalize_ts
+from labelloop.events.changes import ChangeLog
+from labelloop.events.ledger import normalize_ts
+from labelloop.labelstudio.export import sync_tasks
 from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import connect, fixture

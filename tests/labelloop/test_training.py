@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
 from labelloop.errors import TrainingError
-from labelloop.labels import parse_detection_config
-from labelloop.media import MediaConfig
-from labelloop.predictor import Predictor
-from labelloop.registry import Registry
-from labelloop.synthetic import LABEL_CONFIG, make_sample
-from labelloop.training import run_training_process
+from labelloop.labelstudio.media import MediaConfig
+from labelloop.registry.store import Registry
+from labelloop.serving.predictor import Predictor
+from labelloop.task_types.labels import parse_detection_config
+from labelloop.training.child import run_training_process
 
 pytestmark = pytest.mark.slow  # every test here trains with real Ultralytics
 
@@ -131,7 +131,7 @@ def test_training_reports_epochs_and_can_be_cancelled(trained: dict, tmp_path: P
 
 def _synthetic_dataset(root: Path, seeds: range, width: int, height: int) -> Path:
     """A YOLO dataset built by labelloop from generated, fully annotated images; returns data.yaml."""
-    from labelloop.dataset import build_dataset, local_images
+    from labelloop.dataset.images import build_dataset, local_images
 
     (root / "src").mkdir(parents=True)
     files: dict[int, Path] = {}
@@ -160,8 +160,8 @@ def test_recipe_learns_from_a_dozen_annotated_images(tmp_path: Path) -> None:
 
     import yaml
 
-    from labelloop.recipe import DataShape, plan_recipe
-    from labelloop.training import evaluate
+    from labelloop.training.child import evaluate
+    from labelloop.training.recipe import DataShape, plan_recipe
     from labelloop.yolo_env import prepare_ultralytics
 
     data = _synthetic_dataset(tmp_path / "train", range(12), 160, 120)

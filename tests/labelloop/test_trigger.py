@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from labelloop.trigger import TriggerState, TriggerStore, Waiting, decide, quiet_wait
+from labelloop.jobs.trigger import TriggerState, TriggerStore, Waiting, decide, quiet_wait
 
 IDLE = TriggerState()
 

@@ -1,5 +1,5 @@
-"""A detect dataset from video keyframes (``labelloop.video_dataset``) on generated MP4s, and
-videos fetched through the guarded media path (``labelloop.video_media``)."""
+"""A detect dataset from video keyframes (``labelloop.dataset.video``) on generated MP4s, and
+videos fetched through the guarded media path (``labelloop.labelstudio.video_media``)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from labelloop.dataset import DatasetReport, assign_splits
+from labelloop.dataset.images import DatasetReport, assign_splits
+from labelloop.dataset.video import build_video_dataset
+from labelloop.dev.synthetic_video import GeneratedVideo, video_config, video_result, write_video
 from labelloop.errors import DatasetError
-from labelloop.labels import parse_label_config
-from labelloop.media import MediaConfig, MediaError
-from labelloop.synthetic_video import GeneratedVideo, video_config, video_result, write_video
+from labelloop.labelstudio.media import MediaConfig, MediaError
+from labelloop.labelstudio.video_media import VideoCache, probe_video
 from labelloop.task_types.keyframes import frame_boxes
-from labelloop.video_dataset import build_video_dataset
-from labelloop.video_media import VideoCache, probe_video
+from labelloop.task_types.labels import parse_label_config
 
 SPEC = parse_label_config(video_config())
 NAMES = {0: "square", 1: "disc"}

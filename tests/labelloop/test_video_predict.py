@@ -1,4 +1,4 @@
-"""Video predictions (``labelloop.video_predict``): tracks become VideoRectangle regions with few
+"""Video predictions (``labelloop.serving.video``): tracks become VideoRectangle regions with few
 keyframes, a video's score is its least certain track's, and a long video stays off /predict."""
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ from typing import Any
 import pytest
 import structlog
 
-from labelloop.labels import parse_label_config
-from labelloop.media import MediaConfig
-from labelloop.predictor import Predictor
-from labelloop.registry import Registry
-from labelloop.synthetic_video import video_config, write_video
-from labelloop.task_types.keyframes import frame_boxes, reduce_track
-from labelloop.video_predict import (
+from labelloop.dev.synthetic_video import video_config, write_video
+from labelloop.labelstudio.media import MediaConfig
+from labelloop.registry.store import Registry
+from labelloop.serving.predictor import Predictor
+from labelloop.serving.video import (
     TrackedVideo,
     VideoOptions,
     predict_videos,
@@ -27,6 +25,8 @@ from labelloop.video_predict import (
     track_video,
     tracks_to_regions,
 )
+from labelloop.task_types.keyframes import frame_boxes, reduce_track
+from labelloop.task_types.labels import parse_label_config
 
 SPEC = parse_label_config(video_config())
 

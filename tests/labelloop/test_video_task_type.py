@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from labelloop.dev.synthetic_video import video_config
 from labelloop.errors import LabelConfigError
-from labelloop.labels import parse_label_config
-from labelloop.synthetic_video import video_config
 from labelloop.task_types import VIDEO, keyframes, video_task_type
+from labelloop.task_types.labels import parse_label_config
 from labelloop.task_types.video import frame_count_of, framerate, frames_count
 
 CAPTURE = json.loads((Path(__file__).resolve().parents[1] / "fixtures/label-studio/video_annotation.json").read_text())

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.demo import LabelStudioAPI
-from labelloop.synthetic import make_sample
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.synthetic import make_sample
 
 pytestmark = pytest.mark.labelstudio
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from labelloop.registry import Registry
+from labelloop.registry.store import Registry
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,8 @@ import redis
 from starlette.testclient import TestClient
 
 from labelloop.names import QUEUE_PREANNOTATE, TASK_FIRST_PICKS
-from labelloop.params import ProjectParams, store
-from labelloop.registry import Registry
+from labelloop.registry.params import ProjectParams, store
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import fixture

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from labelloop import keys
-from labelloop.changes import ChangeLog, ChangeLogUnusable
-from labelloop.stack import Stack, free_port, wait_until
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.events.changes import ChangeLog, ChangeLogUnusable
 from tests.conftest import connect, fixture
 
 SECRET = "front-door-secret-0123456789"

@@ -16,10 +16,10 @@ import redis
 import structlog
 from starlette.testclient import TestClient
 
-from labelloop.changes import ChangeLog, ChangeLogUnusable
+from labelloop.dev.stack import Stack, free_port, wait_until
 from labelloop.errors import UnavailableError
+from labelloop.events.changes import ChangeLog, ChangeLogUnusable
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port, wait_until
 from service.app import create_app
 from tests.conftest import connect, fixture
 

@@ -9,8 +9,8 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from labelloop.demo import LabelStudioAPI
-from labelloop.ledger import PROJECTS_KEY
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.events.ledger import PROJECTS_KEY
 from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import fixture

@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
-from labelloop.dataset import build_dataset, local_images
-from labelloop.labels import parse_detection_config
-from labelloop.model_export import EXPORT_TIMEOUT_S, STALE_MARGIN_S, downloads
-from labelloop.registry import Registry
-from labelloop.stack import Stack, free_port
-from labelloop.synthetic import LABEL_CONFIG, make_sample
-from labelloop.training import run_training_process
+from labelloop.dataset.images import build_dataset, local_images
+from labelloop.dev.stack import Stack, free_port
+from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.registry.model_export import EXPORT_TIMEOUT_S, STALE_MARGIN_S, downloads
+from labelloop.registry.store import Registry
+from labelloop.task_types.labels import parse_detection_config
+from labelloop.training.child import run_training_process
 
 PROJECT = 11
 IMAGES = 48  # 30 epochs on 48 generated images: mAP50 about 0.7, boxes well above the threshold

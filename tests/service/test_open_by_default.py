@@ -15,8 +15,8 @@ import httpx
 import pytest
 import yaml
 
+from labelloop.dev.stack import free_port, wait_until
 from labelloop.settings import Settings
-from labelloop.stack import free_port, wait_until
 from service import ops
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import redis
 
-from labelloop.ledger import Ledger
+from labelloop.dev.stack import free_port, http_ok, wait_until
+from labelloop.events.ledger import Ledger
 from labelloop.settings import Settings
-from labelloop.stack import free_port, http_ok, wait_until
 from service.cli import build_parser
 from workers.celery_app import QUEUE_EVENTS, TASK_HANDLE_EVENT, create_celery
 
@@ -162,8 +162,8 @@ def test_status_shows_the_preannotate_queue_and_a_running_preannotation(
 ) -> None:
     """`labelloop status` lists the preannotate queue's depth and a running pre-annotation's
     version and done/total tasks, as the preannotate worker records them."""
-    from labelloop.progress import ProgressStore
-    from labelloop.registry import Registry
+    from labelloop.jobs.progress import ProgressStore
+    from labelloop.registry.store import Registry
     from service.ops import status
 
     client = redis.Redis.from_url(redis_url)

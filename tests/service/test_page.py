@@ -17,11 +17,11 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from labelloop import keys
-from labelloop.mistakes_report import write_report
-from labelloop.registry import Registry
+from labelloop.dev.stack import Stack, free_port
+from labelloop.dev.synthetic import LABELS
+from labelloop.quality.mistakes_report import write_report
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port
-from labelloop.synthetic import LABELS
 from service.app import create_app
 
 HOSTILE = '<img src=x onerror="alert(1)">'

@@ -1,5 +1,5 @@
 """Big "Retrieve Predictions" selections and the /predict wait, against a real receiver, a real
-Celery predict worker (``labelloop.stack``), real Redis and real Ultralytics (an untrained yolov8n
+Celery predict worker (``labelloop.dev.stack``), real Redis and real Ultralytics (an untrained yolov8n
 saved as a base .pt: no training needed to run a real forward pass)."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import psutil
 import pytest
 import redis
 
-from labelloop.stack import Stack, free_port, wait_until
-from labelloop.synthetic import LABEL_CONFIG
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.dev.synthetic import LABEL_CONFIG
 from tests.labelloop.test_selection import untrained_weights
 
 BATCH = 4

@@ -18,7 +18,7 @@ import structlog
 import structlog.testing
 from starlette.testclient import TestClient
 
-from labelloop.registry import Registry
+from labelloop.registry.store import Registry
 from labelloop.settings import Settings
 from service.app import create_app
 from service.events import EVENT_STREAM, CeleryMessage
@@ -405,8 +405,8 @@ def test_versions_and_rollback_survive_a_torn_history_and_an_emptied_manifest(
 def test_predict_without_a_worker_is_503_and_the_task_is_discarded_later(redis_url: str, tmp_path: Path) -> None:
     """With no predict worker, /predict answers 503 with a reason within its timeout, and a worker
     started afterwards discards the withdrawn task instead of running it."""
-    from labelloop.stack import Stack, wait_until
-    from labelloop.synthetic import LABEL_CONFIG
+    from labelloop.dev.stack import Stack, wait_until
+    from labelloop.dev.synthetic import LABEL_CONFIG
 
     settings = Settings(
         redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", predict_timeout_s=2

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from labelloop.changes import ChangeLog, ChangeLogUnusable
+from labelloop.dev.stack import Stack, free_port
+from labelloop.events.changes import ChangeLog, ChangeLogUnusable
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port
 from service.app import create_app
 from service.events import EVENT_STREAM
 from service.protocol import ACCEPTED_ACTIONS

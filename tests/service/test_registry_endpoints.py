@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from labelloop.registry import Registry
-from labelloop.stack import Stack, free_port
+from labelloop.dev.stack import Stack, free_port
+from labelloop.registry.store import Registry
 
 VERSIONS = 20
 ANNOTATIONS = 10_000

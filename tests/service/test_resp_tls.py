@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from labelloop.stack import Stack, free_port, wait_until
+from labelloop.dev.stack import Stack, free_port, wait_until
 from service.resp import RespClient
 
 PASSWORD = "tls-secret"

@@ -22,15 +22,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from labelloop.base_models import is_asset_name
-from labelloop.changes import seq_key, stream_key
-from labelloop.demo import LabelStudioAPI
-from labelloop.params import ProjectParams
-from labelloop.params import load as load_params
+from labelloop.dev.demo import LabelStudioAPI
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.dev.synthetic import LABEL_CONFIG
+from labelloop.events.changes import seq_key, stream_key
+from labelloop.registry.base_models import is_asset_name
+from labelloop.registry.params import ProjectParams
+from labelloop.registry.params import load as load_params
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port, wait_until
-from labelloop.synthetic import LABEL_CONFIG
-from labelloop.training import run_training_process
+from labelloop.training.child import run_training_process
 from service.app import create_app
 from service.events import DEDUP_TTL_S, EVENT_STREAM
 from service.protocol import ACCEPTED_ACTIONS

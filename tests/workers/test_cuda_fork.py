@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from labelloop.dev.stack import Stack, wait_until
 from labelloop.names import QUEUE_PREDICT, TASK_PREDICT
 from labelloop.settings import Settings
-from labelloop.stack import Stack, wait_until
 from workers.celery_app import create_celery
 
 GUARD = Path(__file__).with_name("cuda_guard.py")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from labelloop.jobs import Jobs
+from labelloop.jobs.jobs import Jobs
 from labelloop.names import QUEUE_TRAIN, ROUTES, TASK_HANDLE_EVENT, TASK_TRAIN
 from labelloop.settings import Settings
 from workers.celery_app import create_celery
@@ -61,8 +61,8 @@ def test_start_training_starts_at_once_and_makes_the_project_known(
 def test_a_lost_ledger_is_seeded_from_the_served_versions_annotation_file(jobs: Jobs, redis_url: str) -> None:
     """After Redis lost the ledger, ensure_ledger seeds it from the served version's annotations.json (the map
     no longer sits in the manifest), and from the map an older manifest embeds."""
-    from labelloop.ledger import Ledger
-    from labelloop.registry import Registry
+    from labelloop.events.ledger import Ledger
+    from labelloop.registry.store import Registry
 
     weights = Path(jobs.settings.models_dir).parent / "best.pt"
     weights.write_bytes(b"w")

@@ -17,12 +17,12 @@ import pytest
 import redis
 
 from labelloop import keys
-from labelloop.jobs import Jobs
-from labelloop.lease import RunRecords
+from labelloop.dev.stack import Stack, free_port, wait_until
+from labelloop.jobs.jobs import Jobs
+from labelloop.jobs.lease import RunRecords
+from labelloop.jobs.progress import ProgressStore
 from labelloop.names import QUEUE_TRAIN, TASK_TRAIN
-from labelloop.progress import ProgressStore
 from labelloop.settings import Settings
-from labelloop.stack import Stack, free_port, wait_until
 from workers.celery_app import create_celery
 
 

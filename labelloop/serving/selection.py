@@ -1,0 +1,150 @@
+"""A ``/predict`` selection predicted in bounded chunks, within a deadline.
+
+Label Studio sends every task of a Data Manager "Retrieve Predictions" selection in one
+``/predict`` (1.23.2: ``data_manager.actions.basic.retrieve_tasks_predictions`` ->
+``ml.models.MLBackend.predict_tasks``, one ``make_predictions`` call). Predicting them as one
+Ultralytics batch holds every image and activation at once: a big selection exhausts the predict
+worker's memory. ``predict_selection`` predicts ``batch`` tasks per model call instead, and starts
+no chunk after the deadline.
+
+What Label Studio 1.23.2 does with the answer (``ml.models.MLBackend._get_predictions_from_ml_backend``):
+each item of ``results`` is a prediction (a dict) or a list of predictions; a task whose item is
+an empty list gets none, and the next "Retrieve Predictions" of the same selection asks only for
+the tasks without a prediction of the current model version. So a selection cut short by the
+deadline is finished by retrieving it again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from labelloop.errors import UnavailableError
+from labelloop.registry.store import UNTRAINED
+from labelloop.serving.predictor import Predictor
+from labelloop.task_types.informativeness import Strategy
+from labelloop.task_types.labels import TrainSpec
+
+log = structlog.get_logger(__name__)
+
+NOT_READY: list[Any] = []  # Label Studio's item for a task with no prediction (see the module docstring)
+# Share of the time left before the receiver gives up (the predict task's ``expires``) that chunks
+# may start in: the last chunk started needs the rest to finish and travel back.
+EXPIRES_SHARE = 0.8
+
+
+def deadline_s(configured: float, expires: datetime | None, now: datetime) -> float:
+    """Seconds from ``now`` after which a ``/predict`` starts no further chunk: ``configured``
+    (``LABELLOOP_PREDICT_DEADLINE_S``), or less when the receiver stops waiting sooner (``expires``,
+    the predict task's expiry, set to ``LABELLOOP_PREDICT_TIMEOUT_S`` after it was sent: time spent
+    queued behind other predictions counts). Never negative; datetimes timezone-aware.
+
+    Examples:
+        >>> from datetime import timedelta, timezone
+        >>> now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        >>> deadline_s(60.0, now + timedelta(seconds=20), now)
+        16.0
+    """
+    if expires is None:
+        return configured
+    return max(0.0, min(configured, EXPIRES_SHARE * (expires - now).total_seconds()))
+
+
+def predict_selection(
+    predictor: Predictor,
+    project_id: int,
+    spec: TrainSpec,
+    tasks: list[dict[str, Any]],
+    hostname: str | None,
+    api_key: str | None,
+    batch: int,
+    deadline_s: float,
+    imgsz: int | None = None,
+    score_strategy: Strategy | None = None,
+    show_conf: float | None = None,
+) -> list[dict[str, Any] | list[Any]]:
+    """Predict ``tasks`` in chunks of ``batch`` (one ``Predictor.predict`` call, so one Ultralytics
+    batch and one image download, per chunk), every chunk with the version the first one was
+    predicted with; after ``deadline_s`` seconds (monotonic, from the call) no further chunk starts.
+
+    Args:
+        tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sends them.
+        batch: tasks per chunk (``LABELLOOP_PREDICT_BATCH``), >= 1.
+        deadline_s: seconds after which no chunk starts (``LABELLOOP_PREDICT_DEADLINE_S``); the first
+            chunk always runs.
+
+    Returns:
+        One item per task, in order: ``Predictor.predict``'s prediction dict, or ``[]`` (no
+        prediction: Label Studio's list form) for a task whose chunk did not start before the
+        deadline. Logs ``predict_chunk`` per chunk (``tasks``, ``seconds``, ``deadline_s``) and
+        ``predict_deadline_reached`` when tasks were left.
+
+    Raises:
+        UnavailableError: the worker ran out of memory (``MemoryError``, ``torch.cuda.OutOfMemoryError``)
+            on a chunk; the message names ``LABELLOOP_PREDICT_BATCH``.
+    """
+    t0 = time.monotonic()
+    out: list[dict[str, Any] | list[Any]] = [NOT_READY] * len(tasks)
+    version: str | None = None
+    for start in range(0, len(tasks), max(1, batch)):
+        if start and time.monotonic() - t0 >= deadline_s:
+            log.warning(
+                "predict_deadline_reached",
+                project_id=project_id,
+                done=start,
+                left=len(tasks) - start,
+                deadline_s=deadline_s,
+            )
+            break
+        chunk = tasks[start : start + batch]
+        t1 = time.monotonic()
+        try:
+            results = predictor.predict(
+                project_id,
+                spec,
+                chunk,
+                hostname,
+                api_key,
+                imgsz=imgsz,
+                score_strategy=score_strategy,
+                version=version,
+                show_conf=show_conf,
+            )
+        except Exception as exc:
+            if not _out_of_memory(exc):
+                raise
+            _free_gpu_memory()
+            log.error("predict_out_of_memory", project_id=project_id, tasks=len(chunk), error=str(exc)[:200])
+            raise UnavailableError(
+                f"predict worker out of memory on a chunk of {len(chunk)} tasks; lower LABELLOOP_PREDICT_BATCH"
+            ) from None
+        seconds = round(time.monotonic() - t1, 3)
+        log.info("predict_chunk", project_id=project_id, tasks=len(chunk), seconds=seconds, deadline_s=deadline_s)
+        out[start : start + len(chunk)] = results
+        served = results[0]["model_version"] if results else None
+        if version is None and served not in (None, UNTRAINED, "base"):
+            version = served  # the later chunks too, even when a promotion swaps meanwhile
+    return out
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a host or CUDA out-of-memory error (torch only looked up when imported)."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return isinstance(oom, type) and isinstance(exc, oom)
+
+
+def _free_gpu_memory() -> None:
+    """Give the failed chunk's cached CUDA blocks back, so the models this worker holds go on serving."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except Exception as exc:  # freeing is best effort; the error is reported either way
+        log.debug("cuda_empty_cache_failed", error=str(exc)[:200])
