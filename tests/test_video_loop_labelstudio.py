@@ -19,8 +19,8 @@ from labelloop.registry.store import Registry
 from labelloop.serving.preannotate import preannotate_project
 from labelloop.serving.predictor import Predictor
 from labelloop.serving.video import VideoOptions
-from labelloop.settings import Settings
 from labelloop.task_types.keyframes import frame_boxes
+from tests.factories import make_settings
 
 pytestmark = pytest.mark.labelstudio
 
@@ -58,12 +58,10 @@ def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
     for tid, video in zip(ids[:3], videos[:3], strict=True):
         api.annotate(tid, _result(video, every=6))
 
-    settings = Settings(
-        label_studio_url=url,
-        label_studio_api_key=token,
+    settings = make_settings(
+        tmp_path,
         redis_url=redis_url,
-        cache_dir=tmp_path / "cache",
-        models_dir=tmp_path / "models",
+        label_studio=label_studio,
         base_model="yolov8n.yaml",
         epochs=5,
         imgsz=192,
@@ -129,13 +127,7 @@ def test_first_picks_leave_a_video_project_alone(label_studio: tuple[str, str], 
     pid = api.create_project("labelloop video first picks", video_config())
     videos = [write_video(tmp_path / f"clip{i}.mp4", seed=40 + i, frames=12) for i in range(2)]
     api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
-    settings = Settings(
-        label_studio_url=url,
-        label_studio_api_key=token,
-        redis_url=redis_url,
-        cache_dir=tmp_path / "cache",
-        models_dir=tmp_path / "models",
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio)
     outcome = Jobs(settings, lambda *a: None).first_picks(pid, lambda meta: None)
     assert outcome["status"] == "not_applicable" and outcome["imported"] == 0, outcome
     assert not [p for t in api.sdk.tasks.list(project=pid) for p in api.sdk_predictions(int(t.id))]
