@@ -15,6 +15,7 @@ from typing import Any
 
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic import LABEL_CONFIG, LABELS, Sample, make_sample
+from labelloop.ls_json import Region
 from labelloop.manifest import Manifest
 from labelloop.registry.store import ModelVersion, Registry
 from labelloop.settings import Settings
@@ -116,7 +117,7 @@ def image_project(
     *,
     annotate: int = 0,
     label_config: str = LABEL_CONFIG,
-    result: Callable[[Sample], list[dict[str, Any]]] | None = None,
+    result: Callable[[Sample], list[Region]] | None = None,
 ) -> tuple[int, list[int]]:
     """A Label Studio project of ``samples`` uploaded as image tasks, the first ``annotate`` annotated.
 

@@ -41,6 +41,15 @@ def _result(video: GeneratedVideo, every: int) -> list[dict[str, Any]]:
     return video_result(video, every, prefix="trk", origin="manual")
 
 
+def _video_project(api: LabelStudioAPI, title: str, videos: list[GeneratedVideo]) -> tuple[int, list[int]]:
+    """A video project of ``videos`` uploaded as ``clip<i>.mp4`` tasks; its id and the task ids in order."""
+    pid = api.create_project(title, video_config())
+    api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
+    tasks: list[Any] = list(api.sdk.tasks.list(project=pid))
+    by_name = {str(t.data["video"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
+    return pid, [by_name[f"clip{i}.mp4"] for i in range(len(videos))]
+
+
 def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
     label_studio: tuple[str, str], redis_url: str, tmp_path: Path
 ) -> None:
@@ -49,12 +58,8 @@ def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
     framesCount, duration and fewer keyframes than frames, stored by Label Studio with the version."""
     url, token = label_studio
     api = LabelStudioAPI(url, token)
-    pid = api.create_project("labelloop video loop", video_config())
     videos = [write_video(tmp_path / f"clip{i}.mp4", seed=20 + i, frames=FRAMES, shapes=2) for i in range(4)]
-    api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
-    tasks: list[Any] = sorted(api.sdk.tasks.list(project=pid), key=lambda t: t.id)
-    by_name = {str(t.data["video"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
-    ids = [by_name[f"clip{i}.mp4"] for i in range(4)]
+    pid, ids = _video_project(api, "labelloop video loop", videos)
     for tid, video in zip(ids[:3], videos[:3], strict=True):
         api.annotate(tid, _result(video, every=6))
 
@@ -124,9 +129,8 @@ def test_first_picks_leave_a_video_project_alone(label_studio: tuple[str, str], 
 
     url, token = label_studio
     api = LabelStudioAPI(url, token)
-    pid = api.create_project("labelloop video first picks", video_config())
     videos = [write_video(tmp_path / f"clip{i}.mp4", seed=40 + i, frames=12) for i in range(2)]
-    api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
+    pid, _ = _video_project(api, "labelloop video first picks", videos)
     settings = make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio)
     outcome = Jobs(settings, lambda *a: None).first_picks(pid, lambda meta: None)
     assert outcome["status"] == "not_applicable" and outcome["imported"] == 0, outcome

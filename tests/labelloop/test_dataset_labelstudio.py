@@ -25,6 +25,7 @@ from labelloop.errors import DatasetError, LabelConfigError
 from labelloop.events.changes import ChangeLog, label_config_digest
 from labelloop.files import write_atomic
 from labelloop.labelstudio.export import SYNC_OVERLAP_S
+from labelloop.ls_json import Region, RegionValue
 from labelloop.redis_client import client as redis_client
 from labelloop.registry.base_models import for_task
 from labelloop.registry.params import ProjectParams, store
@@ -70,7 +71,7 @@ def label_config(kind: str) -> str:
     return f'<View><Image name="image" value="$image"/>{body}</View>'
 
 
-def _region(rid: str, rtype: str, value: dict[str, Any], from_name: str = "label") -> dict[str, Any]:
+def _region(rid: str, rtype: str, value: RegionValue, from_name: str = "label") -> Region:
     return {
         "id": rid,
         "from_name": from_name,
@@ -83,13 +84,13 @@ def _region(rid: str, rtype: str, value: dict[str, Any], from_name: str = "label
     }
 
 
-def annotation(kind: str, sample: Sample) -> list[dict[str, Any]]:
+def annotation(kind: str, sample: Sample) -> list[Region]:
     """The sample's shapes as a Label Studio result for a kind of project."""
     if kind == "classify":
         return [_region("c0", "choices", {"choices": [sample.boxes[0][0]]})]
     if kind == "detect":
         return sample.ls_result()
-    out: list[dict[str, Any]] = []
+    out: list[Region] = []
     for i, (label, x, y, w, h) in enumerate(sample.boxes):
         pct = {"x": x / W * 100, "y": y / H * 100, "width": w / W * 100, "height": h / H * 100}
         if kind == "obb":

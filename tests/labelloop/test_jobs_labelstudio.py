@@ -15,7 +15,7 @@ from labelloop.dev.synthetic import make_sample
 from labelloop.events.ledger import PROJECTS_KEY, normalize_ts, parse_ts
 from labelloop.jobs.jobs import Jobs
 from labelloop.redis_client import client as redis_client
-from tests.factories import make_settings
+from tests.factories import image_project, make_settings
 
 
 @pytest.mark.labelstudio
@@ -26,9 +26,8 @@ def test_reconcile_takes_turns_and_never_moves_the_ledger_back_nor_past_the_expo
     ledger (a newer webhook arrived meanwhile) and an annotation the ledger got after the export
     started are not missed changes: nothing is counted twice, nothing deleted."""
     api = LabelStudioAPI(*label_studio)
-    pid = api.create_project("reconcile")
     samples = [make_sample(300 + i, 96, 64) for i in range(3)]
-    ids = api.import_images(pid, samples)
+    pid, ids = image_project(api, "reconcile", samples)
     first = api.annotate(ids[0], samples[0].ls_result())
     client = redis_client(redis_url, "cli")
     client.sadd(PROJECTS_KEY, pid)
