@@ -1,4 +1,7 @@
-"""Shared fixtures: a real Redis, a real Label Studio, and the labelloop stack as processes."""
+"""Shared fixtures: a real Redis, a real Label Studio, and the labelloop stack as processes.
+
+Factories of settings, published versions and Label Studio projects are in ``tests/factories.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from labelloop.dataset.images import BuildResult, build_dataset, local_images
 from labelloop.dev.stack import Stack, free_port, label_studio_binary
 from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.redis_client import client as redis_client
 from labelloop.task_types.labels import parse_detection_config
 from labelloop.training.child import run_training_process
 
@@ -83,8 +86,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sta
 def redis_url(redis_server: tuple[Stack, str]) -> str:
     """The session Redis, flushed before each test."""
     url = redis_server[1]
-    redis.Redis.from_url(url).flushall()
+    redis_client(url, "cli").flushall()
     return url
+
+
+def _label_studio_binary() -> Path:
+    """The ``label-studio`` executable of ``$LABELLOOP_LS_VENV`` or ``~/.cache/labelloop/label-studio-<v>``
+    (installed there on first use)."""
+    from labelloop.dev.stack import LABEL_STUDIO_VERSION
+
+    venv = (
+        os.environ.get("LABELLOOP_LS_VENV")
+        or Path.home() / ".cache" / "labelloop" / f"label-studio-{LABEL_STUDIO_VERSION}"
+    )
+    return label_studio_binary(Path(venv))
 
 
 # Where the session's Label Studio keeps its data (``media/upload/<project>/<file>`` among it).
@@ -104,17 +119,11 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     The virtual environment is ``$LABELLOOP_LS_VENV`` or ``~/.cache/labelloop/label-studio-<v>``,
     installed on first use.
     """
-    from labelloop.dev.stack import LABEL_STUDIO_VERSION
-
     if os.environ.get("LABELLOOP_TEST_LS_URL"):  # a Label Studio already running (faster local iterations)
         LABEL_STUDIO_DATA["dir"] = Path(os.environ["LABELLOOP_TEST_LS_DATA_DIR"])
         yield os.environ["LABELLOOP_TEST_LS_URL"], os.environ["LABELLOOP_TEST_LS_TOKEN"]
         return
-    venv = Path(
-        os.environ.get("LABELLOOP_LS_VENV")
-        or Path.home() / ".cache" / "labelloop" / f"label-studio-{LABEL_STUDIO_VERSION}"
-    )
-    binary = label_studio_binary(venv)
+    binary = _label_studio_binary()
     workdir = tmp_path_factory.mktemp("label-studio")
     LABEL_STUDIO_DATA["dir"] = workdir / "data"
     stack = Stack(workdir, {})
@@ -183,13 +192,7 @@ def label_studio_local_files(tmp_path_factory: pytest.TempPathFactory) -> Iterat
     Yields ``(url, legacy_token, document_root)``; Local Storage connections must point at a
     subdirectory of ``document_root``.
     """
-    from labelloop.dev.stack import LABEL_STUDIO_VERSION
-
-    venv = Path(
-        os.environ.get("LABELLOOP_LS_VENV")
-        or Path.home() / ".cache" / "labelloop" / f"label-studio-{LABEL_STUDIO_VERSION}"
-    )
-    binary = label_studio_binary(venv)
+    binary = _label_studio_binary()
     workdir = tmp_path_factory.mktemp("label-studio-local-files")
     document_root = (workdir / "document-root").resolve()
     document_root.mkdir()

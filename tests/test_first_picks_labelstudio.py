@@ -4,7 +4,6 @@ against a real Label Studio 1.23.2 and real Redis; the sampling change is logged
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +12,30 @@ import pytest
 import structlog.testing
 
 from labelloop.dev.demo import LabelStudioAPI
-from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.dev.synthetic import make_sample
 from labelloop.jobs.jobs import Jobs
 from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION, UNCERTAINTY, restore, stored
+from labelloop.ls_json import Prediction
 from labelloop.registry.params import ProjectParams, store
 from labelloop.registry.store import Registry
 from labelloop.settings import Settings
+from tests.factories import image_project, make_settings, publish_version
 
 TASKS = 16
 
 
 def _settings(label_studio: tuple[str, str], redis_url: str, tmp_path: Path) -> Settings:
-    url, token = label_studio
-    return Settings(
+    return make_settings(
+        tmp_path,
         redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        label_studio_url=url,
-        label_studio_api_key=token,
+        label_studio=label_studio,
         imgsz=160,
         preannotate_batch=5,
         train_every_n=4,
     )
 
 
-def _predictions(api: LabelStudioAPI, pid: int, version: str) -> dict[int, dict[str, Any]]:
+def _predictions(api: LabelStudioAPI, pid: int, version: str) -> dict[int, Prediction]:
     """The project's predictions of ``version`` by task id (``GET /api/predictions/?project=``)."""
     resp = httpx.get(
         f"{api.url}/api/predictions/", params={"project": pid}, headers={"Authorization": f"Token {api.token}"}
@@ -54,9 +52,8 @@ def _next(api: LabelStudioAPI, pid: int) -> int:
 
 
 def _project(api: LabelStudioAPI, title: str) -> tuple[int, list[int]]:
-    pid = api.create_project(title, LABEL_CONFIG)
-    ids = api.import_images(pid, [make_sample(700 + i, 160, 120) for i in range(TASKS)])
-    return pid, ids
+    """A project of ``TASKS`` generated images, none annotated."""
+    return image_project(api, title, [make_sample(700 + i, 160, 120) for i in range(TASKS)])
 
 
 @pytest.mark.labelstudio
@@ -132,9 +129,8 @@ def test_label_stream_serves_labelloop_top_task_after_the_first_version(
     assert jobs.first_picks(pid, lambda meta: None)["status"] == "done"
     for i in range(4):
         api.annotate(ids[i], make_sample(700 + i, 160, 120).ls_result())
-    shutil.copyfile(trained["result"]["best"], tmp_path / "best.pt")
     registry = Registry(settings.models_dir)
-    registry.publish(pid, tmp_path / "best.pt", {"classes": ["square", "disc"]})
+    publish_version(registry, pid, trained["result"]["best"])
     registry.set_current(pid, "v1")
     with structlog.testing.capture_logs() as logs:
         outcome = jobs.preannotate(pid, "v1", lambda meta: None)

@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from label_studio_sdk.core.api_error import ApiError
 
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.stack import Stack, free_port, wait_until
@@ -34,9 +33,11 @@ from labelloop.jobs.progress import ProgressStore
 from labelloop.jobs.trigger import TriggerStore
 from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION
 from labelloop.labelstudio.tabs import TAB_TITLE
+from labelloop.redis_client import client as redis_client
 from labelloop.registry.store import Registry
 from service.events import EVENT_STREAM
 from tests.conftest import TRAIN_ENV
+from tests.factories import connect_backend, image_project, settings_env
 
 pytestmark = pytest.mark.labelstudio
 
@@ -61,7 +62,7 @@ class Loop:
     annotated: int = 0  # the first `annotated` tasks of the project have an annotation
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.stack.env["LABELLOOP_REDIS_URL"])
+        return redis_client(self.stack.env["LABELLOOP_REDIS_URL"], "cli")
 
     def start(self, redis_dir: Path) -> None:
         """Start Redis (empty), the receiver, one worker per queue and Flower."""
@@ -119,26 +120,23 @@ class Loop:
 
 @pytest.fixture(scope="module")
 def loop(label_studio: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
-    ls_url, token = label_studio
     work = tmp_path_factory.mktemp("loop")
-    env = {
+    env = settings_env(
+        work,
+        label_studio=label_studio,
         **TRAIN_ENV,
-        "LABELLOOP_MODELS_DIR": str(work / "models"),
-        "LABELLOOP_CACHE_DIR": str(work / "cache"),
-        "LABELLOOP_TRAIN_EVERY_N": str(TRAIN_EVERY_N),
-        "LABEL_STUDIO_URL": ls_url,
-        "LABEL_STUDIO_API_KEY": token,
-        "FLOWER_UNAUTHENTICATED_API": "true",
-        "BASIC_AUTH_USER": BASIC_AUTH[0],
-        "BASIC_AUTH_PASS": BASIC_AUTH[1],
-        "LABELLOOP_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "LABELLOOP_RECONCILE_INTERVAL_S": "3",
-    }
+        LABELLOOP_TRAIN_EVERY_N=str(TRAIN_EVERY_N),
+        FLOWER_UNAUTHENTICATED_API="true",
+        BASIC_AUTH_USER=BASIC_AUTH[0],
+        BASIC_AUTH_PASS=BASIC_AUTH[1],
+        LABELLOOP_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        LABELLOOP_RECONCILE_INTERVAL_S="3",
+    )
     stack = Stack(work, env)
     port = free_port()
     loop = Loop(
         stack,
-        LabelStudioAPI(ls_url, token),
+        LabelStudioAPI(*label_studio),
         Registry(work / "models"),
         free_port(),
         port,
@@ -154,18 +152,11 @@ def loop(label_studio: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 def new_project(loop: Loop) -> None:
     """Make a new project of 16 generated images the loop's project, with labelloop connected as
     its ML backend (Basic auth) and the webhook secret on its webhook."""
-    api = loop.api
-    loop.project_id = api.create_project("labelloop e2e")
     loop.samples = [make_sample(seed, 160, 120) for seed in range(16)]
-    loop.task_ids = api.import_images(loop.project_id, loop.samples)
-    for attempt in range(3):  # Label Studio gives /setup 3 s when connecting: a loaded machine can miss it
-        try:
-            loop.ml_id = api.connect_backend(loop.project_id, loop.receiver_url, basic_auth=BASIC_AUTH)
-            break
-        except ApiError as exc:
-            if attempt == 2 or "valid ML backend" not in str(exc.body):
-                raise
-    api.set_webhook_headers(loop.project_id, loop.receiver_url, {"X-Labelloop-Secret": WEBHOOK_SECRET})
+    loop.project_id, loop.task_ids = image_project(loop.api, "labelloop e2e", loop.samples)
+    loop.ml_id = connect_backend(
+        loop.api, loop.project_id, loop.receiver_url, basic_auth=BASIC_AUTH, webhook_secret=WEBHOOK_SECRET
+    )
     loop.annotated = 0
 
 
@@ -397,12 +388,12 @@ def test_killed_training_worker_redelivers_and_completes(loop: Loop) -> None:
     publishes exactly one version and releases the project's lock. The project's extra params
     (20 epochs) come from Label Studio through /setup."""
     api = loop.api
-    project_id = api.create_project("labelloop kill -9")
     samples = [make_sample(100 + seed, 160, 120) for seed in range(TRAIN_EVERY_N + 2)]
-    task_ids = api.import_images(project_id, samples)
+    project_id, task_ids = image_project(api, "labelloop kill -9", samples)
     params = {"epochs": 20, "preannotate": False}
-    ml_id = api.connect_backend(project_id, loop.receiver_url, basic_auth=BASIC_AUTH, extra_params=params)
-    api.set_webhook_headers(project_id, loop.receiver_url, {"X-Labelloop-Secret": WEBHOOK_SECRET})
+    ml_id = connect_backend(
+        api, project_id, loop.receiver_url, basic_auth=BASIC_AUTH, webhook_secret=WEBHOOK_SECRET, extra_params=params
+    )
     assert api.backend_version(ml_id) == "untrained"
     store = ProgressStore(loop.redis())
     for task_id, sample in list(zip(task_ids, samples, strict=True))[:TRAIN_EVERY_N]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -12,16 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from labelloop.dev.stack import Stack, free_port, wait_until
 from labelloop.dev.synthetic import LABEL_CONFIG
 from labelloop.jobs.progress import ProgressStore
 from labelloop.labelstudio import client as labelstudio
 from labelloop.names import QUEUE_PREANNOTATE, TASK_PREANNOTATE
+from labelloop.redis_client import client as redis_client
 from labelloop.registry.notify import serve_when_warm
 from labelloop.registry.store import Registry
-from labelloop.settings import Settings
+from tests.factories import make_settings, publish_version, served_image_project, settings_env
 from workers.celery_app import create_celery
 
 TASKS = 120
@@ -61,29 +60,20 @@ def test_a_promotion_supersedes_a_running_preannotation(
     ls_url, token = label_studio
     base_url, _ = image_server
     client = labelstudio.client(ls_url, token)
-    project_id = int(client.projects.create(title="labelloop preannotate", label_config=LABEL_CONFIG).id)
-    client.projects.import_tasks(
-        id=project_id, request=[{"data": {"image": f"{base_url}/img{i % 12}.png"}} for i in range(TASKS)]
-    )
-    models = tmp_path / "models"
-    registry = Registry(models)
-    for name in ("a.pt", "b.pt"):
-        shutil.copyfile(trained["result"]["best"], tmp_path / name)
-        registry.publish(project_id, tmp_path / name, {"classes": ["square", "disc"]})
+    project_id, _ = served_image_project(client, "labelloop preannotate", base_url, TASKS)
+    registry = Registry(tmp_path / "models")
+    for _ in range(2):
+        publish_version(registry, project_id, trained["result"]["best"])
     registry.set_current(project_id, "v1")
-    stack = Stack(
+    env = settings_env(
         tmp_path,
-        {
-            "LABELLOOP_MODELS_DIR": str(models),
-            "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
-            "LABELLOOP_IMGSZ": "160",
-            "LABELLOOP_MEDIA_ALLOW_HOSTS": "127.0.0.1",
-            "LABELLOOP_PREANNOTATE_BATCH": str(BATCH),
-            "LABEL_STUDIO_URL": ls_url,
-            "LABEL_STUDIO_API_KEY": token,
-            "LABELLOOP_LOG_JSON": "true",
-        },
+        label_studio=label_studio,
+        LABELLOOP_IMGSZ="160",
+        LABELLOOP_MEDIA_ALLOW_HOSTS="127.0.0.1",
+        LABELLOOP_PREANNOTATE_BATCH=str(BATCH),
+        LABELLOOP_LOG_JSON="true",
     )
+    stack = Stack(tmp_path, env)
     try:
         redis_url = stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port())
         url = stack.start_receiver(free_port())
@@ -95,9 +85,9 @@ def test_a_promotion_supersedes_a_running_preannotation(
             "label_config": LABEL_CONFIG,
         }
         assert httpx.post(f"{url}/predict", json=body, timeout=120).status_code == 200  # v1 loaded there
-        app = create_celery(Settings(redis_url=redis_url))
+        app = create_celery(make_settings(tmp_path, redis_url=redis_url))
         app.send_task(TASK_PREANNOTATE, args=[project_id, "v1"])  # routed by name to its queue
-        r = redis.Redis.from_url(redis_url)
+        r = redis_client(redis_url, "cli")
 
         def v1_batches() -> int:
             return sum(

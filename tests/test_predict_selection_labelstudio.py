@@ -15,6 +15,7 @@ from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.stack import Stack, free_port
 from labelloop.dev.synthetic import make_sample
 from labelloop.registry.store import Registry
+from tests.factories import connect_backend, image_project, publish_version, settings_env
 from tests.labelloop.test_selection import untrained_weights
 
 BATCH = 2
@@ -27,32 +28,26 @@ def connected(
 ) -> Iterator[tuple[LabelStudioAPI, int, list[int]]]:
     """A Label Studio project of 6 images served v1 (an untrained yolov8n) by labelloop's receiver and
     one predict worker that predicts chunks of 2 and starts no chunk after the first (deadline 1 ms)."""
-    ls_url, token = label_studio
     work = tmp_path_factory.mktemp("selection-ls")
-    api = LabelStudioAPI(ls_url, token)
-    project_id = api.create_project("labelloop selection")
-    task_ids = api.import_images(project_id, [make_sample(seed, 160, 120) for seed in range(TASKS)])
+    api = LabelStudioAPI(*label_studio)
+    project_id, task_ids = image_project(api, "labelloop selection", [make_sample(s, 160, 120) for s in range(TASKS)])
     registry = Registry(work / "models")
-    registry.publish(project_id, untrained_weights(work), {"classes": ["square", "disc"]})
+    publish_version(registry, project_id, untrained_weights(work))
     registry.set_current(project_id, "v1")
-    stack = Stack(
+    env = settings_env(
         work,
-        {
-            "LABELLOOP_MODELS_DIR": str(work / "models"),
-            "LABELLOOP_CACHE_DIR": str(work / "cache"),
-            "LABELLOOP_IMGSZ": "160",
-            "LABELLOOP_PREDICT_CONF": "0.99",  # an untrained model's boxes are noise: keep none
-            "LABELLOOP_PREDICT_BATCH": str(BATCH),
-            "LABELLOOP_PREDICT_DEADLINE_S": "0.001",
-            "LABEL_STUDIO_URL": ls_url,
-            "LABEL_STUDIO_API_KEY": token,
-        },
+        label_studio=label_studio,
+        LABELLOOP_IMGSZ="160",
+        LABELLOOP_PREDICT_CONF="0.99",  # an untrained model's boxes are noise: keep none
+        LABELLOOP_PREDICT_BATCH=str(BATCH),
+        LABELLOOP_PREDICT_DEADLINE_S="0.001",
     )
+    stack = Stack(work, env)
     try:
         stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port())
         url = stack.start_receiver(free_port())
         stack.start_worker("predict")
-        api.connect_backend(project_id, url)
+        connect_backend(api, project_id, url)
         yield api, project_id, task_ids
     finally:
         stack.stop_all()

@@ -12,7 +12,6 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-import redis
 
 from labelloop import keys
 from labelloop.dev.demo import LabelStudioAPI
@@ -20,9 +19,10 @@ from labelloop.dev.stack import Stack, free_port, wait_until
 from labelloop.dev.synthetic import make_sample
 from labelloop.jobs.jobs import Jobs
 from labelloop.jobs.progress import ProgressStore
+from labelloop.redis_client import client as redis_client
 from labelloop.registry.store import Registry
-from labelloop.settings import Settings
 from tests.conftest import TRAIN_ENV
+from tests.factories import image_project, make_settings, settings_env
 from workers.celery_app import create_celery
 
 pytestmark = pytest.mark.labelstudio
@@ -34,31 +34,20 @@ def test_a_killed_train_worker_s_run_is_redelivered_and_completes(
     """SIGKILL of the whole train worker (main process and pool child, as a deploy's SIGKILL after
     SIGTERM) mid-epoch: a new worker gets the run again within a minute of being ready, and it
     publishes exactly one version for that run and releases the project."""
-    ls_url, token = label_studio
-    api = LabelStudioAPI(ls_url, token)
-    project_id = api.create_project("labelloop whole worker killed")
+    api = LabelStudioAPI(*label_studio)
     samples = [make_sample(200 + seed, 160, 120) for seed in range(8)]
-    for task_id, sample in zip(api.import_images(project_id, samples), samples, strict=True):
-        api.annotate(task_id, sample.ls_result())
+    project_id, _ = image_project(api, "labelloop whole worker killed", samples, annotate=len(samples))
     stack = Stack(tmp_path, {})
     try:
         redis_url = stack.start_redis(free_port())
-        env = {
-            **TRAIN_ENV,
-            "LABELLOOP_EPOCHS": "20",
-            "LABELLOOP_REDIS_URL": redis_url,
-            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-            "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
-            "LABEL_STUDIO_URL": ls_url,
-            "LABEL_STUDIO_API_KEY": token,
-        }
-        stack.env.update(env)
+        env = {**TRAIN_ENV, "LABELLOOP_EPOCHS": "20"}
+        stack.env.update(settings_env(tmp_path, redis_url=redis_url, label_studio=label_studio, **env))
         stack.start_worker("train")
-        settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+        settings = make_settings(tmp_path, redis_url=redis_url)
         app = create_celery(settings)
         jobs = Jobs(settings, lambda name, args, queue: app.send_task(name, args=args, queue=queue))
         assert jobs.handle_event(project_id, "START_TRAINING", []) == "started"
-        client = redis.Redis.from_url(redis_url)
+        client = redis_client(redis_url, "cli")
         run_id = bytes(client.get(keys.training_lock(project_id)) or b"").decode()
         store = ProgressStore(client)
         wait_until(lambda: 1 <= (store.get(project_id) or {}).get("epoch", 0) < 15, 180, "training under way", 0.05)
@@ -137,27 +126,17 @@ def test_a_training_that_finds_label_studio_down_is_retried_and_publishes(
     Studio answers again."""
     ls_url, token = label_studio
     api = LabelStudioAPI(ls_url, token)
-    project_id = api.create_project("labelloop Label Studio down")
     samples = [make_sample(300 + seed, 160, 120) for seed in range(8)]
-    for task_id, sample in zip(api.import_images(project_id, samples), samples, strict=True):
-        api.annotate(task_id, sample.ls_result())
+    project_id, _ = image_project(api, "labelloop Label Studio down", samples, annotate=len(samples))
     parsed = urllib.parse.urlsplit(ls_url)
     forwarder = Forwarder(free_port(), (parsed.hostname or "127.0.0.1", int(parsed.port or 80)))
     stack = Stack(tmp_path, {})
     try:
         redis_url = stack.start_redis(free_port())
-        stack.env.update(
-            {
-                **TRAIN_ENV,
-                "LABELLOOP_REDIS_URL": redis_url,
-                "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-                "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
-                "LABEL_STUDIO_URL": f"http://127.0.0.1:{forwarder.port}",
-                "LABEL_STUDIO_API_KEY": token,
-            }
-        )
+        down = (f"http://127.0.0.1:{forwarder.port}", token)  # refuses connections until the forwarder starts
+        stack.env.update(settings_env(tmp_path, redis_url=redis_url, label_studio=down, **TRAIN_ENV))
         stack.start_worker("train")
-        settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+        settings = make_settings(tmp_path, redis_url=redis_url)
         app = create_celery(settings)
         jobs = Jobs(settings, lambda name, args, queue: app.send_task(name, args=args, queue=queue))
         assert jobs.handle_event(project_id, "START_TRAINING", []) == "started"

@@ -19,8 +19,8 @@ from labelloop.registry.store import Registry
 from labelloop.serving.preannotate import preannotate_project
 from labelloop.serving.predictor import Predictor
 from labelloop.serving.video import VideoOptions
-from labelloop.settings import Settings
 from labelloop.task_types.keyframes import frame_boxes
+from tests.factories import make_settings
 
 pytestmark = pytest.mark.labelstudio
 
@@ -41,6 +41,15 @@ def _result(video: GeneratedVideo, every: int) -> list[dict[str, Any]]:
     return video_result(video, every, prefix="trk", origin="manual")
 
 
+def _video_project(api: LabelStudioAPI, title: str, videos: list[GeneratedVideo]) -> tuple[int, list[int]]:
+    """A video project of ``videos`` uploaded as ``clip<i>.mp4`` tasks; its id and the task ids in order."""
+    pid = api.create_project(title, video_config())
+    api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
+    tasks: list[Any] = list(api.sdk.tasks.list(project=pid))
+    by_name = {str(t.data["video"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
+    return pid, [by_name[f"clip{i}.mp4"] for i in range(len(videos))]
+
+
 def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
     label_studio: tuple[str, str], redis_url: str, tmp_path: Path
 ) -> None:
@@ -49,21 +58,15 @@ def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
     framesCount, duration and fewer keyframes than frames, stored by Label Studio with the version."""
     url, token = label_studio
     api = LabelStudioAPI(url, token)
-    pid = api.create_project("labelloop video loop", video_config())
     videos = [write_video(tmp_path / f"clip{i}.mp4", seed=20 + i, frames=FRAMES, shapes=2) for i in range(4)]
-    api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
-    tasks: list[Any] = sorted(api.sdk.tasks.list(project=pid), key=lambda t: t.id)
-    by_name = {str(t.data["video"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
-    ids = [by_name[f"clip{i}.mp4"] for i in range(4)]
+    pid, ids = _video_project(api, "labelloop video loop", videos)
     for tid, video in zip(ids[:3], videos[:3], strict=True):
         api.annotate(tid, _result(video, every=6))
 
-    settings = Settings(
-        label_studio_url=url,
-        label_studio_api_key=token,
+    settings = make_settings(
+        tmp_path,
         redis_url=redis_url,
-        cache_dir=tmp_path / "cache",
-        models_dir=tmp_path / "models",
+        label_studio=label_studio,
         base_model="yolov8n.yaml",
         epochs=5,
         imgsz=192,
@@ -126,16 +129,9 @@ def test_first_picks_leave_a_video_project_alone(label_studio: tuple[str, str], 
 
     url, token = label_studio
     api = LabelStudioAPI(url, token)
-    pid = api.create_project("labelloop video first picks", video_config())
     videos = [write_video(tmp_path / f"clip{i}.mp4", seed=40 + i, frames=12) for i in range(2)]
-    api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
-    settings = Settings(
-        label_studio_url=url,
-        label_studio_api_key=token,
-        redis_url=redis_url,
-        cache_dir=tmp_path / "cache",
-        models_dir=tmp_path / "models",
-    )
+    pid, _ = _video_project(api, "labelloop video first picks", videos)
+    settings = make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio)
     outcome = Jobs(settings, lambda *a: None).first_picks(pid, lambda meta: None)
     assert outcome["status"] == "not_applicable" and outcome["imported"] == 0, outcome
     assert not [p for t in api.sdk.tasks.list(project=pid) for p in api.sdk_predictions(int(t.id))]

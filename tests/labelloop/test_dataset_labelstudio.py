@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-import redis
 import yaml
 from PIL import Image, ImageDraw
 
@@ -26,6 +25,8 @@ from labelloop.errors import DatasetError, LabelConfigError
 from labelloop.events.changes import ChangeLog, label_config_digest
 from labelloop.files import write_atomic
 from labelloop.labelstudio.export import SYNC_OVERLAP_S
+from labelloop.ls_json import Region, RegionValue
+from labelloop.redis_client import client as redis_client
 from labelloop.registry.base_models import for_task
 from labelloop.registry.params import ProjectParams, store
 from labelloop.registry.store import Registry
@@ -33,6 +34,7 @@ from labelloop.serving.predictor import Predictor
 from labelloop.settings import Settings
 from labelloop.task_types.convert import mask_to_brush
 from labelloop.training.child import run_training_process
+from tests.factories import image_project, make_settings, publish_version, settings_env
 
 pytestmark = pytest.mark.labelstudio  # every test here reads a real Label Studio
 
@@ -69,7 +71,7 @@ def label_config(kind: str) -> str:
     return f'<View><Image name="image" value="$image"/>{body}</View>'
 
 
-def _region(rid: str, rtype: str, value: dict[str, Any], from_name: str = "label") -> dict[str, Any]:
+def _region(rid: str, rtype: str, value: RegionValue, from_name: str = "label") -> Region:
     return {
         "id": rid,
         "from_name": from_name,
@@ -82,13 +84,13 @@ def _region(rid: str, rtype: str, value: dict[str, Any], from_name: str = "label
     }
 
 
-def annotation(kind: str, sample: Sample) -> list[dict[str, Any]]:
+def annotation(kind: str, sample: Sample) -> list[Region]:
     """The sample's shapes as a Label Studio result for a kind of project."""
     if kind == "classify":
         return [_region("c0", "choices", {"choices": [sample.boxes[0][0]]})]
     if kind == "detect":
         return sample.ls_result()
-    out: list[dict[str, Any]] = []
+    out: list[Region] = []
     for i, (label, x, y, w, h) in enumerate(sample.boxes):
         pct = {"x": x / W * 100, "y": y / H * 100, "width": w / W * 100, "height": h / H * 100}
         if kind == "obb":
@@ -125,14 +127,8 @@ def annotation(kind: str, sample: Sample) -> list[dict[str, Any]]:
 
 
 def settings_for(tmp_path: Path, url: str, token: str, **extra: Any) -> Settings:
-    return Settings(
-        label_studio_url=url,
-        label_studio_api_key=token,
-        cache_dir=tmp_path / "cache",
-        models_dir=tmp_path / "models",
-        media_allow_hosts="127.0.0.1",
-        **extra,
-    )
+    """The settings of a build from this Label Studio, images on the loopback ``image_server`` allowed."""
+    return make_settings(tmp_path, label_studio=(url, token), media_allow_hosts="127.0.0.1", **extra)
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +137,15 @@ def api(label_studio: tuple[str, str]) -> LabelStudioAPI:
 
 
 def project(api: LabelStudioAPI, kind: str, n: int = IMAGES, annotate: int = IMAGES - 1) -> tuple[int, list[int]]:
-    pid = api.create_project(f"dataset-{kind}", label_config(kind))
     samples = [make_sample(100 + i, W, H) for i in range(n)]
-    ids = api.import_images(pid, samples)
-    for task_id, sample in list(zip(ids, samples, strict=True))[:annotate]:
-        api.annotate(task_id, annotation(kind, sample))
-    return pid, ids
+    return image_project(
+        api,
+        f"dataset-{kind}",
+        samples,
+        annotate=annotate,
+        label_config=label_config(kind),
+        result=lambda sample: annotation(kind, sample),
+    )
 
 
 def _label_lines(data_dir: Path) -> list[str]:
@@ -215,8 +214,8 @@ def test_every_task_type_builds_trains_and_predicts(
     assert ("accuracy_top1" if task == "classify" else "map50_95") in result["metrics"]
 
     registry = Registry(settings.models_dir)
-    manifest = {"task": task, "from_name": "label", "names": {str(k): v for k, v in built.names.items()}}
-    registry.publish(pid, Path(result["best"]), manifest)
+    names = {str(k): v for k, v in built.names.items()}
+    publish_version(registry, pid, result["best"], task=task, from_name="label", names=names)
     predictor = Predictor(registry, "yolov8n.yaml", tmp_path / "yolo", tmp_path / "cache", 64, 0.001, "cpu")
     tasks = [{"id": ids[-1], "data": {"image": api.sdk.tasks.get(id=str(ids[-1])).data["image"]}}]
     spec = built.spec.with_task("detect") if task == "obb" else built.spec
@@ -298,13 +297,7 @@ def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
     after it."""
     # The receiver has labelloop's Label Studio token: it takes webhooks of projects the token can
     # read (the project is never connected as an ML backend here).
-    ls_url, token = label_studio
-    env = {
-        "LABELLOOP_REDIS_URL": redis_url,
-        "LABELLOOP_MODELS_DIR": str(tmp_path / "rm"),
-        "LABEL_STUDIO_URL": ls_url,
-        "LABEL_STUDIO_API_KEY": token,
-    }
+    env = settings_env(tmp_path / "receiver", redis_url=redis_url, label_studio=label_studio)
     stack = Stack(tmp_path / "stack", env)
     port = free_port()
     receiver = stack.start_receiver(port)
@@ -313,7 +306,7 @@ def test_rebuilds_apply_recorded_webhooks_and_match_a_read_of_label_studio(
         hook: Any = api.sdk.webhooks.create(
             project=pid, url=receiver + "/webhook", send_payload=True, send_for_all_actions=True
         )
-        log = ChangeLog(redis.Redis.from_url(redis_url))
+        log = ChangeLog(redis_client(redis_url, "cli"))
         settings = settings_for(tmp_path, *label_studio)
         samples = [make_sample(100 + i, W, H) for i in range(10)]
 
@@ -503,9 +496,10 @@ def test_untrainable_configs_and_too_little_data_are_clear_errors(
     config = label_config("polygon").replace(
         "</View>", '<Choices name="quality" toName="image"><Choice value="good"/></Choices></View>'
     )
-    pid = api.create_project("dataset-ambiguous", config)
-    ids = api.import_images(pid, [make_sample(1, W, H), make_sample(2, W, H)])
-    api.annotate(ids[0], annotation("polygon", make_sample(1, W, H)))
+    samples = [make_sample(1, W, H), make_sample(2, W, H)]
+    pid, _ = image_project(
+        api, "dataset-ambiguous", samples, annotate=1, label_config=config, result=lambda s: annotation("polygon", s)
+    )
     settings = settings_for(tmp_path, *label_studio)
     with pytest.raises(LabelConfigError, match="control_tag"):
         build_project_dataset(settings, pid)
@@ -523,14 +517,7 @@ def test_cli_builds_a_dataset_without_training(
     import sys
 
     pid, _ = project(api, "polygon", n=5, annotate=5)
-    url, token = label_studio
-    env = {
-        **os.environ,
-        "LABEL_STUDIO_URL": url,
-        "LABEL_STUDIO_API_KEY": token,
-        "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
-        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-    }
+    env = {**os.environ, **settings_env(tmp_path, label_studio=label_studio)}
     out = subprocess.run(
         [sys.executable, "-m", "service.cli", "dataset", "build", str(pid), str(tmp_path / "ds")],
         env=env,

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from labelloop import keys
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic import make_sample
 from labelloop.events.ledger import PROJECTS_KEY, normalize_ts, parse_ts
 from labelloop.jobs.jobs import Jobs
-from labelloop.settings import Settings
+from labelloop.redis_client import client as redis_client
+from tests.factories import image_project, make_settings
 
 
 @pytest.mark.labelstudio
@@ -26,20 +26,13 @@ def test_reconcile_takes_turns_and_never_moves_the_ledger_back_nor_past_the_expo
     ledger (a newer webhook arrived meanwhile) and an annotation the ledger got after the export
     started are not missed changes: nothing is counted twice, nothing deleted."""
     api = LabelStudioAPI(*label_studio)
-    pid = api.create_project("reconcile")
     samples = [make_sample(300 + i, 96, 64) for i in range(3)]
-    ids = api.import_images(pid, samples)
+    pid, ids = image_project(api, "reconcile", samples)
     first = api.annotate(ids[0], samples[0].ls_result())
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url, "cli")
     client.sadd(PROJECTS_KEY, pid)
     sent: list[Any] = []
-    settings = Settings(
-        redis_url=redis_url,
-        label_studio_url=label_studio[0],
-        label_studio_api_key=label_studio[1],
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio)
     jobs = Jobs(settings, lambda name, args, queue: sent.append((name, args)))
     assert jobs.reconcile() == {str(pid): 1}
 

@@ -3,7 +3,6 @@ the mistakes tab worst first, annotations untouched."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 import structlog.testing
 
 from labelloop.dev.demo import LabelStudioAPI
-from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.dev.synthetic import make_sample
 from labelloop.jobs.jobs import Jobs
 from labelloop.labelstudio import client as labelstudio
 from labelloop.labelstudio.media import MediaConfig
@@ -20,7 +19,7 @@ from labelloop.quality.mistakes import QUALITY_KEY, SUSPECTED_KEY, score_project
 from labelloop.quality.mistakes_report import read_report
 from labelloop.registry.store import Registry
 from labelloop.serving.predictor import Predictor
-from labelloop.settings import Settings
+from tests.factories import image_project, make_settings, publish_version, served_image_project
 
 CLASSIFY_CONFIG = """<View><Image name="image" value="$image"/>
 <Choices name="choice" toName="image"><Choice value="cat"/><Choice value="dog"/></Choices></View>"""
@@ -52,9 +51,7 @@ def test_annotations_scored_by_a_version_not_trained_on_them_and_listed_worst_fi
     ls_url, token = label_studio
     base_url, _ = image_server
     client = labelstudio.client(ls_url, token)
-    pid = int(client.projects.create(title="mistakes", label_config=LABEL_CONFIG).id)
-    client.projects.import_tasks(id=pid, request=[{"data": {"image": f"{base_url}/img{i}.png"}} for i in range(7)])
-    tasks = sorted(int(t.id) for t in client.tasks.list(project=pid, fields="task_only"))
+    pid, tasks = served_image_project(client, "mistakes", base_url, 7)
     ann = {}
     for i, tid in enumerate(tasks[:6]):
         result = make_sample(i, 160, 120).ls_result()
@@ -66,14 +63,8 @@ def test_annotations_scored_by_a_version_not_trained_on_them_and_listed_worst_fi
     before = _annotations(client, pid)
 
     registry = Registry(tmp_path / "models")
-    for name, trained_on in (("v1", tasks[:3]), ("v2", tasks[:6])):
-        shutil.copyfile(trained["result"]["best"], tmp_path / f"{name}.pt")
-        registry.publish(
-            pid,
-            tmp_path / f"{name}.pt",
-            {"classes": ["square", "disc"]},
-            annotations={str(ann[t]): "x" for t in trained_on},
-        )
+    for trained_on in (tasks[:3], tasks[:6]):
+        publish_version(registry, pid, trained["result"]["best"], annotations={str(ann[t]): "x" for t in trained_on})
     predictor = _predictor(registry, trained, tmp_path)
 
     report = score_project(client, predictor, pid, None, None, batch_size=2)
@@ -115,11 +106,9 @@ def test_classification_project_says_it_is_not_scored(
     ls_url, token = label_studio
     base_url, _ = image_server
     client = labelstudio.client(ls_url, token)
-    pid = int(client.projects.create(title="mistakes-classify", label_config=CLASSIFY_CONFIG).id)
-    client.projects.import_tasks(id=pid, request=[{"data": {"image": f"{base_url}/img0.png"}}])
-    (task,) = list(client.tasks.list(project=pid, fields="task_only"))
+    pid, (task_id,) = served_image_project(client, "mistakes-classify", base_url, 1, label_config=CLASSIFY_CONFIG)
     client.annotations.create(
-        id=int(task.id),
+        id=task_id,
         result=[{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}],
         was_cancelled=False,
     )
@@ -139,23 +128,17 @@ def test_preannotation_job_scores_annotations_and_keeps_the_tab(
     """After a version's pre-annotation the job scores the annotated tasks and keeps the mistakes tab;
     with LABELLOOP_LABEL_MISTAKES off it does neither."""
     api = LabelStudioAPI(*label_studio)
-    pid = api.create_project(f"mistakes-job-{enabled}", LABEL_CONFIG)
-    ids = api.import_images(pid, [make_sample(800 + i, 160, 120) for i in range(5)])
-    for i in range(3):
-        api.annotate(ids[i], make_sample(800 + i, 160, 120).ls_result())
-    url, token = label_studio
-    settings = Settings(
+    samples = [make_sample(800 + i, 160, 120) for i in range(5)]
+    pid, ids = image_project(api, f"mistakes-job-{enabled}", samples, annotate=3)
+    settings = make_settings(
+        tmp_path,
         redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        label_studio_url=url,
-        label_studio_api_key=token,
+        label_studio=label_studio,
         imgsz=160,
         preannotate_batch=2,
         label_mistakes=enabled,
     )
-    shutil.copyfile(trained["result"]["best"], tmp_path / "best.pt")
-    Registry(settings.models_dir).publish(pid, tmp_path / "best.pt", {"classes": ["square", "disc"]})
+    publish_version(Registry(settings.models_dir), pid, trained["result"]["best"])
     with structlog.testing.capture_logs() as logs:
         assert Jobs(settings, lambda *a: None).preannotate(pid, "v1", lambda meta: None)["stopped"] is None
     data = {int(t.id): dict(t.data) for t in api.sdk.tasks.list(project=pid, fields="task_only")}

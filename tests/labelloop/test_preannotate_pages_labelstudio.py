@@ -5,7 +5,6 @@ prediction twice, and the predictions of versions retention removed leave Label 
 from __future__ import annotations
 
 import math
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,12 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
 from labelloop.labelstudio import task_pages
 from labelloop.labelstudio.media import MediaConfig
 from labelloop.registry.store import Registry
 from labelloop.serving.preannotate import preannotate_project
 from labelloop.serving.predictor import Predictor
+from tests.factories import publish_version, served_image_project
 
 PAGE = 7
 
@@ -31,24 +30,11 @@ def _client(url: str, token: str, sent: list[httpx.Request]) -> Any:
     return LabelStudio(base_url=url, api_key=token, httpx_client=httpx.Client(event_hooks={"request": [sent.append]}))
 
 
-def _project(client: Any, base_url: str, tasks: int, annotated: int) -> tuple[int, list[int]]:
-    """A project of ``tasks`` image tasks, the first ``annotated`` of them annotated; returns its id and task ids."""
-    project_id = int(client.projects.create(title="labelloop pages", label_config=LABEL_CONFIG).id)
-    client.projects.import_tasks(
-        id=project_id, request=[{"data": {"image": f"{base_url}/img{i % 12}.png"}} for i in range(tasks)]
-    )
-    ids = sorted(int(t.id) for t in client.tasks.list(project=project_id, fields="task_only"))
-    for i, task_id in enumerate(ids[:annotated]):
-        client.annotations.create(id=task_id, result=make_sample(i % 12, 160, 120).ls_result())
-    return project_id, ids
-
-
 def _predictor(tmp_path: Path, weights: str, project_id: int, versions: int) -> Predictor:
     """A predictor over a registry holding ``versions`` promoted copies of ``weights`` (the last served)."""
     registry = Registry(tmp_path / "models")
-    for i in range(versions):
-        shutil.copyfile(weights, tmp_path / f"w{i}.pt")
-        registry.publish(project_id, tmp_path / f"w{i}.pt", {"classes": ["square", "disc"]})
+    for _ in range(versions):
+        publish_version(registry, project_id, weights)
     media = MediaConfig(label_studio_url=None, api_key=None, allow_hosts=("127.0.0.1",))
     return Predictor(registry, "yolov8n.yaml", tmp_path / "yolo", tmp_path / "cache", 160, 0.01, media=media)
 
@@ -81,7 +67,7 @@ def test_task_list_is_paged_without_predictions_and_a_retry_imports_nothing_twic
     base_url, _ = image_server
     sent: list[httpx.Request] = []
     client = _client(url, token, sent)
-    project_id, ids = _project(client, base_url, 30, 4)
+    project_id, ids = served_image_project(client, "labelloop pages", base_url, 30, annotate=4)
     predictor = _predictor(tmp_path, trained["result"]["best"], project_id, 1)
     cut_short = ids[4:9]
     client.projects.import_predictions(
@@ -114,7 +100,7 @@ def test_predictions_of_versions_retention_removed_leave_label_studio(
     url, token = label_studio
     base_url, _ = image_server
     client = _client(url, token, [])
-    project_id, ids = _project(client, base_url, 6, 0)
+    project_id, ids = served_image_project(client, "labelloop pages", base_url, 6)
     predictor = _predictor(tmp_path, trained["result"]["best"], project_id, 3)
     client.projects.import_predictions(
         id=project_id,

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from labelloop import keys
 from labelloop.dev.demo import LabelStudioAPI
@@ -17,8 +16,9 @@ from labelloop.dev.synthetic import make_sample
 from labelloop.events import project_webhook
 from labelloop.events.ledger import PROJECTS_KEY
 from labelloop.jobs.jobs import Jobs
-from labelloop.settings import Settings
+from labelloop.redis_client import client as redis_client
 from service.ops import status
+from tests.factories import connect_backend, image_project, make_settings, settings_env
 
 BASIC_AUTH = ("labelstudio", "ml-backend-password")
 SECRET = "webhook-secret-for-tests"
@@ -39,34 +39,29 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
     A webhook found switched off and not re-armed shows in ``labelloop status``, the project page
     and ``labelloop_project_webhook_ok`` (0, then 1 once re-armed)."""
     ls_url, token = label_studio
-    env = {
-        "LABELLOOP_REDIS_URL": redis_url,
-        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-        "LABEL_STUDIO_URL": ls_url,
-        "LABEL_STUDIO_API_KEY": token,
-        "BASIC_AUTH_USER": BASIC_AUTH[0],
-        "BASIC_AUTH_PASS": BASIC_AUTH[1],
-        "LABELLOOP_WEBHOOK_SECRET": SECRET,
-    }
+    env = settings_env(
+        tmp_path,
+        redis_url=redis_url,
+        label_studio=label_studio,
+        BASIC_AUTH_USER=BASIC_AUTH[0],
+        BASIC_AUTH_PASS=BASIC_AUTH[1],
+        LABELLOOP_WEBHOOK_SECRET=SECRET,
+    )
     stack = Stack(tmp_path / "stack", env)
     receiver = stack.start_receiver(free_port())
     try:
         api = LabelStudioAPI(ls_url, token)
-        pid = api.create_project("webhook health")
         samples = [make_sample(500 + i, 96, 64) for i in range(2)]
-        ids = api.import_images(pid, samples)
-        api.connect_backend(pid, receiver, basic_auth=BASIC_AUTH)
-        api.set_webhook_headers(pid, receiver, {"X-Labelloop-Secret": SECRET})
+        pid, ids = image_project(api, "webhook health", samples)
+        connect_backend(api, pid, receiver, basic_auth=BASIC_AUTH, webhook_secret=SECRET)
         url = receiver + "/webhook"
         (hook,) = _hooks(api, pid, url)
-        store = redis.Redis.from_url(redis_url)
+        store = redis_client(redis_url, "cli")
         store.sadd(PROJECTS_KEY, pid)
-        settings = Settings(
+        settings = make_settings(
+            tmp_path,
             redis_url=redis_url,
-            label_studio_url=ls_url,
-            label_studio_api_key=token,
-            models_dir=tmp_path / "models",
-            cache_dir=tmp_path / "cache",
+            label_studio=label_studio,
             basic_auth_user=BASIC_AUTH[0],
             basic_auth_pass=BASIC_AUTH[1],
             webhook_secret=SECRET,

@@ -14,7 +14,7 @@ from labelloop.dataset.images import project_dataset_dir, val_score
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic import make_sample
 from labelloop.jobs import pipeline
-from labelloop.settings import Settings
+from tests.factories import image_project, make_settings
 
 pytestmark = pytest.mark.labelstudio
 
@@ -29,21 +29,12 @@ def test_a_training_with_pseudo_labels_trains_on_confident_unlabeled_images_in_i
     the human train images, never a skipped, annotated or would-be-val task) are written as Ultralytics detect
     labels into a train folder of the run's own, the val split stays the human one, the project's dataset folder
     gets no pseudo file, and the manifest records images, regions, thresholds and the version."""
-    url, token = label_studio
-    api = LabelStudioAPI(url, token)
-    pid = api.create_project("labelloop pseudo-labels")
+    api = LabelStudioAPI(*label_studio)
     samples = [make_sample(500 + i, W, H) for i in range(20)]
-    ids = api.import_images(pid, samples)
-    for task_id, sample in list(zip(ids, samples, strict=True))[:8]:
-        api.annotate(task_id, sample.ls_result())
+    pid, ids = image_project(api, "labelloop pseudo-labels", samples, annotate=8)
     skipped = ids[8]
     api.sdk.annotations.create(id=skipped, result=[], was_cancelled=True)
-    base = {
-        "label_studio_url": url,
-        "label_studio_api_key": token,
-        "cache_dir": tmp_path / "cache",
-        "models_dir": tmp_path / "models",
-        "redis_url": redis_url,
+    training: dict[str, Any] = {
         "epochs": 1,
         "imgsz": 64,
         "batch": 4,
@@ -52,12 +43,15 @@ def test_a_training_with_pseudo_labels_trains_on_confident_unlabeled_images_in_i
         "offline": True,
         "base_model": "yolov8n.yaml",
     }
-    off = pipeline.run_training(Settings(**base), pid, "run-1")
+    off = pipeline.run_training(
+        make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio, **training), pid, "run-1"
+    )
     assert off.manifest.get("pseudo_labels") is None and "pseudo" not in off.manifest["timings"]
 
     # A one-epoch model from scratch is confident of nothing: thresholds this low let every image it finds
     # anything on qualify, so the test sees the files (the rule itself is unit-tested in test_pseudo.py).
-    on = Settings(**base, pseudo_labels=True, pseudo_conf=0.0001, predict_conf=0.0001, pseudo_ratio=0.5)
+    pseudo = {"pseudo_labels": True, "pseudo_conf": 0.0001, "predict_conf": 0.0001, "pseudo_ratio": 0.5}
+    on = make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio, **training, **pseudo)
     kept = tmp_path / "kept"
     real = pipeline.run_training_process
     out_dirs: list[str] = []

@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import redis
 
 from labelloop import keys
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic import make_sample
 from labelloop.jobs.jobs import Jobs
 from labelloop.labelstudio.retired_predictions import model_versions
+from labelloop.redis_client import client as redis_client
 from labelloop.registry.store import Registry
-from labelloop.settings import Settings
+from tests.factories import image_project, make_settings, publish_version
 
 
 @pytest.mark.labelstudio
@@ -24,10 +24,8 @@ def test_reconciliation_deletes_the_predictions_of_versions_retention_removed(
     """With v1 and v2 deleted by retention (v4 served, v3 its rollback target), a reconciliation
     deletes every v1 and v2 prediction (as ``/predict`` or a pre-annotation stored them) and keeps
     v3's and another ML backend's; a second one finds nothing to delete."""
-    ls_url, token = label_studio
-    api = LabelStudioAPI(ls_url, token)
-    pid = api.create_project("retired predictions")
-    ids = api.import_images(pid, [make_sample(800 + i, 96, 64) for i in range(4)])
+    api = LabelStudioAPI(*label_studio)
+    pid, ids = image_project(api, "retired predictions", [make_sample(800 + i, 96, 64) for i in range(4)])
     api.sdk.projects.import_predictions(
         id=pid,
         request=[
@@ -36,19 +34,12 @@ def test_reconciliation_deletes_the_predictions_of_versions_retention_removed(
             for v in ("v1", "v2", "v3", "other")
         ],
     )
-    registry = Registry(tmp_path / "models")
-    (tmp_path / "w.pt").write_bytes(b"weights")
+    settings = make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio)
+    registry = Registry(settings.models_dir)
     for _ in range(4):
-        registry.publish(pid, tmp_path / "w.pt", {"classes": ["square", "disc"]})
+        publish_version(registry, pid)
     assert registry.prune(pid, keep_last=1) == ["v1", "v2"]
-    redis.Redis.from_url(redis_url).sadd(keys.PROJECTS, pid)
-    settings = Settings(
-        redis_url=redis_url,
-        label_studio_url=ls_url,
-        label_studio_api_key=token,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-    )
+    redis_client(redis_url, "cli").sadd(keys.PROJECTS, pid)
     jobs = Jobs(settings, lambda name, args, queue: None)
 
     jobs.reconcile()

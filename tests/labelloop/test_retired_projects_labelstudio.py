@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from labelloop import keys
 from labelloop.dev.demo import LabelStudioAPI
@@ -15,11 +14,12 @@ from labelloop.dev.synthetic import make_sample
 from labelloop.events import retired_projects
 from labelloop.jobs.jobs import Jobs
 from labelloop.labelstudio.media import MediaConfig
+from labelloop.redis_client import client as redis_client
 from labelloop.registry.store import Registry
 from labelloop.serving.preannotate import Generation, superseded_by
 from labelloop.serving.predictor import Predictor
-from labelloop.settings import Settings
 from service.ops import status
+from tests.factories import image_project, make_settings, publish_version
 
 
 @pytest.mark.labelstudio
@@ -30,24 +30,14 @@ def test_a_project_deleted_in_label_studio_is_retired_after_repeated_404s(
     reconciliation in a row; from then on reconciliation no longer asks Label Studio about it
     (no 404 counted), its pre-annotation stops as "project_retired", status says "retired", and a
     live project reconciled alongside is untouched."""
-    ls_url, token = label_studio
-    api = LabelStudioAPI(ls_url, token)
-    gone, live = api.create_project("to delete"), api.create_project("stays")
-    for pid in (gone, live):
-        (task,) = api.import_images(pid, [make_sample(700 + pid, 96, 64)])
-        api.annotate(task, make_sample(700 + pid, 96, 64).ls_result())
-    store = redis.Redis.from_url(redis_url)
+    api = LabelStudioAPI(*label_studio)
+    gone, _ = image_project(api, "to delete", [make_sample(701, 96, 64)], annotate=1)
+    live, _ = image_project(api, "stays", [make_sample(702, 96, 64)], annotate=1)
+    store = redis_client(redis_url, "cli")
     store.sadd(keys.PROJECTS, gone, live)
-    registry = Registry(tmp_path / "models")
-    (tmp_path / "w.pt").write_bytes(b"weights")
-    registry.publish(gone, tmp_path / "w.pt", {"classes": ["square", "disc"]})
-    settings = Settings(
-        redis_url=redis_url,
-        label_studio_url=ls_url,
-        label_studio_api_key=token,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio)
+    registry = Registry(settings.models_dir)
+    publish_version(registry, gone)
     jobs = Jobs(settings, lambda name, args, queue: None)
     assert jobs.reconcile() == {str(gone): 1, str(live): 1}
     api.sdk.projects.delete(id=gone)

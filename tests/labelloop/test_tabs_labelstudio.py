@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from labelloop.dev.demo import LabelStudioAPI
-from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
+from labelloop.dev.synthetic import make_sample
 from labelloop.labelstudio.tabs import TAB_TITLE, ensure_tab, tab_data
 from labelloop.task_types.informativeness import detection_informativeness, most_informative_first, prediction_score
+from tests.factories import image_project
 
 
 def _tab_task_ids(api: LabelStudioAPI, pid: int, view_id: int) -> list[int]:
@@ -22,9 +23,8 @@ def test_tab_lists_unlabeled_tasks_most_informative_first(label_studio: tuple[st
     one without a confident box on top, one without a prediction last), annotated tasks left out; a second call finds
     the same tab."""
     api = LabelStudioAPI(*label_studio)
-    pid = api.create_project("tabs", LABEL_CONFIG)
     samples = [make_sample(300 + i, 64, 48) for i in range(7)]
-    ids = api.import_images(pid, samples)
+    pid, ids = image_project(api, "tabs", samples)
     # box confidences per task, scored as labelloop's predictor scores them (least confidence)
     confs: dict[int, list[float]] = {ids[0]: [0.95], ids[1]: [0.9, 0.3], ids[2]: [], ids[3]: [0.6], ids[4]: [0.4]}
     scores = {t: prediction_score(detection_informativeness(c, None, "least_confidence")) for t, c in confs.items()}
@@ -51,8 +51,7 @@ def test_tab_lists_unlabeled_tasks_most_informative_first(label_studio: tuple[st
 def test_edited_tab_is_restored_and_other_tabs_kept(label_studio: tuple[str, str]) -> None:
     """A tab whose ordering someone changed gets labelloop's filters and ordering back in place; other tabs stay."""
     api = LabelStudioAPI(*label_studio)
-    pid = api.create_project("tabs-edited", LABEL_CONFIG)
-    api.import_images(pid, [make_sample(400, 64, 48)])
+    pid, _ = image_project(api, "tabs-edited", [make_sample(400, 64, 48)])
     other: Any = api.sdk.views.create(project=pid, data={"title": "mine", "ordering": ["-tasks:id"]})
     view_id, _ = ensure_tab(api.sdk, pid)
     api.sdk.views.update(id=str(view_id), project=pid, data={**tab_data(), "ordering": ["-tasks:id"]})

@@ -15,7 +15,7 @@ import pytest
 
 from labelloop.dev.stack import Stack, wait_until
 from labelloop.names import QUEUE_PREDICT, TASK_PREDICT
-from labelloop.settings import Settings
+from tests.factories import make_settings, settings_env
 from workers.celery_app import create_celery
 
 GUARD = Path(__file__).with_name("cuda_guard.py")
@@ -40,21 +40,19 @@ def test_a_workers_main_process_never_enters_cuda_while_its_children_do(tmp_path
     model and picks its device through torch.cuda) without one torch.cuda call in the main process."""
     weights = _base_weights(tmp_path)
     log = tmp_path / "cuda.log"
-    env = {
-        "LABELLOOP_REDIS_URL": redis_url,
-        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-        "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
-        "LABELLOOP_BASE_MODEL": str(weights),
-        "LABELLOOP_DEVICE": "",  # the default: the pool child asks torch.cuda which device to use
-        "LABEL_STUDIO_URL": "http://127.0.0.1:9",
-        "LABEL_STUDIO_API_KEY": "not-a-real-token",
-    }
+    env = settings_env(
+        tmp_path,
+        redis_url=redis_url,
+        label_studio=("http://127.0.0.1:9", "not-a-real-token"),
+        LABELLOOP_BASE_MODEL=str(weights),
+        LABELLOOP_DEVICE="",  # the default: the pool child asks torch.cuda which device to use
+    )
     stack = Stack(tmp_path, env)
     argv = [sys.executable, str(GUARD), str(log), "worker", "--queues", "predict,train", "--concurrency", "2"]
     worker = stack.start("worker", argv)
     try:
         wait_until(lambda: " ready." in stack.log_tail("worker", 100_000), 120, "worker")
-        app = create_celery(Settings(redis_url=redis_url))
+        app = create_celery(make_settings(tmp_path, redis_url=redis_url))
         tasks = [{"id": 1, "data": {"image": "http://127.0.0.1:9/missing.jpg"}}]
         answer = app.send_task(TASK_PREDICT, args=[1, CONFIG["label_config"], tasks], queue=QUEUE_PREDICT)
         result = answer.get(timeout=240)

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from labelloop import keys
 from labelloop.dev.stack import Stack, free_port, wait_until
@@ -24,7 +23,8 @@ from labelloop.jobs.jobs import Jobs
 from labelloop.jobs.lease import RunRecords
 from labelloop.jobs.progress import ProgressStore
 from labelloop.names import QUEUE_TRAIN
-from labelloop.settings import Settings
+from labelloop.redis_client import client as redis_client
+from tests.factories import make_settings, settings_env
 from workers.celery_app import create_celery
 
 
@@ -34,29 +34,23 @@ class Rig:
     def __init__(self, tmp_path: Path, ls_url: str, env: dict[str, str]) -> None:
         self.stack = Stack(tmp_path, {})
         self.redis_url = self.stack.start_redis(free_port())
+        workers_env = {"LABELLOOP_LOG_JSON": "true", "LABELLOOP_TRAIN_LOCK_ORPHAN_S": "1", **env}
         self.stack.env = {
             **self.stack.env,
-            "LABELLOOP_REDIS_URL": self.redis_url,
-            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-            "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
-            "LABEL_STUDIO_URL": ls_url,
-            "LABEL_STUDIO_API_KEY": "not-a-real-token",
-            "LABELLOOP_LOG_JSON": "true",
-            "LABELLOOP_TRAIN_LOCK_ORPHAN_S": "1",
-            **env,
+            **settings_env(
+                tmp_path, redis_url=self.redis_url, label_studio=(ls_url, "not-a-real-token"), **workers_env
+            ),
         }
-        self.settings = Settings(
+        self.settings = make_settings(
+            tmp_path,
             redis_url=self.redis_url,
-            models_dir=tmp_path / "models",
-            cache_dir=tmp_path / "cache",
-            label_studio_url=f"http://127.0.0.1:{free_port()}",
-            label_studio_api_key="not-a-real-token",
+            label_studio=(f"http://127.0.0.1:{free_port()}", "not-a-real-token"),
             train_every_n=1,
             train_lock_orphan_s=1,
         )
         self.app = create_celery(self.settings)
         self.jobs = Jobs(self.settings, lambda name, args, queue: self.app.send_task(name, args=args, queue=queue))
-        self.redis = redis.Redis.from_url(self.redis_url)
+        self.redis = redis_client(self.redis_url, "cli")
 
     def events(self, name: str, event: str) -> list[dict[str, Any]]:
         """The worker's JSON log lines of one event."""

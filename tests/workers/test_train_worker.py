@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from labelloop import keys
 from labelloop.dev.stack import Stack, free_port, wait_until
@@ -22,7 +21,8 @@ from labelloop.jobs.jobs import Jobs
 from labelloop.jobs.lease import RunRecords
 from labelloop.jobs.progress import ProgressStore
 from labelloop.names import QUEUE_TRAIN, TASK_TRAIN
-from labelloop.settings import Settings
+from labelloop.redis_client import client as redis_client
+from tests.factories import make_settings, settings_env
 from workers.celery_app import create_celery
 
 
@@ -30,22 +30,15 @@ class Workers:
     """Train workers as processes, and a ``Jobs`` in the test that enqueues through Celery."""
 
     def __init__(self, tmp_path: Path, redis_url: str, ls_url: str, env: dict[str, str]) -> None:
-        self.env = {
-            "LABELLOOP_REDIS_URL": redis_url,
-            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-            "LABELLOOP_CACHE_DIR": str(tmp_path / "cache"),
-            "LABEL_STUDIO_URL": ls_url,
-            "LABEL_STUDIO_API_KEY": "not-a-real-token",
-            "LABELLOOP_LOG_JSON": "true",
-            **env,
-        }
-        self.stack = Stack(tmp_path, self.env)
-        self.settings = Settings(
-            redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", train_every_n=100
+        label_studio = (ls_url, "not-a-real-token")
+        self.env = settings_env(
+            tmp_path, redis_url=redis_url, label_studio=label_studio, LABELLOOP_LOG_JSON="true", **env
         )
+        self.stack = Stack(tmp_path, self.env)
+        self.settings = make_settings(tmp_path, redis_url=redis_url, train_every_n=100)
         self.app = create_celery(self.settings)
         self.jobs = Jobs(self.settings, lambda name, args, queue: self.app.send_task(name, args=args, queue=queue))
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = redis_client(redis_url, "cli")
         self.progress = ProgressStore(self.redis)
 
     def start_run(self, project_id: int) -> str:
