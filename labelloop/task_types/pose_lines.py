@@ -46,9 +46,9 @@ class PoseLines:
     class_ids: Mapping[str, int]
     width: int
     height: int
-    dropped: list[str] = field(default_factory=list)
-    _boxes: dict[str, _Instance] = field(default_factory=dict)
-    _dropped_boxes: set[str] = field(default_factory=set)
+    dropped: list[str] = field(default_factory=list, init=False)
+    _boxes: dict[str, _Instance] = field(default_factory=dict, init=False)
+    _dropped_boxes: set[str] = field(default_factory=set, init=False)
 
     def lines(self, result: Sequence[Region]) -> tuple[list[str], list[str]]:
         """``(lines, dropped)``: one line per kept box, and a reason per dropped region.

@@ -12,6 +12,8 @@ import pytest
 
 from labelloop.task_types import TASK_TYPES, TaskType, task_class, task_type
 from labelloop.task_types.convert import annotation_to_yolo, predictions_to_regions
+from labelloop.task_types.outputs import ModelOutputs
+from labelloop.task_types.spec import TrainSpec
 from tests.labelloop.ls_regions import CLASS_IDS, CLASSIFY, DETECT, NAMES, OBB, POLY, POSE, H, W, rect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,14 +67,14 @@ def test_the_label_config_picks_task_types_from_their_control_tags() -> None:
 
 
 @pytest.mark.parametrize("spec", [DETECT, OBB, POLY, POSE, CLASSIFY])
-def test_task_type_is_bound_to_its_spec(spec: object) -> None:
+def test_task_type_is_bound_to_its_spec(spec: TrainSpec) -> None:
     """``task_type(spec)`` is the spec's task type holding that spec: the regions it makes carry the
     spec's from_name and to_name, with no spec passed to its methods."""
-    kind = task_type(spec)  # type: ignore[arg-type]
+    kind = task_type(spec)
     assert type(kind) is task_class(kind.spec.task) and kind.spec is spec
     assert repr(kind).startswith(f"{type(kind).__name__}(TrainSpec(task='{kind.spec.task}'")
     if kind.name == "classify":
-        (region,) = kind.predictions(NAMES, W, H, {"probs": [0.1, 0.0, 0.3, 0.0, 0.6]})
+        (region,) = kind.predictions(NAMES, W, H, ModelOutputs(probs=[0.1, 0.0, 0.3, 0.0, 0.6]))
         assert (region["from_name"], region["to_name"], region["value"]) == ("choice", "image", {"choices": ["cat"]})
         return
     line = {
@@ -92,6 +94,6 @@ def test_the_bound_type_and_the_convert_functions_agree() -> None:
         result, DETECT, CLASS_IDS, W, H
     )
     outputs = {"boxes_xyxy": [[20, 10, 60, 40]], "classes": [4], "scores": [0.9]}
-    bound = task_type(DETECT).predictions(NAMES, W, H, outputs)  # type: ignore[arg-type]
+    bound = task_type(DETECT).predictions(NAMES, W, H, ModelOutputs(**outputs))
     free = predictions_to_regions(DETECT, NAMES, W, H, **outputs)
     assert [{**r, "id": ""} for r in bound] == [{**r, "id": ""} for r in free]
