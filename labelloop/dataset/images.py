@@ -445,7 +445,7 @@ def plan_files(
     """
     from labelloop.task_types import convert
 
-    kind = task_type(spec.task)
+    kind = task_type(spec)
     class_ids = {label: i for i, label in names.items() if label in spec.labels}
     names_key = hashlib.sha1(json.dumps([spec.task, spec.from_name, sorted(names.items())]).encode()).hexdigest()[:12]
     usable: list[tuple[int, Any, dict[str, Any], str]] = []
@@ -527,7 +527,7 @@ def apply_files(
 ) -> Path:
     """Bring ``out_dir`` to the planned state, touching only what changed, and write its
     ``data.yaml`` (or classify's ``.ndjson.yaml``) and state; returns what to pass as ``data=``."""
-    kind = task_type(spec.task)
+    kind = task_type(spec)
     if old_state is None and out_dir.exists():
         shutil.rmtree(out_dir)
     for split in ("train", "val"):
@@ -589,7 +589,7 @@ def apply_files(
             "val": "images/val",
             "names": dict(names),
         }
-        content.update(kind.data_yaml_extra(spec))
+        content.update(kind.data_yaml_extra())
         write_atomic(data, yaml.safe_dump(content, sort_keys=False))
     fsync_files(labels_written)  # on disk before the state says they are
     state = {"version": STATE_VERSION, "layout": _layout(spec), "names": dict(names), "tasks": dict(wanted)}

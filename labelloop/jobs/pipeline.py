@@ -158,7 +158,7 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
     """
     built, result = candidate.built, candidate.result
     params = load_params(settings.models_dir, project_id).effective(settings)
-    kind = task_type(built.spec.task)
+    kind = task_type(built.spec)
     metric = kind.promotion_metric or str(params["promotion_metric"])
     report = built.report
     n_val = kind.validation_count(report.images["val"], sum(report.instances_per_class.get("val", {}).values()))

@@ -3,14 +3,16 @@ classification layout: one folder per class, no label files)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from labelloop.task_types.base import TaskType
-from labelloop.task_types.geometry import _first_label, _np, _region, _where
-from labelloop.task_types.spec import TrainSpec
+from labelloop.ls_json import Region, RegionValue
+from labelloop.task_types.base import Lines, TaskType
+from labelloop.task_types.geometry import as_array
+from labelloop.task_types.outputs import ModelOutputs
+from labelloop.task_types.regions import describe, first_label
 
 
 class Classify(TaskType):
@@ -19,62 +21,74 @@ class Classify(TaskType):
     label_files = False
     promotion_metric = "accuracy_top1"
 
-    def val_metrics(self, result: Any) -> dict[str, float]:
+    @classmethod
+    def val_metrics(cls, result: Any) -> dict[str, float]:
         return {"accuracy_top1": float(result.top1), "accuracy_top5": float(result.top5)}
 
-    def class_metrics(self, result: Any) -> dict[str, dict[str, float]]:
+    @classmethod
+    def class_metrics(cls, result: Any) -> dict[str, dict[str, float]]:
         return {}  # Ultralytics' ClassifyMetrics has top-1/top-5 only
 
-    def validation_count(self, images: int, instances: int) -> int:
+    @classmethod
+    def validation_count(cls, images: int, instances: int) -> int:
         return images
 
-    def predictions(
-        self, spec: TrainSpec, names: Mapping[int, str], width: int, height: int, arrays: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        probs = arrays.get("probs")
+    def annotation_to_lines(
+        self, result: Sequence[Region], class_ids: Mapping[str, int], width: int, height: int
+    ) -> Lines:
+        raise ValueError("classify has no YOLO label lines (annotation_to_class gives the image's class)")
+
+    def predictions(self, names: Mapping[int, str], width: int, height: int, outputs: ModelOutputs) -> list[Region]:
+        """One ``choices`` region: the most probable class of ``probs`` (C,) that is in
+        ``spec.labels``, scored with its probability; none when no class is.
+
+        Raises:
+            ValueError: no ``probs``.
+        """
+        probs = outputs.get("probs")
         if probs is None:
             raise ValueError("classify predictions need probs")
-        p = _np(probs).ravel()
+        p = as_array(probs).ravel()
         for i in (int(i) for i in np.argsort(-p, kind="stable")):
-            if names.get(i) in spec.labels:
-                return [_region(spec, "choices", {"choices": [names[i]]}, int(width), int(height), float(p[i]))]
+            if names.get(i) in self.spec.labels:
+                value = RegionValue(choices=[names[i]])
+                return [self.make.region("choices", value, int(width), int(height), float(p[i]))]
         return []
 
-    def results_arrays(self, res: Any, spec: TrainSpec) -> dict[str, Any] | None:
+    def outputs(self, res: Any) -> ModelOutputs | None:
         if getattr(res, "probs", None) is None:
             return None
-        return {"probs": res.probs.data}
+        return ModelOutputs(probs=res.probs.data)
 
+    def annotation_to_class(
+        self, result: Sequence[Region], class_ids: Mapping[str, int]
+    ) -> tuple[str | None, list[str]]:
+        """The class label of one classify annotation (a single-choice Choices on the image).
 
-def annotation_to_class(
-    result: list[dict[str, Any]], spec: TrainSpec, class_ids: Mapping[str, int]
-) -> tuple[str | None, list[str]]:
-    """The class label of one classify annotation (a single-choice Choices on the image).
+        Args:
+            result: the annotation's ``result``; ``choices`` regions of ``spec.from_name`` count.
+            class_ids: label -> class id; a choice without one is not trained.
 
-    Args:
-        result: the annotation's ``result``; ``choices`` regions of ``spec.from_name`` count.
-        spec: a classify spec.
-        class_ids: label -> class id; a choice without one is not trained.
-
-    Returns:
-        ``(label, reasons)``: the chosen label, or None with the reason (no choice, several
-        choices, choice without class id) so the caller skips the task.
-    """
-    chosen: list[str] = []
-    reasons: list[str] = []
-    for region in result:
-        if region.get("from_name") != spec.from_name:
-            continue
-        label, reason = _first_label(region, "choices")
-        if label is None:
-            reasons.append(f"{_where(region)}: {reason}")
-            continue
-        chosen.extend(str(c) for c in region["value"]["choices"])
-    distinct = list(dict.fromkeys(chosen))
-    if not distinct:
-        return None, reasons + [f"no choice of {spec.from_name!r}"]
-    if len(distinct) > 1:
-        return None, reasons + [f"several choices of {spec.from_name!r}: {', '.join(distinct)}"]
-    if distinct[0] not in class_ids:
-        return None, reasons + [f"choice {distinct[0]!r} has no class id (not in the label config)"]
-    return distinct[0], reasons
+        Returns:
+            ``(label, reasons)``: the chosen label, or None with the reason (no choice, several
+            choices, choice without class id) so the caller skips the task.
+        """
+        chosen: list[str] = []
+        reasons: list[str] = []
+        from_name = self.spec.from_name
+        for region in result:
+            if region.get("from_name") != from_name:
+                continue
+            label, reason = first_label(region, "choices")
+            if label is None:
+                reasons.append(f"{describe(region)}: {reason}")
+                continue
+            chosen.extend(str(c) for c in region["value"]["choices"])
+        distinct = list(dict.fromkeys(chosen))
+        if not distinct:
+            return None, reasons + [f"no choice of {from_name!r}"]
+        if len(distinct) > 1:
+            return None, reasons + [f"several choices of {from_name!r}: {', '.join(distinct)}"]
+        if distinct[0] not in class_ids:
+            return None, reasons + [f"choice {distinct[0]!r} has no class id (not in the label config)"]
+        return distinct[0], reasons

@@ -1,7 +1,8 @@
 """Label Studio regions <-> Ultralytics YOLO labels and predictions, for every task type (pure functions).
 
-The functions here dispatch on ``spec.task`` to the task type's module
-(``labelloop.task_types``); geometry and region building live in ``labelloop.task_types.geometry``.
+The functions here bind the spec's task type once (``labelloop.task_types.task_type(spec)``) and
+call it; geometry lives in ``labelloop.task_types.geometry``, brush RLE in ``.brush``, region
+building in ``.regions``, model outputs in ``.outputs``.
 
 Label Studio side (https://labelstud.io/guide/export#Label-Studio-JSON-format-of-annotated-tasks,
 https://labelstud.io/guide/predictions): coordinates are percent of the image
@@ -39,35 +40,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
+from labelloop.ls_json import Region
 from labelloop.task_types import TASK_TYPES, task_type
-from labelloop.task_types.classify import annotation_to_class
+from labelloop.task_types.brush import brush_to_mask, mask_to_brush
+from labelloop.task_types.classify import Classify
 from labelloop.task_types.geometry import (
-    KEYPOINT_WIDTH,
     MIN_BRUSH_AREA_PX,
-    MIN_KEYPOINT_CONF,
     MIN_POLYGON_AREA_PX,
     PREDICTION_POLYGON_EPSILON_PX,
-    _np,
-    brush_to_mask,
     clip_polygon,
     corners_to_rectangle,
-    mask_to_brush,
     mask_to_polygons,
     polygon_area,
     polygons_to_mask,
     rectangle_corners,
-    region_id,
 )
-from labelloop.task_types.informativeness import (
-    DEFAULT_STRATEGY,
-    NO_DETECTION,
-    Strategy,
-    classification_informativeness,
-    detection_informativeness,
-    prediction_score,
-)
+from labelloop.task_types.informativeness import DEFAULT_STRATEGY, NO_DETECTION, Strategy, prediction_score
+from labelloop.task_types.outputs import ModelOutputs, at_least, outputs_informativeness
+from labelloop.task_types.pose import MIN_KEYPOINT_CONF
+from labelloop.task_types.regions import KEYPOINT_WIDTH, region_id
 from labelloop.task_types.spec import TrainSpec
 
 __all__ = [
@@ -97,7 +88,7 @@ _LINE_TASKS = tuple(name for name, kind in TASK_TYPES.items() if kind.label_file
 
 
 def annotation_to_yolo(
-    result: list[dict[str, Any]], spec: TrainSpec, class_ids: Mapping[str, int], width: int, height: int
+    result: Sequence[Region], spec: TrainSpec, class_ids: Mapping[str, int], width: int, height: int
 ) -> tuple[list[str], list[str]]:
     """Turn one annotation's ``result`` into YOLO label lines for ``spec.task``.
 
@@ -136,10 +127,18 @@ def annotation_to_yolo(
         raise ValueError(f"annotation_to_yolo converts {', '.join(_LINE_TASKS)}, not {spec.task}")
     if spec.task == "pose" and (not spec.keypoint_from_name or not spec.keypoint_labels):
         raise ValueError("a pose TrainSpec needs keypoint_from_name and keypoint_labels")
-    return task_type(spec.task).annotation_to_lines(result, spec, class_ids, width, height)
+    return task_type(spec).annotation_to_lines(result, class_ids, width, height)
 
 
-def has_rotation(result: list[dict[str, Any]], spec: TrainSpec) -> bool:
+def annotation_to_class(
+    result: Sequence[Region], spec: TrainSpec, class_ids: Mapping[str, int]
+) -> tuple[str | None, list[str]]:
+    """The class label of one classify annotation (``labelloop.task_types.classify.Classify.annotation_to_class``
+    bound to ``spec``): ``(label, reasons)``, or None with the reason the task is skipped."""
+    return Classify(spec).annotation_to_class(result, class_ids)
+
+
+def has_rotation(result: Sequence[Region], spec: TrainSpec) -> bool:
     """Whether any region of ``spec.from_name`` has a ``rotation`` that is not a multiple of 360 degrees."""
     for region in result:
         if region.get("from_name") != spec.from_name:
@@ -156,9 +155,7 @@ def has_rotation(result: list[dict[str, Any]], spec: TrainSpec) -> bool:
     return False
 
 
-def yolo_to_regions(
-    line: str, spec: TrainSpec, names: Mapping[int, str], width: int, height: int
-) -> list[dict[str, Any]]:
+def yolo_to_regions(line: str, spec: TrainSpec, names: Mapping[int, str], width: int, height: int) -> list[Region]:
     """Convert one YOLO label line back to Label Studio regions (the inverse of ``annotation_to_yolo``).
 
     Args:
@@ -176,22 +173,7 @@ def yolo_to_regions(
     Raises:
         ValueError: the line does not parse for ``spec.task``, or its class id is not in ``names``.
     """
-    parts = line.split()
-    if not parts:
-        raise ValueError("empty label line")
-    try:
-        cls = int(parts[0])
-        nums = np.array([float(v) for v in parts[1:]], dtype=np.float64)
-    except ValueError:
-        raise ValueError(f"label line does not parse: {line!r}") from None
-    if cls not in names:
-        raise ValueError(f"class id {cls} is not in names")
-    label = names[cls]
-    if label not in spec.labels:
-        return []
-    if spec.task not in _LINE_TASKS:
-        raise ValueError(f"yolo_to_regions converts {', '.join(_LINE_TASKS)}, not {spec.task}")
-    return task_type(spec.task).line_to_regions(nums, label, spec, width, height, line)
+    return task_type(spec).line_regions(line, names, width, height)
 
 
 def predictions_to_regions(
@@ -209,7 +191,7 @@ def predictions_to_regions(
     classes: Any = None,
     scores: Any = None,
     probs: Any = None,
-) -> list[dict[str, Any]]:
+) -> list[Region]:
     """Model outputs for one image as Label Studio prediction regions (https://labelstud.io/guide/predictions).
 
     Arrays may be lists, numpy arrays or torch tensors (e.g. ``res.boxes.xyxy``). Every region
@@ -249,18 +231,18 @@ def predictions_to_regions(
     Raises:
         ValueError: the inputs ``spec.task`` needs are missing or their lengths disagree.
     """
-    arrays = {
-        "boxes_xyxy": boxes_xyxy,
-        "obb_xyxyxyxy": obb_xyxyxyxy,
-        "masks": masks,
-        "polygons_xyn": polygons_xyn,
-        "keypoints_xy": keypoints_xy,
-        "keypoints_conf": keypoints_conf,
-        "classes": classes,
-        "scores": scores,
-        "probs": probs,
-    }
-    return task_type(spec.task).predictions(spec, names, int(width), int(height), arrays)
+    outputs = ModelOutputs(
+        boxes_xyxy=boxes_xyxy,
+        obb_xyxyxyxy=obb_xyxyxyxy,
+        masks=masks,
+        polygons_xyn=polygons_xyn,
+        keypoints_xy=keypoints_xy,
+        keypoints_conf=keypoints_conf,
+        classes=classes,
+        scores=scores,
+        probs=probs,
+    )
+    return task_type(spec).predictions(names, int(width), int(height), outputs)
 
 
 def results_to_regions(
@@ -271,7 +253,7 @@ def results_to_regions(
     *,
     show_conf: float | None = None,
     score_conf: float | None = None,
-) -> tuple[list[dict[str, Any]], float]:
+) -> tuple[list[Region], float]:
     """Label Studio regions from one Ultralytics ``Results`` (duck-typed; ultralytics is not imported).
 
     Reads ``res.orig_shape`` and, by ``spec.task``: ``res.probs.data`` (classify);
@@ -295,58 +277,12 @@ def results_to_regions(
         image without a candidate box scores 0.0 as the most uncertain).
     """
     height, width = (int(v) for v in res.orig_shape[:2])
-    arrays = task_type(spec.task).results_arrays(res, spec)
-    if arrays is None:
+    kind = task_type(spec)
+    outputs = kind.outputs(res)
+    if outputs is None:
         return [], prediction_score(NO_DETECTION)
-    candidates = _at_least(arrays, score_conf)
-    class_scores = candidates.pop("class_scores", None)
-    shown = _at_least(arrays, show_conf)
+    candidates = at_least(outputs, score_conf)
+    shown = at_least(outputs, show_conf)
     shown.pop("class_scores", None)
-    regions = predictions_to_regions(spec, names, width, height, **shown)
-    return regions, prediction_score(arrays_informativeness(candidates, class_scores, spec, names, strategy))
-
-
-def _at_least(arrays: dict[str, Any], conf: float | None) -> dict[str, Any]:
-    """``arrays`` (one image's instances, ``results_arrays``) with only the instances scoring
-    ``>= conf``; a copy of all of them when ``conf`` is None or nothing is scored (classify)."""
-    scores = arrays.get("scores")
-    if conf is None or scores is None or arrays.get("probs") is not None:
-        return dict(arrays)
-    keep = _np(scores).ravel() >= conf
-    if keep.all():
-        return dict(arrays)
-    index = np.flatnonzero(keep)
-    out: dict[str, Any] = {}
-    for key, value in arrays.items():
-        if value is None:
-            out[key] = None
-        elif isinstance(value, list | tuple):
-            out[key] = [value[i] for i in index]
-        else:  # numpy of its own dtype (float32 masks stay float32)
-            out[key] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)[index]
-    return out
-
-
-def arrays_informativeness(
-    arrays: dict[str, Any],
-    class_scores: Any,
-    spec: TrainSpec,
-    names: Mapping[int, str],
-    strategy: Strategy = DEFAULT_STRATEGY,
-) -> float:
-    """An image's informativeness in [0, 1] from its model outputs (``predictions_to_regions``'
-    keyword arguments): classify's ``probs``, else the candidate boxes' ``scores`` (and
-    ``class_scores`` (N, nc) when known) of the classes in ``spec.labels``."""
-    if arrays.get("probs") is not None:
-        probs = _np(arrays["probs"]).ravel().astype(np.float64)
-        return classification_informativeness(
-            [float(p) for i, p in enumerate(probs) if names.get(i) in spec.labels], strategy
-        )
-    cls = _np(arrays["classes"]).ravel().astype(int)
-    conf = np.ones(len(cls)) if arrays.get("scores") is None else _np(arrays["scores"]).ravel().astype(np.float64)
-    keep = np.array([names.get(int(c)) in spec.labels for c in cls], dtype=bool)
-    rows = None
-    if class_scores is not None:
-        all_rows = _np(class_scores).astype(np.float64)
-        rows = all_rows[keep] if all_rows.ndim == 2 and len(all_rows) == len(cls) else all_rows
-    return detection_informativeness(conf[keep], rows, strategy)
+    regions = kind.predictions(names, width, height, shown)
+    return regions, prediction_score(outputs_informativeness(candidates, spec.labels, names, strategy))

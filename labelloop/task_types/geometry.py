@@ -1,48 +1,39 @@
-"""Geometry and Label Studio region building shared by the task types (pure functions).
+"""Geometry shared by the task types (pure functions): arrays from model outputs, YOLO numbers,
+rotated rectangles, polygons and pixel masks.
 
 Coordinate conventions (Label Studio percent of the image, YOLO normalised to [0, 1], rotation
 and corner order, pixel masks through pixel centres) are described in ``labelloop.task_types.convert``.
+Brush RLE lives in ``labelloop.task_types.brush``, region building in ``labelloop.task_types.regions``.
 """
 
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, xyxy_to_rectangle
+from labelloop.ls_json import RegionValue
 
 # A polygon whose area after clipping to the image is below this (pixels^2) is degenerate.
 MIN_POLYGON_AREA_PX = 1.0
 # Connected parts of a brush mask with fewer pixels than this are specks and dropped.
 MIN_BRUSH_AREA_PX = 3.0
-#: Longest brush ``rle`` list decoded (values): label-studio-sdk's decoder first makes a bit string
-#: and a list of about 72 bytes per value. Label Studio brushes are runs, a few KB; the SDK's
-#: longest encoding (alternating pixels) of a 512x512 image is 1.8 MB.
-MAX_BRUSH_RLE_BYTES = 2 * 1024 * 1024
-# Predicted keypoints below this confidence are left out of predictions.
-MIN_KEYPOINT_CONF = 0.5
-# ``value.width`` of predicted keypoint regions (percent of the image width; how big LS draws them).
-KEYPOINT_WIDTH = 0.5
 # Polygons traced from predicted masks are simplified to this tolerance (pixels).
 PREDICTION_POLYGON_EPSILON_PX = 1.0
-
-# ---------------------------------------------------------------------------- geometry
-
 
 _Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 @overload
-def _np(x: Any) -> npt.NDArray[np.float64]: ...
+def as_array(x: Any) -> npt.NDArray[np.float64]: ...
 @overload
-def _np(x: Any, dtype: type[_Scalar]) -> npt.NDArray[_Scalar]: ...
-def _np(x: Any, dtype: type[np.generic] = np.float64) -> npt.NDArray[Any]:
-    """A numpy array from a list, numpy array or (CPU/GPU) torch tensor."""
+def as_array(x: Any, dtype: type[_Scalar]) -> npt.NDArray[_Scalar]: ...
+def as_array(x: Any, dtype: type[np.generic] = np.float64) -> npt.NDArray[Any]:
+    """A numpy array of ``dtype`` (float64 by default) from a list, numpy array or (CPU/GPU) torch
+    tensor, e.g. Ultralytics' ``Results.boxes.xyxy``."""
     if hasattr(x, "detach"):
         x = x.detach()
     if hasattr(x, "cpu"):
@@ -52,16 +43,12 @@ def _np(x: Any, dtype: type[np.generic] = np.float64) -> npt.NDArray[Any]:
     return np.asarray(x, dtype=dtype)
 
 
-def _fmt(values: Any) -> str:
+def yolo_numbers(values: Any) -> str:
+    """Numbers as a YOLO label line writes them: 6 decimals, space separated."""
     return " ".join(f"{float(v):.6f}" for v in values)
 
 
-def region_id() -> str:
-    """A new region id the way Label Studio makes them: 10 hex characters."""
-    return uuid.uuid4().hex[:10]
-
-
-def rectangle_corners(value: Mapping[str, Any], width: float, height: float) -> npt.NDArray[np.float64]:
+def rectangle_corners(value: RegionValue | Mapping[str, float], width: float, height: float) -> npt.NDArray[np.float64]:
     """The corners of a Label Studio rectangle, in pixels.
 
     Args:
@@ -97,7 +84,7 @@ def _is_rectangle(pts: npt.NDArray[np.float64], rel_tol: float = 1e-3) -> bool:
     return abs(float(edges[0] @ edges[1])) <= rel_tol * scale * scale
 
 
-def corners_to_rectangle(corners: Any, width: float, height: float) -> dict[str, float]:
+def corners_to_rectangle(corners: Any, width: float, height: float) -> RegionValue:
     """Convert a rotated box given by its corners (pixels) to Label Studio rectangle values.
 
     Args:
@@ -115,7 +102,7 @@ def corners_to_rectangle(corners: Any, width: float, height: float) -> dict[str,
     Raises:
         ValueError: fewer than 3 points.
     """
-    pts: npt.NDArray[np.float64] = _np(corners).reshape(-1, 2)
+    pts: npt.NDArray[np.float64] = as_array(corners).reshape(-1, 2)
     if len(pts) < 3:
         raise ValueError(f"a rotated box needs at least 3 points, got {len(pts)}")
     if len(pts) != 4 or not _is_rectangle(pts):
@@ -133,13 +120,13 @@ def corners_to_rectangle(corners: Any, width: float, height: float) -> dict[str,
     if rotation > 360 - 1e-9:
         rotation = 0.0
     W, H = float(width), float(height)
-    return {
-        "x": float(a[0]) / W * 100,
-        "y": float(a[1]) / H * 100,
-        "width": float(np.linalg.norm(b - a)) / W * 100,
-        "height": float(np.linalg.norm(d - a)) / H * 100,
-        "rotation": rotation,
-    }
+    return RegionValue(
+        x=float(a[0]) / W * 100,
+        y=float(a[1]) / H * 100,
+        width=float(np.linalg.norm(b - a)) / W * 100,
+        height=float(np.linalg.norm(d - a)) / H * 100,
+        rotation=rotation,
+    )
 
 
 def clip_polygon(points: Any) -> npt.NDArray[np.float64]:
@@ -151,7 +138,7 @@ def clip_polygon(points: Any) -> npt.NDArray[np.float64]:
     Returns:
         float array (Q, 2) of the clipped polygon (Q may be 0).
     """
-    out = [tuple(p) for p in _np(points).reshape(-1, 2)]
+    out = [tuple(p) for p in as_array(points).reshape(-1, 2)]
     for axis, bound, keep_below in ((0, 0.0, False), (0, 1.0, True), (1, 0.0, False), (1, 1.0, True)):
 
         def inside(p: tuple[float, ...], axis: int = axis, bound: float = bound, keep_below: bool = keep_below) -> bool:
@@ -189,7 +176,7 @@ def polygon_area(points: Any, width: float = 1.0, height: float = 1.0) -> float:
     Args:
         points: (P, 2) ``x, y``; normalised points with the image size give pixels^2.
     """
-    p = _np(points).reshape(-1, 2)
+    p = as_array(points).reshape(-1, 2)
     if len(p) < 3:
         return 0.0
     x, y = p[:, 0], p[:, 1]
@@ -214,7 +201,7 @@ def mask_to_polygons(
     """
     import cv2
 
-    m = (_np(mask, np.float32) > 0).astype(np.uint8)
+    m = (as_array(mask, np.float32) > 0).astype(np.uint8)
     H, W = m.shape
     specks = 0
     if min_area_px > 0:
@@ -246,7 +233,7 @@ def polygons_to_mask(polygons: Sequence[Any], width: int, height: int) -> npt.ND
     m = np.zeros((int(height), int(width)), dtype=np.uint8)
     scaled = []
     for poly in polygons:
-        p = _np(poly).reshape(-1, 2) * np.array([width, height], dtype=np.float64) - 0.5
+        p = as_array(poly).reshape(-1, 2) * np.array([width, height], dtype=np.float64) - 0.5
         if len(p) >= 3:
             scaled.append(np.round(p * (1 << shift)).astype(np.int32))
     if scaled:
@@ -254,78 +241,7 @@ def polygons_to_mask(polygons: Sequence[Any], width: int, height: int) -> npt.ND
     return m.astype(bool)
 
 
-def brush_to_mask(value: Mapping[str, Any], original_width: int, original_height: int) -> npt.NDArray[np.bool_]:
-    """Decode a Label Studio brush ``value`` to its mask.
-
-    Args:
-        value: ``{"format": "rle", "rle": [int, ...]}``; label-studio-sdk's ``decode_rle`` gives
-            ``original_height * original_width * 4`` RGBA bytes.
-        original_width, original_height: the region's ``original_width/height``.
-
-    Returns:
-        bool array (original_height, original_width): alpha > 0.
-
-    Raises:
-        ValueError: not ``rle`` format, more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``, a
-            size in the RLE's header (its first 32 bits, big-endian, which ``decode_rle``
-            allocates before reading on) that does not match the image, a list longer than any
-            encoding of the image could be or than ``MAX_BRUSH_RLE_BYTES``, or a value that is
-            not a byte; all checked before decoding, so a hostile header or list cannot make the
-            worker allocate gigabytes.
-    """
-    from label_studio_sdk.converter.brush import decode_rle
-    from PIL import Image
-
-    rle = value.get("rle")
-    if value.get("format", "rle") != "rle" or not rle or not isinstance(rle, list):
-        raise ValueError(f"brush format {value.get('format')!r} without rle data")
-    W, H = int(original_width), int(original_height)
-    if W <= 0 or H <= 0 or W * H > (Image.MAX_IMAGE_PIXELS or 2**31):
-        raise ValueError(f"brush mask of {W}x{H} pixels is out of bounds")
-    try:
-        claimed = int.from_bytes(bytes(rle[:4]), "big")
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"rle is not a list of bytes: {exc}") from exc
-    if len(rle) < 7 or claimed != W * H * 4:
-        raise ValueError(f"rle header claims {claimed} bytes, expected {H}x{W}x4 = {W * H * 4}")
-    limit = min(MAX_BRUSH_RLE_BYTES, _rle_bound(rle, claimed))
-    if len(rle) > limit:  # decode_rle makes a str of 8 chars and a list of 8 refs per value first
-        raise ValueError(f"rle has {len(rle)} values, more than {limit} (the longest encoding of {W}x{H}, or the cap)")
-    try:
-        data = bytes(rle)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"rle is not a list of bytes: {exc}") from exc
-    flat = decode_rle(data)
-    if flat.size != W * H * 4:
-        raise ValueError(f"rle holds {flat.size} bytes, expected {H}x{W}x4 = {W * H * 4}")
-    return np.asarray(flat.reshape(H, W, 4)[:, :, 3] > 0)
-
-
-def _rle_bound(rle: Sequence[int], values: int) -> int:
-    """The most bytes an RLE of ``values`` values can take with its header's word size and run-length
-    sizes (bits 32-52): every value its own run, 1 + 2 + the longest size + the word size bits each."""
-    head = int.from_bytes(bytes(rle[:7]), "big")  # 56 bits: 32 count, 5 word size - 1, 4 x 4 sizes - 1
-    word = ((head >> 19) & 0x1F) + 1
-    longest = max(((head >> (15 - 4 * k)) & 0xF) + 1 for k in range(4))
-    return math.ceil((53 + values * (3 + longest + word)) / 8)
-
-
-def mask_to_brush(mask: Any) -> dict[str, Any]:
-    """Encode a mask as a Label Studio brush ``value`` (label-studio-sdk ``mask2rle``, 255 where set).
-
-    Args:
-        mask: (H, W) array, nonzero is foreground; H x W must be the image's original size.
-
-    Returns:
-        ``{"format": "rle", "rle": [int, ...]}``.
-    """
-    from label_studio_sdk.converter.brush import mask2rle
-
-    m = (_np(mask, np.float32) > 0).astype(np.uint8) * 255
-    return {"format": "rle", "rle": [int(v) for v in mask2rle(m)]}
-
-
-def _unletterbox(mask: npt.NDArray[np.float32], width: int, height: int) -> npt.NDArray[np.bool_]:
+def unletterbox(mask: npt.NDArray[np.float32], width: int, height: int) -> npt.NDArray[np.bool_]:
     """A model-resolution mask as a (height, width) bool mask of the original image.
 
     A mask of another aspect ratio is taken to be letterboxed (centred padding), as
@@ -343,111 +259,3 @@ def _unletterbox(mask: npt.NDArray[np.float32], width: int, height: int) -> npt.
     bottom, right = top + max(round(height * gain), 1), left + max(round(width * gain), 1)
     crop = np.ascontiguousarray(mask[top:bottom, left:right], dtype=np.float32)
     return np.asarray(cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5)
-
-
-def _first_label(region: Mapping[str, Any], key: str) -> tuple[str | None, str | None]:
-    """(label, None) or (None, reason)."""
-    value = region.get("value")
-    if not isinstance(value, Mapping):
-        return None, "malformed value (not an object)"
-    names = value.get(key)
-    if not names:
-        return None, "no label"
-    if not isinstance(names, list):
-        return None, f"malformed value ({key} is not a list)"
-    return str(names[0]), None
-
-
-def _where(region: Mapping[str, Any]) -> str:
-    return f"region {region.get('id')} ({region.get('type')})"
-
-
-def _rect_pixels_ok(corners_n: npt.NDArray[np.float64], width: int, height: int) -> bool:
-    """Both sides of the minimum-area rectangle of normalised corners are >= MIN_BOX_PX pixels."""
-    import cv2
-
-    px = (corners_n * np.array([width, height], dtype=np.float64)).astype(np.float32)
-    (_, _), (w, h), _ = cv2.minAreaRect(px)
-    return min(w, h) >= MIN_BOX_PX
-
-
-def _region(
-    spec: TrainSpec,
-    rtype: str,
-    value: dict[str, Any],
-    width: int,
-    height: int,
-    score: float | None,
-    from_name: str | None = None,
-) -> dict[str, Any]:
-    region: dict[str, Any] = {
-        "id": region_id(),
-        "from_name": from_name or spec.from_name,
-        "to_name": spec.to_name,
-        "type": rtype,
-        "original_width": int(width),
-        "original_height": int(height),
-        "image_rotation": 0,
-        "value": value,
-    }
-    if score is not None:
-        region["score"] = float(score)
-    return region
-
-
-def _keypoint_region(
-    spec: TrainSpec, x: float, y: float, k: int, parent: str, width: int, height: int, score: float | None
-) -> dict[str, Any]:
-    value = {
-        "x": float(x) * 100,
-        "y": float(y) * 100,
-        "width": KEYPOINT_WIDTH,
-        "keypointlabels": [spec.keypoint_labels[k]],
-    }
-    region = _region(spec, "keypointlabels", value, width, height, score, from_name=spec.keypoint_from_name)
-    region["parentID"] = parent
-    return region
-
-
-def _segment_region(
-    spec: TrainSpec,
-    label: str,
-    polygons: list[npt.NDArray[np.float64]],
-    mask: npt.NDArray[np.bool_] | None,
-    width: int,
-    height: int,
-    score: float | None,
-) -> dict[str, Any]:
-    """A polygonlabels region of ``polygons[0]``, or a brushlabels region of ``mask`` (or the polygons filled)."""
-    if spec.region_type == "brushlabels":
-        if mask is None:
-            mask = polygons_to_mask(polygons, width, height)
-        value: dict[str, Any] = {**mask_to_brush(mask), "brushlabels": [label]}
-        return _region(spec, "brushlabels", value, width, height, score)
-    points = [[float(x) * 100, float(y) * 100] for x, y in polygons[0]]
-    return _region(
-        spec, "polygonlabels", {"points": points, "closed": True, "polygonlabels": [label]}, width, height, score
-    )
-
-
-def _box_regions(
-    spec: TrainSpec,
-    names: Mapping[int, str],
-    W: int,
-    H: int,
-    xyxy: npt.NDArray[np.float64],
-    cls: npt.NDArray[np.int_],
-    score: Any,
-) -> tuple[list[dict[str, Any]], list[int]]:
-    """Axis-aligned rectangle regions, and the instance index of each."""
-    regions, kept = [], []
-    for i in range(len(cls)):
-        label = names.get(int(cls[i]))
-        if label not in spec.labels:
-            continue
-        rect = xyxy_to_rectangle(tuple(xyxy[i]), W, H)
-        if rect["width"] / 100 * W < MIN_BOX_PX or rect["height"] / 100 * H < MIN_BOX_PX:
-            continue
-        regions.append(_region(spec, "rectanglelabels", {**rect, "rectanglelabels": [label]}, W, H, score(i)))
-        kept.append(i)
-    return regions, kept

@@ -31,6 +31,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from labelloop.ls_json import Keyframe
+
 #: The box properties Label Studio interpolates (``VideoRectangleRegion.props``).
 PROPS = ("x", "y", "width", "height", "rotation")
 
@@ -158,7 +160,7 @@ def _segments(frames: Sequence[int]) -> list[list[int]]:
     return runs
 
 
-def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, framerate: float) -> list[dict[str, Any]]:
+def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, framerate: float) -> list[Keyframe]:
     """The keyframes of a tracked box that Label Studio draws back within ``tolerance``.
 
     Per run of consecutive frames: its first and last frame, and recursively the frame where
@@ -185,7 +187,7 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
     if tolerance < 0 or framerate <= 0:
         raise ValueError(f"tolerance must be >= 0 and framerate > 0 (got {tolerance}, {framerate})")
     full = {int(f): {p: float(b.get(p) or 0.0) for p in PROPS} for f, b in boxes.items()}
-    sequence: list[dict[str, Any]] = []
+    sequence: list[Keyframe] = []
     for run in _segments(sorted(full)):
         keep = {run[0], run[-1]}
         stack = [(0, len(run) - 1)]
@@ -205,7 +207,17 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
                 keep.add(run[k_worst])
                 stack += [(i, k_worst), (k_worst, j)]
         for f in sorted(keep):
+            box = full[f]
             sequence.append(
-                {"frame": f, "time": f / framerate, "enabled": f != run[-1], **{p: full[f][p] for p in PROPS}}
+                Keyframe(
+                    frame=f,
+                    time=f / framerate,
+                    enabled=f != run[-1],
+                    x=box["x"],
+                    y=box["y"],
+                    width=box["width"],
+                    height=box["height"],
+                    rotation=box["rotation"],
+                )
             )
     return sequence

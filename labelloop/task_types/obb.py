@@ -3,21 +3,15 @@ top-left, top-right, bottom-right, bottom-left of the unrotated box, clockwise o
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
+from labelloop.ls_json import Region
+from labelloop.task_types.base import LabelLine, Lines
 from labelloop.task_types.detect import Rectangles
-from labelloop.task_types.geometry import (
-    _fmt,
-    _rect_pixels_ok,
-    _region,
-    _where,
-    corners_to_rectangle,
-    rectangle_corners,
-)
-from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec
+from labelloop.task_types.geometry import corners_to_rectangle, rectangle_corners, yolo_numbers
+from labelloop.task_types.regions import describe
+from labelloop.task_types.spec import MIN_BOX_PX
 
 
 class Obb(Rectangles):
@@ -25,29 +19,26 @@ class Obb(Rectangles):
     trained_alone = False
     control_tags = ("RectangleLabels",)
 
-    def region_lines(
-        self,
-        region: dict[str, Any],
-        rtype: str,
-        cls: int,
-        width: int,
-        height: int,
-        lines: list[str],
-        dropped: list[str],
-    ) -> None:
+    def region_lines(self, region: Region, cls: int, width: int, height: int) -> Lines:
         size = np.array([width, height], dtype=np.float64)
         corners = np.clip(rectangle_corners(region["value"], width, height) / size, 0.0, 1.0)
-        if not _rect_pixels_ok(corners, width, height):
-            dropped.append(f"{_where(region)}: degenerate box (under {MIN_BOX_PX:g} px after clamping)")
-            return
-        lines.append(f"{cls} {_fmt(corners.ravel())}")
+        if not sides_ok(corners, width, height):
+            return [], [f"{describe(region)}: degenerate box (under {MIN_BOX_PX:g} px after clamping)"]
+        return [f"{cls} {yolo_numbers(corners.ravel())}"], []
 
-    def line_to_regions(
-        self, nums: npt.NDArray[np.float64], label: str, spec: TrainSpec, width: int, height: int, line: str
-    ) -> list[dict[str, Any]]:
-        if len(nums) != 8:
-            raise ValueError(f"an obb line has 9 fields: {line!r}")
+    def line_to_regions(self, line: LabelLine, width: int, height: int) -> list[Region]:
+        if len(line.nums) != 8:
+            raise ValueError(f"an obb line has 9 fields: {line.text!r}")
         W, H = float(width), float(height)
-        corners = nums.reshape(4, 2) * np.array([W, H])
-        value = {**corners_to_rectangle(corners, W, H), "rectanglelabels": [label]}
-        return [_region(spec, "rectanglelabels", value, int(width), int(height), None)]
+        corners = line.nums.reshape(4, 2) * np.array([W, H])
+        return [self.make.rectangle(corners_to_rectangle(corners, W, H), line.label, int(width), int(height), None)]
+
+
+def sides_ok(corners_n: npt.NDArray[np.float64], width: int, height: int) -> bool:
+    """Both sides of the minimum-area rectangle of normalised corners are >= ``MIN_BOX_PX`` pixels
+    on a ``width`` x ``height`` image (``cv2.minAreaRect``)."""
+    import cv2
+
+    px = (corners_n * np.array([width, height], dtype=np.float64)).astype(np.float32)
+    (_, _), (w, h), _ = cv2.minAreaRect(px)
+    return min(w, h) >= MIN_BOX_PX

@@ -12,6 +12,7 @@ YOLO detection labels are ``class cx cy w h`` normalised to [0, 1]
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,7 +60,7 @@ class TrainSpec:
 
 
 def rectangle_to_yolo(
-    value: dict[str, Any], original_width: float, original_height: float
+    value: Mapping[str, Any], original_width: float, original_height: float
 ) -> tuple[float, float, float, float] | None:
     """Convert a Label Studio rectangle to a normalised YOLO box.
 

@@ -14,12 +14,15 @@ Label Studio 1.23.2's default feature flag ``fflag_fix_front_optic_1608_..._seek
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from labelloop.ls_json import Region, RegionValue
 from labelloop.task_types.detect import Rectangles
-from labelloop.task_types.geometry import _fmt, _region, _where
+from labelloop.task_types.geometry import yolo_numbers
 from labelloop.task_types.keyframes import reduce_track, visible
+from labelloop.task_types.regions import describe
 from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo
 
 #: Label Studio's ``Video`` ``frameRate`` when the tag sets none (``tags/object/Video/Video.js``).
@@ -67,6 +70,19 @@ def frame_count_of(result: Iterable[Mapping[str, Any]], spec: TrainSpec) -> int 
     return max(counts) if counts else None
 
 
+@dataclass(frozen=True)
+class VideoClip:
+    """A video as Label Studio describes it in a VideoRectangle ``value``: ``rate`` frames per
+    second, ``frames`` its frame count (``framesCount``), ``duration_s`` seconds (``duration``), and
+    its frame size in pixels."""
+
+    rate: float
+    frames: int
+    duration_s: float
+    width: int
+    height: int
+
+
 class VideoRectangles(Rectangles):
     """VideoRectangle tracks trained as ``detect`` on frames (registered by region type, not by
     Ultralytics task: ``labelloop.task_types.video_task_type``)."""
@@ -77,13 +93,7 @@ class VideoRectangles(Rectangles):
     trained_alone = False
 
     def frame_lines(
-        self,
-        result: list[dict[str, Any]],
-        spec: TrainSpec,
-        class_ids: Mapping[str, int],
-        frames: Iterable[int],
-        width: int,
-        height: int,
+        self, result: Sequence[Region], class_ids: Mapping[str, int], frames: Iterable[int], width: int, height: int
     ) -> tuple[dict[int, list[str]], list[str]]:
         """YOLO detect label lines per frame of one annotation's ``result``.
 
@@ -101,9 +111,9 @@ class VideoRectangles(Rectangles):
         lines: dict[int, list[str]] = {f: [] for f in wanted}
         dropped: list[str] = []
         for region in result:
-            if region.get("from_name") != spec.from_name:
+            if region.get("from_name") != self.spec.from_name:
                 continue
-            where = _where(region)
+            where = describe(region)
             value = region.get("value")
             if region.get("type") != REGION_TYPE or not isinstance(value, Mapping):
                 dropped.append(f"{where}: region type {region.get('type')!r} is not trained as video detect")
@@ -127,24 +137,19 @@ class VideoRectangles(Rectangles):
                         continue
                     yolo = rectangle_to_yolo(box, width, height)
                     if yolo is not None:
-                        lines[f].append(f"{class_ids[label]} {_fmt(yolo)}")
+                        lines[f].append(f"{class_ids[label]} {yolo_numbers(yolo)}")
             except (KeyError, TypeError, ValueError) as exc:
                 dropped.append(f"{where}: malformed keyframes ({type(exc).__name__}: {exc})")
         return lines, dropped
 
     def track_region(
         self,
-        spec: TrainSpec,
         label: str,
         boxes: Mapping[int, Mapping[str, float]],
         score: float | None,
         tolerance: float,
-        rate: float,
-        frames: int,
-        duration_s: float,
-        width: int,
-        height: int,
-    ) -> dict[str, Any] | None:
+        clip: VideoClip,
+    ) -> Region | None:
         """One VideoRectangle prediction region of a track.
 
         Args:
@@ -152,27 +157,24 @@ class VideoRectangles(Rectangles):
             boxes: 1-based frame -> box in percent (``x, y, width, height``) where the track is.
             score: the track's score (e.g. its least confident box), or None.
             tolerance: ``keyframes.reduce_track``'s, in percent of the frame.
-            rate: frames per second; ``frames``: the video's frame count (``framesCount``);
-                ``duration_s``: its duration in seconds (``duration``), as Label Studio writes them.
-            width, height: frame size in pixels.
+            clip: the video (frame rate, ``framesCount``, ``duration``, frame size).
 
         Returns:
             the region, or None when the label is not trained or no box is at least
             ``MIN_BOX_PX`` wide and high.
         """
-        if label not in spec.labels:
+        if label not in self.spec.labels:
             return None
+        W, H = clip.width, clip.height
         kept = {
-            f: b
-            for f, b in boxes.items()
-            if b["width"] / 100 * width >= MIN_BOX_PX and b["height"] / 100 * height >= MIN_BOX_PX
+            f: b for f, b in boxes.items() if b["width"] / 100 * W >= MIN_BOX_PX and b["height"] / 100 * H >= MIN_BOX_PX
         }
         if not kept:
             return None
-        value = {
-            "framesCount": int(frames),
-            "duration": float(duration_s),
-            "sequence": reduce_track(kept, tolerance, rate),
-            "labels": [label],
-        }
-        return _region(spec, REGION_TYPE, value, width, height, score)
+        value = RegionValue(
+            framesCount=int(clip.frames),
+            duration=float(clip.duration_s),
+            sequence=reduce_track(kept, tolerance, clip.rate),
+            labels=[label],
+        )
+        return self.make.region(REGION_TYPE, value, W, H, score)

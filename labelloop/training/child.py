@@ -4,12 +4,14 @@ Celery's prefork children are daemonic and may not start DataLoader worker proce
 train task runs ``python -m labelloop.training.child <spec.json>`` and waits for it. The child writes
 ``result.json`` next to the spec; a crash writes nothing, and nothing is published.
 
-Spec keys: ``data`` (data.yaml), ``weights`` (.pt path or model YAML), ``epochs``, ``imgsz``,
-``batch``, ``device``, ``workers``, ``seed``, ``run_dir``, ``config_dir``; optional: ``predict_conf``
-(the display threshold's prior, ``labelloop.training.threshold``; 0.25) and, from
-``labelloop.training.recipe.Recipe``: ``nbs``, ``time_s``, ``mosaic``, ``close_mosaic``, ``freeze``, ``val``
-and ``checkpoint`` (absent: Ultralytics' defaults, best.pt); ``pseudo`` (``labelloop.dataset.pseudo``:
-the served version pseudo-labels unlabeled images into the train split first).
+The spec is ``labelloop.manifest.TrainingJob.to_dict()`` plus ``run_dir``, read back typed by
+``labelloop.training.job.ChildRun``: ``data`` (data.yaml), ``weights`` (.pt path or model YAML),
+``epochs``, ``imgsz``, ``batch``, ``device``, ``workers``, ``seed``, ``config_dir``; optional:
+``predict_conf`` (the display threshold's prior, ``labelloop.training.threshold``; 0.25) and, in the
+job's ``extra``, from ``labelloop.training.recipe.Recipe``: ``nbs``, ``time_s``, ``mosaic``,
+``close_mosaic``, ``freeze``, ``val`` and ``checkpoint`` (absent: Ultralytics' defaults, best.pt);
+``pseudo`` (``labelloop.dataset.pseudo``: the served version pseudo-labels unlabeled images into the
+train split first).
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from labelloop.errors import TrainingError
+from labelloop.manifest import TrainingJob
+from labelloop.training.job import ChildRun, read_job
 
 
 def pick_device(device: str) -> str:
@@ -54,8 +59,9 @@ def cuda_present() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
-def train(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train in this process with ``YOLO(weights).train(...)``; returns the result dict.
+def train(run: ChildRun) -> dict[str, Any]:
+    """Train ``run.job`` in this process with ``YOLO(weights).train(...)``; returns the result dict
+    (``result.json``, read as ``labelloop.manifest.TrainingResult``).
 
     Returns:
         ``{"best": path of best.pt, "metrics": {"map50_95", "map50", "precision", "recall"},
@@ -64,33 +70,37 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         without one), "seconds": wall seconds, "device": device used, "show_conf": the display threshold
         (``display_threshold``), ...}``.
 
+    Raises:
+        TrainingError: Ultralytics returned no trainer or wrote no weights.
+
     Long because it is the training process's main: load, register the callbacks, train, validate,
     write the result.
     """
     from labelloop.yolo_env import prepare_ultralytics
 
-    prepare_ultralytics(Path(spec["config_dir"]))
+    job, run_dir = run.job, run.run_dir
+    prepare_ultralytics(Path(job.config_dir))
     from ultralytics.models import YOLO
 
-    device = pick_device(str(spec.get("device", "")))
-    run_dir = Path(spec["run_dir"]).absolute()
+    device = pick_device(job.device)
     pseudo_labels = None
-    if spec.get("pseudo"):
+    if job.pseudo:
         from labelloop.dataset.pseudo import label_unlabeled
 
-        spec, pseudo_labels = label_unlabeled(spec, device)
+        pseudo_spec, pseudo_labels = label_unlabeled(job.to_dict(), device)
+        job = read_job(pseudo_spec)
     t0 = time.perf_counter()
     note = ""
     try:
-        model = YOLO(str(spec["weights"]), task=spec.get("task"))
+        model = YOLO(job.weights, task=job.task or None)
     except Exception as exc:  # Ultralytics' download raises several kinds (ConnectionError, OSError, ...)
-        fallback = spec.get("fallback_weights")
+        fallback = job.fallback_weights
         if not fallback:
             raise
-        note = f"{Path(str(spec['weights'])).name} could not be loaded or downloaded ({exc}): trained {fallback}"
+        note = f"{Path(job.weights).name} could not be loaded or downloaded ({exc}): trained {fallback}"
         print(f"labelloop: {note}", flush=True)
-        spec = {**spec, "weights": fallback}
-        model = YOLO(str(fallback), task=spec.get("task"))
+        job = replace(job, weights=fallback)
+        model = YOLO(fallback, task=job.task or None)
     progress_path = run_dir / "progress.json"
 
     def report_epoch(trainer: Any) -> None:
@@ -107,27 +117,27 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         os.replace(tmp, progress_path)
 
     model.add_callback("on_fit_epoch_end", report_epoch)
-    time_s = float(spec.get("time_s") or 0)
+    time_s = float(job.extra.get("time_s") or 0)
     if time_s > 0:
         model.add_callback("on_fit_epoch_end", time_cap(time_s))
-    extra = {k: spec[k] for k in TRAIN_ARGS if spec.get(k) is not None}
-    if spec.get("freeze"):
-        extra["freeze"] = int(spec["freeze"])
+    extra = {k: job.extra[k] for k in TRAIN_ARGS if job.extra.get(k) is not None}
+    if job.extra.get("freeze"):
+        extra["freeze"] = int(job.extra["freeze"])
     model.train(
-        data=str(spec["data"]),
-        epochs=int(spec["epochs"]),
-        imgsz=int(spec["imgsz"]),
-        batch=int(spec["batch"]),
+        data=job.data,
+        epochs=job.epochs,
+        imgsz=job.imgsz,
+        batch=job.batch,
         device=device,
-        workers=int(spec["workers"]),
-        seed=int(spec.get("seed", 0)),
+        workers=job.workers,
+        seed=job.seed,
         project=str(run_dir),
         name="train",
         exist_ok=True,
         amp=device != "cpu",
         plots=False,
         verbose=False,
-        pretrained=str(spec["weights"]).endswith(".pt"),
+        pretrained=job.weights.endswith(".pt"),
         **extra,
     )
     seconds = time.perf_counter() - t0
@@ -135,7 +145,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     if trainer is None:
         raise TrainingError("ultralytics returned no trainer")
     last = Path(trainer.last)
-    preferred = [last, Path(trainer.best)] if spec.get("checkpoint") == "last" else [Path(trainer.best), last]
+    preferred = [last, Path(trainer.best)] if job.extra.get("checkpoint") == "last" else [Path(trainer.best), last]
     best = next((p for p in preferred if p.exists()), None)
     if best is None:
         raise TrainingError(f"training wrote no weights under {run_dir}")
@@ -143,12 +153,12 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     t1 = time.perf_counter()
     # Candidate and incumbent are scored by the same validation call on the same split, so the
     # promotion gate compares like with like.
-    metrics, class_metrics = _evaluate_with_classes(str(best), spec, device, run_dir / "val-candidate")
-    incumbent = spec.get("incumbent")
+    metrics, class_metrics = _evaluate_with_classes(str(best), job, device, run_dir / "val-candidate")
+    incumbent = job.incumbent
     incumbent_metrics, incumbent_classes = (
-        _evaluate_with_classes(str(incumbent), spec, device, run_dir / "val-incumbent") if incumbent else (None, None)
+        _evaluate_with_classes(incumbent, job, device, run_dir / "val-incumbent") if incumbent else (None, None)
     )
-    show_conf = display_threshold(str(best), spec, device)
+    show_conf = display_threshold(str(best), job, device)
     return {
         "best": str(best),
         "metrics": metrics,
@@ -159,26 +169,25 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         "val_seconds": time.perf_counter() - t1,
         "device": device,
         "epochs_run": epochs_run,
-        "weights": str(spec["weights"]),
+        "weights": job.weights,
         "base_model_note": note,
-        "epochs_planned": int(spec["epochs"]),
+        "epochs_planned": job.epochs,
         "checkpoint": "last" if best == last else "best",
         "pseudo_labels": pseudo_labels,
         "show_conf": show_conf,
     }
 
 
-def display_threshold(weights: str, spec: dict[str, Any], device: str) -> dict[str, Any]:
+def display_threshold(weights: str, job: TrainingJob, device: str) -> dict[str, Any]:
     """The candidate's display threshold on the val split (``labelloop.training.threshold.measure``, prior
-    ``spec["predict_conf"]``), as the manifest's ``show_conf``; a failure is recorded in its
+    ``job.predict_conf``), as the manifest's ``show_conf``; a failure is recorded in its
     ``note`` (the version then shows what ``predict_conf`` lets through), never fails the run."""
     from labelloop.manifest import ShowConf
     from labelloop.training.threshold import measure
 
-    task = str(spec.get("task") or "detect")
-    prior = float(spec.get("predict_conf", 0.25))
+    task = job.task or "detect"
     try:
-        record = measure(weights, task, Path(spec["data"]), int(spec["imgsz"]), int(spec["batch"]), device, prior)
+        record = measure(weights, task, Path(job.data), job.imgsz, job.batch, device, job.predict_conf)
     except Exception as exc:  # a convenience on top of a finished training: keep the version
         print(f"labelloop: display threshold not measured: {exc!r}", flush=True)
         record = ShowConf(note=f"not measured: {type(exc).__name__}: {str(exc)[:200]}")
@@ -217,8 +226,9 @@ def time_cap(budget_s: float) -> Callable[[Any], None]:
     return cap
 
 
-def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) -> dict[str, float]:
-    """``YOLO(weights).val(...)`` on the dataset's val split.
+def evaluate(weights: str, job: TrainingJob, device: str, save_dir: Path) -> dict[str, float]:
+    """``YOLO(weights).val(...)`` on the val split of ``job.data`` (imgsz, batch, workers and task
+    of ``job``; ``detect`` when it names none).
 
     Returns:
         fractions in [0, 1]: ``{"map50_95", "map50", "precision", "recall"}`` of the task's own
@@ -226,32 +236,32 @@ def evaluate(weights: str, spec: dict[str, Any], device: str, save_dir: Path) ->
         pose; segment and pose add ``box_map50_95``), or ``{"accuracy_top1",
         "accuracy_top5"}`` for classify.
     """
-    return _evaluate_with_classes(weights, spec, device, save_dir)[0]
+    return _evaluate_with_classes(weights, job, device, save_dir)[0]
 
 
 def _evaluate_with_classes(
-    weights: str, spec: dict[str, Any], device: str, save_dir: Path
+    weights: str, job: TrainingJob, device: str, save_dir: Path
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """``evaluate``'s metrics and, from the same validation, the per-class ones
     (``TaskType.class_metrics``: class name -> ``{"ap50", "map50_95", "precision", "recall"}``)."""
     from ultralytics.models import YOLO
 
-    from labelloop.task_types import task_type
+    from labelloop.task_types import task_class
 
-    task = spec.get("task") or "detect"
+    task = job.task or "detect"
     result = YOLO(weights, task=task).val(
-        data=str(spec["data"]),
-        imgsz=int(spec["imgsz"]),
-        batch=int(spec["batch"]),
+        data=job.data,
+        imgsz=job.imgsz,
+        batch=job.batch,
         device=device,
-        workers=int(spec["workers"]),
+        workers=job.workers,
         project=str(save_dir.parent),
         name=save_dir.name,
         exist_ok=True,
         plots=False,
         verbose=False,
     )
-    kind = task_type(task)
+    kind = task_class(task)
     return kind.val_metrics(result), kind.class_metrics(result)
 
 
@@ -326,8 +336,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def validate(spec: dict[str, Any]) -> dict[str, Any]:
-    """Score ``spec["validate_only"]`` (a version's weights) on the dataset's val split in this
+def validate(run: ChildRun, weights: str) -> dict[str, Any]:
+    """Score ``weights`` (a version's, ``run.validate_only``) on the dataset's val split in this
     process, as ``train`` scores the incumbent: the promotion gate's second look when the
     served version changed during a training (``labelloop.jobs.pipeline``).
 
@@ -337,18 +347,17 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     """
     from labelloop.yolo_env import prepare_ultralytics
 
-    prepare_ultralytics(Path(spec["config_dir"]))
-    device = pick_device(str(spec.get("device", "")))
+    prepare_ultralytics(Path(run.job.config_dir))
+    device = pick_device(run.job.device)
     t0 = time.perf_counter()
-    save_dir = Path(spec["run_dir"]).absolute() / "val-incumbent"
-    metrics, classes = _evaluate_with_classes(str(spec["validate_only"]), spec, device, save_dir)
+    metrics, classes = _evaluate_with_classes(weights, run.job, device, run.run_dir / "val-incumbent")
     return {"metrics": metrics, "class_metrics": classes, "val_seconds": time.perf_counter() - t0, "device": device}
 
 
 def main(argv: list[str]) -> int:
     spec_path = Path(argv[1])
-    spec = json.loads(spec_path.read_text())
-    result = validate(spec) if spec.get("validate_only") else train(spec)
+    run = ChildRun.read(spec_path)
+    result = validate(run, run.validate_only) if run.validate_only else train(run)
     tmp = spec_path.with_name("result.json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, spec_path.with_name("result.json"))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
+
+from labelloop.ls_json import Region, RegionValue
 
 IOU = 0.5
 
@@ -83,7 +85,20 @@ def average_precision(hits: Sequence[bool], n_truth: int) -> float:
     return sum((recall[i] - recall[i - 1]) * precision[i] for i in range(1, len(recall)))
 
 
-def score(preds: Sequence[Det], truths: Sequence[Det], threshold: float = IOU) -> dict[str, Any]:
+class Score(TypedDict):
+    """``score``'s result: mAP50 (``map50``, fractions), AP per label, precision and recall, and the
+    counts they come from."""
+
+    map50: float
+    ap: dict[str, float]
+    precision: float
+    recall: float
+    tp: int
+    predictions: int
+    truths: int
+
+
+def score(preds: Sequence[Det], truths: Sequence[Det], threshold: float = IOU) -> Score:
     """mAP at ``threshold`` over the classes present in ``truths``, and precision / recall of all
     predictions (a prediction is right when it matches a truth of its label).
 
@@ -98,15 +113,15 @@ def score(preds: Sequence[Det], truths: Sequence[Det], threshold: float = IOU) -
         n = sum(t.label == label for t in truths)
         ap[label] = average_precision([hit for p, hit in matched if p.label == label], n)
     tp = sum(hit for _, hit in matched)
-    return {
-        "map50": sum(ap.values()) / len(ap) if ap else 0.0,
-        "ap": ap,
-        "precision": tp / len(matched) if matched else 0.0,
-        "recall": tp / len(truths) if truths else 0.0,
-        "tp": tp,
-        "predictions": len(matched),
-        "truths": len(truths),
-    }
+    return Score(
+        map50=sum(ap.values()) / len(ap) if ap else 0.0,
+        ap=ap,
+        precision=tp / len(matched) if matched else 0.0,
+        recall=tp / len(truths) if truths else 0.0,
+        tp=tp,
+        predictions=len(matched),
+        truths=len(truths),
+    )
 
 
 def edits(preds: Sequence[Det], truths: Sequence[Det], threshold: float = IOU) -> dict[str, int]:
@@ -130,7 +145,7 @@ def edits(preds: Sequence[Det], truths: Sequence[Det], threshold: float = IOU) -
     }
 
 
-def region_box(value: dict[str, Any], width: float, height: float) -> tuple[float, float, float, float]:
+def region_box(value: RegionValue, width: float, height: float) -> tuple[float, float, float, float]:
     """Pixel box of a Label Studio rectangle value (percent; a rotation gives the box around it)."""
     x, y = float(value["x"]) / 100 * width, float(value["y"]) / 100 * height
     w, h = float(value["width"]) / 100 * width, float(value["height"]) / 100 * height
@@ -143,13 +158,13 @@ def region_box(value: dict[str, Any], width: float, height: float) -> tuple[floa
     return (min(xs), min(ys), max(xs), max(ys))
 
 
-def regions_to_dets(image: int, regions: Iterable[dict[str, Any]], width: int, height: int) -> list[Det]:
+def regions_to_dets(image: int, regions: Iterable[Region], width: int, height: int) -> list[Det]:
     """Detections from Label Studio ``rectanglelabels`` regions, in the displayed ``width x height``
     frame (the region's own ``original_width`` is deliberately not used: a region made for the
     wrong orientation scores as wrong). A region without ``score`` counts as 1.0."""
     out = []
     for r in regions:
-        value = r.get("value") or {}
+        value = r.get("value") or RegionValue()
         labels = value.get("rectanglelabels") or []
         if r.get("type") != "rectanglelabels" or not labels:
             continue

@@ -1,36 +1,44 @@
-"""The task-type registry: one module per Ultralytics task behind one interface, and README's
-"What it trains" naming that module for each row."""
+"""The task-type registry: one module per Ultralytics task behind one interface, bound to its
+spec once, and README's "What it trains" naming that module for each row. Each task type's own
+behaviour is tested in its module (test_detect.py, test_obb.py, test_segment.py, test_pose.py,
+test_classify.py, test_video_task_type.py)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from labelloop.task_types import TASK_TYPES, TaskType, task_type
+from labelloop.task_types import TASK_TYPES, TaskType, task_class, task_type
+from labelloop.task_types.convert import annotation_to_yolo, predictions_to_regions
+from labelloop.task_types.outputs import ModelOutputs
+from labelloop.task_types.spec import TrainSpec
+from tests.labelloop.ls_regions import CLASS_IDS, CLASSIFY, DETECT, NAMES, OBB, POLY, POSE, H, W, rect
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_ultralytics_task_has_its_module_and_unknown_ones_are_errors() -> None:
-    """detect, obb, segment, pose and classify each resolve to a TaskType of their own module;
+    """detect, obb, segment, pose and classify each resolve to a TaskType class of their own module;
     an unknown task is a ValueError naming the known ones."""
     assert sorted(TASK_TYPES) == ["classify", "detect", "obb", "pose", "segment"]
     for name, kind in TASK_TYPES.items():
-        assert isinstance(kind, TaskType) and kind.name == name
-        assert type(kind).__module__ == f"labelloop.task_types.{name}"
+        assert issubclass(kind, TaskType) and kind.name == name and task_class(name) is kind
+        assert kind.__module__ == f"labelloop.task_types.{name}"
         assert kind.control_tags
     with pytest.raises(ValueError, match="labelloop trains detect"):
-        task_type("depth")
+        task_class("depth")
+    with pytest.raises(ValueError, match="labelloop trains detect"):
+        task_type(DETECT.with_task("depth"))
 
 
 def test_layouts_and_metrics_follow_the_task() -> None:
     """Only classify uses class folders and top-1 accuracy; pose adds kpt_shape to data.yaml."""
     assert [n for n, k in TASK_TYPES.items() if not k.label_files] == ["classify"]
     assert {n: k.promotion_metric for n, k in TASK_TYPES.items() if k.promotion_metric} == {"classify": "accuracy_top1"}
-    assert task_type("segment").metrics_attr == "seg" and task_type("pose").metrics_attr == "pose"
+    assert task_class("segment").metrics_attr == "seg" and task_class("pose").metrics_attr == "pose"
+    assert task_type(POSE).data_yaml_extra() == {"kpt_shape": [3, 3]} and task_type(DETECT).data_yaml_extra() == {}
 
 
 def test_readme_names_the_module_of_every_row() -> None:
@@ -58,28 +66,34 @@ def test_the_label_config_picks_task_types_from_their_control_tags() -> None:
     assert _REGION_TYPE["KeyPointLabels"] == "keypointlabels"
 
 
-def test_class_metrics_name_each_validated_class() -> None:
-    """Per-class metrics come from Ultralytics' own DetMetrics, keyed by class name, for the classes
-    the validation split has: a class found every time scores high, one never found scores 0."""
-    from ultralytics.utils.metrics import DetMetrics
+@pytest.mark.parametrize("spec", [DETECT, OBB, POLY, POSE, CLASSIFY])
+def test_task_type_is_bound_to_its_spec(spec: TrainSpec) -> None:
+    """``task_type(spec)`` is the spec's task type holding that spec: the regions it makes carry the
+    spec's from_name and to_name, with no spec passed to its methods."""
+    kind = task_type(spec)
+    assert type(kind) is task_class(kind.spec.task) and kind.spec is spec
+    assert repr(kind).startswith(f"{type(kind).__name__}(TrainSpec(task='{kind.spec.task}'")
+    if kind.name == "classify":
+        (region,) = kind.predictions(NAMES, W, H, ModelOutputs(probs=[0.1, 0.0, 0.3, 0.0, 0.6]))
+        assert (region["from_name"], region["to_name"], region["value"]) == ("choice", "image", {"choices": ["cat"]})
+        return
+    line = {
+        "detect": "4 0.5 0.5 0.2 0.2",
+        "obb": "4 0.4 0.4 0.6 0.4 0.6 0.6 0.4 0.6",
+        "segment": "4 0.4 0.4 0.6 0.4 0.6 0.6",
+        "pose": "4 0.5 0.5 0.2 0.2 0 0 0 0 0 0 0 0 0",
+    }[kind.name]
+    (region, *_) = kind.line_regions(line, NAMES, W, H)
+    assert (region["from_name"], region["to_name"]) == (kind.spec.from_name, "image")
 
-    metrics = DetMetrics(names={0: "cat", 1: "dog", 2: "bird"})
-    # Two images: each cat found at high confidence (tp at every IoU threshold); the dog missed
-    # and a false dog predicted instead. "bird" is in no image.
-    for image in range(2):
-        metrics.update_stats(
-            {
-                "tp": np.array([[True] * 10, [False] * 10]),
-                "conf": np.array([0.9, 0.8]),
-                "pred_cls": np.array([0.0, 1.0]),
-                "target_cls": np.array([0.0, 1.0]),
-                "target_img": np.array([0.0, 1.0]),
-                "im_name": f"img{image}.jpg",
-            }
-        )
-    metrics.process()
-    per_class = task_type("detect").class_metrics(metrics)
-    assert set(per_class) == {"cat", "dog"}
-    assert per_class["cat"]["ap50"] > 0.9 and per_class["cat"]["precision"] > 0.9 and per_class["cat"]["recall"] == 1
-    assert per_class["dog"] == {"ap50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0}
-    assert task_type("classify").class_metrics(object()) == {}
+
+def test_the_bound_type_and_the_convert_functions_agree() -> None:
+    """``convert``'s functions (spec passed with each call) give what the bound task type gives."""
+    result = [rect(20, 10, 40, 30), rect(100, 50, 20, 10, rid="r2", label="dog")]
+    assert task_type(DETECT).annotation_to_lines(result, CLASS_IDS, W, H) == annotation_to_yolo(
+        result, DETECT, CLASS_IDS, W, H
+    )
+    outputs = {"boxes_xyxy": [[20, 10, 60, 40]], "classes": [4], "scores": [0.9]}
+    bound = task_type(DETECT).predictions(NAMES, W, H, ModelOutputs(**outputs))
+    free = predictions_to_regions(DETECT, NAMES, W, H, **outputs)
+    assert [{**r, "id": ""} for r in bound] == [{**r, "id": ""} for r in free]

@@ -161,6 +161,7 @@ def test_recipe_learns_from_a_dozen_annotated_images(tmp_path: Path) -> None:
     import yaml
 
     from labelloop.training.child import evaluate
+    from labelloop.training.job import read_job
     from labelloop.training.recipe import DataShape, plan_recipe
     from labelloop.yolo_env import prepare_ultralytics
 
@@ -199,7 +200,8 @@ def test_recipe_learns_from_a_dozen_annotated_images(tmp_path: Path) -> None:
     t0 = time.monotonic()
     result = run_training_process(spec, tmp_path / "run", timeout_s=600)
     prepare_ultralytics(tmp_path / "yolo")
-    held_metrics = evaluate(result["best"], {**spec, "data": str(test_yaml)}, "cpu", tmp_path / "held-out-val")
+    held_out_job = read_job({**spec, "data": str(test_yaml)})
+    held_metrics = evaluate(result["best"], held_out_job, "cpu", tmp_path / "held-out-val")
     print(f"recipe {args}: held-out {held_metrics}, {time.monotonic() - t0:.0f} s, epochs {result['epochs_run']}")
     assert held_metrics["map50"] > 0.5, held_metrics
 

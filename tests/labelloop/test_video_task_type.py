@@ -12,7 +12,7 @@ from labelloop.dev.synthetic_video import video_config
 from labelloop.errors import LabelConfigError
 from labelloop.task_types import VIDEO, keyframes, video_task_type
 from labelloop.task_types.labels import parse_label_config
-from labelloop.task_types.video import frame_count_of, framerate, frames_count
+from labelloop.task_types.video import VideoClip, VideoRectangles, frame_count_of, framerate, frames_count
 
 CAPTURE = json.loads((Path(__file__).resolve().parents[1] / "fixtures/label-studio/video_annotation.json").read_text())
 
@@ -29,7 +29,8 @@ def test_video_object_tracking_config_is_its_own_task_type() -> None:
         "video",
     )
     assert spec.labels == ("square", "disc")
-    assert video_task_type(spec) is VIDEO
+    kind = video_task_type(spec)
+    assert isinstance(kind, VideoRectangles) and kind.spec == spec
     image = parse_label_config(
         '<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i"><Label value="a"/>'
         "</RectangleLabels></View>"
@@ -74,8 +75,9 @@ def test_frame_lines_are_the_boxes_label_studio_draws_on_each_frame() -> None:
     result = CAPTURE["annotation_result"]
     frames = frame_count_of(result, spec)
     assert frames == 48
-    lines, dropped = VIDEO.frame_lines(result, spec, {"square": 0, "disc": 1}, range(1, frames + 1), 160, 120)
+    lines, dropped = VideoRectangles(spec).frame_lines(result, {"square": 0, "disc": 1}, range(1, frames + 1), 160, 120)
     assert dropped == []
+    assert VIDEO.frame_lines(result, spec, {"square": 0, "disc": 1}, range(1, frames + 1), 160, 120) == (lines, [])
     assert set(lines) == set(range(1, 49))
     drawn = {r["id"]: keyframes.frame_boxes(r["value"]["sequence"], frames) for r in result}
     for f in range(1, 49):
@@ -99,7 +101,7 @@ def test_bad_regions_are_dropped_with_a_reason() -> None:
             "value": {"sequence": [{"x": 1}], "labels": ["disc"]},
         },
     ]
-    lines, dropped = VIDEO.frame_lines(result, spec, {"square": 0, "disc": 1}, [1, 2], 100, 100)
+    lines, dropped = VideoRectangles(spec).frame_lines(result, {"square": 0, "disc": 1}, [1, 2], 100, 100)
     assert lines == {1: [], 2: []}
     assert [d.split(":")[0] for d in dropped] == [f"region {k} (videorectangle)" for k in "abcd"]
 
@@ -109,7 +111,8 @@ def test_track_region_keeps_few_keyframes_and_the_video_timing() -> None:
     and duration, and keyframes Label Studio draws back on exactly the track's frames."""
     spec = parse_label_config(video_config())
     boxes = {f: {"x": 2.0 + f, "y": 10.0, "width": 20.0, "height": 10.0} for f in range(5, 41)}
-    region = VIDEO.track_region(spec, "disc", boxes, 0.42, 0.5, 24.0, 48, 2.0, 160, 120)
+    video = VideoRectangles(spec)
+    region = video.track_region("disc", boxes, 0.42, 0.5, VideoClip(24.0, 48, 2.0, 160, 120))
     assert region is not None
     value = region["value"]
     assert (region["type"], region["from_name"], region["to_name"], region["score"]) == (
@@ -121,4 +124,7 @@ def test_track_region_keeps_few_keyframes_and_the_video_timing() -> None:
     assert (value["labels"], value["framesCount"], value["duration"]) == (["disc"], 48, 2.0)
     assert len(value["sequence"]) == 2
     assert sorted(keyframes.frame_boxes(value["sequence"], 48)) == list(range(5, 41))
-    assert VIDEO.track_region(spec, "cat", boxes, 0.4, 0.5, 24.0, 48, 2.0, 160, 120) is None
+    assert video.track_region("cat", boxes, 0.4, 0.5, VideoClip(24.0, 48, 2.0, 160, 120)) is None
+    # The by-spec form the dataset and serving rooms call makes the same region (ids aside).
+    by_spec = VIDEO.track_region(spec, "disc", boxes, 0.42, 0.5, 24.0, 48, 2.0, 160, 120)
+    assert by_spec is not None and {**by_spec, "id": region["id"]} == region
