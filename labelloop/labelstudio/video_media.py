@@ -12,11 +12,12 @@ checked to be a video OpenCV decodes (not a picture) and kept as it is. Files:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labelloop.labelstudio.media import ImageCache, MediaConfig, MediaError
+from labelloop.labelstudio.media import CachedImage, ImageCache, MediaConfig, MediaError
 from labelloop.labelstudio.media_store import Codec, Settled
 
 if TYPE_CHECKING:
@@ -96,11 +97,13 @@ class VideoCache(ImageCache):
     codec: Codec = VideoCodec()
 
 
-def cached_video_fetch(stack: contextlib.ExitStack[Any], cache_dir: Path, config: MediaConfig) -> Any:
+def cached_video_fetch(
+    stack: contextlib.ExitStack[Any], cache_dir: Path, config: MediaConfig
+) -> Callable[[list[tuple[int, str]]], dict[int, CachedImage | MediaError]]:
     """``[(task_id, url)] -> {task_id: CachedImage or MediaError}`` through a ``VideoCache`` in
     ``cache_dir``, opened on first use and closed with ``stack``."""
 
-    def fetch(items: list[tuple[int, str]]) -> dict[int, Any]:
+    def fetch(items: list[tuple[int, str]]) -> dict[int, CachedImage | MediaError]:
         cache = stack.enter_context(VideoCache(cache_dir, config))
         stack.enter_context(cache.pinned())
         return dict(cache.get_many(items))
