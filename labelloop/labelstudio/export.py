@@ -7,7 +7,6 @@ Follows Label Studio's JSON export format
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from labelloop.events.changes import (
     project_counts,
 )
 from labelloop.events.ledger import parse_ts
-from labelloop.files import write_atomic
+from labelloop.labelstudio.export_store import StoreState, read_store, write_store
 from labelloop.ls_json import Task
 
 log = structlog.get_logger(__name__)
@@ -50,20 +49,6 @@ class SyncInfo(TypedDict, total=False):
     disagreed: int
     corrected: int
     change_log: str
-
-
-class StoreState(TypedDict, total=False):
-    """The store file of ``sync_tasks`` (JSON, keys as written since the first version): tasks by
-    id as text, the label config, Label Studio's server time of the last read (epoch seconds),
-    when the tasks were last verified against an export (epoch seconds), the change-log position
-    (``Position.as_dict``) and the deleted annotation ids (sorted)."""
-
-    server_time: float
-    verified_at: float
-    label_config: str
-    tasks: dict[str, Task]
-    deleted: list[int]
-    changes: dict[str, Any]
 
 
 def export_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
@@ -145,7 +130,7 @@ def sync_tasks(
     """
     t0 = time.perf_counter()
     try:
-        state = _read_store(store)
+        state = read_store(store)
         tasks: dict[str, Task] | None = state["tasks"]
         since = float(state["server_time"]) - SYNC_OVERLAP_S
         deleted = {int(i) for i in state.get("deleted") or []}
@@ -166,7 +151,7 @@ def sync_tasks(
                     "changes": batch.position.as_dict(),
                     "deleted": sorted(deleted),
                 }
-                _write_store(store, updated)
+                write_store(store, updated)
                 _trim(changes, project_id, batch.position)
                 seconds = time.perf_counter() - t0
                 info = SyncInfo(
@@ -183,7 +168,7 @@ def sync_tasks(
                 raise ChangeLogUnusable(f"Label Studio last read {age:.0f} s ago (verify every {verify_every_s:.0f} s)")
         except ChangeLogUnusable as exc:
             info["change_log"] = str(exc)
-            tasks = _read_store(store)["tasks"]  # apply_entries may have changed it
+            tasks = read_store(store)["tasks"]  # apply_entries may have changed it
         except redis.RedisError as exc:
             info["change_log"] = f"Redis: {type(exc).__name__}: {exc}"
         if "change_log" in info:
@@ -239,7 +224,7 @@ def sync_tasks(
     )
     if position is not None:
         new_state["changes"] = position.as_dict()
-    _write_store(store, new_state)
+    write_store(store, new_state)
     if changes is not None and position is not None:
         _trim(changes, project_id, position)
     info.update(SyncInfo(mode=mode, tasks_fetched=fetched, seconds=time.perf_counter() - t0))
@@ -313,35 +298,6 @@ def _read_label_studio(
         # Never wait for the project request after an error (a time limit raised into this
         # thread included): it ends by its own timeout, the caller goes on at once.
         pool.shutdown(wait=False, cancel_futures=True)
-
-
-# The state each store file was last written with by this process, keyed by its absolute path,
-# with the file's (inode, size, mtime) then: a worker's next build reuses it instead of parsing
-# the file again (~10 ms per 1,000 tasks). Taken out when read, so a state a failed sync may have
-# changed is never reused; a file written by anyone else does not match and is parsed.
-_WRITTEN: dict[str, tuple[tuple[int, int, int], StoreState]] = {}
-
-
-def _signature(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _read_store(store: Path) -> StoreState:
-    """The store's state (raises OSError, ValueError as reading and parsing it would)."""
-    key = os.path.abspath(store)
-    signature = _signature(key)
-    kept = _WRITTEN.pop(key, None)
-    if kept is not None and kept[0] == signature:
-        return kept[1]
-    state: StoreState = orjson.loads(Path(key).read_bytes())
-    return state
-
-
-def _write_store(store: Path, state: StoreState) -> None:
-    key = os.path.abspath(store)
-    write_atomic(Path(key), orjson.dumps(state))
-    _WRITTEN[key] = (_signature(key), state)
 
 
 def _from_change_log(
