@@ -120,6 +120,12 @@ class LabelStudioAuth(httpx.Auth):
         return self._pat
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """httpx's sync flow (overridden, not ``auth_flow``: only the exchange's body is read,
+        never the body of the request authenticated, which may be a streamed image).
+
+        Raises:
+            TokenRefreshError: the exchange was refused.
+        """
         if not self._applies(request):
             yield request
             return
@@ -142,6 +148,11 @@ class LabelStudioAuth(httpx.Auth):
             rejected = access
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        """httpx's async flow: as ``sync_auth_flow``.
+
+        Raises:
+            TokenRefreshError: the exchange was refused.
+        """
         if not self._applies(request):
             yield request
             return
