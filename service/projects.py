@@ -22,6 +22,7 @@ from collections import OrderedDict
 import httpx
 import structlog
 
+from labelloop.labelstudio.auth import LabelStudioAuth, TokenRefreshError
 from labelloop.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,10 @@ TIMEOUT_S = 0.5
 class LabelStudioProjects:
     """Asks Label Studio whether labelloop's token can read a project (async, bounded).
 
+    Tokens go through ``labelloop.labelstudio.auth.LabelStudioAuth`` (a legacy token as ``Token``;
+    a personal access token exchanged, cached and refreshed once after a 401), to
+    ``LABEL_STUDIO_URL``'s origin only.
+
     Args:
         settings: ``label_studio_url`` and ``label_studio_api_key``; without both, no project is
             readable this way (only ``/setup`` makes one known).
@@ -45,7 +50,8 @@ class LabelStudioProjects:
         self.api_key = settings.api_key
         self._client: httpx.AsyncClient | None = None
         self._transport = transport
-        self._access: str | None = None
+        # labelloop's token (a personal access token is exchanged and refreshed by the auth)
+        self._auth = LabelStudioAuth(self.base_url, self.api_key) if self.base_url and self.api_key else None
         self._refused: OrderedDict[int, float] = OrderedDict()
 
     @property
@@ -63,7 +69,7 @@ class LabelStudioProjects:
             return False
         try:
             ok = await self._get_project(project_id)
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, TokenRefreshError) as exc:
             log.info("project_check_failed", project_id=project_id, error_type=type(exc).__name__, error=str(exc)[:200])
             ok = False
         if not ok:
@@ -81,9 +87,9 @@ class LabelStudioProjects:
             return False
         try:
             resp = await self._http().get(
-                f"{self.base_url}/api/projects/{int(project_id)}/", headers={"Authorization": f"Token {token}"}
+                f"{self.base_url}/api/projects/{int(project_id)}/", auth=LabelStudioAuth(self.base_url, token)
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, TokenRefreshError) as exc:
             log.info("setup_token_check_failed", project_id=project_id, error_type=type(exc).__name__)
             return False
         return resp.status_code == 200
@@ -96,25 +102,8 @@ class LabelStudioProjects:
         return await self.readable(project_id)
 
     async def _get_project(self, project_id: int) -> bool:
-        client = self._http()
-        url = f"{self.base_url}/api/projects/{int(project_id)}/"
-        resp = await client.get(url, headers=await self._auth(client))
-        if resp.status_code == 401 and self._access is not None:
-            self._access = None  # an expired access token: exchange the personal access token again
-            resp = await client.get(url, headers=await self._auth(client))
+        resp = await self._http().get(f"{self.base_url}/api/projects/{int(project_id)}/", auth=self._auth)
         return resp.status_code == 200
-
-    async def _auth(self, client: httpx.AsyncClient) -> dict[str, str]:
-        token = self.api_key or ""
-        if token.count(".") != 2:  # a legacy token; a personal access token is a JWT
-            return {"Authorization": f"Token {token}"}
-        if self._access is None:
-            resp = await client.post(f"{self.base_url}/api/token/refresh/", json={"refresh": token})
-            access = resp.json().get("access") if resp.status_code == 200 else None
-            if not isinstance(access, str) or not access:
-                raise ValueError(f"Label Studio refused the personal access token (HTTP {resp.status_code})")
-            self._access = access
-        return {"Authorization": f"Bearer {self._access}"}
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:

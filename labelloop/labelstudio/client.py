@@ -5,7 +5,8 @@ Every call labelloop makes to Label Studio's API goes through ``client(url, key)
 ``calling(url, doing)``: a connection failure, a timeout or a 5xx becomes
 ``LabelStudioUnavailable`` (transient: Celery tasks retry it), a refused token (401/403) or a
 missing project (404) a ``LabelStudioError`` naming the setting to check. Image downloads have
-their own guarded client (``labelloop.labelstudio.media``).
+their own guarded client (``labelloop.labelstudio.media``), with the token by
+``labelloop.labelstudio.auth``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
 
 def client(url: str | None, api_key: str | None) -> LabelStudio:
     """A label-studio-sdk client (``label_studio_sdk.LabelStudio``); accepts a legacy token or
-    a personal access token.
+    a personal access token, handled by the SDK itself (``label_studio_sdk/tokens/client_ext.py``
+    exchanges a personal access token at ``/api/token/refresh/`` and again before the access
+    token expires), so not by ``labelloop.labelstudio.auth``, which labelloop's own httpx clients
+    use.
 
     Raises:
         DatasetError: the URL or the token is not configured.

@@ -7,13 +7,13 @@ Follows Label Studio's JSON export format
 from __future__ import annotations
 
 import json
-import os
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import orjson
 import redis
@@ -32,17 +32,39 @@ from labelloop.events.changes import (
     project_counts,
 )
 from labelloop.events.ledger import parse_ts
-from labelloop.files import write_atomic
+from labelloop.labelstudio.export_store import StoreState, read_store, write_store
+from labelloop.ls_json import Task
 
 log = structlog.get_logger(__name__)
 
 
+class SyncInfo(TypedDict, total=False):
+    """How ``sync_tasks`` read the project (see its Returns)."""
+
+    mode: str
+    tasks_fetched: int
+    seconds: float
+    changes: int
+    confirmed: int
+    disagreed: int
+    corrected: int
+    change_log: str
+
+
 def export_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
-    """Export the project's annotated tasks as Label Studio JSON (list of task dicts).
+    """Export the project's annotated tasks as Label Studio JSON: a list of tasks (each an
+    ``ls_json.Task``, given as plain objects to the rooms that read them as such).
 
     Uses the SDK's synchronous export (``GET /api/projects/{id}/export?exportType=JSON``),
     which returns tasks that have at least one annotation, with ``annotations`` inline.
+
+    Raises:
+        DatasetError: the export is not a JSON list.
     """
+    return cast("list[dict[str, Any]]", _exported(client, project_id))
+
+
+def _exported(client: Any, project_id: int) -> list[Task]:
     body = b"".join(client.projects.exports.download_sync(project_id, export_type="JSON"))
     try:
         tasks = orjson.loads(body or b"[]")
@@ -108,39 +130,45 @@ def sync_tasks(
     """
     t0 = time.perf_counter()
     try:
-        state = _read_store(store)
-        tasks: dict[str, dict[str, Any]] | None = state["tasks"]
+        state = read_store(store)
+        tasks: dict[str, Task] | None = state["tasks"]
         since = float(state["server_time"]) - SYNC_OVERLAP_S
         deleted = {int(i) for i in state.get("deleted") or []}
     except (OSError, ValueError, KeyError, TypeError):
-        state, tasks, since, deleted = {}, None, 0.0, set()
+        state, tasks, since, deleted = StoreState(), None, 0.0, set()
     verified_at = float(state.get("verified_at") or 0.0)
     verify = tasks is not None and time.time() - verified_at >= verify_every_s
-    info: dict[str, Any] = {}
+    info = SyncInfo()
     position: Position | None = None
     if changes is not None:
         try:
             if tasks is not None and not verify:
                 label_config, batch, checked = _from_change_log(client, changes, project_id, state, tasks, deleted)
-                updated = {
+                updated: StoreState = {
                     **state,
                     "label_config": label_config,
                     "tasks": tasks,
                     "changes": batch.position.as_dict(),
                     "deleted": sorted(deleted),
                 }
-                _write_store(store, updated)
+                write_store(store, updated)
                 _trim(changes, project_id, batch.position)
                 seconds = time.perf_counter() - t0
-                info = {"mode": "change log", "tasks_fetched": 0, "changes": len(batch.entries), "seconds": seconds}
-                info.update(checked)
-                return label_config, list(tasks.values()), info
+                info = SyncInfo(
+                    mode="change log",
+                    tasks_fetched=0,
+                    changes=len(batch.entries),
+                    seconds=seconds,
+                    confirmed=checked["confirmed"],
+                    disagreed=checked["disagreed"],
+                )
+                return label_config, _listed(tasks), dict(info)
             if verify:
                 age = time.time() - verified_at
                 raise ChangeLogUnusable(f"Label Studio last read {age:.0f} s ago (verify every {verify_every_s:.0f} s)")
         except ChangeLogUnusable as exc:
             info["change_log"] = str(exc)
-            tasks = _read_store(store)["tasks"]  # apply_entries may have changed it
+            tasks = read_store(store)["tasks"]  # apply_entries may have changed it
         except redis.RedisError as exc:
             info["change_log"] = f"Redis: {type(exc).__name__}: {exc}"
         if "change_log" in info:
@@ -150,7 +178,7 @@ def sync_tasks(
         except redis.RedisError:
             position = None
     read_at = time.time()
-    known = annotation_ids(tasks.values()) if tasks is not None else set()  # tombstones if the read drops them
+    known = annotation_ids(_json(tasks).values()) if tasks is not None else set()  # tombstones if the read drops them
     raw, changed, exported = _read_label_studio(client, project_id, first=tasks is None or verify, since=since)
     mode, fetched = "full", 0
     project = raw.data
@@ -172,45 +200,55 @@ def sync_tasks(
             else:
                 tasks.pop(str(task["id"]), None)
         mode = "incremental"
-        if project_counts(tasks) != counts:
+        if project_counts(_json(tasks)) != counts:
             tasks = None
     if tasks is None:
         if exported is None:  # the counters disagreed with the merged tasks
-            exported = export_tasks(client, project_id)
+            exported = _exported(client, project_id)
         tasks = {str(t["id"]): t for t in exported if t.get("annotations")}
         mode, fetched = ("full" if mode != "verify" else mode), len(exported)
         verified_at = read_at
     label_config = str(project.label_config)
-    deleted |= absent_after_read(known, tasks.values())
+    deleted |= absent_after_read(known, _json(tasks).values())
     if changes is not None and position is not None:
         try:  # DELETEs whose entries this read absorbed (read after the position: none missed)
             deleted |= changes.tombstones(project_id)
         except redis.RedisError:
             pass
-    new_state: dict[str, Any] = {
-        "server_time": server_time,
-        "verified_at": verified_at,
-        "label_config": label_config,
-        "tasks": tasks,
-        "deleted": sorted(deleted),
-    }
+    new_state = StoreState(
+        server_time=server_time,
+        verified_at=verified_at,
+        label_config=label_config,
+        tasks=tasks,
+        deleted=sorted(deleted),
+    )
     if position is not None:
         new_state["changes"] = position.as_dict()
-    _write_store(store, new_state)
+    write_store(store, new_state)
     if changes is not None and position is not None:
         _trim(changes, project_id, position)
-    info.update(mode=mode, tasks_fetched=fetched, seconds=time.perf_counter() - t0)
-    return label_config, list(tasks.values()), info
+    info.update(SyncInfo(mode=mode, tasks_fetched=fetched, seconds=time.perf_counter() - t0))
+    return label_config, _listed(tasks), dict(info)
 
 
-def _annotations_signature(task: dict[str, Any]) -> set[tuple[Any, ...]]:
+def _json(tasks: dict[str, Task]) -> dict[str, dict[str, Any]]:
+    """Stored tasks as ``labelloop.events`` and this module's callers take them: plain JSON
+    objects (a ``Task`` is one, typed; the same dict, not a copy)."""
+    return cast("dict[str, dict[str, Any]]", tasks)
+
+
+def _listed(tasks: dict[str, Task]) -> list[dict[str, Any]]:
+    return list(_json(tasks).values())
+
+
+def _annotations_signature(task: Task) -> set[tuple[Any, ...]]:
     return {
         (a.get("id"), parse_ts(a.get("updated_at")) or a.get("updated_at"), bool(a.get("was_cancelled")))
         for a in task.get("annotations") or []
     }
 
 
-def differing_tasks(stored: dict[str, dict[str, Any]], exported: list[dict[str, Any]]) -> list[int]:
+def differing_tasks(stored: Mapping[str, Task], exported: Sequence[Task]) -> list[int]:
     """Ids of tasks (sorted) whose annotations differ between ``stored`` (task id as text -> task)
     and an export of the project: an annotation added, removed, cancelled or with another
     ``updated_at`` (compared as times), or a task only one side has."""
@@ -222,20 +260,20 @@ def differing_tasks(stored: dict[str, dict[str, Any]], exported: list[dict[str, 
 
 def _read_label_studio(
     client: Any, project_id: int, first: bool, since: float
-) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]] | None]:
+) -> tuple[Any, list[Task], list[Task] | None]:
     """The project (raw response: label config, counters, server time) and either the whole
     export (``first``) or the tasks Label Studio updated after ``since`` (epoch seconds).
 
     The project is read while the tasks are listed or exported; both requests start after the
     previous sync's server time minus the overlap.
     """
-    changed: list[dict[str, Any]] = []
-    exported: list[dict[str, Any]] | None = None
+    changed: list[Task] = []
+    exported: list[Task] | None = None
     pool = ThreadPoolExecutor(max_workers=1)
     try:
         project_future = pool.submit(client.projects.with_raw_response.get, id=project_id)
         if first:
-            exported = export_tasks(client, project_id)
+            exported = _exported(client, project_id)
         else:
             query = {
                 "filters": {
@@ -253,9 +291,8 @@ def _read_label_studio(
             for item in client.tasks.list(
                 project=project_id, fields="all", query=json.dumps(query), resolve_uri=False, page_size=500
             ):
-                changed.append(
-                    item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
-                )
+                raw = item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
+                changed.append(cast(Task, raw))  # the SDK's task as Label Studio's JSON
         return project_future.result(), changed, exported
     finally:
         # Never wait for the project request after an error (a time limit raised into this
@@ -263,41 +300,12 @@ def _read_label_studio(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-# The state each store file was last written with by this process, keyed by its absolute path,
-# with the file's (inode, size, mtime) then: a worker's next build reuses it instead of parsing
-# the file again (~10 ms per 1,000 tasks). Taken out when read, so a state a failed sync may have
-# changed is never reused; a file written by anyone else does not match and is parsed.
-_WRITTEN: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
-
-
-def _signature(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _read_store(store: Path) -> dict[str, Any]:
-    """The store's state (raises OSError, ValueError as reading and parsing it would)."""
-    key = os.path.abspath(store)
-    signature = _signature(key)
-    kept = _WRITTEN.pop(key, None)
-    if kept is not None and kept[0] == signature:
-        return kept[1]
-    state: dict[str, Any] = orjson.loads(Path(key).read_bytes())
-    return state
-
-
-def _write_store(store: Path, state: dict[str, Any]) -> None:
-    key = os.path.abspath(store)
-    write_atomic(Path(key), orjson.dumps(state))
-    _WRITTEN[key] = (_signature(key), state)
-
-
 def _from_change_log(
     client: Any,
     changes: ChangeLog,
     project_id: int,
-    state: dict[str, Any],
-    tasks: dict[str, dict[str, Any]],
+    state: StoreState,
+    tasks: dict[str, Task],
     deleted: set[int],
 ) -> tuple[str, Batch, dict[str, int]]:
     """Apply the change log since the stored position to ``tasks`` and ``deleted`` (in place), the
@@ -319,8 +327,9 @@ def _from_change_log(
         raise ChangeLogUnusable("no webhook recorded since the last build")
     label_config = str(state["label_config"])
     before = dict(tasks)
-    apply_entries(tasks, batch.entries, label_config, deleted)
-    return label_config, batch, confirm_with_label_studio(client, project_id, tasks, before, batch.entries, deleted)
+    apply_entries(_json(tasks), batch.entries, label_config, deleted)
+    checked = confirm_with_label_studio(client, project_id, _json(tasks), _json(before), batch.entries, deleted)
+    return label_config, batch, checked
 
 
 def _trim(changes: ChangeLog, project_id: int, position: Position) -> None:
@@ -330,7 +339,7 @@ def _trim(changes: ChangeLog, project_id: int, position: Position) -> None:
         log.info("change_log_trim_failed", project_id=project_id, error=str(exc)[:200])
 
 
-def select_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
+def select_annotation(task: Mapping[str, Any]) -> dict[str, Any] | None:
     """Pick the annotation to train on: completed, not cancelled; ground truth first, else newest.
 
     Drafts are never part of ``annotations`` in an export; skipped tasks show up as

@@ -1,6 +1,6 @@
 """Fetch the videos tasks point at, through the same guarded path as images (``labelloop.labelstudio.media``).
 
-``VideoCache`` is ``labelloop.labelstudio.media.ImageCache`` with another way to store what was fetched: the
+``VideoCache`` is ``labelloop.labelstudio.media.ImageCache`` with another codec (``VideoCodec``): the
 same sources (Label Studio uploads read from the mounted media folder or downloaded, Local Storage,
 cloud URIs through Label Studio's presign endpoint, allowed hosts), the same guard rails (Label
 Studio's token only to its media paths, addresses checked when connecting, redirects by hand, a
@@ -12,13 +12,13 @@ checked to be a video OpenCV decodes (not a picture) and kept as it is. Files:
 from __future__ import annotations
 
 import contextlib
-import os
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labelloop.labelstudio.media import CachedImage, ImageCache, MediaConfig, MediaError
+from labelloop.labelstudio.media_store import Codec, Settled
 
 if TYPE_CHECKING:
     from labelloop.settings import Settings
@@ -70,40 +70,40 @@ def video_config(settings: Settings) -> MediaConfig:
     )
 
 
-class VideoCache(ImageCache):
-    """Task videos fetched once into ``cache_dir`` (see the module docstring); ``get`` returns a
-    ``CachedImage`` whose ``width``/``height`` are the video's frame size."""
+class VideoCodec:
+    """Videos in the cache: ``<key>.video``, a file OpenCV decodes, kept as fetched
+    (``media_store.Codec``)."""
 
-    def _lookup(self, key: str) -> CachedImage | None:
-        path = Path(self.cache_dir) / f"{key}.{VIDEO_EXT}"
+    def find(self, base: str) -> tuple[Path, int, int] | None:
+        """The cached video ``<base>.video`` and its frame size; None when absent or no longer
+        decodable."""
+        path = Path(f"{base}.{VIDEO_EXT}")
         try:
             info = probe_video(path)
         except MediaError:
             return None
-        if self.config.cache_max_bytes:
-            with contextlib.suppress(OSError):
-                os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
-        if self._pins is not None:
-            try:
-                path = self._pins.link(path, path.name)
-            except FileNotFoundError:
-                return None
-        return CachedImage(path, info.width, info.height, downloaded=False)
+        return path, info.width, info.height
 
-    def _store(self, key: str, raw: Path) -> CachedImage:
+    def settle(self, raw: Path) -> Settled:
+        """Keep a fetched video as it is; raises ``MediaError`` when OpenCV cannot read it."""
         info = probe_video(raw)
-        final = Path(self.cache_dir) / f"{key}.{VIDEO_EXT}"
-        pinned = self._pins.link(raw, final.name) if self._pins is not None else None
-        os.replace(raw, final)
-        self._account(final)
-        return CachedImage(pinned or final, info.width, info.height, downloaded=True)
+        return Settled(VIDEO_EXT, info.width, info.height)
 
 
-def cached_video_fetch(stack: contextlib.ExitStack[Any], cache_dir: Path, config: MediaConfig) -> Any:
+class VideoCache(ImageCache):
+    """Task videos fetched once into ``cache_dir`` (see the module docstring); ``get`` returns a
+    ``CachedImage`` whose ``width``/``height`` are the video's frame size."""
+
+    codec: Codec = VideoCodec()
+
+
+def cached_video_fetch(
+    stack: contextlib.ExitStack[Any], cache_dir: Path, config: MediaConfig
+) -> Callable[[list[tuple[int, str]]], dict[int, CachedImage | MediaError]]:
     """``[(task_id, url)] -> {task_id: CachedImage or MediaError}`` through a ``VideoCache`` in
     ``cache_dir``, opened on first use and closed with ``stack``."""
 
-    def fetch(items: list[tuple[int, str]]) -> dict[int, Any]:
+    def fetch(items: list[tuple[int, str]]) -> dict[int, CachedImage | MediaError]:
         cache = stack.enter_context(VideoCache(cache_dir, config))
         stack.enter_context(cache.pinned())
         return dict(cache.get_many(items))

@@ -259,7 +259,8 @@ def test_a_store_written_by_this_process_is_reused_once_and_never_when_changed(t
     """``sync_tasks``' store: the state this process wrote is reused instead of parsed again, but
     only while the file is the one written, and only by one reader (it may change what it got)."""
     from labelloop.files import write_atomic
-    from labelloop.labelstudio.export import _read_store, _write_store
+    from labelloop.labelstudio.export_store import read_store as _read_store
+    from labelloop.labelstudio.export_store import write_store as _write_store
 
     store = tmp_path / "tasks.json"
     state = {"tasks": {"1": {"id": 1}}}

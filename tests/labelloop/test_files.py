@@ -68,7 +68,7 @@ def test_class_ids_survive_a_failed_sync(tmp_path: Path, monkeypatch: pytest.Mon
 OWN_RENAMES = {
     "labelloop/files.py": "write_atomic itself",
     "labelloop/registry/store.py": "fsyncs files and folders around its renames (publish, CURRENT)",
-    "labelloop/labelstudio/media.py": "image cache files: a lost one is fetched again",
+    "labelloop/labelstudio/media_store.py": "image cache files: a lost one is fetched again",
     "labelloop/labelstudio/cache_pins.py": "pins of a running build, removed with it",
     "labelloop/training/child.py": "progress and result files of a run folder, removed with the run",
     "labelloop/registry/model_export.py": "fsyncs an export's files and folders around its rename",

@@ -265,10 +265,10 @@ def network(monkeypatch: pytest.MonkeyPatch) -> Network:
     ``names`` too, and sockets reach loopback only: an address in ``routes`` is routed to a
     loopback server, any other one is unreachable, so no test packet leaves the machine
     whatever the code under test tries."""
-    import labelloop.labelstudio.media as media_mod
+    import labelloop.labelstudio.media_guard as guard_mod
 
     net = Network()
-    resolve, connect = media_mod._resolve, httpcore.SyncBackend.connect_tcp
+    resolve, connect = guard_mod._resolve, httpcore.SyncBackend.connect_tcp
     # Threads an earlier test left running (a Label Studio request ending by its own timeout)
     # are not this test's: their connects go through but are not recorded.
     older = {t.ident for t in threading.enumerate()} - {threading.get_ident()}
@@ -288,7 +288,7 @@ def network(monkeypatch: pytest.MonkeyPatch) -> Network:
             raise httpcore.ConnectError(f"test network: {host} is unreachable (only loopback is)")
         return connect(self, target, port, *args, **kw)
 
-    monkeypatch.setattr(media_mod, "_resolve", lookup)
+    monkeypatch.setattr(guard_mod, "_resolve", lookup)
     monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", connect_tcp)
     return net
 
@@ -477,7 +477,7 @@ def ls_config(ls: Server, **kw: Any) -> MediaConfig:
 def test_internal_addresses(address: str, reason: str | None) -> None:
     """Every non-global address is internal, with its reason; an IPv4 address carried in an
     IPv6 one is judged as that IPv4 address; global unicast addresses are not internal."""
-    from labelloop.labelstudio.media import _internal_reason
+    from labelloop.labelstudio.media_guard import _internal_reason
 
     assert _internal_reason(address) == reason
 
@@ -990,7 +990,7 @@ def test_uploads_are_hard_linked_else_copied(
 def test_upload_symlinks_and_size_limit(cache_dir: Path, tmp_path: Path) -> None:
     """A symlink in the media folder is followed only when it stays inside it; the size limit
     applies to uploads read from disk; a link target swapped for a symlink is refused."""
-    from labelloop.labelstudio.media import _LocalFile
+    from labelloop.labelstudio.media_sources import LocalFile
 
     media = tmp_path / "media"
     up = media / "upload" / "1"
@@ -1010,9 +1010,9 @@ def test_upload_symlinks_and_size_limit(cache_dir: Path, tmp_path: Path) -> None
             cache.get(4, "/data/upload/1/missing.png")
         with pytest.raises(MediaError, match="larger than 4096"):
             cache.get(5, "/data/upload/1/big.png")
-        swapped = _LocalFile(up / "outside.png", "1/outside.png", "the media folder", link=True)
+        swapped = LocalFile(up / "outside.png", "1/outside.png", "the media folder", link=True)
         with pytest.raises(MediaError, match="not a regular file"):
-            cache._store_local("6-0000000000000000-v2", swapped)
+            cache.store.put_local("6-0000000000000000-v2", swapped)
     assert [n for n in files_in(cache_dir) if not n.startswith(("1-", "2-"))] == []
 
 
@@ -1071,13 +1071,14 @@ def test_cpu_work_runs_on_at_most_cpu_count_threads(
     """Reading and decoding mounted files is limited to one thread per CPU, whatever
     ``threads`` is (more only fight over the GIL)."""
     import labelloop.labelstudio.media as media_mod
+    import labelloop.labelstudio.media_image as image_mod
 
     up = tmp_path / "media" / "upload" / "1"
     up.mkdir(parents=True)
     for i in range(12):
         (up / f"{i}.png").write_bytes(png_bytes(10 + i, 10))
     active, peak, lock = [0], [0], threading.Lock()
-    decode = media_mod._decode
+    decode = image_mod._decode
 
     def counted(raw: Path) -> Any:
         with lock:
@@ -1090,7 +1091,7 @@ def test_cpu_work_runs_on_at_most_cpu_count_threads(
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(media_mod, "_decode", counted)
+    monkeypatch.setattr(image_mod, "_decode", counted)
     monkeypatch.setattr(media_mod, "_cpu_count", lambda: 2)
     with ImageCache(cache_dir, config(None, media_dir=tmp_path / "media", threads=6)) as cache:
         out = cache.get_many([(i, f"/data/upload/1/{i}.png") for i in range(12)])
@@ -1227,9 +1228,9 @@ def test_label_studio_personal_access_token(ls: tuple[str, str, Path], cache_dir
 
     with ImageCache(cache_dir, config(None, label_studio_url=url, api_key=pat)) as cache:
         assert cache.get(task_ids[0], tasks[task_ids[0]]).width == 40
-        cache._auth._access = "expired.access.token"  # type: ignore[union-attr]  # inject an expired token
+        cache.fetcher.auth._access = "expired.access.token"  # type: ignore[union-attr]  # inject an expired token
         assert cache.get(task_ids[1], tasks[task_ids[1]]).width == 40  # 401 -> refreshed -> 200
-        assert cache._auth._access != "expired.access.token"  # type: ignore[union-attr]
+        assert cache.fetcher.auth._access != "expired.access.token"  # type: ignore[union-attr]
 
 
 @pytest.mark.labelstudio
@@ -1320,7 +1321,7 @@ def test_label_studio_cloud_presign(ls: tuple[str, str, Path], moto_s3: str, cac
 def test_not_an_image_after_ultralytics_patched_pillow(tmp_path: Path) -> None:
     """Importing ultralytics replaces ``PIL.Image.open`` with a wrapper that tries to install a HEIF
     plugin on unknown files; a non-image is still a plain "not an image" (as in predict workers)."""
-    from labelloop.labelstudio.media import _decode
+    from labelloop.labelstudio.media_image import _decode
     from labelloop.yolo_env import prepare_ultralytics
 
     prepare_ultralytics(tmp_path / "yolo")
