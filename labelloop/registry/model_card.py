@@ -56,7 +56,7 @@ def score_threshold(
 ) -> tuple[float, str]:
     """The score threshold ``/predict`` shows a version's regions at, and where it comes from.
 
-    The same order as ``labelloop.serving.predictor.Predictor._show_conf``: the project's extra param
+    The same order as ``labelloop.serving.inference.Inference.show_threshold``: the project's extra param
     ``show_conf``, then ``LABELLOOP_SHOW_CONF``, then the version's own (manifest ``show_conf``,
     ``labelloop.training.threshold``), then ``LABELLOOP_PREDICT_CONF``.
 
