@@ -36,11 +36,8 @@ from labelloop.registry.params import load as load_params
 from labelloop.registry.params import train_spec
 from labelloop.registry.store import Registry
 from labelloop.serving import diversity
-from labelloop.serving.preannotate import (
-    Generation,
-    import_picks,
-    ranked_picks,
-)
+from labelloop.serving.generation import Generation
+from labelloop.serving.picks import import_picks, ranked_picks
 
 log = structlog.get_logger(__name__)
 
