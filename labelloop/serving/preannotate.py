@@ -127,14 +127,15 @@ class _Run:
     set_model_version: bool
     set_sampling: bool
     on_progress: Callable[[int, int], None] | None
+    listing: task_pages.Listing  # todo: the tasks to predict; labeled: a sample of annotated ones
 
     def stop(self) -> str | None:
         return superseded_by(self.predictor, self.project_id, self.version, self.generation)
 
-    def predict(self, todo: list[dict[str, Any]], into: _Predicted, outcome: Outcome) -> None:
-        """Predict and embed ``todo`` ``batch_size`` at a time (one Ultralytics batch each) until
+    def predict(self, into: _Predicted, outcome: Outcome) -> None:
+        """Predict and embed the listing's ``todo`` ``batch_size`` at a time (one Ultralytics batch each) until
         done or stopped (``outcome.stopped``)."""
-        imgsz = self.params.imgsz
+        imgsz, todo = self.params.imgsz, self.listing.todo
         for number, start in enumerate(range(0, len(todo), self.batch_size)):
             if (why := self.stop()) is not None:
                 outcome.stopped = why
@@ -173,20 +174,18 @@ class _Run:
             self.project_id, self.spec, tasks, self.hostname, self.api_key, self.version, imgsz=self.params.imgsz
         )
 
-    def rank(
-        self, todo: list[dict[str, Any]], labeled: list[dict[str, Any]], got: _Predicted, budget: int
-    ) -> tuple[list[Pick], str]:
+    def rank(self, got: _Predicted, budget: int) -> tuple[list[Pick], str]:
         """Rank the predicted tasks (``ranked_picks``): by uncertainty within clusters once at
         least half of them have a candidate box, else by coverage with the embeddings of
-        ``labeled`` (annotated tasks) too. Returns the picks in rank order and the mode."""
-        t0 = time.monotonic()
+        the listing's ``labeled`` (annotated tasks) too. Returns the picks in rank order and the mode."""
+        t0, labeled = time.monotonic(), self.listing.labeled
         informative = diversity.informative(got.found)
         labeled_vectors: list[npt.NDArray[np.float32]] = []
         if not informative:
             for start in range(0, len(labeled), self.batch_size):
                 labeled_vectors += [v for v in self._embed(labeled[start : start + self.batch_size]) if v is not None]
         picks, mode = ranked_picks(
-            [t["id"] for t in todo],
+            [t["id"] for t in self.listing.todo],
             got.vectors,
             labeled_vectors,
             got.uncertainty if informative else None,
@@ -204,7 +203,7 @@ class _Run:
         )
         return picks, mode
 
-    def import_ranked(self, todo: list[dict[str, Any]], picks: list[Pick], got: _Predicted, outcome: Outcome) -> None:
+    def import_ranked(self, picks: list[Pick], got: _Predicted, outcome: Outcome) -> None:
         """Import ``picks`` in rank order (``import_picks``); once the first batch is in, the
         project follows labelloop's version (and order, with ``set_sampling``)."""
 
@@ -213,7 +212,7 @@ class _Run:
                 root = self.predictor.registry.root
                 follow_labelloop(self.client, root, self.project_id, self.version, self.set_sampling)
 
-        index = {t["id"]: i for i, t in enumerate(todo)}
+        index = {t["id"]: i for i, t in enumerate(self.listing.todo)}
         imported, why = import_picks(
             self.client,
             self.project_id,
@@ -276,24 +275,23 @@ def preannotate_project(
     project = client.projects.get(id=project_id)
     params = load_params(predictor.registry.root, project_id)
     spec = train_spec(project.label_config, params)
-    run = _Run(
-        client, predictor, project_id, version, batch_size, hostname, api_key, params, spec, generation,
-        set_model_version, set_sampling, on_progress,
-    )  # fmt: skip
     drop_retired(client, predictor, project_id)
     listing = task_pages.for_version(client, project_id, version, max_labeled=MAX_LABELED_EMBEDDED)
-    todo = listing.todo
-    outcome.tasks = len(todo)
+    run = _Run(
+        client, predictor, project_id, version, batch_size, hostname, api_key, params, spec, generation,
+        set_model_version, set_sampling, on_progress, listing,
+    )  # fmt: skip
+    outcome.tasks = len(listing.todo)
     if on_progress is not None:
-        on_progress(0, len(todo))
+        on_progress(0, len(listing.todo))
     got = _Predicted()
     try:
-        run.predict(todo, got, outcome)
+        run.predict(got, outcome)
         if outcome.stopped is None:
             outcome.stopped = run.stop()
         if outcome.stopped is None:
-            picks, outcome.mode = run.rank(todo, listing.labeled, got, budget)
-            run.import_ranked(todo, picks, got, outcome)
+            picks, outcome.mode = run.rank(got, budget)
+            run.import_ranked(picks, got, outcome)
     finally:
         got.spool.close()
     if outcome.stopped is not None:
