@@ -24,7 +24,7 @@ Schema (``SCHEMA`` 1)::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from labelloop.manifest import Manifest
 from labelloop.registry.store import ModelVersion, Registry
@@ -34,6 +34,50 @@ CARD = "model_card.json"
 DEFAULT_IMGSZ = 640  # Ultralytics' default: what /predict uses for a version that does not record its imgsz
 IOU = 0.7  # Ultralytics' predict default NMS IoU, which /predict keeps
 MAX_DET = 300  # Ultralytics' predict default, which /predict keeps
+
+
+class CardClass(TypedDict):
+    """One class of the card: its YOLO class id and its Label Studio label."""
+
+    id: int
+    label: str
+
+
+class CardLineage(TypedDict):
+    """Where the version comes from: ``base_model`` is the manifest's (``BaseModel.to_dict``)."""
+
+    parent: str | None
+    ancestors: list[str]
+    base_model: dict[str, Any]
+    run_id: str | None
+
+
+class ModelCard(TypedDict):
+    """``model_card.json`` (schema in the module docstring)."""
+
+    schema: int
+    project_id: int
+    version: str
+    created_at: str | None
+    status: str | None
+    format: str
+    file: str
+    task: str
+    from_name: str | None
+    to_name: str | None
+    classes: list[CardClass]
+    imgsz: int
+    trained_imgsz: int | None
+    score_threshold: float
+    score_threshold_source: str
+    iou: float
+    max_det: int
+    metrics: dict[str, float]
+    class_metrics: dict[str, dict[str, float]]
+    lineage: CardLineage
+    annotations: int
+    dataset_size: dict[str, int]
+    label_config_sha1: str | None
 
 
 def serving_imgsz(record: Manifest, imgsz_override: int | None) -> tuple[int, int | None]:
@@ -56,7 +100,7 @@ def score_threshold(
 ) -> tuple[float, str]:
     """The score threshold ``/predict`` shows a version's regions at, and where it comes from.
 
-    The same order as ``labelloop.serving.predictor.Predictor._show_conf``: the project's extra param
+    The same order as ``labelloop.serving.inference.Inference.show_threshold``: the project's extra param
     ``show_conf``, then ``LABELLOOP_SHOW_CONF``, then the version's own (manifest ``show_conf``,
     ``labelloop.training.threshold``), then ``LABELLOOP_PREDICT_CONF``.
 
@@ -99,7 +143,7 @@ def model_card(
     project_show_conf: float | None = None,
     settings_show_conf: float | None = None,
     predict_conf: float = 0.25,
-) -> dict[str, Any]:
+) -> ModelCard:
     """The model card of one export of ``version`` (see the module docstring for the schema).
 
     Args:

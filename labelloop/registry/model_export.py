@@ -39,13 +39,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from labelloop.errors import BadRequestError, LabelloopError, RegistryError, VersionNotFoundError
 from labelloop.files import fsync_dir, fsync_files, write_atomic
-from labelloop.registry.model_card import CARD, model_card
+from labelloop.registry.model_card import CARD, ModelCard, model_card
 from labelloop.registry.store import WEIGHTS, ModelVersion, Registry
 
 log = structlog.get_logger(__name__)
@@ -96,7 +95,7 @@ class ExportResult:
     fmt: str
     directory: Path
     file: Path
-    card: dict[str, Any]
+    card: ModelCard
     cached: bool
     seconds: float
 
@@ -235,9 +234,7 @@ def sweep_stale(exports: Path, timeout_s: float = EXPORT_TIMEOUT_S) -> list[str]
     return removed
 
 
-def _write_files(
-    mv: ModelVersion, fmt: str, tmp: Path, card: dict[str, Any], config_dir: Path, timeout_s: float
-) -> None:
+def _write_files(mv: ModelVersion, fmt: str, tmp: Path, card: ModelCard, config_dir: Path, timeout_s: float) -> None:
     """Fill ``tmp`` with ``fmt``'s files and the card (the card last)."""
     shutil.copyfile(mv.weights, tmp / WEIGHTS)
     if fmt != "pt":

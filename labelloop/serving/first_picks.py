@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,11 +37,8 @@ from labelloop.registry.params import load as load_params
 from labelloop.registry.params import train_spec
 from labelloop.registry.store import Registry
 from labelloop.serving import diversity
-from labelloop.serving.preannotate import (
-    Generation,
-    import_picks,
-    ranked_picks,
-)
+from labelloop.serving.generation import Generation
+from labelloop.serving.picks import import_picks, ranked_picks
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +68,34 @@ def describe(
     return out
 
 
+@dataclass
+class Outcome:
+    """What a first-picks run did so far (``first_picks`` returns it as a dict, ``end``).
+
+    ``started``: ``time.monotonic()`` at its start; ``tasks``: unlabeled tasks; ``imported``:
+    predictions imported.
+    """
+
+    started: float
+    tasks: int = 0
+    imported: int = 0
+
+    def seconds(self) -> float:
+        """Seconds since the start, to the millisecond."""
+        return round(time.monotonic() - self.started, 3)
+
+    def end(self, status: str, stopped: str | None = None, at_start: bool = False) -> dict[str, Any]:
+        """``{"status", "tasks", "imported", "stopped", "seconds"}`` (``seconds`` 0.0 ``at_start``)."""
+        seconds = 0.0 if at_start else self.seconds()
+        return {
+            "status": status,
+            "tasks": self.tasks,
+            "imported": self.imported,
+            "stopped": stopped,
+            "seconds": seconds,
+        }
+
+
 def first_picks(
     client: Any,
     images: ImageCache,
@@ -97,8 +123,7 @@ def first_picks(
         fetched: nothing to order by), "not_applicable" (a video project), "stopped" (superseded: a version
         is served, or a newer run holds the project; ``stopped`` says which).
     """
-    t0 = time.monotonic()
-    outcome: dict[str, Any] = {"status": "stopped", "tasks": 0, "imported": 0, "stopped": None}
+    outcome = Outcome(time.monotonic())
 
     def stop() -> str | None:
         if registry.current_name(project_id) is not None:
@@ -109,26 +134,26 @@ def first_picks(
 
     if (why := stop()) is not None:
         log.info("first_picks_superseded", why=why, imported=0)
-        return {**outcome, "stopped": why, "seconds": 0.0}
+        return outcome.end("stopped", stopped=why, at_start=True)
     project = client.projects.get(id=project_id)
     spec = train_spec(project.label_config, load_params(registry.root, project_id))
     if spec.region_type == "videorectangle":  # videos are no images to describe (labelloop.dataset.video)
         log.info("first_picks_not_applicable", reason="video project")
-        return {**outcome, "status": "not_applicable", "seconds": round(time.monotonic() - t0, 3)}
+        return outcome.end("not_applicable")
     # Page by page, without predictions or annotations (``labelloop.labelstudio.task_pages``).
     listing = task_pages.for_version(client, project_id, FIRST_PICKS_VERSION, keep_held=True)
     unlabeled = sorted([*listing.todo, *listing.held], key=lambda t: int(t["id"]))
     missing = listing.todo
-    outcome["tasks"] = len(unlabeled)
+    outcome.tasks = len(unlabeled)
     if not missing:
         log.info("first_picks_unchanged", tasks=len(unlabeled))
-        return {**outcome, "status": "unchanged", "seconds": round(time.monotonic() - t0, 3)}
+        return outcome.end("unchanged")
     log.info("first_picks_started", tasks=len(unlabeled), new=len(missing))
     vectors = describe(images, unlabeled, spec.value_key)
     labeled_vectors = [v for v in describe(images, listing.labeled, spec.value_key) if v is not None]
     if not any(v is not None for v in vectors):
         log.warning("first_picks_no_images", tasks=len(unlabeled))
-        return {**outcome, "status": "no_images", "seconds": round(time.monotonic() - t0, 3)}
+        return outcome.end("no_images")
     picks, mode = ranked_picks([int(t["id"]) for t in unlabeled], vectors, labeled_vectors, None, budget, 0)
     log.info(
         "first_picks_ranked",
@@ -136,11 +161,11 @@ def first_picks(
         tasks=len(picks),
         described=sum(v is not None for v in vectors),
         labeled=len(labeled_vectors),
-        seconds=round(time.monotonic() - t0, 3),
+        seconds=outcome.seconds(),
     )
     if (why := stop()) is not None:
         log.info("first_picks_superseded", why=why, imported=0)
-        return {**outcome, "stopped": why, "seconds": round(time.monotonic() - t0, 3)}
+        return outcome.end("stopped", stopped=why)
 
     def follow() -> None:
         follow_labelloop(client, registry.root, project_id, FIRST_PICKS_VERSION, set_sampling)
@@ -157,9 +182,9 @@ def first_picks(
         follow,
         on_progress,
     )
-    outcome.update(imported=imported, stopped=why, status="stopped" if why else "done")
+    outcome.imported = imported
     if why:
         log.info("first_picks_superseded", why=why, imported=imported)
-    seconds = round(time.monotonic() - t0, 3)
-    log.info("first_picks_done", tasks=len(picks), imported=imported, stopped=why, seconds=seconds)
-    return {**outcome, "seconds": seconds}
+    result = outcome.end("stopped" if why else "done", stopped=why)
+    log.info("first_picks_done", tasks=len(picks), imported=imported, stopped=why, seconds=result["seconds"])
+    return result

@@ -1,4 +1,4 @@
-"""labelloop.serving.predictor.class_scores_predictor: every class's score of each box Ultralytics keeps."""
+"""labelloop.serving.inference.class_scores_predictor: every class's score of each box Ultralytics keeps."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def test_class_scores_are_those_of_the_kept_boxes(tmp_path: Path) -> None:
     prepare_ultralytics(tmp_path / "yolo")
     from ultralytics import YOLO
 
-    from labelloop.serving.predictor import class_scores_predictor
+    from labelloop.serving.inference import class_scores_predictor
 
     model = YOLO("yolov8n.yaml")  # built from its YAML: random weights, nothing downloaded
     image = np.random.default_rng(0).integers(0, 255, (192, 160, 3), dtype=np.uint8)

@@ -67,7 +67,9 @@ def test_class_ids_survive_a_failed_sync(tmp_path: Path, monkeypatch: pytest.Mon
 # Modules that rename files into place themselves, and why they may.
 OWN_RENAMES = {
     "labelloop/files.py": "write_atomic itself",
-    "labelloop/registry/store.py": "fsyncs files and folders around its renames (publish, CURRENT)",
+    "labelloop/registry/publish.py": "fsyncs a version's files and folder before its rename, the folder after",
+    "labelloop/registry/served.py": "fsyncs CURRENT's temp file before its replace, the folder after",
+    "labelloop/registry/retention.py": "renames a deleted version out of versions/ before removing it",
     "labelloop/labelstudio/media_store.py": "image cache files: a lost one is fetched again",
     "labelloop/labelstudio/cache_pins.py": "pins of a running build, removed with it",
     "labelloop/training/child.py": "progress and result files of a run folder, removed with the run",

@@ -19,7 +19,8 @@ from labelloop.dev.stack import Stack, free_port, wait_until
 from labelloop.dev.synthetic import LABEL_CONFIG
 from labelloop.labelstudio.media import MediaConfig
 from labelloop.registry.store import Registry
-from labelloop.serving.predictor import LISTENER_NAME, Predictor
+from labelloop.serving.listener import LISTENER_NAME
+from labelloop.serving.predictor import Predictor
 from labelloop.task_types.labels import parse_detection_config
 
 PROJECT = 11

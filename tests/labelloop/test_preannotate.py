@@ -112,7 +112,7 @@ def test_spool_reads_from_many_threads_at_once():
     file position): every read gives back what was appended at that index."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from labelloop.serving.preannotate import _Spool
+    from labelloop.serving.spool import Spool as _Spool
 
     spool = _Spool()
     try:

@@ -48,7 +48,7 @@ def test_crash_while_publishing_keeps_the_current_version(tmp_path: Path, weight
     """A failure while writing a version leaves CURRENT and the versions as they were, and no temp dirs."""
     reg = Registry(tmp_path)
     reg.publish(2, weights, {})
-    with mock.patch("labelloop.registry.store.os.rename", side_effect=OSError("disk full")), pytest.raises(OSError):
+    with mock.patch("labelloop.registry.publish.os.rename", side_effect=OSError("disk full")), pytest.raises(OSError):
         reg.publish(2, weights, {})
     assert reg.current_name(2) == "v1"
     assert sorted(p.name for p in (tmp_path / "2" / "versions").iterdir()) == ["v1"]
@@ -58,7 +58,7 @@ def test_crash_while_moving_current_keeps_the_old_pointer(tmp_path: Path, weight
     """If replacing CURRENT fails, the old pointer stays intact (no half-written file)."""
     reg = Registry(tmp_path)
     reg.publish(2, weights, {})
-    with mock.patch("labelloop.registry.store.os.replace", side_effect=OSError("boom")), pytest.raises(OSError):
+    with mock.patch("labelloop.registry.served.os.replace", side_effect=OSError("boom")), pytest.raises(OSError):
         reg.publish(2, weights, {})
     assert reg.current_name(2) == "v1"
     assert not [p for p in os.listdir(tmp_path / "2") if p.startswith(".CURRENT-")]
@@ -263,3 +263,24 @@ def test_retention_keeps_the_newest_the_served_and_the_rollback_targets(tmp_path
     assert reg.publish(1, weights, {}).name == "v7"
     assert reg.prune(1, keep_last=1) == ["v3", "v6"]  # v3 was rolled back from: no rollback serves it again
     assert reg.version_names(1) == ["v2", "v7"] and reg.rollback_target(1) == "v2"
+
+
+@pytest.mark.parametrize(
+    ("names", "stack", "current", "keep_last", "doomed"),
+    [
+        (["v1", "v2", "v3"], ["v1", "v2", "v3"], "v3", 1, ["v1"]),  # v3 newest and served, v2 the next rollback
+        (["v1", "v2", "v3", "v4"], ["v1", "v2", "v3", "v4"], "v4", 1, ["v1", "v2"]),
+        (["v1", "v2", "v3", "v4"], ["v1", "v2"], "v2", 1, ["v3"]),  # v4 (rolled back from) newest
+        (["v1", "v2", "v3", "v4", "v5"], ["v1", "v3"], "v3", 2, ["v2"]),
+        (["v1", "v2"], [], None, 0, ["v1"]),  # keep_last counts as 1: numbers are never reused
+        (["v1", "v2", "v3"], ["v1", "v2", "v1"], "v1", 1, []),  # a repeat counts once among the targets
+    ],
+)
+def test_the_retention_plan_keeps_the_newest_the_served_and_the_rollback_targets(
+    names: list[str], stack: list[str], current: str | None, keep_last: int, doomed: list[str]
+) -> None:
+    """plan_retention deletes all but the newest keep_last, the served one and the next rollbacks'
+    targets, oldest first."""
+    from labelloop.registry.retention import plan_retention
+
+    assert plan_retention(names, stack, current, keep_last) == doomed

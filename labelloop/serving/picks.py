@@ -1,0 +1,141 @@
+"""A pre-annotation's picks: the ranked order of its tasks (``labelloop.serving.diversity``) and their
+import into Label Studio in that order, each prediction with its rank as ``score`` and its cluster."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from labelloop.serving import diversity
+
+log = structlog.get_logger(__name__)
+
+CLUSTER_STRIDE = 1000  # above diversity.MAX_CLUSTERS: see cluster_offset
+IMPORT_THREADS = 4  # concurrent POST /api/predictions/ of one batch
+
+
+def cluster_offset(version: str) -> int:
+    """What a version adds to its predictions' ``cluster``: ``N * CLUSTER_STRIDE`` for ``vN``, 0 for
+    the first picks. Label Studio counts the clusters an annotator solved from
+    ``Max(predictions__cluster)`` over all of a task's predictions, whatever their model version:
+    a newer version's clusters being larger, a task counts in its newest prediction's cluster."""
+    return int(version[1:]) * CLUSTER_STRIDE if version[:1] == "v" and version[1:].isdigit() else 0
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One task's prediction as imported: ``score`` is its rank in [0, 1] (low = label first)."""
+
+    task: int
+    score: float
+    cluster: int | None
+
+
+def ranked_picks(
+    task_ids: list[int],
+    vectors: list[npt.NDArray[np.float32] | None],
+    labeled_vectors: list[npt.NDArray[np.float32]],
+    uncertainty: list[float] | None,
+    budget: int,
+    offset: int,
+) -> tuple[list[Pick], str]:
+    """Order tasks with ``labelloop.serving.diversity.rank``; returns their picks in rank order and the
+    mode. Tasks without a vector (image unavailable) come last, with no cluster."""
+    rows = [i for i, v in enumerate(vectors) if v is not None]
+    if not rows:
+        mode = "none"
+        order: list[int] = []
+        clusters: dict[int, int] = {}
+    else:
+        present = [v for v in vectors if v is not None]
+        x = np.stack(present + list(labeled_vectors)).astype(np.float64)
+        labeled = np.array([False] * len(rows) + [True] * len(labeled_vectors))
+        u = None
+        if uncertainty is not None:
+            u = np.array([uncertainty[i] for i in rows] + [0.0] * len(labeled_vectors))
+        ranking = diversity.rank(x, labeled, u, budget=budget)
+        mode = ranking.mode
+        order = [rows[r] for r in ranking.order]
+        clusters = {rows[r]: int(ranking.cluster[r]) for r in ranking.order}
+    order += [i for i, v in enumerate(vectors) if v is None]
+    scores = diversity.rank_scores(list(range(len(order))), len(order))
+    picks = [
+        Pick(task_ids[i], float(scores[r]), None if i not in clusters else offset + clusters[i])
+        for r, i in enumerate(order)
+    ]
+    return picks, mode
+
+
+def import_picks(
+    client: Any,
+    project_id: int,
+    version: str,
+    picks: list[Pick],
+    results: Callable[[int], list[Any]],
+    batch_size: int,
+    stop: Callable[[], str | None],
+    after_first_batch: Callable[[], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    with_cluster: bool = True,
+) -> tuple[int, str | None]:
+    """Write ``picks`` into Label Studio in rank order, ``batch_size`` at a time, each prediction
+    with its ``result`` (``results(task id)``), ``score``, ``cluster`` and ``version``.
+
+    Label Studio's prediction import (``/api/projects/{id}/import/predictions``,
+    ``data_import/api.py`` in 1.23.2) drops ``cluster``, so each prediction is one ``POST
+    /api/predictions/`` (``IMPORT_THREADS`` at a time, about 25x slower than the bulk import).
+    Without ``with_cluster`` (the project's sampling is left alone, so Label Studio's cluster
+    balancing is not used) a batch is one bulk import, with ``score`` and ``version`` only.
+    ``stop()`` is asked before each batch; ``after_first_batch`` runs once the top tasks are in
+    (the label stream can follow them from then on). Logs ``preannotate_batch`` per batch.
+
+    Returns:
+        ``(imported, stopped)``: ``stopped`` is ``stop()``'s reason, or None.
+    """
+    imported = 0
+    with ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="preannotate-import") as pool:
+        for number, start in enumerate(range(0, len(picks), batch_size)):
+            if (why := stop()) is not None:
+                return imported, why
+            batch = picks[start : start + batch_size]
+            t0 = time.monotonic()
+
+            def create(pick: Pick) -> None:
+                client.predictions.create(
+                    task=pick.task,
+                    result=results(pick.task),
+                    score=pick.score,
+                    model_version=version,
+                    **({"cluster": pick.cluster} if pick.cluster is not None else {}),
+                )
+
+            if with_cluster:
+                list(pool.map(create, batch))  # a failed request is the run's error
+            else:
+                request = [
+                    {"task": p.task, "result": results(p.task), "score": p.score, "model_version": version}
+                    for p in batch
+                ]
+                client.projects.import_predictions(id=project_id, request=request)
+            imported += len(batch)
+            log.info(
+                "preannotate_batch",
+                version=version,
+                batch=number,
+                tasks=len(batch),
+                done=imported,
+                total=len(picks),
+                import_s=round(time.monotonic() - t0, 3),
+            )
+            if number == 0 and after_first_batch is not None:
+                after_first_batch()
+            if on_progress is not None:
+                on_progress(imported, len(picks))
+    return imported, None
