@@ -14,7 +14,6 @@ at once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -23,7 +22,7 @@ from celery import Celery, Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 
-from labelloop import keys
+from labelloop.jobs import broker
 from labelloop.jobs.jobs import TRANSIENT_ERRORS, Jobs
 from labelloop.names import (
     TASK_FIRST_PICKS,
@@ -89,14 +88,9 @@ def train(self: Task, project_id: int, run_id: str) -> dict[str, Any]:
     """Train a project's next version; progress shows as Celery state PROGRESS (Flower)."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, run_id=run_id, task_id=self.request.id):
         job = jobs(self.app)
-        tag = (self.request.properties or {}).get("delivery_tag")
-
-        def keepalive() -> None:
-            # The broker hands an unacknowledged delivery out again once its score in kombu's
-            # unacked index is older than the visibility timeout: keep this live one young.
-            if tag:
-                job.redis.zadd(keys.UNACKED_INDEX, {tag: time.time()}, xx=True)
-
+        # Keeps this live delivery young in kombu's unacked index (``labelloop.jobs.broker``): only
+        # a dead worker's delivery ages past the visibility timeout and is handed out again.
+        keepalive = broker.delivery_keepalive(job.redis, (self.request.properties or {}).get("delivery_tag"))
         try:
             return job.train(
                 project_id,
