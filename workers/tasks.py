@@ -23,7 +23,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 
 from labelloop.jobs import broker
-from labelloop.jobs.jobs import TRANSIENT_ERRORS, Jobs
+from labelloop.jobs.jobs import Jobs
+from labelloop.jobs.lifecycle import TRANSIENT_ERRORS, TrainOutcome
+from labelloop.jobs.prediction import PredictResponse
 from labelloop.names import (
     TASK_FIRST_PICKS,
     TASK_HANDLE_EVENT,
@@ -84,7 +86,7 @@ def reconcile(self: Task) -> dict[str, int]:
 
 
 @bound_task(name=TASK_TRAIN, acks_late=True, reject_on_worker_lost=True, **_RETRY)
-def train(self: Task, project_id: int, run_id: str) -> dict[str, Any]:
+def train(self: Task, project_id: int, run_id: str) -> TrainOutcome:
     """Train a project's next version; progress shows as Celery state PROGRESS (Flower)."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, run_id=run_id, task_id=self.request.id):
         job = jobs(self.app)
@@ -125,7 +127,7 @@ def first_picks(self: Task, project_id: int) -> dict[str, Any]:
 
 
 @bound_task(name=TASK_PREDICT)
-def predict(self: Task, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+def predict(self: Task, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> PredictResponse:
     """Regions for Label Studio tasks with the project's served version (``/predict``), predicted in
     chunks until the deadline, which the task's ``expires`` (when the receiver stops waiting) may shorten."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):
