@@ -15,7 +15,7 @@ at once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar, cast
 
 import structlog
 from celery import Celery, Task, shared_task
@@ -38,7 +38,19 @@ from labelloop.names import (
 TRANSIENT = TRANSIENT_ERRORS
 MAX_RETRIES = 5
 RETRY_BACKOFF_MAX_S = 30
-_RETRY: dict[str, Any] = {
+
+
+class _RetryOptions(TypedDict):
+    """Celery's automatic retry options of a task (``Task.autoretry_for`` and its backoff)."""
+
+    autoretry_for: tuple[type[BaseException], ...]
+    retry_backoff: bool
+    retry_backoff_max: int
+    retry_jitter: bool
+    max_retries: int
+
+
+_RETRY: _RetryOptions = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": True,
     "retry_backoff_max": RETRY_BACKOFF_MAX_S,

@@ -12,9 +12,9 @@ Anything else (the message revoked in Flower, purged, never sent; a run that end
 releasing) leaves a lock without owner: the queued lock's own TTL is a day. ``inspect`` reads
 the lock, the owner and both kombu structures in one MULTI, so a message moving between the
 queue and ``unacked`` (a delivery, a restore) is seen on one side; only the instant between
-kombu's BRPOP and its ``unacked`` write is invisible, and ``Jobs.reap_lock`` also waits until
+kombu's BRPOP and its ``unacked`` write is invisible, and ``reap`` also waits until
 the run has been due ``LABELLOOP_TRAIN_LOCK_ORPHAN_S``. ``reap`` frees such a lock (the
-reconciliation calls it through ``Jobs.reap_lock``).
+reconciliation calls it through ``labelloop.jobs.reconcile.Reconciliation.reap_lock``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ When only the owner's key expired (Redis paused or unreachable for longer than `
 while the delivery went on), the delivery takes its run back on its next renewal, absorb or
 requeue: the lock still names its run and no other delivery claimed it. A lock that lost its
 queued message (revoked, purged, never sent) is found and reaped by ``labelloop.jobs.locks`` and
-``Jobs.reap_lock``; a run that could not be sent hands its project back with the follow-up
+``labelloop.jobs.reconcile``; a run that could not be sent hands its project back with the follow-up
 flag set (``unsent``).
 """
 
@@ -220,7 +220,7 @@ class TriggerStore:
     def unsent(self, project_id: int, run_id: str) -> bool:
         """Hand back the project of a run whose message could not be sent: the lock goes (only
         while ``run_id`` holds it and no delivery claimed it) and the follow-up flag is set, so
-        ``Jobs.reap_lock`` (the reconciliation) or the next event starts the training again.
+        the reconciliation (``labelloop.jobs.reconcile``) or the next event starts the training again.
         Returns whether the lock was released."""
         hkey, lkey = self._keys(project_id)
         okey = keys.training_owner(project_id)
