@@ -2,36 +2,36 @@
 
 A run is a run id that holds its project's training lock (``keys.training_lock``). Its states::
 
-                 trigger policy says "train" (TriggerStore.apply: new run id, lock with the queued TTL)
-                      |
-                      v                send fails after every PUBLISH_DELAYS_S
-                 +---------+  -------------------------------------------------->  UNSENT
-                 | QUEUED  |                                                   (lock released,
-                 +---------+  <-----------------------------+                   follow-up flag set)
-                      |  a delivery (Celery message)         |
-                      |  claims the lock (admit)             |  REQUEUED: transient error with
-       +--------------+--------------+                       |  retries left, or the worker
-       |              |              |                       |  shuts down (SIGTERM); the retry
-   DUPLICATE     SUPERSEDED     GIVEN UP                     |  or redelivery claims it again
-   (finished, or (another run   (deliveries died             |
-   another live  holds the      > train_max_deliveries)      |
-   delivery)     lock)               |                       |
-                      |              v                       |
-                      |          FINISHED                    |
-                      v                                      |
-                 +---------+  quiet period, absorb pending   |
-                 | CLAIMED | ---------------------------->---+
-                 +---------+                                 |
-                      |  run_training: build, train,         |
-                      v  gate, publish                       |
-                 +---------+ ------------------------------->+
-                 | RUNNING |
-                 +---------+ -- the lease found the lock taken --> LOST (nothing published,
-                      |                                             the lock is not touched)
-                      v
-                 FINISHED: promoted, rejected or failed; the run is marked finished, the lock
-                 released, the follow-up the trigger policy asks for sent, and after a promotion
-                 the pre-annotation queued.
+      trigger policy: a training is due (TriggerStore.apply: new run id, lock with the queued TTL)
+           |
+           v              every send failed (PUBLISH_DELAYS_S)
+      +---------+ ---------------------------------------------> UNSENT (lock released,
+      | QUEUED  | <-----------------------------------+            follow-up flag set)
+      +---------+                                     |
+           |  a delivery claims the lock              |  REQUEUED: a transient error with
+           |  (TriggerStore.claim)                    |  retries left, or the worker shuts
+           |-----> DUPLICATE (the run finished, or    |  down (SIGTERM); the retry or the
+           |       another live delivery holds it)    |  redelivery claims it again
+           |-----> SUPERSEDED (another run holds      |
+           |       the lock)                          |
+           |-----> GIVEN UP (deliveries died more     |
+           |       than train_max_deliveries times;   |
+           |       then released as FINISHED)         |
+           v                                          |
+      +---------+                                     |
+      | CLAIMED | ----------------------------------->+
+      +---------+  (RunLease renews the lock and      |
+           |        the broker delivery from here)    |
+           |  quiet period over, pending absorbed     |
+           v  (TriggerStore.absorb)                   |
+      +---------+                                     |
+      | RUNNING | ----------------------------------->+
+      +---------+
+           |-----> LOST (the lease found the lock taken: nothing published, the lock untouched)
+           v
+      FINISHED (promoted, rejected or failed): the run is marked finished, the lock released,
+      the follow-up the trigger policy asks for sent, and after a promotion the pre-annotation
+      queued.
 
 A delivery whose worker is killed (SIGKILL, OOM) while CLAIMED or RUNNING never leaves: its owner
 key expires ``LABELLOOP_TRAIN_LOCK_TTL_S`` after the last renewal, kombu hands its message out

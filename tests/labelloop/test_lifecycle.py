@@ -14,7 +14,7 @@ from labelloop import keys
 from labelloop.jobs import lifecycle
 from labelloop.jobs.jobs import Jobs
 from labelloop.jobs.lease import RunRecords
-from labelloop.jobs.lifecycle import RunLifecycle, TrainingReport
+from labelloop.jobs.lifecycle import TrainingReport
 from labelloop.jobs.progress import ProgressStore
 from labelloop.names import QUEUE_PREANNOTATE, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_TRAIN
 from labelloop.registry.store import ModelVersion, Registry
@@ -32,8 +32,7 @@ def make_jobs(redis_url: str, tmp_path: Path, sent: Sent, work: lifecycle.Work) 
         train_lock_ttl_s=3,
     )
     jobs = Jobs(settings, lambda name, args, queue: sent.append((name, args, queue)))
-    jobs.runs = RunLifecycle(jobs.context, work)
-    jobs.events.runs = jobs.reconciliation.runs = jobs.runs
+    jobs.runs.work = work
     return jobs
 
 
