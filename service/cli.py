@@ -195,7 +195,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
 def _models_export(args: argparse.Namespace) -> int:
     """``labelloop models export``: Ultralytics' export in a child process, cached in the version's
     directory (``labelloop.registry.model_export``); prints where the files are."""
-    from labelloop.jobs.pipeline import yolo_config_dir
+    from labelloop.jobs.plan import yolo_config_dir
     from labelloop.registry.model_export import copy_out, export_version
     from labelloop.registry.params import load as load_params
     from labelloop.registry.store import Registry

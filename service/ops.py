@@ -452,7 +452,7 @@ def doctor(settings: Settings) -> int:
     except ImportError:
         report(False, "torch is not installed in this environment", 'pip install "labelloop[ml]" (workers need it)')
 
-    from labelloop.jobs.pipeline import weights_dir
+    from labelloop.jobs.plan import weights_dir
     from labelloop.registry.base_models import for_task, resolve
 
     try:

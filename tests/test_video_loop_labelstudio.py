@@ -12,7 +12,8 @@ import pytest
 
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic_video import GeneratedVideo, video_config, video_result, write_video
-from labelloop.jobs.pipeline import run_training, yolo_config_dir
+from labelloop.jobs.pipeline import run_training
+from labelloop.jobs.plan import yolo_config_dir
 from labelloop.labelstudio import client as labelstudio
 from labelloop.labelstudio.media import MediaConfig
 from labelloop.registry.store import Registry

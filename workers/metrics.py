@@ -18,6 +18,7 @@ import redis
 import structlog
 from celery import Celery, signals
 
+from labelloop import redis_client
 from labelloop.events.ledger import Ledger
 from labelloop.jobs import locks
 from labelloop.names import TASK_TRAIN
@@ -47,7 +48,7 @@ class LocksWithoutOwner:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self.redis = redis_client.client(settings.redis_url, "worker")
 
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily

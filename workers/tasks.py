@@ -14,17 +14,18 @@ at once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar, cast
 
 import structlog
 from celery import Celery, Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 
-from labelloop import keys
-from labelloop.jobs.jobs import TRANSIENT_ERRORS, Jobs
+from labelloop.jobs import broker
+from labelloop.jobs.jobs import Jobs
+from labelloop.jobs.lifecycle import TRANSIENT_ERRORS, TrainOutcome
+from labelloop.jobs.prediction import PredictResponse
 from labelloop.names import (
     TASK_FIRST_PICKS,
     TASK_HANDLE_EVENT,
@@ -37,7 +38,19 @@ from labelloop.names import (
 TRANSIENT = TRANSIENT_ERRORS
 MAX_RETRIES = 5
 RETRY_BACKOFF_MAX_S = 30
-_RETRY: dict[str, Any] = {
+
+
+class _RetryOptions(TypedDict):
+    """Celery's automatic retry options of a task (``Task.autoretry_for`` and its backoff)."""
+
+    autoretry_for: tuple[type[BaseException], ...]
+    retry_backoff: bool
+    retry_backoff_max: int
+    retry_jitter: bool
+    max_retries: int
+
+
+_RETRY: _RetryOptions = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": True,
     "retry_backoff_max": RETRY_BACKOFF_MAX_S,
@@ -85,18 +98,13 @@ def reconcile(self: Task) -> dict[str, int]:
 
 
 @bound_task(name=TASK_TRAIN, acks_late=True, reject_on_worker_lost=True, **_RETRY)
-def train(self: Task, project_id: int, run_id: str) -> dict[str, Any]:
+def train(self: Task, project_id: int, run_id: str) -> TrainOutcome:
     """Train a project's next version; progress shows as Celery state PROGRESS (Flower)."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, run_id=run_id, task_id=self.request.id):
         job = jobs(self.app)
-        tag = (self.request.properties or {}).get("delivery_tag")
-
-        def keepalive() -> None:
-            # The broker hands an unacknowledged delivery out again once its score in kombu's
-            # unacked index is older than the visibility timeout: keep this live one young.
-            if tag:
-                job.redis.zadd(keys.UNACKED_INDEX, {tag: time.time()}, xx=True)
-
+        # Keeps this live delivery young in kombu's unacked index (``labelloop.jobs.broker``): only
+        # a dead worker's delivery ages past the visibility timeout and is handed out again.
+        keepalive = broker.delivery_keepalive(job.redis, (self.request.properties or {}).get("delivery_tag"))
         try:
             return job.train(
                 project_id,
@@ -131,7 +139,7 @@ def first_picks(self: Task, project_id: int) -> dict[str, Any]:
 
 
 @bound_task(name=TASK_PREDICT)
-def predict(self: Task, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+def predict(self: Task, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> PredictResponse:
     """Regions for Label Studio tasks with the project's served version (``/predict``), predicted in
     chunks until the deadline, which the task's ``expires`` (when the receiver stops waiting) may shorten."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):

@@ -25,7 +25,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TypedDict, cast
 
 import redis
 import structlog
@@ -135,6 +135,17 @@ def renewed_lock(client: redis.Redis, name: str, timeout_s: float) -> Iterator[b
             log.warning("lock_release_failed", lock=name, error_type=type(exc).__name__, error=str(exc)[:200])
 
 
+class GivenUp(TypedDict):
+    """The last given-up run of a project: its ``run_id``, the ``deliveries`` that died with their
+    worker (0: it never ran: its message was lost or could not be sent), the ``reason`` shown by
+    ``labelloop status`` and when (``at``, epoch seconds)."""
+
+    run_id: str
+    deliveries: int
+    reason: str
+    at: float
+
+
 class RunRecords:
     """Deliveries and outcome of training runs, and the last given-up run of each project."""
 
@@ -164,13 +175,13 @@ class RunRecords:
             pipe.expire(key, RUN_TTL_S)
             pipe.execute()
 
-    def give_up(self, project_id: int, run_id: str, deliveries: int, reason: str) -> dict[str, Any]:
+    def give_up(self, project_id: int, run_id: str, deliveries: int, reason: str) -> GivenUp:
         """Record that ``run_id`` was given up; returns the record (also ``given_up``'s)."""
-        record = {"run_id": run_id, "deliveries": deliveries, "reason": reason, "at": time.time()}
+        record: GivenUp = {"run_id": run_id, "deliveries": deliveries, "reason": reason, "at": time.time()}
         self.redis.set(keys.given_up(project_id), json.dumps(record), ex=GIVEN_UP_TTL_S)
         return record
 
-    def given_up(self, project_id: int) -> dict[str, Any] | None:
-        """The project's last given-up run: ``{"run_id", "deliveries", "reason", "at"}`` (epoch seconds)."""
+    def given_up(self, project_id: int) -> GivenUp | None:
+        """The project's last given-up run, or None (none in the last week)."""
         raw = self.redis.get(keys.given_up(project_id))
-        return json.loads(raw) if raw else None
+        return cast(GivenUp, json.loads(raw)) if raw else None

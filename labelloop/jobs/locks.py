@@ -4,34 +4,32 @@ A project's lock (``keys.training_lock``: the run id) lives while one of these h
 
 - a delivery runs the run: ``training:owner`` exists (``TriggerStore.claim``, renewed by
   ``labelloop.jobs.lease.RunLease`` every third of ``LABELLOOP_TRAIN_LOCK_TTL_S``);
-- the run's Celery message waits: in the train queue's lists (``keys.queue_lists``) or in
-  kombu's ``unacked`` hash (handed to a worker: a delivery about to claim, a retry holding its
+- the run's Celery message waits: in the train queue's lists or in kombu's ``unacked`` hash
+  (``labelloop.jobs.broker``) (handed to a worker: a delivery about to claim, a retry holding its
   countdown, a duplicate waiting for the running delivery).
 
 Anything else (the message revoked in Flower, purged, never sent; a run that ended without
 releasing) leaves a lock without owner: the queued lock's own TTL is a day. ``inspect`` reads
 the lock, the owner and both kombu structures in one MULTI, so a message moving between the
 queue and ``unacked`` (a delivery, a restore) is seen on one side; only the instant between
-kombu's BRPOP and its ``unacked`` write is invisible, and ``Jobs.reap_lock`` also waits until
+kombu's BRPOP and its ``unacked`` write is invisible, and ``reap`` also waits until
 the run has been due ``LABELLOOP_TRAIN_LOCK_ORPHAN_S``. ``reap`` frees such a lock (the
-reconciliation calls it through ``Jobs.reap_lock``).
+reconciliation calls it through ``labelloop.jobs.reconcile.Reconciliation.reap_lock``).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 import structlog
 
 from labelloop import keys
+from labelloop.jobs import broker
 from labelloop.jobs.lease import RunRecords
 from labelloop.jobs.trigger import TriggerStore
-from labelloop.names import QUEUE_TRAIN, TASK_TRAIN
+from labelloop.names import QUEUE_TRAIN
 
 log = structlog.get_logger(__name__)
 
@@ -66,47 +64,25 @@ class LockView:
         return self.due_s is None or self.due_s > grace_s
 
 
-def _train_message(raw: bytes, project_id: int, run_id: str) -> bool:
-    """Whether a kombu message (JSON, Celery protocol 2, base64 JSON body) trains ``run_id``."""
-    try:
-        message: Any = json.loads(raw)
-        if isinstance(message, list):  # the unacked hash: [message, exchange, routing key]
-            message = message[0]
-        if (message.get("headers") or {}).get("task") != TASK_TRAIN:
-            return False
-        args = json.loads(base64.b64decode(message["body"]))[0]
-        return int(args[0]) == int(project_id) and str(args[1]) == run_id
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return False  # not a message labelloop sent
-
-
 def inspect(client: redis.Redis, project_id: int, queue: str = QUEUE_TRAIN) -> LockView | None:
     """Read one project's training lock and who holds it; None when no lock is held.
 
-    Reads the train queue's lists and the ``unacked`` hash whole (both hold only what waits).
+    Reads the train queue's lists and kombu's ``unacked`` hash whole (``labelloop.jobs.broker``).
 
     Raises:
         redis.RedisError: Redis is unreachable.
     """
-    lists = keys.queue_lists(queue)
     with client.pipeline(transaction=True) as pipe:
         pipe.get(keys.training_lock(project_id))
         pipe.exists(keys.training_owner(project_id))
         pipe.hget(keys.trigger(project_id), "due_at")
         pipe.time()
-        for name in lists:
-            pipe.lrange(name, 0, -1)
-        pipe.hvals(keys.UNACKED)
+        broker.read_waiting(pipe, queue)
         holder, owner, due_at, now, *waiting = pipe.execute()
     if holder is None:
         return None
     run_id = holder.decode()
-    queued, delivered = waiting[:-1], waiting[-1]
-    message = None
-    if any(_train_message(m, project_id, run_id) for rows in queued for m in rows):
-        message = "queued"
-    elif any(_train_message(m, project_id, run_id) for m in delivered):
-        message = "delivered"
+    message = broker.place(waiting, project_id, run_id)
     due_s = now[0] + now[1] / 1e6 - float(due_at) if due_at is not None else None
     return LockView(project_id, run_id, bool(owner), message, due_s)
 

@@ -9,7 +9,8 @@ import pytest
 
 from labelloop.dataset.images import build_dataset, local_images
 from labelloop.dev.synthetic import LABELS, make_sample, rectangle_config
-from labelloop.jobs.pipeline import Candidate, gate_and_publish, plan_training
+from labelloop.jobs.gate import Candidate, gate_and_publish
+from labelloop.jobs.plan import plan_training
 from labelloop.manifest import TrainingResult
 from labelloop.registry.promotion import comparable, decide_promotion
 from labelloop.registry.store import Registry

@@ -111,7 +111,7 @@ def test_a_training_that_cannot_be_sent_is_retried_then_handed_back_and_started_
     settings = settings_for(redis_url, tmp_path)
     closed = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     jobs = Jobs(settings, sender(celery_client(closed)))
-    jobs.publish_delays_s = (0.2, 0.4)
+    jobs.runs.publish_delays_s = (0.2, 0.4)
     client = redis.Redis.from_url(redis_url)
     with capture_logs() as logs:
         assert jobs.handle_event(12, "START_TRAINING", []) == "unsent"
@@ -122,7 +122,7 @@ def test_a_training_that_cannot_be_sent_is_retried_then_handed_back_and_started_
     assert not client.exists(keys.training_lock(12)) and jobs.trigger().state(12).followup
     gone = RunRecords(client).given_up(12)
     assert gone is not None and "could not be sent to the broker" in gone["reason"]
-    jobs.send = sender(celery_client(settings))
+    jobs.context.send = sender(celery_client(settings))
     jobs.reconcile()
     assert client.llen(QUEUE_TRAIN) == 1 and client.exists(keys.training_lock(12))
 
@@ -139,7 +139,7 @@ def test_a_send_retried_while_the_broker_restarts_goes_through(redis_url: str, t
         app.send_task("labelloop.nothing", queue="warm-up")  # the client is connected, as a worker's is
         stack.stop("redis")
         jobs = Jobs(settings, sender(app))
-        jobs.publish_delays_s = (1.0, 2.0, 4.0)
+        jobs.runs.publish_delays_s = (1.0, 2.0, 4.0)
         with capture_logs() as logs:
 
             def restart() -> None:

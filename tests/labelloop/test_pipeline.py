@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.jobs.pipeline import Candidate, gate_and_publish, plan_training
+from labelloop.jobs.gate import Candidate, gate_and_publish
+from labelloop.jobs.plan import plan_training
 from labelloop.manifest import TrainingResult
 from labelloop.registry.store import Registry
 from labelloop.settings import Settings

@@ -20,8 +20,8 @@ from structlog.testing import capture_logs
 
 from labelloop.dev.stack import wait_until
 from labelloop.jobs.jobs import Jobs
+from labelloop.jobs.policy import TriggerState
 from labelloop.jobs.progress import ProgressStore
-from labelloop.jobs.trigger import TriggerState
 from labelloop.names import TASK_TRAIN
 from labelloop.settings import Settings
 

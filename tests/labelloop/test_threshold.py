@@ -176,7 +176,7 @@ def test_a_real_training_records_its_threshold_in_the_manifest(
     """A real training's child measures the display threshold on its val split (objects and images counted from
     the dataset, prior = predict_conf) and the version's manifest, as the pipeline writes and the registry reads
     it, holds it; the training job carries predict_conf as the prior."""
-    from labelloop.jobs.pipeline import plan_training, version_manifest
+    from labelloop.jobs.plan import plan_training, version_manifest
     from labelloop.manifest import TrainingResult
     from labelloop.registry.store import Registry
     from labelloop.settings import Settings

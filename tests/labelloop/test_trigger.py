@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from labelloop.jobs.trigger import TriggerState, TriggerStore, Waiting, decide, quiet_wait
+from labelloop.jobs.policy import TriggerState, Waiting, decide, quiet_wait
+from labelloop.jobs.trigger import TriggerStore
 
 IDLE = TriggerState()
 
