@@ -392,4 +392,3 @@ class Settings(BaseSettings):
     def api_key(self) -> str | None:
         """The Label Studio token as plain text, or None."""
         return self.label_studio_api_key.get_secret_value() if self.label_studio_api_key else None
-
