@@ -120,20 +120,7 @@ def score_project(
     judges = pick_versions(
         {tid: int(a["id"]) for tid, a in chosen.items()}, [(v.name, set(v.annotations())) for v in versions]
     )
-    previous: dict[tuple[Any, ...], ScoredTask] = {
-        (r["task"], r["annotation"], r.get("updated_at"), r["version"]): r
-        for r in read_report(registry, project_id)["tasks"]
-    }
-    rows: list[ScoredTask] = []
-    todo: dict[str, list[int]] = defaultdict(list)
-    for tid, version in judges.items():
-        if version is None:
-            continue
-        kept = previous.get((tid, int(chosen[tid]["id"]), chosen[tid].get("updated_at"), version))
-        if kept is not None:
-            rows.append(kept)
-        else:
-            todo[version].append(tid)
+    rows, todo = _kept_rows(read_report(registry, project_id)["tasks"], judges, chosen)
     for version, ids in todo.items():
         batch: list[ToScore] = [{"id": tid, "data": dict(tasks[tid]["data"]), "annotation": chosen[tid]} for tid in ids]
         rows += score_with(predictor, project_id, spec, batch, version, hostname, api_key, params.imgsz, batch_size)
@@ -160,6 +147,25 @@ def score_project(
         seconds=round(time.monotonic() - t0, 3),
     )
     return report
+
+
+def _kept_rows(
+    last: list[ScoredTask], judges: dict[int, str | None], chosen: Mapping[int, Annotation]
+) -> tuple[list[ScoredTask], dict[str, list[int]]]:
+    """The last report's rows still valid (same task, annotation, ``updated_at`` and judging
+    version), and the task ids to predict again per judging version."""
+    previous = {(r["task"], r["annotation"], r.get("updated_at"), r["version"]): r for r in last}
+    rows: list[ScoredTask] = []
+    todo: dict[str, list[int]] = defaultdict(list)
+    for tid, version in judges.items():
+        if version is None:
+            continue
+        kept = previous.get((tid, int(chosen[tid]["id"]), chosen[tid].get("updated_at"), version))
+        if kept is not None:
+            rows.append(kept)
+        else:
+            todo[version].append(tid)
+    return rows, todo
 
 
 def score_with(
