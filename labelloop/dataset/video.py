@@ -154,7 +154,7 @@ def build_video_dataset(
         out_dir: the dataset folder (updated in place, see the module docstring).
         fetch: ``[(task_id, url)] -> {task_id: ImageRef of the video file, or exception}``
             (``labelloop.labelstudio.video_media.cached_video_fetch``); called only for videos to re-extract.
-        splits: task ids -> {task id: "train" or "val"} (``labelloop.dataset.images.assign_splits``).
+        splits: task ids -> {task id: "train" or "val"} (``labelloop.dataset.splits.assign_splits``).
         names: class id -> label.
         report: filled in: frames per split (``images``), instances, background frames,
             skipped tasks, dropped regions, seconds.

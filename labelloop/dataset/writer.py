@@ -2,9 +2,10 @@
 what changed, then writes its YAML and, last, its state file.
 
 Order matters for a crash at any point: image links and label files first (labels fsynced
-together), the YAML next, the state file (``labelloop.dataset.state``) last; a folder whose state
-does not describe it is rewritten by the next build, as its state names other files or none.
-Images are hard links to the cached image (a copy across file systems).
+together), the YAML next, the state file (``labelloop.dataset.state``) last. A crash before the
+state is replaced leaves the previous state: the next build plans against it and rewrites every
+task whose entry differs, and a file missing on disk is found by listing the folders. Images are
+hard links to the cached image (a copy across file systems).
 """
 
 from __future__ import annotations
