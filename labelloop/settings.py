@@ -2,7 +2,8 @@
 
 Every field reads ``LABELLOOP_<FIELD>``; the Label Studio connection also reads the names
 Label Studio users already set for ML backends, ``LABEL_STUDIO_URL`` and
-``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token).
+``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token). README's table of them:
+``labelloop.settings_table``.
 """
 
 from __future__ import annotations
@@ -391,18 +392,3 @@ class Settings(BaseSettings):
     def api_key(self) -> str | None:
         """The Label Studio token as plain text, or None."""
         return self.label_studio_api_key.get_secret_value() if self.label_studio_api_key else None
-
-
-def settings_table() -> str:
-    """The configuration table README shows, generated from ``Settings`` so it cannot drift."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        env = f"`{ENV_PREFIX}{name.upper()}`"
-        alias = field.validation_alias
-        if alias is not None and hasattr(alias, "choices"):
-            extra = [c for c in alias.choices if isinstance(c, str) and c.isupper() and not c.startswith(ENV_PREFIX)]
-            env = " or ".join([f"`{c}`" for c in extra] + [env])
-        default = field.default
-        shown = "(unset)" if default is None else ("`''`" if default == "" else f"`{default}`")
-        rows.append(f"| {env} | {shown} | {field.description or ''} |")
-    return "\n".join(rows)

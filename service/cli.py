@@ -223,7 +223,7 @@ def _models_export(args: argparse.Namespace) -> int:
 def _settings_table(args: argparse.Namespace) -> int:
     import re
 
-    from labelloop.settings import settings_table
+    from labelloop.settings_table import settings_table
 
     table = settings_table()
     if not args.write:

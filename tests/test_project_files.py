@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labelloop.settings import settings_table
+from labelloop.settings_table import settings_table
 from service.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,24 +24,26 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import structlog
 import yaml
 
 from labelloop.dataset import long_side_p90
+from labelloop.dataset.plan import chosen_annotation
 from labelloop.errors import DatasetError
 from labelloop.files import write_atomic
-from labelloop.labelstudio.export import select_annotation
+from labelloop.ls_json import Annotation, Region, Task
 from labelloop.task_types import VIDEO
 from labelloop.task_types.keyframes import annotated_span
 from labelloop.task_types.spec import TrainSpec
 from labelloop.task_types.video import frame_count_of
 
 if TYPE_CHECKING:
-    from labelloop.dataset.images import DatasetReport
+    from labelloop.dataset.report import DatasetReport
+    from labelloop.dataset.sources import Fetch, ImageRef
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +52,31 @@ STATE_VERSION = 1
 JPEG_QUALITY = 95
 
 
+class VideoEntry(TypedDict):
+    """One video task's part of the dataset folder, as ``video-state.json`` records it.
+
+    Attributes:
+        split: ``train`` or ``val`` (the whole video).
+        files: the folder's files made from it (``images/<split>/<task>_<frame>.jpg`` and the
+            matching ``labels/...txt``).
+        frames: frames written; ``background``: of those, frames without a box.
+        instances: class id (as text) -> boxes over its frames.
+        span: ``[first, last]`` annotated frame (1-based); ``size``: ``[width, height]`` pixels.
+        digest: SHA-1 of what the files were made from (URL, result, stride, split, class ids).
+    """
+
+    split: str
+    files: list[str]
+    frames: int
+    background: int
+    instances: dict[str, int]
+    span: list[int]
+    size: list[int]
+    digest: str
+
+
 def wanted_frames(
-    result: list[dict[str, Any]], spec: TrainSpec, frames_count: int, stride: int
+    result: Sequence[Region], spec: TrainSpec, frames_count: int, stride: int
 ) -> tuple[list[int], list[int]]:
     """The 1-based frames of a video annotation to train on, and its annotated span.
 
@@ -66,8 +91,9 @@ def wanted_frames(
         and isinstance(r.get("value"), Mapping)
         and isinstance(r["value"].get("sequence"), list)
     ]
+    untyped: Any = sequences  # annotated_span reads keyframes as Label Studio sent them
     try:
-        span = annotated_span(sequences, frames_count)
+        span = annotated_span(untyped, frames_count)
     except (KeyError, TypeError, ValueError):
         return [], []
     if span is None:
@@ -111,10 +137,10 @@ def _digest(*parts: Any) -> str:
 
 
 def build_video_dataset(
-    tasks: list[dict[str, Any]],
+    tasks: Sequence[Task],
     spec: TrainSpec,
     out_dir: Path,
-    fetch: Callable[[list[tuple[int, str]]], Mapping[int, Any]],
+    fetch: Fetch,
     splits: Callable[[list[int]], dict[int, str]],
     names: Mapping[int, str],
     report: DatasetReport,
@@ -126,9 +152,9 @@ def build_video_dataset(
         tasks: Label Studio tasks in the JSON export format (``data[spec.value_key]``: the video URL).
         spec: a VideoRectangle spec (``labelloop.task_types.video_labels.video_spec``).
         out_dir: the dataset folder (updated in place, see the module docstring).
-        fetch: ``[(task_id, url)] -> {task_id: object with .path, .width, .height, or exception}``
+        fetch: ``[(task_id, url)] -> {task_id: ImageRef of the video file, or exception}``
             (``labelloop.labelstudio.video_media.cached_video_fetch``); called only for videos to re-extract.
-        splits: task ids -> {task id: "train" or "val"} (``labelloop.dataset.images.assign_splits``).
+        splits: task ids -> {task id: "train" or "val"} (``labelloop.dataset.splits.assign_splits``).
         names: class id -> label.
         report: filled in: frames per split (``images``), instances, background frames,
             skipped tasks, dropped regions, seconds.
@@ -152,7 +178,7 @@ def build_video_dataset(
         tid: _digest(url, ann.get("result"), stride, split[tid], sorted(names.items()))
         for tid, (url, ann) in chosen.items()
     }
-    redo = [tid for tid in chosen if old_tasks.get(str(tid), {}).get("digest") != digests[tid]]
+    redo = [tid for tid in chosen if (old := old_tasks.get(str(tid))) is None or old.get("digest") != digests[tid]]
     t0 = time.perf_counter()
     fetched = fetch([(tid, chosen[tid][0]) for tid in redo]) if redo else {}
     report.seconds["download"] = time.perf_counter() - t0
@@ -166,7 +192,8 @@ def build_video_dataset(
         report.images_downloaded += int(bool(getattr(got, "downloaded", True)))
         entry = _extract_task(tid, chosen[tid][1], got, spec, class_ids, split[tid], stride, out_dir, report)
         if entry is not None:
-            state[str(tid)] = {**entry, "digest": digests[tid]}
+            entry["digest"] = digests[tid]
+            state[str(tid)] = entry
     _count(state, report, names)
     write_atomic(out_dir / STATE, json.dumps({"version": STATE_VERSION, "tasks": state}, indent=1))
     if report.images["train"] < 1 or report.images["val"] < 1:
@@ -188,14 +215,12 @@ def build_video_dataset(
     return data
 
 
-def _choose(
-    tasks: list[dict[str, Any]], spec: TrainSpec, report: DatasetReport
-) -> dict[int, tuple[str, dict[str, Any]]]:
+def _choose(tasks: Sequence[Task], spec: TrainSpec, report: DatasetReport) -> dict[int, tuple[str, Annotation]]:
     """Task id -> (video URL, chosen annotation); the tasks left out go into ``report``."""
-    chosen: dict[int, tuple[str, dict[str, Any]]] = {}
+    chosen: dict[int, tuple[str, Annotation]] = {}
     for task in tasks:
         tid = int(task["id"])
-        annotation = select_annotation(task)
+        annotation = chosen_annotation(task)
         url = (task.get("data") or {}).get(spec.value_key)
         if annotation is None:
             report.skip(tid, "no completed annotation")
@@ -206,9 +231,9 @@ def _choose(
     return chosen
 
 
-def _prune(old_tasks: Mapping[str, Any], kept: set[int], out_dir: Path) -> dict[str, Any]:
+def _prune(old_tasks: Mapping[str, VideoEntry], kept: set[int], out_dir: Path) -> dict[str, VideoEntry]:
     """Delete the files of the tasks gone or to redo; the state entries of those ``kept``."""
-    state: dict[str, Any] = {}
+    state: dict[str, VideoEntry] = {}
     for key, entry in old_tasks.items():
         if int(key) in kept:
             state[key] = entry
@@ -218,30 +243,32 @@ def _prune(old_tasks: Mapping[str, Any], kept: set[int], out_dir: Path) -> dict[
     return state
 
 
-def _old_state(out_dir: Path) -> dict[str, Any]:
+def _old_state(out_dir: Path) -> dict[str, VideoEntry]:
     """The last build's per-task state (empty when missing, unreadable or of another version)."""
     try:
         old = json.loads((out_dir / STATE).read_text())
     except (OSError, ValueError):
         return {}
-    return dict(old.get("tasks", {})) if isinstance(old, dict) and old.get("version") == STATE_VERSION else {}
+    if not isinstance(old, dict) or old.get("version") != STATE_VERSION:
+        return {}
+    return cast("dict[str, VideoEntry]", dict(old.get("tasks", {})))
 
 
 def _extract_task(
     tid: int,
-    annotation: dict[str, Any],
-    video: Any,
+    annotation: Annotation,
+    video: ImageRef,
     spec: TrainSpec,
     class_ids: Mapping[str, int],
     side: str,
     stride: int,
     out_dir: Path,
     report: DatasetReport,
-) -> dict[str, Any] | None:
-    """Frames and label files of one video; its state entry (None: nothing usable)."""
+) -> VideoEntry | None:
+    """Frames and label files of one video; its state entry without ``digest`` (None: nothing usable)."""
     from labelloop.labelstudio.video_media import probe_video
 
-    result = annotation.get("result") or []
+    result: Any = annotation.get("result") or []  # task_types reads the regions as Label Studio sent them
     decoded = probe_video(Path(video.path)).frames
     count = frame_count_of(result, spec) or decoded
     if abs(count - decoded) > max(2, decoded // 50):
@@ -258,7 +285,7 @@ def _extract_task(
         report.skip(tid, "no keyframes")
         return None
     lines, dropped = VIDEO.frame_lines(result, spec, class_ids, frames, int(video.width), int(video.height))
-    report.dropped_regions += [{"task": tid, "reason": d} for d in dropped]
+    report.drop(tid, dropped)
     (out_dir / "images" / side).mkdir(parents=True, exist_ok=True)
     (out_dir / "labels" / side).mkdir(parents=True, exist_ok=True)
     written = extract_frames(Path(video.path), frames, lambda f: out_dir / "images" / side / f"{tid}_{f:06d}.jpg")
@@ -279,10 +306,11 @@ def _extract_task(
         "instances": {str(k): v for k, v in instances.items()},
         "span": span,
         "size": [int(video.width), int(video.height)],
+        "digest": "",
     }
 
 
-def _count(state: Mapping[str, Any], report: DatasetReport, names: Mapping[int, str]) -> None:
+def _count(state: Mapping[str, VideoEntry], report: DatasetReport, names: Mapping[int, str]) -> None:
     report.images = {"train": 0, "val": 0}
     report.instances_per_class = {"train": {}, "val": {}}
     report.background_images = 0
@@ -293,7 +321,7 @@ def _count(state: Mapping[str, Any], report: DatasetReport, names: Mapping[int, 
         report.background_images += int(entry["background"])
         per = report.instances_per_class[side]
         for k, v in entry["instances"].items():
-            label = names.get(int(k), k)
+            label = names.get(int(k), k)  # a class id no longer named: counted under its id
             per[label] = per.get(label, 0) + int(v)
         sides += [(int(entry["size"][0]), int(entry["size"][1]))] * int(entry["frames"])
     report.files_written = sum(len(e["files"]) for e in state.values())

@@ -18,53 +18,57 @@ https://api.labelstud.io/api-reference/api-reference/tasks/list), one paged requ
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
-from labelloop.events.changes import annotation_ids
+from labelloop.events.change_apply import TaskStore, annotation_ids
+from labelloop.events.change_entry import CHANGED_ACTIONS, Entry
 from labelloop.events.ledger import parse_ts
+from labelloop.ls_json import Task
 
 log = structlog.get_logger(__name__)
 
-CHANGED_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 PAGE_SIZE = 500
 
 
-def named_tasks(entries: list[dict[str, Any]]) -> set[str]:
+def named_tasks(entries: list[Entry]) -> set[str]:
     """Ids (as text) of the tasks change-log entries name: each created or updated annotation's
     task, and the tasks the webhooks carry."""
     ids: set[str] = set()
     for entry in entries:
         if entry.get("action") not in CHANGED_ACTIONS:
             continue
-        annotations = entry.get("annotation")
+        annotations: object = entry.get("annotation")
         for annotation in annotations if isinstance(annotations, list) else [annotations]:
-            task = annotation.get("task") if isinstance(annotation, dict) else None
+            task: object = annotation.get("task") if isinstance(annotation, dict) else None
             task = task.get("id") if isinstance(task, dict) else task
             if isinstance(task, int) and not isinstance(task, bool):
                 ids.add(str(task))
-        carried = [entry["task"]] if isinstance(entry.get("task"), dict) else list(entry.get("tasks") or [])
+        task_field: object = entry.get("task")
+        carried: list[object] = [task_field] if isinstance(task_field, dict) else list(entry.get("tasks") or [])
         ids.update(str(t["id"]) for t in carried if isinstance(t, dict) and isinstance(t.get("id"), int))
     return ids
 
 
-def read_tasks(client: Any, project_id: int, task_ids: list[int]) -> list[dict[str, Any]]:
+def read_tasks(client: Any, project_id: int, task_ids: list[int]) -> list[Task]:
     """The project's tasks with these ids as Label Studio holds them (JSON export format, with
     ``annotations``), through label-studio-sdk's ``tasks.list``; a task Label Studio does not
     have is absent. Label Studio's errors propagate (the build fails and is retried)."""
     query = json.dumps({"selectedItems": {"all": False, "included": task_ids}})
-    tasks: list[dict[str, Any]] = []
+    tasks: list[Task] = []
     for item in client.tasks.list(
         project=project_id, fields="all", query=query, resolve_uri=False, page_size=PAGE_SIZE
     ):
-        task = item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
+        row: Any = item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
+        task: Task = row  # Label Studio's JSON as it came
         if str(task.get("id")) in {str(i) for i in task_ids}:  # only what was asked for, whatever the server does
             tasks.append(task)
     return tasks
 
 
-def _signature(task: dict[str, Any] | None) -> set[tuple[Any, ...]]:
+def _signature(task: Mapping[str, Any] | None) -> set[tuple[Any, ...]]:
     return {
         (a.get("id"), parse_ts(a.get("updated_at")) or a.get("updated_at"), json.dumps(a.get("result"), sort_keys=True))
         for a in (task or {}).get("annotations") or []
@@ -74,9 +78,9 @@ def _signature(task: dict[str, Any] | None) -> set[tuple[Any, ...]]:
 def confirm_with_label_studio(
     client: Any,
     project_id: int,
-    tasks: dict[str, dict[str, Any]],
-    before: dict[str, dict[str, Any]],
-    entries: list[dict[str, Any]],
+    tasks: TaskStore,
+    before: TaskStore,
+    entries: list[Entry],
     deleted: set[int],
 ) -> dict[str, int]:
     """Replace the tasks a batch touched by Label Studio's copies, in place (see the module doc).
@@ -95,7 +99,7 @@ def confirm_with_label_studio(
     touched = {k for k in set(tasks) | set(before) if tasks.get(k) is not before.get(k)} | named_tasks(entries)
     if not touched:
         return {"confirmed": 0, "disagreed": 0}
-    fresh = {str(t["id"]): t for t in read_tasks(client, project_id, sorted(int(k) for k in touched))}
+    fresh: TaskStore = {str(t["id"]): dict(t) for t in read_tasks(client, project_id, sorted(int(k) for k in touched))}
     disagreed = sorted(int(k) for k in touched if _signature(tasks.get(k)) != _signature(fresh.get(k)))
     for key in touched:
         task = fresh.get(key)

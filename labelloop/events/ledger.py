@@ -24,12 +24,14 @@ export racing a webhook), so the ledger orders them by Label Studio's time, not 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
 
 from labelloop import keys
+from labelloop.ls_json import Task
 
 Change = tuple[int, str | None]  # (annotation id, normalised updated_at; None = deleted)
 
@@ -105,9 +107,9 @@ def diff(
     return changed + deleted
 
 
-def annotations_in_export(tasks: list[dict[str, Any]]) -> dict[int, str]:
-    """Annotation id -> normalised updated_at over exported tasks (cancelled ones included,
-    since their webhooks are counted too)."""
+def annotations_in_export(tasks: Iterable[Task] | Iterable[Mapping[str, Any]]) -> dict[int, str]:
+    """Annotation id -> normalised updated_at over exported tasks (Label Studio's JSON export format,
+    typed or as it came; cancelled ones included, since their webhooks are counted too)."""
     return {
         int(a["id"]): normalize_ts(a.get("updated_at") or a.get("created_at"))
         for t in tasks

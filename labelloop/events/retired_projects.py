@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 import redis
 import structlog
@@ -34,9 +34,16 @@ def misses_key(project_id: int) -> str:
     return f"labelloop:project:{int(project_id)}:not_found"
 
 
-def retired(store: redis.Redis) -> dict[int, dict[str, Any]]:
-    """Retired projects: ``{project_id: {"reason", "at"}}`` (``at``: Unix seconds)."""
-    out: dict[int, dict[str, Any]] = {}
+class Retirement(TypedDict):
+    """Why a project was retired and when (``at``: Unix seconds), as ``RETIRED`` holds it (JSON)."""
+
+    reason: str
+    at: float
+
+
+def retired(store: redis.Redis) -> dict[int, Retirement]:
+    """Retired projects: ``{project_id: {"reason", "at"}}`` (an unreadable record: ``unknown``, 0)."""
+    out: dict[int, Retirement] = {}
     for raw_id, raw in (store.hgetall(RETIRED) or {}).items():
         try:
             out[int(raw_id)] = json.loads(raw)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import orjson
 
+from labelloop.events.changes import PositionRecord
 from labelloop.files import write_atomic
 from labelloop.ls_json import Task
 
@@ -28,7 +29,7 @@ class StoreState(TypedDict, total=False):
     label_config: str
     tasks: dict[str, Task]
     deleted: list[int]
-    changes: dict[str, Any]
+    changes: PositionRecord
 
 
 # The state each store file was last written with by this process, keyed by its absolute path,

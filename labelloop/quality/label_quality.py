@@ -37,10 +37,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+
+from labelloop.ls_json import Region, RegionValue
+from labelloop.quality.records import DrawnBox, IssueRecord, Percent
 
 SUPPORTED_TASKS = frozenset({"detect"})
 BOX_THRESHOLD = 0.3  # a per-box score below this is a suspected mistake
@@ -56,6 +59,14 @@ EXTRA = "extra box"
 WRONG_CLASS = "wrong class"
 BADLY_PLACED = "badly placed box"
 KINDS = (MISSED, EXTRA, WRONG_CLASS, BADLY_PLACED)
+
+
+class CleanlabLabels(TypedDict):
+    """One image's annotated boxes in cleanlab's object detection format: ``bboxes`` (L, 4) float32
+    xyxy pixels, ``labels`` (L,) int64 class ids (``cleanlab.object_detection.rank``'s ``labels`` item)."""
+
+    bboxes: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ class Box:
     width: float = 100.0
     height: float = 100.0
 
-    def percent(self) -> dict[str, float]:
+    def percent(self) -> Percent:
         """``{"x", "y", "width", "height"}`` in percent of the image (Label Studio's region values)."""
         return {
             "x": round(self.x1 / self.width * 100, 2),
@@ -93,8 +104,18 @@ class Issue:
     kind: str
     label: str
     score: float
-    region: dict[str, float]
+    region: Percent
     predicted: str | None = None
+
+    def record(self) -> IssueRecord:
+        """The issue as the report keeps it (``labelloop.quality.records``)."""
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "score": self.score,
+            "region": self.region,
+            "predicted": self.predicted,
+        }
 
     def describe(self) -> str:
         """One line, e.g. ``wrong class: circle (model: square) at x=10.0% y=20.0%``."""
@@ -109,10 +130,10 @@ class Quality:
 
     score: float
     issues: list[Issue] = field(default_factory=list)
-    boxes: list[dict[str, Any]] = field(default_factory=list)
+    boxes: list[DrawnBox] = field(default_factory=list)
 
 
-def boxes_from_result(result: Sequence[dict[str, Any]], scored: bool = False) -> list[Box]:
+def boxes_from_result(result: Sequence[Region], scored: bool = False) -> list[Box]:
     """The ``rectanglelabels`` regions of a Label Studio ``result`` as pixel boxes.
 
     Args:
@@ -126,7 +147,7 @@ def boxes_from_result(result: Sequence[dict[str, Any]], scored: bool = False) ->
     for region in result:
         if region.get("type") != "rectanglelabels":
             continue
-        v = region.get("value") or {}
+        v: RegionValue = region.get("value") or {}
         labels = v.get("rectanglelabels") or []
         if not labels:
             continue
@@ -149,7 +170,7 @@ def _iou(a: Box, b: Box) -> float:
 
 def cleanlab_inputs(
     annotated: Sequence[Box], predicted: Sequence[Box], classes: Sequence[str]
-) -> tuple[dict[str, Any], npt.NDArray[Any]]:
+) -> tuple[CleanlabLabels, npt.NDArray[Any]]:
     """One image in cleanlab's object detection format.
 
     Returns:
@@ -160,7 +181,7 @@ def cleanlab_inputs(
     """
     index = {c: i for i, c in enumerate(classes)}
     kept = [b for b in annotated if b.label in index]
-    labels = {
+    labels: CleanlabLabels = {
         "bboxes": np.array([[b.x1, b.y1, b.x2, b.y2] for b in kept], dtype=np.float32).reshape(-1, 4),
         "labels": np.array([index[b.label] for b in kept], dtype=np.int64),
     }
@@ -228,7 +249,7 @@ def score_tasks(
         )
         issues = [x for x in issues if x.score < box_threshold]
         issues.sort(key=lambda x: x.score)
-        boxes = [{**b.percent(), "label": b.label} for b in kept]
+        boxes: list[DrawnBox] = [{**b.percent(), "label": b.label} for b in kept]
         out.append(Quality(float(np.nan_to_num(scores[i], nan=1.0)), issues, boxes))
     return out
 

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import asdict
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import structlog
 
 from labelloop.labelstudio.export import export_tasks, select_annotation
+from labelloop.ls_json import Annotation, Task
 from labelloop.quality.label_quality import SUPPORTED_TASKS, Box, boxes_from_result, score_tasks
 from labelloop.quality.mistakes_report import read_report, write_report
+from labelloop.quality.records import IssueRecord, MistakesReport, ScoredTask
 from labelloop.registry.params import load as load_params
 from labelloop.registry.params import train_spec
 from labelloop.serving.predictor import Predictor
@@ -47,6 +49,14 @@ QUALITY_KEY = "labelloop_label_quality"
 SUSPECTED_KEY = "labelloop_suspected"
 PREDICT_CONF = 0.01  # keep low-confidence boxes: cleanlab's scores use them (its documented advice)
 SHOWN_ISSUES = 3  # issues written into a task's ``labelloop_suspected``
+
+
+class ToScore(TypedDict):
+    """A task to score: its id, its ``data`` (for the image) and the annotation judged."""
+
+    id: int
+    data: dict[str, Any]
+    annotation: Annotation
 
 
 def pick_versions(annotations: dict[int, int], trained: list[tuple[str, set[str]]]) -> dict[int, str | None]:
@@ -73,7 +83,7 @@ def score_project(
     hostname: str | None,
     api_key: str | None,
     batch_size: int = 16,
-) -> dict[str, Any]:
+) -> MistakesReport:
     """Score every annotated task of the project, write the scores into the tasks' ``data`` and
     keep the report (``mistakes.json``).
 
@@ -95,45 +105,36 @@ def score_project(
     params = load_params(registry.root, project_id)
     project = client.projects.get(id=project_id)
     spec = train_spec(project.label_config, params)
-    report: dict[str, Any] = {"project_id": project_id, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    report: MistakesReport = {"project_id": project_id, "at": datetime.now(UTC).isoformat(timespec="seconds")}
     versions = registry.list_versions(project_id)
     task_type = str(versions[-1].manifest.get("task") or spec.task) if versions else spec.task
     if task_type not in SUPPORTED_TASKS:
         reason = f"label mistakes are scored for detection (RectangleLabels) only; this project trains {task_type}"
-        report.update(supported=False, reason=reason, scored=0, unscored=0, predicted=0, tasks=[])
+        report.update({"supported": False, "reason": reason, "scored": 0, "unscored": 0, "predicted": 0, "tasks": []})
         write_report(registry, project_id, report)
         return report
-    tasks = {int(t["id"]): t for t in export_tasks(client, project_id)}
-    chosen = {tid: a for tid, t in tasks.items() if (a := select_annotation(t)) is not None}
+    exported: list[Any] = export_tasks(client, project_id)  # Label Studio's JSON as it came
+    tasks: dict[int, Task] = {int(t["id"]): t for t in exported}
+    pick: Any = select_annotation  # reads and returns the export's JSON as it comes
+    chosen: dict[int, Annotation] = {tid: a for tid, t in tasks.items() if (a := pick(t)) is not None}
     judges = pick_versions(
         {tid: int(a["id"]) for tid, a in chosen.items()}, [(v.name, set(v.annotations())) for v in versions]
     )
-    previous = {
-        (r["task"], r["annotation"], r.get("updated_at"), r["version"]): r
-        for r in read_report(registry, project_id)["tasks"]
-    }
-    rows: list[dict[str, Any]] = []
-    todo: dict[str, list[int]] = defaultdict(list)
-    for tid, version in judges.items():
-        if version is None:
-            continue
-        kept = previous.get((tid, int(chosen[tid]["id"]), chosen[tid].get("updated_at"), version))
-        if kept is not None:
-            rows.append(kept)
-        else:
-            todo[version].append(tid)
+    rows, todo = _kept_rows(read_report(registry, project_id)["tasks"], judges, chosen)
     for version, ids in todo.items():
-        batch = [{"id": tid, "data": dict(tasks[tid]["data"]), "annotation": chosen[tid]} for tid in ids]
+        batch: list[ToScore] = [{"id": tid, "data": dict(tasks[tid]["data"]), "annotation": chosen[tid]} for tid in ids]
         rows += score_with(predictor, project_id, spec, batch, version, hostname, api_key, params.imgsz, batch_size)
     rows.sort(key=lambda r: (r["score"], r["task"]))
     written = write_scores(client, tasks, rows)
     report.update(
-        supported=True,
-        reason=None,
-        scored=len(rows),
-        unscored=sum(1 for v in judges.values() if v is None),
-        predicted=sum(len(i) for i in todo.values()),
-        tasks=rows,
+        {
+            "supported": True,
+            "reason": None,
+            "scored": len(rows),
+            "unscored": sum(1 for v in judges.values() if v is None),
+            "predicted": sum(len(i) for i in todo.values()),
+            "tasks": rows,
+        }
     )
     write_report(registry, project_id, report)
     log.info(
@@ -148,17 +149,36 @@ def score_project(
     return report
 
 
+def _kept_rows(
+    last: list[ScoredTask], judges: dict[int, str | None], chosen: Mapping[int, Annotation]
+) -> tuple[list[ScoredTask], dict[str, list[int]]]:
+    """The last report's rows still valid (same task, annotation, ``updated_at`` and judging
+    version), and the task ids to predict again per judging version."""
+    previous = {(r["task"], r["annotation"], r.get("updated_at"), r["version"]): r for r in last}
+    rows: list[ScoredTask] = []
+    todo: dict[str, list[int]] = defaultdict(list)
+    for tid, version in judges.items():
+        if version is None:
+            continue
+        kept = previous.get((tid, int(chosen[tid]["id"]), chosen[tid].get("updated_at"), version))
+        if kept is not None:
+            rows.append(kept)
+        else:
+            todo[version].append(tid)
+    return rows, todo
+
+
 def score_with(
     predictor: Predictor,
     project_id: int,
     spec: TrainSpec,
-    tasks: list[dict[str, Any]],
+    tasks: list[ToScore],
     version: str,
     hostname: str | None,
     api_key: str | None,
     imgsz: int | None,
     batch_size: int,
-) -> list[dict[str, Any]]:
+) -> list[ScoredTask]:
     """Predict ``tasks`` (``[{"id", "data", "annotation"}]``) with ``version`` at ``PREDICT_CONF``,
     ``batch_size`` images per Ultralytics batch, and score each annotation against its predictions
     (``label_quality.score_tasks``).
@@ -190,14 +210,14 @@ def score_with(
             "updated_at": task["annotation"].get("updated_at"),
             "version": version,
             "score": round(quality.score, 4),
-            "issues": [asdict(i) for i in quality.issues],
+            "issues": [i.record() for i in quality.issues],
             "boxes": quality.boxes,
         }
         for task, quality in zip(tasks, score_tasks(pairs, spec.labels), strict=True)
     ]
 
 
-def suspected_text(issues: list[dict[str, Any]]) -> str:
+def suspected_text(issues: list[IssueRecord]) -> str:
     """The tasks' ``labelloop_suspected``: its worst ``SHOWN_ISSUES`` issues, ``"; "``-joined."""
     parts = []
     for i in issues[:SHOWN_ISSUES]:
@@ -206,7 +226,7 @@ def suspected_text(issues: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def write_scores(client: Any, tasks: dict[int, dict[str, Any]], rows: list[dict[str, Any]]) -> int:
+def write_scores(client: Any, tasks: Mapping[int, Task], rows: list[ScoredTask]) -> int:
     """Set ``labelloop_label_quality`` and ``labelloop_suspected`` in each scored task's ``data``
     (``PATCH /api/tasks/{id}`` with the whole ``data``, label-studio-sdk ``tasks.update``), only
     where they changed. Annotations and predictions are not sent.

@@ -4,7 +4,8 @@ Written by ``labelloop.quality.mistakes.score_project`` (a worker), read by the 
 (``service.page``): a light module, so the receiver reads it without importing the predictor.
 Shape: ``{"project_id", "at", "supported", "reason", "scored", "unscored", "predicted",
 "tasks": [{"task", "annotation", "updated_at", "version", "score", "issues", "boxes"}, ...]}``, tasks worst
-first; ``issues`` are ``labelloop.quality.label_quality.Issue`` as dicts, regions and boxes in percent.
+first; ``issues`` are ``labelloop.quality.label_quality.Issue`` as dicts, regions and boxes in percent
+(typed: ``labelloop.quality.records.MistakesReport``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from labelloop.files import write_atomic
+from labelloop.quality.records import MistakesReport
 from labelloop.registry.store import Registry
 
 REPORT = "mistakes.json"
@@ -24,7 +26,7 @@ def report_path(registry: Registry, project_id: int) -> Path:
     return registry.project_dir(project_id) / REPORT
 
 
-def write_report(registry: Registry, project_id: int, report: dict[str, Any]) -> None:
+def write_report(registry: Registry, project_id: int, report: MistakesReport) -> None:
     """Replace the project's ``mistakes.json`` atomically (a reader sees the old or the new one)."""
     path = report_path(registry, project_id)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +34,8 @@ def write_report(registry: Registry, project_id: int, report: dict[str, Any]) ->
 
 
 def read_report(registry: Registry, project_id: int) -> dict[str, Any]:
-    """The project's last report, or an empty one (``{"tasks": []}``) when none can be read."""
+    """The project's last report, or an empty one (``{"tasks": []}``) when none can be read; as read
+    (a ``MistakesReport`` when this version wrote it; the page reads it as plain JSON)."""
     try:
         data = json.loads(report_path(registry, project_id).read_text())
     except (OSError, ValueError):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from labelloop.dataset.images import (
+    STATE_FILE,
     assign_splits,
     build_dataset,
     load_class_names,
@@ -164,3 +166,22 @@ def test_rotated_rectangles_switch_to_obb_and_classify_uses_id_folders(tmp_path:
     assert sorted(p.name for p in (tmp_path / "cls" / "train").iterdir()) == ["0", "1", "2"]
     assert {p.parent.name for p in (tmp_path / "cls").glob("*/*/*.png")} == {"1", "2"}
     assert yaml.safe_load((tmp_path / "cls" / ".ndjson.yaml").read_text())["names"] == names
+
+
+def test_the_state_file_keeps_the_format_earlier_builds_wrote(tmp_path: Path) -> None:
+    """``.labelloop-state.json`` stays version 2 with the fields builds wrote before its records were typed,
+    so a folder an earlier labelloop built is updated in place (a state it cannot read is a full rebuild)."""
+    tasks, files = _tasks(tmp_path, 4)
+    build_dataset(tasks, SPEC, tmp_path / "ds", local_images(files))
+    state = json.loads((tmp_path / "ds" / STATE_FILE).read_text())
+    assert (state["version"], state["layout"], state["names"]) == (2, "detect:label:", {"0": "square", "1": "disc"})
+    assert set(state) == {"version", "layout", "names", "tasks"}
+    assert sorted(state["tasks"], key=int) == ["1", "2", "3", "4"]
+    entry = state["tasks"]["3"]
+    fields = {"key", "label", "dropped", "image", "labels", "src", "src_mtime", "url", "width", "height"}
+    assert set(entry) == fields
+    split = entry["image"].split("/")[1]
+    assert (entry["image"], entry["labels"]) == (f"images/{split}/3.png", f"labels/{split}/3.txt")
+    assert (entry["src"], entry["url"]) == (str(files[3]), "/data/upload/1/img3.png")
+    assert (entry["width"], entry["height"]) == (96, 64)
+    assert entry["label"] == (tmp_path / "ds" / entry["labels"]).read_text() and entry["key"].startswith("103:")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 
 from labelloop.quality.label_quality import (
@@ -10,6 +12,7 @@ from labelloop.quality.label_quality import (
     MISSED,
     WRONG_CLASS,
     Box,
+    Issue,
     boxes_from_result,
     score_tasks,
 )
@@ -90,3 +93,11 @@ def test_the_newest_version_not_trained_on_the_annotation_judges_it(annotation: 
     """Each annotation is judged by the newest version whose training set lacks it, or by none."""
     trained = [("v1", {"4"}), ("v2", {"3", "4"}), ("v3", {"2", "3", "4"})]
     assert pick_versions({10: annotation}, trained) == {10: judge}
+
+
+def test_an_issue_goes_into_the_report_as_its_fields_in_order() -> None:
+    """``Issue.record`` (what mistakes.json keeps) has the issue's fields in declaration order, so the
+    report's JSON is what ``dataclasses.asdict`` wrote before the records were typed."""
+    issue = Issue(WRONG_CLASS, "circle", 0.12, box(10, "circle").percent(), "square")
+    assert list(issue.record().items()) == list(asdict(issue).items())
+    assert issue.record()["region"] == {"x": 3.12, "y": 4.17, "width": 12.5, "height": 16.67}

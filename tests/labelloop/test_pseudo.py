@@ -3,6 +3,7 @@ which tasks, the files written, and when it does not apply."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 from labelloop.dataset.images import BuildResult, DatasetReport, val_score
 from labelloop.dataset.pseudo import (
     ImagePrediction,
+    PseudoJob,
     Region,
     cap_for,
     choose,
@@ -202,3 +204,27 @@ def test_prepare_skips_when_label_studio_cannot_list_the_tasks(tmp_path: Path) -
     assert prepared.job is None and prepared.record is not None
     assert prepared.record["skipped"].startswith("listing the unlabeled tasks failed")
     assert prepared.record["cap"] == 4 and prepared.record["version"] == "v3"
+
+
+def test_pseudo_job_travels_to_the_child_as_json() -> None:
+    """The job the worker writes into the training spec reads back equal after a JSON round trip, with
+    the keys the training spec always had; a job missing a field is refused, not half-read."""
+    job = PseudoJob("w.pt", "/run/pseudo", {"0": 1}, 3, 12, [(7, "/c/7.png")], 0.7, 0.25, 1.0, "v3")
+    wire = json.loads(json.dumps(job.to_dict()))
+    assert set(wire) == {
+        "weights",
+        "out_dir",
+        "class_ids",
+        "cap",
+        "pool",
+        "images",
+        "conf",
+        "low_conf",
+        "ratio",
+        "version",
+    }
+    assert wire["images"] == [[7, "/c/7.png"]]
+    assert PseudoJob.from_dict(wire) == job
+    del wire["cap"]
+    with pytest.raises(KeyError):
+        PseudoJob.from_dict(wire)
