@@ -18,7 +18,7 @@ from labelloop.events import project_webhook
 from labelloop.events.ledger import PROJECTS_KEY
 from labelloop.jobs.jobs import Jobs
 from labelloop.settings import Settings
-from service.ops import status
+from service.ops_status import status
 
 BASIC_AUTH = ("labelstudio", "ml-backend-password")
 SECRET = "webhook-secret-for-tests"

@@ -19,7 +19,7 @@ from labelloop.registry.store import Registry
 from labelloop.serving.preannotate import Generation, superseded_by
 from labelloop.serving.predictor import Predictor
 from labelloop.settings import Settings
-from service.ops import status
+from service.ops_status import status
 
 
 @pytest.mark.labelstudio
