@@ -6,8 +6,9 @@ shared by the webhook path (``service.events``) and the other routes.
 
 What the receiver relies on:
 
-- time is bounded: opening a connection (and authenticating) takes at most ``timeout_s``, one
-  reply at most ``2 * timeout_s`` (``socket_timeout``); callers that need one bound over several
+- time is bounded: opening a TCP (or TLS) connection takes at most ``timeout_s``, each reply
+  (the connection's own ``AUTH``/``SELECT``/``CLIENT SETINFO`` included) at most ``2 *
+  timeout_s`` (``socket_timeout``); callers that need one bound over several
   round trips (``service.events``: ``EVALSHA``, ``NOSCRIPT``, ``SCRIPT LOAD``, ``EVALSHA``) put
   their own deadline around them;
 - a command is never retried by redis-py (``Retry(NoBackoff(), 0)``): after a timeout or a lost
@@ -17,7 +18,9 @@ What the receiver relies on:
 - at most ``max_connections`` connections (redis-py's ``BlockingConnectionPool``): a caller
   beyond them waits for a free one, within the reply bound, instead of failing at once (redis-py's
   default pool raises ``MaxConnectionsError`` past 100);
-- a connection idle for ``HEALTH_CHECK_S`` is PINGed before it is trusted again;
+- a connection idle for ``HEALTH_CHECK_S`` is PINGed before it is trusted again: one that went
+  silent (a NAT or a dead peer) fails that command within the reply bound, not later, and the
+  next command gets a fresh connection;
 - the URL means what it means to the workers' blocking clients (redis-py's ``parse_url``), and a
   ``rediss://`` URL's ``ssl_*`` options are checked here, at start-up (``check_tls_options``):
   redis-py's asyncio client would otherwise read them at the first connection, and accept TLS

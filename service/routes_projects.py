@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 import anyio
 from redis.exceptions import RedisError
@@ -35,6 +35,29 @@ from service.deps import AppState, authorize, check_origin, form_body, is_form, 
 from service.page import project_view, render
 from service.promotion import serve
 from service.protocol import parse_project_id
+
+
+class VersionItem(TypedDict):
+    """One version in ``GET /projects/{id}/versions``: its registry index entry's fields
+    (``labelloop.registry.store.Registry.summaries``; null when the entry lacks one) and its
+    ``status`` (served, candidate, rejected, ... from ``Registry.statuses``)."""
+
+    version: str
+    status: str
+    parent: str | None
+    created_at: str | None
+    metrics: dict[str, object] | None
+    dataset_size: dict[str, int] | None
+    promotion: dict[str, object] | None
+    annotations: int | None
+
+
+class VersionList(TypedDict):
+    """``GET /projects/{id}/versions``: the served version's name (null: none) and every version,
+    oldest first."""
+
+    current: str | None
+    versions: list[VersionItem]
 
 
 async def versions(request: Request) -> JSONResponse:
@@ -57,24 +80,24 @@ async def project_versions(request: Request) -> JSONResponse:
     authorize(request, check_model)
     project_id = parse_project_id(request.path_params["project_id"])
 
-    def read() -> dict[str, Any]:
+    def read() -> VersionList:
         # The index (one small file) and one history read, in a thread: never every manifest on the loop.
         summaries = st.registry.summaries(project_id)
         statuses = st.registry.statuses(project_id, {e["version"]: e.get("status") or "rejected" for e in summaries})
         items = [
-            {
-                "version": e["version"],
-                "status": statuses[e["version"]],
-                "parent": e.get("parent"),
-                "created_at": e.get("created_at"),
-                "metrics": e.get("metrics"),
-                "dataset_size": e.get("dataset_size"),
-                "promotion": e.get("promotion"),
-                "annotations": e.get("annotations"),
-            }
+            VersionItem(
+                version=e["version"],
+                status=statuses[e["version"]],
+                parent=e.get("parent"),
+                created_at=e.get("created_at"),
+                metrics=e.get("metrics"),
+                dataset_size=e.get("dataset_size"),
+                promotion=e.get("promotion"),
+                annotations=e.get("annotations"),
+            )
             for e in summaries
         ]
-        return {"current": st.registry.current_name(project_id), "versions": items}
+        return VersionList(current=st.registry.current_name(project_id), versions=items)
 
     return JSONResponse(await run_in_threadpool(read))
 
