@@ -47,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from labelloop.logconfig import configure_logging
     from service.connections import HeaderTimeoutProtocol
-    from service.ops import open_warning
+    from service.ops_doctor import open_warning
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json, process="receiver")
@@ -129,7 +129,7 @@ def _flower(args: argparse.Namespace) -> int:
     import os
 
     from service.auth import is_placeholder
-    from service.ops import is_loopback
+    from service.ops_doctor import is_loopback
 
     # Flower itself reads FLOWER_BASIC_AUTH too; checked here so that it never listens open.
     basic_auth = args.basic_auth or os.environ.get("FLOWER_BASIC_AUTH") or ""
@@ -163,14 +163,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def _ops(name: str) -> Any:
-    """A handler that calls ``service.ops.<name>(settings, *args)`` with the parsed arguments."""
+def _ops(module: str, name: str) -> Any:
+    """A handler that calls ``service.ops_<module>.<name>(settings, *args)`` with the parsed
+    arguments (the module imported when the command runs: the command line starts fast)."""
 
     def handler(args: argparse.Namespace) -> int:
-        from service import ops
+        import importlib
 
+        from service.ops import run
+
+        command = getattr(importlib.import_module(f"service.ops_{module}"), name)
         params = {k: v for k, v in vars(args).items() if k not in {"command", "func", "sub"}}
-        return ops.run(lambda: getattr(ops, name)(Settings(), **params))
+        return run(lambda: int(command(Settings(), **params)))
 
     return handler
 
@@ -179,7 +183,8 @@ def _dataset_build(args: argparse.Namespace) -> int:
     """``labelloop dataset build``: into OUT, or into the live training dataset only with ``--live``
     (a training builds there and Ultralytics reads it during the run)."""
     from labelloop.dataset.images import project_dataset_dir
-    from service import ops
+    from service.ops import run
+    from service.ops_training import dataset_build
 
     settings = Settings()
     live = project_dataset_dir(settings, args.project_id) / "yolo"
@@ -189,7 +194,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
         return _fail("give either a folder or --live, not both")
     if args.out is not None and args.out.absolute().resolve() == live.resolve():
         return _fail(f"{args.out} is the project's live training dataset: add --live (without the folder) to write it")
-    return ops.run(lambda: ops.dataset_build(settings, args.project_id, args.out))
+    return run(lambda: dataset_build(settings, args.project_id, args.out))
 
 
 def _models_export(args: argparse.Namespace) -> int:
@@ -301,24 +306,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="request a training of a project now (like Label Studio's Start Training)")
     p.add_argument("project_id", type=int)
     p.add_argument("--wait", action="store_true", help="wait for the new version, with an epoch progress bar")
-    p.set_defaults(func=_ops("train"))
+    p.set_defaults(func=_ops("training", "train"))
 
     p = sub.add_parser("cancel", help="cancel the running training of a project")
     p.add_argument("project_id", type=int)
-    p.set_defaults(func=_ops("cancel"))
+    p.set_defaults(func=_ops("training", "cancel"))
 
     p = sub.add_parser("models", help="model versions: list, promote, rollback, export")
     msub = p.add_subparsers(dest="sub", required=True)
     q = msub.add_parser("list", help="list a project's versions (* marks the served one)")
     q.add_argument("project_id", type=int)
-    q.set_defaults(func=_ops("models_list"))
+    q.set_defaults(func=_ops("versions", "models_list"))
     q = msub.add_parser("promote", help="serve a given version")
     q.add_argument("project_id", type=int)
     q.add_argument("version")
-    q.set_defaults(func=_ops("models_promote"))
+    q.set_defaults(func=_ops("versions", "models_promote"))
     q = msub.add_parser("rollback", help="serve the version served before the current one")
     q.add_argument("project_id", type=int)
-    q.set_defaults(func=_ops("models_rollback"))
+    q.set_defaults(func=_ops("versions", "models_rollback"))
     q = msub.add_parser("export", help="export a version (default: the served one) with its model card")
     q.add_argument("project_id", type=int, metavar="PROJECT")
     q.add_argument("version", nargs="?", default=None, metavar="VERSION")
@@ -330,13 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="sub", required=True)
     q = ssub.add_parser("restore", help='put back the sampling found before labelloop set "Uncertainty sampling"')
     q.add_argument("project_id", type=int, metavar="PROJECT")
-    q.set_defaults(func=_ops("sampling_restore"))
+    q.set_defaults(func=_ops("versions", "sampling_restore"))
 
     p = sub.add_parser("status", help="queues, workers, running trainings with epoch progress, served versions")
-    p.set_defaults(func=_ops("status"))
+    p.set_defaults(func=_ops("status", "status"))
 
     p = sub.add_parser("doctor", help="check Redis, Label Studio URL and token, GPU, models and cache dirs")
-    p.set_defaults(func=_ops("doctor"))
+    p.set_defaults(func=_ops("doctor", "doctor"))
 
     p = sub.add_parser("settings-table", help="print README's configuration table (generated from the settings)")
     p.add_argument("--write", type=Path, default=None, help="replace the table between the markers in this file")

@@ -3,8 +3,10 @@
 An event is acknowledged only after Redis has it: one Lua script adds the delivery to the
 deduplication keys, appends it to the event stream and pushes the Celery message onto the
 ``events`` queue, so an event is never half-recorded (recorded but not enqueued, or the
-reverse), and one round trip keeps the ack in the sub-millisecond range. The script goes over
-``service.resp.RespClient`` (one pipelined connection, bounded timeouts, reconnect on demand).
+reverse), and one round trip keeps the ack in the sub-millisecond range. The scripts go over the
+receiver's redis-py asyncio client (``service.redis_client``: bounded timeouts, no retries), as
+``register_script`` objects (``EVALSHA``, and after a Redis restart ``SCRIPT LOAD`` and
+``EVALSHA`` again, as redis-py does), within one deadline per call (``deadline_s``).
 
 The Celery message is what Celery's own ``app.amqp.as_task_v2`` (task protocol 2) builds,
 wrapped the way kombu's Redis transport stores messages (``CeleryMessage``), then pushed with
@@ -35,6 +37,7 @@ Redis was down and died before it could record their gaps.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -44,8 +47,10 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 import structlog
 from celery import Celery
+from redis.exceptions import RedisError
 
 from labelloop import keys
 from labelloop.errors import UnavailableError, UnknownProjectError
@@ -56,11 +61,13 @@ from labelloop.events.ledger import PROJECTS_KEY
 from labelloop.names import QUEUE_EVENTS, TASK_HANDLE_EVENT
 from service.projects import LabelStudioProjects
 from service.protocol import WebhookEvent
-from service.resp import RedisReplyError, RespClient, Script
 
 log = structlog.get_logger(__name__)
 
 EVENT_STREAM = keys.EVENTS
+# What Redis may raise or the deadline may end with: redis-py's errors (replies, connections,
+# timeouts), the socket's (TLS included) and asyncio's TimeoutError.
+_UNAVAILABLE = (RedisError, OSError, TimeoutError)
 # Duplicate deliveries come from two webhooks on one project or two replicas, seconds apart.
 DEDUP_TTL_S = 86400
 STREAM_MAXLEN = 100_000
@@ -113,7 +120,8 @@ class EventRecorder:
     """Records webhook events and hands them to the ``events`` queue.
 
     Args:
-        client: the receiver's Redis client for this path (bounded connect and command timeouts).
+        client: the receiver's asyncio Redis client (``service.redis_client``); the scripts are
+            registered on it.
         celery: the Celery app (only its message protocol is used).
         has_versions: whether the registry has versions of a project (which makes it known).
         label_studio: asks Label Studio whether labelloop's token can read a project; None: only
@@ -121,17 +129,23 @@ class EventRecorder:
         change_log_bytes: a project's change-log budget (Redis ``MEMORY USAGE`` of its stream,
             bytes; 0: none). The entry that takes the log past it drops the log and makes a gap
             (logged ``change_log_over_budget``): the next dataset build reads Label Studio.
+        deadline_s: bound on one record, refusal or ``SADD``, every round trip included
+            (seconds); past it the webhook is refused (503) as when Redis is down.
     """
 
     def __init__(
         self,
-        client: RespClient,
+        client: aioredis.Redis,
         celery: Celery,
         has_versions: Callable[[int], bool] = lambda project_id: False,
         label_studio: LabelStudioProjects | None = None,
         change_log_bytes: int = 0,
+        deadline_s: float = 0.6,
     ) -> None:
         self.redis = client
+        self.deadline_s = deadline_s
+        self._record_script = client.register_script(_RECORD)
+        self._refused_script = client.register_script(_REFUSED)
         self.change_log_bytes = change_log_bytes
         self.celery = celery
         self.has_versions = has_versions
@@ -151,8 +165,9 @@ class EventRecorder:
     async def remember_project(self, project_id: int) -> None:
         """Add a project to the set reconciliation walks; best effort (``/setup`` must not fail on it)."""
         try:
-            await self.redis.execute(b"SADD", PROJECTS_KEY, project_id)
-        except (RedisReplyError, OSError, TimeoutError):
+            async with asyncio.timeout(self.deadline_s):
+                await self.redis.sadd(PROJECTS_KEY, project_id)
+        except _UNAVAILABLE:
             pass
 
     async def record_and_enqueue(self, event: WebhookEvent, body: dict[str, Any] | None = None) -> str:
@@ -209,32 +224,32 @@ class EventRecorder:
         if entry is None and body is not None and action != "START_TRAINING":
             entry = b"gap"  # too large to keep: the next rebuild reads Label Studio
         try:
-            result = await self.redis.evalsha(
-                _RECORD,
-                [
-                    dedup,
-                    EVENT_STREAM,
-                    QUEUE_EVENTS,
-                    PROJECTS_KEY,
-                    stream_key(project_id),
-                    seq_key(project_id),
-                    tombstones_key(project_id),
-                ],
-                [
-                    ttl,
-                    STREAM_MAXLEN,
-                    message,
-                    project_id,
-                    action,
-                    ",".join([str(i) for i, _ in changes]),
-                    f"{time.time():.6f}",
-                    entry or b"",
-                    CHANGES_MAXLEN,
-                    CHANGES_TTL_S,
-                    self.change_log_bytes,
-                ],
-            )
-        except (RedisReplyError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(self.deadline_s):
+                result = await self._record_script(
+                    [
+                        dedup,
+                        EVENT_STREAM,
+                        QUEUE_EVENTS,
+                        PROJECTS_KEY,
+                        stream_key(project_id),
+                        seq_key(project_id),
+                        tombstones_key(project_id),
+                    ],
+                    [
+                        ttl,
+                        STREAM_MAXLEN,
+                        message,
+                        project_id,
+                        action,
+                        ",".join([str(i) for i, _ in changes]),
+                        f"{time.time():.6f}",
+                        entry or b"",
+                        CHANGES_MAXLEN,
+                        CHANGES_TTL_S,
+                        self.change_log_bytes,
+                    ],
+                )
+        except _UNAVAILABLE as exc:
             log.warning("redis_unavailable", error_type=type(exc).__name__, error=str(exc), project_id=project_id)
             self._lost.add(project_id)
             raise UnavailableError(f"Redis unavailable: {type(exc).__name__}") from None
@@ -255,10 +270,11 @@ class EventRecorder:
         did not answer."""
         pid = "" if project_id is None or project_id < 0 else str(int(project_id))
         try:
-            await self.redis.evalsha(
-                _REFUSED, [keys.WEBHOOKS_REFUSED, PROJECTS_KEY, seq_key(int(pid or 0))], [pid, CHANGES_TTL_S]
-            )
-        except (RedisReplyError, OSError, TimeoutError):
+            async with asyncio.timeout(self.deadline_s):
+                await self._refused_script(
+                    [keys.WEBHOOKS_REFUSED, PROJECTS_KEY, seq_key(int(pid or 0))], [pid, CHANGES_TTL_S]
+                )
+        except _UNAVAILABLE:
             return False
         return True
 
@@ -274,8 +290,7 @@ class EventRecorder:
 
 # A refused webhook's gap. KEYS: refused counter, projects set, the project's change log counter.
 # ARGV: project id ('' = not read: the refused counter), change log TTL. An unknown project: nothing.
-_REFUSED = Script(
-    """
+_REFUSED = """
 if ARGV[1] == '' then
   return redis.call('INCR', KEYS[1])
 end
@@ -286,7 +301,6 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
 end
 return 0
 """
-)
 
 
 # One atomic step: if the project is known and the delivery is new (or not deduplicated: TTL 0),
@@ -301,8 +315,7 @@ return 0
 # change log TTL, change-log budget in bytes ('0': none; over it the log is dropped and the
 # counter bumped: a gap, and the script returns 2).
 # Field names are literals here: no table built per call.
-_RECORD = Script(
-    """
+_RECORD = """
 if redis.call('SISMEMBER', KEYS[4], ARGV[4]) == 0 then
   return -1
 end
@@ -334,4 +347,3 @@ end
 redis.call('LPUSH', KEYS[3], ARGV[3])
 return over
 """
-)

@@ -122,7 +122,7 @@ def test_a_run_whose_deliveries_keep_dying_is_given_up_and_releases_the_project(
     assert (records.given_up(5) or {})["run_id"] == run_id
     assert not jobs.trigger().state(5).training
     assert jobs.handle_event(5, "START_TRAINING", []) == "started"
-    from service.ops import status
+    from service.ops_status import status
 
     status(settings)
     assert f"project 5: run {run_id} given up: 2 deliveries died" in capsys.readouterr().out

@@ -166,7 +166,8 @@ def test_status_and_doctor_show_a_lock_without_owner(
     """A project whose lock lost its message (a send that never reached the broker) is named by
     `labelloop status` and failed by `labelloop doctor`; a project whose training waits in the
     train queue is in neither."""
-    from service.ops import doctor, status
+    from service.ops_doctor import doctor
+    from service.ops_status import status
 
     settings = settings_for(redis_url, tmp_path)
     client = redis.Redis.from_url(redis_url)

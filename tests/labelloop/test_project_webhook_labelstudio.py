@@ -17,7 +17,7 @@ from labelloop.events import project_webhook
 from labelloop.events.ledger import PROJECTS_KEY
 from labelloop.jobs.jobs import Jobs
 from labelloop.redis_client import client as redis_client
-from service.ops import status
+from service.ops_status import status
 from tests.factories import connect_backend, image_project, make_settings, settings_env
 
 BASIC_AUTH = ("labelstudio", "ml-backend-password")

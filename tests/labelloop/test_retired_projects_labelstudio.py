@@ -18,7 +18,7 @@ from labelloop.redis_client import client as redis_client
 from labelloop.registry.store import Registry
 from labelloop.serving.preannotate import Generation, superseded_by
 from labelloop.serving.predictor import Predictor
-from service.ops import status
+from service.ops_status import status
 from tests.factories import image_project, make_settings, publish_version
 
 

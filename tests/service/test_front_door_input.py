@@ -170,7 +170,9 @@ def test_allowed_hosts_setting_restricts_any_address(redis_url: str, tmp_path: P
 
 def test_the_redis_password_is_never_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`labelloop status`, `doctor` and `train` name the Redis URL with its password masked."""
-    from service.ops import doctor, status, train
+    from service.ops_doctor import doctor
+    from service.ops_status import status
+    from service.ops_training import train
 
     url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
     settings = Settings(redis_url=url, models_dir=tmp_path / "models")

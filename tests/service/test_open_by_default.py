@@ -17,7 +17,7 @@ import yaml
 
 from labelloop.dev.stack import free_port, wait_until
 from labelloop.settings import Settings
-from service import ops
+from service import ops_doctor as doctor
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -79,7 +79,7 @@ def test_open_warning_only_beyond_loopback_without_credentials(
 ) -> None:
     """open_warning names the host and the variables to set when the receiver listens beyond
     loopback with no credential, and is None on loopback or with any credential."""
-    warning = ops.open_warning(Settings(**credentials), host)
+    warning = doctor.open_warning(Settings(**credentials), host)
     if not warns:
         assert warning is None
         return
@@ -105,7 +105,7 @@ def test_credential_check_fails_what_leaves_a_route_open(credentials: dict[str, 
     """The doctor's credential check fails without any credential (loopback only), with half of
     Basic auth, with the webhook secret but no Basic auth, and with a placeholder; it passes with
     Basic auth, with or without the webhook secret."""
-    verdict, what, fix = ops.credential_check(Settings(**credentials))
+    verdict, what, fix = doctor.credential_check(Settings(**credentials))
     assert verdict is ok and says in what, what
     assert bool(fix) is not ok
     if not credentials:
@@ -121,7 +121,7 @@ def test_doctor_fails_without_credentials(tmp_path: Path, capsys: pytest.Capture
         base_model="yolov8n.yaml",
         offline=True,
     )
-    assert ops.doctor(settings) == 1
+    assert doctor.doctor(settings) == 1
     out = capsys.readouterr().out
     lines = out.splitlines()
     line = next(i for i, s in enumerate(lines) if "no credential is configured" in s)
@@ -184,7 +184,7 @@ def test_doctor_refuses_the_shipped_kubernetes_placeholders(monkeypatch: pytest.
     """Settings read from the example Secret of deploy/k8s/config.yaml fail the doctor's credential check."""
     for name, value in _k8s_secret_env().items():
         monkeypatch.setenv(name, value)
-    ok, what, fix = ops.credential_check(Settings())
+    ok, what, fix = doctor.credential_check(Settings())
     assert not ok and "BASIC_AUTH_PASS" in what and "placeholder" in what and fix
 
 

@@ -164,7 +164,7 @@ def test_status_shows_the_preannotate_queue_and_a_running_preannotation(
     version and done/total tasks, as the preannotate worker records them."""
     from labelloop.jobs.progress import ProgressStore
     from labelloop.registry.store import Registry
-    from service.ops import status
+    from service.ops_status import status
 
     client = redis.Redis.from_url(redis_url)
     client.rpush("preannotate", "queued message")

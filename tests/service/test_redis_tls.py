@@ -1,7 +1,9 @@
-"""``RespClient`` over TLS, against a real ``redis-server`` serving a private CA's certificate.
+"""The receiver's asyncio Redis client (``service.redis_client``) over TLS, against a real
+``redis-server`` serving a private CA's certificate.
 
-Each URL is also given to redis-py (what the Celery workers use): the two clients must agree on
-which ``rediss://`` URLs connect and which fail certificate verification.
+Each URL is also given to redis-py's blocking client (what the Celery workers and the command
+line use): the two must agree on which ``rediss://`` URLs connect and which fail certificate
+verification, and a TLS option that cannot be honoured stops the receiver at start-up.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from labelloop.dev.stack import Stack, free_port, wait_until
-from service.resp import RespClient
+from service import redis_client
 
 PASSWORD = "tls-secret"
 DB = 3
@@ -190,15 +192,15 @@ def _url(port: int, host: str = "127.0.0.1", **query: str | Path) -> str:
     return f"rediss://:{PASSWORD}@{host}:{port}/{DB}" + (f"?{params}" if params else "")
 
 
-def _run_resp(url: str, loop: str = "asyncio") -> bytes:
-    """PING through ``RespClient``; returns the reply or raises what the client raised."""
+def _run_receiver(url: str, loop: str = "asyncio") -> bool:
+    """PING through the receiver's client; returns the reply or raises what the client raised."""
 
-    async def main() -> bytes:
-        client = RespClient(url, connect_timeout=5, timeout=5)
+    async def main() -> bool:
+        client = redis_client.client(url, timeout_s=5)
         try:
-            return bytes(await client.execute("PING"))
+            return bool(await client.ping())  # type: ignore[misc]
         finally:
-            await client.close()
+            await client.aclose()
 
     factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
@@ -211,25 +213,27 @@ def _redis_py(url: str) -> redis.Redis:
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_rediss_url_with_private_ca_runs_eval_set_get(tls_redis: TlsRedis, loop: str) -> None:
-    """With ``?ssl_ca_certs=<private CA>`` RespClient verifies the server, authenticates, selects the
-    URL's db and runs EVAL/SET/GET; redis-py on the same URL reads what it wrote."""
+    """With ``?ssl_ca_certs=<private CA>`` the receiver's client verifies the server, authenticates,
+    selects the URL's db and runs SET/GET and a registered script; redis-py's blocking client on
+    the same URL reads what it wrote."""
     url = _url(tls_redis.port, ssl_ca_certs=tls_redis.pki.ca)
     key = f"tls-{loop}"
 
     async def main() -> list[object]:
-        client = RespClient(url, connect_timeout=5, timeout=5)
+        client = redis_client.client(url, timeout_s=5)
+        script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
         try:
             return [
-                await client.execute("SET", key, "over tls"),
-                await client.execute("GET", key),
-                await client.execute("EVAL", "return redis.call('INCRBY', KEYS[1], ARGV[1])", 1, f"{key}-n", 7),
+                await client.set(key, "over tls"),
+                await client.get(key),
+                await script([f"{key}-n"], [7]),
             ]
         finally:
-            await client.close()
+            await client.aclose()
 
     factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        assert runner.run(main()) == [b"OK", b"over tls", 7]
+        assert runner.run(main()) == [True, b"over tls", 7]
 
     other, db0 = _redis_py(url), _redis_py(url.replace(f"/{DB}?", "/0?"))
     try:
@@ -254,21 +258,22 @@ VERIFICATION = [
 
 
 @pytest.mark.parametrize(("case", "host", "query", "connects"), VERIFICATION, ids=[row[0] for row in VERIFICATION])
-def test_respclient_and_redis_py_agree_on_tls_verification(
+def test_receiver_and_workers_clients_agree_on_tls_verification(
     tls_redis: TlsRedis, case: str, host: str, query: dict[str, str], connects: bool
 ) -> None:
-    """Each rediss:// URL either connects with both clients or fails certificate verification in
-    both; verification is never silently skipped."""
+    """Each rediss:// URL either connects with both the receiver's asyncio client and the workers'
+    blocking one, or fails certificate verification in both; verification is never silently
+    skipped."""
     filled = {k: (tls_redis.pki.ca if v == "ca" else v) for k, v in query.items()}
     url = _url(tls_redis.port, host, **filled)
     other = _redis_py(url)
     try:
         if connects:
-            assert _run_resp(url) == b"PONG"
+            assert _run_receiver(url) is True
             assert other.ping() is True
         else:
-            with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
-                _run_resp(url)
+            with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
+                _run_receiver(url)
             with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
                 other.ping()
     finally:
@@ -276,15 +281,15 @@ def test_respclient_and_redis_py_agree_on_tls_verification(
 
 
 def test_rediss_client_certificate_from_url_is_presented(tls_redis: TlsRedis) -> None:
-    """A server that requires client certificates accepts RespClient (and redis-py) with
-    ``ssl_certfile``/``ssl_keyfile`` and rejects both without them."""
+    """A server that requires client certificates accepts the receiver's client (and the workers')
+    with ``ssl_certfile``/``ssl_keyfile`` and rejects both without them."""
     pki = tls_redis.pki
     without = _url(tls_redis.mtls_port, ssl_ca_certs=pki.ca)
     with_cert = _url(tls_redis.mtls_port, ssl_ca_certs=pki.ca, ssl_certfile=pki.client_cert, ssl_keyfile=pki.client_key)
 
-    assert _run_resp(with_cert) == b"PONG"
-    with pytest.raises((ConnectionError, ssl.SSLError)):
-        _run_resp(without)
+    assert _run_receiver(with_cert) is True
+    with pytest.raises((redis.exceptions.ConnectionError, ssl.SSLError)):
+        _run_receiver(without)
     for url, accepted in ((with_cert, True), (without, False)):
         other = _redis_py(url)
         try:
@@ -307,7 +312,8 @@ def test_rediss_client_certificate_from_url_is_presented(tls_redis: TlsRedis) ->
     ],
 )
 def test_tls_options_that_cannot_be_honoured_fail_at_construction(url: str, error: type[Exception]) -> None:
-    """A TLS option that is misspelt, invalid, unreadable or on a redis:// URL stops RespClient
-    from being built, instead of connecting with different TLS settings than the URL asks for."""
+    """A TLS option that is misspelt, invalid, unreadable or on a redis:// URL stops the receiver's
+    client from being built (at start-up), instead of connecting with different TLS settings than
+    the URL asks for."""
     with pytest.raises(error):
-        RespClient(url)
+        redis_client.client(url, timeout_s=1)
