@@ -22,6 +22,7 @@ from celery import Celery, Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 
+from labelloop import ls_json
 from labelloop.jobs import broker
 from labelloop.jobs.jobs import Jobs
 from labelloop.jobs.lifecycle import TRANSIENT_ERRORS, TrainOutcome
@@ -139,7 +140,7 @@ def first_picks(self: Task, project_id: int) -> dict[str, Any]:
 
 
 @bound_task(name=TASK_PREDICT)
-def predict(self: Task, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> PredictResponse:
+def predict(self: Task, project_id: int, label_config: str, tasks: list[ls_json.Task]) -> PredictResponse:
     """Regions for Label Studio tasks with the project's served version (``/predict``), predicted in
     chunks until the deadline, which the task's ``expires`` (when the receiver stops waiting) may shorten."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):

@@ -36,6 +36,7 @@ from labelloop.jobs.preannotation import PreannotationJob, PreannotationReport
 from labelloop.jobs.prediction import PredictJob, Predictors, PredictResponse
 from labelloop.jobs.reconcile import Reconciliation
 from labelloop.jobs.trigger import TriggerStore
+from labelloop.ls_json import Task
 from labelloop.settings import Settings
 
 
@@ -139,7 +140,7 @@ class Jobs:
         return self.preannotation.first_picks(project_id, report)
 
     def predict(
-        self, project_id: int, label_config: str, tasks: list[dict[str, Any]], expires: datetime | None = None
+        self, project_id: int, label_config: str, tasks: list[Task], expires: datetime | None = None
     ) -> PredictResponse:
         """``PredictJob.predict``: regions for Label Studio tasks (``/predict``'s response)."""
         return self.prediction.predict(project_id, label_config, tasks, expires)

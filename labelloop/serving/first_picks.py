@@ -33,6 +33,7 @@ import structlog
 from labelloop.labelstudio import task_pages
 from labelloop.labelstudio.media import CachedImage, ImageCache
 from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION, delete_predictions, follow_labelloop
+from labelloop.ls_json import Task
 from labelloop.registry.params import load as load_params
 from labelloop.registry.params import train_spec
 from labelloop.registry.store import Registry
@@ -44,7 +45,7 @@ log = structlog.get_logger(__name__)
 
 
 def describe(
-    images: ImageCache, tasks: list[dict[str, Any]], value_key: str, chunk: int = 64
+    images: ImageCache, tasks: list[Task], value_key: str, chunk: int = 64
 ) -> list[npt.NDArray[np.float32] | None]:
     """``diversity.descriptor`` of each task's image, in order (None where it cannot be fetched or
     decoded); images are fetched ``chunk`` at a time, so memory holds one chunk of images."""

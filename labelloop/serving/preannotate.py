@@ -32,6 +32,7 @@ import structlog
 
 from labelloop.labelstudio import retired_predictions, task_pages
 from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION, delete_predictions, follow_labelloop
+from labelloop.ls_json import Task
 from labelloop.registry.params import ProjectParams, train_spec
 from labelloop.registry.params import load as load_params
 from labelloop.serving import diversity
@@ -169,7 +170,7 @@ class _Run:
                 predict_s=round(time.monotonic() - t0, 3),
             )
 
-    def _embed(self, tasks: list[dict[str, Any]]) -> list[npt.NDArray[np.float32] | None]:
+    def _embed(self, tasks: list[Task]) -> list[npt.NDArray[np.float32] | None]:
         return self.predictor.embed(
             self.project_id, self.spec, tasks, self.hostname, self.api_key, self.version, imgsz=self.params.imgsz
         )

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -160,12 +160,10 @@ def list_unlabeled(settings: Settings, project_id: int) -> list[Task]:
         items: Any = client.tasks.list(
             project=project_id, fields="task_only", query=json.dumps(query), resolve_uri=False, page_size=500
         )
-        rows: list[Any] = [  # Label Studio's JSON as it came
-            item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
+        return [  # the SDK's tasks as Label Studio's JSON
+            cast(Task, item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item))
             for item in items
         ]
-        tasks: list[Task] = rows
-        return tasks
 
 
 def fetch_images(settings: Settings, pool: Sequence[tuple[int, str]]) -> list[tuple[int, Path]]:
