@@ -168,9 +168,7 @@ def build_video_dataset(
             their state, for the next build).
         ValueError: ``spec`` is not a VideoRectangle spec.
     """
-    kind = video_task_type(spec)
-    if kind is None:
-        raise ValueError(f"{spec.region_type} is not a VideoRectangle spec")
+    kind = _video_kind(spec)
     out_dir = Path(out_dir).absolute()
     class_ids = {label: i for i, label in names.items()}
     t0 = time.perf_counter()
@@ -217,6 +215,13 @@ def build_video_dataset(
     write_atomic(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
     log.info("video_dataset_built", videos=len(state), redone=len(redo), **report.images)
     return data
+
+
+def _video_kind(spec: TrainSpec) -> VideoRectangles:
+    kind = video_task_type(spec)
+    if kind is None:
+        raise ValueError(f"{spec.region_type} is not a VideoRectangle spec")
+    return kind
 
 
 def _choose(tasks: Sequence[Task], spec: TrainSpec, report: DatasetReport) -> dict[int, tuple[str, Annotation]]:

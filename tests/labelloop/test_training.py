@@ -14,7 +14,7 @@ from labelloop.labelstudio.media import MediaConfig
 from labelloop.registry.store import Registry
 from labelloop.serving.predictor import Predictor
 from labelloop.task_types.labels import parse_detection_config
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 
 pytestmark = pytest.mark.slow  # every test here trains with real Ultralytics
 

@@ -14,6 +14,7 @@ import structlog
 from labelloop.dataset.pseudo.job import PseudoJob
 from labelloop.dataset.pseudo.rule import cap_for, unlabeled_pool
 from labelloop.ls_json import Task
+from labelloop.manifest import PseudoLabels
 
 if TYPE_CHECKING:
     from labelloop.dataset.report import BuildResult
@@ -29,12 +30,11 @@ POOL_PER_SLOT = 4
 
 @dataclass
 class Prepared:
-    """What ``prepare`` decided: the child's job (``PseudoJob.to_dict()``; None: no pseudo-labels
-    this time) and the manifest record (``labelloop.manifest.PseudoLabels``'s fields) when
-    nothing will run."""
+    """What ``prepare`` decided: the child's job (None: no pseudo-labels this time) and the
+    manifest record when nothing will run."""
 
-    job: dict[str, Any] | None
-    record: dict[str, Any] | None
+    job: PseudoJob | None
+    record: PseudoLabels | None
 
 
 @dataclass
@@ -49,12 +49,8 @@ class _Decision:
 
     def skip(self, reason: str) -> Prepared:
         log.info("pseudo_labels_skipped", reason=reason)
-        record: dict[str, object] = {"applied": False, "skipped": reason}
-        record.update(conf=self.conf, low_conf=self.low_conf, ratio=self.ratio)
-        if self.version is not None:
-            record["version"] = self.version
-        if self.cap is not None:
-            record["cap"] = self.cap
+        record = PseudoLabels(applied=False, skipped=reason, conf=self.conf, low_conf=self.low_conf)
+        record.ratio, record.version, record.cap = self.ratio, self.version, self.cap
         return Prepared(None, record)
 
 
@@ -76,8 +72,8 @@ def prepare(
 
     Returns:
         ``Prepared(None, None)`` when the setting is off (nothing changes); ``Prepared(None,
-        record)`` when it is on but does not apply (``record["skipped"]`` says why); else the
-        child's job (``spec["pseudo"]``). A Label Studio failure while listing the tasks skips
+        record)`` when it is on but does not apply (``record.skipped`` says why); else the
+        child's job (``TrainingJob.pseudo``). A Label Studio failure while listing the tasks skips
         pseudo-labels for this training rather than failing it.
     """
     if not params.get("pseudo_labels"):
@@ -132,7 +128,7 @@ def prepare(
         version=parent.name,
     )
     log.info("pseudo_labels_prepared", version=parent.name, pool=len(pool), images=len(images), cap=cap)
-    return Prepared(job.to_dict(), None)
+    return Prepared(job, None)
 
 
 def list_unlabeled(settings: Settings, project_id: int) -> list[Task]:
