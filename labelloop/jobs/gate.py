@@ -68,7 +68,7 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
     params = load_params(settings.models_dir, project_id).effective(settings)
     client = redis_client.client(settings.redis_url, "worker")
     kind = task_type(built.spec)
-    metric = kind.promotion_metric or str(params["promotion_metric"])
+    metric = kind.promotion_metric or params["promotion_metric"]
     report = built.report
     n_val = kind.validation_count(report.images["val"], sum(report.instances_per_class.get("val", {}).values()))
     served, incumbent_metrics = candidate.parent, result.incumbent_metrics

@@ -68,7 +68,7 @@ def run_training(
         t0 = time.perf_counter()
         pseudo = prepare_pseudo_labels(settings, project_id, built, parent, params, run_dir / "pseudo")
         plan.job.pseudo, plan.pseudo_labels = pseudo.job, pseudo.record
-        if params.get("pseudo_labels"):
+        if params["pseudo_labels"]:
             timings["pseudo"] = time.perf_counter() - t0
         log.info(
             "training_recipe",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from labelloop.dataset.images import BuildResult
 from labelloop.manifest import (
@@ -23,6 +22,7 @@ from labelloop.manifest import (
 )
 from labelloop.registry.base_models import BaseModel, family_yaml
 from labelloop.registry.base_models import resolve as resolve_base_model
+from labelloop.registry.params import EffectiveParams
 from labelloop.registry.store import ModelVersion
 from labelloop.settings import Settings
 from labelloop.task_types.labels import TrainSpec
@@ -68,7 +68,7 @@ def plan_training(
     built: BuildResult,
     parent: ModelVersion | None,
     operator_base_model: bool,
-    params: dict[str, Any],
+    params: EffectiveParams,
 ) -> TrainingPlan:
     """Choose the weights to start from and the Ultralytics arguments (no I/O but resolving the
     base model on disk).
@@ -87,7 +87,7 @@ def plan_training(
         weights, pretrained = str(parent.weights), True
     else:
         base = resolve_base_model(
-            str(params["base_model"]),
+            params["base_model"],
             spec.task,
             weights_dir(settings),
             settings.offline,

@@ -89,8 +89,8 @@ class PreannotationJob:
                     s.set_project_model_version,
                     on_progress,
                     generation,
-                    set_sampling=bool(effective["set_sampling"]),
-                    budget=int(effective["train_every_n"]),
+                    set_sampling=effective["set_sampling"],
+                    budget=effective["train_every_n"],
                 )
         finally:
             progress.clear_preannotation(project_id, version)
@@ -132,8 +132,8 @@ class PreannotationJob:
                     Registry(s.models_dir),
                     project_id,
                     s.preannotate_batch,
-                    int(effective["train_every_n"]),
-                    bool(effective["set_sampling"]),
+                    effective["train_every_n"],
+                    effective["set_sampling"],
                     generation,
                     on_progress,
                 )

@@ -4,7 +4,7 @@ list and fetch the unlabeled pool, and write the child's job (``labelloop.datase
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -15,6 +15,7 @@ from labelloop.dataset.pseudo.job import PseudoJob
 from labelloop.dataset.pseudo.rule import cap_for, unlabeled_pool
 from labelloop.ls_json import Task
 from labelloop.manifest import PseudoLabels
+from labelloop.registry.params import EffectiveParams
 
 if TYPE_CHECKING:
     from labelloop.dataset.report import BuildResult
@@ -59,7 +60,7 @@ def prepare(
     project_id: int,
     built: BuildResult,
     parent: ModelVersion | None,
-    params: Mapping[str, Any],
+    params: EffectiveParams,
     out_dir: Path,
 ) -> Prepared:
     """Decide and gather the pseudo-labelling of one training (in the train worker: no torch).
@@ -76,7 +77,7 @@ def prepare(
         child's job (``TrainingJob.pseudo``). A Label Studio failure while listing the tasks skips
         pseudo-labels for this training rather than failing it.
     """
-    if not params.get("pseudo_labels"):
+    if not params["pseudo_labels"]:
         return Prepared(None, None)
     spec = built.spec
     decision = _Decision(settings.pseudo_conf, settings.predict_conf, settings.pseudo_ratio)
@@ -104,7 +105,7 @@ def prepare(
             list_unlabeled(settings, project_id),
             annotated,
             spec.value_key,
-            float(params["val_fraction"]),
+            params["val_fraction"],
             min(settings.pseudo_pool, POOL_PER_SLOT * cap),
             seed=parent.name,
         )
