@@ -3,9 +3,10 @@
 recipe's other Ultralytics arguments flat beside them) and the run's own key (``run_dir``);
 ``progress.json`` as ``EpochProgress``.
 
-The file format is ``TrainingJob.to_dict()`` plus ``run_dir`` (``run_training_process`` adds it);
-nothing here changes it. A job written by hand (tests, ``bench/``) may leave out ``task`` (then
-Ultralytics guesses it from the weights) and the fields that have defaults.
+The file format is ``TrainingJob.to_dict()`` plus ``run_dir`` (added by
+``labelloop.training.process.run_training_process``); nothing here changes it. A job written by
+hand (tests, ``bench/``) may leave out ``task`` (then Ultralytics guesses it from the weights) and
+the fields that have defaults.
 """
 
 from __future__ import annotations

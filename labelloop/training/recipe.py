@@ -69,7 +69,7 @@ class DataShape:
     Attributes:
         train_images, val_images: images per split.
         long_side_p90: the 90th percentile of the images' longer sides in pixels (EXIF
-            orientation applied; see ``labelloop.dataset.images.long_side_p90``), None when unknown.
+            orientation applied; see ``labelloop.dataset.long_side_p90``), None when unknown.
     """
 
     train_images: int
