@@ -35,6 +35,8 @@ from labelloop.names import (
     TASK_RECONCILE,
     TASK_TRAIN,
 )
+from labelloop.serving.first_picks import FirstPicksOutcome
+from labelloop.serving.preannotate import PreannotateOutcome
 
 TRANSIENT = TRANSIENT_ERRORS
 MAX_RETRIES = 5
@@ -122,7 +124,7 @@ def train(self: Task, project_id: int, run_id: str) -> TrainOutcome:
 
 
 @bound_task(name=TASK_PREANNOTATE, **_RETRY)
-def preannotate(self: Task, project_id: int, version: str) -> dict[str, Any]:
+def preannotate(self: Task, project_id: int, version: str) -> PreannotateOutcome:
     """Predict every unlabeled task of a project with a newly promoted version into Label Studio
     (queue ``preannotate``); progress ``{"done", "total"}`` shows as Celery state PROGRESS (Flower)."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, version=version, task_id=self.request.id):
@@ -132,7 +134,7 @@ def preannotate(self: Task, project_id: int, version: str) -> dict[str, Any]:
 
 
 @bound_task(name=TASK_FIRST_PICKS, **_RETRY)
-def first_picks(self: Task, project_id: int) -> dict[str, Any]:
+def first_picks(self: Task, project_id: int) -> FirstPicksOutcome:
     """Before a project's first version, order its unlabeled tasks by coverage of the images into
     Label Studio (queue ``preannotate``); progress ``{"done", "total"}`` as Celery state PROGRESS."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):

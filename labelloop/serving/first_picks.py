@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -85,16 +85,24 @@ class Outcome:
         """Seconds since the start, to the millisecond."""
         return round(time.monotonic() - self.started, 3)
 
-    def end(self, status: str, stopped: str | None = None, at_start: bool = False) -> dict[str, Any]:
+    def end(self, status: str, stopped: str | None = None, at_start: bool = False) -> FirstPicksOutcome:
         """``{"status", "tasks", "imported", "stopped", "seconds"}`` (``seconds`` 0.0 ``at_start``)."""
         seconds = 0.0 if at_start else self.seconds()
-        return {
-            "status": status,
-            "tasks": self.tasks,
-            "imported": self.imported,
-            "stopped": stopped,
-            "seconds": seconds,
-        }
+        return FirstPicksOutcome(
+            status=status, tasks=self.tasks, imported=self.imported, stopped=stopped, seconds=seconds
+        )
+
+
+class FirstPicksOutcome(TypedDict, total=False):
+    """The first-picks Celery task's result: ``status`` (see ``first_picks``' Returns; "off" alone
+    when first picks are off), unlabeled ``tasks``, predictions ``imported``, why it ``stopped``
+    early (or None) and its wall ``seconds``."""
+
+    status: Required[str]
+    tasks: int
+    imported: int
+    stopped: str | None
+    seconds: float
 
 
 def first_picks(
@@ -107,7 +115,7 @@ def first_picks(
     set_sampling: bool,
     generation: Generation | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> FirstPicksOutcome:
     """Rank a project's unlabeled tasks by coverage and import them as ``FIRST_PICKS_VERSION``
     predictions (see the module docstring). Long because each early end (superseded, nothing
     new, no image) returns its own outcome between the reads, the ranking and the import.
