@@ -21,7 +21,7 @@ from labelloop.dataset.images import build_dataset, local_images
 from labelloop.dev.stack import Stack
 from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
 from labelloop.task_types.labels import parse_detection_config
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 

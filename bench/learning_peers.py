@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.learning_report import Round
 from bench.shapes import ShapeImage
-from labelloop.training.child import _die_with_parent
+from labelloop.training.process import _die_with_parent
 from labelloop.training.scoring import Det, score
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -40,7 +40,7 @@ from typing import Any
 from bench.shapes import LABELS, Box, ShapeImage, make_project
 from labelloop.quality import label_quality
 from labelloop.quality.label_quality import Box as QBox
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 from labelloop.training.recipe import DataShape, plan_recipe
 from labelloop.yolo_env import prepare_ultralytics
 

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from bench.common import dataset
-from labelloop.training.child import pick_device, run_training_process
+from labelloop.training.child import pick_device
+from labelloop.training.process import run_training_process
 
 ROOT = Path(__file__).resolve().parent.parent
 

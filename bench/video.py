@@ -37,7 +37,7 @@ from labelloop.dev.synthetic_video import GeneratedVideo, video_config, video_re
 from labelloop.serving.video import track_video, tracks_to_regions
 from labelloop.task_types.keyframes import frame_boxes
 from labelloop.task_types.labels import parse_label_config
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 from labelloop.training.scoring import Det, score
 
 SPEC = parse_label_config(video_config())

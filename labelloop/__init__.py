@@ -7,5 +7,8 @@ The process shells sit on top and import from here, never the other way round:
 - ``workers``: the Celery app and its tasks (thin shells around ``labelloop.jobs.jobs``).
 
 Importing this package (or ``labelloop.registry.store``/``labelloop.task_types.labels``) never imports torch or
-ultralytics; only ``labelloop.training.child`` and ``labelloop.serving.predictor`` do, inside functions.
+ultralytics; only the modules that run it do, inside functions: the training child
+(``labelloop.training.child``, ``labelloop.training.threshold``, ``labelloop.dataset.pseudo.child``),
+``/predict`` (``labelloop.serving.model_loader``, ``labelloop.serving.inference``) and model exports
+(``labelloop.registry.model_export``).
 """

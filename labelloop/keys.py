@@ -11,7 +11,7 @@ counter, ``labelloop.events.changes``), ``seen`` (the ledger's hash) and ``delet
 ``current``, ``servers`` and ``warm:<version>`` (``labelloop.registry.notify``). Global:
 ``labelloop:projects`` (known projects), ``labelloop:events`` (the event stream),
 ``labelloop:predict:alive:<host>:<pid>`` (a predict process's heartbeat, a key with a TTL,
-``labelloop.serving.predictor``), ``labelloop:delivery:<sha1>`` (deduplication),
+``labelloop.serving.presence``), ``labelloop:delivery:<sha1>`` (deduplication),
 ``labelloop:webhooks:refused`` (webhooks refused before their project was known,
 ``service.webhook``) and the pub/sub channel ``labelloop:versions``. Kombu's own:
 ``unacked_index`` (``UNACKED_INDEX``, the Redis transport's sorted set of unacknowledged

@@ -14,10 +14,14 @@ counts (``skipped_counts``, ``images``...) stay whole.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator, with_config
+from typing_extensions import TypedDict  # pydantic validates typing_extensions TypedDicts before 3.12
+
+if TYPE_CHECKING:  # the pseudo job travels inside the training job (labelloop.dataset.pseudo.job)
+    from labelloop.dataset.pseudo.job import PseudoJob
 
 SAMPLE = 20  # items kept of a list that grows with the tasks (its length kept in <key>_total)
 
@@ -40,6 +44,69 @@ def bounded(data: Any) -> Any:
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+# The manifest's free-form parts, typed where their shape is known. TypedDicts, not models: they
+# stay the plain JSON objects readers ``.get`` from, and keys a newer labelloop adds are kept.
+
+
+@with_config(ConfigDict(extra="allow"))
+class SpecRecord(TypedDict, total=False):
+    """What the version was trained for: ``labelloop.task_types.spec.TrainSpec`` as JSON (the
+    manifest's ``spec``; absent in manifests written before it)."""
+
+    task: str
+    region_type: str
+    from_name: str
+    to_name: str
+    value_key: str
+    labels: list[str]
+    keypoint_from_name: str | None
+    keypoint_labels: list[str]
+
+
+@with_config(ConfigDict(extra="allow"))
+class TrainArgs(TypedDict, total=False):
+    """Ultralytics' ``YOLO.train`` arguments a training used (the manifest's ``train_args``), and
+    a training job's ``extra`` (``labelloop.training.recipe.Recipe``'s arguments beyond epochs,
+    imgsz and batch, and a few for experiments: ``optimizer``, ``lr0``, ``warmup_epochs``).
+
+    ``time_s``: the wall-clock budget in seconds (0: none; labelloop's, not Ultralytics' ``time``);
+    ``checkpoint``: ``"best"`` or ``"last"``; ``freeze``: layers frozen; ``weights``: what
+    ``YOLO(...)`` was given.
+    """
+
+    weights: str
+    epochs: int
+    imgsz: int
+    batch: int
+    nbs: int
+    time_s: float
+    mosaic: float
+    close_mosaic: int
+    freeze: int
+    checkpoint: str
+    val: bool
+    device: str
+    workers: int
+    seed: int
+    optimizer: str
+    lr0: float
+    warmup_epochs: float
+
+
+@with_config(ConfigDict(extra="allow"))
+class BaseModelRecord(TypedDict, total=False):
+    """Where a version's weights started (the manifest's ``base_model``): a first training's base
+    model (``labelloop.registry.base_models.BaseModel``'s fields, ``note`` when it was replaced),
+    or ``fine_tuned_from``: the version fine-tuned."""
+
+    requested: str
+    weights: str
+    pretrained: bool
+    source: str
+    note: str
+    fine_tuned_from: str | None
 
 
 class Promotion(_Record):
@@ -136,7 +203,7 @@ class Manifest(_Record):
     task: str = "detect"
     classes: list[str] = Field(default_factory=list)
     names: dict[str, str] = Field(default_factory=dict)
-    spec: dict[str, Any] = Field(default_factory=dict)
+    spec: SpecRecord = Field(default_factory=lambda: SpecRecord())
     from_name: str | None = None
     to_name: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -146,9 +213,9 @@ class Manifest(_Record):
     promotion: Promotion = Field(default_factory=Promotion)
     dataset: dict[str, Any] = Field(default_factory=dict)
     dataset_size: dict[str, int] = Field(default_factory=dict)
-    train_args: dict[str, Any] = Field(default_factory=dict)
+    train_args: TrainArgs = Field(default_factory=lambda: TrainArgs())
     recipe: Recipe = Field(default_factory=Recipe)
-    base_model: dict[str, Any] = Field(default_factory=dict)
+    base_model: BaseModelRecord = Field(default_factory=lambda: BaseModelRecord())
     run_id: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     pseudo_labels: PseudoLabels | None = None
@@ -188,7 +255,10 @@ class TrainingJob:
 
     ``weights``: a version's weights, an Ultralytics asset or a model YAML; ``incumbent``: the
     served version's weights, validated on the same split for the promotion gate;
-    ``fallback_weights``: trained instead when ``weights`` cannot be downloaded.
+    ``fallback_weights``: trained instead when ``weights`` cannot be downloaded; ``extra``: the
+    recipe's other Ultralytics arguments; ``pseudo``: pseudo-label the unlabeled pool first
+    (``labelloop.dataset.pseudo``); ``validate_only``: score these weights on the val split
+    instead of training (the promotion gate's second look, ``labelloop.jobs.gate``).
     """
 
     weights: str
@@ -204,25 +274,36 @@ class TrainingJob:
     incumbent: str | None = None
     fallback_weights: str | None = None
     predict_conf: float = 0.25  # the display threshold's prior (labelloop.training.threshold)
-    extra: dict[str, Any] = field(default_factory=dict)
-    # labelloop.dataset.pseudo.prepare's job: pseudo-label the unlabeled pool before training.
-    pseudo: dict[str, Any] | None = None
+    extra: TrainArgs = field(default_factory=lambda: TrainArgs())
+    pseudo: PseudoJob | None = None
+    validate_only: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object ``train`` reads (``extra``: the recipe's other Ultralytics arguments)."""
-        body = asdict(self)
-        return {**body.pop("extra"), **body}
+    def to_dict(self) -> dict[str, object]:
+        """The JSON object ``spec.json`` holds (``labelloop.training.job.read_job`` reads it back):
+        ``extra``'s keys, then the fields by name (``pseudo`` as ``PseudoJob.to_dict()``),
+        ``validate_only`` only when set (the format written before it was a field)."""
+        body: dict[str, object] = {**self.extra}
+        body.update((f.name, getattr(self, f.name)) for f in fields(self) if f.name not in _JOB_OWN)
+        body["pseudo"] = self.pseudo.to_dict() if self.pseudo is not None else None
+        if self.validate_only is not None:
+            body["validate_only"] = self.validate_only
+        return body
 
 
-@dataclass
-class TrainingResult:
+_JOB_OWN = ("extra", "pseudo", "validate_only")  # written by TrainingJob.to_dict itself
+
+
+class TrainingResult(_Record):
     """What the training child process wrote (``result.json``).
 
     ``best``: the checkpoint to publish; ``metrics``: its validation metrics (fractions);
     ``incumbent_metrics``: the incumbent's on the same split, or None; ``class_metrics``: the
-    candidate's per class name (``TaskType.class_metrics``); ``pseudo_labels``: what
-    ``labelloop.dataset.pseudo.label_unlabeled`` trained on, when it ran; ``show_conf``: its display
-    threshold (``ShowConf``).
+    candidate's per class name (``TaskType.class_metrics``); ``seconds``, ``val_seconds``: wall
+    seconds training and validating; ``weights``: what was trained from (``fallback_weights``
+    when the job's could not be had, ``base_model_note`` says why); ``epochs_run``, of
+    ``epochs_planned``; ``checkpoint``: ``"best"`` or ``"last"``; ``pseudo_labels``: what
+    ``labelloop.dataset.pseudo.label_unlabeled`` trained on, when it ran; ``show_conf``: its
+    display threshold.
     """
 
     best: str
@@ -235,12 +316,24 @@ class TrainingResult:
     class_metrics: dict[str, dict[str, float]] | None = None
     weights: str | None = None
     epochs_run: int | None = None
+    epochs_planned: int | None = None
     checkpoint: str | None = None
     base_model_note: str | None = None
-    pseudo_labels: dict[str, Any] | None = None
-    show_conf: dict[str, Any] | None = None  # labelloop.manifest.ShowConf as JSON
+    pseudo_labels: PseudoLabels | None = None
+    show_conf: ShowConf | None = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainingResult:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+    def from_dict(cls, data: object) -> TrainingResult:
+        """``result.json``'s object read back (raises pydantic's ``ValidationError`` when malformed)."""
+        return cls.model_validate(data)
+
+
+class ValidationScore(_Record):
+    """What a validation-only run of the training child wrote (``result.json``,
+    ``TrainingJob.validate_only``): the weights' ``metrics`` and ``class_metrics`` on the val split
+    (as ``TrainingResult``'s), the wall seconds and the device."""
+
+    metrics: dict[str, float]
+    class_metrics: dict[str, dict[str, float]] | None = None
+    val_seconds: float = 0.0
+    device: str = ""

@@ -4,8 +4,10 @@ Roles (seconds: connect timeout, socket timeout):
 
 - ``worker``: Celery workers and the training run (2, 10): a command may wait on a busy server.
 - ``cli``: the command line and the receiver's blocking helpers run in threads (2, 5).
+- ``predict``: what a predict worker writes while it answers ``/predict`` (its heartbeat and
+  warm versions, ``labelloop.serving.presence``) (1, 2): a slow Redis must not hold a request.
 - ``listener``: the predict worker's pub/sub subscription (1, its own read deadline), built by
-  ``labelloop.serving.predictor`` with ``subscriber`` below.
+  ``labelloop.serving.listener`` with ``subscriber`` below.
 
 The receiver's own asyncio client is the third construction (``service.app``). redis-py's
 connection pool notices a fork (it compares the process id) and opens new connections in the
@@ -21,8 +23,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-Role = Literal["worker", "cli"]
-TIMEOUTS: dict[Role, tuple[float, float]] = {"worker": (2.0, 10.0), "cli": (2.0, 5.0)}
+Role = Literal["worker", "cli", "predict"]
+TIMEOUTS: dict[Role, tuple[float, float]] = {"worker": (2.0, 10.0), "cli": (2.0, 5.0), "predict": (1.0, 2.0)}
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from labelloop.dev.stack import Stack, free_port, label_studio_binary
 from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
 from labelloop.redis_client import client as redis_client
 from labelloop.task_types.labels import parse_detection_config
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 
 FIXTURES = Path(__file__).parent / "fixtures" / "label-studio"
 LS_TOKEN = "7e57000000000000000000000000000000000001"

@@ -22,6 +22,7 @@ from celery import Celery, Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 
+from labelloop import ls_json
 from labelloop.jobs import broker
 from labelloop.jobs.jobs import Jobs
 from labelloop.jobs.lifecycle import TRANSIENT_ERRORS, TrainOutcome
@@ -34,6 +35,8 @@ from labelloop.names import (
     TASK_RECONCILE,
     TASK_TRAIN,
 )
+from labelloop.serving.first_picks import FirstPicksOutcome
+from labelloop.serving.preannotate import PreannotateOutcome
 
 TRANSIENT = TRANSIENT_ERRORS
 MAX_RETRIES = 5
@@ -121,7 +124,7 @@ def train(self: Task, project_id: int, run_id: str) -> TrainOutcome:
 
 
 @bound_task(name=TASK_PREANNOTATE, **_RETRY)
-def preannotate(self: Task, project_id: int, version: str) -> dict[str, Any]:
+def preannotate(self: Task, project_id: int, version: str) -> PreannotateOutcome:
     """Predict every unlabeled task of a project with a newly promoted version into Label Studio
     (queue ``preannotate``); progress ``{"done", "total"}`` shows as Celery state PROGRESS (Flower)."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, version=version, task_id=self.request.id):
@@ -131,7 +134,7 @@ def preannotate(self: Task, project_id: int, version: str) -> dict[str, Any]:
 
 
 @bound_task(name=TASK_FIRST_PICKS, **_RETRY)
-def first_picks(self: Task, project_id: int) -> dict[str, Any]:
+def first_picks(self: Task, project_id: int) -> FirstPicksOutcome:
     """Before a project's first version, order its unlabeled tasks by coverage of the images into
     Label Studio (queue ``preannotate``); progress ``{"done", "total"}`` as Celery state PROGRESS."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):
@@ -139,7 +142,7 @@ def first_picks(self: Task, project_id: int) -> dict[str, Any]:
 
 
 @bound_task(name=TASK_PREDICT)
-def predict(self: Task, project_id: int, label_config: str, tasks: list[dict[str, Any]]) -> PredictResponse:
+def predict(self: Task, project_id: int, label_config: str, tasks: list[ls_json.Task]) -> PredictResponse:
     """Regions for Label Studio tasks with the project's served version (``/predict``), predicted in
     chunks until the deadline, which the task's ``expires`` (when the receiver stops waiting) may shorten."""
     with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):

@@ -23,7 +23,6 @@ import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from labelloop.dataset.build import build_dataset
 from labelloop.dataset.classes import CLASSES_FILE, load_class_names, stable_names, store_class_names
@@ -108,7 +107,7 @@ def build_project_dataset(
         label_config, exported, sync = sync_tasks(
             client, project_id, home / "tasks.json", changes=changes, verify_every_s=settings.dataset_verify_s
         )
-    tasks: list[Task] = _as_tasks(exported)
+    tasks: list[Task] = exported
     spec = train_spec(label_config, params)
     sync["label_config_sha1"] = label_config_digest(label_config)  # in the manifest: the model card's digest
     names = stable_names(load_class_names(settings.models_dir, project_id, spec.from_name), spec.labels)
@@ -131,12 +130,6 @@ def build_project_dataset(
         result.tasks = tasks
     store_class_names(settings.models_dir, project_id, spec.from_name, names)
     return result
-
-
-def _as_tasks(exported: Any) -> list[Task]:
-    """The export's tasks as ``Task`` records (``sync_tasks`` returns Label Studio's JSON as it came)."""
-    tasks: list[Task] = exported
-    return tasks
 
 
 def _build_video(

@@ -45,9 +45,7 @@ class Chosen(NamedTuple):
 def chosen_annotation(task: Task) -> Annotation | None:
     """The annotation a dataset trains on (``labelloop.labelstudio.export.select_annotation``:
     completed, not cancelled; ground truth first, else the most recently updated), or None."""
-    pick: Any = select_annotation  # it reads and returns the export's JSON as it comes
-    picked: Annotation | None = pick(task)
-    return picked
+    return select_annotation(task)
 
 
 def _unknown_labels(result: Sequence[Region], spec: TrainSpec, known: set[str]) -> list[str]:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
+from labelloop.labelstudio.export_store import SyncInfo
 from labelloop.ls_json import Task
 from labelloop.task_types.spec import TrainSpec
 
@@ -52,7 +53,7 @@ class DatasetReport:
     images_cached: int = 0
     files_written: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
-    sync: dict[str, Any] = field(default_factory=dict)
+    sync: SyncInfo = field(default_factory=SyncInfo)
     fingerprint: str = ""
     long_side_p90: int | None = None
 

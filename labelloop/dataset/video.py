@@ -36,10 +36,10 @@ from labelloop.dataset.plan import chosen_annotation
 from labelloop.errors import DatasetError
 from labelloop.files import write_atomic
 from labelloop.ls_json import Annotation, Region, Task
-from labelloop.task_types import VIDEO
+from labelloop.task_types import video_task_type
 from labelloop.task_types.keyframes import annotated_span
 from labelloop.task_types.spec import TrainSpec
-from labelloop.task_types.video import frame_count_of
+from labelloop.task_types.video import VideoRectangles, frame_count_of
 
 if TYPE_CHECKING:
     from labelloop.dataset.report import DatasetReport
@@ -166,7 +166,9 @@ def build_video_dataset(
     Raises:
         DatasetError: fewer than one train and one val frame (the frames extracted are kept, with
             their state, for the next build).
+        ValueError: ``spec`` is not a VideoRectangle spec.
     """
+    kind = _video_kind(spec)
     out_dir = Path(out_dir).absolute()
     class_ids = {label: i for i, label in names.items()}
     t0 = time.perf_counter()
@@ -190,7 +192,7 @@ def build_video_dataset(
             report.skip(tid, "video unusable", str(got) if got is not None else "not fetched")
             continue
         report.images_downloaded += int(bool(getattr(got, "downloaded", True)))
-        entry = _extract_task(tid, chosen[tid][1], got, spec, class_ids, split[tid], stride, out_dir, report)
+        entry = _extract_task(tid, chosen[tid][1], got, kind, class_ids, split[tid], stride, out_dir, report)
         if entry is not None:
             entry["digest"] = digests[tid]
             state[str(tid)] = entry
@@ -213,6 +215,13 @@ def build_video_dataset(
     write_atomic(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
     log.info("video_dataset_built", videos=len(state), redone=len(redo), **report.images)
     return data
+
+
+def _video_kind(spec: TrainSpec) -> VideoRectangles:
+    kind = video_task_type(spec)
+    if kind is None:
+        raise ValueError(f"{spec.region_type} is not a VideoRectangle spec")
+    return kind
 
 
 def _choose(tasks: Sequence[Task], spec: TrainSpec, report: DatasetReport) -> dict[int, tuple[str, Annotation]]:
@@ -258,7 +267,7 @@ def _extract_task(
     tid: int,
     annotation: Annotation,
     video: ImageRef,
-    spec: TrainSpec,
+    kind: VideoRectangles,
     class_ids: Mapping[str, int],
     side: str,
     stride: int,
@@ -268,7 +277,8 @@ def _extract_task(
     """Frames and label files of one video; its state entry without ``digest`` (None: nothing usable)."""
     from labelloop.labelstudio.video_media import probe_video
 
-    result: Any = annotation.get("result") or []  # task_types reads the regions as Label Studio sent them
+    spec = kind.spec
+    result = annotation.get("result") or []
     decoded = probe_video(Path(video.path)).frames
     count = frame_count_of(result, spec) or decoded
     if abs(count - decoded) > max(2, decoded // 50):
@@ -284,7 +294,7 @@ def _extract_task(
     if not frames:
         report.skip(tid, "no keyframes")
         return None
-    lines, dropped = VIDEO.frame_lines(result, spec, class_ids, frames, int(video.width), int(video.height))
+    lines, dropped = kind.frame_lines(result, class_ids, frames, int(video.width), int(video.height))
     report.drop(tid, dropped)
     (out_dir / "images" / side).mkdir(parents=True, exist_ok=True)
     (out_dir / "labels" / side).mkdir(parents=True, exist_ok=True)

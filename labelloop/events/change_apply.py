@@ -8,21 +8,21 @@ as ``labelloop.labelstudio.export.sync_tasks`` keeps it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from labelloop.events.change_entry import CHANGED_ACTIONS, ChangeLogUnusable, Entry, in_future, label_config_digest
 from labelloop.events.ledger import is_newer
-from labelloop.ls_json import Task
+from labelloop.ls_json import Annotation, Task
 
-TaskStore = dict[str, dict[str, Any]]  # task id as text -> task (export JSON as stored)
+TaskStore = dict[str, Task]  # task id as text -> task (export JSON as stored)
 
 
-def annotation_ids(tasks: Iterable[Task] | Iterable[Mapping[str, Any]]) -> set[int]:
+def annotation_ids(tasks: Iterable[Task]) -> set[int]:
     """Ids of the annotations in tasks (Label Studio JSON export format)."""
     return {int(a["id"]) for t in tasks for a in t.get("annotations") or [] if isinstance(a, dict) and "id" in a}
 
 
-def absent_after_read(before: set[int], tasks: Iterable[Task] | Iterable[Mapping[str, Any]]) -> set[int]:
+def absent_after_read(before: set[int], tasks: Iterable[Task]) -> set[int]:
     """Annotation ids a store held (``before``) that a read of Label Studio no longer returns
     (``tasks``, the store after the read): deleted in Label Studio, which never reuses an id,
     so they become tombstones like a recorded ANNOTATIONS_DELETED."""
@@ -146,13 +146,16 @@ class _Applier:
                 raise ChangeLogUnusable(f"task {tid}: data is not an object")
             if stored is None and payload is None:
                 raise ChangeLogUnusable(f"{action}: task {tid} is neither in the webhook nor stored")
-            task = {**(stored or {}), **{k: v for k, v in (payload or {}).items() if k != "annotations"}}
+            # The webhook's task and annotation: Label Studio's JSON, checked above for what is read here.
+            fields = {k: v for k, v in (payload or {}).items() if k != "annotations"}
+            task = cast(Task, {**(stored or {}), **fields})
+            incoming = cast(Annotation, annotation)
             current = list((stored or {}).get("annotations") or [])
-            index = next((i for i, a in enumerate(current) if a.get("id") == annotation["id"]), None)
+            index = next((i for i, a in enumerate(current) if a.get("id") == incoming["id"]), None)
             if index is None:
-                current.append(annotation)
-            elif not is_newer(current[index].get("updated_at"), annotation.get("updated_at")):
-                current[index] = annotation  # the entry's is newer or the same
+                current.append(incoming)
+            elif not is_newer(current[index].get("updated_at"), incoming.get("updated_at")):
+                current[index] = incoming  # the entry's is newer or the same
             task["annotations"] = current
             tasks[str(tid)] = task
         for tid, payload in by_id.items():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -61,8 +61,8 @@ def read_tasks(client: Any, project_id: int, task_ids: list[int]) -> list[Task]:
     for item in client.tasks.list(
         project=project_id, fields="all", query=query, resolve_uri=False, page_size=PAGE_SIZE
     ):
-        row: Any = item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
-        task: Task = row  # Label Studio's JSON as it came
+        row = item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
+        task = cast(Task, row)  # the SDK's task as Label Studio's JSON
         if str(task.get("id")) in {str(i) for i in task_ids}:  # only what was asked for, whatever the server does
             tasks.append(task)
     return tasks
@@ -99,7 +99,7 @@ def confirm_with_label_studio(
     touched = {k for k in set(tasks) | set(before) if tasks.get(k) is not before.get(k)} | named_tasks(entries)
     if not touched:
         return {"confirmed": 0, "disagreed": 0}
-    fresh: TaskStore = {str(t["id"]): dict(t) for t in read_tasks(client, project_id, sorted(int(k) for k in touched))}
+    fresh: TaskStore = {str(t["id"]): t for t in read_tasks(client, project_id, sorted(int(k) for k in touched))}
     disagreed = sorted(int(k) for k in touched if _signature(tasks.get(k)) != _signature(fresh.get(k)))
     for key in touched:
         task = fresh.get(key)

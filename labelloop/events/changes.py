@@ -53,7 +53,6 @@ annotation back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
 
@@ -148,7 +147,7 @@ class Position:
         return {"seq": self.seq, "id": self.id, "run_id": self.run_id, "refused": self.refused}
 
     @classmethod
-    def from_dict(cls, stored: PositionRecord | Mapping[str, Any]) -> Position:
+    def from_dict(cls, stored: PositionRecord) -> Position:
         """A position ``as_dict`` wrote (one written before ``run_id`` existed has "")."""
         run_id, refused = str(stored.get("run_id") or ""), int(stored.get("refused") or 0)
         return cls(int(stored["seq"]), str(stored["id"]), run_id, refused)

@@ -24,7 +24,7 @@ export racing a webhook), so the ledger orders them by Label Studio's time, not 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -107,9 +107,9 @@ def diff(
     return changed + deleted
 
 
-def annotations_in_export(tasks: Iterable[Task] | Iterable[Mapping[str, Any]]) -> dict[int, str]:
+def annotations_in_export(tasks: Iterable[Task]) -> dict[int, str]:
     """Annotation id -> normalised updated_at over exported tasks (Label Studio's JSON export format,
-    typed or as it came; cancelled ones included, since their webhooks are counted too)."""
+    cancelled ones included, since their webhooks are counted too)."""
     return {
         int(a["id"]): normalize_ts(a.get("updated_at") or a.get("created_at"))
         for t in tasks

@@ -49,4 +49,4 @@ class JobContext:
     def every_n(self, project_id: int) -> int:
         """The project's ``train_every_n``: annotation events that make a training due (its params
         file over the settings)."""
-        return int(load_params(self.settings.models_dir, project_id).effective(self.settings)["train_every_n"])
+        return load_params(self.settings.models_dir, project_id).effective(self.settings)["train_every_n"]

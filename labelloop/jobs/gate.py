@@ -22,7 +22,7 @@ from labelloop.registry.promotion import Decision, comparable
 from labelloop.registry.store import ModelVersion, Registry
 from labelloop.settings import Settings
 from labelloop.task_types import task_type
-from labelloop.training.child import run_training_process
+from labelloop.training.process import validate_in_child
 from labelloop.training.runs import run_directory
 
 log = structlog.get_logger(__name__)
@@ -68,7 +68,7 @@ def gate_and_publish(settings: Settings, registry: Registry, project_id: int, ca
     params = load_params(settings.models_dir, project_id).effective(settings)
     client = redis_client.client(settings.redis_url, "worker")
     kind = task_type(built.spec)
-    metric = kind.promotion_metric or str(params["promotion_metric"])
+    metric = kind.promotion_metric or params["promotion_metric"]
     report = built.report
     n_val = kind.validation_count(report.images["val"], sum(report.instances_per_class.get("val", {}).values()))
     served, incumbent_metrics = candidate.parent, result.incumbent_metrics
@@ -134,10 +134,9 @@ def _validate_served(
     when the gate cannot compare with it (nothing served, another task: see ``plan_training``)."""
     if served is None or not same_task(served.record, built.spec):
         return None, None
-    job = {**plan.job.to_dict(), "validate_only": str(served.weights)}
     with run_directory(settings.cache_dir, int(served.project_id), f"{run_id}-regate{attempt + 1}") as run_dir:
-        out = run_training_process(job, run_dir, timeout_s=settings.train_time_limit_s)
-    return {k: float(v) for k, v in out["metrics"].items()}, out.get("class_metrics")
+        out = validate_in_child(plan.job, str(served.weights), run_dir, timeout_s=settings.train_time_limit_s)
+    return out.metrics, out.class_metrics
 
 
 def _shared_classes(served: ModelVersion | None, built: BuildResult) -> dict[str, int] | None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 import redis
 
@@ -36,6 +35,9 @@ from labelloop.jobs.preannotation import PreannotationJob, PreannotationReport
 from labelloop.jobs.prediction import PredictJob, Predictors, PredictResponse
 from labelloop.jobs.reconcile import Reconciliation
 from labelloop.jobs.trigger import TriggerStore
+from labelloop.ls_json import Task
+from labelloop.serving.first_picks import FirstPicksOutcome
+from labelloop.serving.preannotate import PreannotateOutcome
 from labelloop.settings import Settings
 
 
@@ -130,16 +132,16 @@ class Jobs:
         """
         return self.runs.train(project_id, run_id, task_id, report, keepalive, retry_transient)
 
-    def preannotate(self, project_id: int, version: str, report: PreannotationReport) -> dict[str, Any]:
+    def preannotate(self, project_id: int, version: str, report: PreannotationReport) -> PreannotateOutcome:
         """``PreannotationJob.preannotate``: a promoted version's predictions into Label Studio."""
         return self.preannotation.preannotate(project_id, version, report)
 
-    def first_picks(self, project_id: int, report: PreannotationReport) -> dict[str, Any]:
+    def first_picks(self, project_id: int, report: PreannotationReport) -> FirstPicksOutcome:
         """``PreannotationJob.first_picks``: before a project's first version, its first picks."""
         return self.preannotation.first_picks(project_id, report)
 
     def predict(
-        self, project_id: int, label_config: str, tasks: list[dict[str, Any]], expires: datetime | None = None
+        self, project_id: int, label_config: str, tasks: list[Task], expires: datetime | None = None
     ) -> PredictResponse:
         """``PredictJob.predict``: regions for Label Studio tasks (``/predict``'s response)."""
         return self.prediction.predict(project_id, label_config, tasks, expires)

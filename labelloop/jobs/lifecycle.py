@@ -82,6 +82,8 @@ from labelloop.names import QUEUE_PREANNOTATE, QUEUE_TRAIN, TASK_PREANNOTATE, TA
 from labelloop.registry.params import load as load_params
 from labelloop.registry.store import ModelVersion
 from labelloop.settings import Settings
+from labelloop.training.job import EpochProgress
+from labelloop.training.process import OnProgress
 
 log = structlog.get_logger(__name__)
 
@@ -118,14 +120,14 @@ class TrainOutcome(TypedDict, total=False):
 
 Report = Callable[[TrainingReport], None]
 # The RUNNING state's work: ``labelloop.jobs.pipeline.run_training``'s signature.
-Work = Callable[[Settings, int, str, Callable[[dict[str, object]], None], Callable[[], bool]], ModelVersion]
+Work = Callable[[Settings, int, str, OnProgress, Callable[[], bool]], ModelVersion]
 
 
 def _run_training(
     settings: Settings,
     project_id: int,
     run_id: str,
-    on_progress: Callable[[dict[str, object]], None],
+    on_progress: OnProgress,
     should_cancel: Callable[[], bool],
 ) -> ModelVersion:
     return run_training(settings, project_id, run_id, on_progress=on_progress, should_cancel=should_cancel)
@@ -212,7 +214,7 @@ class RunLifecycle:
         if deliveries > s.train_max_deliveries:
             return self._give_up(project_id, run_id, owner, deliveries, outcome)
 
-        def on_progress(p: dict[str, object]) -> None:
+        def on_progress(p: EpochProgress) -> None:
             stage = stage_of(p)
             report({"project_id": project_id, "run_id": run_id, **stage})
             stage["stage"] = "training"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
@@ -21,11 +20,10 @@ from labelloop.dataset.pseudo import prepare as prepare_pseudo_labels
 from labelloop.events.changes import ChangeLog
 from labelloop.jobs.gate import Candidate, gate_and_publish
 from labelloop.jobs.plan import plan_training
-from labelloop.manifest import TrainingResult
 from labelloop.registry.params import load as load_params
 from labelloop.registry.store import ModelVersion, Registry
 from labelloop.settings import Settings
-from labelloop.training.child import run_training_process
+from labelloop.training.process import OnProgress, train_in_child
 from labelloop.training.runs import run_directory
 
 log = structlog.get_logger(__name__)
@@ -35,7 +33,7 @@ def run_training(
     settings: Settings,
     project_id: int,
     run_id: str,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_progress: OnProgress | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> ModelVersion:
     """Train a new version of a project's model from its current annotations and publish it.
@@ -70,7 +68,7 @@ def run_training(
         t0 = time.perf_counter()
         pseudo = prepare_pseudo_labels(settings, project_id, built, parent, params, run_dir / "pseudo")
         plan.job.pseudo, plan.pseudo_labels = pseudo.job, pseudo.record
-        if params.get("pseudo_labels"):
+        if params["pseudo_labels"]:
             timings["pseudo"] = time.perf_counter() - t0
         log.info(
             "training_recipe",
@@ -78,15 +76,13 @@ def run_training(
             **{k: v for k, v in plan.train_args.items() if k != "weights"},
         )
         t0 = time.perf_counter()
-        result = TrainingResult.from_dict(
-            run_training_process(
-                plan.job.to_dict(),
-                run_dir / "train",
-                # What is left of the run's time limit after the dataset build.
-                timeout_s=max(1.0, settings.train_time_limit_s - (time.perf_counter() - t_start)),
-                on_progress=on_progress,
-                should_cancel=should_cancel,
-            )
+        result = train_in_child(
+            plan.job,
+            run_dir / "train",
+            # What is left of the run's time limit after the dataset build.
+            timeout_s=max(1.0, settings.train_time_limit_s - (time.perf_counter() - t_start)),
+            on_progress=on_progress,
+            should_cancel=should_cancel,
         )
         timings["train"] = time.perf_counter() - t0 - result.val_seconds
         timings["validate"] = result.val_seconds

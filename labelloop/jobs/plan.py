@@ -5,14 +5,24 @@ then the manifest of the version it produced.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from labelloop.dataset.images import BuildResult
-from labelloop.manifest import Incumbent, Manifest, PseudoLabels, Recipe, ShowConf, TrainingJob, TrainingResult
+from labelloop.manifest import (
+    BaseModelRecord,
+    Incumbent,
+    Manifest,
+    PseudoLabels,
+    Recipe,
+    SpecRecord,
+    TrainArgs,
+    TrainingJob,
+    TrainingResult,
+)
 from labelloop.registry.base_models import BaseModel, family_yaml
 from labelloop.registry.base_models import resolve as resolve_base_model
+from labelloop.registry.params import EffectiveParams
 from labelloop.registry.store import ModelVersion
 from labelloop.settings import Settings
 from labelloop.task_types.labels import TrainSpec
@@ -44,13 +54,13 @@ class TrainingPlan:
     """What a training will do, decided before it starts (``plan_training``)."""
 
     job: TrainingJob
-    train_args: dict[str, Any]
+    train_args: TrainArgs
     recipe: Recipe
     warm_start: bool
     base: BaseModel | None
     same_kind: bool
     # The manifest's pseudo_labels when none are predicted in the child (skipped, or the setting off: None).
-    pseudo_labels: dict[str, Any] | None = None
+    pseudo_labels: PseudoLabels | None = None
 
 
 def plan_training(
@@ -58,7 +68,7 @@ def plan_training(
     built: BuildResult,
     parent: ModelVersion | None,
     operator_base_model: bool,
-    params: dict[str, Any],
+    params: EffectiveParams,
 ) -> TrainingPlan:
     """Choose the weights to start from and the Ultralytics arguments (no I/O but resolving the
     base model on disk).
@@ -77,7 +87,7 @@ def plan_training(
         weights, pretrained = str(parent.weights), True
     else:
         base = resolve_base_model(
-            str(params["base_model"]),
+            params["base_model"],
             spec.task,
             weights_dir(settings),
             settings.offline,
@@ -92,29 +102,27 @@ def plan_training(
         pretrained=pretrained,
         overrides={k: params.get(k) for k in OVERRIDABLE},
     )
-    ultralytics_args = {k: v for k, v in recipe.to_dict().items() if k != "reasons"}
-    train_args = {
-        "weights": weights,
-        **ultralytics_args,
-        "device": settings.device,
-        "workers": settings.dataloader_workers,
-        "seed": settings.seed,
-    }
+    ultralytics_args = recipe.train_args()
+    train_args = TrainArgs(weights=weights)
+    train_args.update(ultralytics_args)
+    train_args.update(TrainArgs(device=settings.device, workers=settings.dataloader_workers, seed=settings.seed))
+    extra = ultralytics_args.copy()  # the job's fields by name, the rest flat beside them
+    del extra["epochs"], extra["imgsz"], extra["batch"]
     job = TrainingJob(
         weights=weights,
         data=str(built.data),
         task=spec.task,
         config_dir=str(yolo_config_dir(settings)),
-        epochs=int(ultralytics_args.pop("epochs")),
-        imgsz=int(ultralytics_args.pop("imgsz")),
-        batch=int(ultralytics_args.pop("batch")),
+        epochs=recipe.epochs,
+        imgsz=recipe.imgsz,
+        batch=recipe.batch,
         device=settings.device,
         workers=settings.dataloader_workers,
         seed=settings.seed,
         incumbent=str(parent.weights) if parent is not None and same else None,
         fallback_weights=family_yaml(base.weights) if base and base.source == "download" else None,
         predict_conf=settings.predict_conf,
-        extra=ultralytics_args,
+        extra=extra,
     )
     return TrainingPlan(
         job, train_args, Recipe(reasons=recipe.reasons, warm_start=base is None), base is None, base, same_kind
@@ -133,15 +141,31 @@ def version_manifest(
     spec, report, base = built.spec, built.report, plan.base
     pseudo = result.pseudo_labels or plan.pseudo_labels
     if base is not None:
-        note = {"note": result.base_model_note} if result.base_model_note else {}
-        base_model: dict[str, Any] = {**base.to_dict(), **note}
+        base_model = BaseModelRecord(
+            requested=base.requested,
+            weights=base.weights,
+            pretrained=base.pretrained,
+            source=base.source,
+            note=base.note,
+        )
+        if result.base_model_note:
+            base_model["note"] = result.base_model_note
     else:
-        base_model = {"fine_tuned_from": parent.name if parent else None}
+        base_model = BaseModelRecord(fine_tuned_from=parent.name if parent else None)
     return Manifest(
         task=spec.task,
         classes=list(spec.labels),
         names={str(k): v for k, v in built.names.items()},
-        spec=asdict(spec),
+        spec=SpecRecord(
+            task=spec.task,
+            region_type=spec.region_type,
+            from_name=spec.from_name,
+            to_name=spec.to_name,
+            value_key=spec.value_key,
+            labels=list(spec.labels),
+            keypoint_from_name=spec.keypoint_from_name,
+            keypoint_labels=list(spec.keypoint_labels),
+        ),
         from_name=spec.from_name,
         to_name=spec.to_name,
         metrics=result.metrics,
@@ -154,6 +178,6 @@ def version_manifest(
         base_model=base_model,
         run_id=run_id,
         timings=timings,
-        pseudo_labels=PseudoLabels.model_validate(pseudo) if pseudo else None,
-        show_conf=ShowConf.model_validate(result.show_conf) if result.show_conf else None,
+        pseudo_labels=pseudo,
+        show_conf=result.show_conf,
     )

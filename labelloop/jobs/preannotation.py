@@ -22,8 +22,8 @@ from labelloop.labelstudio.tabs import ensure_tab, mistakes_tab_data
 from labelloop.quality.mistakes import score_project
 from labelloop.registry.params import load as load_params
 from labelloop.registry.store import Registry
-from labelloop.serving.first_picks import first_picks
-from labelloop.serving.preannotate import Generation, preannotate_project
+from labelloop.serving.first_picks import FirstPicksOutcome, first_picks
+from labelloop.serving.preannotate import Generation, PreannotateOutcome, preannotate_project
 from labelloop.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -56,7 +56,7 @@ class PreannotationJob:
 
         return on_progress
 
-    def preannotate(self, project_id: int, version: str, report: PreannotationReport) -> dict[str, Any]:
+    def preannotate(self, project_id: int, version: str, report: PreannotationReport) -> PreannotateOutcome:
         """Predict every unlabeled task of a project with a newly promoted version into Label Studio,
         in batches of ``LABELLOOP_PREANNOTATE_BATCH``; ``report`` gets ``{"project_id", "version",
         "done", "total"}`` after each batch (also kept in ``ProgressStore.preannotation``).
@@ -89,8 +89,8 @@ class PreannotationJob:
                     s.set_project_model_version,
                     on_progress,
                     generation,
-                    set_sampling=bool(effective["set_sampling"]),
-                    budget=int(effective["train_every_n"]),
+                    set_sampling=effective["set_sampling"],
+                    budget=effective["train_every_n"],
                 )
         finally:
             progress.clear_preannotation(project_id, version)
@@ -99,7 +99,7 @@ class PreannotationJob:
             self.label_mistakes(client, project_id)
         return outcome
 
-    def first_picks(self, project_id: int, report: PreannotationReport) -> dict[str, Any]:
+    def first_picks(self, project_id: int, report: PreannotationReport) -> FirstPicksOutcome:
         """Before a project's first version, order its unlabeled tasks by coverage of the images and
         import them as predictions of ``labelloop-first-picks`` (``labelloop.serving.first_picks``);
         ``report`` gets ``{"project_id", "version", "done", "total"}`` after each imported batch.
@@ -115,7 +115,7 @@ class PreannotationJob:
         s = self.settings
         effective = load_params(s.models_dir, project_id).effective(s)
         if not effective["first_picks"]:
-            return {"status": "off"}
+            return FirstPicksOutcome(status="off")
         progress = ProgressStore(self.redis)
         generation = Generation.claim(self.redis, project_id)
         version = FIRST_PICKS_VERSION
@@ -132,8 +132,8 @@ class PreannotationJob:
                     Registry(s.models_dir),
                     project_id,
                     s.preannotate_batch,
-                    int(effective["train_every_n"]),
-                    bool(effective["set_sampling"]),
+                    effective["train_every_n"],
+                    effective["set_sampling"],
                     generation,
                     on_progress,
                 )

@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 
 from labelloop.jobs.plan import yolo_config_dir
 from labelloop.labelstudio.media import MediaConfig
+from labelloop.ls_json import Prediction, Task
 from labelloop.registry.params import load as load_params
 from labelloop.registry.params import train_spec
 from labelloop.registry.store import Registry
@@ -22,7 +23,7 @@ from labelloop.settings import Settings
 class PredictResponse(TypedDict):
     """Label Studio's ``/predict`` response body: one item per task, in the tasks' order."""
 
-    results: list[dict[str, Any] | list[Any]]
+    results: list[Prediction | list[Any]]
 
 
 class Predictors:
@@ -66,7 +67,7 @@ class PredictJob:
         self.predictors = predictors
 
     def predict(
-        self, project_id: int, label_config: str, tasks: list[dict[str, Any]], expires: datetime | None = None
+        self, project_id: int, label_config: str, tasks: list[Task], expires: datetime | None = None
     ) -> PredictResponse:
         """Regions for Label Studio tasks with the project's served version: ``{"results": [...]}``,
         one item per task in order (Label Studio's ``/predict`` response), predicted in chunks of

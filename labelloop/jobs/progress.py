@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Required, TypedDict, Unpack, cast
+from typing import TYPE_CHECKING, Required, TypedDict, Unpack, cast
 
 import redis
 
 from labelloop import keys
+
+if TYPE_CHECKING:
+    from labelloop.training.job import EpochProgress
 
 TTL_S = 86400
 
@@ -126,10 +129,10 @@ class ProgressStore:
         return raw is not None and raw.decode() == run_id
 
 
-def stage_of(report: dict[str, Any]) -> RunStage:
+def stage_of(report: EpochProgress) -> RunStage:
     """The ``RunStage`` fields of an epoch report from the training child
-    (``labelloop.training.child.run_training_process``'s ``on_progress``: epoch, epochs, metrics,
-    losses); other keys are dropped."""
+    (``labelloop.training.process.train_in_child``'s ``on_progress``: epoch, epochs, metrics,
+    losses); a key the report lacks (a child of another version) is left out."""
     stage: RunStage = {}
     if "epoch" in report:
         stage["epoch"] = int(report["epoch"])

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 import orjson
 import redis
@@ -32,28 +32,15 @@ from labelloop.events.changes import (
     project_counts,
 )
 from labelloop.events.ledger import parse_ts
-from labelloop.labelstudio.export_store import StoreState, read_store, write_store
-from labelloop.ls_json import Task
+from labelloop.labelstudio.export_store import StoreState, SyncInfo, read_store, write_store
+from labelloop.ls_json import Annotation, Task
 
 log = structlog.get_logger(__name__)
 
 
-class SyncInfo(TypedDict, total=False):
-    """How ``sync_tasks`` read the project (see its Returns)."""
-
-    mode: str
-    tasks_fetched: int
-    seconds: float
-    changes: int
-    confirmed: int
-    disagreed: int
-    corrected: int
-    change_log: str
-
-
-def export_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
-    """Export the project's annotated tasks as Label Studio JSON: a list of tasks (each an
-    ``ls_json.Task``, given as plain objects to the rooms that read them as such).
+def export_tasks(client: Any, project_id: int) -> list[Task]:
+    """Export the project's annotated tasks as Label Studio JSON: a list of ``ls_json.Task``
+    (untrusted: readers check the fields they use).
 
     Uses the SDK's synchronous export (``GET /api/projects/{id}/export?exportType=JSON``),
     which returns tasks that have at least one annotation, with ``annotations`` inline.
@@ -61,10 +48,6 @@ def export_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
     Raises:
         DatasetError: the export is not a JSON list.
     """
-    return cast("list[dict[str, Any]]", _exported(client, project_id))
-
-
-def _exported(client: Any, project_id: int) -> list[Task]:
     body = b"".join(client.projects.exports.download_sync(project_id, export_type="JSON"))
     try:
         tasks = orjson.loads(body or b"[]")
@@ -85,7 +68,7 @@ def sync_tasks(
     store: Path,
     changes: ChangeLog | None = None,
     verify_every_s: float = 3600.0,
-) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[str, list[Task], SyncInfo]:
     """The project's label config and annotated tasks, read incrementally and verified per task.
 
     The first call exports the project (``export_tasks``). Later calls with the same ``store``
@@ -119,7 +102,7 @@ def sync_tasks(
 
     Returns:
         ``(label_config, tasks, info)``: tasks in the JSON export format that have at least
-        one annotation; ``info`` = ``{"mode": "full"|"verify"|"incremental"|"change log",
+        one annotation; ``info`` (``SyncInfo``) = ``{"mode": "full"|"verify"|"incremental"|"change log",
         "tasks_fetched": n, "seconds": s}`` (plus ``"changes": n`` entries applied,
         ``"confirmed"``/``"disagreed"``: tasks read back from Label Studio / that the log had
         wrong, ``"corrected": n`` tasks a verification replaced, or ``"change_log": reason`` when the
@@ -162,7 +145,7 @@ def sync_tasks(
                     confirmed=checked["confirmed"],
                     disagreed=checked["disagreed"],
                 )
-                return label_config, _listed(tasks), dict(info)
+                return label_config, list(tasks.values()), info
             if verify:
                 age = time.time() - verified_at
                 raise ChangeLogUnusable(f"Label Studio last read {age:.0f} s ago (verify every {verify_every_s:.0f} s)")
@@ -178,7 +161,7 @@ def sync_tasks(
         except redis.RedisError:
             position = None
     read_at = time.time()
-    known = annotation_ids(_json(tasks).values()) if tasks is not None else set()  # tombstones if the read drops them
+    known = annotation_ids(tasks.values()) if tasks is not None else set()  # tombstones if the read drops them
     raw, changed, exported = _read_label_studio(client, project_id, first=tasks is None or verify, since=since)
     mode, fetched = "full", 0
     project = raw.data
@@ -200,16 +183,16 @@ def sync_tasks(
             else:
                 tasks.pop(str(task["id"]), None)
         mode = "incremental"
-        if project_counts(_json(tasks)) != counts:
+        if project_counts(tasks) != counts:
             tasks = None
     if tasks is None:
         if exported is None:  # the counters disagreed with the merged tasks
-            exported = _exported(client, project_id)
+            exported = export_tasks(client, project_id)
         tasks = {str(t["id"]): t for t in exported if t.get("annotations")}
         mode, fetched = ("full" if mode != "verify" else mode), len(exported)
         verified_at = read_at
     label_config = str(project.label_config)
-    deleted |= absent_after_read(known, _json(tasks).values())
+    deleted |= absent_after_read(known, tasks.values())
     if changes is not None and position is not None:
         try:  # DELETEs whose entries this read absorbed (read after the position: none missed)
             deleted |= changes.tombstones(project_id)
@@ -228,17 +211,7 @@ def sync_tasks(
     if changes is not None and position is not None:
         _trim(changes, project_id, position)
     info.update(SyncInfo(mode=mode, tasks_fetched=fetched, seconds=time.perf_counter() - t0))
-    return label_config, _listed(tasks), dict(info)
-
-
-def _json(tasks: dict[str, Task]) -> dict[str, dict[str, Any]]:
-    """Stored tasks as ``labelloop.events`` and this module's callers take them: plain JSON
-    objects (a ``Task`` is one, typed; the same dict, not a copy)."""
-    return cast("dict[str, dict[str, Any]]", tasks)
-
-
-def _listed(tasks: dict[str, Task]) -> list[dict[str, Any]]:
-    return list(_json(tasks).values())
+    return label_config, list(tasks.values()), info
 
 
 def _annotations_signature(task: Task) -> set[tuple[Any, ...]]:
@@ -273,7 +246,7 @@ def _read_label_studio(
     try:
         project_future = pool.submit(client.projects.with_raw_response.get, id=project_id)
         if first:
-            exported = _exported(client, project_id)
+            exported = export_tasks(client, project_id)
         else:
             query = {
                 "filters": {
@@ -327,8 +300,8 @@ def _from_change_log(
         raise ChangeLogUnusable("no webhook recorded since the last build")
     label_config = str(state["label_config"])
     before = dict(tasks)
-    apply_entries(_json(tasks), batch.entries, label_config, deleted)
-    checked = confirm_with_label_studio(client, project_id, _json(tasks), _json(before), batch.entries, deleted)
+    apply_entries(tasks, batch.entries, label_config, deleted)
+    checked = confirm_with_label_studio(client, project_id, tasks, before, batch.entries, deleted)
     return label_config, batch, checked
 
 
@@ -339,16 +312,16 @@ def _trim(changes: ChangeLog, project_id: int, position: Position) -> None:
         log.info("change_log_trim_failed", project_id=project_id, error=str(exc)[:200])
 
 
-def select_annotation(task: Mapping[str, Any]) -> dict[str, Any] | None:
+def select_annotation(task: Task) -> Annotation | None:
     """Pick the annotation to train on: completed, not cancelled; ground truth first, else newest.
 
     Drafts are never part of ``annotations`` in an export; skipped tasks show up as
     cancelled annotations and are left out.
 
     Returns:
-        the chosen annotation dict, or None when the task has no usable annotation.
+        the chosen annotation (the task's own, not a copy), or None when the task has no usable annotation.
     """
-    usable: list[dict[str, Any]] = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    usable: list[Annotation] = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
     if not usable:
         return None
     oldest = datetime.min.replace(tzinfo=UTC)

@@ -32,6 +32,21 @@ class StoreState(TypedDict, total=False):
     changes: PositionRecord
 
 
+class SyncInfo(TypedDict, total=False):
+    """How ``sync_tasks`` read the project (see its Returns); a dataset build adds the label
+    config's digest (``label_config_sha1``) and takes ``seconds`` out into its report."""
+
+    mode: str
+    tasks_fetched: int
+    seconds: float
+    changes: int
+    confirmed: int
+    disagreed: int
+    corrected: int
+    change_log: str
+    label_config_sha1: str
+
+
 # The state each store file was last written with by this process, keyed by its absolute path,
 # with the file's (inode, size, mtime) then: a worker's next build reuses it instead of parsing
 # the file again (~10 ms per 1,000 tasks). Taken out when read, so a state a failed sync may have

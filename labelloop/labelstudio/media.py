@@ -22,10 +22,9 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -43,6 +42,7 @@ from labelloop.labelstudio.media_sources import (
 )
 from labelloop.labelstudio.media_store import Codec, Store
 from labelloop.labelstudio.media_types import CachedImage, MediaConfig, MediaError
+from labelloop.ls_json import Task
 
 __all__ = [
     "CACHE_VERSION",
@@ -203,9 +203,9 @@ class ImageCache:
         with ThreadPoolExecutor(max_workers=max(1, min(self.config.threads, len(items)))) as pool:
             return dict(pool.map(one, items))
 
-    def for_tasks(self, tasks: Sequence[Mapping[str, Any]], value_key: str) -> list[CachedImage | MediaError | None]:
+    def for_tasks(self, tasks: Sequence[Task], value_key: str) -> list[CachedImage | MediaError | None]:
         """Each task's image (the URL in ``task["data"][value_key]``; tasks as Label Studio sends
-        them, ``{"id", "data"}``: ``labelloop.ls_json.Task`` or a plain dict), in task order,
+        them, ``{"id", "data"}``), in task order,
         fetched together by ``get_many``; None for a task whose data has no URL there."""
         items = [(int(t["id"]), str((t.get("data") or {}).get(value_key, ""))) for t in tasks]
         got = self.get_many([it for it in items if it[1]])

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import structlog
 
+from labelloop.ls_json import Task
+
 log = structlog.get_logger(__name__)
 
 PAGE_SIZE = 500  # tasks per GET /api/tasks/ (Label Studio's default is 100, unbounded unless TASK_API_PAGE_SIZE_MAX)
@@ -86,6 +88,7 @@ def holding(client: Any, project_id: int, version: str, page_size: int | None = 
 class Listing:
     """What a pre-annotation of one model version needs from the task list.
 
+    Each task is an ``ls_json.Task`` with ``id`` and ``data`` only.
     ``todo``: ``{"id", "data"}`` of each task with no annotation and no prediction of the
     version, in task order; ``labeled``: a seeded sample of at most ``MAX_LABELED`` annotated
     tasks (``{"id", "data"}``, in task order); ``unlabeled``: how many tasks have no annotation;
@@ -93,9 +96,9 @@ class Listing:
     ``{"id", "data"}`` (in task order), only when asked for (``for_version(keep_held=True)``).
     """
 
-    todo: list[dict[str, Any]] = field(default_factory=list)
-    held: list[dict[str, Any]] = field(default_factory=list)
-    labeled: list[dict[str, Any]] = field(default_factory=list)
+    todo: list[Task] = field(default_factory=list)
+    held: list[Task] = field(default_factory=list)
+    labeled: list[Task] = field(default_factory=list)
     unlabeled: int = 0
     holding: int = 0
 
@@ -120,10 +123,10 @@ def for_version(
     listing = Listing()
     rng = np.random.default_rng(0)
     seen_labeled = 0
-    sample: list[tuple[int, dict[str, Any]]] = []
+    sample: list[tuple[int, Task]] = []
     for items in pages(client, project_id, page_size):
         for task in items:
-            entry = {"id": int(task.id), "data": dict(task.data or {})}
+            entry = Task(id=int(task.id), data=dict(task.data or {}))
             if (getattr(task, "total_annotations", 0) or 0) > 0:
                 if len(sample) < max_labeled:
                     sample.append((seen_labeled, entry))

@@ -113,10 +113,8 @@ def score_project(
         report.update({"supported": False, "reason": reason, "scored": 0, "unscored": 0, "predicted": 0, "tasks": []})
         write_report(registry, project_id, report)
         return report
-    exported: list[Any] = export_tasks(client, project_id)  # Label Studio's JSON as it came
-    tasks: dict[int, Task] = {int(t["id"]): t for t in exported}
-    pick: Any = select_annotation  # reads and returns the export's JSON as it comes
-    chosen: dict[int, Annotation] = {tid: a for tid, t in tasks.items() if (a := pick(t)) is not None}
+    tasks: dict[int, Task] = {int(t["id"]): t for t in export_tasks(client, project_id)}
+    chosen: dict[int, Annotation] = {tid: a for tid, t in tasks.items() if (a := select_annotation(t)) is not None}
     judges = pick_versions(
         {tid: int(a["id"]) for tid, a in chosen.items()}, [(v.name, set(v.annotations())) for v in versions]
     )

@@ -4,7 +4,7 @@ list``). Pure functions, no I/O.
 
 The metrics are the ones the training's final validation recorded in the version's manifest
 (``metrics.map50``, ``metrics.map50_95``; fractions in [0, 1]) on the project's deterministic
-validation split (``labelloop.dataset.images``: a task's split follows from its id). The number of
+validation split (``labelloop.dataset.splits``: a task's split follows from its id). The number of
 annotations is the count of annotations in the export the version was trained on
 (``manifest.annotations``), or, for manifests written before that field, its images
 (``dataset_size``).

@@ -24,9 +24,9 @@ Schema (``SCHEMA`` 1)::
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import TypedDict
 
-from labelloop.manifest import Manifest
+from labelloop.manifest import BaseModelRecord, Manifest
 from labelloop.registry.store import ModelVersion, Registry
 
 SCHEMA = 1
@@ -44,11 +44,11 @@ class CardClass(TypedDict):
 
 
 class CardLineage(TypedDict):
-    """Where the version comes from: ``base_model`` is the manifest's (``BaseModel.to_dict``)."""
+    """Where the version comes from: ``base_model`` is the manifest's."""
 
     parent: str | None
     ancestors: list[str]
-    base_model: dict[str, Any]
+    base_model: BaseModelRecord
     run_id: str | None
 
 

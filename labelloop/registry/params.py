@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -20,6 +20,43 @@ from labelloop.settings import Settings
 from labelloop.task_types.labels import TrainSpec, parse_label_config
 
 FILE = "params.json"
+
+Checkpoint = Literal["best", "last"]
+ScoreStrategy = Literal["least_confidence", "margin", "entropy"]
+
+
+class EffectiveParams(TypedDict):
+    """A project's training settings: its extra params over the environment's (``Settings``).
+
+    None where neither sets it: the recipe then decides (``epochs``, ``imgsz``, ``batch``, ``nbs``,
+    ``freeze``, ``mosaic``, ``close_mosaic``, ``checkpoint``; ``labelloop.training.recipe``), no
+    time limit (``train_time_s``, seconds), the version's own display threshold (``show_conf``),
+    the label config decides (``control_tag``, ``obb``).
+    """
+
+    epochs: int | None
+    imgsz: int | None
+    batch: int | None
+    nbs: int | None
+    train_time_s: float | None
+    freeze: int | None
+    mosaic: float | None
+    close_mosaic: int | None
+    checkpoint: Checkpoint | None
+    base_model: str
+    train_every_n: int
+    val_fraction: float
+    promotion_metric: str
+    promotion_margin: float
+    preannotate: bool
+    score_strategy: ScoreStrategy
+    show_conf: float | None
+    informative_tab: bool
+    pseudo_labels: bool
+    set_sampling: bool
+    first_picks: bool
+    control_tag: str | None
+    obb: bool | None
 
 
 class ProjectParams(BaseModel):
@@ -67,10 +104,12 @@ class ProjectParams(BaseModel):
             raise ValueError("must be an Ultralytics model name such as yolo26n.pt, yolo11s.pt or yolov8n.yaml")
         return v
 
-    def effective(self, settings: Settings) -> dict[str, Any]:
-        """These params over the environment's defaults."""
+    def effective(self, settings: Settings) -> EffectiveParams:
+        """These params over the environment's defaults (``Settings``' field of the same name;
+        None where it has none)."""
         base = {k: getattr(settings, k, None) for k in type(self).model_fields}
-        return {**base, **self.model_dump(exclude_none=True)}
+        # Each key is a field of both, validated by pydantic with the same type (EffectiveParams').
+        return cast(EffectiveParams, {**base, **self.model_dump(exclude_none=True)})
 
 
 def train_spec(label_config: str, params: ProjectParams) -> TrainSpec:
@@ -128,4 +167,4 @@ def store(models_dir: Path, project_id: int, params: ProjectParams) -> bool:
 def preannotates(settings: Settings, project_id: int) -> bool:
     """Whether a newly served version of the project pre-annotates its unlabeled tasks
     (``LABELLOOP_PREANNOTATE`` under the project's extra param ``preannotate``)."""
-    return bool(load(settings.models_dir, project_id).effective(settings)["preannotate"])
+    return load(settings.models_dir, project_id).effective(settings)["preannotate"]

@@ -11,7 +11,7 @@ Layout under ``models_dir``::
             v1/ weights.pt manifest.json annotations.json   immutable once renamed into place
             v2/ ...
         params.json             the project's extra params (``labelloop.registry.params``)
-        classes.json            class ids per control tag (``labelloop.dataset.images``)
+        classes.json            class ids per control tag (``labelloop.dataset.classes``)
 
 This room owns the layout: everything else reaches these files through ``Registry`` and
 ``ProjectFiles`` (the local directory today; an object store can implement the same methods).

@@ -7,9 +7,10 @@ images themselves (Hacohen, Dekel and Weinshall, "Active Learning on a Budget: O
 Strategies Suit High and Low Budgets", ICML 2022, TypiClust):
 
 1. **Embeddings**: one L2-normalised vector per image, from the served model's backbone
-   (``labelloop.serving.predictor.Predictor.embed``) or, before the first version, ``descriptor``
-   (a small grayscale thumbnail, a colour histogram and a gradient-orientation histogram: no
-   download, no model).
+   (``labelloop.serving.predictor.Predictor.embed``, computed by
+   ``labelloop.serving.inference.Inference.embed``) or, before the first version, ``descriptor`` (a
+   small grayscale thumbnail, a colour histogram and a gradient-orientation histogram: no download,
+   no model).
 2. **Clusters**: k-means (scikit-learn, fixed ``random_state``) with ``k = labelled + budget``
    (``cluster_count``), labelled images included so that they count as covering their cluster.
 3. **Typicality** of an image: the inverse of its mean distance to its nearest neighbours

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,7 @@ import structlog
 from labelloop.labelstudio import task_pages
 from labelloop.labelstudio.media import CachedImage, ImageCache
 from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION, delete_predictions, follow_labelloop
+from labelloop.ls_json import Task
 from labelloop.registry.params import load as load_params
 from labelloop.registry.params import train_spec
 from labelloop.registry.store import Registry
@@ -44,7 +45,7 @@ log = structlog.get_logger(__name__)
 
 
 def describe(
-    images: ImageCache, tasks: list[dict[str, Any]], value_key: str, chunk: int = 64
+    images: ImageCache, tasks: list[Task], value_key: str, chunk: int = 64
 ) -> list[npt.NDArray[np.float32] | None]:
     """``diversity.descriptor`` of each task's image, in order (None where it cannot be fetched or
     decoded); images are fetched ``chunk`` at a time, so memory holds one chunk of images."""
@@ -84,16 +85,24 @@ class Outcome:
         """Seconds since the start, to the millisecond."""
         return round(time.monotonic() - self.started, 3)
 
-    def end(self, status: str, stopped: str | None = None, at_start: bool = False) -> dict[str, Any]:
+    def end(self, status: str, stopped: str | None = None, at_start: bool = False) -> FirstPicksOutcome:
         """``{"status", "tasks", "imported", "stopped", "seconds"}`` (``seconds`` 0.0 ``at_start``)."""
         seconds = 0.0 if at_start else self.seconds()
-        return {
-            "status": status,
-            "tasks": self.tasks,
-            "imported": self.imported,
-            "stopped": stopped,
-            "seconds": seconds,
-        }
+        return FirstPicksOutcome(
+            status=status, tasks=self.tasks, imported=self.imported, stopped=stopped, seconds=seconds
+        )
+
+
+class FirstPicksOutcome(TypedDict, total=False):
+    """The first-picks Celery task's result: ``status`` (see ``first_picks``' Returns; "off" alone
+    when first picks are off), unlabeled ``tasks``, predictions ``imported``, why it ``stopped``
+    early (or None) and its wall ``seconds``."""
+
+    status: Required[str]
+    tasks: int
+    imported: int
+    stopped: str | None
+    seconds: float
 
 
 def first_picks(
@@ -106,7 +115,7 @@ def first_picks(
     set_sampling: bool,
     generation: Generation | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> FirstPicksOutcome:
     """Rank a project's unlabeled tasks by coverage and import them as ``FIRST_PICKS_VERSION``
     predictions (see the module docstring). Long because each early end (superseded, nothing
     new, no image) returns its own outcome between the reads, the ranking and the import.

@@ -15,6 +15,7 @@ import numpy.typing as npt
 import structlog
 
 from labelloop.labelstudio.media import CachedImage, ImageCache, MediaConfig
+from labelloop.ls_json import Prediction, Task
 from labelloop.serving.model_loader import LoadedModel
 from labelloop.task_types.convert import results_to_regions
 from labelloop.task_types.informativeness import DEFAULT_STRATEGY, Strategy
@@ -83,12 +84,12 @@ class Inference:
         project_id: int,
         loaded: LoadedModel,
         spec: TrainSpec,
-        tasks: list[dict[str, Any]],
+        tasks: list[Task],
         images: ImageCache,
         imgsz: int | None,
         strategy: Strategy,
         show_conf: float | None,
-        out: list[dict[str, Any]],
+        out: list[Prediction],
     ) -> None:
         """Fill ``out`` (one item per task, in order) with the regions and score of each task whose
         image can be fetched; the images go to Ultralytics as one batch. ``spec`` is that of the
@@ -119,14 +120,14 @@ class Inference:
         self,
         loaded: LoadedModel,
         spec: TrainSpec,
-        tasks: list[dict[str, Any]],
+        tasks: list[Task],
         hostname: str | None,
         api_key: str | None,
         imgsz: int | None,
         unknown: float,
         show_conf: float | None,
         full: bool,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Prediction]:
         """``predict`` of video tasks: ``labelloop.serving.video.predict_videos`` with this
         process's media configuration, thresholds and video options."""
         from labelloop.serving.video import VideoOptions, predict_videos
@@ -140,7 +141,7 @@ class Inference:
         )  # fmt: skip
 
     def embed(
-        self, loaded: LoadedModel, tasks: list[dict[str, Any]], images: ImageCache, value_key: str, imgsz: int | None
+        self, loaded: LoadedModel, tasks: list[Task], images: ImageCache, value_key: str, imgsz: int | None
     ) -> list[npt.NDArray[np.float32] | None]:
         """Image embeddings of tasks from the model's backbone, one per task in order (None where
         the image cannot be fetched): Ultralytics' public ``YOLO.embed`` (``predict(...,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,7 @@ import structlog
 
 from labelloop.labelstudio import retired_predictions, task_pages
 from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION, delete_predictions, follow_labelloop
+from labelloop.ls_json import Task
 from labelloop.registry.params import ProjectParams, train_spec
 from labelloop.registry.params import load as load_params
 from labelloop.serving import diversity
@@ -85,7 +86,7 @@ def drop_retired(client: Any, predictor: Predictor, project_id: int) -> None:
 
 @dataclass
 class Outcome:
-    """What a pre-annotation did (``preannotate_project`` returns it as a dict).
+    """What a pre-annotation did (``preannotate_project`` returns it as a ``PreannotateOutcome``).
 
     ``tasks``: tasks to predict; ``imported``: predictions imported; ``batches``: import batches;
     ``stopped``: None when every task was done, else why (``superseded_by``); ``mode``:
@@ -98,6 +99,28 @@ class Outcome:
     batches: int = 0
     stopped: str | None = None
     mode: str | None = None
+
+    def record(self) -> PreannotateOutcome:
+        """The outcome as the Celery task's JSON result."""
+        return PreannotateOutcome(
+            version=self.version,
+            tasks=self.tasks,
+            imported=self.imported,
+            batches=self.batches,
+            stopped=self.stopped,
+            mode=self.mode,
+        )
+
+
+class PreannotateOutcome(TypedDict):
+    """``Outcome``'s fields as JSON: the pre-annotate Celery task's result."""
+
+    version: str
+    tasks: int
+    imported: int
+    batches: int
+    stopped: str | None
+    mode: str | None
 
 
 @dataclass
@@ -169,7 +192,7 @@ class _Run:
                 predict_s=round(time.monotonic() - t0, 3),
             )
 
-    def _embed(self, tasks: list[dict[str, Any]]) -> list[npt.NDArray[np.float32] | None]:
+    def _embed(self, tasks: list[Task]) -> list[npt.NDArray[np.float32] | None]:
         return self.predictor.embed(
             self.project_id, self.spec, tasks, self.hostname, self.api_key, self.version, imgsz=self.params.imgsz
         )
@@ -241,7 +264,7 @@ def preannotate_project(
     generation: Generation | None = None,
     set_sampling: bool = False,
     budget: int = 10,
-) -> dict[str, Any]:
+) -> PreannotateOutcome:
     """Predict the project's unlabeled tasks with ``version``, rank them, and import the predictions
     in rank order (the one to label first first).
 
@@ -264,13 +287,13 @@ def preannotate_project(
     when stopped and ``preannotated`` at the end.
 
     Returns:
-        ``Outcome`` as a dict: ``{"version", "tasks", "imported", "batches", "stopped", "mode"}``.
+        ``Outcome.record()``: ``{"version", "tasks", "imported", "batches", "stopped", "mode"}``.
     """
     outcome = Outcome(version)
     if (why := superseded_by(predictor, project_id, version, generation)) is not None:
         outcome.stopped = why
         log.info("preannotate_superseded", version=version, imported=0, why=why)
-        return asdict(outcome)
+        return outcome.record()
     log.info("preannotate_started", version=version, generation=generation.number if generation else None)
     project = client.projects.get(id=project_id)
     params = load_params(predictor.registry.root, project_id)
@@ -299,4 +322,4 @@ def preannotate_project(
     elif version != FIRST_PICKS_VERSION:
         drop_first_picks(client, project_id)
     log.info("preannotated", **asdict(outcome))  # version, tasks, imported, batches, stopped, mode
-    return asdict(outcome)
+    return outcome.record()

@@ -25,13 +25,14 @@ Predictions follow Label Studio's prediction format
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
 from labelloop.labelstudio.media import MediaConfig
+from labelloop.ls_json import Prediction, Task
 from labelloop.registry.store import UNTRAINED, Registry
 from labelloop.serving.inference import DEFAULT_IMGSZ, Inference, class_scores_predictor, serves
 from labelloop.serving.listener import LISTENER_NAME, VersionListener
@@ -150,7 +151,7 @@ class Predictor:
         self,
         project_id: int,
         spec: TrainSpec,
-        tasks: list[dict[str, Any]],
+        tasks: list[Task],
         hostname: str | None,
         api_key: str | None,
         imgsz: int | None = None,
@@ -158,7 +159,7 @@ class Predictor:
         version: str | None = None,
         show_conf: float | None = None,
         full_video: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Prediction]:
         """Predict regions for tasks with the served version (or ``version``), one result item per
         task, in order; the images go to Ultralytics as one batch (``model.predict(list, batch=n)``).
 
@@ -189,7 +190,7 @@ class Predictor:
         loaded = self.model_for(project_id) if version is None else self.model_at(project_id, version)
         if loaded is None:
             return [{"result": [], "score": unknown, "model_version": UNTRAINED} for _ in tasks]
-        out: list[dict[str, Any]] = [{"result": [], "score": unknown, "model_version": loaded.version} for _ in tasks]
+        out: list[Prediction] = [{"result": [], "score": unknown, "model_version": loaded.version} for _ in tasks]
         task = loaded.task or spec.task
         if not serves(spec, task, loaded.from_name):
             log.warning(
@@ -212,7 +213,7 @@ class Predictor:
         self,
         project_id: int,
         spec: TrainSpec,
-        tasks: list[dict[str, Any]],
+        tasks: list[Task],
         hostname: str | None,
         api_key: str | None,
         version: str,

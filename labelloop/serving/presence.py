@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 import redis
 import structlog
 
+from labelloop import redis_client
 from labelloop.registry.notify import alive_key, servers_key, warm_key
 
 log = structlog.get_logger(__name__)
@@ -39,10 +40,10 @@ class Presence:
     def connect(self, redis_url: str) -> None:
         """Report to the Redis at ``redis_url`` from now on.
 
-        Its own client, not ``labelloop.redis_client``'s roles: reports run in ``/predict``
-        requests and beside a 3 s heartbeat TTL, so they give up after 2 s (the roles wait 5 or 10).
+        The process's ``predict`` client (``labelloop.redis_client``): reports run in ``/predict``
+        requests and beside a 3 s heartbeat TTL, so they give up after 2 s.
         """
-        self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
+        self._redis = redis_client.client(redis_url, "predict")
 
     def due(self, project_id: int) -> bool:
         """Whether the project's report is older than a quarter of ``REPORT_TTL_S`` (or missing)."""

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from labelloop.errors import UnavailableError
+from labelloop.ls_json import Prediction, Task
 from labelloop.registry.store import UNTRAINED
 from labelloop.serving.predictor import Predictor
 from labelloop.task_types.informativeness import Strategy
@@ -58,7 +59,7 @@ def predict_selection(
     predictor: Predictor,
     project_id: int,
     spec: TrainSpec,
-    tasks: list[dict[str, Any]],
+    tasks: list[Task],
     hostname: str | None,
     api_key: str | None,
     batch: int,
@@ -66,7 +67,7 @@ def predict_selection(
     imgsz: int | None = None,
     score_strategy: Strategy | None = None,
     show_conf: float | None = None,
-) -> list[dict[str, Any] | list[Any]]:
+) -> list[Prediction | list[Any]]:
     """Predict ``tasks`` in chunks of ``batch`` (one ``Predictor.predict`` call, so one Ultralytics
     batch and one image download, per chunk), every chunk with the version the first one was
     predicted with; after ``deadline_s`` seconds (monotonic, from the call) no further chunk starts.
@@ -88,7 +89,7 @@ def predict_selection(
             on a chunk; the message names ``LABELLOOP_PREDICT_BATCH``.
     """
     t0 = time.monotonic()
-    out: list[dict[str, Any] | list[Any]] = [NOT_READY] * len(tasks)
+    out: list[Prediction | list[Any]] = [NOT_READY] * len(tasks)
     version: str | None = None
     for start in range(0, len(tasks), max(1, batch)):
         if start and time.monotonic() - t0 >= deadline_s:

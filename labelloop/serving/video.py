@@ -28,8 +28,10 @@ import structlog
 
 from labelloop.labelstudio.media import CachedImage, MediaConfig
 from labelloop.labelstudio.video_media import VideoCache, probe_video
-from labelloop.task_types import VIDEO
+from labelloop.ls_json import Prediction, Region, Task
+from labelloop.task_types import video_task_type
 from labelloop.task_types.spec import TrainSpec, xyxy_to_rectangle
+from labelloop.task_types.video import VideoClip
 
 if TYPE_CHECKING:
     from labelloop.settings import Settings
@@ -153,28 +155,25 @@ def tracks_to_regions(
     frames_count: int,
     duration_s: float,
     show_conf: float = 0.0,
-) -> tuple[list[dict[str, Any]], float | None]:
+) -> tuple[list[Region], float | None]:
     """VideoRectangle regions of the tracks whose score is at least ``show_conf`` (boxes smoothed by
-    ``smooth_track``), and the score of the least certain of them (None without tracks)."""
-    regions: list[dict[str, Any]] = []
+    ``smooth_track``), and the score of the least certain of them (None without tracks).
+
+    Raises:
+        ValueError: ``spec`` is not a VideoRectangle spec.
+    """
+    kind = video_task_type(spec)
+    if kind is None:
+        raise ValueError(f"{spec.region_type} is not a VideoRectangle spec")
+    clip = VideoClip(rate, frames_count, duration_s, tracked.width, tracked.height)
+    regions: list[Region] = []
     scores: list[float] = []
     for tid, boxes in sorted(tracked.boxes.items()):
         score = sum(tracked.confs[tid]) / len(tracked.confs[tid])
         if score < show_conf:
             continue
         label = names.get(tracked.classes[tid].most_common(1)[0][0])
-        region = VIDEO.track_region(
-            spec,
-            str(label),
-            smooth_track(boxes),
-            score,
-            tolerance,
-            rate,
-            frames_count,
-            duration_s,
-            tracked.width,
-            tracked.height,
-        )
+        region = kind.track_region(str(label), smooth_track(boxes), score, tolerance, clip)
         if region is not None:
             regions.append(region)
             scores.append(score)
@@ -186,7 +185,7 @@ def predict_videos(
     version: str,
     spec: TrainSpec,
     names: Mapping[int, str],
-    tasks: list[dict[str, Any]],
+    tasks: list[Task],
     cache_dir: Path,
     media: MediaConfig,
     options: VideoOptions,
@@ -195,7 +194,7 @@ def predict_videos(
     unknown: float,
     show_conf: float,
     full: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[Prediction]:
     """One prediction per video task: ``{"result": [VideoRectangle regions], "score", "model_version"}``.
 
     Args:
@@ -204,7 +203,7 @@ def predict_videos(
         unknown: the score of a task with nothing predicted.
         full: track whole videos (the pre-annotation queue); else within ``options.budget_s``.
     """
-    out = [{"result": [], "score": unknown, "model_version": version} for _ in tasks]
+    out: list[Prediction] = [{"result": [], "score": unknown, "model_version": version} for _ in tasks]
     config = replace(media, max_bytes=options.max_bytes, timeout_s=options.timeout_s)
     with VideoCache(cache_dir, config) as cache:
         for i, task in enumerate(tasks):

@@ -20,10 +20,6 @@ The video type trains Ultralytics ``detect`` too, so it is found by its region t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
-
-from labelloop.ls_json import Region
 from labelloop.task_types.base import TaskType
 from labelloop.task_types.classify import Classify
 from labelloop.task_types.detect import Detect
@@ -32,7 +28,7 @@ from labelloop.task_types.pose import Pose
 from labelloop.task_types.segment import Segment
 from labelloop.task_types.spec import TrainSpec
 from labelloop.task_types.video import REGION_TYPE as VIDEO_REGION_TYPE
-from labelloop.task_types.video import VideoClip, VideoRectangles
+from labelloop.task_types.video import VideoRectangles
 
 TASK_TYPES: dict[str, type[TaskType]] = {t.name: t for t in (Detect, Obb, Segment, Pose, Classify)}
 
@@ -63,41 +59,4 @@ def video_task_type(spec: TrainSpec) -> VideoRectangles | None:
     return VideoRectangles(spec) if spec.region_type == VIDEO_REGION_TYPE else None
 
 
-class _VideoBySpec:
-    """``VideoRectangles`` for callers that pass the spec with each call (``labelloop.dataset.video``,
-    ``labelloop.serving.video``); new code binds once with ``video_task_type``."""
-
-    def frame_lines(
-        self,
-        result: Sequence[Region],
-        spec: TrainSpec,
-        class_ids: Mapping[str, int],
-        frames: Iterable[int],
-        width: int,
-        height: int,
-    ) -> tuple[dict[int, list[str]], list[str]]:
-        """``VideoRectangles(spec).frame_lines(...)``."""
-        return VideoRectangles(spec).frame_lines(result, class_ids, frames, width, height)
-
-    def track_region(
-        self,
-        spec: TrainSpec,
-        label: str,
-        boxes: Mapping[int, Mapping[str, float]],
-        score: float | None,
-        tolerance: float,
-        rate: float,
-        frames: int,
-        duration_s: float,
-        width: int,
-        height: int,
-    ) -> dict[str, Any] | None:
-        """``VideoRectangles(spec).track_region(...)`` of a ``VideoClip(rate, frames, duration_s, width, height)``."""
-        clip = VideoClip(rate, frames, duration_s, width, height)
-        # Typed as the caller's region lists are (``labelloop.serving.video`` keeps plain dicts).
-        return cast("dict[str, Any] | None", VideoRectangles(spec).track_region(label, boxes, score, tolerance, clip))
-
-
-VIDEO = _VideoBySpec()
-
-__all__ = ["TASK_TYPES", "VIDEO", "TaskType", "task_class", "task_type", "video_task_type"]
+__all__ = ["TASK_TYPES", "TaskType", "task_class", "task_type", "video_task_type"]

@@ -211,7 +211,7 @@ class TaskType:
         if boxes is None:
             return None
         outputs = ModelOutputs(boxes_xyxy=boxes.xyxy, classes=boxes.cls, scores=boxes.conf)
-        class_scores = getattr(res, "class_scores", None)  # (N, nc), labelloop.serving.predictor's detect predictor
+        class_scores = getattr(res, "class_scores", None)  # (N, nc): serving.inference.class_scores_predictor
         if class_scores is not None:
             outputs["class_scores"] = class_scores
         return instances_or_none(outputs)

@@ -260,8 +260,8 @@ def results_to_regions(
     ``res.obb.xyxyxyxy/cls/conf`` when ``res.obb`` is set, else ``res.boxes.xyxy/cls/conf``;
     ``res.masks.data`` (model resolution, letterboxed; see ``predictions_to_regions``);
     ``res.keypoints.xy/conf``; ``res.class_scores`` ((N, nc) every class's score per box, set by
-    ``labelloop.serving.predictor``'s detect predictor) when present. A detect spec given obb results
-    produces rotated rectangles.
+    ``labelloop.serving.inference.class_scores_predictor``) when present. A detect spec given obb
+    results produces rotated rectangles.
 
     Args:
         show_conf: regions scoring below it are left out (the version's display threshold,

@@ -6,8 +6,8 @@ Shapes, for N instances: ``classes`` (N,) class ids; ``scores`` (N,) confidences
 ``boxes_xyxy`` (N, 4) pixels; ``obb_xyxyxyxy`` (N, 4, 2) pixel corners; ``masks`` (N, h, w) at the
 model's resolution; ``polygons_xyn`` N polygons (P, 2) normalised; ``keypoints_xy`` (N, K, 2)
 pixels and ``keypoints_conf`` (N, K); ``probs`` (C,) classify's class probabilities;
-``class_scores`` (N, nc) every class's score per box (``labelloop.serving.predictor``'s detect
-predictor). Ultralytics' ``Results`` attributes: https://docs.ultralytics.com/modes/predict/#working-with-results.
+``class_scores`` (N, nc) every class's score per box (the detect predictor of
+``labelloop.serving.inference.class_scores_predictor``). Ultralytics' ``Results`` attributes: https://docs.ultralytics.com/modes/predict/#working-with-results.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Fine-tune a YOLO model with ultralytics, in a child process of its own.
+"""Fine-tune a YOLO model with ultralytics: the training child process's side.
 
 Celery's prefork children are daemonic and may not start DataLoader worker processes, so the
-train task runs ``python -m labelloop.training.child <spec.json>`` and waits for it. The child writes
-``result.json`` next to the spec; a crash writes nothing, and nothing is published.
+train task runs ``python -m labelloop.training.child <spec.json>`` and waits for it
+(``labelloop.training.process``). The child writes ``result.json`` next to the spec
+(``labelloop.manifest.TrainingResult``, or ``ValidationScore`` for a ``validate_only`` run) and
+``progress.json`` after each epoch (``labelloop.training.process.EpochProgress``); a crash writes
+no result, and nothing is published.
 
 The spec is ``labelloop.manifest.TrainingJob.to_dict()`` plus ``run_dir``, read back typed by
 ``labelloop.training.job.ChildRun``: ``data`` (data.yaml), ``weights`` (.pt path or model YAML),
@@ -19,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from labelloop.errors import TrainingError
-from labelloop.manifest import TrainingJob
-from labelloop.training.job import ChildRun, read_job
+from labelloop.manifest import ShowConf, TrainingJob, TrainingResult, ValidationScore
+from labelloop.training.job import ChildRun, EpochProgress
 
 
 def pick_device(device: str) -> str:
@@ -59,16 +61,15 @@ def cuda_present() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
-def train(run: ChildRun) -> dict[str, Any]:
-    """Train ``run.job`` in this process with ``YOLO(weights).train(...)``; returns the result dict
-    (``result.json``, read as ``labelloop.manifest.TrainingResult``).
+def train(run: ChildRun) -> TrainingResult:
+    """Train ``run.job`` in this process with ``YOLO(weights).train(...)``.
 
     Returns:
-        ``{"best": path of best.pt, "metrics": {"map50_95", "map50", "precision", "recall"},
-        "class_metrics": {class name: {"ap50", "map50_95", "precision", "recall"}},
-        "incumbent_metrics", "incumbent_class_metrics": the same of ``spec["incumbent"]`` (None
-        without one), "seconds": wall seconds, "device": device used, "show_conf": the display threshold
-        (``display_threshold``), ...}``.
+        ``best``: path of best.pt (last.pt with ``checkpoint: last``); ``metrics``:
+        ``{"map50_95", "map50", "precision", "recall"}`` (``evaluate``); ``class_metrics``: class
+        name -> ``{"ap50", "map50_95", "precision", "recall"}``; ``incumbent_metrics``,
+        ``incumbent_class_metrics``: the same of ``job.incumbent`` (None without one);
+        ``show_conf``: the display threshold (``display_threshold``); seconds, device, epochs.
 
     Raises:
         TrainingError: Ultralytics returned no trainer or wrote no weights.
@@ -87,8 +88,7 @@ def train(run: ChildRun) -> dict[str, Any]:
     if job.pseudo:
         from labelloop.dataset.pseudo import label_unlabeled
 
-        pseudo_spec, pseudo_labels = label_unlabeled(job.to_dict(), device)
-        job = read_job(pseudo_spec)
+        job, pseudo_labels = label_unlabeled(job, device)
     t0 = time.perf_counter()
     note = ""
     try:
@@ -111,18 +111,17 @@ def train(run: ChildRun) -> dict[str, Any]:
         losses = {k: float(v) for k, v in items.items()} if isinstance(items, dict) else {}
         tmp = progress_path.with_suffix(".tmp")
         epoch = min(int(trainer.epoch) + 1, int(trainer.epochs))
-        tmp.write_text(
-            json.dumps({"epoch": epoch, "epochs": int(trainer.epochs), "metrics": metrics, "losses": losses})
-        )
+        report = EpochProgress(epoch=epoch, epochs=int(trainer.epochs), metrics=metrics, losses=losses)
+        tmp.write_text(json.dumps(report))
         os.replace(tmp, progress_path)
 
     model.add_callback("on_fit_epoch_end", report_epoch)
     time_s = float(job.extra.get("time_s") or 0)
     if time_s > 0:
         model.add_callback("on_fit_epoch_end", time_cap(time_s))
-    extra = {k: job.extra[k] for k in TRAIN_ARGS if job.extra.get(k) is not None}
-    if job.extra.get("freeze"):
-        extra["freeze"] = int(job.extra["freeze"])
+    extra: dict[str, object] = {k: v for k, v in job.extra.items() if k in TRAIN_ARGS and v is not None}
+    if freeze := job.extra.get("freeze"):
+        extra["freeze"] = int(freeze)
     model.train(
         data=job.data,
         epochs=job.epochs,
@@ -159,30 +158,29 @@ def train(run: ChildRun) -> dict[str, Any]:
         _evaluate_with_classes(incumbent, job, device, run_dir / "val-incumbent") if incumbent else (None, None)
     )
     show_conf = display_threshold(str(best), job, device)
-    return {
-        "best": str(best),
-        "metrics": metrics,
-        "class_metrics": class_metrics,
-        "incumbent_metrics": incumbent_metrics,
-        "incumbent_class_metrics": incumbent_classes,
-        "seconds": seconds,
-        "val_seconds": time.perf_counter() - t1,
-        "device": device,
-        "epochs_run": epochs_run,
-        "weights": job.weights,
-        "base_model_note": note,
-        "epochs_planned": job.epochs,
-        "checkpoint": "last" if best == last else "best",
-        "pseudo_labels": pseudo_labels,
-        "show_conf": show_conf,
-    }
+    return TrainingResult(
+        best=str(best),
+        metrics=metrics,
+        class_metrics=class_metrics,
+        incumbent_metrics=incumbent_metrics,
+        incumbent_class_metrics=incumbent_classes,
+        seconds=seconds,
+        val_seconds=time.perf_counter() - t1,
+        device=device,
+        epochs_run=epochs_run,
+        weights=job.weights,
+        base_model_note=note,
+        epochs_planned=job.epochs,
+        checkpoint="last" if best == last else "best",
+        pseudo_labels=pseudo_labels,
+        show_conf=show_conf,
+    )
 
 
-def display_threshold(weights: str, job: TrainingJob, device: str) -> dict[str, Any]:
+def display_threshold(weights: str, job: TrainingJob, device: str) -> ShowConf:
     """The candidate's display threshold on the val split (``labelloop.training.threshold.measure``, prior
     ``job.predict_conf``), as the manifest's ``show_conf``; a failure is recorded in its
     ``note`` (the version then shows what ``predict_conf`` lets through), never fails the run."""
-    from labelloop.manifest import ShowConf
     from labelloop.training.threshold import measure
 
     task = job.task or "detect"
@@ -191,7 +189,7 @@ def display_threshold(weights: str, job: TrainingJob, device: str) -> dict[str, 
     except Exception as exc:  # a convenience on top of a finished training: keep the version
         print(f"labelloop: display threshold not measured: {exc!r}", flush=True)
         record = ShowConf(note=f"not measured: {type(exc).__name__}: {str(exc)[:200]}")
-    return record.model_dump(mode="json")
+    return record
 
 
 def time_cap(budget_s: float) -> Callable[[Any], None]:
@@ -265,85 +263,13 @@ def _evaluate_with_classes(
     return kind.val_metrics(result), kind.class_metrics(result)
 
 
-def run_training_process(
-    spec: dict[str, Any],
-    run_dir: Path,
-    timeout_s: float,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-    poll_s: float = 1.0,
-) -> dict[str, Any]:
-    """Run ``train(spec)`` in a child Python process and return its result.
-
-    The child's output goes to ``<run_dir>/train.log``. While it runs, ``on_progress`` gets
-    ``{"epoch", "epochs", "metrics"}`` after each epoch; ``should_cancel`` is called every
-    ``poll_s`` seconds (the project's lock is kept by ``labelloop.jobs.lease.RunLease``). The
-    child gets SIGKILL when this process dies, so a killed worker leaves no orphan training.
-
-    Raises:
-        TrainingError: the child failed, timed out, was cancelled or wrote no result.
-    """
-    run_dir = Path(run_dir).absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = run_dir / "spec.json"
-    spec_path.write_text(json.dumps({**spec, "run_dir": str(run_dir)}, indent=2))
-    result_path = run_dir / "result.json"
-    result_path.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(run_dir / "train.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "labelloop.training.child", str(spec_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=str(Path(__file__).resolve().parent.parent),
-            preexec_fn=_die_with_parent,
-        )
-        deadline = time.monotonic() + timeout_s
-        last: str | None = None
-        try:
-            while (code := proc.poll()) is None:
-                if time.monotonic() > deadline:
-                    raise TrainingError(f"training exceeded {timeout_s:.0f} s and was killed")
-                if should_cancel is not None and should_cancel():
-                    raise TrainingError("training cancelled")
-                progress = run_dir / "progress.json"
-                if on_progress is not None and progress.exists():
-                    text = progress.read_text()
-                    if text != last:
-                        last = text
-                        on_progress(json.loads(text))
-                time.sleep(poll_s)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-    if code != 0 or not result_path.exists():
-        tail = (run_dir / "train.log").read_text(errors="replace")[-2000:]
-        raise TrainingError(f"training process exited with {code}; log tail:\n{tail}")
-    result: dict[str, Any] = json.loads(result_path.read_text())
-    return result
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGKILL it when its parent dies (PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except OSError:  # not Linux: the parent's own cleanup still kills it on errors
-        pass
-
-
-def validate(run: ChildRun, weights: str) -> dict[str, Any]:
+def validate(run: ChildRun, weights: str) -> ValidationScore:
     """Score ``weights`` (a version's, ``run.validate_only``) on the dataset's val split in this
     process, as ``train`` scores the incumbent: the promotion gate's second look when the
     served version changed during a training (``labelloop.jobs.pipeline``).
 
     Returns:
-        ``{"metrics": evaluate(...)'s fractions, "class_metrics": per class name, "val_seconds",
-        "device"}``.
+        ``metrics``: ``evaluate``'s fractions; ``class_metrics``: per class name; seconds and device.
     """
     from labelloop.yolo_env import prepare_ultralytics
 
@@ -351,7 +277,7 @@ def validate(run: ChildRun, weights: str) -> dict[str, Any]:
     device = pick_device(run.job.device)
     t0 = time.perf_counter()
     metrics, classes = _evaluate_with_classes(weights, run.job, device, run.run_dir / "val-incumbent")
-    return {"metrics": metrics, "class_metrics": classes, "val_seconds": time.perf_counter() - t0, "device": device}
+    return ValidationScore(metrics=metrics, class_metrics=classes, val_seconds=time.perf_counter() - t0, device=device)
 
 
 def main(argv: list[str]) -> int:
@@ -359,7 +285,7 @@ def main(argv: list[str]) -> int:
     run = ChildRun.read(spec_path)
     result = validate(run, run.validate_only) if run.validate_only else train(run)
     tmp = spec_path.with_name("result.json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
+    tmp.write_text(json.dumps(result.model_dump(mode="json"), indent=2))
     os.replace(tmp, spec_path.with_name("result.json"))
     return 0
 

@@ -42,6 +42,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from labelloop.manifest import TrainArgs
+
 MIN_STEPS_PER_EPOCH = 4
 ACCUMULATE_ABOVE_STEPS = 16
 MAX_BATCH = {"cpu": 4, "gpu": 16}
@@ -67,7 +69,7 @@ class DataShape:
     Attributes:
         train_images, val_images: images per split.
         long_side_p90: the 90th percentile of the images' longer sides in pixels (EXIF
-            orientation applied; see ``labelloop.dataset.images.long_side_p90``), None when unknown.
+            orientation applied; see ``labelloop.dataset.long_side_p90``), None when unknown.
     """
 
     train_images: int
@@ -96,8 +98,24 @@ class Recipe:
     val: bool
     reasons: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
+        """The recipe as JSON: its Ultralytics arguments and ``reasons``."""
         return asdict(self)
+
+    def train_args(self) -> TrainArgs:
+        """The recipe's Ultralytics arguments (``reasons`` left out), in the manifest's order."""
+        return TrainArgs(
+            epochs=self.epochs,
+            imgsz=self.imgsz,
+            batch=self.batch,
+            nbs=self.nbs,
+            time_s=self.time_s,
+            mosaic=self.mosaic,
+            close_mosaic=self.close_mosaic,
+            freeze=self.freeze,
+            checkpoint=self.checkpoint,
+            val=self.val,
+        )
 
 
 def auto_imgsz(long_side: int | None) -> int:

@@ -3,7 +3,7 @@ every exit.
 
 A run holds ``fcntl.flock`` on ``<run_id>.lock`` beside its directory while it works. The
 directory goes when the run ends, whether it published, failed or was cancelled (its training
-child is killed first, ``labelloop.training.child.run_training_process``). A process killed outright
+child is killed first, ``labelloop.training.process``). A process killed outright
 cannot clean up, so every new run first removes each run directory of its host whose lock nobody
 holds: its owner is dead (the kernel drops a flock with the process).
 

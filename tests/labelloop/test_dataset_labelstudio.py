@@ -33,7 +33,7 @@ from labelloop.registry.store import Registry
 from labelloop.serving.predictor import Predictor
 from labelloop.settings import Settings
 from labelloop.task_types.convert import mask_to_brush
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 from tests.factories import image_project, make_settings, publish_version, settings_env
 
 pytestmark = pytest.mark.labelstudio  # every test here reads a real Label Studio

@@ -16,7 +16,7 @@ from labelloop.registry.promotion import comparable, decide_promotion
 from labelloop.registry.store import Registry
 from labelloop.settings import Settings
 from labelloop.task_types.labels import parse_detection_config
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 from tests.conftest import served_images_dataset
 
 SQUARE = {"ap50": 0.9, "map50_95": 0.6, "precision": 0.8, "recall": 0.7}

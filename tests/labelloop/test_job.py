@@ -4,10 +4,12 @@ file ``TrainingJob.to_dict`` and ``run_training_process`` write, nothing lost on
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from labelloop.dataset.pseudo.job import PseudoJob
 from labelloop.manifest import TrainingJob
 from labelloop.training.job import ChildRun, read_job
 
@@ -26,7 +28,7 @@ JOB = TrainingJob(
     fallback_weights="yolo26n-seg.yaml",
     predict_conf=0.3,
     extra={"nbs": 8, "time_s": 120.0, "mosaic": 0.5, "close_mosaic": 3, "freeze": 10, "checkpoint": "last"},
-    pseudo={"conf": 0.8, "images": [[1, "/a.png"]]},
+    pseudo=PseudoJob("/v3.pt", "/run/pseudo", {"0": 0}, 4, 16, [(1, "/a.png")], 0.8, 0.25, 0.5, "v3"),
 )
 
 
@@ -57,11 +59,14 @@ def test_a_hand_written_job_gets_the_defaults_and_keeps_unknown_keys_as_extra() 
 
 
 def test_the_run_keys_are_the_runs_not_the_jobs(tmp_path: Path) -> None:
-    """``run_dir`` and ``validate_only`` in spec.json describe the run: they are read into ``ChildRun``,
-    never passed to Ultralytics through ``extra``; without ``run_dir`` the run is the spec's folder."""
+    """``run_dir`` in spec.json describes the run and ``validate_only`` the job (score these weights
+    instead of training): neither is passed to Ultralytics through ``extra``; without ``run_dir``
+    the run is the spec's folder."""
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({**JOB.to_dict(), "run_dir": str(tmp_path / "run"), "validate_only": "/v1.pt"}))
+    checking = replace(JOB, validate_only="/v1.pt")
+    spec.write_text(json.dumps({**checking.to_dict(), "run_dir": str(tmp_path / "run")}))
     run = ChildRun.read(spec)
-    assert (run.job, run.run_dir, run.validate_only) == (JOB, tmp_path / "run", "/v1.pt")
+    assert (run.job, run.run_dir, run.validate_only) == (checking, tmp_path / "run", "/v1.pt")
+    assert "validate_only" not in run.job.extra and "run_dir" not in run.job.extra
     spec.write_text(json.dumps(JOB.to_dict()))
-    assert ChildRun.read(spec) == ChildRun(JOB, tmp_path, None)
+    assert ChildRun.read(spec) == ChildRun(JOB, tmp_path) and ChildRun.read(spec).validate_only is None

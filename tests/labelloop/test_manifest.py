@@ -3,6 +3,7 @@ and result keep the JSON the training process reads and writes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from labelloop.manifest import Manifest, Promotion, TrainingJob, TrainingResult
@@ -49,7 +50,12 @@ def test_training_job_and_result_keep_the_training_process_json() -> None:
     )
     body = job.to_dict()
     assert body["nbs"] == 2 and body["epochs"] == 3 and "extra" not in body
-    assert {"weights", "data", "task", "config_dir", "imgsz", "batch", "incumbent", "fallback_weights"} <= set(body)
+    # spec.json's keys and order as written before validate_only was a field: extras, fields, pseudo.
+    assert list(body) == [
+        "nbs", "time_s", "weights", "data", "task", "config_dir", "epochs", "imgsz", "batch", "device",
+        "workers", "seed", "incumbent", "fallback_weights", "predict_conf", "pseudo",
+    ]  # fmt: skip
+    assert list(replace(job, validate_only="/v.pt").to_dict())[-1] == "validate_only"
     result = TrainingResult.from_dict(
         {"best": "/b.pt", "metrics": {"map50": 0.1}, "device": "cpu", "epochs_planned": 9}
     )

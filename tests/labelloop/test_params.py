@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from labelloop.errors import ParamsError
-from labelloop.registry.params import ProjectParams, load, parse_extra_params, store
+from labelloop.registry.params import EffectiveParams, ProjectParams, load, parse_extra_params, store
 from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import fixture
@@ -48,6 +48,17 @@ def test_params_override_environment_defaults(tmp_path: Path) -> None:
     effective = load(tmp_path, 5).effective(settings)
     assert (effective["epochs"], effective["imgsz"], effective["train_every_n"]) == (3, 320, 10)
     assert not store(tmp_path, 5, parse_extra_params({"epochs": 3, "imgsz": 320}))
+
+
+def test_effective_params_have_every_param_typed() -> None:
+    """``effective`` gives every extra param a key of ``EffectiveParams`` (a param added to one and
+    not the other fails here), each value of its declared type: the setting's, None where no setting
+    has the param."""
+    effective = ProjectParams().effective(Settings())
+    assert set(effective) == set(ProjectParams.model_fields) == set(EffectiveParams.__annotations__)
+    assert (effective["control_tag"], effective["obb"]) == (None, None)
+    assert isinstance(effective["train_every_n"], int) and isinstance(effective["val_fraction"], float)
+    assert isinstance(effective["preannotate"], bool) and isinstance(effective["base_model"], str)
 
 
 def test_score_strategy_param_overrides_the_setting(tmp_path: Path) -> None:

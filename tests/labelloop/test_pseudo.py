@@ -179,8 +179,8 @@ def test_prepare_says_why_pseudo_labels_do_not_apply(case: str, skipped: str, tm
     }[case]
     prepared = prepare(settings, 1, *args, PARAMS, tmp_path / "pseudo")
     assert prepared.job is None and prepared.record is not None
-    assert prepared.record["skipped"] == skipped and prepared.record["applied"] is False
-    assert (prepared.record["conf"], prepared.record["low_conf"]) == (0.7, 0.25)
+    assert prepared.record.skipped == skipped and prepared.record.applied is False
+    assert (prepared.record.conf, prepared.record.low_conf) == (0.7, 0.25)
 
 
 def test_prepare_does_nothing_when_the_setting_is_off(tmp_path: Path) -> None:
@@ -202,8 +202,8 @@ def test_prepare_skips_when_label_studio_cannot_list_the_tasks(tmp_path: Path) -
     both = {"0": "square", "1": "disc"}
     prepared = prepare(settings, 1, built(), served(tmp_path, both), PARAMS, tmp_path / "pseudo")
     assert prepared.job is None and prepared.record is not None
-    assert prepared.record["skipped"].startswith("listing the unlabeled tasks failed")
-    assert prepared.record["cap"] == 4 and prepared.record["version"] == "v3"
+    assert str(prepared.record.skipped).startswith("listing the unlabeled tasks failed")
+    assert prepared.record.cap == 4 and prepared.record.version == "v3"
 
 
 def test_pseudo_job_travels_to_the_child_as_json() -> None:

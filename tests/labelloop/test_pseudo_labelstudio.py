@@ -14,6 +14,7 @@ from labelloop.dataset.images import project_dataset_dir, val_score
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic import make_sample
 from labelloop.jobs import pipeline
+from labelloop.manifest import TrainingJob, TrainingResult
 from tests.factories import image_project, make_settings
 
 pytestmark = pytest.mark.labelstudio
@@ -53,17 +54,17 @@ def test_a_training_with_pseudo_labels_trains_on_confident_unlabeled_images_in_i
     pseudo = {"pseudo_labels": True, "pseudo_conf": 0.0001, "predict_conf": 0.0001, "pseudo_ratio": 0.5}
     on = make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio, **training, **pseudo)
     kept = tmp_path / "kept"
-    real = pipeline.run_training_process
+    real = pipeline.train_in_child
     out_dirs: list[str] = []
 
-    def keep_pseudo_folder(spec: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        result = real(spec, *args, **kwargs)
-        if spec.get("pseudo") and Path(spec["pseudo"]["out_dir"]).exists():
-            out_dirs.append(spec["pseudo"]["out_dir"])
-            shutil.copytree(spec["pseudo"]["out_dir"], kept)  # the run directory goes with the run
+    def keep_pseudo_folder(job: TrainingJob, *args: Any, **kwargs: Any) -> TrainingResult:
+        result = real(job, *args, **kwargs)
+        if job.pseudo is not None and Path(job.pseudo.out_dir).exists():
+            out_dirs.append(job.pseudo.out_dir)
+            shutil.copytree(job.pseudo.out_dir, kept)  # the run directory goes with the run
         return result
 
-    monkeypatch.setattr(pipeline, "run_training_process", keep_pseudo_folder)
+    monkeypatch.setattr(pipeline, "train_in_child", keep_pseudo_folder)
     version = pipeline.run_training(on, pid, "run-2")
 
     record = version.manifest["pseudo_labels"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labelloop.errors import TrainingError
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 from labelloop.training.runs import remove_leftovers, run_directory, runs_dir
 
 

@@ -11,10 +11,11 @@ import pytest
 from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
 from labelloop.errors import TrainingError
 from labelloop.labelstudio.media import MediaConfig
+from labelloop.manifest import TrainingJob, TrainingResult
 from labelloop.registry.store import Registry
 from labelloop.serving.predictor import Predictor
 from labelloop.task_types.labels import parse_detection_config
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process, validate_in_child
 
 pytestmark = pytest.mark.slow  # every test here trains with real Ultralytics
 
@@ -29,6 +30,27 @@ def test_training_writes_weights_and_metrics(trained: dict) -> None:
     assert 0.0 <= result["metrics"]["map50_95"] <= 1.0
     assert result["device"] == "cpu"
     assert trained["report"].images["val"] >= 2
+
+
+def test_a_validation_only_run_scores_weights_as_the_training_did(trained: dict, tmp_path: Path) -> None:
+    """``validate_in_child`` (the promotion gate's second look at a version served meanwhile) scores
+    weights on the job's val split in the child: for the training's best.pt, the metrics and
+    classes the training itself measured, and no training (no weights written)."""
+    result = TrainingResult.from_dict(trained["result"])
+    work = Path(trained["work"])
+    job = TrainingJob(
+        weights="yolov8n.yaml",
+        data=str(work / "ds" / "data.yaml"),
+        task="detect",
+        config_dir=str(work / "yolo"),
+        epochs=2,
+        imgsz=160,
+        batch=4,
+    )
+    score = validate_in_child(job, result.best, tmp_path / "run", timeout_s=300)
+    assert score.metrics == pytest.approx(result.metrics, abs=1e-6)
+    assert set(score.class_metrics or {}) == set(result.class_metrics or {}) and score.device == result.device
+    assert not (tmp_path / "run" / "train").exists()
 
 
 def test_training_failure_is_a_training_error(tmp_path: Path) -> None:

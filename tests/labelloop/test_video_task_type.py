@@ -10,7 +10,7 @@ import pytest
 
 from labelloop.dev.synthetic_video import video_config
 from labelloop.errors import LabelConfigError
-from labelloop.task_types import VIDEO, keyframes, video_task_type
+from labelloop.task_types import keyframes, video_task_type
 from labelloop.task_types.labels import parse_label_config
 from labelloop.task_types.video import VideoClip, VideoRectangles, frame_count_of, framerate, frames_count
 
@@ -77,7 +77,6 @@ def test_frame_lines_are_the_boxes_label_studio_draws_on_each_frame() -> None:
     assert frames == 48
     lines, dropped = VideoRectangles(spec).frame_lines(result, {"square": 0, "disc": 1}, range(1, frames + 1), 160, 120)
     assert dropped == []
-    assert VIDEO.frame_lines(result, spec, {"square": 0, "disc": 1}, range(1, frames + 1), 160, 120) == (lines, [])
     assert set(lines) == set(range(1, 49))
     drawn = {r["id"]: keyframes.frame_boxes(r["value"]["sequence"], frames) for r in result}
     for f in range(1, 49):
@@ -125,6 +124,3 @@ def test_track_region_keeps_few_keyframes_and_the_video_timing() -> None:
     assert len(value["sequence"]) == 2
     assert sorted(keyframes.frame_boxes(value["sequence"], 48)) == list(range(5, 41))
     assert video.track_region("cat", boxes, 0.4, 0.5, VideoClip(24.0, 48, 2.0, 160, 120)) is None
-    # The by-spec form the dataset and serving rooms call makes the same region (ids aside).
-    by_spec = VIDEO.track_region(spec, "disc", boxes, 0.42, 0.5, 24.0, 48, 2.0, 160, 120)
-    assert by_spec is not None and {**by_spec, "id": region["id"]} == region

@@ -27,7 +27,7 @@ from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
 from labelloop.registry.model_export import EXPORT_TIMEOUT_S, STALE_MARGIN_S, downloads
 from labelloop.registry.store import Registry
 from labelloop.task_types.labels import parse_detection_config
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 
 PROJECT = 11
 IMAGES = 48  # 30 epochs on 48 generated images: mAP50 about 0.7, boxes well above the threshold

@@ -30,7 +30,7 @@ from labelloop.registry.base_models import is_asset_name
 from labelloop.registry.params import ProjectParams
 from labelloop.registry.params import load as load_params
 from labelloop.settings import Settings
-from labelloop.training.child import run_training_process
+from labelloop.training.process import run_training_process
 from service.app import create_app
 from service.events import DEDUP_TTL_S, EVENT_STREAM
 from service.protocol import ACCEPTED_ACTIONS

@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,51 +17,57 @@ import yaml
 from labelloop.dataset.pseudo.job import PseudoJob
 from labelloop.dataset.pseudo.rule import ImagePrediction, Region, choose, qualifies
 from labelloop.files import write_atomic
+from labelloop.manifest import PseudoLabels, TrainingJob
 
 PREDICT_BATCH = 16
 
 
-def label_unlabeled(spec: dict[str, Any], device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def label_unlabeled(training: TrainingJob, device: str) -> tuple[TrainingJob, PseudoLabels]:
     """Predict the pool with the served version and write the chosen pseudo-labels (in the
     training child, before training).
 
     Args:
-        spec: the training spec; ``spec["pseudo"]`` is ``prepare``'s job (``PseudoJob.to_dict()``).
+        training: the training job; ``training.pseudo`` is ``prepare``'s job (not None).
         device: the Ultralytics device the training uses.
 
     Returns:
-        ``(spec, record)``: the spec to train with (``data`` is the run's data.yaml with the
-        pseudo-labelled folder in ``train`` when any image was chosen; ``time_s`` less the
-        seconds spent here, so the training's wall-clock budget holds), and the manifest record
-        (``labelloop.manifest.PseudoLabels``'s fields).
+        ``(job, record)``: the job to train (``data`` is the run's data.yaml with the
+        pseudo-labelled folder in ``train`` when any image was chosen; ``extra["time_s"]`` less
+        the seconds spent here, so the training's wall-clock budget holds), and the manifest
+        record.
+
+    Raises:
+        ValueError: the training job has no pseudo job.
     """
     t0 = time.perf_counter()
-    job = PseudoJob.from_dict(spec["pseudo"])
-    predictions = predict(job, int(spec["imgsz"]), device)
+    job = training.pseudo
+    if job is None:
+        raise ValueError("the training job has no pseudo-labelling job")
+    predictions = predict(job, training.imgsz, device)
     chosen = choose(predictions, job.conf, job.low_conf, job.cap)
     images = {task_id: Path(path) for task_id, path in job.images}
-    data = write_overlay(Path(job.out_dir), Path(spec["data"]), chosen, images) if chosen else None
+    data = write_overlay(Path(job.out_dir), Path(training.data), chosen, images) if chosen else None
     seconds = time.perf_counter() - t0
-    record = {
-        "applied": bool(chosen),
-        "skipped": None if chosen else "no unlabeled image qualified",
-        "version": job.version,
-        "conf": job.conf,
-        "low_conf": job.low_conf,
-        "ratio": job.ratio,
-        "cap": job.cap,
-        "pool": job.pool,
-        "predicted": len(predictions),
-        "qualified": sum(qualifies(p, job.conf, job.low_conf) for p in predictions),
-        "images": len(chosen),
-        "regions": sum(len(c.regions) for c in chosen),
-        "task_ids": [c.task_id for c in chosen],
-        "seconds": round(seconds, 3),
-    }
-    print(f"labelloop: pseudo-labels {record['images']} images, {record['regions']} regions", flush=True)
-    out = {**spec, "data": str(data)} if data is not None else dict(spec)
-    if float(spec.get("time_s") or 0) > 0:
-        out["time_s"] = max(1.0, float(spec["time_s"]) - seconds)
+    record = PseudoLabels(
+        applied=bool(chosen),
+        skipped=None if chosen else "no unlabeled image qualified",
+        version=job.version,
+        conf=job.conf,
+        low_conf=job.low_conf,
+        ratio=job.ratio,
+        cap=job.cap,
+        pool=job.pool,
+        predicted=len(predictions),
+        qualified=sum(qualifies(p, job.conf, job.low_conf) for p in predictions),
+        images=len(chosen),
+        regions=sum(len(c.regions) for c in chosen),
+        task_ids=[c.task_id for c in chosen],
+        seconds=round(seconds, 3),
+    )
+    print(f"labelloop: pseudo-labels {record.images} images, {record.regions} regions", flush=True)
+    out = replace(training, data=str(data)) if data is not None else training
+    if (time_s := float(training.extra.get("time_s") or 0)) > 0:
+        out = replace(out, extra={**out.extra, "time_s": max(1.0, time_s - seconds)})
     return out, record
 
 

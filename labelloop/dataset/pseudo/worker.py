@@ -4,16 +4,18 @@ list and fetch the unlabeled pool, and write the child's job (``labelloop.datase
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
 from labelloop.dataset.pseudo.job import PseudoJob
 from labelloop.dataset.pseudo.rule import cap_for, unlabeled_pool
 from labelloop.ls_json import Task
+from labelloop.manifest import PseudoLabels
+from labelloop.registry.params import EffectiveParams
 
 if TYPE_CHECKING:
     from labelloop.dataset.report import BuildResult
@@ -29,12 +31,11 @@ POOL_PER_SLOT = 4
 
 @dataclass
 class Prepared:
-    """What ``prepare`` decided: the child's job (``PseudoJob.to_dict()``; None: no pseudo-labels
-    this time) and the manifest record (``labelloop.manifest.PseudoLabels``'s fields) when
-    nothing will run."""
+    """What ``prepare`` decided: the child's job (None: no pseudo-labels this time) and the
+    manifest record when nothing will run."""
 
-    job: dict[str, Any] | None
-    record: dict[str, Any] | None
+    job: PseudoJob | None
+    record: PseudoLabels | None
 
 
 @dataclass
@@ -49,12 +50,8 @@ class _Decision:
 
     def skip(self, reason: str) -> Prepared:
         log.info("pseudo_labels_skipped", reason=reason)
-        record: dict[str, object] = {"applied": False, "skipped": reason}
-        record.update(conf=self.conf, low_conf=self.low_conf, ratio=self.ratio)
-        if self.version is not None:
-            record["version"] = self.version
-        if self.cap is not None:
-            record["cap"] = self.cap
+        record = PseudoLabels(applied=False, skipped=reason, conf=self.conf, low_conf=self.low_conf)
+        record.ratio, record.version, record.cap = self.ratio, self.version, self.cap
         return Prepared(None, record)
 
 
@@ -63,7 +60,7 @@ def prepare(
     project_id: int,
     built: BuildResult,
     parent: ModelVersion | None,
-    params: Mapping[str, Any],
+    params: EffectiveParams,
     out_dir: Path,
 ) -> Prepared:
     """Decide and gather the pseudo-labelling of one training (in the train worker: no torch).
@@ -76,11 +73,11 @@ def prepare(
 
     Returns:
         ``Prepared(None, None)`` when the setting is off (nothing changes); ``Prepared(None,
-        record)`` when it is on but does not apply (``record["skipped"]`` says why); else the
-        child's job (``spec["pseudo"]``). A Label Studio failure while listing the tasks skips
+        record)`` when it is on but does not apply (``record.skipped`` says why); else the
+        child's job (``TrainingJob.pseudo``). A Label Studio failure while listing the tasks skips
         pseudo-labels for this training rather than failing it.
     """
-    if not params.get("pseudo_labels"):
+    if not params["pseudo_labels"]:
         return Prepared(None, None)
     spec = built.spec
     decision = _Decision(settings.pseudo_conf, settings.predict_conf, settings.pseudo_ratio)
@@ -108,7 +105,7 @@ def prepare(
             list_unlabeled(settings, project_id),
             annotated,
             spec.value_key,
-            float(params["val_fraction"]),
+            params["val_fraction"],
             min(settings.pseudo_pool, POOL_PER_SLOT * cap),
             seed=parent.name,
         )
@@ -132,7 +129,7 @@ def prepare(
         version=parent.name,
     )
     log.info("pseudo_labels_prepared", version=parent.name, pool=len(pool), images=len(images), cap=cap)
-    return Prepared(job.to_dict(), None)
+    return Prepared(job, None)
 
 
 def list_unlabeled(settings: Settings, project_id: int) -> list[Task]:
@@ -160,12 +157,10 @@ def list_unlabeled(settings: Settings, project_id: int) -> list[Task]:
         items: Any = client.tasks.list(
             project=project_id, fields="task_only", query=json.dumps(query), resolve_uri=False, page_size=500
         )
-        rows: list[Any] = [  # Label Studio's JSON as it came
-            item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item)
+        return [  # the SDK's tasks as Label Studio's JSON
+            cast(Task, item.model_dump(mode="json", exclude_unset=True) if hasattr(item, "model_dump") else dict(item))
             for item in items
         ]
-        tasks: list[Task] = rows
-        return tasks
 
 
 def fetch_images(settings: Settings, pool: Sequence[tuple[int, str]]) -> list[tuple[int, Path]]:
