@@ -11,7 +11,7 @@ next videos as a person would in Label Studio: a keyframe every ``--every`` fram
 and a disabled one where it leaves (``keyframe_sequence``). Each round builds the dataset exactly
 as labelloop does for a video project (``labelloop.dataset.video.build_video_dataset``: stride
 frames of the annotated spans and the keyframes, split by video), trains yolov8n from its YAML in
-a child process (``labelloop.training.child.run_training_process``), tracks every held-out video with the
+a child process (``labelloop.training.process.run_training_process``), tracks every held-out video with the
 trained model (``labelloop.serving.video``: ByteTrack, keyframe reduction at 1 % of the frame) and
 scores what Label Studio would draw from the stored keyframes on every frame
 (``labelloop.task_types.keyframes.frame_boxes``) against the true boxes (``labelloop.training.scoring``).

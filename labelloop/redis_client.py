@@ -9,7 +9,7 @@ Roles (seconds: connect timeout, socket timeout):
 - ``listener``: the predict worker's pub/sub subscription (1, its own read deadline), built by
   ``labelloop.serving.listener`` with ``subscriber`` below.
 
-The receiver's own asyncio client is the third construction (``service.app``). redis-py's
+The receiver's own asyncio client is the third construction (``service.redis_client``). redis-py's
 connection pool notices a fork (it compares the process id) and opens new connections in the
 child, so a client shared in a Celery prefork parent is safe to use in its children.
 """
