@@ -29,18 +29,18 @@ from labelloop.events.changes import seq_key, stream_key
 from labelloop.registry.base_models import is_asset_name
 from labelloop.registry.params import ProjectParams
 from labelloop.registry.params import load as load_params
-from labelloop.settings import Settings
 from labelloop.training.process import run_training_process
 from service.app import create_app
 from service.events import DEDUP_TTL_S, EVENT_STREAM
 from service.protocol import ACCEPTED_ACTIONS
 from tests.conftest import connect, fixture
+from tests.factories import make_settings
 
 SECRET = {"X-Labelloop-Secret": "s3cret"}
 
 
 def _app(redis_url: str, tmp_path: Path, **settings: Any) -> TestClient:
-    s = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", **settings)
+    s = make_settings(tmp_path, redis_url=redis_url, **settings)
     return TestClient(create_app(s), raise_server_exceptions=False)
 
 
@@ -135,7 +135,7 @@ def test_crafted_bodies_keep_the_receiver_memory_bounded(tmp_path: Path, redis_u
             line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM"))
             return int(line.split()[1]) / 1024
 
-        limit = Settings().max_body_bytes
+        limit = make_settings(tmp_path).max_body_bytes
         head = b'{"action":"ANNOTATION_CREATED","project":1,"x":['
         body = head + b"{}," * ((limit - len(head) - 10) // 3) + b"{}]}"
         assert len(body) <= limit
