@@ -14,22 +14,22 @@ from labelloop.manifest import Manifest
 from labelloop.registry.model_card import model_card, score_threshold, serving_imgsz
 from labelloop.registry.model_export import UnknownFormatError, downloads, missing_packages
 from labelloop.registry.store import Registry
+from tests.factories import publish_version
 
 
 def _registry(tmp_path: Path) -> Registry:
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"not a model")
     registry = Registry(tmp_path / "models")
-    manifest = {
-        "task": "detect",
-        "names": {"1": "disc", "0": "square", "2": "Traffic light"},
-        "train_args": {"imgsz": 320},
-        "show_conf": {"value": 0.4},
-        "metrics": {"map50": 0.5},
-        "annotations": {"1": "a", "2": "b", "3": "c"},
-    }
     for _ in range(3):
-        registry.publish(4, weights, manifest)
+        publish_version(
+            registry,
+            4,
+            b"not a model",
+            annotations={"1": "a", "2": "b", "3": "c"},
+            names={"1": "disc", "0": "square", "2": "Traffic light"},
+            train_args={"imgsz": 320},
+            show_conf={"value": 0.4},
+            metrics={"map50": 0.5},
+        )
     return registry
 
 
