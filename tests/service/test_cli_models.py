@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from labelloop.registry.store import Registry
-from tests.factories import publish_version
+from tests.factories import publish_version, settings_env
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -28,7 +28,7 @@ def test_models_commands(redis_url: str, tmp_path: Path) -> None:
     registry = Registry(tmp_path / "models")
     for metric in (0.1, 0.2):
         publish_version(registry, 5, metrics={"map50_95": metric}, dataset_size={"train": 8, "val": 2})
-    env = {"LABELLOOP_MODELS_DIR": str(tmp_path / "models"), "LABELLOOP_REDIS_URL": redis_url}
+    env = settings_env(tmp_path, redis_url=redis_url)
     listed = _cli(env, "models", "list", "5").stdout
     assert "* v2" in listed and "0.2000" in listed and "8/2" in listed
     assert _cli(env, "models", "promote", "5", "v1").returncode == 0
@@ -52,7 +52,7 @@ def test_models_list_prints_the_learning_curve(tmp_path: Path) -> None:
     for map50, n, promote in ((0.3, 10, True), (0.9, 20, False), (0.6, 30, True)):
         seen = {str(i): "t" for i in range(n)}
         publish_version(registry, 5, promote=promote, annotations=seen, metrics={"map50": map50, "map50_95": map50 / 3})
-    out = _cli({"LABELLOOP_MODELS_DIR": str(tmp_path / "models")}, "models", "list", "5").stdout
+    out = _cli(settings_env(tmp_path), "models", "list", "5").stdout
     curve = out[out.index("learning curve") :].splitlines()[1:]
     assert [line.split()[0] for line in curve] == ["v1", "v2", "v3"]
     bars = [line[line.index("|") + 1 : line.rindex("|")] for line in curve]

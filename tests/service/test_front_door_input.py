@@ -21,7 +21,7 @@ from labelloop.errors import UnavailableError
 from labelloop.events.changes import ChangeLog, ChangeLogUnusable
 from service.app import create_app
 from tests.conftest import connect, fixture
-from tests.factories import make_settings
+from tests.factories import make_settings, settings_env
 
 BASIC = ("ls", "pw")
 BAD_IDS = ["²", "9" * 5000, "-1", "0", "9" * 20, "1e3"]
@@ -118,12 +118,7 @@ def loopback(tmp_path: Path, redis_url: str) -> Iterator[str]:
     """``labelloop serve`` bound to 127.0.0.1 with Basic auth, default Host allow-list."""
     stack = Stack(
         tmp_path,
-        {
-            "LABELLOOP_REDIS_URL": redis_url,
-            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-            "BASIC_AUTH_USER": BASIC[0],
-            "BASIC_AUTH_PASS": BASIC[1],
-        },
+        settings_env(tmp_path, redis_url=redis_url, BASIC_AUTH_USER=BASIC[0], BASIC_AUTH_PASS=BASIC[1]),
     )
     yield stack.start_receiver(free_port())
     stack.stop_all()
@@ -182,7 +177,7 @@ def test_a_hung_file_read_in_setup_or_status_leaves_the_receiver_answering(tmp_p
     """While /setup or /projects/{id}/status is stuck reading the project's files (CURRENT is a FIFO
     with no writer: a hung disk), /health still answers: file reads and label-config parsing
     run in threads, not on the event loop; the stuck request completes once the read does."""
-    stack = Stack(tmp_path, {"LABELLOOP_REDIS_URL": redis_url, "LABELLOOP_MODELS_DIR": str(tmp_path / "models")})
+    stack = Stack(tmp_path, settings_env(tmp_path, redis_url=redis_url))
     url = stack.start_receiver(free_port())
     project = tmp_path / "models" / "1"
     project.mkdir(parents=True)

@@ -11,7 +11,7 @@ import httpx
 
 from labelloop.dev.stack import Stack, free_port
 from labelloop.registry.store import Registry
-from tests.factories import publish_version
+from tests.factories import publish_version, settings_env
 
 VERSIONS = 20
 ANNOTATIONS = 10_000
@@ -26,7 +26,7 @@ def test_listing_versions_and_metrics_do_not_stall_the_event_loop(redis_url: str
         n = ANNOTATIONS * v // VERSIONS
         seen = {str(i): f"2026-01-01T00:00:{i % 60:02d}.000000Z" for i in range(n)}
         publish_version(registry, 1, promote=v % 3 != 0, annotations=seen, metrics={"map50_95": v / 100})
-    stack = Stack(tmp_path, {"LABELLOOP_MODELS_DIR": str(tmp_path / "models"), "LABELLOOP_REDIS_URL": redis_url})
+    stack = Stack(tmp_path, settings_env(tmp_path, redis_url=redis_url))
     try:
         url = stack.start_receiver(free_port())
         with httpx.Client(base_url=url, timeout=60) as http:
