@@ -150,6 +150,7 @@ def test_compose_environment_guards_webhooks_and_leaves_the_recipe_unset(
         monkeypatch.delenv(name)
     for name, value in web.items():
         monkeypatch.setenv(name, value)
+    # Settings built by hand: the test is about the values read from the rendered environment.
     rendered = Settings()
     assert rendered.basic_auth_user == COMPOSE_ENV["BASIC_AUTH_USER"] and rendered.webhook_secret is not None
     assert (rendered.epochs, rendered.imgsz, rendered.train_time_s, rendered.base_model) == (None, None, None, "auto")

@@ -19,7 +19,7 @@ from kombu import Connection
 from labelloop import keys
 from labelloop.jobs import broker
 from labelloop.names import QUEUE_TRAIN, TASK_TRAIN
-from labelloop.settings import Settings
+from tests.factories import make_settings
 from workers.celery_app import create_celery
 
 
@@ -36,7 +36,7 @@ def channel(redis_url: str) -> Iterator[Any]:
 
 def send_train(redis_url: str, tmp_path: Path, project_id: int, run_id: str, priority: int | None = None) -> None:
     """Send ``labelloop.train`` as the workers do: the Celery app's ``send_task`` by name and queue."""
-    app = create_celery(Settings(redis_url=redis_url, models_dir=tmp_path / "m", cache_dir=tmp_path / "c"))
+    app = create_celery(make_settings(tmp_path, redis_url=redis_url))
     app.send_task(TASK_TRAIN, args=[project_id, run_id], queue=QUEUE_TRAIN, priority=priority)
 
 

@@ -13,9 +13,9 @@ from starlette.testclient import TestClient
 
 from labelloop.events.changes import ChangeLog, ChangeLogUnusable, stream_key
 from labelloop.labelstudio.export import sync_tasks
-from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import connect
+from tests.factories import make_settings
 from tests.labelloop.test_tombstones import NEVER_VERIFY, PROJECT, FakeLabelStudio, client_of, dataset
 
 BUDGET = 96 * 1024
@@ -23,12 +23,7 @@ BUDGET = 96 * 1024
 
 @pytest.fixture
 def receiver(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        change_log_project_bytes=BUDGET,
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, change_log_project_bytes=BUDGET)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         connect(client)
         yield client

@@ -19,9 +19,9 @@ from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic import make_sample
 from labelloop.events.changes import CLOCK_SKEW_S, ChangeLog, apply_entries, entry_bytes
 from labelloop.labelstudio.export import differing_tasks, export_tasks, sync_tasks
-from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import connect, fixture
+from tests.factories import make_settings
 
 SECRET = "s3cret-shared-with-every-webhook"
 HEADERS = {"X-Labelloop-Secret": SECRET}
@@ -46,9 +46,7 @@ def forged(
 
 @pytest.fixture
 def receiver(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", webhook_secret=SECRET
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, webhook_secret=SECRET)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

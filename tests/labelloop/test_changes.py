@@ -30,9 +30,9 @@ from labelloop.events.changes import (
     seq_key,
     stream_key,
 )
-from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import connect, fixture
+from tests.factories import make_settings
 
 CONFIG = fixture("webhook_ANNOTATION_CREATED.json")["project"]["label_config"]
 
@@ -188,7 +188,7 @@ def test_a_webhook_never_changes_the_label_config() -> None:
 
 @pytest.fixture
 def receiver(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    settings = make_settings(tmp_path, redis_url=redis_url)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         connect(client)
         yield client
@@ -292,7 +292,7 @@ def test_a_delete_recorded_before_its_create_never_brings_the_annotation_back(
     same build's entries or a later one) leaves a tombstone: the annotation never comes back, and
     the counters then disagree so the build reads Label Studio instead of trusting the log."""
     log = ChangeLog(redis.Redis.from_url(redis_url))
-    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models2", cache_dir=tmp_path / "cache2")
+    settings = make_settings(tmp_path / "replica", redis_url=redis_url)
     with TestClient(create_app(settings), raise_server_exceptions=False) as replica:
         start = log.position(1)
         receiver.post("/webhook", json=with_task_counts(created(1, 11, "2026-11-21T10:00:01.000000Z", done=1), 1))
@@ -341,7 +341,7 @@ def test_a_redis_restarted_without_its_last_writes_makes_the_log_unusable(tmp_pa
     port = free_port()
     url = stack.start_redis(port, tmp_path / "redis")
     try:
-        settings = Settings(redis_url=url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+        settings = make_settings(tmp_path, redis_url=url)
         client = redis.Redis.from_url(url)
         log = ChangeLog(client)
         with TestClient(create_app(settings), raise_server_exceptions=False) as app:

@@ -14,10 +14,10 @@ from labelloop.jobs.plan import plan_training
 from labelloop.manifest import TrainingResult
 from labelloop.registry.promotion import comparable, decide_promotion
 from labelloop.registry.store import Registry
-from labelloop.settings import Settings
 from labelloop.task_types.labels import parse_detection_config
 from labelloop.training.process import run_training_process
 from tests.conftest import served_images_dataset
+from tests.factories import make_settings, publish_version
 
 SQUARE = {"ap50": 0.9, "map50_95": 0.6, "precision": 0.8, "recall": 0.7}
 DISC = {"ap50": 0.7, "map50_95": 0.4, "precision": 0.6, "recall": 0.5}
@@ -68,8 +68,9 @@ def test_a_label_added_to_the_config_still_goes_through_the_gate(
     served = served_images_dataset(root, tmp_path / "ds-v1")
     registry = Registry(tmp_path / "models")
     known = {str(k): v for k, v in served.names.items()}
-    manifest = {"task": "detect", "from_name": served.spec.from_name, "names": known}
-    registry.publish(1, Path(trained["result"]["best"]), {**manifest, "spec": asdict(served.spec)})
+    publish_version(
+        registry, 1, trained["result"]["best"], from_name=served.spec.from_name, names=known, spec=asdict(served.spec)
+    )
     parent = registry.current(1)
     assert parent is not None
 
@@ -87,15 +88,8 @@ def test_a_label_added_to_the_config_still_goes_through_the_gate(
     images = local_images({i + 1: root / f"img{i}.png" for i in range(12)})
     built = build_dataset(tasks, spec, tmp_path / "ds-v2", images, 0.25, 2, names=names)
     assert built.names == names
-    settings = Settings(
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        redis_url=redis_url,
-        imgsz=160,
-        epochs=1,
-        batch=4,
-        dataloader_workers=0,
-        offline=True,
+    settings = make_settings(
+        tmp_path, redis_url=redis_url, imgsz=160, epochs=1, batch=4, dataloader_workers=0, offline=True
     )
     plan = plan_training(settings, built, parent, True, {"base_model": "yolov8n.yaml"})
     assert plan.job.weights == str(parent.weights)  # fine-tuned from v1

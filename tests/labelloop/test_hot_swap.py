@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import shutil
 import signal
 import threading
 import time
@@ -22,6 +21,7 @@ from labelloop.registry.store import Registry
 from labelloop.serving.listener import LISTENER_NAME
 from labelloop.serving.predictor import Predictor
 from labelloop.task_types.labels import parse_detection_config
+from tests.factories import publish_version
 
 PROJECT = 11
 SPEC = parse_detection_config(LABEL_CONFIG)
@@ -34,9 +34,8 @@ def test_promote_and_rollback_under_load(trained: dict, image_server: tuple[str,
     base_url, _ = image_server
     models = tmp_path / "models"
     registry = Registry(models)
-    for name in ("a.pt", "b.pt"):
-        shutil.copyfile(trained["result"]["best"], tmp_path / name)
-        registry.publish(PROJECT, tmp_path / name, {"classes": ["square", "disc"]})
+    for _ in ("v1", "v2"):
+        publish_version(registry, PROJECT, trained["result"]["best"], classes=["square", "disc"])
     registry.set_current(PROJECT, "v1")
     stack = Stack(
         tmp_path,
@@ -109,9 +108,8 @@ def _serving_stack(trained: dict, image_server: tuple[str, Path], tmp_path: Path
     base_url, _ = image_server
     models = tmp_path / "models"
     registry = Registry(models)
-    for name in ("a.pt", "b.pt"):
-        shutil.copyfile(trained["result"]["best"], tmp_path / name)
-        registry.publish(PROJECT, tmp_path / name, {"classes": ["square", "disc"]})
+    for _ in ("v1", "v2"):
+        publish_version(registry, PROJECT, trained["result"]["best"], classes=["square", "disc"])
     registry.set_current(PROJECT, "v1")
     stack = Stack(
         tmp_path,
@@ -237,7 +235,7 @@ def test_model_cache_is_bounded_across_projects(
     base_url, _ = image_server
     registry = Registry(tmp_path / "models")
     for project in (PROJECT, PROJECT + 1):
-        registry.publish(project, Path(trained["result"]["best"]), {"classes": ["square", "disc"]})
+        publish_version(registry, project, trained["result"]["best"], classes=["square", "disc"])
     media = MediaConfig(None, None, allow_hosts=("127.0.0.1",))
     predictor = Predictor(
         registry, "yolov8n.yaml", trained["work"] / "yolo", tmp_path / "cache", 160, 0.0, media=media, cache_projects=1

@@ -22,8 +22,8 @@ from PIL import Image
 
 from labelloop.labelstudio.auth import LabelStudioAuth, TokenRefreshError, is_personal_access_token
 from labelloop.labelstudio.media import ImageCache, MediaConfig, MediaError
-from labelloop.settings import Settings
 from service.projects import LabelStudioProjects
+from tests.factories import make_settings
 
 LS = "http://ls.test:8080"
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
@@ -256,9 +256,7 @@ def test_async_flow_exchanges_caches_and_refreshes(ls: FakeLabelStudio) -> None:
 def test_receiver_project_check_uses_the_auth(ls: FakeLabelStudio, tmp_path: Path) -> None:
     """The receiver's project check (service.projects) reads a project with a personal access token,
     refreshes it after a 401, and answers False (never raises) when the exchange is refused."""
-    settings = Settings(
-        models_dir=tmp_path / "m", cache_dir=tmp_path / "c", label_studio_url=LS, label_studio_api_key=PAT
-    )
+    settings = make_settings(tmp_path, label_studio=(LS, PAT))
 
     async def run() -> list[bool]:
         projects = LabelStudioProjects(settings, transport=httpx.MockTransport(ls.ahandle))

@@ -26,17 +26,12 @@ from labelloop.jobs.progress import ProgressStore
 from labelloop.jobs.trigger import TriggerStore
 from labelloop.settings import Settings
 from labelloop.training.runs import runs_dir
+from tests.factories import make_settings
 
 
 def settings_for(redis_url: str, tmp_path: Path, ls_url: str, **extra: Any) -> Settings:
-    return Settings(
-        redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        label_studio_url=ls_url,
-        label_studio_api_key="not-a-real-token",
-        train_lock_ttl_s=3,
-        **extra,
+    return make_settings(
+        tmp_path, redis_url=redis_url, label_studio=(ls_url, "not-a-real-token"), train_lock_ttl_s=3, **extra
     )
 
 
@@ -68,6 +63,8 @@ def test_a_delivery_of_a_run_another_run_holds_does_not_train(redis_url: str, tm
     assert redis.Redis.from_url(redis_url).get(keys.training_lock(4)) == holder.encode()
 
 
+# The child builds its Settings from the environment the test gives it (the tests' factories are not
+# imported there).
 TRAIN_IN_A_CHILD = """
 import sys
 import threading

@@ -19,18 +19,13 @@ from labelloop.jobs.progress import ProgressStore
 from labelloop.names import QUEUE_PREANNOTATE, QUEUE_TRAIN, TASK_PREANNOTATE, TASK_TRAIN
 from labelloop.registry.store import ModelVersion, Registry
 from labelloop.settings import Settings
+from tests.factories import make_settings, publish_version
 
 Sent = list[tuple[str, list[Any], str]]
 
 
 def make_jobs(redis_url: str, tmp_path: Path, sent: Sent, work: lifecycle.Work) -> Jobs:
-    settings = Settings(
-        redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        train_every_n=2,
-        train_lock_ttl_s=3,
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, train_every_n=2, train_lock_ttl_s=3)
     jobs = Jobs(settings, lambda name, args, queue: sent.append((name, args, queue)))
     jobs.runs.work = work
     return jobs
@@ -50,7 +45,7 @@ def publishing(tmp_path: Path, on_run: Callable[[], None] = lambda: None) -> lif
     ) -> ModelVersion:
         on_progress({"epoch": 1, "epochs": 1, "metrics": {"metrics/mAP50-95(B)": 0.5}, "losses": {}})
         on_run()
-        return Registry(settings.models_dir).publish(project_id, weights, {"metrics": {"map50_95": 0.5}})
+        return publish_version(Registry(settings.models_dir), project_id, weights, metrics={"map50_95": 0.5})
 
     return work
 

@@ -22,18 +22,17 @@ from labelloop.jobs.jobs import Jobs
 from labelloop.jobs.lease import RunRecords
 from labelloop.names import QUEUE_TRAIN
 from labelloop.settings import Settings
+from tests.factories import make_settings
 from workers.celery_app import create_celery
 
 ANNOTATION = [(101, "2026-12-06T10:00:00.000000Z")]
 
 
 def settings_for(redis_url: str, tmp_path: Path) -> Settings:
-    return Settings(
+    return make_settings(
+        tmp_path,
         redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        label_studio_url=f"http://127.0.0.1:{free_port()}",
-        label_studio_api_key="not-a-real-token",
+        label_studio=(f"http://127.0.0.1:{free_port()}", "not-a-real-token"),
         train_every_n=1,
         train_lock_orphan_s=1,
     )

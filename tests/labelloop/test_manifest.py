@@ -27,6 +27,7 @@ def test_the_registry_completes_the_manifest_and_reads_it_typed(tmp_path: Path) 
     weights.write_bytes(b"x")
     registry = Registry(tmp_path / "models")
     first = Manifest(task="segment", names={"0": "cell"}, metrics={"map50": 0.7}, run_id="r1")
+    # Registry.publish by hand (not tests.factories.publish_version): the test is about what it writes of a Manifest.
     registry.publish(3, weights, first.to_json())
     second = registry.publish(3, weights, Manifest(task="segment").to_json(), promote=False)
     record = second.record
@@ -78,7 +79,7 @@ def test_a_manifest_keeps_counts_not_lists_that_grow_with_the_tasks(tmp_path: Pa
     weights.write_bytes(b"x")
     registry = Registry(tmp_path / "models")
     manifest = Manifest(dataset=report.to_dict(), pseudo_labels=PseudoLabels.model_validate(pseudo))
-    registry.publish(1, weights, manifest.to_json())
+    registry.publish(1, weights, manifest.to_json())  # by hand: the test is about the Manifest it writes
 
     path = tmp_path / "models" / "1" / "versions" / "v1" / "manifest.json"
     assert path.stat().st_size < 8192, path.stat().st_size

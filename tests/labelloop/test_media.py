@@ -1149,6 +1149,7 @@ def test_config_from_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setenv("LOCAL_FILES_DOCUMENT_ROOT", str(tmp_path))
     monkeypatch.setenv("LABELLOOP_MEDIA_ALLOW_HOSTS", "images.example, cdn.example:8443 ,")
     monkeypatch.setenv("LABELLOOP_MEDIA_TIMEOUT_S", "5")
+    # Settings built by hand: the test is about the values read from the environment.
     cfg = MediaConfig.from_settings(Settings())
     assert cfg.label_studio_url == "http://ls.example:8080" and cfg.api_key == "abc"
     assert cfg.document_root == tmp_path

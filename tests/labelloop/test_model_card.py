@@ -14,22 +14,22 @@ from labelloop.manifest import Manifest
 from labelloop.registry.model_card import model_card, score_threshold, serving_imgsz
 from labelloop.registry.model_export import UnknownFormatError, downloads, missing_packages
 from labelloop.registry.store import Registry
+from tests.factories import publish_version, settings_env
 
 
 def _registry(tmp_path: Path) -> Registry:
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"not a model")
     registry = Registry(tmp_path / "models")
-    manifest = {
-        "task": "detect",
-        "names": {"1": "disc", "0": "square", "2": "Traffic light"},
-        "train_args": {"imgsz": 320},
-        "show_conf": {"value": 0.4},
-        "metrics": {"map50": 0.5},
-        "annotations": {"1": "a", "2": "b", "3": "c"},
-    }
     for _ in range(3):
-        registry.publish(4, weights, manifest)
+        publish_version(
+            registry,
+            4,
+            b"not a model",
+            annotations={"1": "a", "2": "b", "3": "c"},
+            names={"1": "disc", "0": "square", "2": "Traffic light"},
+            train_args={"imgsz": 320},
+            show_conf={"value": 0.4},
+            metrics={"map50": 0.5},
+        )
     return registry
 
 
@@ -92,7 +92,7 @@ def test_pt_export_writes_the_card_next_to_a_copy_and_lists_it_for_download(tmp_
     """``models export P --format pt`` of the served version copies its weights with the card into
     exports/pt and --out; the download list holds them; a second run says cached."""
     registry = _registry(tmp_path)
-    env = {**os.environ, "LABELLOOP_MODELS_DIR": str(tmp_path / "models"), "LABELLOOP_CACHE_DIR": str(tmp_path / "c")}
+    env = {**os.environ, **settings_env(tmp_path)}
     cmd = [sys.executable, "-m", "service.cli", "models", "export", "4", "--out", str(tmp_path / "out")]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
@@ -111,12 +111,7 @@ def test_a_format_whose_package_is_missing_is_refused_naming_it(tmp_path: Path) 
     block.mkdir()
     # A fault injected for real: the package cannot be imported in the command's process.
     (block / "sitecustomize.py").write_text("import sys\nsys.modules['onnxslim'] = None\n")
-    env = {
-        **os.environ,
-        "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-        "LABELLOOP_CACHE_DIR": str(tmp_path / "c"),
-        "PYTHONPATH": str(block),
-    }
+    env = {**os.environ, **settings_env(tmp_path, PYTHONPATH=str(block))}
     done = subprocess.run(
         [sys.executable, "-m", "service.cli", "models", "export", "4", "v2", "--format", "onnx"],
         env=env,
@@ -133,7 +128,7 @@ def test_a_format_whose_package_is_missing_is_refused_naming_it(tmp_path: Path) 
 
 def test_export_without_a_served_version_or_of_an_unknown_one_fails_clearly(tmp_path: Path) -> None:
     """No served version and no version named, or a version that does not exist: exit 1, one line."""
-    env = {**os.environ, "LABELLOOP_MODELS_DIR": str(tmp_path / "models"), "LABELLOOP_CACHE_DIR": str(tmp_path / "c")}
+    env = {**os.environ, **settings_env(tmp_path)}
     cli = [sys.executable, "-m", "service.cli", "models", "export"]
     none = subprocess.run([*cli, "9"], env=env, capture_output=True, text=True)
     assert none.returncode == 1 and "project 9 serves no version" in none.stderr

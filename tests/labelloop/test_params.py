@@ -9,9 +9,9 @@ from starlette.testclient import TestClient
 
 from labelloop.errors import ParamsError
 from labelloop.registry.params import EffectiveParams, ProjectParams, load, parse_extra_params, store
-from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import fixture
+from tests.factories import make_settings
 
 
 @pytest.mark.parametrize("raw", [None, "", "null", {}])
@@ -43,18 +43,18 @@ def test_invalid_extra_params_are_422_with_reason(raw: object, reason: str) -> N
 
 def test_params_override_environment_defaults(tmp_path: Path) -> None:
     """Stored params win over the settings; unset keys keep the settings' values."""
-    settings = Settings(epochs=20, imgsz=640, train_every_n=10)
+    settings = make_settings(tmp_path, epochs=20, imgsz=640, train_every_n=10)
     store(tmp_path, 5, parse_extra_params('{"epochs": 3, "imgsz": 320}'))
     effective = load(tmp_path, 5).effective(settings)
     assert (effective["epochs"], effective["imgsz"], effective["train_every_n"]) == (3, 320, 10)
     assert not store(tmp_path, 5, parse_extra_params({"epochs": 3, "imgsz": 320}))
 
 
-def test_effective_params_have_every_param_typed() -> None:
+def test_effective_params_have_every_param_typed(tmp_path: Path) -> None:
     """``effective`` gives every extra param a key of ``EffectiveParams`` (a param added to one and
     not the other fails here), each value of its declared type: the setting's, None where no setting
     has the param."""
-    effective = ProjectParams().effective(Settings())
+    effective = ProjectParams().effective(make_settings(tmp_path))
     assert set(effective) == set(ProjectParams.model_fields) == set(EffectiveParams.__annotations__)
     assert (effective["control_tag"], effective["obb"]) == (None, None)
     assert isinstance(effective["train_every_n"], int) and isinstance(effective["val_fraction"], float)
@@ -63,7 +63,7 @@ def test_effective_params_have_every_param_typed() -> None:
 
 def test_score_strategy_param_overrides_the_setting(tmp_path: Path) -> None:
     """The extra param score_strategy (and informative_tab) wins over LABELLOOP_SCORE_STRATEGY (and its setting)."""
-    settings = Settings(score_strategy="entropy", informative_tab=True)
+    settings = make_settings(tmp_path, score_strategy="entropy", informative_tab=True)
     assert load(tmp_path, 6).effective(settings)["score_strategy"] == "entropy"
     store(tmp_path, 6, parse_extra_params({"score_strategy": "margin", "informative_tab": False}))
     effective = load(tmp_path, 6).effective(settings)
@@ -72,7 +72,7 @@ def test_score_strategy_param_overrides_the_setting(tmp_path: Path) -> None:
 
 def test_setup_validates_and_stores_extra_params(redis_url: str, tmp_path: Path) -> None:
     """/setup stores valid extra params for the project and rejects invalid ones with 422, storing nothing."""
-    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    settings = make_settings(tmp_path, redis_url=redis_url)
     with TestClient(create_app(settings)) as client:
         body = {**fixture("ml_setup_request.json"), "extra_params": {"epochs": 5, "train_every_n": 3}}
         assert client.post("/setup", json=body).status_code == 200
@@ -92,7 +92,7 @@ AMBIGUOUS = (
 def test_setup_chooses_the_control_tag_to_train(redis_url: str, tmp_path: Path) -> None:
     """An ambiguous label config is a 422 at /setup naming the tags and the control_tag extra param;
     with control_tag it is accepted; an unknown control_tag is a 422 too; every task type is accepted."""
-    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    settings = make_settings(tmp_path, redis_url=redis_url)
     with TestClient(create_app(settings)) as client:
         body = {**fixture("ml_setup_request.json"), "schema": AMBIGUOUS}
         resp = client.post("/setup", json=body)

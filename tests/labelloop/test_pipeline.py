@@ -14,9 +14,9 @@ from labelloop.jobs.gate import Candidate, gate_and_publish
 from labelloop.jobs.plan import plan_training
 from labelloop.manifest import TrainingResult
 from labelloop.registry.store import Registry
-from labelloop.settings import Settings
 from labelloop.training.runs import runs_dir
 from tests.conftest import served_images_dataset
+from tests.factories import make_settings, publish_version
 
 
 def test_a_training_started_before_an_operator_rollback_is_gated_again_against_the_rollback_target(
@@ -29,20 +29,15 @@ def test_a_training_started_before_an_operator_rollback_is_gated_again_against_t
     _, root = image_server
     built = served_images_dataset(root, tmp_path / "ds")
     spec = built.spec
-    settings = Settings(
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        redis_url=redis_url,
-        imgsz=160,
-        epochs=2,
-        batch=4,
-        dataloader_workers=0,
-        offline=True,
+    settings = make_settings(
+        tmp_path, redis_url=redis_url, imgsz=160, epochs=2, batch=4, dataloader_workers=0, offline=True
     )
     registry = Registry(settings.models_dir)
-    served = {"task": "detect", "from_name": spec.from_name, "names": {str(k): v for k, v in built.names.items()}}
+    names = {str(k): v for k, v in built.names.items()}
     for _ in range(2):
-        registry.publish(1, Path(trained["result"]["best"]), {**served, "spec": asdict(spec)})
+        publish_version(
+            registry, 1, trained["result"]["best"], from_name=spec.from_name, names=names, spec=asdict(spec)
+        )
     parent = registry.current(1)  # the training starts while v2 is served
     assert parent is not None and parent.name == "v2"
     plan = plan_training(settings, built, parent, True, {"base_model": "yolov8n.yaml"})

@@ -3,7 +3,6 @@ real trained model, Ultralytics' own batch callback)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,15 @@ from labelloop.registry.store import Registry
 from labelloop.serving.preannotate import Generation, cluster_offset, ranked_picks, superseded_by
 from labelloop.serving.predictor import Predictor
 from labelloop.task_types.labels import parse_detection_config
+from tests.factories import FAKE_WEIGHTS, publish_version
 
 PROJECT = 5
 
 
 def _registry(tmp_path: Path, weights: Path | None = None, versions: int = 2) -> Registry:
     registry = Registry(tmp_path / "models")
-    for i in range(versions):
-        path = tmp_path / f"w{i}.pt"
-        if weights is not None:
-            shutil.copyfile(weights, path)
-        else:
-            path.write_bytes(b"weights")
-        registry.publish(PROJECT, path, {"classes": ["square", "disc"]})
+    for _ in range(versions):
+        publish_version(registry, PROJECT, FAKE_WEIGHTS if weights is None else weights, classes=["square", "disc"])
     registry.set_current(PROJECT, "v1")
     return registry
 

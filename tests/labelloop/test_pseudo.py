@@ -24,8 +24,8 @@ from labelloop.dataset.pseudo import (
 )
 from labelloop.dev.synthetic import LABEL_CONFIG
 from labelloop.registry.store import ModelVersion
-from labelloop.settings import Settings
 from labelloop.task_types.labels import parse_detection_config
+from tests.factories import make_settings
 
 
 def image(task_id: int, *confs: float) -> ImagePrediction:
@@ -169,7 +169,7 @@ PARAMS = {"pseudo_labels": True, "val_fraction": 0.2}
 def test_prepare_says_why_pseudo_labels_do_not_apply(case: str, skipped: str, tmp_path: Path) -> None:
     """Setting on but not applicable: no job for the child, and the manifest record says why (no Label Studio call)."""
     both = {"0": "square", "1": "disc"}
-    settings = Settings(models_dir=tmp_path / "m", cache_dir=tmp_path / "c")
+    settings = make_settings(tmp_path)
     args: dict[str, Any] = {
         "obb": (built("obb"), served(tmp_path, both)),
         "no served version": (built(), None),
@@ -185,7 +185,7 @@ def test_prepare_says_why_pseudo_labels_do_not_apply(case: str, skipped: str, tm
 
 def test_prepare_does_nothing_when_the_setting_is_off(tmp_path: Path) -> None:
     """Setting off: no job and no manifest record (the training is what it was without the feature)."""
-    settings = Settings(models_dir=tmp_path / "m", cache_dir=tmp_path / "c")
+    settings = make_settings(tmp_path)
     both = {"0": "square", "1": "disc"}
     prepared = prepare(settings, 1, built(), served(tmp_path, both), {**PARAMS, "pseudo_labels": False}, tmp_path)
     assert (prepared.job, prepared.record) == (None, None)
@@ -193,12 +193,7 @@ def test_prepare_does_nothing_when_the_setting_is_off(tmp_path: Path) -> None:
 
 def test_prepare_skips_when_label_studio_cannot_list_the_tasks(tmp_path: Path) -> None:
     """Label Studio refusing the task list: the training goes on with human labels only, the record says why."""
-    settings = Settings(
-        models_dir=tmp_path / "m",
-        cache_dir=tmp_path / "c",
-        label_studio_url="http://127.0.0.1:9",
-        label_studio_api_key="k",
-    )
+    settings = make_settings(tmp_path, label_studio=("http://127.0.0.1:9", "k"))
     both = {"0": "square", "1": "disc"}
     prepared = prepare(settings, 1, built(), served(tmp_path, both), PARAMS, tmp_path / "pseudo")
     assert prepared.job is None and prepared.record is not None

@@ -23,7 +23,7 @@ from labelloop.jobs.jobs import Jobs
 from labelloop.jobs.policy import TriggerState
 from labelloop.jobs.progress import ProgressStore
 from labelloop.names import TASK_TRAIN
-from labelloop.settings import Settings
+from tests.factories import make_settings
 
 N = 10
 WAITING = "waiting for a quiet period"
@@ -68,12 +68,10 @@ class Loop:
         self.runs: list[str] = []
         self.outcomes: list[dict[str, Any]] = []
         self.threads: list[threading.Thread] = []
-        self.settings = Settings(
+        self.settings = make_settings(
+            tmp_path,
             redis_url=redis_url,
-            models_dir=tmp_path / "models",
-            cache_dir=tmp_path / "cache",
-            label_studio_url=ls.url,
-            label_studio_api_key="not-a-real-token",
+            label_studio=(ls.url, "not-a-real-token"),
             train_every_n=N,
             train_lock_ttl_s=3,
             **settings,

@@ -16,6 +16,9 @@ import pytest
 from labelloop.errors import CurrentMovedError, RegistryError
 from labelloop.registry.store import Registry
 
+# Registry.publish is called by hand here, not through tests.factories.publish_version: this module
+# is about publish itself (numbering, CURRENT, crash safety), manifests and all.
+
 
 @pytest.fixture
 def weights(tmp_path: Path) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from labelloop.registry.store import Registry
+from tests.factories import publish_version
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "registry-v0" / "models"
 PROJECT = 3
@@ -87,9 +88,7 @@ def test_a_publish_on_the_old_layout_continues_it(old: Registry, tmp_path: Path)
     old index (its entries kept) and served."""
     index = old.project_dir(PROJECT) / "index.json"
     before = json.loads(index.read_text())["versions"]
-    weights = tmp_path / "best.pt"
-    weights.write_bytes(b"new")
-    v5 = old.publish(PROJECT, weights, {"metrics": {"map50_95": 0.5}})
+    v5 = publish_version(old, PROJECT, b"new", metrics={"map50_95": 0.5})
     assert (v5.name, v5.manifest["parent"]) == ("v5", "v2")
     after = json.loads(index.read_text())["versions"]
     assert after[:4] == before and after[4]["version"] == "v5"

@@ -16,8 +16,8 @@ from labelloop.labelstudio.media import MediaConfig
 from labelloop.registry.store import Registry
 from labelloop.serving.predictor import Predictor
 from labelloop.serving.selection import deadline_s, predict_selection
-from labelloop.settings import Settings
 from labelloop.task_types.labels import parse_detection_config
+from tests.factories import make_settings, publish_version
 
 SPEC = parse_detection_config(LABEL_CONFIG)
 PROJECT = 61
@@ -70,7 +70,7 @@ def test_past_the_deadline_no_further_chunk_starts_and_the_rest_get_no_predictio
 
 
 def test_cuda_out_of_memory_on_a_chunk_is_unavailable_naming_predict_batch(
-    predictor: Predictor, image_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+    predictor: Predictor, image_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """torch.cuda.OutOfMemoryError in a chunk's model call raises UnavailableError (503) naming
     LABELLOOP_PREDICT_BATCH, which reaches the receiver through Celery's result backend as itself;
@@ -94,7 +94,7 @@ def test_cuda_out_of_memory_on_a_chunk_is_unavailable_naming_predict_batch(
             UnavailableError, match="out of memory on a chunk of 2 tasks; lower LABELLOOP_PREDICT_BATCH"
         ) as err:
             predict_selection(predictor, PROJECT, SPEC, tasks, None, None, 2, 600)
-    backend = create_celery(Settings()).backend
+    backend = create_celery(make_settings(tmp_path)).backend
     back = backend.exception_to_python(backend.prepare_exception(err.value))
     assert isinstance(back, UnavailableError) and back.status_code == 503
     assert predictor.model_for(PROJECT) is loaded
@@ -127,7 +127,7 @@ def test_a_promotion_between_chunks_leaves_the_selection_on_the_first_chunks_ver
     base_url, _ = image_server
     registry = Registry(tmp_path / "models")
     for _ in ("v1", "v2"):
-        registry.publish(PROJECT, base_weights, {"classes": ["square", "disc"]})
+        publish_version(registry, PROJECT, base_weights, classes=["square", "disc"])
     registry.set_current(PROJECT, "v1")
     media = MediaConfig(None, None, allow_hosts=("127.0.0.1",))
     predictor = Predictor(registry, "yolov8n.yaml", base_weights.parent / "yolo", tmp_path, 160, 0.25, media=media)

@@ -22,6 +22,7 @@ from labelloop.training.threshold import (
     truth_boxes,
     val_images,
 )
+from tests.factories import make_settings, publish_version
 
 A, B, C = (0, 0, 10, 10), (20, 20, 30, 30), (50, 50, 60, 60)
 FAR = (80, 80, 90, 90)
@@ -179,7 +180,6 @@ def test_a_real_training_records_its_threshold_in_the_manifest(
     from labelloop.jobs.plan import plan_training, version_manifest
     from labelloop.manifest import TrainingResult
     from labelloop.registry.store import Registry
-    from labelloop.settings import Settings
     from tests.conftest import served_images_dataset
 
     show = ShowConf.model_validate(trained["result"]["show_conf"])
@@ -193,7 +193,7 @@ def test_a_real_training_records_its_threshold_in_the_manifest(
 
     _, root = image_server
     built = served_images_dataset(root, tmp_path / "ds")
-    settings = Settings(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", predict_conf=0.3, offline=True)
+    settings = make_settings(tmp_path, predict_conf=0.3, offline=True)
     plan = plan_training(settings, built, None, True, {"base_model": "yolov8n.yaml"})
     assert plan.job.to_dict()["predict_conf"] == 0.3
     manifest = version_manifest(built, None, plan, TrainingResult.from_dict(trained["result"]), "run-1", {})
@@ -219,8 +219,8 @@ def test_predictor_hides_regions_below_the_version_threshold_and_keeps_the_score
     tasks = [{"id": i, "data": {"image": f"{base_url}/img{i}.png"}} for i in range(4)]
     registry = Registry(tmp_path / "models")
     best = Path(trained["result"]["best"])
-    manifest = {"classes": list(spec.labels), "task": "detect", "from_name": spec.from_name}
-    registry.publish(5, best, manifest)  # v1: before thresholds
+    manifest = {"classes": list(spec.labels), "from_name": spec.from_name}
+    publish_version(registry, 5, best, **manifest)  # v1: before thresholds
     media = MediaConfig(None, None, allow_hosts=("127.0.0.1",))
 
     def predictor(conf: float, show_conf: float | None = None) -> Predictor:
@@ -240,8 +240,8 @@ def test_predictor_hides_regions_below_the_version_threshold_and_keeps_the_score
     gaps = [(s + lower) / 2 for s, lower in zip(scores, scores[1:], strict=False) if s > lower * 1.01]
     assert len(gaps) >= 2, f"an undertrained model at conf 0 gives regions at several levels: {scores}"
     t, t_low = gaps[0], gaps[1]
-    registry.publish(5, best, {**manifest, "show_conf": {"value": t}})  # v2
-    registry.publish(5, best, {**manifest, "show_conf": {"value": t_low}})  # v3: below predict_conf t below
+    publish_version(registry, 5, best, show_conf={"value": t}, **manifest)  # v2
+    publish_version(registry, 5, best, show_conf={"value": t_low}, **manifest)  # v3: below predict_conf t below
 
     def at_least(out: list[dict], threshold: float) -> list[list[tuple[float, str]]]:
         return [[(s, v) for s, v in task if s >= threshold] for task in regions(out)]

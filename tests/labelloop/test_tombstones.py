@@ -27,9 +27,9 @@ from starlette.testclient import TestClient
 from labelloop.events.changes import ChangeLog
 from labelloop.events.ledger import normalize_ts
 from labelloop.labelstudio.export import sync_tasks
-from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import connect, fixture
+from tests.factories import make_settings
 
 PROJECT = 1
 START = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -143,7 +143,7 @@ def dataset(tasks: list[dict[str, Any]]) -> dict[int, list[tuple[int, str, str]]
 
 @pytest.fixture
 def receiver(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings_ = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    settings_ = make_settings(tmp_path, redis_url=redis_url)
     with TestClient(create_app(settings_), raise_server_exceptions=False) as client:
         connect(client)
         yield client

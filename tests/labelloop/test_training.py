@@ -16,6 +16,7 @@ from labelloop.registry.store import Registry
 from labelloop.serving.predictor import Predictor
 from labelloop.task_types.labels import parse_detection_config
 from labelloop.training.process import run_training_process, validate_in_child
+from tests.factories import publish_version
 
 pytestmark = pytest.mark.slow  # every test here trains with real Ultralytics
 
@@ -87,7 +88,7 @@ def test_predictor_serves_current_version_and_swaps(
     untrained = predictor.predict(5, SPEC, tasks, None, None)
     assert untrained == [{"result": [], "score": 0.0, "model_version": "untrained"}] * 3
 
-    registry.publish(5, Path(trained["result"]["best"]), {"classes": list(SPEC.labels)})
+    publish_version(registry, 5, trained["result"]["best"], classes=list(SPEC.labels))
     out = predictor.predict(5, SPEC, tasks, None, None)
     assert [o["model_version"] for o in out] == ["v1"] * 3
     assert out[1]["result"] == []
@@ -107,7 +108,7 @@ def test_predictor_serves_current_version_and_swaps(
 
     copy = tmp_path / "again.pt"
     shutil.copyfile(trained["result"]["best"], copy)
-    registry.publish(5, copy, {"classes": list(SPEC.labels)})
+    publish_version(registry, 5, copy, classes=list(SPEC.labels))
     # The old model answers while v2 loads in the background; then v2 serves (a generous bound:
     # loading takes well under a second on an idle machine, but not on a loaded 2-core one).
     assert predictor.predict(5, SPEC, tasks[:1], None, None)[0]["model_version"] in {"v1", "v2"}

@@ -27,6 +27,7 @@ from labelloop.serving.video import (
 )
 from labelloop.task_types.keyframes import frame_boxes, reduce_track
 from labelloop.task_types.labels import parse_label_config
+from tests.factories import publish_version
 
 SPEC = parse_label_config(video_config())
 
@@ -104,7 +105,7 @@ def test_the_predictor_tracks_a_video_task_and_fetches_it_once(
     video = write_video(tmp_path / "www" / "clip.mp4", seed=4, frames=12)
     model.save(str(tmp_path / "w.pt"))
     registry = Registry(tmp_path / "models")
-    registry.publish(7, tmp_path / "w.pt", {"classes": ["square", "disc"], "task": "detect", "from_name": "box"})
+    publish_version(registry, 7, tmp_path / "w.pt", classes=["square", "disc"], from_name="box")
     registry.set_current(7, "v1")
     handler = functools.partial(_Counting, directory=str(video.path.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from labelloop.registry.store import Registry
+from tests.factories import publish_version, settings_env
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -24,12 +25,10 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_models_commands(redis_url: str, tmp_path: Path) -> None:
     """list marks the served version; promote and rollback move it and queue its pre-annotation;
     errors exit 1 with a message."""
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
     registry = Registry(tmp_path / "models")
     for metric in (0.1, 0.2):
-        registry.publish(5, weights, {"metrics": {"map50_95": metric}, "dataset_size": {"train": 8, "val": 2}})
-    env = {"LABELLOOP_MODELS_DIR": str(tmp_path / "models"), "LABELLOOP_REDIS_URL": redis_url}
+        publish_version(registry, 5, metrics={"map50_95": metric}, dataset_size={"train": 8, "val": 2})
+    env = settings_env(tmp_path, redis_url=redis_url)
     listed = _cli(env, "models", "list", "5").stdout
     assert "* v2" in listed and "0.2000" in listed and "8/2" in listed
     assert _cli(env, "models", "promote", "5", "v1").returncode == 0
@@ -49,13 +48,11 @@ def test_models_commands(redis_url: str, tmp_path: Path) -> None:
 def test_models_list_prints_the_learning_curve(tmp_path: Path) -> None:
     """models list ends with the learning curve: one bar per version, as long as its metrics, the
     rejected candidate and the served version marked (the page's curve, as text)."""
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
     registry = Registry(tmp_path / "models")
     for map50, n, promote in ((0.3, 10, True), (0.9, 20, False), (0.6, 30, True)):
-        manifest = {"metrics": {"map50": map50, "map50_95": map50 / 3}, "annotations": {str(i): "t" for i in range(n)}}
-        registry.publish(5, weights, manifest, promote=promote)
-    out = _cli({"LABELLOOP_MODELS_DIR": str(tmp_path / "models")}, "models", "list", "5").stdout
+        seen = {str(i): "t" for i in range(n)}
+        publish_version(registry, 5, promote=promote, annotations=seen, metrics={"map50": map50, "map50_95": map50 / 3})
+    out = _cli(settings_env(tmp_path), "models", "list", "5").stdout
     curve = out[out.index("learning curve") :].splitlines()[1:]
     assert [line.split()[0] for line in curve] == ["v1", "v2", "v3"]
     bars = [line[line.index("|") + 1 : line.rindex("|")] for line in curve]

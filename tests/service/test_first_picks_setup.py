@@ -15,6 +15,7 @@ from labelloop.registry.store import Registry
 from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import fixture
+from tests.factories import make_settings, publish_version
 
 
 def _first_picks_queued(redis_url: str) -> list[list[int]]:
@@ -29,22 +30,14 @@ def _first_picks_queued(redis_url: str) -> list[list[int]]:
 
 def _settings(redis_url: str, tmp_path: Path) -> Settings:
     # A Label Studio URL is configured (nothing listens there: /setup never calls it here).
-    return Settings(
-        redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        label_studio_url="http://127.0.0.1:9",
-        label_studio_api_key="k",
-    )
+    return make_settings(tmp_path, redis_url=redis_url, label_studio=("http://127.0.0.1:9", "k"))
 
 
 def test_setup_queues_first_picks_once_before_the_first_version(redis_url: str, tmp_path: Path) -> None:
     """Three /setup calls for a project without a version queue one first-picks task (routed to the
     preannotate queue); a project with a served version queues none; another project gets its own."""
     settings = _settings(redis_url, tmp_path)
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"weights")
-    Registry(settings.models_dir).publish(2, weights, {"classes": ["square", "disc"]})
+    publish_version(Registry(settings.models_dir), 2, classes=["square", "disc"])
     with TestClient(create_app(settings)) as client:
         for project in ("1.1795268180", "1.1795268180", "1.1795268180", "2.1", "3.1"):
             resp = client.post("/setup", json={**fixture("ml_setup_request.json"), "project": project})
@@ -59,7 +52,7 @@ def test_first_picks_off_by_extra_param_or_without_label_studio(redis_url: str, 
     with TestClient(create_app(settings)) as client:
         body = {**fixture("ml_setup_request.json"), "extra_params": {"first_picks": False}}
         assert client.post("/setup", json=body).status_code == 200
-    plain = Settings(redis_url=redis_url, models_dir=tmp_path / "m2", cache_dir=tmp_path / "cache")
+    plain = make_settings(tmp_path / "plain", redis_url=redis_url)
     with TestClient(create_app(plain)) as client:
         assert client.post("/setup", json={**fixture("ml_setup_request.json"), "project": "4.1"}).status_code == 200
     assert _first_picks_queued(redis_url) == []

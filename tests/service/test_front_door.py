@@ -18,6 +18,7 @@ from labelloop import keys
 from labelloop.dev.stack import Stack, free_port, wait_until
 from labelloop.events.changes import ChangeLog, ChangeLogUnusable
 from tests.conftest import connect, fixture
+from tests.factories import settings_env
 
 SECRET = "front-door-secret-0123456789"
 AUTH = {"X-Labelloop-Secret": SECRET}
@@ -36,13 +37,13 @@ def front(tmp_path: Path, redis_url: str) -> Iterator[tuple[Stack, str]]:
     redis.Redis.from_url(redis_url).flushdb()
     stack = Stack(
         tmp_path,
-        {
-            "LABELLOOP_REDIS_URL": redis_url,
-            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-            "LABELLOOP_WEBHOOK_SECRET": SECRET,
-            "LABELLOOP_HEADER_TIMEOUT_S": "2",
-            "LABELLOOP_MAX_CONCURRENT_REQUESTS": "2",
-        },
+        settings_env(
+            tmp_path,
+            redis_url=redis_url,
+            LABELLOOP_WEBHOOK_SECRET=SECRET,
+            LABELLOOP_HEADER_TIMEOUT_S="2",
+            LABELLOOP_MAX_CONCURRENT_REQUESTS="2",
+        ),
     )
     url = stack.start_receiver(free_port())
     with httpx.Client(base_url=url, timeout=10, headers=AUTH) as http:

@@ -19,9 +19,9 @@ from starlette.testclient import TestClient
 from labelloop.dev.stack import Stack, free_port, wait_until
 from labelloop.errors import UnavailableError
 from labelloop.events.changes import ChangeLog, ChangeLogUnusable
-from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import connect, fixture
+from tests.factories import make_settings, settings_env
 
 BASIC = ("ls", "pw")
 BAD_IDS = ["²", "9" * 5000, "-1", "0", "9" * 20, "1e3"]
@@ -29,13 +29,7 @@ BAD_IDS = ["²", "9" * 5000, "-1", "0", "9" * 20, "1e3"]
 
 @pytest.fixture
 def client(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        basic_auth_user=BASIC[0],
-        basic_auth_pass=BASIC[1],
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, basic_auth_user=BASIC[0], basic_auth_pass=BASIC[1])
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
 
@@ -124,12 +118,7 @@ def loopback(tmp_path: Path, redis_url: str) -> Iterator[str]:
     """``labelloop serve`` bound to 127.0.0.1 with Basic auth, default Host allow-list."""
     stack = Stack(
         tmp_path,
-        {
-            "LABELLOOP_REDIS_URL": redis_url,
-            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-            "BASIC_AUTH_USER": BASIC[0],
-            "BASIC_AUTH_PASS": BASIC[1],
-        },
+        settings_env(tmp_path, redis_url=redis_url, BASIC_AUTH_USER=BASIC[0], BASIC_AUTH_PASS=BASIC[1]),
     )
     yield stack.start_receiver(free_port())
     stack.stop_all()
@@ -151,9 +140,7 @@ def test_loopback_receiver_answers_only_loopback_host_names(loopback: str) -> No
 def test_allowed_hosts_setting_restricts_any_address(redis_url: str, tmp_path: Path) -> None:
     """LABELLOOP_ALLOWED_HOSTS names the Host headers served (on any address); others get 400, and
     a webhook refused for its Host marks the change logs (a wrong allow-list loses no annotation)."""
-    settings = Settings(
-        redis_url=redis_url, models_dir=tmp_path / "models", allowed_hosts=["labelloop.example", "10.0.0.5"]
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, allowed_hosts=["labelloop.example", "10.0.0.5"])
     log = ChangeLog(redis.Redis.from_url(redis_url))
     created = fixture("webhook_ANNOTATION_CREATED.json")
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
@@ -175,7 +162,7 @@ def test_the_redis_password_is_never_printed(tmp_path: Path, capsys: pytest.Capt
     from service.ops_training import train
 
     url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
-    settings = Settings(redis_url=url, models_dir=tmp_path / "models")
+    settings = make_settings(tmp_path, redis_url=url)
     status(settings)
     doctor(settings)
     with pytest.raises(UnavailableError) as raised:
@@ -190,7 +177,7 @@ def test_a_hung_file_read_in_setup_or_status_leaves_the_receiver_answering(tmp_p
     """While /setup or /projects/{id}/status is stuck reading the project's files (CURRENT is a FIFO
     with no writer: a hung disk), /health still answers: file reads and label-config parsing
     run in threads, not on the event loop; the stuck request completes once the read does."""
-    stack = Stack(tmp_path, {"LABELLOOP_REDIS_URL": redis_url, "LABELLOOP_MODELS_DIR": str(tmp_path / "models")})
+    stack = Stack(tmp_path, settings_env(tmp_path, redis_url=redis_url))
     url = stack.start_receiver(free_port())
     project = tmp_path / "models" / "1"
     project.mkdir(parents=True)

@@ -11,9 +11,9 @@ from starlette.testclient import TestClient
 
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.events.ledger import PROJECTS_KEY
-from labelloop.settings import Settings
 from service.app import create_app
 from tests.conftest import fixture
+from tests.factories import make_settings
 
 BASIC = ("ls", "pw")
 
@@ -30,14 +30,12 @@ def test_setup_with_basic_auth_alone_cannot_make_up_project_ids(
     made_up = real + 100_000
     client = redis.Redis.from_url(redis_url)
     client.delete(PROJECTS_KEY)
-    settings = Settings(
+    settings = make_settings(
+        tmp_path,
         redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
+        label_studio=(url, token),
         basic_auth_user=BASIC[0],
         basic_auth_pass=BASIC[1],
-        label_studio_url=url,
-        label_studio_api_key=token,
         first_picks=False,
     )
     setup = fixture("ml_setup_request.json")

@@ -28,6 +28,7 @@ from labelloop.registry.model_export import EXPORT_TIMEOUT_S, STALE_MARGIN_S, do
 from labelloop.registry.store import Registry
 from labelloop.task_types.labels import parse_detection_config
 from labelloop.training.process import run_training_process
+from tests.factories import publish_version
 
 PROJECT = 11
 IMAGES = 48  # 30 epochs on 48 generated images: mAP50 about 0.7, boxes well above the threshold
@@ -97,7 +98,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     }
     result = run_training_process(spec, work / "run", timeout_s=900)
     manifest = {
-        "task": "detect",
         "names": {str(k): v for k, v in built.names.items()},
         "from_name": built.spec.from_name,
         "to_name": built.spec.to_name,
@@ -105,11 +105,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         "metrics": result["metrics"],
         "show_conf": result["show_conf"],
         "dataset": {"sync": {"label_config_sha1": "f" * 40}},
-        "annotations": {str(t["id"]): "2026-01-01T00:00:00Z" for t in tasks},
     }
+    seen = {str(t["id"]): "2026-01-01T00:00:00Z" for t in tasks}
     registry = Registry(work / "models")
-    registry.publish(PROJECT, Path(result["best"]), manifest, promote=False)
-    registry.publish(PROJECT, Path(result["best"]), manifest)
+    publish_version(registry, PROJECT, result["best"], promote=False, annotations=seen, **manifest)
+    publish_version(registry, PROJECT, result["best"], annotations=seen, **manifest)
     handler = functools.partial(_QuietHandler, directory=str(www))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -18,6 +18,7 @@ import yaml
 from labelloop.dev.stack import free_port, wait_until
 from labelloop.settings import Settings
 from service import ops_doctor as doctor
+from tests.factories import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -75,11 +76,11 @@ def _k8s_secret_env() -> dict[str, str]:
     ],
 )
 def test_open_warning_only_beyond_loopback_without_credentials(
-    host: str, credentials: dict[str, Any], warns: bool
+    host: str, credentials: dict[str, Any], warns: bool, tmp_path: Path
 ) -> None:
     """open_warning names the host and the variables to set when the receiver listens beyond
     loopback with no credential, and is None on loopback or with any credential."""
-    warning = doctor.open_warning(Settings(**credentials), host)
+    warning = doctor.open_warning(make_settings(tmp_path, **credentials), host)
     if not warns:
         assert warning is None
         return
@@ -101,11 +102,13 @@ def test_open_warning_only_beyond_loopback_without_credentials(
         ({**BASIC, **SECRET}, True, "X-Labelloop-Secret header"),
     ],
 )
-def test_credential_check_fails_what_leaves_a_route_open(credentials: dict[str, Any], ok: bool, says: str) -> None:
+def test_credential_check_fails_what_leaves_a_route_open(
+    credentials: dict[str, Any], ok: bool, says: str, tmp_path: Path
+) -> None:
     """The doctor's credential check fails without any credential (loopback only), with half of
     Basic auth, with the webhook secret but no Basic auth, and with a placeholder; it passes with
     Basic auth, with or without the webhook secret."""
-    verdict, what, fix = doctor.credential_check(Settings(**credentials))
+    verdict, what, fix = doctor.credential_check(make_settings(tmp_path, **credentials))
     assert verdict is ok and says in what, what
     assert bool(fix) is not ok
     if not credentials:
@@ -114,12 +117,8 @@ def test_credential_check_fails_what_leaves_a_route_open(credentials: dict[str, 
 
 def test_doctor_fails_without_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`labelloop doctor` with no credential configured prints the failed check with its fix and exits 1."""
-    settings = Settings(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        base_model="yolov8n.yaml",
-        offline=True,
+    settings = make_settings(
+        tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", base_model="yolov8n.yaml", offline=True
     )
     assert doctor.doctor(settings) == 1
     out = capsys.readouterr().out
@@ -184,6 +183,7 @@ def test_doctor_refuses_the_shipped_kubernetes_placeholders(monkeypatch: pytest.
     """Settings read from the example Secret of deploy/k8s/config.yaml fail the doctor's credential check."""
     for name, value in _k8s_secret_env().items():
         monkeypatch.setenv(name, value)
+    # Settings built by hand: the test is about the values read from the environment.
     ok, what, fix = doctor.credential_check(Settings())
     assert not ok and "BASIC_AUTH_PASS" in what and "placeholder" in what and fix
 

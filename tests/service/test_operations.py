@@ -15,8 +15,8 @@ import redis
 
 from labelloop.dev.stack import free_port, http_ok, wait_until
 from labelloop.events.ledger import Ledger
-from labelloop.settings import Settings
 from service.cli import build_parser
+from tests.factories import make_settings, publish_version
 from workers.celery_app import QUEUE_EVENTS, TASK_HANDLE_EVENT, create_celery
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def test_procfile_processes_start_and_answer(redis_url: str, tmp_path: Path) -> 
         web, events_metrics, flower = base, base + 100, base + 500
         wait_until(lambda: http_ok(f"http://127.0.0.1:{web}/health"), 60, "web")
         wait_until(lambda: http_ok(f"http://127.0.0.1:{flower}/healthcheck"), 60, "flower")
-        app = create_celery(Settings(redis_url=redis_url))
+        app = create_celery(make_settings(tmp_path, redis_url=redis_url))
 
         def workers() -> set[str]:
             return {name.split("@")[0] for reply in app.control.ping(timeout=1.0) or [] for name in reply}
@@ -168,11 +168,9 @@ def test_status_shows_the_preannotate_queue_and_a_running_preannotation(
 
     client = redis.Redis.from_url(redis_url)
     client.rpush("preannotate", "queued message")
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"weights")
-    Registry(tmp_path / "models").publish(4, weights, {"classes": ["a"]})
+    publish_version(Registry(tmp_path / "models"), 4, classes=["a"])
     ProgressStore(client).set_preannotation(4, {"project_id": 4, "version": "v1", "done": 32, "total": 120})
-    assert status(Settings(redis_url=redis_url, models_dir=tmp_path / "models")) == 0
+    assert status(make_settings(tmp_path, redis_url=redis_url)) == 0
     out = capsys.readouterr().out
     assert "preannotate 1" in out
     assert "project 4: pre-annotating with v1: 32/120 tasks" in out

@@ -23,11 +23,13 @@ from labelloop.quality.mistakes_report import write_report
 from labelloop.registry.store import Registry
 from labelloop.settings import Settings
 from service.app import create_app
+from tests.factories import make_settings, publish_version
 
 HOSTILE = '<img src=x onerror="alert(1)">'
 
 
 def _manifest(map50: float, annotations: int, **extra: Any) -> dict[str, Any]:
+    """``publish_version``'s arguments for a version trained on ``annotations`` annotations."""
     return {
         "metrics": {"map50": map50, "map50_95": map50 / 2, "precision": 0.5, "recall": 0.5},
         "annotations": {str(i): "2026-01-01T00:00:00Z" for i in range(annotations)},
@@ -36,30 +38,22 @@ def _manifest(map50: float, annotations: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _publish_four(models_dir: Path, tmp_path: Path, project_id: int = 3) -> Registry:
+def _publish_four(models_dir: Path, project_id: int = 3) -> Registry:
     """v1, v2 (promoted), v3 (rejected) and v4 (served, with per-class metrics of a hostile class name and a
     display threshold)."""
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
     registry = Registry(models_dir)
-    registry.publish(project_id, weights, _manifest(0.2, 10))
-    registry.publish(project_id, weights, _manifest(0.4, 20))
-    registry.publish(project_id, weights, _manifest(0.1, 30), promote=False)
+    publish_version(registry, project_id, **_manifest(0.2, 10))
+    publish_version(registry, project_id, **_manifest(0.4, 20))
+    publish_version(registry, project_id, promote=False, **_manifest(0.1, 30))
     classes = {HOSTILE: {"ap50": 0.75, "map50_95": 0.4, "precision": 0.6, "recall": 0.7}}
     show = {"value": 0.31, "prior": 0.25, "edits_per_image": 1.2, "edits_per_image_at_prior": 1.9}
-    registry.publish(project_id, weights, _manifest(0.6, 40, class_metrics=classes, show_conf=show))
+    publish_version(registry, project_id, **_manifest(0.6, 40, class_metrics=classes, show_conf=show))
     return registry
 
 
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        basic_auth_user="ls",
-        basic_auth_pass="pw",
-    )
+    return make_settings(tmp_path, redis_url=redis_url, basic_auth_user="ls", basic_auth_pass="pw")
 
 
 @pytest.fixture
@@ -82,7 +76,7 @@ def test_page_needs_the_project_routes_credentials(client: TestClient) -> None:
 def test_page_shows_curve_lineage_classes_and_progress(client: TestClient, settings: Settings, tmp_path: Path) -> None:
     """The page has one point per version and series, the served lineage and display threshold, escaped per-class rows,
     the running training's epoch and losses, pre-annotation progress and the promote/rollback calls."""
-    _publish_four(settings.models_dir, tmp_path)
+    _publish_four(settings.models_dir)
     r = redis.Redis.from_url(settings.redis_url)
     progress = {"run_id": "r", "stage": "training", "epoch": 3, "epochs": 7, "losses": {"train/box_loss": 1.25}}
     r.set(keys.progress(3), json.dumps(progress))
@@ -128,7 +122,7 @@ def _gauge(text: str, name: str, project_id: int) -> float | None:
 def test_metrics_has_served_map50_and_waiting_tasks(client: TestClient, settings: Settings, tmp_path: Path) -> None:
     """/metrics has the served version's mAP50 per project and the tasks its pre-annotation has
     still to do (total - done), 0 when none runs; a rollback changes the mAP50 gauge."""
-    registry = _publish_four(settings.models_dir, tmp_path)
+    registry = _publish_four(settings.models_dir)
     r = redis.Redis.from_url(settings.redis_url)
     r.set(keys.preannotation(3), json.dumps({"version": "v4", "done": 5, "total": 12}))
     try:
@@ -151,8 +145,12 @@ def test_page_with_a_really_trained_version(trained: dict, settings: Settings, c
     for values in result["class_metrics"].values():
         assert set(values) == {"ap50", "map50_95", "precision", "recall"}
         assert all(0.0 <= v <= 1.0 for v in values.values())
-    Registry(settings.models_dir).publish(
-        9, Path(result["best"]), {"metrics": result["metrics"], "class_metrics": result["class_metrics"]}
+    publish_version(
+        Registry(settings.models_dir),
+        9,
+        result["best"],
+        metrics=result["metrics"],
+        class_metrics=result["class_metrics"],
     )
     html = client.get("/projects/9", auth=("ls", "pw")).text
     for name, values in result["class_metrics"].items():
@@ -177,7 +175,7 @@ def test_chromium_renders_the_learning_curve(redis_url: str, tmp_path: Path) -> 
     """A headless Chromium loading the page from a running receiver gets one point per version and
     series in the DOM, and the screenshot shows them drawn inside the chart's plot area."""
     binary = _chromium()
-    _publish_four(tmp_path / "models", tmp_path)
+    _publish_four(tmp_path / "models")
     env = {
         "LABELLOOP_REDIS_URL": redis_url,
         "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
@@ -214,7 +212,7 @@ def test_page_buttons_promote_and_roll_back_from_the_same_origin_only(
     """The page's forms promote and roll back (303 back to the page); a form from another origin,
     or without an Origin header, and any POST a browser marks cross-site are a 403 and serve
     nothing new (a browser sends Basic credentials with any site's request)."""
-    registry = _publish_four(settings.models_dir, tmp_path)
+    registry = _publish_four(settings.models_dir)
     html = client.get("/projects/3", auth=("ls", "pw")).text
     assert 'action="/projects/3/promote"' in html and 'name="version" value="v1"' in html
     assert 'action="/projects/3/rollback"' in html
@@ -256,7 +254,7 @@ def test_page_lists_label_mistakes_worst_first_with_regions_drawn(
     """The last label-mistakes report shows worst first, each task with its suspected issues listed and its
     annotated boxes and suspected regions drawn as inline SVG (no script, labels escaped); a project that is not
     detection says why."""
-    _publish_four(settings.models_dir, tmp_path)
+    _publish_four(settings.models_dir)
     region = {"x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0}
     tasks = [
         {

@@ -13,20 +13,18 @@ from celery import Celery
 from starlette.testclient import TestClient
 
 from labelloop.registry.store import Registry
-from labelloop.settings import Settings
 from service.app import create_app
 from service.promotion import serve
+from tests.factories import make_settings, publish_version
 from workers.celery_app import create_celery
 
 PROJECT = 5
 
 
 def _registry(tmp_path: Path) -> Registry:
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
     registry = Registry(tmp_path / "models")
     for metric in (0.1, 0.2):
-        registry.publish(PROJECT, weights, {"metrics": {"map50_95": metric}})
+        publish_version(registry, PROJECT, metrics={"map50_95": metric})
     return registry
 
 
@@ -40,7 +38,7 @@ def test_promote_and_rollback_routes_serve_and_queue_the_preannotation(redis_url
     """POST /projects/{id}/promote and /rollback move the served version and queue one
     pre-annotation of the project with each version served."""
     registry = _registry(tmp_path)
-    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    settings = make_settings(tmp_path, redis_url=redis_url)
     with TestClient(create_app(settings)) as client:
         resp = client.post(f"/projects/{PROJECT}/promote", json={"version": "v1"})
         assert (resp.status_code, resp.json()) == (200, {"model_version": "v1"})
@@ -63,7 +61,7 @@ def test_a_refused_preannotation_does_not_undo_the_serving(redis_url: str, tmp_p
     result says the pre-annotation was not queued, and why; with pre-annotation off nothing is
     sent."""
     registry = _registry(tmp_path)
-    settings = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    settings = make_settings(tmp_path, redis_url=redis_url)
     served = serve(settings, registry, _RefusingBroker("test"), PROJECT, "v1", "promoted by operator")
     assert registry.current_name(PROJECT) == "v1"
     assert (served.preannotation, served.error) == ("not queued", "ConnectionRefusedError: broker down")

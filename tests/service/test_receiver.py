@@ -23,6 +23,7 @@ from labelloop.settings import Settings
 from service.app import create_app
 from service.events import EVENT_STREAM, CeleryMessage
 from tests.conftest import connect, fixture
+from tests.factories import make_settings, publish_version
 from workers.celery_app import TASK_HANDLE_EVENT, create_celery
 
 
@@ -34,7 +35,7 @@ def _client(settings: Settings, **auth: Any) -> Iterator[TestClient]:
 
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> Settings:
-    return Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    return make_settings(tmp_path, redis_url=redis_url)
 
 
 @pytest.fixture
@@ -59,9 +60,7 @@ def test_setup_returns_served_version(client: TestClient, settings: Settings, tm
     """/setup answers "untrained" before the first version and the registry's current one after."""
     body = fixture("ml_setup_request.json")
     assert client.post("/setup", json=body).json() == {"model_version": "untrained"}
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
-    Registry(settings.models_dir).publish(1, weights, {})
+    publish_version(Registry(settings.models_dir), 1)
     assert client.post("/setup", json=body).json() == {"model_version": "v1"}
 
 
@@ -163,7 +162,7 @@ def test_malformed_webhooks_are_4xx_with_reason(
 
 def test_redis_down_is_503_within_a_second(tmp_path: Path) -> None:
     """With Redis unreachable, a webhook gets 503 quickly instead of hanging or a 500."""
-    settings = Settings(redis_url="redis://127.0.0.1:9/0", models_dir=tmp_path / "m", cache_dir=tmp_path / "c")
+    settings = make_settings(tmp_path, redis_url="redis://127.0.0.1:9/0")
     for client in _client(settings):
         t0 = time.perf_counter()
         resp = client.post("/webhook", json=fixture("webhook_ANNOTATION_CREATED.json"))
@@ -181,6 +180,7 @@ def test_metrics_count_events(client: TestClient) -> None:
 
 def test_receiver_never_imports_torch_or_ultralytics() -> None:
     """Importing and building the receiver app loads neither torch nor ultralytics."""
+    # The child builds its settings by hand, from the defaults: it runs outside the tests (no factories).
     code = (
         "import sys; from service.app import create_app; from labelloop.settings import Settings; "
         "create_app(Settings()); "
@@ -192,13 +192,8 @@ def test_receiver_never_imports_torch_or_ultralytics() -> None:
 
 @pytest.fixture
 def secured(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        redis_url=redis_url,
-        models_dir=tmp_path / "models",
-        cache_dir=tmp_path / "cache",
-        basic_auth_user="ls",
-        basic_auth_pass="pw",
-        webhook_secret="s3cret",
+    settings = make_settings(
+        tmp_path, redis_url=redis_url, basic_auth_user="ls", basic_auth_pass="pw", webhook_secret="s3cret"
     )
     yield from _client(settings, auth=("ls", "pw"))
 
@@ -273,11 +268,9 @@ def test_versions_promote_and_rollback_endpoints(
     """GET /versions lists versions for Label Studio; promote and rollback move CURRENT, announce it on
     pub/sub, queue the served version's pre-annotation, and map unknown versions to 404 and
     impossible rollbacks to 409."""
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
     registry = Registry(settings.models_dir)
     for _ in range(3):
-        registry.publish(7, weights, {"metrics": {"map50_95": 0.5}})
+        publish_version(registry, 7, metrics={"map50_95": 0.5})
     pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("labelloop:versions")
     assert client.get("/versions").json() == {"versions": ["v1", "v2", "v3"]}
@@ -308,7 +301,7 @@ def test_versions_promote_and_rollback_endpoints(
     missing = client.post("/projects/7/promote", json={"version": "v9"})
     assert missing.status_code == 404 and "v9" in missing.json()["error"]
     assert client.post("/projects/7/promote", json={}).status_code == 400
-    registry.publish(8, weights, {})
+    publish_version(registry, 8)
     assert client.post("/projects/8/rollback").status_code == 409
 
 
@@ -388,11 +381,9 @@ def test_versions_and_rollback_survive_a_torn_history_and_an_emptied_manifest(
 ) -> None:
     """After a crash tore the history's last line and emptied a manifest, the version list and
     rollback still answer (200), not 500."""
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
     registry = Registry(settings.models_dir)
     for _ in range(3):
-        registry.publish(4, weights, {"metrics": {"map50_95": 0.5}})
+        publish_version(registry, 4, metrics={"map50_95": 0.5})
     with open(Path(settings.models_dir) / "4" / "history.jsonl", "a") as fh:
         fh.write('{"version": "v4", "re')
     (Path(settings.models_dir) / "4" / "versions" / "v2" / "manifest.json").write_bytes(b"")
@@ -408,9 +399,7 @@ def test_predict_without_a_worker_is_503_and_the_task_is_discarded_later(redis_u
     from labelloop.dev.stack import Stack, wait_until
     from labelloop.dev.synthetic import LABEL_CONFIG
 
-    settings = Settings(
-        redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", predict_timeout_s=2
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, predict_timeout_s=2)
     body = {
         "tasks": [{"id": 1, "data": {"image": "http://127.0.0.1:9/a.png"}}],
         "project": "5.1",

@@ -19,11 +19,11 @@ from starlette.testclient import TestClient
 
 from labelloop.dev.stack import Stack, free_port
 from labelloop.events.changes import ChangeLog, ChangeLogUnusable
-from labelloop.settings import Settings
 from service.app import create_app
 from service.events import EVENT_STREAM
 from service.protocol import ACCEPTED_ACTIONS
 from tests.conftest import connect, fixture
+from tests.factories import make_settings
 
 
 def _created(annotation_id: int) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def fuzz_client(redis_server: tuple[Stack, str], tmp_path_factory: pytest.TempPa
     url = redis_server[1]
     redis.Redis.from_url(url).flushall()
     tmp = tmp_path_factory.mktemp("fuzz")
-    app = create_app(Settings(redis_url=url, models_dir=tmp / "m", cache_dir=tmp / "c"))
+    app = create_app(make_settings(tmp, redis_url=url))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 

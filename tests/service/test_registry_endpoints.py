@@ -11,6 +11,7 @@ import httpx
 
 from labelloop.dev.stack import Stack, free_port
 from labelloop.registry.store import Registry
+from tests.factories import publish_version, settings_env
 
 VERSIONS = 20
 ANNOTATIONS = 10_000
@@ -21,13 +22,11 @@ def test_listing_versions_and_metrics_do_not_stall_the_event_loop(redis_url: str
     /metrics requests to the real receiver never hold up a /health request for long (the loop is measured by
     /health's latency), and the listing still reports every version with its annotation count."""
     registry = Registry(tmp_path / "models")
-    weights = tmp_path / "best.pt"
-    weights.write_bytes(b"weights")
     for v in range(1, VERSIONS + 1):
         n = ANNOTATIONS * v // VERSIONS
         seen = {str(i): f"2026-01-01T00:00:{i % 60:02d}.000000Z" for i in range(n)}
-        registry.publish(1, weights, {"metrics": {"map50_95": v / 100}, "annotations": seen}, promote=v % 3 != 0)
-    stack = Stack(tmp_path, {"LABELLOOP_MODELS_DIR": str(tmp_path / "models"), "LABELLOOP_REDIS_URL": redis_url})
+        publish_version(registry, 1, promote=v % 3 != 0, annotations=seen, metrics={"map50_95": v / 100})
+    stack = Stack(tmp_path, settings_env(tmp_path, redis_url=redis_url))
     try:
         url = stack.start_receiver(free_port())
         with httpx.Client(base_url=url, timeout=60) as http:

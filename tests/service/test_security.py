@@ -29,18 +29,18 @@ from labelloop.events.changes import seq_key, stream_key
 from labelloop.registry.base_models import is_asset_name
 from labelloop.registry.params import ProjectParams
 from labelloop.registry.params import load as load_params
-from labelloop.settings import Settings
 from labelloop.training.process import run_training_process
 from service.app import create_app
 from service.events import DEDUP_TTL_S, EVENT_STREAM
 from service.protocol import ACCEPTED_ACTIONS
 from tests.conftest import connect, fixture
+from tests.factories import make_settings, settings_env
 
 SECRET = {"X-Labelloop-Secret": "s3cret"}
 
 
 def _app(redis_url: str, tmp_path: Path, **settings: Any) -> TestClient:
-    s = Settings(redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", **settings)
+    s = make_settings(tmp_path, redis_url=redis_url, **settings)
     return TestClient(create_app(s), raise_server_exceptions=False)
 
 
@@ -94,13 +94,9 @@ def test_auth_failure_metric_is_labelled_by_route_not_path(redis_url: str, tmp_p
 def uvicorn_receiver(tmp_path: Path, redis_url: str) -> Iterator[tuple[Stack, str]]:
     stack = Stack(
         tmp_path,
-        {
-            "LABELLOOP_REDIS_URL": redis_url,
-            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-            "LABELLOOP_WEBHOOK_SECRET": "s3cret",
-            "BASIC_AUTH_USER": "ls",
-            "BASIC_AUTH_PASS": "pw",
-        },
+        settings_env(
+            tmp_path, redis_url=redis_url, LABELLOOP_WEBHOOK_SECRET="s3cret", BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="pw"
+        ),
     )
     url = stack.start_receiver(free_port())
     yield stack, url
@@ -126,7 +122,7 @@ def test_unauthenticated_body_is_refused_before_it_is_sent(uvicorn_receiver: tup
 def test_crafted_bodies_keep_the_receiver_memory_bounded(tmp_path: Path, redis_url: str) -> None:
     """Concurrent webhooks at the body limit made of tiny JSON objects (the costliest to parse)
     leave the receiver's peak memory within a few hundred MiB; bodies over the limit are 413."""
-    stack = Stack(tmp_path, {"LABELLOOP_REDIS_URL": redis_url, "LABELLOOP_MODELS_DIR": str(tmp_path / "models")})
+    stack = Stack(tmp_path, settings_env(tmp_path, redis_url=redis_url))
     url = stack.start_receiver(free_port())
     try:
         pid = stack.procs["receiver"].pid
@@ -135,7 +131,7 @@ def test_crafted_bodies_keep_the_receiver_memory_bounded(tmp_path: Path, redis_u
             line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM"))
             return int(line.split()[1]) / 1024
 
-        limit = Settings().max_body_bytes
+        limit = make_settings(tmp_path).max_body_bytes
         head = b'{"action":"ANNOTATION_CREATED","project":1,"x":['
         body = head + b"{}," * ((limit - len(head) - 10) // 3) + b"{}]}"
         assert len(body) <= limit
@@ -372,11 +368,7 @@ def test_requests_beyond_the_concurrency_bound_get_503(tmp_path: Path, redis_url
     503 at once instead of one more body held in memory; the slots free up when they finish."""
     stack = Stack(
         tmp_path,
-        {
-            "LABELLOOP_REDIS_URL": redis_url,
-            "LABELLOOP_MODELS_DIR": str(tmp_path / "models"),
-            "LABELLOOP_MAX_CONCURRENT_REQUESTS": "3",
-        },
+        settings_env(tmp_path, redis_url=redis_url, LABELLOOP_MAX_CONCURRENT_REQUESTS="3"),
     )
     url = stack.start_receiver(free_port())
     port = int(url.rsplit(":", 1)[1])

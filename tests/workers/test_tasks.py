@@ -12,7 +12,7 @@ import redis
 
 from labelloop.jobs.jobs import Jobs
 from labelloop.names import QUEUE_TRAIN, ROUTES, TASK_HANDLE_EVENT, TASK_TRAIN
-from labelloop.settings import Settings
+from tests.factories import make_settings, publish_version
 from workers.celery_app import create_celery
 
 
@@ -23,9 +23,7 @@ def sent() -> list[tuple[str, list[Any], str]]:
 
 @pytest.fixture
 def jobs(redis_url: str, tmp_path: Path, sent: list[tuple[str, list[Any], str]]) -> Jobs:
-    settings = Settings(
-        redis_url=redis_url, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", train_every_n=3
-    )
+    settings = make_settings(tmp_path, redis_url=redis_url, train_every_n=3)
     return Jobs(settings, lambda name, args, queue: sent.append((name, args, queue)))
 
 
@@ -64,24 +62,24 @@ def test_a_lost_ledger_is_seeded_from_the_served_versions_annotation_file(jobs: 
     from labelloop.events.ledger import Ledger
     from labelloop.registry.store import Registry
 
-    weights = Path(jobs.settings.models_dir).parent / "best.pt"
-    weights.write_bytes(b"w")
     registry = Registry(jobs.settings.models_dir)
-    registry.publish(4, weights, {}, annotations={"11": "2026-01-01T00:00:00.000000Z"})
+    publish_version(registry, 4, annotations={"11": "2026-01-01T00:00:00.000000Z"})
     jobs.ensure_ledger(4)
     assert Ledger(redis.Redis.from_url(redis_url)).seen(4) == {11: "2026-01-01T00:00:00.000000Z"}
-    old = registry.publish(5, weights, {})
+    old = publish_version(registry, 5)
     (old.path / "annotations.json").unlink()
     (old.path / "manifest.json").write_text('{"annotations": {"12": "2026-01-02T00:00:00.000000Z"}}')
     jobs.ensure_ledger(5)
     assert Ledger(redis.Redis.from_url(redis_url)).seen(5) == {12: "2026-01-02T00:00:00.000000Z"}
 
 
-def test_registered_task_names_are_pinned(redis_url: str) -> None:
+def test_registered_task_names_are_pinned(redis_url: str, tmp_path: Path) -> None:
     """The workers' app registers exactly labelloop's six task names (queued messages name them),
     each routed to its queue, and the training's soft and hard limits come from the settings (the
     time limit plus the longest quiet-period wait)."""
-    app = create_celery(Settings(redis_url=redis_url, train_time_limit_s=600, train_max_delay_s=30), with_tasks=True)
+    app = create_celery(
+        make_settings(tmp_path, redis_url=redis_url, train_time_limit_s=600, train_max_delay_s=30), with_tasks=True
+    )
     app.loader.import_default_modules()
     names = sorted(n for n in app.tasks if n.startswith("labelloop."))
     assert names == [
@@ -95,14 +93,16 @@ def test_registered_task_names_are_pinned(redis_url: str) -> None:
     assert names == sorted(ROUTES)
     assert app.conf.task_annotations[TASK_TRAIN] == {"soft_time_limit": 630, "time_limit": 750}
     assert app.tasks[TASK_TRAIN].acks_late and app.tasks[TASK_TRAIN].reject_on_worker_lost
-    assert not create_celery(Settings(redis_url=redis_url)).conf.include, "the receiver's app includes no task code"
+    assert not create_celery(make_settings(tmp_path, redis_url=redis_url)).conf.include, (
+        "the receiver's app includes no task code"
+    )
 
 
-def test_transient_errors_are_retried_with_backoff(redis_url: str) -> None:
+def test_transient_errors_are_retried_with_backoff(redis_url: str, tmp_path: Path) -> None:
     """Event, reconcile, pre-annotation and training tasks retry Redis and network errors with
     exponential backoff, waiting less than the broker's visibility timeout; the interactive
     predict does not retry."""
-    app = create_celery(Settings(redis_url=redis_url), with_tasks=True)
+    app = create_celery(make_settings(tmp_path, redis_url=redis_url), with_tasks=True)
     app.loader.import_default_modules()
     for name in (
         "labelloop.handle_event",
@@ -121,7 +121,7 @@ def test_transient_errors_are_retried_with_backoff(redis_url: str) -> None:
 def test_an_event_task_retries_when_redis_is_down(tmp_path: Path) -> None:
     """Run eagerly against a Redis that refuses connections, the event task is retried until its
     retries are spent, then the Redis error surfaces (nothing is silently dropped)."""
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", models_dir=tmp_path / "m", cache_dir=tmp_path / "c")
+    settings = make_settings(tmp_path, redis_url="redis://127.0.0.1:1/0")
     app = create_celery(settings, with_tasks=True)
     app.loader.import_default_modules()
     app.conf.task_always_eager = True
