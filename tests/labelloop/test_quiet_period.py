@@ -73,7 +73,7 @@ class Loop:
             redis_url=redis_url,
             label_studio=(ls.url, "not-a-real-token"),
             train_every_n=N,
-            train_lock_ttl_s=3,
+            train_lock_ttl_s=10,  # renewed every third of it: a loaded machine must not lose the lease
             **settings,
         )
         self.jobs = Jobs(self.settings, self.send)
