@@ -8,6 +8,7 @@ Label Studio users already set for ML backends, ``LABEL_STUDIO_URL`` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +16,40 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "LABELLOOP_"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """labelloop's folders on disk (``Settings.paths``), both absolute: the model registry and the cache.
+
+    Layout under ``cache_dir``: ``datasets/<project>`` (a project's dataset, updated in place),
+    ``images`` and ``videos`` (media caches), ``ultralytics`` (Ultralytics' settings and fonts),
+    ``weights`` (downloaded Ultralytics assets).
+    """
+
+    models_dir: Path
+    cache_dir: Path
+
+    def dataset_dir(self, project_id: int) -> Path:
+        """Where a project's dataset is kept between builds (updated in place by each build)."""
+        return self.cache_dir / "datasets" / str(int(project_id))
+
+    @property
+    def images_dir(self) -> Path:
+        return self.cache_dir / "images"
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.cache_dir / "videos"
+
+    @property
+    def yolo_config_dir(self) -> Path:
+        """Where Ultralytics keeps its settings and fonts for labelloop's processes."""
+        return self.cache_dir / "ultralytics"
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.cache_dir / "weights"
 
 
 class Settings(BaseSettings):
@@ -392,3 +427,8 @@ class Settings(BaseSettings):
     def api_key(self) -> str | None:
         """The Label Studio token as plain text, or None."""
         return self.label_studio_api_key.get_secret_value() if self.label_studio_api_key else None
+
+    @property
+    def paths(self) -> Paths:
+        """The registry and cache folders, absolute (``Paths``)."""
+        return Paths(Path(self.models_dir).absolute(), Path(self.cache_dir).absolute())
