@@ -1,55 +1,21 @@
 """labelloop settings: one typed object, read from the environment at entry points only.
 
-Every field reads ``LABELLOOP_<FIELD>``; the Label Studio connection also reads the names
-Label Studio users already set for ML backends, ``LABEL_STUDIO_URL`` and
-``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token). README's table of them:
-``labelloop.settings_table``.
+Every field reads ``LABELLOOP_<FIELD>``; the Label Studio connection also reads ``LABEL_STUDIO_URL``
+and ``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token), as ML backends do.
+README's table of them: ``service.settings_table``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from labelloop.paths import Paths
+
 ENV_PREFIX = "LABELLOOP_"
-
-
-@dataclass(frozen=True)
-class Paths:
-    """labelloop's folders on disk (``Settings.paths``), both absolute: the model registry and the cache.
-
-    Layout under ``cache_dir``: ``datasets/<project>`` (a project's dataset, updated in place),
-    ``images`` and ``videos`` (media caches), ``ultralytics`` (Ultralytics' settings and fonts),
-    ``weights`` (downloaded Ultralytics assets).
-    """
-
-    models_dir: Path
-    cache_dir: Path
-
-    def dataset_dir(self, project_id: int) -> Path:
-        """Where a project's dataset is kept between builds (updated in place by each build)."""
-        return self.cache_dir / "datasets" / str(int(project_id))
-
-    @property
-    def images_dir(self) -> Path:
-        return self.cache_dir / "images"
-
-    @property
-    def videos_dir(self) -> Path:
-        return self.cache_dir / "videos"
-
-    @property
-    def yolo_config_dir(self) -> Path:
-        """Where Ultralytics keeps its settings and fonts for labelloop's processes."""
-        return self.cache_dir / "ultralytics"
-
-    @property
-    def weights_dir(self) -> Path:
-        return self.cache_dir / "weights"
 
 
 class Settings(BaseSettings):

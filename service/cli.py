@@ -226,7 +226,7 @@ def _models_export(args: argparse.Namespace) -> int:
 def _settings_table(args: argparse.Namespace) -> int:
     import re
 
-    from labelloop.settings_table import settings_table
+    from service.settings_table import settings_table
 
     table = settings_table()
     if not args.write:

@@ -17,7 +17,7 @@ PACKAGES = ("labelloop", "service", "workers")
 ALLOWED = {"labelloop": set(), "workers": {"labelloop"}, "service": {"labelloop", "workers"}}
 CORE_FORBIDDEN = ("starlette", "uvicorn", "celery", "kombu", "flower")
 # The core's rooms, bottom first: a room imports only rooms below it and the core's top modules
-# (settings, errors, keys, names, logconfig, manifest, files, yolo_env), which import no room.
+# (settings, paths, errors, keys, names, logconfig, manifest, files, ...), which import no room.
 CORE_ROOMS = (
     "task_types",  # Ultralytics task types, label configs, region conversions
     "events",  # what Label Studio told labelloop: change log, ledger, webhook health
@@ -235,7 +235,6 @@ def test_every_core_module_lives_in_a_room() -> None:
 # ``PseudoSource``, ``ParamDefaults``, a Redis client (``labelloop.redis_client``), plain values.
 SETTINGS_ROOTS = {
     "labelloop.settings": "defines Settings and Paths",
-    "labelloop.settings_table": "README's table of the Settings fields",
     "labelloop.jobs.jobs": "Jobs: what the Celery tasks call, made from the worker's Settings",
     "labelloop.jobs.context": "JobContext: one job's Settings, Redis client and registry",
     "labelloop.jobs.lifecycle": "a training run's lifecycle, from the worker's Settings",

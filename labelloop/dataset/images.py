@@ -35,7 +35,7 @@ from labelloop.dataset.splits import assign_splits, val_score
 from labelloop.dataset.state import STATE_FILE, STATE_VERSION, BuildState, PlanEntry
 from labelloop.events.changes import ChangeLog
 from labelloop.ls_json import Task
-from labelloop.settings import Paths
+from labelloop.paths import Paths
 from labelloop.task_types.spec import TrainSpec
 
 if TYPE_CHECKING:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.settings import Paths, Settings
+from labelloop.paths import Paths
+from labelloop.settings import Settings
 
 
 def test_paths_are_absolute_and_keep_the_cache_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
