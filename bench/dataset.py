@@ -15,7 +15,7 @@ Peers, each starting from nothing on disk:
   (c) label-studio-sdk, as its docs show a user: ``projects.exports.download_sync`` (JSON), then
       ``Converter(config, project_dir, download_resources=True, hostname, access_token)
       .convert_to_yolo(export.json, out, is_dir=False)``, which downloads every image;
-  (a) labelloop cold: ``labelloop.dataset.images.build_project_dataset`` with an empty cache dir;
+  (a) labelloop cold: ``labelloop.jobs.datasets.build_project_dataset`` with an empty cache dir;
   (b) labelloop rebuild: one new task imported and annotated through the API, then the same
       call again with the same cache dir (one image to download). labelloop's receiver runs
       (with its own Redis) as the project's webhook, as it does once added as the ML backend,
@@ -319,13 +319,13 @@ def count_dataset(data_yaml: Path) -> dict[str, int]:
 
 
 def labelloop_builder() -> Callable[..., Any]:
-    """``labelloop.dataset.images.build_project_dataset``, or SystemExit with what is missing."""
+    """``labelloop.jobs.datasets.build_project_dataset``, or SystemExit with what is missing."""
     try:
-        from labelloop.dataset.images import build_project_dataset  # type: ignore[attr-defined,unused-ignore]
+        from labelloop.jobs.datasets import build_project_dataset  # type: ignore[attr-defined,unused-ignore]
     except ImportError as e:
         raise LookupError(
             f"labelloop's builder is not available: {e}. bench/dataset expects "
-            "labelloop.dataset.images.build_project_dataset(settings, project_id, out_dir=None) -> BuildResult "
+            "labelloop.jobs.datasets.build_project_dataset(settings, project_id, out_dir=None) -> BuildResult "
             "(.report: DatasetReport with seconds, images_downloaded, images_cached, images; .data: data.yaml)"
         ) from e
     return build_project_dataset  # type: ignore[no-any-return,unused-ignore]

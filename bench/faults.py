@@ -31,7 +31,7 @@ ledger equal to Label Studio, queues empty, no training lock, fewer than ``train
 annotation events pending. Then it checks:
 
 - dataset fingerprint: the dataset labelloop builds from its own state (what the next training
-  reads: ``labelloop.dataset.images.build_project_dataset`` with the change log) against a fresh export
+  reads: ``labelloop.jobs.datasets.build_project_dataset`` with the change log) against a fresh export
   of Label Studio, each annotation's id, ``updated_at`` and a hash of its result;
 - events lost: annotations whose final state (in the dataset or the ledger) is not Label Studio's;
 - training requests (``training_enqueued`` in the workers' logs) against published versions
@@ -483,8 +483,8 @@ class Campaign:
 
     def dataset_tasks(self, project_id: int) -> list[dict[str, Any]]:
         """The tasks labelloop's next training would train on, built from its own state."""
-        from labelloop.dataset.images import build_project_dataset
         from labelloop.events.changes import ChangeLog
+        from labelloop.jobs.datasets import build_project_dataset
         from labelloop.settings import Settings
 
         os.environ.update({k: v for k, v in self.stack.env.items() if k.startswith(("LABELLOOP_", "LABEL_STUDIO_"))})

@@ -1,9 +1,8 @@
 """labelloop settings: one typed object, read from the environment at entry points only.
 
-Every field reads ``LABELLOOP_<FIELD>``; the Label Studio connection also reads the names
-Label Studio users already set for ML backends, ``LABEL_STUDIO_URL`` and
-``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token). README's table of them:
-``labelloop.settings_table``.
+Every field reads ``LABELLOOP_<FIELD>``; the Label Studio connection also reads ``LABEL_STUDIO_URL``
+and ``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token), as ML backends do.
+README's table of them: ``service.settings_table``.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from labelloop.paths import Paths
 
 ENV_PREFIX = "LABELLOOP_"
 
@@ -392,3 +393,8 @@ class Settings(BaseSettings):
     def api_key(self) -> str | None:
         """The Label Studio token as plain text, or None."""
         return self.label_studio_api_key.get_secret_value() if self.label_studio_api_key else None
+
+    @property
+    def paths(self) -> Paths:
+        """The registry and cache folders, absolute (``Paths``)."""
+        return Paths(Path(self.models_dir).absolute(), Path(self.cache_dir).absolute())

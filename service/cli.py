@@ -182,12 +182,11 @@ def _ops(module: str, name: str) -> Any:
 def _dataset_build(args: argparse.Namespace) -> int:
     """``labelloop dataset build``: into OUT, or into the live training dataset only with ``--live``
     (a training builds there and Ultralytics reads it during the run)."""
-    from labelloop.dataset.images import project_dataset_dir
     from service.ops import run
     from service.ops_training import dataset_build
 
     settings = Settings()
-    live = project_dataset_dir(settings, args.project_id) / "yolo"
+    live = settings.paths.dataset_dir(args.project_id) / "yolo"
     if args.out is None and not args.live:
         return _fail(f"give a folder to write the dataset into, or --live to update the training dataset ({live})")
     if args.out is not None and args.live:
@@ -200,7 +199,6 @@ def _dataset_build(args: argparse.Namespace) -> int:
 def _models_export(args: argparse.Namespace) -> int:
     """``labelloop models export``: Ultralytics' export in a child process, cached in the version's
     directory (``labelloop.registry.model_export``); prints where the files are."""
-    from labelloop.jobs.plan import yolo_config_dir
     from labelloop.registry.model_export import copy_out, export_version
     from labelloop.registry.params import load as load_params
     from labelloop.registry.store import Registry
@@ -212,7 +210,7 @@ def _models_export(args: argparse.Namespace) -> int:
         args.project_id,
         args.version,
         args.fmt,
-        yolo_config_dir(settings),
+        settings.paths.yolo_config_dir,
         imgsz_override=params.effective(settings)["imgsz"],
         project_show_conf=params.show_conf,
         settings_show_conf=settings.show_conf,
@@ -228,7 +226,7 @@ def _models_export(args: argparse.Namespace) -> int:
 def _settings_table(args: argparse.Namespace) -> int:
     import re
 
-    from labelloop.settings_table import settings_table
+    from service.settings_table import settings_table
 
     table = settings_table()
     if not args.write:

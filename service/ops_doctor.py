@@ -202,16 +202,15 @@ def doctor(settings: Settings) -> int:
     except ImportError:
         report(False, "torch is not installed in this environment", 'pip install "labelloop[ml]" (workers need it)')
 
-    from labelloop.jobs.plan import weights_dir
     from labelloop.registry.base_models import for_task, resolve
 
     try:
-        base = resolve(settings.base_model, "detect", weights_dir(settings), settings.offline)
+        base = resolve(settings.base_model, "detect", settings.paths.weights_dir, settings.offline)
         where = {"disk": "on disk", "download": "Ultralytics downloads it on first training", "yaml": "from scratch"}
         if base.source == "offline-yaml":
             print(
                 f"[info] base model: {base.note}; put {for_task(base.requested, 'detect')} into "
-                f"{weights_dir(settings)} for pretrained weights"
+                f"{settings.paths.weights_dir} for pretrained weights"
             )
         else:
             report(True, f"base model {base.requested}: {base.weights} ({where[base.source]})")

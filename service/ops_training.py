@@ -27,7 +27,7 @@ def dataset_build(settings: Settings, project_id: int, out: Path | None, progres
     """
     from tqdm import tqdm
 
-    from labelloop.dataset.images import build_project_dataset
+    from labelloop.jobs.datasets import build_project_dataset
 
     with tqdm(desc="images", unit="img", disable=not progress) as bar:
         built = build_project_dataset(settings, project_id, out, on_image=lambda: bar.update(1))

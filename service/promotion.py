@@ -54,7 +54,7 @@ def serve(settings: Settings, registry: Registry, celery: Celery, project_id: in
     client = redis_client.client(settings.redis_url, "cli")
     warm = serve_when_warm(client, registry, project_id, version, reason=reason)
     log.info("version_served", project_id=project_id, version=version, reason=reason, workers_warm=warm)
-    if not preannotates(settings, project_id):
+    if not preannotates(settings.models_dir, settings, project_id):
         return Served(warm, "off")
     try:  # the version is served either way; its pre-annotation supersedes the running one
         celery.send_task(TASK_PREANNOTATE, args=[project_id, version], queue=QUEUE_PREANNOTATE)

@@ -17,7 +17,7 @@ PACKAGES = ("labelloop", "service", "workers")
 ALLOWED = {"labelloop": set(), "workers": {"labelloop"}, "service": {"labelloop", "workers"}}
 CORE_FORBIDDEN = ("starlette", "uvicorn", "celery", "kombu", "flower")
 # The core's rooms, bottom first: a room imports only rooms below it and the core's top modules
-# (settings, errors, keys, names, logconfig, manifest, files, yolo_env), which import no room.
+# (settings, paths, errors, keys, names, logconfig, manifest, files, ...), which import no room.
 CORE_ROOMS = (
     "task_types",  # Ultralytics task types, label configs, region conversions
     "events",  # what Label Studio told labelloop: change log, ledger, webhook health
@@ -229,7 +229,105 @@ def test_every_core_module_lives_in_a_room() -> None:
     assert rooms == sorted(CORE_ROOMS), rooms
 
 
+# The composition roots: the only core modules (or, ``module:function``, factories) that take ``Settings``
+# (import it outside ``if TYPE_CHECKING:``, or have a parameter annotated with it). The rest of the core
+# takes collaborators: ``Paths``, a Label Studio ``Connection``, ``MediaConfig``, ``DatasetSource``,
+# ``PseudoSource``, ``ParamDefaults``, a Redis client (``labelloop.redis_client``), plain values.
+SETTINGS_ROOTS = {
+    "labelloop.settings": "defines Settings and Paths",
+    "labelloop.jobs.jobs": "Jobs: what the Celery tasks call, made from the worker's Settings",
+    "labelloop.jobs.context": "JobContext: one job's Settings, Redis client and registry",
+    "labelloop.jobs.lifecycle": "a training run's lifecycle, from the worker's Settings",
+    "labelloop.jobs.pipeline": "the training pipeline: builds the dataset room's sources from Settings",
+    "labelloop.jobs.gate": "the promotion gate and publish, thresholds from Settings",
+    "labelloop.jobs.plan": "the training plan: recipe defaults and folders from Settings",
+    "labelloop.jobs.preannotation": "pre-annotation jobs, limits from Settings",
+    "labelloop.jobs.prediction": "the predictors of a worker, from Settings",
+    "labelloop.jobs.datasets": "DatasetSource and PseudoSource from Settings",
+    "labelloop.dev.demo": "the demo, a process entry point reading Settings from the environment",
+    "labelloop.labelstudio.media_types:MediaConfig.from_settings": "MediaConfig from LABELLOOP_MEDIA_*",
+    "labelloop.labelstudio.video_media:video_config": "the video MediaConfig from LABELLOOP_MEDIA_VIDEO_*",
+    "labelloop.serving.video:VideoOptions.from_settings": "VideoOptions from LABELLOOP_VIDEO_*",
+}
+
+
+def settings_takers(source: str, module: str) -> set[str]:
+    """Where ``source`` takes ``Settings``: ``module`` when it imports it from ``labelloop.settings``
+    outside ``if TYPE_CHECKING:`` (inside functions too), ``module:Qualname`` for each function with a
+    parameter annotated with it (``Settings``, ``Settings | None``, ``"Settings"``...)."""
+    found: set[str] = set()
+
+    class Visitor(ast.NodeVisitor):
+        def __init__(self) -> None:
+            self.scope: list[str] = []
+
+        def visit_If(self, node: ast.If) -> None:
+            if "TYPE_CHECKING" in ast.unparse(node.test):
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.module == "labelloop.settings" and any(a.name == "Settings" for a in node.names):
+                found.add(module)
+
+        def visit_ClassDef(self, node: ast.ClassDef) -> None:
+            self.scope.append(node.name)
+            self.generic_visit(node)
+            self.scope.pop()
+
+        def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+            self.scope.append(node.name)
+            args = node.args
+            for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+                if arg is not None and arg.annotation is not None:
+                    words = ast.unparse(arg.annotation).replace("'", " ").replace('"', " ").replace("|", " ").split()
+                    if "Settings" in words or "labelloop.settings.Settings" in words:
+                        found.add(f"{module}:{'.'.join(self.scope)}")
+            self.generic_visit(node)
+            self.scope.pop()
+
+        visit_AsyncFunctionDef = visit_FunctionDef
+
+    Visitor().visit(ast.parse(source))
+    return found
+
+
+def settings_outside_roots() -> list[str]:
+    """Core modules and functions that take ``Settings`` but are not in ``SETTINGS_ROOTS``."""
+    out = []
+    for module, path in sorted(_modules().items()):
+        if module.startswith("labelloop"):
+            for taker in sorted(settings_takers(path.read_text(), module)):
+                if taker not in SETTINGS_ROOTS and taker.split(":")[0] not in SETTINGS_ROOTS:
+                    out.append(taker)
+    return out
+
+
+def test_only_the_composition_roots_take_settings() -> None:
+    """Only the roots in ``SETTINGS_ROOTS`` import ``Settings`` or take it as a parameter; every root
+    listed still exists (a stale entry would hide nothing but mislead)."""
+    assert settings_outside_roots() == []
+    modules = _modules()
+    for root in SETTINGS_ROOTS:
+        assert root.split(":")[0] in modules, root
+
+
+def test_the_settings_check_finds_an_import_and_a_parameter() -> None:
+    """The checker sees a runtime import, a parameter in a method, and not a TYPE_CHECKING import."""
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from labelloop.settings import Settings\n"
+        "class A:\n    def f(self, s: Settings | None) -> None:\n        from labelloop.settings import Settings\n"
+        "def g(x: int, *, cfg: 'Settings') -> None: ...\n"
+        "def h(paths: Paths) -> None: ...\n"
+    )
+    assert settings_takers(source, "labelloop.x") == {"labelloop.x", "labelloop.x:A.f", "labelloop.x:g"}
+    assert settings_takers(source.split("class A")[0], "labelloop.x") == set()
+
+
 if __name__ == "__main__":
-    lines = problems()
+    lines = problems() + [f"takes Settings outside the roots: {t}" for t in settings_outside_roots()]
     print("\n".join(lines) or "layers hold: no cycle, no upward import")
     sys.exit(1 if lines else 0)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labelloop.settings_table import settings_table
 from service.cli import build_parser
+from service.settings_table import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,6 @@ import pytest
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic_video import GeneratedVideo, video_config, video_result, write_video
 from labelloop.jobs.pipeline import run_training
-from labelloop.jobs.plan import yolo_config_dir
 from labelloop.labelstudio import client as labelstudio
 from labelloop.labelstudio.media import MediaConfig
 from labelloop.registry.store import Registry
@@ -92,7 +91,7 @@ def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
     predictor = Predictor(
         Registry(settings.models_dir),
         settings.base_model,
-        yolo_config_dir(settings),
+        settings.paths.yolo_config_dir,
         Path(settings.cache_dir).absolute(),
         settings.imgsz,
         conf=0.001,

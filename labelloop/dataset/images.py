@@ -13,8 +13,9 @@ The build is composed of small collaborators, one module each:
 * ``labelloop.dataset.build``: ``build_dataset``, plan then write (layouts in its docstring);
 * ``labelloop.dataset.video``: the same for VideoRectangle projects (frames of videos).
 
-This module reads a project from Label Studio (``build_project_dataset``) and dispatches to the
-image or the video build.
+This module reads a project from Label Studio (``build_project_dataset``, given a ``DatasetSource``)
+and dispatches to the image or the video build. ``labelloop.jobs.datasets`` builds the source from
+``Settings``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labelloop.dataset.build import build_dataset
 from labelloop.dataset.classes import CLASSES_FILE, load_class_names, stable_names, store_class_names
@@ -32,8 +35,13 @@ from labelloop.dataset.splits import assign_splits, val_score
 from labelloop.dataset.state import STATE_FILE, STATE_VERSION, BuildState, PlanEntry
 from labelloop.events.changes import ChangeLog
 from labelloop.ls_json import Task
-from labelloop.settings import Settings
+from labelloop.paths import Paths
 from labelloop.task_types.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from labelloop.labelstudio.client import Connection
+    from labelloop.labelstudio.media_types import MediaConfig
+    from labelloop.registry.params import ParamDefaults
 
 __all__ = [
     "CLASSES_FILE",
@@ -42,6 +50,7 @@ __all__ = [
     "BuildResult",
     "BuildState",
     "DatasetReport",
+    "DatasetSource",
     "Fetch",
     "ImageRef",
     "LocalImage",
@@ -53,20 +62,41 @@ __all__ = [
     "cached_fetch",
     "load_class_names",
     "local_images",
-    "project_dataset_dir",
     "stable_names",
     "store_class_names",
     "val_score",
 ]
 
 
-def project_dataset_dir(settings: Settings, project_id: int) -> Path:
-    """Where a project's dataset is kept between builds (updated in place by each build)."""
-    return Path(settings.cache_dir).absolute() / "datasets" / str(int(project_id))
+@dataclass(frozen=True)
+class DatasetSource:
+    """What a project's dataset build reads, and where it keeps things (``labelloop.jobs.datasets``
+    builds it from ``Settings``).
+
+    Attributes:
+        label_studio: Label Studio's URL and token (the SDK client is made on first use).
+        paths: ``<cache_dir>/datasets/<project>`` (tasks and dataset), the image and video caches,
+            ``<models_dir>/<project>/params.json`` and ``classes.json``.
+        media: the image downloads' configuration (``LABELLOOP_MEDIA_*``).
+        video_media: the video downloads' (the same, with the video size and time limits).
+        defaults: the environment's defaults under the project's extra params (``LABELLOOP_VAL_FRACTION``...).
+        verify_s: seconds between full exports that check the recorded webhooks (``LABELLOOP_DATASET_VERIFY_S``).
+        min_val_images: minimum validation images (``LABELLOOP_MIN_VAL_IMAGES``).
+        video_frame_stride: every n-th frame of a video track (``LABELLOOP_VIDEO_FRAME_STRIDE``).
+    """
+
+    label_studio: Connection
+    paths: Paths
+    media: MediaConfig
+    video_media: MediaConfig
+    defaults: ParamDefaults
+    verify_s: float
+    min_val_images: int
+    video_frame_stride: int
 
 
 def build_project_dataset(
-    settings: Settings,
+    source: DatasetSource,
     project_id: int,
     out_dir: Path | None = None,
     on_image: Callable[[], None] | None = None,
@@ -93,47 +123,45 @@ def build_project_dataset(
         LabelConfigError: the label config has nothing trainable, or is ambiguous.
     """
     from labelloop.events.changes import label_config_digest
-    from labelloop.labelstudio import client as labelstudio
     from labelloop.labelstudio.export import sync_tasks
-    from labelloop.labelstudio.media import MediaConfig
     from labelloop.registry.params import load as load_params
     from labelloop.registry.params import train_spec
 
-    client = labelstudio.client(settings.label_studio_url, settings.api_key)
-    params = load_params(settings.models_dir, project_id)
-    effective = params.effective(settings)
-    home = project_dataset_dir(settings, project_id)
-    with labelstudio.calling(settings.label_studio_url, f"reading project {project_id}"):
+    paths = source.paths
+    client = source.label_studio.client()
+    params = load_params(paths.models_dir, project_id)
+    effective = params.effective(source.defaults)
+    home = paths.dataset_dir(project_id)
+    with source.label_studio.calling(f"reading project {project_id}"):
         label_config, exported, sync = sync_tasks(
-            client, project_id, home / "tasks.json", changes=changes, verify_every_s=settings.dataset_verify_s
+            client, project_id, home / "tasks.json", changes=changes, verify_every_s=source.verify_s
         )
     tasks: list[Task] = exported
     spec = train_spec(label_config, params)
     sync["label_config_sha1"] = label_config_digest(label_config)  # in the manifest: the model card's digest
-    names = stable_names(load_class_names(settings.models_dir, project_id, spec.from_name), spec.labels)
+    names = stable_names(load_class_names(paths.models_dir, project_id, spec.from_name), spec.labels)
     out = Path(out_dir) if out_dir is not None else home / "yolo"
-    cache_dir = Path(settings.cache_dir).absolute()
     if spec.region_type == "videorectangle":  # frames of videos: labelloop.dataset.video
         report = DatasetReport(
             task=spec.task, tasks_exported=len(tasks), seconds={"export": sync.pop("seconds")}, sync=sync
         )
         splits = functools.partial(assign_splits, val_fraction=effective["val_fraction"], min_val=1)
-        data = _build_video(settings, tasks, spec, out, splits, names, report)
+        data = _build_video(source, tasks, spec, out, splits, names, report)
         result = BuildResult(data, spec, names, report, tasks)
     else:
         with contextlib.ExitStack() as stack:
-            fetch = cached_fetch(stack, cache_dir / "images", MediaConfig.from_settings(settings), on_image)
+            fetch = cached_fetch(stack, paths.images_dir, source.media, on_image)
             report = DatasetReport(seconds={"export": sync.pop("seconds")}, sync=sync)
             result = build_dataset(
-                tasks, spec, out, fetch, effective["val_fraction"], settings.min_val_images, names, report
+                tasks, spec, out, fetch, effective["val_fraction"], source.min_val_images, names, report
             )
         result.tasks = tasks
-    store_class_names(settings.models_dir, project_id, spec.from_name, names)
+    store_class_names(paths.models_dir, project_id, spec.from_name, names)
     return result
 
 
 def _build_video(
-    settings: Settings,
+    source: DatasetSource,
     tasks: list[Task],
     spec: TrainSpec,
     out: Path,
@@ -143,8 +171,8 @@ def _build_video(
 ) -> Path:
     """The video build (``labelloop.dataset.video``), its videos through the video cache."""
     from labelloop.dataset.video import build_video_dataset
-    from labelloop.labelstudio.video_media import cached_video_fetch, video_config
+    from labelloop.labelstudio.video_media import cached_video_fetch
 
     with contextlib.ExitStack() as stack:
-        fetch = cached_video_fetch(stack, Path(settings.cache_dir).absolute() / "videos", video_config(settings))
-        return build_video_dataset(tasks, spec, out, fetch, splits, names, report, settings.video_frame_stride)
+        fetch = cached_video_fetch(stack, source.paths.videos_dir, source.video_media)
+        return build_video_dataset(tasks, spec, out, fetch, splits, names, report, source.video_frame_stride)

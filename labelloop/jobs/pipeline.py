@@ -15,9 +15,10 @@ from collections.abc import Callable
 import structlog
 
 from labelloop import redis_client
-from labelloop.dataset.images import BuildResult, build_project_dataset
+from labelloop.dataset.images import BuildResult
 from labelloop.dataset.pseudo import prepare as prepare_pseudo_labels
 from labelloop.events.changes import ChangeLog
+from labelloop.jobs.datasets import build_project_dataset, pseudo_source
 from labelloop.jobs.gate import Candidate, gate_and_publish
 from labelloop.jobs.plan import plan_training
 from labelloop.registry.params import load as load_params
@@ -66,7 +67,7 @@ def run_training(
         parent = registry.current(project_id)
         plan = plan_training(settings, built, parent, project_params.base_model is None, params)
         t0 = time.perf_counter()
-        pseudo = prepare_pseudo_labels(settings, project_id, built, parent, params, run_dir / "pseudo")
+        pseudo = prepare_pseudo_labels(pseudo_source(settings), project_id, built, parent, params, run_dir / "pseudo")
         plan.job.pseudo, plan.pseudo_labels = pseudo.job, pseudo.record
         if params["pseudo_labels"]:
             timings["pseudo"] = time.perf_counter() - t0

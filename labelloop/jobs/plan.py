@@ -6,7 +6,6 @@ then the manifest of the version it produced.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from labelloop.dataset.images import BuildResult
 from labelloop.manifest import (
@@ -28,16 +27,6 @@ from labelloop.settings import Settings
 from labelloop.task_types.labels import TrainSpec
 from labelloop.training.child import cuda_present
 from labelloop.training.recipe import OVERRIDABLE, DataShape, plan_recipe
-
-
-def yolo_config_dir(settings: Settings) -> Path:
-    """Where ultralytics keeps its settings and fonts for labelloop's processes."""
-    return Path(settings.cache_dir).absolute() / "ultralytics"
-
-
-def weights_dir(settings: Settings) -> Path:
-    """Where labelloop keeps downloaded Ultralytics assets (``<cache_dir>/weights``)."""
-    return Path(settings.cache_dir).absolute() / "weights"
 
 
 def same_task(manifest: Manifest, spec: TrainSpec) -> bool:
@@ -89,7 +78,7 @@ def plan_training(
         base = resolve_base_model(
             params["base_model"],
             spec.task,
-            weights_dir(settings),
+            settings.paths.weights_dir,
             settings.offline,
             from_operator=operator_base_model,
         )
@@ -112,7 +101,7 @@ def plan_training(
         weights=weights,
         data=str(built.data),
         task=spec.task,
-        config_dir=str(yolo_config_dir(settings)),
+        config_dir=str(settings.paths.yolo_config_dir),
         epochs=recipe.epochs,
         imgsz=recipe.imgsz,
         batch=recipe.batch,

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from labelloop.jobs.plan import yolo_config_dir
 from labelloop.labelstudio.media import MediaConfig
 from labelloop.ls_json import Prediction, Task
 from labelloop.registry.params import load as load_params
@@ -39,7 +38,7 @@ class Predictors:
         p = Predictor(
             Registry(s.models_dir),
             s.base_model,
-            yolo_config_dir(s),
+            s.paths.yolo_config_dir,
             Path(s.cache_dir).absolute(),
             s.imgsz,
             s.predict_conf,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
@@ -74,3 +75,21 @@ def calling(url: str | None, doing: str) -> Iterator[None]:
         if status == 404:
             raise LabelStudioError(f"Label Studio at {url} has no such object while {doing} (HTTP 404)") from exc
         raise LabelStudioError(f"Label Studio at {url} refused a request while {doing} (HTTP {status})") from exc
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where Label Studio is and the token to call it with (``LABEL_STUDIO_URL``,
+    ``LABEL_STUDIO_API_KEY``); the SDK client is made on first use (``client``), so a missing URL or
+    token fails where Label Studio is called, not where the connection is built."""
+
+    url: str | None
+    api_key: str | None = field(default=None, repr=False)
+
+    def client(self) -> LabelStudio:
+        """``client(url, api_key)``. Raises DatasetError: the URL or the token is not configured."""
+        return client(self.url, self.api_key)
+
+    def calling(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        """``calling(url, doing)``: Label Studio's failures inside the block as labelloop errors."""
+        return calling(self.url, doing)

@@ -9,20 +9,68 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, Protocol, TypedDict, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labelloop.errors import ParamsError
 from labelloop.registry.base_models import is_asset_name
 from labelloop.registry.store import ProjectFiles
-from labelloop.settings import Settings
 from labelloop.task_types.labels import TrainSpec, parse_label_config
 
 FILE = "params.json"
 
 Checkpoint = Literal["best", "last"]
 ScoreStrategy = Literal["least_confidence", "margin", "entropy"]
+
+
+class ParamDefaults(Protocol):
+    """The environment's defaults under a project's extra params: the attributes ``ProjectParams.effective``
+    reads (``labelloop.settings.Settings`` has them all, with the same names and types; ``control_tag`` and
+    ``obb`` have no environment default)."""
+
+    @property
+    def epochs(self) -> int | None: ...
+    @property
+    def imgsz(self) -> int | None: ...
+    @property
+    def batch(self) -> int | None: ...
+    @property
+    def nbs(self) -> int | None: ...
+    @property
+    def train_time_s(self) -> float | None: ...
+    @property
+    def freeze(self) -> int | None: ...
+    @property
+    def mosaic(self) -> float | None: ...
+    @property
+    def close_mosaic(self) -> int | None: ...
+    @property
+    def checkpoint(self) -> Checkpoint | None: ...
+    @property
+    def base_model(self) -> str: ...
+    @property
+    def train_every_n(self) -> int: ...
+    @property
+    def val_fraction(self) -> float: ...
+    @property
+    def promotion_metric(self) -> str: ...
+    @property
+    def promotion_margin(self) -> float: ...
+    @property
+    def preannotate(self) -> bool: ...
+    @property
+    def score_strategy(self) -> ScoreStrategy: ...
+    @property
+    def show_conf(self) -> float | None: ...
+    @property
+    def informative_tab(self) -> bool: ...
+    @property
+    def pseudo_labels(self) -> bool: ...
+    @property
+    def set_sampling(self) -> bool: ...
+    @property
+    def first_picks(self) -> bool: ...
 
 
 class EffectiveParams(TypedDict):
@@ -104,10 +152,10 @@ class ProjectParams(BaseModel):
             raise ValueError("must be an Ultralytics model name such as yolo26n.pt, yolo11s.pt or yolov8n.yaml")
         return v
 
-    def effective(self, settings: Settings) -> EffectiveParams:
-        """These params over the environment's defaults (``Settings``' field of the same name;
-        None where it has none)."""
-        base = {k: getattr(settings, k, None) for k in type(self).model_fields}
+    def effective(self, defaults: ParamDefaults) -> EffectiveParams:
+        """These params over the environment's defaults (``defaults``' attribute of the same name, e.g.
+        ``Settings``'; None where it has none: ``control_tag``, ``obb``)."""
+        base = {k: getattr(defaults, k, None) for k in type(self).model_fields}
         # Each key is a field of both, validated by pydantic with the same type (EffectiveParams').
         return cast(EffectiveParams, {**base, **self.model_dump(exclude_none=True)})
 
@@ -164,7 +212,7 @@ def store(models_dir: Path, project_id: int, params: ProjectParams) -> bool:
     return True
 
 
-def preannotates(settings: Settings, project_id: int) -> bool:
+def preannotates(models_dir: Path, defaults: ParamDefaults, project_id: int) -> bool:
     """Whether a newly served version of the project pre-annotates its unlabeled tasks
-    (``LABELLOOP_PREANNOTATE`` under the project's extra param ``preannotate``)."""
-    return load(settings.models_dir, project_id).effective(settings)["preannotate"]
+    (``LABELLOOP_PREANNOTATE``, ``defaults.preannotate``, under the project's extra param ``preannotate``)."""
+    return load(models_dir, project_id).effective(defaults)["preannotate"]

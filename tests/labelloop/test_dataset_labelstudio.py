@@ -17,13 +17,13 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from labelloop.dataset.images import build_project_dataset, project_dataset_dir
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.stack import Stack, free_port
 from labelloop.dev.synthetic import LABELS, Sample, make_sample
 from labelloop.errors import DatasetError, LabelConfigError
 from labelloop.events.changes import ChangeLog, label_config_digest
 from labelloop.files import write_atomic
+from labelloop.jobs.datasets import build_project_dataset
 from labelloop.labelstudio.export import SYNC_OVERLAP_S
 from labelloop.ls_json import Region, RegionValue
 from labelloop.redis_client import client as redis_client
@@ -377,7 +377,7 @@ def test_periodic_verification_corrects_an_update_the_updated_at_filter_missed(
     first = build_project_dataset(settings, pid)
     assert first.report.sync["mode"] == "full"
     # This host's idea of Label Studio's time runs an hour ahead of Label Studio's own.
-    store = project_dataset_dir(settings, pid) / "tasks.json"
+    store = settings.paths.dataset_dir(pid) / "tasks.json"
     state = orjson.loads(store.read_bytes())
     state["server_time"] += 3600
     write_atomic(store, orjson.dumps(state))

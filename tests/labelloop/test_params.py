@@ -109,3 +109,21 @@ def test_setup_chooses_the_control_tag_to_train(redis_url: str, tmp_path: Path) 
                 f'<{child} value="a"/></{tag}></View>'
             )
             assert client.post("/setup", json={**body, "schema": config}).status_code == 200
+
+
+def test_effective_params_read_any_defaults_with_the_settings_attributes(tmp_path: Path) -> None:
+    """``effective`` and ``preannotates`` read their defaults from any object with ``Settings``' attributes
+    (``ParamDefaults``), not from ``Settings`` itself: a copy of the settings' values gives the same answer."""
+    from dataclasses import make_dataclass
+
+    from labelloop.registry.params import ParamDefaults, preannotates
+
+    settings = make_settings(tmp_path, epochs=20, preannotate=True)
+    names = [n for n in ProjectParams.model_fields if hasattr(settings, n)]
+    defaults: ParamDefaults = make_dataclass("Defaults", names, frozen=True)(*(getattr(settings, n) for n in names))
+    store(tmp_path, 7, parse_extra_params({"epochs": 3}))
+    assert load(tmp_path, 7).effective(defaults) == load(tmp_path, 7).effective(settings)
+    assert load(tmp_path, 7).effective(defaults)["epochs"] == 3
+    assert preannotates(tmp_path, defaults, 7) is True
+    store(tmp_path, 7, parse_extra_params({"preannotate": False}))
+    assert preannotates(tmp_path, settings, 7) is False

@@ -23,6 +23,7 @@ from labelloop.dataset.pseudo import (
     write_overlay,
 )
 from labelloop.dev.synthetic import LABEL_CONFIG
+from labelloop.jobs.datasets import pseudo_source
 from labelloop.registry.store import ModelVersion
 from labelloop.task_types.labels import parse_detection_config
 from tests.factories import make_settings
@@ -177,7 +178,7 @@ def test_prepare_says_why_pseudo_labels_do_not_apply(case: str, skipped: str, tm
         "label unknown to it": (built(), served(tmp_path, {"0": "square"})),
         "no train image": (built(train=0), served(tmp_path, both)),
     }[case]
-    prepared = prepare(settings, 1, *args, PARAMS, tmp_path / "pseudo")
+    prepared = prepare(pseudo_source(settings), 1, *args, PARAMS, tmp_path / "pseudo")
     assert prepared.job is None and prepared.record is not None
     assert prepared.record.skipped == skipped and prepared.record.applied is False
     assert (prepared.record.conf, prepared.record.low_conf) == (0.7, 0.25)
@@ -187,7 +188,9 @@ def test_prepare_does_nothing_when_the_setting_is_off(tmp_path: Path) -> None:
     """Setting off: no job and no manifest record (the training is what it was without the feature)."""
     settings = make_settings(tmp_path)
     both = {"0": "square", "1": "disc"}
-    prepared = prepare(settings, 1, built(), served(tmp_path, both), {**PARAMS, "pseudo_labels": False}, tmp_path)
+    prepared = prepare(
+        pseudo_source(settings), 1, built(), served(tmp_path, both), {**PARAMS, "pseudo_labels": False}, tmp_path
+    )
     assert (prepared.job, prepared.record) == (None, None)
 
 
@@ -195,7 +198,7 @@ def test_prepare_skips_when_label_studio_cannot_list_the_tasks(tmp_path: Path) -
     """Label Studio refusing the task list: the training goes on with human labels only, the record says why."""
     settings = make_settings(tmp_path, label_studio=("http://127.0.0.1:9", "k"))
     both = {"0": "square", "1": "disc"}
-    prepared = prepare(settings, 1, built(), served(tmp_path, both), PARAMS, tmp_path / "pseudo")
+    prepared = prepare(pseudo_source(settings), 1, built(), served(tmp_path, both), PARAMS, tmp_path / "pseudo")
     assert prepared.job is None and prepared.record is not None
     assert str(prepared.record.skipped).startswith("listing the unlabeled tasks failed")
     assert prepared.record.cap == 4 and prepared.record.version == "v3"

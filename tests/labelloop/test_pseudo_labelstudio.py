@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from labelloop.dataset.images import project_dataset_dir, val_score
+from labelloop.dataset.images import val_score
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic import make_sample
 from labelloop.jobs import pipeline
@@ -77,7 +77,7 @@ def test_a_training_with_pseudo_labels_trains_on_confident_unlabeled_images_in_i
     pseudo_ids = set(record["task_ids"])
     assert pseudo_ids <= set(ids[9:])  # never an annotated or skipped task
     assert all(val_score(t) >= 0.2 for t in pseudo_ids)  # never a task the val split would take
-    dataset = project_dataset_dir(on, pid) / "yolo"
+    dataset = on.paths.dataset_dir(pid) / "yolo"
     val_ids = {int(p.stem) for p in (dataset / "images" / "val").iterdir()}
     assert val_ids and not pseudo_ids & val_ids
     on_disk = {int(p.stem) for p in (dataset / "images").rglob("*.png")}

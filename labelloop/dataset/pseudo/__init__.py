@@ -35,13 +35,14 @@ from __future__ import annotations
 from labelloop.dataset.pseudo.child import PREDICT_BATCH, label_unlabeled, predict, write_overlay
 from labelloop.dataset.pseudo.job import PseudoJob
 from labelloop.dataset.pseudo.rule import ImagePrediction, Region, cap_for, choose, qualifies, unlabeled_pool
-from labelloop.dataset.pseudo.worker import POOL_PER_SLOT, Prepared, fetch_images, list_unlabeled, prepare
+from labelloop.dataset.pseudo.worker import POOL_PER_SLOT, Prepared, PseudoSource, fetch_images, list_unlabeled, prepare
 
 __all__ = [
     "POOL_PER_SLOT",
     "PREDICT_BATCH",
     "ImagePrediction",
     "Prepared",
+    "PseudoSource",
     "PseudoJob",
     "Region",
     "cap_for",

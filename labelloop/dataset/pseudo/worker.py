@@ -19,14 +19,38 @@ from labelloop.registry.params import EffectiveParams
 
 if TYPE_CHECKING:
     from labelloop.dataset.report import BuildResult
+    from labelloop.labelstudio.client import Connection
+    from labelloop.labelstudio.media_types import MediaConfig
     from labelloop.registry.store import ModelVersion
-    from labelloop.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 # Unlabeled images predicted per pseudo-label slot (the cap): enough to choose the confident ones
 # from, without predicting a 100,000-task pool on every training.
 POOL_PER_SLOT = 4
+
+
+@dataclass(frozen=True)
+class PseudoSource:
+    """What ``prepare`` reads (``labelloop.jobs.datasets.pseudo_source`` builds it from ``Settings``).
+
+    Attributes:
+        label_studio: Label Studio's URL and token (the SDK client is made on first use).
+        images_dir: the image cache dataset builds use (``<cache_dir>/images``).
+        media: the image downloads' configuration (``LABELLOOP_MEDIA_*``).
+        conf: a pseudo-label's minimum confidence (``LABELLOOP_PSEUDO_CONF``, 0..1).
+        low_conf: below it a prediction is background (``LABELLOOP_PREDICT_CONF``, 0..1).
+        ratio: pseudo-labels per human-labelled train image at most (``LABELLOOP_PSEUDO_RATIO``).
+        pool: unlabeled tasks predicted at most (``LABELLOOP_PSEUDO_POOL``).
+    """
+
+    label_studio: Connection
+    images_dir: Path
+    media: MediaConfig
+    conf: float
+    low_conf: float
+    ratio: float
+    pool: int
 
 
 @dataclass
@@ -56,7 +80,7 @@ class _Decision:
 
 
 def prepare(
-    settings: Settings,
+    source: PseudoSource,
     project_id: int,
     built: BuildResult,
     parent: ModelVersion | None,
@@ -80,7 +104,7 @@ def prepare(
     if not params["pseudo_labels"]:
         return Prepared(None, None)
     spec = built.spec
-    decision = _Decision(settings.pseudo_conf, settings.predict_conf, settings.pseudo_ratio)
+    decision = _Decision(source.conf, source.low_conf, source.ratio)
     if spec.task != "detect":
         return decision.skip(f"not applicable to {spec.task} (detect only)")
     if parent is None:
@@ -94,7 +118,7 @@ def prepare(
     if missing:
         # It would teach its ignorance of these labels as background.
         return decision.skip(f"the served version does not know {', '.join(missing)}")
-    cap = decision.cap = cap_for(built.report.images["train"], settings.pseudo_ratio)
+    cap = decision.cap = cap_for(built.report.images["train"], source.ratio)
     if cap < 1:
         return decision.skip("cap is 0")
     dataset_ids = {label: i for i, label in built.names.items()}
@@ -102,18 +126,18 @@ def prepare(
     annotated = {int(t["id"]) for t in built.tasks}
     try:
         pool = unlabeled_pool(
-            list_unlabeled(settings, project_id),
+            list_unlabeled(source.label_studio, project_id),
             annotated,
             spec.value_key,
             params["val_fraction"],
-            min(settings.pseudo_pool, POOL_PER_SLOT * cap),
+            min(source.pool, POOL_PER_SLOT * cap),
             seed=parent.name,
         )
     except Exception as exc:  # LabelStudioUnavailable, LabelStudioError: train on human labels only
         return decision.skip(f"listing the unlabeled tasks failed: {str(exc)[:200]}")
     if not pool:
         return decision.skip("no unlabeled task to predict")
-    images = fetch_images(settings, pool)
+    images = fetch_images(source.images_dir, source.media, pool)
     if not images:
         return decision.skip("no unlabeled image could be fetched")
     job = PseudoJob(
@@ -132,7 +156,7 @@ def prepare(
     return Prepared(job, None)
 
 
-def list_unlabeled(settings: Settings, project_id: int) -> list[Task]:
+def list_unlabeled(label_studio: Connection, project_id: int) -> list[Task]:
     """The project's tasks with no annotation and no skip, from Label Studio's task list
     (``GET /api/tasks/?project=`` with Data Manager filters on ``tasks:total_annotations`` and
     ``tasks:cancelled_annotations``; tasks only, no annotations or predictions).
@@ -140,8 +164,6 @@ def list_unlabeled(settings: Settings, project_id: int) -> list[Task]:
     Raises:
         LabelStudioUnavailable, LabelStudioError: see ``labelloop.labelstudio.client.calling``.
     """
-    from labelloop.labelstudio import client as labelstudio
-
     zero = {"operator": "equal", "type": "Number", "value": 0}
     query = {
         "filters": {
@@ -152,8 +174,8 @@ def list_unlabeled(settings: Settings, project_id: int) -> list[Task]:
             ],
         }
     }
-    client = labelstudio.client(settings.label_studio_url, settings.api_key)
-    with labelstudio.calling(settings.label_studio_url, f"listing project {project_id}'s unlabeled tasks"):
+    client = label_studio.client()
+    with label_studio.calling(f"listing project {project_id}'s unlabeled tasks"):
         items: Any = client.tasks.list(
             project=project_id, fields="task_only", query=json.dumps(query), resolve_uri=False, page_size=500
         )
@@ -163,12 +185,12 @@ def list_unlabeled(settings: Settings, project_id: int) -> list[Task]:
         ]
 
 
-def fetch_images(settings: Settings, pool: Sequence[tuple[int, str]]) -> list[tuple[int, Path]]:
-    """The pool's upright images from the image cache (``labelloop.labelstudio.media.ImageCache``, the one
-    dataset builds use); a task whose image cannot be fetched is left out."""
-    from labelloop.labelstudio.media import CachedImage, ImageCache, MediaConfig
+def fetch_images(images_dir: Path, media: MediaConfig, pool: Sequence[tuple[int, str]]) -> list[tuple[int, Path]]:
+    """The pool's upright images from the image cache in ``images_dir`` (``labelloop.labelstudio.media.ImageCache``,
+    the one dataset builds use); a task whose image cannot be fetched is left out."""
+    from labelloop.labelstudio.media import CachedImage, ImageCache
 
-    with ImageCache(Path(settings.cache_dir).absolute() / "images", MediaConfig.from_settings(settings)) as cache:
+    with ImageCache(images_dir, media) as cache:
         got = cache.get_many(list(pool))
     out = []
     for task_id, _ in pool:
