@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labelloop.dataset.build import build_dataset
-from labelloop.dataset.classes import CLASSES_FILE, load_class_names, stable_names, store_class_names
-from labelloop.dataset.report import BuildResult, DatasetReport, TaskNote
-from labelloop.dataset.sources import Fetch, ImageRef, LocalImage, cached_fetch, local_images
+from labelloop.dataset.classes import load_class_names, stable_names, store_class_names
+from labelloop.dataset.report import BuildResult, DatasetReport
+from labelloop.dataset.sources import Fetch, cached_fetch, local_images
 from labelloop.dataset.splits import assign_splits, val_score
-from labelloop.dataset.state import STATE_FILE, STATE_VERSION, BuildState, PlanEntry
+from labelloop.dataset.state import STATE_FILE
 from labelloop.events.changes import ChangeLog
 from labelloop.ls_json import Task
 from labelloop.paths import Paths
@@ -44,18 +44,11 @@ if TYPE_CHECKING:
     from labelloop.registry.params import ParamDefaults
 
 __all__ = [
-    "CLASSES_FILE",
     "STATE_FILE",
-    "STATE_VERSION",
     "BuildResult",
-    "BuildState",
     "DatasetReport",
     "DatasetSource",
     "Fetch",
-    "ImageRef",
-    "LocalImage",
-    "PlanEntry",
-    "TaskNote",
     "assign_splits",
     "build_dataset",
     "build_project_dataset",

@@ -36,17 +36,14 @@ from labelloop.ls_json import Task
 from labelloop.registry.params import ProjectParams, train_spec
 from labelloop.registry.params import load as load_params
 from labelloop.serving import diversity
-from labelloop.serving.generation import GENERATION_TTL_S, Generation, superseded_by
-from labelloop.serving.picks import CLUSTER_STRIDE, IMPORT_THREADS, Pick, cluster_offset, import_picks, ranked_picks
+from labelloop.serving.generation import Generation, superseded_by
+from labelloop.serving.picks import Pick, cluster_offset, import_picks, ranked_picks
 from labelloop.serving.predictor import Predictor
 from labelloop.serving.spool import Spool
 from labelloop.task_types.informativeness import NO_DETECTION, prediction_score
 from labelloop.task_types.labels import TrainSpec
 
 __all__ = [
-    "CLUSTER_STRIDE",
-    "GENERATION_TTL_S",
-    "IMPORT_THREADS",
     "MAX_LABELED_EMBEDDED",
     "Generation",
     "Pick",
