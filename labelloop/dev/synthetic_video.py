@@ -1,8 +1,9 @@
 """Generated MP4 videos of moving shapes with known per-frame boxes, for tests and benchmarks.
 
 Each video is a grey noisy background with red squares ("square") and blue discs ("disc") that
-move in straight lines (and may leave the frame). Written with OpenCV (``mp4v``); nothing is
-downloaded.
+move in straight lines (and may leave the frame); on request also a green triangle (``RARE_LABEL``,
+for a rare class) and unlabelled distractors (hollow red squares and grey discs: near misses of the
+labelled shapes that nobody annotates). Written with OpenCV (``mp4v``); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 
 LABELS = ("square", "disc")
+#: The rare class ``write_video(..., rare=True)`` adds: one green triangle.
+RARE_LABEL = "triangle"
 
 
 def video_config(labels: tuple[str, ...] = LABELS, framerate: float | None = None) -> str:
@@ -49,10 +52,19 @@ class GeneratedVideo:
     fps: float
     frames: int
     tracks: list[Track]
+    distractors: int = 0
 
 
 def write_video(
-    path: Path, seed: int, frames: int = 48, width: int = 160, height: int = 120, fps: float = 24.0, shapes: int = 2
+    path: Path,
+    seed: int,
+    frames: int = 48,
+    width: int = 160,
+    height: int = 120,
+    fps: float = 24.0,
+    shapes: int = 2,
+    rare: bool = False,
+    distractors: int = 0,
 ) -> GeneratedVideo:
     """Write an MP4 of ``shapes`` moving shapes and return their true boxes.
 
@@ -60,6 +72,10 @@ def write_video(
         path: the ``.mp4`` to write.
         seed: picks shapes, sizes, start positions and velocities.
         frames, width, height, fps: the video's frame count, size in pixels and frame rate.
+        rare: add one moving green triangle labelled ``RARE_LABEL``.
+        distractors: unlabelled moving shapes to add (hollow red squares and grey discs in turn;
+            not in ``tracks``). With ``rare`` False and no distractors the video is the same as
+            without these arguments (they draw from their own random stream).
 
     Raises:
         RuntimeError: OpenCV cannot write MP4 here.
@@ -79,6 +95,13 @@ def write_video(
         x, y = rng.uniform(0, width - size), rng.uniform(0, height - size)
         vx, vy = rng.uniform(-2.5, 2.5), rng.uniform(-2.0, 2.0)
         moving.append((Track(label), size, x, y, vx, vy))
+    extra = random.Random(seed * 7919 + 1)
+    kinds = ([RARE_LABEL] if rare else []) + [("hollow", "grey")[k % 2] for k in range(distractors)]
+    for kind in kinds:
+        size = extra.randint(max(8, min(width, height) // 6), max(9, min(width, height) // 3))
+        x, y = extra.uniform(0, width - size), extra.uniform(0, height - size)
+        vx, vy = extra.uniform(-2.5, 2.5), extra.uniform(-2.0, 2.0)
+        moving.append((Track(kind), size, x, y, vx, vy))
     noise = np.random.default_rng(seed)
     for f in range(1, frames + 1):
         img = np.full((height, width, 3), 110, np.uint8)
@@ -88,15 +111,24 @@ def write_video(
             x1, y1, x2, y2 = max(0.0, x), max(0.0, y), min(float(width), x + size), min(float(height), y + size)
             if x2 - x1 < 2 or y2 - y1 < 2:
                 continue
+            corner, far = (round(x), round(y)), (round(x + size) - 1, round(y + size) - 1)
+            centre = (round(x + size / 2), round(y + size / 2))
             if track.label == "square":
-                cv2.rectangle(img, (round(x), round(y)), (round(x + size) - 1, round(y + size) - 1), (40, 40, 220), -1)
-            else:
-                c = (round(x + size / 2), round(y + size / 2))
-                cv2.circle(img, c, round(size / 2), (220, 60, 40), -1)
+                cv2.rectangle(img, corner, far, (40, 40, 220), -1)
+            elif track.label == "disc":
+                cv2.circle(img, centre, round(size / 2), (220, 60, 40), -1)
+            elif track.label == RARE_LABEL:
+                apex, left, right = (centre[0], corner[1]), (corner[0], far[1]), far
+                cv2.fillPoly(img, [np.array([apex, left, right], np.int32)], (40, 180, 40))
+            elif track.label == "hollow":
+                cv2.rectangle(img, corner, far, (40, 40, 220), 2)
+            else:  # grey disc
+                cv2.circle(img, centre, round(size / 2), (170, 170, 170), -1)
             track.boxes[f] = (x1, y1, x2 - x1, y2 - y1)
         writer.write(img)
     writer.release()
-    return GeneratedVideo(path, width, height, fps, frames, [t for t, *_ in moving])
+    labelled = [t for t, *_ in moving if t.label in (*LABELS, RARE_LABEL)]
+    return GeneratedVideo(path, width, height, fps, frames, labelled, distractors)
 
 
 def keyframe_sequence(video: GeneratedVideo, track: Track, every: int) -> list[dict[str, float | int | bool]]:
