@@ -68,10 +68,13 @@ class _Track:
     boxes: dict[int, Box]
     confs: dict[int, float]
     classes: Counter[int]
+    label: int = field(init=False)
+    first: int = field(init=False)
+    last: int = field(init=False)
 
-    @property
-    def label(self) -> int:
-        return self.classes.most_common(1)[0][0]
+    def __post_init__(self) -> None:
+        self.label = self.classes.most_common(1)[0][0]
+        self.first, self.last = min(self.boxes), max(self.boxes)
 
 
 def iou(a: Mapping[str, float], b: Mapping[str, float]) -> float:
@@ -103,14 +106,13 @@ def _to_pixels(box: Mapping[str, float], width: int, height: int) -> Box:
 
 def _same_object(a: _Track, b: _Track) -> float | None:
     """The IoU that says ``a`` and ``b`` are one object, or None when they are not."""
-    if a.label != b.label:
+    if a.label != b.label or b.first - a.last > MAX_GAP_FRAMES or a.first - b.last > MAX_GAP_FRAMES:
         return None
     shared = sorted(set(a.boxes) & set(b.boxes))
-    fa, fb = sorted(a.boxes), sorted(b.boxes)
     if shared:  # on the same frames: one object only where the boxes agree
         mean = sum(iou(a.boxes[f], b.boxes[f]) for f in shared) / len(shared)
         return mean if mean >= DUPLICATE_IOU else None
-    first, second = (a, b) if fa[0] <= fb[0] else (b, a)
+    first, second = (a, b) if a.first <= b.first else (b, a)
     f1, f2 = sorted(first.boxes), sorted(second.boxes)
     if f2[0] < f1[-1] or f2[0] - f1[-1] > MAX_GAP_FRAMES:
         return None
@@ -151,18 +153,28 @@ def clean_tracks(tracked: TrackedVideo, min_frames: int = MIN_TRACK_FRAMES, merg
             dict(zip(frames, confs, strict=False)),
             Counter(tracked.classes.get(tid) or {0: 1}),
         )
-    while merge:
-        best: tuple[float, int, int] | None = None
+    # Pair scores are computed once and again only for the track a merge changed: a long video's
+    # hundreds of tracks stay cheap (pairs farther apart in time than a gap are refused first).
+    scores: dict[tuple[int, int], float] = {}
+
+    def consider(a: int, b: int) -> None:
+        pair = (min(a, b), max(a, b))
+        score = _same_object(tracks[pair[0]], tracks[pair[1]])
+        if score is not None:
+            scores[pair] = score
+
+    if merge:
         ids = sorted(tracks)
         for i, a in enumerate(ids):
             for b in ids[i + 1 :]:
-                score = _same_object(tracks[a], tracks[b])
-                if score is not None and (best is None or score > best[0]):
-                    best = (score, a, b)
-        if best is None:
-            break
-        _, a, b = best
+                consider(a, b)
+    while scores:
+        a, b = max(scores, key=lambda pair: (scores[pair], -pair[0], -pair[1]))
         tracks[a] = _merge(tracks[a], tracks.pop(b))
+        scores = {pair: v for pair, v in scores.items() if a not in pair and b not in pair}
+        for other in tracks:
+            if other != a:
+                consider(a, other)
     out = TrackedVideo(tracked.width, tracked.height, frames=tracked.frames, finished=tracked.finished)
     for tid, t in sorted(tracks.items()):
         if len(t.boxes) < min_frames:

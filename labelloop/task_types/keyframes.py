@@ -31,6 +31,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from labelloop.ls_json import Keyframe
 
 #: The box properties Label Studio interpolates (``VideoRectangleRegion.props``).
@@ -154,34 +156,45 @@ def _fewest(values: Sequence[Sequence[float]], tolerance: float) -> list[int]:
     interpolation between consecutive kept points is within ``tolerance`` of every point, per
     coordinate.
 
-    A shortest path over the points (O(n^2) per run): from a kept point ``i``, a later point ``j``
-    can be the next keyframe when the slope ``(v[j] - v[i]) / (j - i)`` of every coordinate lies in
-    the slopes that keep each point between them within ``tolerance``; those form an interval per
-    coordinate that only narrows as ``j`` moves on, so the scan from ``i`` stops once one is empty.
+    A shortest path over the points: from a kept point ``i``, a later point ``j`` can be the next
+    keyframe when the slope ``(v[j] - v[i]) / (j - i)`` of every coordinate lies in the slopes that
+    keep each point between them within ``tolerance``; those form an interval per coordinate that
+    only narrows as ``j`` moves on, so the scan from ``i`` stops once one is empty. O(n^2) per run
+    at worst (a still box), done with numpy over windows that double until the interval empties.
     """
-    n = len(values)
-    dims = range(len(values[0])) if n else range(0)
-    hops = [n] * n  # fewest keyframes to reach point j (point 0 kept)
-    prev = [-1] * n
+    v = np.asarray(values, dtype=float).reshape(len(values), -1)
+    n = len(v)
+    if n == 0:
+        return []
+    hops = np.full(n, n + 1, dtype=np.int64)  # fewest keyframes to reach point j (point 0 kept)
+    prev = np.full(n, -1, dtype=np.int64)
     hops[0] = 1
     eps = 1e-9
     for i in range(n - 1):
-        vi = values[i]
-        lo = [-math.inf] * len(vi)
-        hi = [math.inf] * len(vi)
-        for j in range(i + 1, n):
-            d = j - i
-            vj = values[j]
-            if all(lo[p] - eps <= (vj[p] - vi[p]) / d <= hi[p] + eps for p in dims) and hops[i] + 1 < hops[j]:
-                hops[j], prev[j] = hops[i] + 1, i
-            for p in dims:
-                lo[p] = max(lo[p], (vj[p] - tolerance - vi[p]) / d)
-                hi[p] = min(hi[p], (vj[p] + tolerance - vi[p]) / d)
-            if any(lo[p] > hi[p] + eps for p in dims):
+        window = 32
+        while True:
+            stop = min(n, i + 1 + window)
+            rows = v[i + 1 : stop] - v[i]
+            d = np.arange(1, stop - i, dtype=float)[:, None]
+            slope = rows / d
+            lo = np.maximum.accumulate((rows - tolerance) / d, axis=0)
+            hi = np.minimum.accumulate((rows + tolerance) / d, axis=0)
+            empty = np.flatnonzero((lo > hi + eps).any(axis=1))
+            if len(empty) or stop == n:
                 break
-    kept = [n - 1] if n else []
-    while kept and kept[-1] > 0:
-        kept.append(prev[kept[-1]])
+            window *= 2
+        # The segment i -> j is checked against the points strictly between: the bounds one row up.
+        lo_before = np.vstack([np.full((1, v.shape[1]), -np.inf), lo[:-1]])
+        hi_before = np.vstack([np.full((1, v.shape[1]), np.inf), hi[:-1]])
+        ok = ((slope >= lo_before - eps) & (slope <= hi_before + eps)).all(axis=1)
+        if len(empty):
+            ok[empty[0] + 1 :] = False
+        js = np.flatnonzero(ok) + i + 1
+        better = js[hops[js] > hops[i] + 1]
+        hops[better], prev[better] = hops[i] + 1, i
+    kept = [n - 1]
+    while kept[-1] > 0:
+        kept.append(int(prev[kept[-1]]))
     return kept[::-1]
 
 

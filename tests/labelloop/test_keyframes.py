@@ -181,3 +181,13 @@ def test_a_box_leaving_the_frame_costs_one_keyframe_where_it_reaches_the_border(
     drawn = keyframes.frame_boxes(sequence, 60)
     assert sorted(drawn) == sorted(track)
     assert all(abs(drawn[f][p] - track[f][p]) <= 0.1 for f in track for p in ("x", "y", "width", "height"))
+
+
+@pytest.mark.parametrize("frames", [2, 3, 4, 9])
+def test_a_box_jumping_more_than_the_tolerance_every_frame_keeps_every_frame(frames: int) -> None:
+    """A box that jumps back and forth by more than the tolerance on every frame needs a keyframe
+    on every frame, and gets exactly one per frame."""
+    track = {f: {"x": 10.0 + 5.0 * (f % 2), "y": 10.0, "width": 8.0, "height": 8.0} for f in range(1, frames + 1)}
+    sequence = keyframes.reduce_track(track, tolerance=1.0, framerate=24)
+    assert [k["frame"] for k in sequence] == list(range(1, frames + 1))
+    assert [k["x"] for k in sequence] == [track[f]["x"] for f in track]
