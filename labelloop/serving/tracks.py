@@ -6,12 +6,13 @@ least two keyframes in Label Studio. ``clean_tracks`` merges what is one object 
 too short to be one, before ``labelloop.task_types.keyframes.reduce_track`` keeps the keyframes:
 
 - **Duplicates**: two tracks of the same majority class whose boxes overlap with a mean IoU of at
-  least ``DUPLICATE_IOU`` on the frames both have are one object.
+  least ``DUPLICATE_IOU`` on the frames both have are one object. Tracks that share frames are
+  merged by this rule only: where their boxes disagree, both stay (two objects, or one track
+  briefly on another object; merging would drop one of the boxes).
 - **Bridges**: a track that ends and another of the same majority class that starts at most
-  ``MAX_GAP_FRAMES`` later (or overlaps it by at most that many frames), where the first track's
-  motion, extrapolated from its last ``VELOCITY_FRAMES`` frames, puts a box with IoU at least
-  ``BRIDGE_IOU`` on the second's first box (or the second's motion, extrapolated back, on the
-  first's last), are one object.
+  ``MAX_GAP_FRAMES`` later, where the first track's motion, extrapolated from its last
+  ``VELOCITY_FRAMES`` frames, puts a box with IoU at least ``BRIDGE_IOU`` on the second's first
+  box (or the second's motion, extrapolated back, on the first's last), are one object.
 - Pairs are merged best first (highest IoU), again until no pair qualifies; on a frame both have,
   the merged track keeps the box of the more confident detection.
 - **Short tracks**: after merging, a track detected on fewer than ``MIN_TRACK_FRAMES`` frames is
@@ -146,11 +147,13 @@ def clean_tracks(tracked: TrackedVideo, min_frames: int = MIN_TRACK_FRAMES, merg
     W, H = max(tracked.width, 1), max(tracked.height, 1)
     tracks: dict[int, _Track] = {}
     for tid, boxes in tracked.boxes.items():
+        if not boxes:
+            continue
         frames = sorted(boxes)
-        confs = tracked.confs.get(tid) or [0.0] * len(frames)
+        confs = tracked.confs.get(tid) or []
         tracks[tid] = _Track(
             {f: _to_pixels(boxes[f], W, H) for f in frames},
-            dict(zip(frames, confs, strict=False)),
+            {f: float(confs[k]) if k < len(confs) else 0.0 for k, f in enumerate(frames)},
             Counter(tracked.classes.get(tid) or {0: 1}),
         )
     # Pair scores are computed once and again only for the track a merge changed: a long video's

@@ -120,3 +120,13 @@ def test_gaps_up_to_the_limit_are_filled_linearly_and_longer_ones_kept() -> None
     assert sorted(filled) == [1, 2, 3, 4, 5, 11]
     assert filled[3] == {"x": 4.0, "y": 2.0, "width": 12.0, "height": 10.0}
     assert sorted(fill_gaps(boxes, max_gap=5)) == list(range(1, 12))
+
+
+def test_a_track_without_boxes_or_with_missing_confidences_is_tolerated() -> None:
+    """An empty track is left out and a track with fewer confidences than boxes scores the missing
+    ones 0 (a TrackedVideo built by hand), instead of failing the whole video."""
+    tracked = _video((_line(range(1, 11), 5.0, 1.0), 0, 0.8))
+    tracked.boxes[2], tracked.classes[2], tracked.confs[2] = {}, Counter(), []
+    tracked.confs[1] = [0.8] * 5
+    cleaned = clean_tracks(tracked)
+    assert list(cleaned.boxes) == [1] and cleaned.confs[1] == [0.8] * 5 + [0.0] * 5
