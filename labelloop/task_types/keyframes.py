@@ -31,12 +31,17 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from labelloop.ls_json import Keyframe
 
 #: The box properties Label Studio interpolates (``VideoRectangleRegion.props``).
 PROPS = ("x", "y", "width", "height", "rotation")
 
 Box = dict[str, float]
+
+#: The properties ``reduce_track`` keeps within its tolerance (tracked boxes are not rotated).
+_REDUCED = ("x", "y", "width", "height")
 
 
 def normalize_angle(angle: float) -> float:
@@ -146,8 +151,51 @@ def annotated_span(sequences: Iterable[Sequence[Mapping[str, Any]]], frames_coun
 # ---------------------------------------------------------------------------- keyframe reduction
 
 
-def _deviation(a: Box, b: Box) -> float:
-    return max(abs(a[p] - b[p]) for p in ("x", "y", "width", "height"))
+def _fewest(values: Sequence[Sequence[float]], tolerance: float) -> list[int]:
+    """Indices of the fewest points of a run (first and last included) such that linear
+    interpolation between consecutive kept points is within ``tolerance`` of every point, per
+    coordinate.
+
+    A shortest path over the points: from a kept point ``i``, a later point ``j`` can be the next
+    keyframe when the slope ``(v[j] - v[i]) / (j - i)`` of every coordinate lies in the slopes that
+    keep each point between them within ``tolerance``; those form an interval per coordinate that
+    only narrows as ``j`` moves on, so the scan from ``i`` stops once one is empty. O(n^2) per run
+    at worst (a still box), done with numpy over windows that double until the interval empties.
+    """
+    v = np.asarray(values, dtype=float).reshape(len(values), -1)
+    n = len(v)
+    if n == 0:
+        return []
+    hops = np.full(n, n + 1, dtype=np.int64)  # fewest keyframes to reach point j (point 0 kept)
+    prev = np.full(n, -1, dtype=np.int64)
+    hops[0] = 1
+    eps = 1e-9
+    for i in range(n - 1):
+        window = 32
+        while True:
+            stop = min(n, i + 1 + window)
+            rows = v[i + 1 : stop] - v[i]
+            d = np.arange(1, stop - i, dtype=float)[:, None]
+            slope = rows / d
+            lo = np.maximum.accumulate((rows - tolerance) / d, axis=0)
+            hi = np.minimum.accumulate((rows + tolerance) / d, axis=0)
+            empty = np.flatnonzero((lo > hi + eps).any(axis=1))
+            if len(empty) or stop == n:
+                break
+            window *= 2
+        # The segment i -> j is checked against the points strictly between: the bounds one row up.
+        lo_before = np.vstack([np.full((1, v.shape[1]), -np.inf), lo[:-1]])
+        hi_before = np.vstack([np.full((1, v.shape[1]), np.inf), hi[:-1]])
+        ok = ((slope >= lo_before - eps) & (slope <= hi_before + eps)).all(axis=1)
+        if len(empty):
+            ok[empty[0] + 1 :] = False
+        js = np.flatnonzero(ok) + i + 1
+        better = js[hops[js] > hops[i] + 1]
+        hops[better], prev[better] = hops[i] + 1, i
+    kept = [n - 1]
+    while kept[-1] > 0:
+        kept.append(int(prev[kept[-1]]))
+    return kept[::-1]
 
 
 def _segments(frames: Sequence[int]) -> list[list[int]]:
@@ -163,9 +211,12 @@ def _segments(frames: Sequence[int]) -> list[list[int]]:
 def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, framerate: float) -> list[Keyframe]:
     """The keyframes of a tracked box that Label Studio draws back within ``tolerance``.
 
-    Per run of consecutive frames: its first and last frame, and recursively the frame where
-    linear interpolation between kept keyframes is farthest from the tracked box while that is
-    more than ``tolerance`` (Ramer-Douglas-Peucker over time). The last keyframe of each run is
+    Per run of consecutive frames: its first and last frame and the fewest frames between them
+    such that Label Studio's linear interpolation between consecutive kept keyframes is within
+    ``tolerance`` of the tracked box on every frame (a shortest path over the frames, optimal,
+    where Ramer-Douglas-Peucker's recursive split can keep more). A box clipped at the frame's
+    border as its object leaves shrinks linearly while its edge stays put: two straight pieces,
+    one keyframe where they meet. The last keyframe of each run is
     ``enabled: false`` (the track pauses or ends there; Label Studio still draws it on that
     frame), every other ``enabled: true``.
 
@@ -189,23 +240,7 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
     full = {int(f): {p: float(b.get(p) or 0.0) for p in PROPS} for f, b in boxes.items()}
     sequence: list[Keyframe] = []
     for run in _segments(sorted(full)):
-        keep = {run[0], run[-1]}
-        stack = [(0, len(run) - 1)]
-        while stack:
-            i, j = stack.pop()
-            if j - i < 2:
-                continue
-            a, b = run[i], run[j]
-            worst, k_worst = -1.0, -1
-            for k in range(i + 1, j):
-                f = run[k]
-                guess = {p: interpolate_prop({"frame": a, **full[a]}, {"frame": b, **full[b]}, f, p) for p in PROPS}
-                d = _deviation(guess, full[f])
-                if d > worst:
-                    worst, k_worst = d, k
-            if worst > tolerance:
-                keep.add(run[k_worst])
-                stack += [(i, k_worst), (k_worst, j)]
+        keep = {run[k] for k in _fewest([[full[f][p] for p in _REDUCED] for f in run], tolerance)}
         for f in sorted(keep):
             box = full[f]
             sequence.append(

@@ -3,8 +3,10 @@ against Label Studio's own frontend code and an annotation a real Label Studio 1
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import random
 import re
 import shutil
 import subprocess
@@ -131,3 +133,61 @@ def test_reduction_refuses_a_negative_tolerance() -> None:
         keyframes.reduce_track({1: {"x": 0, "y": 0, "width": 1, "height": 1}}, -1, 25)
     with pytest.raises(ValueError):
         keyframes.reduce_track({1: {"x": 0, "y": 0, "width": 1, "height": 1}}, 1, 0)
+
+
+def _brute_fewest(track: dict[int, dict[str, float]], tolerance: float) -> int:
+    """The fewest keyframes of one run by trying every subset of its inner frames (small runs)."""
+    frames = sorted(track)
+    inner = frames[1:-1]
+    for extra in range(len(inner) + 1):
+        for chosen in itertools.combinations(inner, extra):
+            seq = [{"frame": f, "enabled": True, **track[f], "rotation": 0} for f in (frames[0], *chosen, frames[-1])]
+            drawn = keyframes.frame_boxes(seq, frames[-1])
+            if all(
+                abs(drawn[f][p] - track[f][p]) <= tolerance + 1e-9
+                for f in frames
+                for p in ("x", "y", "width", "height")
+            ):
+                return 2 + extra
+    raise AssertionError("the run itself is always within tolerance")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_reduction_keeps_the_fewest_keyframes_within_tolerance(seed: int) -> None:
+    """On random wandering tracks of 11 frames the reduction keeps exactly as many keyframes as the
+    best subset found by exhaustive search, and draws every frame back within the tolerance."""
+    rng = random.Random(seed)
+    track: dict[int, dict[str, float]] = {}
+    x, y, w = 20.0, 30.0, 10.0
+    for f in range(1, 12):
+        x, y, w = x + rng.uniform(-1.5, 2.5), y + rng.uniform(-1.0, 1.0), max(2.0, w + rng.uniform(-0.6, 0.6))
+        track[f] = {"x": x, "y": y, "width": w, "height": 8.0}
+    sequence = keyframes.reduce_track(track, tolerance=1.0, framerate=24)
+    drawn = keyframes.frame_boxes(sequence, 11)
+    assert all(abs(drawn[f][p] - track[f][p]) <= 1.0 + 1e-9 for f in track for p in ("x", "y", "width", "height"))
+    assert len(sequence) == _brute_fewest(track, 1.0)
+
+
+def test_a_box_leaving_the_frame_costs_one_keyframe_where_it_reaches_the_border() -> None:
+    """An object moving left at constant speed and leaving the frame (its box clipped at x = 0, its
+    width shrinking linearly) is drawn back from three keyframes: start, reaching the border, end."""
+    track: dict[int, dict[str, float]] = {}
+    for f in range(1, 41):
+        left = 30.0 - 1.5 * f  # the unclipped box's left edge, percent; 12 % wide
+        track[f] = {"x": max(0.0, left), "y": 40.0, "width": min(12.0, left + 12.0), "height": 12.0}
+    track = {f: b for f, b in track.items() if b["width"] > 0}
+    sequence = keyframes.reduce_track(track, tolerance=0.1, framerate=24)
+    assert [k["frame"] for k in sequence] == [1, 20, max(track)]
+    drawn = keyframes.frame_boxes(sequence, 60)
+    assert sorted(drawn) == sorted(track)
+    assert all(abs(drawn[f][p] - track[f][p]) <= 0.1 for f in track for p in ("x", "y", "width", "height"))
+
+
+@pytest.mark.parametrize("frames", [2, 3, 4, 9])
+def test_a_box_jumping_more_than_the_tolerance_every_frame_keeps_every_frame(frames: int) -> None:
+    """A box that jumps back and forth by more than the tolerance on every frame needs a keyframe
+    on every frame, and gets exactly one per frame."""
+    track = {f: {"x": 10.0 + 5.0 * (f % 2), "y": 10.0, "width": 8.0, "height": 8.0} for f in range(1, frames + 1)}
+    sequence = keyframes.reduce_track(track, tolerance=1.0, framerate=24)
+    assert [k["frame"] for k in sequence] == list(range(1, frames + 1))
+    assert [k["x"] for k in sequence] == [track[f]["x"] for f in track]
