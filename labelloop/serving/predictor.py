@@ -159,6 +159,7 @@ class Predictor:
         version: str | None = None,
         show_conf: float | None = None,
         full_video: bool = False,
+        video_until: float | None = None,
     ) -> list[Prediction]:
         """Predict regions for tasks with the served version (or ``version``), one result item per
         task, in order; the images go to Ultralytics as one batch (``model.predict(list, batch=n)``).
@@ -175,6 +176,9 @@ class Predictor:
                 ``Inference.show_threshold``).
             full_video: video tasks are tracked whole (the pre-annotation queue), not within the
                 interactive budget (``labelloop.serving.video``).
+            video_until: ``time.monotonic()`` by which the interactive tracking of the tasks' videos
+                stops (``Inference.track``: the videos share it); None: the video options' budget
+                from now. Images ignore it.
 
         Returns:
             ``[{"result": [...regions...], "score": float, "model_version": str}]``; regions in
@@ -204,7 +208,9 @@ class Predictor:
             return out
         spec = spec.with_task(task)
         if spec.region_type == "videorectangle":  # one VideoRectangle per track: labelloop.serving.video
-            return self.inference.track(loaded, spec, tasks, hostname, api_key, imgsz, unknown, show_conf, full_video)
+            return self.inference.track(
+                loaded, spec, tasks, hostname, api_key, imgsz, unknown, show_conf, full_video, video_until
+            )
         images = self.inference.images(hostname, api_key)
         self.inference.predict(project_id, loaded, spec, tasks, images, imgsz, strategy, show_conf, out)
         return out

@@ -36,6 +36,11 @@ NOT_READY: list[Any] = []  # Label Studio's item for a task with no prediction (
 # Share of the time left before the receiver gives up (the predict task's ``expires``) that chunks
 # may start in: the last chunk started needs the rest to finish and travel back.
 EXPIRES_SHARE = 0.8
+# Share of the deadline a selection's videos may spend tracking, all of them together (each video
+# gets what the ones before it left; ``labelloop.serving.inference.Inference.track``): the rest is
+# for fetching the videos, loading the model and the answer's way back. The same half as each
+# video's own budget (``labelloop.serving.video.VideoOptions.from_settings``).
+VIDEO_TRACK_SHARE = 0.5
 
 
 def deadline_s(configured: float, expires: datetime | None, now: datetime) -> float:
@@ -76,7 +81,9 @@ def predict_selection(
         tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sends them.
         batch: tasks per chunk (``LABELLOOP_PREDICT_BATCH``), >= 1.
         deadline_s: seconds after which no chunk starts (``LABELLOOP_PREDICT_DEADLINE_S``); the first
-            chunk always runs.
+            chunk always runs. Video tasks stop tracking ``VIDEO_TRACK_SHARE`` of it after the call,
+            all chunks' videos together (a video not reached by then gets no regions and
+            ``predict_video_deferred``).
 
     Returns:
         One item per task, in order: ``Predictor.predict``'s prediction dict, or ``[]`` (no
@@ -114,6 +121,7 @@ def predict_selection(
                 score_strategy=score_strategy,
                 version=version,
                 show_conf=show_conf,
+                video_until=t0 + VIDEO_TRACK_SHARE * deadline_s,
             )
         except Exception as exc:
             if not _out_of_memory(exc):
