@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from labelloop.paths import Paths
 
 ENV_PREFIX = "LABELLOOP_"
+#: Ultralytics' own tracker configs (``ultralytics/cfg/trackers``).
+BUILTIN_TRACKERS = ("bytetrack.yaml", "botsort.yaml")
 
 
 class Settings(BaseSettings):
@@ -233,9 +235,11 @@ class Settings(BaseSettings):
         description="Confidence threshold of a prediction's candidate boxes (what its score is computed over) and "
         "the prior of each version's display threshold (see LABELLOOP_SHOW_CONF).",
     )
-    video_tracker: Literal["bytetrack.yaml", "botsort.yaml"] = Field(
+    video_tracker: str = Field(
         "bytetrack.yaml",
-        description="Ultralytics tracker that links a video's detections into tracks (pre-annotations).",
+        description="Ultralytics tracker that links a video's detections into tracks (pre-annotations): "
+        "bytetrack.yaml, botsort.yaml, or the path of a tracker YAML of your own (Ultralytics' format, "
+        "https://docs.ultralytics.com/modes/track/#tracker-selection).",
     )
     video_keyframe_tolerance: float = Field(
         1.0,
@@ -388,6 +392,21 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError("LABEL_STUDIO_URL must start with http:// or https://")
         return v
+
+    @field_validator("video_tracker")
+    @classmethod
+    def _tracker(cls, v: str) -> str:
+        """Ultralytics' two tracker names, or an existing ``.yaml``/``.yml`` file (an operator's
+        setting: a file on this machine, never anything from Label Studio or the network)."""
+        v = v.strip()
+        if v in BUILTIN_TRACKERS:
+            return v
+        path = Path(v).expanduser()
+        if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
+            raise ValueError(
+                f"LABELLOOP_VIDEO_TRACKER must be one of {BUILTIN_TRACKERS} or an existing tracker YAML file"
+            )
+        return str(path.absolute())
 
     @property
     def api_key(self) -> str | None:

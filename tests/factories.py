@@ -23,6 +23,17 @@ from labelloop.settings import Settings
 # Bytes enough for a version whose weights are never loaded (the registry only copies them).
 FAKE_WEIGHTS = b"weights"
 
+# A few-epoch model scores its boxes low: a tracker that starts tracks from low scores, so the test
+# sees tracks at all (the settings' trackers start them at 0.25).
+LOW_TRACKER = """tracker_type: bytetrack
+track_high_thresh: 0.0005
+track_low_thresh: 0.0001
+new_track_thresh: 0.0005
+track_buffer: 30
+match_thresh: 0.8
+fuse_score: True
+"""
+
 
 def make_settings(
     tmp_path: Path,

@@ -20,21 +20,11 @@ from labelloop.serving.preannotate import preannotate_project
 from labelloop.serving.predictor import Predictor
 from labelloop.serving.video import VideoOptions
 from labelloop.task_types.keyframes import frame_boxes
-from tests.factories import make_settings
+from tests.factories import LOW_TRACKER, make_settings
 
 pytestmark = pytest.mark.labelstudio
 
 FRAMES = 48
-# A few-epoch model scores its boxes low: a tracker that starts tracks from low scores, so the test
-# sees tracks at all (the settings' trackers start them at 0.25).
-LOW_TRACKER = """tracker_type: bytetrack
-track_high_thresh: 0.0005
-track_low_thresh: 0.0001
-new_track_thresh: 0.0005
-track_buffer: 30
-match_thresh: 0.8
-fuse_score: True
-"""
 
 
 def _result(video: GeneratedVideo, every: int) -> list[dict[str, Any]]:

@@ -76,7 +76,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**self.env, **(env or {})},
-            cwd=str(Path(__file__).resolve().parent.parent),
+            cwd=str(Path(__file__).resolve().parents[2]),  # the repository root
             start_new_session=True,
         )
         log.close()

@@ -137,3 +137,22 @@ def test_smoothing_keeps_the_frames_and_saves_keyframes_on_a_jittering_track() -
     assert smoothed[45]["x"] == 60.0 and smoothed[1]["x"] == pytest.approx((0.4 + 1.0 + 0.8 - 1.0 + 1.2 + 0.5) / 3)
     kept = len(reduce_track(smoothed, 1.0, 24.0))
     assert kept < len(reduce_track(boxes, 1.0, 24.0)) and kept <= 6
+
+
+def test_the_tracker_setting_takes_ultralytics_names_or_an_existing_tracker_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LABELLOOP_VIDEO_TRACKER: bytetrack.yaml / botsort.yaml as given, an operator's YAML file made
+    absolute, anything else refused when the settings load."""
+    from pydantic import ValidationError
+
+    from labelloop.settings import Settings
+
+    assert VideoOptions.from_settings(Settings(video_tracker="botsort.yaml")).tracker == "botsort.yaml"
+    own = tmp_path / "low.yaml"
+    own.write_text("tracker_type: bytetrack\n")
+    monkeypatch.chdir(tmp_path)
+    assert Settings(video_tracker="low.yaml").video_tracker == str(own)
+    for bad in ("missing.yaml", str(tmp_path), "strongsort.yaml", "/etc/passwd"):
+        with pytest.raises(ValidationError, match="LABELLOOP_VIDEO_TRACKER"):
+            Settings(video_tracker=bad)
