@@ -259,10 +259,18 @@ def report(runs: list[dict[str, Any]], targets: bool = True) -> None:
             )
     if not targets:
         return
-    x10 = mean([r["top10"]["x_random"] for r in runs])
-    rec = mean([r["top20"]["recall"] for r in runs])
-    print(f"\ntarget: corrupted in first 10% vs random >= 3x: {x10:.2f}x {'met' if x10 >= 3 else 'MISSED'}")
-    print(f"target: recall of corrupted in top 20% >= 0.6: {rec:.2f} {'met' if rec >= 0.6 else 'MISSED'}")
+    xs = [r["top10"]["x_random"] for r in runs]
+    recs = [r["top20"]["recall"] for r in runs]
+    x10, rec = mean(xs), mean(recs)
+    over = f"mean of {len(runs)} seed(s)"
+    print(
+        f"\ntarget: corrupted in first 10% vs random >= 3x: {x10:.2f}x [{min(xs):.2f}-{max(xs):.2f}], {over}: "
+        f"{'met' if x10 >= 3 else 'MISSED'}"
+    )
+    print(
+        f"target: recall of corrupted in top 20% >= 0.6: {rec:.2f} [{min(recs):.2f}-{max(recs):.2f}], {over}: "
+        f"{'met' if rec >= 0.6 else 'MISSED'}"
+    )
 
 
 def main() -> int:
