@@ -198,6 +198,117 @@ def _fewest(values: Sequence[Sequence[float]], tolerance: float) -> list[int]:
     return kept[::-1]
 
 
+def _clip(poly: list[tuple[float, float]], t: float, bound: float, sign: float) -> list[tuple[float, float]]:
+    """The convex polygon ``poly`` of ``(y, s)`` points cut to ``sign * (y + s * t) <= sign * bound``."""
+    out: list[tuple[float, float]] = []
+    eps = 1e-9
+    for k, p in enumerate(poly):
+        q = poly[(k + 1) % len(poly)]
+        gp = sign * (p[0] + p[1] * t - bound)
+        gq = sign * (q[0] + q[1] * t - bound)
+        if gp <= eps:
+            out.append(p)
+        if (gp < -eps < eps < gq) or (gq < -eps < eps < gp):
+            r = gp / (gp - gq)
+            out.append((p[0] + (q[0] - p[0]) * r, p[1] + (q[1] - p[1]) * r))
+    return out
+
+
+def _fit_free(values: Sequence[Sequence[float]], tolerance: float) -> tuple[list[int], list[list[float]]]:
+    """Keyframes of a run whose values are chosen, not copied: indices of kept points (first and
+    last included) and a value per kept point and coordinate such that linear interpolation between
+    them is within ``tolerance`` of every point.
+
+    Greedy, per keyframe: the values it may take form an interval per coordinate (the first: its
+    point +- ``tolerance``); the lines leaving it that stay within ``tolerance`` of the points after
+    it form a convex polygon of (value, slope) per coordinate, cut by two half-planes per point;
+    the next keyframe is the farthest point for which every coordinate's polygon is not empty, and
+    the values it may take are where those lines get to. Values are then picked from the last
+    keyframe back, each the one nearest its own point among those the segment after it allows.
+    O(points x polygon corners).
+    """
+    v = [list(map(float, row)) for row in values]
+    n, dims = len(v), len(v[0]) if v else 0
+    if n <= 2:
+        return list(range(n)), [list(row) for row in v]
+    span = max(max(r[c] for r in v) - min(r[c] for r in v) for c in range(dims)) + 2 * tolerance + 1.0
+    kept, intervals, polys = [0], [[(v[0][c] - tolerance, v[0][c] + tolerance) for c in range(dims)]], []
+    while kept[-1] < n - 1:
+        a = kept[-1]
+        cur = [[(lo, -span), (hi, -span), (hi, span), (lo, span)] for lo, hi in intervals[-1]]
+        b = a
+        while b + 1 < n:
+            t = float(b + 1 - a)
+            nxt = []
+            for c in range(dims):
+                cut = _clip(_clip(cur[c], t, v[b + 1][c] + tolerance, 1.0), t, v[b + 1][c] - tolerance, -1.0)
+                if not cut:
+                    break
+                nxt.append(cut)
+            if len(nxt) < dims:
+                break
+            cur, b = nxt, b + 1
+        length = float(b - a)
+        intervals.append([(min(y + s * length for y, s in pg), max(y + s * length for y, s in pg)) for pg in cur])
+        polys.append(cur)
+        kept.append(b)
+    # Values from the last keyframe back: each nearest its own point within what the next allows.
+    fitted = [[0.0] * dims for _ in kept]
+    fitted[-1] = [min(max(v[n - 1][c], lo), hi) for c, (lo, hi) in enumerate(intervals[-1])]
+    for j in range(len(kept) - 2, -1, -1):
+        a, b = kept[j], kept[j + 1]
+        length = float(b - a)
+        for c in range(dims):
+            z = fitted[j + 1][c]
+            poly = polys[j][c]
+            ys: list[float] = []
+            for k, p in enumerate(poly):
+                q = poly[(k + 1) % len(poly)]
+                gp, gq = p[0] + p[1] * length - z, q[0] + q[1] * length - z
+                if abs(gp) <= 1e-9:
+                    ys.append(p[0])
+                elif gp * gq < 0:
+                    ys.append(p[0] + (q[0] - p[0]) * gp / (gp - gq))
+            if not ys:  # rounding: the vertex nearest the line
+                ys = [min(poly, key=lambda corner: abs(corner[0] + corner[1] * length - z))[0]]
+            fitted[j][c] = min(max(v[a][c], min(ys)), max(ys))
+    return kept, fitted
+
+
+def _least_squares(
+    points: Sequence[Sequence[float]], kept: Sequence[int], tolerance: float, rounds: int = 30
+) -> list[list[float]] | None:
+    """Values at indices ``kept`` whose linear interpolation is nearest the points in least squares
+    (a continuous piecewise-linear regression with knots at ``kept``) while within ``tolerance`` of
+    every point: points outside get 4 times the weight, per coordinate, until none is (at most
+    ``rounds`` times); None when that does not settle."""
+    v = np.asarray(points, dtype=float)
+    basis = np.stack([np.interp(np.arange(len(v)), kept, np.eye(len(kept))[k]) for k in range(len(kept))], 1)
+    out = np.zeros((len(kept), v.shape[1]))
+    for c in range(v.shape[1]):
+        weight = np.ones(len(v))
+        for _ in range(rounds):
+            root = np.sqrt(weight)
+            out[:, c] = np.linalg.lstsq(basis * root[:, None], v[:, c] * root, rcond=None)[0]
+            outside = np.abs(basis @ out[:, c] - v[:, c]) > tolerance
+            if not outside.any():
+                break
+            weight[outside] *= 4
+        else:
+            return None
+    return [list(map(float, row)) for row in out]
+
+
+def _within(
+    points: Sequence[Sequence[float]], kept: Sequence[int], values: Sequence[Sequence[float]], tolerance: float
+) -> bool:
+    """Whether linear interpolation between ``values`` at indices ``kept`` is within ``tolerance``
+    (plus rounding) of every point."""
+    v = np.asarray(points, dtype=float)
+    fit = np.stack([np.interp(np.arange(len(v)), kept, [row[c] for row in values]) for c in range(v.shape[1])], 1)
+    return bool(np.all(np.abs(fit - v) <= tolerance + 1e-6))
+
+
 def _segments(frames: Sequence[int]) -> list[list[int]]:
     runs: list[list[int]] = []
     for f in frames:
@@ -211,12 +322,22 @@ def _segments(frames: Sequence[int]) -> list[list[int]]:
 def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, framerate: float) -> list[Keyframe]:
     """The keyframes of a tracked box that Label Studio draws back within ``tolerance``.
 
-    Per run of consecutive frames: its first and last frame and the fewest frames between them
-    such that Label Studio's linear interpolation between consecutive kept keyframes is within
-    ``tolerance`` of the tracked box on every frame (a shortest path over the frames, optimal,
-    where Ramer-Douglas-Peucker's recursive split can keep more). A box clipped at the frame's
-    border as its object leaves shrinks linearly while its edge stays put: two straight pieces,
-    one keyframe where they meet. The last keyframe of each run is
+    Per run of consecutive frames, two candidates; the one with fewer keyframes is kept (the first
+    on a tie):
+
+    - **Copied**: the run's first and last frame and the fewest frames between them, each keyframe
+      the tracked box of its frame, such that Label Studio's linear interpolation between
+      consecutive keyframes is within ``tolerance`` of the tracked box on every frame (a shortest
+      path over the frames, optimal for copied boxes, where Ramer-Douglas-Peucker's recursive split
+      can keep more).
+    - **Fitted**: keyframe values chosen rather than copied, as a continuous piecewise-linear fit
+      within the same band (``_fit_free``: each keyframe as far on as a line within the band
+      reaches), then the values that draw the track back nearest in least squares while still
+      within the band (``_least_squares``). A box jittering about a straight path then costs its
+      two ends, where copying one jittered frame as a keyframe tilts the line by that frame's error.
+
+    A box clipped at the frame's border as its object leaves shrinks linearly while its edge stays
+    put: two straight pieces, one keyframe where they meet. The last keyframe of each run is
     ``enabled: false`` (the track pauses or ends there; Label Studio still draws it on that
     frame), every other ``enabled: true``.
 
@@ -229,8 +350,9 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
 
     Returns:
         ``value.sequence`` of a VideoRectangle result: ``{"frame", "time", "enabled", "x", "y",
-        "width", "height", "rotation"}`` sorted by frame. ``frame_boxes`` of it gives exactly the
-        frames of ``boxes``, each within ``tolerance``.
+        "width", "height", "rotation"}`` sorted by frame, each keyframe's box within ``tolerance``
+        of the tracked box on its frame (``rotation`` copied). ``frame_boxes`` of it gives exactly
+        the frames of ``boxes``, each within ``tolerance``.
 
     Raises:
         ValueError: a negative tolerance or a framerate that is not positive.
@@ -240,9 +362,19 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
     full = {int(f): {p: float(b.get(p) or 0.0) for p in PROPS} for f, b in boxes.items()}
     sequence: list[Keyframe] = []
     for run in _segments(sorted(full)):
-        keep = {run[k] for k in _fewest([[full[f][p] for p in _REDUCED] for f in run], tolerance)}
+        points = [[full[f][p] for p in _REDUCED] for f in run]
+        keep = {run[k]: full[run[k]] for k in _fewest(points, tolerance)}
+        if tolerance > 0 and len(run) > 2:
+            free, values = _fit_free(points, tolerance)
+            if len(free) < len(keep):
+                values = _least_squares(points, free, tolerance) or values
+            if len(free) < len(keep) and _within(points, free, values, tolerance):
+                keep = {
+                    run[k]: {**full[run[k]], **dict(zip(_REDUCED, vals, strict=True))}
+                    for k, vals in zip(free, values, strict=True)
+                }
         for f in sorted(keep):
-            box = full[f]
+            box = keep[f]
             sequence.append(
                 Keyframe(
                     frame=f,

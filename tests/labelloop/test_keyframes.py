@@ -154,8 +154,9 @@ def _brute_fewest(track: dict[int, dict[str, float]], tolerance: float) -> int:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_reduction_keeps_the_fewest_keyframes_within_tolerance(seed: int) -> None:
-    """On random wandering tracks of 11 frames the reduction keeps exactly as many keyframes as the
-    best subset found by exhaustive search, and draws every frame back within the tolerance."""
+    """On random wandering tracks of 11 frames the reduction keeps at most as many keyframes as the
+    best subset of frames with their own boxes found by exhaustive search (fitted values can need
+    fewer), and draws every frame back within the tolerance."""
     rng = random.Random(seed)
     track: dict[int, dict[str, float]] = {}
     x, y, w = 20.0, 30.0, 10.0
@@ -165,7 +166,7 @@ def test_reduction_keeps_the_fewest_keyframes_within_tolerance(seed: int) -> Non
     sequence = keyframes.reduce_track(track, tolerance=1.0, framerate=24)
     drawn = keyframes.frame_boxes(sequence, 11)
     assert all(abs(drawn[f][p] - track[f][p]) <= 1.0 + 1e-9 for f in track for p in ("x", "y", "width", "height"))
-    assert len(sequence) == _brute_fewest(track, 1.0)
+    assert len(sequence) <= _brute_fewest(track, 1.0)
 
 
 def test_a_box_leaving_the_frame_costs_one_keyframe_where_it_reaches_the_border() -> None:
@@ -181,6 +182,37 @@ def test_a_box_leaving_the_frame_costs_one_keyframe_where_it_reaches_the_border(
     drawn = keyframes.frame_boxes(sequence, 60)
     assert sorted(drawn) == sorted(track)
     assert all(abs(drawn[f][p] - track[f][p]) <= 0.1 for f in track for p in ("x", "y", "width", "height"))
+
+
+def test_a_straight_track_with_jitter_inside_the_band_keeps_two_keyframes_on_the_line() -> None:
+    """A box moving straight with +-0.9 % jitter alternating frame to frame, at 1 % tolerance, is two
+    keyframes whose values lie on the true line (within the jitter), not copies of one jittered
+    frame (which would need one keyframe every other frame), and it is drawn back within 1 %."""
+    track = {f: {"x": 10.0 + 0.5 * f + 0.9 * (-1) ** f, "y": 20.0, "width": 8.0, "height": 6.0} for f in range(1, 41)}
+    sequence = keyframes.reduce_track(track, tolerance=1.0, framerate=24)
+    assert [k["frame"] for k in sequence] == [1, 40]
+    assert all(abs(k["x"] - (10.0 + 0.5 * k["frame"])) <= 0.1 + 1e-6 for k in sequence)
+    drawn = keyframes.frame_boxes(sequence, 40)
+    assert all(abs(drawn[f][p] - track[f][p]) <= 1.0 + 1e-6 for f in track for p in ("x", "y", "width", "height"))
+
+
+def test_fitted_keyframes_of_a_noisy_track_are_drawn_back_within_tolerance_and_near_it() -> None:
+    """Random noisy tracks with turns, at 1 % tolerance: every frame is drawn back within the
+    tolerance, and each keyframe's box is within the tolerance of the track's box on its frame."""
+    rng = random.Random(7)
+    for _ in range(20):
+        track: dict[int, dict[str, float]] = {}
+        vx, x, w = rng.uniform(-1, 1), 50.0, 10.0
+        for f in range(1, 81):
+            vx += rng.uniform(-0.15, 0.15)
+            x, w = x + vx, w + rng.uniform(-0.1, 0.1)
+            track[f] = {"x": x + rng.gauss(0, 0.4), "y": 30 + rng.gauss(0, 0.4), "width": w, "height": 8.0}
+        sequence = keyframes.reduce_track(track, tolerance=1.0, framerate=24)
+        drawn = keyframes.frame_boxes(sequence, 80)
+        assert sorted(drawn) == sorted(track)
+        props = ("x", "y", "width", "height")
+        assert all(abs(drawn[f][p] - track[f][p]) <= 1.0 + 1e-6 for f in track for p in props)
+        assert all(abs(k[p] - track[k["frame"]][p]) <= 1.0 + 1e-6 for k in sequence for p in props)  # type: ignore[literal-required]
 
 
 @pytest.mark.parametrize("frames", [2, 3, 4, 9])
