@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import json
 import statistics
 import threading
 import time
@@ -18,7 +17,7 @@ import redis
 
 from labelloop import keys
 from labelloop.dataset.images import build_dataset, local_images
-from labelloop.dev.stack import Stack
+from labelloop.dev.stack import Stack, json_lines
 from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
 from labelloop.task_types.labels import parse_detection_config
 from labelloop.training.process import run_training_process
@@ -144,11 +143,4 @@ def warm_predict(url: str, body: dict[str, Any], redis_url: str, project_id: int
 
 def log_events(path: Path) -> list[dict[str, Any]]:
     """The JSON log events in a process's log file, in order."""
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
+    return json_lines(path.read_text(errors="replace"))

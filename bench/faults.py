@@ -72,7 +72,14 @@ import redis
 
 from bench import faults_extra
 from labelloop import keys
-from labelloop.dev.stack import LABEL_STUDIO_VERSION, Stack, free_port, label_studio_binary, wait_until
+from labelloop.dev.stack import (
+    LABEL_STUDIO_VERSION,
+    Stack,
+    free_port,
+    json_lines,
+    label_studio_binary,
+    wait_until,
+)
 from labelloop.dev.synthetic import LABEL_CONFIG, Sample, make_sample
 from labelloop.events.ledger import Ledger, annotations_in_export, normalize_ts
 from labelloop.registry.store import Registry
@@ -149,15 +156,7 @@ def jitter(result: list[dict[str, Any]], rng: random.Random) -> list[dict[str, A
 
 def log_events(stack: Stack, names: tuple[str, ...]) -> list[dict[str, Any]]:
     """Every JSON log line of the named processes (logs are appended across restarts)."""
-    events = []
-    for name in names:
-        for line in stack.log_since(name, 0).splitlines():
-            if line.startswith("{"):
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    continue  # a line cut by a kill
-    return events
+    return [e for name in names for e in json_lines(stack.log_since(name, 0))]
 
 
 class Campaign:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -25,18 +24,6 @@ from workers.celery_app import create_celery
 
 TASKS = 120
 BATCH = 2
-
-
-def events(stack: Stack, name: str) -> list[dict[str, Any]]:
-    """The JSON log events a process wrote, in order."""
-    out = []
-    for line in stack.log_tail(name, 10_000_000).splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
 
 
 def stored_versions(client: Any, project_id: int) -> dict[int, list[str]]:
@@ -92,7 +79,7 @@ def test_a_promotion_supersedes_a_running_preannotation(
         def v1_batches() -> int:
             return sum(
                 1
-                for e in events(stack, "worker-preannotate")
+                for e in stack.events("worker-preannotate")
                 if e.get("event") == "preannotate_batch" and e.get("version") == "v1"
             )
 
@@ -112,7 +99,7 @@ def test_a_promotion_supersedes_a_running_preannotation(
         def v2_finished() -> bool:
             return any(
                 e.get("event") == "preannotated" and e.get("version") == "v2"
-                for e in events(stack, "worker-preannotate")
+                for e in stack.events("worker-preannotate")
             )
 
         wait_until(v2_finished, 300, "v2's pre-annotation")
@@ -120,7 +107,7 @@ def test_a_promotion_supersedes_a_running_preannotation(
     finally:
         stack.stop_all()
 
-    log = events(stack, "worker-preannotate")
+    log = stack.events("worker-preannotate")
     v1 = [e for e in log if e.get("version") == "v1" and str(e.get("event", "")).startswith("preannotate")]
     [stop] = [i for i, e in enumerate(v1) if e["event"] == "preannotate_superseded"]
     assert v1[stop]["why"] == "version" and 0 < v1[stop]["imported"] < TASKS

@@ -13,7 +13,6 @@ The second test keeps a 30 s video's interactive ``/predict`` within ``LABELLOOP
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,17 +70,6 @@ class VideoStack:
 
     def redis(self) -> redis.Redis:
         return redis_client(self.stack.env["LABELLOOP_REDIS_URL"], "cli")
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        """The JSON log events process ``name`` wrote, in order."""
-        out = []
-        for line in self.stack.log_tail(name, 10_000_000).splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-        return out
 
     def logs(self) -> str:
         names = ("worker-train", "worker-events", "worker-predict", "worker-preannotate", "receiver")
@@ -212,7 +200,7 @@ def test_video_annotations_run_the_loop_through_the_stack(vstack: VideoStack, tm
         assert (region["type"], region["from_name"], region["to_name"]) == ("videorectangle", "box", "video")
         assert region["value"]["framesCount"] == FRAMES and region["value"]["labels"][0] in ("square", "disc")
     assert vs.stack.procs["worker-predict"].pid == predict_pid, "the predict worker was restarted"
-    answered = [e for e in vs.events("receiver") if e.get("event") == "predicted" and e.get("project_id") == pid]
+    answered = [e for e in vs.stack.events("receiver") if e.get("event") == "predicted" and e.get("project_id") == pid]
     assert [e["version"] for e in answered] == [UNTRAINED, "v1"]
 
 
@@ -242,7 +230,7 @@ def test_a_30_s_video_predict_answers_within_the_deadline(vstack: VideoStack, tm
     saved = {k: stack.env.pop(k) for k in (*LOW_SCORES, "LABELLOOP_VIDEO_TRACKER")}
 
     def logged(name: str, event: str) -> list[dict[str, Any]]:
-        return [e for e in vs.events(name) if e.get("event") == event and e.get("project_id") == pid]
+        return [e for e in vs.stack.events(name) if e.get("event") == event and e.get("project_id") == pid]
 
     try:
         stack.start_worker("predict")

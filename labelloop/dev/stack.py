@@ -6,6 +6,7 @@ Procfile and docker-compose.yml describe. Each process logs to ``<workdir>/logs/
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -52,6 +54,19 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of a structlog JSON log, one per line, in order; other lines and lines cut
+    by a kill are skipped."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
 class Stack:
     """A set of child processes sharing one environment.
 
@@ -82,6 +97,11 @@ class Stack:
         log.close()
         self.procs[name] = proc
         return proc
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log events process ``name`` wrote, in order (across restarts; ``json_lines``)."""
+        path = self.workdir / "logs" / f"{name}.log"
+        return json_lines(path.read_text(errors="replace")) if path.exists() else []
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.workdir / "logs" / f"{name}.log"
