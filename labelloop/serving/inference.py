@@ -131,47 +131,21 @@ class Inference:
         until: float | None = None,
     ) -> list[Prediction]:
         """``predict`` of video tasks: ``labelloop.serving.video.predict_videos`` with this
-        process's media configuration, thresholds and video options.
-
-        With ``full`` every video is tracked whole (the pre-annotation queue). Else the videos share
-        one tracking budget, in order: each gets what is left until ``until`` (``time.monotonic()``
-        seconds; default: the video options' ``budget_s`` from now), so a ``/predict`` of many long
-        videos ends near its deadline, not one budget per video later. A video reached after the
-        budget is spent is not fetched; it gets no regions and ``predict_video_deferred`` with the
-        reason (as ``predict_videos`` logs a video it could not finish).
-        """
+        process's media configuration, thresholds and video options; ``full`` and ``until`` as
+        there. The videos of one call share one interactive tracking budget: until ``until`` or the
+        video options' ``budget_s`` from now, whichever comes first."""
         from labelloop.serving.video import VideoOptions, predict_videos
 
         media = replace(self.media or MediaConfig(None, None), label_studio_url=hostname, api_key=api_key)
         show = self.show_threshold(show_conf, loaded)
         options = self.video or VideoOptions()
-
-        def run(some: list[Task], opts: VideoOptions) -> list[Prediction]:
-            return predict_videos(
-                loaded.model, loaded.version, spec, loaded.names, some, self.cache_dir / "videos", media, opts,
-                min(self.conf, show), self.size(imgsz, loaded), unknown, show, full=full,
-            )  # fmt: skip
-
-        if full or (until is None and options.budget_s is None):
-            return run(tasks, options)
-        now = time.monotonic()
-        if options.budget_s is not None:
-            until = now + options.budget_s if until is None else min(until, now + options.budget_s)
-        assert until is not None
-        out: list[Prediction] = []
-        for task in tasks:
-            left = until - time.monotonic()
-            if left <= 0:
-                log.warning(
-                    "predict_video_deferred",
-                    task_id=task.get("id"),
-                    reason="this /predict's tracking budget was spent before this video (loading the model, "
-                    "fetching and tracking the videos before it); the pre-annotation queue predicts whole videos",
-                )
-                out.append({"result": [], "score": unknown, "model_version": loaded.version})
-                continue
-            out += run([task], replace(options, budget_s=round(left, 3)))
-        return out
+        if not full and options.budget_s is not None:
+            own = time.monotonic() + options.budget_s
+            until = own if until is None else min(until, own)
+        return predict_videos(
+            loaded.model, loaded.version, spec, loaded.names, tasks, self.cache_dir / "videos", media, options,
+            min(self.conf, show), self.size(imgsz, loaded), unknown, show, full=full, until=until,
+        )  # fmt: skip
 
     def embed(
         self, loaded: LoadedModel, tasks: list[Task], images: ImageCache, value_key: str, imgsz: int | None

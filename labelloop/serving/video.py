@@ -265,6 +265,7 @@ def predict_videos(
     unknown: float,
     show_conf: float,
     full: bool = False,
+    until: float | None = None,
 ) -> list[Prediction]:
     """One prediction per video task: ``{"result": [VideoRectangle regions], "score", "model_version"}``.
 
@@ -272,12 +273,30 @@ def predict_videos(
         media: the image media configuration (Label Studio URL and token); the video limits of
             ``options`` replace its size and time limits.
         unknown: the score of a task with nothing predicted.
-        full: track whole videos (the pre-annotation queue); else within ``options.budget_s``.
+        full: track whole videos (the pre-annotation queue); else each video within
+            ``options.budget_s``, or, with ``until``, within what is left until then.
+        until: ``time.monotonic()`` seconds by which the videos, in order, stop tracking: they
+            share one budget, so a ``/predict`` of many long videos ends near its deadline, not one
+            budget per video later. A video reached after it is not fetched; it gets no regions
+            and ``predict_video_deferred``.
     """
     out: list[Prediction] = [{"result": [], "score": unknown, "model_version": version} for _ in tasks]
     config = replace(media, max_bytes=options.max_bytes, timeout_s=options.timeout_s)
     with VideoCache(cache_dir, config) as cache:
         for i, task in enumerate(tasks):
+            if full or until is None:
+                budget = None if full else options.budget_s
+            else:
+                budget = round(until - time.monotonic(), 3)
+                if budget <= 0:
+                    log.warning(
+                        "predict_video_deferred",
+                        task_id=task.get("id"),
+                        reason="this /predict's tracking budget was spent before this video (loading the model, "
+                        "fetching and tracking the videos before it); the pre-annotation queue predicts whole "
+                        "videos",
+                    )
+                    continue
             url = (task.get("data") or {}).get(spec.value_key)
             try:
                 video = cache.get(int(task["id"]), str(url or ""))
@@ -286,7 +305,6 @@ def predict_videos(
                 continue
             assert isinstance(video, CachedImage)
             info = probe_video(video.path)
-            budget = None if full else options.budget_s
             tracked = track_video(
                 model, video.path, options.tracker, conf, imgsz, budget, getattr(model, "device", None)
             )
