@@ -43,18 +43,22 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+class _RuntimeVisitor(ast.NodeVisitor):
+    """Visits what runs: the body of an ``if TYPE_CHECKING:`` is skipped (its ``else`` visited)."""
+
+    def visit_If(self, node: ast.If) -> None:
+        if "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                self.visit(child)
+            return
+        self.generic_visit(node)
+
+
 def _imports(path: Path, module: str) -> set[str]:
     """Every module name ``path`` imports (absolute, as written or resolved from relative)."""
     names: set[str] = set()
 
-    class Visitor(ast.NodeVisitor):
-        def visit_If(self, node: ast.If) -> None:
-            if "TYPE_CHECKING" in ast.unparse(node.test):
-                for child in node.orelse:
-                    self.visit(child)
-                return
-            self.generic_visit(node)
-
+    class Visitor(_RuntimeVisitor):
         def visit_Import(self, node: ast.Import) -> None:
             names.update(a.name for a in node.names)
 
@@ -257,16 +261,9 @@ def settings_takers(source: str, module: str) -> set[str]:
     parameter annotated with it (``Settings``, ``Settings | None``, ``"Settings"``...)."""
     found: set[str] = set()
 
-    class Visitor(ast.NodeVisitor):
+    class Visitor(_RuntimeVisitor):
         def __init__(self) -> None:
             self.scope: list[str] = []
-
-        def visit_If(self, node: ast.If) -> None:
-            if "TYPE_CHECKING" in ast.unparse(node.test):
-                for child in node.orelse:
-                    self.visit(child)
-                return
-            self.generic_visit(node)
 
         def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
             if node.module == "labelloop.settings" and any(a.name == "Settings" for a in node.names):
