@@ -131,10 +131,9 @@ def train(
         warm_start=False,
         pretrained=False,
         overrides={"train_time_s": args.time_s, "imgsz": args.imgsz},
-    ).to_dict()
+    )
     spec = {
-        **{k: recipe[k] for k in ("epochs", "imgsz", "batch", "nbs", "time_s", "mosaic", "close_mosaic", "checkpoint")},
-        "val": recipe["val"],
+        **recipe.train_args(),  # freeze is 0 from a model YAML: nothing frozen, as without it
         "data": str(data),
         "weights": args.weights,
         "device": args.device,

@@ -96,8 +96,8 @@ def evaluate(
     per frame at each tolerance of ``also`` (the same tracks)."""
     tracked = [track_video(model, video.path, "bytetrack.yaml", 0.1, imgsz) for video in held_out]
     out = _figures(held_out, tracked, tolerance, show_conf)
-    out["keyframes_per_frame_at"] = {
-        f"{t:g}%": _figures(held_out, tracked, t, show_conf)["keyframes_per_frame"] for t in (tolerance, *also)
+    out["keyframes_per_frame_at"] = {f"{tolerance:g}%": out["keyframes_per_frame"]} | {
+        f"{t:g}%": _figures(held_out, tracked, t, show_conf)["keyframes_per_frame"] for t in also
     }
     return out
 
@@ -144,9 +144,8 @@ def labelloop_spec(report: DatasetReport, data: Path, weights: str, warm: bool, 
         warm_start=warm,
         pretrained=warm or weights.endswith(".pt"),
         overrides=overrides,
-    ).to_dict()
-    keys = ("epochs", "imgsz", "batch", "nbs", "time_s", "mosaic", "close_mosaic", "freeze", "checkpoint", "val")
-    return {**{k: recipe[k] for k in keys}, "data": str(data), "weights": weights}
+    )
+    return {**recipe.train_args(), "data": str(data), "weights": weights}
 
 
 def peer_spec(data: Path, weights: str, seconds: float) -> dict:
