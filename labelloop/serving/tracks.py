@@ -29,6 +29,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from labelloop.task_types.keyframes import BOX_PROPS
+
 #: Longest gap (frames) a track may pause and still be one object; Ultralytics' ByteTrack and
 #: BoT-SORT keep a lost track for ``track_buffer: 30`` frames (``cfg/trackers/bytetrack.yaml``),
 #: the same judgement of how long an object may go unseen.
@@ -46,7 +48,6 @@ VELOCITY_FRAMES = 5
 MIN_TRACK_FRAMES = 5
 
 Box = dict[str, float]
-_PROPS = ("x", "y", "width", "height")
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _extrapolate(boxes: Mapping[int, Box], frames: list[int], to: int) -> Box:
     box = boxes[end]
     if steps == 0:
         return dict(box)
-    return {p: box[p] + (box[p] - boxes[ref][p]) / steps * (to - end) for p in _PROPS}
+    return {p: box[p] + (box[p] - boxes[ref][p]) / steps * (to - end) for p in BOX_PROPS}
 
 
 def _to_pixels(box: Mapping[str, float], width: int, height: int) -> Box:
@@ -184,7 +185,7 @@ def clean_tracks(tracked: TrackedVideo, min_frames: int = MIN_TRACK_FRAMES, merg
             continue
         frames = sorted(t.boxes)
         out.boxes[tid] = {
-            f: {p: t.boxes[f][p] * 100 / (W if p in ("x", "width") else H) for p in _PROPS} for f in frames
+            f: {p: t.boxes[f][p] * 100 / (W if p in ("x", "width") else H) for p in BOX_PROPS} for f in frames
         }
         out.classes[tid] = t.classes
         out.confs[tid] = [t.confs[f] for f in frames]
@@ -195,11 +196,11 @@ def fill_gaps(boxes: Mapping[int, Mapping[str, float]], max_gap: int = MAX_GAP_F
     """A track's boxes with every gap of at most ``max_gap`` missing frames filled by linear
     interpolation between the boxes on either side (Label Studio's interpolation between two
     enabled keyframes); longer gaps stay (the track pauses there)."""
-    out = {f: {p: float(b.get(p) or 0.0) for p in _PROPS} for f, b in boxes.items()}
+    out = {f: {p: float(b.get(p) or 0.0) for p in BOX_PROPS} for f, b in boxes.items()}
     frames = sorted(out)
     for a, b in zip(frames, frames[1:], strict=False):
         if 1 < b - a <= max_gap + 1:
             for f in range(a + 1, b):
                 r = (f - a) / (b - a)
-                out[f] = {p: out[a][p] + (out[b][p] - out[a][p]) * r for p in _PROPS}
+                out[f] = {p: out[a][p] + (out[b][p] - out[a][p]) * r for p in BOX_PROPS}
     return dict(sorted(out.items()))

@@ -34,6 +34,7 @@ from labelloop.labelstudio.video_media import VideoCache, probe_video
 from labelloop.ls_json import Prediction, Region, Task
 from labelloop.serving.tracks import MAX_GAP_FRAMES, MIN_TRACK_FRAMES, TrackedVideo, clean_tracks, fill_gaps
 from labelloop.task_types import video_task_type
+from labelloop.task_types.keyframes import BOX_PROPS
 from labelloop.task_types.spec import TrainSpec, xyxy_to_rectangle
 from labelloop.task_types.video import VideoClip
 
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
     from labelloop.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-_SMOOTHED = ("x", "y", "width", "height")
 
 #: Seconds of a track each box's position (``x``, ``y``) is fitted over before keyframe reduction
 #: (``smooth_track``): a detector's box jitters from frame to frame, which costs keyframes and shows
@@ -172,7 +171,7 @@ def smooth_track(
     half = max(0, int(window)) // 2
     size_half = 2 * half if size_window is None else max(0, int(size_window)) // 2
     frames = np.array(sorted(boxes), dtype=np.int64)
-    values = np.array([[float(boxes[int(f)].get(p) or 0.0) for p in _SMOOTHED] for f in frames])
+    values = np.array([[float(boxes[int(f)].get(p) or 0.0) for p in BOX_PROPS] for f in frames])
     out = values.copy()
     # Index of the first and last frame of each frame's run of consecutive frames.
     run = np.concatenate([[0], np.cumsum(np.diff(frames) > 1)])
@@ -193,7 +192,7 @@ def smooth_track(
             det = s0 * s2 - s1 * s1
             # One frame (or all on one side at one offset): no slope to fit, the weighted mean.
             out[i, cols] = (s2 * t0 - s1 * t1) / det if det > 1e-9 * s0 * s0 else t0 / s0
-    return {int(f): dict(zip(_SMOOTHED, map(float, out[k]), strict=True)) for k, f in enumerate(frames)}
+    return {int(f): dict(zip(BOX_PROPS, map(float, out[k]), strict=True)) for k, f in enumerate(frames)}
 
 
 def tracks_to_regions(

@@ -40,8 +40,9 @@ PROPS = ("x", "y", "width", "height", "rotation")
 
 Box = dict[str, float]
 
-#: The properties ``reduce_track`` keeps within its tolerance (tracked boxes are not rotated).
-_REDUCED = ("x", "y", "width", "height")
+#: The properties of a tracked box (not rotated): what ``reduce_track`` keeps within its tolerance,
+#: and what ``labelloop.serving.tracks`` and ``labelloop.serving.video`` merge and smooth.
+BOX_PROPS = ("x", "y", "width", "height")
 
 
 def normalize_angle(angle: float) -> float:
@@ -362,17 +363,17 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
     full = {int(f): {p: float(b.get(p) or 0.0) for p in PROPS} for f, b in boxes.items()}
     sequence: list[Keyframe] = []
     for run in _segments(sorted(full)):
-        points = [[full[f][p] for p in _REDUCED] for f in run]
+        points = [[full[f][p] for p in BOX_PROPS] for f in run]
         keep = {run[k]: full[run[k]] for k in _fewest(points, tolerance)}
         if tolerance > 0 and len(run) > 2:
             free, values = _fit_free(points, tolerance)
             if len(free) < len(keep):
                 values = _least_squares(points, free, tolerance) or values
-            if len(free) < len(keep) and _within(points, free, values, tolerance):
-                keep = {
-                    run[k]: {**full[run[k]], **dict(zip(_REDUCED, vals, strict=True))}
-                    for k, vals in zip(free, values, strict=True)
-                }
+                if _within(points, free, values, tolerance):
+                    keep = {
+                        run[k]: {**full[run[k]], **dict(zip(BOX_PROPS, vals, strict=True))}
+                        for k, vals in zip(free, values, strict=True)
+                    }
         for f in sorted(keep):
             box = keep[f]
             sequence.append(
