@@ -88,20 +88,17 @@ def write_video(
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
-    moving = []
-    for k in range(shapes):
-        label = LABELS[k % len(LABELS)]
-        size = rng.randint(max(8, min(width, height) // 6), max(9, min(width, height) // 3))
-        x, y = rng.uniform(0, width - size), rng.uniform(0, height - size)
-        vx, vy = rng.uniform(-2.5, 2.5), rng.uniform(-2.0, 2.0)
-        moving.append((Track(label), size, x, y, vx, vy))
+
+    def shape(kind: str, draw: random.Random) -> tuple[Track, int, float, float, float, float]:
+        """A shape of ``kind``: its size, start position and velocity (pixels per frame)."""
+        size = draw.randint(max(8, min(width, height) // 6), max(9, min(width, height) // 3))
+        x, y = draw.uniform(0, width - size), draw.uniform(0, height - size)
+        return Track(kind), size, x, y, draw.uniform(-2.5, 2.5), draw.uniform(-2.0, 2.0)
+
+    moving = [shape(LABELS[k % len(LABELS)], rng) for k in range(shapes)]
     extra = random.Random(seed * 7919 + 1)
     kinds = ([RARE_LABEL] if rare else []) + [("hollow", "grey")[k % 2] for k in range(distractors)]
-    for kind in kinds:
-        size = extra.randint(max(8, min(width, height) // 6), max(9, min(width, height) // 3))
-        x, y = extra.uniform(0, width - size), extra.uniform(0, height - size)
-        vx, vy = extra.uniform(-2.5, 2.5), extra.uniform(-2.0, 2.0)
-        moving.append((Track(kind), size, x, y, vx, vy))
+    moving += [shape(kind, extra) for kind in kinds]
     noise = np.random.default_rng(seed)
     for f in range(1, frames + 1):
         img = np.full((height, width, 3), 110, np.uint8)
