@@ -15,6 +15,7 @@ from typing import Any
 
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.synthetic import LABEL_CONFIG, LABELS, Sample, make_sample
+from labelloop.dev.synthetic_video import GeneratedVideo, video_config
 from labelloop.ls_json import Region
 from labelloop.manifest import Manifest
 from labelloop.registry.store import ModelVersion, Registry
@@ -144,6 +145,18 @@ def image_project(
     for task_id, sample in list(zip(ids, samples, strict=True))[:annotate]:
         api.annotate(task_id, result(sample) if result else sample.ls_result())
     return pid, ids
+
+
+def video_project(
+    api: LabelStudioAPI, title: str, videos: Sequence[GeneratedVideo]
+) -> tuple[int, list[int], dict[int, dict[str, Any]]]:
+    """A Label Studio video project (``video_config()``) of ``videos`` uploaded as ``clip<i>.mp4``
+    tasks: its id, the task ids in the order of ``videos``, and each task's data as listed."""
+    pid = api.create_project(title, video_config())
+    api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
+    tasks: list[Any] = list(api.sdk.tasks.list(project=pid))
+    by_name = {str(t.data["video"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
+    return pid, [by_name[f"clip{i}.mp4"] for i in range(len(videos))], {int(t.id): dict(t.data) for t in tasks}
 
 
 def served_image_project(

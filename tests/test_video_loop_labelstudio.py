@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from labelloop.dev.demo import LabelStudioAPI
-from labelloop.dev.synthetic_video import GeneratedVideo, video_config, video_result, write_video
+from labelloop.dev.synthetic_video import GeneratedVideo, video_result, write_video
 from labelloop.jobs.pipeline import run_training
 from labelloop.labelstudio import client as labelstudio
 from labelloop.labelstudio.media import MediaConfig
@@ -20,7 +20,7 @@ from labelloop.serving.preannotate import preannotate_project
 from labelloop.serving.predictor import Predictor
 from labelloop.serving.video import VideoOptions
 from labelloop.task_types.keyframes import frame_boxes
-from tests.factories import LOW_TRACKER, make_settings
+from tests.factories import LOW_TRACKER, make_settings, video_project
 
 pytestmark = pytest.mark.labelstudio
 
@@ -29,15 +29,6 @@ FRAMES = 48
 
 def _result(video: GeneratedVideo, every: int) -> list[dict[str, Any]]:
     return video_result(video, every, prefix="trk", origin="manual")
-
-
-def _video_project(api: LabelStudioAPI, title: str, videos: list[GeneratedVideo]) -> tuple[int, list[int]]:
-    """A video project of ``videos`` uploaded as ``clip<i>.mp4`` tasks; its id and the task ids in order."""
-    pid = api.create_project(title, video_config())
-    api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
-    tasks: list[Any] = list(api.sdk.tasks.list(project=pid))
-    by_name = {str(t.data["video"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
-    return pid, [by_name[f"clip{i}.mp4"] for i in range(len(videos))]
 
 
 def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
@@ -49,7 +40,7 @@ def test_a_video_project_trains_on_keyframes_and_label_studio_stores_its_tracks(
     url, token = label_studio
     api = LabelStudioAPI(url, token)
     videos = [write_video(tmp_path / f"clip{i}.mp4", seed=20 + i, frames=FRAMES, shapes=2) for i in range(4)]
-    pid, ids = _video_project(api, "labelloop video loop", videos)
+    pid, ids, _ = video_project(api, "labelloop video loop", videos)
     for tid, video in zip(ids[:3], videos[:3], strict=True):
         api.annotate(tid, _result(video, every=6))
 
@@ -120,7 +111,7 @@ def test_first_picks_leave_a_video_project_alone(label_studio: tuple[str, str], 
     url, token = label_studio
     api = LabelStudioAPI(url, token)
     videos = [write_video(tmp_path / f"clip{i}.mp4", seed=40 + i, frames=12) for i in range(2)]
-    pid, _ = _video_project(api, "labelloop video first picks", videos)
+    pid, _, _ = video_project(api, "labelloop video first picks", videos)
     settings = make_settings(tmp_path, redis_url=redis_url, label_studio=label_studio)
     outcome = Jobs(settings, lambda *a: None).first_picks(pid, lambda meta: None)
     assert outcome["status"] == "not_applicable" and outcome["imported"] == 0, outcome

@@ -33,7 +33,15 @@ from labelloop.redis_client import client as redis_client
 from labelloop.registry.store import UNTRAINED, Registry
 from service.events import EVENT_STREAM
 from tests.conftest import TRAIN_ENV
-from tests.factories import LOW_TRACKER, connect_backend, make_settings, publish_version, settings_env
+from tests.factories import (
+    LOW_TRACKER,
+    connect_backend,
+    make_settings,
+    publish_version,
+    settings_env,
+    video_project,
+)
+from tests.labelloop.test_selection import untrained_weights
 from workers.celery_app import create_celery
 
 pytestmark = pytest.mark.labelstudio
@@ -116,15 +124,11 @@ def vstack(label_studio: tuple[str, str], tmp_path_factory: pytest.TempPathFacto
         vs.stack.stop_all()
 
 
-def video_project(vs: VideoStack, title: str, videos: list[GeneratedVideo]) -> tuple[int, list[int]]:
-    """A video project of ``videos`` uploaded as ``clip<i>.mp4`` tasks; its id and the task ids in
-    order (their data kept in ``vs.data``)."""
-    pid = vs.api.create_project(title, video_config())
-    vs.api.upload(pid, [(f"clip{i}.mp4", v.path.read_bytes(), "video/mp4") for i, v in enumerate(videos)])
-    tasks: list[Any] = list(vs.api.sdk.tasks.list(project=pid))
-    vs.data.update({int(t.id): dict(t.data) for t in tasks})
-    by_name = {str(t.data["video"]).rsplit("-", 1)[-1]: int(t.id) for t in tasks}
-    return pid, [by_name[f"clip{i}.mp4"] for i in range(len(videos))]
+def stack_video_project(vs: VideoStack, title: str, videos: list[GeneratedVideo]) -> tuple[int, list[int]]:
+    """``video_project`` in the stack's Label Studio; the tasks' data kept in ``vs.data``."""
+    pid, ids, data = video_project(vs.api, title, videos)
+    vs.data.update(data)
+    return pid, ids
 
 
 def test_video_annotations_run_the_loop_through_the_stack(vstack: VideoStack, tmp_path: Path) -> None:
@@ -135,7 +139,7 @@ def test_video_annotations_run_the_loop_through_the_stack(vstack: VideoStack, tm
     VideoRectangle tracks (tracked with the operator's tracker YAML)."""
     vs, api = vstack, vstack.api
     videos = [write_video(tmp_path / f"clip{i}.mp4", seed=60 + i, frames=FRAMES, shapes=2) for i in range(4)]
-    vs.project_id, vs.task_ids = pid, ids = video_project(vs, "labelloop video stack", videos)
+    vs.project_id, vs.task_ids = pid, ids = stack_video_project(vs, "labelloop video stack", videos)
     vs.ml_id = connect_backend(api, pid, vs.receiver_url, basic_auth=BASIC_AUTH, webhook_secret=WEBHOOK_SECRET)
     assert api.backend_version(vs.ml_id) == UNTRAINED
     # Before any version the running predict worker answers "untrained" for the project.
@@ -204,14 +208,6 @@ def test_video_annotations_run_the_loop_through_the_stack(vstack: VideoStack, tm
     assert [e["version"] for e in answered] == [UNTRAINED, "v1"]
 
 
-def yaml_weights(path: Path) -> Path:
-    """An untrained YOLOv8n detect checkpoint built from Ultralytics' model YAML (no download)."""
-    from ultralytics import YOLO
-
-    YOLO("yolov8n.yaml").save(str(path))
-    return path
-
-
 def test_a_30_s_video_predict_answers_within_the_deadline(vstack: VideoStack, tmp_path: Path) -> None:
     """A /predict of a 30 s video answers 200 within the predict deadline (a fresh worker: plus its
     first model load), and one of three 30 s videos within the deadline too (the tracking budget is
@@ -219,8 +215,8 @@ def test_a_30_s_video_predict_answers_within_the_deadline(vstack: VideoStack, tm
     each whole video (past the interactive budget, no deferral) into Label Studio."""
     vs, api = vstack, vstack.api
     videos = [write_video(tmp_path / f"long{i}.mp4", seed=80 + i, frames=LONG_FRAMES, shapes=3) for i in range(3)]
-    pid, ids = video_project(vs, "labelloop 30 s video", videos)
-    publish_version(vs.registry, pid, yaml_weights(tmp_path / "yaml.pt"), from_name="box")
+    pid, ids = stack_video_project(vs, "labelloop 30 s video", videos)
+    publish_version(vs.registry, pid, untrained_weights(tmp_path), from_name="box")
     stack = vs.stack
     stack.stop("worker-predict")
     stack.stop("worker-preannotate")

@@ -18,6 +18,7 @@ from labelloop.serving.selection import VIDEO_TRACK_SHARE, predict_selection
 from labelloop.serving.video import VideoOptions
 from labelloop.task_types.labels import parse_label_config
 from tests.factories import publish_version
+from tests.labelloop.test_selection import untrained_weights
 
 SPEC = parse_label_config(video_config())
 DEADLINE_S = 2.0
@@ -28,14 +29,8 @@ FRAMES = 240  # 10 s at 24 fps: several seconds of tracking on a CPU, well over 
 def predictor(tmp_path: Path) -> Predictor:
     """A predictor of project 7's v1 (an untrained YOLOv8n built from its YAML) over local files in
     ``tmp_path/media``, with the interactive video budget of a ``DEADLINE_S`` deadline."""
-    from labelloop.yolo_env import prepare_ultralytics
-
-    prepare_ultralytics(tmp_path / "yolo")
-    from ultralytics import YOLO
-
-    YOLO("yolov8n.yaml").save(str(tmp_path / "w.pt"))
     registry = Registry(tmp_path / "models")
-    publish_version(registry, 7, tmp_path / "w.pt", classes=["square", "disc"], from_name="box")
+    publish_version(registry, 7, untrained_weights(tmp_path), classes=["square", "disc"], from_name="box")
     media = MediaConfig(label_studio_url=None, api_key=None, document_root=tmp_path / "media")
     return Predictor(
         registry,
