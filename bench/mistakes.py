@@ -180,26 +180,47 @@ def at_k(order: list[int], corrupted: set[int], k: int) -> tuple[float, float]:
     return hits / k, hits / max(1, len(corrupted))
 
 
+def _box_record(b: QBox) -> list[Any]:
+    return [b.x1, b.y1, b.x2, b.y2, b.label, b.score, b.width, b.height]
+
+
+def _box_from(r: list[Any]) -> QBox:
+    return QBox(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+
+
+def cross_fit(items: list[Item], held: list[ShapeImage], seed: int, args: Any, work: Path) -> dict[int, list[QBox]]:
+    """Per annotated task, the boxes predicted by the fold version not trained on it (two folds)."""
+    rng = random.Random(seed + 1)
+    shuffled = rng.sample(items, len(items))
+    folds = [shuffled[: len(items) // 2], shuffled[len(items) // 2 :]]
+    predicted: dict[int, list[QBox]] = {}
+    for f, fold in enumerate(folds):
+        other = folds[1 - f]
+        result = train(work / f"seed{seed}", f"fold{f}", [(it.image, it.boxes) for it in fold], held, args)
+        preds = predicted_boxes(result["best"], [it.image for it in other], args.imgsz, args.device, work / "yolo")
+        predicted.update({it.index: p for it, p in zip(other, preds, strict=True)})
+    return predicted
+
+
 def run_seed(seed: int, args: Any, work: Path) -> dict[str, Any]:
     items = make_items(seed, args.images, args.corrupt)
     held = make_project(seed + 10_000, args.held_out)
     corrupted = {it.index for it in items if it.kind}
     counts = {k: sum(it.kind == k for it in items) for k in KINDS}
     print(f"seed {seed}: {len(items)} annotated tasks, {len(corrupted)} corrupted {counts}", flush=True)
-    rng = random.Random(seed + 1)
-    shuffled = rng.sample(items, len(items))
-    folds = [shuffled[: len(items) // 2], shuffled[len(items) // 2 :]]
-    scores: dict[int, float] = {}
-    worst: dict[int, str | None] = {}
+    saved = work / f"seed{seed}" / "predictions.json"
     t0 = time.monotonic()
-    for f, fold in enumerate(folds):
-        other = folds[1 - f]
-        result = train(work / f"seed{seed}", f"fold{f}", [(it.image, it.boxes) for it in fold], held, args)
-        preds = predicted_boxes(result["best"], [it.image for it in other], args.imgsz, args.device, work / "yolo")
-        pairs = [(qboxes(it.image, it.boxes), p) for it, p in zip(other, preds, strict=True)]
-        for it, q in zip(other, label_quality.score_tasks(pairs, LABELS), strict=True):
-            scores[it.index] = q.score
-            worst[it.index] = q.issues[0].kind if q.issues else None
+    if args.rescore:
+        # the fold versions' predictions of an earlier run of the same seed and sizes: score them again
+        predicted = {int(i): [_box_from(r) for r in rows] for i, rows in json.loads(saved.read_text()).items()}
+    else:
+        predicted = cross_fit(items, held, seed, args, work)
+        saved.write_text(json.dumps({i: [_box_record(b) for b in p] for i, p in predicted.items()}))
+    indexes = sorted(predicted)
+    pairs = [(qboxes(items[i].image, items[i].boxes), predicted[i]) for i in indexes]
+    qualities = label_quality.score_tasks(pairs, LABELS)
+    scores = {i: q.score for i, q in zip(indexes, qualities, strict=True)}
+    worst = {i: q.issues[0].kind if q.issues else None for i, q in zip(indexes, qualities, strict=True)}
     score_s = time.monotonic() - t0
     order = sorted(scores, key=lambda i: (scores[i], i))  # the tab: ascending labelloop_label_quality
     random_order = random.Random(seed + 2).sample(sorted(scores), len(scores))
@@ -223,7 +244,7 @@ def run_seed(seed: int, args: Any, work: Path) -> dict[str, Any]:
     found = [it for it in items if it.kind and it.index in set(order[:k20])]
     rows["kind_named"] = sum(worst[it.index] == ISSUE_OF[it.kind or ""] for it in found) / max(1, len(found))
     report([rows], targets=False)
-    if args.retrain:
+    if args.retrain and not args.rescore:
         fixed = set(order[:k20])
         as_is = train(work / f"seed{seed}", "all-as-saved", [(it.image, it.boxes) for it in items], held, args)
         repaired = train(
@@ -284,6 +305,11 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, default=384, help="the recipe's choice for these images")
     parser.add_argument("--weights", default="yolo26n.yaml", help="from scratch, as labelloop offline")
     parser.add_argument("--device", default="")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the fold versions' predictions saved by an earlier run (workdir/seedN/predictions.json) again",
+    )
     parser.add_argument("--no-retrain", dest="retrain", action="store_false", help="skip the mAP50 trainings")
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-mistakes")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
