@@ -17,8 +17,9 @@ PACKAGES = ("labelloop", "service", "workers")
 ALLOWED = {"labelloop": set(), "workers": {"labelloop"}, "service": {"labelloop", "workers"}}
 CORE_FORBIDDEN = ("starlette", "uvicorn", "celery", "kombu", "flower")
 # The core's rooms, bottom first: a room imports only rooms below it and the core's top modules
-# (settings, paths, errors, keys, names, logconfig, manifest, files, ...), which import no room.
+# (paths, errors, keys, names, logconfig, manifest, files, ...), which import no room.
 CORE_ROOMS = (
+    "settings",  # Settings, composed of its field groups (LABELLOOP_*): read by the rooms' composition roots
     "task_types",  # Ultralytics task types, label configs, region conversions
     "events",  # what Label Studio told labelloop: change log, ledger, webhook health
     "registry",  # versions on disk, CURRENT, gate, exports, per-project params
@@ -238,7 +239,7 @@ def test_every_core_module_lives_in_a_room() -> None:
 # takes collaborators: ``Paths``, a Label Studio ``Connection``, ``MediaConfig``, ``DatasetSource``,
 # ``PseudoSource``, ``ParamDefaults``, a Redis client (``labelloop.redis_client``), plain values.
 SETTINGS_ROOTS = {
-    "labelloop.settings": "defines Settings and Paths",
+    "labelloop.settings": "defines Settings from its field groups (re-exports Paths)",
     "labelloop.jobs.jobs": "Jobs: what the Celery tasks call, made from the worker's Settings",
     "labelloop.jobs.context": "JobContext: one job's Settings, Redis client and registry",
     "labelloop.jobs.lifecycle": "a training run's lifecycle, from the worker's Settings",
