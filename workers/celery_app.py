@@ -20,6 +20,7 @@ from labelloop.names import (
     TASK_TRAIN,
 )
 from labelloop.settings import Settings
+from workers.warmup import install_predict_warmup
 
 # Seconds between kombu's sweeps for deliveries past the visibility timeout.
 RESTORE_INTERVAL_S = 5
@@ -45,7 +46,9 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
 
     Args:
         settings: the process's settings; kept on ``app.conf.labelloop_settings``.
-        with_tasks: include ``workers.tasks`` (workers); the receiver only sends by name.
+        with_tasks: include ``workers.tasks`` (workers); the receiver only sends by name. A
+            worker of such an app that consumes ``predict`` loads the served models as it starts
+            (``workers.warmup``).
     """
     include = ["workers.tasks"] if with_tasks else []
     app = Celery(
@@ -96,4 +99,6 @@ def create_celery(settings: Settings, with_tasks: bool = False) -> Celery:
             "reconcile": {"task": TASK_RECONCILE, "schedule": float(settings.reconcile_interval_s)},
         },
     )
+    if with_tasks:
+        install_predict_warmup(app)
     return app

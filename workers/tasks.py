@@ -14,6 +14,7 @@ at once.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar, cast
 
@@ -74,17 +75,22 @@ def bound_task(**options: Any) -> Callable[[Callable[Concatenate[Task, _P], _R]]
     return cast(Callable[[Callable[Concatenate[Task, _P], _R]], Callable[_P, _R]], shared_task(bind=True, **options))
 
 
+_JOBS_LOCK = threading.Lock()
+
+
 def jobs(app: Celery) -> Jobs:
-    """The app's ``Jobs``, built on first use from the settings ``create_celery`` kept."""
-    built: Jobs | None = getattr(app, "labelloop_jobs", None)
-    if built is None:
+    """The app's ``Jobs``, built on first use from the settings ``create_celery`` kept; under a lock,
+    so a predict worker's warm-up thread (``workers.warmup``) and its first task share one."""
+    with _JOBS_LOCK:
+        built: Jobs | None = getattr(app, "labelloop_jobs", None)
+        if built is None:
 
-        def send(name: str, args: list[Any], queue: str) -> None:
-            app.send_task(name, args=args, queue=queue)
+            def send(name: str, args: list[Any], queue: str) -> None:
+                app.send_task(name, args=args, queue=queue)
 
-        built = Jobs(app.conf.labelloop_settings, send)
-        app.labelloop_jobs = built
-    return built
+            built = Jobs(app.conf.labelloop_settings, send)
+            app.labelloop_jobs = built
+        return built
 
 
 @bound_task(name=TASK_HANDLE_EVENT, ignore_result=True, **_RETRY)

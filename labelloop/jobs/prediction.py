@@ -1,12 +1,18 @@
 """The predict job (Label Studio's ``/predict``) and the worker's one ``Predictor``, built on first use
-and shared with the pre-annotation (``labelloop.jobs.preannotation``)."""
+and shared with the pre-annotation (``labelloop.jobs.preannotation``), and the warm-up that loads the
+served models of the most recently served projects when a predict worker starts (``Predictors.warm``;
+``workers.warmup`` runs it in each pool child)."""
 
 from __future__ import annotations
 
-import functools
+import threading
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
+
+import structlog
 
 from labelloop.labelstudio.media import MediaConfig
 from labelloop.ls_json import Prediction, Task
@@ -18,6 +24,8 @@ from labelloop.serving.selection import deadline_s, predict_selection
 from labelloop.serving.video import VideoOptions
 from labelloop.settings import Settings
 
+log = structlog.get_logger(__name__)
+
 
 class PredictResponse(TypedDict):
     """Label Studio's ``/predict`` response body: one item per task, in the tasks' order."""
@@ -25,15 +33,76 @@ class PredictResponse(TypedDict):
     results: list[Prediction | list[Any]]
 
 
+@dataclass(frozen=True)
+class ServedProject:
+    """A project with a served version: its ``CURRENT`` and when it last moved.
+
+    Attributes:
+        project_id: the Label Studio project id.
+        version: the served version's name (``CURRENT``).
+        served_at: UTC ``%Y-%m-%dT%H:%M:%SZ`` of the last change of ``CURRENT`` in the project's
+            history (``labelloop.registry.history``); "" when the history has none.
+    """
+
+    project_id: int
+    version: str
+    served_at: str
+
+
+def served_projects(registry: Registry) -> list[ServedProject]:
+    """Every registry project that has a served version, in project id order (one ``CURRENT`` read
+    and one history read per project)."""
+    out = []
+    for project_id in registry.projects():
+        version = registry.current_name(project_id)
+        if version is None:
+            continue
+        history = registry.history(project_id)
+        out.append(ServedProject(project_id, version, str(history[-1].get("at", "")) if history else ""))
+    return out
+
+
+def warm_plan(served: list[ServedProject], limit: int) -> list[ServedProject]:
+    """The projects a predict worker loads when it starts: the most recently served first (by
+    ``served_at``; a tie: the higher project id first, the newer project), at most ``limit``
+    (``LABELLOOP_PREDICT_CACHE_PROJECTS``: what the predictor keeps loaded, so the warm-up drops none)."""
+    ordered = sorted(served, key=lambda p: (p.served_at, p.project_id), reverse=True)
+    return ordered[: max(0, limit)]
+
+
+class WarmOutcome(TypedDict):
+    """What ``Predictors.warm`` loaded: ``projects`` and their ``versions`` (same order, newest
+    served first), the ``failed`` project ids (their load raised; logged, skipped), ``seconds``."""
+
+    projects: list[int]
+    versions: list[str]
+    failed: list[int]
+    seconds: float
+
+
 class Predictors:
-    """The worker's ``Predictor`` (``labelloop.serving.predictor``), built on first use from the
-    settings and subscribed to served-version changes (``Predictor.listen``)."""
+    """The worker's ``Predictor`` (``labelloop.serving.predictor``), built once from the settings
+    and subscribed to served-version changes (``Predictor.listen``).
+
+    Built under a lock on first use: a predict worker's warm-up thread (``warm``) and its first
+    task may ask for it at the same time, and must share one.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._predictor: Predictor | None = None
+        self._lock = threading.Lock()
 
-    @functools.cached_property
+    @property
     def predictor(self) -> Predictor:
+        """The one ``Predictor`` of this process, built on first use (imports nothing heavy: the
+        Ultralytics import happens at the first model load)."""
+        with self._lock:
+            if self._predictor is None:
+                self._predictor = self._build()
+            return self._predictor
+
+    def _build(self) -> Predictor:
         s = self.settings
         p = Predictor(
             Registry(s.models_dir),
@@ -51,6 +120,44 @@ class Predictors:
         )
         p.listen(s.redis_url)
         return p
+
+    def warm(self) -> WarmOutcome:
+        """Load the served versions of the most recently served projects (``warm_plan``, at most
+        ``LABELLOOP_PREDICT_CACHE_PROJECTS``, newest first) as ``/predict`` would
+        (``Predictor.model_for``: a request for a project that is loading waits for that load and
+        never loads it again), so the first ``/predict`` after a start spends its
+        ``LABELLOOP_PREDICT_DEADLINE_S`` on predicting. Call it in a pool child, never in a process
+        that forks (it initialises CUDA).
+
+        A project whose load raises is logged (``predict_warm_failed``) and skipped; logs
+        ``predict_warm`` with the outcome. The predictor is not built when no project is served.
+        """
+        t0 = time.monotonic()
+        plan = warm_plan(served_projects(Registry(self.settings.models_dir)), self.settings.predict_cache_projects)
+        out: WarmOutcome = {"projects": [], "versions": [], "failed": [], "seconds": 0.0}
+        if plan:
+            predictor = self.predictor
+            for served in plan:
+                t1 = time.monotonic()
+                try:
+                    loaded = predictor.model_for(served.project_id)
+                except Exception as exc:  # one project's weights never stop the worker or the others
+                    out["failed"].append(served.project_id)
+                    log.warning(
+                        "predict_warm_failed",
+                        project_id=served.project_id,
+                        version=served.version,
+                        error_type=type(exc).__name__,
+                        error=str(exc)[:500],
+                        seconds=round(time.monotonic() - t1, 3),
+                    )
+                    continue
+                if loaded is not None:
+                    out["projects"].append(served.project_id)
+                    out["versions"].append(loaded.version)
+        out["seconds"] = round(time.monotonic() - t0, 3)
+        log.info("predict_warm", **out)
+        return out
 
 
 class PredictJob:

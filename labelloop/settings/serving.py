@@ -55,6 +55,12 @@ class ServingFields(BaseModel):
         description="Projects whose models one predict process keeps loaded (least recently predicted dropped "
         "first); each keeps its served version and up to 2 recent ones for instant rollback.",
     )
+    predict_warm: bool = Field(
+        True,
+        description="A worker that consumes the predict queue loads the served versions of the most recently "
+        "served projects (at most LABELLOOP_PREDICT_CACHE_PROJECTS, newest first) when each pool process starts, "
+        "in the background, so the first /predict after a start or a deploy does not spend its deadline loading.",
+    )
     predict_conf: float = Field(
         0.25,
         ge=0.0,
