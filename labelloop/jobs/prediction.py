@@ -71,8 +71,9 @@ def warm_plan(served: list[ServedProject], limit: int) -> list[ServedProject]:
 
 
 class WarmOutcome(TypedDict):
-    """What ``Predictors.warm`` loaded: ``projects`` and their ``versions`` (same order, newest
-    served first), the ``failed`` project ids (their load raised; logged, skipped), ``seconds``."""
+    """What ``Predictors.warm`` loaded: ``projects`` and their ``versions`` (same order, in load
+    order: the most recently served last), the ``failed`` project ids (their load raised; logged,
+    skipped), ``seconds``."""
 
     projects: list[int]
     versions: list[str]
@@ -123,7 +124,8 @@ class Predictors:
 
     def warm(self) -> WarmOutcome:
         """Load the served versions of the most recently served projects (``warm_plan``, at most
-        ``LABELLOOP_PREDICT_CACHE_PROJECTS``, newest first) as ``/predict`` would
+        ``LABELLOOP_PREDICT_CACHE_PROJECTS``; loaded oldest first, so the most recently served is the
+        cache's most recently used) as ``/predict`` would
         (``Predictor.model_for``: a request for a project that is loading waits for that load and
         never loads it again), so the first ``/predict`` after a start spends its
         ``LABELLOOP_PREDICT_DEADLINE_S`` on predicting. Call it in a pool child, never in a process
@@ -137,7 +139,7 @@ class Predictors:
         out: WarmOutcome = {"projects": [], "versions": [], "failed": [], "seconds": 0.0}
         if plan:
             predictor = self.predictor
-            for served in plan:
+            for served in reversed(plan):  # the newest last: the predictor's cache keeps it longest
                 t1 = time.monotonic()
                 try:
                     loaded = predictor.model_for(served.project_id)
