@@ -22,8 +22,9 @@ GUARD = Path(__file__).with_name("cuda_guard.py")
 CONFIG = json.loads((Path(__file__).parents[1] / "fixtures/label-studio/ml_predict_request.json").read_text())
 
 
-def _base_weights(tmp_path: Path) -> Path:
-    """A randomly initialised yolov8n saved as a .pt (offline: built from Ultralytics' YAML)."""
+def untrained_weights_in_child(tmp_path: Path) -> Path:
+    """A randomly initialised yolov8n saved as a .pt in ``tmp_path`` (offline: built from Ultralytics'
+    YAML), in a child process so that the test process never imports torch."""
     weights = tmp_path / "base.pt"
     code = (
         "import sys\nfrom pathlib import Path\nfrom labelloop.yolo_env import prepare_ultralytics\n"
@@ -38,7 +39,7 @@ def _base_weights(tmp_path: Path) -> Path:
 def test_a_workers_main_process_never_enters_cuda_while_its_children_do(tmp_path: Path, redis_url: str) -> None:
     """A predict+train worker forks its pool children and serves a prediction (whose child loads a
     model and picks its device through torch.cuda) without one torch.cuda call in the main process."""
-    weights = _base_weights(tmp_path)
+    weights = untrained_weights_in_child(tmp_path)
     log = tmp_path / "cuda.log"
     env = settings_env(
         tmp_path,

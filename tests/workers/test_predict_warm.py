@@ -9,7 +9,6 @@ holding a real yolov8n version, and read its JSON log.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from labelloop.jobs.prediction import ServedProject, served_projects, warm_plan
 from labelloop.names import QUEUE_PREDICT, TASK_PREDICT
 from labelloop.registry.store import Registry
 from tests.factories import make_settings, publish_version, settings_env
+from tests.workers.test_cuda_fork import untrained_weights_in_child
 from workers.celery_app import create_celery
 
 GUARD = Path(__file__).with_name("cuda_guard.py")
@@ -63,16 +63,8 @@ def test_served_projects_are_those_with_a_current_version_and_its_last_change(tm
 
 @pytest.fixture(scope="module")
 def yolo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised yolov8n saved as a .pt (offline: built from Ultralytics' YAML)."""
-    work = tmp_path_factory.mktemp("weights")
-    weights = work / "yolov8n.pt"
-    code = (
-        "import sys\nfrom pathlib import Path\nfrom labelloop.yolo_env import prepare_ultralytics\n"
-        "prepare_ultralytics(Path(sys.argv[2]))\nfrom ultralytics.models import YOLO\n"
-        "YOLO('yolov8n.yaml').save(sys.argv[1])\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(weights), str(work / "yolo")], check=True, timeout=300)
-    return weights
+    """A randomly initialised yolov8n saved as a .pt (``untrained_weights_in_child``)."""
+    return untrained_weights_in_child(tmp_path_factory.mktemp("weights"))
 
 
 def _start_worker(tmp_path: Path, redis_url: str, pool: str = "prefork", **env: str) -> tuple[Stack, int, Path]:
