@@ -272,6 +272,7 @@ def _mistakes_section(view: ProjectView) -> str:
             '<p id="mistakes">No annotation scored yet: scores come after a pre-annotation, from a version '
             "not trained on the annotation.</p>"
         )
+    map50 = {p.version: p.map50 for p in view.points}
     rows = []
     for t in tasks[:MISTAKES_SHOWN]:
         issues = [i for i in t.get("issues") or [] if isinstance(i, dict)]
@@ -285,7 +286,7 @@ def _mistakes_section(view: ProjectView) -> str:
             [
                 escape(str(t.get("task"))),
                 _num(t.get("score")),
-                escape(str(t.get("version"))),
+                f"{escape(str(t.get('version')))} (mAP50 {_num(map50.get(str(t.get('version'))))})",
                 f"<ol>{listed}</ol>" if listed else "-",
                 svg_regions([b for b in t.get("boxes") or [] if isinstance(b, dict)], issues),
             ]
@@ -295,7 +296,8 @@ def _mistakes_section(view: ProjectView) -> str:
         f"{escape(str(report.get('unscored', 0)))} not scored (every version was trained on them); the "
         f"{min(len(tasks), MISTAKES_SHOWN)} the model disagrees with most, worst first (label quality: low = likely "
         "mistaken; in Label Studio, the Data Manager tab <em>labelloop: possible label mistakes</em>). Grey: the "
-        "annotation's boxes; dashed: the suspected regions, numbered as listed.</p>"
+        "annotation's boxes; dashed: the suspected regions, numbered as listed. A judging version with a low mAP50 "
+        "also flags its own mistakes: objects it barely sees, classes it confuses (bench/mistakes).</p>"
         f"{_table(['task', 'label quality', 'judged by', 'suspected', 'where'], rows)}</div>"
     )
 

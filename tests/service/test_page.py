@@ -251,9 +251,9 @@ def test_page_buttons_promote_and_roll_back_from_the_same_origin_only(
 def test_page_lists_label_mistakes_worst_first_with_regions_drawn(
     client: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
-    """The last label-mistakes report shows worst first, each task with its suspected issues listed and its
-    annotated boxes and suspected regions drawn as inline SVG (no script, labels escaped); a project that is not
-    detection says why."""
+    """The last label-mistakes report shows worst first, each task with its judging version and that version's
+    mAP50, its suspected issues listed and its annotated boxes and suspected regions drawn as inline SVG (no
+    script, labels escaped); a project that is not detection says why."""
     _publish_four(settings.models_dir)
     region = {"x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0}
     tasks = [
@@ -283,6 +283,7 @@ def test_page_lists_label_mistakes_worst_first_with_regions_drawn(
     section = html[html.index('<div id="mistakes">') :]
     assert "2 annotated tasks scored on 2026-12-06T14:00:00+00:00, 4 not scored" in section
     assert section.index("<td>11</td>") < section.index("<td>12</td>")
+    assert section.count("<td>v2 (mAP50 0.400)</td>") == 2  # the judging version's own mAP50 beside it
     assert "wrong class: &lt;img src=x" in section and "(model: square)" in section and "missed object: disc" in section
     assert section.count('<rect class="issue"') == 2 and section.count("<svg") == 2
     assert 'stroke-dasharray="4 2" x="16.0" y="24.0" width="48.0" height="48.0"/>' in section  # percent of 160x120
