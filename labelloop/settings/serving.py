@@ -58,7 +58,7 @@ class ServingFields(BaseModel):
     predict_warm: bool = Field(
         True,
         description="A worker that consumes the predict queue loads the served versions of the most recently "
-        "served projects (at most LABELLOOP_PREDICT_CACHE_PROJECTS, newest first) when each pool process starts, "
+        "served projects (the LABELLOOP_PREDICT_CACHE_PROJECTS most recent) when each pool process starts, "
         "in the background, so the first /predict after a start or a deploy does not spend its deadline loading.",
     )
     predict_conf: float = Field(
