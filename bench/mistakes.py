@@ -33,7 +33,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,14 +180,6 @@ def at_k(order: list[int], corrupted: set[int], k: int) -> tuple[float, float]:
     return hits / k, hits / max(1, len(corrupted))
 
 
-def _box_record(b: QBox) -> list[Any]:
-    return [b.x1, b.y1, b.x2, b.y2, b.label, b.score, b.width, b.height]
-
-
-def _box_from(r: list[Any]) -> QBox:
-    return QBox(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
-
-
 def cross_fit(items: list[Item], held: list[ShapeImage], seed: int, args: Any, work: Path) -> dict[int, list[QBox]]:
     """Per annotated task, the boxes predicted by the fold version not trained on it (two folds)."""
     rng = random.Random(seed + 1)
@@ -212,10 +204,11 @@ def run_seed(seed: int, args: Any, work: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     if args.rescore:
         # the fold versions' predictions of an earlier run of the same seed and sizes: score them again
-        predicted = {int(i): [_box_from(r) for r in rows] for i, rows in json.loads(saved.read_text()).items()}
+        predicted = {int(i): [QBox(*r) for r in rows] for i, rows in json.loads(saved.read_text()).items()}
     else:
         predicted = cross_fit(items, held, seed, args, work)
-        saved.write_text(json.dumps({i: [_box_record(b) for b in p] for i, p in predicted.items()}))
+        # each box as its fields in order (``QBox(*fields)`` reads it back)
+        saved.write_text(json.dumps({i: [astuple(b) for b in p] for i, p in predicted.items()}))
     indexes = sorted(predicted)
     pairs = [(qboxes(items[i].image, items[i].boxes), predicted[i]) for i in indexes]
     qualities = label_quality.score_tasks(pairs, LABELS)
