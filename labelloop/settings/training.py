@@ -37,7 +37,7 @@ class TrainingFields(BaseModel):
         None, ge=1, description="Ultralytics' nominal batch for gradient accumulation (unset: from the data)."
     )
     train_time_s: float | None = Field(
-        None, gt=0, description="Wall-clock budget of one training (seconds; unset: 150 on CPU, 1800 on a GPU)."
+        None, gt=0, description="Wall-clock budget of one training (seconds; unset: 170 on CPU, 1800 on a GPU)."
     )
     freeze: int | None = Field(
         None,

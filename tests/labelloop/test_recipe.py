@@ -106,3 +106,15 @@ def test_overrides_win_and_are_recorded() -> None:
     assert (r.epochs, r.imgsz, r.batch, r.nbs, r.time_s, r.freeze, r.mosaic) == (7, 256, 3, 12, 30.0, 2, 0.0)
     assert r.close_mosaic == 0
     assert all(r.reasons[k] == "set" for k in ("epochs", "imgsz", "batch", "nbs", "time_s", "freeze", "mosaic"))
+
+
+def test_time_budget_setting_describes_the_recipe_budgets() -> None:
+    # The setting's help (README's configuration table) names the budgets plan_recipe uses when unset.
+    from labelloop.settings import Settings
+    from labelloop.training.recipe import TIME_BUDGET_S
+
+    text = Settings.model_fields["train_time_s"].description or ""
+    assert f"{TIME_BUDGET_S['cpu']:g} on CPU" in text
+    assert f"{TIME_BUDGET_S['gpu']:g} on a GPU" in text
+    recipe = plan_recipe(DataShape(16, 4, 320), device="cpu", warm_start=False, pretrained=False)
+    assert recipe.time_s == TIME_BUDGET_S["cpu"]
