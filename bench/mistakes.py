@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.shapes import LABELS, Box, ShapeImage, make_project
+from labelloop.dataset import long_side_p90, p10
 from labelloop.quality import label_quality
 from labelloop.quality.label_quality import Box as QBox
 from labelloop.training.process import run_training_process
@@ -124,9 +125,10 @@ def train(
     data.write_text(
         json.dumps({"path": str(root / "ds"), "train": "images/train", "val": "images/val", "names": list(LABELS)})
     )
-    # labelloop's own recipe for a first training from the model YAML (batch, nbs, epochs, mosaic, checkpoint)
+    # labelloop's own recipe for a first training from the model YAML (batch, nbs, epochs, mosaic, imgsz,
+    # checkpoint), from the images and the boxes as annotated
     recipe = plan_recipe(
-        DataShape(len(train_set), len(val), args.imgsz),
+        data_shape(train_set, len(val)),
         device=args.device or "cpu",
         warm_start=False,
         pretrained=False,
@@ -143,8 +145,19 @@ def train(
     }
     t0 = time.monotonic()
     result = run_training_process(spec, root / "run", timeout_s=args.time_s * 4 + 600)
-    print(f"  trained {name} on {len(train_set)} images in {time.monotonic() - t0:.0f} s", flush=True)
-    return result
+    print(
+        f"  trained {name} on {len(train_set)} images at imgsz {recipe.imgsz} in {time.monotonic() - t0:.0f} s",
+        flush=True,
+    )
+    return {**result, "imgsz": recipe.imgsz}
+
+
+def data_shape(train_set: list[tuple[ShapeImage, tuple[Box, ...]]], val_images: int) -> DataShape:
+    """What ``labelloop.dataset.plan`` reports of a built train split: images' longer sides, objects' sizes."""
+    sides = [min(b.x2 - b.x1, b.y2 - b.y1) / max(im.width, im.height) for im, boxes in train_set for b in boxes]
+    return DataShape(
+        len(train_set), val_images, long_side_p90([(im.width, im.height) for im, _ in train_set]), p10(sides)
+    )
 
 
 def predicted_boxes(
@@ -189,7 +202,7 @@ def cross_fit(items: list[Item], held: list[ShapeImage], seed: int, args: Any, w
     for f, fold in enumerate(folds):
         other = folds[1 - f]
         result = train(work / f"seed{seed}", f"fold{f}", [(it.image, it.boxes) for it in fold], held, args)
-        preds = predicted_boxes(result["best"], [it.image for it in other], args.imgsz, args.device, work / "yolo")
+        preds = predicted_boxes(result["best"], [it.image for it in other], result["imgsz"], args.device, work / "yolo")
         predicted.update({it.index: p for it, p in zip(other, preds, strict=True)})
     return predicted
 
@@ -295,7 +308,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--seed-train", type=int, default=0, help="Ultralytics' seed for every training")
     parser.add_argument("--time-s", type=float, default=480, help="wall-time cap of each training (seconds)")
-    parser.add_argument("--imgsz", type=int, default=384, help="the recipe's choice for these images")
+    parser.add_argument(
+        "--imgsz", type=int, default=None, help="training and prediction size (default: the recipe's choice)"
+    )
     parser.add_argument("--weights", default="yolo26n.yaml", help="from scratch, as labelloop offline")
     parser.add_argument("--device", default="")
     parser.add_argument(

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from labelloop.dataset import long_side_p90
+from labelloop.dataset import long_side_p90, object_sides, p10
 from labelloop.dataset.report import DatasetReport
 from labelloop.dataset.sources import Fetch, ImageRef, LocalImage
 from labelloop.dataset.splits import assign_splits
@@ -167,6 +167,7 @@ def plan_files(
     splits = assign_splits([item.task_id for item, _ in usable], val_fraction, min_val)
     wanted: dict[str, PlanEntry] = {}
     per_class: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
+    sides: list[float] = []
     for (task_id, url, annotation), image in usable:
         key = f"{annotation.get('id')}:{annotation.get('updated_at')}:{image.width}x{image.height}:{names_key}"
         prev = old_tasks.get(str(task_id))
@@ -200,6 +201,7 @@ def plan_files(
                 report.background_images += 1
             for line in label.splitlines():
                 per_class[split][names[int(line.split(" ", 1)[0])]] += 1
+            sides += object_sides(label, spec.task, image.width, image.height)
         report.images[split] += 1
         if image.downloaded:
             report.images_downloaded += 1
@@ -219,4 +221,5 @@ def plan_files(
         }
     report.instances_per_class = {s: dict(sorted(c.items())) for s, c in per_class.items()}
     report.long_side_p90 = long_side_p90([(e["width"], e["height"]) for e in wanted.values()])
+    report.object_side_p10 = p10(sides)
     return wanted

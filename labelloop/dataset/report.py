@@ -38,6 +38,9 @@ class DatasetReport:
             ``labelloop.labelstudio.export.sync_tasks``).
         fingerprint: a hash of the files written (same data -> same fingerprint).
         long_side_p90: 90th percentile of the used images' longer sides, pixels (for imgsz).
+        object_side_p10: 10th percentile of the labelled objects' shorter sides, as a fraction
+            of their image's longer side (``labelloop.dataset.object_sides``; for imgsz on a CPU);
+            None without objects, and for classify and video datasets.
     """
 
     task: str = "detect"
@@ -56,6 +59,7 @@ class DatasetReport:
     sync: SyncInfo = field(default_factory=SyncInfo)
     fingerprint: str = ""
     long_side_p90: int | None = None
+    object_side_p10: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (``report.json``)."""

@@ -85,7 +85,7 @@ def plan_training(
         weights, pretrained = base.weights, base.pretrained
     device = settings.device or ("0" if cuda_present() else "cpu")
     recipe = plan_recipe(
-        DataShape(report.images["train"], report.images["val"], report.long_side_p90),
+        DataShape(report.images["train"], report.images["val"], report.long_side_p90, report.object_side_p10),
         device=device,
         warm_start=base is None,
         pretrained=pretrained,

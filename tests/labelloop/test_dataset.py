@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,13 @@ def test_build_writes_yolo_dataset(tmp_path: Path) -> None:
     line = (tmp_path / "ds" / "labels" / report_split(tmp_path, 3) / "3.txt").read_text().splitlines()[0]
     cls, *box = line.split()
     assert cls in {"0", "1"} and all(0 <= float(v) <= 1 for v in box)
+    # the recipe's object size: the 10th percentile of the written boxes' shorter sides / image's longer side
+    sides = sorted(
+        min(float(w) * 96, float(h) * 64) / 96
+        for path in labels
+        for _, _, _, w, h in (ln.split() for ln in path.read_text().splitlines())
+    )
+    assert report.object_side_p10 == pytest.approx(sides[math.ceil(0.1 * len(sides)) - 1])
 
 
 def report_split(tmp_path: Path, task_id: int) -> str:

@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from labelloop.dataset import long_side_p90
+from labelloop.dataset import long_side_p90, object_sides, p10
 from labelloop.training.recipe import (
     BEST_CHECKPOINT_MIN_VAL,
+    CPU_IMGSZ,
+    MIN_OBJECT_PX,
     MIN_STEPS_PER_EPOCH,
     STEPS_FIRST,
     STEPS_WARM,
@@ -77,6 +79,46 @@ def test_step_budget_sets_epochs_and_warm_start_needs_less() -> None:
 def test_imgsz_from_the_images(sizes: list[tuple[int, int]], imgsz: int) -> None:
     """imgsz is the 90th percentile longer side rounded up to 32, never an upscale past it, in [64, 640]."""
     assert auto_imgsz(long_side_p90(sizes)) == imgsz
+
+
+@pytest.mark.parametrize(
+    ("long_side", "object_side", "device", "imgsz"),
+    [
+        (384, 0.05, "cpu", CPU_IMGSZ),  # bench.shapes' project: the smallest tenth keeps 12.8 px at 256
+        (384, 0.05, "0", 384),  # a GPU is not bound by the clock: the images' size
+        (384, None, "cpu", 384),  # object sizes unknown (classify, video): no cap
+        (640, 0.03, "cpu", 352),  # small objects: the size that keeps them at MIN_OBJECT_PX (334 -> 352)
+        (640, 0.01, "cpu", 640),  # tiny objects: never below what keeps them visible, never past the images
+        (192, 0.05, "cpu", 192),  # already small: unchanged
+    ],
+)
+def test_cpu_imgsz_is_capped_while_small_objects_stay_visible(
+    long_side: int, object_side: float | None, device: str, imgsz: int
+) -> None:
+    r = plan_recipe(DataShape(16, 4, long_side, object_side), device=device, warm_start=False, pretrained=False)
+    assert r.imgsz == imgsz
+    if object_side is not None and device == "cpu" and imgsz < long_side:
+        assert imgsz * object_side >= MIN_OBJECT_PX and "on cpu" in r.reasons["imgsz"]
+    set_ = plan_recipe(
+        DataShape(16, 4, long_side, object_side),
+        device=device,
+        warm_start=False,
+        pretrained=False,
+        overrides={"imgsz": 512},
+    )
+    assert (set_.imgsz, set_.reasons["imgsz"]) == (512, "set")
+
+
+def test_object_sides_read_each_task_types_label_lines() -> None:
+    """Shorter side over the image's longer side: boxes for detect and pose, polygon extents for segment and obb."""
+    assert object_sides("0 0.5 0.5 0.1 0.2\n1 0.5 0.5 0.5 0.05\n", "detect", 400, 200) == pytest.approx([0.1, 0.025])
+    assert object_sides("0 0.5 0.5 0.1 0.2 0.4 0.4 2 0 0 0\n", "pose", 400, 200) == pytest.approx([0.1])
+    assert object_sides("0 0.1 0.1 0.3 0.1 0.3 0.4 0.1 0.4\n", "obb", 100, 100) == pytest.approx([0.2])
+    assert object_sides("0 0.1 0.1 0.5 0.2 0.2 0.3\n", "segment", 100, 100) == pytest.approx([0.2])
+    assert object_sides("", "detect", 100, 100) == []
+    assert object_sides("0 0.5 0.5 0 0.2\n0 0.5\n", "detect", 100, 100) == []  # degenerate and malformed lines
+    assert p10([]) is None
+    assert p10([float(v) for v in range(20, 0, -1)]) == 2.0
 
 
 def test_freeze_only_for_pretrained_weights_on_few_images() -> None:

@@ -1,0 +1,155 @@
+"""The recipe's image size on a CPU: held-out mAP50 of one first training at each imgsz, several seeds.
+
+    .venv/bin/python -m bench.recipe [--imgsz 384,256] [--annotations 20] [--seeds 6] [--time-s 170]
+
+Per seed: ``bench.shapes``' generated project (80 images: 50 to annotate, 30 held out), ``--annotations``
+of the 50 taken in a seeded random order, a fifth of them as the validation split (as
+``LABELLOOP_VAL_FRACTION``), the rest trained on with labelloop's training child and recipe from
+``yolo26n.yaml`` (batch, nbs, epochs, mosaic, checkpoint as ``labelloop.training.recipe.plan_recipe``
+chooses them for that data on a CPU) at each ``--imgsz``, under the CPU wall-time budget; then
+Ultralytics' validation of the published weights on the 30 held-out images at the same imgsz. The
+first ``--imgsz`` is the peer every other is compared with (the default: 384, what the recipe chose
+for these images before its CPU cap, against 256, what it chooses now). Printed: per seed, the mean
+and min-max over seeds, the ratio of means, and in how many seeds each size is ahead of the peer.
+Trainings run one after the other: a time-capped training loses epochs to anything else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.mistakes import data_shape, write_yolo
+from bench.shapes import LABELS, ShapeImage, make_project
+from labelloop.training.process import run_training_process
+from labelloop.training.recipe import plan_recipe
+from labelloop.yolo_env import prepare_ultralytics
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL, HELD_OUT = 50, 30
+
+
+def write_dataset(root: Path, train: list[ShapeImage], val: list[ShapeImage]) -> Path:
+    """An Ultralytics detection dataset of ``train`` and ``val`` with their true boxes; its data.yaml."""
+    shutil.rmtree(root, ignore_errors=True)
+    write_yolo(root, "train", [(im, im.boxes) for im in train])
+    write_yolo(root, "val", [(im, im.boxes) for im in val])
+    data = root / "data.yaml"
+    data.write_text(
+        json.dumps({"path": str(root), "train": "images/train", "val": "images/val", "names": list(LABELS)})
+    )
+    return data
+
+
+def run_one(seed: int, imgsz: int, args: Any, work: Path) -> dict[str, Any]:
+    """Train at ``imgsz`` on seed ``seed``'s annotations; held-out mAP50 and the epochs that fit."""
+    project = make_project(seed, POOL + HELD_OUT)
+    chosen = random.Random(seed).sample(project[:POOL], args.annotations)
+    n_val = max(1, round(0.2 * args.annotations))
+    val, train = chosen[:n_val], chosen[n_val:]
+    root = work / f"seed{seed}-imgsz{imgsz}"
+    data = write_dataset(root / "ds", train, val)
+    held = write_dataset(root / "held", [], project[POOL:])
+    recipe = plan_recipe(
+        data_shape([(im, im.boxes) for im in train], len(val)),
+        device="cpu",
+        warm_start=False,
+        pretrained=False,
+        overrides={"train_time_s": args.time_s, "imgsz": imgsz},
+    )
+    spec = {
+        **recipe.train_args(),
+        "data": str(data),
+        "weights": args.weights,
+        "device": "cpu",
+        "workers": 0,
+        "seed": 0,
+        "config_dir": str(work / "yolo"),
+    }
+    t0 = time.monotonic()
+    result = run_training_process(spec, root / "run", timeout_s=args.time_s * 4 + 600)
+    seconds = time.monotonic() - t0
+    epochs = json.loads((root / "run" / "progress.json").read_text())["epoch"]
+    prepare_ultralytics(work / "yolo")
+    from ultralytics import YOLO
+
+    metrics = YOLO(result["best"]).val(
+        data=str(held), imgsz=imgsz, batch=8, device="cpu", plots=False, verbose=False, workers=0
+    )
+    row = {
+        "seed": seed,
+        "imgsz": imgsz,
+        "train_images": len(train),
+        "epochs": epochs,
+        "seconds": round(seconds, 1),
+        "held_out_map50": round(float(metrics.box.map50), 4),
+        "held_out_map50_95": round(float(metrics.box.map), 4),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def summarise(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """Per imgsz: mean, min, max of held-out mAP50; ratio to the first size; seeds ahead of it."""
+    by = {s: {r["seed"]: r["held_out_map50"] for r in rows if r["imgsz"] == s} for s in sizes}
+    peer = by[sizes[0]]
+    out: dict[str, Any] = {}
+    for s in sizes:
+        values = list(by[s].values())
+        mean = statistics.fmean(values)
+        out[str(s)] = {
+            "mean": round(mean, 4),
+            "min": min(values),
+            "max": max(values),
+            "x_peer": round(mean / statistics.fmean(peer.values()), 2) if statistics.fmean(peer.values()) else None,
+            "seeds_ahead_of_peer": sum(v > peer[seed] for seed, v in by[s].items()),
+            "seeds": len(values),
+        }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--imgsz", default="384,256", help="sizes to compare, the first one is the peer")
+    parser.add_argument("--annotations", type=int, default=20, help="annotated tasks, a fifth of them validation")
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=6, help="seeds --seed, --seed+1, ...")
+    parser.add_argument("--time-s", type=float, default=170.0, help="wall-time cap of each training (the CPU budget)")
+    parser.add_argument("--weights", default="yolo26n.yaml", help="from scratch, as labelloop offline")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-recipe")
+    parser.add_argument("--out", type=Path, default=None, help="write the rows and the summary as JSON here")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.imgsz.split(",")]
+    rows = [
+        run_one(seed, size, args, args.workdir.absolute())
+        for size in sizes
+        for seed in range(args.seed, args.seed + args.seeds)
+    ]
+    summary = summarise(rows, sizes)
+    for size, fig in summary.items():
+        print(
+            f"imgsz {size}: held-out mAP50 {fig['mean']:.3f} [{fig['min']:.3f}-{fig['max']:.3f}] over {fig['seeds']} "
+            f"seeds, {fig['x_peer']}x imgsz {sizes[0]}, ahead of it in {fig['seeds_ahead_of_peer']} of {fig['seeds']}"
+        )
+    if args.out:
+        args.out.write_text(
+            json.dumps(
+                {
+                    "config": vars(args) | {"workdir": str(args.workdir), "out": str(args.out)},
+                    "rows": rows,
+                    "summary": summary,
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
