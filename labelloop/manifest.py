@@ -242,6 +242,11 @@ class Manifest(_Record):
         old = self.names or {str(i): c for i, c in enumerate(self.classes)}
         return {int(k): v for k, v in old.items()}
 
+    def trained_imgsz(self) -> int | None:
+        """The imgsz the version trained at (``train_args``), which serving predicts at; None when unrecorded."""
+        imgsz = self.train_args.get("imgsz")
+        return imgsz if isinstance(imgsz, int) and imgsz > 0 else None
+
     def to_json(self) -> dict[str, Any]:
         """The manifest as the JSON object written to disk (unset registry fields left out)."""
         registry_fields = ("version", "project_id", "parent", "created_at", "status")
@@ -254,7 +259,8 @@ class TrainingJob:
     """What the training child process runs (``labelloop.training.child.train``; JSON in ``spec.json``).
 
     ``weights``: a version's weights, an Ultralytics asset or a model YAML; ``incumbent``: the
-    served version's weights, validated on the same split for the promotion gate;
+    served version's weights, validated on the same split for the promotion gate, at
+    ``incumbent_imgsz`` (the imgsz it trained and is served at; None: ``imgsz``);
     ``fallback_weights``: trained instead when ``weights`` cannot be downloaded; ``extra``: the
     recipe's other Ultralytics arguments; ``pseudo``: pseudo-label the unlabeled pool first
     (``labelloop.dataset.pseudo``); ``validate_only``: score these weights on the val split
@@ -272,6 +278,7 @@ class TrainingJob:
     workers: int = 0
     seed: int = 0
     incumbent: str | None = None
+    incumbent_imgsz: int | None = None
     fallback_weights: str | None = None
     predict_conf: float = 0.25  # the display threshold's prior (labelloop.training.threshold)
     extra: TrainArgs = field(default_factory=lambda: TrainArgs())

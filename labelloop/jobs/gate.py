@@ -5,7 +5,7 @@ promoted only over the version the training started from.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
@@ -135,7 +135,8 @@ def _validate_served(
     if served is None or not same_task(served.record, built.spec):
         return None, None
     with run_directory(settings.cache_dir, int(served.project_id), f"{run_id}-regate{attempt + 1}") as run_dir:
-        out = validate_in_child(plan.job, str(served.weights), run_dir, timeout_s=settings.train_time_limit_s)
+        as_served = replace(plan.job, imgsz=served.record.trained_imgsz() or plan.job.imgsz)
+        out = validate_in_child(as_served, str(served.weights), run_dir, timeout_s=settings.train_time_limit_s)
     return out.metrics, out.class_metrics
 
 

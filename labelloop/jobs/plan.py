@@ -109,6 +109,7 @@ def plan_training(
         workers=settings.dataloader_workers,
         seed=settings.seed,
         incumbent=str(parent.weights) if parent is not None and same else None,
+        incumbent_imgsz=served.trained_imgsz() if served is not None and same else None,
         fallback_weights=family_yaml(base.weights) if base and base.source == "download" else None,
         predict_conf=settings.predict_conf,
         extra=extra,

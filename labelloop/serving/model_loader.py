@@ -77,8 +77,7 @@ class ModelLoader:
             record = mv.record
             loaded.task = ("task" in mv.manifest and record.task) or loaded.model.task
             loaded.from_name = record.from_name
-            trained_at = record.train_args.get("imgsz")
-            loaded.imgsz = int(trained_at) if isinstance(trained_at, int) and trained_at > 0 else None
+            loaded.imgsz = record.trained_imgsz()
             loaded.show_conf = record.show_conf.value if record.show_conf is not None else None
             return loaded
         if self.base_model.endswith(".pt") and Path(self.base_model).exists():

@@ -151,11 +151,12 @@ def train(run: ChildRun) -> TrainingResult:
     epochs_run = int(trainer.epoch) + 1
     t1 = time.perf_counter()
     # Candidate and incumbent are scored by the same validation call on the same split, so the
-    # promotion gate compares like with like.
+    # promotion gate compares like with like; each at the imgsz it is served at.
     metrics, class_metrics = _evaluate_with_classes(str(best), job, device, run_dir / "val-candidate")
     incumbent = job.incumbent
+    as_served = replace(job, imgsz=job.incumbent_imgsz or job.imgsz)
     incumbent_metrics, incumbent_classes = (
-        _evaluate_with_classes(incumbent, job, device, run_dir / "val-incumbent") if incumbent else (None, None)
+        _evaluate_with_classes(incumbent, as_served, device, run_dir / "val-incumbent") if incumbent else (None, None)
     )
     show_conf = display_threshold(str(best), job, device)
     return TrainingResult(

@@ -61,6 +61,7 @@ def read_job(data: Mapping[str, Any]) -> TrainingJob:
         workers=int(data.get("workers") or 0),
         seed=int(data.get("seed") or 0),
         incumbent=None if data.get("incumbent") is None else str(data["incumbent"]),
+        incumbent_imgsz=None if not data.get("incumbent_imgsz") else int(data["incumbent_imgsz"]),
         fallback_weights=None if data.get("fallback_weights") is None else str(data["fallback_weights"]),
         predict_conf=float(data.get("predict_conf", 0.25)),
         extra=cast(TrainArgs, extra),  # the recipe's arguments as the job wrote them

@@ -68,3 +68,30 @@ def test_a_training_started_before_an_operator_rollback_is_gated_again_against_t
     ]
     assert registry.rollback_target(1) == "v1"
     assert not list((runs_dir(settings.cache_dir) / "1").iterdir())  # the re-gate's run directory is gone
+
+
+def test_the_served_version_is_gated_at_the_imgsz_it_is_served_at(
+    image_server: tuple[str, Path], redis_url: str, tmp_path: Path
+) -> None:
+    """The training's job scores the incumbent at the imgsz its manifest records (what /predict uses for it),
+    not the candidate's; a version that recorded none is scored at the candidate's; both survive spec.json."""
+    from labelloop.training.job import read_job
+
+    _, root = image_server
+    built = served_images_dataset(root, tmp_path / "ds")
+    settings = make_settings(tmp_path, redis_url=redis_url, imgsz=160, dataloader_workers=0, offline=True)
+    registry = Registry(settings.models_dir)
+    names = {str(k): v for k, v in built.names.items()}
+    common = {"from_name": built.spec.from_name, "names": names, "spec": asdict(built.spec)}
+    publish_version(registry, 1, train_args={"imgsz": 128}, **common)
+    parent = registry.current(1)
+    assert parent is not None and parent.record.trained_imgsz() == 128
+    plan = plan_training(settings, built, parent, True, {"base_model": "yolov8n.yaml"})
+    assert (plan.job.incumbent, plan.job.incumbent_imgsz, plan.job.imgsz) == (str(parent.weights), 128, 160)
+    assert read_job(plan.job.to_dict()).incumbent_imgsz == 128
+
+    publish_version(registry, 1, **common)  # an older manifest: no train_args
+    parent = registry.current(1)
+    assert parent is not None and parent.record.trained_imgsz() is None
+    plan = plan_training(settings, built, parent, True, {"base_model": "yolov8n.yaml"})
+    assert (plan.job.incumbent_imgsz, plan.job.imgsz) == (None, 160)
