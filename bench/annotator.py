@@ -20,9 +20,12 @@ annotations), so it keeps getting pre-annotated.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
+
+NEXT_TASK_TRIES = 5
 
 
 class Annotator:
@@ -39,10 +42,20 @@ class Annotator:
     def close(self) -> None:
         self.http.close()
 
-    def next_task(self, project_id: int) -> dict[str, Any] | None:
+    def next_task(self, project_id: int, backoff_s: float = 0.5) -> dict[str, Any] | None:
         """The task Label Studio serves this user next (``id``, ``data``, ``predictions``, ``queue``:
-        which of its queues picked it), now locked for the user; None when none is left."""
-        resp = self.http.get(f"/api/projects/{project_id}/next/")
+        which of its queues picked it), now locked for the user; None when none is left.
+
+        Label Studio on SQLite answers 500 ("database is locked") when a request's write meets
+        another's, e.g. its session middleware's while labelloop imports predictions: as the
+        editor's user opens the next task again, this asks again, ``NEXT_TASK_TRIES`` times in all,
+        waiting ``backoff_s`` doubled each time; then the 5xx is raised (``httpx.HTTPStatusError``).
+        """
+        for attempt in range(NEXT_TASK_TRIES):
+            resp = self.http.get(f"/api/projects/{project_id}/next/")
+            if resp.status_code < 500 or attempt == NEXT_TASK_TRIES - 1:
+                break
+            time.sleep(backoff_s * 2**attempt)
         if resp.status_code == 404:
             return None
         resp.raise_for_status()
