@@ -288,16 +288,18 @@ class TrainingJob:
     def to_dict(self) -> dict[str, object]:
         """The JSON object ``spec.json`` holds (``labelloop.training.job.read_job`` reads it back):
         ``extra``'s keys, then the fields by name (``pseudo`` as ``PseudoJob.to_dict()``),
-        ``validate_only`` only when set (the format written before it was a field)."""
+        ``incumbent_imgsz`` and ``validate_only`` only when set (the format written before they
+        were fields)."""
         body: dict[str, object] = {**self.extra}
         body.update((f.name, getattr(self, f.name)) for f in fields(self) if f.name not in _JOB_OWN)
         body["pseudo"] = self.pseudo.to_dict() if self.pseudo is not None else None
-        if self.validate_only is not None:
-            body["validate_only"] = self.validate_only
+        for name in ("incumbent_imgsz", "validate_only"):
+            if getattr(self, name) is not None:
+                body[name] = getattr(self, name)
         return body
 
 
-_JOB_OWN = ("extra", "pseudo", "validate_only")  # written by TrainingJob.to_dict itself
+_JOB_OWN = ("extra", "pseudo", "incumbent_imgsz", "validate_only")  # written by TrainingJob.to_dict itself
 
 
 class TrainingResult(_Record):

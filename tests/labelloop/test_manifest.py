@@ -57,6 +57,7 @@ def test_training_job_and_result_keep_the_training_process_json() -> None:
         "workers", "seed", "incumbent", "fallback_weights", "predict_conf", "pseudo",
     ]  # fmt: skip
     assert list(replace(job, validate_only="/v.pt").to_dict())[-1] == "validate_only"
+    assert replace(job, incumbent_imgsz=384).to_dict()["incumbent_imgsz"] == 384
     result = TrainingResult.from_dict(
         {"best": "/b.pt", "metrics": {"map50": 0.1}, "device": "cpu", "epochs_planned": 9}
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -56,13 +58,30 @@ def test_kubernetes_manifests_validate(tmp_path: Path) -> None:
     assert bad.returncode != 0
 
 
+def _free_port_base(processes: int) -> int:
+    """A base port whose ``base + 100 * i`` (honcho's port of process i) are all free now, below the
+    kernel's ephemeral range (``ip_local_port_range``, 32768-60999 by default) so that no client
+    connection or other test server takes one before its process binds it (Flower once failed: address in use)."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(10, 30) * 1000 + 100
+        ports = [base + 100 * i for i in range(processes)]
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port base for the Procfile's processes")
+
+
 @pytest.mark.slow
 def test_procfile_processes_start_and_answer(redis_url: str, tmp_path: Path) -> None:
     """`honcho start` runs every Procfile process: the receiver answers /health, Flower /healthcheck,
     the three workers answer Celery's ping, and a worker serves Prometheus metrics of its tasks."""
-    base = free_port() // 1000 * 1000 + 100  # honcho gives process i the port base + 100 * i
-    if base + 600 > 65000:
-        base = 20100
+    procfile = ROOT.joinpath("Procfile").read_text().splitlines()
+    base = _free_port_base(sum(1 for line in procfile if line.strip() and not line.lstrip().startswith("#")))
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
