@@ -113,18 +113,27 @@ def write_yolo(root: Path, split: str, images: list[tuple[ShapeImage, tuple[Box,
         (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
+def write_dataset(
+    root: Path, train_set: list[tuple[ShapeImage, tuple[Box, ...]]], val_set: list[tuple[ShapeImage, tuple[Box, ...]]]
+) -> Path:
+    """A fresh Ultralytics detection dataset in ``root`` (``write_yolo``'s splits); returns its data.yaml."""
+    shutil.rmtree(root, ignore_errors=True)
+    write_yolo(root, "train", train_set)
+    write_yolo(root, "val", val_set)
+    data = root / "data.yaml"
+    data.write_text(
+        json.dumps({"path": str(root), "train": "images/train", "val": "images/val", "names": list(LABELS)})
+    )
+    return data
+
+
 def train(
     work: Path, name: str, train_set: list[tuple[ShapeImage, tuple[Box, ...]]], val: list[ShapeImage], args: Any
 ) -> dict[str, Any]:
     """Train a version on ``train_set`` with labelloop's training child; validated on the clean ``val``."""
     root = work / name
     shutil.rmtree(root, ignore_errors=True)
-    write_yolo(root / "ds", "train", train_set)
-    write_yolo(root / "ds", "val", [(im, im.boxes) for im in val])
-    data = root / "ds" / "data.yaml"
-    data.write_text(
-        json.dumps({"path": str(root / "ds"), "train": "images/train", "val": "images/val", "names": list(LABELS)})
-    )
+    data = write_dataset(root / "ds", train_set, [(im, im.boxes) for im in val])
     # labelloop's own recipe for a first training from the model YAML (batch, nbs, epochs, mosaic, imgsz,
     # checkpoint), from the images and the boxes as annotated
     recipe = plan_recipe(

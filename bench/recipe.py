@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.mistakes import data_shape, write_yolo
-from bench.shapes import LABELS, ShapeImage, make_project
+from bench.mistakes import data_shape, write_dataset
+from bench.shapes import Box, ShapeImage, make_project
 from labelloop.training.process import run_training_process
 from labelloop.training.recipe import plan_recipe
 from labelloop.yolo_env import prepare_ultralytics
@@ -35,16 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 POOL, HELD_OUT = 50, 30
 
 
-def write_dataset(root: Path, train: list[ShapeImage], val: list[ShapeImage]) -> Path:
-    """An Ultralytics detection dataset of ``train`` and ``val`` with their true boxes; its data.yaml."""
-    shutil.rmtree(root, ignore_errors=True)
-    write_yolo(root, "train", [(im, im.boxes) for im in train])
-    write_yolo(root, "val", [(im, im.boxes) for im in val])
-    data = root / "data.yaml"
-    data.write_text(
-        json.dumps({"path": str(root), "train": "images/train", "val": "images/val", "names": list(LABELS)})
-    )
-    return data
+def truths(images: list[ShapeImage]) -> list[tuple[ShapeImage, tuple[Box, ...]]]:
+    """Each image with its true boxes, as ``bench.mistakes.write_dataset`` takes them."""
+    return [(im, im.boxes) for im in images]
 
 
 def run_one(seed: int, imgsz: int, args: Any, work: Path) -> dict[str, Any]:
@@ -54,10 +46,10 @@ def run_one(seed: int, imgsz: int, args: Any, work: Path) -> dict[str, Any]:
     n_val = max(1, round(0.2 * args.annotations))
     val, train = chosen[:n_val], chosen[n_val:]
     root = work / f"seed{seed}-imgsz{imgsz}"
-    data = write_dataset(root / "ds", train, val)
-    held = write_dataset(root / "held", [], project[POOL:])
+    data = write_dataset(root / "ds", truths(train), truths(val))
+    held = write_dataset(root / "held", [], truths(project[POOL:]))
     recipe = plan_recipe(
-        data_shape([(im, im.boxes) for im in train], len(val)),
+        data_shape(truths(train), len(val)),
         device="cpu",
         warm_start=False,
         pretrained=False,
@@ -99,6 +91,7 @@ def summarise(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
     """Per imgsz: mean, min, max of held-out mAP50; ratio to the first size; seeds ahead of it."""
     by = {s: {r["seed"]: r["held_out_map50"] for r in rows if r["imgsz"] == s} for s in sizes}
     peer = by[sizes[0]]
+    peer_mean = statistics.fmean(peer.values())
     out: dict[str, Any] = {}
     for s in sizes:
         values = list(by[s].values())
@@ -107,7 +100,7 @@ def summarise(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
             "mean": round(mean, 4),
             "min": min(values),
             "max": max(values),
-            "x_peer": round(mean / statistics.fmean(peer.values()), 2) if statistics.fmean(peer.values()) else None,
+            "x_peer": round(mean / peer_mean, 2) if peer_mean else None,
             "seeds_ahead_of_peer": sum(v > peer[seed] for seed, v in by[s].items()),
             "seeds": len(values),
         }

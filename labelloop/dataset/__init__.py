@@ -6,12 +6,18 @@ import math
 from collections.abc import Sequence
 
 
+def _nearest_rank(values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` by nearest rank (the ``ceil(q * n)``-th smallest); None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
 def long_side_p90(sizes: Sequence[tuple[int, int]]) -> int | None:
     """The 90th percentile (nearest rank) of ``max(width, height)`` over ``sizes``; None when empty."""
-    if not sizes:
-        return None
-    ordered = sorted(max(int(w), int(h)) for w, h in sizes)
-    return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    side = _nearest_rank([max(int(w), int(h)) for w, h in sizes], 0.9)
+    return None if side is None else int(side)
 
 
 def object_sides(label: str, task: str, width: int, height: int) -> list[float]:
@@ -46,7 +52,4 @@ def object_sides(label: str, task: str, width: int, height: int) -> list[float]:
 
 def p10(values: Sequence[float]) -> float | None:
     """The 10th percentile (nearest rank) of ``values``; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.1 * len(ordered)) - 1)]
+    return _nearest_rank(values, 0.1)
