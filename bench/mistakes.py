@@ -331,7 +331,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-mistakes")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
-    runs = [run_seed(s, args, args.workdir) for s in range(args.seed, args.seed + args.seeds)]
+    runs = [run_seed(s, args, args.workdir.absolute()) for s in range(args.seed, args.seed + args.seeds)]
     report(runs)
     if args.out:
         args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "runs": runs}, indent=1))

@@ -1,6 +1,6 @@
-"""The recipe's image size on a CPU: held-out mAP50 of one first training at each imgsz, several seeds.
+"""The recipe on a CPU: held-out mAP50 of one first training per image size and model, several seeds.
 
-    .venv/bin/python -m bench.recipe [--imgsz 384,256] [--annotations 20] [--seeds 6] [--time-s 170]
+    .venv/bin/python -m bench.recipe [--imgsz 384,256] [--weights yolo26n.yaml] [--annotations 20] [--seeds 6]
 
 Per seed: ``bench.shapes``' generated project (80 images: 50 to annotate, 30 held out), ``--annotations``
 of the 50 taken in a seeded random order, a fifth of them as the validation split (as
@@ -9,7 +9,9 @@ of the 50 taken in a seeded random order, a fifth of them as the validation spli
 chooses them for that data on a CPU) at each ``--imgsz``, under the CPU wall-time budget; then
 Ultralytics' validation of the published weights on the 30 held-out images at the same imgsz. The
 first ``--imgsz`` is the peer every other is compared with (the default: 384, what the recipe chose
-for these images before its CPU cap, against 256, what it chooses now). Printed: per seed, the mean
+for these images before its CPU cap, against 256, what it chooses now). Several ``--weights`` (model
+YAMLs, each from scratch: ``yolo26n.yaml,yolo11n.yaml,yolov8n.yaml``) are each trained at each size,
+the first model at the first size being the peer. Printed: per seed, the mean
 and min-max over seeds, the ratio of means, and in how many seeds each size is ahead of the peer.
 Trainings run one after the other: a time-capped training loses epochs to anything else running.
 """
@@ -39,13 +41,13 @@ def truths(images: list[ShapeImage]) -> list[tuple[ShapeImage, tuple[Box, ...]]]
     return [(im, im.boxes) for im in images]
 
 
-def run_one(seed: int, imgsz: int, args: Any, work: Path) -> dict[str, Any]:
-    """Train at ``imgsz`` on seed ``seed``'s annotations; held-out mAP50 and the epochs that fit."""
+def run_one(seed: int, imgsz: int, args: Any, work: Path, weights: str = "yolo26n.yaml") -> dict[str, Any]:
+    """Train ``weights`` at ``imgsz`` on seed ``seed``'s annotations; held-out mAP50 and the epochs that fit."""
     project = make_project(seed, POOL + HELD_OUT)
     chosen = random.Random(seed).sample(project[:POOL], args.annotations)
     n_val = max(1, round(0.2 * args.annotations))
     val, train = chosen[:n_val], chosen[n_val:]
-    root = work / f"seed{seed}-imgsz{imgsz}"
+    root = work / f"seed{seed}-{Path(weights).stem}-imgsz{imgsz}"
     data = write_dataset(root / "ds", truths(train), truths(val))
     held = write_dataset(root / "held", [], truths(project[POOL:]))
     recipe = plan_recipe(
@@ -58,7 +60,7 @@ def run_one(seed: int, imgsz: int, args: Any, work: Path) -> dict[str, Any]:
     spec = {
         **recipe.train_args(),
         "data": str(data),
-        "weights": args.weights,
+        "weights": weights,
         "device": "cpu",
         "workers": 0,
         "seed": 0,
@@ -76,6 +78,7 @@ def run_one(seed: int, imgsz: int, args: Any, work: Path) -> dict[str, Any]:
     )
     row = {
         "seed": seed,
+        "weights": weights,
         "imgsz": imgsz,
         "train_images": len(train),
         "epochs": epochs,
@@ -87,21 +90,30 @@ def run_one(seed: int, imgsz: int, args: Any, work: Path) -> dict[str, Any]:
     return row
 
 
-def summarise(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
-    """Per imgsz: mean, min, max of held-out mAP50; ratio to the first size; seeds ahead of it."""
-    by = {s: {r["seed"]: r["held_out_map50"] for r in rows if r["imgsz"] == s} for s in sizes}
-    peer = by[sizes[0]]
+def variant(row: dict[str, Any], several_weights: bool) -> str:
+    """A row's variant name: its imgsz (``"256"``), prefixed by the model when several are compared
+    (``"yolov8n.yaml@256"``)."""
+    return f"{row.get('weights', 'yolo26n.yaml')}@{row['imgsz']}" if several_weights else str(row["imgsz"])
+
+
+def summarise(rows: list[dict[str, Any]], several_weights: bool = False) -> dict[str, Any]:
+    """Per variant (in the rows' order, the first one the peer): mean, min, max of held-out mAP50;
+    ratio to the peer's mean; seeds ahead of the peer."""
+    by: dict[str, dict[int, float]] = {}
+    for r in rows:
+        by.setdefault(variant(r, several_weights), {})[r["seed"]] = r["held_out_map50"]
+    peer = next(iter(by.values()))
     peer_mean = statistics.fmean(peer.values())
     out: dict[str, Any] = {}
-    for s in sizes:
-        values = list(by[s].values())
+    for name, per_seed in by.items():
+        values = list(per_seed.values())
         mean = statistics.fmean(values)
-        out[str(s)] = {
+        out[name] = {
             "mean": round(mean, 4),
             "min": min(values),
             "max": max(values),
             "x_peer": round(mean / peer_mean, 2) if peer_mean else None,
-            "seeds_ahead_of_peer": sum(v > peer[seed] for seed, v in by[s].items()),
+            "seeds_ahead_of_peer": sum(v > peer[seed] for seed, v in per_seed.items()),
             "seeds": len(values),
         }
     return out
@@ -114,21 +126,29 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="the first seed")
     parser.add_argument("--seeds", type=int, default=6, help="seeds --seed, --seed+1, ...")
     parser.add_argument("--time-s", type=float, default=170.0, help="wall-time cap of each training (the CPU budget)")
-    parser.add_argument("--weights", default="yolo26n.yaml", help="from scratch, as labelloop offline")
+    parser.add_argument(
+        "--weights",
+        default="yolo26n.yaml",
+        help="model YAMLs, from scratch as labelloop offline (yolo26n.yaml,yolov8n.yaml): each at each --imgsz",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-recipe")
     parser.add_argument("--out", type=Path, default=None, help="write the rows and the summary as JSON here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.imgsz.split(",")]
+    models = args.weights.split(",")
     rows = [
-        run_one(seed, size, args, args.workdir.absolute())
+        run_one(seed, size, args, args.workdir.absolute(), weights)
+        for weights in models
         for size in sizes
         for seed in range(args.seed, args.seed + args.seeds)
     ]
-    summary = summarise(rows, sizes)
-    for size, fig in summary.items():
+    summary = summarise(rows, several_weights=len(models) > 1)
+    peer = next(iter(summary))
+    for name, fig in summary.items():
         print(
-            f"imgsz {size}: held-out mAP50 {fig['mean']:.3f} [{fig['min']:.3f}-{fig['max']:.3f}] over {fig['seeds']} "
-            f"seeds, {fig['x_peer']}x imgsz {sizes[0]}, ahead of it in {fig['seeds_ahead_of_peer']} of {fig['seeds']}"
+            f"{name if len(models) > 1 else 'imgsz ' + name}: held-out mAP50 {fig['mean']:.3f} "
+            f"[{fig['min']:.3f}-{fig['max']:.3f}] over {fig['seeds']} seeds, {fig['x_peer']}x {peer}, "
+            f"ahead of it in {fig['seeds_ahead_of_peer']} of {fig['seeds']}"
         )
     if args.out:
         args.out.write_text(

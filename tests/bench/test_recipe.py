@@ -1,0 +1,52 @@
+"""bench.recipe's summary: each variant against the first one, per size or per model and size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.recipe import summarise
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "recipe-imgsz-cpu.json"
+
+
+def _row(seed: int, imgsz: int, map50: float, weights: str | None = None) -> dict:
+    row = {"seed": seed, "imgsz": imgsz, "held_out_map50": map50}
+    return row if weights is None else row | {"weights": weights}
+
+
+def test_one_model_keys_by_imgsz_and_compares_with_the_first_size() -> None:
+    rows = [_row(0, 384, 0.2), _row(1, 384, 0.1), _row(0, 256, 0.3), _row(1, 256, 0.05)]
+    got = summarise(rows)
+    assert list(got) == ["384", "256"]
+    assert got["256"]["mean"] == pytest.approx(0.175)
+    assert got["256"]["x_peer"] == pytest.approx(round(0.175 / 0.15, 2))
+    assert got["256"]["seeds_ahead_of_peer"] == 1
+    assert got["384"]["x_peer"] == 1.0 and got["384"]["seeds_ahead_of_peer"] == 0
+
+
+def test_several_models_key_by_model_and_size_the_first_being_the_peer() -> None:
+    rows = [
+        _row(0, 256, 0.2, "yolo26n.yaml"),
+        _row(1, 256, 0.4, "yolo26n.yaml"),
+        _row(0, 256, 0.5, "yolov8n.yaml"),
+        _row(1, 256, 0.3, "yolov8n.yaml"),
+    ]
+    got = summarise(rows, several_weights=True)
+    assert list(got) == ["yolo26n.yaml@256", "yolov8n.yaml@256"]
+    assert got["yolov8n.yaml@256"] == {
+        "mean": pytest.approx(0.4),
+        "min": 0.3,
+        "max": 0.5,
+        "x_peer": pytest.approx(1.33),
+        "seeds_ahead_of_peer": 1,
+        "seeds": 2,
+    }
+
+
+def test_the_committed_summary_is_what_its_rows_give() -> None:
+    """README quotes bench/results/recipe-imgsz-cpu.json's summary: it must follow from its rows."""
+    committed = json.loads(RESULTS.read_text())
+    assert summarise(committed["rows"]) == committed["summary"]
