@@ -3,12 +3,20 @@
 A run is ``runs[order][seed] -> [Round, ...]`` (rounds in increasing annotations). Figures over
 seeds are the mean and the range (min-max) of the per-seed values (``bench.curves.spread``);
 thresholds and areas use ``bench.curves`` (linear between rounds, trapezoid rule).
+
+Two runs of the same seeds and rounds, one order each (a run of both orders takes an hour here),
+read together as one:
+
+    .venv/bin/python -m bench.learning_report RANDOM.json LABELLOOP.json [--out combined.json]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
-from dataclasses import dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +536,68 @@ def plot(runs: Runs, path: Path, peers_rounds: list[Round] | None = None) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading runs back
+
+
+def load(path: Path) -> tuple[dict[str, Any], Runs]:
+    """A ``bench.learning`` JSON (``--out``'s learning.json) as its config and its runs."""
+    body = json.loads(Path(path).read_text())
+    runs: Runs = {}
+    for seed, orders in body["seeds"].items():
+        for order, rounds in orders.items():
+            if rounds:
+                runs.setdefault(order, {})[int(seed)] = [Round(**r) for r in rounds]
+    return body["config"], runs
+
+
+def combine(paths: list[Path]) -> tuple[dict[str, Any], Runs]:
+    """Several runs as one: each order from one run only; all of the same seeds, rounds, pool and
+    held-out tasks (the same generated projects), else ``ValueError`` naming what differs."""
+    config: dict[str, Any] = {}
+    runs: Runs = {}
+    for path in paths:
+        cfg, more = load(path)
+        if config:
+            for key in ("seeds", "rounds", "pool", "held_out"):
+                if cfg[key] != config[key]:
+                    raise ValueError(f"{path}: {key} {cfg[key]} differs from {paths[0]}'s {config[key]}")
+        else:
+            config = dict(cfg)
+        for order, seeds in more.items():
+            if order in runs:
+                raise ValueError(f"{path}: the {order} order is already in an earlier run")
+            runs[order] = seeds
+    config["orders"] = list(runs)
+    config["combined_from"] = [str(p) for p in paths]
+    return config, runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="bench.learning runs of the same seeds read together")
+    parser.add_argument("runs", nargs="+", type=Path, help="learning.json files, one order each")
+    parser.add_argument("--out", type=Path, default=None, help="write the combined figures as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        config, runs = combine(args.runs)
+    except (ValueError, KeyError) as exc:
+        print(f"cannot combine: {exc}", file=sys.stderr)
+        return 2
+    print_orders(runs)
+    print_targets(targets(runs))
+    if args.out:
+        seeds = config["seeds"]
+        body = {
+            "config": config,
+            "seeds": {str(s): {o: [asdict(r) for r in runs[o].get(s, [])] for o in runs} for s in seeds},
+            "aggregate": aggregate(runs),
+            "targets": targets(runs),
+        }
+        args.out.write_text(json.dumps(body, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
