@@ -101,7 +101,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ from bench.learning_peers import CONF, run_peers
 from bench.learning_report import (
     Round,
     Runs,
-    aggregate,
+    body,
     fmt,
     peer_targets,
     plot,
@@ -687,11 +687,8 @@ def main() -> int:
         return runs[orders[0]].get(seeds[0], [])
 
     def save() -> None:
-        body = {
-            "config": config,
-            "seeds": {str(s): {o: [asdict(r) for r in runs[o].get(s, [])] for o in orders} for s in seeds},
-            "aggregate": aggregate(runs),
-            "targets": targets(runs),
+        written = {
+            **body(config, runs),
             "learning_curve": {
                 "seed": seeds[0],
                 "order": orders[0],
@@ -706,7 +703,7 @@ def main() -> int:
                 ],
             },
         }
-        json_path.write_text(json.dumps(body, indent=1, default=str))
+        json_path.write_text(json.dumps(written, indent=1, default=str))
 
     stack = None
     ok = False

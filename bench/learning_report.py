@@ -542,6 +542,17 @@ def plot(runs: Runs, path: Path, peers_rounds: list[Round] | None = None) -> Non
 # Reading runs back
 
 
+def body(config: dict[str, Any], runs: Runs) -> dict[str, Any]:
+    """What a run's JSON holds: its config, its rounds per seed and order, their figures (``load``
+    reads it back)."""
+    return {
+        "config": config,
+        "seeds": {str(s): {o: [asdict(r) for r in runs[o].get(s, [])] for o in runs} for s in config["seeds"]},
+        "aggregate": aggregate(runs),
+        "targets": targets(runs),
+    }
+
+
 def load(path: Path) -> tuple[dict[str, Any], Runs]:
     """A ``bench.learning`` JSON (``--out``'s learning.json) as its config and its runs."""
     body = json.loads(Path(path).read_text())
@@ -588,14 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     print_orders(runs)
     print_targets(targets(runs))
     if args.out:
-        seeds = config["seeds"]
-        body = {
-            "config": config,
-            "seeds": {str(s): {o: [asdict(r) for r in runs[o].get(s, [])] for o in runs} for s in seeds},
-            "aggregate": aggregate(runs),
-            "targets": targets(runs),
-        }
-        args.out.write_text(json.dumps(body, indent=1, default=str))
+        args.out.write_text(json.dumps(body(config, runs), indent=1, default=str))
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.learning_report import aggregate, combine, load, main, targets
+from bench.learning_report import aggregate, body, combine, load, main, targets
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 BOTH = RESULTS / "learning-order-cpu.json"  # random and labelloop, seeds 0-2, rounds 10/20/40
@@ -56,3 +56,10 @@ def test_the_command_writes_the_combined_figures(tmp_path: Path) -> None:
     written = json.loads(out.read_text())
     assert written["config"]["orders"] == ["random", "labelloop"]
     assert written["targets"] == json.loads(BOTH.read_text())["targets"]
+
+
+def test_what_a_run_writes_is_what_it_reads_back() -> None:
+    """``body`` (what bench.learning writes, less its learning curve) of a run read back is the file."""
+    committed = json.loads(BOTH.read_text())
+    written = json.loads(json.dumps(body(*load(BOTH)), default=str))
+    assert written == {k: v for k, v in committed.items() if k != "learning_curve"}
