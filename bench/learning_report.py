@@ -555,13 +555,13 @@ def body(config: dict[str, Any], runs: Runs) -> dict[str, Any]:
 
 def load(path: Path) -> tuple[dict[str, Any], Runs]:
     """A ``bench.learning`` JSON (``--out``'s learning.json) as its config and its runs."""
-    body = json.loads(Path(path).read_text())
+    written = json.loads(Path(path).read_text())
     runs: Runs = {}
-    for seed, orders in body["seeds"].items():
+    for seed, orders in written["seeds"].items():
         for order, rounds in orders.items():
             if rounds:
                 runs.setdefault(order, {})[int(seed)] = [Round(**r) for r in rounds]
-    return body["config"], runs
+    return written["config"], runs
 
 
 def combine(paths: list[Path]) -> tuple[dict[str, Any], Runs]:

@@ -113,6 +113,11 @@ def write_yolo(root: Path, split: str, images: list[tuple[ShapeImage, tuple[Box,
         (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
+def truths(images: list[ShapeImage]) -> list[tuple[ShapeImage, tuple[Box, ...]]]:
+    """Each image with its true boxes, as ``write_yolo`` and ``write_dataset`` take them."""
+    return [(im, im.boxes) for im in images]
+
+
 def write_dataset(
     root: Path, train_set: list[tuple[ShapeImage, tuple[Box, ...]]], val_set: list[tuple[ShapeImage, tuple[Box, ...]]]
 ) -> Path:
@@ -133,7 +138,7 @@ def train(
     """Train a version on ``train_set`` with labelloop's training child; validated on the clean ``val``."""
     root = work / name
     shutil.rmtree(root, ignore_errors=True)
-    data = write_dataset(root / "ds", train_set, [(im, im.boxes) for im in val])
+    data = write_dataset(root / "ds", train_set, truths(val))
     # labelloop's own recipe for a first training from the model YAML (batch, nbs, epochs, mosaic, imgsz,
     # checkpoint), from the images and the boxes as annotated
     recipe = plan_recipe(

@@ -26,19 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.mistakes import data_shape, write_dataset
-from bench.shapes import Box, ShapeImage, make_project
+from bench.mistakes import data_shape, truths, write_dataset
+from bench.shapes import make_project
 from labelloop.training.process import run_training_process
 from labelloop.training.recipe import plan_recipe
 from labelloop.yolo_env import prepare_ultralytics
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL, HELD_OUT = 50, 30
-
-
-def truths(images: list[ShapeImage]) -> list[tuple[ShapeImage, tuple[Box, ...]]]:
-    """Each image with its true boxes, as ``bench.mistakes.write_dataset`` takes them."""
-    return [(im, im.boxes) for im in images]
 
 
 def run_one(seed: int, imgsz: int, args: Any, work: Path, weights: str = "yolo26n.yaml") -> dict[str, Any]:
