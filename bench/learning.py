@@ -121,7 +121,7 @@ from bench.learning_report import (
 )
 from bench.shapes import LABEL_CONFIG, ShapeImage, make_project, summary
 from labelloop.dev.stack import wait_until
-from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION
+from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION, UNCERTAINTY
 from labelloop.training.scoring import IOU, Det, edits, regions_to_dets, score
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -437,6 +437,12 @@ class Bench:
         p = self.annotator.project(project_id)
         return {k: p.get(k) for k in ("sampling", "model_version", "skip_queue", "show_collab_predictions")}
 
+    def stream_ready(self, project_id: int) -> bool:
+        """Whether next/ serves labelloop's first picks: the project's model version is theirs and its
+        sampling is uncertainty sampling."""
+        state = self.project_state(project_id)
+        return state["model_version"] == FIRST_PICKS_VERSION and state["sampling"] == UNCERTAINTY
+
     def take_random(
         self, data: SeedData, k: int, done: set[str], rnd: Round, task_of: dict[str, int]
     ) -> list[ShapeImage]:
@@ -494,12 +500,12 @@ class Bench:
             f"({api.backend_version(ml_id)}); sampling {state['sampling']!r}, model_version {state['model_version']!r}"
         )
         # An annotator opens the project after connecting it: labelloop's first picks (a job it queues
-        # at /setup) are in the label stream once the project's model version is theirs.
+        # at /setup) are in the label stream once the project's model version is theirs and its
+        # sampling is uncertainty sampling (labelloop sets the two one after the other: between them
+        # next/ serves in task id order).
         t0 = time.monotonic()
         try:
-            wait_until(
-                lambda: self.project_state(project_id)["model_version"] == FIRST_PICKS_VERSION, 300, "first picks", 1.0
-            )
+            wait_until(lambda: self.stream_ready(project_id), 300, "first picks", 1.0)
             ready = True
         except TimeoutError:
             ready = False
@@ -658,6 +664,8 @@ def main() -> int:
 
     seeds = list(range(args.seed, args.seed + args.seeds))
     orders = ["random", "labelloop"] if args.order == "both" else [args.order]
+    if len(orders) > 1 and rounds_n[-1] == args.pool:
+        say(f"note: round {rounds_n[-1]} annotates the whole pool: both orders train on the same tasks there")
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir.absolute()))
