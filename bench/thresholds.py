@@ -121,39 +121,38 @@ def measure(run: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     from ultralytics import YOLO
 
     rows = []
-    scratch = Path(tempfile.mkdtemp(prefix="bench-thresholds-"))
     held: dict[int, tuple[list[str], list[Det]]] = {}
-    for pid, (seed, order) in sorted(projects(run).items()):
-        if seed not in held:
-            data = SeedData.make(seed, config["pool"], config["held_out"], scratch)
-            paths, truths = [], []
-            for i, im in enumerate(data.held):
-                upright = data.files / f"{Path(im.name).stem}-upright.jpg"
-                paths.append(str(upright if upright.exists() else data.files / im.name))
-                truths.extend(truth_dets(i, im))
-            held[seed] = (paths, truths)
-        paths, truths = held[seed]
-        versions = sorted((run / "models" / str(pid) / "versions").glob("v*"), key=lambda p: int(p.name[1:]))
-        for folder in versions:
-            manifest = json.loads((folder / "manifest.json").read_text())
-            names = manifest.get("names") or {str(i): c for i, c in enumerate(manifest.get("classes") or [])}
-            model = YOLO(str(folder / "weights.pt"))
-            imgsz = (manifest.get("train_args") or {}).get("imgsz") or 640
-            preds = []
-            for i, path in enumerate(paths):
-                result = model.predict(path, imgsz=imgsz, conf=SWEEP_CONF, verbose=False)[0]
-                preds += [Det(d.image, names[d.label], d.score, d.box) for d in result_dets(result, i)]
-            size = manifest.get("dataset_size") or {}
-            row = {
-                "seed": seed,
-                "order": order,
-                "version": folder.name,
-                "annotations": int(size.get("train", 0)) + int(size.get("val", 0)),
-                "status": manifest.get("status"),
-            }
-            row |= version_row(preds, truths, len(paths), manifest.get("show_conf") or {})
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    with tempfile.TemporaryDirectory(prefix="bench-thresholds-") as scratch:
+        for pid, (seed, order) in sorted(projects(run).items()):
+            if seed not in held:
+                data = SeedData.make(seed, config["pool"], config["held_out"], Path(scratch))
+                paths, truths = [], []
+                for i, im in enumerate(data.held):
+                    upright = data.files / f"{Path(im.name).stem}-upright.jpg"
+                    paths.append(str(upright if upright.exists() else data.files / im.name))
+                    truths.extend(truth_dets(i, im))
+                held[seed] = (paths, truths)
+            paths, truths = held[seed]
+            for folder in sorted((run / "models" / str(pid) / "versions").glob("v*"), key=lambda p: int(p.name[1:])):
+                manifest = json.loads((folder / "manifest.json").read_text())
+                names = manifest.get("names") or {str(i): c for i, c in enumerate(manifest.get("classes") or [])}
+                model = YOLO(str(folder / "weights.pt"))
+                imgsz = (manifest.get("train_args") or {}).get("imgsz") or 640
+                preds = []
+                for i, path in enumerate(paths):
+                    result = model.predict(path, imgsz=imgsz, conf=SWEEP_CONF, verbose=False)[0]
+                    preds += [Det(d.image, names[d.label], d.score, d.box) for d in result_dets(result, i)]
+                size = manifest.get("dataset_size") or {}
+                row = {
+                    "seed": seed,
+                    "order": order,
+                    "version": folder.name,
+                    "annotations": int(size.get("train", 0)) + int(size.get("val", 0)),
+                    "status": manifest.get("status"),
+                }
+                row |= version_row(preds, truths, len(paths), manifest.get("show_conf") or {})
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     return rows
 
 
