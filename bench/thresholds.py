@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from labelloop.training.scoring import Det, edits, score
-from labelloop.training.threshold import SWEEP_CONF, optimum, shown
+from labelloop.training.threshold import SWEEP_CONF, optimum, shown, shrink
 
-RULES = ("own", "raw", "0.25", "0.5", "best")
+RULES = ("own", "prior 0.5", "raw", "0.25", "0.5", "best")
+FRESH_SEED = 1000  # --fresh images come from seed + FRESH_SEED
 TITLE = re.compile(r"bench\.learning seed (\d+), (\w+) order")
 
 
@@ -51,13 +52,22 @@ def version_row(preds: Sequence[Det], truths: Sequence[Det], images: int, show_c
         preds: the version's predictions on the held-out images at ``SWEEP_CONF``, labels as names.
         truths: the held-out objects, same image keys and labels.
         images: held-out images (those without objects included).
-        show_conf: the version's manifest ``show_conf`` (``value``, ``raw``; missing: that rule is None).
+        show_conf: the version's manifest ``show_conf`` (``value``, ``raw``, ``objects``; missing: the
+            rules that need them are None).
 
     Returns:
         ``{"boxes", "map50", "thresholds": {rule: t}, "edits": {rule: edits per image}}``.
     """
     best, _ = optimum(preds, truths)
-    thresholds = {"own": show_conf.get("value"), "raw": show_conf.get("raw"), "0.25": 0.25, "0.5": 0.5, "best": best}
+    raw = show_conf.get("raw")
+    thresholds = {
+        "own": show_conf.get("value"),
+        "prior 0.5": None if raw is None else shrink(raw, 0.5, int(show_conf.get("objects") or 0)),
+        "raw": raw,
+        "0.25": 0.25,
+        "0.5": 0.5,
+        "best": best,
+    }
     per_image = {
         rule: None if t is None else round(edits(shown(preds, t), truths)["edits"] / images, 4)
         for rule, t in thresholds.items()
@@ -109,8 +119,9 @@ def projects(run: Path) -> dict[int, tuple[int, str]]:
         db.close()
 
 
-def measure(run: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per version of every project of the run (predicts with Ultralytics)."""
+def measure(run: Path, config: dict[str, Any], fresh: int = 0) -> list[dict[str, Any]]:
+    """One row per version of every project of the run (predicts with Ultralytics); with ``fresh``,
+    scored on that many images generated from seed + ``FRESH_SEED`` instead of the held-out tasks."""
     import tempfile
 
     from bench.learning import SeedData, truth_dets
@@ -125,7 +136,11 @@ def measure(run: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-thresholds-") as scratch:
         for pid, (seed, order) in sorted(projects(run).items()):
             if seed not in held:
-                data = SeedData.make(seed, config["pool"], config["held_out"], Path(scratch))
+                data = (
+                    SeedData.make(seed + FRESH_SEED, 0, fresh, Path(scratch))
+                    if fresh
+                    else SeedData.make(seed, config["pool"], config["held_out"], Path(scratch))
+                )
                 paths, truths = [], []
                 for i, im in enumerate(data.held):
                     upright = data.files / f"{Path(im.name).stem}-upright.jpg"
@@ -161,9 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a bench.learning run folder kept with --keep (run-*)")
     parser.add_argument("learning_json", type=Path, help="that run's learning.json (its config: pool, held_out)")
     parser.add_argument("--out", type=Path, help="write {rows, summary} here as JSON")
+    parser.add_argument(
+        "--fresh",
+        type=int,
+        default=0,
+        help=f"score on this many new images (seed + {FRESH_SEED}): no version trained on them or chose by them",
+    )
     args = parser.parse_args(argv)
     config = json.loads(args.learning_json.read_text())["config"]
-    rows = measure(args.run, config)
+    rows = measure(args.run, config, args.fresh)
     table = summarise(rows)
     print("\nedits per held-out image (% of the boxes per image), mean over versions:")
     print(f"{'annots':>6} {'order':>9} {'n':>2} {'mAP50 all':>9} " + " ".join(f"{r:>12}" for r in RULES))
@@ -174,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             + " ".join(f"{c:>12}" for c in cells)
         )
     if args.out:
-        args.out.write_text(json.dumps({"config": config, "rows": rows, "summary": table}, indent=1) + "\n")
+        out = {"config": config | {"fresh_images": args.fresh}, "rows": rows, "summary": table}
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

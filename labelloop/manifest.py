@@ -280,7 +280,7 @@ class TrainingJob:
     incumbent: str | None = None
     incumbent_imgsz: int | None = None
     fallback_weights: str | None = None
-    predict_conf: float = 0.25  # the display threshold's prior (labelloop.training.threshold)
+    show_prior: float = 0.5  # the display threshold's prior (labelloop.training.threshold.PRIOR)
     extra: TrainArgs = field(default_factory=lambda: TrainArgs())
     pseudo: PseudoJob | None = None
     validate_only: str | None = None

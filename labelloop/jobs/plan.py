@@ -27,6 +27,7 @@ from labelloop.settings import Settings
 from labelloop.task_types.labels import TrainSpec
 from labelloop.training.child import cuda_present
 from labelloop.training.recipe import OVERRIDABLE, DataShape, plan_recipe
+from labelloop.training.threshold import PRIOR
 
 
 def same_task(manifest: Manifest, spec: TrainSpec) -> bool:
@@ -111,7 +112,7 @@ def plan_training(
         incumbent=str(parent.weights) if parent is not None and same else None,
         incumbent_imgsz=served.trained_imgsz() if served is not None and same else None,
         fallback_weights=family_yaml(base.weights) if base and base.source == "download" else None,
-        predict_conf=settings.predict_conf,
+        show_prior=PRIOR,
         extra=extra,
     )
     return TrainingPlan(

@@ -65,8 +65,8 @@ class ServingFields(BaseModel):
         0.25,
         ge=0.0,
         le=1.0,
-        description="Confidence threshold of a prediction's candidate boxes (what its score is computed over) and "
-        "the prior of each version's display threshold (see LABELLOOP_SHOW_CONF).",
+        description="Confidence threshold of a prediction's candidate boxes (what its score is computed over), "
+        "and what versions without a display threshold of their own show (see LABELLOOP_SHOW_CONF).",
     )
     video_tracker: str = Field(
         "bytetrack.yaml",

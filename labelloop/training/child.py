@@ -10,7 +10,7 @@ no result, and nothing is published.
 The spec is ``labelloop.manifest.TrainingJob.to_dict()`` plus ``run_dir``, read back typed by
 ``labelloop.training.job.ChildRun``: ``data`` (data.yaml), ``weights`` (.pt path or model YAML),
 ``epochs``, ``imgsz``, ``batch``, ``device``, ``workers``, ``seed``, ``config_dir``; optional:
-``predict_conf`` (the display threshold's prior, ``labelloop.training.threshold``; 0.25) and, in the
+``show_prior`` (the display threshold's prior, ``labelloop.training.threshold.PRIOR``; 0.5) and, in the
 job's ``extra``, from ``labelloop.training.recipe.Recipe``: ``nbs``, ``time_s``, ``mosaic``,
 ``close_mosaic``, ``freeze``, ``val`` and ``checkpoint`` (absent: Ultralytics' defaults, best.pt);
 ``pseudo`` (``labelloop.dataset.pseudo``: the served version pseudo-labels unlabeled images into the
@@ -180,13 +180,13 @@ def train(run: ChildRun) -> TrainingResult:
 
 def display_threshold(weights: str, job: TrainingJob, device: str) -> ShowConf:
     """The candidate's display threshold on the val split (``labelloop.training.threshold.measure``, prior
-    ``job.predict_conf``), as the manifest's ``show_conf``; a failure is recorded in its
+    ``job.show_prior``), as the manifest's ``show_conf``; a failure is recorded in its
     ``note`` (the version then shows what ``predict_conf`` lets through), never fails the run."""
     from labelloop.training.threshold import measure
 
     task = job.task or "detect"
     try:
-        record = measure(weights, task, Path(job.data), job.imgsz, job.batch, device, job.predict_conf)
+        record = measure(weights, task, Path(job.data), job.imgsz, job.batch, device, job.show_prior)
     except Exception as exc:  # a convenience on top of a finished training: keep the version
         print(f"labelloop: display threshold not measured: {exc!r}", flush=True)
         record = ShowConf(note=f"not measured: {type(exc).__name__}: {str(exc)[:200]}")

@@ -14,11 +14,16 @@ a prior, weighted by the number of validation objects ``n`` (``shrink``)::
 
     t = (n * t_val + k * prior) / (n + k)
 
-``prior`` is ``predict_conf``, what every version showed before (and Ultralytics' own default
-predict conf); ``k = PRIOR_OBJECTS`` (20): the split and the prior weigh equally at 20 objects,
+``prior`` is ``PRIOR`` (0.5), measured: on the learning benchmark's project from scratch on a CPU
+(``bench/thresholds.py``, the 24 versions of a 3-seed run of both orders to 80 annotations), the
+threshold with the fewest edits on held-out images was 0.38 to 1.0 for every version (median about
+0.6), and on 60 new images per seed that no version saw and no rule was read off, shrinking toward
+0.5 cost 78% of the boxes in edits against 84% toward 0.25 (``predict_conf``, Ultralytics' default
+predict conf, the prior before), fewer in 20 of the 24 versions, more in 2 (pretrained weights on a
+GPU: not measured). ``k = PRIOR_OBJECTS`` (20): the split and the prior weigh equally at 20 objects,
 where one object is 5% of the edits and still moves the optimum; at 8 objects (a first version)
-the prior keeps 71%, at 100 objects the split decides 83%. A judgement, not a measurement: it
-should be small enough that a project with a few hundred annotations is ruled by its own split.
+the prior keeps 71%, at 100 objects the split decides 83%. ``k`` is a judgement, not a measurement:
+it should be small enough that a project with a few hundred annotations is ruled by its own split.
 
 Matching is ``labelloop.training.scoring``'s (greedy, IoU 0.5 per label) on axis-aligned pixel boxes:
 detect's boxes; segment's and pose's boxes (the box around a mask; pose's rectangle); obb's box
@@ -38,6 +43,7 @@ from typing import Any
 from labelloop.manifest import ShowConf
 from labelloop.training.scoring import Det, edits, match
 
+PRIOR = 0.5  # the threshold a small split's optimum is shrunk toward (module docstring)
 PRIOR_OBJECTS = 20  # k: validation objects at which the split's optimum and the prior weigh equally
 SWEEP_CONF = 0.01  # the lowest score considered (Ultralytics' predict conf for the sweep)
 NOTHING = 1.0  # the threshold that shows nothing (a region scoring exactly 1.0 aside)
@@ -107,7 +113,7 @@ def choose(
             the image's index, ``label`` its class, ``box`` pixels xyxy).
         truths: the validation objects, same keys.
         images: validation images (those without objects included), for edits per image.
-        prior: the threshold shrunk toward (``predict_conf``).
+        prior: the threshold shrunk toward (``PRIOR``).
         prior_objects: ``k`` (see the module docstring).
         sweep_conf: the conf ``preds`` were predicted at (recorded only).
 

@@ -18,10 +18,12 @@ PREDS = [
 
 
 def test_each_rule_counts_missed_plus_wrong_and_the_bound_is_the_fewest() -> None:
-    row = version_row(PREDS, TRUTHS, 2, {"value": 0.7, "raw": 0.3})
+    row = version_row(PREDS, TRUTHS, 2, {"value": 0.7, "raw": 0.3, "objects": 20})
     # 0.7: 1 right shown, 1 missed -> 1 edit; 0.3 (raw): 2 right + 1 wrong -> 1; 0.25 the same;
-    # 0.5: 1 right + 1 wrong, 1 missed -> 2; best: 1 edit, at the highest threshold giving it (0.9)
-    assert row["edits"] == {"own": 0.5, "raw": 0.5, "0.25": 0.5, "0.5": 1.0, "best": 0.5}
+    # 0.5, and 0.3 shrunk halfway toward 0.5 (0.4): 1 right + 1 wrong, 1 missed -> 2;
+    # best: 1 edit, at the highest threshold giving it (0.9)
+    assert row["edits"] == {"own": 0.5, "prior 0.5": 1.0, "raw": 0.5, "0.25": 0.5, "0.5": 1.0, "best": 0.5}
+    assert row["thresholds"]["prior 0.5"] == 0.4
     assert row["thresholds"]["best"] == 0.9
     assert row["boxes"] == 1.0
     assert 0 < row["map50"] <= 1

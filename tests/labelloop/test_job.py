@@ -27,7 +27,7 @@ JOB = TrainingJob(
     incumbent="/models/7/versions/v2/best.pt",
     incumbent_imgsz=384,
     fallback_weights="yolo26n-seg.yaml",
-    predict_conf=0.3,
+    show_prior=0.3,
     extra={"nbs": 8, "time_s": 120.0, "mosaic": 0.5, "close_mosaic": 3, "freeze": 10, "checkpoint": "last"},
     pseudo=PseudoJob("/v3.pt", "/run/pseudo", {"0": 0}, 4, 16, [(1, "/a.png")], 0.8, 0.25, 0.5, "v3"),
 )
@@ -53,7 +53,7 @@ def test_a_hand_written_job_gets_the_defaults_and_keeps_unknown_keys_as_extra() 
             "lr0": 0.01,
         }
     )
-    assert (job.task, job.device, job.workers, job.seed, job.predict_conf) == ("", "", 0, 0, 0.25)
+    assert (job.task, job.device, job.workers, job.seed, job.show_prior) == ("", "", 0, 0, 0.5)
     assert (job.incumbent, job.fallback_weights, job.pseudo, job.extra) == (None, None, None, {"lr0": 0.01})
     assert job.incumbent_imgsz is None
     with pytest.raises(KeyError, match="epochs"):

@@ -54,7 +54,7 @@ def test_training_job_and_result_keep_the_training_process_json() -> None:
     # spec.json's keys and order as written before validate_only was a field: extras, fields, pseudo.
     assert list(body) == [
         "nbs", "time_s", "weights", "data", "task", "config_dir", "epochs", "imgsz", "batch", "device",
-        "workers", "seed", "incumbent", "fallback_weights", "predict_conf", "pseudo",
+        "workers", "seed", "incumbent", "fallback_weights", "show_prior", "pseudo",
     ]  # fmt: skip
     assert list(replace(job, validate_only="/v.pt").to_dict())[-1] == "validate_only"
     assert replace(job, incumbent_imgsz=384).to_dict()["incumbent_imgsz"] == 384

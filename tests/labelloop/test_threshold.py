@@ -12,6 +12,7 @@ from labelloop.manifest import Manifest, ShowConf
 from labelloop.training.scoring import Det, edits
 from labelloop.training.threshold import (
     NOTHING,
+    PRIOR,
     PRIOR_OBJECTS,
     choose,
     label_path,
@@ -175,8 +176,8 @@ def test_a_real_training_records_its_threshold_in_the_manifest(
     trained: dict, image_server: tuple[str, Path], tmp_path: Path
 ) -> None:
     """A real training's child measures the display threshold on its val split (objects and images counted from
-    the dataset, prior = predict_conf) and the version's manifest, as the pipeline writes and the registry reads
-    it, holds it; the training job carries predict_conf as the prior."""
+    the dataset, prior = PRIOR) and the version's manifest, as the pipeline writes and the registry reads
+    it, holds it; the training job carries PRIOR as the prior."""
     from labelloop.jobs.plan import plan_training, version_manifest
     from labelloop.manifest import TrainingResult
     from labelloop.registry.store import Registry
@@ -186,8 +187,8 @@ def test_a_real_training_records_its_threshold_in_the_manifest(
     labels = sorted((Path(trained["work"]) / "ds" / "labels" / "val").glob("*.txt"))
     objects = sum(len([line for line in p.read_text().splitlines() if line.strip()]) for p in labels)
     assert (show.objects, show.images) == (objects, trained["report"].images["val"])
-    assert show.prior == 0.25 and show.prior_objects == PRIOR_OBJECTS and show.raw is not None
-    assert show.value == pytest.approx(round(shrink(show.raw, 0.25, objects), 4))
+    assert show.prior == PRIOR == 0.5 and show.prior_objects == PRIOR_OBJECTS and show.raw is not None
+    assert show.value == pytest.approx(round(shrink(show.raw, PRIOR, objects), 4))
     assert show.edits_per_image_at_raw is not None and show.edits_per_image_at_prior is not None
     assert show.edits_per_image_at_raw <= show.edits_per_image_at_prior  # the split's optimum is optimal on it
 
@@ -195,7 +196,7 @@ def test_a_real_training_records_its_threshold_in_the_manifest(
     built = served_images_dataset(root, tmp_path / "ds")
     settings = make_settings(tmp_path, predict_conf=0.3, offline=True)
     plan = plan_training(settings, built, None, True, {"base_model": "yolov8n.yaml"})
-    assert plan.job.to_dict()["predict_conf"] == 0.3
+    assert plan.job.to_dict()["show_prior"] == PRIOR  # whatever predict_conf is
     manifest = version_manifest(built, None, plan, TrainingResult.from_dict(trained["result"]), "run-1", {})
     version = Registry(settings.models_dir).publish(1, Path(trained["result"]["best"]), manifest.to_json())
     assert version.record.show_conf == show
