@@ -417,7 +417,7 @@ class SeedData:
             (files / im.name).write_bytes(im.data)
             if im.orientation != 1:
                 # as labelloop's image cache re-encodes them (labelloop.labelstudio.media: JPEG quality 95)
-                im.upright().save(files / f"{Path(im.name).stem}-upright.jpg", quality=95)
+                im.upright().save(files / im.upright_name, quality=95)
         return cls(seed, images[:n_pool], images[n_pool:], order, files)
 
 

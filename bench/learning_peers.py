@@ -141,9 +141,6 @@ def run_peers(
     from labelloop.dataset.images import build_dataset, local_images
     from labelloop.task_types.labels import parse_detection_config
 
-    def upright(im: ShapeImage) -> Path:
-        return files / (im.name if im.orientation == 1 else f"{Path(im.name).stem}-upright.jpg")
-
     tasks = [
         {
             "id": task_of[im.name],
@@ -152,7 +149,7 @@ def run_peers(
         }
         for k, im in enumerate(annotated)
     ]
-    fetch = local_images({task_of[im.name]: upright(im) for im in annotated})
+    fetch = local_images({task_of[im.name]: files / im.upright_name for im in annotated})
     root = work / "peers" / f"r{rnd.annotations}"
     built = build_dataset(tasks, parse_detection_config(LABEL_CONFIG), root / "ds", fetch, VAL_FRACTION, MIN_VAL)
     common = {

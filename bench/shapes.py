@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,12 @@ class ShapeImage:
         """The displayed image (EXIF orientation applied), RGB."""
         with Image.open(io.BytesIO(self.data)) as im:
             return ImageOps.exif_transpose(im).convert("RGB")
+
+    @property
+    def upright_name(self) -> str:
+        """The file name of the displayed image: ``name`` itself, or ``<stem>-upright.jpg`` for an
+        EXIF-rotated one (the copy the benches save beside the upload)."""
+        return self.name if self.orientation == 1 else f"{Path(self.name).stem}-upright.jpg"
 
     def ls_result(self, from_name: str = "label", to_name: str = "image") -> list[dict[str, Any]]:
         """The boxes as a Label Studio annotation ``result`` (percent of the displayed image)."""

@@ -1,7 +1,7 @@
 """Display thresholds on held-out images: how many edits each rule leaves, against the best possible.
 
     .venv/bin/python -m bench.learning --order both --seeds 3 --no-peers --keep ...   # a kept run
-    .venv/bin/python -m bench.thresholds RUN_FOLDER LEARNING_JSON [--out thresholds.json]
+    .venv/bin/python -m bench.thresholds RUN_FOLDER LEARNING_JSON [--fresh N] [--out thresholds.json]
 
 Reads a ``bench.learning`` run kept with ``--keep``: every version in its registry (``models/<project
 id>/versions/v<N>``), each project's seed and order from its Label Studio title (``bench.learning seed
@@ -12,12 +12,16 @@ trained at, and the edits per image (``labelloop.training.scoring.edits``: misse
 regions) are counted with the regions shown at:
 
   own       the version's display threshold (``show_conf.value`` in its manifest: its validation
-            split's optimum shrunk toward the prior, ``labelloop.training.threshold``);
+            split's optimum shrunk toward the prior it was trained with, ``labelloop.training.threshold``);
+  prior 0.5 that optimum shrunk toward 0.5 instead (labelloop's ``PRIOR`` since this bench measured it);
   raw       its validation split's optimum, not shrunk;
-  0.25      Ultralytics' default predict conf (labelloop's ``predict_conf``, the prior);
+  0.25      Ultralytics' default predict conf (labelloop's ``predict_conf``, the prior before);
   0.5       a fixed higher one;
   best      the threshold with the fewest edits on these held-out images themselves: a bound
             that no rule choosing before it sees them can beat.
+
+With ``--fresh N`` the versions are scored on N new images per seed (generated from seed +
+``FRESH_SEED``) instead of the held-out tasks: images no version trained on and no rule was read off.
 
 Also the held-out mAP50 of every box from 0.01 (as Ultralytics' val ranks them), beside
 ``bench.learning``'s mAP50 of the regions Label Studio stores (those at or above the display
@@ -143,8 +147,7 @@ def measure(run: Path, config: dict[str, Any], fresh: int = 0) -> list[dict[str,
                 )
                 paths, truths = [], []
                 for i, im in enumerate(data.held):
-                    upright = data.files / f"{Path(im.name).stem}-upright.jpg"
-                    paths.append(str(upright if upright.exists() else data.files / im.name))
+                    paths.append(str(data.files / im.upright_name))
                     truths.extend(truth_dets(i, im))
                 held[seed] = (paths, truths)
             paths, truths = held[seed]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from labelloop.manifest import TrainArgs, TrainingJob
+from labelloop.training.threshold import PRIOR
 
 #: Keys of ``spec.json`` that belong to the run, not to the job.
 RUN_KEYS = ("run_dir",)
@@ -63,7 +64,7 @@ def read_job(data: Mapping[str, Any]) -> TrainingJob:
         incumbent=None if data.get("incumbent") is None else str(data["incumbent"]),
         incumbent_imgsz=None if not data.get("incumbent_imgsz") else int(data["incumbent_imgsz"]),
         fallback_weights=None if data.get("fallback_weights") is None else str(data["fallback_weights"]),
-        show_prior=float(data.get("show_prior", 0.5)),
+        show_prior=float(data.get("show_prior", PRIOR)),
         extra=cast(TrainArgs, extra),  # the recipe's arguments as the job wrote them
         pseudo=None if pseudo is None else PseudoJob.from_dict(pseudo),
         validate_only=None if not data.get("validate_only") else str(data["validate_only"]),
