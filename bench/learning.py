@@ -95,6 +95,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -137,6 +138,14 @@ OWN_ENV = (
     "LABEL_STUDIO_API_KEY",
     "LABEL_STUDIO_MEDIA_DIR",
 )
+
+
+TITLE = re.compile(r"bench\.learning seed (\d+), (\w+) order")
+
+
+def project_title(seed: int, order: str) -> str:
+    """The Label Studio title of one seed's project in one order (``TITLE`` reads it back)."""
+    return f"bench.learning seed {seed}, {order} order"
 
 
 def truth_dets(image: int, sample: ShapeImage) -> list[Det]:
@@ -491,7 +500,7 @@ class Bench:
 
         args, api = self.args, self.api
         images = data.pool + data.held
-        project_id = api.create_project(f"bench.learning seed {data.seed}, {order_name} order", LABEL_CONFIG)
+        project_id = api.create_project(project_title(data.seed, order_name), LABEL_CONFIG)
         task_of = upload(api, project_id, images)
         ml_id = connect(api, project_id, self.backend)
         state = self.project_state(project_id)

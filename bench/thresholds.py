@@ -4,8 +4,8 @@
     .venv/bin/python -m bench.thresholds RUN_FOLDER LEARNING_JSON [--fresh N] [--out thresholds.json]
 
 Reads a ``bench.learning`` run kept with ``--keep``: every version in its registry (``models/<project
-id>/versions/v<N>``), each project's seed and order from its Label Studio title (``bench.learning seed
-S, ORDER order`` in the run's SQLite database), the held-out images regenerated from the seed
+id>/versions/v<N>``), each project's seed and order from its Label Studio title (``bench.learning.project_title``,
+read back in the run's SQLite database), the held-out images regenerated from the seed
 (``bench.learning.SeedData``, the upright copies of EXIF-rotated ones, as labelloop's image cache
 holds them). Each version predicts the held-out images at ``SWEEP_CONF`` (0.01) at the imgsz it
 trained at, and the edits per image (``labelloop.training.scoring.edits``: missed objects plus wrong
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sqlite3
 import statistics
 import sys
@@ -41,12 +40,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.learning import TITLE, SeedData, truth_dets
 from labelloop.training.scoring import Det, edits, score
 from labelloop.training.threshold import SWEEP_CONF, optimum, shown, shrink
 
 RULES = ("own", "prior 0.5", "raw", "0.25", "0.5", "best")
 FRESH_SEED = 1000  # --fresh images come from seed + FRESH_SEED
-TITLE = re.compile(r"bench\.learning seed (\d+), (\w+) order")
 
 
 def version_row(preds: Sequence[Det], truths: Sequence[Det], images: int, show_conf: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +127,6 @@ def measure(run: Path, config: dict[str, Any], fresh: int = 0) -> list[dict[str,
     scored on that many images generated from seed + ``FRESH_SEED`` instead of the held-out tasks."""
     import tempfile
 
-    from bench.learning import SeedData, truth_dets
     from labelloop.training.threshold import result_dets
     from labelloop.yolo_env import ensure_torchvision_ops
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from bench.learning import project_title
 from bench.thresholds import projects, summarise, version_row
 from labelloop.training.scoring import Det
 
@@ -48,7 +49,7 @@ def test_projects_come_from_the_bench_titles(tmp_path: Path) -> None:
     db.execute("create table project (id integer, title text)")
     db.executemany(
         "insert into project values (?, ?)",
-        [(1, "bench.learning seed 0, random order"), (2, "bench.learning seed 0, labelloop order"), (3, "other")],
+        [(1, project_title(0, "random")), (2, project_title(0, "labelloop")), (3, "other")],
     )
     db.commit()
     db.close()
