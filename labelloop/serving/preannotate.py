@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from labelloop.errors import RegistryError
 from labelloop.labelstudio import retired_predictions, task_pages
 from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION, delete_predictions, follow_labelloop
 from labelloop.ls_json import Task
@@ -195,15 +196,17 @@ class _Run:
         )
 
     def rank(self, got: _Predicted, budget: int) -> tuple[list[Pick], str]:
-        """Rank the predicted tasks (``ranked_picks``): by uncertainty within clusters once at
-        least half of them have a candidate box, else by coverage with the embeddings of
-        the listing's ``labeled`` (annotated tasks) too. Returns the picks in rank order and the mode."""
+        """Rank the predicted tasks (``ranked_picks``): by uncertainty within clusters once the
+        version is informative (``diversity.informative``: at least half of the tasks have a
+        candidate box and its validation mAP50 is at least ``diversity.INFORMATIVE_VAL``), else by
+        coverage; the embeddings of the listing's ``labeled`` (annotated tasks) count as covering
+        their clusters in both. Returns the picks in rank order and the mode."""
         t0, labeled = time.monotonic(), self.listing.labeled
-        informative = diversity.informative(got.found)
+        score = self.val_score()
+        informative = diversity.informative(got.found, score)
         labeled_vectors: list[npt.NDArray[np.float32]] = []
-        if not informative:
-            for start in range(0, len(labeled), self.batch_size):
-                labeled_vectors += [v for v in self._embed(labeled[start : start + self.batch_size]) if v is not None]
+        for start in range(0, len(labeled), self.batch_size):
+            labeled_vectors += [v for v in self._embed(labeled[start : start + self.batch_size]) if v is not None]
         picks, mode = ranked_picks(
             [t["id"] for t in self.listing.todo],
             got.vectors,
@@ -218,10 +221,20 @@ class _Run:
             mode=mode,
             tasks=len(picks),
             with_candidate=sum(got.found),
+            val_score=None if score is None else round(score, 4),
             labeled=len(labeled_vectors),
             seconds=round(time.monotonic() - t0, 3),
         )
         return picks, mode
+
+    def val_score(self) -> float | None:
+        """The version's validation score (``diversity.val_score`` of its manifest's ``metrics``);
+        None when its manifest has none or cannot be read."""
+        try:
+            version = self.predictor.registry.get(self.project_id, self.version)
+        except RegistryError:
+            return None
+        return diversity.val_score(version.manifest.get("metrics"))
 
     def import_ranked(self, picks: list[Pick], got: _Predicted, outcome: Outcome) -> None:
         """Import ``picks`` in rank order (``import_picks``); once the first batch is in, the
@@ -268,8 +281,9 @@ def preannotate_project(
     Three stages: **predict** every task without a prediction of ``version``, ``batch_size`` at a
     time (one Ultralytics batch each), keeping each task's regions (on disk, ``Spool``), whether it
     has a candidate box, its informativeness and its backbone embedding (``Predictor.embed``);
-    **rank** them with ``labelloop.serving.diversity`` (by uncertainty within clusters once at least
-    half of them have a candidate box, else by coverage with the annotated tasks' embeddings too);
+    **rank** them with ``labelloop.serving.diversity`` (by uncertainty within clusters once the
+    version is informative, ``diversity.informative``, else by coverage; the annotated tasks'
+    embeddings count as covering their clusters in both);
     **import** in rank order (``labelloop.serving.picks.import_picks``): each prediction's ``score``
     is its rank in [0, 1] and its ``cluster`` its k-means cluster (plus ``cluster_offset``). Once
     the first batch is in, the project's model version becomes ``version`` (``set_model_version``

@@ -16,6 +16,7 @@ from labelloop.serving.diversity import (
     rank,
     rank_scores,
     typicality,
+    val_score,
 )
 
 
@@ -103,6 +104,54 @@ def test_cluster_count(n_items: int, n_labeled: int, budget: int, want: int) -> 
 def test_informative_share(flags: list[bool], want: bool) -> None:
     """The model orders the tasks once at least half of them have a candidate box."""
     assert informative(flags) is want
+
+
+@pytest.mark.parametrize(
+    ("flags", "score", "want"),
+    [([True] * 10, None, True), ([True] * 10, 0.49, False), ([True] * 10, 0.5, True), ([False] * 10, 0.9, False)],
+)
+def test_informative_needs_the_validation_score_too(flags: list[bool], score: float | None, want: bool) -> None:
+    """A version that puts a box on every task but scores below 0.5 on its own validation split orders
+    nothing; without a known score only the share counts."""
+    assert informative(flags, score) is want
+
+
+@pytest.mark.parametrize(
+    ("metrics", "want"),
+    [
+        ({"map50": 0.3, "map50_95": 0.1}, 0.3),
+        ({"accuracy_top1": 0.8, "accuracy_top5": 1.0}, 0.8),
+        ({"map50": 1}, 1.0),
+        ({}, None),
+        (None, None),
+        ({"map50": "0.3"}, None),
+        ({"map50": True}, None),
+    ],
+)
+def test_val_score_reads_the_manifest_metrics(metrics: dict | None, want: float | None) -> None:
+    """mAP50 for the box task types, top-1 accuracy for classification, None for anything else."""
+    assert val_score(metrics) == want
+
+
+def test_uncertainty_round_robin_counts_labelled_tasks() -> None:
+    """A cluster's annotated tasks count as rounds it already had: every pick comes from a cluster
+    with the fewest annotated + already picked tasks among those with tasks left, however uncertain
+    the tasks of the well covered clusters are."""
+    x, blob = blobs(3, 8)
+    labelled = np.zeros(len(x), dtype=bool)
+    labelled[np.flatnonzero(blob == 0)[:3]] = True
+    labelled[np.flatnonzero(blob == 1)[:1]] = True
+    u = np.where(blob == 0, 0.9, 0.1) + np.arange(len(x)) * 1e-3  # cluster 0: the most uncertain tasks
+    ranking = rank(x, labelled, u, budget=3)
+    assert ranking.mode == "uncertainty"
+    taken = {int(c): int(np.sum(labelled & (ranking.cluster == c))) for c in set(ranking.cluster.tolist())}
+    left = {c: int(np.sum(~labelled & (ranking.cluster == c))) for c in taken}
+    assert max(taken.values()) >= 2  # the test has a well covered cluster to hold back
+    for i in ranking.order:
+        c = int(ranking.cluster[i])
+        assert taken[c] == min(t for d, t in taken.items() if left[d]), (c, taken)
+        taken[c] += 1
+        left[c] -= 1
 
 
 def test_scores_follow_the_order() -> None:
