@@ -116,28 +116,35 @@ def test_set_sampling_false_leaves_the_project_alone(
 
 
 @pytest.mark.labelstudio
+@pytest.mark.parametrize("val_map50", [0.3, 0.95])
 def test_label_stream_serves_labelloop_top_task_after_the_first_version(
-    label_studio: tuple[str, str], trained: dict, redis_url: str, tmp_path: Path
+    label_studio: tuple[str, str], trained: dict, redis_url: str, tmp_path: Path, val_map50: float
 ) -> None:
     """After first picks, a pre-annotation of a trained v1 imports ranked predictions (a score and a
     cluster above v1's offset on each), deletes the first picks and moves the project's model version
-    to v1: /next/ serves v1's top task; the first-picks job does nothing any more."""
+    to v1: /next/ serves v1's top task; the first-picks job does nothing any more. The order is by
+    coverage while v1's validation mAP50 is not above 0.5 with 95% confidence over its validation
+    objects (``diversity.informative``: 0.3 on 100 objects), by uncertainty when it is (0.95 on 100) and
+    half of the tasks have a candidate box; the annotated tasks' embeddings count in both."""
     api = LabelStudioAPI(*label_studio)
-    pid, ids = _project(api, "after v1")
+    pid, ids = _project(api, f"after v1, val mAP50 {val_map50}")
     settings = _settings(label_studio, redis_url, tmp_path)
     jobs = Jobs(settings, lambda *a: None)
     assert jobs.first_picks(pid, lambda meta: None)["status"] == "done"
     for i in range(4):
         api.annotate(ids[i], make_sample(700 + i, 160, 120).ls_result())
     registry = Registry(settings.models_dir)
-    publish_version(registry, pid, trained["result"]["best"])
+    publish_version(
+        registry, pid, trained["result"]["best"], metrics={"map50": val_map50}, promotion={"val_objects": 100}
+    )
     registry.set_current(pid, "v1")
     with structlog.testing.capture_logs() as logs:
         outcome = jobs.preannotate(pid, "v1", lambda meta: None)
     assert outcome["stopped"] is None and outcome["imported"] == TASKS - 4, outcome
-    assert outcome["mode"] in ("coverage", "uncertainty")
     [ranked] = [e for e in logs if e["event"] == "preannotate_ranked"]
-    assert ranked["mode"] == outcome["mode"]
+    informative = val_map50 >= 0.5 and 2 * ranked["with_candidate"] >= TASKS - 4
+    assert ranked["mode"] == outcome["mode"] == ("uncertainty" if informative else "coverage"), ranked
+    assert (ranked["val_score"], ranked["val_objects"], ranked["labeled"]) == (val_map50, 100, 4), ranked
     preds = _predictions(api, pid, "v1")
     assert sorted(preds) == ids[4:]
     assert len({p["score"] for p in preds.values()}) == TASKS - 4

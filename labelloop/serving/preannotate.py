@@ -198,12 +198,12 @@ class _Run:
     def rank(self, got: _Predicted, budget: int) -> tuple[list[Pick], str]:
         """Rank the predicted tasks (``ranked_picks``): by uncertainty within clusters once the
         version is informative (``diversity.informative``: at least half of the tasks have a
-        candidate box and its validation mAP50 is at least ``diversity.INFORMATIVE_VAL``), else by
-        coverage; the embeddings of the listing's ``labeled`` (annotated tasks) count as covering
-        their clusters in both. Returns the picks in rank order and the mode."""
+        candidate box and its validation mAP50 is above ``diversity.INFORMATIVE_VAL`` with 95%
+        confidence), else by coverage; the embeddings of the listing's ``labeled`` (annotated
+        tasks) count as covering their clusters in both. Returns the picks in rank order and the mode."""
         t0, labeled = time.monotonic(), self.listing.labeled
-        score = self.val_score()
-        informative = diversity.informative(got.found, score)
+        score, count = self.validation()
+        informative = diversity.informative(got.found, score, count)
         labeled_vectors: list[npt.NDArray[np.float32]] = []
         for start in range(0, len(labeled), self.batch_size):
             labeled_vectors += [v for v in self._embed(labeled[start : start + self.batch_size]) if v is not None]
@@ -222,19 +222,23 @@ class _Run:
             tasks=len(picks),
             with_candidate=sum(got.found),
             val_score=None if score is None else round(score, 4),
+            val_objects=count,
             labeled=len(labeled_vectors),
             seconds=round(time.monotonic() - t0, 3),
         )
         return picks, mode
 
-    def val_score(self) -> float | None:
-        """The version's validation score (``diversity.val_score`` of its manifest's ``metrics``);
-        None when its manifest has none or cannot be read."""
+    def validation(self) -> tuple[float | None, int]:
+        """The version's validation score (``diversity.val_score`` of its manifest's ``metrics``) and
+        how many objects it was measured on (the promotion gate's ``val_objects``, 0 when not
+        recorded); ``(None, 0)`` when its manifest cannot be read."""
         try:
-            version = self.predictor.registry.get(self.project_id, self.version)
+            manifest = self.predictor.registry.get(self.project_id, self.version).manifest
         except RegistryError:
-            return None
-        return diversity.val_score(version.manifest.get("metrics"))
+            return None, 0
+        promotion = manifest.get("promotion")
+        count = promotion.get("val_objects") if isinstance(promotion, dict) else None
+        return diversity.val_score(manifest.get("metrics")), count if isinstance(count, int) else 0
 
     def import_ranked(self, picks: list[Pick], got: _Predicted, outcome: Outcome) -> None:
         """Import ``picks`` in rank order (``import_picks``); once the first batch is in, the

@@ -16,6 +16,7 @@ from labelloop.serving.diversity import (
     rank,
     rank_scores,
     typicality,
+    val_lower_bound,
     val_score,
 )
 
@@ -107,13 +108,34 @@ def test_informative_share(flags: list[bool], want: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flags", "score", "want"),
-    [([True] * 10, None, True), ([True] * 10, 0.49, False), ([True] * 10, 0.5, True), ([False] * 10, 0.9, False)],
+    ("flags", "score", "count", "want"),
+    [
+        ([True] * 10, None, 0, True),  # no validation score: the share decides
+        ([True] * 10, 0.49, 0, False),
+        ([True] * 10, 0.5, 0, True),  # count unknown: the score itself
+        ([False] * 10, 0.9, 100, False),
+        ([True] * 10, 0.57, 2, False),  # a first version's 2 validation objects say nothing
+        ([True] * 10, 0.83, 7, False),
+        ([True] * 10, 0.9, 40, True),
+        ([True] * 10, 0.6, 400, True),
+        ([True] * 10, 0.6, 40, False),
+    ],
 )
-def test_informative_needs_the_validation_score_too(flags: list[bool], score: float | None, want: bool) -> None:
-    """A version that puts a box on every task but scores below 0.5 on its own validation split orders
-    nothing; without a known score only the share counts."""
-    assert informative(flags, score) is want
+def test_informative_needs_the_validation_score_too(
+    flags: list[bool], score: float | None, count: int, want: bool
+) -> None:
+    """A version that puts a box on every task but is not above 0.5 on its own validation split with
+    95% confidence orders nothing; without a known score only the share counts."""
+    assert informative(flags, score, count) is want
+
+
+@pytest.mark.parametrize(("score", "count"), [(0.0, 1), (0.5, 10), (0.9, 40), (1.0, 1000), (1.7, 3), (-0.2, 3)])
+def test_val_lower_bound_is_below_the_shrunk_score(score: float, count: int) -> None:
+    """The bound lies below the score shrunk toward 1/2 and tightens as the count grows."""
+    shrunk = (min(max(score, 0.0), 1.0) * count + 1) / (count + 2)
+    assert val_lower_bound(score, count) < shrunk
+    assert val_lower_bound(score, count) < val_lower_bound(score, count * 4) or score <= 0.0
+    assert val_lower_bound(score, 0) == score
 
 
 @pytest.mark.parametrize(
