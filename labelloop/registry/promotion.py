@@ -36,18 +36,19 @@ class Decision:
     noise: float = 0.0
 
 
+def shrunk_proportion(p: float, n: int) -> float:
+    """A proportion ``p`` (clipped to [0, 1]) measured on ``n`` > 0 items, shrunk towards 1/2 by one
+    success and one failure: ``(p n + 1) / (n + 2)`` (as in the Agresti-Coull interval), so that
+    0/2 and 2/2 on a tiny split do not claim zero uncertainty."""
+    return (min(max(p, 0.0), 1.0) * n + 1) / (n + 2)
+
+
 def noise_margin(candidate: float, incumbent: float, n: int) -> float:
     """One standard error of ``candidate - incumbent`` for proportions measured on ``n`` items
-    (0 when ``n`` is unknown, i.e. 0). Each proportion is shrunk towards 1/2 by one success and
-    one failure, ``(p n + 1) / (n + 2)`` (as in the Agresti-Coull interval), so that 0/2 and 2/2
-    on a tiny split do not claim zero uncertainty."""
+    (0 when ``n`` is unknown, i.e. 0), each shrunk by ``shrunk_proportion``."""
     if n <= 0:
         return 0.0
-
-    def shrunk(p: float) -> float:
-        return (min(max(p, 0.0), 1.0) * n + 1) / (n + 2)
-
-    c, i = shrunk(candidate), shrunk(incumbent)
+    c, i = shrunk_proportion(candidate, n), shrunk_proportion(incumbent, n)
     return math.sqrt((c * (1 - c) + i * (1 - i)) / n)
 
 

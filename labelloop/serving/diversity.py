@@ -34,7 +34,8 @@ content key, so permuting task ids changes nothing about which images come first
 
 The order becomes each task's ``score`` (``rank_scores``: the rank mapped to [0, 1], low = label
 first, as Label Studio's uncertainty sampling and the Data Manager tab sort it) and its
-``cluster`` (renumbered by first pick: cluster 0 holds the top task). Pure numpy/scikit-learn.
+``cluster`` (renumbered by first pick: cluster 0 holds the top task). numpy and scikit-learn (and the promotion
+gate's shrinkage, ``labelloop.registry.promotion.shrunk_proportion``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from labelloop.registry.promotion import shrunk_proportion
 
 Mode = Literal["coverage", "uncertainty"]
 FloatArray = npt.NDArray[np.float64]
@@ -143,12 +146,12 @@ def informative(
 
 def val_lower_bound(score: float, count: int, z: float = INFORMATIVE_Z) -> float:
     """A lower confidence bound of a validation score measured on ``count`` objects, read as a
-    proportion: shrunk toward 1/2 by one success and one failure, ``s = (score n + 1) / (n + 2)``
-    (Agresti-Coull, as ``labelloop.registry.promotion.noise_margin``), minus ``z`` standard errors
-    ``sqrt(s (1 - s) / n)``. ``count`` 0 (not known): ``score`` itself."""
+    proportion: shrunk toward 1/2 as the promotion gate shrinks it
+    (``labelloop.registry.promotion.shrunk_proportion``, Agresti-Coull), ``s``, minus ``z`` standard
+    errors ``sqrt(s (1 - s) / n)``. ``count`` 0 (not known): ``score`` itself."""
     if count <= 0:
         return score
-    s = (min(max(score, 0.0), 1.0) * count + 1) / (count + 2)
+    s = shrunk_proportion(score, count)
     return s - z * math.sqrt(s * (1 - s) / count)
 
 
@@ -278,10 +281,11 @@ def rank(
     labels = clusters(x, k, random_state)
     typ = typicality(x, labels)
     keys = content_keys(x)
+    covered = np.bincount(labels[is_labeled], minlength=len(np.bincount(labels)))  # labelled rows per cluster
     if u is None:
-        order = _coverage_order(labels, typ, keys, is_labeled)
+        order = _coverage_order(labels, typ, keys, is_labeled, covered)
     else:
-        order = _uncertainty_order(labels, typ, keys, is_labeled, u)
+        order = _uncertainty_order(labels, typ, keys, is_labeled, covered, u)
     renumber: dict[int, int] = {}
     for i in order:
         renumber.setdefault(int(labels[i]), len(renumber))
@@ -304,11 +308,10 @@ def _queues(labels: IntArray, is_labeled: npt.NDArray[np.bool_], key: Any) -> di
 
 
 def _coverage_order(
-    labels: IntArray, typ: FloatArray, keys: list[bytes], is_labeled: npt.NDArray[np.bool_]
+    labels: IntArray, typ: FloatArray, keys: list[bytes], is_labeled: npt.NDArray[np.bool_], covered: IntArray
 ) -> list[int]:
     """TypiClust: the most typical remaining row of the least covered cluster, again and again."""
     sizes = np.bincount(labels)
-    covered = np.bincount(labels[is_labeled], minlength=len(sizes))
     min_size = min(MIN_CLUSTER_SIZE, int(sizes.max()))
     queues = _queues(labels, is_labeled, lambda i: (-typ[i], keys[i]))
     heap = [(bool(sizes[c] < min_size), int(covered[c]), -int(sizes[c]), keys[q[-1]], c) for c, q in queues.items()]
@@ -324,11 +327,15 @@ def _coverage_order(
 
 
 def _uncertainty_order(
-    labels: IntArray, typ: FloatArray, keys: list[bytes], is_labeled: npt.NDArray[np.bool_], u: FloatArray
+    labels: IntArray,
+    typ: FloatArray,
+    keys: list[bytes],
+    is_labeled: npt.NDArray[np.bool_],
+    covered: IntArray,
+    u: FloatArray,
 ) -> list[int]:
     """Round-robin over clusters, each round by each cluster's most uncertain remaining row; a
-    cluster's labelled rows count as the rounds it already had."""
-    covered = np.bincount(labels[is_labeled], minlength=len(np.bincount(labels)))
+    cluster's labelled rows (``covered``) count as the rounds it already had."""
     queues = _queues(labels, is_labeled, lambda i: (-u[i], -typ[i], keys[i]))
 
     def entry(taken: int, c: int) -> tuple[int, float, float, bytes, int]:
