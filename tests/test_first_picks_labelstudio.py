@@ -188,3 +188,39 @@ def test_first_picks_read_the_task_list_in_pages_without_predictions(
     listed = [r for r in sent if r.method == "GET" and r.url.path.rstrip("/") == "/api/tasks"]
     assert listed and all(r.url.params.get("fields") == "task_only" for r in listed), [str(r.url) for r in listed]
     assert max(int(r.url.params["page_size"]) for r in listed) == 6
+
+
+@pytest.mark.labelstudio
+def test_predictions_label_studio_drops_are_counted_and_the_stream_follows_the_first_stored(
+    label_studio: tuple[str, str], tmp_path: Path
+) -> None:
+    """Label Studio 1.23.2's bulk prediction import drops a prediction whose result its label config
+    refuses (a box 150 % high) and still answers 201: import_picks counts what it stored, logs the
+    shortfall, and makes the project follow the version only after a batch of which something was
+    stored (a project ``model_version`` no prediction carries is a 400, which ended a video
+    pre-annotation in a full test run)."""
+    from labelloop.labelstudio.sampling import follow_labelloop
+    from labelloop.serving.picks import Pick, import_picks
+
+    api = LabelStudioAPI(*label_studio)
+    pid, ids = image_project(api, "rejected predictions", [make_sample(900 + i, 160, 120) for i in range(4)])
+    bad = make_sample(900, 160, 120).ls_result()
+    bad[0]["value"] = {**bad[0]["value"], "height": 150.0}  # type: ignore[dict-item]
+    good = {ids[2]}
+    followed: list[int] = []
+
+    def follow() -> None:
+        followed.append(len(_predictions(api, pid, "v1")))
+        follow_labelloop(api.sdk, tmp_path, pid, "v1", set_sampling=False)
+
+    picks = [Pick(t, i / 3, None) for i, t in enumerate(ids)]
+    results = {t: make_sample(900 + i, 160, 120).ls_result() if t in good else bad for i, t in enumerate(ids)}
+    with structlog.testing.capture_logs() as logs:
+        imported, stopped = import_picks(
+            api.sdk, pid, "v1", picks, results.__getitem__, 2, lambda: None, follow, with_cluster=False
+        )
+    assert (imported, stopped) == (1, None)
+    assert sorted(_predictions(api, pid, "v1")) == [ids[2]]
+    assert followed == [1] and api.sdk.projects.get(id=pid).model_version == "v1"
+    rejected = [(e["batch"], e["rejected"]) for e in logs if e["event"] == "preannotate_rejected"]
+    assert rejected == [(0, 2), (1, 1)]

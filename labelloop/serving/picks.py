@@ -92,14 +92,21 @@ def import_picks(
     ``data_import/api.py`` in 1.23.2) drops ``cluster``, so each prediction is one ``POST
     /api/predictions/`` (``IMPORT_THREADS`` at a time, about 25x slower than the bulk import).
     Without ``with_cluster`` (the project's sampling is left alone, so Label Studio's cluster
-    balancing is not used) a batch is one bulk import, with ``score`` and ``version`` only.
-    ``stop()`` is asked before each batch; ``after_first_batch`` runs once the top tasks are in
-    (the label stream can follow them from then on). Logs ``preannotate_batch`` per batch.
+    balancing is not used) a batch is one bulk import, with ``score`` and ``version`` only; that
+    import drops a prediction whose result its label config refuses and answers 201 with the
+    number it ``created`` (``_create_legacy``), so the shortfall is counted and logged
+    (``preannotate_rejected``), never taken for imported.
+    ``stop()`` is asked before each batch; ``after_first_batch`` runs once the top tasks are in, at
+    the first batch of which Label Studio stored a prediction (the label stream can follow them from
+    then on: Label Studio refuses a project ``model_version`` no prediction carries). Logs
+    ``preannotate_batch`` per batch.
 
     Returns:
-        ``(imported, stopped)``: ``stopped`` is ``stop()``'s reason, or None.
+        ``(imported, stopped)``: ``imported`` counts the predictions Label Studio stored;
+        ``stopped`` is ``stop()``'s reason, or None.
     """
     imported = 0
+    followed = False
     with ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="preannotate-import") as pool:
         for number, start in enumerate(range(0, len(picks), batch_size)):
             if (why := stop()) is not None:
@@ -116,6 +123,7 @@ def import_picks(
                     **({"cluster": pick.cluster} if pick.cluster is not None else {}),
                 )
 
+            created = len(batch)
             if with_cluster:
                 list(pool.map(create, batch))  # a failed request is the run's error
             else:
@@ -123,8 +131,19 @@ def import_picks(
                     {"task": p.task, "result": results(p.task), "score": p.score, "model_version": version}
                     for p in batch
                 ]
-                client.projects.import_predictions(id=project_id, request=request)
-            imported += len(batch)
+                answer = client.projects.import_predictions(id=project_id, request=request)
+                if isinstance(getattr(answer, "created", None), int):
+                    created = answer.created
+            if created < len(batch):
+                log.warning(
+                    "preannotate_rejected",
+                    version=version,
+                    batch=number,
+                    rejected=len(batch) - created,
+                    tasks=[p.task for p in batch],
+                    reason="Label Studio's import dropped results its label config refuses (its log says which)",
+                )
+            imported += created
             log.info(
                 "preannotate_batch",
                 version=version,
@@ -134,8 +153,9 @@ def import_picks(
                 total=len(picks),
                 import_s=round(time.monotonic() - t0, 3),
             )
-            if number == 0 and after_first_batch is not None:
+            if after_first_batch is not None and not followed and created > 0:
                 after_first_batch()
+                followed = True
             if on_progress is not None:
                 on_progress(imported, len(picks))
     return imported, None

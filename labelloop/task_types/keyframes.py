@@ -300,6 +300,15 @@ def _least_squares(
     return [list(map(float, row)) for row in out]
 
 
+def _in_frame(values: Sequence[float]) -> list[float]:
+    """``[x, y, width, height]`` (percent) clipped to the frame: a fitted keyframe may lie up to the
+    tolerance past the border its box touches, where Label Studio 1.23.2 refuses a value over 100
+    (its SDK's ``VideoRectangleSequenceValue``)."""
+    x, y, w, h = values
+    x1, y1 = min(max(x, 0.0), 100.0), min(max(y, 0.0), 100.0)
+    return [x1, y1, max(0.0, min(x + w, 100.0) - x1), max(0.0, min(y + h, 100.0) - y1)]
+
+
 def _within(
     points: Sequence[Sequence[float]], kept: Sequence[int], values: Sequence[Sequence[float]], tolerance: float
 ) -> bool:
@@ -336,6 +345,8 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
       reaches), then the values that draw the track back nearest in least squares while still
       within the band (``_least_squares``). A box jittering about a straight path then costs its
       two ends, where copying one jittered frame as a keyframe tilts the line by that frame's error.
+      Its keyframes are clipped to the frame (``_in_frame``) and kept only while still within the
+      band, so boxes inside the frame give keyframes inside it.
 
     A box clipped at the frame's border as its object leaves shrinks linearly while its edge stays
     put: two straight pieces, one keyframe where they meet. The last keyframe of each run is
@@ -368,7 +379,7 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
         if tolerance > 0 and len(run) > 2:
             free, values = _fit_free(points, tolerance)
             if len(free) < len(keep):
-                values = _least_squares(points, free, tolerance) or values
+                values = [_in_frame(v) for v in _least_squares(points, free, tolerance) or values]
                 if _within(points, free, values, tolerance):
                     keep = {
                         run[k]: {**full[run[k]], **dict(zip(BOX_PROPS, vals, strict=True))}

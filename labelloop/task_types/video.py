@@ -23,7 +23,7 @@ from labelloop.task_types.detect import Rectangles
 from labelloop.task_types.geometry import yolo_numbers
 from labelloop.task_types.keyframes import reduce_track, visible
 from labelloop.task_types.regions import describe
-from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo
+from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
 
 #: Label Studio's ``Video`` ``frameRate`` when the tag sets none (``tags/object/Video/Video.js``).
 DEFAULT_FRAMERATE = 24.0
@@ -154,7 +154,10 @@ class VideoRectangles(Rectangles):
 
         Args:
             label: the track's label (must be one of ``spec.labels``).
-            boxes: 1-based frame -> box in percent (``x, y, width, height``) where the track is.
+            boxes: 1-based frame -> box in percent (``x, y, width, height``) where the track is;
+                each is clipped to the frame first (a smoothed track's fit can run past the
+                border, and Label Studio 1.23.2 refuses a keyframe over 100: its SDK's
+                ``VideoRectangleSequenceValue``; its bulk prediction import drops the whole prediction).
             score: the track's score (e.g. its least confident box), or None.
             tolerance: ``keyframes.reduce_track``'s, in percent of the frame.
             clip: the video (frame rate, ``framesCount``, ``duration``, frame size).
@@ -166,9 +169,11 @@ class VideoRectangles(Rectangles):
         if label not in self.spec.labels:
             return None
         W, H = clip.width, clip.height
-        kept = {
-            f: b for f, b in boxes.items() if b["width"] / 100 * W >= MIN_BOX_PX and b["height"] / 100 * H >= MIN_BOX_PX
+        inside = {
+            f: xyxy_to_rectangle((b["x"], b["y"], b["x"] + b["width"], b["y"] + b["height"]), 100, 100)
+            for f, b in boxes.items()
         }
+        kept = {f: b for f, b in inside.items() if min(b["width"] / 100 * W, b["height"] / 100 * H) >= MIN_BOX_PX}
         if not kept:
             return None
         value = RegionValue(

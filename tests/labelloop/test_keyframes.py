@@ -223,3 +223,22 @@ def test_a_box_jumping_more_than_the_tolerance_every_frame_keeps_every_frame(fra
     sequence = keyframes.reduce_track(track, tolerance=1.0, framerate=24)
     assert [k["frame"] for k in sequence] == list(range(1, frames + 1))
     assert [k["x"] for k in sequence] == [track[f]["x"] for f in track]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_keyframes_of_boxes_inside_the_frame_stay_inside_it(seed: int) -> None:
+    """Noisy tracks pressed against the frame's borders (boxes clipped to it, as a detector gives
+    them): the fitted keyframes, free to lie anywhere within the tolerance, stay inside the frame
+    (Label Studio 1.23.2 refuses a VideoRectangle value over 100) and are drawn back within it."""
+    rng = random.Random(seed)
+    track: dict[int, dict[str, float]] = {}
+    for f in range(1, 61):
+        x1, y1 = -3.0 + rng.gauss(0, 0.6), -2.0 + 0.05 * f + rng.gauss(0, 0.6)
+        x2, y2 = 70.0 + 0.6 * f + rng.gauss(0, 0.6), 101.0 + rng.gauss(0, 0.6)
+        x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(100.0, x2), min(100.0, y2)
+        track[f] = {"x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1}
+    sequence = keyframes.reduce_track(track, tolerance=1.0, framerate=24)
+    for k in sequence:
+        assert min(k["x"], k["y"]) >= 0.0 and k["x"] + k["width"] <= 100.0 and k["y"] + k["height"] <= 100.0, k
+    drawn = keyframes.frame_boxes(sequence, 60)
+    assert all(abs(drawn[f][p] - track[f][p]) <= 1.0 + 1e-6 for f in track for p in ("x", "y", "width", "height"))

@@ -222,3 +222,26 @@ def test_the_tracker_setting_takes_ultralytics_names_or_an_existing_tracker_yaml
     for bad in ("missing.yaml", str(tmp_path), "strongsort.yaml", "/etc/passwd"):
         with pytest.raises(ValidationError, match="LABELLOOP_VIDEO_TRACKER"):
             Settings(video_tracker=bad)
+
+
+def test_a_track_that_grows_to_fill_the_frame_gives_keyframes_label_studio_accepts() -> None:
+    """A box growing until it fills the frame's height and staying there: the smoothing's local line
+    runs past the border at the track's end (as a real track did in a full run: height 100.08,
+    x -0.87), and Label Studio 1.23.2's bulk import then drops the whole prediction. Keyframes are
+    clipped to the frame, the region passes label-studio-sdk's own validation (what Label Studio's
+    prediction import runs), and it is drawn back on every frame of the track."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    tracked = TrackedVideo(160, 120)
+    tracked.boxes[1] = {
+        f: {"x": max(0.0, 30 - 1.5 * f), "y": max(0.0, 40 - 2.0 * f), "width": 40.0, "height": min(100.0, 20 + 4.0 * f)}
+        for f in range(1, 41)
+    }
+    tracked.classes[1], tracked.confs[1] = Counter([0]), [0.8] * 40
+    [region], _ = tracks_to_regions(tracked, SPEC, {0: "square"}, 1.0, 24.0, 48, 2.0)
+    sequence = region["value"]["sequence"]
+    for k in sequence:
+        assert 0.0 <= k["x"] and 0.0 <= k["y"] and k["x"] + k["width"] <= 100.0 and k["y"] + k["height"] <= 100.0, k
+    assert sorted(frame_boxes(sequence, 48)) == list(range(1, 41))
+    prediction = {"model_version": "v1", "score": 0.8, "result": [region]}
+    assert LabelInterface(video_config()).validate_prediction(prediction, return_errors=True) == []
