@@ -386,11 +386,11 @@ def test_killed_training_worker_redelivers_and_completes(loop: Loop) -> None:
     """SIGKILL of the Celery process running a training, mid-epoch: nothing is published by the
     killed run, the task is redelivered (acks_late, reject_on_worker_lost) and that delivery
     publishes exactly one version and releases the project's lock. The project's extra params
-    (20 epochs) come from Label Studio through /setup."""
+    (12 epochs) come from Label Studio through /setup."""
     api = loop.api
     samples = [make_sample(100 + seed, 160, 120) for seed in range(TRAIN_EVERY_N + 2)]
     project_id, task_ids = image_project(api, "labelloop kill -9", samples)
-    params = {"epochs": 20, "preannotate": False}
+    params = {"epochs": 12, "preannotate": False}
     ml_id = connect_backend(
         api, project_id, loop.receiver_url, basic_auth=BASIC_AUTH, webhook_secret=WEBHOOK_SECRET, extra_params=params
     )
@@ -398,9 +398,9 @@ def test_killed_training_worker_redelivers_and_completes(loop: Loop) -> None:
     store = ProgressStore(loop.redis())
     for task_id, sample in list(zip(task_ids, samples, strict=True))[:TRAIN_EVERY_N]:
         api.annotate(task_id, sample.ls_result())
-    wait_until(lambda: 1 <= (store.get(project_id) or {}).get("epoch", 0) < 15, 120, "training under way", 0.05)
+    wait_until(lambda: 1 <= (store.get(project_id) or {}).get("epoch", 0) < 8, 120, "training under way", 0.05)
     killed = store.get(project_id)
-    assert killed and killed["epochs"] == 20
+    assert killed and killed["epochs"] == 12
     os.kill(int(killed["pid"]), signal.SIGKILL)
     assert loop.registry.list_versions(project_id) == []
     try:
@@ -414,7 +414,7 @@ def test_killed_training_worker_redelivers_and_completes(loop: Loop) -> None:
     versions = loop.registry.list_versions(project_id)
     assert [v.name for v in versions] == ["v1"]
     assert versions[0].manifest["run_id"] == killed["run_id"]
-    assert versions[0].manifest["train_args"]["epochs"] == 20
+    assert versions[0].manifest["train_args"]["epochs"] == 12
     # This project's extra params turned pre-annotation off: no pre-annotation task was sent for it
     # (Flower saw the train task succeed, so it saw a pre-annotation sent before that), and its
     # unlabeled tasks have no prediction of a version (the first picks, queued at /setup before any

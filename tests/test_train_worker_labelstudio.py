@@ -40,7 +40,7 @@ def test_a_killed_train_worker_s_run_is_redelivered_and_completes(
     stack = Stack(tmp_path, {})
     try:
         redis_url = stack.start_redis(free_port())
-        env = {**TRAIN_ENV, "LABELLOOP_EPOCHS": "20"}
+        env = {**TRAIN_ENV, "LABELLOOP_EPOCHS": "12"}
         stack.env.update(settings_env(tmp_path, redis_url=redis_url, label_studio=label_studio, **env))
         stack.start_worker("train")
         settings = make_settings(tmp_path, redis_url=redis_url)
@@ -50,7 +50,7 @@ def test_a_killed_train_worker_s_run_is_redelivered_and_completes(
         client = redis_client(redis_url, "cli")
         run_id = bytes(client.get(keys.training_lock(project_id)) or b"").decode()
         store = ProgressStore(client)
-        wait_until(lambda: 1 <= (store.get(project_id) or {}).get("epoch", 0) < 15, 180, "training under way", 0.05)
+        wait_until(lambda: 1 <= (store.get(project_id) or {}).get("epoch", 0) < 8, 180, "training under way", 0.05)
         killed = store.get(project_id) or {}
         stack.stop("worker-train", sig=signal.SIGKILL)
         registry = Registry(tmp_path / "models")
@@ -73,7 +73,7 @@ def test_a_killed_train_worker_s_run_is_redelivered_and_completes(
         assert redelivered_s < 60
         [version] = registry.list_versions(project_id)
         assert version.manifest["run_id"] == killed["run_id"] == run_id
-        assert version.manifest["train_args"]["epochs"] == 20
+        assert version.manifest["train_args"]["epochs"] == 12
     finally:
         stack.stop_all()
 

@@ -86,16 +86,8 @@ def import_picks(
     with_cluster: bool = True,
 ) -> tuple[int, str | None]:
     """Write ``picks`` into Label Studio in rank order, ``batch_size`` at a time, each prediction
-    with its ``result`` (``results(task id)``), ``score``, ``cluster`` and ``version``.
+    with its ``result`` (``results(task id)``), ``score``, ``cluster`` and ``version`` (``_write``).
 
-    Label Studio's prediction import (``/api/projects/{id}/import/predictions``,
-    ``data_import/api.py`` in 1.23.2) drops ``cluster``, so each prediction is one ``POST
-    /api/predictions/`` (``IMPORT_THREADS`` at a time, about 25x slower than the bulk import).
-    Without ``with_cluster`` (the project's sampling is left alone, so Label Studio's cluster
-    balancing is not used) a batch is one bulk import, with ``score`` and ``version`` only; that
-    import drops a prediction whose result its label config refuses and answers 201 with the
-    number it ``created`` (``_create_legacy``), so the shortfall is counted and logged
-    (``preannotate_rejected``), never taken for imported.
     ``stop()`` is asked before each batch; ``after_first_batch`` runs once the top tasks are in, at
     the first batch of which Label Studio stored a prediction (the label stream can follow them from
     then on: Label Studio refuses a project ``model_version`` no prediction carries). Logs
@@ -113,27 +105,7 @@ def import_picks(
                 return imported, why
             batch = picks[start : start + batch_size]
             t0 = time.monotonic()
-
-            def create(pick: Pick) -> None:
-                client.predictions.create(
-                    task=pick.task,
-                    result=results(pick.task),
-                    score=pick.score,
-                    model_version=version,
-                    **({"cluster": pick.cluster} if pick.cluster is not None else {}),
-                )
-
-            created = len(batch)
-            if with_cluster:
-                list(pool.map(create, batch))  # a failed request is the run's error
-            else:
-                request = [
-                    {"task": p.task, "result": results(p.task), "score": p.score, "model_version": version}
-                    for p in batch
-                ]
-                answer = client.projects.import_predictions(id=project_id, request=request)
-                if isinstance(getattr(answer, "created", None), int):
-                    created = answer.created
+            created = _write(client, project_id, version, batch, results, pool if with_cluster else None)
             if created < len(batch):
                 log.warning(
                     "preannotate_rejected",
@@ -159,3 +131,40 @@ def import_picks(
             if on_progress is not None:
                 on_progress(imported, len(picks))
     return imported, None
+
+
+def _write(
+    client: Any,
+    project_id: int,
+    version: str,
+    batch: list[Pick],
+    results: Callable[[int], list[Any]],
+    pool: ThreadPoolExecutor | None,
+) -> int:
+    """Write one batch's predictions; returns how many Label Studio stored.
+
+    Label Studio's prediction import (``/api/projects/{id}/import/predictions``,
+    ``data_import/api.py`` in 1.23.2) drops ``cluster``, so with a ``pool`` each prediction is one
+    ``POST /api/predictions/`` (``IMPORT_THREADS`` at a time, about 25x slower than the bulk
+    import; a refused one is the run's error). Without one (the project's sampling is left alone,
+    so Label Studio's cluster balancing is not used) the batch is one bulk import, with ``score``
+    and ``version`` only; that import drops a prediction whose result its label config refuses and
+    answers 201 with the number it ``created`` (``_create_legacy``), which is what this returns.
+    """
+    if pool is not None:
+
+        def create(pick: Pick) -> None:
+            client.predictions.create(
+                task=pick.task,
+                result=results(pick.task),
+                score=pick.score,
+                model_version=version,
+                **({"cluster": pick.cluster} if pick.cluster is not None else {}),
+            )
+
+        list(pool.map(create, batch))  # a failed request is the run's error
+        return len(batch)
+    request = [{"task": p.task, "result": results(p.task), "score": p.score, "model_version": version} for p in batch]
+    answer = client.projects.import_predictions(id=project_id, request=request)
+    created = getattr(answer, "created", None)
+    return created if isinstance(created, int) else len(batch)

@@ -91,7 +91,9 @@ def test_a_label_added_to_the_config_still_goes_through_the_gate(
     settings = make_settings(
         tmp_path, redis_url=redis_url, imgsz=160, epochs=1, batch=4, dataloader_workers=0, offline=True
     )
-    plan = plan_training(settings, built, parent, True, {"base_model": "yolov8n.yaml"})
+    # One epoch at 160 (the recipe's own epochs and time budget are not what this test is about).
+    params = {"base_model": "yolov8n.yaml", "epochs": 1, "imgsz": 160, "batch": 4}
+    plan = plan_training(settings, built, parent, True, params)
     assert plan.job.weights == str(parent.weights)  # fine-tuned from v1
     assert plan.job.incumbent == str(parent.weights)  # and v1 validated on the same split
     result = TrainingResult.from_dict(run_training_process(plan.job.to_dict(), tmp_path / "run", timeout_s=600))
