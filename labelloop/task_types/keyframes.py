@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from labelloop.ls_json import Keyframe
+from labelloop.task_types.spec import xyxy_to_rectangle
 
 #: The box properties Label Studio interpolates (``VideoRectangleRegion.props``).
 PROPS = ("x", "y", "width", "height", "rotation")
@@ -305,8 +306,8 @@ def _in_frame(values: Sequence[float]) -> list[float]:
     tolerance past the border its box touches, where Label Studio 1.23.2 refuses a value over 100
     (its SDK's ``VideoRectangleSequenceValue``)."""
     x, y, w, h = values
-    x1, y1 = min(max(x, 0.0), 100.0), min(max(y, 0.0), 100.0)
-    return [x1, y1, max(0.0, min(x + w, 100.0) - x1), max(0.0, min(y + h, 100.0) - y1)]
+    inside = xyxy_to_rectangle((x, y, x + w, y + h), 100, 100)
+    return [inside[p] for p in BOX_PROPS]
 
 
 def _within(
