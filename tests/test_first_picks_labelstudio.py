@@ -224,3 +224,45 @@ def test_predictions_label_studio_drops_are_counted_and_the_stream_follows_the_f
     assert followed == [1] and api.sdk.projects.get(id=pid).model_version == "v1"
     rejected = [(e["batch"], e["rejected"]) for e in logs if e["event"] == "preannotate_rejected"]
     assert rejected == [(0, 2), (1, 1)]
+
+
+@pytest.mark.labelstudio
+def test_refused_regions_are_dropped_before_the_bulk_import_and_the_rest_is_stored(
+    label_studio: tuple[str, str], tmp_path: Path
+) -> None:
+    """With a ``RegionCheck`` (what a pre-annotation passes when it leaves the project's sampling
+    alone) a region Label Studio would refuse is left out before the bulk import: every task keeps a
+    prediction, with its other regions as predicted, and nothing is counted as rejected."""
+    from labelloop.labelstudio.region_check import RegionCheck
+    from labelloop.serving.picks import Pick, import_picks
+
+    api = LabelStudioAPI(*label_studio)
+    samples = [make_sample(950 + i, 160, 120) for i in range(3)]
+    pid, ids = image_project(api, "refused regions", samples)
+    results = {}
+    for t, sample in zip(ids, samples, strict=True):
+        good = sample.ls_result()
+        tall = {**good[0], "id": "tall", "value": {**good[0]["value"], "height": 150.0}}
+        results[t] = [*good, tall]
+    picks = [Pick(t, i / 2, None) for i, t in enumerate(ids)]
+    project: Any = api.sdk.projects.get(id=pid)
+    with structlog.testing.capture_logs() as logs:
+        imported, stopped = import_picks(
+            api.sdk,
+            pid,
+            "v1",
+            picks,
+            results.__getitem__,
+            2,
+            lambda: None,
+            with_cluster=False,
+            check=RegionCheck(project.label_config),
+        )
+    assert (imported, stopped) == (3, None)
+    stored = _predictions(api, pid, "v1")
+    assert sorted(stored) == ids
+    for t, sample in zip(ids, samples, strict=True):
+        assert [r["value"] for r in stored[t]["result"]] == [r["value"] for r in sample.ls_result()]
+    refused = [e for e in logs if e["event"] == "prediction_regions_refused"]
+    assert sorted(e["task"] for e in refused) == ids and all(e["refused"] == 1 for e in refused)
+    assert not [e for e in logs if e["event"] == "preannotate_rejected"]

@@ -20,6 +20,9 @@ log = structlog.get_logger(__name__)
 CLUSTER_STRIDE = 1000  # above diversity.MAX_CLUSTERS: see cluster_offset
 IMPORT_THREADS = 4  # concurrent POST /api/predictions/ of one batch
 
+#: ``check(result) -> (kept regions, errors)``: ``labelloop.labelstudio.region_check.RegionCheck``.
+Check = Callable[[list[Any]], tuple[list[Any], list[str]]]
+
 
 def cluster_offset(version: str) -> int:
     """What a version adds to its predictions' ``cluster``: ``N * CLUSTER_STRIDE`` for ``vN``, 0 for
@@ -84,9 +87,13 @@ def import_picks(
     after_first_batch: Callable[[], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     with_cluster: bool = True,
+    check: Check | None = None,
 ) -> tuple[int, str | None]:
     """Write ``picks`` into Label Studio in rank order, ``batch_size`` at a time, each prediction
     with its ``result`` (``results(task id)``), ``score``, ``cluster`` and ``version`` (``_write``).
+    ``check`` (``labelloop.labelstudio.region_check.RegionCheck``) drops, before a bulk import,
+    the regions Label Studio's import would refuse (logged ``prediction_regions_refused``), so a
+    refused region does not cost the task its whole prediction.
 
     ``stop()`` is asked before each batch; ``after_first_batch`` runs once the top tasks are in, at
     the first batch of which Label Studio stored a prediction (the label stream can follow them from
@@ -105,7 +112,10 @@ def import_picks(
                 return imported, why
             batch = picks[start : start + batch_size]
             t0 = time.monotonic()
-            created = _write(client, project_id, version, batch, results, pool if with_cluster else None)
+            if with_cluster:
+                created = _write(client, project_id, version, batch, results, pool)
+            else:
+                created = _write(client, project_id, version, batch, _checked(results, check, version), None)
             if created < len(batch):
                 log.warning(
                     "preannotate_rejected",
@@ -131,6 +141,27 @@ def import_picks(
             if on_progress is not None:
                 on_progress(imported, len(picks))
     return imported, None
+
+
+def _checked(results: Callable[[int], list[Any]], check: Check | None, version: str) -> Callable[[int], list[Any]]:
+    """``results`` with ``check``'s refused regions left out, each task's refusal logged."""
+    if check is None:
+        return results
+
+    def result(task: int) -> list[Any]:
+        regions = results(task)
+        kept, errors = check(regions)
+        if errors:
+            log.warning(
+                "prediction_regions_refused",
+                version=version,
+                task=task,
+                refused=len(regions) - len(kept),
+                error=errors[0][:300],
+            )
+        return kept
+
+    return result
 
 
 def _write(

@@ -32,6 +32,7 @@ import structlog
 
 from labelloop.errors import RegistryError
 from labelloop.labelstudio import retired_predictions, task_pages
+from labelloop.labelstudio.region_check import RegionCheck
 from labelloop.labelstudio.sampling import FIRST_PICKS_VERSION, delete_predictions, follow_labelloop
 from labelloop.ls_json import Task
 from labelloop.registry.params import ProjectParams, train_spec
@@ -149,6 +150,7 @@ class _Run:
     set_sampling: bool
     on_progress: Callable[[int, int], None] | None
     listing: task_pages.Listing  # todo: the tasks to predict; labeled: a sample of annotated ones
+    label_config: str = ""
 
     def stop(self) -> str | None:
         return superseded_by(self.predictor, self.project_id, self.version, self.generation)
@@ -261,6 +263,7 @@ class _Run:
             follow,
             self.on_progress,
             with_cluster=self.set_sampling,
+            check=None if self.set_sampling else RegionCheck(self.label_config),
         )
         outcome.imported, outcome.batches, outcome.stopped = imported, -(-imported // self.batch_size), why
 
@@ -317,7 +320,7 @@ def preannotate_project(
     listing = task_pages.for_version(client, project_id, version, max_labeled=MAX_LABELED_EMBEDDED)
     run = _Run(
         client, predictor, project_id, version, batch_size, hostname, api_key, params, spec, generation,
-        set_model_version, set_sampling, on_progress, listing,
+        set_model_version, set_sampling, on_progress, listing, project.label_config,
     )  # fmt: skip
     outcome.tasks = len(listing.todo)
     if on_progress is not None:
