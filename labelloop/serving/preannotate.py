@@ -150,7 +150,7 @@ class _Run:
     set_sampling: bool
     on_progress: Callable[[int, int], None] | None
     listing: task_pages.Listing  # todo: the tasks to predict; labeled: a sample of annotated ones
-    label_config: str = ""
+    label_config: str  # the project's, for the bulk import's region check
 
     def stop(self) -> str | None:
         return superseded_by(self.predictor, self.project_id, self.version, self.generation)
