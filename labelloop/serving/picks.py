@@ -106,16 +106,14 @@ def import_picks(
     """
     imported = 0
     followed = False
+    written = results if with_cluster else _checked(results, check, version)
     with ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="preannotate-import") as pool:
         for number, start in enumerate(range(0, len(picks), batch_size)):
             if (why := stop()) is not None:
                 return imported, why
             batch = picks[start : start + batch_size]
             t0 = time.monotonic()
-            if with_cluster:
-                created = _write(client, project_id, version, batch, results, pool)
-            else:
-                created = _write(client, project_id, version, batch, _checked(results, check, version), None)
+            created = _write(client, project_id, version, batch, written, pool if with_cluster else None)
             if created < len(batch):
                 log.warning(
                     "preannotate_rejected",

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from labelloop.ls_json import Keyframe
-from labelloop.task_types.spec import xyxy_to_rectangle
+from labelloop.task_types.spec import in_frame
 
 #: The box properties Label Studio interpolates (``VideoRectangleRegion.props``).
 PROPS = ("x", "y", "width", "height", "rotation")
@@ -301,15 +301,6 @@ def _least_squares(
     return [list(map(float, row)) for row in out]
 
 
-def _in_frame(values: Sequence[float]) -> list[float]:
-    """``[x, y, width, height]`` (percent) clipped to the frame: a fitted keyframe may lie up to the
-    tolerance past the border its box touches, where Label Studio 1.23.2 refuses a value over 100
-    (its SDK's ``VideoRectangleSequenceValue``)."""
-    x, y, w, h = values
-    inside = xyxy_to_rectangle((x, y, x + w, y + h), 100, 100)
-    return [inside[p] for p in BOX_PROPS]
-
-
 def _within(
     points: Sequence[Sequence[float]], kept: Sequence[int], values: Sequence[Sequence[float]], tolerance: float
 ) -> bool:
@@ -346,7 +337,7 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
       reaches), then the values that draw the track back nearest in least squares while still
       within the band (``_least_squares``). A box jittering about a straight path then costs its
       two ends, where copying one jittered frame as a keyframe tilts the line by that frame's error.
-      Its keyframes are clipped to the frame (``_in_frame``) and kept only while still within the
+      Its keyframes are clipped to the frame (``spec.in_frame``) and kept only while still within the
       band, so boxes inside the frame give keyframes inside it.
 
     A box clipped at the frame's border as its object leaves shrinks linearly while its edge stays
@@ -380,7 +371,8 @@ def reduce_track(boxes: Mapping[int, Mapping[str, float]], tolerance: float, fra
         if tolerance > 0 and len(run) > 2:
             free, values = _fit_free(points, tolerance)
             if len(free) < len(keep):
-                values = [_in_frame(v) for v in _least_squares(points, free, tolerance) or values]
+                fitted = _least_squares(points, free, tolerance) or values
+                values = [[in_frame(dict(zip(BOX_PROPS, v, strict=True)))[p] for p in BOX_PROPS] for v in fitted]
                 if _within(points, free, values, tolerance):
                     keep = {
                         run[k]: {**full[run[k]], **dict(zip(BOX_PROPS, vals, strict=True))}

@@ -117,3 +117,16 @@ def xyxy_to_rectangle(
         "height": (y2 - y1) / H * 100,
         "rotation": 0.0,
     }
+
+
+def in_frame(box: Mapping[str, float]) -> dict[str, float]:
+    """A box in percent (``x, y, width, height``) clipped to the frame or image (``xyxy_to_rectangle``
+    over 100 x 100): Label Studio 1.23.2 refuses a region value over 100 (label-studio-sdk's
+    ``RectangleValue``, ``VideoRectangleSequenceValue``), and a smoothed or fitted box can run past
+    the border its object touches.
+
+    Returns:
+        ``{"x", "y", "width", "height", "rotation"}``, rotation 0.
+    """
+    x, y = float(box["x"]), float(box["y"])
+    return xyxy_to_rectangle((x, y, x + float(box["width"]), y + float(box["height"])), 100, 100)

@@ -23,7 +23,7 @@ from labelloop.task_types.detect import Rectangles
 from labelloop.task_types.geometry import yolo_numbers
 from labelloop.task_types.keyframes import reduce_track, visible
 from labelloop.task_types.regions import describe
-from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, rectangle_to_yolo, xyxy_to_rectangle
+from labelloop.task_types.spec import MIN_BOX_PX, TrainSpec, in_frame, rectangle_to_yolo
 
 #: Label Studio's ``Video`` ``frameRate`` when the tag sets none (``tags/object/Video/Video.js``).
 DEFAULT_FRAMERATE = 24.0
@@ -169,10 +169,7 @@ class VideoRectangles(Rectangles):
         if label not in self.spec.labels:
             return None
         W, H = clip.width, clip.height
-        inside = {
-            f: xyxy_to_rectangle((b["x"], b["y"], b["x"] + b["width"], b["y"] + b["height"]), 100, 100)
-            for f, b in boxes.items()
-        }
+        inside = {f: in_frame(b) for f, b in boxes.items()}
         kept = {f: b for f, b in inside.items() if min(b["width"] / 100 * W, b["height"] / 100 * H) >= MIN_BOX_PX}
         if not kept:
             return None
