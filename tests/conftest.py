@@ -126,9 +126,14 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     binary = _label_studio_binary()
     workdir = tmp_path_factory.mktemp("label-studio")
     LABEL_STUDIO_DATA["dir"] = workdir / "data"
+    # Local Storage's root too (``label_studio_local_files``): one server start less per session.
+    LABEL_STUDIO_DATA["document_root"] = document_root = (workdir / "document-root").resolve()
+    document_root.mkdir()
     stack = Stack(workdir, {})
     try:
-        url = stack.start_label_studio(binary, free_port(), workdir / "data", LS_USER, LS_PASSWORD, LS_TOKEN)
+        url = stack.start_label_studio(
+            binary, free_port(), workdir / "data", LS_USER, LS_PASSWORD, LS_TOKEN, document_root=document_root
+        )
         yield url, LS_TOKEN
     finally:
         stack.stop_all()
@@ -186,12 +191,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory, image_server: tuple[str, P
 
 
 @pytest.fixture(scope="session")
-def label_studio_local_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
-    """A real Label Studio whose ``LOCAL_FILES_DOCUMENT_ROOT`` is a fresh directory.
+def label_studio_local_files(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, str, Path]]:
+    """A real Label Studio whose ``LOCAL_FILES_DOCUMENT_ROOT`` is a directory of its own: the
+    session's ``label_studio`` (started with one), or, when that one runs outside the tests
+    (``LABELLOOP_TEST_LS_URL``), a server of its own.
 
     Yields ``(url, legacy_token, document_root)``; Local Storage connections must point at a
     subdirectory of ``document_root``.
     """
+    if not os.environ.get("LABELLOOP_TEST_LS_URL"):
+        url, token = request.getfixturevalue("label_studio")
+        yield url, token, LABEL_STUDIO_DATA["document_root"]
+        return
     binary = _label_studio_binary()
     workdir = tmp_path_factory.mktemp("label-studio-local-files")
     document_root = (workdir / "document-root").resolve()

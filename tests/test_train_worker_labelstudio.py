@@ -40,7 +40,8 @@ def test_a_killed_train_worker_s_run_is_redelivered_and_completes(
     stack = Stack(tmp_path, {})
     try:
         redis_url = stack.start_redis(free_port())
-        env = {**TRAIN_ENV, "LABELLOOP_EPOCHS": "12"}
+        # The broker's visibility timeout (what the whole worker's SIGKILL waits for) at 20 s, not 45.
+        env = {**TRAIN_ENV, "LABELLOOP_EPOCHS": "12", "LABELLOOP_TRAIN_REDELIVERY_S": "20"}
         stack.env.update(settings_env(tmp_path, redis_url=redis_url, label_studio=label_studio, **env))
         stack.start_worker("train")
         settings = make_settings(tmp_path, redis_url=redis_url)

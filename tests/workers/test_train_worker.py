@@ -79,7 +79,11 @@ def workers(
         w.stack.stop_all()
 
 
-@pytest.mark.parametrize("workers", [{"LABELLOOP_TRAIN_MAX_DELIVERIES": "1"}], indirect=True)
+# The broker's visibility timeout at 20 s instead of 45 (the whole worker's SIGKILL waits for it;
+# the running delivery keeps its message fresh every 10 s, a third of the lock's TTL).
+@pytest.mark.parametrize(
+    "workers", [{"LABELLOOP_TRAIN_MAX_DELIVERIES": "1", "LABELLOOP_TRAIN_REDELIVERY_S": "20"}], indirect=True
+)
 @pytest.mark.parametrize("deploy", [False, True], ids=["sigkill", "sigterm-then-sigkill"])
 def test_a_killed_worker_s_training_is_redelivered_within_a_minute_and_given_up_after_max(
     workers: Workers, deploy: bool
@@ -108,7 +112,10 @@ def test_a_killed_worker_s_training_is_redelivered_within_a_minute_and_given_up_
     try:
         wait_until(kept, 30, "the delivery kept (unacknowledged or back in its queue)", 0.1)
     except TimeoutError:
-        pytest.fail(f"the delivery was not kept: (unacked, queued) last seen {seen[-5:]}")
+        pytest.fail(
+            f"the delivery was not kept: (unacked, queued) last seen {seen[-5:]}; Redis keys "
+            f"{sorted(k.decode() for k in workers.redis.keys('*'))}\n" + workers.stack.log_tail("worker-train", 8000)
+        )
     metrics_port = free_port()
     workers.stack.start_worker("train", name="worker-train-new", args=["--metrics-port", str(metrics_port)])
     ready_at = time.monotonic()
