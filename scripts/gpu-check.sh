@@ -73,7 +73,12 @@ step() {  # step NAME COMMAND...: run, log to $WORK/logs/NAME.log, echo its last
 }
 
 echo "gpu-check: device $DEVICE ($GPU_NAME), python $PY, work $WORK"
-step fork "$PY" -m pytest -q -p no:cacheprovider tests/workers/test_cuda_fork.py
+if [[ $DEVICE == cpu ]]; then
+  # The dry run proves the step's command only: the test suite runs this file itself.
+  step fork "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/workers/test_cuda_fork.py
+else
+  step fork "$PY" -m pytest -q -p no:cacheprovider tests/workers/test_cuda_fork.py
+fi
 if [[ $RUN_LS == 1 ]]; then
   step train-worker "$PY" -m pytest -q -p no:cacheprovider tests/test_train_worker_labelstudio.py -k retried
 else

@@ -38,6 +38,9 @@ TRAIN_ENV = {
     "LABELLOOP_BASE_MODEL": "yolov8n.yaml",
     "LABELLOOP_OFFLINE": "true",  # tests never download weights
     "LABELLOOP_LOG_JSON": "true",
+    # A training due after annotations waits 3 s without one, not 15: the tests' annotations come
+    # in bursts of API calls (tests/labelloop/test_quiet_period.py covers the wait itself).
+    "LABELLOOP_TRAIN_QUIET_S": "3",
 }
 
 

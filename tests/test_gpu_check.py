@@ -35,8 +35,9 @@ def test_gpu_check_refuses_in_one_line_with_status_2_without_a_cuda_device(tmp_p
 
 @pytest.mark.slow
 def test_gpu_check_cpu_dry_run_runs_every_step_and_prints_the_ratios(tmp_path: Path) -> None:
-    """GPU_CHECK_DEVICE=cpu runs the fork check and bench.train, bench.predict and bench.swap with tiny
-    sizes, exits 0 and prints each benchmark's ratio in the results block."""
+    """GPU_CHECK_DEVICE=cpu collects the fork check (the suite runs it itself) and runs bench.train,
+    bench.predict and bench.swap with tiny sizes, exits 0 and prints each benchmark's ratio in the
+    results block."""
     env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_WORKDIR": str(tmp_path / "work"), "GPU_CHECK_LS": "0"}
     out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
