@@ -44,12 +44,14 @@ print(torch.cuda.get_device_name(0))' 2>&1); then
   SIZES_TRAIN=(--epochs 10 --images 96 --imgsz 640 --batch 16 --workers 4)
   SIZES_PREDICT=(--images 32 --imgsz 640 --rounds 3)
   SIZES_SWAP=(--swaps 6 --clients 2 --phase-s 6 --imgsz 640)
+  FORK_CHECK=(tests/workers/test_cuda_fork.py)
   RUN_LS=${GPU_CHECK_LS:-$([[ -x $LS_VENV/bin/label-studio ]] && echo 1 || echo 0)}
 else
   GPU_NAME="none (CPU dry run)"
   SIZES_TRAIN=(--epochs 1 --images 8 --imgsz 64 --batch 4 --workers 0)
   SIZES_PREDICT=(--images 4 --imgsz 64 --rounds 1)
   SIZES_SWAP=(--swaps 2 --clients 1 --phase-s 2 --imgsz 64)
+  FORK_CHECK=(--collect-only tests/workers/test_cuda_fork.py)  # the test suite runs it itself
   RUN_LS=${GPU_CHECK_LS:-0}
 fi
 
@@ -73,12 +75,7 @@ step() {  # step NAME COMMAND...: run, log to $WORK/logs/NAME.log, echo its last
 }
 
 echo "gpu-check: device $DEVICE ($GPU_NAME), python $PY, work $WORK"
-if [[ $DEVICE == cpu ]]; then
-  # The dry run proves the step's command only: the test suite runs this file itself.
-  step fork "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/workers/test_cuda_fork.py
-else
-  step fork "$PY" -m pytest -q -p no:cacheprovider tests/workers/test_cuda_fork.py
-fi
+step fork "$PY" -m pytest -q -p no:cacheprovider "${FORK_CHECK[@]}"
 if [[ $RUN_LS == 1 ]]; then
   step train-worker "$PY" -m pytest -q -p no:cacheprovider tests/test_train_worker_labelstudio.py -k retried
 else

@@ -198,14 +198,14 @@ def label_studio_local_files(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[str, str, Path]]:
     """A real Label Studio whose ``LOCAL_FILES_DOCUMENT_ROOT`` is a directory of its own: the
-    session's ``label_studio`` (started with one), or, when that one runs outside the tests
-    (``LABELLOOP_TEST_LS_URL``), a server of its own.
+    session's ``label_studio`` when the tests started it (with one), else (a server running
+    outside the tests, ``LABELLOOP_TEST_LS_URL``) a server of its own.
 
     Yields ``(url, legacy_token, document_root)``; Local Storage connections must point at a
     subdirectory of ``document_root``.
     """
-    if not os.environ.get("LABELLOOP_TEST_LS_URL"):
-        url, token = request.getfixturevalue("label_studio")
+    url, token = request.getfixturevalue("label_studio")
+    if "document_root" in LABEL_STUDIO_DATA:
         yield url, token, LABEL_STUDIO_DATA["document_root"]
         return
     binary = _label_studio_binary()
