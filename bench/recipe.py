@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.mistakes import data_shape, truths, write_dataset
 from bench.shapes import make_project
+from labelloop.training.child import AUGMENT_ARGS
 from labelloop.training.process import run_training_process
 from labelloop.training.recipe import plan_recipe
 from labelloop.yolo_env import prepare_ultralytics
@@ -36,13 +37,17 @@ ROOT = Path(__file__).resolve().parent.parent
 POOL, HELD_OUT = 50, 30
 
 
-def run_one(seed: int, imgsz: int, args: Any, work: Path, weights: str = "yolo26n.yaml") -> dict[str, Any]:
-    """Train ``weights`` at ``imgsz`` on seed ``seed``'s annotations; held-out mAP50 and the epochs that fit."""
+def run_one(
+    seed: int, imgsz: int, args: Any, work: Path, weights: str = "yolo26n.yaml", augment: str = ""
+) -> dict[str, Any]:
+    """Train ``weights`` at ``imgsz`` on seed ``seed``'s annotations, with ``augment``'s Ultralytics
+    augmentation arguments (``"flipud=0.5,mixup=0.1"``; empty: the recipe's); held-out mAP50 and the
+    epochs that fit."""
     project = make_project(seed, POOL + HELD_OUT)
     chosen = random.Random(seed).sample(project[:POOL], args.annotations)
     n_val = max(1, round(0.2 * args.annotations))
     val, train = chosen[:n_val], chosen[n_val:]
-    root = work / f"seed{seed}-{Path(weights).stem}-imgsz{imgsz}"
+    root = work / f"seed{seed}-{Path(weights).stem}-imgsz{imgsz}{'-' + augment if augment else ''}"
     data = write_dataset(root / "ds", truths(train), truths(val))
     held = write_dataset(root / "held", [], truths(project[POOL:]))
     recipe = plan_recipe(
@@ -60,6 +65,7 @@ def run_one(seed: int, imgsz: int, args: Any, work: Path, weights: str = "yolo26
         "workers": 0,
         "seed": 0,
         "config_dir": str(work / "yolo"),
+        **parse_augment(augment),
     }
     t0 = time.monotonic()
     result = run_training_process(spec, root / "run", timeout_s=args.time_s * 4 + 600)
@@ -75,6 +81,7 @@ def run_one(seed: int, imgsz: int, args: Any, work: Path, weights: str = "yolo26
         "seed": seed,
         "weights": weights,
         "imgsz": imgsz,
+        **({"augment": augment} if augment else {}),
         "train_images": len(train),
         "epochs": epochs,
         "seconds": round(seconds, 1),
@@ -85,10 +92,28 @@ def run_one(seed: int, imgsz: int, args: Any, work: Path, weights: str = "yolo26
     return row
 
 
+def parse_augment(augment: str) -> dict[str, float]:
+    """``"flipud=0.5,mixup=0.1"`` -> ``{"flipud": 0.5, "mixup": 0.1}`` (keys of
+    ``labelloop.training.child.AUGMENT_ARGS``).
+
+    Raises:
+        ValueError: a key that is not one, or a value that is not a number.
+    """
+    out: dict[str, float] = {}
+    for item in filter(None, augment.split(",")):
+        key, _, value = item.partition("=")
+        if key not in AUGMENT_ARGS:
+            raise ValueError(f"{key!r} is not an augmentation argument ({', '.join(AUGMENT_ARGS)})")
+        out[key] = float(value)
+    return out
+
+
 def variant(row: dict[str, Any], several_weights: bool) -> str:
     """A row's variant name: its imgsz (``"256"``), prefixed by the model when several are compared
-    (``"yolov8n.yaml@256"``)."""
-    return f"{row.get('weights', 'yolo26n.yaml')}@{row['imgsz']}" if several_weights else str(row["imgsz"])
+    (``"yolov8n.yaml@256"``), followed by its augmentation arguments when it has some
+    (``"256+flipud=0.5"``)."""
+    name = f"{row.get('weights', 'yolo26n.yaml')}@{row['imgsz']}" if several_weights else str(row["imgsz"])
+    return f"{name}+{row['augment']}" if row.get("augment") else name
 
 
 def summarise(rows: list[dict[str, Any]], several_weights: bool = False) -> dict[str, Any]:
@@ -126,15 +151,25 @@ def main() -> int:
         default="yolo26n.yaml",
         help="model YAMLs, from scratch as labelloop offline (yolo26n.yaml,yolov8n.yaml): each at each --imgsz",
     )
+    parser.add_argument(
+        "--augment",
+        default="",
+        help="augmentation variants separated by ';', each Ultralytics arguments 'flipud=0.5,mixup=0.1' "
+        "(an empty variant: the recipe's); each at each --imgsz and model",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-recipe")
     parser.add_argument("--out", type=Path, default=None, help="write the rows and the summary as JSON here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.imgsz.split(",")]
     models = args.weights.split(",")
+    augments = args.augment.split(";")
+    for augment in augments:
+        parse_augment(augment)  # a typo fails before the first training, not after it
     rows = [
-        run_one(seed, size, args, args.workdir.absolute(), weights)
+        run_one(seed, size, args, args.workdir.absolute(), weights, augment)
         for weights in models
         for size in sizes
+        for augment in augments
         for seed in range(args.seed, args.seed + args.seeds)
     ]
     summary = summarise(rows, several_weights=len(models) > 1)

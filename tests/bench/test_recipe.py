@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.recipe import summarise
+from bench.recipe import parse_augment, summarise
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "recipe-imgsz-cpu.json"
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 def _row(seed: int, imgsz: int, map50: float, weights: str | None = None) -> dict:
@@ -48,5 +48,23 @@ def test_several_models_key_by_model_and_size_the_first_being_the_peer() -> None
 
 def test_the_committed_summary_is_what_its_rows_give() -> None:
     """README quotes bench/results/recipe-imgsz-cpu.json's summary: it must follow from its rows."""
-    committed = json.loads(RESULTS.read_text())
-    assert summarise(committed["rows"]) == committed["summary"]
+    for name in ("recipe-imgsz-cpu.json", "recipe-augment-cpu.json"):
+        committed = json.loads((RESULTS / name).read_text())
+        assert summarise(committed["rows"]) == committed["summary"], name
+
+
+def test_augmentation_variants_key_by_size_and_arguments_the_recipe_s_being_the_peer() -> None:
+    rows = [_row(0, 256, 0.2), _row(1, 256, 0.4), _row(0, 256, 0.3) | {"augment": "flipud=0.5"}]
+    rows.append(_row(1, 256, 0.3) | {"augment": "flipud=0.5"})
+    got = summarise(rows)
+    assert list(got) == ["256", "256+flipud=0.5"]
+    assert got["256+flipud=0.5"]["x_peer"] == pytest.approx(1.0) and got["256+flipud=0.5"]["seeds_ahead_of_peer"] == 1
+
+
+def test_augmentation_arguments_parse_and_a_typo_is_refused() -> None:
+    assert parse_augment("") == {}
+    assert parse_augment("flipud=0.5,mixup=0.1") == {"flipud": 0.5, "mixup": 0.1}
+    with pytest.raises(ValueError, match="'flipup' is not an augmentation argument"):
+        parse_augment("flipup=0.5")
+    with pytest.raises(ValueError):
+        parse_augment("flipud=half")

@@ -132,7 +132,9 @@ def test_training_reports_epochs_and_can_be_cancelled(trained: dict, tmp_path: P
         "config_dir": str(Path(trained["work"]) / "yolo"),
     }
     seen: list[dict] = []
-    run_training_process(spec, tmp_path / "ok", timeout_s=300, on_progress=seen.append, poll_s=0.05)
+    # An augmentation argument of the job (AUGMENT_ARGS, bench.recipe --augment) reaches Ultralytics.
+    run_training_process({**spec, "flipud": 0.5}, tmp_path / "ok", timeout_s=300, on_progress=seen.append, poll_s=0.05)
+    assert "flipud: 0.5" in (tmp_path / "ok" / "train" / "args.yaml").read_text().splitlines()
     assert [p["epoch"] for p in seen][-1] == 2 and all(p["epochs"] == 2 for p in seen)
     assert "metrics/mAP50-95(B)" in seen[-1]["metrics"]
     losses = seen[-1]["losses"]

@@ -54,8 +54,7 @@ class Rig:
 
     def events(self, name: str, event: str) -> list[dict[str, Any]]:
         """The worker's JSON log lines of one event."""
-        rows = [json.loads(x) for x in self.stack.log_tail(name, 10_000_000).splitlines() if x.startswith("{")]
-        return [r for r in rows if r.get("event") == event]
+        return [r for r in self.stack.events(name) if r.get("event") == event]
 
 
 @pytest.fixture

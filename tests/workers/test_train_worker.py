@@ -5,7 +5,6 @@ answers, so every run stays in its dataset build for as long as the test needs."
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Iterator
@@ -60,11 +59,7 @@ class Workers:
 
     def events(self, name: str, event: str) -> list[dict[str, Any]]:
         """The worker's JSON log lines of one event."""
-        rows = []
-        for line in self.stack.log_tail(name, 10_000_000).splitlines():
-            if f'"{event}"' in line and line.startswith("{"):
-                rows.append(json.loads(line))
-        return [r for r in rows if r.get("event") == event]
+        return [r for r in self.stack.events(name) if r.get("event") == event]
 
 
 @pytest.fixture
@@ -137,9 +132,10 @@ def test_a_killed_worker_s_training_is_redelivered_within_a_minute_and_given_up_
         assert workers.events("worker-train-new", "training_given_up") == [] and records.given_up(21) is None
         assert (workers.progress.get(21) or {}).get("run_id") == run_id, "the same run trains again"
         return
+    # The run record is given up first; its log line, the run's end and the lock's release follow.
+    wait_until(lambda: not workers.jobs.trigger().state(21).training, 30, "the given-up run's lock released", 0.1)
     [given_up] = workers.events("worker-train-new", "training_given_up")
     assert given_up["run_id"] == run_id and "1 deliveries died with their worker" in given_up["reason"]
-    assert not workers.jobs.trigger().state(21).training
     # The given-up run's delivery is acknowledged once the task returns, just after its log line.
     wait_until(lambda: workers.redis.hlen("unacked") == 0, 10, "the given-up delivery acknowledged", 0.1)
 
