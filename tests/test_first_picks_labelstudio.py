@@ -216,10 +216,11 @@ def test_predictions_label_studio_drops_are_counted_and_the_stream_follows_the_f
     picks = [Pick(t, i / 3, None) for i, t in enumerate(ids)]
     results = {t: make_sample(900 + i, 160, 120).ls_result() if t in good else bad for i, t in enumerate(ids)}
     with structlog.testing.capture_logs() as logs:
-        imported, stopped = import_picks(
+        written = import_picks(
             api.sdk, pid, "v1", picks, results.__getitem__, 2, lambda: None, follow, with_cluster=False
         )
-    assert (imported, stopped) == (1, None)
+    # Two bulk imports of 2 tasks each, one prediction stored: both batches count.
+    assert (written.imported, written.batches, written.stopped) == (1, 2, None)
     assert sorted(_predictions(api, pid, "v1")) == [ids[2]]
     assert followed == [1] and api.sdk.projects.get(id=pid).model_version == "v1"
     rejected = [(e["batch"], e["rejected"]) for e in logs if e["event"] == "preannotate_rejected"]
@@ -227,12 +228,15 @@ def test_predictions_label_studio_drops_are_counted_and_the_stream_follows_the_f
 
 
 @pytest.mark.labelstudio
-def test_refused_regions_are_dropped_before_the_bulk_import_and_the_rest_is_stored(
-    label_studio: tuple[str, str], tmp_path: Path
+@pytest.mark.parametrize("with_cluster", [False, True], ids=["bulk-import", "one-post-each"])
+def test_refused_regions_are_dropped_before_the_write_and_the_rest_is_stored(
+    label_studio: tuple[str, str], tmp_path: Path, with_cluster: bool
 ) -> None:
-    """With a ``RegionCheck`` (what a pre-annotation passes when it leaves the project's sampling
-    alone) a region Label Studio would refuse is left out before the bulk import: every task keeps a
-    prediction, with its other regions as predicted, and nothing is counted as rejected."""
+    """With a ``RegionCheck`` (what a pre-annotation passes) a region the label config refuses is
+    left out before the write, a bulk import (the project's sampling left alone: it would drop the
+    task's prediction) or one ``POST /api/predictions/`` per task (with the cluster: Label Studio
+    1.23.2 would store the region as it is): every task keeps a prediction, with its other regions
+    as predicted, and nothing is counted as rejected."""
     from labelloop.labelstudio.region_check import RegionCheck
     from labelloop.serving.picks import Pick, import_picks
 
@@ -247,7 +251,7 @@ def test_refused_regions_are_dropped_before_the_bulk_import_and_the_rest_is_stor
     picks = [Pick(t, i / 2, None) for i, t in enumerate(ids)]
     project: Any = api.sdk.projects.get(id=pid)
     with structlog.testing.capture_logs() as logs:
-        imported, stopped = import_picks(
+        written = import_picks(
             api.sdk,
             pid,
             "v1",
@@ -255,10 +259,10 @@ def test_refused_regions_are_dropped_before_the_bulk_import_and_the_rest_is_stor
             results.__getitem__,
             2,
             lambda: None,
-            with_cluster=False,
+            with_cluster=with_cluster,
             check=RegionCheck(project.label_config),
         )
-    assert (imported, stopped) == (3, None)
+    assert (written.imported, written.batches, written.stopped) == (3, 2, None)
     stored = _predictions(api, pid, "v1")
     assert sorted(stored) == ids
     for t, sample in zip(ids, samples, strict=True):

@@ -126,7 +126,9 @@ def test_a_promotion_supersedes_a_running_preannotation(
     v2 = [e for e in log if e.get("version") == "v2" and e.get("event") == "preannotate_batch"]
     assert len(v2) == TASKS // BATCH and all(e["tasks"] == BATCH for e in v2)
     [done] = [e for e in log if e.get("event") == "preannotated" and e.get("version") == "v2"]
-    assert done["stopped"] is None and done["imported"] == TASKS
+    assert done["stopped"] is None and done["imported"] == TASKS and done["batches"] == TASKS // BATCH
+    [v1_done] = [e for e in log if e.get("event") == "preannotated" and e.get("version") == "v1"]
+    assert v1_done["batches"] == imported_batches and v1_done["imported"] == v1[stop]["imported"]
     # Runs only on the preannotate worker; the predict worker answered /predict alone.
     predict_log = stack.log_tail("worker-predict", 10_000_000)
     assert f"Task {TASK_PREANNOTATE}[" not in predict_log and "preannotate_batch" not in predict_log

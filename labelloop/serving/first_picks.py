@@ -180,17 +180,10 @@ def first_picks(
         follow_labelloop(client, registry.root, project_id, FIRST_PICKS_VERSION, set_sampling)
 
     delete_predictions(client, project_id, FIRST_PICKS_VERSION)  # scores are ranks: all of them anew
-    imported, why = import_picks(
-        client,
-        project_id,
-        FIRST_PICKS_VERSION,
-        picks,
-        lambda _task: [],
-        batch_size,
-        stop,
-        follow,
-        on_progress,
+    written = import_picks(
+        client, project_id, FIRST_PICKS_VERSION, picks, lambda _task: [], batch_size, stop, follow, on_progress
     )
+    imported, why = written.imported, written.stopped
     outcome.imported = imported
     if why:
         log.info("first_picks_superseded", why=why, imported=imported)

@@ -76,6 +76,17 @@ def ranked_picks(
     return picks, mode
 
 
+@dataclass(frozen=True)
+class Imported:
+    """What ``import_picks`` wrote: ``imported`` predictions Label Studio stored, in ``batches``
+    bulk imports (a batch whose every prediction was refused counts); ``stopped`` is ``stop()``'s
+    reason, or None."""
+
+    imported: int
+    batches: int
+    stopped: str | None
+
+
 def import_picks(
     client: Any,
     project_id: int,
@@ -88,12 +99,15 @@ def import_picks(
     on_progress: Callable[[int, int], None] | None = None,
     with_cluster: bool = True,
     check: Check | None = None,
-) -> tuple[int, str | None]:
+) -> Imported:
     """Write ``picks`` into Label Studio in rank order, ``batch_size`` at a time, each prediction
     with its ``result`` (``results(task id)``), ``score``, ``cluster`` and ``version`` (``_write``).
-    ``check`` (``labelloop.labelstudio.region_check.RegionCheck``) drops, before a bulk import,
-    the regions Label Studio's import would refuse (logged ``prediction_regions_refused``), so a
-    refused region does not cost the task its whole prediction.
+    ``check`` (``labelloop.labelstudio.region_check.RegionCheck``) drops, before they are written,
+    the regions Label Studio's label config refuses (logged ``prediction_regions_refused``): a bulk
+    import drops the task's whole prediction for one, and one ``POST /api/predictions/`` per
+    prediction stores it unchecked in Label Studio 1.23.2 (``tasks/serializers.py`` validates only
+    behind the feature flag ``fflag_feat_utc_210_prediction_validation_15082025``; with it, a 400
+    that fails the run).
 
     ``stop()`` is asked before each batch; ``after_first_batch`` runs once the top tasks are in, at
     the first batch of which Label Studio stored a prediction (the label stream can follow them from
@@ -101,16 +115,15 @@ def import_picks(
     ``preannotate_batch`` per batch.
 
     Returns:
-        ``(imported, stopped)``: ``imported`` counts the predictions Label Studio stored;
-        ``stopped`` is ``stop()``'s reason, or None.
+        the predictions stored, the batches written and why it stopped (``Imported``).
     """
-    imported = 0
+    imported = batches = 0
     followed = False
-    written = results if with_cluster else _checked(results, check, version)
+    written = _checked(results, check, version)
     with ThreadPoolExecutor(max_workers=IMPORT_THREADS, thread_name_prefix="preannotate-import") as pool:
         for number, start in enumerate(range(0, len(picks), batch_size)):
             if (why := stop()) is not None:
-                return imported, why
+                return Imported(imported, batches, why)
             batch = picks[start : start + batch_size]
             t0 = time.monotonic()
             created = _write(client, project_id, version, batch, written, pool if with_cluster else None)
@@ -124,6 +137,7 @@ def import_picks(
                     reason="Label Studio's import dropped results its label config refuses (its log says which)",
                 )
             imported += created
+            batches += 1
             log.info(
                 "preannotate_batch",
                 version=version,
@@ -138,7 +152,7 @@ def import_picks(
                 followed = True
             if on_progress is not None:
                 on_progress(imported, len(picks))
-    return imported, None
+    return Imported(imported, batches, None)
 
 
 def _checked(results: Callable[[int], list[Any]], check: Check | None, version: str) -> Callable[[int], list[Any]]:

@@ -150,7 +150,7 @@ class _Run:
     set_sampling: bool
     on_progress: Callable[[int, int], None] | None
     listing: task_pages.Listing  # todo: the tasks to predict; labeled: a sample of annotated ones
-    label_config: str  # the project's, for the bulk import's region check
+    label_config: str  # the project's, for the region check before each write
 
     def stop(self) -> str | None:
         return superseded_by(self.predictor, self.project_id, self.version, self.generation)
@@ -252,7 +252,7 @@ class _Run:
                 follow_labelloop(self.client, root, self.project_id, self.version, self.set_sampling)
 
         index = {t["id"]: i for i, t in enumerate(self.listing.todo)}
-        imported, why = import_picks(
+        written = import_picks(
             self.client,
             self.project_id,
             self.version,
@@ -263,9 +263,9 @@ class _Run:
             follow,
             self.on_progress,
             with_cluster=self.set_sampling,
-            check=None if self.set_sampling else RegionCheck(self.label_config),
+            check=RegionCheck(self.label_config),
         )
-        outcome.imported, outcome.batches, outcome.stopped = imported, -(-imported // self.batch_size), why
+        outcome.imported, outcome.batches, outcome.stopped = written.imported, written.batches, written.stopped
 
 
 def preannotate_project(

@@ -210,3 +210,55 @@ def test_results_show_conf_hides_regions_but_not_from_the_score(Results: Any) ->
     probs = Results(blank_image(), "a.png", MODEL_NAMES, probs=torch.tensor([0.2, 0.1, 0.7]))
     (choice,), _ = results_to_regions(probs, CLASSIFY, MODEL_NAMES, show_conf=0.9, score_conf=0.3)
     assert choice["value"] == {"choices": ["cat"]}
+
+
+def _label_config(spec: TrainSpec) -> str:
+    """A label config with ``spec``'s control tags over one Image ``image`` (``LABELS`` as labels)."""
+    tags = {
+        "rectanglelabels": ("RectangleLabels", "Label"),
+        "polygonlabels": ("PolygonLabels", "Label"),
+        "brushlabels": ("BrushLabels", "Label"),
+        "choices": ("Choices", "Choice"),
+    }
+    tag, item = tags[spec.region_type]
+    labels = "".join(f'<{item} value="{n}"/>' for n in spec.labels)
+    control = f'<{tag} name="{spec.from_name}" toName="image">{labels}</{tag}>'
+    if spec.keypoint_from_name:
+        points = "".join(f'<Label value="{n}"/>' for n in spec.keypoint_labels)
+        control += f'<KeyPointLabels name="{spec.keypoint_from_name}" toName="image">{points}</KeyPointLabels>'
+    return f'<View><Image name="image" value="$image"/>{control}</View>'
+
+
+def test_every_task_type_s_predicted_regions_pass_label_studio_s_region_check(Results: Any) -> None:
+    """What each task type predicts (boxes, rotated boxes, keypoints with their box, polygons and
+    brush masks from masks, a choice) is what label-studio-sdk's validation accepts for a matching
+    label config: the region check every pre-annotation runs before writing drops none of it."""
+    import torch
+
+    from labelloop.labelstudio.region_check import RegionCheck
+
+    boxes = torch.tensor([[20.0, 10, 60, 40, 0.9, 0], [100, 20, 150, 90, 0.8, 1]])
+    masks = torch.zeros(2, H, W)
+    masks[0, 10:40, 20:60] = 1
+    masks[1, 20:90, 100:150] = 1
+    kpts = torch.tensor(
+        [[[30.0, 30, 0.9], [40, 40, 0.9], [50, 35, 0.9]], [[130, 30, 0.9], [120, 50, 0.9], [140, 60, 0.9]]]
+    )
+    obb = torch.tensor([[100.0, 50, 40, 20, 0.5, 0.9, 2], [40, 60, 30, 10, -0.3, 0.8, 0]])
+    cases = [
+        (DETECT, Results(blank_image(), "a.png", MODEL_NAMES, boxes=boxes)),
+        (OBB, Results(blank_image(), "a.png", MODEL_NAMES, obb=obb)),
+        (POSE, Results(blank_image(), "a.png", MODEL_NAMES, boxes=boxes, keypoints=kpts)),
+        (POLY, Results(blank_image(), "a.png", MODEL_NAMES, boxes=boxes, masks=masks)),
+        (BRUSH, Results(blank_image(), "a.png", MODEL_NAMES, boxes=boxes, masks=masks)),
+        (CLASSIFY, Results(blank_image(), "a.png", MODEL_NAMES, probs=torch.tensor([0.2, 0.1, 0.7]))),
+    ]
+    for spec, result in cases:
+        regions, _ = results_to_regions(result, spec, MODEL_NAMES, show_conf=0.1, score_conf=0.1)
+        assert regions, spec.task
+        check = RegionCheck(_label_config(spec))
+        assert check(regions) == (regions, []), spec
+        # and the check is live for that config: a label it does not have is refused
+        unknown = {**regions[0], "value": {**regions[0]["value"], spec.region_type: ["zebra"]}}
+        kept, errors = check([unknown])
+        assert kept == [] and len(errors) == 1, spec
