@@ -49,6 +49,8 @@ def run_one(
     val, train = chosen[:n_val], chosen[n_val:]
     root = work / f"seed{seed}-{Path(weights).stem}-imgsz{imgsz}{'-' + augment if augment else ''}"
     data = write_dataset(root / "ds", truths(train), truths(val))
+    if parse_augment(augment).get("copy_paste"):
+        box_outlines(root / "ds" / "labels" / "train")
     held = write_dataset(root / "held", [], truths(project[POOL:]))
     recipe = plan_recipe(
         data_shape(truths(train), len(val)),
@@ -90,6 +92,24 @@ def run_one(
     }
     print(json.dumps(row), flush=True)
     return row
+
+
+def box_outlines(labels: Path) -> None:
+    """Rewrite each YOLO box line ``c x y w h`` under ``labels`` as its rectangle's outline
+    ``c x1 y1 x2 y1 x2 y2 x1 y2`` (normalised): Ultralytics' copy-paste (``copy_paste``) pastes
+    segments only, and reads the box of a segment line back as the same box."""
+    for path in labels.glob("*.txt"):
+        lines = []
+        for line in path.read_text().splitlines():
+            c, x, y, w, h = line.split()
+            x1, y1, x2, y2 = (
+                float(x) - float(w) / 2,
+                float(y) - float(h) / 2,
+                float(x) + float(w) / 2,
+                float(y) + float(h) / 2,
+            )
+            lines.append(f"{c} {x1:.6f} {y1:.6f} {x2:.6f} {y1:.6f} {x2:.6f} {y2:.6f} {x1:.6f} {y2:.6f}")
+        path.write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
 def parse_augment(augment: str) -> dict[str, float]:

@@ -50,7 +50,7 @@ def pick_device(device: str) -> str:
 
 # Optional spec keys passed to ``YOLO.train`` as they are (the recipe's, and a few for experiments).
 # Ultralytics' augmentation arguments a job may set (``bench.recipe --augment`` compares them).
-AUGMENT_ARGS = ("flipud", "fliplr", "degrees", "translate", "scale", "mixup", "hsv_h", "hsv_s", "hsv_v")
+AUGMENT_ARGS = ("flipud", "fliplr", "degrees", "translate", "scale", "mixup", "hsv_h", "hsv_s", "hsv_v", "copy_paste")
 TRAIN_ARGS = ("nbs", "mosaic", "close_mosaic", "val", "optimizer", "lr0", "warmup_epochs", *AUGMENT_ARGS)
 
 

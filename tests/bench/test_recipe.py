@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.recipe import parse_augment, summarise
+from bench.recipe import box_outlines, parse_augment, summarise
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
@@ -68,3 +68,23 @@ def test_augmentation_arguments_parse_and_a_typo_is_refused() -> None:
         parse_augment("flipup=0.5")
     with pytest.raises(ValueError):
         parse_augment("flipud=half")
+
+
+def test_box_outlines_are_the_same_boxes_as_segments(tmp_path: Path) -> None:
+    """``box_outlines`` rewrites ``c x y w h`` as the rectangle's four corners, which Ultralytics
+    reads back as the same box (``segments2boxes``); an empty label file stays empty."""
+    import numpy as np
+
+    from labelloop.yolo_env import prepare_ultralytics
+
+    prepare_ultralytics(tmp_path / "yolo")
+    from ultralytics.utils.ops import segments2boxes
+
+    (tmp_path / "a.txt").write_text("0 0.5 0.4 0.2 0.1\n2 0.25 0.75 0.1 0.3\n")
+    (tmp_path / "empty.txt").write_text("")
+    box_outlines(tmp_path)
+    rows = [[float(v) for v in line.split()] for line in (tmp_path / "a.txt").read_text().splitlines()]
+    assert [r[0] for r in rows] == [0, 2] and all(len(r) == 9 for r in rows)
+    boxes = segments2boxes([np.array(r[1:]).reshape(-1, 2) for r in rows])
+    np.testing.assert_allclose(boxes, [[0.5, 0.4, 0.2, 0.1], [0.25, 0.75, 0.1, 0.3]], atol=1e-6)
+    assert (tmp_path / "empty.txt").read_text() == ""
