@@ -79,8 +79,8 @@ def ranked_picks(
 @dataclass(frozen=True)
 class Imported:
     """What ``import_picks`` wrote: ``imported`` predictions Label Studio stored, in ``batches``
-    bulk imports (a batch whose every prediction was refused counts); ``stopped`` is ``stop()``'s
-    reason, or None."""
+    batches written (each a bulk import or one ``POST`` per prediction; a batch Label Studio
+    stored none of counts); ``stopped`` is ``stop()``'s reason, or None."""
 
     imported: int
     batches: int
