@@ -48,8 +48,9 @@ def run_one(
     n_val = max(1, round(0.2 * args.annotations))
     val, train = chosen[:n_val], chosen[n_val:]
     root = work / f"seed{seed}-{Path(weights).stem}-imgsz{imgsz}{'-' + augment if augment else ''}"
+    augment_args = parse_augment(augment)
     data = write_dataset(root / "ds", truths(train), truths(val))
-    if parse_augment(augment).get("copy_paste"):
+    if augment_args.get("copy_paste"):
         box_outlines(root / "ds" / "labels" / "train")
     held = write_dataset(root / "held", [], truths(project[POOL:]))
     recipe = plan_recipe(
@@ -67,7 +68,7 @@ def run_one(
         "workers": 0,
         "seed": 0,
         "config_dir": str(work / "yolo"),
-        **parse_augment(augment),
+        **augment_args,
     }
     t0 = time.monotonic()
     result = run_training_process(spec, root / "run", timeout_s=args.time_s * 4 + 600)
@@ -101,13 +102,9 @@ def box_outlines(labels: Path) -> None:
     for path in labels.glob("*.txt"):
         lines = []
         for line in path.read_text().splitlines():
-            c, x, y, w, h = line.split()
-            x1, y1, x2, y2 = (
-                float(x) - float(w) / 2,
-                float(y) - float(h) / 2,
-                float(x) + float(w) / 2,
-                float(y) + float(h) / 2,
-            )
+            c, *xywh = line.split()
+            x, y, w, h = map(float, xywh)
+            x1, y1, x2, y2 = x - w / 2, y - h / 2, x + w / 2, y + h / 2
             lines.append(f"{c} {x1:.6f} {y1:.6f} {x2:.6f} {y1:.6f} {x2:.6f} {y2:.6f} {x1:.6f} {y2:.6f}")
         path.write_text("\n".join(lines) + ("\n" if lines else ""))
 
