@@ -8,7 +8,8 @@ This module wires; the routes answer, one module per concern, each a ``routes()`
 ``service.deps.AppState``; they take it from ``service.deps`` and nothing from each other.
 
 Every request passes ``service.frontdoor`` (Host allow-list, cross-site POSTs refused) and
-``service.limits`` (requests in flight bounded, 503 beyond) before its route. Errors become
+``service.limits`` (requests in flight bounded, 503 beyond; 408 to a body that does not come in
+time) before its route. Errors become
 responses in one place (``service.webhook.error_response``).
 
 The receiver never imports torch or ultralytics; run it with ``labelloop serve`` (uvicorn with
@@ -37,7 +38,7 @@ from service.auth import placeholder_credentials
 from service.deps import AppState
 from service.events import EventRecorder
 from service.frontdoor import FrontDoor
-from service.limits import InFlightLimit
+from service.limits import BodyDeadline, InFlightLimit
 from service.metrics import Metrics
 from service.projects import LabelStudioProjects
 from service.webhook import Scope, WebhookEndpoint, error_response
@@ -122,6 +123,7 @@ def create_app(settings: Settings) -> Receiver:
         middleware=[
             Middleware(FrontDoor, allowed_hosts=settings.allowed_hosts, on_host_refused=_refused_host),
             Middleware(InFlightLimit, limit=settings.max_concurrent_requests, on_refused=_refused_busy),
+            Middleware(BodyDeadline, timeout_s=settings.body_timeout_s),
         ],
         exception_handlers={
             HTTPException: _on_error,

@@ -7,7 +7,8 @@ descriptor and a slot of any connection limit. ``labelloop serve`` passes this c
 ``LABELLOOP_HEADER_TIMEOUT_S`` with ``functools.partial``) as uvicorn's ``http=``. A closed
 connection never reached the app: it carried no complete request, so there is nothing to record.
 
-Requests in flight are bounded in the app instead (``service.limits``).
+Requests in flight are bounded in the app instead (``service.limits``), and so is the time a
+request that has sent its head may take to send its body (``service.limits.BodyDeadline``: 408).
 """
 
 from __future__ import annotations

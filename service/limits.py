@@ -1,4 +1,4 @@
-"""The bound on requests in flight, inside the app: pure ASGI middleware.
+"""The bounds on requests in flight, inside the app: pure ASGI middleware.
 
 uvicorn's ``limit_concurrency`` counts open connections as well as requests, so idle sockets
 alone make it answer 503 to everyone (issue 21, item 1); this counts only requests the app is
@@ -8,15 +8,22 @@ Liveness (``exempt`` paths: ``/``, ``/health``) is never refused: a busy receive
 and a failed liveness probe would get it restarted. ``/predict`` (``separate`` paths) counts
 against a bound of its own: a big "Retrieve Predictions" or many slow predictions never take
 the places of webhooks and operators' registry routes, nor the other way round (issue 21, item 7).
+
+A place is held until the route answers, and a route waits for its body: ``BodyDeadline`` bounds
+that wait (``LABELLOOP_BODY_TIMEOUT_S``), so a client that sends a request head and then too
+little of its body cannot hold a place for ever (the header timeout of ``service.connections``
+ends with the head).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 
+import anyio
 import structlog
+from starlette.exceptions import HTTPException
 
-from service.webhook import Receive, Scope, Send, json_bytes
+from service.webhook import Message, Receive, Scope, Send, json_bytes
 
 log = structlog.get_logger("service.app")
 
@@ -79,3 +86,47 @@ class InFlightLimit:
         ]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": self._body})
+
+
+class BodyDeadline:
+    """Answer 408 to a request whose body is not all in ``timeout_s`` seconds after its head.
+
+    While the body is incomplete, each ``receive`` the route awaits waits at most what is left of
+    the deadline; past it, ``receive`` raises ``HTTPException(408)`` (with ``Connection: close``,
+    RFC 9110 15.5.9) into the route, which answers it as any refusal before its body was read: a
+    webhook records its gap when it carried a credential (``service.webhook``), other routes
+    answer through ``service.webhook.error_response``. The route returns, so its place in flight
+    is free again. Body bytes already received are handed over whatever the time: only waiting
+    is bounded. Once the body is complete, ``receive`` (a wait for the disconnect) is unbounded.
+
+    Args:
+        app: the ASGI app it wraps.
+        timeout_s: seconds from the request reaching the app (its head complete) to the body's
+            last byte (``LABELLOOP_BODY_TIMEOUT_S``).
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self.reason = f"request body not received within {timeout_s:g} s (LABELLOOP_BODY_TIMEOUT_S)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.timeout_s
+        complete = False
+
+        async def receive_by_deadline() -> Message:
+            nonlocal complete
+            if complete:
+                return await receive()
+            message: Message | None = None
+            with anyio.CancelScope(deadline=deadline):
+                message = await receive()
+            if message is None:
+                raise HTTPException(408, self.reason, headers={"Connection": "close"})
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_by_deadline, send)

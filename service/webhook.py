@@ -68,7 +68,7 @@ def error_response(exc: Exception, path: str) -> tuple[int, dict[str, Any], dict
     """``(status, JSON body, extra headers)`` for an error raised while handling ``path``; logs it."""
     if isinstance(exc, HTTPException):
         log.info("request_rejected", path=path, status=exc.status_code, error=exc.detail)
-        return exc.status_code, {"error": exc.detail}, None
+        return exc.status_code, {"error": exc.detail}, dict(exc.headers) if exc.headers else None
     if isinstance(exc, ValidationError):
         details = validation_reason(exc)
         log.info("request_rejected", path=path, status=422, error="invalid request", details=details)
@@ -145,7 +145,8 @@ class WebhookEndpoint:
     async def _handle(self, scope: Scope, receive: Receive) -> Response | None:
         """The response to send, or None when the client disconnected; raises for error answers.
 
-        A webhook refused before its body is parsed (413, 415, 422, 400) may be an annotation
+        A webhook refused before its body is parsed (413, 415, 422, 400; 408 when the body does
+        not come in time, ``service.limits.BodyDeadline``) may be an annotation
         Label Studio will never resend: it leaves a gap in Redis (``EventRecorder.record_refusal``)
         when it carried a valid credential (``record_refusal_if_credentialed``); a 401 leaves none.
         """

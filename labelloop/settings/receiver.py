@@ -69,6 +69,12 @@ class ReceiverFields(BaseModel):
         description="Seconds a client has to send a whole request head (`labelloop serve`); "
         "the connection is closed after it.",
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request has, once its head is in, to send its whole body; 408 after it and its "
+        "place in flight is free again (a refused webhook marks the change logs).",
+    )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         [],
         description="Host header names the receiver answers (comma-separated, `*`: any); empty: any "

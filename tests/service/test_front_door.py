@@ -1,11 +1,13 @@
 """The receiver's front door under real uvicorn and real sockets: idle connections cannot take it
 down, requests in flight are bounded inside the app (503 with a reason, and a gap for a refused
-webhook), and one unauthenticated request cannot invalidate every project's change log."""
+webhook), a request whose body never comes is answered 408 and gives its place back, and one
+unauthenticated request cannot invalidate every project's change log."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from tests.conftest import connect, fixture
 from tests.factories import settings_env
 
 SECRET = "front-door-secret-0123456789"
+BODY_TIMEOUT_S = 2.0
 AUTH = {"X-Labelloop-Secret": SECRET}
 
 
@@ -32,8 +35,8 @@ def _created(annotation_id: int) -> dict[str, Any]:
 
 @pytest.fixture
 def front(tmp_path: Path, redis_url: str) -> Iterator[tuple[Stack, str]]:
-    """``labelloop serve`` (real uvicorn) with the webhook secret, a 2 s header timeout and at
-    most 2 requests in flight; project 1 connected."""
+    """``labelloop serve`` (real uvicorn) with the webhook secret, a 2 s header timeout, a 2 s body
+    timeout and at most 2 requests in flight; project 1 connected."""
     redis.Redis.from_url(redis_url).flushdb()
     stack = Stack(
         tmp_path,
@@ -42,6 +45,7 @@ def front(tmp_path: Path, redis_url: str) -> Iterator[tuple[Stack, str]]:
             redis_url=redis_url,
             LABELLOOP_WEBHOOK_SECRET=SECRET,
             LABELLOOP_HEADER_TIMEOUT_S="2",
+            LABELLOOP_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
             LABELLOOP_MAX_CONCURRENT_REQUESTS="2",
         ),
     )
@@ -86,12 +90,13 @@ def test_idle_sockets_neither_block_requests_nor_stay_open(front: tuple[Stack, s
             s.close()
 
 
-def _half_sent_webhook(url: str) -> socket.socket:
-    """An authenticated webhook whose head is sent and whose body is not: a request in flight."""
+def _half_sent_webhook(url: str, path: str = "/webhook") -> socket.socket:
+    """An authenticated webhook (to ``path``) whose head is sent and whose body is not: a request
+    in flight."""
     body = json.dumps(_created(99)).encode()
     sock = socket.create_connection(_address(url), timeout=5)
     head = (
-        f"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"X-Labelloop-Secret: {SECRET}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     sock.sendall(head.encode() + body[:10])
@@ -138,6 +143,58 @@ def test_requests_in_flight_are_bounded_in_the_app_and_a_refused_webhook_leaves_
                 s.close()
         wait_until(lambda: http.post("/webhook", json=_created(next(ids))).status_code == 201, 10, "accepted again")
         assert 'labelloop_requests_refused_busy_total{route="webhook"}' in http.get("/metrics").text
+
+
+def _answer(sock: socket.socket, timeout_s: float) -> bytes:
+    """Everything the receiver sends on ``sock`` until it closes it; fails after ``timeout_s``."""
+    sock.setblocking(True)
+    sock.settimeout(timeout_s)
+    out = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except TimeoutError:
+        pytest.fail(f"no answer and the connection still open after {timeout_s:g} s; got {bytes(out)!r}")
+    return bytes(out)
+
+
+def test_a_webhook_whose_body_never_comes_gets_408_and_gives_its_place_back(
+    front: tuple[Stack, str], redis_url: str
+) -> None:
+    """Authenticated webhooks that send their head and part of their body, then nothing, as many
+    as the requests in flight allowed, are each answered 408 with a reason once
+    LABELLOOP_BODY_TIMEOUT_S has passed and their connections closed; each refusal marks the change
+    logs as any refused webhook does, and a webhook sent afterwards is accepted (their places are
+    free again). A JSON route's body (/setup) has the same deadline."""
+    _stack, url = front
+    client = redis.Redis.from_url(redis_url)
+    log = ChangeLog(client)
+    with httpx.Client(base_url=url, timeout=10, headers=AUTH) as http:
+        assert http.post("/webhook", json=_created(1)).status_code == 201
+        position = log.read(1, log.position(1)).position
+        refused = int(client.get(keys.WEBHOOKS_REFUSED) or 0)
+        t0 = time.monotonic()
+        held = [_half_sent_webhook(url) for _ in range(2)]
+        try:
+            answers = [_answer(s, BODY_TIMEOUT_S + 5) for s in held]
+        finally:
+            for s in held:
+                s.close()
+        elapsed = time.monotonic() - t0
+        for answer in answers:
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408 "), answer
+            assert b"LABELLOOP_BODY_TIMEOUT_S" in body, answer
+        assert BODY_TIMEOUT_S <= elapsed < BODY_TIMEOUT_S + 5, elapsed
+        assert int(client.get(keys.WEBHOOKS_REFUSED) or 0) == refused + len(held)
+        with pytest.raises(ChangeLogUnusable, match="refused"):
+            log.read(1, position)
+        assert http.post("/webhook", json=_created(2)).status_code == 201
+    setup = _half_sent_webhook(url, "/setup")
+    try:
+        assert _answer(setup, BODY_TIMEOUT_S + 5).startswith(b"HTTP/1.1 408 ")
+    finally:
+        setup.close()
 
 
 def test_an_unauthenticated_refusal_leaves_every_change_log_valid(front: tuple[Stack, str], redis_url: str) -> None:
