@@ -162,7 +162,8 @@ async def predict(request: Request) -> JSONResponse:
         project_id = int(req.tasks[0].project)
     else:
         raise BadRequestError("project is missing")
-    train_spec(req.label_config, load_params(st.settings.models_dir, project_id))
+    # Reading the project's params and parsing the label config (XML) block: in a thread.
+    await run_in_threadpool(lambda: train_spec(req.label_config, load_params(st.settings.models_dir, project_id)))
     if not req.tasks:
         return JSONResponse({"results": []})
     limit = st.settings.predict_max_tasks

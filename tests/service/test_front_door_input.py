@@ -205,6 +205,35 @@ def test_a_hung_file_read_in_setup_or_status_leaves_the_receiver_answering(tmp_p
         stack.stop_all()
 
 
+def test_a_hung_params_read_in_predict_leaves_the_receiver_answering(tmp_path: Path, redis_url: str) -> None:
+    """While /predict is stuck reading the project's params.json (a FIFO with no writer: a hung
+    disk), /health still answers: /predict reads the params and parses the label config in a
+    thread, not on the event loop; the stuck request completes once the read does."""
+    stack = Stack(tmp_path, settings_env(tmp_path, redis_url=redis_url))
+    url = stack.start_receiver(free_port())
+    project = tmp_path / "models" / "1"
+    project.mkdir(parents=True)
+    fifo = project / "params.json"
+    os.mkfifo(fifo)
+    body = {**fixture("ml_predict_request.json"), "tasks": []}  # answered without a predict worker
+    try:
+        with httpx.Client(base_url=url, timeout=20) as http, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            stuck = pool.submit(http.post, "/predict", json=body)
+            fd: list[int] = []
+            wait_until(lambda: _open_writer(fifo, fd), 10, "/predict reading params.json")
+            try:
+                with httpx.Client(base_url=url, timeout=2) as probe:
+                    assert probe.get("/health").status_code == 200
+            finally:
+                os.write(fd[0], b"{}")
+                os.close(fd[0])
+            resp = stuck.result(timeout=20)
+            assert resp.status_code == 200, resp.text
+            assert resp.json() == {"results": []}
+    finally:
+        stack.stop_all()
+
+
 def _open_writer(fifo: Path, fds: list[int]) -> bool:
     """Open ``fifo`` for writing without blocking; succeeds only once a reader has it open."""
     try:
