@@ -21,6 +21,8 @@ messages) and one list per queue and priority (``queue_lists``), read by ``label
 
 from __future__ import annotations
 
+import hashlib
+
 PROJECTS = "labelloop:projects"
 EVENTS = "labelloop:events"
 VERSIONS_CHANNEL = "labelloop:versions"
@@ -100,6 +102,22 @@ def preannotation(project_id: int) -> str:
 def first_picks_queued(project_id: int) -> str:
     """Set while a first-picks job of the project is queued recently (``/setup`` sends no other)."""
     return project(project_id, "first_picks:queued")
+
+
+def selection_queued(project_id: int, digest: str) -> str:
+    """Set while a ``/predict`` selection (``digest``: ``selection_digest`` of its task ids) waits on
+    the pre-annotation queue, so Label Studio's repeated "Retrieve Predictions" queues it once."""
+    return project(project_id, f"selection:{digest}")
+
+
+def selection_digest(task_ids: list[int]) -> str:
+    """A short digest of a selection's task ids, whatever their order.
+
+    Examples:
+        >>> selection_digest([3, 1, 2]) == selection_digest([1, 2, 3])
+        True
+    """
+    return hashlib.sha256(",".join(map(str, sorted(task_ids))).encode()).hexdigest()[:16]
 
 
 def preannotation_generation(project_id: int) -> str:

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from labelloop import keys
 from labelloop.errors import BadRequestError, ForbiddenError, LabelloopError, UnavailableError
 from labelloop.events.ledger import PROJECTS_KEY
-from labelloop.names import QUEUE_PREANNOTATE, QUEUE_PREDICT, TASK_FIRST_PICKS, TASK_PREDICT
+from labelloop.names import QUEUE_PREANNOTATE, QUEUE_PREDICT, TASK_FIRST_PICKS, TASK_PREDICT, TASK_WRITE_SELECTION
 from labelloop.registry.params import ProjectParams, parse_extra_params, train_spec
 from labelloop.registry.params import load as load_params
 from labelloop.registry.params import store as store_params
@@ -42,6 +42,9 @@ log = structlog.get_logger("service.app")
 # /setup queues a project's first picks at most this often (seconds): Label Studio calls /setup
 # whenever a task is opened; the job itself skips when every unlabeled task has its first pick.
 FIRST_PICKS_EVERY_S = 60
+# A selection handed to the pre-annotation queue is not queued again for this long (seconds) while
+# its job has not ended (the job clears it): Label Studio's "Retrieve Predictions" may be clicked twice.
+SELECTION_QUEUED_S = 1800
 
 
 async def health(request: Request) -> JSONResponse:
@@ -147,7 +150,10 @@ async def predict(request: Request) -> JSONResponse:
     Errors (Label Studio 1.23.2, ``ml.models.MLBackend._get_predictions_from_ml_backend``, logs any
     4xx or 5xx as ``Error occurred: <status> ... for url`` and saves no prediction; the body's reason
     stays in labelloop's log and in the response for other callers):
-        413: more tasks than ``LABELLOOP_PREDICT_MAX_TASKS``, refused before anything is queued.
+        202: more tasks than ``LABELLOOP_PREDICT_MAX_TASKS``: handed to the pre-annotation queue
+            (``_hand_to_preannotation``), ``{"results": [], "queued": n, "detail": ...}``.
+        413: more tasks than ``LABELLOOP_PREDICT_MAX_TASKS`` and nothing that could write them into
+            Label Studio later (no ``LABEL_STUDIO_URL``, or no version served yet).
         503: no worker answered within ``LABELLOOP_PREDICT_TIMEOUT_S``, or the worker failed (died,
             out of memory, over its time limit), with the reason.
     """
@@ -166,15 +172,9 @@ async def predict(request: Request) -> JSONResponse:
     await run_in_threadpool(lambda: train_spec(req.label_config, load_params(st.settings.models_dir, project_id)))
     if not req.tasks:
         return JSONResponse({"results": []})
-    limit = st.settings.predict_max_tasks
-    if len(req.tasks) > limit:
-        raise HTTPException(
-            413,
-            f"{len(req.tasks)} tasks in one /predict: over LABELLOOP_PREDICT_MAX_TASKS ({limit}). Retrieve "
-            "predictions for a smaller selection; the pre-annotation queue predicts every unlabeled task of the "
-            "project after each promotion (it takes a project, not a list of task ids)",
-        )
     tasks = [{"id": t.id, "data": t.data} for t in req.tasks]
+    if len(tasks) > st.settings.predict_max_tasks:
+        return await _hand_to_preannotation(st, project_id, req.label_config, tasks)
 
     def call() -> Any:
         timeout = st.settings.predict_timeout_s
@@ -214,6 +214,49 @@ async def predict(request: Request) -> JSONResponse:
         seconds=seconds,
     )
     return JSONResponse({"results": results})
+
+
+async def _hand_to_preannotation(
+    st: AppState, project_id: int, label_config: str, tasks: list[dict[str, Any]]
+) -> JSONResponse:
+    """A selection over ``LABELLOOP_PREDICT_MAX_TASKS``: queued once (``keys.selection_queued``, while
+    it waits or runs) as ``labelloop.write_selection`` on the pre-annotation queue, which predicts it
+    in chunks and writes the predictions into Label Studio (``labelloop.serving.selection.write_selection``);
+    answers 202 at once, with no results: Label Studio 1.23.2 stores none from this answer (it logs
+    "results field must be a list with at least one item") and shows the written predictions as they
+    arrive. Without ``LABEL_STUDIO_URL``, or with no served version, nothing could write them: 413
+    with the reason."""
+    limit = st.settings.predict_max_tasks
+    over = f"{len(tasks)} tasks in one /predict: over LABELLOOP_PREDICT_MAX_TASKS ({limit})"
+    if not st.settings.label_studio_url:
+        raise HTTPException(413, f"{over}; the pre-annotation queue cannot take them: no LABEL_STUDIO_URL to write to")
+    if await run_in_threadpool(st.registry.current_name, project_id) is None:
+        raise HTTPException(
+            413, f"{over}; the pre-annotation queue cannot take them: project {project_id} has no version served yet"
+        )
+    key = keys.selection_queued(project_id, keys.selection_digest([int(t["id"]) for t in tasks]))
+    try:
+        with anyio.fail_after(st.settings.redis_timeout_s):
+            fresh = bool(await st.redis.set(key, "1", nx=True, ex=SELECTION_QUEUED_S))
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise UnavailableError(f"selection not queued: Redis failed ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if fresh:
+        try:
+            args = [project_id, label_config, tasks]
+            await run_in_threadpool(st.celery.send_task, TASK_WRITE_SELECTION, args=args, queue=QUEUE_PREANNOTATE)
+        except Exception as exc:
+            with anyio.move_on_after(st.settings.redis_timeout_s, shield=True):
+                try:
+                    await st.redis.delete(key)  # the next "Retrieve Predictions" may queue it
+                except (RedisError, OSError):
+                    pass
+            raise UnavailableError(f"selection not queued ({type(exc).__name__}: {str(exc)[:200]})") from None
+    detail = (
+        f"{over}: {'queued' if fresh else 'already queued'} on the pre-annotation queue; its predictions "
+        "appear in Label Studio as each chunk is written"
+    )
+    log.info("selection_queued", project_id=project_id, tasks=len(tasks), fresh=fresh)
+    return JSONResponse({"results": [], "queued": len(tasks), "detail": detail}, status_code=202)
 
 
 def _predict_limiter(request: Request) -> anyio.CapacityLimiter:

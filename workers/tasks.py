@@ -14,6 +14,7 @@ at once.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar, cast
@@ -35,6 +36,7 @@ from labelloop.names import (
     TASK_PREDICT,
     TASK_RECONCILE,
     TASK_TRAIN,
+    TASK_WRITE_SELECTION,
 )
 from labelloop.serving.first_picks import FirstPicksOutcome
 from labelloop.serving.preannotate import PreannotateOutcome
@@ -155,3 +157,13 @@ def predict(self: Task, project_id: int, label_config: str, tasks: list[ls_json.
         expires = self.request.expires
         when = maybe_make_aware(maybe_iso8601(expires)) if isinstance(expires, str) else expires
         return jobs(self.app).predict(project_id, label_config, tasks, expires=when)
+
+
+@bound_task(name=TASK_WRITE_SELECTION)
+def write_selection(self: Task, project_id: int, label_config: str, tasks: list[ls_json.Task]) -> dict[str, Any]:
+    """A ``/predict`` selection over ``LABELLOOP_PREDICT_MAX_TASKS`` (queue ``preannotate``), predicted
+    with the served version and written into Label Studio as predictions: ``{"tasks", "written",
+    "version", "stopped"}``. Not retried: a retry would write the chunks already written a second time;
+    Label Studio's next "Retrieve Predictions" asks only for the tasks still without a prediction."""
+    with structlog.contextvars.bound_contextvars(project_id=project_id, task_id=self.request.id):
+        return dataclasses.asdict(jobs(self.app).write_selection(project_id, label_config, tasks))

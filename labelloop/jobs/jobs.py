@@ -26,7 +26,7 @@ from datetime import datetime
 
 import redis
 
-from labelloop import redis_client
+from labelloop import keys, redis_client
 from labelloop.events.ledger import Change, Ledger
 from labelloop.jobs.annotations import AnnotationEvents, Handled
 from labelloop.jobs.context import JobContext, Send
@@ -38,6 +38,7 @@ from labelloop.jobs.trigger import TriggerStore
 from labelloop.ls_json import Task
 from labelloop.serving.first_picks import FirstPicksOutcome
 from labelloop.serving.preannotate import PreannotateOutcome
+from labelloop.serving.selection import SelectionWritten
 from labelloop.settings import Settings
 
 
@@ -145,3 +146,12 @@ class Jobs:
     ) -> PredictResponse:
         """``PredictJob.predict``: regions for Label Studio tasks (``/predict``'s response)."""
         return self.prediction.predict(project_id, label_config, tasks, expires)
+
+    def write_selection(self, project_id: int, label_config: str, tasks: list[Task]) -> SelectionWritten:
+        """``PredictJob.write_selection``: a selection too big for ``/predict`` into Label Studio; then
+        the selection is no longer queued (``keys.selection_queued``: the next "Retrieve Predictions"
+        of the same tasks queues it again)."""
+        try:
+            return self.prediction.write_selection(project_id, label_config, tasks)
+        finally:
+            self.redis.delete(keys.selection_queued(project_id, keys.selection_digest([t["id"] for t in tasks])))

@@ -14,13 +14,15 @@ from typing import Any, TypedDict
 
 import structlog
 
+from labelloop.labelstudio import client as labelstudio
 from labelloop.labelstudio.media import MediaConfig
+from labelloop.labelstudio.region_check import RegionCheck
 from labelloop.ls_json import Prediction, Task
 from labelloop.registry.params import load as load_params
 from labelloop.registry.params import train_spec
 from labelloop.registry.store import Registry
 from labelloop.serving.predictor import Predictor
-from labelloop.serving.selection import deadline_s, predict_selection
+from labelloop.serving.selection import SelectionWritten, deadline_s, predict_selection, write_selection
 from labelloop.serving.video import VideoOptions
 from labelloop.settings import Settings
 
@@ -204,3 +206,31 @@ class PredictJob:
             show_conf=params.show_conf,
         )
         return {"results": results}
+
+    def write_selection(self, project_id: int, label_config: str, tasks: list[Task]) -> SelectionWritten:
+        """A ``/predict`` selection over ``LABELLOOP_PREDICT_MAX_TASKS``, handed to the pre-annotation
+        queue: predicted with the project's served version in chunks of ``LABELLOOP_PREDICT_BATCH``
+        and written into Label Studio as predictions (``labelloop.serving.selection.write_selection``).
+
+        Raises:
+            LabelStudioUnavailable, LabelStudioError: writing to Label Studio failed.
+            UnavailableError: out of memory on a chunk.
+        """
+        s = self.settings
+        params = load_params(s.models_dir, project_id)
+        spec = train_spec(label_config, params)
+        with labelstudio.calling(s.label_studio_url, f"writing a selection's predictions into project {project_id}"):
+            return write_selection(
+                labelstudio.client(s.label_studio_url, s.api_key),
+                self.predictors.predictor,
+                project_id,
+                spec,
+                tasks,
+                s.label_studio_url,
+                s.api_key,
+                s.predict_batch,
+                check=RegionCheck(label_config),
+                imgsz=params.effective(s)["imgsz"],
+                score_strategy=params.score_strategy,
+                show_conf=params.show_conf,
+            )

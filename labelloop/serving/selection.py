@@ -12,20 +12,27 @@ each item of ``results`` is a prediction (a dict) or a list of predictions; a ta
 an empty list gets none, and the next "Retrieve Predictions" of the same selection asks only for
 the tasks without a prediction of the current model version. So a selection cut short by the
 deadline is finished by retrieving it again.
+
+A selection over ``LABELLOOP_PREDICT_MAX_TASKS`` goes to the pre-annotation queue instead
+(``write_selection``): predicted in the same chunks with no deadline, and written into Label
+Studio as predictions the way a pre-annotation writes them.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
 
 from labelloop.errors import UnavailableError
+from labelloop.labelstudio.task_pages import holding
 from labelloop.ls_json import Prediction, Task
 from labelloop.registry.store import UNTRAINED
+from labelloop.serving.picks import Check, Pick, import_picks
 from labelloop.serving.predictor import Predictor
 from labelloop.task_types.informativeness import Strategy
 from labelloop.task_types.labels import TrainSpec
@@ -72,6 +79,7 @@ def predict_selection(
     imgsz: int | None = None,
     score_strategy: Strategy | None = None,
     show_conf: float | None = None,
+    version: str | None = None,
 ) -> list[Prediction | list[Any]]:
     """Predict ``tasks`` in chunks of ``batch`` (one ``Predictor.predict`` call, so one Ultralytics
     batch and one image download, per chunk), every chunk with the version the first one was
@@ -84,6 +92,7 @@ def predict_selection(
             chunk always runs. Video tasks stop tracking ``VIDEO_TRACK_SHARE`` of it after the call,
             all chunks' videos together (a video not reached by then gets no regions and
             ``predict_video_deferred``).
+        version: the version to predict with (None: the served one at the first chunk).
 
     Returns:
         One item per task, in order: ``Predictor.predict``'s prediction dict, or ``[]`` (no
@@ -97,7 +106,6 @@ def predict_selection(
     """
     t0 = time.monotonic()
     out: list[Prediction | list[Any]] = [NOT_READY] * len(tasks)
-    version: str | None = None
     for start in range(0, len(tasks), max(1, batch)):
         if start and time.monotonic() - t0 >= deadline_s:
             log.warning(
@@ -138,6 +146,119 @@ def predict_selection(
         if version is None and served not in (None, UNTRAINED, "base"):
             version = served  # the later chunks too, even when a promotion swaps meanwhile
     return out
+
+
+@dataclass(frozen=True)
+class SelectionWritten:
+    """What ``write_selection`` did: ``written`` predictions Label Studio stored, of ``tasks``;
+    ``version`` they carry (None when none was served); ``stopped`` why it ended early, or None."""
+
+    tasks: int
+    written: int
+    version: str | None
+    stopped: str | None
+
+
+def write_selection(
+    client: Any,
+    predictor: Predictor,
+    project_id: int,
+    spec: TrainSpec,
+    tasks: list[Task],
+    hostname: str | None,
+    api_key: str | None,
+    batch: int,
+    check: Check | None = None,
+    imgsz: int | None = None,
+    score_strategy: Strategy | None = None,
+    show_conf: float | None = None,
+) -> SelectionWritten:
+    """Predict a selection too big for one ``/predict`` and write it into Label Studio: ``batch``
+    tasks per ``Predictor.predict`` call (``LABELLOOP_PREDICT_BATCH``), every chunk with the version
+    the first one was predicted with, each chunk written as soon as it is predicted (one bulk
+    ``POST /api/projects/{id}/import/predictions``, ``labelloop.serving.picks.import_picks``, the
+    regions ``check`` refuses left out), with the prediction's own ``score``. A task id given twice
+    is predicted once; a task that holds a prediction of that version already (one listing of the
+    project, ``labelloop.labelstudio.task_pages.holding``, after the first chunk) gets none more.
+
+    Writes nothing when the project has no served version (``stopped`` says so). Label Studio
+    1.23.2's next "Retrieve Predictions" of the same selection asks only for the tasks that hold no
+    prediction of the project's model version (``ml.models.MLBackend.predict_tasks``), so a
+    selection cut short (a worker's death, a new version) is finished by retrieving it again.
+    Logs ``selection_written``.
+
+    Args:
+        tasks: ``[{"id": int, "data": {...}}]`` as Label Studio sent them to ``/predict``.
+
+    Raises:
+        UnavailableError: out of memory on a chunk (see ``predict_selection``).
+    """
+    unique = list({t["id"]: t for t in reversed(tasks)}.values())[::-1]  # the first of a repeated id
+    written = 0
+    version: str | None = None
+    stopped: str | None = None
+    held: set[int] = set()
+    for start in range(0, len(unique), max(1, batch)):
+        chunk = [t for t in unique[start : start + batch] if t["id"] not in held]
+        if not chunk:
+            continue
+        results = predict_selection(
+            predictor,
+            project_id,
+            spec,
+            chunk,
+            hostname,
+            api_key,
+            len(chunk),
+            float("inf"),
+            imgsz=imgsz,
+            score_strategy=score_strategy,
+            show_conf=show_conf,
+            version=version,
+        )
+        predicted = [(t["id"], r) for t, r in zip(chunk, results, strict=True) if isinstance(r, dict)]
+        served = predicted[0][1]["model_version"] if predicted else None
+        if served in (None, UNTRAINED, "base"):
+            stopped = "no served version"
+            break
+        if version is None:
+            version = str(served)
+            held = holding(client, project_id, version)
+        written += _write_predicted(client, project_id, version, [(t, r) for t, r in predicted if t not in held], check)
+    log.info(
+        "selection_written",
+        project_id=project_id,
+        tasks=len(tasks),
+        unique=len(unique),
+        held=len(held),
+        written=written,
+        version=version,
+        stopped=stopped,
+    )
+    return SelectionWritten(len(tasks), written, version, stopped)
+
+
+def _write_predicted(
+    client: Any, project_id: int, version: str, predicted: list[tuple[int, Prediction]], check: Check | None
+) -> int:
+    """One chunk's ``(task id, prediction)`` pairs into Label Studio as one bulk import; returns how
+    many it stored."""
+    if not predicted:
+        return 0
+    regions = {task: r["result"] for task, r in predicted}
+    picks = [Pick(task, float(r.get("score") or 0.0), None) for task, r in predicted]
+    imported = import_picks(
+        client,
+        project_id,
+        version,
+        picks,
+        regions.__getitem__,
+        len(picks),
+        lambda: None,
+        with_cluster=False,
+        check=check,
+    )
+    return imported.imported
 
 
 def _out_of_memory(exc: BaseException) -> bool:

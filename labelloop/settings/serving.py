@@ -46,8 +46,9 @@ class ServingFields(BaseModel):
     predict_max_tasks: int = Field(
         256,
         ge=1,
-        description="Tasks one /predict may carry (a Data Manager 'Retrieve Predictions' selection); more is "
-        "refused at once with 413: the pre-annotation queue predicts a project's unlabeled tasks.",
+        description="Tasks one /predict predicts itself (a Data Manager 'Retrieve Predictions' selection); more "
+        "is answered 202 at once and handed to the pre-annotation queue, which writes their predictions into "
+        "Label Studio (413 without LABEL_STUDIO_URL or a served version).",
     )
     predict_cache_projects: int = Field(
         4,

@@ -15,7 +15,7 @@ from labelloop.errors import UnavailableError
 from labelloop.labelstudio.media import MediaConfig
 from labelloop.registry.store import Registry
 from labelloop.serving.predictor import Predictor
-from labelloop.serving.selection import deadline_s, predict_selection
+from labelloop.serving.selection import SelectionWritten, deadline_s, predict_selection, write_selection
 from labelloop.task_types.labels import parse_detection_config
 from tests.factories import make_settings, publish_version
 
@@ -151,3 +151,13 @@ def test_a_promotion_between_chunks_leaves_the_selection_on_the_first_chunks_ver
         predictor.close()
     assert calls == ["v1", "v1", "v1"]
     assert [r["model_version"] for r in results if isinstance(r, dict)] == ["v1"] * 6
+
+
+def test_a_selection_handed_to_the_queue_writes_nothing_without_a_served_version(
+    predictor: Predictor, image_server: tuple[str, Path]
+) -> None:
+    """``write_selection`` of a project that serves only the base model stops after its first chunk
+    with "no served version" and never calls Label Studio (the client here has no method at all)."""
+    base_url, _ = image_server
+    out = write_selection(object(), predictor, PROJECT, SPEC, _tasks(base_url, 4), None, None, batch=2)
+    assert out == SelectionWritten(tasks=4, written=0, version=None, stopped="no served version")

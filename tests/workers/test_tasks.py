@@ -89,6 +89,7 @@ def test_registered_task_names_are_pinned(redis_url: str, tmp_path: Path) -> Non
         "labelloop.predict",
         "labelloop.reconcile",
         "labelloop.train",
+        "labelloop.write_selection",
     ]
     assert names == sorted(ROUTES)
     assert app.conf.task_annotations[TASK_TRAIN] == {"soft_time_limit": 630, "time_limit": 750}
@@ -101,7 +102,7 @@ def test_registered_task_names_are_pinned(redis_url: str, tmp_path: Path) -> Non
 def test_transient_errors_are_retried_with_backoff(redis_url: str, tmp_path: Path) -> None:
     """Event, reconcile, pre-annotation and training tasks retry Redis and network errors with
     exponential backoff, waiting less than the broker's visibility timeout; the interactive
-    predict does not retry."""
+    predict does not retry, nor does a selection's write (a retry would write its chunks twice)."""
     app = create_celery(make_settings(tmp_path, redis_url=redis_url), with_tasks=True)
     app.loader.import_default_modules()
     for name in (
@@ -116,6 +117,7 @@ def test_transient_errors_are_retried_with_backoff(redis_url: str, tmp_path: Pat
         assert task.retry_backoff and task.max_retries == 5
         assert task.retry_backoff_max < app.conf.broker_transport_options["visibility_timeout"], name
     assert not getattr(app.tasks["labelloop.predict"], "autoretry_for", ())
+    assert not getattr(app.tasks["labelloop.write_selection"], "autoretry_for", ())
 
 
 def test_an_event_task_retries_when_redis_is_down(tmp_path: Path) -> None:
