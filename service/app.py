@@ -54,7 +54,7 @@ async def _refused_busy(scope: Scope) -> None:
     webhook = scope["path"] == "/webhook"
     st.metrics.refused_busy.labels(route="webhook" if webhook else "other").inc()
     if webhook:
-        await st.webhook.record_refusal_if_credentialed(scope)
+        await st.webhook.record_refusal_if_credentialed(scope, "busy")
 
 
 async def _refused_host(scope: Scope) -> None:
@@ -63,7 +63,7 @@ async def _refused_host(scope: Scope) -> None:
     annotation)."""
     st: AppState | None = getattr(scope["app"].state, "labelloop", None)
     if st is not None and scope["path"] == "/webhook":
-        await st.webhook.record_refusal_if_credentialed(scope)
+        await st.webhook.record_refusal_if_credentialed(scope, "host")
 
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:

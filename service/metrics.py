@@ -42,6 +42,15 @@ class Metrics:
             ["route"],
             registry=registry,
         )
+        self.webhooks_refused_unread = Counter(
+            "labelloop_webhooks_refused_unread_total",
+            "Webhooks with a valid credential (or none configured) refused before their body was read, by reason: "
+            "busy (503 beyond LABELLOOP_MAX_CONCURRENT_REQUESTS), host (400, Host not allowed), body (413, 415, 422).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("busy", "host", "body"):  # at 0 from the start: increase() sees the first refusal
+            self.webhooks_refused_unread.labels(reason=reason)
         self.served_version = Gauge(
             "labelloop_served_version_info",
             "1 for the model version each project serves.",

@@ -107,6 +107,21 @@ def credential_check(settings: Settings) -> tuple[bool, str, str]:
     )
 
 
+def _webhook_fix(found: project_webhook.Check) -> str:
+    """The doctor's fix for a project webhook found not working: a failing one exists and is on,
+    so it is Label Studio's deliveries that fail, not the webhook that needs re-arming."""
+    if found.state == project_webhook.FAILING:
+        return (
+            f"Label Studio could not deliver to {found.url}: check that Label Studio reaches the receiver there "
+            "(network, LABELLOOP_ALLOWED_HOSTS, the webhook secret header) and the receiver's auth_failed and "
+            "request_rejected logs"
+        )
+    return (
+        f"in Label Studio's project Settings > Webhooks, add or switch on the webhook to {found.url}, "
+        "or give labelloop's token a role that may manage webhooks"
+    )
+
+
 def doctor(settings: Settings) -> int:
     """Check every dependency; print what is wrong and how to fix it. Exit 1 on any problem.
 
@@ -168,10 +183,7 @@ def doctor(settings: Settings) -> int:
             found = project_webhook.last(store, p)
             if found is not None and found.ok is False:
                 report(
-                    False,
-                    f"project {p}: Label Studio webhook {project_webhook.describe(found)}",
-                    f"in Label Studio's project Settings > Webhooks, add or switch on the webhook to {found.url}, "
-                    "or give labelloop's token a role that may manage webhooks",
+                    False, f"project {p}: Label Studio webhook {project_webhook.describe(found)}", _webhook_fix(found)
                 )
     except redis.RedisError:
         pass  # reported above

@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import orjson
@@ -153,7 +153,7 @@ class WebhookEndpoint:
         try:
             raw = await self._read(scope, receive)
         except (HTTPException, AuthError):
-            await self.record_refusal_if_credentialed(scope)
+            await self.record_refusal_if_credentialed(scope, "body")
             raise
         if raw is None:
             return None
@@ -162,16 +162,18 @@ class WebhookEndpoint:
         async with self._large:
             return await self._parsed(scope, raw)
 
-    async def record_refusal_if_credentialed(self, scope: Scope) -> None:
-        """A webhook refused before its body was read (its project unknown): bump the refused
-        counter (every change log then reads Label Studio), but only when the request carried a
-        valid credential (or none is configured): an unauthenticated request is not Label
-        Studio's, and must not invalidate every project's change log (issue 21, item 8)."""
+    async def record_refusal_if_credentialed(self, scope: Scope, reason: Literal["busy", "host", "body"]) -> None:
+        """A webhook refused before its body was read (its project unknown; ``reason``: busy, host
+        or body): bump the refused counter (every change log then reads Label Studio) and count it
+        in ``labelloop_webhooks_refused_unread_total``, but only when the request carried a valid
+        credential (or none is configured): an unauthenticated request is not Label Studio's, and
+        must neither invalidate every project's change log (issue 21, item 8) nor raise an alert."""
         if self._auth_needed:
             try:
                 check_either(Headers(scope=scope), self.settings)
             except AuthError:
                 return
+        self.metrics.webhooks_refused_unread.labels(reason=reason).inc()
         await self.recorder.record_refusal(None)
 
     async def _read(self, scope: Scope, receive: Receive) -> bytes | None:

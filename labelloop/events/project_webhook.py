@@ -166,7 +166,8 @@ def secret_headers(header: str, secret: str | None) -> dict[str, str] | None:
 
 def watch(client: Any, store: redis.Redis, project_id: int, headers: dict[str, str] | None = None) -> Check:
     """``check`` the project's webhook (re-arming it), ``record`` the outcome and log
-    ``project_webhook_checked`` (warning when not ``ok``); returns the check.
+    ``project_webhook_checked`` (warning when not ``ok``, with the check's ``detail``: what was
+    found and what labelloop did or could not do); returns the check.
 
     Raises:
         what ``check`` raises; redis-py's errors.
@@ -174,7 +175,14 @@ def watch(client: Any, store: redis.Redis, project_id: int, headers: dict[str, s
     result = check(client, project_id, headers)
     record(store, project_id, result)
     event = log.info if result.state in (OK, NO_BACKEND) else log.warning
-    event("project_webhook_checked", project_id=project_id, state=result.state, rearmed=result.rearmed, url=result.url)
+    event(
+        "project_webhook_checked",
+        project_id=project_id,
+        state=result.state,
+        rearmed=result.rearmed,
+        url=result.url,
+        detail=result.detail,
+    )
     return result
 
 

@@ -6,6 +6,7 @@ unauthenticated request cannot invalidate every project's change log."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -108,8 +109,8 @@ def test_requests_in_flight_are_bounded_in_the_app_and_a_refused_webhook_leaves_
 ) -> None:
     """Beyond LABELLOOP_MAX_CONCURRENT_REQUESTS requests in flight, a webhook gets 503 with a reason
     and Retry-After, and the refusal marks the change logs (reconciliation reads Label Studio)
-    and is counted in /metrics; /health still answers; once the requests in flight end, webhooks
-    are accepted again."""
+    and is counted in /metrics (also among the webhooks refused unread, which the alert watches);
+    /health still answers; once the requests in flight end, webhooks are accepted again."""
     _stack, url = front
     client = redis.Redis.from_url(redis_url)
     log = ChangeLog(client)
@@ -142,7 +143,10 @@ def test_requests_in_flight_are_bounded_in_the_app_and_a_refused_webhook_leaves_
             for s in busy:
                 s.close()
         wait_until(lambda: http.post("/webhook", json=_created(next(ids))).status_code == 201, 10, "accepted again")
-        assert 'labelloop_requests_refused_busy_total{route="webhook"}' in http.get("/metrics").text
+        metrics = http.get("/metrics").text
+        assert 'labelloop_requests_refused_busy_total{route="webhook"}' in metrics
+        busy = re.search(r'labelloop_webhooks_refused_unread_total\{reason="busy"\} (\S+)', metrics)
+        assert busy and float(busy[1]) >= 1, metrics
 
 
 def _answer(sock: socket.socket, timeout_s: float) -> bytes:

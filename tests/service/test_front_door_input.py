@@ -155,6 +155,25 @@ def test_allowed_hosts_setting_restricts_any_address(redis_url: str, tmp_path: P
             log.read(1, position)
 
 
+def test_webhooks_refused_before_their_body_is_read_are_counted_by_reason(redis_url: str, tmp_path: Path) -> None:
+    """A webhook with the secret refused before its body is read (foreign Host: 400; not JSON: 415)
+    is counted in ``labelloop_webhooks_refused_unread_total{reason}``, which the
+    LabelloopWebhooksRefused alert watches; the same refusals without the secret are not."""
+    secret = "front-door-input-secret-0123456789"
+    settings = make_settings(tmp_path, redis_url=redis_url, allowed_hosts=["10.0.0.5"], webhook_secret=secret)
+    created = fixture("webhook_ANNOTATION_CREATED.json")
+    ok = {"Host": "10.0.0.5", "X-Labelloop-Secret": secret}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        assert c.post("/webhook", json=created, headers={"Host": "rebound.example"}).status_code == 400
+        assert c.post("/webhook", content=b"{}", headers={"Host": "10.0.0.5"}).status_code == 415
+        assert c.post("/webhook", json=created, headers={**ok, "Host": "rebound.example"}).status_code == 400
+        assert c.post("/webhook", content=b"{}", headers={**ok, "content-type": "text/plain"}).status_code == 415
+        assert c.post("/webhook", content=b"[1]", headers={**ok, "content-type": "application/json"}).status_code == 422
+        metrics = c.get("/metrics", headers=ok).text
+    assert 'labelloop_webhooks_refused_unread_total{reason="host"} 1.0' in metrics
+    assert 'labelloop_webhooks_refused_unread_total{reason="body"} 2.0' in metrics
+
+
 def test_the_redis_password_is_never_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`labelloop status`, `doctor` and `train` name the Redis URL with its password masked."""
     from service.ops_doctor import doctor
