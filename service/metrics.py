@@ -6,6 +6,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.protocol import ACCEPTED_ACTIONS
+
+#: ``labelloop_webhook_events_total`` outcomes that refuse a webhook (alert ``LabelloopWebhooksRefused``).
+REFUSED_OUTCOMES = ("rejected", "unavailable", "unknown project")
+
 
 class Metrics:
     """The receiver's metrics, registered on ``registry``."""
@@ -49,8 +54,6 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        for reason in ("busy", "host", "body"):  # at 0 from the start: increase() sees the first refusal
-            self.webhooks_refused_unread.labels(reason=reason)
         self.served_version = Gauge(
             "labelloop_served_version_info",
             "1 for the model version each project serves.",
@@ -91,6 +94,16 @@ class Metrics:
         )
 
         self._event_series: dict[tuple[str, str], Any] = {}
+        self._zero_refusals()
+
+    def _zero_refusals(self) -> None:
+        """The webhook refusals an alert counts, at 0 from the start: ``increase()`` sees the first
+        of each (a series that appears with its first increment has no earlier sample to rise from)."""
+        pairs = [(action, outcome) for action in sorted(ACCEPTED_ACTIONS) for outcome in REFUSED_OUTCOMES]
+        for action, outcome in [*pairs, ("(none)", "rejected")]:
+            self._event_series[(action, outcome)] = self.events.labels(action=action, outcome=outcome)
+        for reason in ("busy", "host", "body"):
+            self.webhooks_refused_unread.labels(reason=reason)
 
     def count_event(self, action: str, outcome: str) -> None:
         """Count one webhook event; the labelled series is looked up once per (action, outcome)."""

@@ -7,7 +7,7 @@ When an ML backend is added to a project, Label Studio 1.23.2 creates a webhook 
 one off after consecutive failed deliveries (label-studio-sdk 2.1's
 ``Webhook.consecutive_failures``); labelloop then hears of annotations only at reconciliation.
 
-Reconciliation (``labelloop.jobs.jobs``) calls ``watch`` for each project: for each ML backend of the
+Reconciliation (``labelloop.jobs.reconcile``) calls ``watch`` for each project: for each ML backend of the
 project the webhook to its URL is looked up (``GET /api/ml/?project=``, ``GET
 /api/webhooks/?project=``) and found ``ok``, ``missing``, ``inactive`` or ``failing``; a missing
 one is created again as Label Studio creates it, with labelloop's webhook secret header when one

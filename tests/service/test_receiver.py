@@ -178,6 +178,19 @@ def test_metrics_count_events(client: TestClient) -> None:
     assert 'labelloop_webhook_events_total{action="ANNOTATION_CREATED",outcome="accepted"} 1.0' in text
 
 
+def test_refused_webhook_series_are_at_zero_before_the_first_refusal(client: TestClient) -> None:
+    """Every refusal outcome an alert counts is exposed at 0 from the start, so the alert's
+    ``increase()`` sees the first refusal (a series born with its first increment has no earlier
+    sample to rise from); the first refused webhook then counts 1."""
+    text = client.get("/metrics").text
+    for outcome in ("rejected", "unavailable", "unknown project"):
+        assert f'labelloop_webhook_events_total{{action="ANNOTATION_CREATED",outcome="{outcome}"}} 0.0' in text
+    assert 'labelloop_webhook_events_total{action="(none)",outcome="rejected"} 0.0' in text
+    client.post("/webhook", json={"project": {"id": 1}})
+    text = client.get("/metrics").text
+    assert 'labelloop_webhook_events_total{action="(none)",outcome="rejected"} 1.0' in text
+
+
 def test_receiver_never_imports_torch_or_ultralytics() -> None:
     """Importing and building the receiver app loads neither torch nor ultralytics."""
     # The child builds its settings by hand, from the defaults: it runs outside the tests (no factories).
