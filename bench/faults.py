@@ -93,7 +93,10 @@ TRAIN_ENV = {  # tests/conftest.py's TRAIN_ENV: tiny trainings on 2 CPU cores
     "LABELLOOP_OFFLINE": "true",
     "LABELLOOP_LOG_JSON": "true",
 }
-QUEUES = ("events", "train", "predict")
+QUEUES = ("events", "train", "predict")  # their workers are killed and stopped by the faults
+# Every queue the stack runs a worker for, as deployed (Procfile): pre-annotation after each
+# promotion and the selections /predict hands over need the preannotate worker.
+WORKER_QUEUES = (*QUEUES, "preannotate")
 KINDS = (
     *(f"kill -9 worker-{q}" for q in QUEUES),
     *(f"SIGTERM worker-{q}" for q in QUEUES),
@@ -224,7 +227,7 @@ class Campaign:
         self.stack.env.update(env)
         self.stack.env["LABELLOOP_REDIS_URL"] = self.start_redis()
         self.receiver_url = self.stack.start_receiver(self.receiver_port)
-        for queue in QUEUES:
+        for queue in WORKER_QUEUES:
             self.stack.start_worker(queue, timeout_s=180)
         self.start_beat()
         self.registry = Registry(self.work / "models")
@@ -284,7 +287,7 @@ class Campaign:
 
     def revive(self) -> None:
         """Restart any process that exited without the bench killing it (counted)."""
-        for name in ("redis", "receiver", *(f"worker-{q}" for q in QUEUES), "beat"):
+        for name in ("redis", "receiver", *(f"worker-{q}" for q in WORKER_QUEUES), "beat"):
             proc = self.stack.procs.get(name)
             if proc is not None and proc.poll() is not None:
                 self.died[name] += 1
@@ -458,7 +461,7 @@ class Campaign:
             why.append("ledger differs from Label Studio")
         if r.exists(keys.training_lock(project.id)):
             why.append("training lock held")
-        if any(r.llen(q) for q in QUEUES) or r.hlen("unacked"):
+        if any(r.llen(q) for q in WORKER_QUEUES) or r.hlen("unacked"):
             why.append("messages queued or unacknowledged")
         pending = int(r.hget(keys.trigger(project.id), "pending") or 0)
         if pending >= self.args.train_every_n:

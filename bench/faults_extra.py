@@ -101,6 +101,26 @@ def big_selection(tasks: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any
     return [{"id": int(t["id"]), "data": t["data"]} for t in (tasks[i % len(tasks)] for i in range(n))]
 
 
+def _version_number(name: object) -> int:
+    """N of a labelloop version name ``vN``; -1 for anything else (``base``, first picks, None)."""
+    text = str(name)
+    return int(text[1:]) if text[:1] == "v" and text[1:].isdigit() else -1
+
+
+def selection_predictions(held: dict[int, list[str]], served: str) -> tuple[int, int]:
+    """``(tasks holding a prediction of ``served`` or a newer version, tasks holding two of one
+    version)`` among ``held`` (task id -> its predictions' model versions).
+
+    Examples:
+        >>> selection_predictions({1: ["v1"], 2: ["v2", "v1"], 3: [], 4: ["v1", "v1"]}, "v1")
+        (3, 1)
+    """
+    floor = _version_number(served)
+    holding = sum(1 for versions in held.values() if any(_version_number(v) >= floor >= 1 for v in versions))
+    doubled = sum(1 for versions in held.values() if len(versions) != len(set(versions)))
+    return holding, doubled
+
+
 def queued_task_ids(raw_messages: Iterable[bytes | str], task_name: str) -> list[str]:
     """Ids of the Celery messages named ``task_name`` among kombu's Redis messages (the ``train``
     list's items, or the ``unacked`` hash's values: ``[message, exchange, routing_key]``);
@@ -444,12 +464,28 @@ def big_predict(c: Campaign) -> tuple[float, float, str]:
     done.set()
     thread.join(timeout=70)
     poll(lambda: httpx.get(f"{c.receiver_url}/health", timeout=2).status_code == 200, 60, 0.1)
+    written = ""
+    if status == "202":  # handed to the pre-annotation queue: every task of it gets one prediction
+        ids = sorted({int(t["id"]) for t in big["tasks"]})
+
+        def held() -> dict[int, list[str]]:
+            return {
+                i: [str(p.get("model_version")) for p in c.ls("GET", "/api/predictions/", params={"task": i}) or []]
+                for i in ids
+            }
+
+        poll(lambda: selection_predictions(held(), served)[0] == len(ids), c.args.outcome_wait_s, 2.0)
+        holding, doubled = selection_predictions(held(), served)
+        written = (
+            f"; tasks of it holding a prediction of {served} or newer: {holding} of {len(ids)}, "
+            f"with two of one version: {doubled}"
+        )
     return (
         at,
         time.monotonic() - at,
         (
             f"{asked}served {served}; 1,000-task /predict answered {status} ({results} results) in {big_s:.1f} s; "
-            f"one-task /predict meanwhile: {latency_summary(interactive)}"
+            f"one-task /predict meanwhile: {latency_summary(interactive)}{written}"
         ),
     )
 

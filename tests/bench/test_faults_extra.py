@@ -17,6 +17,7 @@ from bench.faults_extra import (
     queued_task_ids,
     rotation,
     select_kinds,
+    selection_predictions,
     train_outcome,
 )
 
@@ -126,3 +127,12 @@ def test_train_outcome_finds_the_first_end_of_a_training(lines: list[dict[str, s
     """A training's end is a labelloop outcome event or a labelloop.train task that raised out of Celery."""
     log = "\n".join(["celery banner", '{"event": "cut by a k', *(json.dumps(e) for e in lines)])
     assert train_outcome(log) == expected
+
+
+def test_a_selection_counts_tasks_holding_the_served_version_or_newer_and_doubles() -> None:
+    """A task counts as written when it holds a prediction of the served version or a newer one
+    (a promotion may come between the /predict and its job); the base model and first picks never
+    count; a task with two predictions of one version is a double, whatever the version."""
+    held = {1: ["v2"], 2: ["v3", "v2"], 3: ["v1"], 4: ["base"], 5: ["labelloop-first-picks"], 6: ["v2", "v2"]}
+    assert selection_predictions(held, "v2") == (3, 1)
+    assert selection_predictions({1: ["base"]}, "base") == (0, 0)
