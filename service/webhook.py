@@ -220,6 +220,7 @@ class WebhookEndpoint:
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError as exc:
+            self.metrics.count_event("(none)", "rejected")
             await self.recorder.record_refusal(None)
             raise HTTPException(400, f"invalid JSON: {exc}") from None
 

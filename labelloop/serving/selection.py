@@ -193,7 +193,10 @@ def write_selection(
     Raises:
         UnavailableError: out of memory on a chunk (see ``predict_selection``).
     """
-    unique = list({t["id"]: t for t in reversed(tasks)}.values())[::-1]  # the first of a repeated id
+    first: dict[int, Task] = {}
+    for task in tasks:
+        first.setdefault(task["id"], task)  # a repeated id: its first item, in the selection's order
+    unique = list(first.values())
     written = 0
     version: str | None = None
     stopped: str | None = None

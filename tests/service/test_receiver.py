@@ -181,7 +181,7 @@ def test_metrics_count_events(client: TestClient) -> None:
 def test_refused_webhook_series_are_at_zero_before_the_first_refusal(client: TestClient) -> None:
     """Every refusal outcome an alert counts is exposed at 0 from the start, so the alert's
     ``increase()`` sees the first refusal (a series born with its first increment has no earlier
-    sample to rise from); the first refused webhook then counts 1."""
+    sample to rise from); a webhook that is no event counts, and so does one that is not JSON."""
     text = client.get("/metrics").text
     for outcome in ("rejected", "unavailable", "unknown project"):
         assert f'labelloop_webhook_events_total{{action="ANNOTATION_CREATED",outcome="{outcome}"}} 0.0' in text
@@ -189,6 +189,10 @@ def test_refused_webhook_series_are_at_zero_before_the_first_refusal(client: Tes
     client.post("/webhook", json={"project": {"id": 1}})
     text = client.get("/metrics").text
     assert 'labelloop_webhook_events_total{action="(none)",outcome="rejected"} 1.0' in text
+    bad = client.post("/webhook", content=b'{"action": ', headers={"content-type": "application/json"})
+    assert bad.status_code == 400, bad.text
+    text = client.get("/metrics").text
+    assert 'labelloop_webhook_events_total{action="(none)",outcome="rejected"} 2.0' in text
 
 
 def test_receiver_never_imports_torch_or_ultralytics() -> None:
