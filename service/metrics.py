@@ -49,9 +49,8 @@ class Metrics:
         )
         self.webhooks_refused_unread = Counter(
             "labelloop_webhooks_refused_unread_total",
-            "Webhooks with a valid credential (or none configured) refused before their body was read, by reason: "
-            "busy (503 beyond LABELLOOP_MAX_CONCURRENT_REQUESTS), host (400, Host not allowed), "
-            "body (408, 413, 415, 422).",
+            "Webhooks with a valid credential (or none configured) refused before their body was read, by reason: busy "
+            "(503 beyond LABELLOOP_MAX_CONCURRENT_REQUESTS), host (400, Host not allowed), body (408, 413, 415, 422).",
             ["reason"],
             registry=registry,
         )

@@ -6,6 +6,8 @@ backend's model version)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,35 +24,41 @@ BATCH = 2
 TASKS = 6
 
 
-@pytest.fixture(scope="module")
-def connected(
-    label_studio: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[LabelStudioAPI, int, list[int]]]:
-    """A Label Studio project of 6 images served v1 (an untrained yolov8n) by labelloop's receiver and
-    one predict worker that predicts chunks of 2 and starts no chunk after the first (deadline 1 ms)."""
-    work = tmp_path_factory.mktemp("selection-ls")
+@contextmanager
+def served_project(
+    label_studio: tuple[str, str], work: Path, title: str, tasks: int, **env: str
+) -> Iterator[tuple[LabelStudioAPI, Stack, str, int, list[int]]]:
+    """A Label Studio project of ``tasks`` images served v1 (an untrained yolov8n, boxes at
+    ``LABELLOOP_PREDICT_CONF`` 0.99: none) by labelloop's receiver and one predict worker, with
+    ``env`` over the settings; yields the API, the stack, the receiver's URL, the project and its
+    task ids, and stops the stack after."""
     api = LabelStudioAPI(*label_studio)
-    project_id, task_ids = image_project(api, "labelloop selection", [make_sample(s, 160, 120) for s in range(TASKS)])
+    project_id, task_ids = image_project(api, title, [make_sample(s, 160, 120) for s in range(tasks)])
     registry = Registry(work / "models")
     publish_version(registry, project_id, untrained_weights(work))
     registry.set_current(project_id, "v1")
-    env = settings_env(
-        work,
-        label_studio=label_studio,
-        LABELLOOP_IMGSZ="160",
-        LABELLOOP_PREDICT_CONF="0.99",  # an untrained model's boxes are noise: keep none
-        LABELLOOP_PREDICT_BATCH=str(BATCH),
-        LABELLOOP_PREDICT_DEADLINE_S="0.001",
-    )
-    stack = Stack(work, env)
+    settings = settings_env(work, label_studio=label_studio, LABELLOOP_IMGSZ="160", LABELLOOP_PREDICT_CONF="0.99")
+    stack = Stack(work, {**settings, **env})
     try:
         stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port())
         url = stack.start_receiver(free_port())
         stack.start_worker("predict")
         connect_backend(api, project_id, url)
-        yield api, project_id, task_ids
+        yield api, stack, url, project_id, task_ids
     finally:
         stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def connected(
+    label_studio: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LabelStudioAPI, int, list[int]]]:
+    """A project of 6 images served v1 (``served_project``) by a predict worker that predicts chunks
+    of 2 and starts no chunk after the first (deadline 1 ms)."""
+    work = tmp_path_factory.mktemp("selection-ls")
+    env = {"LABELLOOP_PREDICT_BATCH": str(BATCH), "LABELLOOP_PREDICT_DEADLINE_S": "0.001"}
+    with served_project(label_studio, work, "labelloop selection", TASKS, **env) as (api, _, _, project_id, task_ids):
+        yield api, project_id, task_ids
 
 
 def _retrieve_all(api: LabelStudioAPI, project_id: int) -> Any:

@@ -13,12 +13,9 @@ import redis
 
 from labelloop import keys
 from labelloop.dev.demo import LabelStudioAPI
-from labelloop.dev.stack import Stack, free_port, wait_until
-from labelloop.dev.synthetic import LABEL_CONFIG, make_sample
-from labelloop.registry.store import Registry
-from tests.factories import connect_backend, image_project, publish_version, settings_env
-from tests.labelloop.test_selection import untrained_weights
-from tests.test_predict_selection_labelstudio import _retrieve_all
+from labelloop.dev.stack import Stack, wait_until
+from labelloop.dev.synthetic import LABEL_CONFIG
+from tests.test_predict_selection_labelstudio import _retrieve_all, served_project
 
 BATCH = 2
 MAX_TASKS = 4
@@ -32,30 +29,13 @@ def connected(
     """A Label Studio project of 6 images served v1 (an untrained yolov8n) by labelloop's receiver and
     one predict worker, at most 4 tasks per /predict; no pre-annotation worker yet."""
     work = tmp_path_factory.mktemp("selection-queued")
-    api = LabelStudioAPI(*label_studio)
-    images = [make_sample(s, 160, 120) for s in range(TASKS)]
-    project_id, task_ids = image_project(api, "labelloop big selection", images)
-    registry = Registry(work / "models")
-    publish_version(registry, project_id, untrained_weights(work))
-    registry.set_current(project_id, "v1")
-    env = settings_env(
-        work,
-        label_studio=label_studio,
-        LABELLOOP_IMGSZ="160",
-        LABELLOOP_PREDICT_CONF="0.99",  # an untrained model's boxes are noise: keep none
-        LABELLOOP_PREDICT_BATCH=str(BATCH),
-        LABELLOOP_PREDICT_MAX_TASKS=str(MAX_TASKS),
-        LABELLOOP_LOG_JSON="true",
-    )
-    stack = Stack(work, env)
-    try:
-        stack.env["LABELLOOP_REDIS_URL"] = stack.start_redis(free_port())
-        url = stack.start_receiver(free_port())
-        stack.start_worker("predict")
-        connect_backend(api, project_id, url)
-        yield api, stack, url, project_id, task_ids
-    finally:
-        stack.stop_all()
+    env = {
+        "LABELLOOP_PREDICT_BATCH": str(BATCH),
+        "LABELLOOP_PREDICT_MAX_TASKS": str(MAX_TASKS),
+        "LABELLOOP_LOG_JSON": "true",
+    }
+    with served_project(label_studio, work, "labelloop big selection", TASKS, **env) as served:
+        yield served
 
 
 @pytest.mark.labelstudio

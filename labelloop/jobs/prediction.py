@@ -25,8 +25,18 @@ from labelloop.serving.predictor import Predictor
 from labelloop.serving.selection import SelectionWritten, deadline_s, predict_selection, write_selection
 from labelloop.serving.video import VideoOptions
 from labelloop.settings import Settings
+from labelloop.task_types.informativeness import Strategy
+from labelloop.task_types.labels import TrainSpec
 
 log = structlog.get_logger(__name__)
+
+
+class _PredictOptions(TypedDict):
+    """A project's options for ``predict_selection`` and ``write_selection``."""
+
+    imgsz: int | None
+    score_strategy: Strategy | None
+    show_conf: float | None
 
 
 class PredictResponse(TypedDict):
@@ -189,9 +199,7 @@ class PredictJob:
             UnavailableError: out of memory on a chunk.
         """
         s = self.settings
-        params = load_params(s.models_dir, project_id)
-        spec = train_spec(label_config, params)
-        imgsz = params.effective(s)["imgsz"]
+        spec, options = self._project(project_id, label_config)
         results = predict_selection(
             self.predictors.predictor,
             project_id,
@@ -201,11 +209,20 @@ class PredictJob:
             s.api_key,
             s.predict_batch,
             deadline_s(s.predict_deadline_s, expires, datetime.now(UTC)),
-            imgsz=imgsz,
-            score_strategy=params.score_strategy,
-            show_conf=params.show_conf,
+            **options,
         )
         return {"results": results}
+
+    def _project(self, project_id: int, label_config: str) -> tuple[TrainSpec, _PredictOptions]:
+        """The project's ``TrainSpec`` for ``label_config`` and its predict options (imgsz,
+        score strategy, display threshold) from its stored params."""
+        params = load_params(self.settings.models_dir, project_id)
+        options: _PredictOptions = {
+            "imgsz": params.effective(self.settings)["imgsz"],
+            "score_strategy": params.score_strategy,
+            "show_conf": params.show_conf,
+        }
+        return train_spec(label_config, params), options
 
     def write_selection(self, project_id: int, label_config: str, tasks: list[Task]) -> SelectionWritten:
         """A ``/predict`` selection over ``LABELLOOP_PREDICT_MAX_TASKS``, handed to the pre-annotation
@@ -217,8 +234,7 @@ class PredictJob:
             UnavailableError: out of memory on a chunk.
         """
         s = self.settings
-        params = load_params(s.models_dir, project_id)
-        spec = train_spec(label_config, params)
+        spec, options = self._project(project_id, label_config)
         with labelstudio.calling(s.label_studio_url, f"writing a selection's predictions into project {project_id}"):
             return write_selection(
                 labelstudio.client(s.label_studio_url, s.api_key),
@@ -230,7 +246,5 @@ class PredictJob:
                 s.api_key,
                 s.predict_batch,
                 check=RegionCheck(label_config),
-                imgsz=params.effective(s)["imgsz"],
-                score_strategy=params.score_strategy,
-                show_conf=params.show_conf,
+                **options,
             )
