@@ -4,23 +4,27 @@ may not re-arm, or that is failing, is reported (status, log, doctor) and reconc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
+import redis
 import structlog.testing
 from label_studio_sdk import LabelStudio
 
 from labelloop import keys
 from labelloop.dev.demo import LabelStudioAPI
 from labelloop.dev.stack import Stack, free_port, wait_until
-from labelloop.dev.synthetic import make_sample
+from labelloop.dev.synthetic import Sample, make_sample
 from labelloop.events import project_webhook
 from labelloop.events.ledger import PROJECTS_KEY
 from labelloop.jobs.jobs import Jobs
 from labelloop.labelstudio import client as labelstudio
 from labelloop.redis_client import client as redis_client
+from labelloop.settings import Settings
 from service.ops_doctor import doctor
 from service.ops_status import status
 from tests.factories import connect_backend, image_project, make_settings, settings_env
@@ -55,32 +59,46 @@ class RestrictedToken(httpx.HTTPTransport):
         return httpx.Response(200, json=[{**h, "consecutive_failures": self.failures} for h in response.json()])
 
 
-@pytest.mark.labelstudio
-def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
-    label_studio: tuple[str, str], redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Label Studio's webhook to the connected receiver is ok at reconciliation; switched off in
-    Label Studio, the next reconciliation reports it inactive and switches it on; deleted, the next
-    one reports it missing and creates it again with the webhook secret header, after which an
-    annotation reaches the receiver (which takes only webhooks that carry the secret).
-    A webhook found switched off and not re-armed shows in ``labelloop status``, the project page
-    and ``labelloop_project_webhook_ok`` (0, then 1 once re-armed)."""
-    ls_url, token = label_studio
+class Connected(NamedTuple):
+    """A Label Studio project connected to a running receiver, known to labelloop."""
+
+    api: LabelStudioAPI
+    receiver: str  # the receiver's base URL
+    url: str  # the project webhook's URL (``<receiver>/webhook``)
+    pid: int
+    ids: list[int]  # the project's task ids
+    hook: Any  # the webhook Label Studio created when the backend was connected
+    store: redis.Redis
+    settings: Settings
+
+
+@contextmanager
+def connected(
+    label_studio: tuple[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    title: str,
+    samples: list[Sample],
+    secret: str | None = None,
+) -> Iterator[Connected]:
+    """A receiver (Basic auth, and the webhook ``secret`` when given) and a Label Studio project of
+    ``samples`` connected to it as its ML backend, in labelloop's known projects; the receiver is
+    stopped after."""
+    extra = {"LABELLOOP_WEBHOOK_SECRET": secret} if secret else {}
     env = settings_env(
         tmp_path,
         redis_url=redis_url,
         label_studio=label_studio,
         BASIC_AUTH_USER=BASIC_AUTH[0],
         BASIC_AUTH_PASS=BASIC_AUTH[1],
-        LABELLOOP_WEBHOOK_SECRET=SECRET,
+        **extra,
     )
     stack = Stack(tmp_path / "stack", env)
     receiver = stack.start_receiver(free_port())
     try:
-        api = LabelStudioAPI(ls_url, token)
-        samples = [make_sample(500 + i, 96, 64) for i in range(2)]
-        pid, ids = image_project(api, "webhook health", samples)
-        connect_backend(api, pid, receiver, basic_auth=BASIC_AUTH, webhook_secret=SECRET)
+        api = LabelStudioAPI(*label_studio)
+        pid, ids = image_project(api, title, samples)
+        connect_backend(api, pid, receiver, basic_auth=BASIC_AUTH, webhook_secret=secret)
         url = receiver + "/webhook"
         (hook,) = _hooks(api, pid, url)
         store = redis_client(redis_url, "cli")
@@ -91,8 +109,26 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
             label_studio=label_studio,
             basic_auth_user=BASIC_AUTH[0],
             basic_auth_pass=BASIC_AUTH[1],
-            webhook_secret=SECRET,
+            webhook_secret=secret,
         )
+        yield Connected(api, receiver, url, pid, ids, hook, store, settings)
+    finally:
+        stack.stop_all()
+
+
+@pytest.mark.labelstudio
+def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
+    label_studio: tuple[str, str], redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Label Studio's webhook to the connected receiver is ok at reconciliation; switched off in
+    Label Studio, the next reconciliation reports it inactive and switches it on; deleted, the next
+    one reports it missing and creates it again with the webhook secret header, after which an
+    annotation reaches the receiver (which takes only webhooks that carry the secret).
+    A webhook found switched off and not re-armed shows in ``labelloop status``, the project page
+    and ``labelloop_project_webhook_ok`` (0, then 1 once re-armed)."""
+    samples = [make_sample(500 + i, 96, 64) for i in range(2)]
+    with connected(label_studio, redis_url, tmp_path, "webhook health", samples, secret=SECRET) as c:
+        api, receiver, url, pid, ids, hook, store, settings = c
         jobs = Jobs(settings, lambda name, args, queue: None)
 
         jobs.reconcile()
@@ -144,8 +180,6 @@ def test_a_switched_off_or_deleted_project_webhook_is_reported_and_rearmed(
             return any(str(annotation) in f.get(b"annotation_ids", b"").decode().split(",") for _, f in rows)
 
         wait_until(received, 30, "the annotation's webhook at the receiver")
-    finally:
-        stack.stop_all()
 
 
 @pytest.mark.labelstudio
@@ -161,30 +195,9 @@ def test_a_project_webhook_labelloop_may_not_rearm_or_that_fails_is_reported_and
     ``project_webhook_checked`` warning, ``labelloop status`` and a ``labelloop doctor`` FAIL, and
     the reconciliation still exports the project; a webhook with failed deliveries is reported
     failing, with a doctor fix about delivery, and is left alone."""
-    env = settings_env(
-        tmp_path,
-        redis_url=redis_url,
-        label_studio=label_studio,
-        BASIC_AUTH_USER=BASIC_AUTH[0],
-        BASIC_AUTH_PASS=BASIC_AUTH[1],
-    )
-    stack = Stack(tmp_path / "stack", env)
-    receiver = stack.start_receiver(free_port())
-    try:
-        api = LabelStudioAPI(*label_studio)
-        pid, _ids = image_project(api, "webhook not re-armed", [make_sample(600, 96, 64)])
-        connect_backend(api, pid, receiver, basic_auth=BASIC_AUTH)
-        url = receiver + "/webhook"
-        (hook,) = _hooks(api, pid, url)
-        store = redis_client(redis_url, "cli")
-        store.sadd(PROJECTS_KEY, pid)
-        settings = make_settings(
-            tmp_path,
-            redis_url=redis_url,
-            label_studio=label_studio,
-            basic_auth_user=BASIC_AUTH[0],
-            basic_auth_pass=BASIC_AUTH[1],
-        )
+    samples = [make_sample(600, 96, 64)]
+    with connected(label_studio, redis_url, tmp_path, "webhook not re-armed", samples) as c:
+        api, receiver, url, pid, _ids, hook, store, settings = c
         transport = RestrictedToken()
         monkeypatch.setattr(
             labelstudio,
@@ -233,5 +246,3 @@ def test_a_project_webhook_labelloop_may_not_rearm_or_that_fails_is_reported_and
         reconcile_and_report("inactive", "labelloop's token may not switch it on (HTTP 403)")
         assert transport.refused[1:] == [f"PATCH /api/webhooks/{off.id}/"]
         assert [h.is_active for h in _hooks(api, pid, url)] == [False]
-    finally:
-        stack.stop_all()
